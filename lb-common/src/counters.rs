@@ -1,0 +1,154 @@
+//! Why a packet was dropped, passed or forwarded.
+//!
+//! Every reason is a `#[repr(u32)]` enum variant whose discriminant is its slot in the
+//! per-CPU `STATS` array ([`COUNTER_SLOTS`] long). Drops use slots 1..32, passes 32..48,
+//! events 48..64, so user space can print every slot by name and a reason added here can
+//! never be missing from the metrics.
+
+/// Number of slots in the per-CPU `STATS` array.
+pub const COUNTER_SLOTS: u32 = 64;
+
+macro_rules! reasons {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:expr, $label:literal;)* }) => {
+        $(#[$doc])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant = $value,)*
+        }
+
+        impl $name {
+            /// Every variant, in slot order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// Stable snake_case name used in metrics and `xlb stats`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)*
+                }
+            }
+
+            /// Slot in the `STATS` array.
+            #[inline(always)]
+            pub const fn slot(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a packet was dropped (`XDP_DROP`). Parse errors come first, then policy.
+    Drop {
+        /// Frame shorter than an Ethernet header.
+        EthTruncated = 1, "eth_truncated";
+        /// 802.1Q tag announced but cut off.
+        VlanTruncated = 2, "vlan_truncated";
+        /// IPv4 header cut off.
+        Ipv4Truncated = 3, "ipv4_truncated";
+        /// IPv4 IHL below 5 or past the end of the frame.
+        Ipv4BadIhl = 4, "ipv4_bad_ihl";
+        /// IPv4 total length shorter than the header or longer than the frame.
+        Ipv4BadLength = 5, "ipv4_bad_length";
+        /// IPv6 fixed header cut off, or payload length longer than the frame.
+        Ipv6Truncated = 6, "ipv6_truncated";
+        /// An IPv6 extension header cut off.
+        Ipv6ExtTruncated = 7, "ipv6_ext_truncated";
+        /// More IPv6 extension headers than the parser walks (see `MAX_IPV6_EXT_HEADERS`).
+        Ipv6ExtChainTooLong = 8, "ipv6_ext_chain_too_long";
+        /// TCP or UDP header cut off, or TCP data offset below 5.
+        L4Truncated = 9, "l4_truncated";
+        /// ICMP header, or the packet it quotes, cut off.
+        IcmpTruncated = 10, "icmp_truncated";
+        /// IP fragment addressed to a VIP: we cannot see its ports, so we cannot pick the
+        /// flow's backend (documented choice: drop and count, like Katran).
+        Fragment = 11, "fragment";
+        /// The VIP has no backend that can take a new flow.
+        NoBackend = 12, "no_backend";
+        /// No route to the backend (`bpf_fib_lookup` failed, or forwarding disabled).
+        NoRoute = 13, "no_route";
+        /// Route found but the neighbour is unresolved; the daemon resolves backends.
+        NoNeighbour = 14, "no_neighbour";
+        /// `bpf_xdp_adjust_head`/`_tail` refused to grow or shrink the frame.
+        AdjustFailed = 15, "adjust_failed";
+        /// Encapsulated packet would exceed the MTU and its sender cannot be told (IPv4 without DF).
+        TooBig = 16, "too_big";
+        /// ICMP error addressed to a VIP quoting a packet that is not from that VIP.
+        IcmpNotForVip = 17, "icmp_not_for_vip";
+        /// The backend index in the lookup table points to no backend (table out of date).
+        BadBackend = 18, "bad_backend";
+    }
+}
+
+reasons! {
+    /// Why a packet was handed to the kernel untouched (`XDP_PASS`).
+    Pass {
+        /// Not IPv4 or IPv6 (ARP, LLDP, …).
+        NotIp = 32, "not_ip";
+        /// IP, but not addressed to a configured VIP.
+        NotVip = 33, "not_vip";
+        /// Decap: not an IP-in-IP packet.
+        NotTunnel = 34, "not_tunnel";
+        /// Decap: a tunnel packet whose outer destination is not one of our addresses.
+        TunnelNotLocal = 35, "tunnel_not_local";
+        /// Decap / parser probe: the frame did not parse; the kernel's own checks decide.
+        Malformed = 36, "malformed";
+    }
+}
+
+reasons! {
+    /// Things that happened to packets, counted alongside their verdict.
+    Event {
+        /// Encapsulated and sent back out of the ingress interface (`XDP_TX`).
+        TxEncap = 48, "tx_encap";
+        /// Encapsulated and redirected to another interface (`XDP_REDIRECT`).
+        RedirectEncap = 49, "redirect_encap";
+        /// A new flow got a backend from the lookup table and was recorded.
+        NewFlow = 50, "new_flow";
+        /// The connection table knew the flow and its backend was still usable.
+        ConnHit = 51, "conn_hit";
+        /// The connection table knew the flow but its backend is gone: picked again.
+        ConnRepick = 52, "conn_repick";
+        /// An ICMP error about a VIP flow was sent to that flow's backend.
+        IcmpForwarded = 53, "icmp_forwarded";
+        /// The balancer answered an oversized packet with frag-needed / packet-too-big.
+        IcmpTooBigSent = 54, "icmp_too_big_sent";
+        /// Decap: tunnel removed, inner packet passed to the stack.
+        Decapsulated = 55, "decapsulated";
+        /// Next hop came from `bpf_fib_lookup` (no cached next hop for the backend).
+        FibLookup = 56, "fib_lookup";
+        /// Parser probe: a frame parsed completely and was passed.
+        Parsed = 57, "parsed";
+    }
+}
+
+/// Name of any slot, for printing a whole `STATS` array.
+pub fn slot_name(slot: u32) -> Option<&'static str> {
+    Drop::ALL
+        .iter()
+        .map(|d| (d.slot(), d.name()))
+        .chain(Pass::ALL.iter().map(|p| (p.slot(), p.name())))
+        .chain(Event::ALL.iter().map(|e| (e.slot(), e.name())))
+        .find(|(s, _)| *s == slot)
+        .map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_in_their_ranges_and_unique() {
+        let mut seen = [false; COUNTER_SLOTS as usize];
+        let all = Drop::ALL.iter().map(|d| (d.slot(), 1..32))
+            .chain(Pass::ALL.iter().map(|p| (p.slot(), 32..48)))
+            .chain(Event::ALL.iter().map(|e| (e.slot(), 48..64)));
+        for (slot, range) in all {
+            assert!(range.contains(&slot), "slot {slot} outside {range:?}");
+            assert!(!seen[slot as usize], "slot {slot} used twice");
+            seen[slot as usize] = true;
+            assert!(slot_name(slot).is_some());
+        }
+        assert_eq!(slot_name(0), None);
+    }
+}

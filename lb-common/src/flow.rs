@@ -1,0 +1,45 @@
+//! The connection-table key: one layout for IPv4 and IPv6 flows.
+
+use crate::addr::AddrWords;
+
+/// A flow's 5-tuple as the client sent it (client → VIP).
+///
+/// Used as the connection-table key and as the input of [`crate::hash::flow_hash`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address, raw network-order words (see [`crate::addr`]).
+    pub src: AddrWords,
+    /// VIP address, raw network-order words.
+    pub dst: AddrWords,
+    /// Client port, network byte order as read from the packet (0 for ICMP).
+    pub sport_be: u16,
+    /// VIP port, network byte order as read from the packet.
+    pub dport_be: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// [`crate::addr::FAMILY_V4`] or [`crate::addr::FAMILY_V6`].
+    pub family: u8,
+    /// Always zero: the kernel hashes every byte of a key.
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// The ports and protocol as one word, the way the hash consumes them.
+    #[inline(always)]
+    pub const fn ports_word(&self) -> u32 {
+        (self.sport_be as u32) | ((self.dport_be as u32) << 16)
+    }
+
+    /// Protocol and family as one word, the way the hash consumes them.
+    #[inline(always)]
+    pub const fn proto_word(&self) -> u32 {
+        (self.proto as u32) | ((self.family as u32) << 8)
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only integer fields, explicit padding, no invalid bit patterns.
+unsafe impl aya::Pod for FlowKey {}

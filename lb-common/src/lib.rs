@@ -1,0 +1,22 @@
+//! Types shared by the xlb XDP programs (kernel side) and the `xlb` binary (user side),
+//! plus the pure logic that both sides must agree on.
+//!
+//! Everything that crosses the kernel/user boundary is `#[repr(C)]` with explicit padding
+//! and a compile-time size check, so the two sides can never disagree on a layout.
+//!
+//! Layout:
+//! - [`addr`]: how IPv4/IPv6 addresses are stored in map keys and values.
+//! - [`counters`]: typed drop / pass / event reasons; each indexes the per-CPU `STATS` array.
+//! - [`flow`]: [`flow::FlowKey`], the connection-table key (one layout for v4 and v6).
+//! - [`hash`]: the flow hash (one source of truth for BPF and user space) and Maglev's hashes.
+//! - [`maps`]: map keys and values, flag bits, map names and sizes.
+//! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+pub mod addr;
+pub mod counters;
+pub mod flow;
+pub mod hash;
+#[cfg(feature = "user")]
+pub mod maglev;
+pub mod maps;

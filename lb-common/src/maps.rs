@@ -1,0 +1,189 @@
+//! Map keys and values shared by the XDP programs and user space, with their map names.
+//!
+//! Rules every type here follows: `#[repr(C)]`, explicit `_pad` fields (always zero),
+//! integers for flags (the kernel may hold any bit pattern), byte order in the field name,
+//! and a compile-time size check.
+
+use crate::addr::AddrWords;
+
+/// `VIPS`: [`VipKey`] → [`VipInfo`]. Written by the daemon.
+pub const MAP_VIPS: &str = "VIPS";
+/// `BACKENDS`: backend index → [`Backend`] (array; index 0 is "no backend").
+pub const MAP_BACKENDS: &str = "BACKENDS";
+/// `LOOKUP`: `table_id * MAX_TABLE_SIZE + slot` → backend index (flat array of Maglev tables).
+pub const MAP_LOOKUP: &str = "LOOKUP";
+/// `CONNS`: [`crate::flow::FlowKey`] → [`ConnEntry`] (LRU, per-CPU lists).
+pub const MAP_CONNS: &str = "CONNS";
+/// `CONFIG`: single slot → [`LbConfig`].
+pub const MAP_CONFIG: &str = "CONFIG";
+/// `STATS`: per-CPU `u64` counters indexed by [`crate::counters`] slots.
+pub const MAP_STATS: &str = "STATS";
+/// `VIP_STATS`: per-CPU [`TrafficStats`] indexed by `vip_id`.
+pub const MAP_VIP_STATS: &str = "VIP_STATS";
+/// `BACKEND_STATS`: per-CPU [`TrafficStats`] indexed by backend index.
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// `TX_PORTS`: devmap (hash) ifindex → ifindex, egress interfaces for `XDP_REDIRECT`.
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
+/// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.
+pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
+
+/// Largest lookup table (a prime). Each table id owns this many slots of `LOOKUP`.
+pub const MAX_TABLE_SIZE: u32 = 65_537;
+/// Default lookup-table size (Maglev's `M`; a prime, ≥ 100 × the number of backends).
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Entries in `VIPS` (address-only marker entries included).
+pub const MAX_VIP_ENTRIES: u32 = 4096;
+/// Default number of VIPs with a lookup table (`LOOKUP` holds two tables per VIP).
+/// User space may change it at load time; BPF never assumes it.
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+/// Slots in `BACKENDS` (index 0 is never used).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default connection-table size.
+pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
+/// Extension headers the IPv6 parser walks before it gives up.
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+
+/// `VipKey::proto` of an address-only marker entry, which says "this address is a VIP"
+/// for traffic that has no ports (fragments, ICMP).
+pub const PROTO_ANY: u8 = 0;
+
+/// What a client connects to: address, port, protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// VIP address, raw network-order words.
+    pub addr: AddrWords,
+    /// Port, network byte order (0 in address-only markers).
+    pub port_be: u16,
+    /// IP protocol (6 TCP, 17 UDP; [`PROTO_ANY`] in address-only markers).
+    pub proto: u8,
+    /// Address family.
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// `VipInfo::flags`: pick the backend by the client address only (`sh`), not the 5-tuple.
+pub const VIP_F_SRC_HASH: u32 = 1 << 0;
+/// `VipInfo::flags`: outer source address derived from the flow hash (within the configured
+/// prefix) instead of the balancer's own address, so routers downstream can spread load.
+pub const VIP_F_HASHED_SRC: u32 = 1 << 1;
+/// `VipInfo::flags`: this entry is an address-only marker, not a service.
+pub const VIP_F_ADDR_ONLY: u32 = 1 << 2;
+
+/// A service's data-plane settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into `VIP_STATS`.
+    pub vip_id: u32,
+    /// Which lookup table serves new flows. The daemon writes the other of the VIP's two
+    /// tables and then flips this id in one map update, so no packet sees a half-written table.
+    pub table_id: u32,
+    /// Slots in that table (a prime ≤ [`MAX_TABLE_SIZE`]); 0 means "no backend".
+    pub table_size: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
+
+/// `Backend::flags`: the backend may carry flows (existing ones and, if it is in the
+/// lookup table, new ones). Cleared when it dies or is removed: pinned flows move.
+pub const BACKEND_F_ACTIVE: u32 = 1 << 0;
+/// `Backend::flags`: `ifindex`, `dmac` and `smac` hold a resolved next hop; without it the
+/// program asks `bpf_fib_lookup` per packet.
+pub const BACKEND_F_NEXTHOP: u32 = 1 << 1;
+
+/// A real server behind VIPs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address (outer destination), raw network-order words.
+    pub addr: AddrWords,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+    /// Egress interface of the resolved next hop (valid with [`BACKEND_F_NEXTHOP`]).
+    pub ifindex: u32,
+    /// Next hop's MAC (valid with [`BACKEND_F_NEXTHOP`]).
+    pub dmac: [u8; 6],
+    /// Our MAC on `ifindex` (valid with [`BACKEND_F_NEXTHOP`]).
+    pub smac: [u8; 6],
+    /// Address family of `addr`.
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+
+/// A recorded flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// Backend index the flow is pinned to.
+    pub backend: u32,
+    /// The flow's hash, kept so hits need not recompute it (outer flow label / source).
+    pub hash: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
+
+/// `LbConfig::flags`: answer oversized packets with ICMP frag-needed / packet-too-big.
+pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;
+
+/// Balancer-wide settings (one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Outer IPv4 source for IPv4 tunnels (network order word); 0 = not configured.
+    pub src_v4: u32,
+    /// Network-order prefix for flow-hash derived IPv4 sources (`VIP_F_HASHED_SRC`).
+    pub hashed_src_v4: u32,
+    /// Host-order mask of the bits of `hashed_src_v4` the flow hash may set.
+    pub hashed_src_v4_hostmask: u32,
+    /// `CFG_F_*` bits.
+    pub flags: u32,
+    /// Outer IPv6 source for IPv6 tunnels.
+    pub src_v6: AddrWords,
+    /// Prefix for flow-hash derived IPv6 sources: the hash replaces the last word.
+    pub hashed_src_v6: AddrWords,
+    /// Largest IP packet (bytes) the egress link carries; 0 = do not check.
+    pub mtu: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
+
+/// Packets and bytes, per VIP or per backend (per-CPU; user space sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes of the client's IP packets forwarded (before encapsulation).
+    pub bytes: u64,
+    /// New flows assigned.
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrafficStats>() == 24);
+
+/// A local address the decap program accepts tunnels for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapAddr {
+    /// Address, raw network-order words.
+    pub addr: AddrWords,
+    /// Address family.
+    pub family: u32,
+}
+const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY (all): repr(C), integer fields only, explicit padding, any bit pattern valid.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for DecapAddr {}
+}
