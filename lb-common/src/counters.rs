@@ -28,6 +28,15 @@ macro_rules! reasons {
                 }
             }
 
+            /// The variant whose slot is `slot`, if any.
+            #[inline(always)]
+            pub const fn from_slot(slot: u32) -> Option<Self> {
+                match slot {
+                    $($value => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+
             /// Slot in the `STATS` array.
             #[inline(always)]
             pub const fn slot(self) -> u32 {
@@ -77,6 +86,10 @@ reasons! {
         IcmpNotForVip = 17, "icmp_not_for_vip";
         /// The backend index in the lookup table points to no backend (table out of date).
         BadBackend = 18, "bad_backend";
+        /// No outer source address configured for the backend's family.
+        NoSource = 19, "no_source";
+        /// A program stage returned a value no stage produces (a bug; never expected).
+        Internal = 20, "internal";
     }
 }
 
@@ -150,5 +163,9 @@ mod tests {
             assert!(slot_name(slot).is_some());
         }
         assert_eq!(slot_name(0), None);
+        for d in Drop::ALL {
+            assert_eq!(Drop::from_slot(d.slot()), Some(*d));
+        }
+        assert_eq!(Drop::from_slot(0), None);
     }
 }

@@ -1,1 +1,11 @@
+//! Test support for xlb: packet building and comparison, network-namespace topologies, and
+//! (in `tests/`) the end-to-end tests that use them.
+//!
+//! # Layout
+//! - [`packet`]: fluent Ethernet frame builder with correct checksums, the expected output of
+//!   IP-in-IP encapsulation, and a field-by-field frame description/diff for failing tests.
+//! - [`netns`]: network namespaces, veth pairs and a bridged LAN that clean up on drop (also
+//!   when a test panics), plus `setns(2)` guards to load BPF programs inside a namespace.
 
+pub mod netns;
+pub mod packet;

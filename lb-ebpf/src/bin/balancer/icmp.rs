@@ -1,0 +1,223 @@
+//! ICMP: errors about VIP flows go to the flow's backend; oversized client packets get
+//! "fragmentation needed" / "packet too big" from us.
+//!
+//! A router on the return path (backend → client, which never crosses us in DSR) that
+//! cannot forward a reply sends its ICMP error to the reply's source: the VIP. Only the
+//! backend holding that connection can act on it, so we find the flow quoted inside the
+//! error and send the whole ICMP packet down the flow's tunnel.
+//!
+//! Encapsulation makes a full-size client packet too big for the link to the backend; the
+//! kernel would drop it silently, so we answer like a router would (RFC 1191 / RFC 8201)
+//! and the client's path MTU discovery shrinks its segments.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{
+    addr::FAMILY_V4,
+    counters::{Drop, Event, Pass},
+    flow::FlowKey,
+    maps::VipKey,
+};
+use lb_ebpf::{
+    csum,
+    parse::{
+        eth::{ETH_HLEN, VLAN_HLEN},
+        ipv4::{Ipv4Hdr, IPV4_HLEN},
+        ipv6::{Ipv6Hdr, IPV6_HLEN},
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3,
+    },
+    ptr::{frame_len, ptr_at, ptr_at_mut, read, write},
+    stats::bump,
+    subprog::{pack, unpack},
+};
+
+use crate::{
+    encap::{self, write_ipv4_header, OUTER_TTL},
+    lookup, pass, select,
+    maps::STATS,
+};
+
+/// Bytes of the offending packet quoted in the ICMP errors we generate (its IP header and
+/// the start of its payload: enough for the sender to find the socket).
+pub const QUOTE_LEN: usize = 64;
+const ICMP_HLEN: usize = 8;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+const ICMPV6_PARAMPROB: u8 = 4;
+/// The smallest MTU an IPv6 link may have (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Handles an ICMP / ICMPv6 packet: errors about VIP flows are forwarded to the flow's
+/// backend; everything else is passed to the kernel (it may be for this host).
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, l3: &L3) -> u64 {
+    pack(handle_stage(ctx, l3))
+}
+
+#[inline(always)]
+fn handle_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
+    let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
+    let is_error = if l3.family == FAMILY_V4 {
+        matches!(ty, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+    } else {
+        matches!(ty, ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB)
+    };
+    if !is_error || !lookup::is_vip_address(l3) {
+        return Ok(pass(Pass::NotVip));
+    }
+    let flow = quoted_flow(ctx, l3)?;
+    let vip_key = VipKey { addr: flow.dst, port_be: flow.dport_be, proto: flow.proto, family: flow.family };
+    let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
+    // Errors never create flows: they follow an existing one or its hash.
+    let target = select::backend(&flow, &vip, false)?;
+    let verdict = unpack(encap::forward(ctx, l3, &target, vip.flags))?;
+    bump(&STATS, Event::IcmpForwarded.slot());
+    Ok(verdict)
+}
+
+/// The client → VIP flow of the VIP → client packet quoted in an ICMP error.
+#[inline(always)]
+fn quoted_flow(ctx: &XdpContext, l3: &L3) -> Result<FlowKey, Drop> {
+    let q_off = l3.l4_off + ICMP_HLEN;
+    // Quoted headers are read in place, not copied to the stack (see encap.rs).
+    let (src, dst, proto, ports_off) = if l3.family == FAMILY_V4 {
+        let q = ptr_at::<Ipv4Hdr>(ctx, q_off).ok_or(Drop::IcmpTruncated)?;
+        // SAFETY: bounds checked by ptr_at.
+        let q = unsafe { &*q };
+        let ihl = usize::from(q.version_ihl & 0x0f) * 4;
+        if q.version_ihl >> 4 != 4 || ihl < IPV4_HLEN {
+            return Err(Drop::IcmpTruncated);
+        }
+        ([q.saddr, 0, 0, 0], [q.daddr, 0, 0, 0], q.proto, q_off + ihl)
+    } else {
+        let q = ptr_at::<Ipv6Hdr>(ctx, q_off).ok_or(Drop::IcmpTruncated)?;
+        // SAFETY: bounds checked by ptr_at.
+        let q = unsafe { &*q };
+        (q.saddr, q.daddr, q.nexthdr, q_off + IPV6_HLEN)
+    };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Drop::IcmpNotForVip);
+    }
+    // The quoted packet was sent by the VIP: its source must be the address the error
+    // came to, or somebody is steering errors at us.
+    if src != l3.dst {
+        return Err(Drop::IcmpNotForVip);
+    }
+    let [sport_be, dport_be] = read::<[u16; 2]>(ctx, ports_off).ok_or(Drop::IcmpTruncated)?;
+    Ok(FlowKey { src: dst, dst: src, sport_be: dport_be, dport_be: sport_be, proto, family: l3.family, _pad: [0; 2] })
+}
+
+/// Answers the packet in the frame with "fragmentation needed" (IPv4, only when DF is
+/// set: without DF the sender does no path MTU discovery, so it is dropped and counted)
+/// or "packet too big" (IPv6), advertising `mtu`, and bounces it to the sender.
+#[inline(never)]
+pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> u64 {
+    pack(too_big_stage(ctx, l3, mtu))
+}
+
+#[inline(always)]
+fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
+    let v4 = l3.family == FAMILY_V4;
+    if (v4 && !l3.df) || l3.l3_len < QUOTE_LEN {
+        return Err(Drop::TooBig);
+    }
+    let l2_len = l3.l3_off;
+    let src_mac = read::<[u8; 6]>(ctx, 6).ok_or(Drop::EthTruncated)?;
+    let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Drop::EthTruncated)?;
+    let vlan = if l2_len == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };
+    let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let new_hdrs = ip_len + ICMP_HLEN;
+
+    // Grow the front by exactly the new IP + ICMP headers: the offending packet then starts
+    // where its quote belongs, and the tail trim keeps QUOTE_LEN bytes of it.
+    // SAFETY: helper calls on our own context; every later access is re-checked.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(new_hdrs as i32)) } != 0 {
+        return Err(Drop::AdjustFailed);
+    }
+    let keep = l2_len + new_hdrs + QUOTE_LEN;
+    let trim = frame_len(ctx) as i64 - keep as i64;
+    if trim > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(trim as i32)) } != 0 {
+        return Err(Drop::AdjustFailed);
+    }
+
+    write(ctx, 0, src_mac).ok_or(Drop::AdjustFailed)?;
+    write(ctx, 6, dst_mac).ok_or(Drop::AdjustFailed)?;
+    let mut off = ETH_HLEN - 2;
+    if let Some(tag) = vlan {
+        write(ctx, off, tag).ok_or(Drop::AdjustFailed)?;
+        off += VLAN_HLEN;
+    }
+    let ethertype: u16 = if v4 { lb_ebpf::parse::ETH_P_IP } else { lb_ebpf::parse::ETH_P_IPV6 };
+    write(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
+    off += 2;
+
+    let icmp_off = off + ip_len;
+    let quote_sum = sum_quote(ctx, icmp_off + ICMP_HLEN)?;
+    let icmp_len = (ICMP_HLEN + QUOTE_LEN) as u32;
+    if v4 {
+        let p = ptr_at_mut::<Ipv4Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
+        // SAFETY: ptr_at_mut checked the header fits in the frame.
+        unsafe { write_ipv4_header(p, l3.dst[0], l3.src[0], IPPROTO_ICMP, 0, (IPV4_HLEN as u32 + icmp_len) as u16) };
+        let mtu = mtu.min(0xffff);
+        let sum = quote_sum + ((u32::from(ICMP_DEST_UNREACH) << 8) | u32::from(ICMP_FRAG_NEEDED)) + mtu;
+        let icmp: [u16; 4] = [
+            ((u16::from(ICMP_DEST_UNREACH) << 8) | u16::from(ICMP_FRAG_NEEDED)).to_be(),
+            csum::finish(sum).to_be(),
+            0,
+            (mtu as u16).to_be(),
+        ];
+        write(ctx, icmp_off, icmp).ok_or(Drop::AdjustFailed)?;
+    } else {
+        let mtu = mtu.max(IPV6_MIN_MTU);
+        let p = ptr_at_mut::<Ipv6Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
+        // SAFETY: ptr_at_mut checked the header fits in the frame.
+        unsafe {
+            (*p).vtc_flow_be = (6u32 << 28).to_be();
+            (*p).payload_len_be = (icmp_len as u16).to_be();
+            (*p).nexthdr = IPPROTO_ICMPV6;
+            (*p).hop_limit = OUTER_TTL;
+            (*p).saddr = l3.dst;
+            (*p).daddr = l3.src;
+        }
+        // Pseudo header: addresses, upper-layer length, next header.
+        let mut sum = quote_sum + icmp_len + u32::from(IPPROTO_ICMPV6);
+        let mut i = 0;
+        while i < 4 {
+            sum = csum::add_word(sum, l3.dst[i]);
+            sum = csum::add_word(sum, l3.src[i]);
+            i += 1;
+        }
+        sum += (u32::from(ICMPV6_PKT_TOOBIG) << 8) + (mtu >> 16) + (mtu & 0xffff);
+        let icmp: [u16; 4] = [
+            (u16::from(ICMPV6_PKT_TOOBIG) << 8).to_be(),
+            csum::finish(sum).to_be(),
+            ((mtu >> 16) as u16).to_be(),
+            (mtu as u16).to_be(),
+        ];
+        write(ctx, icmp_off, icmp).ok_or(Drop::AdjustFailed)?;
+    }
+    bump(&STATS, Event::IcmpTooBigSent.slot());
+    Ok(xdp_action::XDP_TX)
+}
+
+/// One's-complement sum (unfolded) of the QUOTE_LEN bytes at `off`.
+#[inline(always)]
+fn sum_quote(ctx: &XdpContext, off: usize) -> Result<u32, Drop> {
+    let p = ptr_at::<[u16; QUOTE_LEN / 2]>(ctx, off).ok_or(Drop::AdjustFailed)?;
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < QUOTE_LEN / 2 {
+        // SAFETY: bounds checked by ptr_at for the whole array; read in place, no stack copy.
+        sum += u32::from(u16::from_be(unsafe { core::ptr::addr_of!((*p)[i]).read_unaligned() }));
+        i += 1;
+    }
+    Ok(sum)
+}

@@ -1,0 +1,52 @@
+//! The balancer's maps. Sizes here are defaults; the loader in user space may change
+//! `max_entries` at load time (`LOOKUP`, `CONNS`, `VIP_STATS`), and the code below never
+//! assumes a size: every lookup handles "out of range".
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    counters::COUNTER_SLOTS,
+    flow::FlowKey,
+    maps::{Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES},
+};
+
+/// (address, port, protocol) → service settings, plus address-only markers. Daemon writes.
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
+
+/// Backend index → backend (address, state, cached next hop). Index 0 = none. Daemon writes.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Flat array of Maglev tables: `table_id * MAX_TABLE_SIZE + slot` → backend index.
+/// Two tables per VIP (double-buffered, see `VipInfo::table_id`). Daemon writes.
+#[map]
+pub static LOOKUP: Array<u32> = Array::with_max_entries(8 * 2 * lb_common::maps::MAX_TABLE_SIZE, 0);
+
+/// Client 5-tuple → pinned backend. LRU with per-CPU free lists (`BPF_F_NO_COMMON_LRU`):
+/// no global lock on insert, one value per flow. The program writes; the daemon reads.
+#[map]
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
+
+/// Slot 0: balancer-wide settings. Daemon writes.
+#[map]
+pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters by reason slot (`lb_common::counters`). Program writes, daemon sums.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Per-CPU traffic per VIP (`VipInfo::vip_id`). Program writes, daemon sums.
+#[map]
+pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(1024, 0);
+
+/// Per-CPU traffic per backend index. Program writes, daemon sums.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Egress interfaces other than the ingress one: ifindex → device, for `XDP_REDIRECT`.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);

@@ -1,0 +1,91 @@
+//! Loading the embedded XDP objects and attaching them to interfaces.
+
+use anyhow::{Context, Result};
+use aya::{
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::maps::{DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_LOOKUP, MAP_VIP_STATS, MAX_TABLE_SIZE};
+
+/// The balancer object (`lb-ebpf/src/bin/balancer`), built by build.rs.
+pub static BALANCER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-balancer"));
+/// The backend decap object.
+pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
+/// Baseline programs: `xlb_pass`, `xlb_drop`, `xlb_tx`.
+pub static BASELINE_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-baseline"));
+
+/// Program names inside the objects.
+pub const BALANCER_PROG: &str = "xlb_balancer";
+/// See [`BALANCER_PROG`].
+pub const DECAP_PROG: &str = "xlb_decap";
+
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// VIPs that can have a lookup table (each owns two tables of `MAX_TABLE_SIZE` slots).
+    pub max_vips: u32,
+    /// Connection-table entries.
+    pub max_conns: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { max_vips: DEFAULT_MAX_VIPS, max_conns: DEFAULT_MAX_CONNS }
+    }
+}
+
+/// Loads the balancer with the given map sizes and loads its program into the kernel
+/// (verifier included), without attaching it anywhere.
+pub fn load_balancer(opts: LoadOptions) -> Result<Ebpf> {
+    let lookup_entries = opts
+        .max_vips
+        .checked_mul(2 * MAX_TABLE_SIZE)
+        .context("max_vips too large: the lookup tables would exceed 4 G slots")?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(MAP_LOOKUP, lookup_entries)
+        .map_max_entries(MAP_CONNS, opts.max_conns)
+        .map_max_entries(MAP_VIP_STATS, opts.max_vips)
+        .load(BALANCER_OBJ)
+        .context("loading the balancer object (are you root, with bpffs and BTF?)")?;
+    load_program(&mut ebpf, BALANCER_PROG)?;
+    Ok(ebpf)
+}
+
+/// Loads the decap object and its program.
+pub fn load_decap() -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(DECAP_OBJ).context("loading the decap object")?;
+    load_program(&mut ebpf, DECAP_PROG)?;
+    Ok(ebpf)
+}
+
+/// Loads the baseline object and the named program (`xlb_pass`, `xlb_drop`, `xlb_tx`).
+pub fn load_baseline(prog: &str) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(BASELINE_OBJ).context("loading the baseline object")?;
+    load_program(&mut ebpf, prog)?;
+    Ok(ebpf)
+}
+
+/// Loads (verifies) one XDP program of a loaded object.
+pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    xdp(ebpf, name)?.load().with_context(|| format!("the kernel refused XDP program {name}"))
+}
+
+/// The XDP program `name` of `ebpf`.
+pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let prog = ebpf.program_mut(name).with_context(|| format!("object has no program {name}"))?;
+    prog.try_into().with_context(|| format!("{name} is not an XDP program"))
+}
+
+/// Attaches program `name` of `ebpf` to interface `iface` in `mode`, with an error that says
+/// what to do next.
+pub fn attach(ebpf: &mut Ebpf, name: &str, iface: &str, mode: XdpMode) -> Result<()> {
+    let ifindex = crate::netdev::ifindex(iface)?;
+    let prog = xdp(ebpf, name)?;
+    prog.attach_to_if_index(ifindex, mode).map(|_| ()).map_err(|e| {
+        let hint = match mode {
+            XdpMode::Driver => "; the driver may not support native XDP: try --xdp-mode skb",
+            _ => "",
+        };
+        anyhow::anyhow!("attaching {name} to {iface} in {mode:?} mode failed: {e}{hint}")
+    })
+}
