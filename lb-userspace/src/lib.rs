@@ -1,1 +1,20 @@
-
+//! `xlb`: the user-space side of the xlb load balancer.
+//!
+//! A pure core (config validation, the VIP/backend model, Maglev tables, health state) that
+//! knows nothing of BPF, and thin edges that talk to the kernel and the operator.
+//!
+//! Layout:
+//! - [`config`]: the JSON configuration and its validation.
+//! - [`core`]: VIPs, backends and their state → data-plane writes (pure, unit-tested).
+//! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
+//! - [`loader`]: the embedded XDP objects; load, verify, attach.
+//! - [`netdev`]: interface index, MAC, MTU, addresses.
+//! - [`testrun`]: `BPF_PROG_TEST_RUN` runner (fixture tests, bench).
+//! - [`health`]: health-check probes, state machine and runner.
+pub mod config;
+pub mod core;
+pub mod dataplane;
+pub mod health;
+pub mod loader;
+pub mod netdev;
+pub mod testrun;

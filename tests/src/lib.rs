@@ -6,6 +6,9 @@
 //!   IP-in-IP encapsulation, and a field-by-field frame description/diff for failing tests.
 //! - [`netns`]: network namespaces, veth pairs and a bridged LAN that clean up on drop (also
 //!   when a test panics), plus `setns(2)` guards to load BPF programs inside a namespace.
+//! - [`fixtures`]: the test_run fixture harness (config → core → BPF maps, frame in →
+//!   verdict, frame and counters out).
 
+pub mod fixtures;
 pub mod netns;
 pub mod packet;

@@ -1,27 +1,101 @@
-//! Baseline XDP programs: the floors `cargo xtask bench` measures xlb against, and the
-//! `XDP_PASS` program test topologies attach to veth peers (veth delivers `XDP_TX` frames
-//! only to a peer that runs an XDP program).
+//! `xlb_decap`: runs on backends. Removes the outer IPv4/IPv6 header of IP-in-IP packets
+//! (IPIP, IP6IP6, 4in6, 6in4) addressed to one of this host's addresses and passes the
+//! client's original packet to the stack, which answers the client directly (DSR). This
+//! kernel has no ipip module, so without this program tunnel packets would be dropped.
+//!
+//! Everything else — and anything that does not parse — is passed untouched and counted:
+//! the program must never break the backend's own traffic.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    addr::{FAMILY_V4, FAMILY_V6},
+    counters::{Event, Pass, COUNTER_SLOTS},
+    maps::DecapAddr,
+};
+use lb_ebpf::{
+    parse::{
+        self,
+        eth::{ETH_HLEN, VLAN_HLEN},
+        ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_IPIP, IPPROTO_IPV6,
+    },
+    ptr::{read, write},
+    stats::bump,
+};
 
-/// Passes every frame to the stack.
+/// This host's addresses that tunnels may be addressed to. Written by `xlb decap`.
+#[map]
+static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(256, 0);
+
+/// Per-CPU counters by reason slot. Written here, summed by `xlb decap`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
 #[xdp]
-pub fn xlb_pass(_ctx: XdpContext) -> u32 {
+pub fn xlb_decap(ctx: XdpContext) -> u32 {
+    let reason = match decap(&ctx) {
+        Ok(()) => {
+            bump(&STATS, Event::Decapsulated.slot());
+            return xdp_action::XDP_PASS;
+        }
+        Err(reason) => reason,
+    };
+    bump(&STATS, reason.slot());
     xdp_action::XDP_PASS
 }
 
-/// Drops every frame: the receive ceiling.
-#[xdp]
-pub fn xlb_drop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
-}
+/// Strips the tunnel header, or says why the frame is left alone.
+#[inline(always)]
+fn decap(ctx: &XdpContext) -> Result<(), Pass> {
+    let l2 = parse::eth(ctx).map_err(|_| Pass::Malformed)?;
+    let l3 = match l2.ethertype {
+        ETH_P_IP => parse::ipv4(ctx, l2.l3_off),
+        ETH_P_IPV6 => parse::ipv6(ctx, l2.l3_off),
+        _ => return Err(Pass::NotTunnel),
+    }
+    .map_err(|_| Pass::Malformed)?;
+    let inner_ethertype = match l3.proto {
+        IPPROTO_IPIP => ETH_P_IP,
+        IPPROTO_IPV6 => ETH_P_IPV6,
+        _ => return Err(Pass::NotTunnel),
+    };
+    // Fragmented tunnel packets cannot be stripped one by one; the stack drops them.
+    if l3.frag != FRAG_NONE {
+        return Err(Pass::Malformed);
+    }
+    let key = DecapAddr { addr: l3.dst, family: u32::from(l3.family) };
+    if DECAP_ADDRS.get_ptr(&key).is_none() {
+        return Err(Pass::TunnelNotLocal);
+    }
+    // The inner header must be what the outer one announced.
+    let version = read::<[u8; 2]>(ctx, l3.l4_off).ok_or(Pass::Malformed)?[0] >> 4;
+    let want = if inner_ethertype == ETH_P_IP { FAMILY_V4 } else { FAMILY_V6 };
+    if version != want {
+        return Err(Pass::Malformed);
+    }
 
-/// Sends every frame back out untouched: the one-arm forwarding ceiling.
-#[xdp]
-pub fn xlb_tx(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
+    let macs = read::<[u8; 12]>(ctx, 0).ok_or(Pass::Malformed)?;
+    let vlan = if l2.l3_off == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };
+    let outer_len = l3.l4_off - l3.l3_off;
+    // SAFETY: helper call on our own context; shrinks the frame at the front.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+        return Err(Pass::Malformed);
+    }
+    write(ctx, 0, macs).ok_or(Pass::Malformed)?;
+    let mut off = ETH_HLEN - 2;
+    if let Some(tag) = vlan {
+        write(ctx, off, tag).ok_or(Pass::Malformed)?;
+        off += VLAN_HLEN;
+    }
+    write(ctx, off, inner_ethertype.to_be()).ok_or(Pass::Malformed)?;
+    Ok(())
 }
 
 #[cfg(not(test))]

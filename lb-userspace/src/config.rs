@@ -1,0 +1,507 @@
+//! The configuration file and the VIP / backend definitions the control socket accepts.
+//!
+//! JSON, every object `deny_unknown_fields`, so a typo is an error rather than a silently
+//! ignored setting. Parsing reports the path of the bad field (`vips[0].backends[1].weight`);
+//! [`Config::validate`] checks what types cannot (ranges, duplicates, primes) and names the
+//! field too. Nothing is applied until the whole file is valid. Reference with examples:
+//! `docs/config.md`.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb_common::maglev::is_prime;
+use serde::{Deserialize, Serialize};
+
+use crate::health::HealthCheckConfig;
+
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Backends one VIP may have (Maglev wants the table ≥ 100 × backends for balance).
+pub const MAX_BACKENDS_PER_VIP: usize = 1000;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Outer source addresses of tunnels; default: the first address of the interface.
+    #[serde(default)]
+    pub outer_source: OuterSource,
+    /// Prefixes for flow-hash derived outer sources (VIPs with `"source": "flow_hash"`).
+    #[serde(default)]
+    pub hashed_source: HashedSource,
+    /// Largest IP packet the link towards backends carries; default: the interface MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Answer packets that would exceed the MTU once encapsulated with ICMP
+    /// frag-needed / packet-too-big (default true); false drops them (counted).
+    #[serde(default = "yes")]
+    pub icmp_too_big: bool,
+    /// The services.
+    #[serde(default)]
+    pub vips: Vec<VipConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Outer source addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OuterSource {
+    /// Source of IPv4 tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<Ipv4Addr>,
+    /// Source of IPv6 tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// Prefixes for flow-hash derived sources, as `"198.19.0.0/16"` / `"fd00:ff::/96"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashedSource {
+    /// IPv4 prefix (length 8..=30): the flow hash fills the host bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<String>,
+    /// IPv6 prefix (length ≤ 96): the flow hash fills the last 32 bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<String>,
+}
+
+/// Transport protocol of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// How a VIP picks a backend for a new flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Consistent hash of the 5-tuple over a weighted Maglev table.
+    #[default]
+    Maglev,
+    /// Consistent hash of the client address only: a client sticks to one backend.
+    Sh,
+}
+
+/// Tunnel type. Only IP-in-IP today; the outer family follows the backend's address
+/// (IPIP, IP6IP6, 4in6, 6in4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// IP-in-IP.
+    #[default]
+    Ipip,
+}
+
+/// Outer source address choice of a VIP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMode {
+    /// The balancer's own address.
+    #[default]
+    Lb,
+    /// Derived from the flow hash within `hashed_source`, so routers can spread tunnels.
+    FlowHash,
+}
+
+/// A service: address, port, protocol, and its backends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    /// Free-form label for people and metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The virtual address clients connect to.
+    pub address: IpAddr,
+    /// The port (1..=65535).
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// `maglev` (default) or `sh`.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Maglev table size: a prime, 3..=65537 (default 65537).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+    /// Tunnel type (`ipip`).
+    #[serde(default)]
+    pub encap: Encap,
+    /// Outer source: `lb` (default) or `flow_hash`.
+    #[serde(default)]
+    pub source: SourceMode,
+    /// Health check for every backend of this VIP (default: TCP connect to the VIP port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// The real servers.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A real server behind a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Tunnel destination.
+    pub address: IpAddr,
+    /// Relative weight, 0..=10000 (default 1); 0 takes no new flows.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Start drained: no new flows, existing ones stay.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drained: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Identity of a VIP: what a client connects to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipId {
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for VipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
+        }
+    }
+}
+
+impl std::str::FromStr for VipId {
+    type Err = String;
+
+    /// Parses `198.18.1.1:80/tcp` or `[fd00::1]:80/udp` (protocol defaults to tcp).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr_port, proto) = match s.rsplit_once('/') {
+            Some((a, p)) => (a, p),
+            None => (s, "tcp"),
+        };
+        let protocol = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(format!("unknown protocol {other:?} in {s:?}: use tcp or udp")),
+        };
+        let sa: std::net::SocketAddr = addr_port
+            .parse()
+            .map_err(|_| format!("{s:?} is not ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:80/tcp"))?;
+        if sa.port() == 0 {
+            return Err(format!("port 0 in {s:?}: ports are 1..=65535"));
+        }
+        Ok(Self { address: sa.ip(), port: sa.port(), protocol })
+    }
+}
+
+impl Serialize for VipId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VipId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl VipConfig {
+    /// This VIP's identity.
+    pub fn id(&self) -> VipId {
+        VipId { address: self.address, port: self.port, protocol: self.protocol }
+    }
+}
+
+/// A configuration or request that cannot be used, with the path of the bad field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Where: `vips[0].backends[1].weight`, or `-` for the whole document.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Parses JSON into `T`, naming the path of the first bad field.
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        // serde_path_to_error says "." for the root and "?" where it could not track a path
+        // (syntax errors); both mean "the document itself".
+        let field = if path == "." || path == "?" { "-".to_string() } else { path };
+        ConfigError::new(field, e.into_inner().to_string())
+    })
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = parse_json(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks everything types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(mtu) = self.mtu {
+            if !(576..=65535).contains(&mtu) {
+                return Err(ConfigError::new("mtu", format!("{mtu} is outside 576..=65535")));
+            }
+        }
+        if let Some(p) = &self.hashed_source.v4 {
+            parse_v4_prefix(p).map_err(|m| ConfigError::new("hashed_source.v4", m))?;
+        }
+        if let Some(p) = &self.hashed_source.v6 {
+            parse_v6_prefix(p).map_err(|m| ConfigError::new("hashed_source.v6", m))?;
+        }
+        let mut seen = BTreeSet::new();
+        for (i, vip) in self.vips.iter().enumerate() {
+            let at = format!("vips[{i}]");
+            vip.validate(&at)?;
+            if !seen.insert(vip.id()) {
+                return Err(ConfigError::new(at, format!("duplicate VIP {}", vip.id())));
+            }
+            if vip.source == SourceMode::FlowHash {
+                let needs_v4 = vip.backends.iter().any(|b| b.address.is_ipv4());
+                let needs_v6 = vip.backends.iter().any(|b| b.address.is_ipv6());
+                if (needs_v4 && self.hashed_source.v4.is_none()) || (needs_v6 && self.hashed_source.v6.is_none()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.source"),
+                        "flow_hash needs hashed_source.v4 / hashed_source.v6 for its backends' families",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VipConfig {
+    /// Checks one VIP; `at` prefixes field paths in errors.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.port == 0 {
+            return Err(ConfigError::new(format!("{at}.port"), "port 0 is not a service port: use 1..=65535"));
+        }
+        check_unicast(&self.address).map_err(|m| ConfigError::new(format!("{at}.address"), m))?;
+        if let Some(m) = self.table_size {
+            if !(3..=lb_common::maps::MAX_TABLE_SIZE).contains(&m) || !is_prime(m) {
+                return Err(ConfigError::new(
+                    format!("{at}.table_size"),
+                    format!("{m} is not a prime in 3..=65537 (Maglev needs a prime table size)"),
+                ));
+            }
+        }
+        if let Some(name) = &self.name {
+            if name.len() > 64 || name.chars().any(|c| c.is_control()) {
+                return Err(ConfigError::new(format!("{at}.name"), "names are at most 64 printable characters"));
+            }
+        }
+        if let Some(hc) = &self.health_check {
+            hc.validate().map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
+        }
+        if self.backends.len() > MAX_BACKENDS_PER_VIP {
+            return Err(ConfigError::new(
+                format!("{at}.backends"),
+                format!("{} backends; at most {MAX_BACKENDS_PER_VIP} per VIP", self.backends.len()),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (j, b) in self.backends.iter().enumerate() {
+            let bat = format!("{at}.backends[{j}]");
+            b.validate(&bat)?;
+            if !seen.insert(b.address) {
+                return Err(ConfigError::new(bat, format!("duplicate backend {}", b.address)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BackendConfig {
+    /// Checks one backend.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        check_unicast(&self.address).map_err(|m| ConfigError::new(format!("{at}.address"), m))?;
+        check_weight(self.weight).map_err(|m| ConfigError::new(format!("{at}.weight"), m))
+    }
+}
+
+/// A weight is 0..=MAX_WEIGHT.
+pub fn check_weight(w: u32) -> Result<(), String> {
+    if w > MAX_WEIGHT {
+        return Err(format!("{w} is outside 0..={MAX_WEIGHT}"));
+    }
+    Ok(())
+}
+
+/// Refuses addresses that can never be a VIP or a backend.
+pub fn check_unicast(a: &IpAddr) -> Result<(), String> {
+    if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+        return Err(format!("{a} is not a unicast address"));
+    }
+    if let IpAddr::V4(v4) = a {
+        if v4.is_broadcast() {
+            return Err(format!("{a} is the broadcast address"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `a.b.c.d/len` (len 8..=30) into (network word, host mask in host order).
+pub fn parse_v4_prefix(s: &str) -> Result<(Ipv4Addr, u32), String> {
+    let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+    let len: u32 = l.parse().map_err(|_| format!("{l:?} is not a prefix length"))?;
+    if !(8..=30).contains(&len) {
+        return Err(format!("prefix length {len} is outside 8..=30"));
+    }
+    let hostmask = u32::MAX >> len;
+    if u32::from(addr) & hostmask != 0 {
+        return Err(format!("{s} has host bits set"));
+    }
+    Ok((addr, hostmask))
+}
+
+/// Parses `addr/len` (len ≤ 96): the last 32 bits must be free for the hash.
+pub fn parse_v6_prefix(s: &str) -> Result<Ipv6Addr, String> {
+    let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+    let addr: Ipv6Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv6 address"))?;
+    let len: u32 = l.parse().map_err(|_| format!("{l:?} is not a prefix length"))?;
+    if !(8..=96).contains(&len) {
+        return Err(format!("prefix length {len} is outside 8..=96"));
+    }
+    let bits = u128::from(addr);
+    if len < 128 && bits & (u128::MAX >> len) != 0 {
+        return Err(format!("{s} has host bits set"));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "outer_source": {"v4": "198.18.0.2"},
+        "vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                  "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12", "weight": 3}]}]
+    }"#;
+
+    #[track_caller]
+    fn err(text: &str) -> ConfigError {
+        match Config::from_json(text) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn with_vip(vip: &str) -> String {
+        format!(r#"{{"vips": [{vip}]}}"#)
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert!(c.icmp_too_big);
+        assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
+        assert_eq!(c.vips[0].backends[0].weight, 1);
+        assert_eq!(c.vips[0].backends[1].weight, 3);
+        assert_eq!(c.vips[0].id().to_string(), "198.18.1.1:80/tcp");
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            (r#"{"vips": [], "bogus": 1}"#, "bogus", "unknown field `bogus`"),
+            (r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "colour": 1}]}"#, "vips[0].colour", "unknown field"),
+            (&with_vip(r#"{"address": "198.18.1", "port": 80, "protocol": "tcp"}"#), "vips[0].address", "invalid"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 0, "protocol": "tcp"}"#), "vips[0].port", "1..=65535"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 70000, "protocol": "tcp"}"#), "vips[0].port", "u16"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": "80", "protocol": "tcp"}"#), "vips[0].port", "invalid type"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "sctp"}"#), "vips[0].protocol", "unknown variant"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "random"}"#), "vips[0].scheduler", "unknown variant"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "table_size": 65536}"#), "vips[0].table_size", "prime"),
+            (&with_vip(r#"{"address": "224.0.0.1", "port": 80, "protocol": "tcp"}"#), "vips[0].address", "unicast"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": 10001}]}"#), "vips[0].backends[0].weight", "0..=10000"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": -1}]}"#), "vips[0].backends[0].weight", "invalid value"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.11"}]}"#), "vips[0].backends[1]", "duplicate backend"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "source": "flow_hash", "backends": [{"address": "198.18.0.11"}]}"#), "vips[0].source", "hashed_source.v4"),
+            (r#"{"mtu": 100}"#, "mtu", "576"),
+            (r#"{"hashed_source": {"v4": "198.19.0.1/16"}}"#, "hashed_source.v4", "host bits"),
+            (r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp"}, {"address": "198.18.1.1", "port": 80, "protocol": "tcp"}]}"#, "vips[1]", "duplicate VIP"),
+            ("{", "-", "EOF"),
+        ];
+        for (text, field, needle) in cases {
+            let e = err(text);
+            assert_eq!(&e.field, field, "{text}: {e}");
+            assert!(e.message.contains(needle), "{text}: {e} (wanted {needle:?})");
+        }
+    }
+
+    #[test]
+    fn vip_ids_parse_and_print() {
+        for s in ["198.18.1.1:80/tcp", "[fd00::1]:53/udp"] {
+            assert_eq!(s.parse::<VipId>().unwrap().to_string(), s);
+        }
+        assert_eq!("198.18.1.1:80".parse::<VipId>().unwrap().protocol, Protocol::Tcp);
+        assert!("198.18.1.1:0/tcp".parse::<VipId>().unwrap_err().contains("port 0"));
+        assert!("198.18.1.1:80/sctp".parse::<VipId>().unwrap_err().contains("sctp"));
+        assert!("nonsense".parse::<VipId>().is_err());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(parse_v4_prefix("198.19.0.0/16").unwrap().1, 0xffff);
+        assert!(parse_v4_prefix("198.19.0.0/31").is_err());
+        assert!(parse_v6_prefix("fd00:ff::/96").is_ok());
+        assert!(parse_v6_prefix("fd00:ff::1/96").is_err());
+        assert!(parse_v6_prefix("fd00:ff::/120").is_err());
+    }
+}

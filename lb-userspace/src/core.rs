@@ -1,0 +1,740 @@
+//! The pure core: VIPs, backends, their state, and how that state becomes data-plane writes.
+//!
+//! It knows nothing of BPF: it writes through a [`Dataplane`], so it is unit-tested with a
+//! recorder. Every operation validates first and changes nothing when it refuses.
+//!
+//! Ordering rules that keep packets safe while maps change (no packet ever sees a
+//! half-written table or a backend that is not ready):
+//! - A lookup table is written into the VIP's *inactive* table, then one `VIPS` update flips
+//!   `table_id` to it (double buffering).
+//! - A backend slot is written (active) before any table can point at it, and deactivated
+//!   only after the tables no longer do.
+//! - Backend indices are handed out first-in first-out from a free list, so an index freed
+//!   now is the last to be reused: a stale connection-table entry for it has aged out of the
+//!   LRU long before.
+//! - All backends of a VIP down: the table is empty and new flows are dropped and counted
+//!   (`no_backend`); flows pinned to backends that are still active keep flowing.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb_common::{
+    addr::to_words,
+    maglev::{self, MaglevBackend},
+    maps::{
+        Backend, LbConfig, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP, CFG_F_ICMP_TOO_BIG,
+        DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC, VIP_F_SRC_HASH,
+    },
+};
+use serde::Serialize;
+
+use crate::{
+    config::{check_weight, BackendConfig, Config, ConfigError, Scheduler, SourceMode, VipConfig, VipId},
+    dataplane::{Dataplane, DataplaneError},
+};
+
+/// Balancer-wide settings, resolved from the config file and the interface.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    /// Outer source of IPv4 tunnels.
+    pub src_v4: Option<Ipv4Addr>,
+    /// Outer source of IPv6 tunnels.
+    pub src_v6: Option<Ipv6Addr>,
+    /// Flow-hash source prefix and host mask (IPv4).
+    pub hashed_v4: Option<(Ipv4Addr, u32)>,
+    /// Flow-hash source prefix (IPv6, /96 or shorter).
+    pub hashed_v6: Option<Ipv6Addr>,
+    /// Largest IP packet towards backends; 0 = unchecked.
+    pub mtu: u32,
+    /// Answer oversized packets with ICMP.
+    pub icmp_too_big: bool,
+    /// VIPs that can have tables (the `LOOKUP` map's size / 2 tables).
+    pub max_vips: u32,
+}
+
+impl Settings {
+    /// Settings from a validated config, filling the gaps from the interface: its first
+    /// address of each family is the outer source, its MTU the link MTU.
+    pub fn resolve(cfg: &Config, iface_addrs: &[IpAddr], iface_mtu: u32, max_vips: u32) -> Self {
+        let first_v4 = iface_addrs.iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        let first_v6 = iface_addrs.iter().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        Self {
+            src_v4: cfg.outer_source.v4.or(first_v4),
+            src_v6: cfg.outer_source.v6.or(first_v6),
+            hashed_v4: cfg.hashed_source.v4.as_deref().and_then(|p| crate::config::parse_v4_prefix(p).ok()),
+            hashed_v6: cfg.hashed_source.v6.as_deref().and_then(|p| crate::config::parse_v6_prefix(p).ok()),
+            mtu: cfg.mtu.unwrap_or(iface_mtu),
+            icmp_too_big: cfg.icmp_too_big,
+            max_vips,
+        }
+    }
+}
+
+/// A resolved next hop towards a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NextHop {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Our MAC on it.
+    pub smac: [u8; 6],
+    /// The next hop's MAC.
+    pub dmac: [u8; 6],
+}
+
+/// Why the core refused an operation. Each has a stable code for the control protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A field is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// No such VIP.
+    #[error("unknown VIP {vip}; `xlb status` lists VIPs")]
+    UnknownVip {
+        /// The VIP asked for.
+        vip: VipId,
+    },
+    /// No such backend on the VIP.
+    #[error("VIP {vip} has no backend {backend}")]
+    UnknownBackend {
+        /// The VIP.
+        vip: VipId,
+        /// The backend asked for.
+        backend: IpAddr,
+    },
+    /// The VIP exists already.
+    #[error("VIP {vip} exists already")]
+    VipExists {
+        /// The VIP.
+        vip: VipId,
+    },
+    /// The backend exists already.
+    #[error("VIP {vip} has backend {backend} already")]
+    BackendExists {
+        /// The VIP.
+        vip: VipId,
+        /// The backend.
+        backend: IpAddr,
+    },
+    /// Out of VIP slots.
+    #[error("all {max} VIP slots are in use; restart with a larger --max-vips")]
+    TooManyVips {
+        /// The limit.
+        max: u32,
+    },
+    /// Out of backend slots.
+    #[error("all {max} backend slots are in use")]
+    TooManyBackends {
+        /// The limit.
+        max: u32,
+    },
+    /// A backend of a family we have no tunnel source for.
+    #[error("no outer source address for {family} tunnels to {backend}: set outer_source.{family} or give the interface an {family} address")]
+    NoSource {
+        /// "v4" or "v6".
+        family: &'static str,
+        /// The backend.
+        backend: IpAddr,
+    },
+    /// The data plane refused a write (state may be partly applied: the daemon logs it).
+    #[error("data plane write failed: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+impl CoreError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::UnknownVip { .. } => "unknown_vip",
+            Self::UnknownBackend { .. } => "unknown_backend",
+            Self::VipExists { .. } | Self::BackendExists { .. } => "exists",
+            Self::TooManyVips { .. } | Self::TooManyBackends { .. } => "capacity",
+            Self::NoSource { .. } => "no_source",
+            Self::Dataplane(_) => "internal",
+        }
+    }
+}
+
+/// A backend of a VIP as the core tracks it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendState {
+    /// Data-plane index (per VIP and backend: each pair has its own counters and state).
+    pub index: u32,
+    /// Weight.
+    pub weight: u32,
+    /// Drained by the operator: no new flows.
+    pub drained: bool,
+    /// Health as the checker last said.
+    pub healthy: bool,
+    /// Resolved next hop, if any.
+    pub nexthop: Option<NextHop>,
+}
+
+impl BackendState {
+    /// Takes new flows.
+    pub fn in_table(&self) -> bool {
+        self.healthy && !self.drained && self.weight > 0
+    }
+}
+
+/// A VIP as the core tracks it.
+#[derive(Clone, Debug)]
+pub struct VipState {
+    /// Its definition (`backends` kept empty: see `backends` below).
+    pub config: VipConfig,
+    /// Index into per-VIP counters; owns tables `2·id` and `2·id + 1`.
+    pub id: u32,
+    /// Backends by address.
+    pub backends: BTreeMap<IpAddr, BackendState>,
+    /// Which of the two tables is live (0 or 1).
+    active: u32,
+    /// What each of the two tables holds, to write only the slots that change.
+    shadow: [Vec<u32>; 2],
+}
+
+impl VipState {
+    /// Slots of the live table per backend index (for status and tests).
+    pub fn table(&self) -> &[u32] {
+        &self.shadow[self.active as usize]
+    }
+}
+
+/// FIFO pool of small integer ids.
+#[derive(Debug)]
+struct Pool {
+    free: VecDeque<u32>,
+    max: u32,
+}
+
+impl Pool {
+    fn new(range: std::ops::Range<u32>) -> Self {
+        Self { max: range.end - range.start, free: range.collect() }
+    }
+}
+
+/// The core.
+pub struct Core<D: Dataplane> {
+    dp: D,
+    settings: Settings,
+    vips: BTreeMap<VipId, VipState>,
+    vip_ids: Pool,
+    backend_ids: Pool,
+    /// VIP address → number of VIPs on it (address-only markers).
+    addr_refs: BTreeMap<IpAddr, u32>,
+}
+
+fn vip_key(id: &VipId) -> VipKey {
+    let (addr, family) = to_words(id.address);
+    VipKey { addr, port_be: id.port.to_be(), proto: id.protocol.number(), family }
+}
+
+fn marker_key(addr: IpAddr) -> VipKey {
+    let (addr, family) = to_words(addr);
+    VipKey { addr, port_be: 0, proto: PROTO_ANY, family }
+}
+
+fn family_name(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "v4"
+    } else {
+        "v6"
+    }
+}
+
+impl<D: Dataplane> Core<D> {
+    /// A core with no VIPs; writes the balancer-wide settings.
+    pub fn new(mut dp: D, settings: Settings) -> Result<Self, CoreError> {
+        dp.set_config(&lb_config(&settings))?;
+        Ok(Self {
+            dp,
+            vip_ids: Pool::new(0..settings.max_vips),
+            backend_ids: Pool::new(1..MAX_BACKENDS),
+            settings,
+            vips: BTreeMap::new(),
+            addr_refs: BTreeMap::new(),
+        })
+    }
+
+    /// Adds every VIP of a validated config.
+    pub fn apply(&mut self, cfg: &Config) -> Result<(), CoreError> {
+        for vip in &cfg.vips {
+            self.add_vip(vip.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The data plane (tests read the recorder through this).
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    /// Settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// All VIPs.
+    pub fn vips(&self) -> impl Iterator<Item = &VipState> {
+        self.vips.values()
+    }
+
+    /// One VIP.
+    pub fn vip(&self, id: &VipId) -> Result<&VipState, CoreError> {
+        self.vips.get(id).ok_or(CoreError::UnknownVip { vip: *id })
+    }
+
+    fn check_source(&self, backend: &IpAddr) -> Result<(), CoreError> {
+        let ok = match backend {
+            IpAddr::V4(_) => self.settings.src_v4.is_some(),
+            IpAddr::V6(_) => self.settings.src_v6.is_some(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(CoreError::NoSource { family: family_name(backend), backend: *backend })
+        }
+    }
+
+    fn check_hashed_source(&self, vip: &VipConfig, backend: &IpAddr) -> Result<(), CoreError> {
+        if vip.source != SourceMode::FlowHash {
+            return Ok(());
+        }
+        let ok = match backend {
+            IpAddr::V4(_) => self.settings.hashed_v4.is_some(),
+            IpAddr::V6(_) => self.settings.hashed_v6.is_some(),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(ConfigError::new("source", format!("flow_hash needs hashed_source.{} for backend {backend}", family_name(backend))).into())
+    }
+
+    /// Adds a VIP with its backends (all healthy until a health check says otherwise).
+    pub fn add_vip(&mut self, mut cfg: VipConfig) -> Result<(), CoreError> {
+        cfg.validate("vip")?;
+        let id = cfg.id();
+        if self.vips.contains_key(&id) {
+            return Err(CoreError::VipExists { vip: id });
+        }
+        for b in &cfg.backends {
+            self.check_source(&b.address)?;
+            self.check_hashed_source(&cfg, &b.address)?;
+        }
+        if self.vip_ids.free.is_empty() {
+            return Err(CoreError::TooManyVips { max: self.vip_ids.max });
+        }
+        if self.backend_ids.free.len() < cfg.backends.len() {
+            return Err(CoreError::TooManyBackends { max: self.backend_ids.max });
+        }
+        // Validated: from here on only data-plane failures can stop us.
+        let vip_index = self.vip_ids.free.pop_front().ok_or(CoreError::TooManyVips { max: self.vip_ids.max })?;
+        let backends_cfg = std::mem::take(&mut cfg.backends);
+        let mut state = VipState { config: cfg, id: vip_index, backends: BTreeMap::new(), active: 1, shadow: [Vec::new(), Vec::new()] };
+        for b in backends_cfg {
+            let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
+            let bs = BackendState { index, weight: b.weight, drained: b.drained, healthy: true, nexthop: None };
+            self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
+            state.backends.insert(b.address, bs);
+        }
+        let refs = self.addr_refs.entry(id.address).or_insert(0);
+        *refs += 1;
+        if *refs == 1 {
+            let marker = VipInfo { flags: VIP_F_ADDR_ONLY, ..VipInfo::default() };
+            self.dp.set_vip(&marker_key(id.address), &marker)?;
+        }
+        self.vips.insert(id, state);
+        self.publish(&id)
+    }
+
+    /// Removes a VIP: new packets to it pass to the kernel at once; its flows end.
+    pub fn remove_vip(&mut self, id: &VipId) -> Result<VipConfig, CoreError> {
+        let state = self.vips.remove(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        self.dp.remove_vip(&vip_key(id))?;
+        if let Some(refs) = self.addr_refs.get_mut(&id.address) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.addr_refs.remove(&id.address);
+                self.dp.remove_vip(&marker_key(id.address))?;
+            }
+        }
+        for (addr, b) in &state.backends {
+            let gone = BackendState { healthy: false, ..b.clone() };
+            self.dp.set_backend(b.index, &backend_entry(*addr, &gone))?;
+            self.backend_ids.free.push_back(b.index);
+        }
+        self.vip_ids.free.push_back(state.id);
+        let mut cfg = state.config;
+        cfg.backends = state.backends.iter().map(|(a, b)| BackendConfig { address: *a, weight: b.weight, drained: b.drained }).collect();
+        Ok(cfg)
+    }
+
+    /// Adds a backend to a VIP.
+    pub fn add_backend(&mut self, id: &VipId, b: BackendConfig) -> Result<(), CoreError> {
+        b.validate("backend")?;
+        let vip = self.vips.get(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        if vip.backends.contains_key(&b.address) {
+            return Err(CoreError::BackendExists { vip: *id, backend: b.address });
+        }
+        if vip.backends.len() >= crate::config::MAX_BACKENDS_PER_VIP {
+            return Err(ConfigError::new("backend", format!("VIP {id} has {} backends, the most a VIP may have", vip.backends.len())).into());
+        }
+        self.check_source(&b.address)?;
+        self.check_hashed_source(&vip.config, &b.address)?;
+        let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
+        let bs = BackendState { index, weight: b.weight, drained: b.drained, healthy: true, nexthop: None };
+        self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
+        if let Some(vip) = self.vips.get_mut(id) {
+            vip.backends.insert(b.address, bs);
+        }
+        self.publish(id)
+    }
+
+    /// Removes a backend: it leaves the table, then flows pinned to it move.
+    pub fn remove_backend(&mut self, id: &VipId, addr: IpAddr) -> Result<(), CoreError> {
+        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        let b = vip.backends.remove(&addr).ok_or(CoreError::UnknownBackend { vip: *id, backend: addr })?;
+        self.publish(id)?;
+        let gone = BackendState { healthy: false, ..b };
+        self.dp.set_backend(gone.index, &backend_entry(addr, &gone))?;
+        self.backend_ids.free.push_back(gone.index);
+        Ok(())
+    }
+
+    /// Sets a backend's weight (0 = no new flows).
+    pub fn set_weight(&mut self, id: &VipId, addr: IpAddr, weight: u32) -> Result<(), CoreError> {
+        check_weight(weight).map_err(|m| ConfigError::new("weight", m))?;
+        self.backend_mut(id, addr)?.weight = weight;
+        self.publish(id)
+    }
+
+    /// Drains (no new flows; existing flows stay) or undrains a backend.
+    pub fn set_drained(&mut self, id: &VipId, addr: IpAddr, drained: bool) -> Result<(), CoreError> {
+        self.backend_mut(id, addr)?.drained = drained;
+        self.publish(id)
+    }
+
+    /// Records a health verdict. Down: the backend leaves the table and, once it has, its
+    /// pinned flows move on their next packet. Up: it is made active, then joins the table.
+    /// Returns whether anything changed.
+    pub fn set_health(&mut self, id: &VipId, addr: IpAddr, healthy: bool) -> Result<bool, CoreError> {
+        let b = self.backend_mut(id, addr)?;
+        if b.healthy == healthy {
+            return Ok(false);
+        }
+        b.healthy = healthy;
+        let entry = backend_entry(addr, b);
+        if healthy {
+            self.dp.set_backend(entry_index(self, id, addr)?, &entry)?;
+            self.publish(id)?;
+        } else {
+            self.publish(id)?;
+            self.dp.set_backend(entry_index(self, id, addr)?, &entry)?;
+        }
+        Ok(true)
+    }
+
+    /// Records a resolved (or lost) next hop for a backend. Returns whether it changed.
+    pub fn set_nexthop(&mut self, id: &VipId, addr: IpAddr, hop: Option<NextHop>) -> Result<bool, CoreError> {
+        let b = self.backend_mut(id, addr)?;
+        if b.nexthop == hop {
+            return Ok(false);
+        }
+        b.nexthop = hop;
+        let (index, entry) = (b.index, backend_entry(addr, b));
+        self.dp.set_backend(index, &entry)?;
+        Ok(true)
+    }
+
+    /// Switches a VIP's scheduler; flows already recorded keep their backends.
+    pub fn set_scheduler(&mut self, id: &VipId, scheduler: Scheduler) -> Result<(), CoreError> {
+        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        vip.config.scheduler = scheduler;
+        self.publish(id)
+    }
+
+    fn backend_mut(&mut self, id: &VipId, addr: IpAddr) -> Result<&mut BackendState, CoreError> {
+        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        vip.backends.get_mut(&addr).ok_or(CoreError::UnknownBackend { vip: *id, backend: addr })
+    }
+
+    /// Rebuilds the VIP's table into its inactive half and flips to it.
+    fn publish(&mut self, id: &VipId) -> Result<(), CoreError> {
+        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        let members: Vec<MaglevBackend> = vip
+            .backends
+            .iter()
+            .filter(|(_, b)| b.in_table())
+            .map(|(addr, b)| {
+                let (w, family) = to_words(*addr);
+                MaglevBackend { id: b.index, key: [w[0], w[1], w[2], w[3], u32::from(family)], weight: b.weight }
+            })
+            .collect();
+        let size = vip.config.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        let table = maglev::build(&members, size).map_err(|e| ConfigError::new("table_size", e.to_string()))?;
+        let next = 1 - vip.active;
+        let table_id = vip.id * 2 + next;
+        let old = &vip.shadow[next as usize];
+        let changes: Vec<(u32, u32)> = table
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| old.len() != table.len() || old[*i] != **v)
+            .map(|(i, v)| (i as u32, *v))
+            .collect();
+        self.dp.write_table(table_id, &changes)?;
+        vip.shadow[next as usize] = table;
+        let mut flags = 0;
+        if vip.config.scheduler == Scheduler::Sh {
+            flags |= VIP_F_SRC_HASH;
+        }
+        if vip.config.source == SourceMode::FlowHash {
+            flags |= VIP_F_HASHED_SRC;
+        }
+        let info = VipInfo { vip_id: vip.id, table_id, table_size: if members.is_empty() { 0 } else { size }, flags };
+        self.dp.set_vip(&vip_key(id), &info)?;
+        vip.active = next;
+        Ok(())
+    }
+}
+
+fn entry_index<D: Dataplane>(core: &Core<D>, id: &VipId, addr: IpAddr) -> Result<u32, CoreError> {
+    let vip = core.vips.get(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+    vip.backends.get(&addr).map(|b| b.index).ok_or(CoreError::UnknownBackend { vip: *id, backend: addr })
+}
+
+/// The data-plane entry of a backend in a given state.
+fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
+    let (words, family) = to_words(addr);
+    let mut entry = Backend { addr: words, family, ..Backend::default() };
+    if b.healthy {
+        entry.flags |= BACKEND_F_ACTIVE;
+    }
+    if let Some(hop) = b.nexthop {
+        entry.flags |= BACKEND_F_NEXTHOP;
+        entry.ifindex = hop.ifindex;
+        entry.smac = hop.smac;
+        entry.dmac = hop.dmac;
+    }
+    entry
+}
+
+/// The data-plane form of the settings.
+pub fn lb_config(s: &Settings) -> LbConfig {
+    let mut cfg = LbConfig { mtu: s.mtu, ..LbConfig::default() };
+    if s.icmp_too_big {
+        cfg.flags |= CFG_F_ICMP_TOO_BIG;
+    }
+    if let Some(a) = s.src_v4 {
+        cfg.src_v4 = to_words(IpAddr::V4(a)).0[0];
+    }
+    if let Some(a) = s.src_v6 {
+        cfg.src_v6 = to_words(IpAddr::V6(a)).0;
+    }
+    if let Some((p, mask)) = s.hashed_v4 {
+        cfg.hashed_src_v4 = to_words(IpAddr::V4(p)).0[0];
+        cfg.hashed_src_v4_hostmask = mask;
+    }
+    if let Some(p) = s.hashed_v6 {
+        cfg.hashed_src_v6 = to_words(IpAddr::V6(p)).0;
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Recorder, Write};
+
+    fn settings() -> Settings {
+        Settings { src_v4: Some("198.18.0.2".parse().unwrap()), src_v6: None, mtu: 1500, icmp_too_big: true, max_vips: 4, ..Settings::default() }
+    }
+
+    fn vip(backends: &[&str]) -> VipConfig {
+        VipConfig {
+            name: None,
+            address: "198.18.1.1".parse().unwrap(),
+            port: 80,
+            protocol: crate::config::Protocol::Tcp,
+            scheduler: Scheduler::Maglev,
+            table_size: Some(65537),
+            encap: Default::default(),
+            source: SourceMode::Lb,
+            health_check: None,
+            backends: backends.iter().map(|a| BackendConfig { address: a.parse().unwrap(), weight: 1, drained: false }).collect(),
+        }
+    }
+
+    fn core_with(backends: &[&str]) -> (Core<Recorder>, VipId) {
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        let v = vip(backends);
+        let id = v.id();
+        core.add_vip(v).unwrap();
+        (core, id)
+    }
+
+    /// The live table of `id` as the data plane sees it, by backend index.
+    fn live(core: &Core<Recorder>, id: &VipId) -> (VipInfo, Vec<u32>) {
+        let info = core.dataplane().vips[&vip_key(id)];
+        let t = core.dataplane().tables.get(&info.table_id).cloned().unwrap_or_default();
+        (info, t[..info.table_size as usize].to_vec())
+    }
+
+    #[test]
+    fn add_vip_writes_backends_then_table_then_vip() {
+        let (core, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
+        let w = &core.dataplane().writes;
+        let pos = |f: &dyn Fn(&Write) -> bool| w.iter().position(|x| f(x)).unwrap();
+        let last_backend = w.iter().rposition(|x| matches!(x, Write::Backend(..))).unwrap();
+        let table = pos(&|x| matches!(x, Write::Table(..)));
+        let vip_write = w.iter().rposition(|x| matches!(x, Write::Vip(k, _) if *k == vip_key(&id))).unwrap();
+        assert!(last_backend < table && table < vip_write, "{w:?}");
+        let (info, t) = live(&core, &id);
+        assert_eq!(info.table_size, 65537);
+        let idx: Vec<u32> = core.vip(&id).unwrap().backends.values().map(|b| b.index).collect();
+        assert!(t.iter().all(|s| idx.contains(s)));
+        // Address marker present.
+        assert!(core.dataplane().vips.contains_key(&marker_key(id.address)));
+    }
+
+    #[test]
+    fn table_swap_writes_only_the_inactive_table_then_flips() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let (before, _) = live(&core, &id);
+        let n = core.dataplane().writes.len();
+        core.add_backend(&id, BackendConfig { address: "198.18.0.13".parse().unwrap(), weight: 1, drained: false }).unwrap();
+        let new_writes = &core.dataplane().writes[n..];
+        let (after, t) = live(&core, &id);
+        assert_ne!(before.table_id, after.table_id);
+        // Every table write after the change went to the table that was not live, and
+        // the flip came last.
+        for w in new_writes {
+            if let Write::Table(tid, _) = w {
+                assert_eq!(*tid, after.table_id);
+                assert_ne!(*tid, before.table_id);
+            }
+        }
+        assert!(matches!(new_writes.last(), Some(Write::Vip(..))));
+        let b3 = core.vip(&id).unwrap().backends[&"198.18.0.13".parse::<IpAddr>().unwrap()].index;
+        let share = t.iter().filter(|&&s| s == b3).count() as f64 / t.len() as f64;
+        assert!((share - 1.0 / 3.0).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn health_down_leaves_table_before_deactivating_and_up_reverses() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let a: IpAddr = "198.18.0.11".parse().unwrap();
+        let idx = core.vip(&id).unwrap().backends[&a].index;
+        let n = core.dataplane().writes.len();
+        assert!(core.set_health(&id, a, false).unwrap());
+        assert!(!core.set_health(&id, a, false).unwrap(), "no change reported twice");
+        let w = &core.dataplane().writes[n..];
+        let flip = w.iter().position(|x| matches!(x, Write::Vip(..))).unwrap();
+        let deact = w.iter().position(|x| matches!(x, Write::Backend(i, b) if *i == idx && b.flags & BACKEND_F_ACTIVE == 0)).unwrap();
+        assert!(flip < deact, "{w:?}");
+        let (_, t) = live(&core, &id);
+        assert!(!t.contains(&idx));
+
+        let n = core.dataplane().writes.len();
+        core.set_health(&id, a, true).unwrap();
+        let w = &core.dataplane().writes[n..];
+        let act = w.iter().position(|x| matches!(x, Write::Backend(i, b) if *i == idx && b.flags & BACKEND_F_ACTIVE != 0)).unwrap();
+        let flip = w.iter().position(|x| matches!(x, Write::Vip(..))).unwrap();
+        assert!(act < flip, "{w:?}");
+        assert!(live(&core, &id).1.contains(&idx));
+    }
+
+    #[test]
+    fn drain_keeps_backend_active_but_out_of_table() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let a: IpAddr = "198.18.0.12".parse().unwrap();
+        let idx = core.vip(&id).unwrap().backends[&a].index;
+        core.set_drained(&id, a, true).unwrap();
+        assert!(!live(&core, &id).1.contains(&idx));
+        assert_ne!(core.dataplane().backends[&idx].flags & BACKEND_F_ACTIVE, 0, "drained backends keep their flows");
+        core.set_drained(&id, a, false).unwrap();
+        assert!(live(&core, &id).1.contains(&idx));
+    }
+
+    #[test]
+    fn all_down_gives_an_empty_table() {
+        let (mut core, id) = core_with(&["198.18.0.11"]);
+        core.set_health(&id, "198.18.0.11".parse().unwrap(), false).unwrap();
+        assert_eq!(live(&core, &id).0.table_size, 0);
+    }
+
+    #[test]
+    fn refused_requests_change_nothing() {
+        let (mut core, id) = core_with(&["198.18.0.11"]);
+        let n = core.dataplane().writes.len();
+        let other: VipId = "198.18.9.9:80/tcp".parse().unwrap();
+        let b = |a: &str, w| BackendConfig { address: a.parse().unwrap(), weight: w, drained: false };
+        let errs = [
+            core.add_vip(vip(&["198.18.0.11"])).unwrap_err().code(),
+            core.add_backend(&id, b("198.18.0.11", 1)).unwrap_err().code(),
+            core.add_backend(&id, b("198.18.0.12", 99_999)).unwrap_err().code(),
+            core.add_backend(&id, b("fd00::12", 1)).unwrap_err().code(),
+            core.add_backend(&other, b("198.18.0.12", 1)).unwrap_err().code(),
+            core.remove_backend(&id, "198.18.0.99".parse().unwrap()).unwrap_err().code(),
+            core.set_weight(&id, "198.18.0.11".parse().unwrap(), 10_001).unwrap_err().code(),
+            core.remove_vip(&other).unwrap_err().code(),
+        ];
+        assert_eq!(errs, ["exists", "exists", "invalid", "no_source", "unknown_vip", "unknown_backend", "invalid", "unknown_vip"]);
+        assert_eq!(core.dataplane().writes.len(), n, "a refused request wrote to the data plane");
+    }
+
+    #[test]
+    fn capacity_limits_are_refused_cleanly() {
+        let mut core = Core::new(Recorder::default(), Settings { max_vips: 1, ..settings() }).unwrap();
+        core.add_vip(vip(&[])).unwrap();
+        let mut second = vip(&[]);
+        second.port = 81;
+        assert_eq!(core.add_vip(second).unwrap_err().code(), "capacity");
+    }
+
+    #[test]
+    fn remove_vip_frees_slots_fifo_and_marker() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let used: Vec<u32> = core.vip(&id).unwrap().backends.values().map(|b| b.index).collect();
+        let cfg = core.remove_vip(&id).unwrap();
+        assert_eq!(cfg.backends.len(), 2);
+        assert!(!core.dataplane().vips.contains_key(&vip_key(&id)));
+        assert!(!core.dataplane().vips.contains_key(&marker_key(id.address)));
+        for i in &used {
+            assert_eq!(core.dataplane().backends[i].flags & BACKEND_F_ACTIVE, 0);
+        }
+        // Freed indices go to the back of the queue.
+        core.add_vip(vip(&["198.18.0.13"])).unwrap();
+        let fresh = core.vip(&id).unwrap().backends.values().next().unwrap().index;
+        assert!(!used.contains(&fresh));
+    }
+
+    #[test]
+    fn flows_on_healthy_backends_keep_their_slots_when_another_leaves() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"]);
+        let (_, before) = live(&core, &id);
+        let gone: IpAddr = "198.18.0.14".parse().unwrap();
+        let gone_idx = core.vip(&id).unwrap().backends[&gone].index;
+        core.set_health(&id, gone, false).unwrap();
+        let (_, after) = live(&core, &id);
+        let moved_live = before.iter().zip(&after).filter(|(b, a)| **b != gone_idx && b != a).count();
+        assert!((moved_live as f64) < 0.02 * before.len() as f64, "{moved_live} slots of healthy backends moved");
+    }
+
+    #[test]
+    fn settings_become_lb_config() {
+        let s = Settings { hashed_v4: Some(("198.19.0.0".parse().unwrap(), 0xffff)), ..settings() };
+        let c = lb_config(&s);
+        assert_eq!(c.src_v4.to_ne_bytes(), [198, 18, 0, 2]);
+        assert_eq!(c.hashed_src_v4.to_ne_bytes(), [198, 19, 0, 0]);
+        assert_eq!(c.hashed_src_v4_hostmask, 0xffff);
+        assert_eq!(c.flags & CFG_F_ICMP_TOO_BIG, CFG_F_ICMP_TOO_BIG);
+        assert_eq!(c.mtu, 1500);
+    }
+}

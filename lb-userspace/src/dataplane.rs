@@ -1,0 +1,244 @@
+//! The seam between the pure core and the kernel: every write the core makes to the data
+//! plane goes through [`Dataplane`]. [`AyaDataplane`] writes the balancer's BPF maps;
+//! [`Recorder`] records the writes so the core is tested without root or BPF.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    Ebpf,
+};
+use lb_common::{
+    counters::COUNTER_SLOTS,
+    flow::FlowKey,
+    maps::{
+        Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
+        MAP_CONNS, MAP_LOOKUP, MAP_STATS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
+    },
+};
+
+/// A data-plane write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The kernel refused a map operation.
+    #[error("{op} on map {map} failed: {source}")]
+    Map {
+        /// Which map.
+        map: &'static str,
+        /// What we tried.
+        op: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The object lacks a map (wrong object embedded).
+    #[error("the balancer object has no map {0}")]
+    MissingMap(&'static str),
+}
+
+/// Writes the core makes, in the order it makes them.
+pub trait Dataplane: Send {
+    /// Balancer-wide settings.
+    fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError>;
+    /// Writes backend slot `idx`.
+    fn set_backend(&mut self, idx: u32, backend: &Backend) -> Result<(), DataplaneError>;
+    /// Writes `(slot, backend index)` pairs into lookup table `table_id`.
+    fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError>;
+    /// Inserts or replaces a VIP entry (one atomic map update).
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError>;
+    /// Removes a VIP entry.
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
+}
+
+/// Reads the data plane's counters (summed over CPUs).
+pub trait Counters {
+    /// Every `STATS` slot.
+    fn reasons(&self) -> Vec<u64>;
+    /// Traffic of VIP `vip_id`.
+    fn vip(&self, vip_id: u32) -> TrafficStats;
+    /// Traffic of backend index `idx`.
+    fn backend(&self, idx: u32) -> TrafficStats;
+    /// Number of flows in the connection table per backend index (a scan; for status).
+    fn flows_per_backend(&self) -> StdHashMap<u32, u64>;
+}
+
+/// The real data plane: the balancer's maps.
+pub struct AyaDataplane {
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    backends: Array<MapData, Backend>,
+    lookup: Array<MapData, u32>,
+    config: Array<MapData, LbConfig>,
+    stats: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, TrafficStats>,
+    backend_stats: PerCpuArray<MapData, TrafficStats>,
+    conns: aya::maps::HashMap<MapData, FlowKey, ConnEntry>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { map: name, op: "open", source })
+}
+
+impl AyaDataplane {
+    /// Takes the balancer's maps out of a loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            vips: take(ebpf, MAP_VIPS)?,
+            backends: take(ebpf, MAP_BACKENDS)?,
+            lookup: take(ebpf, MAP_LOOKUP)?,
+            config: take(ebpf, MAP_CONFIG)?,
+            stats: take(ebpf, MAP_STATS)?,
+            vip_stats: take(ebpf, MAP_VIP_STATS)?,
+            backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            conns: take(ebpf, MAP_CONNS)?,
+        })
+    }
+
+    /// Looks up one flow in the connection table (for `explain` and tests).
+    pub fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
+        self.conns.get(key, 0).ok()
+    }
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, op, source }
+}
+
+impl Dataplane for AyaDataplane {
+    fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG, "set"))
+    }
+
+    fn set_backend(&mut self, idx: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.backends.set(idx, backend, 0).map_err(map_err(MAP_BACKENDS, "set"))
+    }
+
+    fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        let base = table_id * MAX_TABLE_SIZE;
+        for &(slot, value) in changes {
+            self.lookup.set(base + slot, value, 0).map_err(map_err(MAP_LOOKUP, "set"))?;
+        }
+        Ok(())
+    }
+
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
+        self.vips.insert(key, info, 0).map_err(map_err(MAP_VIPS, "insert"))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.vips.remove(key).map_err(map_err(MAP_VIPS, "remove"))
+    }
+}
+
+fn sum_traffic(values: PerCpuValues<TrafficStats>) -> TrafficStats {
+    values.iter().fold(TrafficStats::default(), |acc, v| TrafficStats {
+        packets: acc.packets + v.packets,
+        bytes: acc.bytes + v.bytes,
+        new_flows: acc.new_flows + v.new_flows,
+    })
+}
+
+impl Counters for AyaDataplane {
+    fn reasons(&self) -> Vec<u64> {
+        (0..COUNTER_SLOTS)
+            .map(|slot| self.stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .collect()
+    }
+
+    fn vip(&self, vip_id: u32) -> TrafficStats {
+        self.vip_stats.get(&vip_id, 0).map(sum_traffic).unwrap_or_default()
+    }
+
+    fn backend(&self, idx: u32) -> TrafficStats {
+        self.backend_stats.get(&idx, 0).map(sum_traffic).unwrap_or_default()
+    }
+
+    fn flows_per_backend(&self) -> StdHashMap<u32, u64> {
+        let mut out = StdHashMap::new();
+        for (_, entry) in self.conns.iter().flatten() {
+            *out.entry(entry.backend).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+/// One recorded write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// `set_config`.
+    Config(LbConfig),
+    /// `set_backend`.
+    Backend(u32, Backend),
+    /// `write_table`: table id and changed slots.
+    Table(u32, Vec<(u32, u32)>),
+    /// `set_vip`.
+    Vip(VipKey, VipInfo),
+    /// `remove_vip`.
+    RemoveVip(VipKey),
+}
+
+/// Test data plane: records writes and keeps the resulting state, and can be told to fail.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// Every write in order.
+    pub writes: Vec<Write>,
+    /// Current VIP entries.
+    pub vips: StdHashMap<VipKey, VipInfo>,
+    /// Current backend slots.
+    pub backends: StdHashMap<u32, Backend>,
+    /// Current lookup-table contents by table id.
+    pub tables: StdHashMap<u32, Vec<u32>>,
+    /// When set, the next write fails (tests of error paths).
+    pub fail_next: bool,
+}
+
+impl Recorder {
+    fn check(&mut self) -> Result<(), DataplaneError> {
+        if std::mem::take(&mut self.fail_next) {
+            return Err(DataplaneError::MissingMap("recorder told to fail"));
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for Recorder {
+    fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::Config(*cfg));
+        Ok(())
+    }
+
+    fn set_backend(&mut self, idx: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::Backend(idx, *backend));
+        self.backends.insert(idx, *backend);
+        Ok(())
+    }
+
+    fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::Table(table_id, changes.to_vec()));
+        let t = self.tables.entry(table_id).or_insert_with(|| vec![0; MAX_TABLE_SIZE as usize]);
+        for &(slot, v) in changes {
+            t[slot as usize] = v;
+        }
+        Ok(())
+    }
+
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::Vip(*key, *info));
+        self.vips.insert(*key, *info);
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::RemoveVip(*key));
+        self.vips.remove(key);
+        Ok(())
+    }
+}

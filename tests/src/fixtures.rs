@@ -1,0 +1,257 @@
+//! The test_run fixture harness: a [`Lab`] is a freshly loaded balancer programmed through
+//! the real core (config → `Core` → BPF maps), and a [`Fixture`] is data: a config, then
+//! steps of input frame → expected verdict, output frame and counter deltas.
+//!
+//! Every backend gets a fixed next hop ([`NEXTHOP_MAC`] via ifindex 1, the loopback device
+//! `BPF_PROG_TEST_RUN` presents as ingress), so outputs are byte-exact and independent of
+//! the machine's routes. The FIB path is covered by its own fixtures inside a namespace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::Ebpf;
+use lb_common::{
+    addr::to_words,
+    counters::{slot_name, Drop as DropReason, COUNTER_SLOTS},
+    flow::FlowKey,
+    hash::{flow_hash, src_hash},
+};
+use xlb::{
+    config::{Config, Scheduler, VipId},
+    core::{Core, NextHop, Settings},
+    dataplane::{AyaDataplane, Counters},
+    loader::{self, LoadOptions},
+    testrun::{self, verdict_name},
+};
+
+use crate::packet::{self, diff_frames, eth_frame, ipv4_outer, ipv6_outer, Mac, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+
+/// The client's MAC (source of input frames).
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
+/// The balancer's MAC (destination of input frames, source of output frames).
+pub const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+/// The next hop every backend is reached through.
+pub const NEXTHOP_MAC: Mac = [0x02, 0, 0, 0, 0, 0xee];
+/// Ingress ifindex under `BPF_PROG_TEST_RUN` (loopback).
+pub const TEST_RUN_IFINDEX: u32 = 1;
+/// XDP verdicts.
+pub const XDP_DROP: u32 = 1;
+/// See [`XDP_DROP`].
+pub const XDP_PASS: u32 = 2;
+/// See [`XDP_DROP`].
+pub const XDP_TX: u32 = 3;
+/// See [`XDP_DROP`].
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Addresses used by fixtures (test ranges only).
+pub fn v4(s: &str) -> Ipv4Addr {
+    s.parse().expect("fixture address")
+}
+/// See [`v4`].
+pub fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("fixture address")
+}
+
+/// A loaded balancer programmed through the core.
+pub struct Lab {
+    /// The loaded object (owns the program).
+    pub ebpf: Ebpf,
+    /// The core writing the maps.
+    pub core: Core<AyaDataplane>,
+}
+
+impl Lab {
+    /// Loads the balancer and applies `config` (JSON), with fixed next hops.
+    #[track_caller]
+    pub fn new(config: &str) -> Lab {
+        let cfg = Config::from_json(config).unwrap_or_else(|e| panic!("fixture config: {e}"));
+        let mut ebpf = loader::load_balancer(LoadOptions { max_vips: 4, max_conns: 4096 }).expect("load balancer");
+        let dp = AyaDataplane::new(&mut ebpf).expect("balancer maps");
+        let settings = Settings::resolve(&cfg, &[], 1500, 4);
+        let mut core = Core::new(dp, settings).expect("core");
+        core.apply(&cfg).unwrap_or_else(|e| panic!("fixture config refused: {e}"));
+        let mut lab = Lab { ebpf, core };
+        lab.set_all_nexthops();
+        lab
+    }
+
+    /// Gives every backend the fixed next hop.
+    pub fn set_all_nexthops(&mut self) {
+        let pairs: Vec<(VipId, IpAddr)> = self
+            .core
+            .vips()
+            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
+            .collect();
+        let hop = NextHop { ifindex: TEST_RUN_IFINDEX, smac: LB_MAC, dmac: NEXTHOP_MAC };
+        for (vip, addr) in pairs {
+            self.core.set_nexthop(&vip, addr, Some(hop)).expect("set next hop");
+        }
+    }
+
+    /// Runs the balancer once.
+    #[track_caller]
+    pub fn run(&mut self, frame: &[u8]) -> testrun::Outcome {
+        let prog = loader::xdp(&mut self.ebpf, loader::BALANCER_PROG).expect("program");
+        testrun::run(prog, frame).expect("test_run")
+    }
+
+    /// Summed counters by slot.
+    pub fn counters(&self) -> Vec<u64> {
+        self.core.dataplane().reasons()
+    }
+
+    /// The backend the data plane should pick for a new flow, computed on the host with
+    /// the same hash and the core's live table.
+    #[track_caller]
+    pub fn predict(&self, vip: &str, flow: &FlowKey) -> IpAddr {
+        let id: VipId = vip.parse().expect("vip id");
+        let state = self.core.vip(&id).expect("vip");
+        let hash = if state.config.scheduler == Scheduler::Sh { src_hash(flow) } else { flow_hash(flow) };
+        let table = state.table();
+        let idx = table[(hash % table.len() as u32) as usize];
+        state.backends.iter().find(|(_, b)| b.index == idx).map(|(a, _)| *a).expect("slot points at a backend")
+    }
+}
+
+/// The connection-table key of a client → VIP packet.
+pub fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
+    let (s, family) = to_words(src);
+    let (d, _) = to_words(dst);
+    FlowKey { src: s, dst: d, sport_be: sport.to_be(), dport_be: dport.to_be(), proto, family, _pad: [0; 2] }
+}
+
+/// What a step's output must be.
+pub enum Expect {
+    /// The frame comes back untouched.
+    Unchanged,
+    /// Exactly these bytes.
+    Frame(Vec<u8>),
+    /// Not checked (drops: the kernel hands back whatever is in the buffer).
+    Ignored,
+}
+
+/// One packet through the balancer.
+pub struct Step {
+    /// Something to do before the packet (change backends, health, …).
+    pub before: Option<fn(&mut Lab)>,
+    /// Input frame.
+    pub input: Vec<u8>,
+    /// Expected verdict.
+    pub verdict: u32,
+    /// Expected output.
+    pub output: Expect,
+    /// Expected counter deltas of this step; every other drop reason must stay unchanged.
+    pub counters: Vec<(u32, u64)>,
+}
+
+/// A fixture: a config and a story of steps.
+pub struct Fixture {
+    /// Unique name (shows in failures).
+    pub name: &'static str,
+    /// JSON config.
+    pub config: String,
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+/// A step with no `before` hook.
+pub fn step(input: Vec<u8>, verdict: u32, output: Expect, counters: &[(u32, u64)]) -> Step {
+    Step { before: None, input, verdict, output, counters: counters.to_vec() }
+}
+
+/// Runs fixtures, each on a fresh lab; panics with every failure listed.
+#[track_caller]
+pub fn run_all(fixtures: Vec<Fixture>) {
+    let mut failures = Vec::new();
+    for f in &fixtures {
+        if let Err(e) = run_one(f) {
+            failures.push(format!("fixture {}: {e}", f.name));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), fixtures.len(), failures.join("\n\n"));
+}
+
+fn run_one(f: &Fixture) -> Result<(), String> {
+    let mut lab = Lab::new(&f.config);
+    for (i, s) in f.steps.iter().enumerate() {
+        if let Some(hook) = s.before {
+            hook(&mut lab);
+        }
+        let before = lab.counters();
+        let out = lab.run(&s.input);
+        let after = lab.counters();
+        if out.verdict != s.verdict {
+            return Err(format!(
+                "step {i}: verdict {} (want {}); counter changes: {}",
+                verdict_name(out.verdict),
+                verdict_name(s.verdict),
+                deltas(&before, &after)
+            ));
+        }
+        match &s.output {
+            Expect::Unchanged => {
+                if let Some(d) = diff_frames(&s.input, &out.frame) {
+                    return Err(format!("step {i}: frame changed:\n{d}"));
+                }
+            }
+            Expect::Frame(want) => {
+                if let Some(d) = diff_frames(want, &out.frame) {
+                    return Err(format!("step {i}: output differs:\n{d}"));
+                }
+            }
+            Expect::Ignored => {}
+        }
+        for (slot, want) in &s.counters {
+            let got = after[*slot as usize] - before[*slot as usize];
+            if got != *want {
+                return Err(format!(
+                    "step {i}: counter {} moved by {got}, want {want}; all changes: {}",
+                    slot_name(*slot).unwrap_or("?"),
+                    deltas(&before, &after)
+                ));
+            }
+        }
+        for d in DropReason::ALL {
+            let slot = d.slot() as usize;
+            let listed = s.counters.iter().any(|(s, _)| *s as usize == slot);
+            if !listed && after[slot] != before[slot] {
+                return Err(format!("step {i}: unexpected drop {}; all changes: {}", d.name(), deltas(&before, &after)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn deltas(before: &[u64], after: &[u64]) -> String {
+    let v: Vec<String> = (0..COUNTER_SLOTS as usize)
+        .filter(|&i| after[i] != before[i])
+        .map(|i| format!("{}+{}", slot_name(i as u32).unwrap_or("?"), after[i] - before[i]))
+        .collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The frame the balancer should send for `input` towards `backend`: Ethernet to the next
+/// hop, outer header from `src` (TOS / traffic class copied from the inner header, IPv6
+/// flow label = low 20 bits of the flow hash), then the client's IP packet verbatim.
+pub fn encapsulated(input: &[u8], src: IpAddr, backend: IpAddr, hash: u32) -> Vec<u8> {
+    let inner = packet::ip_packet(input);
+    let inner_v4 = inner.first().is_some_and(|b| b >> 4 == 4);
+    let tos = if inner_v4 { inner[1] } else { (u16::from_be_bytes([inner[0], inner[1]]) >> 4) as u8 };
+    let proto = if inner_v4 { packet::PROTO_IPIP } else { packet::PROTO_IPV6 };
+    let vlan = vlan_of(input);
+    match (src, backend) {
+        (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(NEXTHOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &ipv4_outer(s, b, proto, tos, 64, 0, true, inner)),
+        (IpAddr::V6(s), IpAddr::V6(b)) => {
+            eth_frame(NEXTHOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV6, &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, inner))
+        }
+        _ => panic!("outer source and backend families differ"),
+    }
+}
+
+fn vlan_of(frame: &[u8]) -> Option<u16> {
+    let tpid = u16::from_be_bytes([frame[12], frame[13]]);
+    (tpid == packet::ETHERTYPE_VLAN).then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
+}
