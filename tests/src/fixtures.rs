@@ -51,6 +51,9 @@ pub fn v6(s: &str) -> Ipv6Addr {
     s.parse().expect("fixture address")
 }
 
+/// VIPs a lab can hold (small maps load fast).
+pub const LAB_MAX_VIPS: u32 = 8;
+
 /// A loaded balancer programmed through the core.
 pub struct Lab {
     /// The loaded object (owns the program).
@@ -64,9 +67,9 @@ impl Lab {
     #[track_caller]
     pub fn new(config: &str) -> Lab {
         let cfg = Config::from_json(config).unwrap_or_else(|e| panic!("fixture config: {e}"));
-        let mut ebpf = loader::load_balancer(LoadOptions { max_vips: 4, max_conns: 4096 }).expect("load balancer");
+        let mut ebpf = loader::load_balancer(LoadOptions { max_vips: LAB_MAX_VIPS, max_conns: 4096 }).expect("load balancer");
         let dp = AyaDataplane::new(&mut ebpf).expect("balancer maps");
-        let settings = Settings::resolve(&cfg, &[], 1500, 4);
+        let settings = Settings::resolve(&cfg, &[], 1500, LAB_MAX_VIPS);
         let mut core = Core::new(dp, settings).expect("core");
         core.apply(&cfg).unwrap_or_else(|e| panic!("fixture config refused: {e}"));
         let mut lab = Lab { ebpf, core };

@@ -1,0 +1,156 @@
+//! test_run: the flow hash in BPF equals the host's, and the connection table keeps flows
+//! on their backend through backend-set changes, drains and failures.
+
+use std::net::IpAddr;
+
+use lb_common::counters::Event;
+use xlb::config::{BackendConfig, VipId};
+use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
+
+const FIVE: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+    {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [
+        {"address": "198.18.0.11"}, {"address": "198.18.0.12"}, {"address": "198.18.0.13"},
+        {"address": "198.18.0.14"}, {"address": "198.18.0.15"}]},
+    {"address": "198.18.1.1", "port": 443, "protocol": "tcp", "scheduler": "sh", "backends": [
+        {"address": "198.18.0.11"}, {"address": "198.18.0.12"}, {"address": "198.18.0.13"}]}
+]}"#;
+const WEB: &str = "198.18.1.1:80/tcp";
+const LB: &str = "198.18.0.2";
+const TCP: u8 = 6;
+
+fn syn(client: &str, sport: u16, dport: u16) -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4(client), v4("198.18.1.1")).tcp(sport, dport).syn().build()
+}
+
+fn ack(client: &str, sport: u16, dport: u16) -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4(client), v4("198.18.1.1")).tcp(sport, dport).ack().payload(b"data").build()
+}
+
+fn key(client: &str, sport: u16, dport: u16) -> lb_common::flow::FlowKey {
+    flow(client.parse().unwrap(), sport, "198.18.1.1".parse().unwrap(), dport, TCP)
+}
+
+/// Runs `frame`, asserts XDP_TX and returns the outer destination (the backend).
+#[track_caller]
+fn backend_of(lab: &mut Lab, frame: &[u8]) -> IpAddr {
+    let out = lab.run(frame);
+    assert_eq!(out.verdict, XDP_TX, "not forwarded");
+    let expected_inner = xlb_tests::packet::ip_packet(frame);
+    assert_eq!(&out.frame[34..], expected_inner, "inner packet changed");
+    IpAddr::from([out.frame[30], out.frame[31], out.frame[32], out.frame[33]])
+}
+
+#[test]
+fn bpf_flow_hash_matches_host_prediction() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 40_000..40_064u16 {
+        let frame = syn("198.18.0.10", sport, 80);
+        let want = lab.predict(WEB, &key("198.18.0.10", sport, 80));
+        let expected = encapsulated(&frame, LB.parse().unwrap(), want, 0);
+        let out = lab.run(&frame);
+        assert_eq!(out.verdict, XDP_TX);
+        assert_eq!(out.frame, expected, "sport {sport}: BPF picked another backend than the host predicts");
+        seen.insert(want);
+    }
+    assert_eq!(seen.len(), 5, "64 flows should reach all 5 backends");
+}
+
+#[test]
+fn established_flow_keeps_backend_when_backends_are_added_and_removed() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let id: VipId = WEB.parse().unwrap();
+    // Many flows, so that some of them would hash elsewhere after each change.
+    let flows: Vec<u16> = (41_000..41_100).collect();
+    let pinned: Vec<IpAddr> = flows.iter().map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80))).collect();
+    for extra in ["198.18.0.16", "198.18.0.17", "198.18.0.18"] {
+        lab.core.add_backend(&id, BackendConfig { address: extra.parse().unwrap(), weight: 1, drained: false }).unwrap();
+    }
+    lab.set_all_nexthops();
+    lab.core.remove_backend(&id, "198.18.0.15".parse().unwrap()).unwrap();
+    let mut would_move = 0;
+    let hits_before = lab.counters()[Event::ConnHit.slot() as usize];
+    for (p, want) in flows.iter().zip(&pinned) {
+        if want.to_string() == "198.18.0.15" {
+            continue;
+        }
+        if lab.predict(WEB, &key("198.18.0.10", *p, 80)) != *want {
+            would_move += 1;
+        }
+        assert_eq!(backend_of(&mut lab, &ack("198.18.0.10", *p, 80)), *want, "flow {p} moved");
+    }
+    assert!(would_move > 0, "the change should have moved some hashes, or this test proves nothing");
+    assert!(lab.counters()[Event::ConnHit.slot() as usize] > hits_before);
+}
+
+#[test]
+fn flows_of_a_removed_or_dead_backend_move_and_others_stay() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let id: VipId = WEB.parse().unwrap();
+    let flows: Vec<u16> = (42_000..42_100).collect();
+    let pinned: Vec<IpAddr> = flows.iter().map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80))).collect();
+    let dead: IpAddr = "198.18.0.13".parse().unwrap();
+    assert!(pinned.contains(&dead));
+    lab.core.set_health(&id, dead, false).unwrap();
+    let repick_before = lab.counters()[Event::ConnRepick.slot() as usize];
+    let mut moved = 0;
+    for (p, was) in flows.iter().zip(&pinned) {
+        let now = backend_of(&mut lab, &ack("198.18.0.10", *p, 80));
+        if *was == dead {
+            assert_ne!(now, dead, "flow {p} still on the dead backend");
+            assert_eq!(now, lab.predict(WEB, &key("198.18.0.10", *p, 80)));
+            moved += 1;
+        } else {
+            assert_eq!(now, *was, "flow {p} on a healthy backend moved");
+        }
+    }
+    assert_eq!(lab.counters()[Event::ConnRepick.slot() as usize] - repick_before, moved);
+}
+
+#[test]
+fn drained_backend_keeps_its_flows_and_gets_no_new_ones() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let id: VipId = WEB.parse().unwrap();
+    let drained: IpAddr = "198.18.0.12".parse().unwrap();
+    let flows: Vec<u16> = (43_000..43_050).collect();
+    let pinned: Vec<IpAddr> = flows.iter().map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80))).collect();
+    assert!(pinned.contains(&drained));
+    lab.core.set_drained(&id, drained, true).unwrap();
+    for (p, was) in flows.iter().zip(&pinned) {
+        assert_eq!(backend_of(&mut lab, &ack("198.18.0.10", *p, 80)), *was);
+    }
+    for p in 44_000..44_100u16 {
+        assert_ne!(backend_of(&mut lab, &syn("198.18.0.10", p, 80)), drained, "new flow {p} reached a drained backend");
+    }
+}
+
+#[test]
+fn source_hash_sticks_a_client_to_one_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let mut per_client = std::collections::BTreeMap::new();
+    for c in 0..12u8 {
+        let client = format!("198.18.0.{}", 100 + c);
+        let first = lab.predict("198.18.1.1:443/tcp", &key(&client, 1000, 443));
+        for sport in 1000..1010u16 {
+            assert_eq!(backend_of(&mut lab, &syn(&client, sport, 443)), first, "client {client} port {sport}");
+        }
+        per_client.insert(client, first);
+    }
+    let distinct: std::collections::BTreeSet<_> = per_client.values().collect();
+    assert!(distinct.len() >= 2, "12 clients all on one backend: {per_client:?}");
+}
