@@ -5,7 +5,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
@@ -13,7 +13,7 @@ use lb_common::{
     flow::FlowKey,
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
-        MAP_CONNS, MAP_LOOKUP, MAP_STATS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
+        MAP_CONNS, MAP_LOOKUP, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
     },
 };
 
@@ -30,6 +30,14 @@ pub enum DataplaneError {
         /// The kernel's answer.
         #[source]
         source: aya::maps::MapError,
+    },
+    /// The devmap refused an interface.
+    #[error("cannot register ifindex {ifindex} for XDP_REDIRECT: {message}")]
+    TxPort {
+        /// The interface.
+        ifindex: u32,
+        /// The kernel's answer.
+        message: String,
     },
     /// The object lacks a map (wrong object embedded).
     #[error("the balancer object has no map {0}")]
@@ -72,6 +80,7 @@ pub struct AyaDataplane {
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     conns: aya::maps::HashMap<MapData, FlowKey, ConnEntry>,
+    tx_ports: DevMapHash<MapData>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -94,7 +103,13 @@ impl AyaDataplane {
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             conns: take(ebpf, MAP_CONNS)?,
+            tx_ports: take(ebpf, MAP_TX_PORTS)?,
         })
+    }
+
+    /// Lets the program `XDP_REDIRECT` to `ifindex` (next hops on other interfaces).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.tx_ports.insert(ifindex, ifindex, None, 0).map_err(|e| DataplaneError::TxPort { ifindex, message: e.to_string() })
     }
 
     /// Looks up one flow in the connection table (for `explain` and tests).

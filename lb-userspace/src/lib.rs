@@ -7,13 +7,21 @@
 //! - [`config`]: the JSON configuration and its validation.
 //! - [`core`]: VIPs, backends and their state → data-plane writes (pure, unit-tested).
 //! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
+//! - [`daemon`]: `xlb run`: state, control handler, next hops, metrics.
+//! - [`decap`]: `xlb decap` for backends.
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` runner (fixture tests, bench).
 //! - [`health`]: health-check probes, state machine and runner.
+//! - [`control`]: the JSON control socket: protocol, server, client.
+//! - [`cli`]: `xlb` subcommands that speak the control socket.
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod core;
+pub mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub mod health;
 pub mod loader;
 pub mod netdev;

@@ -1,1 +1,160 @@
-fn main() {}
+//! The `xlb` command: run the balancer, run the backend decap program, and control a
+//! running balancer through its socket.
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use xlb::{
+    cli::ctl::{self, BackendCmd, CtlOpts, VipCmd},
+    config::Config,
+    control::DEFAULT_SOCKET,
+    daemon::{self, RunOptions},
+    loader::LoadOptions,
+};
+
+/// xlb: an XDP layer-4 load balancer with consistent hashing and direct server return.
+#[derive(Parser)]
+#[command(name = "xlb", version, about)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: log::LevelFilter,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Driver (native) XDP: fastest; the driver must support it.
+    Native,
+    /// Generic XDP in the kernel's stack: works everywhere, slower.
+    Skb,
+}
+
+impl From<Mode> for XdpMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach the balancer to an interface and run until SIGINT/SIGTERM.
+    Run {
+        /// Interface the VIP traffic arrives on.
+        #[arg(long)]
+        iface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value = "native")]
+        xdp_mode: Mode,
+        /// JSON config with VIPs and backends (docs/config.md).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Control socket path.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Do not open a control socket.
+        #[arg(long, conflicts_with = "socket")]
+        no_socket: bool,
+        /// Serve Prometheus metrics on ADDR:PORT (GET /metrics).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// VIPs that can have lookup tables (each takes 2 × 65537 × 4 bytes of kernel memory).
+        #[arg(long, default_value_t = LoadOptions::default().max_vips)]
+        max_vips: u32,
+        /// Connection-table entries.
+        #[arg(long, default_value_t = LoadOptions::default().max_conns)]
+        max_conns: u32,
+    },
+    /// Attach the decap program on a backend: strips IP-in-IP tunnels addressed to us.
+    Decap {
+        /// Interface the tunnels arrive on.
+        #[arg(long)]
+        iface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value = "native")]
+        xdp_mode: Mode,
+        /// Accept tunnels to this address (repeatable; default: the interface's and lo's).
+        #[arg(long = "address")]
+        addresses: Vec<IpAddr>,
+    },
+    /// Validate a config file and exit.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Add, remove or change VIPs of a running balancer.
+    Vip {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        #[command(subcommand)]
+        cmd: VipCmd,
+    },
+    /// Add, remove, drain or reweight backends of a running balancer.
+    Backend {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        #[command(subcommand)]
+        cmd: BackendCmd,
+    },
+    /// Show VIPs, backends, health and traffic of a running balancer.
+    Status(CtlArgs),
+    /// Show the data plane's counters of a running balancer.
+    Stats(CtlArgs),
+}
+
+/// Options of commands that talk to a running balancer.
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// Control socket path.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the raw JSON result.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new().filter_level(cli.log_level).format_timestamp_millis().init();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    match cmd {
+        Cmd::Run { iface, xdp_mode, config, socket, no_socket, metrics, max_vips, max_conns } => {
+            let opts = RunOptions {
+                iface,
+                mode: xdp_mode.into(),
+                config,
+                socket: (!no_socket).then_some(socket),
+                metrics,
+                load: LoadOptions { max_vips, max_conns },
+            };
+            runtime()?.block_on(daemon::run(opts))
+        }
+        Cmd::Decap { iface, xdp_mode, addresses } => runtime()?.block_on(xlb::decap::run(&iface, xdp_mode.into(), &addresses)),
+        Cmd::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let cfg = Config::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}: ok ({} VIPs)", file.display(), cfg.vips.len());
+            Ok(())
+        }
+        Cmd::Vip { ctl: a, cmd } => ctl::run_vip(cmd, &CtlOpts { socket: a.socket, json: a.json }),
+        Cmd::Backend { ctl: a, cmd } => ctl::run_backend(cmd, &CtlOpts { socket: a.socket, json: a.json }),
+        Cmd::Status(a) => ctl::run_status(&CtlOpts { socket: a.socket, json: a.json }),
+        Cmd::Stats(a) => ctl::run_stats(&CtlOpts { socket: a.socket, json: a.json }),
+    }
+}

@@ -258,3 +258,156 @@ fn vlan_of(frame: &[u8]) -> Option<u16> {
     let tpid = u16::from_be_bytes([frame[12], frame[13]]);
     (tpid == packet::ETHERTYPE_VLAN).then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
 }
+
+// ---------------------------------------------------------------------------------------
+// Beyond the core: runs with a `struct xdp_md` context, and second handles on the maps.
+// ---------------------------------------------------------------------------------------
+
+/// Size of the UAPI `struct xdp_md` (data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex; six u32).
+const XDP_MD_LEN: usize = 24;
+/// The kernel accepts at most 32 bytes of XDP metadata, in 4-byte steps.
+pub const MAX_META_LEN: usize = 32;
+
+/// Runs `prog` on `frame` with `BPF_PROG_TEST_RUN`, optionally through a context:
+/// `meta_len` bytes placed in front of the frame as XDP metadata (the program's packet then
+/// starts after them, which is how a frame shorter than the kernel's 14-byte minimum for
+/// `data_in` reaches a program), and `ingress_ifindex` (0 = loopback, as without context).
+/// The output is the frame only (metadata stripped).
+pub fn run_with_ctx(prog: &aya::programs::Xdp, frame: &[u8], meta_len: usize, ingress_ifindex: u32) -> testrun::Outcome {
+    use aya::programs::{TestRun, TestRunOptions};
+    assert!(meta_len % 4 == 0 && meta_len <= MAX_META_LEN, "XDP metadata is 0..=32 bytes in steps of 4");
+    let mut data = vec![0u8; meta_len];
+    data.extend_from_slice(frame);
+    assert!(data.len() >= 14, "BPF_PROG_TEST_RUN refuses data_in shorter than 14 bytes: add metadata");
+    let mut md = [0u8; XDP_MD_LEN];
+    md[0..4].copy_from_slice(&(meta_len as u32).to_ne_bytes());
+    md[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let mut out = vec![0u8; data.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions { data_in: Some(&data), data_out: Some(&mut out), ctx_in: Some(&md), ..TestRunOptions::new() })
+        .expect("BPF_PROG_TEST_RUN with context");
+    out.truncate(res.data_size_out as usize);
+    // The kernel copies out from data_meta: drop the metadata again.
+    let frame = out.get(meta_len..).unwrap_or(&[]).to_vec();
+    testrun::Outcome { verdict: res.return_value, frame }
+}
+
+/// Another handle on the map called `name` among those `prog` uses, opened by id. The
+/// balancer's `Ebpf` object no longer holds its maps (the core took them); fixtures that
+/// put the data plane in a state the core never writes (a table slot at an inactive
+/// backend, no outer source, an egress port) reach the maps this way.
+#[track_caller]
+pub fn prog_map(prog: &aya::programs::Xdp, name: &str) -> aya::maps::Map {
+    use aya::maps::{Map, MapData};
+    let ids = prog.info().expect("program info").map_ids().expect("map ids").expect("kernel reports the program's map ids");
+    for id in ids {
+        let data = MapData::from_id(id).expect("open map by id");
+        let info = data.info().expect("map info");
+        if info.name_as_str() == Some(name) {
+            return Map::from_map_data(data).expect("known map type");
+        }
+    }
+    panic!("the program uses no map named {name}")
+}
+
+impl Lab {
+    /// Runs the balancer through a context (see [`run_with_ctx`]).
+    #[track_caller]
+    pub fn run_ctx(&mut self, frame: &[u8], meta_len: usize, ingress_ifindex: u32) -> testrun::Outcome {
+        let prog = loader::xdp(&mut self.ebpf, loader::BALANCER_PROG).expect("program");
+        run_with_ctx(prog, frame, meta_len, ingress_ifindex)
+    }
+
+    /// A second handle on one of the balancer's maps (see [`prog_map`]), e.g.
+    /// `lb_common::maps::MAP_BACKENDS`.
+    #[track_caller]
+    pub fn map(&mut self, name: &str) -> aya::maps::Map {
+        let prog = loader::xdp(&mut self.ebpf, loader::BALANCER_PROG).expect("program");
+        prog_map(prog, name)
+    }
+
+    /// Rewrites backend slot `idx` in the `BACKENDS` map behind the core's back.
+    #[track_caller]
+    pub fn poke_backend(&mut self, idx: u32, edit: impl FnOnce(&mut lb_common::maps::Backend)) {
+        use aya::maps::Array;
+        let mut backends: Array<_, lb_common::maps::Backend> =
+            Array::try_from(self.map(lb_common::maps::MAP_BACKENDS)).expect("BACKENDS is an array");
+        let mut b = backends.get(&idx, 0).expect("backend slot");
+        edit(&mut b);
+        backends.set(idx, b, 0).expect("write backend slot");
+    }
+
+    /// Rewrites the balancer-wide `CONFIG` slot behind the core's back.
+    #[track_caller]
+    pub fn poke_config(&mut self, edit: impl FnOnce(&mut lb_common::maps::LbConfig)) {
+        use aya::maps::Array;
+        let mut config: Array<_, lb_common::maps::LbConfig> =
+            Array::try_from(self.map(lb_common::maps::MAP_CONFIG)).expect("CONFIG is an array");
+        let mut c = config.get(&0, 0).expect("config slot");
+        edit(&mut c);
+        config.set(0, c, 0).expect("write config slot");
+    }
+
+    /// The backend index the core gave `addr` on VIP `vip`.
+    #[track_caller]
+    pub fn backend_index(&self, vip: &str, addr: &str) -> u32 {
+        let id: VipId = vip.parse().expect("vip id");
+        let addr: IpAddr = addr.parse().expect("backend address");
+        self.core.vip(&id).expect("vip").backends.get(&addr).expect("backend on the VIP").index
+    }
+
+    /// Adds `ifindex` to the `TX_PORTS` devmap (egress ports for `XDP_REDIRECT`). Call from
+    /// the network namespace the device lives in: the kernel resolves the ifindex there.
+    #[track_caller]
+    pub fn add_tx_port(&mut self, ifindex: u32) {
+        use aya::maps::DevMapHash;
+        let mut ports = DevMapHash::try_from(self.map(lb_common::maps::MAP_TX_PORTS)).expect("TX_PORTS is a devmap hash");
+        ports.insert(ifindex, ifindex, None, 0).expect("add TX port");
+    }
+}
+
+/// The loaded decap program with its local-address map filled in.
+pub struct DecapLab {
+    /// The loaded object (owns the program and `DECAP_ADDRS`).
+    pub ebpf: Ebpf,
+    stats: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+}
+
+impl DecapLab {
+    /// Loads `xlb_decap` and declares `local` as this host's tunnel endpoints.
+    #[track_caller]
+    pub fn new(local: &[IpAddr]) -> DecapLab {
+        use aya::maps::{HashMap, PerCpuArray};
+        use lb_common::maps::{DecapAddr, MAP_DECAP_ADDRS, MAP_STATS};
+        let mut ebpf = loader::load_decap().expect("load decap");
+        {
+            let mut addrs: HashMap<_, DecapAddr, u32> =
+                HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).expect("DECAP_ADDRS map")).expect("DECAP_ADDRS type");
+            for a in local {
+                let (addr, family) = to_words(*a);
+                addrs.insert(DecapAddr { addr, family: u32::from(family) }, 1u32, 0).expect("add decap address");
+            }
+        }
+        let stats = PerCpuArray::try_from(ebpf.take_map(MAP_STATS).expect("STATS map")).expect("STATS type");
+        DecapLab { ebpf, stats }
+    }
+
+    /// Runs the decap program once.
+    #[track_caller]
+    pub fn run(&mut self, frame: &[u8]) -> testrun::Outcome {
+        let prog = loader::xdp(&mut self.ebpf, loader::DECAP_PROG).expect("decap program");
+        testrun::run(prog, frame).expect("test_run")
+    }
+
+    /// Every `STATS` slot, summed over CPUs.
+    pub fn counters(&self) -> Vec<u64> {
+        (0..COUNTER_SLOTS).map(|slot| self.stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+    }
+}
+
+/// Counter changes between two snapshots, named (`"decapsulated+1, …"` or `"none"`).
+pub fn counter_deltas(before: &[u64], after: &[u64]) -> String {
+    deltas(before, after)
+}

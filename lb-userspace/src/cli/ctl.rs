@@ -1,0 +1,650 @@
+//! `xlb vip …`, `xlb backend …`, `xlb status`, `xlb stats`: subcommands that talk to a
+//! running daemon over the control socket.
+//!
+//! Each command is one request. `--json` prints the daemon's `result` as it came; otherwise
+//! a short confirmation or a table. The tables are rendered from the JSON generically (a
+//! missing field shows as `-`), so a daemon that reports more than this client knows about
+//! still prints. A refused request ends in a [`Refused`] error whose text is
+//! `error (<code>): <message>`.
+
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use serde_json::Value;
+
+use crate::{
+    config::{check_weight, parse_json, BackendConfig, Scheduler, VipConfig, VipId},
+    control::{
+        client,
+        protocol::{BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd, VipRef, VipScheduler},
+        DEFAULT_SOCKET,
+    },
+    health::HealthCheckConfig,
+};
+
+/// `xlb vip …`
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum VipCmd {
+    /// Add a VIP (and, optionally, its backends).
+    Add {
+        /// ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:53/udp.
+        vip: VipId,
+        /// maglev (default: 5-tuple hash) or sh (client-address hash).
+        #[arg(long, value_parser = parse_scheduler)]
+        scheduler: Option<Scheduler>,
+        /// Maglev table size, a prime in 3..=65537 (default 65537).
+        #[arg(long)]
+        table_size: Option<u32>,
+        /// A backend as ADDR[:WEIGHT] (IPv6 with a weight: [ADDR]:WEIGHT); repeatable.
+        #[arg(long = "backend", value_parser = parse_backend)]
+        backends: Vec<BackendConfig>,
+        /// A label for people and metrics.
+        #[arg(long)]
+        name: Option<String>,
+        /// Health check as JSON, e.g. '{"kind":"http","path":"/healthz"}' (default: TCP
+        /// connect to the VIP's port).
+        #[arg(long, value_parser = parse_health_check)]
+        health_check: Option<HealthCheckConfig>,
+    },
+    /// Remove a VIP and its backends.
+    Remove {
+        /// ADDRESS:PORT[/PROTO].
+        vip: VipId,
+    },
+    /// Switch a VIP's scheduler.
+    Scheduler {
+        /// ADDRESS:PORT[/PROTO].
+        vip: VipId,
+        /// maglev or sh.
+        #[arg(value_parser = parse_scheduler)]
+        scheduler: Scheduler,
+    },
+    /// List VIPs, one line each.
+    List,
+}
+
+/// `xlb backend …`
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend to a VIP.
+    Add {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address (the tunnel destination).
+        address: IpAddr,
+        /// Relative weight, 0..=10000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Add it drained: no new flows until `xlb backend undrain`.
+        #[arg(long)]
+        drained: bool,
+    },
+    /// Remove a backend from a VIP.
+    Remove {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address.
+        address: IpAddr,
+    },
+    /// Stop sending new flows to a backend; its existing flows stay.
+    Drain {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address.
+        address: IpAddr,
+    },
+    /// Let a drained backend take new flows again.
+    Undrain {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address.
+        address: IpAddr,
+    },
+    /// Change a backend's weight (0 takes no new flows).
+    Weight {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address.
+        address: IpAddr,
+        /// Relative weight, 0..=10000.
+        weight: u32,
+    },
+}
+
+/// Options every control command shares.
+#[derive(Clone, Debug)]
+pub struct CtlOpts {
+    /// The daemon's control socket.
+    pub socket: PathBuf,
+    /// Print the daemon's raw JSON result instead of tables.
+    pub json: bool,
+}
+
+impl Default for CtlOpts {
+    fn default() -> Self {
+        Self { socket: PathBuf::from(DEFAULT_SOCKET), json: false }
+    }
+}
+
+/// The daemon refused the request; `Display` is the line the CLI prints.
+#[derive(Debug, thiserror::Error)]
+#[error("error ({}): {}", .0.code, .0.message)]
+pub struct Refused(pub ControlError);
+
+/// Turns a command's outcome into the process exit code, printing the error: a refusal
+/// as `error (<code>): <message>`, anything else as `error: <cause chain>`.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<Refused>() {
+                Some(r) => eprintln!("{r}"),
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `xlb vip …`.
+pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
+    let (req, done) = match cmd {
+        VipCmd::Add { vip, scheduler, table_size, backends, name, health_check } => {
+            let n = backends.len();
+            let config = VipConfig {
+                name,
+                address: vip.address,
+                port: vip.port,
+                protocol: vip.protocol,
+                scheduler: scheduler.unwrap_or_default(),
+                table_size,
+                encap: Default::default(),
+                source: Default::default(),
+                health_check,
+                backends,
+            };
+            (Request::VipAdd(VipAdd { vip: config }), format!("added VIP {vip} with {n} backend{}", plural(n)))
+        }
+        VipCmd::Remove { vip } => (Request::VipRemove(VipRef { vip }), format!("removed VIP {vip}")),
+        VipCmd::Scheduler { vip, scheduler } => (
+            Request::VipScheduler(VipScheduler { vip, scheduler }),
+            format!("VIP {vip} now uses {}", scheduler_name(scheduler)),
+        ),
+        VipCmd::List => {
+            let result = call(&opts.socket, &Request::Status(Empty {}))?;
+            return print_result(opts, &result, render_vip_list);
+        }
+    };
+    let result = call(&opts.socket, &req)?;
+    print_result(opts, &result, |r| confirmation(r, done))
+}
+
+/// Runs `xlb backend …`.
+pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
+    let (req, done) = match cmd {
+        BackendCmd::Add { vip, address, weight, drained } => (
+            Request::BackendAdd(BackendAdd { vip, backend: BackendConfig { address, weight, drained } }),
+            format!("added backend {address} to {vip} (weight {weight}{})", if drained { ", drained" } else { "" }),
+        ),
+        BackendCmd::Remove { vip, address } => {
+            (Request::BackendRemove(BackendRef { vip, address }), format!("removed backend {address} from {vip}"))
+        }
+        BackendCmd::Drain { vip, address } => (
+            Request::BackendDrain(BackendRef { vip, address }),
+            format!("drained backend {address} of {vip}: no new flows, existing flows stay"),
+        ),
+        BackendCmd::Undrain { vip, address } => (
+            Request::BackendUndrain(BackendRef { vip, address }),
+            format!("backend {address} of {vip} takes new flows again"),
+        ),
+        BackendCmd::Weight { vip, address, weight } => (
+            Request::BackendWeight(BackendWeight { vip, address, weight }),
+            format!("backend {address} of {vip} now has weight {weight}"),
+        ),
+    };
+    let result = call(&opts.socket, &req)?;
+    print_result(opts, &result, |r| confirmation(r, done))
+}
+
+/// Runs `xlb status`.
+pub fn run_status(opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(&opts.socket, &Request::Status(Empty {}))?;
+    print_result(opts, &result, render_status)
+}
+
+/// Runs `xlb stats`.
+pub fn run_stats(opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(&opts.socket, &Request::Stats(Empty {}))?;
+    print_result(opts, &result, render_stats)
+}
+
+/// One request; a refusal becomes [`Refused`].
+fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
+    match client::request(socket, req)?.result {
+        Ok(v) => Ok(v),
+        Err(e) => Err(Refused(e).into()),
+    }
+}
+
+fn print_result(opts: &CtlOpts, result: &Value, render: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(result)?);
+    } else {
+        print!("{}", render(result));
+    }
+    Ok(())
+}
+
+/// The daemon's own words (`{"done": "…"}`) if it sent some, else ours.
+fn confirmation(result: &Value, ours: String) -> String {
+    let text = result.get("done").and_then(Value::as_str).map(str::to_owned).unwrap_or(ours);
+    format!("{text}\n")
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn scheduler_name(s: Scheduler) -> String {
+    match serde_json::to_value(s) {
+        Ok(Value::String(name)) => name,
+        _ => format!("{s:?}"),
+    }
+}
+
+/// `maglev` / `sh`, with the same names as the config file.
+fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| format!("unknown scheduler {s:?}: use maglev or sh"))
+}
+
+/// `ADDR`, `ADDR:WEIGHT` (IPv4) or `[ADDR]:WEIGHT` (IPv6). A bare IPv6 address is taken
+/// whole: `fd00::1:3` is an address, not `fd00::1` with weight 3.
+fn parse_backend(s: &str) -> Result<BackendConfig, String> {
+    let usage = || format!("{s:?} is not ADDR[:WEIGHT], e.g. 198.18.0.11, 198.18.0.11:3 or [fd00::11]:3");
+    if let Ok(address) = s.parse::<IpAddr>() {
+        return Ok(BackendConfig { address, weight: 1, drained: false });
+    }
+    let (addr, weight) = match s.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").ok_or_else(usage)?,
+        None => s.rsplit_once(':').ok_or_else(usage)?,
+    };
+    let address: IpAddr = addr.parse().map_err(|_| usage())?;
+    let weight: u32 = weight.parse().map_err(|_| format!("weight {weight:?} in {s:?} is not a number"))?;
+    check_weight(weight).map_err(|m| format!("weight in {s:?}: {m}"))?;
+    Ok(BackendConfig { address, weight, drained: false })
+}
+
+fn parse_health_check(s: &str) -> Result<HealthCheckConfig, String> {
+    let hc: HealthCheckConfig = parse_json(s).map_err(|e| e.to_string())?;
+    hc.validate().map_err(|e| e.to_string())?;
+    Ok(hc)
+}
+
+/// A value for a table cell: strings without quotes, `-` for null or missing.
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn field(v: &Value, key: &str) -> String {
+    cell(v.get(key))
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// A text table: columns sized to their widest cell; numeric columns right-aligned.
+struct Table {
+    head: Vec<&'static str>,
+    numeric: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Columns as (heading, is numeric).
+    fn new(cols: &[(&'static str, bool)]) -> Self {
+        Self { head: cols.iter().map(|c| c.0).collect(), numeric: cols.iter().map(|c| c.1).collect(), rows: Vec::new() }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, indent: &str, out: &mut String) {
+        let mut widths: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let head: Vec<String> = self.head.iter().map(|h| (*h).to_owned()).collect();
+        for row in std::iter::once(&head).chain(&self.rows) {
+            let mut line = String::from(indent);
+            for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                if self.numeric[i] {
+                    let _ = write!(line, "{c:>w$}");
+                } else {
+                    let _ = write!(line, "{c:<w$}");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+fn health(h: Option<&Value>) -> String {
+    let Some(h) = h.filter(|h| h.is_object()) else { return "-".to_owned() };
+    let mut s = format!("{} ok {} failed {}", field(h, "kind"), field(h, "checks_ok"), field(h, "checks_failed"));
+    if let Some(ms) = h.get("latency_ms").and_then(Value::as_f64) {
+        let _ = write!(s, " {ms:.1} ms");
+    }
+    if let Some(err) = h.get("last_error").filter(|e| !e.is_null()) {
+        let _ = write!(s, " (last error: {})", cell(Some(err)));
+    }
+    s
+}
+
+fn render_status(status: &Value) -> String {
+    let vips = list(status, "vips");
+    if vips.is_empty() {
+        return "no VIPs; add one with `xlb vip add` or in the config file\n".to_owned();
+    }
+    let mut out = String::new();
+    for (i, vip) in vips.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = write!(out, "VIP {}", field(vip, "vip"));
+        if let Some(name) = vip.get("name").and_then(Value::as_str) {
+            let _ = write!(out, " ({name})");
+        }
+        let _ = writeln!(out, "  scheduler {}  table {}", field(vip, "scheduler"), field(vip, "table_size"));
+        let _ = writeln!(
+            out,
+            "  traffic: {} packets, {} bytes, {} new flows",
+            field(vip, "packets"),
+            field(vip, "bytes"),
+            field(vip, "new_flows")
+        );
+        let backends = list(vip, "backends");
+        if backends.is_empty() {
+            out.push_str("  no backends: new flows are dropped; `xlb backend add` adds one\n");
+            continue;
+        }
+        let mut t = Table::new(&[
+            ("BACKEND", false),
+            ("WEIGHT", true),
+            ("STATE", false),
+            ("FLOWS", true),
+            ("PACKETS", true),
+            ("BYTES", true),
+            ("NEW FLOWS", true),
+            ("NEXT HOP", false),
+            ("HEALTH", false),
+        ]);
+        for b in backends {
+            t.row(vec![
+                field(b, "address"),
+                field(b, "weight"),
+                field(b, "state"),
+                field(b, "active_flows"),
+                field(b, "packets"),
+                field(b, "bytes"),
+                field(b, "new_flows"),
+                field(b, "next_hop"),
+                health(b.get("health")),
+            ]);
+        }
+        t.render("  ", &mut out);
+    }
+    out
+}
+
+fn render_vip_list(status: &Value) -> String {
+    let vips = list(status, "vips");
+    if vips.is_empty() {
+        return "no VIPs\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("VIP", false),
+        ("NAME", false),
+        ("SCHEDULER", false),
+        ("BACKENDS UP", true),
+        ("PACKETS", true),
+        ("BYTES", true),
+    ]);
+    for vip in vips {
+        let backends = list(vip, "backends");
+        let up = backends.iter().filter(|b| b.get("state").and_then(Value::as_str) == Some("up")).count();
+        t.row(vec![
+            field(vip, "vip"),
+            field(vip, "name"),
+            field(vip, "scheduler"),
+            format!("{up}/{}", backends.len()),
+            field(vip, "packets"),
+            field(vip, "bytes"),
+        ]);
+    }
+    let mut out = String::new();
+    t.render("", &mut out);
+    out
+}
+
+fn render_stats(stats: &Value) -> String {
+    let mut out = String::new();
+    let mut reasons: Vec<(&String, &Value)> =
+        stats.get("reasons").and_then(Value::as_object).map(|m| m.iter().collect()).unwrap_or_default();
+    // By name, so two runs line up whatever order the daemon used.
+    reasons.sort_by(|a, b| a.0.cmp(b.0));
+    let mut t = Table::new(&[("COUNTER", false), ("PACKETS", true)]);
+    for (name, v) in reasons {
+        t.row(vec![name.clone(), cell(Some(v))]);
+    }
+    t.render("", &mut out);
+    let vips = list(stats, "vips");
+    if !vips.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(&[("VIP", false), ("PACKETS", true), ("BYTES", true), ("NEW FLOWS", true)]);
+        for vip in vips {
+            t.row(vec![field(vip, "vip"), field(vip, "packets"), field(vip, "bytes"), field(vip, "new_flows")]);
+        }
+        t.render("", &mut out);
+    }
+    // Whatever else the daemon reports (health transitions, …), compactly.
+    if let Some(obj) = stats.as_object() {
+        let mut first = true;
+        for (k, v) in obj.iter().filter(|(k, _)| !matches!(k.as_str(), "reasons" | "vips")) {
+            if first {
+                out.push('\n');
+                first = false;
+            }
+            let _ = writeln!(out, "{k}: {v}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Top {
+        #[command(subcommand)]
+        Vip(VipCmd),
+        #[command(subcommand)]
+        Backend(BackendCmd),
+    }
+
+    #[track_caller]
+    fn parse(args: &[&str]) -> Top {
+        match Cli::try_parse_from(std::iter::once("xlb").chain(args.iter().copied())) {
+            Ok(c) => c.cmd,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn vip_add_parses_everything() {
+        let Top::Vip(VipCmd::Add { vip, scheduler, table_size, backends, name, health_check }) = parse(&[
+            "vip",
+            "add",
+            "198.18.1.1:80/tcp",
+            "--scheduler",
+            "sh",
+            "--table-size",
+            "251",
+            "--backend",
+            "198.18.0.11",
+            "--backend",
+            "198.18.0.12:3",
+            "--backend",
+            "[fd00::13]:2",
+            "--backend",
+            "fd00::1:4",
+            "--name",
+            "web",
+            "--health-check",
+            r#"{"kind":"http","path":"/healthz"}"#,
+        ]) else {
+            panic!("not vip add")
+        };
+        assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
+        assert_eq!(scheduler, Some(Scheduler::Sh));
+        assert_eq!(table_size, Some(251));
+        let got: Vec<(String, u32)> = backends.iter().map(|b| (b.address.to_string(), b.weight)).collect();
+        assert_eq!(
+            got,
+            [("198.18.0.11".into(), 1), ("198.18.0.12".into(), 3), ("fd00::13".into(), 2), ("fd00::1:4".into(), 1)]
+        );
+        assert_eq!(name.as_deref(), Some("web"));
+        assert_eq!(health_check.map(|h| h.path), Some("/healthz".to_owned()));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_by_clap() {
+        for args in [
+            &["vip", "add", "198.18.1.1:80/sctp"][..],
+            &["vip", "add", "198.18.1.1:80", "--backend", "198.18.0.11:x"],
+            &["vip", "add", "198.18.1.1:80", "--backend", "198.18.0.11:10001"],
+            &["vip", "add", "198.18.1.1:80", "--scheduler", "random"],
+            &["vip", "add", "198.18.1.1:80", "--health-check", r#"{"kind":"tcp","bogus":1}"#],
+            &["vip", "add", "198.18.1.1:80", "--health-check", r#"{"rise":0}"#],
+            &["backend", "add", "198.18.1.1:80", "not-an-ip"],
+        ] {
+            let argv = std::iter::once("xlb").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
+        }
+        let Top::Backend(BackendCmd::Add { weight, drained, .. }) = parse(&["backend", "add", "198.18.1.1:80", "198.18.0.11"])
+        else {
+            panic!("not backend add")
+        };
+        assert_eq!((weight, drained), (1, false));
+    }
+
+    #[test]
+    fn status_renders_as_tables() {
+        let status = json!({"vips": [
+            {"vip": "198.18.1.1:80/tcp", "name": "web", "scheduler": "maglev", "table_size": 65537,
+             "packets": 10, "bytes": 1200, "new_flows": 2,
+             "backends": [
+                {"address": "198.18.0.11", "weight": 1, "state": "up", "active_flows": 1, "packets": 6,
+                 "next_hop": "02:00:00:00:00:11",
+                 "bytes": 700, "new_flows": 1,
+                 "health": {"kind": "tcp", "checks_ok": 5, "checks_failed": 0, "latency_ms": 0.42, "last_error": null}},
+                {"address": "198.18.0.12", "weight": 20, "state": "down", "active_flows": 0, "packets": 4,
+                 "bytes": 500, "new_flows": 1,
+                 "health": {"kind": "tcp", "checks_ok": 0, "checks_failed": 3, "latency_ms": null,
+                            "last_error": "connection refused"}}]},
+            {"vip": "[fd00::1]:53/udp", "name": null, "scheduler": "sh", "table_size": 251, "backends": []}
+        ]});
+        let text = render_status(&status);
+        let want = "\
+VIP 198.18.1.1:80/tcp (web)  scheduler maglev  table 65537
+  traffic: 10 packets, 1200 bytes, 2 new flows
+  BACKEND      WEIGHT  STATE  FLOWS  PACKETS  BYTES  NEW FLOWS  NEXT HOP           HEALTH
+  198.18.0.11       1  up         1        6    700          1  02:00:00:00:00:11  tcp ok 5 failed 0 0.4 ms
+  198.18.0.12      20  down       0        4    500          1  -                  tcp ok 0 failed 3 (last error: connection refused)
+
+VIP [fd00::1]:53/udp  scheduler sh  table 251
+  traffic: - packets, - bytes, - new flows
+  no backends: new flows are dropped; `xlb backend add` adds one
+";
+        assert_eq!(text, want, "\n{text}");
+        let listed = render_vip_list(&status);
+        assert!(listed.contains("198.18.1.1:80/tcp  web   maglev"), "{listed}");
+        assert!(listed.contains("1/2"), "{listed}");
+        assert!(render_status(&json!({"vips": []})).starts_with("no VIPs"));
+        // Something unexpected still prints rather than failing.
+        assert!(render_status(&json!("surprise")).starts_with("no VIPs"));
+    }
+
+    #[test]
+    fn stats_render_sorted() {
+        let stats = json!({"reasons": {"tx_encap": 12, "not_vip": 3}, "health_transitions": {"up": 1, "down": 0},
+                           "vips": [{"vip": "198.18.1.1:80/tcp", "packets": 12, "bytes": 1500, "new_flows": 4}]});
+        let want = "\
+COUNTER   PACKETS
+not_vip         3
+tx_encap       12
+
+VIP                PACKETS  BYTES  NEW FLOWS
+198.18.1.1:80/tcp       12   1500          4
+
+health_transitions: {\"down\":0,\"up\":1}
+";
+        assert_eq!(render_stats(&stats), want);
+    }
+
+    #[test]
+    fn refusals_print_code_and_message() {
+        let e = anyhow::Error::new(Refused(ControlError::new("unknown_vip", "unknown VIP 198.18.1.1:80/tcp")));
+        assert_eq!(e.to_string(), "error (unknown_vip): unknown VIP 198.18.1.1:80/tcp");
+        assert_eq!(exit_code(Err(e)), ExitCode::FAILURE);
+        assert_eq!(exit_code(Ok(())), ExitCode::SUCCESS);
+    }
+
+    #[test]
+    fn commands_talk_to_a_daemon() {
+        use crate::control::server::tests::{Running, TempDir};
+        let dir = TempDir::new("cli");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let server = rt.block_on(async { Running::start(&dir.sock()) });
+        let opts = CtlOpts { socket: dir.sock(), json: false };
+        run_backend(
+            BackendCmd::Drain { vip: "198.18.1.1:80/tcp".parse().expect("vip"), address: "198.18.0.11".parse().expect("ip") },
+            &opts,
+        )
+        .expect("drain");
+        run_status(&opts).expect("status");
+        let e = run_vip(VipCmd::Remove { vip: "198.18.1.1:81/tcp".parse().expect("vip") }, &opts).expect_err("refused");
+        assert_eq!(e.downcast_ref::<Refused>().map(|r| r.0.code.as_str()), Some("unknown_vip"));
+        assert_eq!(server.handler.count(), 3);
+        rt.block_on(server.stop());
+    }
+}

@@ -1,0 +1,637 @@
+//! The wire format: one JSON object per line each way. Reference: `docs/control-protocol.md`.
+//!
+//! A request line is an envelope (`v`, `id`) plus an operation (`op` and its fields). The
+//! envelope is checked first, so a client speaking another version hears about the version
+//! rather than about a field it could not know. Operation bodies are parsed from a
+//! `serde_json::Value` one op at a time: serde's internally tagged enums buffer their
+//! content and lose the path of a bad field, and a message like "vip.port: invalid type"
+//! is the point of the `bad_request` code.
+
+use std::{fmt, net::IpAddr};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{
+    config::{BackendConfig, Scheduler, VipConfig, VipId},
+    core::CoreError,
+};
+
+/// The protocol version this build speaks (the only one so far).
+pub const VERSION: u64 = 1;
+
+/// Longest request line, newline excluded. A `vip.add` with 1000 backends fits; anything
+/// longer is a mistake or an attack, and is refused without being buffered.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Error codes of the protocol's own checks; the core's codes ([`CoreError::code`]) pass
+/// through unchanged.
+pub mod code {
+    /// The line is not JSON (or not UTF-8).
+    pub const BAD_JSON: &str = "bad_json";
+    /// JSON, but not a request: not an object, unknown op, unknown / missing / mistyped field.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// `v` is missing or not a version this daemon speaks.
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    /// The line is longer than [`super::MAX_LINE`].
+    pub const TOO_LARGE: &str = "too_large";
+    /// Too many connections at once.
+    pub const BUSY: &str = "busy";
+    /// The daemon failed in a way that is not the request's fault.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// A refused request: a stable machine-readable code and a message for people that says
+/// what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{code}: {message}")]
+pub struct ControlError {
+    /// One of the codes in `docs/control-protocol.md` (`bad_request`, `unknown_vip`, …).
+    pub code: String,
+    /// What went wrong and what would be right.
+    pub message: String,
+}
+
+impl ControlError {
+    /// An error with `code`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into() }
+    }
+}
+
+impl From<&CoreError> for ControlError {
+    fn from(e: &CoreError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<CoreError> for ControlError {
+    fn from(e: CoreError) -> Self {
+        Self::from(&e)
+    }
+}
+
+/// One operation. On the wire the variant is the `op` field and the body's fields sit next
+/// to it: `{"v":1,"op":"backend.drain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "op")]
+pub enum Request {
+    /// Adds a VIP with its backends.
+    #[serde(rename = "vip.add")]
+    VipAdd(VipAdd),
+    /// Removes a VIP and its backends.
+    #[serde(rename = "vip.remove")]
+    VipRemove(VipRef),
+    /// Switches a VIP's scheduler.
+    #[serde(rename = "vip.scheduler")]
+    VipScheduler(VipScheduler),
+    /// Adds a backend to a VIP.
+    #[serde(rename = "backend.add")]
+    BackendAdd(BackendAdd),
+    /// Removes a backend from a VIP.
+    #[serde(rename = "backend.remove")]
+    BackendRemove(BackendRef),
+    /// Changes a backend's weight.
+    #[serde(rename = "backend.weight")]
+    BackendWeight(BackendWeight),
+    /// Stops new flows to a backend; existing flows stay.
+    #[serde(rename = "backend.drain")]
+    BackendDrain(BackendRef),
+    /// Lets a drained backend take new flows again.
+    #[serde(rename = "backend.undrain")]
+    BackendUndrain(BackendRef),
+    /// VIPs, backends, weights, health and traffic.
+    #[serde(rename = "status")]
+    Status(Empty),
+    /// Data-plane counters by reason and traffic per VIP.
+    #[serde(rename = "stats")]
+    Stats(Empty),
+}
+
+/// Body of `vip.add`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipAdd {
+    /// The VIP, as in the config file's `vips[]`.
+    pub vip: VipConfig,
+}
+
+/// Body of `vip.remove`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipRef {
+    /// The VIP.
+    pub vip: VipId,
+}
+
+/// Body of `vip.scheduler`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipScheduler {
+    /// The VIP.
+    pub vip: VipId,
+    /// Its new scheduler.
+    pub scheduler: Scheduler,
+}
+
+/// Body of `backend.add`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendAdd {
+    /// The VIP.
+    pub vip: VipId,
+    /// The backend, as in the config file's `backends[]`.
+    pub backend: BackendConfig,
+}
+
+/// Body of `backend.remove`, `backend.drain` and `backend.undrain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRef {
+    /// The VIP.
+    pub vip: VipId,
+    /// The backend's address.
+    pub address: IpAddr,
+}
+
+/// Body of `backend.weight`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendWeight {
+    /// The VIP.
+    pub vip: VipId,
+    /// The backend's address.
+    pub address: IpAddr,
+    /// The new weight, 0..=10000.
+    pub weight: u32,
+}
+
+/// Body of ops without fields (`status`, `stats`): any field is an error.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// Every op name, for "unknown op" messages.
+pub const OPS: &[&str] = &[
+    "vip.add",
+    "vip.remove",
+    "vip.scheduler",
+    "backend.add",
+    "backend.remove",
+    "backend.weight",
+    "backend.drain",
+    "backend.undrain",
+    "status",
+    "stats",
+];
+
+impl Request {
+    /// The wire name of this op.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::VipAdd(_) => "vip.add",
+            Self::VipRemove(_) => "vip.remove",
+            Self::VipScheduler(_) => "vip.scheduler",
+            Self::BackendAdd(_) => "backend.add",
+            Self::BackendRemove(_) => "backend.remove",
+            Self::BackendWeight(_) => "backend.weight",
+            Self::BackendDrain(_) => "backend.drain",
+            Self::BackendUndrain(_) => "backend.undrain",
+            Self::Status(_) => "status",
+            Self::Stats(_) => "stats",
+        }
+    }
+
+    /// Parses an op and its fields (the envelope already removed).
+    fn from_fields(mut fields: Map<String, Value>) -> Result<Self, ControlError> {
+        let op = match fields.remove("op") {
+            Some(Value::String(op)) => op,
+            Some(other) => {
+                return Err(bad_request(format!("op: expected a string such as \"status\", got {other}")));
+            }
+            None => return Err(bad_request(format!("missing field `op`; ops: {}", OPS.join(", ")))),
+        };
+        let body = Value::Object(fields);
+        Ok(match op.as_str() {
+            "vip.add" => Self::VipAdd(parse_body(body)?),
+            "vip.remove" => Self::VipRemove(parse_body(body)?),
+            "vip.scheduler" => Self::VipScheduler(parse_body(body)?),
+            "backend.add" => Self::BackendAdd(parse_body(body)?),
+            "backend.remove" => Self::BackendRemove(parse_body(body)?),
+            "backend.weight" => Self::BackendWeight(parse_body(body)?),
+            "backend.drain" => Self::BackendDrain(parse_body(body)?),
+            "backend.undrain" => Self::BackendUndrain(parse_body(body)?),
+            "status" => Self::Status(parse_body(body)?),
+            "stats" => Self::Stats(parse_body(body)?),
+            other => return Err(bad_request(format!("op: unknown op {other:?}; ops: {}", OPS.join(", ")))),
+        })
+    }
+
+    /// The request line (newline included) that asks for this op, with `id` echoed back.
+    pub fn to_line(&self, id: &Value) -> String {
+        let mut obj = Map::new();
+        obj.insert("v".into(), VERSION.into());
+        obj.insert("id".into(), id.clone());
+        // Serializing our own types into a map cannot fail: every field is a plain value
+        // or a map with string keys. A failure would be a bug here, so say so loudly.
+        match serde_json::to_value(self) {
+            Ok(Value::Object(fields)) => obj.extend(fields),
+            other => unreachable!("a Request serializes to a JSON object, got {other:?}"),
+        }
+        let mut line = Value::Object(obj).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ControlError {
+    ControlError::new(code::BAD_REQUEST, message)
+}
+
+/// Deserializes an op body, naming the path of the first bad field (`vip.backends[0].weight`).
+fn parse_body<T: DeserializeOwned>(body: Value) -> Result<T, ControlError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // "." is the body itself (a missing or unknown field: serde's message names it).
+        if path == "." || path == "?" {
+            bad_request(message)
+        } else {
+            bad_request(format!("{path}: {message}"))
+        }
+    })
+}
+
+/// A request line, decoded: the `id` to echo (null when absent or unreadable) and the
+/// request or why it was refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    /// The request's `id`, echoed in the response.
+    pub id: Value,
+    /// The request, or the error to answer with.
+    pub request: Result<Request, ControlError>,
+}
+
+/// Decodes one request line (without its newline).
+pub fn decode_request(line: &[u8]) -> Decoded {
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Decoded {
+                id: Value::Null,
+                request: Err(ControlError::new(
+                    code::BAD_JSON,
+                    format!("not a JSON object: {e}; send one JSON object per line"),
+                )),
+            };
+        }
+    };
+    let Value::Object(mut fields) = value else {
+        return Decoded {
+            id: Value::Null,
+            request: Err(bad_request(format!(
+                "a request is a JSON object such as {{\"v\":1,\"op\":\"status\"}}, got {}",
+                kind_of(&value)
+            ))),
+        };
+    };
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let request = check_version(fields.remove("v")).and_then(|()| Request::from_fields(fields));
+    Decoded { id, request }
+}
+
+fn check_version(v: Option<Value>) -> Result<(), ControlError> {
+    match v {
+        Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => Ok(()),
+        Some(other) => Err(ControlError::new(
+            code::UNSUPPORTED_VERSION,
+            format!("protocol version {other} is not supported; this daemon speaks v {VERSION} (send \"v\": {VERSION})"),
+        )),
+        None => Err(ControlError::new(
+            code::UNSUPPORTED_VERSION,
+            format!("missing protocol version; this daemon speaks v {VERSION} (send \"v\": {VERSION})"),
+        )),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// One response: the echoed `id` and the result or the error.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    /// The request's `id` (null when it had none or could not be read).
+    pub id: Value,
+    /// What the op returned, or why it was refused.
+    pub result: Result<Value, ControlError>,
+}
+
+/// The response envelope as it travels: `ok` says which of `result` / `error` is there.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireResponse {
+    v: u64,
+    #[serde(default)]
+    id: Value,
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ControlError>,
+}
+
+impl Response {
+    /// The response line, newline included.
+    pub fn to_line(&self) -> String {
+        let wire = match &self.result {
+            Ok(v) => WireResponse { v: VERSION, id: self.id.clone(), ok: true, result: Some(v.clone()), error: None },
+            Err(e) => WireResponse { v: VERSION, id: self.id.clone(), ok: false, result: None, error: Some(e.clone()) },
+        };
+        // Serializing a tree of JSON values and strings cannot fail.
+        let mut line = serde_json::to_string(&wire).unwrap_or_else(|e| unreachable!("response serializes: {e}"));
+        line.push('\n');
+        line
+    }
+
+    /// Parses a response line (client side).
+    pub fn from_line(line: &str) -> Result<Self, ResponseError> {
+        let wire: WireResponse = serde_json::from_str(line).map_err(ResponseError::Json)?;
+        if wire.v != VERSION {
+            return Err(ResponseError::Version(wire.v));
+        }
+        let result = match (wire.ok, wire.result, wire.error) {
+            (true, result, None) => Ok(result.unwrap_or(Value::Null)),
+            (false, None, Some(e)) => Err(e),
+            _ => return Err(ResponseError::Envelope),
+        };
+        Ok(Self { id: wire.id, result })
+    }
+}
+
+/// A response line the client cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// Not a response object.
+    #[error("the daemon's reply is not a protocol response: {0}")]
+    Json(serde_json::Error),
+    /// Another protocol version.
+    #[error("the daemon answered with protocol v {0}; this client speaks v {VERSION}: use the xlb binary of the running daemon")]
+    Version(u64),
+    /// `ok` disagrees with `result` / `error`.
+    #[error("the daemon's reply has ok and result/error that disagree")]
+    Envelope,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.op())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Protocol;
+
+    const VIP: &str = "198.18.1.1:80/tcp";
+
+    fn vip_id() -> VipId {
+        VIP.parse().expect("test VIP parses")
+    }
+
+    #[track_caller]
+    fn ok(line: &str) -> Request {
+        match decode_request(line.as_bytes()).request {
+            Ok(r) => r,
+            Err(e) => panic!("{line}: refused: {e}"),
+        }
+    }
+
+    #[track_caller]
+    fn refused(line: &[u8]) -> ControlError {
+        match decode_request(line).request {
+            Ok(r) => panic!("{}: accepted as {r:?}", String::from_utf8_lossy(line)),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn every_op_parses_from_its_example() {
+        let b11: IpAddr = "198.18.0.11".parse().unwrap();
+        let cases: Vec<(&str, Request)> = vec![
+            (
+                r#"{"v":1,"id":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":80,"protocol":"tcp","backends":[{"address":"198.18.0.11"},{"address":"198.18.0.12","weight":3}]}}"#,
+                Request::VipAdd(VipAdd {
+                    vip: VipConfig {
+                        name: None,
+                        address: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                        scheduler: Scheduler::Maglev,
+                        table_size: None,
+                        encap: Default::default(),
+                        source: Default::default(),
+                        health_check: None,
+                        backends: vec![
+                            BackendConfig { address: b11, weight: 1, drained: false },
+                            BackendConfig { address: "198.18.0.12".parse().unwrap(), weight: 3, drained: false },
+                        ],
+                    },
+                }),
+            ),
+            (r#"{"v":1,"op":"vip.remove","vip":"198.18.1.1:80/tcp"}"#, Request::VipRemove(VipRef { vip: vip_id() })),
+            (
+                r#"{"v":1,"op":"vip.scheduler","vip":"198.18.1.1:80/tcp","scheduler":"sh"}"#,
+                Request::VipScheduler(VipScheduler { vip: vip_id(), scheduler: Scheduler::Sh }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.add","vip":"198.18.1.1:80/tcp","backend":{"address":"198.18.0.11","weight":2}}"#,
+                Request::BackendAdd(BackendAdd {
+                    vip: vip_id(),
+                    backend: BackendConfig { address: b11, weight: 2, drained: false },
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.remove","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
+                Request::BackendRemove(BackendRef { vip: vip_id(), address: b11 }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":5}"#,
+                Request::BackendWeight(BackendWeight { vip: vip_id(), address: b11, weight: 5 }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.drain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
+                Request::BackendDrain(BackendRef { vip: vip_id(), address: b11 }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.undrain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
+                Request::BackendUndrain(BackendRef { vip: vip_id(), address: b11 }),
+            ),
+            (r#"{"v":1,"op":"status"}"#, Request::Status(Empty {})),
+            (r#"{"v":1,"id":"s","op":"stats"}"#, Request::Stats(Empty {})),
+        ];
+        let mut seen: Vec<&str> = Vec::new();
+        for (line, want) in &cases {
+            assert_eq!(&ok(line), want, "{line}");
+            // And back: what a client sends decodes to the same request.
+            let again = want.to_line(&json!(7));
+            assert!(again.ends_with('\n') && !again[..again.len() - 1].contains('\n'));
+            let decoded = decode_request(again.trim_end().as_bytes());
+            assert_eq!(decoded.id, json!(7));
+            assert_eq!(decoded.request.as_ref(), Ok(want));
+            seen.push(want.op());
+        }
+        seen.sort_unstable();
+        let mut all = OPS.to_vec();
+        all.sort_unstable();
+        assert_eq!(seen, all, "every op has an example");
+    }
+
+    #[test]
+    fn ids_are_echoed_whatever_their_type() {
+        for id in [json!(1), json!("abc"), json!({"k": [1, 2]}), json!(null)] {
+            let line = json!({"v": 1, "id": id, "op": "status"}).to_string();
+            assert_eq!(decode_request(line.as_bytes()).id, id);
+        }
+        // Even a refused request keeps its id, so a pipelining client can match the error.
+        let d = decode_request(br#"{"v":1,"id":42,"op":"nope"}"#);
+        assert_eq!(d.id, json!(42));
+        assert!(d.request.is_err());
+        assert_eq!(decode_request(br#"{"id":42,"op":"status"}"#).id, json!(42));
+    }
+
+    #[test]
+    fn each_bad_input_has_its_code_and_says_where() {
+        let cases: &[(&[u8], &str, &[&str])] = &[
+            (b"garbage", code::BAD_JSON, &["JSON"]),
+            (b"{\"v\":1,", code::BAD_JSON, &["EOF"]),
+            (b"\xff\xfe", code::BAD_JSON, &[]),
+            (b"", code::BAD_JSON, &[]),
+            (b"[1,2]", code::BAD_REQUEST, &["an array"]),
+            (br#"{"op":"status"}"#, code::UNSUPPORTED_VERSION, &["missing", "v 1"]),
+            (br#"{"v":2,"op":"status"}"#, code::UNSUPPORTED_VERSION, &["version 2", "v 1"]),
+            (br#"{"v":"1","op":"status"}"#, code::UNSUPPORTED_VERSION, &["\"1\""]),
+            (br#"{"v":1}"#, code::BAD_REQUEST, &["missing field `op`", "vip.add"]),
+            (br#"{"v":1,"op":7}"#, code::BAD_REQUEST, &["op:", "string"]),
+            (br#"{"v":1,"op":"vip.ad"}"#, code::BAD_REQUEST, &["unknown op \"vip.ad\"", "vip.add"]),
+            (br#"{"v":1,"op":"status","verbose":true}"#, code::BAD_REQUEST, &["unknown field `verbose`"]),
+            (
+                br#"{"v":1,"op":"backend.drain","vip":"198.18.1.1:80/tcp","adress":"198.18.0.11"}"#,
+                code::BAD_REQUEST,
+                &["unknown field `adress`", "`address`"],
+            ),
+            (br#"{"v":1,"op":"vip.remove"}"#, code::BAD_REQUEST, &["missing field `vip`"]),
+            (br#"{"v":1,"op":"vip.remove","vip":"198.18.1.1:0/tcp"}"#, code::BAD_REQUEST, &["vip:", "port 0"]),
+            (
+                br#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":"5"}"#,
+                code::BAD_REQUEST,
+                &["weight: invalid type: string"],
+            ),
+            (
+                br#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":-1}"#,
+                code::BAD_REQUEST,
+                &["weight:"],
+            ),
+            (
+                br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":"80","protocol":"tcp"}}"#,
+                code::BAD_REQUEST,
+                &["vip.port: invalid type"],
+            ),
+            (
+                br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":80,"protocol":"tcp","backends":[{"address":"198.18.0.11"},{"address":"198.18.0.12","wieght":2}]}}"#,
+                code::BAD_REQUEST,
+                &["vip.backends[1]", "unknown field `wieght`"],
+            ),
+            (
+                br#"{"v":1,"op":"vip.scheduler","vip":"198.18.1.1:80/tcp","scheduler":"random"}"#,
+                code::BAD_REQUEST,
+                &["scheduler: unknown variant `random`"],
+            ),
+        ];
+        for (line, want_code, needles) in cases {
+            let e = refused(line);
+            let shown = String::from_utf8_lossy(line);
+            assert_eq!(e.code, *want_code, "{shown}: {e}");
+            for n in *needles {
+                assert!(e.message.contains(n), "{shown}: {e} (wanted {n:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn responses_round_trip_and_bad_ones_are_refused() {
+        let good = Response { id: json!(3), result: Ok(json!({"vips": []})) };
+        let line = good.to_line();
+        assert_eq!(line, "{\"v\":1,\"id\":3,\"ok\":true,\"result\":{\"vips\":[]}}\n");
+        assert_eq!(Response::from_line(&line).unwrap(), good);
+
+        let bad = Response { id: Value::Null, result: Err(ControlError::new("busy", "later")) };
+        let line = bad.to_line();
+        assert_eq!(line, "{\"v\":1,\"id\":null,\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"later\"}}\n");
+        assert_eq!(Response::from_line(&line).unwrap(), bad);
+
+        assert!(matches!(Response::from_line("{\"v\":2,\"id\":1,\"ok\":true}"), Err(ResponseError::Version(2))));
+        assert!(matches!(Response::from_line("{\"v\":1,\"ok\":false}"), Err(ResponseError::Envelope)));
+        assert!(matches!(Response::from_line("nope"), Err(ResponseError::Json(_))));
+    }
+
+    #[test]
+    fn core_errors_keep_their_code() {
+        let e = CoreError::UnknownVip { vip: vip_id() };
+        let c = ControlError::from(&e);
+        assert_eq!(c.code, "unknown_vip");
+        assert_eq!(c.message, e.to_string());
+    }
+
+    /// The documentation is part of the contract: every `→` request line in
+    /// docs/control-protocol.md decodes, or is refused with the code its `←` line shows, and
+    /// every `←` line is a valid response.
+    #[test]
+    fn documented_examples_hold() {
+        let doc = include_str!("../../../docs/control-protocol.md");
+        let mut requests = 0;
+        let mut ops = std::collections::BTreeSet::new();
+        let mut lines = doc.lines().map(str::trim).peekable();
+        while let Some(line) = lines.next() {
+            let Some(req) = line.strip_prefix("→ ") else { continue };
+            let Some(resp) = lines.peek().and_then(|l| l.strip_prefix("← ")) else {
+                panic!("doc: request without a response line after it: {req}");
+            };
+            let resp = Response::from_line(resp).unwrap_or_else(|e| panic!("doc: bad response {resp}: {e}"));
+            let decoded = decode_request(req.as_bytes());
+            assert_eq!(decoded.id, resp.id, "doc: id not echoed: {req}");
+            match (&decoded.request, &resp.result) {
+                (Ok(r), _) => {
+                    ops.insert(r.op());
+                }
+                // The protocol's own refusals are documented word for word.
+                (Err(got), Err(want)) => assert_eq!(got, want, "doc: {req}"),
+                (Err(got), Ok(_)) => panic!("doc: {req} is refused ({got}) but documented as ok"),
+            }
+            if let (Ok(_), Err(want)) = (&decoded.request, &resp.result) {
+                // Refused by the daemon (unknown_vip, …), not by the protocol.
+                assert!(
+                    ![code::BAD_JSON, code::BAD_REQUEST, code::UNSUPPORTED_VERSION].contains(&want.code.as_str()),
+                    "doc: {req} decodes but is documented as {}",
+                    want.code
+                );
+            }
+            requests += 1;
+        }
+        assert!(requests >= OPS.len(), "doc has {requests} examples");
+        assert_eq!(ops.len(), OPS.len(), "doc has an example of every op: {ops:?}");
+    }
+}

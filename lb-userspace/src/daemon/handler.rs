@@ -1,0 +1,65 @@
+//! Control-socket requests → daemon operations.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use super::state::Daemon;
+use crate::control::{protocol::Request, server::Handler, ControlError};
+
+/// Serves requests against the shared daemon state.
+pub struct DaemonHandler {
+    daemon: Arc<Mutex<Daemon>>,
+}
+
+impl DaemonHandler {
+    /// Wraps the shared state.
+    pub fn new(daemon: Arc<Mutex<Daemon>>) -> Self {
+        Self { daemon }
+    }
+}
+
+impl Handler for DaemonHandler {
+    fn handle(&self, req: Request) -> Result<Value, ControlError> {
+        let mut d = self.daemon.lock().map_err(|_| ControlError::new("internal", "daemon state poisoned by a panic; restart xlb"))?;
+        let done = |what: String| Ok(json!({ "done": what }));
+        match req {
+            Request::VipAdd(r) => {
+                let id = r.vip.id();
+                d.add_vip(r.vip)?;
+                done(format!("added VIP {id}"))
+            }
+            Request::VipRemove(r) => {
+                d.remove_vip(&r.vip)?;
+                done(format!("removed VIP {}", r.vip))
+            }
+            Request::VipScheduler(r) => {
+                d.set_scheduler(&r.vip, r.scheduler)?;
+                done(format!("VIP {} now schedules with {:?}", r.vip, r.scheduler))
+            }
+            Request::BackendAdd(r) => {
+                let a = r.backend.address;
+                d.add_backend(&r.vip, r.backend)?;
+                done(format!("added backend {a} to {}", r.vip))
+            }
+            Request::BackendRemove(r) => {
+                d.remove_backend(&r.vip, r.address)?;
+                done(format!("removed backend {} from {}", r.address, r.vip))
+            }
+            Request::BackendWeight(r) => {
+                d.set_weight(&r.vip, r.address, r.weight)?;
+                done(format!("backend {} of {} now has weight {}", r.address, r.vip, r.weight))
+            }
+            Request::BackendDrain(r) => {
+                d.set_drained(&r.vip, r.address, true)?;
+                done(format!("drained backend {} of {}", r.address, r.vip))
+            }
+            Request::BackendUndrain(r) => {
+                d.set_drained(&r.vip, r.address, false)?;
+                done(format!("undrained backend {} of {}", r.address, r.vip))
+            }
+            Request::Status(_) => Ok(d.status()),
+            Request::Stats(_) => Ok(d.stats()),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! `xlb run`: the balancer daemon.
+//!
+//! Order of start-up, so that a mistake is reported before anything is attached: read and
+//! validate the config → find the interface → load and verify the programs → program the
+//! maps → bind the control socket (refusing a second daemon) → attach XDP → start health
+//! checks, next-hop refreshes, the control socket and metrics. SIGINT/SIGTERM detach,
+//! remove the socket and print the counters.
+//!
+//! Layout: `state` (the daemon's state and operations), `handler` (control-socket requests
+//! → operations), `neighbour` (next hops), `metrics` (Prometheus).
+
+mod handler;
+pub mod metrics;
+pub mod neighbour;
+pub mod state;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use aya::programs::XdpMode;
+use tokio::{signal::unix::SignalKind, sync::{mpsc, watch}};
+
+use crate::{
+    config::Config,
+    control,
+    core::{Core, Settings},
+    dataplane::{AyaDataplane, Counters},
+    health::HealthChecker,
+    loader::{self, LoadOptions},
+    netdev,
+};
+use state::{counter_summary, Daemon, NEXTHOP_REFRESH};
+
+/// Options of `xlb run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Interface to attach to.
+    pub iface: String,
+    /// XDP attach mode.
+    pub mode: XdpMode,
+    /// Config file, if any.
+    pub config: Option<PathBuf>,
+    /// Control socket path; `None` = no control socket.
+    pub socket: Option<PathBuf>,
+    /// Prometheus listen address.
+    pub metrics: Option<SocketAddr>,
+    /// Map sizes.
+    pub load: LoadOptions,
+}
+
+/// Runs the daemon until SIGINT / SIGTERM.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let cfg = match &opts.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+            Config::from_json(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    let ifindex = netdev::ifindex(&opts.iface)?;
+    let addrs = netdev::addresses(&opts.iface)?;
+    let mtu = netdev::mtu(&opts.iface)?;
+    if unsafe { libc::geteuid() } != 0 {
+        log::warn!("not running as root: loading BPF programs will likely fail (run with sudo)");
+    }
+
+    let mut ebpf = loader::load_balancer(opts.load)?;
+    let mut dp = AyaDataplane::new(&mut ebpf).context("opening the balancer's maps")?;
+    dp.add_tx_port(ifindex).context("registering the interface for XDP_REDIRECT")?;
+    let settings = Settings::resolve(&cfg, &addrs, mtu, opts.load.max_vips);
+    log::info!(
+        "outer sources: v4 {:?}, v6 {:?}; mtu {}; {} VIPs in the config",
+        settings.src_v4,
+        settings.src_v6,
+        settings.mtu,
+        cfg.vips.len()
+    );
+    let mut core = Core::new(dp, settings.clone()).context("writing the balancer settings")?;
+    core.apply(&cfg).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+
+    let socket = match &opts.socket {
+        Some(path) => Some(control::server::bind(path)?),
+        None => None,
+    };
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?),
+        None => None,
+    };
+
+    loader::attach(&mut ebpf, loader::BALANCER_PROG, &opts.iface, opts.mode)?;
+    log::info!("xlb_balancer attached to {} (ifindex {ifindex}, {:?} mode)", opts.iface, opts.mode);
+
+    let (events_tx, mut events_rx) = mpsc::channel(256);
+    let checker = HealthChecker { source_v4: None, source_v6: None };
+    let daemon = Arc::new(Mutex::new(Daemon::new(core, checker, events_tx)));
+    lock(&daemon)?.start_all_checks().map_err(|e| anyhow::anyhow!("starting health checks: {e}"))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let health_task = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events_rx.recv().await {
+                if let Ok(mut d) = daemon.lock() {
+                    d.on_health_event(&ev);
+                }
+            }
+        })
+    };
+    let nexthop_task = {
+        let daemon = daemon.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                refresh_nexthops(&daemon).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(NEXTHOP_REFRESH) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    };
+    let control_task = socket.map(|s| {
+        let handler = Arc::new(handler::DaemonHandler::new(daemon.clone()));
+        tokio::spawn(s.serve(handler, shutdown_rx.clone()))
+    });
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, daemon.clone(), shutdown_rx.clone())));
+
+    wait_for_signal().await?;
+    log::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    if let Some(t) = control_task {
+        match t.await {
+            Ok(Err(e)) => log::warn!("control socket: {e:#}"),
+            Err(e) => log::warn!("control socket task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    nexthop_task.abort();
+    health_task.abort();
+    let summary = counter_summary(&lock(&daemon)?.core().dataplane().reasons());
+    // Detach before printing: dropping the object detaches the program.
+    drop(ebpf);
+    println!("xlb: detached from {}; counters:", opts.iface);
+    for (kind, name, v) in summary {
+        println!("  {kind:5} {name:24} {v}");
+    }
+    Ok(())
+}
+
+fn lock(d: &Arc<Mutex<Daemon>>) -> Result<std::sync::MutexGuard<'_, Daemon>> {
+    d.lock().map_err(|_| anyhow::anyhow!("daemon state poisoned by a panic"))
+}
+
+/// Resolves every backend's next hop without holding the state lock during `ip` calls.
+async fn refresh_nexthops(daemon: &Arc<Mutex<Daemon>>) {
+    let pairs = match daemon.lock() {
+        Ok(d) => d.backends(),
+        Err(_) => return,
+    };
+    let mut unique: Vec<std::net::IpAddr> = pairs.iter().map(|(_, a)| *a).collect();
+    unique.sort();
+    unique.dedup();
+    let resolved = tokio::task::spawn_blocking(move || {
+        unique.into_iter().map(|a| (a, neighbour::resolve(a))).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let Ok(mut d) = daemon.lock() else { return };
+    for (vip, addr) in pairs {
+        if let Some((_, r)) = resolved.iter().find(|(a, _)| *a == addr) {
+            match r {
+                Ok(hop) => d.set_nexthop(&vip, addr, Some(*hop)),
+                Err(e) => {
+                    log::debug!("next hop of {addr}: {e}");
+                    d.set_nexthop(&vip, addr, None);
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

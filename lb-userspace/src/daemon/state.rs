@@ -1,0 +1,297 @@
+//! The daemon's state: the core plus one health checker per (VIP, backend), and the
+//! operations the control socket offers. Every operation validates before it changes
+//! anything; a refused one leaves core, checkers and data plane as they were.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use lb_common::counters::{Drop, Event, Pass, COUNTER_SLOTS};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::{
+    config::{BackendConfig, Scheduler, VipConfig, VipId},
+    core::{Core, CoreError, NextHop},
+    dataplane::{AyaDataplane, Counters},
+    health::{CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState, Transition},
+};
+
+/// A running health check.
+struct Check {
+    handle: HealthHandle,
+    kind: CheckKind,
+}
+
+/// Health transitions seen, for metrics.
+#[derive(Default, Clone, Copy)]
+pub struct TransitionCounts {
+    /// Up transitions.
+    pub up: u64,
+    /// Down transitions.
+    pub down: u64,
+}
+
+/// Everything the daemon owns.
+pub struct Daemon {
+    core: Core<AyaDataplane>,
+    checker: HealthChecker,
+    events: mpsc::Sender<HealthEvent>,
+    checks: BTreeMap<(VipId, IpAddr), Check>,
+    targets: HashMap<u64, (VipId, IpAddr)>,
+    next_target: u64,
+    transitions: TransitionCounts,
+}
+
+impl Daemon {
+    /// Wraps a core; health events go to `events` (the daemon feeds them back through
+    /// [`Daemon::on_health_event`]).
+    pub fn new(core: Core<AyaDataplane>, checker: HealthChecker, events: mpsc::Sender<HealthEvent>) -> Self {
+        Self { core, checker, events, checks: BTreeMap::new(), targets: HashMap::new(), next_target: 1, transitions: TransitionCounts::default() }
+    }
+
+    /// The core (read-only).
+    pub fn core(&self) -> &Core<AyaDataplane> {
+        &self.core
+    }
+
+    /// Starts health checks for every backend the core has (after the initial config).
+    pub fn start_all_checks(&mut self) -> Result<(), CoreError> {
+        let pairs: Vec<(VipId, IpAddr)> = self.core.vips().flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a))).collect();
+        for (vip, addr) in pairs {
+            self.start_check(&vip, addr)?;
+        }
+        Ok(())
+    }
+
+    fn health_config(&self, vip: &VipId) -> Result<HealthCheckConfig, CoreError> {
+        Ok(self.core.vip(vip)?.config.health_check.clone().unwrap_or_default())
+    }
+
+    fn start_check(&mut self, vip: &VipId, addr: IpAddr) -> Result<(), CoreError> {
+        let cfg = self.health_config(vip)?;
+        let id = self.next_target;
+        self.next_target += 1;
+        let handle = self
+            .checker
+            .spawn(id, SocketAddr::new(addr, vip.port), &cfg, self.events.clone())
+            .map_err(|e| crate::config::ConfigError::new("health_check", e.to_string()))?;
+        self.targets.insert(id, (*vip, addr));
+        self.checks.insert((*vip, addr), Check { handle, kind: cfg.kind });
+        Ok(())
+    }
+
+    fn stop_check(&mut self, vip: &VipId, addr: IpAddr) {
+        if let Some(c) = self.checks.remove(&(*vip, addr)) {
+            self.targets.remove(&c.handle.target_id());
+            c.handle.stop();
+        }
+    }
+
+    /// Applies a health transition reported by a checker. Events of checks that were
+    /// stopped meanwhile (backend removed) are ignored.
+    pub fn on_health_event(&mut self, ev: &HealthEvent) {
+        let Some((vip, addr)) = self.targets.get(&ev.target_id).copied() else {
+            return;
+        };
+        let healthy = ev.transition == Transition::Up;
+        match self.core.set_health(&vip, addr, healthy) {
+            Ok(true) => {
+                if healthy {
+                    self.transitions.up += 1;
+                    log::info!("backend {addr} of {vip} is up ({:?})", ev.latency);
+                } else {
+                    self.transitions.down += 1;
+                    log::warn!("backend {addr} of {vip} is down: {}", ev.error.as_deref().unwrap_or("check failed"));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("applying health of {addr} ({vip}): {e}"),
+        }
+    }
+
+    /// Adds a VIP and starts checking its backends.
+    pub fn add_vip(&mut self, cfg: VipConfig) -> Result<(), CoreError> {
+        let id = cfg.id();
+        let addrs: Vec<IpAddr> = cfg.backends.iter().map(|b| b.address).collect();
+        self.core.add_vip(cfg)?;
+        for a in addrs {
+            self.start_check(&id, a)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP and stops its checks.
+    pub fn remove_vip(&mut self, id: &VipId) -> Result<(), CoreError> {
+        let cfg = self.core.remove_vip(id)?;
+        for b in cfg.backends {
+            self.stop_check(id, b.address);
+        }
+        Ok(())
+    }
+
+    /// Adds a backend and starts checking it.
+    pub fn add_backend(&mut self, vip: &VipId, b: BackendConfig) -> Result<(), CoreError> {
+        let addr = b.address;
+        self.core.add_backend(vip, b)?;
+        self.start_check(vip, addr)
+    }
+
+    /// Removes a backend and stops its check.
+    pub fn remove_backend(&mut self, vip: &VipId, addr: IpAddr) -> Result<(), CoreError> {
+        self.core.remove_backend(vip, addr)?;
+        self.stop_check(vip, addr);
+        Ok(())
+    }
+
+    /// Sets a weight.
+    pub fn set_weight(&mut self, vip: &VipId, addr: IpAddr, weight: u32) -> Result<(), CoreError> {
+        self.core.set_weight(vip, addr, weight)
+    }
+
+    /// Drains or undrains.
+    pub fn set_drained(&mut self, vip: &VipId, addr: IpAddr, drained: bool) -> Result<(), CoreError> {
+        self.core.set_drained(vip, addr, drained)
+    }
+
+    /// Switches the scheduler.
+    pub fn set_scheduler(&mut self, vip: &VipId, s: Scheduler) -> Result<(), CoreError> {
+        self.core.set_scheduler(vip, s)
+    }
+
+    /// Every (VIP, backend) pair, for next-hop refreshes.
+    pub fn backends(&self) -> Vec<(VipId, IpAddr)> {
+        self.core.vips().flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a))).collect()
+    }
+
+    /// Records a next hop (or its loss); unknown pairs (removed meanwhile) are ignored.
+    pub fn set_nexthop(&mut self, vip: &VipId, addr: IpAddr, hop: Option<NextHop>) {
+        match self.core.set_nexthop(vip, addr, hop) {
+            Ok(true) => log::info!("next hop of {addr} ({vip}): {hop:?}"),
+            Ok(false) | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
+            Err(e) => log::error!("next hop of {addr} ({vip}): {e}"),
+        }
+    }
+
+    /// Health snapshot of one backend.
+    pub fn health(&self, vip: &VipId, addr: IpAddr) -> Option<(CheckKind, HealthState)> {
+        self.checks.get(&(*vip, addr)).map(|c| (c.kind, c.handle.snapshot()))
+    }
+
+    /// Health transitions so far.
+    pub fn transitions(&self) -> TransitionCounts {
+        self.transitions
+    }
+
+    /// The `status` result: VIPs, backends, weights, health, counters.
+    pub fn status(&self) -> Value {
+        let dp = self.core.dataplane();
+        let flows = dp.flows_per_backend();
+        let vips: Vec<Value> = self
+            .core
+            .vips()
+            .map(|v| {
+                let id = v.config.id();
+                let t = dp.vip(v.id);
+                let backends: Vec<Value> = v
+                    .backends
+                    .iter()
+                    .map(|(addr, b)| {
+                        let bt = dp.backend(b.index);
+                        let state = if !b.healthy {
+                            "down"
+                        } else if b.drained {
+                            "drained"
+                        } else {
+                            "up"
+                        };
+                        let health = self.health(&id, *addr).map(|(kind, h)| {
+                            json!({
+                                "kind": kind,
+                                "checks_ok": h.checks_ok,
+                                "checks_failed": h.checks_failed,
+                                "latency_ms": h.latency_ewma.map(|d| d.as_secs_f64() * 1000.0),
+                                "last_error": h.last_error,
+                            })
+                        });
+                        json!({
+                            "address": addr,
+                            "weight": b.weight,
+                            "state": state,
+                            "active_flows": flows.get(&b.index).copied().unwrap_or(0),
+                            "packets": bt.packets,
+                            "bytes": bt.bytes,
+                            "new_flows": bt.new_flows,
+                            "next_hop": b.nexthop.map(|h| mac_string(&h.dmac)),
+                            "health": health,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "vip": id,
+                    "name": v.config.name,
+                    "scheduler": v.config.scheduler,
+                    "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
+                    "packets": t.packets,
+                    "bytes": t.bytes,
+                    "new_flows": t.new_flows,
+                    "backends": backends,
+                })
+            })
+            .collect();
+        json!({ "vips": vips })
+    }
+
+    /// The `stats` result: counters by reason, per-VIP traffic.
+    pub fn stats(&self) -> Value {
+        let dp = self.core.dataplane();
+        let reasons = dp.reasons();
+        let mut by_name = serde_json::Map::new();
+        for slot in 0..COUNTER_SLOTS {
+            if let Some(name) = lb_common::counters::slot_name(slot) {
+                by_name.insert(name.to_string(), json!(reasons.get(slot as usize).copied().unwrap_or(0)));
+            }
+        }
+        let vips: Vec<Value> = self
+            .core
+            .vips()
+            .map(|v| {
+                let t = dp.vip(v.id);
+                json!({"vip": v.config.id(), "packets": t.packets, "bytes": t.bytes, "new_flows": t.new_flows})
+            })
+            .collect();
+        json!({ "reasons": by_name, "vips": vips, "health_transitions": {"up": self.transitions.up, "down": self.transitions.down} })
+    }
+}
+
+/// `aa:bb:…` form of a MAC.
+pub fn mac_string(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Non-zero counters by name, for the exit summary.
+pub fn counter_summary(reasons: &[u64]) -> Vec<(&'static str, &'static str, u64)> {
+    let kind = |slot: u32| {
+        if Drop::from_slot(slot).is_some() {
+            "drop"
+        } else if Pass::from_slot(slot).is_some() {
+            "pass"
+        } else if Event::from_slot(slot).is_some() {
+            "event"
+        } else {
+            "?"
+        }
+    };
+    (0..COUNTER_SLOTS)
+        .filter_map(|slot| {
+            let v = reasons.get(slot as usize).copied().unwrap_or(0);
+            let name = lb_common::counters::slot_name(slot)?;
+            (v > 0).then_some((kind(slot), name, v))
+        })
+        .collect()
+}
+
+/// How often next hops are refreshed.
+pub const NEXTHOP_REFRESH: Duration = Duration::from_secs(1);

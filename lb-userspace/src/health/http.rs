@@ -1,0 +1,481 @@
+//! HTTP/1.1 probe written by hand over a plain TCP stream: `GET path` with `Connection: close`,
+//! then the status line and (when a body substring is expected) up to 64 KiB of body.
+//!
+//! Why no HTTP crate: the probe needs one request shape and a status code; a hand-written
+//! client keeps the daemon's dependency tree small and every failure mode an explicit
+//! [`ProbeError`] variant.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{
+    config::{HealthCheckConfig, MAX_HTTP_BODY},
+    probe::{contains, timed, Probe, ProbeError, ProbeFuture},
+    tcp::connect,
+};
+
+/// A response head longer than this is not a health endpoint's answer.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Healthy when `GET path` answers `expect_status` (and a body containing `expect_body`).
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// `Host` header; `None` sends the target's `ip:port` (IPv6 in brackets).
+    pub host: Option<String>,
+    /// Status a healthy backend answers with.
+    pub expect_status: u16,
+    /// Substring the first 64 KiB of the (de-chunked) body must contain.
+    pub expect_body: Option<String>,
+    /// Upper bound for connect, request and response together.
+    pub timeout: Duration,
+    /// Source address for the probe; `None` lets the kernel choose.
+    pub bind: Option<IpAddr>,
+}
+
+impl HttpProbe {
+    pub fn from_config(cfg: &HealthCheckConfig, bind: Option<IpAddr>) -> Self {
+        Self {
+            path: cfg.path.clone(),
+            host: cfg.host.clone(),
+            expect_status: cfg.expect_status,
+            expect_body: cfg.expect_body.clone(),
+            timeout: cfg.timeout(),
+            bind,
+        }
+    }
+
+    fn request(&self, target: SocketAddr) -> String {
+        let host = match &self.host {
+            Some(host) => host.clone(),
+            // SocketAddr's Display is exactly Host syntax: `1.2.3.4:80`, `[::1]:80`.
+            None => target.to_string(),
+        };
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: xlb-health\r\nAccept: */*\r\n\r\n",
+            self.path
+        )
+    }
+
+    async fn exchange(&self, target: SocketAddr) -> Result<(), ProbeError> {
+        let mut stream = connect(target, self.bind).await?;
+        stream
+            .write_all(self.request(target).as_bytes())
+            .await
+            .map_err(|e| ProbeError::from_io(e, false))?;
+
+        let mut reader = Reader {
+            stream: &mut stream,
+            buf: Vec::new(),
+            eof: false,
+        };
+        let head_len = reader.read_head().await?;
+        let head = parse_head(&reader.buf[..head_len])?;
+        if head.status != self.expect_status {
+            return Err(ProbeError::BadStatus {
+                got: head.status,
+                want: self.expect_status,
+            });
+        }
+        let Some(want) = &self.expect_body else {
+            return Ok(());
+        };
+        reader.buf.drain(..head_len);
+        reader.find_in_body(head.framing, want.as_bytes()).await
+    }
+}
+
+impl Probe for HttpProbe {
+    fn check<'a>(&'a self, target: SocketAddr) -> ProbeFuture<'a> {
+        Box::pin(timed(self.timeout, self.exchange(target)))
+    }
+
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+}
+
+/// How the end of the body is marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// Neither header: the body runs until the server closes (we asked for that).
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+}
+
+/// Buffers reads from the response stream.
+struct Reader<'s> {
+    stream: &'s mut tokio::net::TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Reader<'_> {
+    /// Reads one more chunk into `buf`; sets `eof` when the server closed.
+    async fn fill(&mut self) -> Result<(), ProbeError> {
+        let mut chunk = [0u8; 8192];
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ProbeError::from_io(e, false))?;
+        self.eof = n == 0;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads until the blank line ending the head; returns the head's length including it.
+    async fn read_head(&mut self) -> Result<usize, ProbeError> {
+        loop {
+            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                return Ok(pos + 4);
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(ProbeError::Malformed {
+                    reason: "response head longer than 16 KiB",
+                });
+            }
+            if self.eof {
+                return Err(ProbeError::Malformed {
+                    reason: if self.buf.is_empty() {
+                        "connection closed without a response"
+                    } else {
+                        "connection closed inside the response head"
+                    },
+                });
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads body bytes (already in `buf` after the head, then from the stream) until `want`
+    /// shows up, the body ends, or 64 KiB have been seen. Stops as early as it can so a large
+    /// or slow body does not cost a timeout.
+    async fn find_in_body(&mut self, framing: Framing, want: &[u8]) -> Result<(), ProbeError> {
+        loop {
+            let (body, complete) = match framing {
+                Framing::Length(len) => {
+                    let end = len.min(self.buf.len());
+                    (self.buf[..end].to_vec(), self.buf.len() >= len)
+                }
+                Framing::Chunked => dechunk(&self.buf)?,
+                Framing::UntilClose => (self.buf.clone(), false),
+            };
+            let capped = &body[..body.len().min(MAX_HTTP_BODY)];
+            if contains(capped, want) {
+                return Ok(());
+            }
+            if complete || self.eof || body.len() >= MAX_HTTP_BODY {
+                return Err(ProbeError::BodyMismatch {
+                    want: String::from_utf8_lossy(want).into_owned(),
+                });
+            }
+            // Chunk framing adds a few bytes per chunk; this bound keeps a hostile server
+            // from growing the buffer without the decoded body growing.
+            if self.buf.len() > 2 * MAX_HTTP_BODY {
+                return Err(ProbeError::Malformed {
+                    reason: "chunked body framing overhead too large",
+                });
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses the status line and the framing headers of a response head (CRLF line ends).
+fn parse_head(head: &[u8]) -> Result<ResponseHead, ProbeError> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status = parse_status_line(lines.next().unwrap_or_default())?;
+
+    let mut framing = Framing::UntilClose;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3), so a Content-Length
+        // never overrides a chunked framing seen earlier.
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            if value.to_ascii_lowercase().contains("chunked") {
+                framing = Framing::Chunked;
+            }
+        } else if name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
+            let len = value.parse().map_err(|_| ProbeError::Malformed {
+                reason: "Content-Length is not a number",
+            })?;
+            framing = Framing::Length(len);
+        }
+    }
+    Ok(ResponseHead { status, framing })
+}
+
+/// `HTTP/1.x SP 3DIGIT [SP reason]` → the status code.
+fn parse_status_line(line: &str) -> Result<u16, ProbeError> {
+    let rest = line.strip_prefix("HTTP/1.").ok_or(ProbeError::Malformed {
+        reason: "status line does not start with HTTP/1.",
+    })?;
+    let mut parts = rest.splitn(3, ' ');
+    let _minor_version = parts.next();
+    let code = parts.next().unwrap_or_default();
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProbeError::Malformed {
+            reason: "status code is not three digits",
+        });
+    }
+    code.parse().map_err(|_| ProbeError::Malformed {
+        reason: "status code is not three digits",
+    })
+}
+
+/// Decodes as much of a chunked body as `raw` holds. Returns the data so far and whether the
+/// last (zero-size) chunk was reached; trailers are not needed and not read.
+fn dechunk(raw: &[u8]) -> Result<(Vec<u8>, bool), ProbeError> {
+    const BAD_SIZE: ProbeError = ProbeError::Malformed {
+        reason: "bad chunk size line",
+    };
+    let mut out = Vec::new();
+    let mut rest = raw;
+    loop {
+        let Some(eol) = find(rest, b"\r\n") else {
+            return Ok((out, false));
+        };
+        let size_line = std::str::from_utf8(&rest[..eol]).map_err(|_| BAD_SIZE)?;
+        // Chunk extensions (`;name=value`) follow the size and are ignored.
+        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| BAD_SIZE)?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok((out, true));
+        }
+        if rest.len() < size {
+            out.extend_from_slice(rest);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size..];
+        match rest {
+            [b'\r', b'\n', tail @ ..] => rest = tail,
+            [] | [b'\r'] => return Ok((out, false)),
+            _ => {
+                return Err(ProbeError::Malformed {
+                    reason: "chunk data not followed by CRLF",
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::health::test_util::{
+        closed_tcp_port, http_server, recording_http_server, silent_tcp_server, SLACK,
+    };
+
+    fn probe(expect_body: Option<&str>) -> HttpProbe {
+        HttpProbe {
+            path: "/healthz".into(),
+            host: None,
+            expect_status: 200,
+            expect_body: expect_body.map(str::to_owned),
+            timeout: Duration::from_secs(2),
+            bind: None,
+        }
+    }
+
+    #[test]
+    fn status_line_parsing() {
+        assert_eq!(parse_status_line("HTTP/1.1 200 OK").ok(), Some(200));
+        assert_eq!(parse_status_line("HTTP/1.0 503").ok(), Some(503));
+        assert_eq!(
+            parse_status_line("HTTP/1.1 404 Not Found Here").ok(),
+            Some(404)
+        );
+        for bad in [
+            "",
+            "HTTP/2 200 OK",
+            "HTTP/1.1 20 OK",
+            "HTTP/1.1 2x0 OK",
+            "SSH-2.0",
+        ] {
+            assert!(
+                matches!(parse_status_line(bad), Err(ProbeError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn head_framing() {
+        let head = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n").ok();
+        assert_eq!(
+            head,
+            Some(ResponseHead {
+                status: 200,
+                framing: Framing::Length(12)
+            })
+        );
+        let head = parse_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\nContent-Length: 3\r\n\r\n",
+        )
+        .ok();
+        assert_eq!(head.map(|h| h.framing), Some(Framing::Chunked));
+        let head = parse_head(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n").ok();
+        assert_eq!(head.map(|h| h.framing), Some(Framing::UntilClose));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n"),
+            Err(ProbeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn chunked_decoding() {
+        let (body, done) = dechunk(b"2\r\nok\r\n5;ext=1\r\n, fin\r\n0\r\n\r\n").expect("valid");
+        assert_eq!((body.as_slice(), done), (&b"ok, fin"[..], true));
+        let (body, done) = dechunk(b"a\r\nhello").expect("partial");
+        assert_eq!((body.as_slice(), done), (&b"hello"[..], false));
+        let (body, done) = dechunk(b"2\r\nok").expect("no CRLF yet");
+        assert_eq!((body.as_slice(), done), (&b"ok"[..], false));
+        assert!(dechunk(b"zz\r\n").is_err());
+        assert!(dechunk(b"2\r\nokXX").is_err());
+        assert!(dechunk(b"ffffffffffffffffffff\r\n").is_err());
+    }
+
+    #[test]
+    fn request_shape() {
+        let target: SocketAddr = "[::1]:8080".parse().expect("literal");
+        assert_eq!(
+            probe(None).request(target),
+            "GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\nUser-Agent: xlb-health\r\nAccept: */*\r\n\r\n"
+        );
+        let named = HttpProbe {
+            host: Some("api.example".into()),
+            ..probe(None)
+        };
+        assert!(named.request(target).contains("\r\nHost: api.example\r\n"));
+    }
+
+    #[tokio::test]
+    async fn sends_the_documented_request() {
+        let (target, head) = recording_http_server("127.0.0.1").await;
+        probe(None).check(target).await.expect("200");
+        let head = head.await.expect("server saw a request");
+        assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\nHost: {target}\r\n")), "{head}");
+        assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+        assert!(head.contains("\r\nUser-Agent: xlb-health\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn ok_with_body_v4_and_v6() {
+        for ip in ["127.0.0.1", "::1"] {
+            let (target, server) =
+                http_server(ip, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            let latency = probe(Some("ok")).check(target).await.expect("healthy");
+            assert!(latency < Duration::from_secs(2) + SLACK);
+            server.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn body_until_close_and_chunked() {
+        let (target, server) =
+            http_server("127.0.0.1", b"HTTP/1.0 200 OK\r\n\r\nstatus: ok\n").await;
+        probe(Some("ok")).check(target).await.expect("read to EOF");
+        server.abort();
+        let (target, server) = http_server(
+            "127.0.0.1",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n",
+        )
+        .await;
+        probe(Some("ok")).check(target).await.expect("dechunked");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn service_unavailable_is_bad_status() {
+        let (target, server) = http_server(
+            "127.0.0.1",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown",
+        )
+        .await;
+        let err = probe(None).check(target).await.expect_err("503");
+        assert!(
+            matches!(
+                err,
+                ProbeError::BadStatus {
+                    got: 503,
+                    want: 200
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "HTTP status 503, want 200");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn wrong_body_is_body_mismatch() {
+        let (target, server) = http_server(
+            "127.0.0.1",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ndegraded",
+        )
+        .await;
+        let err = probe(Some("ok")).check(target).await.expect_err("no ok");
+        assert!(matches!(err, ProbeError::BodyMismatch { .. }), "{err:?}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn non_http_answer_is_malformed() {
+        let (target, server) = http_server("127.0.0.1", b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
+        let err = probe(None).check(target).await.expect_err("not HTTP");
+        assert!(matches!(err, ProbeError::Malformed { .. }), "{err:?}");
+        server.abort();
+        let (target, server) = http_server("127.0.0.1", b"").await;
+        let err = probe(None).check(target).await.expect_err("empty");
+        assert!(matches!(err, ProbeError::Malformed { .. }), "{err:?}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_refused() {
+        let target = closed_tcp_port("::1").await;
+        let err = probe(None).check(target).await.expect_err("closed");
+        assert!(matches!(err, ProbeError::Refused), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let (target, server) = silent_tcp_server("127.0.0.1").await;
+        let timeout = Duration::from_millis(200);
+        let probe = HttpProbe {
+            timeout,
+            ..probe(None)
+        };
+        let start = Instant::now();
+        let err = probe.check(target).await.expect_err("never answers");
+        assert!(matches!(err, ProbeError::Timeout { .. }), "{err:?}");
+        assert!(start.elapsed() < timeout + SLACK);
+        server.abort();
+    }
+}

@@ -1,0 +1,136 @@
+//! Loopback-only servers and helpers for the probe tests. Nothing here ever addresses anything
+//! but 127.0.0.1 / ::1.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
+    task::JoinHandle,
+};
+
+/// Generous allowance on top of a probe's timeout: CI machines stall.
+pub const SLACK: Duration = Duration::from_secs(2);
+
+/// A loopback port with nothing listening: bind to get a free port, then close it.
+pub async fn closed_tcp_port(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr
+}
+
+/// Same for UDP.
+pub async fn closed_udp_port(ip: &str) -> SocketAddr {
+    let socket = UdpSocket::bind((ip, 0)).await.expect("bind loopback");
+    let addr = socket.local_addr().expect("local addr");
+    drop(socket);
+    addr
+}
+
+/// A listener whose accept queue is full, so the kernel drops further SYNs and a connect
+/// hangs. Keep the returned value alive for as long as the port must stay saturated.
+pub async fn saturated_listener() -> (SocketAddr, (TcpListener, Vec<TcpStream>)) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("literal"))
+        .expect("bind loopback");
+    let addr = socket.local_addr().expect("local addr");
+    // Backlog 0: Linux keeps one finished handshake queued, then drops SYNs.
+    let listener = socket.listen(0).expect("listen");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    // The listener is returned unaccepted: tokio only accepts when asked to.
+    (addr, (listener, fillers))
+}
+
+/// An HTTP server on loopback that answers every connection with `response` (raw bytes) after
+/// reading the request head, then closes. Returns its address and the task to abort.
+pub async fn http_server(ip: &str, response: &'static [u8]) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// An HTTP server that records the request head it received and answers 200.
+pub async fn recording_http_server(
+    ip: &str,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+    });
+    (addr, rx)
+}
+
+/// Accepts connections and holds them open without ever answering.
+pub async fn silent_tcp_server(ip: &str) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+/// A UDP server that answers each datagram with `prefix` followed by the datagram.
+pub async fn udp_echo(ip: &str, prefix: &'static [u8]) -> (SocketAddr, JoinHandle<()>) {
+    let socket = UdpSocket::bind((ip, 0)).await.expect("bind loopback");
+    let addr = socket.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let mut reply = prefix.to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    (addr, task)
+}
+
+/// A UDP socket that is bound (so no port-unreachable comes back) but never replies.
+pub async fn udp_silent(ip: &str) -> (SocketAddr, UdpSocket) {
+    let socket = UdpSocket::bind((ip, 0)).await.expect("bind loopback");
+    let addr = socket.local_addr().expect("local addr");
+    (addr, socket)
+}

@@ -1,0 +1,420 @@
+//! The demo / end-to-end topology: a client, a balancer and N backends on one bridged LAN,
+//! all in namespaces this process creates (and removes on drop).
+//!
+//! ```text
+//!   client 198.18.0.10 fd00::10 ──┐
+//!   lb     198.18.0.2  fd00::2  ──┼── bridge (own namespace)
+//!   bN     198.18.0.1N fd00::1N ──┘   VIPs 198.18.1.1 / fd00:1::1 on each backend's lo
+//! ```
+//! The client routes the VIP prefixes via the balancer; the balancer tunnels to a backend;
+//! the backend's decap program strips the tunnel and its stack answers the client directly
+//! (DSR), never through the balancer. Backends run `python3 -m http.server` serving a page
+//! that says who they are.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use aya::Ebpf;
+
+use crate::netns::{wait_for, Lan, Netns};
+
+/// IPv4 VIP.
+pub const VIP4: &str = "198.18.1.1";
+/// IPv6 VIP.
+pub const VIP6: &str = "fd00:1::1";
+/// The balancer's addresses.
+pub const LB4: &str = "198.18.0.2";
+/// See [`LB4`].
+pub const LB6: &str = "fd00::2";
+/// The client's addresses.
+pub const CLIENT4: &str = "198.18.0.10";
+/// See [`CLIENT4`].
+pub const CLIENT6: &str = "fd00::10";
+/// Debian's Python (has the standard library; PATH may hold a pyenv shim).
+pub const PYTHON: &str = "/usr/bin/python3";
+/// Size of `big.bin` on every backend.
+pub const BIG_FILE: usize = 256 * 1024;
+/// Port of the line server (answers every line with the backend's name; long-lived flows).
+pub const NAME_PORT: u16 = 7000;
+
+/// A threaded TCP server answering each received line with the backend's name.
+const NAME_SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1].encode() + b"\n"
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[2])))
+s.listen(128)
+def serve(c):
+    f = c.makefile("rb")
+    for line in f:
+        c.sendall(name)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A child process killed (and reaped) on drop, output going to a log file.
+pub struct Proc {
+    child: Child,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` inside `ns` with output to `log`.
+#[track_caller]
+pub fn spawn_logged(ns: &Netns, cmd: &[&str], log: &Path) -> Proc {
+    let out = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let err = out.try_clone().expect("clone log handle");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?} in {}: {e}", ns.name()));
+    Proc { child, log: log.to_path_buf() }
+}
+
+/// Path of a freshly built `xlb` binary (built once per process, debug profile, in the
+/// workspace's target directory).
+pub fn xlb_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "lb-userspace", "--bin", "xlb"])
+            .status()
+            .expect("running cargo build for xlb");
+        assert!(status.success(), "building the xlb binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        target.join("debug").join("xlb")
+    })
+    .clone()
+}
+
+/// One backend host.
+pub struct BackendHost {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its own IPv4 address (tunnel destination).
+    pub v4: Ipv4Addr,
+    /// Its own IPv6 address.
+    pub v6: Ipv6Addr,
+    /// Name its web page answers with (`b1`, `b2`, …).
+    pub name: String,
+    /// The web server, while running.
+    pub http: Option<Proc>,
+    /// The decap program's process.
+    pub decap: Option<Proc>,
+    docroot: PathBuf,
+}
+
+/// The whole topology.
+pub struct DemoNet {
+    /// The switch.
+    pub lan: Lan,
+    /// The client host.
+    pub client: Netns,
+    /// The balancer host.
+    pub lb: Netns,
+    /// Backends.
+    pub backends: Vec<BackendHost>,
+    /// Scratch directory for logs, configs and web roots.
+    pub dir: PathBuf,
+    /// XDP_PASS on the balancer's bridge port (veth delivers XDP_TX only to a peer with an
+    /// XDP program); detached on drop.
+    _pass: Ebpf,
+}
+
+impl DemoNet {
+    /// Builds the topology with `n` backends (no processes started yet).
+    pub fn new(prefix: &str, n: usize) -> DemoNet {
+        let dir = std::env::temp_dir().join(format!("xlb-{prefix}-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let lan = Lan::new(prefix);
+        let client = Netns::new(&format!("{prefix}c"));
+        let lb = Netns::new(&format!("{prefix}l"));
+        lan.attach(&client, "eth0", &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")]);
+        client.route(&["198.18.1.0/24", "via", LB4]);
+        client.route(&["fd00:1::/64", "via", LB6]);
+        let lb_port = lan.attach(&lb, "eth0", &[&format!("{LB4}/24"), &format!("{LB6}/64")]);
+        lb.sysctl("net.ipv4.conf.all.forwarding", "1");
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let pass = {
+            let _inside = lan.ns().enter();
+            let mut ebpf = xlb::loader::load_baseline("xlb_pass").expect("load xlb_pass");
+            xlb::loader::attach(&mut ebpf, "xlb_pass", &lb_port.bridge_if, aya::programs::XdpMode::Driver).expect("attach xlb_pass");
+            ebpf
+        };
+        let mut backends = Vec::new();
+        for i in 1..=n {
+            let ns = Netns::new(&format!("{prefix}b{i}"));
+            let v4: Ipv4Addr = format!("198.18.0.{}", 10 + i).parse().expect("addr");
+            let v6: Ipv6Addr = format!("fd00::{}", 10 + i).parse().expect("addr");
+            lan.attach(&ns, "eth0", &[&format!("{v4}/24"), &format!("{v6}/64")]);
+            ns.addr("lo", &format!("{VIP4}/32"));
+            ns.addr("lo", &format!("{VIP6}/128"));
+            // Classic DSR: the VIP lives on lo, and must not be answered for on the LAN.
+            ns.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+            ns.sysctl("net.ipv4.conf.all.arp_announce", "2");
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            ns.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
+            let name = format!("b{i}");
+            let docroot = dir.join(&name);
+            std::fs::create_dir_all(&docroot).expect("docroot");
+            std::fs::write(docroot.join("index.html"), format!("{name}\n")).expect("index.html");
+            // A large file: replies that big would show in the balancer's receive counters
+            // if they crossed it.
+            std::fs::write(docroot.join("big.bin"), vec![b'x'; BIG_FILE]).expect("big.bin");
+            backends.push(BackendHost { ns, v4, v6, name, http: None, decap: None, docroot });
+        }
+        DemoNet { lan, client, lb, backends, dir, _pass: pass }
+    }
+
+    /// Starts every backend's decap program and web server and waits until they serve.
+    pub fn start_backends(&mut self) {
+        for i in 0..self.backends.len() {
+            self.start_decap(i);
+            self.start_http(i);
+        }
+    }
+
+    /// Starts backend `i`'s decap program.
+    pub fn start_decap(&mut self, i: usize) {
+        let bin = xlb_bin();
+        let b = &mut self.backends[i];
+        let log = self.dir.join(format!("{}-decap.log", b.name));
+        let p = spawn_logged(&b.ns, &[bin.to_str().expect("utf-8 path"), "decap", "--iface", "eth0"], &log);
+        let ns = b.ns.name().to_string();
+        wait_for(&format!("decap on {ns}"), Duration::from_secs(20), || {
+            let out = Command::new("ip").args(["-n", &ns, "link", "show", "eth0"]).output();
+            out.map(|o| String::from_utf8_lossy(&o.stdout).contains("xdp")).unwrap_or(false)
+        });
+        b.decap = Some(p);
+    }
+
+    /// Starts backend `i`'s web server and waits until it answers locally.
+    pub fn start_http(&mut self, i: usize) {
+        let b = &mut self.backends[i];
+        let log = self.dir.join(format!("{}-http.log", b.name));
+        let root = b.docroot.to_str().expect("utf-8 path").to_string();
+        let p = spawn_logged(&b.ns, &[PYTHON, "-m", "http.server", "80", "--bind", "::", "--directory", &root], &log);
+        let url = format!("http://{}/", b.v4);
+        let ns = &b.ns;
+        wait_for(&format!("web server {}", b.name), Duration::from_secs(20), || curl(ns, &url, 1).is_some());
+        b.http = Some(p);
+    }
+
+    /// Starts backend `i`'s line server on [`NAME_PORT`].
+    pub fn start_name_server(&mut self, i: usize) -> Proc {
+        let b = &self.backends[i];
+        let log = self.dir.join(format!("{}-names.log", b.name));
+        let port = NAME_PORT.to_string();
+        let p = spawn_logged(&b.ns, &[PYTHON, "-c", NAME_SERVER, &b.name, &port], &log);
+        let addr = std::net::SocketAddr::new(b.v4.into(), NAME_PORT);
+        let ns = &b.ns;
+        wait_for(&format!("line server {}", b.name), Duration::from_secs(20), || {
+            let _inside = ns.enter();
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        p
+    }
+
+    /// Stops backend `i`'s web server (its host stays up: health checks must notice).
+    pub fn stop_http(&mut self, i: usize) {
+        self.backends[i].http = None;
+    }
+
+    /// Name of the backend whose own IPv4 address is `addr`.
+    pub fn backend_name(&self, addr: &str) -> Option<&str> {
+        self.backends.iter().find(|b| b.v4.to_string() == addr || b.v6.to_string() == addr).map(|b| b.name.as_str())
+    }
+
+    /// A config with one VIP per family on port 80 over all backends (TCP health checks).
+    pub fn config_json(&self) -> String {
+        let b4: Vec<String> = self.backends.iter().map(|b| format!(r#"{{"address": "{}"}}"#, b.v4)).collect();
+        let b6: Vec<String> = self.backends.iter().map(|b| format!(r#"{{"address": "{}"}}"#, b.v6)).collect();
+        format!(
+            r#"{{"vips": [
+  {{"name": "web4", "address": "{VIP4}", "port": 80, "protocol": "tcp",
+    "health_check": {{"kind": "http", "path": "/", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 600}},
+    "backends": [{}]}},
+  {{"name": "web6", "address": "{VIP6}", "port": 80, "protocol": "tcp",
+    "health_check": {{"kind": "http", "path": "/", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 600}},
+    "backends": [{}]}}
+]}}"#,
+            b4.join(", "),
+            b6.join(", ")
+        )
+    }
+
+    /// Starts `xlb run` on the balancer with `config` (JSON text) and a control socket in
+    /// the scratch directory; waits until the program is attached and the socket answers.
+    pub fn start_lb(&self, config: &str, extra: &[&str]) -> (Proc, PathBuf) {
+        let cfg = self.dir.join("xlb.json");
+        std::fs::write(&cfg, config).expect("write config");
+        let sock = self.dir.join("xlb.sock");
+        let bin = xlb_bin();
+        let mut args = vec![
+            bin.to_str().expect("utf-8 path").to_string(),
+            "run".into(),
+            "--iface".into(),
+            "eth0".into(),
+            "--config".into(),
+            cfg.to_str().expect("utf-8 path").into(),
+            "--socket".into(),
+            sock.to_str().expect("utf-8 path").into(),
+            "--max-vips".into(),
+            "8".into(),
+            "--max-conns".into(),
+            "65536".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = spawn_logged(&self.lb, &argv, &self.dir.join("xlb-run.log"));
+        let s2 = sock.clone();
+        wait_for("xlb run to serve its socket", Duration::from_secs(30), || {
+            assert!(p.running(), "xlb run exited:\n{}", p.log_text());
+            s2.exists()
+        });
+        (p, sock)
+    }
+
+    /// Runs an `xlb` control command against `sock` (from the root namespace: it only
+    /// talks to the Unix socket) and returns stdout; panics on failure.
+    #[track_caller]
+    pub fn ctl(&self, sock: &Path, args: &[&str]) -> String {
+        let (ok, out, err) = self.try_ctl(sock, args);
+        assert!(ok, "xlb {args:?} failed: {err}");
+        out
+    }
+
+    /// Like [`DemoNet::ctl`], returning (success, stdout, stderr).
+    pub fn try_ctl(&self, sock: &Path, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(xlb_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(sock)
+            .output()
+            .expect("running xlb");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Waits until the balancer has a resolved next hop for every backend of every VIP
+    /// (status shows `next_hop`), so that the first requests are not lost to resolution.
+    pub fn wait_ready(&self, sock: &Path) {
+        wait_for("next hops for all backends", Duration::from_secs(20), || {
+            let (ok, out, _) = self.try_ctl(sock, &["status", "--json"]);
+            ok && serde_json::from_str::<serde_json::Value>(&out)
+                .ok()
+                .and_then(|v| v["vips"].as_array().cloned())
+                .is_some_and(|vips| {
+                    vips.iter().all(|v| v["backends"].as_array().is_some_and(|bs| bs.iter().all(|b| !b["next_hop"].is_null())))
+                })
+        });
+    }
+}
+
+impl Drop for DemoNet {
+    fn drop(&mut self) {
+        // Processes first (their namespaces go with the Netns drops), then the scratch dir.
+        for b in &mut self.backends {
+            b.http = None;
+            b.decap = None;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A TCP connection opened from inside `ns` (the socket stays in that namespace).
+pub fn connect_in(ns: &Netns, addr: std::net::SocketAddr, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    let _inside = ns.enter();
+    let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// One HTTP/1.0 GET over a new connection from inside `ns`; the body, or an error. Faster
+/// than spawning curl, so load loops can run hundreds of requests.
+pub fn http_get(ns: &Netns, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = connect_in(ns, addr, timeout)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: xlb\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    if !resp.starts_with(b"HTTP/1.0 200") && !resp.starts_with(b"HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("status: {}", String::from_utf8_lossy(&resp[..split.min(40)]))));
+    }
+    Ok(resp[split + 4..].to_vec())
+}
+
+/// Receive byte counter of `ifname` in `ns`.
+pub fn rx_bytes(ns: &Netns, ifname: &str) -> u64 {
+    let path = format!("/sys/class/net/{ifname}/statistics/rx_bytes");
+    let _inside = ns.enter();
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// One HTTP GET from `ns` with curl (new connection, new source port); the body, or `None`
+/// on any failure. Bounded by `timeout_s`.
+pub fn curl(ns: &Netns, url: &str, timeout_s: u32) -> Option<String> {
+    let t = timeout_s.to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "curl", "-s", "-f", "-g", "--max-time", &t, url])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
