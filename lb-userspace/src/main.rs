@@ -122,13 +122,8 @@ struct CtlArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().filter_level(cli.log_level).format_timestamp_millis().init();
-    match dispatch(cli.cmd) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xlb: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // Refusals from the daemon print as `error (<code>): <message>`, others as `xlb: …`.
+    ctl::exit_code(dispatch(cli.cmd))
 }
 
 fn dispatch(cmd: Cmd) -> Result<()> {

@@ -110,6 +110,8 @@ fn assert_ifname(name: &str) {
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Whether dropping this handle deletes the namespace (false for [`Netns::existing`]).
+    owned: bool,
 }
 
 impl Netns {
@@ -119,9 +121,15 @@ impl Netns {
         let name = format!("xlbt-{prefix}-{}-{}", std::process::id(), next_id());
         ip(&["netns", "add", &name]);
         // From here on, Drop cleans up even if the next command fails.
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// A handle to a namespace another `Netns` owns (e.g. for a worker thread: `Netns` is
+    /// not shared across threads). Dropping it deletes nothing.
+    pub fn existing(name: &str) -> Netns {
+        Netns { name: name.to_string(), owned: false }
     }
 
     pub fn name(&self) -> &str {
@@ -308,6 +316,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: getpid cannot fail.
         let me = unsafe { libc::getpid() };
         for pid in self.pids() {

@@ -12,6 +12,7 @@
 //! that says who they are.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -343,6 +344,22 @@ impl DemoNet {
             .output()
             .expect("running xlb");
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Backend states (`up`, `down`, `drained`) by "VIP backend" from `xlb status --json`.
+    pub fn backend_states(&self, sock: &Path) -> BTreeMap<String, String> {
+        let (ok, out, _) = self.try_ctl(sock, &["status", "--json"]);
+        let mut states = BTreeMap::new();
+        let Some(v) = ok.then(|| serde_json::from_str::<serde_json::Value>(&out).ok()).flatten() else {
+            return states;
+        };
+        for vip in v["vips"].as_array().into_iter().flatten() {
+            for b in vip["backends"].as_array().into_iter().flatten() {
+                let key = format!("{} {}", vip["vip"].as_str().unwrap_or("?"), b["address"].as_str().unwrap_or("?"));
+                states.insert(key, b["state"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        states
     }
 
     /// Waits until the balancer has a resolved next hop for every backend of every VIP

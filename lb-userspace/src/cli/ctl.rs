@@ -20,7 +20,10 @@ use crate::{
     config::{check_weight, parse_json, BackendConfig, Scheduler, VipConfig, VipId},
     control::{
         client,
-        protocol::{BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd, VipRef, VipScheduler},
+        protocol::{
+            BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd, VipRef,
+            VipScheduler,
+        },
         DEFAULT_SOCKET,
     },
     health::HealthCheckConfig,
@@ -28,6 +31,10 @@ use crate::{
 
 /// `xlb vip …`
 #[derive(Clone, Debug, clap::Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only add noise"
+)]
 pub enum VipCmd {
     /// Add a VIP (and, optionally, its backends).
     Add {
@@ -126,7 +133,10 @@ pub struct CtlOpts {
 
 impl Default for CtlOpts {
     fn default() -> Self {
-        Self { socket: PathBuf::from(DEFAULT_SOCKET), json: false }
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            json: false,
+        }
     }
 }
 
@@ -136,14 +146,14 @@ impl Default for CtlOpts {
 pub struct Refused(pub ControlError);
 
 /// Turns a command's outcome into the process exit code, printing the error: a refusal
-/// as `error (<code>): <message>`, anything else as `error: <cause chain>`.
+/// as `error (<code>): <message>`, anything else as `xlb: <cause chain>`.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<Refused>() {
                 Some(r) => eprintln!("{r}"),
-                None => eprintln!("error: {e:#}"),
+                None => eprintln!("xlb: {e:#}"),
             }
             ExitCode::FAILURE
         }
@@ -153,7 +163,14 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 /// Runs `xlb vip …`.
 pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
     let (req, done) = match cmd {
-        VipCmd::Add { vip, scheduler, table_size, backends, name, health_check } => {
+        VipCmd::Add {
+            vip,
+            scheduler,
+            table_size,
+            backends,
+            name,
+            health_check,
+        } => {
             let n = backends.len();
             let config = VipConfig {
                 name,
@@ -167,9 +184,15 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 health_check,
                 backends,
             };
-            (Request::VipAdd(VipAdd { vip: config }), format!("added VIP {vip} with {n} backend{}", plural(n)))
+            (
+                Request::VipAdd(VipAdd { vip: config }),
+                format!("added VIP {vip} with {n} backend{}", plural(n)),
+            )
         }
-        VipCmd::Remove { vip } => (Request::VipRemove(VipRef { vip }), format!("removed VIP {vip}")),
+        VipCmd::Remove { vip } => (
+            Request::VipRemove(VipRef { vip }),
+            format!("removed VIP {vip}"),
+        ),
         VipCmd::Scheduler { vip, scheduler } => (
             Request::VipScheduler(VipScheduler { vip, scheduler }),
             format!("VIP {vip} now uses {}", scheduler_name(scheduler)),
@@ -186,13 +209,29 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
 /// Runs `xlb backend …`.
 pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
     let (req, done) = match cmd {
-        BackendCmd::Add { vip, address, weight, drained } => (
-            Request::BackendAdd(BackendAdd { vip, backend: BackendConfig { address, weight, drained } }),
-            format!("added backend {address} to {vip} (weight {weight}{})", if drained { ", drained" } else { "" }),
+        BackendCmd::Add {
+            vip,
+            address,
+            weight,
+            drained,
+        } => (
+            Request::BackendAdd(BackendAdd {
+                vip,
+                backend: BackendConfig {
+                    address,
+                    weight,
+                    drained,
+                },
+            }),
+            format!(
+                "added backend {address} to {vip} (weight {weight}{})",
+                if drained { ", drained" } else { "" }
+            ),
         ),
-        BackendCmd::Remove { vip, address } => {
-            (Request::BackendRemove(BackendRef { vip, address }), format!("removed backend {address} from {vip}"))
-        }
+        BackendCmd::Remove { vip, address } => (
+            Request::BackendRemove(BackendRef { vip, address }),
+            format!("removed backend {address} from {vip}"),
+        ),
         BackendCmd::Drain { vip, address } => (
             Request::BackendDrain(BackendRef { vip, address }),
             format!("drained backend {address} of {vip}: no new flows, existing flows stay"),
@@ -201,8 +240,16 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             Request::BackendUndrain(BackendRef { vip, address }),
             format!("backend {address} of {vip} takes new flows again"),
         ),
-        BackendCmd::Weight { vip, address, weight } => (
-            Request::BackendWeight(BackendWeight { vip, address, weight }),
+        BackendCmd::Weight {
+            vip,
+            address,
+            weight,
+        } => (
+            Request::BackendWeight(BackendWeight {
+                vip,
+                address,
+                weight,
+            }),
             format!("backend {address} of {vip} now has weight {weight}"),
         ),
     };
@@ -230,7 +277,11 @@ fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
     }
 }
 
-fn print_result(opts: &CtlOpts, result: &Value, render: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+fn print_result(
+    opts: &CtlOpts,
+    result: &Value,
+    render: impl FnOnce(&Value) -> String,
+) -> anyhow::Result<()> {
     if opts.json {
         println!("{}", serde_json::to_string_pretty(result)?);
     } else {
@@ -241,7 +292,11 @@ fn print_result(opts: &CtlOpts, result: &Value, render: impl FnOnce(&Value) -> S
 
 /// The daemon's own words (`{"done": "…"}`) if it sent some, else ours.
 fn confirmation(result: &Value, ours: String) -> String {
-    let text = result.get("done").and_then(Value::as_str).map(str::to_owned).unwrap_or(ours);
+    let text = result
+        .get("done")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or(ours);
     format!("{text}\n")
 }
 
@@ -262,24 +317,36 @@ fn scheduler_name(s: Scheduler) -> String {
 
 /// `maglev` / `sh`, with the same names as the config file.
 fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
-    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| format!("unknown scheduler {s:?}: use maglev or sh"))
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown scheduler {s:?}: use maglev or sh"))
 }
 
 /// `ADDR`, `ADDR:WEIGHT` (IPv4) or `[ADDR]:WEIGHT` (IPv6). A bare IPv6 address is taken
 /// whole: `fd00::1:3` is an address, not `fd00::1` with weight 3.
 fn parse_backend(s: &str) -> Result<BackendConfig, String> {
-    let usage = || format!("{s:?} is not ADDR[:WEIGHT], e.g. 198.18.0.11, 198.18.0.11:3 or [fd00::11]:3");
+    let usage =
+        || format!("{s:?} is not ADDR[:WEIGHT], e.g. 198.18.0.11, 198.18.0.11:3 or [fd00::11]:3");
     if let Ok(address) = s.parse::<IpAddr>() {
-        return Ok(BackendConfig { address, weight: 1, drained: false });
+        return Ok(BackendConfig {
+            address,
+            weight: 1,
+            drained: false,
+        });
     }
     let (addr, weight) = match s.strip_prefix('[') {
         Some(rest) => rest.split_once("]:").ok_or_else(usage)?,
         None => s.rsplit_once(':').ok_or_else(usage)?,
     };
     let address: IpAddr = addr.parse().map_err(|_| usage())?;
-    let weight: u32 = weight.parse().map_err(|_| format!("weight {weight:?} in {s:?} is not a number"))?;
+    let weight: u32 = weight
+        .parse()
+        .map_err(|_| format!("weight {weight:?} in {s:?} is not a number"))?;
     check_weight(weight).map_err(|m| format!("weight in {s:?}: {m}"))?;
-    Ok(BackendConfig { address, weight, drained: false })
+    Ok(BackendConfig {
+        address,
+        weight,
+        drained: false,
+    })
 }
 
 fn parse_health_check(s: &str) -> Result<HealthCheckConfig, String> {
@@ -302,7 +369,10 @@ fn field(v: &Value, key: &str) -> String {
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// A text table: columns sized to their widest cell; numeric columns right-aligned.
@@ -315,7 +385,11 @@ struct Table {
 impl Table {
     /// Columns as (heading, is numeric).
     fn new(cols: &[(&'static str, bool)]) -> Self {
-        Self { head: cols.iter().map(|c| c.0).collect(), numeric: cols.iter().map(|c| c.1).collect(), rows: Vec::new() }
+        Self {
+            head: cols.iter().map(|c| c.0).collect(),
+            numeric: cols.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
     }
 
     fn row(&mut self, cells: Vec<String>) {
@@ -349,8 +423,15 @@ impl Table {
 }
 
 fn health(h: Option<&Value>) -> String {
-    let Some(h) = h.filter(|h| h.is_object()) else { return "-".to_owned() };
-    let mut s = format!("{} ok {} failed {}", field(h, "kind"), field(h, "checks_ok"), field(h, "checks_failed"));
+    let Some(h) = h.filter(|h| h.is_object()) else {
+        return "-".to_owned();
+    };
+    let mut s = format!(
+        "{} ok {} failed {}",
+        field(h, "kind"),
+        field(h, "checks_ok"),
+        field(h, "checks_failed")
+    );
     if let Some(ms) = h.get("latency_ms").and_then(Value::as_f64) {
         let _ = write!(s, " {ms:.1} ms");
     }
@@ -374,7 +455,12 @@ fn render_status(status: &Value) -> String {
         if let Some(name) = vip.get("name").and_then(Value::as_str) {
             let _ = write!(out, " ({name})");
         }
-        let _ = writeln!(out, "  scheduler {}  table {}", field(vip, "scheduler"), field(vip, "table_size"));
+        let _ = writeln!(
+            out,
+            "  scheduler {}  table {}",
+            field(vip, "scheduler"),
+            field(vip, "table_size")
+        );
         let _ = writeln!(
             out,
             "  traffic: {} packets, {} bytes, {} new flows",
@@ -431,7 +517,10 @@ fn render_vip_list(status: &Value) -> String {
     ]);
     for vip in vips {
         let backends = list(vip, "backends");
-        let up = backends.iter().filter(|b| b.get("state").and_then(Value::as_str) == Some("up")).count();
+        let up = backends
+            .iter()
+            .filter(|b| b.get("state").and_then(Value::as_str) == Some("up"))
+            .count();
         t.row(vec![
             field(vip, "vip"),
             field(vip, "name"),
@@ -448,8 +537,11 @@ fn render_vip_list(status: &Value) -> String {
 
 fn render_stats(stats: &Value) -> String {
     let mut out = String::new();
-    let mut reasons: Vec<(&String, &Value)> =
-        stats.get("reasons").and_then(Value::as_object).map(|m| m.iter().collect()).unwrap_or_default();
+    let mut reasons: Vec<(&String, &Value)> = stats
+        .get("reasons")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().collect())
+        .unwrap_or_default();
     // By name, so two runs line up whatever order the daemon used.
     reasons.sort_by(|a, b| a.0.cmp(b.0));
     let mut t = Table::new(&[("COUNTER", false), ("PACKETS", true)]);
@@ -460,16 +552,29 @@ fn render_stats(stats: &Value) -> String {
     let vips = list(stats, "vips");
     if !vips.is_empty() {
         out.push('\n');
-        let mut t = Table::new(&[("VIP", false), ("PACKETS", true), ("BYTES", true), ("NEW FLOWS", true)]);
+        let mut t = Table::new(&[
+            ("VIP", false),
+            ("PACKETS", true),
+            ("BYTES", true),
+            ("NEW FLOWS", true),
+        ]);
         for vip in vips {
-            t.row(vec![field(vip, "vip"), field(vip, "packets"), field(vip, "bytes"), field(vip, "new_flows")]);
+            t.row(vec![
+                field(vip, "vip"),
+                field(vip, "packets"),
+                field(vip, "bytes"),
+                field(vip, "new_flows"),
+            ]);
         }
         t.render("", &mut out);
     }
     // Whatever else the daemon reports (health transitions, …), compactly.
     if let Some(obj) = stats.as_object() {
         let mut first = true;
-        for (k, v) in obj.iter().filter(|(k, _)| !matches!(k.as_str(), "reasons" | "vips")) {
+        for (k, v) in obj
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "reasons" | "vips"))
+        {
             if first {
                 out.push('\n');
                 first = false;
@@ -511,7 +616,14 @@ mod tests {
 
     #[test]
     fn vip_add_parses_everything() {
-        let Top::Vip(VipCmd::Add { vip, scheduler, table_size, backends, name, health_check }) = parse(&[
+        let Top::Vip(VipCmd::Add {
+            vip,
+            scheduler,
+            table_size,
+            backends,
+            name,
+            health_check,
+        }) = parse(&[
             "vip",
             "add",
             "198.18.1.1:80/tcp",
@@ -531,16 +643,25 @@ mod tests {
             "web",
             "--health-check",
             r#"{"kind":"http","path":"/healthz"}"#,
-        ]) else {
+        ])
+        else {
             panic!("not vip add")
         };
         assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
         assert_eq!(scheduler, Some(Scheduler::Sh));
         assert_eq!(table_size, Some(251));
-        let got: Vec<(String, u32)> = backends.iter().map(|b| (b.address.to_string(), b.weight)).collect();
+        let got: Vec<(String, u32)> = backends
+            .iter()
+            .map(|b| (b.address.to_string(), b.weight))
+            .collect();
         assert_eq!(
             got,
-            [("198.18.0.11".into(), 1), ("198.18.0.12".into(), 3), ("fd00::13".into(), 2), ("fd00::1:4".into(), 1)]
+            [
+                ("198.18.0.11".into(), 1),
+                ("198.18.0.12".into(), 3),
+                ("fd00::13".into(), 2),
+                ("fd00::1:4".into(), 1)
+            ]
         );
         assert_eq!(name.as_deref(), Some("web"));
         assert_eq!(health_check.map(|h| h.path), Some("/healthz".to_owned()));
@@ -551,16 +672,36 @@ mod tests {
         for args in [
             &["vip", "add", "198.18.1.1:80/sctp"][..],
             &["vip", "add", "198.18.1.1:80", "--backend", "198.18.0.11:x"],
-            &["vip", "add", "198.18.1.1:80", "--backend", "198.18.0.11:10001"],
+            &[
+                "vip",
+                "add",
+                "198.18.1.1:80",
+                "--backend",
+                "198.18.0.11:10001",
+            ],
             &["vip", "add", "198.18.1.1:80", "--scheduler", "random"],
-            &["vip", "add", "198.18.1.1:80", "--health-check", r#"{"kind":"tcp","bogus":1}"#],
-            &["vip", "add", "198.18.1.1:80", "--health-check", r#"{"rise":0}"#],
+            &[
+                "vip",
+                "add",
+                "198.18.1.1:80",
+                "--health-check",
+                r#"{"kind":"tcp","bogus":1}"#,
+            ],
+            &[
+                "vip",
+                "add",
+                "198.18.1.1:80",
+                "--health-check",
+                r#"{"rise":0}"#,
+            ],
             &["backend", "add", "198.18.1.1:80", "not-an-ip"],
         ] {
             let argv = std::iter::once("xlb").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
         }
-        let Top::Backend(BackendCmd::Add { weight, drained, .. }) = parse(&["backend", "add", "198.18.1.1:80", "198.18.0.11"])
+        let Top::Backend(BackendCmd::Add {
+            weight, drained, ..
+        }) = parse(&["backend", "add", "198.18.1.1:80", "198.18.0.11"])
         else {
             panic!("not backend add")
         };
@@ -597,7 +738,10 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
 ";
         assert_eq!(text, want, "\n{text}");
         let listed = render_vip_list(&status);
-        assert!(listed.contains("198.18.1.1:80/tcp  web   maglev"), "{listed}");
+        assert!(
+            listed.contains("198.18.1.1:80/tcp  web   maglev"),
+            "{listed}"
+        );
         assert!(listed.contains("1/2"), "{listed}");
         assert!(render_status(&json!({"vips": []})).starts_with("no VIPs"));
         // Something unexpected still prints rather than failing.
@@ -623,8 +767,14 @@ health_transitions: {\"down\":0,\"up\":1}
 
     #[test]
     fn refusals_print_code_and_message() {
-        let e = anyhow::Error::new(Refused(ControlError::new("unknown_vip", "unknown VIP 198.18.1.1:80/tcp")));
-        assert_eq!(e.to_string(), "error (unknown_vip): unknown VIP 198.18.1.1:80/tcp");
+        let e = anyhow::Error::new(Refused(ControlError::new(
+            "unknown_vip",
+            "unknown VIP 198.18.1.1:80/tcp",
+        )));
+        assert_eq!(
+            e.to_string(),
+            "error (unknown_vip): unknown VIP 198.18.1.1:80/tcp"
+        );
         assert_eq!(exit_code(Err(e)), ExitCode::FAILURE);
         assert_eq!(exit_code(Ok(())), ExitCode::SUCCESS);
     }
@@ -635,15 +785,30 @@ health_transitions: {\"down\":0,\"up\":1}
         let dir = TempDir::new("cli");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let server = rt.block_on(async { Running::start(&dir.sock()) });
-        let opts = CtlOpts { socket: dir.sock(), json: false };
+        let opts = CtlOpts {
+            socket: dir.sock(),
+            json: false,
+        };
         run_backend(
-            BackendCmd::Drain { vip: "198.18.1.1:80/tcp".parse().expect("vip"), address: "198.18.0.11".parse().expect("ip") },
+            BackendCmd::Drain {
+                vip: "198.18.1.1:80/tcp".parse().expect("vip"),
+                address: "198.18.0.11".parse().expect("ip"),
+            },
             &opts,
         )
         .expect("drain");
         run_status(&opts).expect("status");
-        let e = run_vip(VipCmd::Remove { vip: "198.18.1.1:81/tcp".parse().expect("vip") }, &opts).expect_err("refused");
-        assert_eq!(e.downcast_ref::<Refused>().map(|r| r.0.code.as_str()), Some("unknown_vip"));
+        let e = run_vip(
+            VipCmd::Remove {
+                vip: "198.18.1.1:81/tcp".parse().expect("vip"),
+            },
+            &opts,
+        )
+        .expect_err("refused");
+        assert_eq!(
+            e.downcast_ref::<Refused>().map(|r| r.0.code.as_str()),
+            Some("unknown_vip")
+        );
         assert_eq!(server.handler.count(), 3);
         rt.block_on(server.stop());
     }

@@ -26,8 +26,12 @@ pub const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 pub fn request(path: &Path, req: &Request) -> anyhow::Result<Response> {
     let shown = path.display();
     let stream = UnixStream::connect(path).map_err(|e| connect_error(path, e))?;
-    stream.set_read_timeout(Some(TIMEOUT)).context("cannot set a timeout on the control socket")?;
-    stream.set_write_timeout(Some(TIMEOUT)).context("cannot set a timeout on the control socket")?;
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .context("cannot set a timeout on the control socket")?;
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .context("cannot set a timeout on the control socket")?;
     // One request per connection, so any id would do; a fixed one still lets us check that
     // the answer is for this request.
     let id = Value::from(1);
@@ -47,7 +51,10 @@ pub fn request(path: &Path, req: &Request) -> anyhow::Result<Response> {
     let resp = Response::from_line(&line).with_context(|| format!("bad answer from {shown}"))?;
     // A refusal the server sends before reading (busy) has no id; anything else must echo.
     if resp.id != id && !(resp.id.is_null() && resp.result.is_err()) {
-        bail!("the daemon at {shown} answered request id {} instead of {id}", resp.id);
+        bail!(
+            "the daemon at {shown} answered request id {} instead of {id}",
+            resp.id
+        );
     }
     Ok(resp)
 }
@@ -90,7 +97,9 @@ mod tests {
         server::tests::{Running, TempDir},
     };
 
-    fn in_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
+    fn in_thread<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
         // The client blocks; keep it off the runtime's threads that drive the server.
         tokio::task::spawn_blocking(f)
     }
@@ -102,7 +111,12 @@ mod tests {
         let path = dir.sock();
         let (status, refused, drained) = in_thread(move || {
             let status = call(&path, &Request::Status(Empty {}));
-            let refused = call(&path, &Request::VipRemove(VipRef { vip: "198.18.1.1:81/tcp".parse().expect("vip") }));
+            let refused = call(
+                &path,
+                &Request::VipRemove(VipRef {
+                    vip: "198.18.1.1:81/tcp".parse().expect("vip"),
+                }),
+            );
             let drained = request(
                 &path,
                 &Request::BackendDrain(BackendRef {
@@ -116,14 +130,18 @@ mod tests {
         .expect("client thread");
         assert_eq!(status.expect("status works"), json!({"vips": []}));
         let err = refused.expect_err("unknown VIP is refused");
-        let ce = err.downcast_ref::<ControlError>().expect("a refusal is a ControlError");
+        let ce = err
+            .downcast_ref::<ControlError>()
+            .expect("a refusal is a ControlError");
         assert_eq!(ce.code, "unknown_vip");
         let drained = drained.expect("drain works");
         assert_eq!(drained.id, json!(1));
         assert_eq!(drained.result, Ok(json!({"op": "backend.drain"})));
         let calls = server.handler.calls.lock().expect("lock").clone();
         assert_eq!(calls.len(), 3);
-        assert!(matches!(&calls[2], Request::BackendDrain(b) if b.address.to_string() == "198.18.0.11"));
+        assert!(
+            matches!(&calls[2], Request::BackendDrain(b) if b.address.to_string() == "198.18.0.11")
+        );
         server.stop().await;
     }
 
@@ -133,10 +151,19 @@ mod tests {
         let path = dir.sock();
         let err = request(&path, &Request::Status(Empty {})).expect_err("no daemon");
         let msg = format!("{err:#}");
-        assert!(msg.starts_with(&format!("cannot connect to {}: is `xlb run` running?", path.display())), "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "cannot connect to {}: is `xlb run` running?",
+                path.display()
+            )),
+            "{msg}"
+        );
         // A socket file nobody listens on reads the same way.
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
-        let msg = format!("{:#}", request(&path, &Request::Status(Empty {})).expect_err("stale"));
+        let msg = format!(
+            "{:#}",
+            request(&path, &Request::Status(Empty {})).expect_err("stale")
+        );
         assert!(msg.contains("is `xlb run` running?"), "{msg}");
     }
 
@@ -150,13 +177,24 @@ mod tests {
             for answer in [&b""[..], b"hello\n"] {
                 let (mut s, _) = listener.accept().expect("accept");
                 let mut buf = String::new();
-                BufReader::new(&s).read_line(&mut buf).expect("read request");
+                BufReader::new(&s)
+                    .read_line(&mut buf)
+                    .expect("read request");
                 s.write_all(answer).expect("answer");
             }
         });
-        let e1 = format!("{:#}", request(&path, &Request::Status(Empty {})).expect_err("closed"));
-        assert!(e1.contains("closed the connection without answering"), "{e1}");
-        let e2 = format!("{:#}", request(&path, &Request::Status(Empty {})).expect_err("garbled"));
+        let e1 = format!(
+            "{:#}",
+            request(&path, &Request::Status(Empty {})).expect_err("closed")
+        );
+        assert!(
+            e1.contains("closed the connection without answering"),
+            "{e1}"
+        );
+        let e2 = format!(
+            "{:#}",
+            request(&path, &Request::Status(Empty {})).expect_err("garbled")
+        );
         assert!(e2.contains("bad answer"), "{e2}");
         fake.join().expect("fake daemon");
     }

@@ -56,7 +56,10 @@ pub struct ControlError {
 impl ControlError {
     /// An error with `code`.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into() }
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -208,9 +211,16 @@ impl Request {
         let op = match fields.remove("op") {
             Some(Value::String(op)) => op,
             Some(other) => {
-                return Err(bad_request(format!("op: expected a string such as \"status\", got {other}")));
+                return Err(bad_request(format!(
+                    "op: expected a string such as \"status\", got {other}"
+                )));
             }
-            None => return Err(bad_request(format!("missing field `op`; ops: {}", OPS.join(", ")))),
+            None => {
+                return Err(bad_request(format!(
+                    "missing field `op`; ops: {}",
+                    OPS.join(", ")
+                )))
+            }
         };
         let body = Value::Object(fields);
         Ok(match op.as_str() {
@@ -224,7 +234,12 @@ impl Request {
             "backend.undrain" => Self::BackendUndrain(parse_body(body)?),
             "status" => Self::Status(parse_body(body)?),
             "stats" => Self::Stats(parse_body(body)?),
-            other => return Err(bad_request(format!("op: unknown op {other:?}; ops: {}", OPS.join(", ")))),
+            other => {
+                return Err(bad_request(format!(
+                    "op: unknown op {other:?}; ops: {}",
+                    OPS.join(", ")
+                )))
+            }
         })
     }
 
@@ -353,11 +368,24 @@ impl Response {
     /// The response line, newline included.
     pub fn to_line(&self) -> String {
         let wire = match &self.result {
-            Ok(v) => WireResponse { v: VERSION, id: self.id.clone(), ok: true, result: Some(v.clone()), error: None },
-            Err(e) => WireResponse { v: VERSION, id: self.id.clone(), ok: false, result: None, error: Some(e.clone()) },
+            Ok(v) => WireResponse {
+                v: VERSION,
+                id: self.id.clone(),
+                ok: true,
+                result: Some(v.clone()),
+                error: None,
+            },
+            Err(e) => WireResponse {
+                v: VERSION,
+                id: self.id.clone(),
+                ok: false,
+                result: None,
+                error: Some(e.clone()),
+            },
         };
         // Serializing a tree of JSON values and strings cannot fail.
-        let mut line = serde_json::to_string(&wire).unwrap_or_else(|e| unreachable!("response serializes: {e}"));
+        let mut line = serde_json::to_string(&wire)
+            .unwrap_or_else(|e| unreachable!("response serializes: {e}"));
         line.push('\n');
         line
     }
@@ -373,7 +401,10 @@ impl Response {
             (false, None, Some(e)) => Err(e),
             _ => return Err(ResponseError::Envelope),
         };
-        Ok(Self { id: wire.id, result })
+        Ok(Self {
+            id: wire.id,
+            result,
+        })
     }
 }
 
@@ -446,39 +477,70 @@ mod tests {
                         source: Default::default(),
                         health_check: None,
                         backends: vec![
-                            BackendConfig { address: b11, weight: 1, drained: false },
-                            BackendConfig { address: "198.18.0.12".parse().unwrap(), weight: 3, drained: false },
+                            BackendConfig {
+                                address: b11,
+                                weight: 1,
+                                drained: false,
+                            },
+                            BackendConfig {
+                                address: "198.18.0.12".parse().unwrap(),
+                                weight: 3,
+                                drained: false,
+                            },
                         ],
                     },
                 }),
             ),
-            (r#"{"v":1,"op":"vip.remove","vip":"198.18.1.1:80/tcp"}"#, Request::VipRemove(VipRef { vip: vip_id() })),
+            (
+                r#"{"v":1,"op":"vip.remove","vip":"198.18.1.1:80/tcp"}"#,
+                Request::VipRemove(VipRef { vip: vip_id() }),
+            ),
             (
                 r#"{"v":1,"op":"vip.scheduler","vip":"198.18.1.1:80/tcp","scheduler":"sh"}"#,
-                Request::VipScheduler(VipScheduler { vip: vip_id(), scheduler: Scheduler::Sh }),
+                Request::VipScheduler(VipScheduler {
+                    vip: vip_id(),
+                    scheduler: Scheduler::Sh,
+                }),
             ),
             (
                 r#"{"v":1,"op":"backend.add","vip":"198.18.1.1:80/tcp","backend":{"address":"198.18.0.11","weight":2}}"#,
                 Request::BackendAdd(BackendAdd {
                     vip: vip_id(),
-                    backend: BackendConfig { address: b11, weight: 2, drained: false },
+                    backend: BackendConfig {
+                        address: b11,
+                        weight: 2,
+                        drained: false,
+                    },
                 }),
             ),
             (
                 r#"{"v":1,"op":"backend.remove","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
-                Request::BackendRemove(BackendRef { vip: vip_id(), address: b11 }),
+                Request::BackendRemove(BackendRef {
+                    vip: vip_id(),
+                    address: b11,
+                }),
             ),
             (
                 r#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":5}"#,
-                Request::BackendWeight(BackendWeight { vip: vip_id(), address: b11, weight: 5 }),
+                Request::BackendWeight(BackendWeight {
+                    vip: vip_id(),
+                    address: b11,
+                    weight: 5,
+                }),
             ),
             (
                 r#"{"v":1,"op":"backend.drain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
-                Request::BackendDrain(BackendRef { vip: vip_id(), address: b11 }),
+                Request::BackendDrain(BackendRef {
+                    vip: vip_id(),
+                    address: b11,
+                }),
             ),
             (
                 r#"{"v":1,"op":"backend.undrain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
-                Request::BackendUndrain(BackendRef { vip: vip_id(), address: b11 }),
+                Request::BackendUndrain(BackendRef {
+                    vip: vip_id(),
+                    address: b11,
+                }),
             ),
             (r#"{"v":1,"op":"status"}"#, Request::Status(Empty {})),
             (r#"{"v":1,"id":"s","op":"stats"}"#, Request::Stats(Empty {})),
@@ -573,19 +635,37 @@ mod tests {
 
     #[test]
     fn responses_round_trip_and_bad_ones_are_refused() {
-        let good = Response { id: json!(3), result: Ok(json!({"vips": []})) };
+        let good = Response {
+            id: json!(3),
+            result: Ok(json!({"vips": []})),
+        };
         let line = good.to_line();
-        assert_eq!(line, "{\"v\":1,\"id\":3,\"ok\":true,\"result\":{\"vips\":[]}}\n");
+        assert_eq!(
+            line,
+            "{\"v\":1,\"id\":3,\"ok\":true,\"result\":{\"vips\":[]}}\n"
+        );
         assert_eq!(Response::from_line(&line).unwrap(), good);
 
-        let bad = Response { id: Value::Null, result: Err(ControlError::new("busy", "later")) };
+        let bad = Response {
+            id: Value::Null,
+            result: Err(ControlError::new("busy", "later")),
+        };
         let line = bad.to_line();
         assert_eq!(line, "{\"v\":1,\"id\":null,\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"later\"}}\n");
         assert_eq!(Response::from_line(&line).unwrap(), bad);
 
-        assert!(matches!(Response::from_line("{\"v\":2,\"id\":1,\"ok\":true}"), Err(ResponseError::Version(2))));
-        assert!(matches!(Response::from_line("{\"v\":1,\"ok\":false}"), Err(ResponseError::Envelope)));
-        assert!(matches!(Response::from_line("nope"), Err(ResponseError::Json(_))));
+        assert!(matches!(
+            Response::from_line("{\"v\":2,\"id\":1,\"ok\":true}"),
+            Err(ResponseError::Version(2))
+        ));
+        assert!(matches!(
+            Response::from_line("{\"v\":1,\"ok\":false}"),
+            Err(ResponseError::Envelope)
+        ));
+        assert!(matches!(
+            Response::from_line("nope"),
+            Err(ResponseError::Json(_))
+        ));
     }
 
     #[test]
@@ -606,11 +686,14 @@ mod tests {
         let mut ops = std::collections::BTreeSet::new();
         let mut lines = doc.lines().map(str::trim).peekable();
         while let Some(line) = lines.next() {
-            let Some(req) = line.strip_prefix("→ ") else { continue };
+            let Some(req) = line.strip_prefix("→ ") else {
+                continue;
+            };
             let Some(resp) = lines.peek().and_then(|l| l.strip_prefix("← ")) else {
                 panic!("doc: request without a response line after it: {req}");
             };
-            let resp = Response::from_line(resp).unwrap_or_else(|e| panic!("doc: bad response {resp}: {e}"));
+            let resp = Response::from_line(resp)
+                .unwrap_or_else(|e| panic!("doc: bad response {resp}: {e}"));
             let decoded = decode_request(req.as_bytes());
             assert_eq!(decoded.id, resp.id, "doc: id not echoed: {req}");
             match (&decoded.request, &resp.result) {
@@ -624,7 +707,8 @@ mod tests {
             if let (Ok(_), Err(want)) = (&decoded.request, &resp.result) {
                 // Refused by the daemon (unknown_vip, …), not by the protocol.
                 assert!(
-                    ![code::BAD_JSON, code::BAD_REQUEST, code::UNSUPPORTED_VERSION].contains(&want.code.as_str()),
+                    ![code::BAD_JSON, code::BAD_REQUEST, code::UNSUPPORTED_VERSION]
+                        .contains(&want.code.as_str()),
                     "doc: {req} decodes but is documented as {}",
                     want.code
                 );
@@ -632,6 +716,10 @@ mod tests {
             requests += 1;
         }
         assert!(requests >= OPS.len(), "doc has {requests} examples");
-        assert_eq!(ops.len(), OPS.len(), "doc has an example of every op: {ops:?}");
+        assert_eq!(
+            ops.len(),
+            OPS.len(),
+            "doc has an example of every op: {ops:?}"
+        );
     }
 }

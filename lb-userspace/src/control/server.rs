@@ -57,7 +57,9 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// A daemon answers on the path.
-    #[error("another xlb daemon is serving {path}; stop it first, or give this one another --socket")]
+    #[error(
+        "another xlb daemon is serving {path}; stop it first, or give this one another --socket"
+    )]
     InUse {
         /// The socket path.
         path: PathBuf,
@@ -81,7 +83,11 @@ pub enum BindError {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BindError + 'a {
-    move |source| BindError::Io { action, path: path.to_path_buf(), source }
+    move |source| BindError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A bound control socket, not yet serving. Dropping it (or the end of
@@ -103,10 +109,16 @@ pub fn bind(path: &Path) -> Result<ControlSocket, BindError> {
     if !parent.exists() {
         // Only a directory we create gets 0700: an existing one (say /tmp) is not ours to
         // change.
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io_err("create directory", parent))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err("create directory", parent))?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => return Err(BindError::NotASocket { path: path.into() }),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotASocket { path: path.into() })
+        }
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(BindError::InUse { path: path.into() }),
             // Nobody listens: a daemon died without cleaning up. Its file is ours to replace.
@@ -122,8 +134,16 @@ pub fn bind(path: &Path) -> Result<ControlSocket, BindError> {
     }
     let listener = bind_private(path)?;
     let meta = std::fs::metadata(path).map_err(io_err("inspect", path))?;
-    let file = SocketFile { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino() };
-    Ok(ControlSocket { listener, file, idle_timeout: IDLE_TIMEOUT })
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    Ok(ControlSocket {
+        listener,
+        file,
+        idle_timeout: IDLE_TIMEOUT,
+    })
 }
 
 /// socket → bind → chmod 0600 → listen. Connecting needs write permission on the socket
@@ -139,8 +159,14 @@ fn bind_private(path: &Path) -> Result<StdUnixListener, BindError> {
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     // One byte stays zero: the kernel wants the path NUL-terminated within sun_path.
     if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        let msg = format!("a socket path is at most {} bytes without NUL bytes", addr.sun_path.len() - 1);
-        return Err(io_err("bind", path)(io::Error::new(io::ErrorKind::InvalidInput, msg)));
+        let msg = format!(
+            "a socket path is at most {} bytes without NUL bytes",
+            addr.sun_path.len() - 1
+        );
+        return Err(io_err("bind", path)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            msg,
+        )));
     }
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
@@ -148,13 +174,22 @@ fn bind_private(path: &Path) -> Result<StdUnixListener, BindError> {
     // SAFETY: a plain system call; the descriptor is owned right below.
     let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(io_err("create a socket for", path)(io::Error::last_os_error()));
+        return Err(io_err("create a socket for", path)(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `raw` is a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
+    let len =
+        (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), len) };
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
     if rc < 0 {
         return Err(io_err("bind", path)(io::Error::last_os_error()));
     }
@@ -173,7 +208,9 @@ fn bind_private(path: &Path) -> Result<StdUnixListener, BindError> {
     }
     let listener = StdUnixListener::from(fd);
     // tokio needs a non-blocking listener.
-    listener.set_nonblocking(true).map_err(io_err("set up", path))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("set up", path))?;
     Ok(listener)
 }
 
@@ -194,13 +231,20 @@ impl Drop for SocketFile {
                     warn!("cannot remove control socket {}: {e}", self.path.display());
                 }
             }
-            _ => debug!("control socket {} is gone or replaced; leaving it", self.path.display()),
+            _ => debug!(
+                "control socket {} is gone or replaced; leaving it",
+                self.path.display()
+            ),
         }
     }
 }
 
 /// Binds `path` and serves until `shutdown` turns true (or its sender is dropped).
-pub async fn serve(path: &Path, handler: Arc<dyn Handler>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    path: &Path,
+    handler: Arc<dyn Handler>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     bind(path)?.serve(handler, shutdown).await
 }
 
@@ -218,8 +262,16 @@ impl ControlSocket {
 
     /// Accepts connections until `shutdown` turns true (or its sender is dropped), then
     /// closes every connection and removes the socket file.
-    pub async fn serve(self, handler: Arc<dyn Handler>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Self { listener, file, idle_timeout } = self;
+    pub async fn serve(
+        self,
+        handler: Arc<dyn Handler>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            file,
+            idle_timeout,
+        } = self;
         let listener = UnixListener::from_std(listener)
             .with_context(|| format!("cannot serve control socket {}", file.path.display()))?;
         info!("control socket listening on {}", file.path.display());
@@ -282,7 +334,9 @@ fn refuse_busy(stream: UnixStream) {
         id: serde_json::Value::Null,
         result: Err(ControlError::new(
             code::BUSY,
-            format!("{MAX_CONNECTIONS} control connections are open already; retry when one closes"),
+            format!(
+                "{MAX_CONNECTIONS} control connections are open already; retry when one closes"
+            ),
         )),
     }
     .to_line();
@@ -309,7 +363,10 @@ impl Connection {
             };
             let (response, rest_of_line) = match read {
                 Err(_) => {
-                    debug!("control connection idle for {:?}; closing it", self.idle_timeout);
+                    debug!(
+                        "control connection idle for {:?}; closing it",
+                        self.idle_timeout
+                    );
                     return;
                 }
                 Ok(Err(e)) => {
@@ -322,7 +379,11 @@ impl Connection {
                 Ok(Ok(Line::Complete)) => (self.respond(&line), false),
                 Ok(Ok(Line::TooLong { newline_seen })) => (too_large(), !newline_seen),
             };
-            let written = timeout(self.idle_timeout, wr.write_all(response.to_line().as_bytes())).await;
+            let written = timeout(
+                self.idle_timeout,
+                wr.write_all(response.to_line().as_bytes()),
+            )
+            .await;
             if !matches!(written, Ok(Ok(()))) {
                 debug!("control connection: cannot write a response; closing it");
                 return;
@@ -344,10 +405,15 @@ impl Connection {
         let Decoded { id, request } = decode_request(line);
         let result = request.and_then(|req| {
             let op = req.op();
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(req))).unwrap_or_else(|_| {
-                error!("control: the handler panicked on {op}");
-                Err(ControlError::new(code::INTERNAL, format!("the daemon failed while executing {op}; see its log")))
-            })
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(req))).unwrap_or_else(
+                |_| {
+                    error!("control: the handler panicked on {op}");
+                    Err(ControlError::new(
+                        code::INTERNAL,
+                        format!("the daemon failed while executing {op}; see its log"),
+                    ))
+                },
+            )
         });
         Response { id, result }
     }
@@ -358,7 +424,9 @@ fn too_large() -> Response {
         id: serde_json::Value::Null,
         result: Err(ControlError::new(
             code::TOO_LARGE,
-            format!("request line longer than {MAX_LINE} bytes; split the change into several requests"),
+            format!(
+                "request line longer than {MAX_LINE} bytes; split the change into several requests"
+            ),
         )),
     }
 }
@@ -379,12 +447,20 @@ enum Line {
 }
 
 /// Reads one line into `line`, never holding more than `max` bytes of it.
-async fn read_line<R: AsyncBufRead + Unpin>(rd: &mut R, line: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+async fn read_line<R: AsyncBufRead + Unpin>(
+    rd: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
     line.clear();
     loop {
         let available = rd.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if line.is_empty() { Line::Eof } else { Line::Complete });
+            return Ok(if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Complete
+            });
         }
         let (chunk, consumed, done) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], i + 1, true),
@@ -451,7 +527,8 @@ pub(crate) mod tests {
         pub(crate) fn new(tag: &str) -> Self {
             static N: AtomicUsize = AtomicUsize::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("xlb-ctl-{}-{n}-{tag}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("xlb-ctl-{}-{n}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create temp dir");
             Self(dir)
@@ -480,9 +557,10 @@ pub(crate) mod tests {
             self.calls.lock().expect("recorder lock").push(req.clone());
             match req {
                 Request::Status(_) => Ok(json!({"vips": []})),
-                Request::VipRemove(r) if r.vip.port == 81 => {
-                    Err(ControlError::new("unknown_vip", format!("unknown VIP {}; `xlb status` lists VIPs", r.vip)))
-                }
+                Request::VipRemove(r) if r.vip.port == 81 => Err(ControlError::new(
+                    "unknown_vip",
+                    format!("unknown VIP {}; `xlb status` lists VIPs", r.vip),
+                )),
                 other => Ok(json!({"op": other.op()})),
             }
         }
@@ -511,7 +589,11 @@ pub(crate) mod tests {
             let (stop, rx) = watch::channel(false);
             let dyn_handler: Arc<dyn Handler> = handler.clone();
             let task = tokio::spawn(sock.serve(dyn_handler, rx));
-            Self { handler, stop, task }
+            Self {
+                handler,
+                stop,
+                task,
+            }
         }
 
         pub(crate) async fn stop(self) {
@@ -532,8 +614,14 @@ pub(crate) mod tests {
 
     impl Client {
         async fn connect(path: &Path) -> Self {
-            let (rd, wr) = UnixStream::connect(path).await.expect("connect").into_split();
-            Self { rd: BufReader::new(rd), wr }
+            let (rd, wr) = UnixStream::connect(path)
+                .await
+                .expect("connect")
+                .into_split();
+            Self {
+                rd: BufReader::new(rd),
+                wr,
+            }
         }
 
         async fn send(&mut self, bytes: &[u8]) {
@@ -560,7 +648,10 @@ pub(crate) mod tests {
         /// True once the server has closed the connection (EOF within 5 s).
         async fn closed(&mut self) -> bool {
             let mut rest = Vec::new();
-            matches!(timeout(Duration::from_secs(5), self.rd.read_to_end(&mut rest)).await, Ok(Ok(_)))
+            matches!(
+                timeout(Duration::from_secs(5), self.rd.read_to_end(&mut rest)).await,
+                Ok(Ok(_))
+            )
         }
     }
 
@@ -583,17 +674,27 @@ pub(crate) mod tests {
             let op = if i % 2 == 0 { "status" } else { "stats" };
             batch.push_str(&format!("{{\"v\":1,\"id\":{i},\"op\":\"{op}\"}}\n"));
         }
-        batch.push_str("{\"v\":1,\"id\":\"last\",\"op\":\"vip.remove\",\"vip\":\"198.18.1.1:81/tcp\"}\r\n");
+        batch.push_str(
+            "{\"v\":1,\"id\":\"last\",\"op\":\"vip.remove\",\"vip\":\"198.18.1.1:81/tcp\"}\r\n",
+        );
         c.send(batch.as_bytes()).await;
         for i in 0..20 {
             let r = c.recv().await;
             assert_eq!(r.id, json!(i));
-            let want = if i % 2 == 0 { json!({"vips": []}) } else { json!({"op": "stats"}) };
+            let want = if i % 2 == 0 {
+                json!({"vips": []})
+            } else {
+                json!({"op": "stats"})
+            };
             assert_eq!(r.result, Ok(want));
         }
         let last = c.recv().await;
         assert_eq!(last.id, json!("last"));
-        assert_eq!(error_code(&last), "unknown_vip", "handler errors pass through");
+        assert_eq!(
+            error_code(&last),
+            "unknown_vip",
+            "handler errors pass through"
+        );
         assert_eq!(server.handler.count(), 21);
         server.stop().await;
     }
@@ -624,7 +725,11 @@ pub(crate) mod tests {
         c.send(&edge).await;
         c.send(b"\n").await;
         assert_eq!(error_code(&c.recv().await), "bad_request");
-        assert_eq!(server.handler.count(), 1, "only the good status reached the handler");
+        assert_eq!(
+            server.handler.count(),
+            1,
+            "only the good status reached the handler"
+        );
         server.stop().await;
     }
 
@@ -636,7 +741,11 @@ pub(crate) mod tests {
         for i in 0..MAX_CONNECTIONS {
             let mut c = Client::connect(&dir.sock()).await;
             // An answer proves the server accepted it and holds its slot.
-            assert!(c.ask(&format!(r#"{{"v":1,"id":{i},"op":"status"}}"#)).await.result.is_ok());
+            assert!(c
+                .ask(&format!(r#"{{"v":1,"id":{i},"op":"status"}}"#))
+                .await
+                .result
+                .is_ok());
             open.push(c);
         }
         let mut extra = Client::connect(&dir.sock()).await;
@@ -668,11 +777,17 @@ pub(crate) mod tests {
         let server = Running::start(&dir.sock());
         match bind(&dir.sock()) {
             Err(e @ BindError::InUse { .. }) => {
-                assert!(e.to_string().contains("another xlb daemon is serving"), "{e}");
+                assert!(
+                    e.to_string().contains("another xlb daemon is serving"),
+                    "{e}"
+                );
             }
             other => panic!("second bind: {other:?}"),
         }
-        assert!(dir.sock().exists(), "the refused bind must not remove the live socket");
+        assert!(
+            dir.sock().exists(),
+            "the refused bind must not remove the live socket"
+        );
         let mut c = Client::connect(&dir.sock()).await;
         assert!(c.ask(r#"{"v":1,"op":"status"}"#).await.result.is_ok());
         server.stop().await;
@@ -701,9 +816,15 @@ pub(crate) mod tests {
         // A missing parent is created 0700.
         let path = dir.0.join("run").join("xlb.sock");
         let server = Running::start(&path);
-        let mode = std::fs::metadata(&path).expect("socket exists").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("socket exists")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
-        let parent = std::fs::metadata(dir.0.join("run")).expect("parent").permissions().mode();
+        let parent = std::fs::metadata(dir.0.join("run"))
+            .expect("parent")
+            .permissions()
+            .mode();
         assert_eq!(parent & 0o777, 0o700, "parent mode {parent:o}");
         // An open connection must not hold up shutdown.
         let mut c = Client::connect(&path).await;
@@ -753,7 +874,9 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed() {
         let dir = TempDir::new("idle");
-        let sock = bind(&dir.sock()).expect("bind").with_idle_timeout(Duration::from_millis(200));
+        let sock = bind(&dir.sock())
+            .expect("bind")
+            .with_idle_timeout(Duration::from_millis(200));
         let server = Running::start_with(sock);
         let mut c = Client::connect(&dir.sock()).await;
         // Half a line and then silence: the timeout covers the whole line, not each read.
@@ -777,8 +900,15 @@ pub(crate) mod tests {
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(sock.serve(Arc::new(Panics), rx));
         let mut c = Client::connect(&dir.sock()).await;
-        assert_eq!(error_code(&c.ask(r#"{"v":1,"op":"status"}"#).await), "internal");
-        assert_eq!(error_code(&c.ask(r#"{"v":1,"op":"stats"}"#).await), "internal", "connection survives");
+        assert_eq!(
+            error_code(&c.ask(r#"{"v":1,"op":"status"}"#).await),
+            "internal"
+        );
+        assert_eq!(
+            error_code(&c.ask(r#"{"v":1,"op":"stats"}"#).await),
+            "internal",
+            "connection survives"
+        );
         stop.send(true).expect("send");
         task.await.expect("join").expect("serve");
     }
@@ -788,11 +918,22 @@ pub(crate) mod tests {
         let input: &[u8] = b"abc\r\n0123456789\nlast";
         let mut rd = BufReader::with_capacity(4, input);
         let mut line = Vec::new();
-        assert_eq!(read_line(&mut rd, &mut line, 5).await.unwrap(), Line::Complete);
+        assert_eq!(
+            read_line(&mut rd, &mut line, 5).await.unwrap(),
+            Line::Complete
+        );
         assert_eq!(line, b"abc");
-        assert_eq!(read_line(&mut rd, &mut line, 5).await.unwrap(), Line::TooLong { newline_seen: false });
+        assert_eq!(
+            read_line(&mut rd, &mut line, 5).await.unwrap(),
+            Line::TooLong {
+                newline_seen: false
+            }
+        );
         assert!(skip_line(&mut rd).await.unwrap());
-        assert_eq!(read_line(&mut rd, &mut line, 5).await.unwrap(), Line::Complete);
+        assert_eq!(
+            read_line(&mut rd, &mut line, 5).await.unwrap(),
+            Line::Complete
+        );
         assert_eq!(line, b"last");
         assert_eq!(read_line(&mut rd, &mut line, 5).await.unwrap(), Line::Eof);
     }

@@ -1,0 +1,233 @@
+//! End-to-end: the daemon under continuous real HTTP load, driven through its control
+//! socket by separate client processes (the `xlb` CLI) and raw socket writes: failover,
+//! recovery, drain, a burst of bad requests, and flows that must never move.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    netns::{require_root, wait_for, Netns},
+    topology::{connect_in, http_get, DemoNet, NAME_PORT, VIP4},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const WEB: &str = "198.18.1.1:80/tcp";
+
+/// Results of the background load: (when, answering backend or error).
+type Log = Arc<Mutex<Vec<(Instant, Result<String, String>)>>>;
+
+/// Continuous HTTP GETs from the client, new connection each, until stopped (at most 120 s).
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: Log,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(client: &Netns) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log: Log = Arc::default();
+        let (s, l) = (stop.clone(), log.clone());
+        // The namespace is entered per request inside http_get; a Netns is not Send, so the
+        // thread gets its name and a borrowed handle is recreated there.
+        let name = client.name().to_string();
+        let thread = std::thread::spawn(move || {
+            let ns = Netns::existing(&name);
+            let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let r = http_get(&ns, vip, "/", TIMEOUT).map(|b| String::from_utf8_lossy(&b).trim().to_string()).map_err(|e| e.to_string());
+                l.lock().unwrap().push((Instant::now(), r));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Load { stop, log, thread: Some(thread) }
+    }
+
+    fn since(&self, t: Instant) -> Vec<Result<String, String>> {
+        self.log.lock().unwrap().iter().filter(|(at, _)| *at >= t).map(|(_, r)| r.clone()).collect()
+    }
+
+    /// Waits until at least `n` requests completed after `t`.
+    fn wait_requests_after(&self, t: Instant, n: usize) {
+        wait_for(&format!("{n} requests of load"), Duration::from_secs(30), || self.since(t).len() >= n);
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A long-lived connection to the line server behind the VIP.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn open(client: &Netns) -> Conn {
+        let s = connect_in(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect to the line VIP");
+        Conn { reader: BufReader::new(s.try_clone().expect("clone")), writer: s }
+    }
+
+    fn ask(&mut self) -> Result<String, String> {
+        self.writer.write_all(b"who\n").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line.trim().to_string())
+    }
+}
+
+/// One raw request line to the control socket; the parsed response.
+fn raw(sock: &Path, line: &[u8]) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).expect("connect to the control socket");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(line).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
+        buf.push(byte[0]);
+    }
+    serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("response to {:?} is not JSON ({e}): {:?}", String::from_utf8_lossy(&line[..line.len().min(80)]), String::from_utf8_lossy(&buf)))
+}
+
+/// `status` without the moving parts (counters, health statistics).
+fn shape(net: &DemoNet, sock: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(&net.ctl(sock, &["status", "--json"])).expect("status JSON");
+    for vip in v["vips"].as_array_mut().into_iter().flatten() {
+        for k in ["packets", "bytes", "new_flows"] {
+            vip[k] = serde_json::Value::Null;
+        }
+        for b in vip["backends"].as_array_mut().into_iter().flatten() {
+            for k in ["packets", "bytes", "new_flows", "active_flows", "health", "next_hop"] {
+                b[k] = serde_json::Value::Null;
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn daemon_failover_drain_and_bad_requests_under_load() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ed", 3);
+    net.start_backends();
+    let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
+    let (_lb, sock) = net.start_lb("{}", &[]);
+
+    // Configure everything through the socket, from separate processes.
+    let hc = r#"{"kind":"http","path":"/","interval_ms":300,"timeout_ms":200,"rise":2,"fall":2,"down_interval_ms":600}"#;
+    net.ctl(&sock, &["vip", "add", WEB, "--health-check", hc, "--backend", "198.18.0.11", "--backend", "198.18.0.12", "--backend", "198.18.0.13"]);
+    let lines = format!("{VIP4}:{NAME_PORT}/tcp");
+    net.ctl(&sock, &["vip", "add", &lines]);
+    for b in ["198.18.0.11", "198.18.0.12", "198.18.0.13"] {
+        net.ctl(&sock, &["backend", "add", &lines, b]);
+    }
+    net.wait_ready(&sock);
+
+    // Long-lived connections until at least two backends hold one.
+    let mut conns: Vec<(Conn, String)> = Vec::new();
+    for _ in 0..24 {
+        let mut c = Conn::open(&net.client);
+        let who = c.ask().expect("first answer");
+        conns.push((c, who));
+        if conns.iter().map(|(_, w)| w.clone()).collect::<BTreeSet<_>>().len() >= 2 && conns.len() >= 6 {
+            break;
+        }
+    }
+    let holders: BTreeSet<String> = conns.iter().map(|(_, w)| w.clone()).collect();
+    assert!(holders.len() >= 2, "all long-lived connections on one backend: {holders:?}");
+    let check_conns = |conns: &mut Vec<(Conn, String)>, when: &str| {
+        for (c, want) in conns.iter_mut() {
+            assert_eq!(c.ask().as_deref(), Ok(want.as_str()), "(e) a long-lived connection moved or broke {when}");
+        }
+    };
+
+    let load = Load::start(&net.client);
+    load.wait_requests_after(Instant::now(), 30);
+
+    // (a) stop b2's web server: after fall × interval + timeout it is down and no request fails.
+    net.stop_http(1);
+    wait_for("b2 down in xlb status", Duration::from_secs(15), || net.backend_states(&sock).get(&format!("{WEB} 198.18.0.12")).map(String::as_str) == Some("down"));
+    let after_down = Instant::now();
+    load.wait_requests_after(after_down, 100);
+    let results = load.since(after_down);
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "(a) {} of {} requests failed after b2 was marked down: {:?}", failed.len(), results.len(), &failed[..failed.len().min(3)]);
+    assert!(results.iter().all(|r| r.as_deref() != Ok("b2")), "(a) b2 answered while down");
+    check_conns(&mut conns, "during (a)");
+
+    // (b) start it again: it rejoins and gets traffic.
+    net.start_http(1);
+    wait_for("b2 up again", Duration::from_secs(15), || net.backend_states(&sock).get(&format!("{WEB} 198.18.0.12")).map(String::as_str) == Some("up"));
+    let after_up = Instant::now();
+    wait_for("b2 to answer load again", Duration::from_secs(15), || load.since(after_up).iter().any(|r| r.as_deref() == Ok("b2")));
+    check_conns(&mut conns, "during (b)");
+
+    // (c) drain the backend holding the first long-lived connection: it keeps working, and new
+    // connections never reach the drained backend.
+    let drained = conns[0].1.clone();
+    let drained_addr = net.backends.iter().find(|b| b.name == drained).map(|b| b.v4.to_string()).expect("backend");
+    net.ctl(&sock, &["backend", "drain", &lines, &drained_addr]);
+    let mut fresh = BTreeMap::new();
+    for _ in 0..60 {
+        let mut c = Conn::open(&net.client);
+        *fresh.entry(c.ask().expect("answer on a new connection")).or_insert(0) += 1;
+    }
+    assert!(!fresh.contains_key(&drained), "(c) new connections reached drained {drained}: {fresh:?}");
+    assert!(fresh.len() >= 2, "(c) new connections not spread over the others: {fresh:?}");
+    check_conns(&mut conns, "after the drain (c)");
+    assert_eq!(net.backend_states(&sock).get(&format!("{lines} {drained_addr}")).map(String::as_str), Some("drained"));
+
+    // (d) a burst of bad requests: each refused with a reason, state and traffic unaffected.
+    let before = shape(&net, &sock);
+    let burst_start = Instant::now();
+    let huge = vec![b'x'; 100 * 1024];
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"garbage".to_vec(), "bad_json"),
+        (br#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":"heavy"}"#.to_vec(), "bad_request"),
+        (br#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":99999}"#.to_vec(), "invalid"),
+        (br#"{"v":1,"op":"backend.remove","vip":"198.18.1.1:80/tcp","address":"198.18.0.99"}"#.to_vec(), "unknown_backend"),
+        (br#"{"v":1,"op":"vip.remove","vip":"198.18.1.9:80/tcp"}"#.to_vec(), "unknown_vip"),
+        (br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"}}"#.to_vec(), "exists"),
+        (br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":0,"protocol":"tcp"}}"#.to_vec(), "invalid"),
+        (br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":81,"protocol":"sctp"}}"#.to_vec(), "bad_request"),
+        (br#"{"v":1,"op":"backend.add","vip":"198.18.1.1:80/tcp","backend":{"address":"198.18.0.14"},"extra":1}"#.to_vec(), "bad_request"),
+        (br#"{"v":1,"op":"explode"}"#.to_vec(), "bad_request"),
+        (br#"{"v":2,"op":"status"}"#.to_vec(), "unsupported_version"),
+        (huge, "too_large"),
+    ];
+    for (line, code) in &bad {
+        let resp = raw(&sock, line);
+        assert_eq!(resp["ok"], serde_json::Value::Bool(false), "accepted: {resp}");
+        assert_eq!(resp["error"]["code"].as_str(), Some(*code), "{resp}");
+        assert!(resp["error"]["message"].as_str().is_some_and(|m| m.len() > 10), "no reason given: {resp}");
+    }
+    let (ok, _, err) = net.try_ctl(&sock, &["backend", "weight", WEB, "198.18.0.11", "99999"]);
+    assert!(!ok && err.contains("invalid"), "CLI did not refuse a bad weight: {err}");
+    assert_eq!(shape(&net, &sock), before, "(d) a refused request changed the state");
+    load.wait_requests_after(burst_start, 30);
+    let during: Vec<_> = load.since(burst_start).into_iter().filter(|r| r.is_err()).collect();
+    assert!(during.is_empty(), "(d) requests failed during the burst: {during:?}");
+
+    // (e) the long-lived connections on healthy backends kept their backend through all of it.
+    check_conns(&mut conns, "at the end (e)");
+}

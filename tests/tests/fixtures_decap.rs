@@ -1,0 +1,450 @@
+//! test_run fixtures for `xlb_decap`, the program backends run: IP-in-IP to a local address
+//! comes out as the inner packet behind the same Ethernet header (and VLAN tag); everything
+//! else is passed untouched and counted under one reason. Then the round trip: what the
+//! balancer sends, decapsulated, is exactly what the client sent.
+
+use std::net::IpAddr;
+
+use lb_common::counters::{COUNTER_SLOTS, Event, Pass, slot_name};
+use xlb_tests::{
+    fixtures::*,
+    netns::require_root,
+    packet::{
+        ETHERTYPE_IPV4, ETHERTYPE_IPV6, ExtHeader, Mac, PROTO_IPIP, PROTO_IPV6, Pkt, eth_frame,
+        ip_packet, ipv4_outer, ipv6_outer, truncated,
+    },
+};
+
+/// The backend's MAC (destination of tunnel frames) and the router's.
+const HOST_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0xee];
+const LOCAL4: &str = "198.18.0.11";
+const LOCAL6: &str = "fd00::11";
+const LB4: &str = "198.18.0.2";
+const LB6: &str = "fd00::2";
+
+fn local() -> Vec<IpAddr> {
+    vec![LOCAL4.parse().unwrap(), LOCAL6.parse().unwrap()]
+}
+
+/// The client's packets, as the balancer tunnels them.
+fn inner4() -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .tcp(31337, 80)
+        .syn()
+        .build_ip()
+}
+
+fn inner6() -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::10"), v6("fd00::1:1"))
+        .udp(5353, 53)
+        .payload(b"query")
+        .build_ip()
+}
+
+fn outer4(dst: &str, proto: u8, inner: &[u8]) -> Vec<u8> {
+    ipv4_outer(v4(LB4), v4(dst), proto, 0, 64, 0, true, inner)
+}
+
+fn outer6(dst: &str, next: u8, inner: &[u8]) -> Vec<u8> {
+    ipv6_outer(v6(LB6), v6(dst), next, 0, 0x12345, 64, inner)
+}
+
+fn frame(vlan: Option<u16>, ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    eth_frame(HOST_MAC, ROUTER_MAC, vlan, ethertype, l3)
+}
+
+/// One frame through the decap program.
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    /// `None`: passed untouched.
+    output: Option<Vec<u8>>,
+    /// The one counter slot that must move (by one); every other slot must stay.
+    counter: u32,
+}
+
+fn decapsulated(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
+    Case {
+        name,
+        input,
+        output: Some(output),
+        counter: Event::Decapsulated.slot(),
+    }
+}
+
+fn untouched(name: &'static str, input: Vec<u8>, reason: Pass) -> Case {
+    Case {
+        name,
+        input,
+        output: None,
+        counter: reason.slot(),
+    }
+}
+
+fn run_cases(cases: Vec<Case>) {
+    let mut lab = DecapLab::new(&local());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let before = lab.counters();
+        let out = lab.run(&c.input);
+        let after = lab.counters();
+        let changes = counter_deltas(&before, &after);
+        if out.verdict != XDP_PASS {
+            failures.push(format!(
+                "{}: verdict {} (want XDP_PASS); counters {changes}",
+                c.name, out.verdict
+            ));
+            continue;
+        }
+        let want = c.output.as_ref().unwrap_or(&c.input);
+        if let Some(d) = xlb_tests::packet::diff_frames(want, &out.frame) {
+            failures.push(format!(
+                "{}: output differs (counters {changes}):\n{d}",
+                c.name
+            ));
+            continue;
+        }
+        let wrong: Vec<u32> = (0..COUNTER_SLOTS)
+            .filter(|&s| after[s as usize] - before[s as usize] != u64::from(s == c.counter))
+            .collect();
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{}: want {}+1 only, got {changes}",
+                c.name,
+                slot_name(c.counter).unwrap_or("?")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} decap cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn decap_strips_tunnels_to_local_addresses() {
+    if !require_root() {
+        return;
+    }
+    let (i4, i6) = (inner4(), inner6());
+    // Outer IPv4 with options (IHL 6): the whole outer header goes.
+    let opts = Pkt::eth(ROUTER_MAC, HOST_MAC)
+        .ipv4(v4(LB4), v4(LOCAL4))
+        .ipv4_options(&[1, 1, 1, 0])
+        .protocol(PROTO_IPIP)
+        .payload(&i4)
+        .build();
+    // Outer IPv6 with a destination-options header carrying a tunnel encapsulation limit
+    // (RFC 2473; Linux ip6tnl adds one by default): stripped with the outer header.
+    let encap_limit = Pkt::eth(ROUTER_MAC, HOST_MAC)
+        .ipv6(v6(LB6), v6(LOCAL6))
+        .ipv6_ext(ExtHeader::DestOpts(vec![4, 1, 4]))
+        .protocol(PROTO_IPV6)
+        .payload(&i6)
+        .build();
+    run_cases(vec![
+        decapsulated(
+            "ipip",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4)),
+            frame(None, ETHERTYPE_IPV4, &i4),
+        ),
+        decapsulated(
+            "ip6ip6",
+            frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, PROTO_IPV6, &i6)),
+            frame(None, ETHERTYPE_IPV6, &i6),
+        ),
+        decapsulated(
+            "4in6",
+            frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, PROTO_IPIP, &i4)),
+            frame(None, ETHERTYPE_IPV4, &i4),
+        ),
+        decapsulated(
+            "6in4",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPV6, &i6)),
+            frame(None, ETHERTYPE_IPV6, &i6),
+        ),
+        decapsulated(
+            "ipip_vlan_tag_kept",
+            frame(Some(42), ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4)),
+            frame(Some(42), ETHERTYPE_IPV4, &i4),
+        ),
+        decapsulated(
+            "6in4_vlan_tag_kept",
+            frame(Some(4094), ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPV6, &i6)),
+            frame(Some(4094), ETHERTYPE_IPV6, &i6),
+        ),
+        decapsulated("ipip_outer_options", opts, frame(None, ETHERTYPE_IPV4, &i4)),
+        decapsulated(
+            "ip6ip6_encap_limit_option",
+            encap_limit,
+            frame(None, ETHERTYPE_IPV6, &i6),
+        ),
+    ]);
+}
+
+#[test]
+fn decap_leaves_everything_else_alone() {
+    if !require_root() {
+        return;
+    }
+    let (i4, i6) = (inner4(), inner6());
+    let to_local4 = || Pkt::eth(ROUTER_MAC, HOST_MAC).ipv4(v4("198.18.0.10"), v4(LOCAL4));
+    let to_local6 = || Pkt::eth(ROUTER_MAC, HOST_MAC).ipv6(v6("fd00::10"), v6(LOCAL6));
+    let ipip = frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4));
+    let ip6ip6 = frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, PROTO_IPV6, &i6));
+
+    // Malformed outer headers (the stack's own checks decide).
+    let mut bad_ihl = ipip.clone();
+    bad_ihl[14] = 0x44;
+    let mut long_total = ipip.clone();
+    long_total[16..18].copy_from_slice(&((ipip.len() - 14 + 1) as u16).to_be_bytes());
+    let mut long_payload6 = ip6ip6.clone();
+    long_payload6[18..20].copy_from_slice(&((ip6ip6.len() - 54 + 1) as u16).to_be_bytes());
+    let seven_exts = (0..7)
+        .fold(
+            Pkt::eth(ROUTER_MAC, HOST_MAC).ipv6(v6(LB6), v6(LOCAL6)),
+            |p, _| p.ipv6_ext(ExtHeader::DestOpts(vec![])),
+        )
+        .protocol(PROTO_IPV6)
+        .payload(&i6)
+        .build();
+    let fragment = Pkt::eth(ROUTER_MAC, HOST_MAC)
+        .ipv4(v4(LB4), v4(LOCAL4))
+        .df(false)
+        .id(3)
+        .fragment(0, true)
+        .protocol(PROTO_IPIP)
+        .payload(&i4)
+        .build();
+    let fragment6 = Pkt::eth(ROUTER_MAC, HOST_MAC)
+        .ipv6(v6(LB6), v6(LOCAL6))
+        .id(3)
+        .fragment(0, true)
+        .protocol(PROTO_IPV6)
+        .payload(&i6)
+        .build();
+
+    let mut cases = vec![
+        untouched(
+            "ipip_to_other_address",
+            frame(
+                None,
+                ETHERTYPE_IPV4,
+                &outer4("198.18.0.99", PROTO_IPIP, &i4),
+            ),
+            Pass::TunnelNotLocal,
+        ),
+        untouched(
+            "ip6ip6_to_other_address",
+            frame(None, ETHERTYPE_IPV6, &outer6("fd00::99", PROTO_IPV6, &i6)),
+            Pass::TunnelNotLocal,
+        ),
+        untouched(
+            "4in6_to_other_address",
+            frame(None, ETHERTYPE_IPV6, &outer6("fd00::12", PROTO_IPIP, &i4)),
+            Pass::TunnelNotLocal,
+        ),
+        untouched(
+            "tcp4",
+            to_local4().tcp(1, 22).syn().build(),
+            Pass::NotTunnel,
+        ),
+        untouched(
+            "udp4",
+            to_local4().udp(1, 53).payload(b"q").build(),
+            Pass::NotTunnel,
+        ),
+        untouched(
+            "icmp4",
+            to_local4().icmp_echo(1, 1).build(),
+            Pass::NotTunnel,
+        ),
+        untouched(
+            "tcp6",
+            to_local6().tcp(1, 22).syn().build(),
+            Pass::NotTunnel,
+        ),
+        untouched(
+            "icmpv6",
+            to_local6().icmpv6_echo(1, 1).build(),
+            Pass::NotTunnel,
+        ),
+        untouched(
+            "arp",
+            Pkt::eth(ROUTER_MAC, HOST_MAC)
+                .ethertype(0x0806)
+                .payload(&[0; 28])
+                .build(),
+            Pass::NotTunnel,
+        ),
+        untouched(
+            "tcp4_vlan",
+            Pkt::eth(ROUTER_MAC, HOST_MAC)
+                .vlan(5)
+                .ipv4(v4("198.18.0.10"), v4(LOCAL4))
+                .tcp(1, 22)
+                .build(),
+            Pass::NotTunnel,
+        ),
+        untouched("outer_ipv4_bad_ihl", bad_ihl, Pass::Malformed),
+        untouched(
+            "outer_ipv4_total_length_past_frame",
+            long_total,
+            Pass::Malformed,
+        ),
+        untouched(
+            "outer_ipv6_payload_length_past_frame",
+            long_payload6,
+            Pass::Malformed,
+        ),
+        untouched("outer_ipv6_seven_ext_headers", seven_exts, Pass::Malformed),
+        untouched(
+            "vlan_tag_cut",
+            truncated(
+                &frame(Some(42), ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4)),
+                16,
+            ),
+            Pass::Malformed,
+        ),
+        untouched("outer_ipv4_fragment", fragment, Pass::Malformed),
+        untouched("outer_ipv6_fragment", fragment6, Pass::Malformed),
+        // Inner version not what the outer header announced.
+        untouched(
+            "ipip_carrying_ipv6",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i6)),
+            Pass::Malformed,
+        ),
+        untouched(
+            "6in4_carrying_ipv4",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPV6, &i4)),
+            Pass::Malformed,
+        ),
+        untouched(
+            "ip6ip6_carrying_ipv4",
+            frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, PROTO_IPV6, &i4)),
+            Pass::Malformed,
+        ),
+        untouched(
+            "4in6_carrying_ipv6",
+            frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, PROTO_IPIP, &i6)),
+            Pass::Malformed,
+        ),
+        untouched(
+            "ipip_empty",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &[])),
+            Pass::Malformed,
+        ),
+        untouched(
+            "ipip_one_byte",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &[0x45])),
+            Pass::Malformed,
+        ),
+    ];
+    // Every cut inside the outer IPv4 header (lengths as sent): malformed, untouched.
+    for len in 14..34 {
+        cases.push(untouched(
+            "ipip_outer_header_cut",
+            truncated(&ipip, len),
+            Pass::Malformed,
+        ));
+    }
+    for len in 14..54 {
+        cases.push(untouched(
+            "ip6ip6_outer_header_cut",
+            truncated(&ip6ip6, len),
+            Pass::Malformed,
+        ));
+    }
+    run_cases(cases);
+}
+
+/// The balancer's output, fed to the decap program on the backend, is exactly the client's
+/// IP packet behind the balancer's Ethernet header, for every tunnel kind.
+#[test]
+fn balancer_then_decap_round_trip() {
+    if !require_root() {
+        return;
+    }
+    const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
+        {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11"}]},
+        {"address": "fd00::1:1", "port": 80, "protocol": "tcp", "backends": [{"address": "fd00::11"}]},
+        {"address": "198.18.1.1", "port": 8080, "protocol": "tcp", "backends": [{"address": "fd00::11"}]},
+        {"address": "fd00::1:1", "port": 8080, "protocol": "tcp", "backends": [{"address": "198.18.0.11"}]}
+    ]}"#;
+    let c4 = || Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4("198.18.0.10"), v4("198.18.1.1"));
+    let c6 = || Pkt::eth(CLIENT_MAC, LB_MAC).ipv6(v6("fd00::10"), v6("fd00::1:1"));
+    let clients: Vec<(&str, Vec<u8>)> = vec![
+        ("ipip", c4().tcp(40000, 80).syn().build()),
+        (
+            "ipip_tos_options_payload",
+            c4().tos(0xb8)
+                .ipv4_options(&[1, 1, 1, 0])
+                .tcp(40001, 80)
+                .ack()
+                .payload(b"GET / HTTP/1.1\r\n")
+                .build(),
+        ),
+        (
+            "ipip_vlan",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .vlan(42)
+                .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+                .tcp(40002, 80)
+                .syn()
+                .build(),
+        ),
+        (
+            "ip6ip6",
+            c6().traffic_class(0x28)
+                .flow_label(0xabcde)
+                .tcp(40003, 80)
+                .syn()
+                .build(),
+        ),
+        (
+            "ip6ip6_ext_headers",
+            c6().ipv6_ext(ExtHeader::HopByHop(vec![]))
+                .tcp(40004, 80)
+                .ack()
+                .payload(b"x")
+                .build(),
+        ),
+        ("4in6", c4().tcp(40005, 8080).syn().build()),
+        ("6in4", c6().tcp(40006, 8080).syn().build()),
+    ];
+    let mut lb = Lab::new(CFG);
+    let mut backend = DecapLab::new(&local());
+    for (what, input) in clients {
+        let sent = lb.run(&input);
+        assert_eq!(sent.verdict, XDP_TX, "{what}: balancer did not forward");
+        let before = backend.counters();
+        let got = backend.run(&sent.frame);
+        let after = backend.counters();
+        assert_eq!(got.verdict, XDP_PASS, "{what}");
+        let inner = ip_packet(&input);
+        let ethertype = if inner[0] >> 4 == 4 {
+            ETHERTYPE_IPV4
+        } else {
+            ETHERTYPE_IPV6
+        };
+        let vlan = (input[12..14] == [0x81, 0x00])
+            .then(|| u16::from_be_bytes([input[14], input[15]]) & 0x0fff);
+        let want = eth_frame(NEXTHOP_MAC, LB_MAC, vlan, ethertype, inner);
+        if let Some(d) = xlb_tests::packet::diff_frames(&want, &got.frame) {
+            panic!("{what}: decapsulated frame is not the client's packet:\n{d}");
+        }
+        let slot = Event::Decapsulated.slot() as usize;
+        assert_eq!(
+            after[slot] - before[slot],
+            1,
+            "{what}: counters {}",
+            counter_deltas(&before, &after)
+        );
+    }
+}

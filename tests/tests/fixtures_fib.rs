@@ -1,0 +1,301 @@
+//! test_run fixtures for next hops from the kernel FIB: a backend without a cached next hop
+//! makes the balancer call `bpf_fib_lookup` on every packet.
+//!
+//! `BPF_PROG_TEST_RUN` runs the program in the calling thread's network namespace with the
+//! namespace's loopback (ifindex 1) as ingress device, so the FIB asked is the namespace's.
+//! A thread enters a private namespace holding a veth pair with 198.18.0.2/24 and fd00::2/64,
+//! creates the balancer there, clears the cached next hops, and changes routes and
+//! neighbours between packets.
+
+use std::{net::IpAddr, path::Path};
+
+use lb_common::{
+    counters::{Drop, Event},
+    hash::flow_hash,
+};
+use xlb::config::VipId;
+use xlb_tests::{
+    fixtures::*,
+    netns::{Netns, require_root, veth},
+    packet::{
+        ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac, PROTO_IPIP, PROTO_IPV6, Pkt, eth_frame, ip_packet,
+        ipv4_outer, ipv6_outer,
+    },
+};
+
+const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
+    {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11"}]},
+    {"address": "198.18.1.1", "port": 81, "protocol": "tcp", "backends": [{"address": "198.18.99.11"}]},
+    {"address": "fd00::1:1", "port": 80, "protocol": "tcp", "backends": [{"address": "fd00::11"}]}
+]}"#;
+const BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+const DEV: &str = "xlbfib0";
+const PEER: &str = "xlbfib1";
+
+fn syn4(sport: u16, dport: u16) -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .tcp(sport, dport)
+        .syn()
+        .build()
+}
+
+fn syn6(sport: u16) -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::10"), v6("fd00::1:1"))
+        .tcp(sport, 80)
+        .syn()
+        .build()
+}
+
+/// Runs `frame`, checks the verdict and that exactly the listed counters moved among drops,
+/// plus the listed events; returns the output frame.
+#[track_caller]
+fn expect(lab: &mut Lab, what: &str, frame: &[u8], verdict: u32, moved: &[(u32, u64)]) -> Vec<u8> {
+    let before = lab.counters();
+    let out = lab.run(frame);
+    let after = lab.counters();
+    let changes = counter_deltas(&before, &after);
+    assert_eq!(out.verdict, verdict, "{what}: verdict; counters {changes}");
+    for (slot, n) in moved {
+        assert_eq!(
+            after[*slot as usize] - before[*slot as usize],
+            *n,
+            "{what}: counters {changes}"
+        );
+    }
+    for d in Drop::ALL {
+        let s = d.slot();
+        if !moved.iter().any(|(m, _)| *m == s) {
+            assert_eq!(
+                after[s as usize], before[s as usize],
+                "{what}: unexpected drop; counters {changes}"
+            );
+        }
+    }
+    out.frame
+}
+
+#[test]
+fn next_hop_from_the_fib() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("fib");
+    let name = ns.name().to_string();
+    veth(&ns, DEV, &ns, PEER);
+    ns.link_up(DEV);
+    ns.link_up(PEER);
+    ns.addr(DEV, "198.18.0.2/24");
+    ns.addr(DEV, "fd00::2/64");
+    // FIB lookups answer FWD_DISABLED unless the ingress device (lo here) forwards.
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1");
+    ns.sysctl("net.ipv4.conf.lo.forwarding", "1");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    ns.sysctl("net.ipv6.conf.lo.forwarding", "1");
+    let ifindex = ns.ifindex(DEV);
+    let dev_mac = ns.mac(DEV);
+    assert_ne!(ifindex, TEST_RUN_IFINDEX);
+
+    let ns_ref = &ns;
+    let res = std::thread::scope(|s| {
+        s.spawn(move || {
+            let _inside = ns_ref.enter();
+            in_namespace(ns_ref, ifindex, dev_mac);
+        })
+        .join()
+    });
+    if let Err(panic) = res {
+        std::panic::resume_unwind(panic);
+    }
+
+    drop(ns);
+    assert!(
+        !Path::new("/var/run/netns").join(&name).exists(),
+        "namespace {name} left behind"
+    );
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&name),
+        "namespace {name} still listed"
+    );
+}
+
+fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
+    let mut lab = Lab::new(CFG);
+    for (vip, backend) in [
+        ("198.18.1.1:80/tcp", "198.18.0.11"),
+        ("198.18.1.1:81/tcp", "198.18.99.11"),
+        ("[fd00::1:1]:80/tcp", "fd00::11"),
+    ] {
+        let id: VipId = vip.parse().expect("vip id");
+        lab.core
+            .set_nexthop(&id, backend.parse().unwrap(), None)
+            .expect("clear next hop");
+    }
+    let fib = Event::FibLookup.slot();
+    let no_route = Drop::NoRoute.slot();
+    let no_neigh = Drop::NoNeighbour.slot();
+
+    // 198.18.99.11 lies outside every connected subnet and there is no default route.
+    expect(
+        &mut lab,
+        "no route",
+        &syn4(1000, 81),
+        XDP_DROP,
+        &[(no_route, 1), (fib, 1)],
+    );
+    // 198.18.0.0/24 is connected, but nobody resolved 198.18.0.11.
+    expect(
+        &mut lab,
+        "no neighbour",
+        &syn4(1001, 80),
+        XDP_DROP,
+        &[(no_neigh, 1), (fib, 1)],
+    );
+    expect(
+        &mut lab,
+        "v6 no neighbour",
+        &syn6(1001),
+        XDP_DROP,
+        &[(no_neigh, 1), (fib, 1)],
+    );
+
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.11",
+        "lladdr",
+        "02:00:00:00:00:11",
+        "dev",
+        DEV,
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        "fd00::11",
+        "lladdr",
+        "02:00:00:00:00:11",
+        "dev",
+        DEV,
+        "nud",
+        "permanent",
+    ]);
+    // Resolved, but out of the veth, not the ingress device, and the veth is no TX port.
+    expect(
+        &mut lab,
+        "egress not a TX port",
+        &syn4(1002, 80),
+        XDP_DROP,
+        &[(no_route, 1), (fib, 1)],
+    );
+
+    lab.add_tx_port(ifindex);
+    let syn = syn4(1003, 80);
+    let out = expect(
+        &mut lab,
+        "redirect",
+        &syn,
+        XDP_REDIRECT,
+        &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
+    );
+    let want = eth_frame(
+        BACKEND_MAC,
+        dev_mac,
+        None,
+        ETHERTYPE_IPV4,
+        &ipv4_outer(
+            v4("198.18.0.2"),
+            v4("198.18.0.11"),
+            PROTO_IPIP,
+            0,
+            64,
+            0,
+            true,
+            ip_packet(&syn),
+        ),
+    );
+    if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
+        panic!("redirected frame:\n{d}");
+    }
+    let syn = syn6(1004);
+    let hash = flow_hash(&flow(
+        "fd00::10".parse().unwrap(),
+        1004,
+        "fd00::1:1".parse().unwrap(),
+        80,
+        6,
+    ));
+    let out = expect(
+        &mut lab,
+        "v6 redirect",
+        &syn,
+        XDP_REDIRECT,
+        &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
+    );
+    let want = eth_frame(
+        BACKEND_MAC,
+        dev_mac,
+        None,
+        ETHERTYPE_IPV6,
+        &ipv6_outer(
+            v6("fd00::2"),
+            v6("fd00::11"),
+            PROTO_IPV6,
+            0,
+            hash & 0xf_ffff,
+            64,
+            ip_packet(&syn),
+        ),
+    );
+    if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
+        panic!("redirected v6 frame:\n{d}");
+    }
+
+    // A cached next hop skips the FIB.
+    let id: VipId = "198.18.1.1:80/tcp".parse().unwrap();
+    let addr: IpAddr = "198.18.0.11".parse().unwrap();
+    lab.core
+        .set_nexthop(
+            &id,
+            addr,
+            Some(xlb::core::NextHop {
+                ifindex: TEST_RUN_IFINDEX,
+                smac: LB_MAC,
+                dmac: NEXTHOP_MAC,
+            }),
+        )
+        .expect("cache next hop");
+    let syn = syn4(1005, 80);
+    let out = expect(
+        &mut lab,
+        "cached next hop",
+        &syn,
+        XDP_TX,
+        &[(fib, 0), (Event::TxEncap.slot(), 1)],
+    );
+    assert_eq!(
+        out,
+        encapsulated(&syn, "198.18.0.2".parse().unwrap(), addr, 0)
+    );
+    lab.core
+        .set_nexthop(&id, addr, None)
+        .expect("clear next hop");
+
+    // Forwarding off on the ingress device: FWD_DISABLED, counted as no route.
+    ns.sysctl("net.ipv4.conf.all.forwarding", "0");
+    ns.sysctl("net.ipv4.conf.lo.forwarding", "0");
+    expect(
+        &mut lab,
+        "forwarding disabled",
+        &syn4(1006, 80),
+        XDP_DROP,
+        &[(no_route, 1), (fib, 1)],
+    );
+}
