@@ -128,6 +128,11 @@ const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
 /// `LbConfig::flags`: answer oversized packets with ICMP frag-needed / packet-too-big.
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;
 
+/// `LbConfig::flags`: benchmark builds only — after encapsulating, undo it, so that
+/// `BPF_PROG_TEST_RUN`'s repeat mode (which reuses one buffer) sees the same input every
+/// time. `cargo xtask bench` measures and reports what the undo costs. Never set by `xlb run`.
+pub const CFG_F_BENCH_RESTORE: u32 = 1 << 1;
+
 /// Balancer-wide settings (one slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -77,9 +77,9 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
         tos: hdr.tos,
         frag,
         df: frag_off & IP_DF != 0,
-        l3_off: off,
-        l4_off: off + ihl,
-        l3_len: tot_len,
+        l3_off_: off as u16,
+        l4_off_: (off + ihl) as u16,
+        l3_len_: tot_len as u32,
         src: [hdr.saddr, 0, 0, 0],
         dst: [hdr.daddr, 0, 0, 0],
     })

@@ -92,9 +92,9 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
         tos: ((vtc >> 20) & 0xff) as u8,
         frag,
         df: false,
-        l3_off: off,
-        l4_off,
-        l3_len,
+        l3_off_: off as u16,
+        l4_off_: l4_off as u16,
+        l3_len_: l3_len as u32,
         src: hdr.saddr,
         dst: hdr.daddr,
     })

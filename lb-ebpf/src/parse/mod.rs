@@ -33,7 +33,8 @@ pub const FRAG_FIRST: u8 = 1;
 /// `L3::frag`: a later fragment (no L4 header).
 pub const FRAG_LATER: u8 = 2;
 
-/// What the IP parsers found; one layout for both families.
+/// What the IP parsers found; one layout for both families. Kept small (48 bytes): it lives
+/// on the entry function's stack, which the whole BPF call chain shares (512 bytes).
 #[derive(Clone, Copy)]
 pub struct L3 {
     /// `FAMILY_V4` or `FAMILY_V6`.
@@ -46,14 +47,34 @@ pub struct L3 {
     pub frag: u8,
     /// IPv4 DF bit set (always false for IPv6, which routers never fragment).
     pub df: bool,
-    /// Offset of the IP header in the frame.
-    pub l3_off: usize,
+    /// Offset of the IP header in the frame (see [`L3::l3_off`]).
+    pub l3_off_: u16,
     /// Offset of the upper-layer header.
-    pub l4_off: usize,
+    pub l4_off_: u16,
     /// IP packet length from the header (total length; v6: 40 + payload length).
-    pub l3_len: usize,
+    pub l3_len_: u32,
     /// Source address words (raw network order).
     pub src: [u32; 4],
     /// Destination address words (raw network order).
     pub dst: [u32; 4],
+}
+
+impl L3 {
+    /// Offset of the IP header in the frame.
+    #[inline(always)]
+    pub fn l3_off(&self) -> usize {
+        usize::from(self.l3_off_)
+    }
+
+    /// Offset of the upper-layer header.
+    #[inline(always)]
+    pub fn l4_off(&self) -> usize {
+        usize::from(self.l4_off_)
+    }
+
+    /// IP packet length.
+    #[inline(always)]
+    pub fn l3_len(&self) -> usize {
+        self.l3_len_ as usize
+    }
 }

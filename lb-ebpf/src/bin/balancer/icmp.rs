@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     addr::FAMILY_V4,
-    counters::{Drop, Event, Pass},
+    counters::{Drop, Event},
     flow::FlowKey,
     maps::VipKey,
 };
@@ -31,12 +31,13 @@ use lb_ebpf::{
     },
     ptr::{frame_len, ptr_at, ptr_at_mut, read, write},
     stats::bump,
-    subprog::{pack, unpack},
+    subprog::pack,
 };
 
 use crate::{
-    encap::{self, write_ipv4_header, OUTER_TTL},
-    lookup, pass, select,
+    encap::{write_ipv4_header, OUTER_TTL},
+    lookup,
+    select::{self, Target},
     maps::STATS,
 };
 
@@ -55,15 +56,30 @@ const ICMPV6_PARAMPROB: u8 = 4;
 /// The smallest MTU an IPv6 link may have (RFC 8200).
 const IPV6_MIN_MTU: u32 = 1280;
 
-/// Handles an ICMP / ICMPv6 packet: errors about VIP flows are forwarded to the flow's
-/// backend; everything else is passed to the kernel (it may be for this host).
+/// `route` found the flow an ICMP error is about; `out` says where it goes.
+pub const ROUTED: u32 = 1;
+/// `route`: not an error about a VIP flow; the kernel gets it (it may be for this host).
+pub const NOT_OURS: u32 = 0;
+
+/// Where an ICMP error about a VIP flow goes.
+#[derive(Default)]
+pub struct Route {
+    /// The flow's backend.
+    pub target: Target,
+    /// The VIP's flags (outer source choice).
+    pub vip_flags: u32,
+}
+
+/// Finds the backend of the flow an ICMP / ICMPv6 error is about. Only decides: the caller
+/// forwards, so this frame and the forwarding frame are never on the stack together (the
+/// verifier allows 512 bytes for a whole call chain).
 #[inline(never)]
-pub fn handle(ctx: &XdpContext, l3: &L3) -> u64 {
-    pack(handle_stage(ctx, l3))
+pub fn route(ctx: &XdpContext, l3: &L3, out: &mut Route) -> u64 {
+    pack(route_stage(ctx, l3, out))
 }
 
 #[inline(always)]
-fn handle_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
+fn route_stage(ctx: &XdpContext, l3: &L3, out: &mut Route) -> Result<u32, Drop> {
     let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
     let is_error = if l3.family == FAMILY_V4 {
         matches!(ty, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
@@ -71,22 +87,21 @@ fn handle_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
         matches!(ty, ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB)
     };
     if !is_error || !lookup::is_vip_address(l3) {
-        return Ok(pass(Pass::NotVip));
+        return Ok(NOT_OURS);
     }
     let flow = quoted_flow(ctx, l3)?;
     let vip_key = VipKey { addr: flow.dst, port_be: flow.dport_be, proto: flow.proto, family: flow.family };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    let target = select::backend(&flow, &vip, false)?;
-    let verdict = unpack(encap::forward(ctx, l3, &target, vip.flags))?;
-    bump(&STATS, Event::IcmpForwarded.slot());
-    Ok(verdict)
+    out.target = select::backend(&flow, &vip, false)?;
+    out.vip_flags = vip.flags;
+    Ok(ROUTED)
 }
 
 /// The client → VIP flow of the VIP → client packet quoted in an ICMP error.
 #[inline(always)]
 fn quoted_flow(ctx: &XdpContext, l3: &L3) -> Result<FlowKey, Drop> {
-    let q_off = l3.l4_off + ICMP_HLEN;
+    let q_off = l3.l4_off() + ICMP_HLEN;
     // Quoted headers are read in place, not copied to the stack (see encap.rs).
     let (src, dst, proto, ports_off) = if l3.family == FAMILY_V4 {
         let q = ptr_at::<Ipv4Hdr>(ctx, q_off).ok_or(Drop::IcmpTruncated)?;
@@ -126,10 +141,10 @@ pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> u64 {
 #[inline(always)]
 fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     let v4 = l3.family == FAMILY_V4;
-    if (v4 && !l3.df) || l3.l3_len < QUOTE_LEN {
+    if (v4 && !l3.df) || l3.l3_len() < QUOTE_LEN {
         return Err(Drop::TooBig);
     }
-    let l2_len = l3.l3_off;
+    let l2_len = l3.l3_off();
     let src_mac = read::<[u8; 6]>(ctx, 6).ok_or(Drop::EthTruncated)?;
     let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Drop::EthTruncated)?;
     let vlan = if l2_len == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };

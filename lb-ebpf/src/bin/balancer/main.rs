@@ -19,7 +19,7 @@ mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    counters::{Drop, Pass},
+    counters::{Drop, Event, Pass},
     flow::FlowKey,
     maps::{VipKey, CFG_F_ICMP_TOO_BIG},
 };
@@ -66,7 +66,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     }
     match l3.proto {
         IPPROTO_TCP | IPPROTO_UDP => unpack(forward_flow(ctx, &l3)),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => unpack(icmp::handle(ctx, &l3)),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => forward_icmp(ctx, &l3),
         _ => Ok(pass(Pass::NotVip)),
     }
 }
@@ -99,15 +99,27 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     let target = select::backend(&flow, &vip, true)?;
     let cfg = lookup::config()?;
     let outer = encap::overhead(select::usable(target.idx).ok_or(Drop::BadBackend)?);
-    if cfg.mtu != 0 && (l3.l3_len + outer) as u32 > cfg.mtu {
+    if cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
         if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 {
             return Err(Drop::TooBig);
         }
         return unpack(icmp::too_big(ctx, l3, cfg.mtu - outer as u32));
     }
-    let bytes = l3.l3_len as u64;
+    let bytes = l3.l3_len() as u64;
     let verdict = unpack(encap::forward(ctx, l3, &target, vip.flags))?;
     account::traffic(vip.vip_id, target.idx, bytes, target.new_flow);
+    Ok(verdict)
+}
+
+/// An ICMP packet: errors about VIP flows go down the flow's tunnel; the rest is the host's.
+#[inline(always)]
+fn forward_icmp(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
+    let mut route = icmp::Route::default();
+    if unpack(icmp::route(ctx, l3, &mut route))? == icmp::NOT_OURS {
+        return Ok(pass(Pass::NotVip));
+    }
+    let verdict = unpack(encap::forward(ctx, l3, &route.target, route.vip_flags))?;
+    bump(&STATS, Event::IcmpForwarded.slot());
     Ok(verdict)
 }
 

@@ -18,6 +18,7 @@ use lb_ebpf::stats::bump;
 use crate::maps::{BACKENDS, CONNS, LOOKUP, STATS};
 
 /// The chosen backend.
+#[derive(Default)]
 pub struct Target {
     /// Backend index (for per-backend counters).
     pub idx: u32,

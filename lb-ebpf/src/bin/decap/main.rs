@@ -75,7 +75,7 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
         return Err(Pass::TunnelNotLocal);
     }
     // The inner header must be what the outer one announced.
-    let version = read::<[u8; 2]>(ctx, l3.l4_off).ok_or(Pass::Malformed)?[0] >> 4;
+    let version = read::<[u8; 2]>(ctx, l3.l4_off()).ok_or(Pass::Malformed)?[0] >> 4;
     let want = if inner_ethertype == ETH_P_IP { FAMILY_V4 } else { FAMILY_V6 };
     if version != want {
         return Err(Pass::Malformed);
@@ -83,7 +83,7 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
 
     let macs = read::<[u8; 12]>(ctx, 0).ok_or(Pass::Malformed)?;
     let vlan = if l2.l3_off == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };
-    let outer_len = l3.l4_off - l3.l3_off;
+    let outer_len = l3.l4_off() - l3.l3_off();
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Pass::Malformed);
