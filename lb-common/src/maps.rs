@@ -6,6 +6,11 @@
 
 use crate::addr::AddrWords;
 
+/// `BACKEND_ACTIVE`: backend index → active-flow estimate (`u64`, atomically updated by the
+/// program for VIPs with [`VIP_F_COUNT_ACTIVE`]; the daemon reads it).
+pub const MAP_BACKEND_ACTIVE: &str = "BACKEND_ACTIVE";
+/// `RR_CURSORS`: per-CPU position in each VIP's round-robin sequence, by `vip_id`.
+pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
 /// `VIPS`: [`VipKey`] → [`VipInfo`]. Written by the daemon.
 pub const MAP_VIPS: &str = "VIPS";
 /// `BACKENDS`: backend index → [`Backend`] (array; index 0 is "no backend").
@@ -69,6 +74,15 @@ pub const VIP_F_SRC_HASH: u32 = 1 << 0;
 pub const VIP_F_HASHED_SRC: u32 = 1 << 1;
 /// `VipInfo::flags`: this entry is an address-only marker, not a service.
 pub const VIP_F_ADDR_ONLY: u32 = 1 << 2;
+/// `VipInfo::flags` (`rr`, `wrr`): the table is a smooth weighted round-robin *sequence*
+/// (`table_size` entries) that each CPU walks with its own cursor, instead of a hash table.
+pub const VIP_F_SEQUENCE: u32 = 1 << 3;
+/// `VipInfo::flags` (`lc`, `wlc`): pick the less loaded of two distinct candidates from the
+/// table (power of two choices), comparing active flows per unit of weight.
+pub const VIP_F_LEAST_CONN: u32 = 1 << 4;
+/// `VipInfo::flags` (`lc`, `wlc`, `lrt`): keep `BACKEND_ACTIVE` up to date — +1 per new flow,
+/// −1 the first time the client's FIN or RST of a recorded flow is seen.
+pub const VIP_F_COUNT_ACTIVE: u32 = 1 << 5;
 
 /// A service's data-plane settings.
 #[repr(C)]
@@ -111,8 +125,15 @@ pub struct Backend {
     pub family: u8,
     /// Always zero.
     pub _pad: [u8; 3],
+    /// Effective weight (≥ 1) used by weighted least-connection comparisons.
+    pub weight: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+const _: () = assert!(core::mem::size_of::<Backend>() == 44);
+
+/// `ConnEntry::flags`: the flow was counted in `BACKEND_ACTIVE`.
+pub const CONN_F_COUNTED: u32 = 1 << 0;
+/// `ConnEntry::flags`: the client's FIN/RST was seen and the count taken back.
+pub const CONN_F_CLOSED: u32 = 1 << 1;
 
 /// A recorded flow.
 #[repr(C)]
@@ -122,8 +143,12 @@ pub struct ConnEntry {
     pub backend: u32,
     /// The flow's hash, kept so hits need not recompute it (outer flow label / source).
     pub hash: u32,
+    /// `CONN_F_*` bits.
+    pub flags: u32,
+    /// Always zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
 
 /// `LbConfig::flags`: answer oversized packets with ICMP frag-needed / packet-too-big.
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;

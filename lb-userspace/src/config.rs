@@ -101,7 +101,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// How a VIP picks a backend for a new flow.
+/// How a VIP picks a backend for a new flow (recorded flows always keep theirs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
@@ -110,6 +110,38 @@ pub enum Scheduler {
     Maglev,
     /// Consistent hash of the client address only: a client sticks to one backend.
     Sh,
+    /// Round robin over new flows, weights ignored.
+    Rr,
+    /// Smooth weighted round robin over new flows.
+    Wrr,
+    /// Least connections (fewest active flows), weights ignored.
+    Lc,
+    /// Weighted least connections (fewest active flows per unit of weight).
+    Wlc,
+    /// Least response time: weights scaled by health-check latency and active flows.
+    Lrt,
+    /// Weights and states reported by an agent on each backend (HAProxy agent-check format).
+    Agent,
+}
+
+impl Scheduler {
+    /// Every scheduler, for messages.
+    pub const NAMES: &'static str = "maglev, sh, rr, wrr, lc, wlc, lrt, agent";
+}
+
+/// Where a VIP's backends run their agent (`scheduler: agent`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// TCP port of the agent on each backend.
+    pub port: u16,
+    /// Milliseconds between agent polls (100..=60000, default 1000).
+    #[serde(default = "default_agent_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_agent_interval() -> u64 {
+    1000
 }
 
 /// Tunnel type. Only IP-in-IP today; the outer family follows the backend's address
@@ -161,6 +193,9 @@ pub struct VipConfig {
     /// Health check for every backend of this VIP (default: TCP connect to the VIP port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
+    /// The backends' agent (required with `scheduler: agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -344,6 +379,20 @@ impl VipConfig {
                 return Err(ConfigError::new(format!("{at}.name"), "names are at most 64 printable characters"));
             }
         }
+        match (&self.agent, self.scheduler) {
+            (None, Scheduler::Agent) => {
+                return Err(ConfigError::new(format!("{at}.agent"), "scheduler agent needs \"agent\": {\"port\": …}"));
+            }
+            (Some(a), _) => {
+                if a.port == 0 {
+                    return Err(ConfigError::new(format!("{at}.agent.port"), "port 0: use 1..=65535"));
+                }
+                if !(100..=60_000).contains(&a.interval_ms) {
+                    return Err(ConfigError::new(format!("{at}.agent.interval_ms"), format!("{} is outside 100..=60000", a.interval_ms)));
+                }
+            }
+            (None, _) => {}
+        }
         if let Some(hc) = &self.health_check {
             hc.validate().map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
         }
@@ -468,6 +517,9 @@ mod tests {
             (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "sctp"}"#), "vips[0].protocol", "unknown variant"),
             (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "random"}"#), "vips[0].scheduler", "unknown variant"),
             (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "table_size": 65536}"#), "vips[0].table_size", "prime"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "agent"}"#), "vips[0].agent", "agent"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "agent": {"port": 0}}"#), "vips[0].agent.port", "port 0"),
+            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "agent": {"port": 5555, "interval_ms": 5}}"#), "vips[0].agent.interval_ms", "100..=60000"),
             (&with_vip(r#"{"address": "224.0.0.1", "port": 80, "protocol": "tcp"}"#), "vips[0].address", "unicast"),
             (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": 10001}]}"#), "vips[0].backends[0].weight", "0..=10000"),
             (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": -1}]}"#), "vips[0].backends[0].weight", "invalid value"),

@@ -22,10 +22,9 @@ use std::{
 
 use lb_common::{
     addr::to_words,
-    maglev::{self, MaglevBackend},
     maps::{
         Backend, LbConfig, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP, CFG_F_ICMP_TOO_BIG,
-        DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC, VIP_F_SRC_HASH,
+        DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC,
     },
 };
 use serde::Serialize;
@@ -33,6 +32,7 @@ use serde::Serialize;
 use crate::{
     config::{check_weight, BackendConfig, Config, ConfigError, Scheduler, SourceMode, VipConfig, VipId},
     dataplane::{Dataplane, DataplaneError},
+    sched::{self, Member},
 };
 
 /// Balancer-wide settings, resolved from the config file and the interface.
@@ -176,13 +176,46 @@ pub struct BackendState {
     pub healthy: bool,
     /// Resolved next hop, if any.
     pub nexthop: Option<NextHop>,
+    /// The backend's agent says down / maint / fail / stopped (`scheduler: agent`).
+    pub agent_down: bool,
+    /// The backend's agent says drain.
+    pub agent_drain: bool,
+    /// Dynamic share of the weight in percent (agent's `NN%`, or `lrt`'s latency factor);
+    /// 100 when nothing adjusts it.
+    pub factor_pct: u32,
 }
 
 impl BackendState {
+    fn new(index: u32, b: &BackendConfig) -> Self {
+        Self { index, weight: b.weight, drained: b.drained, healthy: true, nexthop: None, agent_down: false, agent_drain: false, factor_pct: 100 }
+    }
+
+    /// May carry flows (existing ones, and new ones if in the table).
+    pub fn active(&self) -> bool {
+        self.healthy && !self.agent_down
+    }
+
+    /// Weight after the dynamic factor, in hundredths of a weight unit (weight × percent),
+    /// so a 1 % factor still counts on weight 1; 0 takes no new flows.
+    pub fn effective_weight(&self) -> u32 {
+        self.weight * self.factor_pct
+    }
+
     /// Takes new flows.
     pub fn in_table(&self) -> bool {
-        self.healthy && !self.drained && self.weight > 0
+        self.active() && !self.drained && !self.agent_drain && self.effective_weight() > 0
     }
+}
+
+/// What a backend's agent last reported (HAProxy agent-check words).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// `down`, `maint`, `fail` or `stopped`.
+    pub down: bool,
+    /// `drain`.
+    pub drain: bool,
+    /// `NN%`, if given.
+    pub pct: Option<u32>,
 }
 
 /// A VIP as the core tracks it.
@@ -340,7 +373,8 @@ impl<D: Dataplane> Core<D> {
         let mut state = VipState { config: cfg, id: vip_index, backends: BTreeMap::new(), active: 1, shadow: [Vec::new(), Vec::new()] };
         for b in backends_cfg {
             let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
-            let bs = BackendState { index, weight: b.weight, drained: b.drained, healthy: true, nexthop: None };
+            let bs = BackendState::new(index, &b);
+            self.dp.clear_backend(index)?;
             self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
             state.backends.insert(b.address, bs);
         }
@@ -389,7 +423,8 @@ impl<D: Dataplane> Core<D> {
         self.check_source(&b.address)?;
         self.check_hashed_source(&vip.config, &b.address)?;
         let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
-        let bs = BackendState { index, weight: b.weight, drained: b.drained, healthy: true, nexthop: None };
+        let bs = BackendState::new(index, &b);
+        self.dp.clear_backend(index)?;
         self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
         if let Some(vip) = self.vips.get_mut(id) {
             vip.backends.insert(b.address, bs);
@@ -411,32 +446,54 @@ impl<D: Dataplane> Core<D> {
     /// Sets a backend's weight (0 = no new flows).
     pub fn set_weight(&mut self, id: &VipId, addr: IpAddr, weight: u32) -> Result<(), CoreError> {
         check_weight(weight).map_err(|m| ConfigError::new("weight", m))?;
-        self.backend_mut(id, addr)?.weight = weight;
-        self.publish(id)
+        self.update_backend(id, addr, |b| b.weight = weight).map(|_| ())
     }
 
     /// Drains (no new flows; existing flows stay) or undrains a backend.
     pub fn set_drained(&mut self, id: &VipId, addr: IpAddr, drained: bool) -> Result<(), CoreError> {
-        self.backend_mut(id, addr)?.drained = drained;
-        self.publish(id)
+        self.update_backend(id, addr, |b| b.drained = drained).map(|_| ())
     }
 
     /// Records a health verdict. Down: the backend leaves the table and, once it has, its
     /// pinned flows move on their next packet. Up: it is made active, then joins the table.
     /// Returns whether anything changed.
     pub fn set_health(&mut self, id: &VipId, addr: IpAddr, healthy: bool) -> Result<bool, CoreError> {
+        self.update_backend(id, addr, |b| b.healthy = healthy)
+    }
+
+    /// Records an agent's report; returns whether anything changed.
+    pub fn set_agent(&mut self, id: &VipId, addr: IpAddr, r: AgentReport) -> Result<bool, CoreError> {
+        self.update_backend(id, addr, |b| {
+            b.agent_down = r.down;
+            b.agent_drain = r.drain;
+            if let Some(p) = r.pct {
+                b.factor_pct = p.min(100);
+            }
+        })
+    }
+
+    /// Sets the dynamic weight factor (percent, 0..=100); returns whether it changed.
+    pub fn set_factor(&mut self, id: &VipId, addr: IpAddr, pct: u32) -> Result<bool, CoreError> {
+        self.update_backend(id, addr, |b| b.factor_pct = pct.min(100))
+    }
+
+    /// Applies `change` to a backend and brings the data plane along in a safe order: a
+    /// backend becoming active is written before any table points at it; one becoming
+    /// inactive leaves the tables first.
+    fn update_backend(&mut self, id: &VipId, addr: IpAddr, change: impl FnOnce(&mut BackendState)) -> Result<bool, CoreError> {
         let b = self.backend_mut(id, addr)?;
-        if b.healthy == healthy {
+        let before = b.clone();
+        change(b);
+        if *b == before {
             return Ok(false);
         }
-        b.healthy = healthy;
-        let entry = backend_entry(addr, b);
-        if healthy {
-            self.dp.set_backend(entry_index(self, id, addr)?, &entry)?;
+        let (index, entry, now_active) = (b.index, backend_entry(addr, b), b.active());
+        if before.active() && !now_active {
             self.publish(id)?;
+            self.dp.set_backend(index, &entry)?;
         } else {
+            self.dp.set_backend(index, &entry)?;
             self.publish(id)?;
-            self.dp.set_backend(entry_index(self, id, addr)?, &entry)?;
         }
         Ok(true)
     }
@@ -468,17 +525,20 @@ impl<D: Dataplane> Core<D> {
     /// Rebuilds the VIP's table into its inactive half and flips to it.
     fn publish(&mut self, id: &VipId) -> Result<(), CoreError> {
         let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
-        let members: Vec<MaglevBackend> = vip
+        let members: Vec<Member> = vip
             .backends
             .iter()
             .filter(|(_, b)| b.in_table())
             .map(|(addr, b)| {
                 let (w, family) = to_words(*addr);
-                MaglevBackend { id: b.index, key: [w[0], w[1], w[2], w[3], u32::from(family)], weight: b.weight }
+                Member { index: b.index, key: [w[0], w[1], w[2], w[3], u32::from(family)], weight: b.effective_weight() }
             })
             .collect();
         let size = vip.config.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        let table = maglev::build(&members, size).map_err(|e| ConfigError::new("table_size", e.to_string()))?;
+        let built = sched::builder(vip.config.scheduler)
+            .build(&members, size)
+            .map_err(|e| ConfigError::new("table_size", e.to_string()))?;
+        let table = built.slots;
         let next = 1 - vip.active;
         let table_id = vip.id * 2 + next;
         let old = &vip.shadow[next as usize];
@@ -489,31 +549,25 @@ impl<D: Dataplane> Core<D> {
             .map(|(i, v)| (i as u32, *v))
             .collect();
         self.dp.write_table(table_id, &changes)?;
+        let live_size = if members.is_empty() { 0 } else { table.len() as u32 };
         vip.shadow[next as usize] = table;
-        let mut flags = 0;
-        if vip.config.scheduler == Scheduler::Sh {
-            flags |= VIP_F_SRC_HASH;
-        }
+        let mut flags = built.flags;
         if vip.config.source == SourceMode::FlowHash {
             flags |= VIP_F_HASHED_SRC;
         }
-        let info = VipInfo { vip_id: vip.id, table_id, table_size: if members.is_empty() { 0 } else { size }, flags };
+        let info = VipInfo { vip_id: vip.id, table_id, table_size: live_size, flags };
         self.dp.set_vip(&vip_key(id), &info)?;
         vip.active = next;
         Ok(())
     }
 }
 
-fn entry_index<D: Dataplane>(core: &Core<D>, id: &VipId, addr: IpAddr) -> Result<u32, CoreError> {
-    let vip = core.vips.get(id).ok_or(CoreError::UnknownVip { vip: *id })?;
-    vip.backends.get(&addr).map(|b| b.index).ok_or(CoreError::UnknownBackend { vip: *id, backend: addr })
-}
-
 /// The data-plane entry of a backend in a given state.
 fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
     let (words, family) = to_words(addr);
-    let mut entry = Backend { addr: words, family, ..Backend::default() };
-    if b.healthy {
+    let weight = b.effective_weight().max(1);
+    let mut entry = Backend { addr: words, family, weight, ..Backend::default() };
+    if b.active() {
         entry.flags |= BACKEND_F_ACTIVE;
     }
     if let Some(hop) = b.nexthop {
@@ -567,6 +621,7 @@ mod tests {
             encap: Default::default(),
             source: SourceMode::Lb,
             health_check: None,
+            agent: None,
             backends: backends.iter().map(|a| BackendConfig { address: a.parse().unwrap(), weight: 1, drained: false }).collect(),
         }
     }

@@ -13,7 +13,7 @@ use lb_common::{
     flow::FlowKey,
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
-        MAP_CONNS, MAP_LOOKUP, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
+        MAP_BACKEND_ACTIVE, MAP_CONNS, MAP_LOOKUP, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
     },
 };
 
@@ -39,6 +39,9 @@ pub enum DataplaneError {
         /// The kernel's answer.
         message: String,
     },
+    /// The number of CPUs could not be read.
+    #[error("cannot read the number of CPUs: {0}")]
+    Cpus(String),
     /// The object lacks a map (wrong object embedded).
     #[error("the balancer object has no map {0}")]
     MissingMap(&'static str),
@@ -56,6 +59,8 @@ pub trait Dataplane: Send {
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError>;
     /// Removes a VIP entry.
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
+    /// Zeroes a backend slot's counters (traffic, active flows) before the slot is reused.
+    fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -81,6 +86,7 @@ pub struct AyaDataplane {
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     conns: aya::maps::HashMap<MapData, FlowKey, ConnEntry>,
     tx_ports: DevMapHash<MapData>,
+    active: Array<MapData, u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -104,7 +110,13 @@ impl AyaDataplane {
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             conns: take(ebpf, MAP_CONNS)?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
+            active: take(ebpf, MAP_BACKEND_ACTIVE)?,
         })
+    }
+
+    /// Active-flow estimate of a backend index (least-connection VIPs).
+    pub fn active_flows(&self, idx: u32) -> u64 {
+        self.active.get(&idx, 0).map(|v| if v > 1 << 62 { 0 } else { v }).unwrap_or(0)
     }
 
     /// Lets the program `XDP_REDIRECT` to `ifindex` (next hops on other interfaces).
@@ -145,6 +157,13 @@ impl Dataplane for AyaDataplane {
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         self.vips.remove(key).map_err(map_err(MAP_VIPS, "remove"))
+    }
+
+    fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
+        self.active.set(idx, 0, 0).map_err(map_err(MAP_BACKEND_ACTIVE, "set"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e.to_string()))?;
+        let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(|e| DataplaneError::Cpus(e.to_string()))?;
+        self.backend_stats.set(idx, zeros, 0).map_err(map_err(MAP_BACKEND_STATS, "set"))
     }
 }
 
@@ -193,6 +212,8 @@ pub enum Write {
     Vip(VipKey, VipInfo),
     /// `remove_vip`.
     RemoveVip(VipKey),
+    /// `clear_backend`.
+    Clear(u32),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -254,6 +275,12 @@ impl Dataplane for Recorder {
         self.check()?;
         self.writes.push(Write::RemoveVip(*key));
         self.vips.remove(key);
+        Ok(())
+    }
+
+    fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::Clear(idx));
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! knows nothing of BPF, and thin edges that talk to the kernel and the operator.
 //!
 //! Layout:
+//! - [`agent`]: agent checks (HAProxy format): parsing, polling, and `xlb agent`.
 //! - [`config`]: the JSON configuration and its validation.
 //! - [`core`]: VIPs, backends and their state → data-plane writes (pure, unit-tested).
 //! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
@@ -11,10 +12,12 @@
 //! - [`decap`]: `xlb decap` for backends.
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
+//! - [`sched`]: schedulers as table builders (Maglev hash tables, round-robin sequences).
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` runner (fixture tests, bench).
 //! - [`health`]: health-check probes, state machine and runner.
 //! - [`control`]: the JSON control socket: protocol, server, client.
 //! - [`cli`]: `xlb` subcommands that speak the control socket.
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -25,4 +28,5 @@ pub mod decap;
 pub mod health;
 pub mod loader;
 pub mod netdev;
+pub mod sched;
 pub mod testrun;

@@ -83,6 +83,16 @@ enum Cmd {
         #[arg(long = "address")]
         addresses: Vec<IpAddr>,
     },
+    /// Run a backend agent (HAProxy agent-check format) answering with a file's first line.
+    Agent {
+        /// Address to listen on.
+        #[arg(long, default_value = "[::]:5555")]
+        listen: SocketAddr,
+        /// File whose first line is the answer (`up`, `drain`, `down`, `up 50%`, …); `up`
+        /// while it does not exist.
+        #[arg(long)]
+        state_file: PathBuf,
+    },
     /// Validate a config file and exit.
     CheckConfig {
         /// The file.
@@ -141,6 +151,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             runtime()?.block_on(daemon::run(opts))
         }
         Cmd::Decap { iface, xdp_mode, addresses } => runtime()?.block_on(xlb::decap::run(&iface, xdp_mode.into(), &addresses)),
+        Cmd::Agent { listen, state_file } => runtime()?.block_on(xlb::agent::serve(listen, state_file)),
         Cmd::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             let cfg = Config::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

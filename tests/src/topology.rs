@@ -44,6 +44,28 @@ pub const BIG_FILE: usize = 256 * 1024;
 /// Port of the line server (answers every line with the backend's name; long-lived flows).
 pub const NAME_PORT: u16 = 7000;
 
+/// A threaded HTTP server (dual stack, port 80) answering every GET with NAME after DELAY s.
+const SLOW_SERVER: &str = r#"
+import http.server, socketserver, time, socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(DELAY)
+        body = b"NAME\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+S(("::", 80), H).serve_forever()
+"#;
+
 /// A threaded TCP server answering each received line with the backend's name.
 const NAME_SERVER: &str = r#"
 import socket, sys, threading
@@ -266,6 +288,28 @@ impl DemoNet {
         p
     }
 
+    /// Starts backend `i`'s web server answering every request after `delay_ms` (a slow
+    /// backend, made slow inside its server).
+    pub fn start_slow_http(&mut self, i: usize, delay_ms: u64) {
+        let b = &mut self.backends[i];
+        let log = self.dir.join(format!("{}-slow.log", b.name));
+        let script = SLOW_SERVER.replace("DELAY", &format!("{}", delay_ms as f64 / 1000.0)).replace("NAME", &b.name);
+        let p = spawn_logged(&b.ns, &[PYTHON, "-c", &script], &log);
+        let url = format!("http://{}/", b.v4);
+        let ns = &b.ns;
+        wait_for(&format!("slow web server {}", b.name), Duration::from_secs(20), || curl(ns, &url, 2).is_some());
+        b.http = Some(p);
+    }
+
+    /// Starts `xlb agent` on backend `i`, answering with the first line of `state_file`.
+    pub fn start_agent(&self, i: usize, port: u16, state_file: &Path) -> Proc {
+        let b = &self.backends[i];
+        let log = self.dir.join(format!("{}-agent.log", b.name));
+        let bin = xlb_bin();
+        let listen = format!("[::]:{port}");
+        spawn_logged(&b.ns, &[bin.to_str().expect("utf-8 path"), "agent", "--listen", &listen, "--state-file", state_file.to_str().expect("utf-8 path")], &log)
+    }
+
     /// Stops backend `i`'s web server (its host stays up: health checks must notice).
     pub fn stop_http(&mut self, i: usize) {
         self.backends[i].http = None;
@@ -415,6 +459,22 @@ pub fn http_get(ns: &Netns, addr: std::net::SocketAddr, path: &str, timeout: Dur
     if !resp.starts_with(b"HTTP/1.0 200") && !resp.starts_with(b"HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("status: {}", String::from_utf8_lossy(&resp[..split.min(40)]))));
     }
+    Ok(resp[split + 4..].to_vec())
+}
+
+/// Like [`http_get`], from a given source address of the client (several client identities).
+pub fn http_get_from(ns: &Netns, src: std::net::IpAddr, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let _inside = ns.enter();
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.bind(&std::net::SocketAddr::new(src, 0).into())?;
+    sock.connect_timeout(&addr.into(), timeout)?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: xlb\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
     Ok(resp[split + 4..].to_vec())
 }
 

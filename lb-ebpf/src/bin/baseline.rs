@@ -1,10 +1,16 @@
-//! Baseline XDP programs: the floors `cargo xtask bench` measures xlb against, and the
+//! Baseline XDP programs: the floors `cargo xtask bench` measures xlb against, the
 //! `XDP_PASS` program test topologies attach to veth peers (veth delivers `XDP_TX` frames
-//! only to a peer that runs an XDP program).
+//! only to a peer that runs an XDP program), and the bench's
+//! traffic generator `xlb_gen` and hop-only floor `xlb_hop`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
 
 /// Passes every frame to the stack.
 #[xdp]
@@ -21,6 +27,108 @@ pub fn xlb_drop(_ctx: XdpContext) -> u32 {
 /// Sends every frame back out untouched: the one-arm forwarding ceiling.
 #[xdp]
 pub fn xlb_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Bytes of the generator's frame template (a 64-byte frame, FCS not included).
+pub const GEN_FRAME_LEN: usize = 64;
+
+/// What `xlb_gen` sends. Mirrored by `bench/src/forward.rs` (same layout, same size check).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenConfig {
+    /// The whole frame, written over every frame before the flow fields vary.
+    pub frame: [u8; GEN_FRAME_LEN],
+    /// Distinct source ports to cycle through (0 counts as 1).
+    pub flows: u32,
+    /// First source port (host order; the low 16 bits are used).
+    pub sport_base: u32,
+    /// Byte offset of the L4 source port in `frame` (34 for IPv4, 54 for IPv6).
+    pub sport_off: u32,
+    /// Verdict: `XDP_TX` (send to the peer) or `XDP_DROP` (generator-alone cost).
+    pub action: u32,
+}
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 80);
+
+/// Slot 0: the generator's template and settings. Written by the bench.
+#[map]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU sequence number: picks each frame's source port.
+#[map]
+static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Traffic generator for `BPF_PROG_TEST_RUN` with live frames. The kernel recycles
+/// live-frame pages without re-initialising them, and whatever the frame went through last
+/// time (our own encapsulation on the far side) may have rewritten it, so every frame gets
+/// the full template first, then its source port: `sport_base + seq % flows`.
+#[xdp]
+pub fn xlb_gen(ctx: XdpContext) -> u32 {
+    let Some(cfg) = GEN_CONFIG.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let data = ctx.data();
+    if data + GEN_FRAME_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let words = GEN_FRAME_LEN / 8;
+    let src = cfg.frame.as_ptr().cast::<u64>();
+    let dst = data as *mut u64;
+    for i in 0..words {
+        // SAFETY: i < 8 words = GEN_FRAME_LEN bytes, checked against data_end above;
+        // the source is the map value of that size.
+        unsafe { dst.add(i).write_unaligned(src.add(i).read_unaligned()) };
+    }
+    let Some(seq) = GEN_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    let n = unsafe {
+        let n = *seq;
+        *seq = n.wrapping_add(1);
+        n
+    };
+    let flows = if cfg.flows == 0 { 1 } else { cfg.flows };
+    let sport = (cfg.sport_base.wrapping_add(n % flows) & 0xffff) as u16;
+    // Masked so the verifier sees a bounded offset; the 2-byte write is checked again.
+    let off = (cfg.sport_off as usize) & (GEN_FRAME_LEN - 1);
+    if data + off + 2 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: checked against data_end just above.
+    unsafe { ((data + off) as *mut u16).write_unaligned(sport.to_be()) };
+    match cfg.action {
+        xdp_action::XDP_DROP => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_TX,
+    }
+}
+
+/// Slot 0: `xlb_hop`'s new Ethernet addresses, destination MAC then source MAC.
+#[map]
+static HOP_MACS: Array<[u8; 12]> = Array::with_max_entries(1, 0);
+
+/// EtherType of IPv4, network order as read from the frame.
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+
+/// The bench's hop-only floor: bounces IPv4 frames to one fixed next hop (MAC rewrite and
+/// `XDP_TX`, no parsing beyond the EtherType, no encapsulation). Everything else (ARP) goes
+/// to the stack, so the host stays reachable.
+#[xdp]
+pub fn xlb_hop(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + 14 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the 14-byte Ethernet header was checked against data_end above.
+    let ethertype = unsafe { ((data + 12) as *const u16).read_unaligned() };
+    if ethertype != ETH_P_IP_BE {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(macs) = HOP_MACS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: as above; 12 bytes of the checked header.
+    unsafe { (data as *mut [u8; 12]).write_unaligned(*macs) };
     xdp_action::XDP_TX
 }
 

@@ -182,6 +182,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 encap: Default::default(),
                 source: Default::default(),
                 health_check,
+                agent: None,
                 backends,
             };
             (
@@ -315,10 +316,10 @@ fn scheduler_name(s: Scheduler) -> String {
     }
 }
 
-/// `maglev` / `sh`, with the same names as the config file.
+/// Scheduler names, the same as in the config file.
 fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
     serde_json::from_value(Value::String(s.to_owned()))
-        .map_err(|_| format!("unknown scheduler {s:?}: use maglev or sh"))
+        .map_err(|_| format!("unknown scheduler {s:?}: use one of {}", Scheduler::NAMES))
 }
 
 /// `ADDR`, `ADDR:WEIGHT` (IPv4) or `[ADDR]:WEIGHT` (IPv6). A bare IPv6 address is taken

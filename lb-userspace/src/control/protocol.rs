@@ -476,6 +476,7 @@ mod tests {
                         encap: Default::default(),
                         source: Default::default(),
                         health_check: None,
+                        agent: None,
                         backends: vec![
                             BackendConfig {
                                 address: b11,

@@ -123,6 +123,27 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         })
     };
+    let dynamic_task = {
+        let daemon = daemon.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut last_poll: std::collections::HashMap<(crate::config::VipId, std::net::IpAddr), tokio::time::Instant> = Default::default();
+            let mut ticks = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(DYNAMIC_TICK) => {}
+                    _ = shutdown.changed() => return,
+                }
+                ticks += 1;
+                poll_agents(&daemon, &mut last_poll).await;
+                if ticks % 4 == 0 {
+                    if let Ok(mut d) = daemon.lock() {
+                        d.refresh_lrt();
+                    }
+                }
+            }
+        })
+    };
     let control_task = socket.map(|s| {
         let handler = Arc::new(handler::DaemonHandler::new(daemon.clone()));
         tokio::spawn(s.serve(handler, shutdown_rx.clone()))
@@ -143,6 +164,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let _ = t.await;
     }
     nexthop_task.abort();
+    dynamic_task.abort();
     health_task.abort();
     let summary = counter_summary(&lock(&daemon)?.core().dataplane().reasons());
     // Detach before printing: dropping the object detaches the program.
@@ -156,6 +178,36 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
 fn lock(d: &Arc<Mutex<Daemon>>) -> Result<std::sync::MutexGuard<'_, Daemon>> {
     d.lock().map_err(|_| anyhow::anyhow!("daemon state poisoned by a panic"))
+}
+
+/// How often agent polls and `lrt` factors are considered.
+const DYNAMIC_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Polls every agent whose interval has passed, concurrently and without the state lock.
+async fn poll_agents(
+    daemon: &Arc<Mutex<Daemon>>,
+    last: &mut std::collections::HashMap<(crate::config::VipId, std::net::IpAddr), tokio::time::Instant>,
+) {
+    let targets = match daemon.lock() {
+        Ok(d) => d.agent_targets(),
+        Err(_) => return,
+    };
+    let now = tokio::time::Instant::now();
+    let due: Vec<_> = targets
+        .into_iter()
+        .filter(|(vip, addr, _, every)| last.get(&(*vip, *addr)).is_none_or(|t| now.duration_since(*t) >= *every))
+        .collect();
+    let mut polls = Vec::new();
+    for (vip, addr, sock, _) in due {
+        last.insert((vip, addr), now);
+        polls.push((vip, addr, tokio::spawn(crate::agent::poll(sock, std::time::Duration::from_millis(500)))));
+    }
+    for (vip, addr, task) in polls {
+        let report = task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("agent poll task: {e}")));
+        if let Ok(mut d) = daemon.lock() {
+            d.apply_agent(&vip, addr, &report);
+        }
+    }
 }
 
 /// Resolves every backend's next hop without holding the state lock during `ip` calls.

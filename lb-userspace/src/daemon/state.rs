@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::{BackendConfig, Scheduler, VipConfig, VipId},
-    core::{Core, CoreError, NextHop},
+    core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters},
     health::{CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState, Transition},
 };
@@ -175,6 +175,72 @@ impl Daemon {
         }
     }
 
+    /// Agent endpoints of every `agent` VIP's backends, with the VIP's poll interval.
+    pub fn agent_targets(&self) -> Vec<(VipId, IpAddr, SocketAddr, Duration)> {
+        let mut out = Vec::new();
+        for v in self.core.vips() {
+            if v.config.scheduler != Scheduler::Agent {
+                continue;
+            }
+            let Some(agent) = &v.config.agent else { continue };
+            for addr in v.backends.keys() {
+                out.push((v.config.id(), *addr, SocketAddr::new(*addr, agent.port), Duration::from_millis(agent.interval_ms)));
+            }
+        }
+        out
+    }
+
+    /// Applies an agent's report (a failed poll changes nothing: health checks decide
+    /// whether the backend itself is down).
+    pub fn apply_agent(&mut self, vip: &VipId, addr: IpAddr, report: &anyhow::Result<AgentReport>) {
+        match report {
+            Ok(r) => match self.core.set_agent(vip, addr, *r) {
+                Ok(true) => log::info!("agent of {addr} ({vip}) reports {r:?}"),
+                Ok(false) | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
+                Err(e) => log::error!("applying the agent of {addr} ({vip}): {e}"),
+            },
+            Err(e) => log::debug!("agent of {addr} ({vip}): {e:#}"),
+        }
+    }
+
+    /// `lrt` VIPs: scales each backend's weight by how its expected response time compares
+    /// with the best one's. Expected response time = health-check latency (EWMA) × (1 +
+    /// active flows); factor = 100 % × best / own, at least 1 %. Backends without a latency
+    /// sample yet keep 100 %.
+    pub fn refresh_lrt(&mut self) {
+        let dp = self.core.dataplane();
+        let mut updates = Vec::new();
+        for v in self.core.vips() {
+            if v.config.scheduler != Scheduler::Lrt {
+                continue;
+            }
+            let id = v.config.id();
+            let scores: Vec<(IpAddr, Option<f64>)> = v
+                .backends
+                .iter()
+                .map(|(addr, b)| {
+                    let lat = self.health(&id, *addr).and_then(|(_, h)| h.latency_ewma).map(|d| d.as_secs_f64());
+                    (*addr, lat.map(|l| l * (1.0 + dp.active_flows(b.index) as f64)))
+                })
+                .collect();
+            let best = scores.iter().filter_map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+            for (addr, score) in scores {
+                let pct = match score {
+                    Some(s) if s > 0.0 && best.is_finite() => ((best / s) * 100.0).round().clamp(1.0, 100.0) as u32,
+                    _ => 100,
+                };
+                updates.push((id, addr, pct));
+            }
+        }
+        for (id, addr, pct) in updates {
+            match self.core.set_factor(&id, addr, pct) {
+                Ok(true) => log::info!("lrt: backend {addr} of {id} now gets {pct}% of its weight"),
+                Ok(false) => {}
+                Err(e) => log::error!("lrt factor of {addr} ({id}): {e}"),
+            }
+        }
+    }
+
     /// Health snapshot of one backend.
     pub fn health(&self, vip: &VipId, addr: IpAddr) -> Option<(CheckKind, HealthState)> {
         self.checks.get(&(*vip, addr)).map(|c| (c.kind, c.handle.snapshot()))
@@ -200,9 +266,9 @@ impl Daemon {
                     .iter()
                     .map(|(addr, b)| {
                         let bt = dp.backend(b.index);
-                        let state = if !b.healthy {
+                        let state = if !b.active() {
                             "down"
-                        } else if b.drained {
+                        } else if b.drained || b.agent_drain {
                             "drained"
                         } else {
                             "up"
@@ -219,8 +285,11 @@ impl Daemon {
                         json!({
                             "address": addr,
                             "weight": b.weight,
+                            "effective_weight": b.effective_weight(),
                             "state": state,
+                            "agent": {"down": b.agent_down, "drain": b.agent_drain, "pct": b.factor_pct},
                             "active_flows": flows.get(&b.index).copied().unwrap_or(0),
+                            "active_estimate": dp.active_flows(b.index),
                             "packets": bt.packets,
                             "bytes": bt.bytes,
                             "new_flows": bt.new_flows,

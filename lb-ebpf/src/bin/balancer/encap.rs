@@ -142,7 +142,7 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> 
 /// Benchmark mode (`CFG_F_BENCH_RESTORE`): strips the outer header again, keeping the new
 /// Ethernet header, and drops the frame, so every repeat of a test run starts from the same
 /// input. The bench reports what this undo costs.
-#[inline(always)]
+#[inline(never)]
 fn restore_for_bench(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> u64 {
     pack(restore_stage(ctx, outer_len, l2_len))
 }
@@ -154,7 +154,15 @@ fn restore_stage(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> Result<u3
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Drop::AdjustFailed);
     }
-    write(ctx, 0, l2).ok_or(Drop::AdjustFailed)?;
+    // Only the L2 header goes back: 18 bytes on an untagged frame would overwrite the
+    // inner header's first 4 bytes (IPv4 total length) with the outer header's.
+    if l2_len == ETH_HLEN {
+        let mut eth = [0u8; ETH_HLEN];
+        eth.copy_from_slice(&l2[..ETH_HLEN]);
+        write(ctx, 0, eth).ok_or(Drop::AdjustFailed)?;
+    } else {
+        write(ctx, 0, l2).ok_or(Drop::AdjustFailed)?;
+    }
     // The inner packet's family decides the ethertype again.
     let inner = if l2_len == ETH_HLEN { ETH_HLEN } else { ETH_HLEN + VLAN_HLEN };
     let version = read::<[u8; 2]>(ctx, inner).ok_or(Drop::AdjustFailed)?[0] >> 4;

@@ -31,7 +31,7 @@ use lb_ebpf::{
     },
     ptr::{frame_len, ptr_at, ptr_at_mut, read, write},
     stats::bump,
-    subprog::pack,
+    subprog::{pack, unpack},
 };
 
 use crate::{
@@ -93,7 +93,7 @@ fn route_stage(ctx: &XdpContext, l3: &L3, out: &mut Route) -> Result<u32, Drop> 
     let vip_key = VipKey { addr: flow.dst, port_be: flow.dport_be, proto: flow.proto, family: flow.family };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    out.target = select::backend(&flow, &vip, false)?;
+    unpack(select::backend(&flow, &vip, false, 0, &mut out.target))?;
     out.vip_flags = vip.flags;
     Ok(ROUTED)
 }

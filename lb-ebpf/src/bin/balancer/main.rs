@@ -9,6 +9,9 @@
 //! replies), `account` (per-VIP / per-backend traffic). Parsers live in `lb_ebpf::parse`.
 #![no_std]
 #![no_main]
+// One atomic add for the least-connection counters (see select.rs): BPF inline asm is
+// unstable in Rust; the BPF build uses RUSTC_BOOTSTRAP like every aya program built on stable.
+#![feature(asm_experimental_arch)]
 
 mod account;
 mod encap;
@@ -66,7 +69,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     }
     match l3.proto {
         IPPROTO_TCP | IPPROTO_UDP => unpack(forward_flow(ctx, &l3)),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => forward_icmp(ctx, &l3),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => unpack(forward_icmp(ctx, &l3)),
         _ => Ok(pass(Pass::NotVip)),
     }
 }
@@ -96,7 +99,8 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
         family: l3.family,
         _pad: [0; 2],
     };
-    let target = select::backend(&flow, &vip, true)?;
+    let mut target = select::Target::default();
+    unpack(select::backend(&flow, &vip, true, l4.tcp_flags, &mut target))?;
     let cfg = lookup::config()?;
     let outer = encap::overhead(select::usable(target.idx).ok_or(Drop::BadBackend)?);
     if cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
@@ -112,8 +116,14 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
 }
 
 /// An ICMP packet: errors about VIP flows go down the flow's tunnel; the rest is the host's.
+/// Its own BPF function, keeping its state off the entry's frame (verifier stack limit).
+#[inline(never)]
+fn forward_icmp(ctx: &XdpContext, l3: &L3) -> u64 {
+    pack(forward_icmp_stage(ctx, l3))
+}
+
 #[inline(always)]
-fn forward_icmp(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
+fn forward_icmp_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     let mut route = icmp::Route::default();
     if unpack(icmp::route(ctx, l3, &mut route))? == icmp::NOT_OURS {
         return Ok(pass(Pass::NotVip));

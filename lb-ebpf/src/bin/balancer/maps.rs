@@ -47,6 +47,16 @@ pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Backend index → active-flow estimate for least-connection scheduling. Updated with
+/// atomic adds (one counter shared by all CPUs: the comparison needs the global figure).
+#[map]
+pub static BACKEND_ACTIVE: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU cursor into each VIP's round-robin sequence, by `vip_id`. Per CPU so that new
+/// flows never contend on a shared counter.
+#[map]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1024, 0);
+
 /// Egress interfaces other than the ingress one: ifindex → device, for `XDP_REDIRECT`.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);

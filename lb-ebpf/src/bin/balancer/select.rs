@@ -1,4 +1,4 @@
-//! Which backend gets a packet: the connection table first, then the VIP's Maglev table.
+//! Which backend gets a packet: the connection table first, then the VIP's scheduler.
 //!
 //! When flows are recorded: on *every* packet that misses the connection table (not only
 //! TCP SYN, and for UDP too). A flow that arrives mid-stream — after a balancer restart, or
@@ -6,21 +6,36 @@
 //! else (Maglev is consistent across balancers), and recording it then pins it against
 //! later backend-set changes. Entries age out through the LRU; FIN/RST do not delete them,
 //! since in DSR mode we never see the server's half of the close.
+//!
+//! Schedulers (new flows only; recorded flows always keep their backend):
+//! - Maglev (default) and `sh`: the flow hash (5-tuple, or client address) picks a slot.
+//! - `rr` / `wrr` (`VIP_F_SEQUENCE`): the table holds a smooth weighted round-robin sequence;
+//!   each CPU walks it with its own cursor. Every CPU's walk alone is exactly fair over a
+//!   cycle, so their sum is too (at most one partial cycle per CPU off).
+//! - `lc` / `wlc` (`VIP_F_LEAST_CONN`): two distinct candidates from the weighted table (two
+//!   hashes of the flow), and the one with fewer active flows per unit of weight wins —
+//!   power of two choices: O(1) per packet, no scan over backends.
 
 use lb_common::{
     counters::{Drop, Event},
     flow::FlowKey,
     hash::{flow_hash, src_hash},
-    maps::{Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, MAX_TABLE_SIZE, VIP_F_SRC_HASH},
+    maps::{
+        Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, CONN_F_CLOSED, CONN_F_COUNTED, MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE,
+        VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+    },
 };
-use lb_ebpf::stats::bump;
+use lb_ebpf::{stats::bump, subprog::pack};
 
-use crate::maps::{BACKENDS, CONNS, LOOKUP, STATS};
+use crate::maps::{BACKENDS, BACKEND_ACTIVE, CONNS, LOOKUP, RR_CURSORS, STATS};
+
+/// TCP FIN and RST flags: the client is closing.
+const TCP_FIN_RST: u8 = 0x01 | 0x04;
 
 /// The chosen backend.
 #[derive(Default)]
 pub struct Target {
-    /// Backend index (for per-backend counters).
+    /// Backend index.
     pub idx: u32,
     /// The flow's hash (outer flow label / hashed outer source).
     pub hash: u32,
@@ -28,35 +43,132 @@ pub struct Target {
     pub new_flow: bool,
 }
 
-/// Picks the backend for `flow`; records new flows in the connection table when `record`.
+/// Picks the backend for `flow` into `out`; records new flows when `record`. `tcp_flags`
+/// (0 for UDP) lets least-connection VIPs take a flow's count back when the client closes
+/// it. Its own BPF function, so its frame is never on the stack together with the
+/// forwarding frames (the verifier allows 512 bytes per call chain).
+#[inline(never)]
+pub fn backend(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8, out: &mut Target) -> u64 {
+    pack(backend_stage(flow, vip, record, tcp_flags).map(|t| {
+        *out = t;
+        0
+    }))
+}
+
 #[inline(always)]
-pub fn backend(flow: &FlowKey, vip: &VipInfo, record: bool) -> Result<Target, Drop> {
-    if let Some(entry) = CONNS.get_ptr(flow) {
+fn backend_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
+    if let Some(entry) = CONNS.get_ptr_mut(flow) {
         // SAFETY: the map value stays valid for the duration of the program (RCU).
-        let entry = unsafe { *entry };
-        if usable(entry.backend).is_some() {
+        let (idx, hash, flags) = unsafe { ((*entry).backend, (*entry).hash, (*entry).flags) };
+        if usable(idx).is_some() {
             bump(&STATS, Event::ConnHit.slot());
-            return Ok(Target { idx: entry.backend, hash: entry.hash, new_flow: false });
+            if tcp_flags & TCP_FIN_RST != 0 && flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED {
+                // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
+                // estimate, and the daemon reconciles it from the connection table.
+                unsafe { (*entry).flags = flags | CONN_F_CLOSED };
+                add_active(idx, u64::MAX);
+            }
+            return Ok(Target { idx, hash, new_flow: false });
         }
         bump(&STATS, Event::ConnRepick.slot());
     }
-    let hash = if vip.flags & VIP_F_SRC_HASH != 0 { src_hash(flow) } else { flow_hash(flow) };
     if vip.table_size == 0 {
         return Err(Drop::NoBackend);
     }
-    let slot = vip.table_id * MAX_TABLE_SIZE + hash % vip.table_size;
-    let idx = match LOOKUP.get(slot) {
-        Some(&idx) if idx != 0 => idx,
-        _ => return Err(Drop::NoBackend),
-    };
+    let hash = if vip.flags & VIP_F_SRC_HASH != 0 { src_hash(flow) } else { flow_hash(flow) };
+    let slot = if vip.flags & VIP_F_SEQUENCE != 0 { next_in_sequence(vip) } else { hash % vip.table_size };
+    let mut idx = table_entry(vip, slot)?;
+    if vip.flags & VIP_F_LEAST_CONN != 0 {
+        idx = less_loaded(vip, idx, hash);
+    }
     usable(idx).ok_or(Drop::BadBackend)?;
     if record {
+        let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
+        let entry = ConnEntry { backend: idx, hash, flags: if counted { CONN_F_COUNTED } else { 0 }, _pad: 0 };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
-        // packet still goes out.
-        let _ = CONNS.insert(flow, ConnEntry { backend: idx, hash }, 0);
+        // packet still goes out — and is then not counted either.
+        if CONNS.insert(flow, entry, 0).is_ok() && counted {
+            add_active(idx, 1);
+        }
         bump(&STATS, Event::NewFlow.slot());
     }
     Ok(Target { idx, hash, new_flow: record })
+}
+
+/// Backend index in slot `slot` of the VIP's live table.
+#[inline(always)]
+fn table_entry(vip: &VipInfo, slot: u32) -> Result<u32, Drop> {
+    match LOOKUP.get(vip.table_id * MAX_TABLE_SIZE + slot) {
+        Some(&idx) if idx != 0 => Ok(idx),
+        _ => Err(Drop::NoBackend),
+    }
+}
+
+/// This CPU's next position in the VIP's round-robin sequence.
+#[inline(always)]
+fn next_in_sequence(vip: &VipInfo) -> u32 {
+    match RR_CURSORS.get_ptr_mut(vip.vip_id) {
+        Some(cur) => {
+            // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+            let c = unsafe { *cur } % vip.table_size;
+            unsafe { *cur = c + 1 };
+            c
+        }
+        None => 0,
+    }
+}
+
+/// Power of two choices: `first` or a second, distinct candidate from another hash of the
+/// flow, whichever has fewer active flows per unit of weight.
+#[inline(always)]
+fn less_loaded(vip: &VipInfo, first: u32, hash: u32) -> u32 {
+    // Up to PROBES more hashes to find a second, distinct backend: with a third of the
+    // table on `first`, all of them miss with probability 3^-8. Bounded; with one backend the
+    // first candidate stands.
+    const PROBES: u32 = 8;
+    let mut h = hash;
+    let mut second = first;
+    for _ in 0..PROBES {
+        h = h.rotate_left(16).wrapping_mul(0x9e37_79b1) ^ 0x5bd1_e995;
+        if let Ok(c) = table_entry(vip, h % vip.table_size) {
+            if c != first {
+                second = c;
+                break;
+            }
+        }
+    }
+    if second == first {
+        return first;
+    }
+    let (a, wa) = load(first);
+    let (b, wb) = load(second);
+    // a / wa <= b / wb, without division.
+    if a * wb <= b * wa {
+        first
+    } else {
+        second
+    }
+}
+
+/// Active flows and weight of a backend (weight at least 1).
+#[inline(always)]
+fn load(idx: u32) -> (u64, u64) {
+    let active = BACKEND_ACTIVE.get(idx).copied().unwrap_or(0);
+    // Counts may dip below zero transiently (a racing double close): treat as zero.
+    let active = if active > (1 << 62) { 0 } else { active };
+    let weight = BACKENDS.get(idx).map(|b| u64::from(b.weight)).unwrap_or(1).max(1);
+    (active, weight)
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is −1) to a backend's active-flow count.
+#[inline(always)]
+fn add_active(idx: u32, delta: u64) {
+    if let Some(p) = BACKEND_ACTIVE.get_ptr_mut(idx) {
+        // SAFETY: the counter is an aligned u64 inside the map value; the atomic add is one
+        // BPF instruction (`lock *(u64 *)(p + 0) += delta`, XADD), shared safely by all
+        // CPUs. core's AtomicU64 has no fetch_add on the BPF target, hence the asm.
+        unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {d}", p = in(reg) p, d = in(reg) delta) };
+    }
 }
 
 /// The backend at `idx` if it may carry flows. Callers keep the index, not the pointer:

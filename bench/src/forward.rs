@@ -1,0 +1,254 @@
+//! Part 2: forwarding rate over a veth pair.
+//!
+//! ```text
+//!   gen namespace                      lb namespace
+//!   g0 (sink: xlb_drop) ◄──── veth ────► l0 (DUT: xlb_tx | xlb | xlb with 1 M flows)
+//!    ▲ xlb_gen, BPF_PROG_TEST_RUN live frames, ingress g0: XDP_TX → l0
+//! ```
+//! The generator's frames leave g0 and arrive at l0, where the DUT bounces them (XDP_TX,
+//! one-arm, as xlb runs) back to g0, whose XDP program counts them in veth's per-queue
+//! `xdp_packets` and drops them. veth runs the receiver's NAPI on the sending CPU, so the
+//! whole chain runs on one CPU: rate = 1 / (sum of per-packet costs); the DUT's own cost is
+//! `1/rate − 1/rate(generator alone)`. Configurations are interleaved round by round.
+
+use std::{net::IpAddr, time::Instant};
+
+use anyhow::{ensure, Context, Result};
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
+};
+use lb_common::counters::Event;
+use serde_json::{json, Value};
+use xlb::{
+    config::VipId,
+    core::NextHop,
+    loader::{self, LoadOptions},
+};
+use xlb_tests::netns::{veth, Netns};
+
+use crate::{
+    frames::{udp64, FRAME_LEN, SPORT_OFF_V4},
+    lab::{backend_addrs, BenchLab, VipSpec},
+    stats::{ratio, round3, Summary},
+    Plan,
+};
+
+const VIP: &str = "198.18.1.1";
+const CLIENT: &str = "198.18.0.10";
+const PORT: u16 = 80;
+/// Source ports the generator cycles through (one flow each).
+pub const GEN_FLOWS: u32 = 1024;
+const GEN_SPORT_BASE: u32 = 1024;
+const XDP_DROP: u32 = 1;
+const XDP_TX: u32 = 3;
+
+/// Mirror of `GenConfig` in lb-ebpf/src/bin/baseline.rs (same layout and size check).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GenConfig {
+    frame: [u8; FRAME_LEN],
+    flows: u32,
+    sport_base: u32,
+    sport_off: u32,
+    action: u32,
+}
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 80);
+// SAFETY: repr(C), integers only, no padding (80 = 64 + 4 × 4), any bit pattern valid.
+unsafe impl aya::Pod for GenConfig {}
+
+/// The generator: `xlb_gen` plus the sink program, in their own object.
+struct Generator {
+    ebpf: Ebpf,
+    ifindex: u32,
+    template: Vec<u8>,
+}
+
+impl Generator {
+    fn configure(&mut self, action: u32) -> Result<()> {
+        let mut frame = [0u8; FRAME_LEN];
+        frame.copy_from_slice(&self.template);
+        let cfg = GenConfig { frame, flows: GEN_FLOWS, sport_base: GEN_SPORT_BASE, sport_off: SPORT_OFF_V4 as u32, action };
+        let mut map: Array<_, GenConfig> = Array::try_from(self.ebpf.map_mut("GEN_CONFIG").context("xlb_gen has no GEN_CONFIG map")?)?;
+        map.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// One live-frames run of `frames` frames from inside the generator namespace; returns
+    /// the wall time in seconds (including the kernel's ≈ 20 ms teardown at the end).
+    fn send(&mut self, ns: &Netns, frames: u32) -> Result<f64> {
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&(FRAME_LEN as u32).to_ne_bytes());
+        md[12..16].copy_from_slice(&self.ifindex.to_ne_bytes());
+        let prog = loader::xdp(&mut self.ebpf, "xlb_gen")?;
+        let _inside = ns.enter();
+        let t = Instant::now();
+        prog.test_run(TestRunOptions {
+            data_in: Some(&self.template),
+            ctx_in: Some(&md),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        })
+        .context("live-frames test run")?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+/// Sum of the `rx_queue_N_<field>` counters of `ifname` (veth's per-queue XDP statistics).
+fn veth_stat(ns: &Netns, ifname: &str, field: &str) -> u64 {
+    let out = ns.exec(&["ethtool", "-S", ifname]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with(&format!("_{field}")))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// A DUT configuration on l0.
+enum Dut<'a> {
+    GeneratorAlone,
+    XdpTx(&'a mut Ebpf),
+    Xlb(&'a mut BenchLab),
+}
+
+/// Attaches the DUT's program to l0 (from inside the lb namespace), returns it for detach.
+fn attach(lb: &Netns, prog: &mut Xdp) -> Result<aya::programs::xdp::XdpLinkId> {
+    let ifindex = lb.ifindex("l0");
+    let _inside = lb.enter();
+    prog.attach_to_if_index(ifindex, XdpMode::Driver).context("attaching the DUT to l0")
+}
+
+struct Sample {
+    pps: f64,
+    bpf_ns: Option<f64>,
+}
+
+fn measure(gen: &mut Generator, genns: &Netns, lb: &Netns, dut: Dut<'_>, frames: u32) -> Result<Sample> {
+    let action = if matches!(dut, Dut::GeneratorAlone) { XDP_DROP } else { XDP_TX };
+    gen.configure(action)?;
+    let before = veth_stat(genns, "g0", "xdp_packets");
+    let (secs, bpf_ns) = match dut {
+        Dut::GeneratorAlone => (gen.send(genns, frames)?, None),
+        Dut::XdpTx(ebpf) => {
+            let prog = loader::xdp(ebpf, "xlb_tx")?;
+            let link = attach(lb, prog)?;
+            let secs = gen.send(genns, frames);
+            prog.detach(link)?;
+            (secs?, None)
+        }
+        Dut::Xlb(lab) => {
+            let c0 = lab.counters();
+            let i0 = lab.prog().info()?;
+            let link = attach(lb, lab.prog())?;
+            let secs = gen.send(genns, frames);
+            lab.prog().detach(link)?;
+            let i1 = lab.prog().info()?;
+            let encap = lab.counters()[Event::TxEncap.slot() as usize] - c0[Event::TxEncap.slot() as usize];
+            ensure!(encap > 0, "xlb encapsulated nothing: check the generator's template and next hops");
+            let runs = i1.run_count() - i0.run_count();
+            let ns = (i1.run_time() - i0.run_time()).as_nanos() as f64;
+            (secs?, (runs > 0).then(|| ns / runs as f64))
+        }
+    };
+    let delivered = if action == XDP_DROP { u64::from(frames) } else { veth_stat(genns, "g0", "xdp_packets") - before };
+    Ok(Sample { pps: delivered as f64 / secs, bpf_ns })
+}
+
+/// Runs part 2.
+pub fn run(plan: &Plan) -> Result<Value> {
+    let genns = Netns::new("bg");
+    let lb = Netns::new("bl");
+    veth(&genns, "g0", &lb, "l0");
+    for (ns, ifname) in [(&genns, "g0"), (&lb, "l0")] {
+        ns.offloads_off(ifname);
+        ns.link_up(ifname);
+    }
+    let gmac = genns.mac("g0");
+    let lmac = lb.mac("l0");
+    let l0 = lb.ifindex("l0");
+
+    // Generator and sink.
+    let mut ebpf = loader::load_baseline("xlb_gen")?;
+    loader::load_program(&mut ebpf, "xlb_drop")?;
+    {
+        let _inside = genns.enter();
+        loader::attach(&mut ebpf, "xlb_drop", "g0", XdpMode::Driver)?;
+    }
+    let template = udp64(gmac, lmac, CLIENT.parse()?, GEN_SPORT_BASE as u16, VIP.parse()?, PORT);
+    let mut gen = Generator { ebpf, ifindex: genns.ifindex("g0"), template };
+
+    // DUTs.
+    let mut tx = loader::load_baseline("xlb_tx")?;
+    let hop = NextHop { ifindex: l0, smac: lmac, dmac: gmac };
+    let vips = || vec![VipSpec { addr: VIP.parse().expect("vip"), port: PORT, proto: "udp", backends: backend_addrs(10, false) }];
+    let mut xlb = BenchLab::new(&vips(), LoadOptions { max_vips: 4, max_conns: 1 << 16 }, hop)?;
+    let mut xlb_1m = BenchLab::new(&vips(), LoadOptions { max_vips: 4, max_conns: 3 << 20 }, hop)?;
+    let vid: VipId = format!("{VIP}:{PORT}/udp").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let backend: IpAddr = backend_addrs(1, false)[0];
+    let t = Instant::now();
+    let refused = xlb_1m.fill_conns(&vid, backend, 0, 1_000_000)?;
+    ensure!(refused == 0, "the kernel refused {refused} of 1 M connection-table inserts");
+    eprintln!("  forward: 1 M flows written in {:.1} s", t.elapsed().as_secs_f64());
+
+    // Warm-up: records the generator's flows in both tables and sizes the runs.
+    let warm = 200_000;
+    let gen_rate = measure(&mut gen, &genns, &lb, Dut::GeneratorAlone, warm)?.pps;
+    measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb), warm)?;
+    measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb_1m), warm)?;
+    let tx_rate = measure(&mut gen, &genns, &lb, Dut::XdpTx(&mut tx), warm)?.pps;
+    let frames_for = |rate: f64| ((rate * plan.forward_secs) as u64).clamp(100_000, 50_000_000) as u32;
+
+    let names = ["generator_alone", "xdp_tx_baseline", "xlb", "xlb_1m_flows"];
+    let mut pps: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    for round in 0..plan.rounds {
+        for (i, _) in names.iter().enumerate() {
+            let s = match i {
+                0 => measure(&mut gen, &genns, &lb, Dut::GeneratorAlone, frames_for(gen_rate))?,
+                1 => measure(&mut gen, &genns, &lb, Dut::XdpTx(&mut tx), frames_for(tx_rate))?,
+                2 => measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb), frames_for(tx_rate))?,
+                _ => measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb_1m), frames_for(tx_rate))?,
+            };
+            pps[i].push(s.pps);
+            if let Some(ns) = s.bpf_ns {
+                bpf[i].push(ns);
+            }
+        }
+        eprintln!(
+            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, xlb {:.2}, xlb 1M {:.2}",
+            round + 1,
+            plan.rounds,
+            pps[0][round] / 1e6,
+            pps[1][round] / 1e6,
+            pps[2][round] / 1e6,
+            pps[3][round] / 1e6
+        );
+    }
+    let s: Vec<Summary> = pps.iter().map(|v| Summary::of(v)).collect();
+    let mut out = json!({});
+    for (name, sum) in names.iter().zip(&s) {
+        out[*name] = json!(sum.median.round());
+        out["spread"][*name] = sum.json();
+    }
+    let gen_ns = ratio(1e9, s[0].median);
+    for (i, name) in names.iter().enumerate().skip(1) {
+        out["dut_ns_per_pkt"][*name] = json!(round3(ratio(1e9, s[i].median) - gen_ns));
+    }
+    out["xlb_over_xdp_tx"] = json!(round3(ratio(s[2].median, s[1].median)));
+    out["xlb_1m_over_xdp_tx"] = json!(round3(ratio(s[3].median, s[1].median)));
+    out["bpf_stats_ns_per_pkt"] = json!({
+        "xlb": round3(Summary::of(&bpf[2]).median),
+        "xlb_1m_flows": round3(Summary::of(&bpf[3]).median),
+    });
+    out["method"] = json!({
+        "frame_bytes": FRAME_LEN, "flows": GEN_FLOWS, "seconds_per_call": plan.forward_secs,
+        "counted_at": "sink veth g0 rx_queue_*_xdp_packets (after the DUT's XDP_TX)",
+        "rate_time_base": "wall time of the live-frames call, including its ~20 ms teardown",
+        "prefilled_flows_1m": 1_000_000,
+    });
+    drop(gen);
+    Ok(out)
+}

@@ -1,0 +1,162 @@
+//! `cargo xtask bench`: how fast xlb is, how close to what this machine can do, and how it
+//! compares with what a user would pick instead — all in one run, so ratios hold on a
+//! noisy machine. Writes `target/bench/report.json`, `report.md` and PNG plots.
+//!
+//! Layout:
+//! - [`testrun`]: parts 1 and 5, per-packet cost with `BPF_PROG_TEST_RUN` (repeat mode).
+//! - [`forward`]: part 2, packets/s over a veth pair with a live-frames generator.
+//! - [`peers`]: part 3, wrk through xlb, nftables and HAProxy against direct and hop-only.
+//! - [`maglev`]: part 4, table build time and disruption.
+//! - [`report`]: report.json / report.md / plots, targets met or not.
+//! - [`lab`], [`frames`], [`stats`]: a programmed balancer, the 64-byte frames, summaries.
+//!
+//! Every namespace is created by this process and removed on drop (also on a panic); all
+//! addresses lie in 198.18.0.0/15 and fd00::/8; every traffic loop is bounded in count
+//! (frames, requests by duration) and time. Method: docs/bench.md.
+
+mod forward;
+mod frames;
+mod lab;
+mod maglev;
+mod peers;
+mod report;
+mod stats;
+mod testrun;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+/// How much of everything to do.
+pub struct Plan {
+    /// CI mode.
+    pub quick: bool,
+    /// Rounds per part (configurations interleaved within each).
+    pub rounds: usize,
+    /// test_run repeat count.
+    pub repeat: u32,
+    /// Single test runs per kind and round (new-flow and restore costs).
+    pub singles: usize,
+    /// Seconds per live-frames call.
+    pub forward_secs: f64,
+    /// Seconds per wrk run.
+    pub wrk_secs: u32,
+    /// Maglev builds per size.
+    pub maglev_builds: usize,
+    /// Scaling points.
+    pub vip_counts: Vec<u32>,
+    /// See [`Plan::vip_counts`].
+    pub backend_counts: Vec<usize>,
+    /// See [`Plan::vip_counts`].
+    pub flow_counts: Vec<u32>,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        Plan {
+            quick,
+            rounds: if quick { 2 } else { 5 },
+            repeat: if quick { 200_000 } else { 1_000_000 },
+            singles: if quick { 300 } else { 1000 },
+            forward_secs: if quick { 0.4 } else { 1.5 },
+            wrk_secs: if quick { 1 } else { 5 },
+            maglev_builds: if quick { 3 } else { 7 },
+            // VIPS holds 4096 entries (MAX_VIP_ENTRIES), one address marker per VIP address
+            // included: 4095 services is the most that fits.
+            vip_counts: vec![1, 1000, 4095],
+            backend_counts: vec![10, 1000],
+            flow_counts: vec![1_000, 100_000, 1_000_000],
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        println!("xlb-bench [--quick]: writes target/bench/report.{{json,md}} (run as root; see docs/bench.md)");
+        return;
+    }
+    if let Err(e) = run(quick) {
+        eprintln!("xlb-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `target/bench` of the workspace (or of `CARGO_TARGET_DIR` when set).
+fn out_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join("bench")
+}
+
+fn run(quick: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "the bench needs root (BPF, network namespaces)");
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    // BPF run-time statistics while this fd is open (restored to the previous state after).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
+    let mut report = json!({
+        "machine": machine(),
+        "timestamp": unix_time(),
+        "timestamp_utc": utc(unix_time()),
+        "mode": if quick { "quick" } else { "full" },
+    });
+    let parts: [(&str, fn(&Plan) -> Result<Value>); 5] = [
+        ("testrun_ns_per_pkt", testrun::per_packet),
+        ("forward_pps", forward::run),
+        ("peers", peers::run),
+        ("maglev", maglev::run),
+        ("scaling", testrun::scaling),
+    ];
+    for (key, part) in parts {
+        let t = Instant::now();
+        eprintln!("xlb-bench: {key} …");
+        report[key] = part(&plan).with_context(|| format!("bench part {key}"))?;
+        report["seconds"][key] = json!(stats::round3(t.elapsed().as_secs_f64()));
+    }
+    report["seconds"]["total"] = json!(stats::round3(started.elapsed().as_secs_f64()));
+    report::finish(&mut report);
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    report::write(&report, &dir)?;
+    let missing: Vec<&str> = report::REQUIRED.iter().copied().filter(|k| !(report::num(&report, k) > 0.0)).collect();
+    anyhow::ensure!(missing.is_empty(), "report.json lacks a positive figure for {}", missing.join(", "));
+    println!("xlb-bench: {} and report.md written in {:.0} s", dir.join("report.json").display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_default();
+    json!({ "kernel": kernel, "cores": cores, "cpu": cpu })
+}
+
+/// Seconds since the epoch.
+fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// RFC 3339 UTC form of `secs`.
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}

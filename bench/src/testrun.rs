@@ -1,0 +1,321 @@
+//! Parts 1 and 5: per-packet cost with `BPF_PROG_TEST_RUN`.
+//!
+//! Method (docs/bench.md has the reasoning):
+//! - Repeat mode (one buffer, `repeat` runs, the kernel's ns per run), several rounds with
+//!   the configurations interleaved round by round; median, min, max.
+//! - xlb encapsulates, so in repeat mode it would see its own output on the next run. The
+//!   bench sets `CFG_F_BENCH_RESTORE`: xlb undoes the encapsulation and drops, so every run
+//!   starts from the same frame; counters are checked after each run to prove the path.
+//! - The undo's cost is measured, not guessed: many single runs (fresh buffer each) of the
+//!   same conntrack hit with and without the flag; the difference of the medians.
+//! - A new flow cannot repeat on one buffer (the first run records it), so its cost comes
+//!   from single runs too: `hit (repeat mode) + median(single new) − median(single hit)`;
+//!   the single-run overhead (syscall timer, cold cache) cancels in the difference.
+
+use std::net::IpAddr;
+
+use anyhow::{bail, ensure, Result};
+use aya::programs::Xdp;
+use lb_common::{
+    counters::{Event, Pass},
+    maps::{VipKey, CFG_F_BENCH_RESTORE},
+};
+use serde_json::{json, Value};
+use xlb::{
+    config::VipId,
+    core::NextHop,
+    loader::{self, LoadOptions},
+    testrun,
+};
+use xlb_tests::fixtures::{CLIENT_MAC, LB_MAC, NEXTHOP_MAC, TEST_RUN_IFINDEX};
+
+use crate::{
+    frames::udp64,
+    lab::{backend_addrs, BenchLab, VipSpec},
+    stats::{round3, Summary},
+    Plan,
+};
+
+const VIP4: &str = "198.18.1.1";
+const VIP6: &str = "fd00:1::1";
+const CLIENT4: &str = "198.18.0.10";
+const CLIENT6: &str = "fd00::10";
+const PORT: u16 = 80;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("bench address")
+}
+
+fn vip_id(addr: &str) -> VipId {
+    format!("{}:{PORT}/udp", if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() }).parse().expect("vip id")
+}
+
+/// Fixed next hop of test_run labs (loopback is the ingress device there).
+fn test_hop() -> NextHop {
+    NextHop { ifindex: TEST_RUN_IFINDEX, smac: LB_MAC, dmac: NEXTHOP_MAC }
+}
+
+fn frame(src: &str, sport: u16, dst: &str) -> Vec<u8> {
+    udp64(CLIENT_MAC, LB_MAC, ip(src), sport, ip(dst), PORT)
+}
+
+/// The kernel's ns per run over `repeat` runs.
+fn repeat_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
+    testrun::ns_per_packet(prog, frame, repeat)
+}
+
+/// One single run's duration (ns) and verdict.
+fn single(prog: &Xdp, frame: &[u8]) -> Result<(f64, u32)> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let res = prog.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })?;
+    Ok((res.duration.as_nanos() as f64, res.return_value))
+}
+
+fn slot_delta(before: &[u64], after: &[u64], slot: u32) -> u64 {
+    after[slot as usize] - before[slot as usize]
+}
+
+/// A conntrack-hit measurement in repeat mode, checked: every run must be a hit.
+fn hit_repeat(lab: &mut BenchLab, frame: &[u8], repeat: u32) -> Result<f64> {
+    let before = lab.counters();
+    let ns = repeat_ns(lab.prog(), frame, repeat)?;
+    let hits = slot_delta(&before, &lab.counters(), Event::ConnHit.slot());
+    ensure!(hits == u64::from(repeat), "repeat run was not {repeat} conntrack hits but {hits}: the restore flag is not working");
+    Ok(ns)
+}
+
+/// Single-run medians on one lab: a conntrack hit with and without the restore flag and
+/// new flows (with it). New flows use client ports from `*next_port` on.
+struct Singles {
+    hit_restore: Vec<f64>,
+    hit_plain: Vec<f64>,
+    new_flow: Vec<f64>,
+}
+
+impl Singles {
+    fn new() -> Self {
+        Singles { hit_restore: Vec::new(), hit_plain: Vec::new(), new_flow: Vec::new() }
+    }
+
+    /// One batch of `n` runs of each kind, interleaved run by run.
+    fn batch(&mut self, lab: &mut BenchLab, hit: &[u8], client: &str, vip: &str, next_port: &mut u16, n: usize) -> Result<()> {
+        lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
+        let before = lab.counters();
+        for _ in 0..n {
+            let (t, v) = single(lab.prog(), hit)?;
+            ensure!(v == XDP_DROP, "restored hit gave verdict {}", testrun::verdict_name(v));
+            self.hit_restore.push(t);
+            let f = frame(client, *next_port, vip);
+            *next_port = next_port.checked_add(1).ok_or_else(|| anyhow::anyhow!("out of client ports for new flows"))?;
+            let (t, v) = single(lab.prog(), &f)?;
+            ensure!(v == XDP_DROP, "restored new flow gave verdict {}", testrun::verdict_name(v));
+            self.new_flow.push(t);
+        }
+        let new = slot_delta(&before, &lab.counters(), Event::NewFlow.slot());
+        ensure!(new == n as u64, "expected {n} new flows, the balancer counted {new}");
+        lab.set_config_flag(CFG_F_BENCH_RESTORE, false)?;
+        for _ in 0..n {
+            let (t, v) = single(lab.prog(), hit)?;
+            ensure!(v == XDP_TX, "plain hit gave verdict {}", testrun::verdict_name(v));
+            self.hit_plain.push(t);
+        }
+        lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
+        Ok(())
+    }
+
+    fn med(v: &[f64]) -> f64 {
+        Summary::of(v).median
+    }
+
+    /// Median single-run extra of a new flow over a hit.
+    fn new_flow_extra(&self) -> f64 {
+        Self::med(&self.new_flow) - Self::med(&self.hit_restore)
+    }
+
+    /// Median single-run cost of the restore.
+    fn restore_cost(&self) -> f64 {
+        Self::med(&self.hit_restore) - Self::med(&self.hit_plain)
+    }
+}
+
+/// A lab with one IPv4 and one IPv6 UDP VIP of `n` backends each.
+fn main_lab(n_backends: usize, max_conns: u32) -> Result<BenchLab> {
+    let vips = [
+        VipSpec { addr: ip(VIP4), port: PORT, proto: "udp", backends: backend_addrs(n_backends, false) },
+        VipSpec { addr: ip(VIP6), port: PORT, proto: "udp", backends: backend_addrs(n_backends, true) },
+    ];
+    let mut lab = BenchLab::new(&vips, LoadOptions { max_vips: 4, max_conns }, test_hop())?;
+    lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
+    Ok(lab)
+}
+
+/// Records the measured flows (first run = new flow) and checks the verdicts.
+fn prime(lab: &mut BenchLab, frames: &[&[u8]]) -> Result<()> {
+    for f in frames {
+        for _ in 0..2 {
+            let out = testrun::run(lab.prog(), f)?;
+            if out.verdict != XDP_DROP {
+                bail!("priming: verdict {} (want XDP_DROP under the restore flag)", testrun::verdict_name(out.verdict));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Part 1. Returns the `testrun_ns_per_pkt` object (plus spreads and the method's figures).
+pub fn per_packet(plan: &Plan) -> Result<Value> {
+    let mut drop = loader::load_baseline("xlb_drop")?;
+    let mut tx = loader::load_baseline("xlb_tx")?;
+    let mut lab = main_lab(10, 1 << 16)?;
+    let hit4 = frame(CLIENT4, 40_000, VIP4);
+    let hit6 = frame(CLIENT6, 40_000, VIP6);
+    let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
+    prime(&mut lab, &[&hit4, &hit6])?;
+    let before = lab.counters();
+    let out = testrun::run(lab.prog(), &unknown)?;
+    ensure!(out.verdict == XDP_PASS && out.frame == unknown, "unknown VIP must pass untouched");
+    ensure!(slot_delta(&before, &lab.counters(), Pass::NotVip.slot()) == 1, "unknown VIP not counted as not_vip");
+
+    let names = ["xdp_drop", "xdp_tx", "xlb_conntrack_hit", "xlb_ipv6", "xlb_unknown_vip"];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut singles = Singles::new();
+    let mut port = 1024u16;
+    for round in 0..plan.rounds {
+        samples[0].push(repeat_ns(loader::xdp(&mut drop, "xlb_drop")?, &hit4, plan.repeat)?);
+        samples[1].push(repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, plan.repeat)?);
+        samples[2].push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
+        samples[3].push(hit_repeat(&mut lab, &hit6, plan.repeat)?);
+        samples[4].push(repeat_ns(lab.prog(), &unknown, plan.repeat)?);
+        singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
+        eprintln!("  test_run round {}/{}: hit {:.0} ns", round + 1, plan.rounds, samples[2][round]);
+    }
+    let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v)).collect();
+    let hit = s[2].median;
+    let new_extra = singles.new_flow_extra();
+    let restore = singles.restore_cost();
+    let mut out = json!({});
+    for (name, sum) in names.iter().zip(&s) {
+        out[*name] = json!(round3(sum.median));
+        out["spread"][*name] = sum.json();
+    }
+    out["xlb_new_flow"] = json!(round3(hit + new_extra));
+    out["method"] = json!({
+        "repeat": plan.repeat,
+        "single_runs_per_kind": singles.hit_restore.len(),
+        "single_run_median_ns": {
+            "hit_with_restore": Singles::med(&singles.hit_restore),
+            "hit_without_restore": Singles::med(&singles.hit_plain),
+            "new_flow_with_restore": Singles::med(&singles.new_flow),
+        },
+        "new_flow_extra_over_hit_ns": round3(new_extra),
+        "restore_cost_ns": round3(restore),
+        "xlb_conntrack_hit_minus_restore_ns": round3(hit - restore),
+    });
+    // Where the time goes, from differences of the measured configurations.
+    out["stages_ns"] = json!({
+        "program_entry_and_exit (xdp_drop)": round3(s[0].median),
+        "parse_and_vip_miss (unknown_vip - xdp_drop)": round3(s[4].median - s[0].median),
+        "conntrack_hit_select_encap_counters (hit - restore - unknown_vip)": round3(hit - restore - s[4].median),
+        "maglev_lookup_and_insert (new_flow - hit)": round3(new_extra),
+        "bench_restore (measured, included in the hit figure)": round3(restore),
+    });
+    Ok(out)
+}
+
+/// Part 5: how the per-packet cost scales with VIPs, backends per VIP and flows.
+pub fn scaling(plan: &Plan) -> Result<Value> {
+    let hit4 = frame(CLIENT4, 40_000, VIP4);
+    let vid = vip_id(VIP4);
+    let mut out = json!({});
+
+    // VIPs: the measured VIP through the core, the others written straight into VIPS with
+    // the measured VIP's settings (they only need to be there: the cost in question is the
+    // VIP hash lookup). VIPS holds MAX_VIP_ENTRIES (4096) entries, markers included.
+    {
+        let mut lab = main_lab(10, 1 << 16)?;
+        prime(&mut lab, &[&hit4])?;
+        let key4 = {
+            let (addr, family) = lb_common::addr::to_words(ip(VIP4));
+            VipKey { addr, port_be: PORT.to_be(), proto: 17, family }
+        };
+        let mut vips = lab.vips_map()?;
+        let info = vips.get(&key4, 0)?;
+        let present = vips.keys().count() as u32;
+        let mut added = 0u32;
+        let mut points = Vec::new();
+        for target in plan.vip_counts.iter().copied() {
+            let services = present / 2; // one service + one address marker per address
+            while services + added < target {
+                let i = added;
+                let addr = std::net::Ipv4Addr::new(198, 19, 128 + (i / 256) as u8, i as u8);
+                let (w, family) = lb_common::addr::to_words(IpAddr::V4(addr));
+                vips.insert(VipKey { addr: w, port_be: PORT.to_be(), proto: 17, family }, info, 0)?;
+                added += 1;
+            }
+            let mut v = Vec::new();
+            for _ in 0..plan.rounds {
+                v.push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
+            }
+            let s = Summary::of(&v);
+            eprintln!("  scaling: {target} VIPs: hit {:.0} ns", s.median);
+            points.push(json!({ "vips": target, "vip_map_entries": present + added, "conntrack_hit_ns": s.json() }));
+        }
+        out["vips"] = json!(points);
+    }
+
+    // Backends per VIP: one lab each, rounds interleaved.
+    {
+        let mut labs = Vec::new();
+        for &n in &plan.backend_counts {
+            let mut lab = main_lab(n, 1 << 16)?;
+            prime(&mut lab, &[&hit4])?;
+            labs.push((n, lab, Vec::new(), Singles::new()));
+        }
+        let mut port = 1024u16;
+        for _ in 0..plan.rounds {
+            for (_, lab, hits, singles) in labs.iter_mut() {
+                hits.push(hit_repeat(lab, &hit4, plan.repeat)?);
+                singles.batch(lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles / 2)?;
+            }
+        }
+        let points: Vec<Value> = labs
+            .iter()
+            .map(|(n, _, hits, singles)| {
+                let s = Summary::of(hits);
+                eprintln!("  scaling: {n} backends: hit {:.0} ns, new flow +{:.0} ns", s.median, singles.new_flow_extra());
+                json!({ "backends": n, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(s.median + singles.new_flow_extra()) })
+            })
+            .collect();
+        out["backends"] = json!(points);
+    }
+
+    // Flows already in the connection table.
+    {
+        let max_conns = plan.flow_counts.iter().copied().max().unwrap_or(1) * 3;
+        let mut lab = main_lab(10, max_conns.max(1 << 16))?;
+        prime(&mut lab, &[&hit4])?;
+        let backend = backend_addrs(1, false)[0];
+        let mut filled = 0u32;
+        let mut points = Vec::new();
+        let mut port = 1024u16;
+        for &target in &plan.flow_counts {
+            let refused = lab.fill_conns(&vid, backend, filled, target)?;
+            ensure!(refused == 0, "the kernel refused {refused} connection-table inserts");
+            filled = target;
+            let mut hits = Vec::new();
+            let mut singles = Singles::new();
+            for _ in 0..plan.rounds {
+                hits.push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
+                singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles / 2)?;
+            }
+            let s = Summary::of(&hits);
+            eprintln!("  scaling: {target} flows: hit {:.0} ns, new flow +{:.0} ns", s.median, singles.new_flow_extra());
+            points.push(json!({ "flows": target, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(s.median + singles.new_flow_extra()) }));
+        }
+        out["flows"] = json!(points);
+    }
+    Ok(out)
+}

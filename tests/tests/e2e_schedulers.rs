@@ -1,0 +1,259 @@
+//! End-to-end: every scheduler with real connections through the XDP balancer.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use xlb_tests::{
+    netns::{require_root, wait_for, Netns},
+    topology::{connect_in, http_get, http_get_from, DemoNet, NAME_PORT, VIP4},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn vip80() -> SocketAddr {
+    SocketAddr::new(VIP4.parse().unwrap(), 80)
+}
+
+const TCP_CHECK: &str = r#"{"kind": "tcp", "interval_ms": 300, "timeout_ms": 200}"#;
+
+fn config(scheduler: &str, port: u16, backends: &[(&str, u32)], extra: &str) -> String {
+    config_hc(scheduler, port, backends, TCP_CHECK, extra)
+}
+
+fn config_hc(scheduler: &str, port: u16, backends: &[(&str, u32)], health_check: &str, extra: &str) -> String {
+    let b: Vec<String> = backends.iter().map(|(a, w)| format!(r#"{{"address": "{a}", "weight": {w}}}"#)).collect();
+    format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": {port}, "protocol": "tcp", "scheduler": "{scheduler}",
+            "health_check": {health_check} {extra},
+            "backends": [{}]}}]}}"#,
+        b.join(", ")
+    )
+}
+
+const THREE: &[(&str, u32)] = &[("198.18.0.11", 1), ("198.18.0.12", 1), ("198.18.0.13", 1)];
+
+/// `n` new connections to VIP:80; answers by backend name. Every request must succeed.
+#[track_caller]
+fn tally(client: &Netns, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for i in 0..n {
+        let body = http_get(client, vip80(), "/", TIMEOUT).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        *counts.entry(String::from_utf8_lossy(&body).trim().to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn share(counts: &BTreeMap<String, usize>, name: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    *counts.get(name).unwrap_or(&0) as f64 / total as f64
+}
+
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    fn open(client: &Netns) -> Conn {
+        let s = connect_in(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect");
+        Conn { r: BufReader::new(s.try_clone().unwrap()), w: s }
+    }
+    fn ask(&mut self) -> String {
+        self.w.write_all(b"who\n").expect("send");
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("answer");
+        l.trim().to_string()
+    }
+}
+
+fn net_with_lb(prefix: &str, cfg: &str) -> (DemoNet, xlb_tests::topology::Proc, std::path::PathBuf) {
+    let mut net = DemoNet::new(prefix, 3);
+    net.start_backends();
+    let (lb, sock) = net.start_lb(cfg, &[]);
+    net.wait_ready(&sock);
+    (net, lb, sock)
+}
+
+#[test]
+fn wrr_follows_weights_3_2_1() {
+    if !require_root() {
+        return;
+    }
+    let (net, _lb, _s) = net_with_lb("swrr", &config("wrr", 80, &[("198.18.0.11", 3), ("198.18.0.12", 2), ("198.18.0.13", 1)], ""));
+    let counts = tally(&net.client, 600);
+    for (name, want) in [("b1", 3.0 / 6.0), ("b2", 2.0 / 6.0), ("b3", 1.0 / 6.0)] {
+        let got = share(&counts, name);
+        assert!((got - want).abs() <= want * 0.10, "{name}: {got:.3} vs {want:.3}: {counts:?}");
+    }
+}
+
+#[test]
+fn rr_gives_equal_shares() {
+    if !require_root() {
+        return;
+    }
+    let (net, _lb, _s) = net_with_lb("srr", &config("rr", 80, THREE, ""));
+    let counts = tally(&net.client, 600);
+    for name in ["b1", "b2", "b3"] {
+        let got = share(&counts, name);
+        assert!((got - 1.0 / 3.0).abs() <= (1.0 / 3.0) * 0.05, "{name}: {got:.3}: {counts:?}");
+    }
+}
+
+#[test]
+fn sh_sticks_each_client_to_one_backend_and_spreads_clients() {
+    if !require_root() {
+        return;
+    }
+    let (net, _lb, _s) = net_with_lb("ssh", &config("sh", 80, THREE, ""));
+    let clients: Vec<IpAddr> = (20..28).map(|i| format!("198.18.0.{i}").parse().unwrap()).collect();
+    for c in &clients {
+        net.client.addr("eth0", &format!("{c}/24"));
+    }
+    let mut per_client = BTreeMap::new();
+    for c in &clients {
+        let mut seen = BTreeMap::new();
+        for _ in 0..100 {
+            let b = http_get_from(&net.client, *c, vip80(), "/", TIMEOUT).expect("request");
+            *seen.entry(String::from_utf8_lossy(&b).trim().to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 1, "client {c} reached several backends: {seen:?}");
+        per_client.insert(*c, seen.into_keys().next().unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = per_client.values().collect();
+    assert!(distinct.len() >= 2, "all clients on one backend: {per_client:?}");
+}
+
+#[test]
+fn lc_sends_new_connections_away_from_the_loaded_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("slc", 3);
+    net.start_backends();
+    let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
+    let (_lb, sock) = net.start_lb(&config("lc", NAME_PORT, THREE, ""), &[]);
+    net.wait_ready(&sock);
+    // Pile 10 connections onto b2 while the others are drained (lc itself would spread
+    // them), then let the others take new flows again.
+    let vip = format!("{VIP4}:{NAME_PORT}/tcp");
+    for other in ["198.18.0.11", "198.18.0.13"] {
+        net.ctl(&sock, &["backend", "drain", &vip, other]);
+    }
+    let mut held: Vec<Conn> = (0..10).map(|_| Conn::open(&net.client)).collect();
+    let target = "b2".to_string();
+    for c in &mut held {
+        assert_eq!(c.ask(), target, "drained backends got new flows");
+    }
+    for other in ["198.18.0.11", "198.18.0.13"] {
+        net.ctl(&sock, &["backend", "undrain", &vip, other]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fresh = BTreeMap::new();
+    for _ in 0..40 {
+        let mut c = Conn::open(&net.client);
+        *fresh.entry(c.ask()).or_insert(0) += 1;
+    }
+    assert!(!fresh.contains_key(&target), "new connections reached the loaded {target}: {fresh:?}");
+    for c in &mut held {
+        assert_eq!(c.ask(), target, "a held connection moved");
+    }
+}
+
+#[test]
+fn lrt_gives_a_slow_backend_clearly_fewer_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("slrt", 3);
+    for i in 0..3 {
+        net.start_decap(i);
+    }
+    net.start_slow_http(0, 150);
+    net.start_http(1);
+    net.start_http(2);
+    let hc = r#"{"kind": "http", "interval_ms": 250, "timeout_ms": 240, "fall": 5}"#;
+    let cfg = config_hc("lrt", 80, THREE, hc, "");
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    wait_for("lrt to scale the slow backend down", Duration::from_secs(20), || {
+        let out = net.ctl(&sock, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["vips"][0]["backends"].as_array().unwrap().iter().any(|b| b["address"] == "198.18.0.11" && b["agent"]["pct"].as_u64().unwrap_or(100) < 20)
+    });
+    let counts = tally(&net.client, 150);
+    let slow = share(&counts, "b1");
+    assert!(slow < 0.10, "the slow backend got {slow:.2} of new flows (fair share 0.33): {counts:?}");
+}
+
+#[test]
+fn agent_drain_and_weight_reports_steer_new_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("sagt", 3);
+    net.start_backends();
+    let states: Vec<_> = (0..3).map(|i| net.dir.join(format!("agent{i}"))).collect();
+    for s in &states {
+        std::fs::write(s, "up\n").unwrap();
+    }
+    let _agents: Vec<_> = (0..3).map(|i| net.start_agent(i, 5555, &states[i])).collect();
+    let (_lb, sock) = net.start_lb(&config("agent", 80, THREE, r#", "agent": {"port": 5555, "interval_ms": 200}"#), &[]);
+    net.wait_ready(&sock);
+    let before = tally(&net.client, 300);
+    let b1_before = share(&before, "b1");
+
+    std::fs::write(&states[0], "drain\n").unwrap();
+    wait_for("agent drain to apply", Duration::from_secs(10), || net.backend_states(&sock).values().any(|s| s == "drained"));
+    let drained = tally(&net.client, 150);
+    assert!(!drained.contains_key("b1"), "b1 got new flows while its agent said drain: {drained:?}");
+
+    std::fs::write(&states[0], "up 50%\n").unwrap();
+    wait_for("agent 50% to apply", Duration::from_secs(10), || net.backend_states(&sock).values().all(|s| s == "up"));
+    let half = tally(&net.client, 600);
+    let b1_half = share(&half, "b1");
+    let ratio = b1_half / b1_before;
+    // 1 : 0.5 of equal weights → 0.2 of flows instead of 0.33: about half the share (±40 %).
+    assert!((0.3..=0.8).contains(&ratio), "b1 share {b1_before:.3} → {b1_half:.3} (ratio {ratio:.2}): {half:?}");
+}
+
+#[test]
+fn switching_scheduler_at_runtime_keeps_established_connections() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("sswi", 3);
+    net.start_backends();
+    let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
+    let (_lb, sock) = net.start_lb(&config("maglev", NAME_PORT, THREE, ""), &[]);
+    net.wait_ready(&sock);
+    let mut conns: Vec<(Conn, String)> = (0..9)
+        .map(|_| {
+            let mut c = Conn::open(&net.client);
+            let w = c.ask();
+            (c, w)
+        })
+        .collect();
+    let vip = format!("{VIP4}:{NAME_PORT}/tcp");
+    for s in ["rr", "lc", "sh", "wrr", "maglev"] {
+        net.ctl(&sock, &["vip", "scheduler", &vip, s]);
+        for (c, want) in &mut conns {
+            assert_eq!(&c.ask(), want, "a connection moved when switching to {s}");
+        }
+    }
+    // After the switches, rr spreads new connections evenly.
+    net.ctl(&sock, &["vip", "scheduler", &vip, "rr"]);
+    let mut fresh = BTreeMap::new();
+    for _ in 0..30 {
+        let mut c = Conn::open(&net.client);
+        *fresh.entry(c.ask()).or_insert(0) += 1;
+    }
+    assert_eq!(fresh.len(), 3, "rr after the switch: {fresh:?}");
+    for n in fresh.values() {
+        assert!((8..=12).contains(n), "rr after the switch: {fresh:?}");
+    }
+}
