@@ -15,23 +15,42 @@ const BPF_RUSTC: &str = "/usr/bin/rustc";
 const OBJECTS: &[&str] = &["xlb-balancer", "xlb-decap", "xlb-baseline"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("lb-userspace lives inside the workspace").to_path_buf();
-    for dir in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-common/src", "lb-common/Cargo.toml", "Cargo.lock"] {
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("lb-userspace lives inside the workspace")
+        .to_path_buf();
+    for dir in [
+        "lb-ebpf/src",
+        "lb-ebpf/Cargo.toml",
+        "lb-common/src",
+        "lb-common/Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=XLB_BPF_RUSTC");
     let rustc = env::var("XLB_BPF_RUSTC").unwrap_or_else(|_| BPF_RUSTC.to_string());
     let missing = missing_tools(&rustc);
     if !missing.is_empty() {
-        fail(&format!("cannot build the XDP programs: {} missing; run `cargo xtask setup` (as root)", missing.join(" and ")));
+        fail(&format!(
+            "cannot build the XDP programs: {} missing; run `cargo xtask setup` (as root)",
+            missing.join(" and ")
+        ));
     }
 
     let target_dir = root.join("target").join("ebpf");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("lb-ebpf"))
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--bins",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         // The outer build's settings are for the host; none of them may leak in here.
@@ -46,7 +65,10 @@ fn main() {
         .env("RUSTC", &rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"));
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+        );
     let status = match cmd.status() {
         Ok(s) => s,
         Err(e) => fail(&format!("cannot run cargo for the XDP programs: {e}")),
@@ -66,12 +88,16 @@ fn main() {
 fn missing_tools(rustc: &str) -> Vec<String> {
     let mut missing = Vec::new();
     if !Path::new(rustc).exists() {
-        missing.push(format!("{rustc} (Debian rustc-web with libstd-rust-web-dev-bpf)"));
+        missing.push(format!(
+            "{rustc} (Debian rustc-web with libstd-rust-web-dev-bpf)"
+        ));
     }
     let linker_found = env::var_os("PATH")
         .map(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").exists()))
         .unwrap_or(false)
-        || env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/bpf-linker").exists()).unwrap_or(false);
+        || env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".cargo/bin/bpf-linker").exists())
+            .unwrap_or(false);
     if !linker_found {
         missing.push("bpf-linker".into());
     }
@@ -80,7 +106,9 @@ fn missing_tools(rustc: &str) -> Vec<String> {
 
 /// PATH plus ~/.cargo/bin, where `cargo install` puts bpf-linker (rustc looks it up by name).
 fn path_with_cargo_bin() -> std::ffi::OsString {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(home) = env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }

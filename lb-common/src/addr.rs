@@ -26,7 +26,8 @@ mod user {
                 let o = a.octets();
                 let mut w = [0u32; 4];
                 for (i, word) in w.iter_mut().enumerate() {
-                    *word = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                    *word =
+                        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
                 }
                 (w, FAMILY_V6)
             }

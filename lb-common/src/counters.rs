@@ -153,7 +153,9 @@ mod tests {
     #[test]
     fn slots_are_in_their_ranges_and_unique() {
         let mut seen = [false; COUNTER_SLOTS as usize];
-        let all = Drop::ALL.iter().map(|d| (d.slot(), 1..32))
+        let all = Drop::ALL
+            .iter()
+            .map(|d| (d.slot(), 1..32))
             .chain(Pass::ALL.iter().map(|p| (p.slot(), 32..48)))
             .chain(Event::ALL.iter().map(|e| (e.slot(), 48..64)));
         for (slot, range) in all {

@@ -24,7 +24,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 const fn round(h: u32, word: u32) -> u32 {
     let k = word.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -89,7 +92,10 @@ mod tests {
         // Reference values of MurmurHash3_x86_32 (from the algorithm's published test vectors).
         assert_eq!(murmur3_words(&[], 0), 0);
         assert_eq!(murmur3_words(&[], 1), 0x514e_28b7);
-        assert_eq!(murmur3_words(&[u32::from_le_bytes(*b"abcd")], 0x9747_b28c), 0xf047_8627);
+        assert_eq!(
+            murmur3_words(&[u32::from_le_bytes(*b"abcd")], 0x9747_b28c),
+            0xf047_8627
+        );
     }
 
     #[test]
@@ -105,23 +111,52 @@ mod tests {
         };
         let words = [1, 2, 3, 4, 5, 6, 7, 8, k.ports_word(), k.proto_word()];
         assert_eq!(flow_hash(&k), murmur3_words(&words, FLOW_HASH_SEED));
-        assert_eq!(src_hash(&k), murmur3_words(&[1, 2, 3, 4, 6], FLOW_HASH_SEED));
+        assert_eq!(
+            src_hash(&k),
+            murmur3_words(&[1, 2, 3, 4, 6], FLOW_HASH_SEED)
+        );
     }
 
     #[test]
     fn every_field_moves_the_hash() {
-        let base = FlowKey { src: [1, 0, 0, 0], dst: [2, 0, 0, 0], sport_be: 3, dport_be: 4, proto: 6, family: 4, _pad: [0; 2] };
+        let base = FlowKey {
+            src: [1, 0, 0, 0],
+            dst: [2, 0, 0, 0],
+            sport_be: 3,
+            dport_be: 4,
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
         let h = flow_hash(&base);
         let variants = [
-            FlowKey { src: [9, 0, 0, 0], ..base },
-            FlowKey { dst: [9, 0, 0, 0], ..base },
-            FlowKey { sport_be: 9, ..base },
-            FlowKey { dport_be: 9, ..base },
+            FlowKey {
+                src: [9, 0, 0, 0],
+                ..base
+            },
+            FlowKey {
+                dst: [9, 0, 0, 0],
+                ..base
+            },
+            FlowKey {
+                sport_be: 9,
+                ..base
+            },
+            FlowKey {
+                dport_be: 9,
+                ..base
+            },
             FlowKey { proto: 17, ..base },
         ];
         for v in variants {
             assert_ne!(flow_hash(&v), h, "{v:?}");
         }
-        assert_eq!(src_hash(&FlowKey { sport_be: 9, ..base }), src_hash(&base));
+        assert_eq!(
+            src_hash(&FlowKey {
+                sport_be: 9,
+                ..base
+            }),
+            src_hash(&base)
+        );
     }
 }

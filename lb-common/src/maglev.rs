@@ -126,7 +126,11 @@ mod tests {
 
     fn backend(i: u32, weight: u32) -> MaglevBackend {
         // 198.18.2.i as raw words, family 4: the same keys user space derives.
-        MaglevBackend { id: i, key: [u32::from_ne_bytes([198, 18, 2, i as u8]), 0, 0, 0, 4], weight }
+        MaglevBackend {
+            id: i,
+            key: [u32::from_ne_bytes([198, 18, 2, i as u8]), 0, 0, 0, 4],
+            weight,
+        }
     }
 
     fn shares(table: &[u32], n: u32) -> Vec<f64> {
@@ -134,22 +138,44 @@ mod tests {
         for &s in table {
             counts[s as usize] += 1;
         }
-        counts.iter().skip(1).map(|&c| c as f64 / table.len() as f64).collect()
+        counts
+            .iter()
+            .skip(1)
+            .map(|&c| c as f64 / table.len() as f64)
+            .collect()
     }
 
     #[test]
     fn rejects_non_prime_sizes_and_duplicates() {
-        assert_eq!(build(&[backend(1, 1)], 65536), Err(MaglevError::SizeNotPrime(65536)));
-        assert_eq!(build(&[backend(1, 1)], 1), Err(MaglevError::SizeNotPrime(1)));
-        let dup = [backend(1, 1), MaglevBackend { id: 2, ..backend(1, 1) }];
+        assert_eq!(
+            build(&[backend(1, 1)], 65536),
+            Err(MaglevError::SizeNotPrime(65536))
+        );
+        assert_eq!(
+            build(&[backend(1, 1)], 1),
+            Err(MaglevError::SizeNotPrime(1))
+        );
+        let dup = [
+            backend(1, 1),
+            MaglevBackend {
+                id: 2,
+                ..backend(1, 1)
+            },
+        ];
         assert!(matches!(build(&dup, 13), Err(MaglevError::DuplicateKey(_))));
     }
 
     #[test]
     fn empty_or_zero_weight_gives_empty_table() {
         assert!(build(&[], 13).unwrap().iter().all(|&s| s == EMPTY_SLOT));
-        assert!(build(&[backend(1, 0)], 13).unwrap().iter().all(|&s| s == EMPTY_SLOT));
-        assert!(build(&[backend(1, 0), backend(2, 5)], 13).unwrap().iter().all(|&s| s == 2));
+        assert!(build(&[backend(1, 0)], 13)
+            .unwrap()
+            .iter()
+            .all(|&s| s == EMPTY_SLOT));
+        assert!(build(&[backend(1, 0), backend(2, 5)], 13)
+            .unwrap()
+            .iter()
+            .all(|&s| s == 2));
     }
 
     #[test]
@@ -159,7 +185,11 @@ mod tests {
             let t = build(&bs, 65537).unwrap();
             for (i, s) in shares(&t, n).iter().enumerate() {
                 let want = 1.0 / n as f64;
-                assert!((s - want).abs() <= want * 0.01, "n={n} backend {} share {s} want {want}", i + 1);
+                assert!(
+                    (s - want).abs() <= want * 0.01,
+                    "n={n} backend {} share {s} want {want}",
+                    i + 1
+                );
             }
         }
     }
@@ -167,12 +197,20 @@ mod tests {
     #[test]
     fn balance_weighted_within_one_percent() {
         let weights = [3u32, 2, 1, 10, 7];
-        let bs: Vec<_> = weights.iter().enumerate().map(|(i, &w)| backend(i as u32 + 1, w)).collect();
+        let bs: Vec<_> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| backend(i as u32 + 1, w))
+            .collect();
         let t = build(&bs, 65537).unwrap();
         let total: u32 = weights.iter().sum();
         for (i, s) in shares(&t, weights.len() as u32).iter().enumerate() {
             let want = f64::from(weights[i]) / f64::from(total);
-            assert!((s - want).abs() <= want * 0.01, "backend {} share {s} want {want}", i + 1);
+            assert!(
+                (s - want).abs() <= want * 0.01,
+                "backend {} share {s} want {want}",
+                i + 1
+            );
         }
     }
 
@@ -185,7 +223,13 @@ mod tests {
         rev.reverse();
         assert_eq!(a, build(&rev, 65537).unwrap());
         // Other ids for the same keys: the same placement in terms of keys.
-        let renumbered: Vec<_> = bs.iter().map(|b| MaglevBackend { id: b.id + 100, ..*b }).collect();
+        let renumbered: Vec<_> = bs
+            .iter()
+            .map(|b| MaglevBackend {
+                id: b.id + 100,
+                ..*b
+            })
+            .collect();
         let c = build(&renumbered, 65537).unwrap();
         assert!(a.iter().zip(&c).all(|(x, y)| x + 100 == *y));
     }
@@ -209,11 +253,24 @@ mod tests {
         println!("maglev 1-of-{n}: removal moves {:.2}% of slots, addition {:.2}% (ideal {:.2}% / {:.2}%)",
             rm * 100.0, add * 100.0, 100.0 / n as f64, 100.0 / (n + 1) as f64);
         // Every slot of the removed backend must move; Maglev moves a few more.
-        assert!(rm >= 1.0 / n as f64 * 0.99 && rm <= 0.11, "removal moved {rm}");
-        assert!(add >= 1.0 / (n + 1) as f64 * 0.99 && add <= 0.11, "addition moved {add}");
+        assert!(
+            rm >= 1.0 / n as f64 * 0.99 && rm <= 0.11,
+            "removal moved {rm}"
+        );
+        assert!(
+            add >= 1.0 / (n + 1) as f64 * 0.99 && add <= 0.11,
+            "addition moved {add}"
+        );
         // Slots of surviving backends that moved must be few (they only fill the gap).
-        let stray = before.iter().zip(&removed).filter(|(x, y)| **x != 1 && x != y).count();
-        assert!((stray as f64) < 0.02 * before.len() as f64, "{stray} slots of live backends moved");
+        let stray = before
+            .iter()
+            .zip(&removed)
+            .filter(|(x, y)| **x != 1 && x != y)
+            .count();
+        assert!(
+            (stray as f64) < 0.02 * before.len() as f64,
+            "{stray} slots of live backends moved"
+        );
     }
 
     #[test]

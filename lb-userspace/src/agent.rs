@@ -23,7 +23,10 @@ const MAX_REPLY: usize = 512;
 /// Parses an agent's reply. Unknown words are ignored (the format has more, such as
 /// `maxconn:`), so newer agents keep working; an empty reply is an error.
 pub fn parse(reply: &str) -> Option<AgentReport> {
-    let words: Vec<&str> = reply.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = reply
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
     if words.is_empty() {
         return None;
     }
@@ -62,18 +65,31 @@ pub async fn poll(addr: SocketAddr, timeout: Duration) -> Result<AgentReport> {
         }
         Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
     };
-    let text = tokio::time::timeout(timeout, read).await.context("agent timed out")?.context("agent connection")?;
+    let text = tokio::time::timeout(timeout, read)
+        .await
+        .context("agent timed out")?
+        .context("agent connection")?;
     let line = text.lines().next().unwrap_or_default();
     parse(line).with_context(|| format!("agent said {line:?}"))
 }
 
 /// Runs the agent: answers every connection on `listen` with the first line of `state`.
 pub async fn serve(listen: SocketAddr, state: PathBuf) -> Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding the agent on {listen}"))?;
-    log::info!("agent on {listen}, answering with the first line of {}", state.display());
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the agent on {listen}"))?;
+    log::info!(
+        "agent on {listen}, answering with the first line of {}",
+        state.display()
+    );
     loop {
-        let (mut sock, _) = listener.accept().await.context("accepting an agent connection")?;
-        let text = tokio::fs::read_to_string(&state).await.unwrap_or_else(|_| "up".into());
+        let (mut sock, _) = listener
+            .accept()
+            .await
+            .context("accepting an agent connection")?;
+        let text = tokio::fs::read_to_string(&state)
+            .await
+            .unwrap_or_else(|_| "up".into());
         let line = text.lines().next().unwrap_or("up").trim().to_string();
         tokio::spawn(async move {
             let _ = sock.write_all(format!("{line}\n").as_bytes()).await;
@@ -87,11 +103,46 @@ mod tests {
 
     #[test]
     fn parses_haproxy_agent_words() {
-        assert_eq!(parse("up 75%"), Some(AgentReport { down: false, drain: false, pct: Some(75) }));
-        assert_eq!(parse("drain"), Some(AgentReport { down: false, drain: true, pct: None }));
-        assert_eq!(parse("DOWN"), Some(AgentReport { down: true, drain: false, pct: None }));
-        assert_eq!(parse("maint,50%"), Some(AgentReport { down: true, drain: false, pct: Some(50) }));
-        assert_eq!(parse("ready 150% maxconn:30"), Some(AgentReport { down: false, drain: false, pct: Some(100) }));
+        assert_eq!(
+            parse("up 75%"),
+            Some(AgentReport {
+                down: false,
+                drain: false,
+                pct: Some(75)
+            })
+        );
+        assert_eq!(
+            parse("drain"),
+            Some(AgentReport {
+                down: false,
+                drain: true,
+                pct: None
+            })
+        );
+        assert_eq!(
+            parse("DOWN"),
+            Some(AgentReport {
+                down: true,
+                drain: false,
+                pct: None
+            })
+        );
+        assert_eq!(
+            parse("maint,50%"),
+            Some(AgentReport {
+                down: true,
+                drain: false,
+                pct: Some(50)
+            })
+        );
+        assert_eq!(
+            parse("ready 150% maxconn:30"),
+            Some(AgentReport {
+                down: false,
+                drain: false,
+                pct: Some(100)
+            })
+        );
         assert_eq!(parse("  "), None);
         assert_eq!(parse("bogus"), Some(AgentReport::default()));
     }
@@ -114,9 +165,19 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(got, Some(AgentReport { down: false, drain: true, pct: None }));
+        assert_eq!(
+            got,
+            Some(AgentReport {
+                down: false,
+                drain: true,
+                pct: None
+            })
+        );
         std::fs::write(&state, "up 50%\n").unwrap();
-        assert_eq!(poll(addr, Duration::from_millis(500)).await.unwrap().pct, Some(50));
+        assert_eq!(
+            poll(addr, Duration::from_millis(500)).await.unwrap().pct,
+            Some(50)
+        );
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }

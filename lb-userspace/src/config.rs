@@ -255,15 +255,23 @@ impl std::str::FromStr for VipId {
         let protocol = match proto {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            other => return Err(format!("unknown protocol {other:?} in {s:?}: use tcp or udp")),
+            other => {
+                return Err(format!(
+                    "unknown protocol {other:?} in {s:?}: use tcp or udp"
+                ))
+            }
         };
-        let sa: std::net::SocketAddr = addr_port
-            .parse()
-            .map_err(|_| format!("{s:?} is not ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:80/tcp"))?;
+        let sa: std::net::SocketAddr = addr_port.parse().map_err(|_| {
+            format!("{s:?} is not ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:80/tcp")
+        })?;
         if sa.port() == 0 {
             return Err(format!("port 0 in {s:?}: ports are 1..=65535"));
         }
-        Ok(Self { address: sa.ip(), port: sa.port(), protocol })
+        Ok(Self {
+            address: sa.ip(),
+            port: sa.port(),
+            protocol,
+        })
     }
 }
 
@@ -283,7 +291,11 @@ impl<'de> Deserialize<'de> for VipId {
 impl VipConfig {
     /// This VIP's identity.
     pub fn id(&self) -> VipId {
-        VipId { address: self.address, port: self.port, protocol: self.protocol }
+        VipId {
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol,
+        }
     }
 }
 
@@ -300,7 +312,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -311,7 +326,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
         let path = e.path().to_string();
         // serde_path_to_error says "." for the root and "?" where it could not track a path
         // (syntax errors); both mean "the document itself".
-        let field = if path == "." || path == "?" { "-".to_string() } else { path };
+        let field = if path == "." || path == "?" {
+            "-".to_string()
+        } else {
+            path
+        };
         ConfigError::new(field, e.into_inner().to_string())
     })
 }
@@ -328,7 +347,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(mtu) = self.mtu {
             if !(576..=65535).contains(&mtu) {
-                return Err(ConfigError::new("mtu", format!("{mtu} is outside 576..=65535")));
+                return Err(ConfigError::new(
+                    "mtu",
+                    format!("{mtu} is outside 576..=65535"),
+                ));
             }
         }
         if let Some(p) = &self.hashed_source.v4 {
@@ -347,7 +369,9 @@ impl Config {
             if vip.source == SourceMode::FlowHash {
                 let needs_v4 = vip.backends.iter().any(|b| b.address.is_ipv4());
                 let needs_v6 = vip.backends.iter().any(|b| b.address.is_ipv6());
-                if (needs_v4 && self.hashed_source.v4.is_none()) || (needs_v6 && self.hashed_source.v6.is_none()) {
+                if (needs_v4 && self.hashed_source.v4.is_none())
+                    || (needs_v6 && self.hashed_source.v6.is_none())
+                {
                     return Err(ConfigError::new(
                         format!("{at}.source"),
                         "flow_hash needs hashed_source.v4 / hashed_source.v6 for its backends' families",
@@ -363,7 +387,10 @@ impl VipConfig {
     /// Checks one VIP; `at` prefixes field paths in errors.
     pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
         if self.port == 0 {
-            return Err(ConfigError::new(format!("{at}.port"), "port 0 is not a service port: use 1..=65535"));
+            return Err(ConfigError::new(
+                format!("{at}.port"),
+                "port 0 is not a service port: use 1..=65535",
+            ));
         }
         check_unicast(&self.address).map_err(|m| ConfigError::new(format!("{at}.address"), m))?;
         if let Some(m) = self.table_size {
@@ -376,30 +403,46 @@ impl VipConfig {
         }
         if let Some(name) = &self.name {
             if name.len() > 64 || name.chars().any(|c| c.is_control()) {
-                return Err(ConfigError::new(format!("{at}.name"), "names are at most 64 printable characters"));
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    "names are at most 64 printable characters",
+                ));
             }
         }
         match (&self.agent, self.scheduler) {
             (None, Scheduler::Agent) => {
-                return Err(ConfigError::new(format!("{at}.agent"), "scheduler agent needs \"agent\": {\"port\": …}"));
+                return Err(ConfigError::new(
+                    format!("{at}.agent"),
+                    "scheduler agent needs \"agent\": {\"port\": …}",
+                ));
             }
             (Some(a), _) => {
                 if a.port == 0 {
-                    return Err(ConfigError::new(format!("{at}.agent.port"), "port 0: use 1..=65535"));
+                    return Err(ConfigError::new(
+                        format!("{at}.agent.port"),
+                        "port 0: use 1..=65535",
+                    ));
                 }
                 if !(100..=60_000).contains(&a.interval_ms) {
-                    return Err(ConfigError::new(format!("{at}.agent.interval_ms"), format!("{} is outside 100..=60000", a.interval_ms)));
+                    return Err(ConfigError::new(
+                        format!("{at}.agent.interval_ms"),
+                        format!("{} is outside 100..=60000", a.interval_ms),
+                    ));
                 }
             }
             (None, _) => {}
         }
         if let Some(hc) = &self.health_check {
-            hc.validate().map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
+            hc.validate()
+                .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
         }
         if self.backends.len() > MAX_BACKENDS_PER_VIP {
             return Err(ConfigError::new(
                 format!("{at}.backends"),
-                format!("{} backends; at most {MAX_BACKENDS_PER_VIP} per VIP", self.backends.len()),
+                format!(
+                    "{} backends; at most {MAX_BACKENDS_PER_VIP} per VIP",
+                    self.backends.len()
+                ),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -407,7 +450,10 @@ impl VipConfig {
             let bat = format!("{at}.backends[{j}]");
             b.validate(&bat)?;
             if !seen.insert(b.address) {
-                return Err(ConfigError::new(bat, format!("duplicate backend {}", b.address)));
+                return Err(ConfigError::new(
+                    bat,
+                    format!("duplicate backend {}", b.address),
+                ));
             }
         }
         Ok(())
@@ -445,9 +491,15 @@ pub fn check_unicast(a: &IpAddr) -> Result<(), String> {
 
 /// Parses `a.b.c.d/len` (len 8..=30) into (network word, host mask in host order).
 pub fn parse_v4_prefix(s: &str) -> Result<(Ipv4Addr, u32), String> {
-    let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-    let len: u32 = l.parse().map_err(|_| format!("{l:?} is not a prefix length"))?;
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+    let addr: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+    let len: u32 = l
+        .parse()
+        .map_err(|_| format!("{l:?} is not a prefix length"))?;
     if !(8..=30).contains(&len) {
         return Err(format!("prefix length {len} is outside 8..=30"));
     }
@@ -460,9 +512,15 @@ pub fn parse_v4_prefix(s: &str) -> Result<(Ipv4Addr, u32), String> {
 
 /// Parses `addr/len` (len ≤ 96): the last 32 bits must be free for the hash.
 pub fn parse_v6_prefix(s: &str) -> Result<Ipv6Addr, String> {
-    let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-    let addr: Ipv6Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv6 address"))?;
-    let len: u32 = l.parse().map_err(|_| format!("{l:?} is not a prefix length"))?;
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+    let addr: Ipv6Addr = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IPv6 address"))?;
+    let len: u32 = l
+        .parse()
+        .map_err(|_| format!("{l:?} is not a prefix length"))?;
     if !(8..=96).contains(&len) {
         return Err(format!("prefix length {len} is outside 8..=96"));
     }
@@ -508,32 +566,129 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         let cases: &[(&str, &str, &str)] = &[
-            (r#"{"vips": [], "bogus": 1}"#, "bogus", "unknown field `bogus`"),
-            (r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "colour": 1}]}"#, "vips[0].colour", "unknown field"),
-            (&with_vip(r#"{"address": "198.18.1", "port": 80, "protocol": "tcp"}"#), "vips[0].address", "invalid"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 0, "protocol": "tcp"}"#), "vips[0].port", "1..=65535"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 70000, "protocol": "tcp"}"#), "vips[0].port", "u16"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": "80", "protocol": "tcp"}"#), "vips[0].port", "invalid type"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "sctp"}"#), "vips[0].protocol", "unknown variant"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "random"}"#), "vips[0].scheduler", "unknown variant"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "table_size": 65536}"#), "vips[0].table_size", "prime"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "agent"}"#), "vips[0].agent", "agent"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "agent": {"port": 0}}"#), "vips[0].agent.port", "port 0"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "agent": {"port": 5555, "interval_ms": 5}}"#), "vips[0].agent.interval_ms", "100..=60000"),
-            (&with_vip(r#"{"address": "224.0.0.1", "port": 80, "protocol": "tcp"}"#), "vips[0].address", "unicast"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": 10001}]}"#), "vips[0].backends[0].weight", "0..=10000"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": -1}]}"#), "vips[0].backends[0].weight", "invalid value"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.11"}]}"#), "vips[0].backends[1]", "duplicate backend"),
-            (&with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "source": "flow_hash", "backends": [{"address": "198.18.0.11"}]}"#), "vips[0].source", "hashed_source.v4"),
+            (
+                r#"{"vips": [], "bogus": 1}"#,
+                "bogus",
+                "unknown field `bogus`",
+            ),
+            (
+                r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "colour": 1}]}"#,
+                "vips[0].colour",
+                "unknown field",
+            ),
+            (
+                &with_vip(r#"{"address": "198.18.1", "port": 80, "protocol": "tcp"}"#),
+                "vips[0].address",
+                "invalid",
+            ),
+            (
+                &with_vip(r#"{"address": "198.18.1.1", "port": 0, "protocol": "tcp"}"#),
+                "vips[0].port",
+                "1..=65535",
+            ),
+            (
+                &with_vip(r#"{"address": "198.18.1.1", "port": 70000, "protocol": "tcp"}"#),
+                "vips[0].port",
+                "u16",
+            ),
+            (
+                &with_vip(r#"{"address": "198.18.1.1", "port": "80", "protocol": "tcp"}"#),
+                "vips[0].port",
+                "invalid type",
+            ),
+            (
+                &with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "sctp"}"#),
+                "vips[0].protocol",
+                "unknown variant",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "random"}"#,
+                ),
+                "vips[0].scheduler",
+                "unknown variant",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "table_size": 65536}"#,
+                ),
+                "vips[0].table_size",
+                "prime",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "agent"}"#,
+                ),
+                "vips[0].agent",
+                "agent",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "agent": {"port": 0}}"#,
+                ),
+                "vips[0].agent.port",
+                "port 0",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "agent": {"port": 5555, "interval_ms": 5}}"#,
+                ),
+                "vips[0].agent.interval_ms",
+                "100..=60000",
+            ),
+            (
+                &with_vip(r#"{"address": "224.0.0.1", "port": 80, "protocol": "tcp"}"#),
+                "vips[0].address",
+                "unicast",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": 10001}]}"#,
+                ),
+                "vips[0].backends[0].weight",
+                "0..=10000",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11", "weight": -1}]}"#,
+                ),
+                "vips[0].backends[0].weight",
+                "invalid value",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.11"}]}"#,
+                ),
+                "vips[0].backends[1]",
+                "duplicate backend",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "source": "flow_hash", "backends": [{"address": "198.18.0.11"}]}"#,
+                ),
+                "vips[0].source",
+                "hashed_source.v4",
+            ),
             (r#"{"mtu": 100}"#, "mtu", "576"),
-            (r#"{"hashed_source": {"v4": "198.19.0.1/16"}}"#, "hashed_source.v4", "host bits"),
-            (r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp"}, {"address": "198.18.1.1", "port": 80, "protocol": "tcp"}]}"#, "vips[1]", "duplicate VIP"),
+            (
+                r#"{"hashed_source": {"v4": "198.19.0.1/16"}}"#,
+                "hashed_source.v4",
+                "host bits",
+            ),
+            (
+                r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp"}, {"address": "198.18.1.1", "port": 80, "protocol": "tcp"}]}"#,
+                "vips[1]",
+                "duplicate VIP",
+            ),
             ("{", "-", "EOF"),
         ];
         for (text, field, needle) in cases {
             let e = err(text);
             assert_eq!(&e.field, field, "{text}: {e}");
-            assert!(e.message.contains(needle), "{text}: {e} (wanted {needle:?})");
+            assert!(
+                e.message.contains(needle),
+                "{text}: {e} (wanted {needle:?})"
+            );
         }
     }
 
@@ -542,9 +697,18 @@ mod tests {
         for s in ["198.18.1.1:80/tcp", "[fd00::1]:53/udp"] {
             assert_eq!(s.parse::<VipId>().unwrap().to_string(), s);
         }
-        assert_eq!("198.18.1.1:80".parse::<VipId>().unwrap().protocol, Protocol::Tcp);
-        assert!("198.18.1.1:0/tcp".parse::<VipId>().unwrap_err().contains("port 0"));
-        assert!("198.18.1.1:80/sctp".parse::<VipId>().unwrap_err().contains("sctp"));
+        assert_eq!(
+            "198.18.1.1:80".parse::<VipId>().unwrap().protocol,
+            Protocol::Tcp
+        );
+        assert!("198.18.1.1:0/tcp"
+            .parse::<VipId>()
+            .unwrap_err()
+            .contains("port 0"));
+        assert!("198.18.1.1:80/sctp"
+            .parse::<VipId>()
+            .unwrap_err()
+            .contains("sctp"));
         assert!("nonsense".parse::<VipId>().is_err());
     }
 

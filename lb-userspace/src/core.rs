@@ -23,14 +23,17 @@ use std::{
 use lb_common::{
     addr::to_words,
     maps::{
-        Backend, LbConfig, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP, CFG_F_ICMP_TOO_BIG,
-        DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC,
+        Backend, LbConfig, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
+        CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY,
+        VIP_F_HASHED_SRC,
     },
 };
 use serde::Serialize;
 
 use crate::{
-    config::{check_weight, BackendConfig, Config, ConfigError, Scheduler, SourceMode, VipConfig, VipId},
+    config::{
+        check_weight, BackendConfig, Config, ConfigError, Scheduler, SourceMode, VipConfig, VipId,
+    },
     dataplane::{Dataplane, DataplaneError},
     sched::{self, Member},
 };
@@ -69,8 +72,16 @@ impl Settings {
         Self {
             src_v4: cfg.outer_source.v4.or(first_v4),
             src_v6: cfg.outer_source.v6.or(first_v6),
-            hashed_v4: cfg.hashed_source.v4.as_deref().and_then(|p| crate::config::parse_v4_prefix(p).ok()),
-            hashed_v6: cfg.hashed_source.v6.as_deref().and_then(|p| crate::config::parse_v6_prefix(p).ok()),
+            hashed_v4: cfg
+                .hashed_source
+                .v4
+                .as_deref()
+                .and_then(|p| crate::config::parse_v4_prefix(p).ok()),
+            hashed_v6: cfg
+                .hashed_source
+                .v6
+                .as_deref()
+                .and_then(|p| crate::config::parse_v6_prefix(p).ok()),
             mtu: cfg.mtu.unwrap_or(iface_mtu),
             icmp_too_big: cfg.icmp_too_big,
             max_vips,
@@ -187,7 +198,16 @@ pub struct BackendState {
 
 impl BackendState {
     fn new(index: u32, b: &BackendConfig) -> Self {
-        Self { index, weight: b.weight, drained: b.drained, healthy: true, nexthop: None, agent_down: false, agent_drain: false, factor_pct: 100 }
+        Self {
+            index,
+            weight: b.weight,
+            drained: b.drained,
+            healthy: true,
+            nexthop: None,
+            agent_down: false,
+            agent_drain: false,
+            factor_pct: 100,
+        }
     }
 
     /// May carry flows (existing ones, and new ones if in the table).
@@ -249,7 +269,10 @@ struct Pool {
 
 impl Pool {
     fn new(range: std::ops::Range<u32>) -> Self {
-        Self { max: range.end - range.start, free: range.collect() }
+        Self {
+            max: range.end - range.start,
+            free: range.collect(),
+        }
     }
 }
 
@@ -266,12 +289,22 @@ pub struct Core<D: Dataplane> {
 
 fn vip_key(id: &VipId) -> VipKey {
     let (addr, family) = to_words(id.address);
-    VipKey { addr, port_be: id.port.to_be(), proto: id.protocol.number(), family }
+    VipKey {
+        addr,
+        port_be: id.port.to_be(),
+        proto: id.protocol.number(),
+        family,
+    }
 }
 
 fn marker_key(addr: IpAddr) -> VipKey {
     let (addr, family) = to_words(addr);
-    VipKey { addr, port_be: 0, proto: PROTO_ANY, family }
+    VipKey {
+        addr,
+        port_be: 0,
+        proto: PROTO_ANY,
+        family,
+    }
 }
 
 fn family_name(a: &IpAddr) -> &'static str {
@@ -332,7 +365,10 @@ impl<D: Dataplane> Core<D> {
         if ok {
             Ok(())
         } else {
-            Err(CoreError::NoSource { family: family_name(backend), backend: *backend })
+            Err(CoreError::NoSource {
+                family: family_name(backend),
+                backend: *backend,
+            })
         }
     }
 
@@ -347,7 +383,14 @@ impl<D: Dataplane> Core<D> {
         if ok {
             return Ok(());
         }
-        Err(ConfigError::new("source", format!("flow_hash needs hashed_source.{} for backend {backend}", family_name(backend))).into())
+        Err(ConfigError::new(
+            "source",
+            format!(
+                "flow_hash needs hashed_source.{} for backend {backend}",
+                family_name(backend)
+            ),
+        )
+        .into())
     }
 
     /// Adds a VIP with its backends (all healthy until a health check says otherwise).
@@ -362,26 +405,42 @@ impl<D: Dataplane> Core<D> {
             self.check_hashed_source(&cfg, &b.address)?;
         }
         if self.vip_ids.free.is_empty() {
-            return Err(CoreError::TooManyVips { max: self.vip_ids.max });
+            return Err(CoreError::TooManyVips {
+                max: self.vip_ids.max,
+            });
         }
         if self.backend_ids.free.len() < cfg.backends.len() {
-            return Err(CoreError::TooManyBackends { max: self.backend_ids.max });
+            return Err(CoreError::TooManyBackends {
+                max: self.backend_ids.max,
+            });
         }
         // Validated: from here on only data-plane failures can stop us.
-        let vip_index = self.vip_ids.free.pop_front().ok_or(CoreError::TooManyVips { max: self.vip_ids.max })?;
+        let vip_index = self
+            .vip_ids
+            .free
+            .pop_front()
+            .ok_or(CoreError::TooManyVips {
+                max: self.vip_ids.max,
+            })?;
         let backends_cfg = std::mem::take(&mut cfg.backends);
-        let mut state = VipState { config: cfg, id: vip_index, backends: BTreeMap::new(), active: 1, shadow: [Vec::new(), Vec::new()] };
+        let mut state = VipState {
+            config: cfg,
+            id: vip_index,
+            backends: BTreeMap::new(),
+            active: 1,
+            shadow: [Vec::new(), Vec::new()],
+        };
         for b in backends_cfg {
-            let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
-            let bs = BackendState::new(index, &b);
-            self.dp.clear_backend(index)?;
-            self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
+            let bs = self.new_backend(&b)?;
             state.backends.insert(b.address, bs);
         }
         let refs = self.addr_refs.entry(id.address).or_insert(0);
         *refs += 1;
         if *refs == 1 {
-            let marker = VipInfo { flags: VIP_F_ADDR_ONLY, ..VipInfo::default() };
+            let marker = VipInfo {
+                flags: VIP_F_ADDR_ONLY,
+                ..VipInfo::default()
+            };
             self.dp.set_vip(&marker_key(id.address), &marker)?;
         }
         self.vips.insert(id, state);
@@ -390,7 +449,10 @@ impl<D: Dataplane> Core<D> {
 
     /// Removes a VIP: new packets to it pass to the kernel at once; its flows end.
     pub fn remove_vip(&mut self, id: &VipId) -> Result<VipConfig, CoreError> {
-        let state = self.vips.remove(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        let state = self
+            .vips
+            .remove(id)
+            .ok_or(CoreError::UnknownVip { vip: *id })?;
         self.dp.remove_vip(&vip_key(id))?;
         if let Some(refs) = self.addr_refs.get_mut(&id.address) {
             *refs -= 1;
@@ -400,45 +462,89 @@ impl<D: Dataplane> Core<D> {
             }
         }
         for (addr, b) in &state.backends {
-            let gone = BackendState { healthy: false, ..b.clone() };
+            let gone = BackendState {
+                healthy: false,
+                ..b.clone()
+            };
             self.dp.set_backend(b.index, &backend_entry(*addr, &gone))?;
             self.backend_ids.free.push_back(b.index);
         }
         self.vip_ids.free.push_back(state.id);
         let mut cfg = state.config;
-        cfg.backends = state.backends.iter().map(|(a, b)| BackendConfig { address: *a, weight: b.weight, drained: b.drained }).collect();
+        cfg.backends = state
+            .backends
+            .iter()
+            .map(|(a, b)| BackendConfig {
+                address: *a,
+                weight: b.weight,
+                drained: b.drained,
+            })
+            .collect();
         Ok(cfg)
     }
 
     /// Adds a backend to a VIP.
     pub fn add_backend(&mut self, id: &VipId, b: BackendConfig) -> Result<(), CoreError> {
         b.validate("backend")?;
-        let vip = self.vips.get(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        let vip = self
+            .vips
+            .get(id)
+            .ok_or(CoreError::UnknownVip { vip: *id })?;
         if vip.backends.contains_key(&b.address) {
-            return Err(CoreError::BackendExists { vip: *id, backend: b.address });
+            return Err(CoreError::BackendExists {
+                vip: *id,
+                backend: b.address,
+            });
         }
         if vip.backends.len() >= crate::config::MAX_BACKENDS_PER_VIP {
-            return Err(ConfigError::new("backend", format!("VIP {id} has {} backends, the most a VIP may have", vip.backends.len())).into());
+            return Err(ConfigError::new(
+                "backend",
+                format!(
+                    "VIP {id} has {} backends, the most a VIP may have",
+                    vip.backends.len()
+                ),
+            )
+            .into());
         }
         self.check_source(&b.address)?;
         self.check_hashed_source(&vip.config, &b.address)?;
-        let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
-        let bs = BackendState::new(index, &b);
-        self.dp.clear_backend(index)?;
-        self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
+        let bs = self.new_backend(&b)?;
         if let Some(vip) = self.vips.get_mut(id) {
             vip.backends.insert(b.address, bs);
         }
         self.publish(id)
     }
 
+    /// Takes a backend slot (oldest freed first), clears its counters and writes the backend
+    /// active, before any table can point at it.
+    fn new_backend(&mut self, b: &BackendConfig) -> Result<BackendState, CoreError> {
+        let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
+        let bs = BackendState::new(index, b);
+        self.dp.clear_backend(index)?;
+        self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
+        Ok(bs)
+    }
+
     /// Removes a backend: it leaves the table, then flows pinned to it move.
     pub fn remove_backend(&mut self, id: &VipId, addr: IpAddr) -> Result<(), CoreError> {
-        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
-        let b = vip.backends.remove(&addr).ok_or(CoreError::UnknownBackend { vip: *id, backend: addr })?;
+        let vip = self
+            .vips
+            .get_mut(id)
+            .ok_or(CoreError::UnknownVip { vip: *id })?;
+        let b = vip
+            .backends
+            .remove(&addr)
+            .ok_or(CoreError::UnknownBackend {
+                vip: *id,
+                backend: addr,
+            })?;
         self.publish(id)?;
-        let gone = BackendState { healthy: false, ..b };
-        self.dp.set_backend(gone.index, &backend_entry(addr, &gone))?;
+        let gone = BackendState {
+            healthy: false,
+            ..b
+        };
+        self.dp
+            .set_backend(gone.index, &backend_entry(addr, &gone))?;
         self.backend_ids.free.push_back(gone.index);
         Ok(())
     }
@@ -446,23 +552,40 @@ impl<D: Dataplane> Core<D> {
     /// Sets a backend's weight (0 = no new flows).
     pub fn set_weight(&mut self, id: &VipId, addr: IpAddr, weight: u32) -> Result<(), CoreError> {
         check_weight(weight).map_err(|m| ConfigError::new("weight", m))?;
-        self.update_backend(id, addr, |b| b.weight = weight).map(|_| ())
+        self.update_backend(id, addr, |b| b.weight = weight)
+            .map(|_| ())
     }
 
     /// Drains (no new flows; existing flows stay) or undrains a backend.
-    pub fn set_drained(&mut self, id: &VipId, addr: IpAddr, drained: bool) -> Result<(), CoreError> {
-        self.update_backend(id, addr, |b| b.drained = drained).map(|_| ())
+    pub fn set_drained(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        drained: bool,
+    ) -> Result<(), CoreError> {
+        self.update_backend(id, addr, |b| b.drained = drained)
+            .map(|_| ())
     }
 
     /// Records a health verdict. Down: the backend leaves the table and, once it has, its
     /// pinned flows move on their next packet. Up: it is made active, then joins the table.
     /// Returns whether anything changed.
-    pub fn set_health(&mut self, id: &VipId, addr: IpAddr, healthy: bool) -> Result<bool, CoreError> {
+    pub fn set_health(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        healthy: bool,
+    ) -> Result<bool, CoreError> {
         self.update_backend(id, addr, |b| b.healthy = healthy)
     }
 
     /// Records an agent's report; returns whether anything changed.
-    pub fn set_agent(&mut self, id: &VipId, addr: IpAddr, r: AgentReport) -> Result<bool, CoreError> {
+    pub fn set_agent(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        r: AgentReport,
+    ) -> Result<bool, CoreError> {
         self.update_backend(id, addr, |b| {
             b.agent_down = r.down;
             b.agent_drain = r.drain;
@@ -480,7 +603,12 @@ impl<D: Dataplane> Core<D> {
     /// Applies `change` to a backend and brings the data plane along in a safe order: a
     /// backend becoming active is written before any table points at it; one becoming
     /// inactive leaves the tables first.
-    fn update_backend(&mut self, id: &VipId, addr: IpAddr, change: impl FnOnce(&mut BackendState)) -> Result<bool, CoreError> {
+    fn update_backend(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        change: impl FnOnce(&mut BackendState),
+    ) -> Result<bool, CoreError> {
         let b = self.backend_mut(id, addr)?;
         let before = b.clone();
         change(b);
@@ -499,7 +627,12 @@ impl<D: Dataplane> Core<D> {
     }
 
     /// Records a resolved (or lost) next hop for a backend. Returns whether it changed.
-    pub fn set_nexthop(&mut self, id: &VipId, addr: IpAddr, hop: Option<NextHop>) -> Result<bool, CoreError> {
+    pub fn set_nexthop(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        hop: Option<NextHop>,
+    ) -> Result<bool, CoreError> {
         let b = self.backend_mut(id, addr)?;
         if b.nexthop == hop {
             return Ok(false);
@@ -512,26 +645,44 @@ impl<D: Dataplane> Core<D> {
 
     /// Switches a VIP's scheduler; flows already recorded keep their backends.
     pub fn set_scheduler(&mut self, id: &VipId, scheduler: Scheduler) -> Result<(), CoreError> {
-        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        let vip = self
+            .vips
+            .get_mut(id)
+            .ok_or(CoreError::UnknownVip { vip: *id })?;
         vip.config.scheduler = scheduler;
         self.publish(id)
     }
 
     fn backend_mut(&mut self, id: &VipId, addr: IpAddr) -> Result<&mut BackendState, CoreError> {
-        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
-        vip.backends.get_mut(&addr).ok_or(CoreError::UnknownBackend { vip: *id, backend: addr })
+        let vip = self
+            .vips
+            .get_mut(id)
+            .ok_or(CoreError::UnknownVip { vip: *id })?;
+        vip.backends
+            .get_mut(&addr)
+            .ok_or(CoreError::UnknownBackend {
+                vip: *id,
+                backend: addr,
+            })
     }
 
     /// Rebuilds the VIP's table into its inactive half and flips to it.
     fn publish(&mut self, id: &VipId) -> Result<(), CoreError> {
-        let vip = self.vips.get_mut(id).ok_or(CoreError::UnknownVip { vip: *id })?;
+        let vip = self
+            .vips
+            .get_mut(id)
+            .ok_or(CoreError::UnknownVip { vip: *id })?;
         let members: Vec<Member> = vip
             .backends
             .iter()
             .filter(|(_, b)| b.in_table())
             .map(|(addr, b)| {
                 let (w, family) = to_words(*addr);
-                Member { index: b.index, key: [w[0], w[1], w[2], w[3], u32::from(family)], weight: b.effective_weight() }
+                Member {
+                    index: b.index,
+                    key: [w[0], w[1], w[2], w[3], u32::from(family)],
+                    weight: b.effective_weight(),
+                }
             })
             .collect();
         let size = vip.config.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
@@ -549,13 +700,22 @@ impl<D: Dataplane> Core<D> {
             .map(|(i, v)| (i as u32, *v))
             .collect();
         self.dp.write_table(table_id, &changes)?;
-        let live_size = if members.is_empty() { 0 } else { table.len() as u32 };
+        let live_size = if members.is_empty() {
+            0
+        } else {
+            table.len() as u32
+        };
         vip.shadow[next as usize] = table;
         let mut flags = built.flags;
         if vip.config.source == SourceMode::FlowHash {
             flags |= VIP_F_HASHED_SRC;
         }
-        let info = VipInfo { vip_id: vip.id, table_id, table_size: live_size, flags };
+        let info = VipInfo {
+            vip_id: vip.id,
+            table_id,
+            table_size: live_size,
+            flags,
+        };
         self.dp.set_vip(&vip_key(id), &info)?;
         vip.active = next;
         Ok(())
@@ -566,7 +726,12 @@ impl<D: Dataplane> Core<D> {
 fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
     let (words, family) = to_words(addr);
     let weight = b.effective_weight().max(1);
-    let mut entry = Backend { addr: words, family, weight, ..Backend::default() };
+    let mut entry = Backend {
+        addr: words,
+        family,
+        weight,
+        ..Backend::default()
+    };
     if b.active() {
         entry.flags |= BACKEND_F_ACTIVE;
     }
@@ -581,7 +746,10 @@ fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
 
 /// The data-plane form of the settings.
 pub fn lb_config(s: &Settings) -> LbConfig {
-    let mut cfg = LbConfig { mtu: s.mtu, ..LbConfig::default() };
+    let mut cfg = LbConfig {
+        mtu: s.mtu,
+        ..LbConfig::default()
+    };
     if s.icmp_too_big {
         cfg.flags |= CFG_F_ICMP_TOO_BIG;
     }
@@ -607,7 +775,14 @@ mod tests {
     use crate::dataplane::{Recorder, Write};
 
     fn settings() -> Settings {
-        Settings { src_v4: Some("198.18.0.2".parse().unwrap()), src_v6: None, mtu: 1500, icmp_too_big: true, max_vips: 4, ..Settings::default() }
+        Settings {
+            src_v4: Some("198.18.0.2".parse().unwrap()),
+            src_v6: None,
+            mtu: 1500,
+            icmp_too_big: true,
+            max_vips: 4,
+            ..Settings::default()
+        }
     }
 
     fn vip(backends: &[&str]) -> VipConfig {
@@ -622,7 +797,14 @@ mod tests {
             source: SourceMode::Lb,
             health_check: None,
             agent: None,
-            backends: backends.iter().map(|a| BackendConfig { address: a.parse().unwrap(), weight: 1, drained: false }).collect(),
+            backends: backends
+                .iter()
+                .map(|a| BackendConfig {
+                    address: a.parse().unwrap(),
+                    weight: 1,
+                    drained: false,
+                })
+                .collect(),
         }
     }
 
@@ -637,7 +819,12 @@ mod tests {
     /// The live table of `id` as the data plane sees it, by backend index.
     fn live(core: &Core<Recorder>, id: &VipId) -> (VipInfo, Vec<u32>) {
         let info = core.dataplane().vips[&vip_key(id)];
-        let t = core.dataplane().tables.get(&info.table_id).cloned().unwrap_or_default();
+        let t = core
+            .dataplane()
+            .tables
+            .get(&info.table_id)
+            .cloned()
+            .unwrap_or_default();
         (info, t[..info.table_size as usize].to_vec())
     }
 
@@ -645,14 +832,26 @@ mod tests {
     fn add_vip_writes_backends_then_table_then_vip() {
         let (core, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
         let w = &core.dataplane().writes;
-        let pos = |f: &dyn Fn(&Write) -> bool| w.iter().position(|x| f(x)).unwrap();
-        let last_backend = w.iter().rposition(|x| matches!(x, Write::Backend(..))).unwrap();
+        let pos = |f: &dyn Fn(&Write) -> bool| w.iter().position(f).unwrap();
+        let last_backend = w
+            .iter()
+            .rposition(|x| matches!(x, Write::Backend(..)))
+            .unwrap();
         let table = pos(&|x| matches!(x, Write::Table(..)));
-        let vip_write = w.iter().rposition(|x| matches!(x, Write::Vip(k, _) if *k == vip_key(&id))).unwrap();
+        let vip_write = w
+            .iter()
+            .rposition(|x| matches!(x, Write::Vip(k, _) if *k == vip_key(&id)))
+            .unwrap();
         assert!(last_backend < table && table < vip_write, "{w:?}");
         let (info, t) = live(&core, &id);
         assert_eq!(info.table_size, 65537);
-        let idx: Vec<u32> = core.vip(&id).unwrap().backends.values().map(|b| b.index).collect();
+        let idx: Vec<u32> = core
+            .vip(&id)
+            .unwrap()
+            .backends
+            .values()
+            .map(|b| b.index)
+            .collect();
         assert!(t.iter().all(|s| idx.contains(s)));
         // Address marker present.
         assert!(core.dataplane().vips.contains_key(&marker_key(id.address)));
@@ -663,7 +862,15 @@ mod tests {
         let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
         let (before, _) = live(&core, &id);
         let n = core.dataplane().writes.len();
-        core.add_backend(&id, BackendConfig { address: "198.18.0.13".parse().unwrap(), weight: 1, drained: false }).unwrap();
+        core.add_backend(
+            &id,
+            BackendConfig {
+                address: "198.18.0.13".parse().unwrap(),
+                weight: 1,
+                drained: false,
+            },
+        )
+        .unwrap();
         let new_writes = &core.dataplane().writes[n..];
         let (after, t) = live(&core, &id);
         assert_ne!(before.table_id, after.table_id);
@@ -688,7 +895,10 @@ mod tests {
         let idx = core.vip(&id).unwrap().backends[&a].index;
         let n = core.dataplane().writes.len();
         assert!(core.set_health(&id, a, false).unwrap());
-        assert!(!core.set_health(&id, a, false).unwrap(), "no change reported twice");
+        assert!(
+            !core.set_health(&id, a, false).unwrap(),
+            "no change reported twice"
+        );
         let w = &core.dataplane().writes[n..];
         let flip = w.iter().position(|x| matches!(x, Write::Vip(..))).unwrap();
         let deact = w.iter().position(|x| matches!(x, Write::Backend(i, b) if *i == idx && b.flags & BACKEND_F_ACTIVE == 0)).unwrap();
@@ -712,7 +922,11 @@ mod tests {
         let idx = core.vip(&id).unwrap().backends[&a].index;
         core.set_drained(&id, a, true).unwrap();
         assert!(!live(&core, &id).1.contains(&idx));
-        assert_ne!(core.dataplane().backends[&idx].flags & BACKEND_F_ACTIVE, 0, "drained backends keep their flows");
+        assert_ne!(
+            core.dataplane().backends[&idx].flags & BACKEND_F_ACTIVE,
+            0,
+            "drained backends keep their flows"
+        );
         core.set_drained(&id, a, false).unwrap();
         assert!(live(&core, &id).1.contains(&idx));
     }
@@ -720,7 +934,8 @@ mod tests {
     #[test]
     fn all_down_gives_an_empty_table() {
         let (mut core, id) = core_with(&["198.18.0.11"]);
-        core.set_health(&id, "198.18.0.11".parse().unwrap(), false).unwrap();
+        core.set_health(&id, "198.18.0.11".parse().unwrap(), false)
+            .unwrap();
         assert_eq!(live(&core, &id).0.table_size, 0);
     }
 
@@ -729,24 +944,61 @@ mod tests {
         let (mut core, id) = core_with(&["198.18.0.11"]);
         let n = core.dataplane().writes.len();
         let other: VipId = "198.18.9.9:80/tcp".parse().unwrap();
-        let b = |a: &str, w| BackendConfig { address: a.parse().unwrap(), weight: w, drained: false };
+        let b = |a: &str, w| BackendConfig {
+            address: a.parse().unwrap(),
+            weight: w,
+            drained: false,
+        };
         let errs = [
             core.add_vip(vip(&["198.18.0.11"])).unwrap_err().code(),
-            core.add_backend(&id, b("198.18.0.11", 1)).unwrap_err().code(),
-            core.add_backend(&id, b("198.18.0.12", 99_999)).unwrap_err().code(),
+            core.add_backend(&id, b("198.18.0.11", 1))
+                .unwrap_err()
+                .code(),
+            core.add_backend(&id, b("198.18.0.12", 99_999))
+                .unwrap_err()
+                .code(),
             core.add_backend(&id, b("fd00::12", 1)).unwrap_err().code(),
-            core.add_backend(&other, b("198.18.0.12", 1)).unwrap_err().code(),
-            core.remove_backend(&id, "198.18.0.99".parse().unwrap()).unwrap_err().code(),
-            core.set_weight(&id, "198.18.0.11".parse().unwrap(), 10_001).unwrap_err().code(),
+            core.add_backend(&other, b("198.18.0.12", 1))
+                .unwrap_err()
+                .code(),
+            core.remove_backend(&id, "198.18.0.99".parse().unwrap())
+                .unwrap_err()
+                .code(),
+            core.set_weight(&id, "198.18.0.11".parse().unwrap(), 10_001)
+                .unwrap_err()
+                .code(),
             core.remove_vip(&other).unwrap_err().code(),
         ];
-        assert_eq!(errs, ["exists", "exists", "invalid", "no_source", "unknown_vip", "unknown_backend", "invalid", "unknown_vip"]);
-        assert_eq!(core.dataplane().writes.len(), n, "a refused request wrote to the data plane");
+        assert_eq!(
+            errs,
+            [
+                "exists",
+                "exists",
+                "invalid",
+                "no_source",
+                "unknown_vip",
+                "unknown_backend",
+                "invalid",
+                "unknown_vip"
+            ]
+        );
+        assert_eq!(
+            core.dataplane().writes.len(),
+            n,
+            "a refused request wrote to the data plane"
+        );
     }
 
     #[test]
     fn capacity_limits_are_refused_cleanly() {
-        let mut core = Core::new(Recorder::default(), Settings { max_vips: 1, ..settings() }).unwrap();
+        let mut core = Core::new(
+            Recorder::default(),
+            Settings {
+                max_vips: 1,
+                ..settings()
+            },
+        )
+        .unwrap();
         core.add_vip(vip(&[])).unwrap();
         let mut second = vip(&[]);
         second.port = 81;
@@ -756,7 +1008,13 @@ mod tests {
     #[test]
     fn remove_vip_frees_slots_fifo_and_marker() {
         let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
-        let used: Vec<u32> = core.vip(&id).unwrap().backends.values().map(|b| b.index).collect();
+        let used: Vec<u32> = core
+            .vip(&id)
+            .unwrap()
+            .backends
+            .values()
+            .map(|b| b.index)
+            .collect();
         let cfg = core.remove_vip(&id).unwrap();
         assert_eq!(cfg.backends.len(), 2);
         assert!(!core.dataplane().vips.contains_key(&vip_key(&id)));
@@ -766,25 +1024,43 @@ mod tests {
         }
         // Freed indices go to the back of the queue.
         core.add_vip(vip(&["198.18.0.13"])).unwrap();
-        let fresh = core.vip(&id).unwrap().backends.values().next().unwrap().index;
+        let fresh = core
+            .vip(&id)
+            .unwrap()
+            .backends
+            .values()
+            .next()
+            .unwrap()
+            .index;
         assert!(!used.contains(&fresh));
     }
 
     #[test]
     fn flows_on_healthy_backends_keep_their_slots_when_another_leaves() {
-        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"]);
+        let (mut core, id) =
+            core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"]);
         let (_, before) = live(&core, &id);
         let gone: IpAddr = "198.18.0.14".parse().unwrap();
         let gone_idx = core.vip(&id).unwrap().backends[&gone].index;
         core.set_health(&id, gone, false).unwrap();
         let (_, after) = live(&core, &id);
-        let moved_live = before.iter().zip(&after).filter(|(b, a)| **b != gone_idx && b != a).count();
-        assert!((moved_live as f64) < 0.02 * before.len() as f64, "{moved_live} slots of healthy backends moved");
+        let moved_live = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != gone_idx && b != a)
+            .count();
+        assert!(
+            (moved_live as f64) < 0.02 * before.len() as f64,
+            "{moved_live} slots of healthy backends moved"
+        );
     }
 
     #[test]
     fn settings_become_lb_config() {
-        let s = Settings { hashed_v4: Some(("198.19.0.0".parse().unwrap(), 0xffff)), ..settings() };
+        let s = Settings {
+            hashed_v4: Some(("198.19.0.0".parse().unwrap(), 0xffff)),
+            ..settings()
+        };
         let c = lb_config(&s);
         assert_eq!(c.src_v4.to_ne_bytes(), [198, 18, 0, 2]);
         assert_eq!(c.hashed_src_v4.to_ne_bytes(), [198, 19, 0, 0]);

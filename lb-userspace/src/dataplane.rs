@@ -12,8 +12,9 @@ use lb_common::{
     counters::COUNTER_SLOTS,
     flow::FlowKey,
     maps::{
-        Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
-        MAP_BACKEND_ACTIVE, MAP_CONNS, MAP_LOOKUP, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
+        Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
+        MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_LOOKUP, MAP_STATS,
+        MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
     },
 };
 
@@ -93,8 +94,14 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| DataplaneError::Map { map: name, op: "open", source })
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DataplaneError::Map {
+        map: name,
+        op: "open",
+        source,
+    })
 }
 
 impl AyaDataplane {
@@ -116,12 +123,20 @@ impl AyaDataplane {
 
     /// Active-flow estimate of a backend index (least-connection VIPs).
     pub fn active_flows(&self, idx: u32) -> u64 {
-        self.active.get(&idx, 0).map(|v| if v > 1 << 62 { 0 } else { v }).unwrap_or(0)
+        self.active
+            .get(&idx, 0)
+            .map(|v| if v > 1 << 62 { 0 } else { v })
+            .unwrap_or(0)
     }
 
     /// Lets the program `XDP_REDIRECT` to `ifindex` (next hops on other interfaces).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        self.tx_ports.insert(ifindex, ifindex, None, 0).map_err(|e| DataplaneError::TxPort { ifindex, message: e.to_string() })
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort {
+                ifindex,
+                message: e.to_string(),
+            })
     }
 
     /// Looks up one flow in the connection table (for `explain` and tests).
@@ -130,29 +145,40 @@ impl AyaDataplane {
     }
 }
 
-fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+fn map_err(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, op, source }
 }
 
 impl Dataplane for AyaDataplane {
     fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG, "set"))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(map_err(MAP_CONFIG, "set"))
     }
 
     fn set_backend(&mut self, idx: u32, backend: &Backend) -> Result<(), DataplaneError> {
-        self.backends.set(idx, backend, 0).map_err(map_err(MAP_BACKENDS, "set"))
+        self.backends
+            .set(idx, backend, 0)
+            .map_err(map_err(MAP_BACKENDS, "set"))
     }
 
     fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError> {
         let base = table_id * MAX_TABLE_SIZE;
         for &(slot, value) in changes {
-            self.lookup.set(base + slot, value, 0).map_err(map_err(MAP_LOOKUP, "set"))?;
+            self.lookup
+                .set(base + slot, value, 0)
+                .map_err(map_err(MAP_LOOKUP, "set"))?;
         }
         Ok(())
     }
 
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
-        self.vips.insert(key, info, 0).map_err(map_err(MAP_VIPS, "insert"))
+        self.vips
+            .insert(key, info, 0)
+            .map_err(map_err(MAP_VIPS, "insert"))
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
@@ -160,34 +186,52 @@ impl Dataplane for AyaDataplane {
     }
 
     fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
-        self.active.set(idx, 0, 0).map_err(map_err(MAP_BACKEND_ACTIVE, "set"))?;
+        self.active
+            .set(idx, 0, 0)
+            .map_err(map_err(MAP_BACKEND_ACTIVE, "set"))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e.to_string()))?;
-        let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(|e| DataplaneError::Cpus(e.to_string()))?;
-        self.backend_stats.set(idx, zeros, 0).map_err(map_err(MAP_BACKEND_STATS, "set"))
+        let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus])
+            .map_err(|e| DataplaneError::Cpus(e.to_string()))?;
+        self.backend_stats
+            .set(idx, zeros, 0)
+            .map_err(map_err(MAP_BACKEND_STATS, "set"))
     }
 }
 
 fn sum_traffic(values: PerCpuValues<TrafficStats>) -> TrafficStats {
-    values.iter().fold(TrafficStats::default(), |acc, v| TrafficStats {
-        packets: acc.packets + v.packets,
-        bytes: acc.bytes + v.bytes,
-        new_flows: acc.new_flows + v.new_flows,
-    })
+    values
+        .iter()
+        .fold(TrafficStats::default(), |acc, v| TrafficStats {
+            packets: acc.packets + v.packets,
+            bytes: acc.bytes + v.bytes,
+            new_flows: acc.new_flows + v.new_flows,
+        })
 }
 
 impl Counters for AyaDataplane {
     fn reasons(&self) -> Vec<u64> {
         (0..COUNTER_SLOTS)
-            .map(|slot| self.stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .map(|slot| {
+                self.stats
+                    .get(&slot, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
             .collect()
     }
 
     fn vip(&self, vip_id: u32) -> TrafficStats {
-        self.vip_stats.get(&vip_id, 0).map(sum_traffic).unwrap_or_default()
+        self.vip_stats
+            .get(&vip_id, 0)
+            .map(sum_traffic)
+            .unwrap_or_default()
     }
 
     fn backend(&self, idx: u32) -> TrafficStats {
-        self.backend_stats.get(&idx, 0).map(sum_traffic).unwrap_or_default()
+        self.backend_stats
+            .get(&idx, 0)
+            .map(sum_traffic)
+            .unwrap_or_default()
     }
 
     fn flows_per_backend(&self) -> StdHashMap<u32, u64> {
@@ -257,7 +301,10 @@ impl Dataplane for Recorder {
     fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError> {
         self.check()?;
         self.writes.push(Write::Table(table_id, changes.to_vec()));
-        let t = self.tables.entry(table_id).or_insert_with(|| vec![0; MAX_TABLE_SIZE as usize]);
+        let t = self
+            .tables
+            .entry(table_id)
+            .or_insert_with(|| vec![0; MAX_TABLE_SIZE as usize]);
         for &(slot, v) in changes {
             t[slot as usize] = v;
         }

@@ -25,18 +25,33 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
     let mut local: Vec<IpAddr> = addresses.to_vec();
     if local.is_empty() {
         local = netdev::addresses(iface)?;
-        local.extend(netdev::addresses("lo").unwrap_or_default().into_iter().filter(|a| !a.is_loopback()));
+        local.extend(
+            netdev::addresses("lo")
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| !a.is_loopback()),
+        );
     }
     if local.is_empty() {
         anyhow::bail!("{iface} has no addresses: give --address, or add one with `ip addr add`");
     }
     let mut ebpf = loader::load_decap()?;
     {
-        let mut map: HashMap<_, DecapAddr, u32> =
-            HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).context("decap object has no DECAP_ADDRS")?)?;
+        let mut map: HashMap<_, DecapAddr, u32> = HashMap::try_from(
+            ebpf.map_mut(MAP_DECAP_ADDRS)
+                .context("decap object has no DECAP_ADDRS")?,
+        )?;
         for a in &local {
             let (addr, family) = to_words(*a);
-            map.insert(DecapAddr { addr, family: u32::from(family) }, 1, 0).with_context(|| format!("adding {a}"))?;
+            map.insert(
+                DecapAddr {
+                    addr,
+                    family: u32::from(family),
+                },
+                1,
+                0,
+            )
+            .with_context(|| format!("adding {a}"))?;
         }
     }
     loader::attach(&mut ebpf, loader::DECAP_PROG, iface, mode)?;
@@ -47,8 +62,11 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(MAP_STATS).context("decap object has no STATS")?)?;
-    let reasons: Vec<u64> = (0..COUNTER_SLOTS).map(|s| stats.get(&s, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
+    let stats: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(MAP_STATS).context("decap object has no STATS")?)?;
+    let reasons: Vec<u64> = (0..COUNTER_SLOTS)
+        .map(|s| stats.get(&s, 0).map(|v| v.iter().sum()).unwrap_or(0))
+        .collect();
     drop(ebpf);
     println!("xlb decap: detached from {iface}; counters:");
     for (kind, name, v) in counter_summary(&reasons) {

@@ -5,14 +5,18 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::maps::{DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_LOOKUP, MAP_VIP_STATS, MAX_TABLE_SIZE};
+use lb_common::maps::{
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_LOOKUP, MAP_VIP_STATS, MAX_TABLE_SIZE,
+};
 
 /// The balancer object (`lb-ebpf/src/bin/balancer`), built by build.rs.
-pub static BALANCER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-balancer"));
+pub static BALANCER_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-balancer"));
 /// The backend decap object.
 pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// Baseline programs: `xlb_pass`, `xlb_drop`, `xlb_tx`.
-pub static BASELINE_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-baseline"));
+pub static BASELINE_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-baseline"));
 
 /// Program names inside the objects.
 pub const BALANCER_PROG: &str = "xlb_balancer";
@@ -30,7 +34,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_vips: DEFAULT_MAX_VIPS, max_conns: DEFAULT_MAX_CONNS }
+        Self {
+            max_vips: DEFAULT_MAX_VIPS,
+            max_conns: DEFAULT_MAX_CONNS,
+        }
     }
 }
 
@@ -67,13 +74,18 @@ pub fn load_baseline(prog: &str) -> Result<Ebpf> {
 
 /// Loads (verifies) one XDP program of a loaded object.
 pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    xdp(ebpf, name)?.load().with_context(|| format!("the kernel refused XDP program {name}"))
+    xdp(ebpf, name)?
+        .load()
+        .with_context(|| format!("the kernel refused XDP program {name}"))
 }
 
 /// The XDP program `name` of `ebpf`.
 pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let prog = ebpf.program_mut(name).with_context(|| format!("object has no program {name}"))?;
-    prog.try_into().with_context(|| format!("{name} is not an XDP program"))
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("object has no program {name}"))?;
+    prog.try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
 }
 
 /// Attaches program `name` of `ebpf` to interface `iface` in `mode`, with an error that says
@@ -81,11 +93,13 @@ pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 pub fn attach(ebpf: &mut Ebpf, name: &str, iface: &str, mode: XdpMode) -> Result<()> {
     let ifindex = crate::netdev::ifindex(iface)?;
     let prog = xdp(ebpf, name)?;
-    prog.attach_to_if_index(ifindex, mode).map(|_| ()).map_err(|e| {
-        let hint = match mode {
-            XdpMode::Driver => "; the driver may not support native XDP: try --xdp-mode skb",
-            _ => "",
-        };
-        anyhow::anyhow!("attaching {name} to {iface} in {mode:?} mode failed: {e}{hint}")
-    })
+    prog.attach_to_if_index(ifindex, mode)
+        .map(|_| ())
+        .map_err(|e| {
+            let hint = match mode {
+                XdpMode::Driver => "; the driver may not support native XDP: try --xdp-mode skb",
+                _ => "",
+            };
+            anyhow::anyhow!("attaching {name} to {iface} in {mode:?} mode failed: {e}{hint}")
+        })
 }

@@ -131,36 +131,82 @@ struct CtlArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new().filter_level(cli.log_level).format_timestamp_millis().init();
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format_timestamp_millis()
+        .init();
     // Refusals from the daemon print as `error (<code>): <message>`, others as `xlb: …`.
     ctl::exit_code(dispatch(cli.cmd))
 }
 
 fn dispatch(cmd: Cmd) -> Result<()> {
-    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
     match cmd {
-        Cmd::Run { iface, xdp_mode, config, socket, no_socket, metrics, max_vips, max_conns } => {
+        Cmd::Run {
+            iface,
+            xdp_mode,
+            config,
+            socket,
+            no_socket,
+            metrics,
+            max_vips,
+            max_conns,
+        } => {
             let opts = RunOptions {
                 iface,
                 mode: xdp_mode.into(),
                 config,
                 socket: (!no_socket).then_some(socket),
                 metrics,
-                load: LoadOptions { max_vips, max_conns },
+                load: LoadOptions {
+                    max_vips,
+                    max_conns,
+                },
             };
             runtime()?.block_on(daemon::run(opts))
         }
-        Cmd::Decap { iface, xdp_mode, addresses } => runtime()?.block_on(xlb::decap::run(&iface, xdp_mode.into(), &addresses)),
-        Cmd::Agent { listen, state_file } => runtime()?.block_on(xlb::agent::serve(listen, state_file)),
+        Cmd::Decap {
+            iface,
+            xdp_mode,
+            addresses,
+        } => runtime()?.block_on(xlb::decap::run(&iface, xdp_mode.into(), &addresses)),
+        Cmd::Agent { listen, state_file } => {
+            runtime()?.block_on(xlb::agent::serve(listen, state_file))
+        }
         Cmd::CheckConfig { file } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-            let cfg = Config::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let cfg =
+                Config::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!("{}: ok ({} VIPs)", file.display(), cfg.vips.len());
             Ok(())
         }
-        Cmd::Vip { ctl: a, cmd } => ctl::run_vip(cmd, &CtlOpts { socket: a.socket, json: a.json }),
-        Cmd::Backend { ctl: a, cmd } => ctl::run_backend(cmd, &CtlOpts { socket: a.socket, json: a.json }),
-        Cmd::Status(a) => ctl::run_status(&CtlOpts { socket: a.socket, json: a.json }),
-        Cmd::Stats(a) => ctl::run_stats(&CtlOpts { socket: a.socket, json: a.json }),
+        Cmd::Vip { ctl: a, cmd } => ctl::run_vip(
+            cmd,
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
+        Cmd::Backend { ctl: a, cmd } => ctl::run_backend(
+            cmd,
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
+        Cmd::Status(a) => ctl::run_status(&CtlOpts {
+            socket: a.socket,
+            json: a.json,
+        }),
+        Cmd::Stats(a) => ctl::run_stats(&CtlOpts {
+            socket: a.socket,
+            json: a.json,
+        }),
     }
 }

@@ -1,15 +1,13 @@
 //! Facts about local network interfaces: index, MAC, MTU, addresses.
 
-use std::{
-    ffi::CString,
-    net::IpAddr,
-};
+use std::{ffi::CString, net::IpAddr};
 
 use anyhow::{bail, Context, Result};
 
 /// Interface index of `name`, with an error that says how to find the right name.
 pub fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name).with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
+    let c = CString::new(name)
+        .with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
     // SAFETY: c is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
@@ -39,7 +37,9 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn mtu(name: &str) -> Result<u32> {
     let path = format!("/sys/class/net/{name}/mtu");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.trim().parse().with_context(|| format!("{path} holds {text:?}"))
+    text.trim()
+        .parse()
+        .with_context(|| format!("{path} holds {text:?}"))
 }
 
 /// Addresses configured on `name` (both families), link-local IPv6 excluded.
@@ -68,7 +68,9 @@ pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
         if family == libc::AF_INET {
             // SAFETY: family is AF_INET, so this is a sockaddr_in.
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+            out.push(IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ));
         } else if family == libc::AF_INET6 {
             // SAFETY: family is AF_INET6, so this is a sockaddr_in6.
             let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
@@ -89,7 +91,10 @@ mod tests {
 
     #[test]
     fn parses_macs() {
-        assert_eq!(parse_mac("02:00:00:aa:bb:0f"), Some([2, 0, 0, 0xaa, 0xbb, 0x0f]));
+        assert_eq!(
+            parse_mac("02:00:00:aa:bb:0f"),
+            Some([2, 0, 0, 0xaa, 0xbb, 0x0f])
+        );
         assert_eq!(parse_mac("02:00:00:aa:bb"), None);
         assert_eq!(parse_mac("02:00:00:aa:bb:0f:01"), None);
         assert_eq!(parse_mac("zz:00:00:aa:bb:0f"), None);

@@ -53,9 +53,16 @@ impl TableBuilder for MaglevTable {
     fn build(&self, members: &[Member], size: u32) -> Result<Table, MaglevError> {
         let m: Vec<MaglevBackend> = members
             .iter()
-            .map(|b| MaglevBackend { id: b.index, key: b.key, weight: if self.weights { b.weight } else { 1 } })
+            .map(|b| MaglevBackend {
+                id: b.index,
+                key: b.key,
+                weight: if self.weights { b.weight } else { 1 },
+            })
             .collect();
-        Ok(Table { slots: maglev::build(&m, size)?, flags: self.flags })
+        Ok(Table {
+            slots: maglev::build(&m, size)?,
+            flags: self.flags,
+        })
     }
 }
 
@@ -70,13 +77,18 @@ impl TableBuilder for SequenceTable {
         let mut sorted = members.to_vec();
         // Address order: every balancer with the same backends walks the same sequence.
         sorted.sort_by_key(|m| m.key);
-        let mut weights: Vec<u64> = sorted.iter().map(|m| if self.weights { u64::from(m.weight) } else { 1 }).collect();
+        let mut weights: Vec<u64> = sorted
+            .iter()
+            .map(|m| if self.weights { u64::from(m.weight) } else { 1 })
+            .collect();
         let g = weights.iter().copied().fold(0, gcd).max(1);
         weights.iter_mut().for_each(|w| *w /= g);
         // Keep the sequence within one table: scale down (every member keeps ≥ 1 turn).
         let total: u64 = weights.iter().sum();
         if total > u64::from(MAX_TABLE_SIZE) {
-            weights.iter_mut().for_each(|w| *w = (*w * u64::from(MAX_TABLE_SIZE - sorted.len() as u32) / total).max(1));
+            weights.iter_mut().for_each(|w| {
+                *w = (*w * u64::from(MAX_TABLE_SIZE - sorted.len() as u32) / total).max(1)
+            });
         }
         let total: i64 = weights.iter().sum::<u64>() as i64;
         let mut current = vec![0i64; sorted.len()];
@@ -92,7 +104,10 @@ impl TableBuilder for SequenceTable {
             current[best] -= total;
             slots.push(sorted[best].index);
         }
-        Ok(Table { slots, flags: VIP_F_SEQUENCE })
+        Ok(Table {
+            slots,
+            flags: VIP_F_SEQUENCE,
+        })
     }
 }
 
@@ -107,11 +122,26 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// The builder for a scheduler.
 pub fn builder(s: Scheduler) -> Box<dyn TableBuilder> {
     match s {
-        Scheduler::Maglev | Scheduler::Agent => Box::new(MaglevTable { flags: 0, weights: true }),
-        Scheduler::Sh => Box::new(MaglevTable { flags: VIP_F_SRC_HASH, weights: true }),
-        Scheduler::Lrt => Box::new(MaglevTable { flags: VIP_F_COUNT_ACTIVE, weights: true }),
-        Scheduler::Lc => Box::new(MaglevTable { flags: VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE, weights: false }),
-        Scheduler::Wlc => Box::new(MaglevTable { flags: VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE, weights: true }),
+        Scheduler::Maglev | Scheduler::Agent => Box::new(MaglevTable {
+            flags: 0,
+            weights: true,
+        }),
+        Scheduler::Sh => Box::new(MaglevTable {
+            flags: VIP_F_SRC_HASH,
+            weights: true,
+        }),
+        Scheduler::Lrt => Box::new(MaglevTable {
+            flags: VIP_F_COUNT_ACTIVE,
+            weights: true,
+        }),
+        Scheduler::Lc => Box::new(MaglevTable {
+            flags: VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE,
+            weights: false,
+        }),
+        Scheduler::Wlc => Box::new(MaglevTable {
+            flags: VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE,
+            weights: true,
+        }),
         Scheduler::Rr => Box::new(SequenceTable { weights: false }),
         Scheduler::Wrr => Box::new(SequenceTable { weights: true }),
     }
@@ -122,12 +152,18 @@ mod tests {
     use super::*;
 
     fn m(i: u32, w: u32) -> Member {
-        Member { index: i, key: [i, 0, 0, 0, 4], weight: w }
+        Member {
+            index: i,
+            key: [i, 0, 0, 0, 4],
+            weight: w,
+        }
     }
 
     #[test]
     fn smooth_wrr_is_exact_and_spread() {
-        let t = SequenceTable { weights: true }.build(&[m(1, 3), m(2, 2), m(3, 1)], 65537).unwrap();
+        let t = SequenceTable { weights: true }
+            .build(&[m(1, 3), m(2, 2), m(3, 1)], 65537)
+            .unwrap();
         assert_eq!(t.flags, VIP_F_SEQUENCE);
         // The classic smooth order for 3:2:1 (a b a c b a): no backend gets a burst.
         assert_eq!(t.slots, vec![1, 2, 1, 3, 2, 1]);
@@ -135,19 +171,27 @@ mod tests {
 
     #[test]
     fn rr_ignores_weights_and_gcd_shortens() {
-        let t = SequenceTable { weights: false }.build(&[m(2, 7), m(1, 3)], 65537).unwrap();
+        let t = SequenceTable { weights: false }
+            .build(&[m(2, 7), m(1, 3)], 65537)
+            .unwrap();
         assert_eq!(t.slots, vec![1, 2]);
-        let t = SequenceTable { weights: true }.build(&[m(1, 40), m(2, 20)], 65537).unwrap();
+        let t = SequenceTable { weights: true }
+            .build(&[m(1, 40), m(2, 20)], 65537)
+            .unwrap();
         assert_eq!(t.slots, vec![1, 2, 1]);
     }
 
     #[test]
     fn huge_weights_fit_one_table() {
         let members: Vec<Member> = (1..=20).map(|i| m(i, 10_000)).collect();
-        let t = SequenceTable { weights: true }.build(&members, 65537).unwrap();
+        let t = SequenceTable { weights: true }
+            .build(&members, 65537)
+            .unwrap();
         assert_eq!(t.slots.len(), 20, "equal weights reduce by their gcd");
         let members: Vec<Member> = (1..=1000).map(|i| m(i, 9_000 + i)).collect();
-        let t = SequenceTable { weights: true }.build(&members, 65537).unwrap();
+        let t = SequenceTable { weights: true }
+            .build(&members, 65537)
+            .unwrap();
         assert!(t.slots.len() <= MAX_TABLE_SIZE as usize);
         for i in 1..=1000 {
             assert!(t.slots.contains(&i), "member {i} lost its turns");

@@ -21,10 +21,17 @@ pub struct Outcome {
 pub fn run(prog: &Xdp, frame: &[u8]) -> Result<Outcome> {
     let mut out = vec![0u8; frame.len() + OUT_SLACK];
     let res = prog
-        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
         .context("BPF_PROG_TEST_RUN failed")?;
     out.truncate(res.data_size_out as usize);
-    Ok(Outcome { verdict: res.return_value, frame: out })
+    Ok(Outcome {
+        verdict: res.return_value,
+        frame: out,
+    })
 }
 
 /// Runs `prog` `repeat` times on `frame` in the kernel and returns the mean ns per run
@@ -34,7 +41,11 @@ pub fn run(prog: &Xdp, frame: &[u8]) -> Result<Outcome> {
 /// own output on the next repeat, so callers check the counters to know what was measured.
 pub fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
     let res = prog
-        .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
         .context("BPF_PROG_TEST_RUN (repeat) failed")?;
     Ok(res.duration.as_nanos() as f64)
 }
@@ -58,7 +69,11 @@ mod tests {
 
     #[test]
     fn balancer_loads_and_passes_arp() {
-        let mut ebpf = loader::load_balancer(loader::LoadOptions { max_vips: 2, max_conns: 1024 }).unwrap();
+        let mut ebpf = loader::load_balancer(loader::LoadOptions {
+            max_vips: 2,
+            max_conns: 1024,
+        })
+        .unwrap();
         let prog = loader::xdp(&mut ebpf, loader::BALANCER_PROG).unwrap();
         let mut arp = vec![0xffu8; 6];
         arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);

@@ -447,6 +447,30 @@ pub fn connect_in(ns: &Netns, addr: std::net::SocketAddr, timeout: Duration) -> 
     Ok(s)
 }
 
+/// A long-lived connection to a line server (see [`NAME_PORT`]): every question is answered
+/// with the backend's name, so a test sees at once if the connection moved.
+pub struct LineConn {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl LineConn {
+    /// Connects from inside `ns`.
+    pub fn open(ns: &Netns, addr: std::net::SocketAddr, timeout: Duration) -> std::io::Result<LineConn> {
+        let s = connect_in(ns, addr, timeout)?;
+        Ok(LineConn { reader: std::io::BufReader::new(s.try_clone()?), writer: s })
+    }
+
+    /// Asks who answers.
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        use std::io::{BufRead, Write};
+        self.writer.write_all(b"who\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+}
+
 /// One HTTP/1.0 GET over a new connection from inside `ns`; the body, or an error. Faster
 /// than spawning curl, so load loops can run hundreds of requests.
 pub fn http_get(ns: &Netns, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {

@@ -1,16 +1,11 @@
 //! End-to-end: real HTTP clients through a real XDP balancer to real servers, in network
 //! namespaces. Direct server return is proven by the balancer's receive counter.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xlb_tests::{
     netns::require_root,
-    topology::{connect_in, http_get, rx_bytes, DemoNet, BIG_FILE, NAME_PORT, VIP4, VIP6},
+    topology::{http_get, rx_bytes, DemoNet, LineConn, BIG_FILE, NAME_PORT, VIP4, VIP6},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -87,15 +82,8 @@ fn long_lived_connection_keeps_its_backend_while_backends_come_and_go() {
     let (_lb, sock) = net.start_lb(&cfg, &[]);
     net.wait_ready(&sock);
     let vip = SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT);
-    let stream = connect_in(&net.client, vip, TIMEOUT).expect("connect to the VIP");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut writer = stream;
-    let mut ask = || {
-        writer.write_all(b"who\n").expect("send on the long-lived connection");
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("answer on the long-lived connection");
-        line.trim().to_string()
-    };
+    let mut conn = LineConn::open(&net.client, vip, TIMEOUT).expect("connect to the VIP");
+    let mut ask = || conn.ask().expect("answer on the long-lived connection");
     let first = ask();
     let target = format!("{VIP4}:{NAME_PORT}/tcp");
     let changes: &[&[&str]] = &[

@@ -4,8 +4,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{Read, Write},
+    net::SocketAddr,
     os::unix::net::UnixStream,
     path::Path,
     sync::{
@@ -17,7 +17,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, wait_for, Netns},
-    topology::{connect_in, http_get, DemoNet, NAME_PORT, VIP4},
+    topology::{http_get, DemoNet, LineConn, NAME_PORT, VIP4},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,22 +74,15 @@ impl Drop for Load {
 }
 
 /// A long-lived connection to the line server behind the VIP.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
+struct Conn(LineConn);
 
 impl Conn {
     fn open(client: &Netns) -> Conn {
-        let s = connect_in(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect to the line VIP");
-        Conn { reader: BufReader::new(s.try_clone().expect("clone")), writer: s }
+        Conn(LineConn::open(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect to the line VIP"))
     }
 
     fn ask(&mut self) -> Result<String, String> {
-        self.writer.write_all(b"who\n").map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        Ok(line.trim().to_string())
+        self.0.ask().map_err(|e| e.to_string())
     }
 }
 

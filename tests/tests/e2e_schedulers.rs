@@ -2,14 +2,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use xlb_tests::{
     netns::{require_root, wait_for, Netns},
-    topology::{connect_in, http_get, http_get_from, DemoNet, NAME_PORT, VIP4},
+    topology::{http_get, http_get_from, DemoNet, LineConn, NAME_PORT, VIP4},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,21 +51,15 @@ fn share(counts: &BTreeMap<String, usize>, name: &str) -> f64 {
     *counts.get(name).unwrap_or(&0) as f64 / total as f64
 }
 
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
+/// A line connection to VIP:NAME_PORT.
+struct Conn(LineConn);
 
 impl Conn {
     fn open(client: &Netns) -> Conn {
-        let s = connect_in(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect");
-        Conn { r: BufReader::new(s.try_clone().unwrap()), w: s }
+        Conn(LineConn::open(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect"))
     }
     fn ask(&mut self) -> String {
-        self.w.write_all(b"who\n").expect("send");
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("answer");
-        l.trim().to_string()
+        self.0.ask().expect("answer")
     }
 }
 

@@ -70,11 +70,17 @@ fn run(task: Task) -> Result<()> {
         Task::Demo => {
             setup::setup()?;
             cargo(&root, &["build", "-p", "lb-userspace", "--bin", "xlb"])?;
-            cargo(&root, &["run", "--quiet", "-p", "xlb-tests", "--bin", "xlb-demo"])
+            cargo(
+                &root,
+                &["run", "--quiet", "-p", "xlb-tests", "--bin", "xlb-demo"],
+            )
         }
         Task::Bench { quick } => {
             setup::setup()?;
-            cargo(&root, &["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
+            cargo(
+                &root,
+                &["build", "--release", "-p", "lb-userspace", "--bin", "xlb"],
+            )?;
             let mut args = vec!["run", "--release", "--quiet", "-p", "xlb-bench", "--"];
             if quick {
                 args.push("--quick");
@@ -86,12 +92,19 @@ fn run(task: Task) -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo).current_dir(root).args(args).status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
@@ -103,18 +116,32 @@ fn build_ebpf(root: &Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root.join("lb-ebpf"))
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--bins", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--bins",
+            "--target-dir",
+        ])
         .arg(root.join("target/ebpf"))
         .env("RUSTC", setup::BPF_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+        )
         .env_remove("RUSTFLAGS")
         .status()
         .context("running cargo for lb-ebpf")?;
     if !status.success() {
         bail!("building lb-ebpf failed");
     }
-    println!("XDP objects in {}", root.join("target/ebpf/bpfel-unknown-none/release").display());
+    println!(
+        "XDP objects in {}",
+        root.join("target/ebpf/bpfel-unknown-none/release")
+            .display()
+    );
     Ok(())
 }

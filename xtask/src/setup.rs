@@ -13,7 +13,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages: the BPF compiler and LLVM for bpf-linker, then what tests, demo and
 /// bench run (iproute2, ethtool, curl, Python for the backends' web servers, wrk, nginx,
-/// HAProxy, nftables, bpftool).
+/// HAProxy, nftables, bpftool, matplotlib for the bench's plots).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "haproxy",
     "nftables",
     "bpftool",
+    "python3-matplotlib",
 ];
 
 /// Installs what is missing.
@@ -45,11 +46,26 @@ pub fn setup() -> Result<()> {
     }
     if !bpf_linker_ok() {
         println!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(
             "cargo",
-            &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"],
-            &[("LLVM_PREFIX", "/usr/lib/llvm-22"), ("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"), ("PATH", &path)],
+            &[
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ],
+            &[
+                ("LLVM_PREFIX", "/usr/lib/llvm-22"),
+                ("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
+                ("PATH", &path),
+            ],
         )?;
     }
     mount_bpffs()?;
@@ -69,7 +85,12 @@ fn preflight() -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         bail!("setup installs packages and loads BPF programs: run it as root (e.g. `sudo -E cargo xtask setup`)");
     }
-    if Command::new("dpkg-query").arg("--version").output().is_err() || Command::new("apt-get").arg("--version").output().is_err() {
+    if Command::new("dpkg-query")
+        .arg("--version")
+        .output()
+        .is_err()
+        || Command::new("apt-get").arg("--version").output().is_err()
+    {
         bail!("setup needs Debian's dpkg and apt-get (Debian 12); install the packages listed in xtask/src/setup.rs by hand");
     }
     Ok(())
@@ -87,8 +108,16 @@ fn missing_packages() -> Result<Vec<String>> {
         .output()
         .context("running dpkg-query")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let installed: Vec<&str> = text.lines().filter(|l| l.ends_with(" installed")).filter_map(|l| l.split(' ').next()).collect();
-    Ok(PACKAGES.iter().filter(|p| !installed.contains(p)).map(|p| (*p).to_string()).collect())
+    let installed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.ends_with(" installed"))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    Ok(PACKAGES
+        .iter()
+        .filter(|p| !installed.contains(p))
+        .map(|p| (*p).to_string())
+        .collect())
 }
 
 fn bpf_linker_ok() -> bool {
@@ -101,7 +130,10 @@ fn bpf_linker_ok() -> bool {
 
 fn mount_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
         return Ok(());
     }
     run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])

@@ -5,6 +5,8 @@
 #![no_std]
 #![no_main]
 
+// Links the shared panic handler.
+use lb_ebpf as _;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -132,11 +134,6 @@ pub fn xlb_hop(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    loop {}
-}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -34,7 +34,13 @@ pub fn eth(ctx: &XdpContext) -> Result<L2, Drop> {
     let ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or(Drop::EthTruncated)?);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         let inner = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or(Drop::VlanTruncated)?);
-        return Ok(L2 { l3_off: ETH_HLEN + VLAN_HLEN, ethertype: inner });
+        return Ok(L2 {
+            l3_off: ETH_HLEN + VLAN_HLEN,
+            ethertype: inner,
+        });
     }
-    Ok(L2 { l3_off: ETH_HLEN, ethertype })
+    Ok(L2 {
+        l3_off: ETH_HLEN,
+        ethertype,
+    })
 }

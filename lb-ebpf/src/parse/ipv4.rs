@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{addr::FAMILY_V4, counters::Drop};
 
-use super::{L3, FRAG_FIRST, FRAG_LATER, FRAG_NONE};
+use super::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, L3};
 use crate::ptr::{fits, ptr_at};
 
 /// The fixed part of an IPv4 header, fields in network order.

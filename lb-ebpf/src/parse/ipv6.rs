@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{addr::FAMILY_V6, counters::Drop, maps::MAX_IPV6_EXT_HEADERS};
 
-use super::{L3, FRAG_FIRST, FRAG_LATER, FRAG_NONE};
+use super::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, L3};
 use crate::ptr::{fits, ptr_at, read};
 
 /// The fixed IPv6 header, fields in network order.
@@ -62,7 +62,8 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
         let len = match nexthdr {
             NEXTHDR_AUTH => (usize::from(len_field) + 2) * 4,
             NEXTHDR_FRAGMENT => {
-                let off_flags = u16::from_be(read::<u16>(ctx, l4_off + 2).ok_or(Drop::Ipv6ExtTruncated)?);
+                let off_flags =
+                    u16::from_be(read::<u16>(ctx, l4_off + 2).ok_or(Drop::Ipv6ExtTruncated)?);
                 // Offset in the high 13 bits, M flag in bit 0.
                 frag = if off_flags & 0xfff8 != 0 {
                     FRAG_LATER
@@ -102,5 +103,8 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
 
 #[inline(always)]
 fn is_ext_header(nexthdr: u8) -> bool {
-    matches!(nexthdr, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT)
+    matches!(
+        nexthdr,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+    )
 }

@@ -37,12 +37,20 @@ pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, Drop> {
         if doff < TCP_HLEN || off + doff > l3.l3_off() + l3.l3_len() {
             return Err(Drop::L4Truncated);
         }
-        return Ok(L4 { sport_be, dport_be, tcp_flags: b[1] });
+        return Ok(L4 {
+            sport_be,
+            dport_be,
+            tcp_flags: b[1],
+        });
     }
     if off + UDP_HLEN > l3.l3_off() + l3.l3_len() || ptr_at::<[u8; UDP_HLEN]>(ctx, off).is_none() {
         return Err(Drop::L4Truncated);
     }
-    Ok(L4 { sport_be, dport_be, tcp_flags: 0 })
+    Ok(L4 {
+        sport_be,
+        dport_be,
+        tcp_flags: 0,
+    })
 }
 
 /// Type of the ICMP / ICMPv6 message at `l3.l4_off()` (whole 8-byte header must be present).

@@ -8,7 +8,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod l4;
 
-pub use eth::{eth, L2, ETH_P_IP, ETH_P_IPV6};
+pub use eth::{eth, ETH_P_IP, ETH_P_IPV6, L2};
 pub use ipv4::ipv4;
 pub use ipv6::ipv6;
 pub use l4::{icmp_type, ports, L4};

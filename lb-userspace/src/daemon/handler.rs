@@ -21,7 +21,9 @@ impl DaemonHandler {
 
 impl Handler for DaemonHandler {
     fn handle(&self, req: Request) -> Result<Value, ControlError> {
-        let mut d = self.daemon.lock().map_err(|_| ControlError::new("internal", "daemon state poisoned by a panic; restart xlb"))?;
+        let mut d = self.daemon.lock().map_err(|_| {
+            ControlError::new("internal", "daemon state poisoned by a panic; restart xlb")
+        })?;
         let done = |what: String| Ok(json!({ "done": what }));
         match req {
             Request::VipAdd(r) => {
@@ -35,7 +37,10 @@ impl Handler for DaemonHandler {
             }
             Request::VipScheduler(r) => {
                 d.set_scheduler(&r.vip, r.scheduler)?;
-                let name = serde_json::to_value(r.scheduler).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let name = serde_json::to_value(r.scheduler)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 done(format!("VIP {} now schedules with {name}", r.vip))
             }
             Request::BackendAdd(r) => {
@@ -49,7 +54,10 @@ impl Handler for DaemonHandler {
             }
             Request::BackendWeight(r) => {
                 d.set_weight(&r.vip, r.address, r.weight)?;
-                done(format!("backend {} of {} now has weight {}", r.address, r.vip, r.weight))
+                done(format!(
+                    "backend {} of {} now has weight {}",
+                    r.address, r.vip, r.weight
+                ))
             }
             Request::BackendDrain(r) => {
                 d.set_drained(&r.vip, r.address, true)?;

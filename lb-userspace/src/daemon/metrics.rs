@@ -26,17 +26,47 @@ pub fn render(d: &Daemon) -> String {
     let reasons = dp.reasons();
     let at = |slot: u32| reasons.get(slot as usize).copied().unwrap_or(0);
 
-    header(&mut out, "xlb_dropped_packets_total", "counter", "Packets dropped by the balancer, by reason.");
+    header(
+        &mut out,
+        "xlb_dropped_packets_total",
+        "counter",
+        "Packets dropped by the balancer, by reason.",
+    );
     for r in Drop::ALL {
-        let _ = writeln!(out, "xlb_dropped_packets_total{{reason=\"{}\"}} {}", r.name(), at(r.slot()));
+        let _ = writeln!(
+            out,
+            "xlb_dropped_packets_total{{reason=\"{}\"}} {}",
+            r.name(),
+            at(r.slot())
+        );
     }
-    header(&mut out, "xlb_passed_packets_total", "counter", "Packets handed to the kernel untouched, by reason.");
+    header(
+        &mut out,
+        "xlb_passed_packets_total",
+        "counter",
+        "Packets handed to the kernel untouched, by reason.",
+    );
     for r in Pass::ALL {
-        let _ = writeln!(out, "xlb_passed_packets_total{{reason=\"{}\"}} {}", r.name(), at(r.slot()));
+        let _ = writeln!(
+            out,
+            "xlb_passed_packets_total{{reason=\"{}\"}} {}",
+            r.name(),
+            at(r.slot())
+        );
     }
-    header(&mut out, "xlb_events_total", "counter", "Data-plane events (forwarding, flows, ICMP).");
+    header(
+        &mut out,
+        "xlb_events_total",
+        "counter",
+        "Data-plane events (forwarding, flows, ICMP).",
+    );
     for r in Event::ALL {
-        let _ = writeln!(out, "xlb_events_total{{event=\"{}\"}} {}", r.name(), at(r.slot()));
+        let _ = writeln!(
+            out,
+            "xlb_events_total{{event=\"{}\"}} {}",
+            r.name(),
+            at(r.slot())
+        );
     }
 
     let mut vip_lines = (String::new(), String::new(), String::new());
@@ -44,42 +74,149 @@ pub fn render(d: &Daemon) -> String {
     for v in d.core().vips() {
         let id = v.config.id();
         let t = dp.vip(v.id);
-        let _ = writeln!(vip_lines.0, "xlb_vip_packets_total{{vip=\"{id}\"}} {}", t.packets);
-        let _ = writeln!(vip_lines.1, "xlb_vip_bytes_total{{vip=\"{id}\"}} {}", t.bytes);
-        let _ = writeln!(vip_lines.2, "xlb_vip_new_flows_total{{vip=\"{id}\"}} {}", t.new_flows);
+        let _ = writeln!(
+            vip_lines.0,
+            "xlb_vip_packets_total{{vip=\"{id}\"}} {}",
+            t.packets
+        );
+        let _ = writeln!(
+            vip_lines.1,
+            "xlb_vip_bytes_total{{vip=\"{id}\"}} {}",
+            t.bytes
+        );
+        let _ = writeln!(
+            vip_lines.2,
+            "xlb_vip_new_flows_total{{vip=\"{id}\"}} {}",
+            t.new_flows
+        );
         for (addr, b) in &v.backends {
             let l = format!("vip=\"{id}\",backend=\"{addr}\"");
             let t = dp.backend(b.index);
             let _ = writeln!(be.packets, "xlb_backend_packets_total{{{l}}} {}", t.packets);
             let _ = writeln!(be.bytes, "xlb_backend_bytes_total{{{l}}} {}", t.bytes);
-            let _ = writeln!(be.flows, "xlb_backend_new_flows_total{{{l}}} {}", t.new_flows);
+            let _ = writeln!(
+                be.flows,
+                "xlb_backend_new_flows_total{{{l}}} {}",
+                t.new_flows
+            );
             let _ = writeln!(be.up, "xlb_backend_up{{{l}}} {}", u8::from(b.healthy));
-            let _ = writeln!(be.drained, "xlb_backend_drained{{{l}}} {}", u8::from(b.drained));
+            let _ = writeln!(
+                be.drained,
+                "xlb_backend_drained{{{l}}} {}",
+                u8::from(b.drained)
+            );
             let _ = writeln!(be.weight, "xlb_backend_weight{{{l}}} {}", b.weight);
             if let Some((_, h)) = d.health(&id, *addr) {
                 if let Some(lat) = h.latency_ewma {
-                    let _ = writeln!(be.latency, "xlb_health_check_latency_seconds{{{l}}} {}", lat.as_secs_f64());
+                    let _ = writeln!(
+                        be.latency,
+                        "xlb_health_check_latency_seconds{{{l}}} {}",
+                        lat.as_secs_f64()
+                    );
                 }
-                let _ = writeln!(be.checks, "xlb_health_checks_total{{{l},result=\"ok\"}} {}", h.checks_ok);
-                let _ = writeln!(be.checks, "xlb_health_checks_total{{{l},result=\"failed\"}} {}", h.checks_failed);
+                let _ = writeln!(
+                    be.checks,
+                    "xlb_health_checks_total{{{l},result=\"ok\"}} {}",
+                    h.checks_ok
+                );
+                let _ = writeln!(
+                    be.checks,
+                    "xlb_health_checks_total{{{l},result=\"failed\"}} {}",
+                    h.checks_failed
+                );
             }
         }
     }
-    section(&mut out, "xlb_vip_packets_total", "counter", "Packets forwarded per VIP.", &vip_lines.0);
-    section(&mut out, "xlb_vip_bytes_total", "counter", "Client IP bytes forwarded per VIP.", &vip_lines.1);
-    section(&mut out, "xlb_vip_new_flows_total", "counter", "New flows per VIP.", &vip_lines.2);
-    section(&mut out, "xlb_backend_packets_total", "counter", "Packets forwarded per backend.", &be.packets);
-    section(&mut out, "xlb_backend_bytes_total", "counter", "Client IP bytes forwarded per backend.", &be.bytes);
-    section(&mut out, "xlb_backend_new_flows_total", "counter", "New flows per backend.", &be.flows);
-    section(&mut out, "xlb_backend_up", "gauge", "1 when the backend passes its health check.", &be.up);
-    section(&mut out, "xlb_backend_drained", "gauge", "1 when the backend is drained.", &be.drained);
-    section(&mut out, "xlb_backend_weight", "gauge", "Configured weight.", &be.weight);
-    section(&mut out, "xlb_health_check_latency_seconds", "gauge", "Health-check latency (EWMA, alpha 0.3).", &be.latency);
-    section(&mut out, "xlb_health_checks_total", "counter", "Health checks by result.", &be.checks);
+    section(
+        &mut out,
+        "xlb_vip_packets_total",
+        "counter",
+        "Packets forwarded per VIP.",
+        &vip_lines.0,
+    );
+    section(
+        &mut out,
+        "xlb_vip_bytes_total",
+        "counter",
+        "Client IP bytes forwarded per VIP.",
+        &vip_lines.1,
+    );
+    section(
+        &mut out,
+        "xlb_vip_new_flows_total",
+        "counter",
+        "New flows per VIP.",
+        &vip_lines.2,
+    );
+    section(
+        &mut out,
+        "xlb_backend_packets_total",
+        "counter",
+        "Packets forwarded per backend.",
+        &be.packets,
+    );
+    section(
+        &mut out,
+        "xlb_backend_bytes_total",
+        "counter",
+        "Client IP bytes forwarded per backend.",
+        &be.bytes,
+    );
+    section(
+        &mut out,
+        "xlb_backend_new_flows_total",
+        "counter",
+        "New flows per backend.",
+        &be.flows,
+    );
+    section(
+        &mut out,
+        "xlb_backend_up",
+        "gauge",
+        "1 when the backend passes its health check.",
+        &be.up,
+    );
+    section(
+        &mut out,
+        "xlb_backend_drained",
+        "gauge",
+        "1 when the backend is drained.",
+        &be.drained,
+    );
+    section(
+        &mut out,
+        "xlb_backend_weight",
+        "gauge",
+        "Configured weight.",
+        &be.weight,
+    );
+    section(
+        &mut out,
+        "xlb_health_check_latency_seconds",
+        "gauge",
+        "Health-check latency (EWMA, alpha 0.3).",
+        &be.latency,
+    );
+    section(
+        &mut out,
+        "xlb_health_checks_total",
+        "counter",
+        "Health checks by result.",
+        &be.checks,
+    );
     let tr = d.transitions();
-    header(&mut out, "xlb_health_transitions_total", "counter", "Backend health transitions.");
+    header(
+        &mut out,
+        "xlb_health_transitions_total",
+        "counter",
+        "Backend health transitions.",
+    );
     let _ = writeln!(out, "xlb_health_transitions_total{{to=\"up\"}} {}", tr.up);
-    let _ = writeln!(out, "xlb_health_transitions_total{{to=\"down\"}} {}", tr.down);
+    let _ = writeln!(
+        out,
+        "xlb_health_transitions_total{{to=\"down\"}} {}",
+        tr.down
+    );
     out
 }
 
@@ -105,7 +242,11 @@ fn section(out: &mut String, name: &str, kind: &str, help: &str, lines: &str) {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    daemon: Arc<Mutex<Daemon>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     loop {
         let (mut sock, _) = tokio::select! {
             r = listener.accept() => r.context("accepting a metrics connection")?,
@@ -115,10 +256,13 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>, mut shutdo
         tokio::spawn(async move {
             // Requests are tiny; read one buffer's worth, answer, close.
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
             let req = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
                 let body = match daemon.lock() {

@@ -22,7 +22,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
-use tokio::{signal::unix::SignalKind, sync::{mpsc, watch}};
+use tokio::{
+    signal::unix::SignalKind,
+    sync::{mpsc, watch},
+};
 
 use crate::{
     config::Config,
@@ -56,8 +59,10 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> Result<()> {
     let cfg = match &opts.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-            Config::from_json(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            Config::from_json(&text)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
         }
         None => Config::default(),
     };
@@ -70,7 +75,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let mut ebpf = loader::load_balancer(opts.load)?;
     let mut dp = AyaDataplane::new(&mut ebpf).context("opening the balancer's maps")?;
-    dp.add_tx_port(ifindex).context("registering the interface for XDP_REDIRECT")?;
+    dp.add_tx_port(ifindex)
+        .context("registering the interface for XDP_REDIRECT")?;
     let settings = Settings::resolve(&cfg, &addrs, mtu, opts.load.max_vips);
     log::info!(
         "outer sources: v4 {:?}, v6 {:?}; mtu {}; {} VIPs in the config",
@@ -80,24 +86,38 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         cfg.vips.len()
     );
     let mut core = Core::new(dp, settings.clone()).context("writing the balancer settings")?;
-    core.apply(&cfg).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    core.apply(&cfg)
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
 
     let socket = match &opts.socket {
         Some(path) => Some(control::server::bind(path)?),
         None => None,
     };
     let metrics_listener = match opts.metrics {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?,
+        ),
         None => None,
     };
 
     loader::attach(&mut ebpf, loader::BALANCER_PROG, &opts.iface, opts.mode)?;
-    log::info!("xlb_balancer attached to {} (ifindex {ifindex}, {:?} mode)", opts.iface, opts.mode);
+    log::info!(
+        "xlb_balancer attached to {} (ifindex {ifindex}, {:?} mode)",
+        opts.iface,
+        opts.mode
+    );
 
     let (events_tx, mut events_rx) = mpsc::channel(256);
-    let checker = HealthChecker { source_v4: None, source_v6: None };
+    let checker = HealthChecker {
+        source_v4: None,
+        source_v6: None,
+    };
     let daemon = Arc::new(Mutex::new(Daemon::new(core, checker, events_tx)));
-    lock(&daemon)?.start_all_checks().map_err(|e| anyhow::anyhow!("starting health checks: {e}"))?;
+    lock(&daemon)?
+        .start_all_checks()
+        .map_err(|e| anyhow::anyhow!("starting health checks: {e}"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let health_task = {
@@ -127,7 +147,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let daemon = daemon.clone();
         let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
-            let mut last_poll: std::collections::HashMap<(crate::config::VipId, std::net::IpAddr), tokio::time::Instant> = Default::default();
+            let mut last_poll: std::collections::HashMap<
+                (crate::config::VipId, std::net::IpAddr),
+                tokio::time::Instant,
+            > = Default::default();
             let mut ticks = 0u64;
             loop {
                 tokio::select! {
@@ -136,7 +159,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 ticks += 1;
                 poll_agents(&daemon, &mut last_poll).await;
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     if let Ok(mut d) = daemon.lock() {
                         d.refresh_lrt();
                     }
@@ -148,7 +171,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let handler = Arc::new(handler::DaemonHandler::new(daemon.clone()));
         tokio::spawn(s.serve(handler, shutdown_rx.clone()))
     });
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, daemon.clone(), shutdown_rx.clone())));
+    let metrics_task = metrics_listener
+        .map(|l| tokio::spawn(metrics::serve(l, daemon.clone(), shutdown_rx.clone())));
 
     wait_for_signal().await?;
     log::info!("shutting down");
@@ -177,7 +201,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 }
 
 fn lock(d: &Arc<Mutex<Daemon>>) -> Result<std::sync::MutexGuard<'_, Daemon>> {
-    d.lock().map_err(|_| anyhow::anyhow!("daemon state poisoned by a panic"))
+    d.lock()
+        .map_err(|_| anyhow::anyhow!("daemon state poisoned by a panic"))
 }
 
 /// How often agent polls and `lrt` factors are considered.
@@ -186,7 +211,10 @@ const DYNAMIC_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// Polls every agent whose interval has passed, concurrently and without the state lock.
 async fn poll_agents(
     daemon: &Arc<Mutex<Daemon>>,
-    last: &mut std::collections::HashMap<(crate::config::VipId, std::net::IpAddr), tokio::time::Instant>,
+    last: &mut std::collections::HashMap<
+        (crate::config::VipId, std::net::IpAddr),
+        tokio::time::Instant,
+    >,
 ) {
     let targets = match daemon.lock() {
         Ok(d) => d.agent_targets(),
@@ -195,15 +223,27 @@ async fn poll_agents(
     let now = tokio::time::Instant::now();
     let due: Vec<_> = targets
         .into_iter()
-        .filter(|(vip, addr, _, every)| last.get(&(*vip, *addr)).is_none_or(|t| now.duration_since(*t) >= *every))
+        .filter(|(vip, addr, _, every)| {
+            last.get(&(*vip, *addr))
+                .is_none_or(|t| now.duration_since(*t) >= *every)
+        })
         .collect();
     let mut polls = Vec::new();
     for (vip, addr, sock, _) in due {
         last.insert((vip, addr), now);
-        polls.push((vip, addr, tokio::spawn(crate::agent::poll(sock, std::time::Duration::from_millis(500)))));
+        polls.push((
+            vip,
+            addr,
+            tokio::spawn(crate::agent::poll(
+                sock,
+                std::time::Duration::from_millis(500),
+            )),
+        ));
     }
     for (vip, addr, task) in polls {
-        let report = task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("agent poll task: {e}")));
+        let report = task
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("agent poll task: {e}")));
         if let Ok(mut d) = daemon.lock() {
             d.apply_agent(&vip, addr, &report);
         }
@@ -220,7 +260,10 @@ async fn refresh_nexthops(daemon: &Arc<Mutex<Daemon>>) {
     unique.sort();
     unique.dedup();
     let resolved = tokio::task::spawn_blocking(move || {
-        unique.into_iter().map(|a| (a, neighbour::resolve(a))).collect::<Vec<_>>()
+        unique
+            .into_iter()
+            .map(|a| (a, neighbour::resolve(a)))
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
@@ -239,8 +282,10 @@ async fn refresh_nexthops(daemon: &Arc<Mutex<Daemon>>) {
 }
 
 async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

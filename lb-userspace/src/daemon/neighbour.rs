@@ -57,45 +57,82 @@ fn ip_json(args: &[&str]) -> Result<serde_json::Value, NeighbourError> {
         .arg("-j")
         .args(args)
         .output()
-        .map_err(|e| NeighbourError::Ip { args: joined.clone(), message: e.to_string() })?;
+        .map_err(|e| NeighbourError::Ip {
+            args: joined.clone(),
+            message: e.to_string(),
+        })?;
     if !out.status.success() {
         let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(NeighbourError::Ip { args: joined, message });
+        return Err(NeighbourError::Ip {
+            args: joined,
+            message,
+        });
     }
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return Ok(serde_json::Value::Array(Vec::new()));
     }
-    serde_json::from_str(&text).map_err(|e| NeighbourError::Ip { args: joined, message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| NeighbourError::Ip {
+        args: joined,
+        message: e.to_string(),
+    })
 }
 
 /// Resolves the next hop towards `backend`.
 pub fn resolve(backend: IpAddr) -> Result<NextHop, NeighbourError> {
     let addr = backend.to_string();
-    let routes: Vec<Route> = serde_json::from_value(ip_json(&["route", "get", &addr])?)
-        .map_err(|e| NeighbourError::Ip { args: format!("route get {addr}"), message: e.to_string() })?;
-    let route = routes.into_iter().next().ok_or(NeighbourError::NoRoute(backend))?;
+    let routes: Vec<Route> =
+        serde_json::from_value(ip_json(&["route", "get", &addr])?).map_err(|e| {
+            NeighbourError::Ip {
+                args: format!("route get {addr}"),
+                message: e.to_string(),
+            }
+        })?;
+    let route = routes
+        .into_iter()
+        .next()
+        .ok_or(NeighbourError::NoRoute(backend))?;
     let dev = route.dev.ok_or(NeighbourError::NoRoute(backend))?;
     let via = route.gateway.unwrap_or(backend);
     let via_s = via.to_string();
-    let neighs: Vec<Neigh> = serde_json::from_value(ip_json(&["neigh", "show", "to", &via_s, "dev", &dev])?)
-        .map_err(|e| NeighbourError::Ip { args: format!("neigh show {via_s}"), message: e.to_string() })?;
+    let neighs: Vec<Neigh> =
+        serde_json::from_value(ip_json(&["neigh", "show", "to", &via_s, "dev", &dev])?).map_err(
+            |e| NeighbourError::Ip {
+                args: format!("neigh show {via_s}"),
+                message: e.to_string(),
+            },
+        )?;
     let usable = neighs.into_iter().find(|n| {
         n.lladdr.is_some() && !n.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE")
     });
-    let Some(dmac) = usable.and_then(|n| n.lladdr).and_then(|m| netdev::parse_mac(&m)) else {
+    let Some(dmac) = usable
+        .and_then(|n| n.lladdr)
+        .and_then(|m| netdev::parse_mac(&m))
+    else {
         nudge(via);
         return Err(NeighbourError::Unresolved(via));
     };
-    let ifindex = netdev::ifindex(&dev).map_err(|e| NeighbourError::Ip { args: format!("ifindex {dev}"), message: e.to_string() })?;
-    let smac = netdev::mac(&dev).map_err(|e| NeighbourError::Ip { args: format!("mac {dev}"), message: e.to_string() })?;
-    Ok(NextHop { ifindex, smac, dmac })
+    let ifindex = netdev::ifindex(&dev).map_err(|e| NeighbourError::Ip {
+        args: format!("ifindex {dev}"),
+        message: e.to_string(),
+    })?;
+    let smac = netdev::mac(&dev).map_err(|e| NeighbourError::Ip {
+        args: format!("mac {dev}"),
+        message: e.to_string(),
+    })?;
+    Ok(NextHop {
+        ifindex,
+        smac,
+        dmac,
+    })
 }
 
 /// Makes the kernel resolve `via`: one empty datagram to the discard port (9). Failures do
 /// not matter; the next refresh tries again.
 fn nudge(via: IpAddr) {
-    let bind: SocketAddr = if via.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+    let bind: SocketAddr = if via.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal");
     if let Ok(sock) = UdpSocket::bind(bind) {
         let _ = sock.send_to(&[], SocketAddr::new(via, 9));
     }

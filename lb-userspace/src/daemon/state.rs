@@ -16,7 +16,10 @@ use crate::{
     config::{BackendConfig, Scheduler, VipConfig, VipId},
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters},
-    health::{CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState, Transition},
+    health::{
+        CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
+        Transition,
+    },
 };
 
 /// A running health check.
@@ -48,8 +51,20 @@ pub struct Daemon {
 impl Daemon {
     /// Wraps a core; health events go to `events` (the daemon feeds them back through
     /// [`Daemon::on_health_event`]).
-    pub fn new(core: Core<AyaDataplane>, checker: HealthChecker, events: mpsc::Sender<HealthEvent>) -> Self {
-        Self { core, checker, events, checks: BTreeMap::new(), targets: HashMap::new(), next_target: 1, transitions: TransitionCounts::default() }
+    pub fn new(
+        core: Core<AyaDataplane>,
+        checker: HealthChecker,
+        events: mpsc::Sender<HealthEvent>,
+    ) -> Self {
+        Self {
+            core,
+            checker,
+            events,
+            checks: BTreeMap::new(),
+            targets: HashMap::new(),
+            next_target: 1,
+            transitions: TransitionCounts::default(),
+        }
     }
 
     /// The core (read-only).
@@ -59,7 +74,11 @@ impl Daemon {
 
     /// Starts health checks for every backend the core has (after the initial config).
     pub fn start_all_checks(&mut self) -> Result<(), CoreError> {
-        let pairs: Vec<(VipId, IpAddr)> = self.core.vips().flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a))).collect();
+        let pairs: Vec<(VipId, IpAddr)> = self
+            .core
+            .vips()
+            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
+            .collect();
         for (vip, addr) in pairs {
             self.start_check(&vip, addr)?;
         }
@@ -67,7 +86,13 @@ impl Daemon {
     }
 
     fn health_config(&self, vip: &VipId) -> Result<HealthCheckConfig, CoreError> {
-        Ok(self.core.vip(vip)?.config.health_check.clone().unwrap_or_default())
+        Ok(self
+            .core
+            .vip(vip)?
+            .config
+            .health_check
+            .clone()
+            .unwrap_or_default())
     }
 
     fn start_check(&mut self, vip: &VipId, addr: IpAddr) -> Result<(), CoreError> {
@@ -76,10 +101,21 @@ impl Daemon {
         self.next_target += 1;
         let handle = self
             .checker
-            .spawn(id, SocketAddr::new(addr, vip.port), &cfg, self.events.clone())
+            .spawn(
+                id,
+                SocketAddr::new(addr, vip.port),
+                &cfg,
+                self.events.clone(),
+            )
             .map_err(|e| crate::config::ConfigError::new("health_check", e.to_string()))?;
         self.targets.insert(id, (*vip, addr));
-        self.checks.insert((*vip, addr), Check { handle, kind: cfg.kind });
+        self.checks.insert(
+            (*vip, addr),
+            Check {
+                handle,
+                kind: cfg.kind,
+            },
+        );
         Ok(())
     }
 
@@ -104,7 +140,10 @@ impl Daemon {
                     log::info!("backend {addr} of {vip} is up ({:?})", ev.latency);
                 } else {
                     self.transitions.down += 1;
-                    log::warn!("backend {addr} of {vip} is down: {}", ev.error.as_deref().unwrap_or("check failed"));
+                    log::warn!(
+                        "backend {addr} of {vip} is down: {}",
+                        ev.error.as_deref().unwrap_or("check failed")
+                    );
                 }
             }
             Ok(false) => {}
@@ -152,7 +191,12 @@ impl Daemon {
     }
 
     /// Drains or undrains.
-    pub fn set_drained(&mut self, vip: &VipId, addr: IpAddr, drained: bool) -> Result<(), CoreError> {
+    pub fn set_drained(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        drained: bool,
+    ) -> Result<(), CoreError> {
         self.core.set_drained(vip, addr, drained)
     }
 
@@ -163,7 +207,10 @@ impl Daemon {
 
     /// Every (VIP, backend) pair, for next-hop refreshes.
     pub fn backends(&self) -> Vec<(VipId, IpAddr)> {
-        self.core.vips().flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a))).collect()
+        self.core
+            .vips()
+            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
+            .collect()
     }
 
     /// Records a next hop (or its loss); unknown pairs (removed meanwhile) are ignored.
@@ -182,9 +229,16 @@ impl Daemon {
             if v.config.scheduler != Scheduler::Agent {
                 continue;
             }
-            let Some(agent) = &v.config.agent else { continue };
+            let Some(agent) = &v.config.agent else {
+                continue;
+            };
             for addr in v.backends.keys() {
-                out.push((v.config.id(), *addr, SocketAddr::new(*addr, agent.port), Duration::from_millis(agent.interval_ms)));
+                out.push((
+                    v.config.id(),
+                    *addr,
+                    SocketAddr::new(*addr, agent.port),
+                    Duration::from_millis(agent.interval_ms),
+                ));
             }
         }
         out
@@ -196,7 +250,8 @@ impl Daemon {
         match report {
             Ok(r) => match self.core.set_agent(vip, addr, *r) {
                 Ok(true) => log::info!("agent of {addr} ({vip}) reports {r:?}"),
-                Ok(false) | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
+                Ok(false)
+                | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
                 Err(e) => log::error!("applying the agent of {addr} ({vip}): {e}"),
             },
             Err(e) => log::debug!("agent of {addr} ({vip}): {e:#}"),
@@ -219,14 +274,25 @@ impl Daemon {
                 .backends
                 .iter()
                 .map(|(addr, b)| {
-                    let lat = self.health(&id, *addr).and_then(|(_, h)| h.latency_ewma).map(|d| d.as_secs_f64());
-                    (*addr, lat.map(|l| l * (1.0 + dp.active_flows(b.index) as f64)))
+                    let lat = self
+                        .health(&id, *addr)
+                        .and_then(|(_, h)| h.latency_ewma)
+                        .map(|d| d.as_secs_f64());
+                    (
+                        *addr,
+                        lat.map(|l| l * (1.0 + dp.active_flows(b.index) as f64)),
+                    )
                 })
                 .collect();
-            let best = scores.iter().filter_map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+            let best = scores
+                .iter()
+                .filter_map(|(_, s)| *s)
+                .fold(f64::INFINITY, f64::min);
             for (addr, score) in scores {
                 let pct = match score {
-                    Some(s) if s > 0.0 && best.is_finite() => ((best / s) * 100.0).round().clamp(1.0, 100.0) as u32,
+                    Some(s) if s > 0.0 && best.is_finite() => {
+                        ((best / s) * 100.0).round().clamp(1.0, 100.0) as u32
+                    }
                     _ => 100,
                 };
                 updates.push((id, addr, pct));
@@ -243,7 +309,9 @@ impl Daemon {
 
     /// Health snapshot of one backend.
     pub fn health(&self, vip: &VipId, addr: IpAddr) -> Option<(CheckKind, HealthState)> {
-        self.checks.get(&(*vip, addr)).map(|c| (c.kind, c.handle.snapshot()))
+        self.checks
+            .get(&(*vip, addr))
+            .map(|c| (c.kind, c.handle.snapshot()))
     }
 
     /// Health transitions so far.
@@ -320,7 +388,10 @@ impl Daemon {
         let mut by_name = serde_json::Map::new();
         for slot in 0..COUNTER_SLOTS {
             if let Some(name) = lb_common::counters::slot_name(slot) {
-                by_name.insert(name.to_string(), json!(reasons.get(slot as usize).copied().unwrap_or(0)));
+                by_name.insert(
+                    name.to_string(),
+                    json!(reasons.get(slot as usize).copied().unwrap_or(0)),
+                );
             }
         }
         let vips: Vec<Value> = self
@@ -337,7 +408,10 @@ impl Daemon {
 
 /// `aa:bb:…` form of a MAC.
 pub fn mac_string(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Non-zero counters by name, for the exit summary.

@@ -45,7 +45,11 @@ const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 /// Bytes the outer header adds for a backend of this family.
 #[inline(always)]
 pub fn overhead(backend: &Backend) -> usize {
-    if backend.family == FAMILY_V4 { IPV4_HLEN } else { IPV6_HLEN }
+    if backend.family == FAMILY_V4 {
+        IPV4_HLEN
+    } else {
+        IPV6_HLEN
+    }
 }
 
 /// Where the encapsulated frame goes.
@@ -71,8 +75,18 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> 
     let v4_outer = backend.family == FAMILY_V4;
     let outer_len = overhead(backend);
     let src = outer_source(backend, hash, vip_flags, cfg)?;
-    let mut hop = NextHop { ifindex: 0, smac: [0; 6], dmac: [0; 6] };
-    unpack(next_hop(ctx, backend, &src, l3.l3_len() + outer_len, &mut hop))?;
+    let mut hop = NextHop {
+        ifindex: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    unpack(next_hop(
+        ctx,
+        backend,
+        &src,
+        l3.l3_len() + outer_len,
+        &mut hop,
+    ))?;
     let ingress = ctx.ingress_ifindex() as u32;
     let redirect = hop.ifindex != ingress;
     if redirect && TX_PORTS.get(hop.ifindex).is_none() {
@@ -81,7 +95,11 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> 
 
     // Keep the 802.1Q tag (TPID + TCI) if there is one: we answer on the same VLAN.
     let l2_len = l3.l3_off();
-    let vlan = if l2_len == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };
+    let vlan = if l2_len == ETH_HLEN + VLAN_HLEN {
+        read::<u32>(ctx, ETH_HLEN - 2)
+    } else {
+        None
+    };
 
     // Drop Ethernet padding behind the IP packet, or it would end up inside the tunnel.
     // Only frames with padding pay for the length lookup.
@@ -108,18 +126,32 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> 
     write(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
     off += 2;
 
-    let inner_proto = if l3.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_proto = if l3.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
     // Headers are written field by field straight into the frame: building them on the
     // stack first would cost stack the verifier's 512-byte budget cannot spare.
     if v4_outer {
         let p = ptr_at_mut::<Ipv4Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
         // SAFETY: ptr_at_mut checked the header fits in the frame.
-        unsafe { write_ipv4_header(p, src[0], backend.addr[0], inner_proto, l3.tos, (IPV4_HLEN + l3.l3_len()) as u16) };
+        unsafe {
+            write_ipv4_header(
+                p,
+                src[0],
+                backend.addr[0],
+                inner_proto,
+                l3.tos,
+                (IPV4_HLEN + l3.l3_len()) as u16,
+            )
+        };
     } else {
         let p = ptr_at_mut::<Ipv6Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
         // SAFETY: ptr_at_mut checked the header fits in the frame.
         unsafe {
-            (*p).vtc_flow_be = ((6u32 << 28) | (u32::from(l3.tos) << 20) | (hash & 0x000f_ffff)).to_be();
+            (*p).vtc_flow_be =
+                ((6u32 << 28) | (u32::from(l3.tos) << 20) | (hash & 0x000f_ffff)).to_be();
             (*p).payload_len_be = (l3.l3_len() as u16).to_be();
             (*p).nexthdr = inner_proto;
             (*p).hop_limit = OUTER_TTL;
@@ -133,7 +165,9 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> 
     }
     if redirect {
         bump(&STATS, Event::RedirectEncap.slot());
-        return Ok(TX_PORTS.redirect(hop.ifindex, 0).unwrap_or(xdp_action::XDP_ABORTED));
+        return Ok(TX_PORTS
+            .redirect(hop.ifindex, 0)
+            .unwrap_or(xdp_action::XDP_ABORTED));
     }
     bump(&STATS, Event::TxEncap.slot());
     Ok(xdp_action::XDP_TX)
@@ -149,27 +183,34 @@ fn restore_for_bench(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> u64 {
 
 #[inline(always)]
 fn restore_stage(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> Result<u32, Drop> {
-    let l2 = read::<[u8; 18]>(ctx, 0).ok_or(Drop::AdjustFailed)?;
+    // The new MACs, and the 802.1Q tag if there is one. Only the L2 header goes back:
+    // copying 18 bytes on an untagged frame would overwrite the inner header's first 4
+    // bytes (IPv4 total length) with the outer header's.
+    let macs = read::<[u8; 12]>(ctx, 0).ok_or(Drop::AdjustFailed)?;
+    let tag = if l2_len == ETH_HLEN { None } else { Some(read::<u32>(ctx, ETH_HLEN - 2).ok_or(Drop::AdjustFailed)?) };
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Drop::AdjustFailed);
     }
-    // Only the L2 header goes back: 18 bytes on an untagged frame would overwrite the
-    // inner header's first 4 bytes (IPv4 total length) with the outer header's.
-    if l2_len == ETH_HLEN {
-        let mut eth = [0u8; ETH_HLEN];
-        eth.copy_from_slice(&l2[..ETH_HLEN]);
-        write(ctx, 0, eth).ok_or(Drop::AdjustFailed)?;
-    } else {
-        write(ctx, 0, l2).ok_or(Drop::AdjustFailed)?;
+    write(ctx, 0, macs).ok_or(Drop::AdjustFailed)?;
+    if let Some(tag) = tag {
+        write(ctx, ETH_HLEN - 2, tag).ok_or(Drop::AdjustFailed)?;
     }
     // The inner packet's family decides the ethertype again.
-    let inner = if l2_len == ETH_HLEN { ETH_HLEN } else { ETH_HLEN + VLAN_HLEN };
+    let inner = if l2_len == ETH_HLEN {
+        ETH_HLEN
+    } else {
+        ETH_HLEN + VLAN_HLEN
+    };
     let version = read::<[u8; 2]>(ctx, inner).ok_or(Drop::AdjustFailed)?[0] >> 4;
     let ethertype: u16 = if version == 4 { ETH_P_IP } else { ETH_P_IPV6 };
     // Constant offsets: the L2 header is 14 or 18 bytes, and the verifier follows constants
     // more easily than a computed offset.
-    let at = if l2_len == ETH_HLEN { ETH_HLEN - 2 } else { ETH_HLEN + VLAN_HLEN - 2 };
+    let at = if l2_len == ETH_HLEN {
+        ETH_HLEN - 2
+    } else {
+        ETH_HLEN + VLAN_HLEN - 2
+    };
     write(ctx, at, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
     bump(&STATS, Event::TxEncap.slot());
     Ok(xdp_action::XDP_DROP)
@@ -181,7 +222,14 @@ fn restore_stage(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> Result<u3
 /// # Safety
 /// `p` must point at 20 writable bytes of the frame.
 #[inline(always)]
-pub unsafe fn write_ipv4_header(p: *mut Ipv4Hdr, saddr: u32, daddr: u32, proto: u8, tos: u8, tot_len: u16) {
+pub unsafe fn write_ipv4_header(
+    p: *mut Ipv4Hdr,
+    saddr: u32,
+    daddr: u32,
+    proto: u8,
+    tos: u8,
+    tot_len: u16,
+) {
     let mut sum = 0x4500u32 | u32::from(tos);
     sum += u32::from(tot_len) + u32::from(IP_DF) + (u32::from(OUTER_TTL) << 8 | u32::from(proto));
     sum = csum::add_word(sum, saddr);
@@ -203,7 +251,12 @@ pub unsafe fn write_ipv4_header(p: *mut Ipv4Hdr, saddr: u32, daddr: u32, proto: 
 
 /// The outer source address: ours, or one derived from the flow hash (per-VIP choice).
 #[inline(always)]
-fn outer_source(backend: &Backend, hash: u32, vip_flags: u32, cfg: &LbConfig) -> Result<[u32; 4], Drop> {
+fn outer_source(
+    backend: &Backend,
+    hash: u32,
+    vip_flags: u32,
+    cfg: &LbConfig,
+) -> Result<[u32; 4], Drop> {
     let hashed = vip_flags & VIP_F_HASHED_SRC != 0;
     if backend.family == FAMILY_V4 {
         let src = if hashed && cfg.hashed_src_v4 != 0 {
@@ -230,7 +283,13 @@ fn outer_source(backend: &Backend, hash: u32, vip_flags: u32, cfg: &LbConfig) ->
 /// Next hop towards the backend into `hop`: the daemon's cached one, else the kernel's FIB.
 /// Its own BPF function: the 64-byte FIB request lives only in this frame.
 #[inline(never)]
-fn next_hop(ctx: &XdpContext, backend: &Backend, src: &[u32; 4], tot_len: usize, hop: &mut NextHop) -> u64 {
+fn next_hop(
+    ctx: &XdpContext,
+    backend: &Backend,
+    src: &[u32; 4],
+    tot_len: usize,
+    hop: &mut NextHop,
+) -> u64 {
     if backend.flags & BACKEND_F_NEXTHOP != 0 {
         hop.ifindex = backend.ifindex;
         hop.smac = backend.smac;
@@ -252,7 +311,14 @@ fn next_hop(ctx: &XdpContext, backend: &Backend, src: &[u32; 4], tot_len: usize,
         p.__bindgen_anon_4.ipv6_dst = backend.addr;
     }
     // SAFETY: p is a valid bpf_fib_lookup of the size we pass.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
     let result = match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             hop.ifindex = p.ifindex;

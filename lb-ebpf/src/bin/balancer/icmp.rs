@@ -37,8 +37,8 @@ use lb_ebpf::{
 use crate::{
     encap::{write_ipv4_header, OUTER_TTL},
     lookup,
-    select::{self, Target},
     maps::STATS,
+    select::{self, Target},
 };
 
 /// Bytes of the offending packet quoted in the ICMP errors we generate (its IP header and
@@ -82,15 +82,26 @@ pub fn route(ctx: &XdpContext, l3: &L3, out: &mut Route) -> u64 {
 fn route_stage(ctx: &XdpContext, l3: &L3, out: &mut Route) -> Result<u32, Drop> {
     let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
     let is_error = if l3.family == FAMILY_V4 {
-        matches!(ty, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB)
+        matches!(
+            ty,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+        )
     } else {
-        matches!(ty, ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB)
+        matches!(
+            ty,
+            ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB
+        )
     };
     if !is_error || !lookup::is_vip_address(l3) {
         return Ok(NOT_OURS);
     }
     let flow = quoted_flow(ctx, l3)?;
-    let vip_key = VipKey { addr: flow.dst, port_be: flow.dport_be, proto: flow.proto, family: flow.family };
+    let vip_key = VipKey {
+        addr: flow.dst,
+        port_be: flow.dport_be,
+        proto: flow.proto,
+        family: flow.family,
+    };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
     unpack(select::backend(&flow, &vip, false, 0, &mut out.target))?;
@@ -127,7 +138,15 @@ fn quoted_flow(ctx: &XdpContext, l3: &L3) -> Result<FlowKey, Drop> {
         return Err(Drop::IcmpNotForVip);
     }
     let [sport_be, dport_be] = read::<[u16; 2]>(ctx, ports_off).ok_or(Drop::IcmpTruncated)?;
-    Ok(FlowKey { src: dst, dst: src, sport_be: dport_be, dport_be: sport_be, proto, family: l3.family, _pad: [0; 2] })
+    Ok(FlowKey {
+        src: dst,
+        dst: src,
+        sport_be: dport_be,
+        dport_be: sport_be,
+        proto,
+        family: l3.family,
+        _pad: [0; 2],
+    })
 }
 
 /// Answers the packet in the frame with "fragmentation needed" (IPv4, only when DF is
@@ -147,7 +166,11 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     let l2_len = l3.l3_off();
     let src_mac = read::<[u8; 6]>(ctx, 6).ok_or(Drop::EthTruncated)?;
     let dst_mac = read::<[u8; 6]>(ctx, 0).ok_or(Drop::EthTruncated)?;
-    let vlan = if l2_len == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };
+    let vlan = if l2_len == ETH_HLEN + VLAN_HLEN {
+        read::<u32>(ctx, ETH_HLEN - 2)
+    } else {
+        None
+    };
     let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
     let new_hdrs = ip_len + ICMP_HLEN;
 
@@ -170,7 +193,11 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
         write(ctx, off, tag).ok_or(Drop::AdjustFailed)?;
         off += VLAN_HLEN;
     }
-    let ethertype: u16 = if v4 { lb_ebpf::parse::ETH_P_IP } else { lb_ebpf::parse::ETH_P_IPV6 };
+    let ethertype: u16 = if v4 {
+        lb_ebpf::parse::ETH_P_IP
+    } else {
+        lb_ebpf::parse::ETH_P_IPV6
+    };
     write(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
     off += 2;
 
@@ -180,9 +207,19 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     if v4 {
         let p = ptr_at_mut::<Ipv4Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
         // SAFETY: ptr_at_mut checked the header fits in the frame.
-        unsafe { write_ipv4_header(p, l3.dst[0], l3.src[0], IPPROTO_ICMP, 0, (IPV4_HLEN as u32 + icmp_len) as u16) };
+        unsafe {
+            write_ipv4_header(
+                p,
+                l3.dst[0],
+                l3.src[0],
+                IPPROTO_ICMP,
+                0,
+                (IPV4_HLEN as u32 + icmp_len) as u16,
+            )
+        };
         let mtu = mtu.min(0xffff);
-        let sum = quote_sum + ((u32::from(ICMP_DEST_UNREACH) << 8) | u32::from(ICMP_FRAG_NEEDED)) + mtu;
+        let sum =
+            quote_sum + ((u32::from(ICMP_DEST_UNREACH) << 8) | u32::from(ICMP_FRAG_NEEDED)) + mtu;
         let icmp: [u16; 4] = [
             ((u16::from(ICMP_DEST_UNREACH) << 8) | u16::from(ICMP_FRAG_NEEDED)).to_be(),
             csum::finish(sum).to_be(),
@@ -231,7 +268,9 @@ fn sum_quote(ctx: &XdpContext, off: usize) -> Result<u32, Drop> {
     let mut i = 0;
     while i < QUOTE_LEN / 2 {
         // SAFETY: bounds checked by ptr_at for the whole array; read in place, no stack copy.
-        sum += u32::from(u16::from_be(unsafe { core::ptr::addr_of!((*p)[i]).read_unaligned() }));
+        sum += u32::from(u16::from_be(unsafe {
+            core::ptr::addr_of!((*p)[i]).read_unaligned()
+        }));
         i += 1;
     }
     Ok(sum)

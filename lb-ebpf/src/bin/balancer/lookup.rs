@@ -20,7 +20,12 @@ pub fn vip(key: &VipKey) -> Option<VipInfo> {
 /// a marker entry per VIP address). Used for traffic without ports: fragments and ICMP.
 #[inline(always)]
 pub fn is_vip_address(l3: &L3) -> bool {
-    let key = VipKey { addr: l3.dst, port_be: 0, proto: PROTO_ANY, family: l3.family };
+    let key = VipKey {
+        addr: l3.dst,
+        port_be: 0,
+        proto: PROTO_ANY,
+        family: l3.family,
+    };
     VIPS.get_ptr(&key).is_some()
 }
 

@@ -27,7 +27,10 @@ use lb_common::{
     maps::{VipKey, CFG_F_ICMP_TOO_BIG},
 };
 use lb_ebpf::{
-    parse::{self, ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3},
+    parse::{
+        self, ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, L3,
+    },
     stats::bump,
     subprog::{pack, unpack},
 };
@@ -86,7 +89,12 @@ fn forward_flow(ctx: &XdpContext, l3: &L3) -> u64 {
 #[inline(always)]
 fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     let l4 = parse::ports(ctx, l3)?;
-    let vip_key = VipKey { addr: l3.dst, port_be: l4.dport_be, proto: l3.proto, family: l3.family };
+    let vip_key = VipKey {
+        addr: l3.dst,
+        port_be: l4.dport_be,
+        proto: l3.proto,
+        family: l3.family,
+    };
     let Some(vip) = lookup::vip(&vip_key) else {
         return Ok(pass(Pass::NotVip));
     };
@@ -100,7 +108,13 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
         _pad: [0; 2],
     };
     let mut target = select::Target::default();
-    unpack(select::backend(&flow, &vip, true, l4.tcp_flags, &mut target))?;
+    unpack(select::backend(
+        &flow,
+        &vip,
+        true,
+        l4.tcp_flags,
+        &mut target,
+    ))?;
     let cfg = lookup::config()?;
     let outer = encap::overhead(select::usable(target.idx).ok_or(Drop::BadBackend)?);
     if cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
@@ -133,11 +147,6 @@ fn forward_icmp_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     Ok(verdict)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    loop {}
-}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -10,7 +10,9 @@ use aya_ebpf::{
 use lb_common::{
     counters::COUNTER_SLOTS,
     flow::FlowKey,
-    maps::{Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES},
+    maps::{
+        Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
+    },
 };
 
 /// (address, port, protocol) → service settings, plus address-only markers. Daemon writes.
@@ -29,7 +31,8 @@ pub static LOOKUP: Array<u32> = Array::with_max_entries(8 * 2 * lb_common::maps:
 /// Client 5-tuple → pinned backend. LRU with per-CPU free lists (`BPF_F_NO_COMMON_LRU`):
 /// no global lock on insert, one value per flow. The program writes; the daemon reads.
 #[map]
-pub static CONNS: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
 
 /// Slot 0: balancer-wide settings. Daemon writes.
 #[map]
@@ -45,7 +48,8 @@ pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(
 
 /// Per-CPU traffic per backend index. Program writes, daemon sums.
 #[map]
-pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Backend index → active-flow estimate for least-connection scheduling. Updated with
 /// atomic adds (one counter shared by all CPUs: the comparison needs the global figure).

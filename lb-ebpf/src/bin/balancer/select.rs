@@ -21,8 +21,8 @@ use lb_common::{
     flow::FlowKey,
     hash::{flow_hash, src_hash},
     maps::{
-        Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, CONN_F_CLOSED, CONN_F_COUNTED, MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE,
-        VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+        Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, CONN_F_CLOSED, CONN_F_COUNTED,
+        MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE, VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
     },
 };
 use lb_ebpf::{stats::bump, subprog::pack};
@@ -48,7 +48,13 @@ pub struct Target {
 /// it. Its own BPF function, so its frame is never on the stack together with the
 /// forwarding frames (the verifier allows 512 bytes per call chain).
 #[inline(never)]
-pub fn backend(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8, out: &mut Target) -> u64 {
+pub fn backend(
+    flow: &FlowKey,
+    vip: &VipInfo,
+    record: bool,
+    tcp_flags: u8,
+    out: &mut Target,
+) -> u64 {
     pack(backend_stage(flow, vip, record, tcp_flags).map(|t| {
         *out = t;
         0
@@ -56,27 +62,46 @@ pub fn backend(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8, out: 
 }
 
 #[inline(always)]
-fn backend_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
+fn backend_stage(
+    flow: &FlowKey,
+    vip: &VipInfo,
+    record: bool,
+    tcp_flags: u8,
+) -> Result<Target, Drop> {
     if let Some(entry) = CONNS.get_ptr_mut(flow) {
         // SAFETY: the map value stays valid for the duration of the program (RCU).
         let (idx, hash, flags) = unsafe { ((*entry).backend, (*entry).hash, (*entry).flags) };
         if usable(idx).is_some() {
             bump(&STATS, Event::ConnHit.slot());
-            if tcp_flags & TCP_FIN_RST != 0 && flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED {
+            if tcp_flags & TCP_FIN_RST != 0
+                && flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
+            {
                 // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
                 // estimate, and the daemon reconciles it from the connection table.
                 unsafe { (*entry).flags = flags | CONN_F_CLOSED };
                 add_active(idx, u64::MAX);
             }
-            return Ok(Target { idx, hash, new_flow: false });
+            return Ok(Target {
+                idx,
+                hash,
+                new_flow: false,
+            });
         }
         bump(&STATS, Event::ConnRepick.slot());
     }
     if vip.table_size == 0 {
         return Err(Drop::NoBackend);
     }
-    let hash = if vip.flags & VIP_F_SRC_HASH != 0 { src_hash(flow) } else { flow_hash(flow) };
-    let slot = if vip.flags & VIP_F_SEQUENCE != 0 { next_in_sequence(vip) } else { hash % vip.table_size };
+    let hash = if vip.flags & VIP_F_SRC_HASH != 0 {
+        src_hash(flow)
+    } else {
+        flow_hash(flow)
+    };
+    let slot = if vip.flags & VIP_F_SEQUENCE != 0 {
+        next_in_sequence(vip)
+    } else {
+        hash % vip.table_size
+    };
     let mut idx = table_entry(vip, slot)?;
     if vip.flags & VIP_F_LEAST_CONN != 0 {
         idx = less_loaded(vip, idx, hash);
@@ -84,7 +109,12 @@ fn backend_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> 
     usable(idx).ok_or(Drop::BadBackend)?;
     if record {
         let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
-        let entry = ConnEntry { backend: idx, hash, flags: if counted { CONN_F_COUNTED } else { 0 }, _pad: 0 };
+        let entry = ConnEntry {
+            backend: idx,
+            hash,
+            flags: if counted { CONN_F_COUNTED } else { 0 },
+            _pad: 0,
+        };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
         // packet still goes out — and is then not counted either.
         if CONNS.insert(flow, entry, 0).is_ok() && counted {
@@ -92,7 +122,11 @@ fn backend_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> 
         }
         bump(&STATS, Event::NewFlow.slot());
     }
-    Ok(Target { idx, hash, new_flow: record })
+    Ok(Target {
+        idx,
+        hash,
+        new_flow: record,
+    })
 }
 
 /// Backend index in slot `slot` of the VIP's live table.
@@ -156,7 +190,11 @@ fn load(idx: u32) -> (u64, u64) {
     let active = BACKEND_ACTIVE.get(idx).copied().unwrap_or(0);
     // Counts may dip below zero transiently (a racing double close): treat as zero.
     let active = if active > (1 << 62) { 0 } else { active };
-    let weight = BACKENDS.get(idx).map(|b| u64::from(b.weight)).unwrap_or(1).max(1);
+    let weight = BACKENDS
+        .get(idx)
+        .map(|b| u64::from(b.weight))
+        .unwrap_or(1)
+        .max(1);
     (active, weight)
 }
 
@@ -167,7 +205,9 @@ fn add_active(idx: u32, delta: u64) {
         // SAFETY: the counter is an aligned u64 inside the map value; the atomic add is one
         // BPF instruction (`lock *(u64 *)(p + 0) += delta`, XADD), shared safely by all
         // CPUs. core's AtomicU64 has no fetch_add on the BPF target, hence the asm.
-        unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {d}", p = in(reg) p, d = in(reg) delta) };
+        unsafe {
+            core::arch::asm!("lock *(u64 *)({p} + 0) += {d}", p = in(reg) p, d = in(reg) delta)
+        };
     }
 }
 

@@ -70,19 +70,30 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
     if l3.frag != FRAG_NONE {
         return Err(Pass::Malformed);
     }
-    let key = DecapAddr { addr: l3.dst, family: u32::from(l3.family) };
+    let key = DecapAddr {
+        addr: l3.dst,
+        family: u32::from(l3.family),
+    };
     if DECAP_ADDRS.get_ptr(&key).is_none() {
         return Err(Pass::TunnelNotLocal);
     }
     // The inner header must be what the outer one announced.
     let version = read::<[u8; 2]>(ctx, l3.l4_off()).ok_or(Pass::Malformed)?[0] >> 4;
-    let want = if inner_ethertype == ETH_P_IP { FAMILY_V4 } else { FAMILY_V6 };
+    let want = if inner_ethertype == ETH_P_IP {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    };
     if version != want {
         return Err(Pass::Malformed);
     }
 
     let macs = read::<[u8; 12]>(ctx, 0).ok_or(Pass::Malformed)?;
-    let vlan = if l2.l3_off == ETH_HLEN + VLAN_HLEN { read::<u32>(ctx, ETH_HLEN - 2) } else { None };
+    let vlan = if l2.l3_off == ETH_HLEN + VLAN_HLEN {
+        read::<u32>(ctx, ETH_HLEN - 2)
+    } else {
+        None
+    };
     let outer_len = l3.l4_off() - l3.l3_off();
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
@@ -98,11 +109,6 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
     Ok(())
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    loop {}
-}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
