@@ -23,7 +23,9 @@ use xlb::{
     testrun::{self, verdict_name},
 };
 
-use crate::packet::{self, diff_frames, eth_frame, ipv4_outer, ipv6_outer, Mac, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use crate::packet::{
+    self, diff_frames, eth_frame, ipv4_outer, ipv6_outer, Mac, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
+};
 
 /// The client's MAC (source of input frames).
 pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
@@ -67,11 +69,16 @@ impl Lab {
     #[track_caller]
     pub fn new(config: &str) -> Lab {
         let cfg = Config::from_json(config).unwrap_or_else(|e| panic!("fixture config: {e}"));
-        let mut ebpf = loader::load_balancer(LoadOptions { max_vips: LAB_MAX_VIPS, max_conns: 4096 }).expect("load balancer");
+        let mut ebpf = loader::load_balancer(LoadOptions {
+            max_vips: LAB_MAX_VIPS,
+            max_conns: 4096,
+        })
+        .expect("load balancer");
         let dp = AyaDataplane::new(&mut ebpf).expect("balancer maps");
         let settings = Settings::resolve(&cfg, &[], 1500, LAB_MAX_VIPS);
         let mut core = Core::new(dp, settings).expect("core");
-        core.apply(&cfg).unwrap_or_else(|e| panic!("fixture config refused: {e}"));
+        core.apply(&cfg)
+            .unwrap_or_else(|e| panic!("fixture config refused: {e}"));
         let mut lab = Lab { ebpf, core };
         lab.set_all_nexthops();
         lab
@@ -84,9 +91,15 @@ impl Lab {
             .vips()
             .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
             .collect();
-        let hop = NextHop { ifindex: TEST_RUN_IFINDEX, smac: LB_MAC, dmac: NEXTHOP_MAC };
+        let hop = NextHop {
+            ifindex: TEST_RUN_IFINDEX,
+            smac: LB_MAC,
+            dmac: NEXTHOP_MAC,
+        };
         for (vip, addr) in pairs {
-            self.core.set_nexthop(&vip, addr, Some(hop)).expect("set next hop");
+            self.core
+                .set_nexthop(&vip, addr, Some(hop))
+                .expect("set next hop");
         }
     }
 
@@ -108,10 +121,19 @@ impl Lab {
     pub fn predict(&self, vip: &str, flow: &FlowKey) -> IpAddr {
         let id: VipId = vip.parse().expect("vip id");
         let state = self.core.vip(&id).expect("vip");
-        let hash = if state.config.scheduler == Scheduler::Sh { src_hash(flow) } else { flow_hash(flow) };
+        let hash = if state.config.scheduler == Scheduler::Sh {
+            src_hash(flow)
+        } else {
+            flow_hash(flow)
+        };
         let table = state.table();
         let idx = table[(hash % table.len() as u32) as usize];
-        state.backends.iter().find(|(_, b)| b.index == idx).map(|(a, _)| *a).expect("slot points at a backend")
+        state
+            .backends
+            .iter()
+            .find(|(_, b)| b.index == idx)
+            .map(|(a, _)| *a)
+            .expect("slot points at a backend")
     }
 }
 
@@ -119,7 +141,15 @@ impl Lab {
 pub fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
     let (s, family) = to_words(src);
     let (d, _) = to_words(dst);
-    FlowKey { src: s, dst: d, sport_be: sport.to_be(), dport_be: dport.to_be(), proto, family, _pad: [0; 2] }
+    FlowKey {
+        src: s,
+        dst: d,
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto,
+        family,
+        _pad: [0; 2],
+    }
 }
 
 /// What a step's output must be.
@@ -158,7 +188,13 @@ pub struct Fixture {
 
 /// A step with no `before` hook.
 pub fn step(input: Vec<u8>, verdict: u32, output: Expect, counters: &[(u32, u64)]) -> Step {
-    Step { before: None, input, verdict, output, counters: counters.to_vec() }
+    Step {
+        before: None,
+        input,
+        verdict,
+        output,
+        counters: counters.to_vec(),
+    }
 }
 
 /// Runs fixtures, each on a fresh lab; panics with every failure listed.
@@ -170,7 +206,13 @@ pub fn run_all(fixtures: Vec<Fixture>) {
             failures.push(format!("fixture {}: {e}", f.name));
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), fixtures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n\n")
+    );
 }
 
 fn run_one(f: &Fixture) -> Result<(), String> {
@@ -217,7 +259,11 @@ fn run_one(f: &Fixture) -> Result<(), String> {
             let slot = d.slot() as usize;
             let listed = s.counters.iter().any(|(s, _)| *s as usize == slot);
             if !listed && after[slot] != before[slot] {
-                return Err(format!("step {i}: unexpected drop {}; all changes: {}", d.name(), deltas(&before, &after)));
+                return Err(format!(
+                    "step {i}: unexpected drop {}; all changes: {}",
+                    d.name(),
+                    deltas(&before, &after)
+                ));
             }
         }
     }
@@ -227,7 +273,13 @@ fn run_one(f: &Fixture) -> Result<(), String> {
 fn deltas(before: &[u64], after: &[u64]) -> String {
     let v: Vec<String> = (0..COUNTER_SLOTS as usize)
         .filter(|&i| after[i] != before[i])
-        .map(|i| format!("{}+{}", slot_name(i as u32).unwrap_or("?"), after[i] - before[i]))
+        .map(|i| {
+            format!(
+                "{}+{}",
+                slot_name(i as u32).unwrap_or("?"),
+                after[i] - before[i]
+            )
+        })
         .collect();
     if v.is_empty() {
         "none".into()
@@ -242,14 +294,32 @@ fn deltas(before: &[u64], after: &[u64]) -> String {
 pub fn encapsulated(input: &[u8], src: IpAddr, backend: IpAddr, hash: u32) -> Vec<u8> {
     let inner = packet::ip_packet(input);
     let inner_v4 = inner.first().is_some_and(|b| b >> 4 == 4);
-    let tos = if inner_v4 { inner[1] } else { (u16::from_be_bytes([inner[0], inner[1]]) >> 4) as u8 };
-    let proto = if inner_v4 { packet::PROTO_IPIP } else { packet::PROTO_IPV6 };
+    let tos = if inner_v4 {
+        inner[1]
+    } else {
+        (u16::from_be_bytes([inner[0], inner[1]]) >> 4) as u8
+    };
+    let proto = if inner_v4 {
+        packet::PROTO_IPIP
+    } else {
+        packet::PROTO_IPV6
+    };
     let vlan = vlan_of(input);
     match (src, backend) {
-        (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(NEXTHOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &ipv4_outer(s, b, proto, tos, 64, 0, true, inner)),
-        (IpAddr::V6(s), IpAddr::V6(b)) => {
-            eth_frame(NEXTHOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV6, &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, inner))
-        }
+        (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(
+            NEXTHOP_MAC,
+            LB_MAC,
+            vlan,
+            ETHERTYPE_IPV4,
+            &ipv4_outer(s, b, proto, tos, 64, 0, true, inner),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(b)) => eth_frame(
+            NEXTHOP_MAC,
+            LB_MAC,
+            vlan,
+            ETHERTYPE_IPV6,
+            &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, inner),
+        ),
         _ => panic!("outer source and backend families differ"),
     }
 }
@@ -282,7 +352,10 @@ pub fn run_with_ctx(
     ingress_ifindex: u32,
 ) -> Result<testrun::Outcome, aya::programs::ProgramError> {
     use aya::programs::{TestRun, TestRunOptions};
-    assert!(meta_len.is_multiple_of(4) && meta_len <= MAX_META_LEN, "XDP metadata is 0..=32 bytes in steps of 4");
+    assert!(
+        meta_len.is_multiple_of(4) && meta_len <= MAX_META_LEN,
+        "XDP metadata is 0..=32 bytes in steps of 4"
+    );
     let mut data = vec![0u8; meta_len];
     data.extend_from_slice(frame);
     let mut md = [0u8; XDP_MD_LEN];
@@ -299,7 +372,10 @@ pub fn run_with_ctx(
     out.truncate(res.data_size_out as usize);
     // The kernel copies out from data_meta: drop the metadata again.
     let frame = out.get(meta_len..).unwrap_or(&[]).to_vec();
-    Ok(testrun::Outcome { verdict: res.return_value, frame })
+    Ok(testrun::Outcome {
+        verdict: res.return_value,
+        frame,
+    })
 }
 
 /// Another handle on the map called `name` among those `prog` uses, opened by id. The
@@ -309,7 +385,12 @@ pub fn run_with_ctx(
 #[track_caller]
 pub fn prog_map(prog: &aya::programs::Xdp, name: &str) -> aya::maps::Map {
     use aya::maps::{Map, MapData};
-    let ids = prog.info().expect("program info").map_ids().expect("map ids").expect("kernel reports the program's map ids");
+    let ids = prog
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("kernel reports the program's map ids");
     for id in ids {
         let data = MapData::from_id(id).expect("open map by id");
         let info = data.info().expect("map info");
@@ -368,7 +449,13 @@ impl Lab {
     pub fn backend_index(&self, vip: &str, addr: &str) -> u32 {
         let id: VipId = vip.parse().expect("vip id");
         let addr: IpAddr = addr.parse().expect("backend address");
-        self.core.vip(&id).expect("vip").backends.get(&addr).expect("backend on the VIP").index
+        self.core
+            .vip(&id)
+            .expect("vip")
+            .backends
+            .get(&addr)
+            .expect("backend on the VIP")
+            .index
     }
 
     /// Adds `ifindex` to the `TX_PORTS` devmap (egress ports for `XDP_REDIRECT`). Call from
@@ -376,8 +463,11 @@ impl Lab {
     #[track_caller]
     pub fn add_tx_port(&mut self, ifindex: u32) {
         use aya::maps::DevMapHash;
-        let mut ports = DevMapHash::try_from(self.map(lb_common::maps::MAP_TX_PORTS)).expect("TX_PORTS is a devmap hash");
-        ports.insert(ifindex, ifindex, None, 0).expect("add TX port");
+        let mut ports = DevMapHash::try_from(self.map(lb_common::maps::MAP_TX_PORTS))
+            .expect("TX_PORTS is a devmap hash");
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .expect("add TX port");
     }
 }
 
@@ -397,13 +487,24 @@ impl DecapLab {
         let mut ebpf = loader::load_decap().expect("load decap");
         {
             let mut addrs: HashMap<_, DecapAddr, u32> =
-                HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).expect("DECAP_ADDRS map")).expect("DECAP_ADDRS type");
+                HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).expect("DECAP_ADDRS map"))
+                    .expect("DECAP_ADDRS type");
             for a in local {
                 let (addr, family) = to_words(*a);
-                addrs.insert(DecapAddr { addr, family: u32::from(family) }, 1u32, 0).expect("add decap address");
+                addrs
+                    .insert(
+                        DecapAddr {
+                            addr,
+                            family: u32::from(family),
+                        },
+                        1u32,
+                        0,
+                    )
+                    .expect("add decap address");
             }
         }
-        let stats = PerCpuArray::try_from(ebpf.take_map(MAP_STATS).expect("STATS map")).expect("STATS type");
+        let stats = PerCpuArray::try_from(ebpf.take_map(MAP_STATS).expect("STATS map"))
+            .expect("STATS type");
         DecapLab { ebpf, stats }
     }
 
@@ -416,7 +517,14 @@ impl DecapLab {
 
     /// Every `STATS` slot, summed over CPUs.
     pub fn counters(&self) -> Vec<u64> {
-        (0..COUNTER_SLOTS).map(|slot| self.stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+        (0..COUNTER_SLOTS)
+            .map(|slot| {
+                self.stats
+                    .get(&slot, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 }
 

@@ -129,7 +129,10 @@ impl Netns {
     /// A handle to a namespace another `Netns` owns (e.g. for a worker thread: `Netns` is
     /// not shared across threads). Dropping it deletes nothing.
     pub fn existing(name: &str) -> Netns {
-        Netns { name: name.to_string(), owned: false }
+        Netns {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -66,6 +66,33 @@ class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
 S(("::", 80), H).serve_forever()
 "#;
 
+/// Port of the sink server (reads a whole upload, answers "NAME BYTES").
+pub const SINK_PORT: u16 = 7001;
+
+/// A threaded TCP server that reads until the client shuts its side, then answers with the
+/// backend's name and the number of bytes it received.
+const SINK_SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1]
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[2])))
+s.listen(64)
+def serve(c):
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(("%s %d\n" % (name, n)).encode())
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
 /// A threaded TCP server answering each received line with the backend's name.
 const NAME_SERVER: &str = r#"
 import socket, sys, threading
@@ -138,7 +165,10 @@ pub fn spawn_logged(ns: &Netns, cmd: &[&str], log: &Path) -> Proc {
         .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?} in {}: {e}", ns.name()));
-    Proc { child, log: log.to_path_buf() }
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
 }
 
 /// Path of a freshly built `xlb` binary (built once per process, debug profile, in the
@@ -146,7 +176,10 @@ pub fn spawn_logged(ns: &Netns, cmd: &[&str], log: &Path) -> Proc {
 pub fn xlb_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
@@ -154,7 +187,9 @@ pub fn xlb_bin() -> PathBuf {
             .status()
             .expect("running cargo build for xlb");
         assert!(status.success(), "building the xlb binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
         target.join("debug").join("xlb")
     })
     .clone()
@@ -197,12 +232,17 @@ pub struct DemoNet {
 impl DemoNet {
     /// Builds the topology with `n` backends (no processes started yet).
     pub fn new(prefix: &str, n: usize) -> DemoNet {
-        let dir = std::env::temp_dir().join(format!("xlb-{prefix}-{}-{}", std::process::id(), unique()));
+        let dir =
+            std::env::temp_dir().join(format!("xlb-{prefix}-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let lan = Lan::new(prefix);
         let client = Netns::new(&format!("{prefix}c"));
         let lb = Netns::new(&format!("{prefix}l"));
-        lan.attach(&client, "eth0", &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")]);
+        lan.attach(
+            &client,
+            "eth0",
+            &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")],
+        );
         client.route(&["198.18.1.0/24", "via", LB4]);
         client.route(&["fd00:1::/64", "via", LB6]);
         let lb_port = lan.attach(&lb, "eth0", &[&format!("{LB4}/24"), &format!("{LB6}/64")]);
@@ -211,7 +251,13 @@ impl DemoNet {
         let pass = {
             let _inside = lan.ns().enter();
             let mut ebpf = xlb::loader::load_baseline("xlb_pass").expect("load xlb_pass");
-            xlb::loader::attach(&mut ebpf, "xlb_pass", &lb_port.bridge_if, aya::programs::XdpMode::Driver).expect("attach xlb_pass");
+            xlb::loader::attach(
+                &mut ebpf,
+                "xlb_pass",
+                &lb_port.bridge_if,
+                aya::programs::XdpMode::Driver,
+            )
+            .expect("attach xlb_pass");
             ebpf
         };
         let mut backends = Vec::new();
@@ -234,9 +280,24 @@ impl DemoNet {
             // A large file: replies that big would show in the balancer's receive counters
             // if they crossed it.
             std::fs::write(docroot.join("big.bin"), vec![b'x'; BIG_FILE]).expect("big.bin");
-            backends.push(BackendHost { ns, v4, v6, name, http: None, decap: None, docroot });
+            backends.push(BackendHost {
+                ns,
+                v4,
+                v6,
+                name,
+                http: None,
+                decap: None,
+                docroot,
+            });
         }
-        DemoNet { lan, client, lb, backends, dir, _pass: pass }
+        DemoNet {
+            lan,
+            client,
+            lb,
+            backends,
+            dir,
+            _pass: pass,
+        }
     }
 
     /// Starts every backend's decap program and web server and waits until they serve.
@@ -252,11 +313,23 @@ impl DemoNet {
         let bin = xlb_bin();
         let b = &mut self.backends[i];
         let log = self.dir.join(format!("{}-decap.log", b.name));
-        let p = spawn_logged(&b.ns, &[bin.to_str().expect("utf-8 path"), "decap", "--iface", "eth0"], &log);
+        let p = spawn_logged(
+            &b.ns,
+            &[
+                bin.to_str().expect("utf-8 path"),
+                "decap",
+                "--iface",
+                "eth0",
+            ],
+            &log,
+        );
         let ns = b.ns.name().to_string();
         wait_for(&format!("decap on {ns}"), Duration::from_secs(20), || {
-            let out = Command::new("ip").args(["-n", &ns, "link", "show", "eth0"]).output();
-            out.map(|o| String::from_utf8_lossy(&o.stdout).contains("xdp")).unwrap_or(false)
+            let out = Command::new("ip")
+                .args(["-n", &ns, "link", "show", "eth0"])
+                .output();
+            out.map(|o| String::from_utf8_lossy(&o.stdout).contains("xdp"))
+                .unwrap_or(false)
         });
         b.decap = Some(p);
     }
@@ -266,10 +339,27 @@ impl DemoNet {
         let b = &mut self.backends[i];
         let log = self.dir.join(format!("{}-http.log", b.name));
         let root = b.docroot.to_str().expect("utf-8 path").to_string();
-        let p = spawn_logged(&b.ns, &[PYTHON, "-m", "http.server", "80", "--bind", "::", "--directory", &root], &log);
+        let p = spawn_logged(
+            &b.ns,
+            &[
+                PYTHON,
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "::",
+                "--directory",
+                &root,
+            ],
+            &log,
+        );
         let url = format!("http://{}/", b.v4);
         let ns = &b.ns;
-        wait_for(&format!("web server {}", b.name), Duration::from_secs(20), || curl(ns, &url, 1).is_some());
+        wait_for(
+            &format!("web server {}", b.name),
+            Duration::from_secs(20),
+            || curl(ns, &url, 1).is_some(),
+        );
         b.http = Some(p);
     }
 
@@ -281,10 +371,33 @@ impl DemoNet {
         let p = spawn_logged(&b.ns, &[PYTHON, "-c", NAME_SERVER, &b.name, &port], &log);
         let addr = std::net::SocketAddr::new(b.v4.into(), NAME_PORT);
         let ns = &b.ns;
-        wait_for(&format!("line server {}", b.name), Duration::from_secs(20), || {
-            let _inside = ns.enter();
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
+        wait_for(
+            &format!("line server {}", b.name),
+            Duration::from_secs(20),
+            || {
+                let _inside = ns.enter();
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            },
+        );
+        p
+    }
+
+    /// Starts backend `i`'s sink server on [`SINK_PORT`].
+    pub fn start_sink(&self, i: usize) -> Proc {
+        let b = &self.backends[i];
+        let log = self.dir.join(format!("{}-sink.log", b.name));
+        let port = SINK_PORT.to_string();
+        let p = spawn_logged(&b.ns, &[PYTHON, "-c", SINK_SERVER, &b.name, &port], &log);
+        let addr = std::net::SocketAddr::new(b.v4.into(), SINK_PORT);
+        let ns = &b.ns;
+        wait_for(
+            &format!("sink server {}", b.name),
+            Duration::from_secs(20),
+            || {
+                let _inside = ns.enter();
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            },
+        );
         p
     }
 
@@ -293,11 +406,17 @@ impl DemoNet {
     pub fn start_slow_http(&mut self, i: usize, delay_ms: u64) {
         let b = &mut self.backends[i];
         let log = self.dir.join(format!("{}-slow.log", b.name));
-        let script = SLOW_SERVER.replace("DELAY", &format!("{}", delay_ms as f64 / 1000.0)).replace("NAME", &b.name);
+        let script = SLOW_SERVER
+            .replace("DELAY", &format!("{}", delay_ms as f64 / 1000.0))
+            .replace("NAME", &b.name);
         let p = spawn_logged(&b.ns, &[PYTHON, "-c", &script], &log);
         let url = format!("http://{}/", b.v4);
         let ns = &b.ns;
-        wait_for(&format!("slow web server {}", b.name), Duration::from_secs(20), || curl(ns, &url, 2).is_some());
+        wait_for(
+            &format!("slow web server {}", b.name),
+            Duration::from_secs(20),
+            || curl(ns, &url, 2).is_some(),
+        );
         b.http = Some(p);
     }
 
@@ -307,7 +426,18 @@ impl DemoNet {
         let log = self.dir.join(format!("{}-agent.log", b.name));
         let bin = xlb_bin();
         let listen = format!("[::]:{port}");
-        spawn_logged(&b.ns, &[bin.to_str().expect("utf-8 path"), "agent", "--listen", &listen, "--state-file", state_file.to_str().expect("utf-8 path")], &log)
+        spawn_logged(
+            &b.ns,
+            &[
+                bin.to_str().expect("utf-8 path"),
+                "agent",
+                "--listen",
+                &listen,
+                "--state-file",
+                state_file.to_str().expect("utf-8 path"),
+            ],
+            &log,
+        )
     }
 
     /// Stops backend `i`'s web server (its host stays up: health checks must notice).
@@ -317,13 +447,24 @@ impl DemoNet {
 
     /// Name of the backend whose own IPv4 address is `addr`.
     pub fn backend_name(&self, addr: &str) -> Option<&str> {
-        self.backends.iter().find(|b| b.v4.to_string() == addr || b.v6.to_string() == addr).map(|b| b.name.as_str())
+        self.backends
+            .iter()
+            .find(|b| b.v4.to_string() == addr || b.v6.to_string() == addr)
+            .map(|b| b.name.as_str())
     }
 
     /// A config with one VIP per family on port 80 over all backends (TCP health checks).
     pub fn config_json(&self) -> String {
-        let b4: Vec<String> = self.backends.iter().map(|b| format!(r#"{{"address": "{}"}}"#, b.v4)).collect();
-        let b6: Vec<String> = self.backends.iter().map(|b| format!(r#"{{"address": "{}"}}"#, b.v6)).collect();
+        let b4: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| format!(r#"{{"address": "{}"}}"#, b.v4))
+            .collect();
+        let b6: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| format!(r#"{{"address": "{}"}}"#, b.v6))
+            .collect();
         format!(
             r#"{{"vips": [
   {{"name": "web4", "address": "{VIP4}", "port": 80, "protocol": "tcp",
@@ -363,10 +504,14 @@ impl DemoNet {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut p = spawn_logged(&self.lb, &argv, &self.dir.join("xlb-run.log"));
         let s2 = sock.clone();
-        wait_for("xlb run to serve its socket", Duration::from_secs(30), || {
-            assert!(p.running(), "xlb run exited:\n{}", p.log_text());
-            s2.exists()
-        });
+        wait_for(
+            "xlb run to serve its socket",
+            Duration::from_secs(30),
+            || {
+                assert!(p.running(), "xlb run exited:\n{}", p.log_text());
+                s2.exists()
+            },
+        );
         (p, sock)
     }
 
@@ -387,19 +532,30 @@ impl DemoNet {
             .arg(sock)
             .output()
             .expect("running xlb");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Backend states (`up`, `down`, `drained`) by "VIP backend" from `xlb status --json`.
     pub fn backend_states(&self, sock: &Path) -> BTreeMap<String, String> {
         let (ok, out, _) = self.try_ctl(sock, &["status", "--json"]);
         let mut states = BTreeMap::new();
-        let Some(v) = ok.then(|| serde_json::from_str::<serde_json::Value>(&out).ok()).flatten() else {
+        let Some(v) = ok
+            .then(|| serde_json::from_str::<serde_json::Value>(&out).ok())
+            .flatten()
+        else {
             return states;
         };
         for vip in v["vips"].as_array().into_iter().flatten() {
             for b in vip["backends"].as_array().into_iter().flatten() {
-                let key = format!("{} {}", vip["vip"].as_str().unwrap_or("?"), b["address"].as_str().unwrap_or("?"));
+                let key = format!(
+                    "{} {}",
+                    vip["vip"].as_str().unwrap_or("?"),
+                    b["address"].as_str().unwrap_or("?")
+                );
                 states.insert(key, b["state"].as_str().unwrap_or("?").to_string());
             }
         }
@@ -409,15 +565,23 @@ impl DemoNet {
     /// Waits until the balancer has a resolved next hop for every backend of every VIP
     /// (status shows `next_hop`), so that the first requests are not lost to resolution.
     pub fn wait_ready(&self, sock: &Path) {
-        wait_for("next hops for all backends", Duration::from_secs(20), || {
-            let (ok, out, _) = self.try_ctl(sock, &["status", "--json"]);
-            ok && serde_json::from_str::<serde_json::Value>(&out)
-                .ok()
-                .and_then(|v| v["vips"].as_array().cloned())
-                .is_some_and(|vips| {
-                    vips.iter().all(|v| v["backends"].as_array().is_some_and(|bs| bs.iter().all(|b| !b["next_hop"].is_null())))
-                })
-        });
+        wait_for(
+            "next hops for all backends",
+            Duration::from_secs(20),
+            || {
+                let (ok, out, _) = self.try_ctl(sock, &["status", "--json"]);
+                ok && serde_json::from_str::<serde_json::Value>(&out)
+                    .ok()
+                    .and_then(|v| v["vips"].as_array().cloned())
+                    .is_some_and(|vips| {
+                        vips.iter().all(|v| {
+                            v["backends"]
+                                .as_array()
+                                .is_some_and(|bs| bs.iter().all(|b| !b["next_hop"].is_null()))
+                        })
+                    })
+            },
+        );
     }
 }
 
@@ -439,7 +603,11 @@ fn unique() -> u64 {
 }
 
 /// A TCP connection opened from inside `ns` (the socket stays in that namespace).
-pub fn connect_in(ns: &Netns, addr: std::net::SocketAddr, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+pub fn connect_in(
+    ns: &Netns,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
     let _inside = ns.enter();
     let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
@@ -456,9 +624,16 @@ pub struct LineConn {
 
 impl LineConn {
     /// Connects from inside `ns`.
-    pub fn open(ns: &Netns, addr: std::net::SocketAddr, timeout: Duration) -> std::io::Result<LineConn> {
+    pub fn open(
+        ns: &Netns,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<LineConn> {
         let s = connect_in(ns, addr, timeout)?;
-        Ok(LineConn { reader: std::io::BufReader::new(s.try_clone()?), writer: s })
+        Ok(LineConn {
+            reader: std::io::BufReader::new(s.try_clone()?),
+            writer: s,
+        })
     }
 
     /// Asks who answers.
@@ -473,24 +648,45 @@ impl LineConn {
 
 /// One HTTP/1.0 GET over a new connection from inside `ns`; the body, or an error. Faster
 /// than spawning curl, so load loops can run hundreds of requests.
-pub fn http_get(ns: &Netns, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+pub fn http_get(
+    ns: &Netns,
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Write};
     let mut s = connect_in(ns, addr, timeout)?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: xlb\r\n\r\n")?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
     if !resp.starts_with(b"HTTP/1.0 200") && !resp.starts_with(b"HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("status: {}", String::from_utf8_lossy(&resp[..split.min(40)]))));
+        return Err(std::io::Error::other(format!(
+            "status: {}",
+            String::from_utf8_lossy(&resp[..split.min(40)])
+        )));
     }
     Ok(resp[split + 4..].to_vec())
 }
 
 /// Like [`http_get`], from a given source address of the client (several client identities).
-pub fn http_get_from(ns: &Netns, src: std::net::IpAddr, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+pub fn http_get_from(
+    ns: &Netns,
+    src: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Write};
     let _inside = ns.enter();
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     sock.bind(&std::net::SocketAddr::new(src, 0).into())?;
     sock.connect_timeout(&addr.into(), timeout)?;
     let mut s: std::net::TcpStream = sock.into();
@@ -498,7 +694,10 @@ pub fn http_get_from(ns: &Netns, src: std::net::IpAddr, addr: std::net::SocketAd
     write!(s, "GET {path} HTTP/1.0\r\nHost: xlb\r\n\r\n")?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
     Ok(resp[split + 4..].to_vec())
 }
 
@@ -506,7 +705,10 @@ pub fn http_get_from(ns: &Netns, src: std::net::IpAddr, addr: std::net::SocketAd
 pub fn rx_bytes(ns: &Netns, ifname: &str) -> u64 {
     let path = format!("/sys/class/net/{ifname}/statistics/rx_bytes");
     let _inside = ns.enter();
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// One HTTP GET from `ns` with curl (new connection, new source port); the body, or `None`
@@ -514,8 +716,21 @@ pub fn rx_bytes(ns: &Netns, ifname: &str) -> u64 {
 pub fn curl(ns: &Netns, url: &str, timeout_s: u32) -> Option<String> {
     let t = timeout_s.to_string();
     let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "curl", "-s", "-f", "-g", "--max-time", &t, url])
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "curl",
+            "-s",
+            "-f",
+            "-g",
+            "--max-time",
+            &t,
+            url,
+        ])
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -16,7 +16,11 @@ fn tally(net: &DemoNet, vip: SocketAddr, n: usize) -> (BTreeMap<String, usize>, 
     let mut errors = Vec::new();
     for _ in 0..n {
         match http_get(&net.client, vip, "/", TIMEOUT) {
-            Ok(body) => *counts.entry(String::from_utf8_lossy(&body).trim().to_string()).or_default() += 1,
+            Ok(body) => {
+                *counts
+                    .entry(String::from_utf8_lossy(&body).trim().to_string())
+                    .or_default() += 1
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -26,10 +30,18 @@ fn tally(net: &DemoNet, vip: SocketAddr, n: usize) -> (BTreeMap<String, usize>, 
 #[track_caller]
 fn assert_spread(counts: &BTreeMap<String, usize>, n: usize, backends: usize) {
     let fair = n as f64 / backends as f64;
-    assert_eq!(counts.len(), backends, "not every backend answered: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        backends,
+        "not every backend answered: {counts:?}"
+    );
     for (b, c) in counts {
         let dev = (*c as f64 - fair).abs() / fair;
-        assert!(dev <= 0.30, "backend {b} got {c} of {n} (fair share {fair:.0}, off by {:.0}%): {counts:?}", dev * 100.0);
+        assert!(
+            dev <= 0.30,
+            "backend {b} got {c} of {n} (fair share {fair:.0}, off by {:.0}%): {counts:?}",
+            dev * 100.0
+        );
     }
 }
 
@@ -43,9 +55,17 @@ fn dsr_spreads_v4_and_v6_over_three_backends_and_replies_bypass_the_balancer() {
     let (_lb, sock) = net.start_lb(&net.config_json(), &[]);
     net.wait_ready(&sock);
 
-    for vip in [SocketAddr::new(VIP4.parse().unwrap(), 80), SocketAddr::new(VIP6.parse().unwrap(), 80)] {
+    for vip in [
+        SocketAddr::new(VIP4.parse().unwrap(), 80),
+        SocketAddr::new(VIP6.parse().unwrap(), 80),
+    ] {
         let (counts, errors) = tally(&net, vip, 300);
-        assert!(errors.is_empty(), "{} of 300 requests to {vip} failed: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+        assert!(
+            errors.is_empty(),
+            "{} of 300 requests to {vip} failed: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
         assert_spread(&counts, 300, 3);
     }
 
@@ -63,7 +83,10 @@ fn dsr_spreads_v4_and_v6_over_three_backends_and_replies_bypass_the_balancer() {
 
     let stats = net.ctl(&sock, &["stats", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
-    assert!(v["reasons"]["tx_encap"].as_u64().unwrap_or(0) >= 600, "{stats}");
+    assert!(
+        v["reasons"]["tx_encap"].as_u64().unwrap_or(0) >= 600,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -89,8 +112,26 @@ fn long_lived_connection_keeps_its_backend_while_backends_come_and_go() {
     let changes: &[&[&str]] = &[
         &["backend", "add", &target, "198.18.0.13"],
         &["backend", "weight", &target, "198.18.0.13", "5"],
-        &["backend", "remove", &target, if first == "b1" { "198.18.0.12" } else { "198.18.0.11" }],
-        &["backend", "add", &target, if first == "b1" { "198.18.0.12" } else { "198.18.0.11" }],
+        &[
+            "backend",
+            "remove",
+            &target,
+            if first == "b1" {
+                "198.18.0.12"
+            } else {
+                "198.18.0.11"
+            },
+        ],
+        &[
+            "backend",
+            "add",
+            &target,
+            if first == "b1" {
+                "198.18.0.12"
+            } else {
+                "198.18.0.11"
+            },
+        ],
     ];
     for change in changes {
         let mut args: Vec<&str> = change.to_vec();
@@ -101,4 +142,48 @@ fn long_lived_connection_keeps_its_backend_while_backends_come_and_go() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Bulk uploads through the VIP: full-size client segments no longer fit the link once
+/// encapsulated; the balancer answers with frag-needed / packet-too-big, the client's path
+/// MTU drops, and the upload completes (without those answers it would stall).
+#[test]
+fn bulk_uploads_through_the_vip_complete_thanks_to_icmp_too_big() {
+    use std::io::{Read, Write};
+    use xlb_tests::topology::{connect_in, SINK_PORT};
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2eu", 2);
+    net.start_backends();
+    let _sinks: Vec<_> = (0..2).map(|i| net.start_sink(i)).collect();
+    let cfg = format!(
+        r#"{{"vips": [
+          {{"address": "{VIP4}", "port": {SINK_PORT}, "protocol": "tcp", "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}},
+          {{"address": "{VIP6}", "port": {SINK_PORT}, "protocol": "tcp", "backends": [{{"address": "fd00::11"}}, {{"address": "fd00::12"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    const UPLOAD: usize = 2 * 1024 * 1024;
+    for vip in [VIP4, VIP6] {
+        let addr = SocketAddr::new(vip.parse().unwrap(), SINK_PORT);
+        let mut s = connect_in(&net.client, addr, Duration::from_secs(20)).expect("connect");
+        s.write_all(&vec![b'u'; UPLOAD])
+            .expect("upload through the VIP stalled");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("answer");
+        let got: usize = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(got, UPLOAD, "{vip}: backend answered {answer:?}");
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&net.ctl(&sock, &["stats", "--json"])).unwrap();
+    assert!(
+        stats["reasons"]["icmp_too_big_sent"].as_u64().unwrap_or(0) >= 2,
+        "no too-big answers were needed? {stats}"
+    );
 }

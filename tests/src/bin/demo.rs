@@ -31,14 +31,21 @@ fn main() {
 
     println!("\nfailover: stopping b2's web server (its host stays up; health checks notice)");
     net.stop_http(1);
-    let b2_down = || net.backend_states(&sock).get("198.18.1.1:80/tcp 198.18.0.12").map(String::as_str) == Some("down");
+    let b2_down = || {
+        net.backend_states(&sock)
+            .get("198.18.1.1:80/tcp 198.18.0.12")
+            .map(String::as_str)
+            == Some("down")
+    };
     wait_for("b2 to be marked down", Duration::from_secs(15), b2_down);
     println!("{}", net.ctl(&sock, &["status"]));
     tally(&net, &url4, "IPv4 with b2 down");
 
     println!("\nb2's web server is back");
     net.start_http(1);
-    wait_for("b2 to rejoin", Duration::from_secs(15), || net.backend_states(&sock).values().all(|s| s == "up"));
+    wait_for("b2 to rejoin", Duration::from_secs(15), || {
+        net.backend_states(&sock).values().all(|s| s == "up")
+    });
     tally(&net, &url4, "IPv4 with b2 back");
 
     println!("\ndata-plane counters (xlb stats):");
@@ -59,5 +66,8 @@ fn tally(net: &DemoNet, url: &str, label: &str) {
         }
     }
     let shares: Vec<String> = counts.iter().map(|(b, n)| format!("{b} {n}")).collect();
-    println!("{REQUESTS} requests over {label}: {} ({failed} failed)", shares.join(", "));
+    println!(
+        "{REQUESTS} requests over {label}: {} ({failed} failed)",
+        shares.join(", ")
+    );
 }
