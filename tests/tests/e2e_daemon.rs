@@ -17,7 +17,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, wait_for, Netns},
-    topology::{http_get, DemoNet, LineConn, NAME_PORT, VIP4},
+    topology::{connect_in, http_get, DemoNet, LineConn, NAME_PORT, VIP4},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -46,21 +46,37 @@ impl Load {
             let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
             let deadline = Instant::now() + Duration::from_secs(120);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let r = http_get(&ns, vip, "/", TIMEOUT).map(|b| String::from_utf8_lossy(&b).trim().to_string()).map_err(|e| e.to_string());
+                let r = http_get(&ns, vip, "/", TIMEOUT)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .map_err(|e| e.to_string());
                 l.lock().unwrap().push((Instant::now(), r));
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        Load { stop, log, thread: Some(thread) }
+        Load {
+            stop,
+            log,
+            thread: Some(thread),
+        }
     }
 
     fn since(&self, t: Instant) -> Vec<Result<String, String>> {
-        self.log.lock().unwrap().iter().filter(|(at, _)| *at >= t).map(|(_, r)| r.clone()).collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// Waits until at least `n` requests completed after `t`.
     fn wait_requests_after(&self, t: Instant, n: usize) {
-        wait_for(&format!("{n} requests of load"), Duration::from_secs(30), || self.since(t).len() >= n);
+        wait_for(
+            &format!("{n} requests of load"),
+            Duration::from_secs(30),
+            || self.since(t).len() >= n,
+        );
     }
 }
 
@@ -78,7 +94,14 @@ struct Conn(LineConn);
 
 impl Conn {
     fn open(client: &Netns) -> Conn {
-        Conn(LineConn::open(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect to the line VIP"))
+        Conn(
+            LineConn::open(
+                client,
+                SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT),
+                TIMEOUT,
+            )
+            .expect("connect to the line VIP"),
+        )
     }
 
     fn ask(&mut self) -> Result<String, String> {
@@ -97,18 +120,32 @@ fn raw(sock: &Path, line: &[u8]) -> serde_json::Value {
     while s.read(&mut byte).map(|n| n == 1).unwrap_or(false) && byte[0] != b'\n' {
         buf.push(byte[0]);
     }
-    serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("response to {:?} is not JSON ({e}): {:?}", String::from_utf8_lossy(&line[..line.len().min(80)]), String::from_utf8_lossy(&buf)))
+    serde_json::from_slice(&buf).unwrap_or_else(|e| {
+        panic!(
+            "response to {:?} is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(80)]),
+            String::from_utf8_lossy(&buf)
+        )
+    })
 }
 
 /// `status` without the moving parts (counters, health statistics).
 fn shape(net: &DemoNet, sock: &Path) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(&net.ctl(sock, &["status", "--json"])).expect("status JSON");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&net.ctl(sock, &["status", "--json"])).expect("status JSON");
     for vip in v["vips"].as_array_mut().into_iter().flatten() {
         for k in ["packets", "bytes", "new_flows"] {
             vip[k] = serde_json::Value::Null;
         }
         for b in vip["backends"].as_array_mut().into_iter().flatten() {
-            for k in ["packets", "bytes", "new_flows", "active_flows", "health", "next_hop"] {
+            for k in [
+                "packets",
+                "bytes",
+                "new_flows",
+                "active_flows",
+                "health",
+                "next_hop",
+            ] {
                 b[k] = serde_json::Value::Null;
             }
         }
@@ -124,11 +161,26 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     let mut net = DemoNet::new("e2ed", 3);
     net.start_backends();
     let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
-    let (_lb, sock) = net.start_lb("{}", &[]);
+    let (_lb, sock) = net.start_lb("{}", &["--metrics", "198.18.0.2:9100"]);
 
     // Configure everything through the socket, from separate processes.
     let hc = r#"{"kind":"http","path":"/","interval_ms":300,"timeout_ms":200,"rise":2,"fall":2,"down_interval_ms":600}"#;
-    net.ctl(&sock, &["vip", "add", WEB, "--health-check", hc, "--backend", "198.18.0.11", "--backend", "198.18.0.12", "--backend", "198.18.0.13"]);
+    net.ctl(
+        &sock,
+        &[
+            "vip",
+            "add",
+            WEB,
+            "--health-check",
+            hc,
+            "--backend",
+            "198.18.0.11",
+            "--backend",
+            "198.18.0.12",
+            "--backend",
+            "198.18.0.13",
+        ],
+    );
     let lines = format!("{VIP4}:{NAME_PORT}/tcp");
     net.ctl(&sock, &["vip", "add", &lines]);
     for b in ["198.18.0.11", "198.18.0.12", "198.18.0.13"] {
@@ -142,15 +194,29 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         let mut c = Conn::open(&net.client);
         let who = c.ask().expect("first answer");
         conns.push((c, who));
-        if conns.iter().map(|(_, w)| w.clone()).collect::<BTreeSet<_>>().len() >= 2 && conns.len() >= 6 {
+        if conns
+            .iter()
+            .map(|(_, w)| w.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= 2
+            && conns.len() >= 6
+        {
             break;
         }
     }
     let holders: BTreeSet<String> = conns.iter().map(|(_, w)| w.clone()).collect();
-    assert!(holders.len() >= 2, "all long-lived connections on one backend: {holders:?}");
+    assert!(
+        holders.len() >= 2,
+        "all long-lived connections on one backend: {holders:?}"
+    );
     let check_conns = |conns: &mut Vec<(Conn, String)>, when: &str| {
         for (c, want) in conns.iter_mut() {
-            assert_eq!(c.ask().as_deref(), Ok(want.as_str()), "(e) a long-lived connection moved or broke {when}");
+            assert_eq!(
+                c.ask().as_deref(),
+                Ok(want.as_str()),
+                "(e) a long-lived connection moved or broke {when}"
+            );
         }
     };
 
@@ -159,36 +225,77 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
 
     // (a) stop b2's web server: after fall × interval + timeout it is down and no request fails.
     net.stop_http(1);
-    wait_for("b2 down in xlb status", Duration::from_secs(15), || net.backend_states(&sock).get(&format!("{WEB} 198.18.0.12")).map(String::as_str) == Some("down"));
+    wait_for("b2 down in xlb status", Duration::from_secs(15), || {
+        net.backend_states(&sock)
+            .get(&format!("{WEB} 198.18.0.12"))
+            .map(String::as_str)
+            == Some("down")
+    });
     let after_down = Instant::now();
     load.wait_requests_after(after_down, 100);
     let results = load.since(after_down);
     let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
-    assert!(failed.is_empty(), "(a) {} of {} requests failed after b2 was marked down: {:?}", failed.len(), results.len(), &failed[..failed.len().min(3)]);
-    assert!(results.iter().all(|r| r.as_deref() != Ok("b2")), "(a) b2 answered while down");
+    assert!(
+        failed.is_empty(),
+        "(a) {} of {} requests failed after b2 was marked down: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        results.iter().all(|r| r.as_deref() != Ok("b2")),
+        "(a) b2 answered while down"
+    );
     check_conns(&mut conns, "during (a)");
 
     // (b) start it again: it rejoins and gets traffic.
     net.start_http(1);
-    wait_for("b2 up again", Duration::from_secs(15), || net.backend_states(&sock).get(&format!("{WEB} 198.18.0.12")).map(String::as_str) == Some("up"));
+    wait_for("b2 up again", Duration::from_secs(15), || {
+        net.backend_states(&sock)
+            .get(&format!("{WEB} 198.18.0.12"))
+            .map(String::as_str)
+            == Some("up")
+    });
     let after_up = Instant::now();
-    wait_for("b2 to answer load again", Duration::from_secs(15), || load.since(after_up).iter().any(|r| r.as_deref() == Ok("b2")));
+    wait_for("b2 to answer load again", Duration::from_secs(15), || {
+        load.since(after_up)
+            .iter()
+            .any(|r| r.as_deref() == Ok("b2"))
+    });
     check_conns(&mut conns, "during (b)");
 
     // (c) drain the backend holding the first long-lived connection: it keeps working, and new
     // connections never reach the drained backend.
     let drained = conns[0].1.clone();
-    let drained_addr = net.backends.iter().find(|b| b.name == drained).map(|b| b.v4.to_string()).expect("backend");
+    let drained_addr = net
+        .backends
+        .iter()
+        .find(|b| b.name == drained)
+        .map(|b| b.v4.to_string())
+        .expect("backend");
     net.ctl(&sock, &["backend", "drain", &lines, &drained_addr]);
     let mut fresh = BTreeMap::new();
     for _ in 0..60 {
         let mut c = Conn::open(&net.client);
-        *fresh.entry(c.ask().expect("answer on a new connection")).or_insert(0) += 1;
+        *fresh
+            .entry(c.ask().expect("answer on a new connection"))
+            .or_insert(0) += 1;
     }
-    assert!(!fresh.contains_key(&drained), "(c) new connections reached drained {drained}: {fresh:?}");
-    assert!(fresh.len() >= 2, "(c) new connections not spread over the others: {fresh:?}");
+    assert!(
+        !fresh.contains_key(&drained),
+        "(c) new connections reached drained {drained}: {fresh:?}"
+    );
+    assert!(
+        fresh.len() >= 2,
+        "(c) new connections not spread over the others: {fresh:?}"
+    );
     check_conns(&mut conns, "after the drain (c)");
-    assert_eq!(net.backend_states(&sock).get(&format!("{lines} {drained_addr}")).map(String::as_str), Some("drained"));
+    assert_eq!(
+        net.backend_states(&sock)
+            .get(&format!("{lines} {drained_addr}"))
+            .map(String::as_str),
+        Some("drained")
+    );
 
     // (d) a burst of bad requests: each refused with a reason, state and traffic unaffected.
     let before = shape(&net, &sock);
@@ -210,17 +317,56 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     ];
     for (line, code) in &bad {
         let resp = raw(&sock, line);
-        assert_eq!(resp["ok"], serde_json::Value::Bool(false), "accepted: {resp}");
+        assert_eq!(
+            resp["ok"],
+            serde_json::Value::Bool(false),
+            "accepted: {resp}"
+        );
         assert_eq!(resp["error"]["code"].as_str(), Some(*code), "{resp}");
-        assert!(resp["error"]["message"].as_str().is_some_and(|m| m.len() > 10), "no reason given: {resp}");
+        assert!(
+            resp["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.len() > 10),
+            "no reason given: {resp}"
+        );
     }
     let (ok, _, err) = net.try_ctl(&sock, &["backend", "weight", WEB, "198.18.0.11", "99999"]);
-    assert!(!ok && err.contains("invalid"), "CLI did not refuse a bad weight: {err}");
-    assert_eq!(shape(&net, &sock), before, "(d) a refused request changed the state");
+    assert!(
+        !ok && err.contains("invalid"),
+        "CLI did not refuse a bad weight: {err}"
+    );
+    assert_eq!(
+        shape(&net, &sock),
+        before,
+        "(d) a refused request changed the state"
+    );
     load.wait_requests_after(burst_start, 30);
-    let during: Vec<_> = load.since(burst_start).into_iter().filter(|r| r.is_err()).collect();
-    assert!(during.is_empty(), "(d) requests failed during the burst: {during:?}");
+    let during: Vec<_> = load
+        .since(burst_start)
+        .into_iter()
+        .filter(|r| r.is_err())
+        .collect();
+    assert!(
+        during.is_empty(),
+        "(d) requests failed during the burst: {during:?}"
+    );
 
     // (e) the long-lived connections on healthy backends kept their backend through all of it.
     check_conns(&mut conns, "at the end (e)");
+
+    // Metrics, scraped like Prometheus would (from the balancer's own namespace).
+    let mut m = connect_in(&net.lb, "198.18.0.2:9100".parse().unwrap(), TIMEOUT).expect("metrics port");
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    for needle in [
+        "# TYPE xlb_dropped_packets_total counter",
+        "xlb_events_total{event=\"tx_encap\"}",
+        "xlb_backend_up{vip=\"198.18.1.1:80/tcp\",backend=\"198.18.0.12\"} 1",
+        "xlb_backend_drained{vip=\"198.18.1.1:7000/tcp\"",
+        "xlb_health_check_latency_seconds{",
+        "xlb_health_transitions_total{to=\"down\"} ",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
 }
