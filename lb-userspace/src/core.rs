@@ -518,7 +518,13 @@ impl<D: Dataplane> Core<D> {
     /// Takes a backend slot (oldest freed first), clears its counters and writes the backend
     /// active, before any table can point at it.
     fn new_backend(&mut self, b: &BackendConfig) -> Result<BackendState, CoreError> {
-        let index = self.backend_ids.free.pop_front().ok_or(CoreError::TooManyBackends { max: self.backend_ids.max })?;
+        let index = self
+            .backend_ids
+            .free
+            .pop_front()
+            .ok_or(CoreError::TooManyBackends {
+                max: self.backend_ids.max,
+            })?;
         let bs = BackendState::new(index, b);
         self.dp.clear_backend(index)?;
         self.dp.set_backend(index, &backend_entry(b.address, &bs))?;

@@ -35,7 +35,8 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
     if local.is_empty() {
         anyhow::bail!("{iface} has no addresses: give --address, or add one with `ip addr add`");
     }
-    let mut ebpf = loader::load_decap()?;
+    let mut ebpf = loader::load_decap_logging(log::max_level())?;
+    let _bpf_log = loader::spawn_bpf_logger(&mut ebpf)?;
     {
         let mut map: HashMap<_, DecapAddr, u32> = HashMap::try_from(
             ebpf.map_mut(MAP_DECAP_ADDRS)

@@ -58,11 +58,42 @@ pub fn load_balancer(opts: LoadOptions) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Loads the decap object and its program.
-pub fn load_decap() -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(DECAP_OBJ).context("loading the decap object")?;
+/// Loads the decap object and its program; its aya-log messages above `level` are
+/// filtered out in the kernel (they cost nothing then).
+pub fn load_decap_logging(level: log::LevelFilter) -> Result<Ebpf> {
+    // aya-log's levels: error 1 … trace 5; `log` numbers them the same way (off = 0).
+    let kernel_level = level as usize as u8;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &kernel_level, true)
+        .load(DECAP_OBJ)
+        .context("loading the decap object")?;
     load_program(&mut ebpf, DECAP_PROG)?;
     Ok(ebpf)
+}
+
+/// Loads the decap object with its log messages off.
+pub fn load_decap() -> Result<Ebpf> {
+    load_decap_logging(log::LevelFilter::Off)
+}
+
+/// Forwards a loaded object's aya-log records to the `log` crate until the task is dropped.
+pub fn spawn_bpf_logger(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
+    let logger = aya_log::EbpfLogger::init(ebpf).context("starting the BPF logger")?;
+    // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd, so the fd
+    // stays open for as long as it is registered.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .context("watching the BPF log buffer")?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// Loads the baseline object and the named program (`xlb_pass`, `xlb_drop`, `xlb_tx`).

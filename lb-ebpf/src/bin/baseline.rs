@@ -6,13 +6,13 @@
 #![no_main]
 
 // Links the shared panic handler.
-use lb_ebpf as _;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use lb_ebpf as _;
 
 /// Passes every frame to the stack.
 #[xdp]
@@ -133,7 +133,6 @@ pub fn xlb_hop(ctx: XdpContext) -> u32 {
     unsafe { (data as *mut [u8; 12]).write_unaligned(*macs) };
     xdp_action::XDP_TX
 }
-
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

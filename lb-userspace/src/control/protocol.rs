@@ -79,7 +79,10 @@ impl From<CoreError> for ControlError {
 /// to it: `{"v":1,"op":"backend.drain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op")]
-#[expect(clippy::large_enum_variant, reason = "one request per line read; boxing buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one request per line read; boxing buys nothing"
+)]
 pub enum Request {
     /// Adds a VIP with its backends.
     #[serde(rename = "vip.add")]

@@ -187,7 +187,11 @@ fn restore_stage(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> Result<u3
     // copying 18 bytes on an untagged frame would overwrite the inner header's first 4
     // bytes (IPv4 total length) with the outer header's.
     let macs = read::<[u8; 12]>(ctx, 0).ok_or(Drop::AdjustFailed)?;
-    let tag = if l2_len == ETH_HLEN { None } else { Some(read::<u32>(ctx, ETH_HLEN - 2).ok_or(Drop::AdjustFailed)?) };
+    let tag = if l2_len == ETH_HLEN {
+        None
+    } else {
+        Some(read::<u32>(ctx, ETH_HLEN - 2).ok_or(Drop::AdjustFailed)?)
+    };
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Drop::AdjustFailed);

@@ -147,7 +147,6 @@ fn forward_icmp_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     Ok(verdict)
 }
 
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";

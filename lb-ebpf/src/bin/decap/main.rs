@@ -15,6 +15,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use lb_common::{
     addr::{FAMILY_V4, FAMILY_V6},
     counters::{Event, Pass, COUNTER_SLOTS},
@@ -75,6 +76,18 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
         family: u32::from(l3.family),
     };
     if DECAP_ADDRS.get_ptr(&key).is_none() {
+        // A tunnel aimed at an address we do not accept usually means a balancer configured
+        // with a backend address this host lacks: worth a debug line (filtered out in the
+        // kernel unless `--log-level debug`), and always counted.
+        if l3.family == lb_common::addr::FAMILY_V4 {
+            debug!(
+                ctx,
+                "tunnel to {:i} is not for a local address",
+                u32::from_be(l3.dst[0])
+            );
+        } else {
+            debug!(ctx, "IPv6 tunnel is not for a local address");
+        }
         return Err(Pass::TunnelNotLocal);
     }
     // The inner header must be what the outer one announced.
@@ -108,7 +121,6 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
     write(ctx, off, inner_ethertype.to_be()).ok_or(Pass::Malformed)?;
     Ok(())
 }
-
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
