@@ -69,8 +69,18 @@ impl Generator {
     fn configure(&mut self, action: u32) -> Result<()> {
         let mut frame = [0u8; FRAME_LEN];
         frame.copy_from_slice(&self.template);
-        let cfg = GenConfig { frame, flows: GEN_FLOWS, sport_base: GEN_SPORT_BASE, sport_off: SPORT_OFF_V4 as u32, action };
-        let mut map: Array<_, GenConfig> = Array::try_from(self.ebpf.map_mut("GEN_CONFIG").context("xlb_gen has no GEN_CONFIG map")?)?;
+        let cfg = GenConfig {
+            frame,
+            flows: GEN_FLOWS,
+            sport_base: GEN_SPORT_BASE,
+            sport_off: SPORT_OFF_V4 as u32,
+            action,
+        };
+        let mut map: Array<_, GenConfig> = Array::try_from(
+            self.ebpf
+                .map_mut("GEN_CONFIG")
+                .context("xlb_gen has no GEN_CONFIG map")?,
+        )?;
         map.set(0, cfg, 0)?;
         Ok(())
     }
@@ -118,7 +128,8 @@ enum Dut<'a> {
 fn attach(lb: &Netns, prog: &mut Xdp) -> Result<aya::programs::xdp::XdpLinkId> {
     let ifindex = lb.ifindex("l0");
     let _inside = lb.enter();
-    prog.attach_to_if_index(ifindex, XdpMode::Driver).context("attaching the DUT to l0")
+    prog.attach_to_if_index(ifindex, XdpMode::Driver)
+        .context("attaching the DUT to l0")
 }
 
 struct Sample {
@@ -126,8 +137,18 @@ struct Sample {
     bpf_ns: Option<f64>,
 }
 
-fn measure(gen: &mut Generator, genns: &Netns, lb: &Netns, dut: Dut<'_>, frames: u32) -> Result<Sample> {
-    let action = if matches!(dut, Dut::GeneratorAlone) { XDP_DROP } else { XDP_TX };
+fn measure(
+    gen: &mut Generator,
+    genns: &Netns,
+    lb: &Netns,
+    dut: Dut<'_>,
+    frames: u32,
+) -> Result<Sample> {
+    let action = if matches!(dut, Dut::GeneratorAlone) {
+        XDP_DROP
+    } else {
+        XDP_TX
+    };
     gen.configure(action)?;
     let before = veth_stat(genns, "g0", "xdp_packets");
     let (secs, bpf_ns) = match dut {
@@ -146,15 +167,26 @@ fn measure(gen: &mut Generator, genns: &Netns, lb: &Netns, dut: Dut<'_>, frames:
             let secs = gen.send(genns, frames);
             lab.prog().detach(link)?;
             let i1 = lab.prog().info()?;
-            let encap = lab.counters()[Event::TxEncap.slot() as usize] - c0[Event::TxEncap.slot() as usize];
-            ensure!(encap > 0, "xlb encapsulated nothing: check the generator's template and next hops");
+            let encap =
+                lab.counters()[Event::TxEncap.slot() as usize] - c0[Event::TxEncap.slot() as usize];
+            ensure!(
+                encap > 0,
+                "xlb encapsulated nothing: check the generator's template and next hops"
+            );
             let runs = i1.run_count() - i0.run_count();
             let ns = (i1.run_time() - i0.run_time()).as_nanos() as f64;
-            (secs?, (runs > 0).then(|| ns / runs as f64))
+            (secs?, (runs > 0 && ns > 0.0).then(|| ns / runs as f64))
         }
     };
-    let delivered = if action == XDP_DROP { u64::from(frames) } else { veth_stat(genns, "g0", "xdp_packets") - before };
-    Ok(Sample { pps: delivered as f64 / secs, bpf_ns })
+    let delivered = if action == XDP_DROP {
+        u64::from(frames)
+    } else {
+        veth_stat(genns, "g0", "xdp_packets") - before
+    };
+    Ok(Sample {
+        pps: delivered as f64 / secs,
+        bpf_ns,
+    })
 }
 
 /// Runs part 2.
@@ -177,21 +209,65 @@ pub fn run(plan: &Plan) -> Result<Value> {
         let _inside = genns.enter();
         loader::attach(&mut ebpf, "xlb_drop", "g0", XdpMode::Driver)?;
     }
-    let template = udp64(gmac, lmac, CLIENT.parse()?, GEN_SPORT_BASE as u16, VIP.parse()?, PORT);
-    let mut gen = Generator { ebpf, ifindex: genns.ifindex("g0"), template };
+    let template = udp64(
+        gmac,
+        lmac,
+        CLIENT.parse()?,
+        GEN_SPORT_BASE as u16,
+        VIP.parse()?,
+        PORT,
+    );
+    let mut gen = Generator {
+        ebpf,
+        ifindex: genns.ifindex("g0"),
+        template,
+    };
 
     // DUTs.
     let mut tx = loader::load_baseline("xlb_tx")?;
-    let hop = NextHop { ifindex: l0, smac: lmac, dmac: gmac };
-    let vips = || vec![VipSpec { addr: VIP.parse().expect("vip"), port: PORT, proto: "udp", backends: backend_addrs(10, false) }];
-    let mut xlb = BenchLab::new(&vips(), LoadOptions { max_vips: 4, max_conns: 1 << 16 }, hop)?;
-    let mut xlb_1m = BenchLab::new(&vips(), LoadOptions { max_vips: 4, max_conns: 3 << 20 }, hop)?;
-    let vid: VipId = format!("{VIP}:{PORT}/udp").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let hop = NextHop {
+        ifindex: l0,
+        smac: lmac,
+        dmac: gmac,
+    };
+    let vips = || {
+        vec![VipSpec {
+            addr: VIP.parse().expect("vip"),
+            port: PORT,
+            proto: "udp",
+            backends: backend_addrs(10, false),
+        }]
+    };
+    let mut xlb = BenchLab::new(
+        &vips(),
+        LoadOptions {
+            max_vips: 4,
+            max_conns: 1 << 16,
+        },
+        hop,
+    )?;
+    let mut xlb_1m = BenchLab::new(
+        &vips(),
+        LoadOptions {
+            max_vips: 4,
+            max_conns: 3 << 20,
+        },
+        hop,
+    )?;
+    let vid: VipId = format!("{VIP}:{PORT}/udp")
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
     let backend: IpAddr = backend_addrs(1, false)[0];
     let t = Instant::now();
     let refused = xlb_1m.fill_conns(&vid, backend, 0, 1_000_000)?;
-    ensure!(refused == 0, "the kernel refused {refused} of 1 M connection-table inserts");
-    eprintln!("  forward: 1 M flows written in {:.1} s", t.elapsed().as_secs_f64());
+    ensure!(
+        refused == 0,
+        "the kernel refused {refused} of 1 M connection-table inserts"
+    );
+    eprintln!(
+        "  forward: 1 M flows written in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     // Warm-up: records the generator's flows in both tables and sizes the runs.
     let warm = 200_000;
@@ -199,7 +275,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
     measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb), warm)?;
     measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb_1m), warm)?;
     let tx_rate = measure(&mut gen, &genns, &lb, Dut::XdpTx(&mut tx), warm)?.pps;
-    let frames_for = |rate: f64| ((rate * plan.forward_secs) as u64).clamp(100_000, 50_000_000) as u32;
+    let frames_for =
+        |rate: f64| ((rate * plan.forward_secs) as u64).clamp(100_000, 50_000_000) as u32;
 
     let names = ["generator_alone", "xdp_tx_baseline", "xlb", "xlb_1m_flows"];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); 4];
@@ -207,15 +284,36 @@ pub fn run(plan: &Plan) -> Result<Value> {
     for round in 0..plan.rounds {
         for (i, _) in names.iter().enumerate() {
             let s = match i {
-                0 => measure(&mut gen, &genns, &lb, Dut::GeneratorAlone, frames_for(gen_rate))?,
-                1 => measure(&mut gen, &genns, &lb, Dut::XdpTx(&mut tx), frames_for(tx_rate))?,
-                2 => measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb), frames_for(tx_rate))?,
-                _ => measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb_1m), frames_for(tx_rate))?,
+                0 => measure(
+                    &mut gen,
+                    &genns,
+                    &lb,
+                    Dut::GeneratorAlone,
+                    frames_for(gen_rate),
+                )?,
+                1 => measure(
+                    &mut gen,
+                    &genns,
+                    &lb,
+                    Dut::XdpTx(&mut tx),
+                    frames_for(tx_rate),
+                )?,
+                2 => measure(
+                    &mut gen,
+                    &genns,
+                    &lb,
+                    Dut::Xlb(&mut xlb),
+                    frames_for(tx_rate),
+                )?,
+                _ => measure(
+                    &mut gen,
+                    &genns,
+                    &lb,
+                    Dut::Xlb(&mut xlb_1m),
+                    frames_for(tx_rate),
+                )?,
             };
             pps[i].push(s.pps);
-            if let Some(ns) = s.bpf_ns {
-                bpf[i].push(ns);
-            }
         }
         eprintln!(
             "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, xlb {:.2}, xlb 1M {:.2}",
@@ -226,6 +324,26 @@ pub fn run(plan: &Plan) -> Result<Value> {
             pps[2][round] / 1e6,
             pps[3][round] / 1e6
         );
+    }
+    // The balancer's own run time per packet under this load, in extra runs: BPF stats cost
+    // every program two clock reads per run, so they stay off while packets/s are measured.
+    {
+        let _stats = crate::bpf_stats_on()?;
+        for _ in 0..plan.rounds.min(3) {
+            for (i, lab) in [(2, &mut xlb), (3, &mut xlb_1m)] {
+                if let Some(ns) = measure(
+                    &mut gen,
+                    &genns,
+                    &lb,
+                    Dut::Xlb(lab),
+                    frames_for(tx_rate) / 2,
+                )?
+                .bpf_ns
+                {
+                    bpf[i].push(ns);
+                }
+            }
+        }
     }
     let s: Vec<Summary> = pps.iter().map(|v| Summary::of(v)).collect();
     let mut out = json!({});

@@ -20,7 +20,10 @@ pub fn udp64(smac: Mac, dmac: Mac, src: IpAddr, sport: u16, dst: IpAddr, dport: 
         (IpAddr::V6(s), IpAddr::V6(d)) => Pkt::eth(smac, dmac).ipv6(s, d),
         _ => panic!("mixed-family frame {src} → {dst}"),
     };
-    let frame = pkt.udp(sport, dport).payload(&vec![0x5a; FRAME_LEN - headers]).build();
+    let frame = pkt
+        .udp(sport, dport)
+        .payload(&vec![0x5a; FRAME_LEN - headers])
+        .build();
     assert_eq!(frame.len(), FRAME_LEN, "bench frames are {FRAME_LEN} bytes");
     frame
 }

@@ -40,8 +40,18 @@ pub struct VipSpec {
 
 impl VipSpec {
     fn json(&self) -> String {
-        let b: Vec<String> = self.backends.iter().map(|a| format!(r#"{{"address": "{a}"}}"#)).collect();
-        format!(r#"{{"address": "{}", "port": {}, "protocol": "{}", "backends": [{}]}}"#, self.addr, self.port, self.proto, b.join(", "))
+        let b: Vec<String> = self
+            .backends
+            .iter()
+            .map(|a| format!(r#"{{"address": "{a}"}}"#))
+            .collect();
+        format!(
+            r#"{{"address": "{}", "port": {}, "protocol": "{}", "backends": [{}]}}"#,
+            self.addr,
+            self.port,
+            self.proto,
+            b.join(", ")
+        )
     }
 }
 
@@ -54,7 +64,11 @@ pub fn backend_addrs(n: usize, v6: bool) -> Vec<IpAddr> {
                 IpAddr::V6(format!("fd00:8::{:x}", i + 1).parse().expect("v6 backend"))
             } else {
                 let i = i + 1;
-                IpAddr::V4(format!("198.18.{}.{}", 8 + i / 256, i % 256).parse().expect("v4 backend"))
+                IpAddr::V4(
+                    format!("198.18.{}.{}", 8 + i / 256, i % 256)
+                        .parse()
+                        .expect("v4 backend"),
+                )
             }
         })
         .collect()
@@ -73,24 +87,32 @@ impl BenchLab {
     /// the next hop `hop`.
     pub fn new(vips: &[VipSpec], opts: LoadOptions, hop: NextHop) -> Result<BenchLab> {
         let body: Vec<String> = vips.iter().map(VipSpec::json).collect();
-        let text = format!(r#"{{"outer_source": {{"v4": "{LB_V4}", "v6": "{LB_V6}"}}, "vips": [{}]}}"#, body.join(", "));
+        let text = format!(
+            r#"{{"outer_source": {{"v4": "{LB_V4}", "v6": "{LB_V6}"}}, "vips": [{}]}}"#,
+            body.join(", ")
+        );
         let cfg = Config::from_json(&text).map_err(|e| anyhow!("bench config: {e}"))?;
         let mut ebpf = loader::load_balancer(opts)?;
         let dp = AyaDataplane::new(&mut ebpf).context("balancer maps")?;
         let settings = Settings::resolve(&cfg, &[], 1500, opts.max_vips);
         let mut core = Core::new(dp, settings).map_err(|e| anyhow!("core: {e}"))?;
-        core.apply(&cfg).map_err(|e| anyhow!("applying the bench config: {e}"))?;
-        let pairs: Vec<(VipId, IpAddr)> =
-            core.vips().flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a))).collect();
+        core.apply(&cfg)
+            .map_err(|e| anyhow!("applying the bench config: {e}"))?;
+        let pairs: Vec<(VipId, IpAddr)> = core
+            .vips()
+            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
+            .collect();
         for (vip, addr) in pairs {
-            core.set_nexthop(&vip, addr, Some(hop)).map_err(|e| anyhow!("next hop: {e}"))?;
+            core.set_nexthop(&vip, addr, Some(hop))
+                .map_err(|e| anyhow!("next hop: {e}"))?;
         }
         Ok(BenchLab { ebpf, core })
     }
 
     /// The balancer program.
     pub fn prog(&mut self) -> &mut Xdp {
-        loader::xdp(&mut self.ebpf, loader::BALANCER_PROG).expect("the balancer object has its program")
+        loader::xdp(&mut self.ebpf, loader::BALANCER_PROG)
+            .expect("the balancer object has its program")
     }
 
     /// Summed `STATS` counters by slot.
@@ -100,7 +122,8 @@ impl BenchLab {
 
     /// Sets or clears `CONFIG` flag bits behind the core's back (bench-only flags).
     pub fn set_config_flag(&mut self, flag: u32, on: bool) -> Result<()> {
-        let mut config: aya::maps::Array<_, LbConfig> = aya::maps::Array::try_from(prog_map(self.prog(), MAP_CONFIG))?;
+        let mut config: aya::maps::Array<_, LbConfig> =
+            aya::maps::Array::try_from(prog_map(self.prog(), MAP_CONFIG))?;
         let mut c = config.get(&0, 0)?;
         if on {
             c.flags |= flag;
@@ -124,7 +147,10 @@ impl BenchLab {
     /// The backend index the core gave `addr` on `vip`.
     pub fn backend_index(&self, vip: &VipId, addr: IpAddr) -> Result<u32> {
         let v = self.core.vip(vip).map_err(|e| anyhow!("{e}"))?;
-        v.backends.get(&addr).map(|b| b.index).context("backend not on the VIP")
+        v.backends
+            .get(&addr)
+            .map(|b| b.index)
+            .context("backend not on the VIP")
     }
 
     /// Adds connection-table entries for synthetic clients `from..to` (198.19.0.0/16
@@ -136,7 +162,11 @@ impl BenchLab {
         let mut refused = 0;
         for i in from..to {
             let key = synthetic_flow(vip, i);
-            let entry = ConnEntry { backend: idx, hash: flow_hash(&key), ..Default::default() };
+            let entry = ConnEntry {
+                backend: idx,
+                hash: flow_hash(&key),
+                ..Default::default()
+            };
             if conns.insert(key, entry, 0).is_err() {
                 refused += 1;
             }
@@ -149,12 +179,26 @@ impl BenchLab {
 /// addresses), source port 1024 + i / 65 536.
 pub fn synthetic_flow(vip: &VipId, i: u32) -> FlowKey {
     let src = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8));
-    flow_key(src, 1024 + (i >> 16) as u16, vip.address, vip.port, vip.protocol.number())
+    flow_key(
+        src,
+        1024 + (i >> 16) as u16,
+        vip.address,
+        vip.port,
+        vip.protocol.number(),
+    )
 }
 
 /// The connection-table key of a client → VIP packet.
 pub fn flow_key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
     let (s, family) = to_words(src);
     let (d, _) = to_words(dst);
-    FlowKey { src: s, dst: d, sport_be: sport.to_be(), dport_be: dport.to_be(), proto, family, _pad: [0; 2] }
+    FlowKey {
+        src: s,
+        dst: d,
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto,
+        family,
+        _pad: [0; 2],
+    }
 }

@@ -23,7 +23,11 @@ fn backends(addrs: &[IpAddr]) -> Vec<MaglevBackend> {
         .enumerate()
         .map(|(i, a)| {
             let (w, family) = to_words(*a);
-            MaglevBackend { id: i as u32 + 1, key: [w[0], w[1], w[2], w[3], u32::from(family)], weight: 1 }
+            MaglevBackend {
+                id: i as u32 + 1,
+                key: [w[0], w[1], w[2], w[3], u32::from(family)],
+                weight: 1,
+            }
         })
         .collect()
 }

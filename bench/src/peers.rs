@@ -60,7 +60,14 @@ const MODES: [&str; 2] = ["keepalive", "close"];
 /// Busy and total jiffies of the whole machine (first line of /proc/stat).
 fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     let total: u64 = v.iter().take(8).sum();
     (total - idle, total)
@@ -96,24 +103,45 @@ fn wrk(client: &Netns, url: &str, close: bool, secs: u32) -> Result<WrkRun> {
     let out = client.exec(&args);
     let (b1, _) = cpu_jiffies();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(out.status.success(), "wrk {url} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "wrk {url} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let field = |prefix: &str| -> Option<f64> {
-        text.lines().find_map(|l| l.trim().strip_prefix(prefix).and_then(|r| r.split_whitespace().next()).and_then(|x| x.parse().ok()))
+        text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|x| x.parse().ok())
+        })
     };
     let rps = field("Requests/sec:").context("no Requests/sec in wrk output")?;
     let requests = text
         .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse::<f64>().ok()))
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+        })
         .context("no request count in wrk output")?;
     let mut errors = 0u64;
     if let Some(line) = text.lines().find(|l| l.contains("Socket errors:")) {
-        errors += line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
+        errors += line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum::<u64>();
     }
     if let Some(n) = field("Non-2xx or 3xx responses:") {
         errors += n as u64;
     }
     ensure!(requests > 0.0, "wrk {url}: no request completed:\n{text}");
-    Ok(WrkRun { rps, requests, errors, busy_s: (b1 - b0) as f64 / clock_ticks() })
+    Ok(WrkRun {
+        rps,
+        requests,
+        errors,
+        busy_s: (b1 - b0) as f64 / clock_ticks(),
+    })
 }
 
 /// Starts nginx in `ns` serving `root` on port 80 (every local address, VIP included).
@@ -136,29 +164,51 @@ fn nginx(ns: &Netns, dir: &Path, name: &str) -> Result<Proc> {
         ),
     )?;
     let conf_s = conf.to_str().context("utf-8 path")?;
-    Ok(spawn_logged(ns, &["nginx", "-c", conf_s, "-e", &format!("{d}/nginx-{name}.err")], &dir.join(format!("nginx-{name}.log"))))
+    Ok(spawn_logged(
+        ns,
+        &[
+            "nginx",
+            "-c",
+            conf_s,
+            "-e",
+            &format!("{d}/nginx-{name}.err"),
+        ],
+        &dir.join(format!("nginx-{name}.log")),
+    ))
 }
 
 fn haproxy(ns: &Netns, dir: &Path, backends: &[IpAddr]) -> Result<Proc> {
-    let servers: String = backends.iter().enumerate().map(|(i, a)| format!("  server b{} {a}:80\n", i + 1)).collect();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  server b{} {a}:80\n", i + 1))
+        .collect();
     let conf = dir.join("haproxy.cfg");
     std::fs::write(
         &conf,
         format!(
-            "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
              frontend f\n  bind {HAPROXY_VIP}:80\n  default_backend b\n\
              backend b\n  balance roundrobin\n  source {HAPROXY_SRC}\n{servers}"
         ),
     )?;
-    Ok(spawn_logged(ns, &["haproxy", "-db", "-f", conf.to_str().context("utf-8 path")?], &dir.join("haproxy.log")))
+    Ok(spawn_logged(
+        ns,
+        &["haproxy", "-db", "-f", conf.to_str().context("utf-8 path")?],
+        &dir.join("haproxy.log"),
+    ))
 }
 
 fn nft_ruleset(backends: &[IpAddr]) -> String {
-    let map: Vec<String> = backends.iter().enumerate().map(|(i, a)| format!("{i} : {a}")).collect();
+    let map: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i} : {a}"))
+        .collect();
     let set: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
     format!(
-        "table ip xlbbench {{\n chain pre {{ type nat hook prerouting priority -100; ip daddr {NFT_VIP} tcp dport 80 dnat to numgen inc mod {} map {{ {} }} }}\n \
-         chain post {{ type nat hook postrouting priority 100; ip daddr {{ {} }} tcp dport 80 snat to {NFT_SNAT} }}\n}}\n",
+        "table ip xlbbench {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  ip daddr {NFT_VIP} tcp dport 80 dnat to numgen inc mod {} map {{ {} }}\n }}\n \
+         chain post {{\n  type nat hook postrouting priority 100;\n  ip daddr {{ {} }} tcp dport 80 snat to {NFT_SNAT}\n }}\n}}\n",
         backends.len(),
         map.join(", "),
         set.join(", ")
@@ -169,7 +219,11 @@ fn nft(ns: &Netns, script: &str, dir: &Path) -> Result<()> {
     let f = dir.join("nft.rules");
     std::fs::write(&f, script)?;
     let out = ns.exec(&["nft", "-f", f.to_str().context("utf-8 path")?]);
-    ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -184,7 +238,13 @@ pub fn run(plan: &Plan) -> Result<Value> {
     let net = DemoNet::new("bp", BACKENDS);
     let dir = net.dir.clone();
     for (ns, keys) in [
-        (&net.lb, &["net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"][..]),
+        (
+            &net.lb,
+            &[
+                "net.ipv4.conf.all.send_redirects",
+                "net.ipv4.conf.eth0.send_redirects",
+            ][..],
+        ),
         (&net.client, &["net.ipv4.conf.all.accept_redirects"][..]),
     ] {
         for k in keys {
@@ -208,9 +268,17 @@ pub fn run(plan: &Plan) -> Result<Value> {
         servers.push(nginx(&b.ns, &dir, &b.name)?);
         let mut ebpf = loader::load_decap()?;
         {
-            let mut addrs: HashMap<_, DecapAddr, u32> = HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).context("DECAP_ADDRS")?)?;
+            let mut addrs: HashMap<_, DecapAddr, u32> =
+                HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).context("DECAP_ADDRS")?)?;
             let (addr, family) = to_words(IpAddr::V4(b.v4));
-            addrs.insert(DecapAddr { addr, family: u32::from(family) }, 1u32, 0)?;
+            addrs.insert(
+                DecapAddr {
+                    addr,
+                    family: u32::from(family),
+                },
+                1u32,
+                0,
+            )?;
         }
         {
             let _inside = b.ns.enter();
@@ -227,23 +295,53 @@ pub fn run(plan: &Plan) -> Result<Value> {
             }
             up
         });
-        ensure!(ok, "nginx on {} did not answer: {}", b.name, std::fs::read_to_string(dir.join(format!("nginx-b{}.err", i + 1))).unwrap_or_default());
+        ensure!(
+            ok,
+            "nginx on {} did not answer: {}",
+            b.name,
+            std::fs::read_to_string(dir.join(format!("nginx-b{}.err", i + 1))).unwrap_or_default()
+        );
     }
     let _haproxy = haproxy(&net.lb, &dir, &backends)?;
 
     // The balancer host's programs: xlb (next hops = the backends' MACs) and xlb_hop.
     let lb_if = net.lb.ifindex("eth0");
     let lb_mac = net.lb.mac("eth0");
-    let vip: VipId = format!("{VIP4}:80/tcp").parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let spec = [VipSpec { addr: VIP4.parse()?, port: 80, proto: "tcp", backends: backends.clone() }];
-    let mut xlb = BenchLab::new(&spec, LoadOptions { max_vips: 4, max_conns: 1 << 18 }, NextHop { ifindex: lb_if, smac: lb_mac, dmac: [0; 6] })?;
+    let vip: VipId = format!("{VIP4}:80/tcp")
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let spec = [VipSpec {
+        addr: VIP4.parse()?,
+        port: 80,
+        proto: "tcp",
+        backends: backends.clone(),
+    }];
+    let mut xlb = BenchLab::new(
+        &spec,
+        LoadOptions {
+            max_vips: 4,
+            max_conns: 1 << 18,
+        },
+        NextHop {
+            ifindex: lb_if,
+            smac: lb_mac,
+            dmac: [0; 6],
+        },
+    )?;
     for b in &net.backends {
-        let hop = NextHop { ifindex: lb_if, smac: lb_mac, dmac: b.ns.mac("eth0") };
-        xlb.core.set_nexthop(&vip, IpAddr::V4(b.v4), Some(hop)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let hop = NextHop {
+            ifindex: lb_if,
+            smac: lb_mac,
+            dmac: b.ns.mac("eth0"),
+        };
+        xlb.core
+            .set_nexthop(&vip, IpAddr::V4(b.v4), Some(hop))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut hop = loader::load_baseline("xlb_hop")?;
     {
-        let mut macs: Array<_, [u8; 12]> = Array::try_from(hop.map_mut("HOP_MACS").context("HOP_MACS")?)?;
+        let mut macs: Array<_, [u8; 12]> =
+            Array::try_from(hop.map_mut("HOP_MACS").context("HOP_MACS")?)?;
         let mut m = [0u8; 12];
         m[..6].copy_from_slice(&net.backends[0].ns.mac("eth0"));
         m[6..].copy_from_slice(&lb_mac);
@@ -264,7 +362,10 @@ pub fn run(plan: &Plan) -> Result<Value> {
     };
     // Check every path once before measuring.
     let check = |c: &str| -> Result<()> {
-        let host: IpAddr = url(c).trim_start_matches("http://").trim_end_matches('/').parse()?;
+        let host: IpAddr = url(c)
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()?;
         let addr = SocketAddr::new(host, 80);
         let mut last = String::new();
         for _ in 0..40 {
@@ -274,9 +375,18 @@ pub fn run(plan: &Plan) -> Result<Value> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("{c}: no answer through {addr}: {last}")
+        let logs = ["haproxy.log", "nginx-b1.err"]
+            .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default());
+        bail!(
+            "{c}: no answer through {addr}: {last}\nhaproxy log: {}\nnginx b1: {}",
+            logs[0],
+            logs[1]
+        )
     };
 
+    // On for the whole part, so every configuration's programs (decap everywhere, the hop
+    // and the balancer where attached) pay the same per-run clock reads.
+    let _stats = crate::bpf_stats_on()?;
     let mut rps = vec![vec![Vec::new(); CONFIGS.len()]; MODES.len()];
     let mut cpu_us = vec![vec![Vec::new(); CONFIGS.len()]; MODES.len()];
     let mut errors = vec![vec![0u64; CONFIGS.len()]; MODES.len()];
@@ -296,7 +406,10 @@ pub fn run(plan: &Plan) -> Result<Value> {
                         check(config)?;
                     }
                     let b0 = prog_stats(xlb.prog())?;
-                    let d0: Vec<(u64, u64)> = decaps.iter_mut().map(|e| prog_stats(loader::xdp(e, loader::DECAP_PROG)?)).collect::<Result<_>>()?;
+                    let d0: Vec<(u64, u64)> = decaps
+                        .iter_mut()
+                        .map(|e| prog_stats(loader::xdp(e, loader::DECAP_PROG)?))
+                        .collect::<Result<_>>()?;
                     let r = wrk(&net.client, &url(config), *mode == "close", plan.wrk_secs)?;
                     if *config == "xlb" {
                         let b1 = prog_stats(xlb.prog())?;
@@ -311,7 +424,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
                     Ok(r)
                 })();
                 match *config {
-                    "hop_only" => loader::xdp(&mut hop, "xlb_hop")?.detach(link.take().context("hop link")?)?,
+                    "hop_only" => loader::xdp(&mut hop, "xlb_hop")?
+                        .detach(link.take().context("hop link")?)?,
                     "xlb" => xlb.prog().detach(link.take().context("xlb link")?)?,
                     "nftables" => nft(&net.lb, "delete table ip xlbbench\n", &dir)?,
                     _ => {}
@@ -325,7 +439,12 @@ pub fn run(plan: &Plan) -> Result<Value> {
                 "  peers round {}/{} {mode}: {}",
                 round + 1,
                 plan.rounds,
-                CONFIGS.iter().enumerate().map(|(c, n)| format!("{n} {:.0}", rps[m][c][round])).collect::<Vec<_>>().join(", ")
+                CONFIGS
+                    .iter()
+                    .enumerate()
+                    .map(|(c, n)| format!("{n} {:.0}", rps[m][c][round]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -347,7 +466,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
             });
         }
         let xlb_cpu = Summary::of(&cpu_us[m][2]).median;
-        out[*mode]["xlb_cpu_over_hop_only_floor"] = json!(round3(ratio(xlb_cpu - direct_cpu, hop_cpu - direct_cpu)));
+        out[*mode]["xlb_cpu_over_hop_only_floor"] =
+            json!(round3(ratio(xlb_cpu - direct_cpu, hop_cpu - direct_cpu)));
         out[*mode]["xlb_cpu_per_request_over_hop_only"] = json!(round3(ratio(xlb_cpu, hop_cpu)));
     }
     let med = |m: usize, c: usize| Summary::of(&rps[m][c]).median.round();

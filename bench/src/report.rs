@@ -30,7 +30,10 @@ pub const REQUIRED: &[&str] = &[
 
 /// The number at a dotted path, or 0.
 pub fn num(v: &Value, path: &str) -> f64 {
-    path.split('.').fold(v, |v, k| &v[k]).as_f64().unwrap_or(0.0)
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or(0.0)
 }
 
 /// Adds `ratios` and `targets`.
@@ -57,16 +60,50 @@ pub fn finish(r: &mut Value) {
         "lb_cpu_close_xlb_over_haproxy": round3(ratio(p("close.xlb.lb_cpu_us_per_request"), p("close.haproxy.lb_cpu_us_per_request"))),
     });
     let target = |name: &str, value: f64, limit: f64, at_least: bool| {
-        let met = if at_least { value >= limit } else { value <= limit };
+        let met = if at_least {
+            value >= limit
+        } else {
+            value <= limit
+        };
         json!({ "target": name, "value": round3(value), "limit": limit, "met": met })
     };
     let targets = json!([
-        target("forwarding: xlb >= 0.8 x XDP_TX bounce (packets/s)", num(&ratios, "forward_xlb_over_xdp_tx"), 0.8, true),
-        target("test_run: conntrack hit <= 4 x XDP_TX-only program (restore included)", num(&ratios, "testrun_hit_over_xdp_tx"), 4.0, false),
-        target("live: balancer program <= 200 ns/packet under wrk (BPF stats)", p("bpf_stats.balancer_ns_per_pkt"), 200.0, false),
-        target("per request (keep-alive): xlb CPU <= 1.1 x hop-only floor", p("keepalive.xlb_cpu_per_request_over_hop_only"), 1.1, false),
-        target("per request (new connection): xlb CPU <= 1.1 x hop-only floor", p("close.xlb_cpu_per_request_over_hop_only"), 1.1, false),
-        target("Maglev: flows moved on 1-of-10 removal <= 11 %", num(r, "maglev.moved_pct_remove_1_of_10"), 11.0, false),
+        target(
+            "forwarding: xlb >= 0.8 x XDP_TX bounce (packets/s)",
+            num(&ratios, "forward_xlb_over_xdp_tx"),
+            0.8,
+            true
+        ),
+        target(
+            "test_run: conntrack hit <= 4 x XDP_TX-only program (restore included)",
+            num(&ratios, "testrun_hit_over_xdp_tx"),
+            4.0,
+            false
+        ),
+        target(
+            "live: balancer program <= 200 ns/packet under wrk (BPF stats)",
+            p("bpf_stats.balancer_ns_per_pkt"),
+            200.0,
+            false
+        ),
+        target(
+            "per request (keep-alive): xlb CPU <= 1.1 x hop-only floor",
+            p("keepalive.xlb_cpu_per_request_over_hop_only"),
+            1.1,
+            false
+        ),
+        target(
+            "per request (new connection): xlb CPU <= 1.1 x hop-only floor",
+            p("close.xlb_cpu_per_request_over_hop_only"),
+            1.1,
+            false
+        ),
+        target(
+            "Maglev: flows moved on 1-of-10 removal <= 11 %",
+            num(r, "maglev.moved_pct_remove_1_of_10"),
+            11.0,
+            false
+        ),
     ]);
     r["ratios"] = ratios;
     r["targets"] = targets;
@@ -74,7 +111,8 @@ pub fn finish(r: &mut Value) {
 
 /// Writes report.json, report.md and the plots into `dir`.
 pub fn write(r: &Value, dir: &Path) -> Result<()> {
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?).context("writing report.json")?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)
+        .context("writing report.json")?;
     let plots = plot(r, dir);
     std::fs::write(dir.join("report.md"), markdown(r, &plots)).context("writing report.md")?;
     Ok(())
@@ -106,11 +144,25 @@ for key, xlabel in (("vips", "VIPs"), ("backends", "backends per VIP"), ("flows"
 /// Draws the scaling plots; returns the file names drawn (none if matplotlib is missing).
 fn plot(r: &Value, dir: &Path) -> Vec<String> {
     let _ = r;
-    let out = Command::new("/usr/bin/python3").arg("-c").arg(PLOT_SCRIPT).arg(dir.join("report.json")).arg(dir).output();
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(PLOT_SCRIPT)
+        .arg(dir.join("report.json"))
+        .arg(dir)
+        .output();
     match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect(),
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
         Ok(o) => {
-            eprintln!("xlb-bench: plots skipped: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+            eprintln!(
+                "xlb-bench: plots skipped: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
             Vec::new()
         }
         Err(e) => {
@@ -134,7 +186,11 @@ fn fmt(x: f64) -> String {
 
 fn spread(r: &Value, path: &str) -> String {
     let s = path.split('.').fold(r, |v, k| &v[k]);
-    format!("{} – {}", fmt(s["min"].as_f64().unwrap_or(0.0)), fmt(s["max"].as_f64().unwrap_or(0.0)))
+    format!(
+        "{} – {}",
+        fmt(s["min"].as_f64().unwrap_or(0.0)),
+        fmt(s["max"].as_f64().unwrap_or(0.0))
+    )
 }
 
 fn markdown(r: &Value, plots: &[String]) -> String {
@@ -150,7 +206,16 @@ fn markdown(r: &Value, plots: &[String]) -> String {
     );
     m += "## Targets\n\n| target | value | met |\n|---|---|---|\n";
     for t in r["targets"].as_array().into_iter().flatten() {
-        m += &format!("| {} | {} | {} |\n", t["target"].as_str().unwrap_or(""), fmt(t["value"].as_f64().unwrap_or(0.0)), if t["met"].as_bool() == Some(true) { "met" } else { "**not met**" });
+        m += &format!(
+            "| {} | {} | {} |\n",
+            t["target"].as_str().unwrap_or(""),
+            fmt(t["value"].as_f64().unwrap_or(0.0)),
+            if t["met"].as_bool() == Some(true) {
+                "met"
+            } else {
+                "**not met**"
+            }
+        );
     }
 
     m += "\n## 1. Per-packet cost (BPF_PROG_TEST_RUN, repeat mode)\n\n| program | ns/packet | spread | × XDP_TX-only |\n|---|---|---|---|\n";
@@ -158,13 +223,23 @@ fn markdown(r: &Value, plots: &[String]) -> String {
     for (k, label) in [
         ("xdp_drop", "XDP_DROP only (floor)"),
         ("xdp_tx", "XDP_TX only (floor)"),
-        ("xlb_conntrack_hit", "xlb, conntrack hit (IPv4, restore included)"),
-        ("xlb_new_flow", "xlb, new flow (Maglev + insert; see method)"),
+        (
+            "xlb_conntrack_hit",
+            "xlb, conntrack hit (IPv4, restore included)",
+        ),
+        (
+            "xlb_new_flow",
+            "xlb, new flow (Maglev + insert; see method)",
+        ),
         ("xlb_ipv6", "xlb, IPv6 conntrack hit (IP6IP6)"),
         ("xlb_unknown_vip", "xlb, unknown VIP (pass-through)"),
     ] {
         let v = n(&format!("testrun_ns_per_pkt.{k}"));
-        let sp = if k == "xlb_new_flow" { "derived".to_string() } else { spread(r, &format!("testrun_ns_per_pkt.spread.{k}")) };
+        let sp = if k == "xlb_new_flow" {
+            "derived".to_string()
+        } else {
+            spread(r, &format!("testrun_ns_per_pkt.spread.{k}"))
+        };
         m += &format!("| {label} | {} | {sp} | {} |\n", fmt(v), fmt(ratio(v, tx)));
     }
     m += &format!(
@@ -174,7 +249,11 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         fmt(n("ratios.testrun_hit_minus_restore_over_xdp_tx")),
         fmt(n("testrun_ns_per_pkt.method.new_flow_extra_over_hit_ns")),
     );
-    for (k, v) in r["testrun_ns_per_pkt"]["stages_ns"].as_object().into_iter().flatten() {
+    for (k, v) in r["testrun_ns_per_pkt"]["stages_ns"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
         m += &format!("| {k} | {} |\n", fmt(v.as_f64().unwrap_or(0.0)));
     }
 
@@ -187,8 +266,17 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         ("xlb_1m_flows", "xlb, 1 M flows in the connection table"),
     ] {
         let v = n(&format!("forward_pps.{k}"));
-        let dut = if k == "generator_alone" { "–".into() } else { fmt(n(&format!("forward_pps.dut_ns_per_pkt.{k}"))) };
-        m += &format!("| {label} | {} | {} | {} | {dut} |\n", fmt(v), spread(r, &format!("forward_pps.spread.{k}")), fmt(ratio(v, ftx)));
+        let dut = if k == "generator_alone" {
+            "–".into()
+        } else {
+            fmt(n(&format!("forward_pps.dut_ns_per_pkt.{k}")))
+        };
+        m += &format!(
+            "| {label} | {} | {} | {} | {dut} |\n",
+            fmt(v),
+            spread(r, &format!("forward_pps.spread.{k}")),
+            fmt(ratio(v, ftx))
+        );
     }
     m += &format!(
         "\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n",
@@ -197,7 +285,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
     );
 
     m += "\n## 3. Against peers (wrk through each balancer, same topology and run)\n\n";
-    for (mode, title) in [("keepalive", "keep-alive (requests/s)"), ("close", "new connection per request (connections/s)")] {
+    for (mode, title) in [
+        ("keepalive", "keep-alive (requests/s)"),
+        ("close", "new connection per request (connections/s)"),
+    ] {
         m += &format!("### {title}\n\n| configuration | rate | spread | × direct | CPU µs/request | LB CPU µs/request | errors |\n|---|---|---|---|---|---|---|\n");
         for c in ["direct", "hop_only", "xlb", "nftables", "haproxy"] {
             let b = format!("peers.{mode}.{c}");
@@ -207,11 +298,20 @@ fn markdown(r: &Value, plots: &[String]) -> String {
                 spread(r, &format!("{b}.rps")),
                 fmt(n(&format!("{b}.rps_over_direct"))),
                 fmt(n(&format!("{b}.cpu_us_per_request.median"))),
-                if c == "direct" { "0 (reference)".into() } else { fmt(n(&format!("{b}.lb_cpu_us_per_request"))) },
+                if c == "direct" {
+                    "0 (reference)".into()
+                } else {
+                    fmt(n(&format!("{b}.lb_cpu_us_per_request")))
+                },
                 n(&format!("{b}.errors"))
             );
         }
-        m += &format!("\nxlb CPU per request / hop-only floor: {}.\n\n", fmt(n(&format!("peers.{mode}.xlb_cpu_per_request_over_hop_only"))));
+        m += &format!(
+            "\nxlb CPU per request / hop-only floor: {}.\n\n",
+            fmt(n(&format!(
+                "peers.{mode}.xlb_cpu_per_request_over_hop_only"
+            )))
+        );
     }
     m += &format!(
         "Ratios: xlb / nftables rps {} (cps {}), xlb / HAProxy rps {} (cps {}). LB CPU per request, xlb / nftables: {} keep-alive, {} new connection; xlb / HAProxy: {}, {}.\n\nBPF stats under wrk: balancer {} ns/packet ({} packets), decap {} ns/packet ({} packets).\n",
@@ -242,7 +342,11 @@ fn markdown(r: &Value, plots: &[String]) -> String {
     );
 
     m += "\n## 5. Scaling (test_run, ns/packet)\n\n";
-    for (key, label) in [("vips", "VIPs"), ("backends", "backends per VIP"), ("flows", "flows in the table")] {
+    for (key, label) in [
+        ("vips", "VIPs"),
+        ("backends", "backends per VIP"),
+        ("flows", "flows in the table"),
+    ] {
         m += &format!("| {label} | conntrack hit | spread | new flow |\n|---|---|---|---|\n");
         for p in r["scaling"][key].as_array().into_iter().flatten() {
             m += &format!(
@@ -251,12 +355,15 @@ fn markdown(r: &Value, plots: &[String]) -> String {
                 fmt(p["conntrack_hit_ns"]["median"].as_f64().unwrap_or(0.0)),
                 fmt(p["conntrack_hit_ns"]["min"].as_f64().unwrap_or(0.0)),
                 fmt(p["conntrack_hit_ns"]["max"].as_f64().unwrap_or(0.0)),
-                p["new_flow_ns"].as_f64().map(fmt).unwrap_or_else(|| "–".into())
+                p["new_flow_ns"]
+                    .as_f64()
+                    .map(fmt)
+                    .unwrap_or_else(|| "–".into())
             );
         }
         m += "\n";
     }
-    m += "10 k VIPs do not fit: `VIPS` has MAX_VIP_ENTRIES = 4096 entries (address markers included), so 4095 services is the largest point.\n\n";
+    m += "10 k VIPs do not fit: `VIPS` has MAX_VIP_ENTRIES = 4096 entries (address markers included), so the last point is as many as fit.\n\n";
     for p in plots {
         m += &format!("![{p}]({p})\n");
     }

@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Result};
 use aya::programs::Xdp;
 use lb_common::{
     counters::{Event, Pass},
-    maps::{VipKey, CFG_F_BENCH_RESTORE},
+    maps::{VipKey, CFG_F_BENCH_RESTORE, MAX_VIP_ENTRIES},
 };
 use serde_json::{json, Value};
 use xlb::{
@@ -50,12 +50,25 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn vip_id(addr: &str) -> VipId {
-    format!("{}:{PORT}/udp", if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() }).parse().expect("vip id")
+    format!(
+        "{}:{PORT}/udp",
+        if addr.contains(':') {
+            format!("[{addr}]")
+        } else {
+            addr.to_string()
+        }
+    )
+    .parse()
+    .expect("vip id")
 }
 
 /// Fixed next hop of test_run labs (loopback is the ingress device there).
 fn test_hop() -> NextHop {
-    NextHop { ifindex: TEST_RUN_IFINDEX, smac: LB_MAC, dmac: NEXTHOP_MAC }
+    NextHop {
+        ifindex: TEST_RUN_IFINDEX,
+        smac: LB_MAC,
+        dmac: NEXTHOP_MAC,
+    }
 }
 
 fn frame(src: &str, sport: u16, dst: &str) -> Vec<u8> {
@@ -70,7 +83,11 @@ fn repeat_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
 /// One single run's duration (ns) and verdict.
 fn single(prog: &Xdp, frame: &[u8]) -> Result<(f64, u32)> {
     use aya::programs::{TestRun, TestRunOptions};
-    let res = prog.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })?;
+    let res = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat: 1,
+        ..TestRunOptions::new()
+    })?;
     Ok((res.duration.as_nanos() as f64, res.return_value))
 }
 
@@ -83,7 +100,10 @@ fn hit_repeat(lab: &mut BenchLab, frame: &[u8], repeat: u32) -> Result<f64> {
     let before = lab.counters();
     let ns = repeat_ns(lab.prog(), frame, repeat)?;
     let hits = slot_delta(&before, &lab.counters(), Event::ConnHit.slot());
-    ensure!(hits == u64::from(repeat), "repeat run was not {repeat} conntrack hits but {hits}: the restore flag is not working");
+    ensure!(
+        hits == u64::from(repeat),
+        "repeat run was not {repeat} conntrack hits but {hits}: the restore flag is not working"
+    );
     Ok(ns)
 }
 
@@ -97,29 +117,58 @@ struct Singles {
 
 impl Singles {
     fn new() -> Self {
-        Singles { hit_restore: Vec::new(), hit_plain: Vec::new(), new_flow: Vec::new() }
+        Singles {
+            hit_restore: Vec::new(),
+            hit_plain: Vec::new(),
+            new_flow: Vec::new(),
+        }
     }
 
     /// One batch of `n` runs of each kind, interleaved run by run.
-    fn batch(&mut self, lab: &mut BenchLab, hit: &[u8], client: &str, vip: &str, next_port: &mut u16, n: usize) -> Result<()> {
+    fn batch(
+        &mut self,
+        lab: &mut BenchLab,
+        hit: &[u8],
+        client: &str,
+        vip: &str,
+        next_port: &mut u16,
+        n: usize,
+    ) -> Result<()> {
         lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
         let before = lab.counters();
         for _ in 0..n {
             let (t, v) = single(lab.prog(), hit)?;
-            ensure!(v == XDP_DROP, "restored hit gave verdict {}", testrun::verdict_name(v));
+            ensure!(
+                v == XDP_DROP,
+                "restored hit gave verdict {}",
+                testrun::verdict_name(v)
+            );
             self.hit_restore.push(t);
             let f = frame(client, *next_port, vip);
-            *next_port = next_port.checked_add(1).ok_or_else(|| anyhow::anyhow!("out of client ports for new flows"))?;
+            *next_port = next_port
+                .checked_add(1)
+                .ok_or_else(|| anyhow::anyhow!("out of client ports for new flows"))?;
             let (t, v) = single(lab.prog(), &f)?;
-            ensure!(v == XDP_DROP, "restored new flow gave verdict {}", testrun::verdict_name(v));
+            ensure!(
+                v == XDP_DROP,
+                "restored new flow gave verdict {}",
+                testrun::verdict_name(v)
+            );
             self.new_flow.push(t);
         }
         let new = slot_delta(&before, &lab.counters(), Event::NewFlow.slot());
-        ensure!(new == n as u64, "expected {n} new flows, the balancer counted {new}");
+        ensure!(
+            new == n as u64,
+            "expected {n} new flows, the balancer counted {new}"
+        );
         lab.set_config_flag(CFG_F_BENCH_RESTORE, false)?;
         for _ in 0..n {
             let (t, v) = single(lab.prog(), hit)?;
-            ensure!(v == XDP_TX, "plain hit gave verdict {}", testrun::verdict_name(v));
+            ensure!(
+                v == XDP_TX,
+                "plain hit gave verdict {}",
+                testrun::verdict_name(v)
+            );
             self.hit_plain.push(t);
         }
         lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
@@ -143,11 +192,33 @@ impl Singles {
 
 /// A lab with one IPv4 and one IPv6 UDP VIP of `n` backends each.
 fn main_lab(n_backends: usize, max_conns: u32) -> Result<BenchLab> {
-    let vips = [
-        VipSpec { addr: ip(VIP4), port: PORT, proto: "udp", backends: backend_addrs(n_backends, false) },
-        VipSpec { addr: ip(VIP6), port: PORT, proto: "udp", backends: backend_addrs(n_backends, true) },
-    ];
-    let mut lab = BenchLab::new(&vips, LoadOptions { max_vips: 4, max_conns }, test_hop())?;
+    lab_with(n_backends, max_conns, true)
+}
+
+/// A lab with the IPv4 VIP, and the IPv6 one when `v6`.
+fn lab_with(n_backends: usize, max_conns: u32, v6: bool) -> Result<BenchLab> {
+    let mut vips = vec![VipSpec {
+        addr: ip(VIP4),
+        port: PORT,
+        proto: "udp",
+        backends: backend_addrs(n_backends, false),
+    }];
+    if v6 {
+        vips.push(VipSpec {
+            addr: ip(VIP6),
+            port: PORT,
+            proto: "udp",
+            backends: backend_addrs(n_backends, true),
+        });
+    }
+    let mut lab = BenchLab::new(
+        &vips,
+        LoadOptions {
+            max_vips: 4,
+            max_conns,
+        },
+        test_hop(),
+    )?;
     lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
     Ok(lab)
 }
@@ -158,7 +229,10 @@ fn prime(lab: &mut BenchLab, frames: &[&[u8]]) -> Result<()> {
         for _ in 0..2 {
             let out = testrun::run(lab.prog(), f)?;
             if out.verdict != XDP_DROP {
-                bail!("priming: verdict {} (want XDP_DROP under the restore flag)", testrun::verdict_name(out.verdict));
+                bail!(
+                    "priming: verdict {} (want XDP_DROP under the restore flag)",
+                    testrun::verdict_name(out.verdict)
+                );
             }
         }
     }
@@ -176,21 +250,46 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     prime(&mut lab, &[&hit4, &hit6])?;
     let before = lab.counters();
     let out = testrun::run(lab.prog(), &unknown)?;
-    ensure!(out.verdict == XDP_PASS && out.frame == unknown, "unknown VIP must pass untouched");
-    ensure!(slot_delta(&before, &lab.counters(), Pass::NotVip.slot()) == 1, "unknown VIP not counted as not_vip");
+    ensure!(
+        out.verdict == XDP_PASS && out.frame == unknown,
+        "unknown VIP must pass untouched"
+    );
+    ensure!(
+        slot_delta(&before, &lab.counters(), Pass::NotVip.slot()) == 1,
+        "unknown VIP not counted as not_vip"
+    );
 
-    let names = ["xdp_drop", "xdp_tx", "xlb_conntrack_hit", "xlb_ipv6", "xlb_unknown_vip"];
+    let names = [
+        "xdp_drop",
+        "xdp_tx",
+        "xlb_conntrack_hit",
+        "xlb_ipv6",
+        "xlb_unknown_vip",
+    ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
     let mut port = 1024u16;
     for round in 0..plan.rounds {
-        samples[0].push(repeat_ns(loader::xdp(&mut drop, "xlb_drop")?, &hit4, plan.repeat)?);
-        samples[1].push(repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, plan.repeat)?);
+        samples[0].push(repeat_ns(
+            loader::xdp(&mut drop, "xlb_drop")?,
+            &hit4,
+            plan.repeat,
+        )?);
+        samples[1].push(repeat_ns(
+            loader::xdp(&mut tx, "xlb_tx")?,
+            &hit4,
+            plan.repeat,
+        )?);
         samples[2].push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
         samples[3].push(hit_repeat(&mut lab, &hit6, plan.repeat)?);
         samples[4].push(repeat_ns(lab.prog(), &unknown, plan.repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
-        eprintln!("  test_run round {}/{}: hit {:.0} ns", round + 1, plan.rounds, samples[2][round]);
+        eprintln!(
+            "  test_run round {}/{}: hit {:.0} ns",
+            round + 1,
+            plan.rounds,
+            samples[2][round]
+        );
     }
     let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v)).collect();
     let hit = s[2].median;
@@ -235,11 +334,16 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
     // the measured VIP's settings (they only need to be there: the cost in question is the
     // VIP hash lookup). VIPS holds MAX_VIP_ENTRIES (4096) entries, markers included.
     {
-        let mut lab = main_lab(10, 1 << 16)?;
+        let mut lab = lab_with(10, 1 << 16, false)?;
         prime(&mut lab, &[&hit4])?;
         let key4 = {
             let (addr, family) = lb_common::addr::to_words(ip(VIP4));
-            VipKey { addr, port_be: PORT.to_be(), proto: 17, family }
+            VipKey {
+                addr,
+                port_be: PORT.to_be(),
+                proto: 17,
+                family,
+            }
         };
         let mut vips = lab.vips_map()?;
         let info = vips.get(&key4, 0)?;
@@ -248,11 +352,20 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
         let mut points = Vec::new();
         for target in plan.vip_counts.iter().copied() {
             let services = present / 2; // one service + one address marker per address
-            while services + added < target {
+            while services + added < target && present + added < MAX_VIP_ENTRIES {
                 let i = added;
                 let addr = std::net::Ipv4Addr::new(198, 19, 128 + (i / 256) as u8, i as u8);
                 let (w, family) = lb_common::addr::to_words(IpAddr::V4(addr));
-                vips.insert(VipKey { addr: w, port_be: PORT.to_be(), proto: 17, family }, info, 0)?;
+                vips.insert(
+                    VipKey {
+                        addr: w,
+                        port_be: PORT.to_be(),
+                        proto: 17,
+                        family,
+                    },
+                    info,
+                    0,
+                )?;
                 added += 1;
             }
             let mut v = Vec::new();
@@ -260,8 +373,12 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
                 v.push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
             }
             let s = Summary::of(&v);
-            eprintln!("  scaling: {target} VIPs: hit {:.0} ns", s.median);
-            points.push(json!({ "vips": target, "vip_map_entries": present + added, "conntrack_hit_ns": s.json() }));
+            eprintln!(
+                "  scaling: {} VIPs: hit {:.0} ns",
+                services + added,
+                s.median
+            );
+            points.push(json!({ "vips": services + added, "vip_map_entries": present + added, "conntrack_hit_ns": s.json() }));
         }
         out["vips"] = json!(points);
     }
@@ -303,7 +420,10 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
         let mut port = 1024u16;
         for &target in &plan.flow_counts {
             let refused = lab.fill_conns(&vid, backend, filled, target)?;
-            ensure!(refused == 0, "the kernel refused {refused} connection-table inserts");
+            ensure!(
+                refused == 0,
+                "the kernel refused {refused} connection-table inserts"
+            );
             filled = target;
             let mut hits = Vec::new();
             let mut singles = Singles::new();
@@ -312,7 +432,11 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
                 singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles / 2)?;
             }
             let s = Summary::of(&hits);
-            eprintln!("  scaling: {target} flows: hit {:.0} ns, new flow +{:.0} ns", s.median, singles.new_flow_extra());
+            eprintln!(
+                "  scaling: {target} flows: hit {:.0} ns, new flow +{:.0} ns",
+                s.median,
+                singles.new_flow_extra()
+            );
             points.push(json!({ "flows": target, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(s.median + singles.new_flow_extra()) }));
         }
         out["flows"] = json!(points);

@@ -355,7 +355,8 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     check_conns(&mut conns, "at the end (e)");
 
     // Metrics, scraped like Prometheus would (from the balancer's own namespace).
-    let mut m = connect_in(&net.lb, "198.18.0.2:9100".parse().unwrap(), TIMEOUT).expect("metrics port");
+    let mut m =
+        connect_in(&net.lb, "198.18.0.2:9100".parse().unwrap(), TIMEOUT).expect("metrics port");
     m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut text = String::new();
     m.read_to_string(&mut text).unwrap();

@@ -23,8 +23,17 @@ fn config(scheduler: &str, port: u16, backends: &[(&str, u32)], extra: &str) -> 
     config_hc(scheduler, port, backends, TCP_CHECK, extra)
 }
 
-fn config_hc(scheduler: &str, port: u16, backends: &[(&str, u32)], health_check: &str, extra: &str) -> String {
-    let b: Vec<String> = backends.iter().map(|(a, w)| format!(r#"{{"address": "{a}", "weight": {w}}}"#)).collect();
+fn config_hc(
+    scheduler: &str,
+    port: u16,
+    backends: &[(&str, u32)],
+    health_check: &str,
+    extra: &str,
+) -> String {
+    let b: Vec<String> = backends
+        .iter()
+        .map(|(a, w)| format!(r#"{{"address": "{a}", "weight": {w}}}"#))
+        .collect();
     format!(
         r#"{{"vips": [{{"address": "{VIP4}", "port": {port}, "protocol": "tcp", "scheduler": "{scheduler}",
             "health_check": {health_check} {extra},
@@ -40,8 +49,11 @@ const THREE: &[(&str, u32)] = &[("198.18.0.11", 1), ("198.18.0.12", 1), ("198.18
 fn tally(client: &Netns, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for i in 0..n {
-        let body = http_get(client, vip80(), "/", TIMEOUT).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
-        *counts.entry(String::from_utf8_lossy(&body).trim().to_string()).or_insert(0) += 1;
+        let body = http_get(client, vip80(), "/", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        *counts
+            .entry(String::from_utf8_lossy(&body).trim().to_string())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -56,14 +68,24 @@ struct Conn(LineConn);
 
 impl Conn {
     fn open(client: &Netns) -> Conn {
-        Conn(LineConn::open(client, SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT), TIMEOUT).expect("connect"))
+        Conn(
+            LineConn::open(
+                client,
+                SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT),
+                TIMEOUT,
+            )
+            .expect("connect"),
+        )
     }
     fn ask(&mut self) -> String {
         self.0.ask().expect("answer")
     }
 }
 
-fn net_with_lb(prefix: &str, cfg: &str) -> (DemoNet, xlb_tests::topology::Proc, std::path::PathBuf) {
+fn net_with_lb(
+    prefix: &str,
+    cfg: &str,
+) -> (DemoNet, xlb_tests::topology::Proc, std::path::PathBuf) {
     let mut net = DemoNet::new(prefix, 3);
     net.start_backends();
     let (lb, sock) = net.start_lb(cfg, &[]);
@@ -76,11 +98,22 @@ fn wrr_follows_weights_3_2_1() {
     if !require_root() {
         return;
     }
-    let (net, _lb, _s) = net_with_lb("swrr", &config("wrr", 80, &[("198.18.0.11", 3), ("198.18.0.12", 2), ("198.18.0.13", 1)], ""));
+    let (net, _lb, _s) = net_with_lb(
+        "swrr",
+        &config(
+            "wrr",
+            80,
+            &[("198.18.0.11", 3), ("198.18.0.12", 2), ("198.18.0.13", 1)],
+            "",
+        ),
+    );
     let counts = tally(&net.client, 600);
     for (name, want) in [("b1", 3.0 / 6.0), ("b2", 2.0 / 6.0), ("b3", 1.0 / 6.0)] {
         let got = share(&counts, name);
-        assert!((got - want).abs() <= want * 0.10, "{name}: {got:.3} vs {want:.3}: {counts:?}");
+        assert!(
+            (got - want).abs() <= want * 0.10,
+            "{name}: {got:.3} vs {want:.3}: {counts:?}"
+        );
     }
 }
 
@@ -93,7 +126,10 @@ fn rr_gives_equal_shares() {
     let counts = tally(&net.client, 600);
     for name in ["b1", "b2", "b3"] {
         let got = share(&counts, name);
-        assert!((got - 1.0 / 3.0).abs() <= (1.0 / 3.0) * 0.05, "{name}: {got:.3}: {counts:?}");
+        assert!(
+            (got - 1.0 / 3.0).abs() <= (1.0 / 3.0) * 0.05,
+            "{name}: {got:.3}: {counts:?}"
+        );
     }
 }
 
@@ -103,7 +139,9 @@ fn sh_sticks_each_client_to_one_backend_and_spreads_clients() {
         return;
     }
     let (net, _lb, _s) = net_with_lb("ssh", &config("sh", 80, THREE, ""));
-    let clients: Vec<IpAddr> = (20..28).map(|i| format!("198.18.0.{i}").parse().unwrap()).collect();
+    let clients: Vec<IpAddr> = (20..28)
+        .map(|i| format!("198.18.0.{i}").parse().unwrap())
+        .collect();
     for c in &clients {
         net.client.addr("eth0", &format!("{c}/24"));
     }
@@ -112,13 +150,22 @@ fn sh_sticks_each_client_to_one_backend_and_spreads_clients() {
         let mut seen = BTreeMap::new();
         for _ in 0..100 {
             let b = http_get_from(&net.client, *c, vip80(), "/", TIMEOUT).expect("request");
-            *seen.entry(String::from_utf8_lossy(&b).trim().to_string()).or_insert(0) += 1;
+            *seen
+                .entry(String::from_utf8_lossy(&b).trim().to_string())
+                .or_insert(0) += 1;
         }
-        assert_eq!(seen.len(), 1, "client {c} reached several backends: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "client {c} reached several backends: {seen:?}"
+        );
         per_client.insert(*c, seen.into_keys().next().unwrap());
     }
     let distinct: std::collections::BTreeSet<_> = per_client.values().collect();
-    assert!(distinct.len() >= 2, "all clients on one backend: {per_client:?}");
+    assert!(
+        distinct.len() >= 2,
+        "all clients on one backend: {per_client:?}"
+    );
 }
 
 #[test]
@@ -151,7 +198,10 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
         let mut c = Conn::open(&net.client);
         *fresh.entry(c.ask()).or_insert(0) += 1;
     }
-    assert!(!fresh.contains_key(&target), "new connections reached the loaded {target}: {fresh:?}");
+    assert!(
+        !fresh.contains_key(&target),
+        "new connections reached the loaded {target}: {fresh:?}"
+    );
     for c in &mut held {
         assert_eq!(c.ask(), target, "a held connection moved");
     }
@@ -173,14 +223,27 @@ fn lrt_gives_a_slow_backend_clearly_fewer_flows() {
     let cfg = config_hc("lrt", 80, THREE, hc, "");
     let (_lb, sock) = net.start_lb(&cfg, &[]);
     net.wait_ready(&sock);
-    wait_for("lrt to scale the slow backend down", Duration::from_secs(20), || {
-        let out = net.ctl(&sock, &["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["vips"][0]["backends"].as_array().unwrap().iter().any(|b| b["address"] == "198.18.0.11" && b["agent"]["pct"].as_u64().unwrap_or(100) < 20)
-    });
+    wait_for(
+        "lrt to scale the slow backend down",
+        Duration::from_secs(20),
+        || {
+            let out = net.ctl(&sock, &["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["vips"][0]["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| {
+                    b["address"] == "198.18.0.11" && b["agent"]["pct"].as_u64().unwrap_or(100) < 20
+                })
+        },
+    );
     let counts = tally(&net.client, 150);
     let slow = share(&counts, "b1");
-    assert!(slow < 0.10, "the slow backend got {slow:.2} of new flows (fair share 0.33): {counts:?}");
+    assert!(
+        slow < 0.10,
+        "the slow backend got {slow:.2} of new flows (fair share 0.33): {counts:?}"
+    );
 }
 
 #[test]
@@ -194,24 +257,44 @@ fn agent_drain_and_weight_reports_steer_new_flows() {
     for s in &states {
         std::fs::write(s, "up\n").unwrap();
     }
-    let _agents: Vec<_> = (0..3).map(|i| net.start_agent(i, 5555, &states[i])).collect();
-    let (_lb, sock) = net.start_lb(&config("agent", 80, THREE, r#", "agent": {"port": 5555, "interval_ms": 200}"#), &[]);
+    let _agents: Vec<_> = (0..3)
+        .map(|i| net.start_agent(i, 5555, &states[i]))
+        .collect();
+    let (_lb, sock) = net.start_lb(
+        &config(
+            "agent",
+            80,
+            THREE,
+            r#", "agent": {"port": 5555, "interval_ms": 200}"#,
+        ),
+        &[],
+    );
     net.wait_ready(&sock);
     let before = tally(&net.client, 300);
     let b1_before = share(&before, "b1");
 
     std::fs::write(&states[0], "drain\n").unwrap();
-    wait_for("agent drain to apply", Duration::from_secs(10), || net.backend_states(&sock).values().any(|s| s == "drained"));
+    wait_for("agent drain to apply", Duration::from_secs(10), || {
+        net.backend_states(&sock).values().any(|s| s == "drained")
+    });
     let drained = tally(&net.client, 150);
-    assert!(!drained.contains_key("b1"), "b1 got new flows while its agent said drain: {drained:?}");
+    assert!(
+        !drained.contains_key("b1"),
+        "b1 got new flows while its agent said drain: {drained:?}"
+    );
 
     std::fs::write(&states[0], "up 50%\n").unwrap();
-    wait_for("agent 50% to apply", Duration::from_secs(10), || net.backend_states(&sock).values().all(|s| s == "up"));
+    wait_for("agent 50% to apply", Duration::from_secs(10), || {
+        net.backend_states(&sock).values().all(|s| s == "up")
+    });
     let half = tally(&net.client, 600);
     let b1_half = share(&half, "b1");
     let ratio = b1_half / b1_before;
     // 1 : 0.5 of equal weights → 0.2 of flows instead of 0.33: about half the share (±40 %).
-    assert!((0.3..=0.8).contains(&ratio), "b1 share {b1_before:.3} → {b1_half:.3} (ratio {ratio:.2}): {half:?}");
+    assert!(
+        (0.3..=0.8).contains(&ratio),
+        "b1 share {b1_before:.3} → {b1_half:.3} (ratio {ratio:.2}): {half:?}"
+    );
 }
 
 #[test]

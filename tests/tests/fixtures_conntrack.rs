@@ -19,15 +19,30 @@ const LB: &str = "198.18.0.2";
 const TCP: u8 = 6;
 
 fn syn(client: &str, sport: u16, dport: u16) -> Vec<u8> {
-    Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4(client), v4("198.18.1.1")).tcp(sport, dport).syn().build()
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(client), v4("198.18.1.1"))
+        .tcp(sport, dport)
+        .syn()
+        .build()
 }
 
 fn ack(client: &str, sport: u16, dport: u16) -> Vec<u8> {
-    Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4(client), v4("198.18.1.1")).tcp(sport, dport).ack().payload(b"data").build()
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(client), v4("198.18.1.1"))
+        .tcp(sport, dport)
+        .ack()
+        .payload(b"data")
+        .build()
 }
 
 fn key(client: &str, sport: u16, dport: u16) -> lb_common::flow::FlowKey {
-    flow(client.parse().unwrap(), sport, "198.18.1.1".parse().unwrap(), dport, TCP)
+    flow(
+        client.parse().unwrap(),
+        sport,
+        "198.18.1.1".parse().unwrap(),
+        dport,
+        TCP,
+    )
 }
 
 /// Runs `frame`, asserts XDP_TX and returns the outer destination (the backend).
@@ -53,7 +68,10 @@ fn bpf_flow_hash_matches_host_prediction() {
         let expected = encapsulated(&frame, LB.parse().unwrap(), want, 0);
         let out = lab.run(&frame);
         assert_eq!(out.verdict, XDP_TX);
-        assert_eq!(out.frame, expected, "sport {sport}: BPF picked another backend than the host predicts");
+        assert_eq!(
+            out.frame, expected,
+            "sport {sport}: BPF picked another backend than the host predicts"
+        );
         seen.insert(want);
     }
     assert_eq!(seen.len(), 5, "64 flows should reach all 5 backends");
@@ -68,12 +86,26 @@ fn established_flow_keeps_backend_when_backends_are_added_and_removed() {
     let id: VipId = WEB.parse().unwrap();
     // Many flows, so that some of them would hash elsewhere after each change.
     let flows: Vec<u16> = (41_000..41_100).collect();
-    let pinned: Vec<IpAddr> = flows.iter().map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80))).collect();
+    let pinned: Vec<IpAddr> = flows
+        .iter()
+        .map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80)))
+        .collect();
     for extra in ["198.18.0.16", "198.18.0.17", "198.18.0.18"] {
-        lab.core.add_backend(&id, BackendConfig { address: extra.parse().unwrap(), weight: 1, drained: false }).unwrap();
+        lab.core
+            .add_backend(
+                &id,
+                BackendConfig {
+                    address: extra.parse().unwrap(),
+                    weight: 1,
+                    drained: false,
+                },
+            )
+            .unwrap();
     }
     lab.set_all_nexthops();
-    lab.core.remove_backend(&id, "198.18.0.15".parse().unwrap()).unwrap();
+    lab.core
+        .remove_backend(&id, "198.18.0.15".parse().unwrap())
+        .unwrap();
     let mut would_move = 0;
     let hits_before = lab.counters()[Event::ConnHit.slot() as usize];
     for (p, want) in flows.iter().zip(&pinned) {
@@ -83,9 +115,16 @@ fn established_flow_keeps_backend_when_backends_are_added_and_removed() {
         if lab.predict(WEB, &key("198.18.0.10", *p, 80)) != *want {
             would_move += 1;
         }
-        assert_eq!(backend_of(&mut lab, &ack("198.18.0.10", *p, 80)), *want, "flow {p} moved");
+        assert_eq!(
+            backend_of(&mut lab, &ack("198.18.0.10", *p, 80)),
+            *want,
+            "flow {p} moved"
+        );
     }
-    assert!(would_move > 0, "the change should have moved some hashes, or this test proves nothing");
+    assert!(
+        would_move > 0,
+        "the change should have moved some hashes, or this test proves nothing"
+    );
     assert!(lab.counters()[Event::ConnHit.slot() as usize] > hits_before);
 }
 
@@ -97,7 +136,10 @@ fn flows_of_a_removed_or_dead_backend_move_and_others_stay() {
     let mut lab = Lab::new(FIVE);
     let id: VipId = WEB.parse().unwrap();
     let flows: Vec<u16> = (42_000..42_100).collect();
-    let pinned: Vec<IpAddr> = flows.iter().map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80))).collect();
+    let pinned: Vec<IpAddr> = flows
+        .iter()
+        .map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80)))
+        .collect();
     let dead: IpAddr = "198.18.0.13".parse().unwrap();
     assert!(pinned.contains(&dead));
     lab.core.set_health(&id, dead, false).unwrap();
@@ -113,7 +155,10 @@ fn flows_of_a_removed_or_dead_backend_move_and_others_stay() {
             assert_eq!(now, *was, "flow {p} on a healthy backend moved");
         }
     }
-    assert_eq!(lab.counters()[Event::ConnRepick.slot() as usize] - repick_before, moved);
+    assert_eq!(
+        lab.counters()[Event::ConnRepick.slot() as usize] - repick_before,
+        moved
+    );
 }
 
 #[test]
@@ -125,14 +170,21 @@ fn drained_backend_keeps_its_flows_and_gets_no_new_ones() {
     let id: VipId = WEB.parse().unwrap();
     let drained: IpAddr = "198.18.0.12".parse().unwrap();
     let flows: Vec<u16> = (43_000..43_050).collect();
-    let pinned: Vec<IpAddr> = flows.iter().map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80))).collect();
+    let pinned: Vec<IpAddr> = flows
+        .iter()
+        .map(|&p| backend_of(&mut lab, &syn("198.18.0.10", p, 80)))
+        .collect();
     assert!(pinned.contains(&drained));
     lab.core.set_drained(&id, drained, true).unwrap();
     for (p, was) in flows.iter().zip(&pinned) {
         assert_eq!(backend_of(&mut lab, &ack("198.18.0.10", *p, 80)), *was);
     }
     for p in 44_000..44_100u16 {
-        assert_ne!(backend_of(&mut lab, &syn("198.18.0.10", p, 80)), drained, "new flow {p} reached a drained backend");
+        assert_ne!(
+            backend_of(&mut lab, &syn("198.18.0.10", p, 80)),
+            drained,
+            "new flow {p} reached a drained backend"
+        );
     }
 }
 
@@ -147,10 +199,17 @@ fn source_hash_sticks_a_client_to_one_backend() {
         let client = format!("198.18.0.{}", 100 + c);
         let first = lab.predict("198.18.1.1:443/tcp", &key(&client, 1000, 443));
         for sport in 1000..1010u16 {
-            assert_eq!(backend_of(&mut lab, &syn(&client, sport, 443)), first, "client {client} port {sport}");
+            assert_eq!(
+                backend_of(&mut lab, &syn(&client, sport, 443)),
+                first,
+                "client {client} port {sport}"
+            );
         }
         per_client.insert(client, first);
     }
     let distinct: std::collections::BTreeSet<_> = per_client.values().collect();
-    assert!(distinct.len() >= 2, "12 clients all on one backend: {per_client:?}");
+    assert!(
+        distinct.len() >= 2,
+        "12 clients all on one backend: {per_client:?}"
+    );
 }

@@ -5,13 +5,13 @@
 
 use std::net::IpAddr;
 
-use lb_common::counters::{COUNTER_SLOTS, Event, Pass, slot_name};
+use lb_common::counters::{slot_name, Event, Pass, COUNTER_SLOTS};
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
     packet::{
-        ETHERTYPE_IPV4, ETHERTYPE_IPV6, ExtHeader, Mac, PROTO_IPIP, PROTO_IPV6, Pkt, eth_frame,
-        ip_packet, ipv4_outer, ipv6_outer, truncated,
+        eth_frame, ip_packet, ipv4_outer, ipv6_outer, truncated, ExtHeader, Mac, Pkt,
+        ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_IPIP, PROTO_IPV6,
     },
 };
 

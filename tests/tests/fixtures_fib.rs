@@ -16,10 +16,10 @@ use lb_common::{
 use xlb::config::VipId;
 use xlb_tests::{
     fixtures::*,
-    netns::{Netns, require_root, veth},
+    netns::{require_root, veth, Netns},
     packet::{
-        ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac, PROTO_IPIP, PROTO_IPV6, Pkt, eth_frame, ip_packet,
-        ipv4_outer, ipv6_outer,
+        eth_frame, ip_packet, ipv4_outer, ipv6_outer, Mac, Pkt, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
+        PROTO_IPIP, PROTO_IPV6,
     },
 };
 

@@ -34,7 +34,13 @@ fn v6_client() -> Pkt {
 }
 
 fn hash_of(src: &str, sport: u16, dst: &str, dport: u16) -> u32 {
-    flow_hash(&flow(src.parse().unwrap(), sport, dst.parse().unwrap(), dport, TCP))
+    flow_hash(&flow(
+        src.parse().unwrap(),
+        sport,
+        dst.parse().unwrap(),
+        dport,
+        TCP,
+    ))
 }
 
 fn lb4() -> std::net::IpAddr {
@@ -59,7 +65,11 @@ fn ipv6_and_mixed_family_fixtures() {
         .syn()
         .build();
     let four_in_six = v4_client().tos(0x28).tcp(5002, 8080).syn().build();
-    let six_in_four = v6_client().traffic_class(0x28).tcp(5003, 8080).syn().build();
+    let six_in_four = v6_client()
+        .traffic_class(0x28)
+        .tcp(5003, 8080)
+        .syn()
+        .build();
     let fh4 = v4_client().tcp(5004, 81).syn().build();
     let fh6 = v6_client().tcp(5005, 81).syn().build();
     let h = |src, sport, dst, dport| hash_of(src, sport, dst, dport);
@@ -75,7 +85,12 @@ fn ipv6_and_mixed_family_fixtures() {
             steps: vec![step(
                 v6_syn.clone(),
                 XDP_TX,
-                Expect::Frame(encapsulated(&v6_syn, lb6(), "fd00::11".parse().unwrap(), h("fd00::10", 5000, "fd00:1::1", 80))),
+                Expect::Frame(encapsulated(
+                    &v6_syn,
+                    lb6(),
+                    "fd00::11".parse().unwrap(),
+                    h("fd00::10", 5000, "fd00:1::1", 80),
+                )),
                 &[(tx, 1), (Event::NewFlow.slot(), 1)],
             )],
         },
@@ -85,7 +100,12 @@ fn ipv6_and_mixed_family_fixtures() {
             steps: vec![step(
                 v6_exts.clone(),
                 XDP_TX,
-                Expect::Frame(encapsulated(&v6_exts, lb6(), "fd00::11".parse().unwrap(), h("fd00::10", 5001, "fd00:1::1", 80))),
+                Expect::Frame(encapsulated(
+                    &v6_exts,
+                    lb6(),
+                    "fd00::11".parse().unwrap(),
+                    h("fd00::10", 5001, "fd00:1::1", 80),
+                )),
                 &[(tx, 1)],
             )],
         },
@@ -95,19 +115,44 @@ fn ipv6_and_mixed_family_fixtures() {
             steps: vec![step(
                 four_in_six.clone(),
                 XDP_TX,
-                Expect::Frame(encapsulated(&four_in_six, lb6(), "fd00::11".parse().unwrap(), h("198.18.0.10", 5002, "198.18.1.1", 8080))),
+                Expect::Frame(encapsulated(
+                    &four_in_six,
+                    lb6(),
+                    "fd00::11".parse().unwrap(),
+                    h("198.18.0.10", 5002, "198.18.1.1", 8080),
+                )),
                 &[(tx, 1)],
             )],
         },
         Fixture {
             name: "v6_in_v4_tunnel",
             config: CFG.into(),
-            steps: vec![step(six_in_four.clone(), XDP_TX, Expect::Frame(encapsulated(&six_in_four, lb4(), "198.18.0.11".parse().unwrap(), 0)), &[(tx, 1)])],
+            steps: vec![step(
+                six_in_four.clone(),
+                XDP_TX,
+                Expect::Frame(encapsulated(
+                    &six_in_four,
+                    lb4(),
+                    "198.18.0.11".parse().unwrap(),
+                    0,
+                )),
+                &[(tx, 1)],
+            )],
         },
         Fixture {
             name: "v4_outer_source_from_flow_hash",
             config: CFG.into(),
-            steps: vec![step(fh4.clone(), XDP_TX, Expect::Frame(encapsulated(&fh4, fh4_src.into(), "198.18.0.11".parse().unwrap(), 0)), &[(tx, 1)])],
+            steps: vec![step(
+                fh4.clone(),
+                XDP_TX,
+                Expect::Frame(encapsulated(
+                    &fh4,
+                    fh4_src.into(),
+                    "198.18.0.11".parse().unwrap(),
+                    0,
+                )),
+                &[(tx, 1)],
+            )],
         },
         Fixture {
             name: "v6_outer_source_from_flow_hash",
@@ -115,7 +160,12 @@ fn ipv6_and_mixed_family_fixtures() {
             steps: vec![step(
                 fh6.clone(),
                 XDP_TX,
-                Expect::Frame(encapsulated(&fh6, std::net::Ipv6Addr::from(fh6_src).into(), "fd00::11".parse().unwrap(), fh6_hash)),
+                Expect::Frame(encapsulated(
+                    &fh6,
+                    std::net::Ipv6Addr::from(fh6_src).into(),
+                    "fd00::11".parse().unwrap(),
+                    fh6_hash,
+                )),
                 &[(tx, 1)],
             )],
         },
@@ -128,30 +178,77 @@ fn icmp_fixtures() {
         return;
     }
     // A reply the backend sent (VIP → client), as a router would quote it.
-    let reply4 = Pkt::eth(LB_MAC, CLIENT_MAC).ipv4(v4("198.18.1.1"), v4("198.18.0.10")).tcp(80, 6000).ack().payload(&[0; 32]).build();
-    let frag_needed = Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4("198.18.0.1"), v4("198.18.1.1")).icmp_frag_needed(1400, &ip_packet(&reply4)[..60]).build();
-    let reply6 = Pkt::eth(LB_MAC, CLIENT_MAC).ipv6(v6("fd00:1::1"), v6("fd00::10")).tcp(80, 6001).ack().payload(&[0; 32]).build();
-    let ptb = Pkt::eth(CLIENT_MAC, LB_MAC).ipv6(v6("fd00::1"), v6("fd00:1::1")).icmpv6_packet_too_big(1400, &ip_packet(&reply6)[..72]).build();
+    let reply4 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .tcp(80, 6000)
+        .ack()
+        .payload(&[0; 32])
+        .build();
+    let frag_needed = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.1"), v4("198.18.1.1"))
+        .icmp_frag_needed(1400, &ip_packet(&reply4)[..60])
+        .build();
+    let reply6 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+        .tcp(80, 6001)
+        .ack()
+        .payload(&[0; 32])
+        .build();
+    let ptb = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::1"), v6("fd00:1::1"))
+        .icmpv6_packet_too_big(1400, &ip_packet(&reply6)[..72])
+        .build();
     // Quoting a packet from a port that is no VIP.
-    let stray = Pkt::eth(LB_MAC, CLIENT_MAC).ipv4(v4("198.18.1.1"), v4("198.18.0.10")).tcp(9999, 6000).ack().build();
-    let stray_err = Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4("198.18.0.1"), v4("198.18.1.1")).icmp_frag_needed(1400, &ip_packet(&stray)[..40]).build();
+    let stray = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .tcp(9999, 6000)
+        .ack()
+        .build();
+    let stray_err = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.1"), v4("198.18.1.1"))
+        .icmp_frag_needed(1400, &ip_packet(&stray)[..40])
+        .build();
     // Errors about the host's own traffic are the host's.
-    let host_err = Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4("198.18.0.1"), v4("198.18.0.2")).icmp_frag_needed(1400, &ip_packet(&stray)[..40]).build();
+    let host_err = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.1"), v4("198.18.0.2"))
+        .icmp_frag_needed(1400, &ip_packet(&stray)[..40])
+        .build();
 
     // Full-size client segments: 1500-byte IP packets no longer fit once encapsulated.
     let big4 = v4_client().tcp(6002, 80).ack().payload(&[7; 1460]).build();
-    let big4_nodf = v4_client().df(false).tcp(6003, 80).ack().payload(&[7; 1460]).build();
+    let big4_nodf = v4_client()
+        .df(false)
+        .tcp(6003, 80)
+        .ack()
+        .payload(&[7; 1460])
+        .build();
     let fits4 = v4_client().tcp(6004, 80).ack().payload(&[7; 1440]).build();
     let big6 = v6_client().tcp(6005, 80).ack().payload(&[7; 1440]).build();
-    let need4 = Pkt::eth(LB_MAC, CLIENT_MAC).ipv4(v4("198.18.1.1"), v4("198.18.0.10")).icmp_frag_needed(1480, &ip_packet(&big4)[..64]).build();
-    let need6 = Pkt::eth(LB_MAC, CLIENT_MAC).ipv6(v6("fd00:1::1"), v6("fd00::10")).icmpv6_packet_too_big(1460, &ip_packet(&big6)[..64]).build();
+    let need4 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .icmp_frag_needed(1480, &ip_packet(&big4)[..64])
+        .build();
+    let need6 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+        .icmpv6_packet_too_big(1460, &ip_packet(&big6)[..64])
+        .build();
 
     let fwd = Event::IcmpForwarded.slot();
     run_all(vec![
         Fixture {
             name: "v4_frag_needed_goes_to_the_flows_backend",
             config: CFG.into(),
-            steps: vec![step(frag_needed.clone(), XDP_TX, Expect::Frame(encapsulated(&frag_needed, lb4(), "198.18.0.11".parse().unwrap(), 0)), &[(fwd, 1), (Event::NewFlow.slot(), 0)])],
+            steps: vec![step(
+                frag_needed.clone(),
+                XDP_TX,
+                Expect::Frame(encapsulated(
+                    &frag_needed,
+                    lb4(),
+                    "198.18.0.11".parse().unwrap(),
+                    0,
+                )),
+                &[(fwd, 1), (Event::NewFlow.slot(), 0)],
+            )],
         },
         Fixture {
             name: "v6_packet_too_big_goes_to_the_flows_backend",
@@ -159,39 +256,82 @@ fn icmp_fixtures() {
             steps: vec![step(
                 ptb.clone(),
                 XDP_TX,
-                Expect::Frame(encapsulated(&ptb, lb6(), "fd00::11".parse().unwrap(), hash_of("fd00::10", 6001, "fd00:1::1", 80))),
+                Expect::Frame(encapsulated(
+                    &ptb,
+                    lb6(),
+                    "fd00::11".parse().unwrap(),
+                    hash_of("fd00::10", 6001, "fd00:1::1", 80),
+                )),
                 &[(fwd, 1)],
             )],
         },
         Fixture {
             name: "icmp_error_quoting_no_vip_flow_drops",
             config: CFG.into(),
-            steps: vec![step(stray_err, XDP_DROP, Expect::Ignored, &[(Drop::IcmpNotForVip.slot(), 1)])],
+            steps: vec![step(
+                stray_err,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::IcmpNotForVip.slot(), 1)],
+            )],
         },
         Fixture {
             name: "icmp_error_for_the_host_passes",
             config: CFG.into(),
-            steps: vec![step(host_err, XDP_PASS, Expect::Unchanged, &[(lb_common::counters::Pass::NotVip.slot(), 1)])],
+            steps: vec![step(
+                host_err,
+                XDP_PASS,
+                Expect::Unchanged,
+                &[(lb_common::counters::Pass::NotVip.slot(), 1)],
+            )],
         },
         Fixture {
             name: "v4_too_big_answered_with_frag_needed",
             config: CFG.into(),
-            steps: vec![step(big4, XDP_TX, Expect::Frame(need4), &[(Event::IcmpTooBigSent.slot(), 1), (Event::TxEncap.slot(), 0)])],
+            steps: vec![step(
+                big4,
+                XDP_TX,
+                Expect::Frame(need4),
+                &[
+                    (Event::IcmpTooBigSent.slot(), 1),
+                    (Event::TxEncap.slot(), 0),
+                ],
+            )],
         },
         Fixture {
             name: "v4_too_big_without_df_dropped",
             config: CFG.into(),
-            steps: vec![step(big4_nodf, XDP_DROP, Expect::Ignored, &[(Drop::TooBig.slot(), 1)])],
+            steps: vec![step(
+                big4_nodf,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::TooBig.slot(), 1)],
+            )],
         },
         Fixture {
             name: "v4_exactly_mtu_after_encap_forwarded",
             config: CFG.into(),
-            steps: vec![step(fits4.clone(), XDP_TX, Expect::Frame(encapsulated(&fits4, lb4(), "198.18.0.11".parse().unwrap(), 0)), &[(Event::TxEncap.slot(), 1)])],
+            steps: vec![step(
+                fits4.clone(),
+                XDP_TX,
+                Expect::Frame(encapsulated(
+                    &fits4,
+                    lb4(),
+                    "198.18.0.11".parse().unwrap(),
+                    0,
+                )),
+                &[(Event::TxEncap.slot(), 1)],
+            )],
         },
         Fixture {
             name: "v6_too_big_answered_with_packet_too_big",
             config: CFG.into(),
-            steps: vec![step(big6, XDP_TX, Expect::Frame(need6), &[(Event::IcmpTooBigSent.slot(), 1)])],
+            steps: vec![step(
+                big6,
+                XDP_TX,
+                Expect::Frame(need6),
+                &[(Event::IcmpTooBigSent.slot(), 1)],
+            )],
         },
     ]);
 }

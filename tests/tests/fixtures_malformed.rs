@@ -20,14 +20,14 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    counters::{COUNTER_SLOTS, Drop, Event, Pass},
+    counters::{Drop, Event, Pass, COUNTER_SLOTS},
     hash::flow_hash,
     maps::BACKEND_F_ACTIVE,
 };
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
-    packet::{self, ExtHeader, PROTO_TCP, Pkt, ip_packet, truncated},
+    packet::{self, ip_packet, truncated, ExtHeader, Pkt, PROTO_TCP},
 };
 
 const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
