@@ -134,6 +134,9 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 44);
 pub const CONN_F_COUNTED: u32 = 1 << 0;
 /// `ConnEntry::flags`: the client's FIN/RST was seen and the count taken back.
 pub const CONN_F_CLOSED: u32 = 1 << 1;
+/// `ConnEntry::flags`: the flow's VIP derives outer sources from the flow hash
+/// (`VIP_F_HASHED_SRC`), copied so that a hit needs no VIP lookup.
+pub const CONN_F_HASHED_SRC: u32 = 1 << 2;
 
 /// A recorded flow.
 #[repr(C)]
@@ -145,8 +148,8 @@ pub struct ConnEntry {
     pub hash: u32,
     /// `CONN_F_*` bits.
     pub flags: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// The flow's VIP (`VipInfo::vip_id`), for its counters: a hit needs no VIP lookup.
+    pub vip_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
 

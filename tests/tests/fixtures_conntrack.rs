@@ -213,3 +213,24 @@ fn source_hash_sticks_a_client_to_one_backend() {
         "12 clients all on one backend: {per_client:?}"
     );
 }
+
+#[test]
+fn flows_of_a_removed_vip_stop_at_once() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let id: VipId = WEB.parse().unwrap();
+    backend_of(&mut lab, &syn("198.18.0.10", 45_000, 80));
+    lab.core.remove_vip(&id).unwrap();
+    let before = lab.counters()[lb_common::counters::Pass::NotVip.slot() as usize];
+    let out = lab.run(&ack("198.18.0.10", 45_000, 80));
+    assert_eq!(
+        out.verdict, XDP_PASS,
+        "a pinned flow of a removed VIP was still forwarded"
+    );
+    assert_eq!(
+        lab.counters()[lb_common::counters::Pass::NotVip.slot() as usize],
+        before + 1
+    );
+}

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use lb_common::{
     addr::FAMILY_V4,
     counters::{Drop, Event},
-    maps::{Backend, LbConfig, BACKEND_F_NEXTHOP, CFG_F_BENCH_RESTORE, VIP_F_HASHED_SRC},
+    maps::{Backend, LbConfig, BACKEND_F_NEXTHOP, CFG_F_BENCH_RESTORE},
 };
 use lb_ebpf::{
     csum,
@@ -63,18 +63,18 @@ struct NextHop {
 /// verdict. Its own BPF function, to keep every call chain under the verifier's 512-byte
 /// combined stack limit.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> u64 {
-    pack(forward_stage(ctx, l3, target, vip_flags))
+pub fn forward(ctx: &XdpContext, l3: &L3, target: &Target) -> u64 {
+    pack(forward_stage(ctx, l3, target))
 }
 
 #[inline(always)]
-fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target, vip_flags: u32) -> Result<u32, Drop> {
+fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target) -> Result<u32, Drop> {
     let cfg = crate::lookup::config()?;
     let backend = select::usable(target.idx).ok_or(Drop::BadBackend)?;
     let hash = target.hash;
     let v4_outer = backend.family == FAMILY_V4;
     let outer_len = overhead(backend);
-    let src = outer_source(backend, hash, vip_flags, cfg)?;
+    let src = outer_source(backend, hash, target.hashed_src, cfg)?;
     let mut hop = NextHop {
         ifindex: 0,
         smac: [0; 6],
@@ -258,10 +258,9 @@ pub unsafe fn write_ipv4_header(
 fn outer_source(
     backend: &Backend,
     hash: u32,
-    vip_flags: u32,
+    hashed: bool,
     cfg: &LbConfig,
 ) -> Result<[u32; 4], Drop> {
-    let hashed = vip_flags & VIP_F_HASHED_SRC != 0;
     if backend.family == FAMILY_V4 {
         let src = if hashed && cfg.hashed_src_v4 != 0 {
             cfg.hashed_src_v4 | (hash & cfg.hashed_src_v4_hostmask).to_be()

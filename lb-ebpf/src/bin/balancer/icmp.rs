@@ -62,12 +62,9 @@ pub const ROUTED: u32 = 1;
 pub const NOT_OURS: u32 = 0;
 
 /// Where an ICMP error about a VIP flow goes.
-#[derive(Default)]
 pub struct Route {
-    /// The flow's backend.
+    /// The flow's backend (and the VIP's source mode).
     pub target: Target,
-    /// The VIP's flags (outer source choice).
-    pub vip_flags: u32,
 }
 
 /// Finds the backend of the flow an ICMP / ICMPv6 error is about. Only decides: the caller
@@ -104,8 +101,9 @@ fn route_stage(ctx: &XdpContext, l3: &L3, out: &mut Route) -> Result<u32, Drop> 
     };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    unpack(select::backend(&flow, &vip, false, 0, &mut out.target))?;
-    out.vip_flags = vip.flags;
+    if unpack(select::pinned(&flow, 0, &mut out.target))? == select::NOT_PINNED {
+        unpack(select::pick(&flow, &vip, false, 0, &mut out.target))?;
+    }
     Ok(ROUTED)
 }
 

@@ -89,15 +89,6 @@ fn forward_flow(ctx: &XdpContext, l3: &L3) -> u64 {
 #[inline(always)]
 fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     let l4 = parse::ports(ctx, l3)?;
-    let vip_key = VipKey {
-        addr: l3.dst,
-        port_be: l4.dport_be,
-        proto: l3.proto,
-        family: l3.family,
-    };
-    let Some(vip) = lookup::vip(&vip_key) else {
-        return Ok(pass(Pass::NotVip));
-    };
     let flow = FlowKey {
         src: l3.src,
         dst: l3.dst,
@@ -107,14 +98,13 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
         family: l3.family,
         _pad: [0; 2],
     };
-    let mut target = select::Target::default();
-    unpack(select::backend(
-        &flow,
-        &vip,
-        true,
-        l4.tcp_flags,
-        &mut target,
-    ))?;
+    // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
+    let mut target = select::Target::none();
+    if unpack(select::pinned(&flow, l4.tcp_flags, &mut target))? == select::NOT_PINNED
+        && unpack(schedule(&flow, l4.tcp_flags, &mut target))? == NOT_A_VIP
+    {
+        return Ok(pass(Pass::NotVip));
+    }
     let cfg = lookup::config()?;
     let outer = encap::overhead(select::usable(target.idx).ok_or(Drop::BadBackend)?);
     if cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
@@ -124,9 +114,34 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
         return unpack(icmp::too_big(ctx, l3, cfg.mtu - outer as u32));
     }
     let bytes = l3.l3_len() as u64;
-    let verdict = unpack(encap::forward(ctx, l3, &target, vip.flags))?;
-    account::traffic(vip.vip_id, target.idx, bytes, target.new_flow);
+    let verdict = unpack(encap::forward(ctx, l3, &target))?;
+    account::traffic(target.vip_id, target.idx, bytes, target.new_flow);
     Ok(verdict)
+}
+
+/// `schedule`: the flow's destination is no VIP.
+const NOT_A_VIP: u32 = 0;
+/// `schedule`: a backend was picked and the flow recorded.
+const SCHEDULED: u32 = 1;
+
+/// A flow the connection table does not pin: its VIP's scheduler picks a backend into
+/// `out` and records the flow. Its own BPF function, keeping the VIP lookup's state off
+/// the forwarding call chain (verifier stack limit).
+#[inline(never)]
+fn schedule(flow: &FlowKey, tcp_flags: u8, out: &mut select::Target) -> u64 {
+    let vip_key = VipKey {
+        addr: flow.dst,
+        port_be: flow.dport_be,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    let Some(vip) = lookup::vip(&vip_key) else {
+        return pack(Ok(NOT_A_VIP));
+    };
+    match unpack(select::pick(flow, &vip, true, tcp_flags, out)) {
+        Ok(_) => pack(Ok(SCHEDULED)),
+        Err(d) => pack(Err(d)),
+    }
 }
 
 /// An ICMP packet: errors about VIP flows go down the flow's tunnel; the rest is the host's.
@@ -138,11 +153,13 @@ fn forward_icmp(ctx: &XdpContext, l3: &L3) -> u64 {
 
 #[inline(always)]
 fn forward_icmp_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
-    let mut route = icmp::Route::default();
+    let mut route = icmp::Route {
+        target: select::Target::none(),
+    };
     if unpack(icmp::route(ctx, l3, &mut route))? == icmp::NOT_OURS {
         return Ok(pass(Pass::NotVip));
     }
-    let verdict = unpack(encap::forward(ctx, l3, &route.target, route.vip_flags))?;
+    let verdict = unpack(encap::forward(ctx, l3, &route.target))?;
     bump(&STATS, Event::IcmpForwarded.slot());
     Ok(verdict)
 }

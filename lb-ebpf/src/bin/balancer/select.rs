@@ -1,5 +1,11 @@
 //! Which backend gets a packet: the connection table first, then the VIP's scheduler.
 //!
+//! The connection table is consulted before the VIP table: a recorded flow carries what
+//! forwarding needs (backend, hash, VIP id, source mode), so the common case — a packet of
+//! a known flow — costs one hash lookup, not two. Traffic for the host itself pays one
+//! connection-table miss before its VIP miss. A removed VIP's flows do not linger: its
+//! backends are deactivated, so their entries stop counting as hits.
+//!
 //! When flows are recorded: on *every* packet that misses the connection table (not only
 //! TCP SYN, and for UDP too). A flow that arrives mid-stream — after a balancer restart, or
 //! moved here by ECMP from another balancer — hashes to the same backend as everywhere
@@ -22,7 +28,8 @@ use lb_common::{
     hash::{flow_hash, src_hash},
     maps::{
         Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, CONN_F_CLOSED, CONN_F_COUNTED,
-        MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE, VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+        CONN_F_HASHED_SRC, MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE, VIP_F_HASHED_SRC, VIP_F_LEAST_CONN,
+        VIP_F_SEQUENCE, VIP_F_SRC_HASH,
     },
 };
 use lb_ebpf::{stats::bump, subprog::pack};
@@ -32,63 +39,83 @@ use crate::maps::{BACKENDS, BACKEND_ACTIVE, CONNS, LOOKUP, RR_CURSORS, STATS};
 /// TCP FIN and RST flags: the client is closing.
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
 
+/// `pinned` found the flow on a usable backend.
+pub const PINNED: u32 = 1;
+/// `pinned`: no usable recorded backend; the scheduler must pick.
+pub const NOT_PINNED: u32 = 0;
+
 /// The chosen backend.
-#[derive(Default)]
 pub struct Target {
     /// Backend index.
     pub idx: u32,
     /// The flow's hash (outer flow label / hashed outer source).
     pub hash: u32,
+    /// The flow's VIP id (counters).
+    pub vip_id: u32,
+    /// Outer source from the flow hash (`VIP_F_HASHED_SRC`).
+    pub hashed_src: bool,
     /// The flow was recorded just now.
     pub new_flow: bool,
 }
 
-/// Picks the backend for `flow` into `out`; records new flows when `record`. `tcp_flags`
-/// (0 for UDP) lets least-connection VIPs take a flow's count back when the client closes
-/// it. Its own BPF function, so its frame is never on the stack together with the
-/// forwarding frames (the verifier allows 512 bytes per call chain).
+impl Target {
+    /// Nothing chosen yet (written field by field: LLVM turns `Default` of a struct into
+    /// a call to a BPF memset).
+    #[inline(always)]
+    pub const fn none() -> Self {
+        Target {
+            idx: 0,
+            hash: 0,
+            vip_id: 0,
+            hashed_src: false,
+            new_flow: false,
+        }
+    }
+}
+
+/// Looks the flow up in the connection table into `out`: `PINNED` when its backend can
+/// still take it, `NOT_PINNED` otherwise. `tcp_flags` (0 for UDP) lets least-connection
+/// VIPs take a flow's count back when the client closes it. Its own BPF function, so its
+/// frame is never on the stack together with the forwarding frames (512-byte limit).
 #[inline(never)]
-pub fn backend(
-    flow: &FlowKey,
-    vip: &VipInfo,
-    record: bool,
-    tcp_flags: u8,
-    out: &mut Target,
-) -> u64 {
-    pack(backend_stage(flow, vip, record, tcp_flags).map(|t| {
+pub fn pinned(flow: &FlowKey, tcp_flags: u8, out: &mut Target) -> u64 {
+    let Some(entry) = CONNS.get_ptr_mut(flow) else {
+        return pack(Ok(NOT_PINNED));
+    };
+    // SAFETY: the map value stays valid for the duration of the program (RCU).
+    let e = unsafe { *entry };
+    if usable(e.backend).is_none() {
+        bump(&STATS, Event::ConnRepick.slot());
+        return pack(Ok(NOT_PINNED));
+    }
+    bump(&STATS, Event::ConnHit.slot());
+    if tcp_flags & TCP_FIN_RST != 0 && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
+    {
+        // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
+        // estimate, and the daemon reconciles it from the connection table.
+        unsafe { (*entry).flags = e.flags | CONN_F_CLOSED };
+        add_active(e.backend, u64::MAX);
+    }
+    out.idx = e.backend;
+    out.hash = e.hash;
+    out.vip_id = e.vip_id;
+    out.hashed_src = e.flags & CONN_F_HASHED_SRC != 0;
+    out.new_flow = false;
+    pack(Ok(PINNED))
+}
+
+/// Picks a backend for a flow the connection table does not pin, into `out`; records it
+/// when `record`. Its own BPF function, like [`pinned`].
+#[inline(never)]
+pub fn pick(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8, out: &mut Target) -> u64 {
+    pack(pick_stage(flow, vip, record, tcp_flags).map(|t| {
         *out = t;
         0
     }))
 }
 
 #[inline(always)]
-fn backend_stage(
-    flow: &FlowKey,
-    vip: &VipInfo,
-    record: bool,
-    tcp_flags: u8,
-) -> Result<Target, Drop> {
-    if let Some(entry) = CONNS.get_ptr_mut(flow) {
-        // SAFETY: the map value stays valid for the duration of the program (RCU).
-        let (idx, hash, flags) = unsafe { ((*entry).backend, (*entry).hash, (*entry).flags) };
-        if usable(idx).is_some() {
-            bump(&STATS, Event::ConnHit.slot());
-            if tcp_flags & TCP_FIN_RST != 0
-                && flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
-            {
-                // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
-                // estimate, and the daemon reconciles it from the connection table.
-                unsafe { (*entry).flags = flags | CONN_F_CLOSED };
-                add_active(idx, u64::MAX);
-            }
-            return Ok(Target {
-                idx,
-                hash,
-                new_flow: false,
-            });
-        }
-        bump(&STATS, Event::ConnRepick.slot());
-    }
+fn pick_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
     if vip.table_size == 0 {
         return Err(Drop::NoBackend);
     }
@@ -107,13 +134,18 @@ fn backend_stage(
         idx = less_loaded(vip, idx, hash);
     }
     usable(idx).ok_or(Drop::BadBackend)?;
+    let hashed_src = vip.flags & VIP_F_HASHED_SRC != 0;
     if record {
         let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
+        let mut flags = if counted { CONN_F_COUNTED } else { 0 };
+        if hashed_src {
+            flags |= CONN_F_HASHED_SRC;
+        }
         let entry = ConnEntry {
             backend: idx,
             hash,
-            flags: if counted { CONN_F_COUNTED } else { 0 },
-            _pad: 0,
+            flags,
+            vip_id: vip.vip_id,
         };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
         // packet still goes out — and is then not counted either.
@@ -125,6 +157,8 @@ fn backend_stage(
     Ok(Target {
         idx,
         hash,
+        vip_id: vip.vip_id,
+        hashed_src,
         new_flow: record,
     })
 }
