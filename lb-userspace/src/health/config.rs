@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn all_ports_vip_needs_an_explicit_port() {
-        let backend: SocketAddr = "10.0.0.1:0".parse().expect("literal");
+        let backend: SocketAddr = "198.18.0.1:0".parse().expect("literal");
         let err = HealthCheckConfig::default()
             .probe_target(backend)
             .expect_err("tcp on port 0");
@@ -395,7 +395,7 @@ mod tests {
         };
         assert_eq!(
             with_port.probe_target(backend),
-            Ok("10.0.0.1:22".parse().expect("literal"))
+            Ok("198.18.0.1:22".parse().expect("literal"))
         );
         let icmp = HealthCheckConfig {
             kind: CheckKind::Icmp,
