@@ -56,27 +56,21 @@ const ICMPV6_PARAMPROB: u8 = 4;
 /// The smallest MTU an IPv6 link may have (RFC 8200).
 const IPV6_MIN_MTU: u32 = 1280;
 
-/// `route` found the flow an ICMP error is about; `out` says where it goes.
+/// `route` found the flow an ICMP error is about and wrote its target.
 pub const ROUTED: u32 = 1;
 /// `route`: not an error about a VIP flow; the kernel gets it (it may be for this host).
 pub const NOT_OURS: u32 = 0;
-
-/// Where an ICMP error about a VIP flow goes.
-pub struct Route {
-    /// The flow's backend (and the VIP's source mode).
-    pub target: Target,
-}
 
 /// Finds the backend of the flow an ICMP / ICMPv6 error is about. Only decides: the caller
 /// forwards, so this frame and the forwarding frame are never on the stack together (the
 /// verifier allows 512 bytes for a whole call chain).
 #[inline(never)]
-pub fn route(ctx: &XdpContext, l3: &L3, out: &mut Route) -> u64 {
+pub fn route(ctx: &XdpContext, l3: &L3, out: *mut Target) -> u64 {
     pack(route_stage(ctx, l3, out))
 }
 
 #[inline(always)]
-fn route_stage(ctx: &XdpContext, l3: &L3, out: &mut Route) -> Result<u32, Drop> {
+fn route_stage(ctx: &XdpContext, l3: &L3, out: *mut Target) -> Result<u32, Drop> {
     let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
     let is_error = if l3.family == FAMILY_V4 {
         matches!(
@@ -101,8 +95,8 @@ fn route_stage(ctx: &XdpContext, l3: &L3, out: &mut Route) -> Result<u32, Drop> 
     };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    if unpack(select::pinned(&flow, 0, &mut out.target))? == select::NOT_PINNED {
-        unpack(select::pick(&flow, &vip, false, 0, &mut out.target))?;
+    if unpack(select::pinned(&flow, 0, out))? == select::NOT_PINNED {
+        unpack(select::pick(&flow, &vip, false, 0, out))?;
     }
     Ok(ROUTED)
 }

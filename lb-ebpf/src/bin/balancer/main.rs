@@ -99,12 +99,14 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
         _pad: [0; 2],
     };
     // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
-    let mut target = select::Target::none();
-    if unpack(select::pinned(&flow, l4.tcp_flags, &mut target))? == select::NOT_PINNED
-        && unpack(schedule(&flow, l4.tcp_flags, &mut target))? == NOT_A_VIP
+    let mut target = core::mem::MaybeUninit::<select::Target>::uninit();
+    if unpack(select::pinned(&flow, l4.tcp_flags, target.as_mut_ptr()))? == select::NOT_PINNED
+        && unpack(schedule(&flow, l4.tcp_flags, target.as_mut_ptr()))? == NOT_A_VIP
     {
         return Ok(pass(Pass::NotVip));
     }
+    // SAFETY: `pinned` (PINNED) or `schedule` (SCHEDULED) wrote it; other outcomes returned.
+    let target = unsafe { target.assume_init() };
     let cfg = lookup::config()?;
     let outer = encap::overhead(select::usable(target.idx).ok_or(Drop::BadBackend)?);
     if cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
@@ -115,7 +117,7 @@ fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
     }
     let bytes = l3.l3_len() as u64;
     let verdict = unpack(encap::forward(ctx, l3, &target))?;
-    account::traffic(target.vip_id, target.idx, bytes, target.new_flow);
+    account::traffic(target.vip_id, target.idx, bytes, target.new_flow != 0);
     Ok(verdict)
 }
 
@@ -128,7 +130,7 @@ const SCHEDULED: u32 = 1;
 /// `out` and records the flow. Its own BPF function, keeping the VIP lookup's state off
 /// the forwarding call chain (verifier stack limit).
 #[inline(never)]
-fn schedule(flow: &FlowKey, tcp_flags: u8, out: &mut select::Target) -> u64 {
+fn schedule(flow: &FlowKey, tcp_flags: u8, out: *mut select::Target) -> u64 {
     let vip_key = VipKey {
         addr: flow.dst,
         port_be: flow.dport_be,
@@ -153,13 +155,13 @@ fn forward_icmp(ctx: &XdpContext, l3: &L3) -> u64 {
 
 #[inline(always)]
 fn forward_icmp_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
-    let mut route = icmp::Route {
-        target: select::Target::none(),
-    };
-    if unpack(icmp::route(ctx, l3, &mut route))? == icmp::NOT_OURS {
+    let mut target = core::mem::MaybeUninit::<select::Target>::uninit();
+    if unpack(icmp::route(ctx, l3, target.as_mut_ptr()))? == icmp::NOT_OURS {
         return Ok(pass(Pass::NotVip));
     }
-    let verdict = unpack(encap::forward(ctx, l3, &route.target))?;
+    // SAFETY: `route` wrote it when it returned ROUTED.
+    let target = unsafe { target.assume_init() };
+    let verdict = unpack(encap::forward(ctx, l3, &target))?;
     bump(&STATS, Event::IcmpForwarded.slot());
     Ok(verdict)
 }
