@@ -533,10 +533,7 @@ impl<D: Dataplane> Core<D> {
 
     /// Removes a backend: it leaves the table, then flows pinned to it move.
     pub fn remove_backend(&mut self, id: &VipId, addr: IpAddr) -> Result<(), CoreError> {
-        let vip = self
-            .vips
-            .get_mut(id)
-            .ok_or(CoreError::UnknownVip { vip: *id })?;
+        let vip = self.vip_mut(id)?;
         let b = vip
             .backends
             .remove(&addr)
@@ -651,19 +648,19 @@ impl<D: Dataplane> Core<D> {
 
     /// Switches a VIP's scheduler; flows already recorded keep their backends.
     pub fn set_scheduler(&mut self, id: &VipId, scheduler: Scheduler) -> Result<(), CoreError> {
-        let vip = self
-            .vips
-            .get_mut(id)
-            .ok_or(CoreError::UnknownVip { vip: *id })?;
+        let vip = self.vip_mut(id)?;
         vip.config.scheduler = scheduler;
         self.publish(id)
     }
 
-    fn backend_mut(&mut self, id: &VipId, addr: IpAddr) -> Result<&mut BackendState, CoreError> {
-        let vip = self
-            .vips
+    fn vip_mut(&mut self, id: &VipId) -> Result<&mut VipState, CoreError> {
+        self.vips
             .get_mut(id)
-            .ok_or(CoreError::UnknownVip { vip: *id })?;
+            .ok_or(CoreError::UnknownVip { vip: *id })
+    }
+
+    fn backend_mut(&mut self, id: &VipId, addr: IpAddr) -> Result<&mut BackendState, CoreError> {
+        let vip = self.vip_mut(id)?;
         vip.backends
             .get_mut(&addr)
             .ok_or(CoreError::UnknownBackend {

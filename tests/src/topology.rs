@@ -364,34 +364,26 @@ impl DemoNet {
     }
 
     /// Starts backend `i`'s line server on [`NAME_PORT`].
-    pub fn start_name_server(&mut self, i: usize) -> Proc {
-        let b = &self.backends[i];
-        let log = self.dir.join(format!("{}-names.log", b.name));
-        let port = NAME_PORT.to_string();
-        let p = spawn_logged(&b.ns, &[PYTHON, "-c", NAME_SERVER, &b.name, &port], &log);
-        let addr = std::net::SocketAddr::new(b.v4.into(), NAME_PORT);
-        let ns = &b.ns;
-        wait_for(
-            &format!("line server {}", b.name),
-            Duration::from_secs(20),
-            || {
-                let _inside = ns.enter();
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            },
-        );
-        p
+    pub fn start_name_server(&self, i: usize) -> Proc {
+        self.start_script_server(i, "names", NAME_SERVER, NAME_PORT)
     }
 
     /// Starts backend `i`'s sink server on [`SINK_PORT`].
     pub fn start_sink(&self, i: usize) -> Proc {
+        self.start_script_server(i, "sink", SINK_SERVER, SINK_PORT)
+    }
+
+    /// Runs a Python TCP server script (`script NAME PORT`) on backend `i` and waits until
+    /// it accepts connections.
+    fn start_script_server(&self, i: usize, label: &str, script: &str, port: u16) -> Proc {
         let b = &self.backends[i];
-        let log = self.dir.join(format!("{}-sink.log", b.name));
-        let port = SINK_PORT.to_string();
-        let p = spawn_logged(&b.ns, &[PYTHON, "-c", SINK_SERVER, &b.name, &port], &log);
-        let addr = std::net::SocketAddr::new(b.v4.into(), SINK_PORT);
+        let log = self.dir.join(format!("{}-{label}.log", b.name));
+        let port_arg = port.to_string();
+        let p = spawn_logged(&b.ns, &[PYTHON, "-c", script, &b.name, &port_arg], &log);
+        let addr = std::net::SocketAddr::new(b.v4.into(), port);
         let ns = &b.ns;
         wait_for(
-            &format!("sink server {}", b.name),
+            &format!("{label} server {}", b.name),
             Duration::from_secs(20),
             || {
                 let _inside = ns.enter();
