@@ -23,7 +23,9 @@ use xlb_tests::{
 const TIMEOUT: Duration = Duration::from_secs(3);
 const WEB: &str = "198.18.1.1:80/tcp";
 
-/// Results of the background load: (when, answering backend or error).
+/// Results of the background load: (when the request started, answering backend or error).
+/// Start times, not completion times: a request sent just before a backend left the table
+/// may fail just after, and belongs to the time before.
 type Log = Arc<Mutex<Vec<(Instant, Result<String, String>)>>>;
 
 /// Continuous HTTP GETs from the client, new connection each, until stopped (at most 120 s).
@@ -46,10 +48,11 @@ impl Load {
             let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
             let deadline = Instant::now() + Duration::from_secs(120);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let started = Instant::now();
                 let r = http_get(&ns, vip, "/", TIMEOUT)
                     .map(|b| String::from_utf8_lossy(&b).trim().to_string())
                     .map_err(|e| e.to_string());
-                l.lock().unwrap().push((Instant::now(), r));
+                l.lock().unwrap().push((started, r));
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
