@@ -127,8 +127,12 @@ pub struct Backend {
     pub _pad: [u8; 3],
     /// Effective weight (≥ 1) used by weighted least-connection comparisons.
     pub weight: u32,
+    /// Bumped every time the slot is given to a new backend: a connection entry recorded
+    /// for an earlier holder of the slot no longer matches, so a reused index never
+    /// inherits another backend's flows.
+    pub generation: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 44);
+const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 
 /// `ConnEntry::flags`: the flow was counted in `BACKEND_ACTIVE`.
 pub const CONN_F_COUNTED: u32 = 1 << 0;
@@ -150,8 +154,12 @@ pub struct ConnEntry {
     pub flags: u32,
     /// The flow's VIP (`VipInfo::vip_id`), for its counters: a hit needs no VIP lookup.
     pub vip_id: u32,
+    /// `Backend::generation` of the slot when the flow was recorded.
+    pub generation: u32,
+    /// Always zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 24);
 
 /// `LbConfig::flags`: answer oversized packets with ICMP frag-needed / packet-too-big.
 pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;

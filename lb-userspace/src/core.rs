@@ -194,10 +194,12 @@ pub struct BackendState {
     /// Dynamic share of the weight in percent (agent's `NN%`, or `lrt`'s latency factor);
     /// 100 when nothing adjusts it.
     pub factor_pct: u32,
+    /// Generation of the data-plane slot (see `Backend::generation`).
+    pub generation: u32,
 }
 
 impl BackendState {
-    fn new(index: u32, b: &BackendConfig) -> Self {
+    fn new(index: u32, generation: u32, b: &BackendConfig) -> Self {
         Self {
             index,
             weight: b.weight,
@@ -207,6 +209,7 @@ impl BackendState {
             agent_down: false,
             agent_drain: false,
             factor_pct: 100,
+            generation,
         }
     }
 
@@ -283,6 +286,8 @@ pub struct Core<D: Dataplane> {
     vips: BTreeMap<VipId, VipState>,
     vip_ids: Pool,
     backend_ids: Pool,
+    /// Per backend slot: how many times it was handed out (`Backend::generation`).
+    generations: Vec<u32>,
     /// VIP address → number of VIPs on it (address-only markers).
     addr_refs: BTreeMap<IpAddr, u32>,
 }
@@ -323,6 +328,7 @@ impl<D: Dataplane> Core<D> {
             dp,
             vip_ids: Pool::new(0..settings.max_vips),
             backend_ids: Pool::new(1..MAX_BACKENDS),
+            generations: vec![0; MAX_BACKENDS as usize],
             settings,
             vips: BTreeMap::new(),
             addr_refs: BTreeMap::new(),
@@ -525,7 +531,14 @@ impl<D: Dataplane> Core<D> {
             .ok_or(CoreError::TooManyBackends {
                 max: self.backend_ids.max,
             })?;
-        let bs = BackendState::new(index, b);
+        let generation = match self.generations.get_mut(index as usize) {
+            Some(g) => {
+                *g = g.wrapping_add(1);
+                *g
+            }
+            None => 0,
+        };
+        let bs = BackendState::new(index, generation, b);
         self.dp.clear_backend(index)?;
         self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
         Ok(bs)
@@ -729,10 +742,12 @@ impl<D: Dataplane> Core<D> {
 fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
     let (words, family) = to_words(addr);
     let weight = b.effective_weight().max(1);
+    let generation = b.generation;
     let mut entry = Backend {
         addr: words,
         family,
         weight,
+        generation,
         ..Backend::default()
     };
     if b.active() {

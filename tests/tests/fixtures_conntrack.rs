@@ -234,3 +234,59 @@ fn flows_of_a_removed_vip_stop_at_once() {
         before + 1
     );
 }
+
+#[test]
+fn a_reused_backend_slot_never_inherits_old_flows() {
+    if !require_root() {
+        return;
+    }
+    let cfg = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+        {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "table_size": 13, "backends": [{"address": "198.18.0.11"}]},
+        {"address": "198.18.1.1", "port": 81, "protocol": "tcp", "table_size": 13, "backends": []}]}"#;
+    let mut lab = Lab::new(cfg);
+    let web: VipId = WEB.parse().unwrap();
+    let other: VipId = "198.18.1.1:81/tcp".parse().unwrap();
+    let old_index = lab
+        .core
+        .vip(&web)
+        .unwrap()
+        .backends
+        .values()
+        .next()
+        .unwrap()
+        .index;
+    assert_eq!(
+        backend_of(&mut lab, &syn("198.18.0.10", 46_000, 80)).to_string(),
+        "198.18.0.11"
+    );
+    lab.core.remove_vip(&web).unwrap();
+    // Churn backend slots (handed out first-in first-out) until the old index comes back,
+    // now for another VIP's backend.
+    let addr: std::net::IpAddr = "198.18.0.12".parse().unwrap();
+    let mut reused = false;
+    for _ in 0..lb_common::maps::MAX_BACKENDS {
+        lab.core
+            .add_backend(
+                &other,
+                BackendConfig {
+                    address: addr,
+                    weight: 1,
+                    drained: false,
+                },
+            )
+            .unwrap();
+        if lab.core.vip(&other).unwrap().backends[&addr].index == old_index {
+            reused = true;
+            break;
+        }
+        lab.core.remove_backend(&other, addr).unwrap();
+    }
+    assert!(reused, "slot {old_index} never came back");
+    lab.set_all_nexthops();
+    // The old flow's entry still points at that slot; it must not reach the new holder.
+    let out = lab.run(&ack("198.18.0.10", 46_000, 80));
+    assert_eq!(
+        out.verdict, XDP_PASS,
+        "a flow of a removed VIP reached the slot's new backend"
+    );
+}

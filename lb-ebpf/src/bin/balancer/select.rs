@@ -71,7 +71,8 @@ pub fn pinned(flow: &FlowKey, tcp_flags: u8, out: *mut Target) -> u64 {
     };
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
-    if usable(e.backend).is_none() {
+    // The slot must still hold the backend the flow was recorded with (indices are reused).
+    if usable(e.backend).is_none_or(|b| b.generation != e.generation) {
         bump(&STATS, Event::ConnRepick.slot());
         return pack(Ok(NOT_PINNED));
     }
@@ -126,7 +127,7 @@ fn pick_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Res
     if vip.flags & VIP_F_LEAST_CONN != 0 {
         idx = less_loaded(vip, idx, hash);
     }
-    usable(idx).ok_or(Drop::BadBackend)?;
+    let generation = usable(idx).ok_or(Drop::BadBackend)?.generation;
     let hashed_src = vip.flags & VIP_F_HASHED_SRC != 0;
     if record {
         let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
@@ -139,6 +140,8 @@ fn pick_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Res
             hash,
             flags,
             vip_id: vip.vip_id,
+            generation,
+            _pad: 0,
         };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
         // packet still goes out — and is then not counted either.
