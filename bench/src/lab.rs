@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use anyhow::{anyhow, Context, Result};
 use aya::{maps::HashMap as BpfHashMap, programs::Xdp, Ebpf};
 use lb_common::{
-    addr::to_words,
     flow::FlowKey,
     hash::flow_hash,
     maps::{ConnEntry, LbConfig, VipInfo, VipKey, MAP_CONFIG, MAP_CONNS, MAP_VIPS},
@@ -188,17 +187,5 @@ pub fn synthetic_flow(vip: &VipId, i: u32) -> FlowKey {
     )
 }
 
-/// The connection-table key of a client → VIP packet.
-pub fn flow_key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-    let (s, family) = to_words(src);
-    let (d, _) = to_words(dst);
-    FlowKey {
-        src: s,
-        dst: d,
-        sport_be: sport.to_be(),
-        dport_be: dport.to_be(),
-        proto,
-        family,
-        _pad: [0; 2],
-    }
-}
+/// The connection-table key of a client → VIP packet (the fixtures' own helper).
+pub use xlb_tests::fixtures::flow as flow_key;

@@ -660,7 +660,7 @@ print(s.recv(100).decode())
     #[test]
     #[should_panic(expected = "outside the test ranges")]
     fn refuses_foreign_addresses() {
-        assert_test_addr("192.168.1.1/24");
+        assert_test_addr("192.0.2.1/24");
     }
 
     #[test]
@@ -668,7 +668,7 @@ print(s.recv(100).decode())
         for ok in ["198.18.0.1/24", "198.19.255.1", "fd00::1/64", "fdff::1"] {
             assert_test_addr(ok);
         }
-        for bad in ["198.20.0.1", "10.0.0.1/8", "fe80::1", "2001:db8::1"] {
+        for bad in ["198.20.0.1", "203.0.113.1/8", "fe80::1", "2001:db8::1"] {
             assert!(
                 std::panic::catch_unwind(|| assert_test_addr(bad)).is_err(),
                 "{bad}"
