@@ -16,7 +16,11 @@ use xlb::{
 
 /// xlb: an XDP layer-4 load balancer with consistent hashing and direct server return.
 #[derive(Parser)]
-#[command(name = "xlb", version, about)]
+#[command(
+    name = "xlb",
+    version,
+    about = "xlb: an XDP layer-4 load balancer with consistent hashing and direct server return"
+)]
 struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info")]

@@ -17,7 +17,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    config::{check_weight, parse_json, BackendConfig, Scheduler, VipConfig, VipId},
+    config::{check_weight, parse_json, AgentConfig, BackendConfig, Scheduler, VipConfig, VipId},
     control::{
         client,
         protocol::{
@@ -40,7 +40,7 @@ pub enum VipCmd {
     Add {
         /// ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:53/udp.
         vip: VipId,
-        /// maglev (default: 5-tuple hash) or sh (client-address hash).
+        /// Scheduler: maglev (default), sh, rr, wrr, lc, wlc, lrt or agent (docs/config.md).
         #[arg(long, value_parser = parse_scheduler)]
         scheduler: Option<Scheduler>,
         /// Maglev table size, a prime in 3..=65537 (default 65537).
@@ -56,6 +56,9 @@ pub enum VipCmd {
         /// connect to the VIP's port).
         #[arg(long, value_parser = parse_health_check)]
         health_check: Option<HealthCheckConfig>,
+        /// TCP port of the backends' agent (scheduler agent; polled every second).
+        #[arg(long)]
+        agent_port: Option<u16>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -66,7 +69,7 @@ pub enum VipCmd {
     Scheduler {
         /// ADDRESS:PORT[/PROTO].
         vip: VipId,
-        /// maglev or sh.
+        /// maglev, sh, rr, wrr, lc, wlc, lrt or agent.
         #[arg(value_parser = parse_scheduler)]
         scheduler: Scheduler,
     },
@@ -170,6 +173,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             backends,
             name,
             health_check,
+            agent_port,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -182,7 +186,10 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 encap: Default::default(),
                 source: Default::default(),
                 health_check,
-                agent: None,
+                agent: agent_port.map(|port| AgentConfig {
+                    port,
+                    interval_ms: 1000,
+                }),
                 backends,
             };
             (
@@ -624,6 +631,7 @@ mod tests {
             backends,
             name,
             health_check,
+            agent_port,
         }) = parse(&[
             "vip",
             "add",
@@ -644,6 +652,8 @@ mod tests {
             "web",
             "--health-check",
             r#"{"kind":"http","path":"/healthz"}"#,
+            "--agent-port",
+            "5555",
         ])
         else {
             panic!("not vip add")
@@ -666,6 +676,7 @@ mod tests {
         );
         assert_eq!(name.as_deref(), Some("web"));
         assert_eq!(health_check.map(|h| h.path), Some("/healthz".to_owned()));
+        assert_eq!(agent_port, Some(5555));
     }
 
     #[test]
