@@ -62,8 +62,7 @@ impl Plan {
             forward_secs: if quick { 0.4 } else { 1.5 },
             wrk_secs: if quick { 1 } else { 5 },
             maglev_builds: if quick { 3 } else { 7 },
-            // VIPS holds 4096 entries (MAX_VIP_ENTRIES), one address marker per VIP address
-            // included: the last point is as many as fit.
+            // VIPS holds MAX_VIP_ENTRIES entries, one address marker per VIP address included.
             vip_counts: vec![1, 1000, 10_000],
             backend_counts: vec![10, 1000],
             flow_counts: vec![1_000, 100_000, 1_000_000],

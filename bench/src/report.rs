@@ -363,7 +363,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         }
         m += "\n";
     }
-    m += "10 k VIPs do not fit: `VIPS` has MAX_VIP_ENTRIES = 4096 entries (address markers included), so the last point is as many as fit.\n\n";
+    m += "Packets of known flows never look the VIP table up (the connection table comes first), so the VIP count shows in new flows' cost, not in the hit's.\n\n";
     for p in plots {
         m += &format!("![{p}]({p})\n");
     }

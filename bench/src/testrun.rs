@@ -334,7 +334,7 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
 
     // VIPs: the measured VIP through the core, the others written straight into VIPS with
     // the measured VIP's settings (they only need to be there: the cost in question is the
-    // VIP hash lookup). VIPS holds MAX_VIP_ENTRIES (4096) entries, markers included.
+    // VIP hash lookup). VIPS holds MAX_VIP_ENTRIES entries, markers included.
     {
         let mut lab = lab_with(10, 1 << 16, false)?;
         prime(&mut lab, &[&hit4])?;

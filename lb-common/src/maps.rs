@@ -37,7 +37,7 @@ pub const MAX_TABLE_SIZE: u32 = 65_537;
 /// Default lookup-table size (Maglev's `M`; a prime, ≥ 100 × the number of backends).
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 /// Entries in `VIPS` (address-only marker entries included).
-pub const MAX_VIP_ENTRIES: u32 = 4096;
+pub const MAX_VIP_ENTRIES: u32 = 16_384;
 /// Default number of VIPs with a lookup table (`LOOKUP` holds two tables per VIP).
 /// User space may change it at load time; BPF never assumes it.
 pub const DEFAULT_MAX_VIPS: u32 = 64;
