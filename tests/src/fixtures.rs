@@ -292,6 +292,19 @@ fn deltas(before: &[u64], after: &[u64]) -> String {
 /// hop, outer header from `src` (TOS / traffic class copied from the inner header, IPv6
 /// flow label = low 20 bits of the flow hash), then the client's IP packet verbatim.
 pub fn encapsulated(input: &[u8], src: IpAddr, backend: IpAddr, hash: u32) -> Vec<u8> {
+    encapsulated_via(input, NEXTHOP_MAC, LB_MAC, src, backend, hash)
+}
+
+/// [`encapsulated`] through a given next hop (`dmac`) from a given interface (`smac`), as
+/// the FIB path produces.
+pub fn encapsulated_via(
+    input: &[u8],
+    dmac: Mac,
+    smac: Mac,
+    src: IpAddr,
+    backend: IpAddr,
+    hash: u32,
+) -> Vec<u8> {
     let inner = packet::ip_packet(input);
     let inner_v4 = inner.first().is_some_and(|b| b >> 4 == 4);
     let tos = if inner_v4 {
@@ -307,15 +320,15 @@ pub fn encapsulated(input: &[u8], src: IpAddr, backend: IpAddr, hash: u32) -> Ve
     let vlan = vlan_of(input);
     match (src, backend) {
         (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(
-            NEXTHOP_MAC,
-            LB_MAC,
+            dmac,
+            smac,
             vlan,
             ETHERTYPE_IPV4,
             &ipv4_outer(s, b, proto, tos, 64, 0, true, inner),
         ),
         (IpAddr::V6(s), IpAddr::V6(b)) => eth_frame(
-            NEXTHOP_MAC,
-            LB_MAC,
+            dmac,
+            smac,
             vlan,
             ETHERTYPE_IPV6,
             &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, inner),

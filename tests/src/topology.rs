@@ -336,13 +336,15 @@ impl DemoNet {
 
     /// Starts backend `i`'s web server and waits until it answers locally.
     pub fn start_http(&mut self, i: usize) {
-        let b = &mut self.backends[i];
-        let log = self.dir.join(format!("{}-http.log", b.name));
-        let root = b.docroot.to_str().expect("utf-8 path").to_string();
-        let p = spawn_logged(
-            &b.ns,
+        let root = self.backends[i]
+            .docroot
+            .to_str()
+            .expect("utf-8 path")
+            .to_string();
+        self.serve_http(
+            i,
+            "http",
             &[
-                PYTHON,
                 "-m",
                 "http.server",
                 "80",
@@ -351,14 +353,24 @@ impl DemoNet {
                 "--directory",
                 &root,
             ],
-            &log,
         );
+    }
+
+    /// Runs `python3 ARGS` as backend `i`'s web server on port 80 and waits until it answers
+    /// a GET (bounded); the server stays until [`DemoNet::stop_http`].
+    fn serve_http(&mut self, i: usize, label: &str, args: &[&str]) {
+        let b = &mut self.backends[i];
+        let log = self.dir.join(format!("{}-{label}.log", b.name));
+        let mut cmd = vec![PYTHON];
+        cmd.extend_from_slice(args);
+        let p = spawn_logged(&b.ns, &cmd, &log);
         let url = format!("http://{}/", b.v4);
         let ns = &b.ns;
+        // 2 s per try: a deliberately slow server must still pass.
         wait_for(
-            &format!("web server {}", b.name),
+            &format!("{label} server {}", b.name),
             Duration::from_secs(20),
-            || curl(ns, &url, 1).is_some(),
+            || curl(ns, &url, 2).is_some(),
         );
         b.http = Some(p);
     }
@@ -396,20 +408,10 @@ impl DemoNet {
     /// Starts backend `i`'s web server answering every request after `delay_ms` (a slow
     /// backend, made slow inside its server).
     pub fn start_slow_http(&mut self, i: usize, delay_ms: u64) {
-        let b = &mut self.backends[i];
-        let log = self.dir.join(format!("{}-slow.log", b.name));
         let script = SLOW_SERVER
             .replace("DELAY", &format!("{}", delay_ms as f64 / 1000.0))
-            .replace("NAME", &b.name);
-        let p = spawn_logged(&b.ns, &[PYTHON, "-c", &script], &log);
-        let url = format!("http://{}/", b.v4);
-        let ns = &b.ns;
-        wait_for(
-            &format!("slow web server {}", b.name),
-            Duration::from_secs(20),
-            || curl(ns, &url, 2).is_some(),
-        );
-        b.http = Some(p);
+            .replace("NAME", &self.backends[i].name);
+        self.serve_http(i, "slow", &["-c", &script]);
     }
 
     /// Starts `xlb agent` on backend `i`, answering with the first line of `state_file`.
@@ -615,6 +617,22 @@ pub struct LineConn {
 }
 
 impl LineConn {
+    /// Connects from inside `ns` to the IPv4 VIP's line port ([`VIP4`]:[`NAME_PORT`]);
+    /// panics if it cannot.
+    #[track_caller]
+    pub fn to_vip(ns: &Netns) -> LineConn {
+        let addr = std::net::SocketAddr::new(VIP4.parse().expect("VIP4"), NAME_PORT);
+        LineConn::open(ns, addr, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+    }
+
+    /// Asks who answers; panics if the connection broke.
+    #[track_caller]
+    pub fn who(&mut self) -> String {
+        self.ask()
+            .unwrap_or_else(|e| panic!("no answer on a long-lived connection: {e}"))
+    }
+
     /// Connects from inside `ns`.
     pub fn open(
         ns: &Netns,

@@ -92,26 +92,6 @@ impl Drop for Load {
     }
 }
 
-/// A long-lived connection to the line server behind the VIP.
-struct Conn(LineConn);
-
-impl Conn {
-    fn open(client: &Netns) -> Conn {
-        Conn(
-            LineConn::open(
-                client,
-                SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT),
-                TIMEOUT,
-            )
-            .expect("connect to the line VIP"),
-        )
-    }
-
-    fn ask(&mut self) -> Result<String, String> {
-        self.0.ask().map_err(|e| e.to_string())
-    }
-}
-
 /// One raw request line to the control socket; the parsed response.
 fn raw(sock: &Path, line: &[u8]) -> serde_json::Value {
     let mut s = UnixStream::connect(sock).expect("connect to the control socket");
@@ -192,10 +172,10 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     net.wait_ready(&sock);
 
     // Long-lived connections until at least two backends hold one.
-    let mut conns: Vec<(Conn, String)> = Vec::new();
+    let mut conns: Vec<(LineConn, String)> = Vec::new();
     for _ in 0..24 {
-        let mut c = Conn::open(&net.client);
-        let who = c.ask().expect("first answer");
+        let mut c = LineConn::to_vip(&net.client);
+        let who = c.who();
         conns.push((c, who));
         if conns
             .iter()
@@ -213,10 +193,10 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         holders.len() >= 2,
         "all long-lived connections on one backend: {holders:?}"
     );
-    let check_conns = |conns: &mut Vec<(Conn, String)>, when: &str| {
+    let check_conns = |conns: &mut Vec<(LineConn, String)>, when: &str| {
         for (c, want) in conns.iter_mut() {
             assert_eq!(
-                c.ask().as_deref(),
+                c.ask().map_err(|e| e.to_string()).as_deref(),
                 Ok(want.as_str()),
                 "(e) a long-lived connection moved or broke {when}"
             );
@@ -279,10 +259,8 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     net.ctl(&sock, &["backend", "drain", &lines, &drained_addr]);
     let mut fresh = BTreeMap::new();
     for _ in 0..60 {
-        let mut c = Conn::open(&net.client);
-        *fresh
-            .entry(c.ask().expect("answer on a new connection"))
-            .or_insert(0) += 1;
+        let mut c = LineConn::to_vip(&net.client);
+        *fresh.entry(c.who()).or_insert(0) += 1;
     }
     assert!(
         !fresh.contains_key(&drained),

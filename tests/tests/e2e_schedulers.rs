@@ -63,25 +63,6 @@ fn share(counts: &BTreeMap<String, usize>, name: &str) -> f64 {
     *counts.get(name).unwrap_or(&0) as f64 / total as f64
 }
 
-/// A line connection to VIP:NAME_PORT.
-struct Conn(LineConn);
-
-impl Conn {
-    fn open(client: &Netns) -> Conn {
-        Conn(
-            LineConn::open(
-                client,
-                SocketAddr::new(VIP4.parse().unwrap(), NAME_PORT),
-                TIMEOUT,
-            )
-            .expect("connect"),
-        )
-    }
-    fn ask(&mut self) -> String {
-        self.0.ask().expect("answer")
-    }
-}
-
 fn net_with_lb(
     prefix: &str,
     cfg: &str,
@@ -184,10 +165,10 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     for other in ["198.18.0.11", "198.18.0.13"] {
         net.ctl(&sock, &["backend", "drain", &vip, other]);
     }
-    let mut held: Vec<Conn> = (0..10).map(|_| Conn::open(&net.client)).collect();
+    let mut held: Vec<LineConn> = (0..10).map(|_| LineConn::to_vip(&net.client)).collect();
     let target = "b2".to_string();
     for c in &mut held {
-        assert_eq!(c.ask(), target, "drained backends got new flows");
+        assert_eq!(c.who(), target, "drained backends got new flows");
     }
     for other in ["198.18.0.11", "198.18.0.13"] {
         net.ctl(&sock, &["backend", "undrain", &vip, other]);
@@ -195,15 +176,15 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     std::thread::sleep(Duration::from_millis(200));
     let mut fresh = BTreeMap::new();
     for _ in 0..40 {
-        let mut c = Conn::open(&net.client);
-        *fresh.entry(c.ask()).or_insert(0) += 1;
+        let mut c = LineConn::to_vip(&net.client);
+        *fresh.entry(c.who()).or_insert(0) += 1;
     }
     assert!(
         !fresh.contains_key(&target),
         "new connections reached the loaded {target}: {fresh:?}"
     );
     for c in &mut held {
-        assert_eq!(c.ask(), target, "a held connection moved");
+        assert_eq!(c.who(), target, "a held connection moved");
     }
 }
 
@@ -307,10 +288,10 @@ fn switching_scheduler_at_runtime_keeps_established_connections() {
     let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
     let (_lb, sock) = net.start_lb(&config("maglev", NAME_PORT, THREE, ""), &[]);
     net.wait_ready(&sock);
-    let mut conns: Vec<(Conn, String)> = (0..9)
+    let mut conns: Vec<(LineConn, String)> = (0..9)
         .map(|_| {
-            let mut c = Conn::open(&net.client);
-            let w = c.ask();
+            let mut c = LineConn::to_vip(&net.client);
+            let w = c.who();
             (c, w)
         })
         .collect();
@@ -318,15 +299,15 @@ fn switching_scheduler_at_runtime_keeps_established_connections() {
     for s in ["rr", "lc", "sh", "wrr", "maglev"] {
         net.ctl(&sock, &["vip", "scheduler", &vip, s]);
         for (c, want) in &mut conns {
-            assert_eq!(&c.ask(), want, "a connection moved when switching to {s}");
+            assert_eq!(&c.who(), want, "a connection moved when switching to {s}");
         }
     }
     // After the switches, rr spreads new connections evenly.
     net.ctl(&sock, &["vip", "scheduler", &vip, "rr"]);
     let mut fresh = BTreeMap::new();
     for _ in 0..30 {
-        let mut c = Conn::open(&net.client);
-        *fresh.entry(c.ask()).or_insert(0) += 1;
+        let mut c = LineConn::to_vip(&net.client);
+        *fresh.entry(c.who()).or_insert(0) += 1;
     }
     assert_eq!(fresh.len(), 3, "rr after the switch: {fresh:?}");
     for n in fresh.values() {

@@ -17,10 +17,7 @@ use xlb::config::VipId;
 use xlb_tests::{
     fixtures::*,
     netns::{require_root, veth, Netns},
-    packet::{
-        eth_frame, ip_packet, ipv4_outer, ipv6_outer, Mac, Pkt, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
-        PROTO_IPIP, PROTO_IPV6,
-    },
+    packet::{Mac, Pkt},
 };
 
 const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
@@ -205,21 +202,13 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
         XDP_REDIRECT,
         &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
     );
-    let want = eth_frame(
+    let want = encapsulated_via(
+        &syn,
         BACKEND_MAC,
         dev_mac,
-        None,
-        ETHERTYPE_IPV4,
-        &ipv4_outer(
-            v4("198.18.0.2"),
-            v4("198.18.0.11"),
-            PROTO_IPIP,
-            0,
-            64,
-            0,
-            true,
-            ip_packet(&syn),
-        ),
+        "198.18.0.2".parse().unwrap(),
+        "198.18.0.11".parse().unwrap(),
+        0,
     );
     if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
         panic!("redirected frame:\n{d}");
@@ -239,20 +228,13 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
         XDP_REDIRECT,
         &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
     );
-    let want = eth_frame(
+    let want = encapsulated_via(
+        &syn,
         BACKEND_MAC,
         dev_mac,
-        None,
-        ETHERTYPE_IPV6,
-        &ipv6_outer(
-            v6("fd00::2"),
-            v6("fd00::11"),
-            PROTO_IPV6,
-            0,
-            hash & 0xf_ffff,
-            64,
-            ip_packet(&syn),
-        ),
+        "fd00::2".parse().unwrap(),
+        "fd00::11".parse().unwrap(),
+        hash,
     );
     if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
         panic!("redirected v6 frame:\n{d}");
