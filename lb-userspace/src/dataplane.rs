@@ -208,16 +208,16 @@ fn sum_traffic(values: PerCpuValues<TrafficStats>) -> TrafficStats {
         })
 }
 
+/// Every slot of a per-CPU `STATS` array (balancer or decap), summed over CPUs.
+pub fn sum_reasons<T: std::borrow::Borrow<MapData>>(stats: &PerCpuArray<T, u64>) -> Vec<u64> {
+    (0..COUNTER_SLOTS)
+        .map(|slot| stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
+        .collect()
+}
+
 impl Counters for AyaDataplane {
     fn reasons(&self) -> Vec<u64> {
-        (0..COUNTER_SLOTS)
-            .map(|slot| {
-                self.stats
-                    .get(&slot, 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0)
-            })
-            .collect()
+        sum_reasons(&self.stats)
     }
 
     fn vip(&self, vip_id: u32) -> TrafficStats {

@@ -10,7 +10,6 @@ use aya::{
 };
 use lb_common::{
     addr::to_words,
-    counters::COUNTER_SLOTS,
     maps::{DecapAddr, MAP_DECAP_ADDRS, MAP_STATS},
 };
 use tokio::signal::unix::SignalKind;
@@ -65,9 +64,7 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
     }
     let stats: PerCpuArray<_, u64> =
         PerCpuArray::try_from(ebpf.map(MAP_STATS).context("decap object has no STATS")?)?;
-    let reasons: Vec<u64> = (0..COUNTER_SLOTS)
-        .map(|s| stats.get(&s, 0).map(|v| v.iter().sum()).unwrap_or(0))
-        .collect();
+    let reasons = crate::dataplane::sum_reasons(&stats);
     drop(ebpf);
     println!("xlb decap: detached from {iface}; counters:");
     for (kind, name, v) in counter_summary(&reasons) {

@@ -530,14 +530,7 @@ impl DecapLab {
 
     /// Every `STATS` slot, summed over CPUs.
     pub fn counters(&self) -> Vec<u64> {
-        (0..COUNTER_SLOTS)
-            .map(|slot| {
-                self.stats
-                    .get(&slot, 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0)
-            })
-            .collect()
+        xlb::dataplane::sum_reasons(&self.stats)
     }
 }
 

@@ -194,50 +194,35 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
     );
 
     lab.add_tx_port(ifindex);
-    let syn = syn4(1003, 80);
-    let out = expect(
-        &mut lab,
-        "redirect",
-        &syn,
-        XDP_REDIRECT,
-        &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
-    );
-    let want = encapsulated_via(
-        &syn,
-        BACKEND_MAC,
-        dev_mac,
-        "198.18.0.2".parse().unwrap(),
-        "198.18.0.11".parse().unwrap(),
-        0,
-    );
-    if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
-        panic!("redirected frame:\n{d}");
-    }
-    let syn = syn6(1004);
-    let hash = flow_hash(&flow(
+    let v6_hash = flow_hash(&flow(
         "fd00::10".parse().unwrap(),
         1004,
         "fd00::1:1".parse().unwrap(),
         80,
         6,
     ));
-    let out = expect(
-        &mut lab,
-        "v6 redirect",
-        &syn,
-        XDP_REDIRECT,
-        &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
-    );
-    let want = encapsulated_via(
-        &syn,
-        BACKEND_MAC,
-        dev_mac,
-        "fd00::2".parse().unwrap(),
-        "fd00::11".parse().unwrap(),
-        hash,
-    );
-    if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
-        panic!("redirected v6 frame:\n{d}");
+    for (what, syn, src, backend, hash) in [
+        ("redirect", syn4(1003, 80), "198.18.0.2", "198.18.0.11", 0),
+        ("v6 redirect", syn6(1004), "fd00::2", "fd00::11", v6_hash),
+    ] {
+        let out = expect(
+            &mut lab,
+            what,
+            &syn,
+            XDP_REDIRECT,
+            &[(fib, 1), (Event::RedirectEncap.slot(), 1)],
+        );
+        let want = encapsulated_via(
+            &syn,
+            BACKEND_MAC,
+            dev_mac,
+            src.parse().unwrap(),
+            backend.parse().unwrap(),
+            hash,
+        );
+        if let Some(d) = xlb_tests::packet::diff_frames(&want, &out) {
+            panic!("{what}: redirected frame:\n{d}");
+        }
     }
 
     // A cached next hop skips the FIB.
