@@ -607,6 +607,7 @@ mod tests {
     }
 
     #[derive(Debug, clap::Subcommand)]
+    #[expect(clippy::large_enum_variant, reason = "parsed once per test")]
     enum Top {
         #[command(subcommand)]
         Vip(VipCmd),
