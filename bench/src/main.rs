@@ -126,6 +126,18 @@ fn run(quick: bool) -> Result<()> {
         ("maglev", maglev::run),
         ("scaling", testrun::scaling),
     ];
+    // Development aid: `XLB_BENCH_PARTS=testrun_ns_per_pkt,forward_pps` runs only those
+    // parts and prints their sections instead of writing an (incomplete) report.
+    let only = std::env::var("XLB_BENCH_PARTS").ok();
+    if let Some(only) = &only {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        for (key, part) in parts.iter().filter(|(k, _)| wanted.contains(k)) {
+            eprintln!("xlb-bench: {key} …");
+            let section = part(&plan).with_context(|| format!("bench part {key}"))?;
+            println!("{}", serde_json::to_string_pretty(&json!({ *key: section }))?);
+        }
+        return Ok(());
+    }
     for (key, part) in parts {
         let t = Instant::now();
         eprintln!("xlb-bench: {key} …");
