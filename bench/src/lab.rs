@@ -85,13 +85,23 @@ impl BenchLab {
     /// Loads a balancer with `opts`, applies `vips` through the core and gives every backend
     /// the next hop `hop`.
     pub fn new(vips: &[VipSpec], opts: LoadOptions, hop: NextHop) -> Result<BenchLab> {
+        Self::with_object(loader::BALANCER_OBJ, vips, opts, hop)
+    }
+
+    /// [`BenchLab::new`] with another build of the balancer object.
+    pub fn with_object(
+        object: &[u8],
+        vips: &[VipSpec],
+        opts: LoadOptions,
+        hop: NextHop,
+    ) -> Result<BenchLab> {
         let body: Vec<String> = vips.iter().map(VipSpec::json).collect();
         let text = format!(
             r#"{{"outer_source": {{"v4": "{LB_V4}", "v6": "{LB_V6}"}}, "vips": [{}]}}"#,
             body.join(", ")
         );
         let cfg = Config::from_json(&text).map_err(|e| anyhow!("bench config: {e}"))?;
-        let mut ebpf = loader::load_balancer(opts)?;
+        let mut ebpf = loader::load_balancer_object(object, opts)?;
         let dp = AyaDataplane::new(&mut ebpf).context("balancer maps")?;
         let settings = Settings::resolve(&cfg, &[], 1500, opts.max_vips);
         let mut core = Core::new(dp, settings).map_err(|e| anyhow!("core: {e}"))?;

@@ -126,6 +126,12 @@ fn run(quick: bool) -> Result<()> {
         ("maglev", maglev::run),
         ("scaling", testrun::scaling),
     ];
+    if let Ok(paths) = std::env::var("XLB_BENCH_AB") {
+        let paths: Vec<String> = paths.split(',').map(|p| p.trim().to_string()).collect();
+        let out = testrun::compare_builds(&paths, 40)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     // Development aid: `XLB_BENCH_PARTS=testrun_ns_per_pkt,forward_pps` runs only those
     // parts and prints their sections instead of writing an (incomplete) report.
     let only = std::env::var("XLB_BENCH_PARTS").ok();

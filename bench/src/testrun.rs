@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use aya::programs::Xdp;
 use lb_common::{
     counters::{Event, Pass},
@@ -442,6 +442,57 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
             points.push(json!({ "flows": target, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(s.median + singles.new_flow_extra()) }));
         }
         out["flows"] = json!(points);
+    }
+    Ok(out)
+}
+
+/// Development aid (`XLB_BENCH_AB=a.o,b.o`): the conntrack hit of several builds of the
+/// balancer object, interleaved with the XDP_TX-only program in many short rounds, so that
+/// a change to the data path can be judged on this noisy machine. Per build: the median of
+/// the per-round ratios to XDP_TX, and the median ns.
+pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
+    let mut tx = loader::load_baseline("xlb_tx")?;
+    let hit4 = frame(CLIENT4, 40_000, VIP4);
+    let mut labs = Vec::new();
+    for p in paths {
+        let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
+        let mut lab = BenchLab::with_object(
+            &object,
+            &[VipSpec {
+                addr: ip(VIP4),
+                port: PORT,
+                proto: "udp",
+                backends: backend_addrs(10, false),
+            }],
+            LoadOptions {
+                max_vips: 4,
+                max_conns: 1 << 16,
+            },
+            test_hop(),
+        )?;
+        lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
+        prime(&mut lab, &[&hit4])?;
+        labs.push(lab);
+    }
+    let repeat = 200_000;
+    let mut tx_ns = Vec::new();
+    let mut ns = vec![Vec::new(); labs.len()];
+    let mut ratios = vec![Vec::new(); labs.len()];
+    for _ in 0..rounds {
+        let t = repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, repeat)?;
+        tx_ns.push(t);
+        for (i, lab) in labs.iter_mut().enumerate() {
+            let v = hit_repeat(lab, &hit4, repeat)?;
+            ns[i].push(v);
+            ratios[i].push(v / t);
+        }
+    }
+    let mut out = json!({ "xdp_tx_ns": Summary::of(&tx_ns).json() });
+    for (i, p) in paths.iter().enumerate() {
+        out[p] = json!({
+            "hit_ns": Summary::of(&ns[i]).json(),
+            "hit_over_xdp_tx": Summary::of(&ratios[i]).json(),
+        });
     }
     Ok(out)
 }

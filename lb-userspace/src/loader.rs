@@ -44,6 +44,11 @@ impl Default for LoadOptions {
 /// Loads the balancer with the given map sizes and loads its program into the kernel
 /// (verifier included), without attaching it anywhere.
 pub fn load_balancer(opts: LoadOptions) -> Result<Ebpf> {
+    load_balancer_object(BALANCER_OBJ, opts)
+}
+
+/// [`load_balancer`] for another build of the balancer object (the bench compares builds).
+pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
     let lookup_entries = opts
         .max_vips
         .checked_mul(2 * MAX_TABLE_SIZE)
@@ -52,7 +57,7 @@ pub fn load_balancer(opts: LoadOptions) -> Result<Ebpf> {
         .map_max_entries(MAP_LOOKUP, lookup_entries)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_VIP_STATS, opts.max_vips)
-        .load(BALANCER_OBJ)
+        .load(object)
         .context("loading the balancer object (are you root, with bpffs and BTF?)")?;
     load_program(&mut ebpf, BALANCER_PROG)?;
     Ok(ebpf)

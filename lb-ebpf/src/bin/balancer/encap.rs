@@ -24,14 +24,14 @@ use lb_ebpf::{
         ipv6::{Ipv6Hdr, IPV6_HLEN},
         ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3,
     },
-    ptr::{fits, frame_len, ptr_at_mut, read, write},
+    ptr::{fits, frame_len, ptr_at_mut, read, write, write_u16},
     stats::bump,
     subprog::{pack, unpack},
 };
 
 use crate::{
     maps::{STATS, TX_PORTS},
-    select::{self, Target},
+    select::Target,
 };
 
 /// TTL / hop limit of the outer header.
@@ -52,41 +52,98 @@ pub fn overhead(backend: &Backend) -> usize {
     }
 }
 
-/// Where the encapsulated frame goes.
-struct NextHop {
+/// Where the encapsulated frame goes: the egress interface and the first 12 bytes of the
+/// new Ethernet header (destination MAC, then source MAC) as three words, so that copying
+/// them takes three loads instead of a call to BPF's byte-by-byte memmove.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct NextHop {
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    macs: [u32; 3],
 }
 
-/// Encapsulates the packet described by `l3` towards the target's backend and returns the
-/// verdict. Its own BPF function, to keep every call chain under the verifier's 512-byte
-/// combined stack limit.
-#[inline(never)]
-pub fn forward(ctx: &XdpContext, l3: &L3, target: &Target) -> u64 {
-    pack(forward_stage(ctx, l3, target))
+impl NextHop {
+    /// The next hop the daemon resolved for `backend` (`BACKEND_F_NEXTHOP`).
+    #[inline(always)]
+    fn cached(backend: &Backend) -> NextHop {
+        const MACS: usize = core::mem::offset_of!(Backend, dmac);
+        const _: () = assert!(
+            MACS % 4 == 0 && core::mem::offset_of!(Backend, smac) == MACS + 6,
+            "Backend keeps dmac, smac back to back and word-aligned"
+        );
+        let p = (backend as *const Backend)
+            .cast::<u8>()
+            .wrapping_add(MACS)
+            .cast::<u32>();
+        // SAFETY: the three words lie inside `backend` (checked above) and are aligned.
+        let macs = unsafe { [p.read(), p.add(1).read(), p.add(2).read()] };
+        NextHop {
+            ifindex: backend.ifindex,
+            macs,
+        }
+    }
+
+    /// From a FIB lookup's answer.
+    #[inline(always)]
+    fn from_fib(ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> NextHop {
+        NextHop {
+            ifindex,
+            macs: [
+                u32::from_le_bytes([dmac[0], dmac[1], dmac[2], dmac[3]]),
+                u32::from_le_bytes([dmac[4], dmac[5], smac[0], smac[1]]),
+                u32::from_le_bytes([smac[2], smac[3], smac[4], smac[5]]),
+            ],
+        }
+    }
+
+    /// Writes the MACs at the start of the frame.
+    #[inline(always)]
+    fn write_macs(&self, ctx: &XdpContext) -> Option<()> {
+        let p = ptr_at_mut::<[u16; 6]>(ctx, 0)?;
+        let mut i = 0;
+        while i < 3 {
+            // SAFETY: ptr_at_mut checked the 12 bytes lie in the frame; XDP frames start
+            // 2-byte aligned (see lb_ebpf::ptr), so these are aligned halfword stores.
+            unsafe {
+                (*p)[2 * i] = self.macs[i] as u16;
+                (*p)[2 * i + 1] = (self.macs[i] >> 16) as u16;
+            }
+            i += 1;
+        }
+        Some(())
+    }
 }
 
+/// Encapsulates the packet described by `l3` towards the target's backend (`backend` is
+/// `target.idx`, already checked usable) and returns the verdict. `hop` is scratch space
+/// for the next hop. Inlined into the hit path.
 #[inline(always)]
-fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target) -> Result<u32, Drop> {
-    let cfg = crate::lookup::config()?;
-    let backend = select::usable(target.idx).ok_or(Drop::BadBackend)?;
+pub fn forward(
+    ctx: &XdpContext,
+    l3: &L3,
+    target: &Target,
+    cfg: &LbConfig,
+    backend: &Backend,
+    hop: *mut NextHop,
+) -> Result<u32, Drop> {
     let hash = target.hash;
     let v4_outer = backend.family == FAMILY_V4;
     let outer_len = overhead(backend);
     let src = outer_source(backend, hash, target.hashed_src != 0, cfg)?;
-    // Left uninitialised until next_hop fills it: zeroing a struct with MAC arrays costs a
-    // call to a byte-by-byte BPF memset (measured: ~3 % of the hit path).
-    let mut hop = core::mem::MaybeUninit::<NextHop>::uninit();
-    unpack(next_hop(
-        ctx,
-        backend,
-        &src,
-        l3.l3_len() + outer_len,
-        hop.as_mut_ptr(),
-    ))?;
-    // SAFETY: next_hop writes every field of `hop` whenever it returns Ok.
-    let hop = unsafe { hop.assume_init() };
+    let hop = if backend.flags & BACKEND_F_NEXTHOP != 0 {
+        // The daemon resolved it: no FIB lookup per packet.
+        NextHop::cached(backend)
+    } else {
+        unpack(fib_next_hop(
+            ctx,
+            backend,
+            &src,
+            l3.l3_len() + outer_len,
+            hop,
+        ))?;
+        // SAFETY: fib_next_hop wrote the whole NextHop when it returned Ok.
+        unsafe { *hop }
+    };
     let ingress = ctx.ingress_ifindex() as u32;
     let redirect = hop.ifindex != ingress;
     if redirect && TX_PORTS.get(hop.ifindex).is_none() {
@@ -116,14 +173,13 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target) -> Result<u32, Drop
     }
 
     let ethertype: u16 = if v4_outer { ETH_P_IP } else { ETH_P_IPV6 };
-    write(ctx, 0, hop.dmac).ok_or(Drop::AdjustFailed)?;
-    write(ctx, 6, hop.smac).ok_or(Drop::AdjustFailed)?;
+    hop.write_macs(ctx).ok_or(Drop::AdjustFailed)?;
     let mut off = ETH_HLEN - 2;
     if let Some(tag) = vlan {
         write(ctx, off, tag).ok_or(Drop::AdjustFailed)?;
         off += VLAN_HLEN;
     }
-    write(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
+    write_u16(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
     off += 2;
 
     let inner_proto = if l3.family == FAMILY_V4 {
@@ -166,7 +222,7 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target) -> Result<u32, Drop
     }
 
     if cfg.flags & CFG_F_BENCH_RESTORE != 0 {
-        return unpack(restore_for_bench(ctx, outer_len, l2_len));
+        return restore_for_bench(ctx, outer_len, &hop, vlan, l3.family == FAMILY_V4);
     }
     if redirect {
         bump(&STATS, Event::RedirectEncap.slot());
@@ -179,48 +235,28 @@ fn forward_stage(ctx: &XdpContext, l3: &L3, target: &Target) -> Result<u32, Drop
 }
 
 /// Benchmark mode (`CFG_F_BENCH_RESTORE`): strips the outer header again, keeping the new
-/// Ethernet header, and drops the frame, so every repeat of a test run starts from the same
-/// input. The bench reports what this undo costs.
-#[inline(never)]
-fn restore_for_bench(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> u64 {
-    pack(restore_stage(ctx, outer_len, l2_len))
-}
-
+/// Ethernet header (`hop`'s MACs, the VLAN tag), and drops the frame, so every repeat of a
+/// test run starts from the same input. The bench reports what this undo costs.
 #[inline(always)]
-fn restore_stage(ctx: &XdpContext, outer_len: usize, l2_len: usize) -> Result<u32, Drop> {
-    // The new MACs, and the 802.1Q tag if there is one. Only the L2 header goes back:
-    // copying 18 bytes on an untagged frame would overwrite the inner header's first 4
-    // bytes (IPv4 total length) with the outer header's.
-    let macs = read::<[u8; 12]>(ctx, 0).ok_or(Drop::AdjustFailed)?;
-    let tag = if l2_len == ETH_HLEN {
-        None
-    } else {
-        Some(read::<u32>(ctx, ETH_HLEN - 2).ok_or(Drop::AdjustFailed)?)
-    };
+fn restore_for_bench(
+    ctx: &XdpContext,
+    outer_len: usize,
+    hop: &NextHop,
+    vlan: Option<u32>,
+    inner_v4: bool,
+) -> Result<u32, Drop> {
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Drop::AdjustFailed);
     }
-    write(ctx, 0, macs).ok_or(Drop::AdjustFailed)?;
-    if let Some(tag) = tag {
-        write(ctx, ETH_HLEN - 2, tag).ok_or(Drop::AdjustFailed)?;
+    hop.write_macs(ctx).ok_or(Drop::AdjustFailed)?;
+    let mut off = ETH_HLEN - 2;
+    if let Some(tag) = vlan {
+        write(ctx, off, tag).ok_or(Drop::AdjustFailed)?;
+        off += VLAN_HLEN;
     }
-    // The inner packet's family decides the ethertype again.
-    let inner = if l2_len == ETH_HLEN {
-        ETH_HLEN
-    } else {
-        ETH_HLEN + VLAN_HLEN
-    };
-    let version = read::<[u8; 2]>(ctx, inner).ok_or(Drop::AdjustFailed)?[0] >> 4;
-    let ethertype: u16 = if version == 4 { ETH_P_IP } else { ETH_P_IPV6 };
-    // Constant offsets: the L2 header is 14 or 18 bytes, and the verifier follows constants
-    // more easily than a computed offset.
-    let at = if l2_len == ETH_HLEN {
-        ETH_HLEN - 2
-    } else {
-        ETH_HLEN + VLAN_HLEN - 2
-    };
-    write(ctx, at, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
+    let ethertype: u16 = if inner_v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    write_u16(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
     bump(&STATS, Event::TxEncap.slot());
     Ok(xdp_action::XDP_DROP)
 }
@@ -288,25 +324,17 @@ fn outer_source(
     Ok(src)
 }
 
-/// Next hop towards the backend into `hop`: the daemon's cached one, else the kernel's FIB.
-/// Its own BPF function: the 64-byte FIB request lives only in this frame.
+/// Next hop towards the backend into `hop`, from the kernel's FIB (backends whose next hop
+/// the daemon has not resolved yet). Its own BPF function: the 64-byte FIB request lives
+/// only in this frame.
 #[inline(never)]
-fn next_hop(
+fn fib_next_hop(
     ctx: &XdpContext,
     backend: &Backend,
     src: &[u32; 4],
     tot_len: usize,
     hop: *mut NextHop,
 ) -> u64 {
-    if backend.flags & BACKEND_F_NEXTHOP != 0 {
-        // SAFETY: `hop` points at the caller's NextHop; plain field writes, no reads.
-        unsafe {
-            (*hop).ifindex = backend.ifindex;
-            (*hop).smac = backend.smac;
-            (*hop).dmac = backend.dmac;
-        }
-        return pack(Ok(0));
-    }
     bump(&STATS, Event::FibLookup.slot());
     // SAFETY: plain-old-data struct; all-zero is a valid "no options" request.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
@@ -333,11 +361,7 @@ fn next_hop(
     let result = match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             // SAFETY: as above.
-            unsafe {
-                (*hop).ifindex = p.ifindex;
-                (*hop).smac = p.smac;
-                (*hop).dmac = p.dmac;
-            }
+            unsafe { hop.write(NextHop::from_fib(p.ifindex, p.dmac, p.smac)) };
             Ok(0)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Drop::NoNeighbour),

@@ -95,7 +95,7 @@ fn route_stage(ctx: &XdpContext, l3: &L3, out: *mut Target) -> Result<u32, Drop>
     };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    if unpack(select::pinned(&flow, 0, out))? == select::NOT_PINNED {
+    if !select::pinned(&flow, 0, out) {
         unpack(select::pick(&flow, &vip, false, 0, out))?;
     }
     Ok(ROUTED)

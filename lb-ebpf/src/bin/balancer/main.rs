@@ -70,55 +70,79 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
         }
         return Ok(pass(Pass::NotVip));
     }
-    match l3.proto {
-        IPPROTO_TCP | IPPROTO_UDP => unpack(forward_flow(ctx, &l3)),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => unpack(forward_icmp(ctx, &l3)),
-        _ => Ok(pass(Pass::NotVip)),
-    }
-}
-
-/// A TCP/UDP packet: to its VIP's backend, or to the kernel if it is not for a VIP.
-/// A separate BPF function (not inlined): the verifier limits the combined stack of a
-/// call chain to 512 bytes, and keeping the parse state and the forwarding state in
-/// separate frames keeps each chain short.
-#[inline(never)]
-fn forward_flow(ctx: &XdpContext, l3: &L3) -> u64 {
-    pack(forward_flow_stage(ctx, l3))
-}
-
-#[inline(always)]
-fn forward_flow_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
-    let l4 = parse::ports(ctx, l3)?;
-    let flow = FlowKey {
-        src: l3.src,
-        dst: l3.dst,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: l3.proto,
-        family: l3.family,
-        _pad: [0; 2],
+    let s = maps::scratch()?;
+    // SAFETY: `s` is this CPU's scratch slot (map memory, valid for the whole run). The
+    // target is written by whichever stage returns `Some` before anyone reads it.
+    let (target, hop) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*s).target),
+            core::ptr::addr_of_mut!((*s).hop),
+        )
     };
-    // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
-    let mut target = core::mem::MaybeUninit::<select::Target>::uninit();
-    if unpack(select::pinned(&flow, l4.tcp_flags, target.as_mut_ptr()))? == select::NOT_PINNED
-        && unpack(schedule(&flow, l4.tcp_flags, target.as_mut_ptr()))? == NOT_A_VIP
-    {
+    let routed = match l3.proto {
+        IPPROTO_TCP | IPPROTO_UDP => flow_target(ctx, &l3, s, target)?,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            unpack(icmp::route(ctx, &l3, target))? == icmp::ROUTED
+        }
+        _ => false,
+    };
+    if !routed {
         return Ok(pass(Pass::NotVip));
     }
-    // SAFETY: `pinned` (PINNED) or `schedule` (SCHEDULED) wrote it; other outcomes returned.
-    let target = unsafe { target.assume_init() };
+    // SAFETY: written by `flow_target` or `route`, which returned true.
+    let target = unsafe { &*target };
     let cfg = lookup::config()?;
-    let outer = encap::overhead(select::usable(target.idx).ok_or(Drop::BadBackend)?);
-    if cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
+    let backend = select::usable(target.idx).ok_or(Drop::BadBackend)?;
+    let icmp_error = l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6;
+    let outer = encap::overhead(backend);
+    // ICMP errors are never answered with ICMP errors (RFC 1122, RFC 4443); they are small.
+    if !icmp_error && cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
         if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 {
             return Err(Drop::TooBig);
         }
-        return unpack(icmp::too_big(ctx, l3, cfg.mtu - outer as u32));
+        return unpack(icmp::too_big(ctx, &l3, cfg.mtu - outer as u32));
     }
-    let bytes = l3.l3_len() as u64;
-    let verdict = unpack(encap::forward(ctx, l3, &target))?;
-    account::traffic(target.vip_id, target.idx, bytes, target.new_flow != 0);
+    let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop)?;
+    if icmp_error {
+        bump(&STATS, Event::IcmpForwarded.slot());
+    } else {
+        account::traffic(
+            target.vip_id,
+            target.idx,
+            l3.l3_len() as u64,
+            target.new_flow != 0,
+        );
+    }
     Ok(verdict)
+}
+
+/// The backend for a TCP/UDP packet, into `target`: false when its destination is no VIP.
+/// Inlined into the entry function like the rest of what a known flow's packet needs:
+/// only new flows, ICMP, too-big replies and FIB lookups call other BPF functions.
+#[inline(always)]
+fn flow_target(
+    ctx: &XdpContext,
+    l3: &L3,
+    s: *mut maps::Scratch,
+    target: *mut select::Target,
+) -> Result<bool, Drop> {
+    let l4 = parse::ports(ctx, l3)?;
+    // SAFETY: this CPU's scratch slot (see `balance`); the key is written before use.
+    let flow = unsafe {
+        (*s).flow = FlowKey {
+            src: l3.src,
+            dst: l3.dst,
+            sport_be: l4.sport_be,
+            dport_be: l4.dport_be,
+            proto: l3.proto,
+            family: l3.family,
+            _pad: [0; 2],
+        };
+        &(*s).flow
+    };
+    // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
+    Ok(select::pinned(flow, l4.tcp_flags, target)
+        || unpack(schedule(flow, l4.tcp_flags, target))? == SCHEDULED)
 }
 
 /// `schedule`: the flow's destination is no VIP.
@@ -127,8 +151,7 @@ const NOT_A_VIP: u32 = 0;
 const SCHEDULED: u32 = 1;
 
 /// A flow the connection table does not pin: its VIP's scheduler picks a backend into
-/// `out` and records the flow. Its own BPF function, keeping the VIP lookup's state off
-/// the forwarding call chain (verifier stack limit).
+/// `out` and records the flow. Its own BPF function: new flows only.
 #[inline(never)]
 fn schedule(flow: &FlowKey, tcp_flags: u8, out: *mut select::Target) -> u64 {
     let vip_key = VipKey {
@@ -144,26 +167,6 @@ fn schedule(flow: &FlowKey, tcp_flags: u8, out: *mut select::Target) -> u64 {
         Ok(_) => pack(Ok(SCHEDULED)),
         Err(d) => pack(Err(d)),
     }
-}
-
-/// An ICMP packet: errors about VIP flows go down the flow's tunnel; the rest is the host's.
-/// Its own BPF function, keeping its state off the entry's frame (verifier stack limit).
-#[inline(never)]
-fn forward_icmp(ctx: &XdpContext, l3: &L3) -> u64 {
-    pack(forward_icmp_stage(ctx, l3))
-}
-
-#[inline(always)]
-fn forward_icmp_stage(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
-    let mut target = core::mem::MaybeUninit::<select::Target>::uninit();
-    if unpack(icmp::route(ctx, l3, target.as_mut_ptr()))? == icmp::NOT_OURS {
-        return Ok(pass(Pass::NotVip));
-    }
-    // SAFETY: `route` wrote it when it returned ROUTED.
-    let target = unsafe { target.assume_init() };
-    let verdict = unpack(encap::forward(ctx, l3, &target))?;
-    bump(&STATS, Event::IcmpForwarded.slot());
-    Ok(verdict)
 }
 
 #[unsafe(link_section = "license")]

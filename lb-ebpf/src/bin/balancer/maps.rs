@@ -8,12 +8,14 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counters::COUNTER_SLOTS,
+    counters::{Drop, COUNTER_SLOTS},
     flow::FlowKey,
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
 };
+
+use crate::{encap::NextHop, select::Target};
 
 /// (address, port, protocol) → service settings, plus address-only markers. Daemon writes.
 #[map]
@@ -64,3 +66,31 @@ pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1024, 0)
 /// Egress interfaces other than the ingress one: ifindex → device, for `XDP_REDIRECT`.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Working state of the packet in flight, in map memory rather than on the stack.
+///
+/// The hit path (flow key, connection table, encapsulation) is one BPF function: every
+/// BPF-to-BPF call costs a call, a return and the spills around them on each packet. The
+/// verifier limits a call chain's combined stack to 512 bytes, and the slow paths (new-flow
+/// scheduling, ICMP replies, FIB lookups) are called from that function, so its large
+/// values live here instead. One slot per CPU; a program run never yields the CPU.
+#[repr(C)]
+pub struct Scratch {
+    /// The packet's flow (also the connection-table key: map memory is a valid key).
+    pub flow: FlowKey,
+    /// The backend chosen for it.
+    pub target: Target,
+    /// Where its encapsulated frame goes.
+    pub hop: NextHop,
+}
+
+/// See [`Scratch`].
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`Scratch`]. Its fields are written before they are read on every path.
+#[inline(always)]
+pub fn scratch() -> Result<*mut Scratch, Drop> {
+    // A one-slot array always has slot 0: a miss would be a bug, counted as such.
+    SCRATCH.get_ptr_mut(0).ok_or(Drop::Internal)
+}
