@@ -482,7 +482,8 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
         let t = repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, repeat)?;
         tx_ns.push(t);
         for (i, lab) in labs.iter_mut().enumerate() {
-            let v = hit_repeat(lab, &hit4, repeat)?;
+            // Not `hit_repeat`: ablation builds may not count hits.
+            let v = repeat_ns(lab.prog(), &hit4, repeat)?;
             ns[i].push(v);
             ratios[i].push(v / t);
         }

@@ -8,6 +8,10 @@
 /// Number of slots in the per-CPU `STATS` array.
 pub const COUNTER_SLOTS: u32 = 64;
 
+/// The value of a program's `STATS` map: one per CPU, every slot in one value, so that a
+/// packet that bumps several counters looks the map up once.
+pub type Counters = [u64; COUNTER_SLOTS as usize];
+
 macro_rules! reasons {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:expr, $label:literal;)* }) => {
         $(#[$doc])*

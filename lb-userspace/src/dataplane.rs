@@ -82,7 +82,7 @@ pub struct AyaDataplane {
     backends: Array<MapData, Backend>,
     lookup: Array<MapData, u32>,
     config: Array<MapData, LbConfig>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, lb_common::counters::Counters>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     conns: aya::maps::HashMap<MapData, FlowKey, ConnEntry>,
@@ -208,11 +208,20 @@ fn sum_traffic(values: PerCpuValues<TrafficStats>) -> TrafficStats {
         })
 }
 
-/// Every slot of a per-CPU `STATS` array (balancer or decap), summed over CPUs.
-pub fn sum_reasons<T: std::borrow::Borrow<MapData>>(stats: &PerCpuArray<T, u64>) -> Vec<u64> {
-    (0..COUNTER_SLOTS)
-        .map(|slot| stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
-        .collect()
+/// Every slot of a program's `STATS` map (balancer or decap: one value per CPU holding
+/// every slot), summed over CPUs.
+pub fn sum_reasons<T: std::borrow::Borrow<MapData>>(
+    stats: &PerCpuArray<T, lb_common::counters::Counters>,
+) -> Vec<u64> {
+    let mut sum = vec![0u64; COUNTER_SLOTS as usize];
+    if let Ok(per_cpu) = stats.get(&0, 0) {
+        for cpu in per_cpu.iter() {
+            for (s, v) in sum.iter_mut().zip(cpu.iter()) {
+                *s = s.wrapping_add(*v);
+            }
+        }
+    }
+    sum
 }
 
 impl Counters for AyaDataplane {

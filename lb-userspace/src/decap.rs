@@ -62,7 +62,7 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    let stats: PerCpuArray<_, u64> =
+    let stats: PerCpuArray<_, lb_common::counters::Counters> =
         PerCpuArray::try_from(ebpf.map(MAP_STATS).context("decap object has no STATS")?)?;
     let reasons = crate::dataplane::sum_reasons(&stats);
     drop(ebpf);

@@ -488,7 +488,7 @@ impl Lab {
 pub struct DecapLab {
     /// The loaded object (owns the program and `DECAP_ADDRS`).
     pub ebpf: Ebpf,
-    stats: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    stats: aya::maps::PerCpuArray<aya::maps::MapData, lb_common::counters::Counters>,
 }
 
 impl DecapLab {

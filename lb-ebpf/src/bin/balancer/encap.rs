@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     addr::FAMILY_V4,
-    counters::{Drop, Event},
+    counters::{Counters, Drop, Event},
     maps::{Backend, LbConfig, BACKEND_F_NEXTHOP, CFG_F_BENCH_RESTORE},
 };
 use lb_ebpf::{
@@ -25,7 +25,7 @@ use lb_ebpf::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3,
     },
     ptr::{fits, frame_len, ptr_at_mut, read, write, write_u16},
-    stats::bump,
+    stats::{bump, bump_in},
     subprog::{pack, unpack},
 };
 
@@ -125,6 +125,7 @@ pub fn forward(
     cfg: &LbConfig,
     backend: &Backend,
     hop: *mut NextHop,
+    stats: Option<*mut Counters>,
 ) -> Result<u32, Drop> {
     let hash = target.hash;
     let v4_outer = backend.family == FAMILY_V4;
@@ -222,15 +223,15 @@ pub fn forward(
     }
 
     if cfg.flags & CFG_F_BENCH_RESTORE != 0 {
-        return restore_for_bench(ctx, outer_len, &hop, vlan, l3.family == FAMILY_V4);
+        return restore_for_bench(ctx, outer_len, &hop, vlan, l3.family == FAMILY_V4, stats);
     }
     if redirect {
-        bump(&STATS, Event::RedirectEncap.slot());
+        bump_in(stats, Event::RedirectEncap.slot());
         return Ok(TX_PORTS
             .redirect(hop.ifindex, 0)
             .unwrap_or(xdp_action::XDP_ABORTED));
     }
-    bump(&STATS, Event::TxEncap.slot());
+    bump_in(stats, Event::TxEncap.slot());
     Ok(xdp_action::XDP_TX)
 }
 
@@ -244,6 +245,7 @@ fn restore_for_bench(
     hop: &NextHop,
     vlan: Option<u32>,
     inner_v4: bool,
+    stats: Option<*mut Counters>,
 ) -> Result<u32, Drop> {
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
@@ -257,7 +259,7 @@ fn restore_for_bench(
     }
     let ethertype: u16 = if inner_v4 { ETH_P_IP } else { ETH_P_IPV6 };
     write_u16(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
-    bump(&STATS, Event::TxEncap.slot());
+    bump_in(stats, Event::TxEncap.slot());
     Ok(xdp_action::XDP_DROP)
 }
 

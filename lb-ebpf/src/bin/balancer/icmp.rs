@@ -30,15 +30,15 @@ use lb_ebpf::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3,
     },
     ptr::{frame_len, ptr_at, ptr_at_mut, read, write},
-    stats::bump,
+    stats::{bump, counters},
     subprog::{pack, unpack},
 };
 
 use crate::{
     encap::{write_ipv4_header, OUTER_TTL},
     lookup,
-    maps::STATS,
-    select::{self, Target},
+    maps::{Scratch, STATS},
+    select,
 };
 
 /// Bytes of the offending packet quoted in the ICMP errors we generate (its IP header and
@@ -61,16 +61,17 @@ pub const ROUTED: u32 = 1;
 /// `route`: not an error about a VIP flow; the kernel gets it (it may be for this host).
 pub const NOT_OURS: u32 = 0;
 
-/// Finds the backend of the flow an ICMP / ICMPv6 error is about. Only decides: the caller
-/// forwards, so this frame and the forwarding frame are never on the stack together (the
-/// verifier allows 512 bytes for a whole call chain).
+/// Finds the backend of the flow an ICMP / ICMPv6 error is about, into `s.target` (the
+/// quoted flow goes to `s.flow`: scratch memory, not this frame's stack, which the
+/// verifier's 512-byte limit shares with the caller's and `pick`'s). Only decides: the
+/// caller forwards.
 #[inline(never)]
-pub fn route(ctx: &XdpContext, l3: &L3, out: *mut Target) -> u64 {
-    pack(route_stage(ctx, l3, out))
+pub fn route(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> u64 {
+    pack(route_stage(ctx, l3, s))
 }
 
 #[inline(always)]
-fn route_stage(ctx: &XdpContext, l3: &L3, out: *mut Target) -> Result<u32, Drop> {
+fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> {
     let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
     let is_error = if l3.family == FAMILY_V4 {
         matches!(
@@ -86,7 +87,11 @@ fn route_stage(ctx: &XdpContext, l3: &L3, out: *mut Target) -> Result<u32, Drop>
     if !is_error || !lookup::is_vip_address(l3) {
         return Ok(NOT_OURS);
     }
-    let flow = quoted_flow(ctx, l3)?;
+    // SAFETY: this CPU's scratch slot (map memory); written here before it is read.
+    let (flow, out) = unsafe {
+        (*s).flow = quoted_flow(ctx, l3)?;
+        (&(*s).flow, core::ptr::addr_of_mut!((*s).target))
+    };
     let vip_key = VipKey {
         addr: flow.dst,
         port_be: flow.dport_be,
@@ -95,8 +100,8 @@ fn route_stage(ctx: &XdpContext, l3: &L3, out: *mut Target) -> Result<u32, Drop>
     };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    if !select::pinned(&flow, 0, out) {
-        unpack(select::pick(&flow, &vip, false, 0, out))?;
+    if select::pinned(flow, 0, out, counters(&STATS)).is_none() {
+        unpack(select::pick(flow, &vip, false, 0, out))?;
     }
     Ok(ROUTED)
 }

@@ -22,16 +22,16 @@ mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    counters::{Drop, Event, Pass},
+    counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
-    maps::{VipKey, CFG_F_ICMP_TOO_BIG},
+    maps::{Backend, VipKey, CFG_F_ICMP_TOO_BIG},
 };
 use lb_ebpf::{
     parse::{
         self, ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, L3,
     },
-    stats::bump,
+    stats::{bump, bump_in, counters},
     subprog::{pack, unpack},
 };
 use maps::STATS;
@@ -79,20 +79,28 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
             core::ptr::addr_of_mut!((*s).hop),
         )
     };
-    let routed = match l3.proto {
-        IPPROTO_TCP | IPPROTO_UDP => flow_target(ctx, &l3, s, target)?,
+    let stats = counters(&STATS);
+    let backend = match l3.proto {
+        IPPROTO_TCP | IPPROTO_UDP => match flow_target(ctx, &l3, s, target, stats)? {
+            Routed::Pinned(b) => b,
+            // SAFETY: `schedule` wrote the target.
+            Routed::Scheduled => {
+                select::usable(unsafe { (*target).idx }).ok_or(Drop::BadBackend)?
+            }
+            Routed::NotVip => return Ok(pass(Pass::NotVip)),
+        },
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            unpack(icmp::route(ctx, &l3, target))? == icmp::ROUTED
+            if unpack(icmp::route(ctx, &l3, s))? != icmp::ROUTED {
+                return Ok(pass(Pass::NotVip));
+            }
+            // SAFETY: `route` wrote the target.
+            select::usable(unsafe { (*target).idx }).ok_or(Drop::BadBackend)?
         }
-        _ => false,
+        _ => return Ok(pass(Pass::NotVip)),
     };
-    if !routed {
-        return Ok(pass(Pass::NotVip));
-    }
-    // SAFETY: written by `flow_target` or `route`, which returned true.
+    // SAFETY: written by `flow_target` or `route` on every path that gets here.
     let target = unsafe { &*target };
     let cfg = lookup::config()?;
-    let backend = select::usable(target.idx).ok_or(Drop::BadBackend)?;
     let icmp_error = l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6;
     let outer = encap::overhead(backend);
     // ICMP errors are never answered with ICMP errors (RFC 1122, RFC 4443); they are small.
@@ -102,9 +110,9 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
         }
         return unpack(icmp::too_big(ctx, &l3, cfg.mtu - outer as u32));
     }
-    let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop)?;
+    let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop, stats)?;
     if icmp_error {
-        bump(&STATS, Event::IcmpForwarded.slot());
+        bump_in(stats, Event::IcmpForwarded.slot());
     } else {
         account::traffic(
             target.vip_id,
@@ -116,16 +124,27 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     Ok(verdict)
 }
 
-/// The backend for a TCP/UDP packet, into `target`: false when its destination is no VIP.
-/// Inlined into the entry function like the rest of what a known flow's packet needs:
-/// only new flows, ICMP, too-big replies and FIB lookups call other BPF functions.
+/// What [`flow_target`] found.
+enum Routed {
+    /// A recorded flow, on this (usable) backend.
+    Pinned(&'static Backend),
+    /// A new flow, scheduled and recorded.
+    Scheduled,
+    /// Not for a VIP.
+    NotVip,
+}
+
+/// The backend for a TCP/UDP packet, into `target`. Inlined into the entry function like
+/// the rest of what a known flow's packet needs: only new flows, ICMP, too-big replies and
+/// FIB lookups call other BPF functions.
 #[inline(always)]
 fn flow_target(
     ctx: &XdpContext,
     l3: &L3,
     s: *mut maps::Scratch,
     target: *mut select::Target,
-) -> Result<bool, Drop> {
+    stats: Option<*mut Counters>,
+) -> Result<Routed, Drop> {
     let l4 = parse::ports(ctx, l3)?;
     // SAFETY: this CPU's scratch slot (see `balance`); the key is written before use.
     let flow = unsafe {
@@ -141,8 +160,14 @@ fn flow_target(
         &(*s).flow
     };
     // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
-    Ok(select::pinned(flow, l4.tcp_flags, target)
-        || unpack(schedule(flow, l4.tcp_flags, target))? == SCHEDULED)
+    if let Some(backend) = select::pinned(flow, l4.tcp_flags, target, stats) {
+        return Ok(Routed::Pinned(backend));
+    }
+    Ok(if unpack(schedule(flow, l4.tcp_flags, target))? == SCHEDULED {
+        Routed::Scheduled
+    } else {
+        Routed::NotVip
+    })
 }
 
 /// `schedule`: the flow's destination is no VIP.

@@ -8,12 +8,14 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counters::{Drop, COUNTER_SLOTS},
+    counters::Drop,
     flow::FlowKey,
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
 };
+
+use lb_ebpf::stats::{stats_map, StatsMap};
 
 use crate::{encap::NextHop, select::Target};
 
@@ -42,7 +44,7 @@ pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters by reason slot (`lb_common::counters`). Program writes, daemon sums.
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub static STATS: StatsMap = stats_map();
 
 /// Per-CPU traffic per VIP (`VipInfo::vip_id`). Program writes, daemon sums.
 #[map]

@@ -23,7 +23,7 @@
 //!   power of two choices: O(1) per packet, no scan over backends.
 
 use lb_common::{
-    counters::{Drop, Event},
+    counters::{Counters, Drop, Event},
     flow::FlowKey,
     hash::{flow_hash, src_hash},
     maps::{
@@ -32,7 +32,10 @@ use lb_common::{
         VIP_F_SEQUENCE, VIP_F_SRC_HASH,
     },
 };
-use lb_ebpf::{stats::bump, subprog::pack};
+use lb_ebpf::{
+    stats::{bump, bump_in},
+    subprog::pack,
+};
 
 use crate::maps::{BACKENDS, BACKEND_ACTIVE, CONNS, LOOKUP, RR_CURSORS, STATS};
 
@@ -56,23 +59,26 @@ pub struct Target {
     pub new_flow: u32,
 }
 
-/// Looks the flow up in the connection table into `out`: true when its backend can still
-/// take it, false when the scheduler must pick. `tcp_flags` (0 for UDP) lets
-/// least-connection VIPs take a flow's count back when the client closes it. Inlined: this
-/// is the hit path.
+/// Looks the flow up in the connection table into `out`: its backend when that can still
+/// take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
+/// least-connection VIPs take a flow's count back when the client closes it; `stats` is
+/// this CPU's counters. Inlined: this is the hit path.
 #[inline(always)]
-pub fn pinned(flow: &FlowKey, tcp_flags: u8, out: *mut Target) -> bool {
-    let Some(entry) = CONNS.get_ptr_mut(flow) else {
-        return false;
-    };
+pub fn pinned(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    out: *mut Target,
+    stats: Option<*mut Counters>,
+) -> Option<&'static Backend> {
+    let entry = CONNS.get_ptr_mut(flow)?;
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
     // The slot must still hold the backend the flow was recorded with (indices are reused).
-    if usable(e.backend).is_none_or(|b| b.generation != e.generation) {
-        bump(&STATS, Event::ConnRepick.slot());
-        return false;
-    }
-    bump(&STATS, Event::ConnHit.slot());
+    let Some(backend) = usable(e.backend).filter(|b| b.generation == e.generation) else {
+        bump_in(stats, Event::ConnRepick.slot());
+        return None;
+    };
+    bump_in(stats, Event::ConnHit.slot());
     if tcp_flags & TCP_FIN_RST != 0 && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
     {
         // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
@@ -90,7 +96,7 @@ pub fn pinned(flow: &FlowKey, tcp_flags: u8, out: *mut Target) -> bool {
             new_flow: 0,
         })
     };
-    true
+    Some(backend)
 }
 
 /// Picks a backend for a flow the connection table does not pin, into `out`; records it

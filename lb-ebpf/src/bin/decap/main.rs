@@ -12,13 +12,13 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::HashMap,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
     addr::{FAMILY_V4, FAMILY_V6},
-    counters::{Event, Pass, COUNTER_SLOTS},
+    counters::{Event, Pass},
     maps::DecapAddr,
 };
 use lb_ebpf::{
@@ -28,7 +28,7 @@ use lb_ebpf::{
         ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_IPIP, IPPROTO_IPV6,
     },
     ptr::{read, write},
-    stats::bump,
+    stats::{bump, stats_map, StatsMap},
 };
 
 /// This host's addresses that tunnels may be addressed to. Written by `xlb decap`.
@@ -37,7 +37,7 @@ static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(256, 0);
 
 /// Per-CPU counters by reason slot. Written here, summed by `xlb decap`.
 #[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+static STATS: StatsMap = stats_map();
 
 #[xdp]
 pub fn xlb_decap(ctx: XdpContext) -> u32 {
