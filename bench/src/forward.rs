@@ -357,6 +357,14 @@ pub fn run(plan: &Plan) -> Result<Value> {
     }
     out["xlb_over_xdp_tx"] = json!(round3(ratio(s[2].median, s[1].median)));
     out["xlb_1m_over_xdp_tx"] = json!(round3(ratio(s[3].median, s[1].median)));
+    // The same ratio taken within each round (the configurations of one round ran seconds
+    // apart), then the median: less sensitive to the machine's drift between rounds.
+    let paired: Vec<f64> = pps[2]
+        .iter()
+        .zip(&pps[1])
+        .map(|(x, t)| ratio(*x, *t))
+        .collect();
+    out["paired_xlb_over_xdp_tx"] = Summary::of(&paired).json();
     out["bpf_stats_ns_per_pkt"] = json!({
         "xlb": round3(Summary::of(&bpf[2]).median),
         "xlb_1m_flows": round3(Summary::of(&bpf[3]).median),

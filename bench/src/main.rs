@@ -140,7 +140,10 @@ fn run(quick: bool) -> Result<()> {
         for (key, part) in parts.iter().filter(|(k, _)| wanted.contains(k)) {
             eprintln!("xlb-bench: {key} …");
             let section = part(&plan).with_context(|| format!("bench part {key}"))?;
-            println!("{}", serde_json::to_string_pretty(&json!({ *key: section }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ *key: section }))?
+            );
         }
         return Ok(());
     }

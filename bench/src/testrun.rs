@@ -301,6 +301,13 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         out["spread"][*name] = sum.json();
     }
     out["xlb_new_flow"] = json!(round3(hit + new_extra));
+    // Hit over XDP_TX within each round, then the median (see forward.rs).
+    let paired: Vec<f64> = samples[2]
+        .iter()
+        .zip(&samples[1])
+        .map(|(h, t)| h / t)
+        .collect();
+    out["paired_hit_over_xdp_tx"] = Summary::of(&paired).json();
     out["method"] = json!({
         "repeat": plan.repeat,
         "single_runs_per_kind": singles.hit_restore.len(),

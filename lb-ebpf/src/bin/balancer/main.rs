@@ -163,7 +163,8 @@ fn flow_target(
     if let Some(backend) = select::pinned(flow, l4.tcp_flags, target, stats) {
         return Ok(Routed::Pinned(backend));
     }
-    Ok(if unpack(schedule(flow, l4.tcp_flags, target))? == SCHEDULED {
+    let scheduled = unpack(schedule(flow, l4.tcp_flags, target))? == SCHEDULED;
+    Ok(if scheduled {
         Routed::Scheduled
     } else {
         Routed::NotVip
