@@ -42,9 +42,8 @@ use crate::maps::{BACKENDS, BACKEND_ACTIVE, CONNS, LOOKUP, RR_CURSORS, STATS};
 /// TCP FIN and RST flags: the client is closing.
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
 
-/// The chosen backend. Lives in per-CPU scratch memory (`maps::Scratch`) or, on the ICMP
-/// path, uninitialised (`MaybeUninit`) on the stack until `pinned` or `pick` writes it:
-/// zeroing it first would compile to a call to a byte-by-byte BPF memset.
+/// The chosen backend. Lives in per-CPU scratch memory (`maps::Scratch`), written by
+/// `pinned` or `pick` before anyone reads it.
 #[repr(C)]
 pub struct Target {
     /// Backend index.
