@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use anyhow::{anyhow, Context, Result};
 use aya::{maps::HashMap as BpfHashMap, programs::Xdp, Ebpf};
 use lb_common::{
-    flow::FlowKey,
+    flow::{FlowKey, FlowKeyV4},
     hash::flow_hash,
-    maps::{ConnEntry, LbConfig, VipInfo, VipKey, MAP_CONFIG, MAP_CONNS, MAP_VIPS},
+    maps::{ConnEntry, LbConfig, VipInfo, VipKey, MAP_CONFIG, MAP_CONNS_V4, MAP_VIPS},
 };
 use xlb::{
     config::{Config, VipId},
@@ -143,9 +143,9 @@ impl BenchLab {
         Ok(())
     }
 
-    /// The connection table.
-    pub fn conns(&mut self) -> Result<BpfHashMap<aya::maps::MapData, FlowKey, ConnEntry>> {
-        Ok(BpfHashMap::try_from(prog_map(self.prog(), MAP_CONNS))?)
+    /// The IPv4 connection table.
+    pub fn conns_v4(&mut self) -> Result<BpfHashMap<aya::maps::MapData, FlowKeyV4, ConnEntry>> {
+        Ok(BpfHashMap::try_from(prog_map(self.prog(), MAP_CONNS_V4))?)
     }
 
     /// The VIP map.
@@ -162,12 +162,12 @@ impl BenchLab {
             .context("backend not on the VIP")
     }
 
-    /// Adds connection-table entries for synthetic clients `from..to` (198.19.0.0/16
+    /// Adds IPv4 connection-table entries for synthetic clients `from..to` (198.19.0.0/16
     /// addresses × source ports) towards `vip`, all pinned to `backend`; returns how many
     /// inserts the kernel refused. Bounded by `to - from` map updates.
     pub fn fill_conns(&mut self, vip: &VipId, backend: IpAddr, from: u32, to: u32) -> Result<u64> {
         let idx = self.backend_index(vip, backend)?;
-        let mut conns = self.conns()?;
+        let mut conns = self.conns_v4()?;
         let mut refused = 0;
         for i in from..to {
             let key = synthetic_flow(vip, i);
@@ -176,7 +176,7 @@ impl BenchLab {
                 hash: flow_hash(&key),
                 ..Default::default()
             };
-            if conns.insert(key, entry, 0).is_err() {
+            if conns.insert(FlowKeyV4::of(&key), entry, 0).is_err() {
                 refused += 1;
             }
         }

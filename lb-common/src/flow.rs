@@ -1,4 +1,5 @@
-//! The connection-table key: one layout for IPv4 and IPv6 flows.
+//! Connection-table keys: the full 5-tuple (both families; also what the flow hash reads)
+//! and the short IPv4 key of the IPv4 table.
 
 use crate::addr::AddrWords;
 
@@ -43,3 +44,45 @@ impl FlowKey {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only integer fields, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for FlowKey {}
+
+/// The key of an IPv4 flow in the IPv4 connection table (`CONNS_V4`).
+///
+/// The kernel hashes and compares every byte of a key on each lookup: 16 bytes instead of
+/// [`FlowKey`]'s 40 make the lookup every packet of a known IPv4 flow pays cheaper.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    /// Client address (raw network order).
+    pub src: u32,
+    /// VIP address (raw network order).
+    pub dst: u32,
+    /// Client port, network byte order.
+    pub sport_be: u16,
+    /// VIP port, network byte order.
+    pub dport_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero: the kernel hashes every byte of a key.
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+
+impl FlowKeyV4 {
+    /// The IPv4 key of `flow` (meaningful only when `flow.family` is IPv4).
+    #[inline(always)]
+    pub const fn of(flow: &FlowKey) -> FlowKeyV4 {
+        FlowKeyV4 {
+            src: flow.src[0],
+            dst: flow.dst[0],
+            sport_be: flow.sport_be,
+            dport_be: flow.dport_be,
+            proto: flow.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only integer fields, explicit padding, no invalid bit patterns.
+unsafe impl aya::Pod for FlowKeyV4 {}

@@ -17,8 +17,10 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 /// `LOOKUP`: `table_id * MAX_TABLE_SIZE + slot` → backend index (flat array of Maglev tables).
 pub const MAP_LOOKUP: &str = "LOOKUP";
-/// `CONNS`: [`crate::flow::FlowKey`] → [`ConnEntry`] (LRU, per-CPU lists).
+/// `CONNS`: IPv6 flows, [`crate::flow::FlowKey`] → [`ConnEntry`] (LRU, per-CPU lists).
 pub const MAP_CONNS: &str = "CONNS";
+/// `CONNS_V4`: IPv4 flows, [`crate::flow::FlowKeyV4`] → [`ConnEntry`] (LRU, per-CPU lists).
+pub const MAP_CONNS_V4: &str = "CONNS_V4";
 /// `CONFIG`: single slot → [`LbConfig`].
 pub const MAP_CONFIG: &str = "CONFIG";
 /// `STATS`: per-CPU `u64` counters indexed by [`crate::counters`] slots.
@@ -43,7 +45,7 @@ pub const MAX_VIP_ENTRIES: u32 = 16_384;
 pub const DEFAULT_MAX_VIPS: u32 = 64;
 /// Slots in `BACKENDS` (index 0 is never used).
 pub const MAX_BACKENDS: u32 = 4096;
-/// Default connection-table size.
+/// Default size of each connection table (IPv4 and IPv6 flows have one each).
 pub const DEFAULT_MAX_CONNS: u32 = 1 << 20;
 /// Extension headers the IPv6 parser walks before it gives up.
 pub const MAX_IPV6_EXT_HEADERS: u32 = 6;

@@ -9,12 +9,13 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
+    addr::FAMILY_V4,
     counters::COUNTER_SLOTS,
-    flow::FlowKey,
+    flow::{FlowKey, FlowKeyV4},
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
-        MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_LOOKUP, MAP_STATS,
-        MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
+        MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
+        MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
     },
 };
 
@@ -86,6 +87,7 @@ pub struct AyaDataplane {
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     conns: aya::maps::HashMap<MapData, FlowKey, ConnEntry>,
+    conns_v4: aya::maps::HashMap<MapData, FlowKeyV4, ConnEntry>,
     tx_ports: DevMapHash<MapData>,
     active: Array<MapData, u64>,
 }
@@ -116,6 +118,7 @@ impl AyaDataplane {
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             conns: take(ebpf, MAP_CONNS)?,
+            conns_v4: take(ebpf, MAP_CONNS_V4)?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             active: take(ebpf, MAP_BACKEND_ACTIVE)?,
         })
@@ -141,7 +144,11 @@ impl AyaDataplane {
 
     /// Looks up one flow in the connection table (for `explain` and tests).
     pub fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
-        self.conns.get(key, 0).ok()
+        if key.family == FAMILY_V4 {
+            self.conns_v4.get(&FlowKeyV4::of(key), 0).ok()
+        } else {
+            self.conns.get(key, 0).ok()
+        }
     }
 }
 
@@ -245,7 +252,8 @@ impl Counters for AyaDataplane {
 
     fn flows_per_backend(&self) -> StdHashMap<u32, u64> {
         let mut out = StdHashMap::new();
-        for (_, entry) in self.conns.iter().flatten() {
+        let v4 = self.conns_v4.iter().flatten().map(|(_, e)| e);
+        for entry in self.conns.iter().flatten().map(|(_, e)| e).chain(v4) {
             *out.entry(entry.backend).or_insert(0) += 1;
         }
         out

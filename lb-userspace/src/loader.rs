@@ -6,7 +6,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_LOOKUP, MAP_VIP_STATS, MAX_TABLE_SIZE,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP, MAP_VIP_STATS,
+    MAX_TABLE_SIZE,
 };
 
 /// The balancer object (`lb-ebpf/src/bin/balancer`), built by build.rs.
@@ -28,7 +29,7 @@ pub const DECAP_PROG: &str = "xlb_decap";
 pub struct LoadOptions {
     /// VIPs that can have a lookup table (each owns two tables of `MAX_TABLE_SIZE` slots).
     pub max_vips: u32,
-    /// Connection-table entries.
+    /// Connection-table entries, per address family.
     pub max_conns: u32,
 }
 
@@ -56,6 +57,7 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_LOOKUP, lookup_entries)
         .map_max_entries(MAP_CONNS, opts.max_conns)
+        .map_max_entries(MAP_CONNS_V4, opts.max_conns)
         .map_max_entries(MAP_VIP_STATS, opts.max_vips)
         .load(object)
         .context("loading the balancer object (are you root, with bpffs and BTF?)")?;

@@ -71,7 +71,8 @@ enum Cmd {
         /// VIPs that can have lookup tables (each takes 2 × 65537 × 4 bytes of kernel memory).
         #[arg(long, default_value_t = LoadOptions::default().max_vips)]
         max_vips: u32,
-        /// Connection-table entries.
+        /// Connection-table entries, per address family (IPv4 and IPv6 flows have a table
+        /// each).
         #[arg(long, default_value_t = LoadOptions::default().max_conns)]
         max_conns: u32,
     },

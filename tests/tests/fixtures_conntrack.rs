@@ -290,3 +290,72 @@ fn a_reused_backend_slot_never_inherits_old_flows() {
         "a flow of a removed VIP reached the slot's new backend"
     );
 }
+
+/// IPv4 flows are recorded under their 16-byte key in `CONNS_V4`, IPv6 flows under the
+/// full key in `CONNS`, and a later packet of each finds its own entry.
+#[test]
+fn each_family_has_its_own_connection_table() {
+    use aya::maps::HashMap;
+    use lb_common::{
+        flow::{FlowKey, FlowKeyV4},
+        maps::{ConnEntry, MAP_CONNS, MAP_CONNS_V4},
+    };
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(
+        r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
+            {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [
+                {"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
+            {"address": "fd00:1::1", "port": 80, "protocol": "tcp", "backends": [
+                {"address": "fd00::11"}, {"address": "fd00::12"}]}]}"#,
+    );
+    let syn6 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::10"), v6("fd00:1::1"))
+        .tcp(40_000, 80)
+        .syn()
+        .build();
+    let key6 = flow(
+        "fd00::10".parse().unwrap(),
+        40_000,
+        "fd00:1::1".parse().unwrap(),
+        80,
+        TCP,
+    );
+    let key4 = key("198.18.0.10", 40_000, 80);
+    assert_eq!(lab.run(&syn("198.18.0.10", 40_000, 80)).verdict, XDP_TX);
+    assert_eq!(lab.run(&syn6).verdict, XDP_TX);
+
+    let prog = loader_prog(&mut lab);
+    let v4_table: HashMap<_, FlowKeyV4, ConnEntry> =
+        HashMap::try_from(prog_map(prog, MAP_CONNS_V4)).expect("CONNS_V4 type");
+    let v6_table: HashMap<_, FlowKey, ConnEntry> =
+        HashMap::try_from(prog_map(prog, MAP_CONNS)).expect("CONNS type");
+    let e4 = v4_table
+        .get(&FlowKeyV4::of(&key4), 0)
+        .expect("the IPv4 flow is in CONNS_V4");
+    assert!(v6_table.get(&key4, 0).is_err(), "no IPv4 flow in CONNS");
+    let e6 = v6_table.get(&key6, 0).expect("the IPv6 flow is in CONNS");
+    assert_eq!(v4_table.keys().count(), 1);
+    assert_eq!(v6_table.keys().count(), 1);
+
+    let want4 = lab.predict(WEB, &key4);
+    let want6 = lab.predict("[fd00:1::1]:80/tcp", &key6);
+    assert_eq!(e4.backend, lab.backend_index(WEB, &want4.to_string()));
+    assert_eq!(
+        e6.backend,
+        lab.backend_index("[fd00:1::1]:80/tcp", &want6.to_string())
+    );
+    // The daemon's view reads the same entries.
+    assert_eq!(lab.core.dataplane().conn(&key4), Some(e4));
+    assert_eq!(lab.core.dataplane().conn(&key6), Some(e6));
+    // Later packets are hits on those entries.
+    let hits = lab.counters()[Event::ConnHit.slot() as usize];
+    assert_eq!(lab.run(&ack("198.18.0.10", 40_000, 80)).verdict, XDP_TX);
+    assert_eq!(lab.run(&syn6).verdict, XDP_TX);
+    assert_eq!(lab.counters()[Event::ConnHit.slot() as usize], hits + 2);
+}
+
+fn loader_prog(lab: &mut Lab) -> &mut aya::programs::Xdp {
+    xlb::loader::xdp(&mut lab.ebpf, xlb::loader::BALANCER_PROG).expect("program")
+}

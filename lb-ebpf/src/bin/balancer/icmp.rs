@@ -88,9 +88,9 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
         return Ok(NOT_OURS);
     }
     // SAFETY: this CPU's scratch slot (map memory); written here before it is read.
-    let (flow, out) = unsafe {
-        (*s).flow = quoted_flow(ctx, l3)?;
-        (&(*s).flow, core::ptr::addr_of_mut!((*s).target))
+    let flow = unsafe {
+        (*s).set_flow(quoted_flow(ctx, l3)?);
+        &(*s).flow
     };
     let vip_key = VipKey {
         addr: flow.dst,
@@ -100,8 +100,8 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
     };
     let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
-    if select::pinned(flow, 0, out, counters(&STATS)).is_none() {
-        unpack(select::pick(flow, &vip, false, 0, out))?;
+    if select::pinned(s, 0, counters(&STATS)).is_none() {
+        unpack(select::pick(s, &vip, false, 0))?;
     }
     Ok(ROUTED)
 }

@@ -81,7 +81,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     };
     let stats = counters(&STATS);
     let backend = match l3.proto {
-        IPPROTO_TCP | IPPROTO_UDP => match flow_target(ctx, &l3, s, target, stats)? {
+        IPPROTO_TCP | IPPROTO_UDP => match flow_target(ctx, &l3, s, stats)? {
             Routed::Pinned(b) => b,
             // SAFETY: `schedule` wrote the target.
             Routed::Scheduled => {
@@ -134,7 +134,7 @@ enum Routed {
     NotVip,
 }
 
-/// The backend for a TCP/UDP packet, into `target`. Inlined into the entry function like
+/// The backend for a TCP/UDP packet, into `s.target`. Inlined into the entry function like
 /// the rest of what a known flow's packet needs: only new flows, ICMP, too-big replies and
 /// FIB lookups call other BPF functions.
 #[inline(always)]
@@ -142,13 +142,12 @@ fn flow_target(
     ctx: &XdpContext,
     l3: &L3,
     s: *mut maps::Scratch,
-    target: *mut select::Target,
     stats: Option<*mut Counters>,
 ) -> Result<Routed, Drop> {
     let l4 = parse::ports(ctx, l3)?;
-    // SAFETY: this CPU's scratch slot (see `balance`); the key is written before use.
-    let flow = unsafe {
-        (*s).flow = FlowKey {
+    // SAFETY: this CPU's scratch slot (see `balance`); the keys are written before use.
+    unsafe {
+        (*s).set_flow(FlowKey {
             src: l3.src,
             dst: l3.dst,
             sport_be: l4.sport_be,
@@ -156,14 +155,13 @@ fn flow_target(
             proto: l3.proto,
             family: l3.family,
             _pad: [0; 2],
-        };
-        &(*s).flow
+        })
     };
     // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
-    if let Some(backend) = select::pinned(flow, l4.tcp_flags, target, stats) {
+    if let Some(backend) = select::pinned(s, l4.tcp_flags, stats) {
         return Ok(Routed::Pinned(backend));
     }
-    let scheduled = unpack(schedule(flow, l4.tcp_flags, target))? == SCHEDULED;
+    let scheduled = unpack(schedule(s, l4.tcp_flags))? == SCHEDULED;
     Ok(if scheduled {
         Routed::Scheduled
     } else {
@@ -176,10 +174,12 @@ const NOT_A_VIP: u32 = 0;
 /// `schedule`: a backend was picked and the flow recorded.
 const SCHEDULED: u32 = 1;
 
-/// A flow the connection table does not pin: its VIP's scheduler picks a backend into
-/// `out` and records the flow. Its own BPF function: new flows only.
+/// A flow the connection table does not pin (in `s`): its VIP's scheduler picks a backend
+/// into `s.target` and records the flow. Its own BPF function: new flows only.
 #[inline(never)]
-fn schedule(flow: &FlowKey, tcp_flags: u8, out: *mut select::Target) -> u64 {
+fn schedule(s: *mut maps::Scratch, tcp_flags: u8) -> u64 {
+    // SAFETY: this CPU's scratch slot, its flow written by the caller.
+    let flow = unsafe { &(*s).flow };
     let vip_key = VipKey {
         addr: flow.dst,
         port_be: flow.dport_be,
@@ -189,7 +189,7 @@ fn schedule(flow: &FlowKey, tcp_flags: u8, out: *mut select::Target) -> u64 {
     let Some(vip) = lookup::vip(&vip_key) else {
         return pack(Ok(NOT_A_VIP));
     };
-    match unpack(select::pick(flow, &vip, true, tcp_flags, out)) {
+    match unpack(select::pick(s, &vip, true, tcp_flags)) {
         Ok(_) => pack(Ok(SCHEDULED)),
         Err(d) => pack(Err(d)),
     }

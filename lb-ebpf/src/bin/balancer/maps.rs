@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counters::Drop,
-    flow::FlowKey,
+    flow::{FlowKey, FlowKeyV4},
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
@@ -32,10 +32,17 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static LOOKUP: Array<u32> = Array::with_max_entries(8 * 2 * lb_common::maps::MAX_TABLE_SIZE, 0);
 
-/// Client 5-tuple → pinned backend. LRU with per-CPU free lists (`BPF_F_NO_COMMON_LRU`):
-/// no global lock on insert, one value per flow. The program writes; the daemon reads.
+/// IPv6 client 5-tuple → pinned backend. LRU with per-CPU free lists
+/// (`BPF_F_NO_COMMON_LRU`): no global lock on insert, one value per flow. The program
+/// writes; the daemon reads.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
+
+/// IPv4 flows, as [`CONNS`] but under the 16-byte [`FlowKeyV4`]: the kernel hashes and
+/// compares whole keys, and most traffic is IPv4.
+#[map]
+pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
     LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
 
 /// Slot 0: balancer-wide settings. Daemon writes.
@@ -78,12 +85,25 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 /// values live here instead. One slot per CPU; a program run never yields the CPU.
 #[repr(C)]
 pub struct Scratch {
-    /// The packet's flow (also the connection-table key: map memory is a valid key).
+    /// The packet's flow (also the IPv6 connection-table key: map memory is a valid key).
     pub flow: FlowKey,
+    /// Its IPv4 connection-table key (IPv4 flows only).
+    pub flow4: FlowKeyV4,
     /// The backend chosen for it.
     pub target: Target,
     /// Where its encapsulated frame goes.
     pub hop: NextHop,
+}
+
+impl Scratch {
+    /// Writes the packet's flow and, for IPv4, its short key.
+    #[inline(always)]
+    pub fn set_flow(&mut self, flow: FlowKey) {
+        if flow.family == lb_common::addr::FAMILY_V4 {
+            self.flow4 = FlowKeyV4::of(&flow);
+        }
+        self.flow = flow;
+    }
 }
 
 /// See [`Scratch`].

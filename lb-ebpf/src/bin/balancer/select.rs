@@ -23,8 +23,8 @@
 //!   power of two choices: O(1) per packet, no scan over backends.
 
 use lb_common::{
+    addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
-    flow::FlowKey,
     hash::{flow_hash, src_hash},
     maps::{
         Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, CONN_F_CLOSED, CONN_F_COUNTED,
@@ -37,7 +37,7 @@ use lb_ebpf::{
     subprog::pack,
 };
 
-use crate::maps::{BACKENDS, BACKEND_ACTIVE, CONNS, LOOKUP, RR_CURSORS, STATS};
+use crate::maps::{Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RR_CURSORS, STATS};
 
 /// TCP FIN and RST flags: the client is closing.
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
@@ -58,18 +58,28 @@ pub struct Target {
     pub new_flow: u32,
 }
 
-/// Looks the flow up in the connection table into `out`: its backend when that can still
-/// take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
+/// The connection-table entry of the flow in `s` (`s.flow`, and `s.flow4` for IPv4).
+#[inline(always)]
+fn conn_entry(s: &Scratch) -> Option<*mut ConnEntry> {
+    if s.flow.family == FAMILY_V4 {
+        CONNS_V4.get_ptr_mut(&s.flow4)
+    } else {
+        CONNS.get_ptr_mut(&s.flow)
+    }
+}
+
+/// Looks the flow in `s` up in the connection table into `s.target`: its backend when that
+/// can still take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
 /// least-connection VIPs take a flow's count back when the client closes it; `stats` is
 /// this CPU's counters. Inlined: this is the hit path.
 #[inline(always)]
 pub fn pinned(
-    flow: &FlowKey,
+    s: *mut Scratch,
     tcp_flags: u8,
-    out: *mut Target,
     stats: Option<*mut Counters>,
 ) -> Option<&'static Backend> {
-    let entry = CONNS.get_ptr_mut(flow)?;
+    // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
+    let entry = conn_entry(unsafe { &*s })?;
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
     // The slot must still hold the backend the flow was recorded with (indices are reused).
@@ -85,9 +95,9 @@ pub fn pinned(
         unsafe { (*entry).flags = e.flags | CONN_F_CLOSED };
         add_active(e.backend, u64::MAX);
     }
-    // SAFETY: `out` points at the caller's Target (possibly uninitialised): one write.
+    // SAFETY: as above; one write of the whole target.
     unsafe {
-        out.write(Target {
+        core::ptr::addr_of_mut!((*s).target).write(Target {
             idx: e.backend,
             hash: e.hash,
             vip_id: e.vip_id,
@@ -98,19 +108,21 @@ pub fn pinned(
     Some(backend)
 }
 
-/// Picks a backend for a flow the connection table does not pin, into `out`; records it
-/// when `record`. Its own BPF function, like [`pinned`].
+/// Picks a backend for the flow in `s` that the connection table does not pin, into
+/// `s.target`; records the flow when `record`. Its own BPF function: new flows only.
 #[inline(never)]
-pub fn pick(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8, out: *mut Target) -> u64 {
-    pack(pick_stage(flow, vip, record, tcp_flags).map(|t| {
-        // SAFETY: `out` points at the caller's Target (possibly uninitialised): one write.
-        unsafe { out.write(t) };
+pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> u64 {
+    // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
+    pack(pick_stage(unsafe { &*s }, vip, record, tcp_flags).map(|t| {
+        // SAFETY: as above; one write of the whole target.
+        unsafe { core::ptr::addr_of_mut!((*s).target).write(t) };
         0
     }))
 }
 
 #[inline(always)]
-fn pick_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
+fn pick_stage(s: &Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
+    let flow = &s.flow;
     if vip.table_size == 0 {
         return Err(Drop::NoBackend);
     }
@@ -146,7 +158,12 @@ fn pick_stage(flow: &FlowKey, vip: &VipInfo, record: bool, tcp_flags: u8) -> Res
         };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
         // packet still goes out — and is then not counted either.
-        if CONNS.insert(flow, entry, 0).is_ok() && counted {
+        let recorded = if flow.family == FAMILY_V4 {
+            CONNS_V4.insert(&s.flow4, entry, 0)
+        } else {
+            CONNS.insert(flow, entry, 0)
+        };
+        if recorded.is_ok() && counted {
             add_active(idx, 1);
         }
         bump(&STATS, Event::NewFlow.slot());
