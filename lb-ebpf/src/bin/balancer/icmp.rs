@@ -89,7 +89,7 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
     }
     // SAFETY: this CPU's scratch slot (map memory); written here before it is read.
     let flow = unsafe {
-        (*s).set_flow(quoted_flow(ctx, l3)?);
+        (*s).set_flow(&quoted_flow(ctx, l3)?);
         &(*s).flow
     };
     let vip_key = VipKey {

@@ -147,7 +147,7 @@ fn flow_target(
     let l4 = parse::ports(ctx, l3)?;
     // SAFETY: this CPU's scratch slot (see `balance`); the keys are written before use.
     unsafe {
-        (*s).set_flow(FlowKey {
+        (*s).set_flow(&FlowKey {
             src: l3.src,
             dst: l3.dst,
             sport_be: l4.sport_be,

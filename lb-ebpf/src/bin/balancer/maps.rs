@@ -96,15 +96,46 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Writes the packet's flow and, for IPv4, its short key.
+    /// Writes the packet's flow and, for IPv4, its short key. Word by word: building the
+    /// keys as structs and assigning them compiles to byte-wise BPF `memset` calls for the
+    /// padding and to extra copies.
     #[inline(always)]
-    pub fn set_flow(&mut self, flow: FlowKey) {
+    pub fn set_flow(&mut self, flow: &FlowKey) {
+        let ports = flow.ports_word();
+        let w = core::ptr::addr_of_mut!(self.flow).cast::<[u32; 10]>();
+        // SAFETY: FlowKey is repr(C), 40 bytes, 4-aligned, every bit pattern valid; the
+        // words follow its layout (src, dst, ports, proto | family << 8 with zero padding).
+        unsafe {
+            *w = [
+                flow.src[0],
+                flow.src[1],
+                flow.src[2],
+                flow.src[3],
+                flow.dst[0],
+                flow.dst[1],
+                flow.dst[2],
+                flow.dst[3],
+                ports,
+                flow.proto_word(),
+            ]
+        };
         if flow.family == lb_common::addr::FAMILY_V4 {
-            self.flow4 = FlowKeyV4::of(&flow);
+            let w = core::ptr::addr_of_mut!(self.flow4).cast::<[u32; 4]>();
+            // SAFETY: as above for FlowKeyV4 (src, dst, ports, proto with zero padding).
+            unsafe { *w = [flow.src[0], flow.dst[0], ports, u32::from(flow.proto)] };
         }
-        self.flow = flow;
     }
 }
+
+const _: () = assert!(
+    core::mem::size_of::<FlowKey>() == 40
+        && core::mem::size_of::<FlowKeyV4>() == 16
+        && core::mem::offset_of!(FlowKey, sport_be) == 32
+        && core::mem::offset_of!(FlowKey, proto) == 36
+        && core::mem::offset_of!(FlowKeyV4, sport_be) == 8
+        && core::mem::offset_of!(FlowKeyV4, proto) == 12,
+    "set_flow writes the keys word by word in this layout"
+);
 
 /// See [`Scratch`].
 #[map]
