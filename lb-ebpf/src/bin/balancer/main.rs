@@ -22,6 +22,7 @@ mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
+    addr::FAMILY_V4,
     counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
     maps::{Backend, VipKey, CFG_F_ICMP_TOO_BIG},
@@ -145,22 +146,24 @@ fn flow_target(
     stats: Option<*mut Counters>,
 ) -> Result<Routed, Drop> {
     let l4 = parse::ports(ctx, l3)?;
-    // SAFETY: this CPU's scratch slot (see `balance`); the keys are written before use.
-    unsafe {
-        (*s).set_flow(&FlowKey {
-            src: l3.src,
-            dst: l3.dst,
-            sport_be: l4.sport_be,
-            dport_be: l4.dport_be,
-            proto: l3.proto,
-            family: l3.family,
-            _pad: [0; 2],
-        })
+    let flow = FlowKey {
+        src: l3.src,
+        dst: l3.dst,
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+        proto: l3.proto,
+        family: l3.family,
+        _pad: [0; 2],
     };
+    // SAFETY: this CPU's scratch slot (see `balance`).
+    unsafe { (*s).set_conn_key(&flow) };
     // A known flow needs no VIP lookup (see select.rs); only new ones meet the scheduler.
-    if let Some(backend) = select::pinned(s, l4.tcp_flags, stats) {
+    let v4 = l3.family == FAMILY_V4;
+    if let Some(backend) = select::pinned(s, v4, l4.tcp_flags, stats) {
         return Ok(Routed::Pinned(backend));
     }
+    // SAFETY: as above; the scheduler hashes the whole flow.
+    unsafe { (*s).set_flow(&flow) };
     let scheduled = unpack(schedule(s, l4.tcp_flags))? == SCHEDULED;
     Ok(if scheduled {
         Routed::Scheduled

@@ -96,11 +96,31 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Writes the packet's flow and, for IPv4, its short key. Word by word: building the
-    /// keys as structs and assigning them compiles to byte-wise BPF `memset` calls for the
-    /// padding and to extra copies.
+    /// Writes the packet's flow and, for IPv4, its short key.
     #[inline(always)]
     pub fn set_flow(&mut self, flow: &FlowKey) {
+        self.set_full_flow(flow);
+        if flow.family == lb_common::addr::FAMILY_V4 {
+            self.set_v4_key(flow);
+        }
+    }
+
+    /// Writes what the connection-table lookup needs: the short key of an IPv4 flow, the
+    /// full key of an IPv6 one. A hit needs nothing else; a miss must call
+    /// [`Scratch::set_flow`] before the scheduler reads `flow`.
+    #[inline(always)]
+    pub fn set_conn_key(&mut self, flow: &FlowKey) {
+        if flow.family == lb_common::addr::FAMILY_V4 {
+            self.set_v4_key(flow);
+        } else {
+            self.set_full_flow(flow);
+        }
+    }
+
+    /// `flow`, word by word: building the keys as structs and assigning them compiles to
+    /// byte-wise BPF `memset` calls for the padding and to extra copies.
+    #[inline(always)]
+    fn set_full_flow(&mut self, flow: &FlowKey) {
         let ports = flow.ports_word();
         let w = core::ptr::addr_of_mut!(self.flow).cast::<[u32; 10]>();
         // SAFETY: FlowKey is repr(C), 40 bytes, 4-aligned, every bit pattern valid; the
@@ -119,11 +139,22 @@ impl Scratch {
                 flow.proto_word(),
             ]
         };
-        if flow.family == lb_common::addr::FAMILY_V4 {
-            let w = core::ptr::addr_of_mut!(self.flow4).cast::<[u32; 4]>();
-            // SAFETY: as above for FlowKeyV4 (src, dst, ports, proto with zero padding).
-            unsafe { *w = [flow.src[0], flow.dst[0], ports, u32::from(flow.proto)] };
-        }
+    }
+
+    /// `flow`'s IPv4 key, word by word (see [`Scratch::set_full_flow`]).
+    #[inline(always)]
+    fn set_v4_key(&mut self, flow: &FlowKey) {
+        let w = core::ptr::addr_of_mut!(self.flow4).cast::<[u32; 4]>();
+        // SAFETY: FlowKeyV4 is repr(C), 16 bytes, 4-aligned (src, dst, ports, proto with
+        // zero padding; layout asserted below).
+        unsafe {
+            *w = [
+                flow.src[0],
+                flow.dst[0],
+                flow.ports_word(),
+                u32::from(flow.proto),
+            ]
+        };
     }
 }
 

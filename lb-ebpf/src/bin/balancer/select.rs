@@ -60,26 +60,28 @@ pub struct Target {
 
 /// The connection-table entry of the flow in `s` (`s.flow`, and `s.flow4` for IPv4).
 #[inline(always)]
-fn conn_entry(s: &Scratch) -> Option<*mut ConnEntry> {
-    if s.flow.family == FAMILY_V4 {
+fn conn_entry(s: &Scratch, v4: bool) -> Option<*mut ConnEntry> {
+    if v4 {
         CONNS_V4.get_ptr_mut(&s.flow4)
     } else {
         CONNS.get_ptr_mut(&s.flow)
     }
 }
 
-/// Looks the flow in `s` up in the connection table into `s.target`: its backend when that
-/// can still take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
+/// Looks the flow in `s` up in the connection table into `s.target` (its connection-table
+/// key must be there, see `Scratch::set_conn_key`; `v4`: an IPv4 flow): its backend when
+/// that can still take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
 /// least-connection VIPs take a flow's count back when the client closes it; `stats` is
 /// this CPU's counters. Inlined: this is the hit path.
 #[inline(always)]
 pub fn pinned(
     s: *mut Scratch,
+    v4: bool,
     tcp_flags: u8,
     stats: Option<*mut Counters>,
 ) -> Option<&'static Backend> {
-    // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
-    let entry = conn_entry(unsafe { &*s })?;
+    // SAFETY: this CPU's scratch slot, its key written by the caller.
+    let entry = conn_entry(unsafe { &*s }, v4)?;
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
     // The slot must still hold the backend the flow was recorded with (indices are reused).
