@@ -49,16 +49,6 @@ pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
     ptr_at_mut::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
 
-/// Writes a halfword at an even `offset` as one store. XDP frames start 2-byte aligned
-/// (the headroom is even, and so is every head adjustment these programs make), where
-/// [`write`] of a `u16` compiles to two byte stores: BPF has no unaligned stores, so LLVM
-/// splits every `write_unaligned`.
-#[inline(always)]
-pub fn write_u16(ctx: &XdpContext, offset: usize, value: u16) -> Option<()> {
-    // SAFETY: ptr_at_mut checked the two bytes lie inside the frame; aligned as above.
-    ptr_at_mut::<u16>(ctx, offset).map(|p| unsafe { p.write(value) })
-}
-
 /// True when `len` bytes starting at `offset` lie inside the frame. A pointer comparison:
 /// the verifier rejects arithmetic on `data_end`, so lengths are never computed from it.
 #[inline(always)]

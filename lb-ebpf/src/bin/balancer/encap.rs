@@ -24,7 +24,7 @@ use lb_ebpf::{
         ipv6::{Ipv6Hdr, IPV6_HLEN},
         ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3,
     },
-    ptr::{fits, frame_len, ptr_at_mut, read, write, write_u16},
+    ptr::{fits, frame_len, ptr_at_mut, read},
     stats::{bump, bump_in},
     subprog::{pack, unpack},
 };
@@ -96,23 +96,49 @@ impl NextHop {
         }
     }
 
-    /// Writes the MACs at the start of the frame.
+    /// Writes the Ethernet header at `p`, the start of the frame: the MACs, the 802.1Q tag
+    /// (TPID and TCI as read from the frame) if there is one, and `ethertype` (host
+    /// order). Returns its length. Halfword stores: XDP frames start 2-byte aligned (the
+    /// headroom is even, and so is every head adjustment we make), while a
+    /// `write_unaligned` compiles to byte stores (BPF has no unaligned stores).
+    ///
+    /// # Safety
+    /// `p` must point at [`L2_MAX`] writable bytes of the frame.
     #[inline(always)]
-    fn write_macs(&self, ctx: &XdpContext) -> Option<()> {
-        let p = ptr_at_mut::<[u16; 6]>(ctx, 0)?;
+    unsafe fn write_l2(&self, p: *mut u16, vlan: Option<u32>, ethertype: u16) -> usize {
         let mut i = 0;
         while i < 3 {
-            // SAFETY: ptr_at_mut checked the 12 bytes lie in the frame; XDP frames start
-            // 2-byte aligned (see lb_ebpf::ptr), so these are aligned halfword stores.
+            // SAFETY: within the first 12 bytes (caller's guarantee).
             unsafe {
-                (*p)[2 * i] = self.macs[i] as u16;
-                (*p)[2 * i + 1] = (self.macs[i] >> 16) as u16;
+                p.add(2 * i).write(self.macs[i] as u16);
+                p.add(2 * i + 1).write((self.macs[i] >> 16) as u16);
             }
             i += 1;
         }
-        Some(())
+        // SAFETY: bytes 12..18 at most (caller's guarantee).
+        unsafe {
+            match vlan {
+                Some(tag) => {
+                    p.add(6).write(tag as u16);
+                    p.add(7).write((tag >> 16) as u16);
+                    p.add(8).write(ethertype.to_be());
+                    ETH_HLEN + VLAN_HLEN
+                }
+                None => {
+                    p.add(6).write(ethertype.to_be());
+                    ETH_HLEN
+                }
+            }
+        }
     }
 }
+
+/// The longest Ethernet header we write (with an 802.1Q tag).
+const L2_MAX: usize = ETH_HLEN + VLAN_HLEN;
+/// Bytes at the front of an encapsulated frame that one bounds check covers: the longest
+/// Ethernet header and outer header. Every frame we encapsulate is longer (its inner packet
+/// carries an IP header and at least 8 bytes of ports or ICMP header).
+const FRONT: usize = L2_MAX + IPV6_HLEN;
 
 /// Encapsulates the packet described by `l3` towards the target's backend (`backend` is
 /// `target.idx`, already checked usable) and returns the verdict. `hop` is scratch space
@@ -174,14 +200,14 @@ pub fn forward(
     }
 
     let ethertype: u16 = if v4_outer { ETH_P_IP } else { ETH_P_IPV6 };
-    hop.write_macs(ctx).ok_or(Drop::AdjustFailed)?;
-    let mut off = ETH_HLEN - 2;
-    if let Some(tag) = vlan {
-        write(ctx, off, tag).ok_or(Drop::AdjustFailed)?;
-        off += VLAN_HLEN;
-    }
-    write_u16(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
-    off += 2;
+    // One bounds check for everything written below.
+    let front = ptr_at_mut::<[u8; FRONT]>(ctx, 0)
+        .ok_or(Drop::AdjustFailed)?
+        .cast::<u8>();
+    // SAFETY: FRONT ≥ L2_MAX bytes checked above.
+    let off = unsafe { hop.write_l2(front.cast(), vlan, ethertype) };
+    // SAFETY: off ≤ L2_MAX, so the outer header (≤ IPV6_HLEN) lies within FRONT.
+    let outer = unsafe { front.add(off) };
 
     let inner_proto = if l3.family == FAMILY_V4 {
         IPPROTO_IPIP
@@ -191,8 +217,8 @@ pub fn forward(
     // Headers are written field by field straight into the frame: building them on the
     // stack first would cost stack the verifier's 512-byte budget cannot spare.
     if v4_outer {
-        let p = ptr_at_mut::<Ipv4Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
-        // SAFETY: ptr_at_mut checked the header fits in the frame.
+        let p = outer.cast::<Ipv4Hdr>();
+        // SAFETY: inside FRONT (see above).
         unsafe {
             write_ipv4_header(
                 p,
@@ -204,8 +230,8 @@ pub fn forward(
             )
         };
     } else {
-        let p = ptr_at_mut::<Ipv6Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
-        // SAFETY: ptr_at_mut checked the header fits in the frame.
+        let p = outer.cast::<Ipv6Hdr>();
+        // SAFETY: inside FRONT (see above).
         unsafe {
             (*p).vtc_flow_be =
                 ((6u32 << 28) | (u32::from(l3.tos) << 20) | (hash & 0x000f_ffff)).to_be();
@@ -251,14 +277,10 @@ fn restore_for_bench(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Drop::AdjustFailed);
     }
-    hop.write_macs(ctx).ok_or(Drop::AdjustFailed)?;
-    let mut off = ETH_HLEN - 2;
-    if let Some(tag) = vlan {
-        write(ctx, off, tag).ok_or(Drop::AdjustFailed)?;
-        off += VLAN_HLEN;
-    }
+    let front = ptr_at_mut::<[u16; L2_MAX / 2]>(ctx, 0).ok_or(Drop::AdjustFailed)?;
     let ethertype: u16 = if inner_v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    write_u16(ctx, off, ethertype.to_be()).ok_or(Drop::AdjustFailed)?;
+    // SAFETY: L2_MAX bytes checked above.
+    unsafe { hop.write_l2(front.cast(), vlan, ethertype) };
     bump_in(stats, Event::TxEncap.slot());
     Ok(xdp_action::XDP_DROP)
 }
