@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   gen namespace                      lb namespace
-//!   g0 (sink: xlb_drop) ◄──── veth ────► l0 (DUT: xlb_tx | xlb | xlb with 1 M flows)
+//!   g0 (sink: xlb_drop) ◄──── veth ────► l0 (DUT: xlb_tx | xlb_encap | xlb | xlb, 1 M flows)
 //!    ▲ xlb_gen, BPF_PROG_TEST_RUN live frames, ingress g0: XDP_TX → l0
 //! ```
 //! The generator's frames leave g0 and arrive at l0, where the DUT bounces them (XDP_TX,
@@ -43,6 +43,8 @@ pub const GEN_FLOWS: u32 = 1024;
 const GEN_SPORT_BASE: u32 = 1024;
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
+/// Mirror of `ENCAP_HDR_LEN` in lb-ebpf/src/bin/baseline.rs.
+const ENCAP_HDR_LEN: usize = 34;
 
 /// Mirror of `GenConfig` in lb-ebpf/src/bin/baseline.rs (same layout and size check).
 #[repr(C)]
@@ -121,6 +123,8 @@ fn veth_stat(ns: &Netns, ifname: &str, field: &str) -> u64 {
 enum Dut<'a> {
     GeneratorAlone,
     XdpTx(&'a mut Ebpf),
+    /// `xlb_encap`: IP-in-IP encapsulation and nothing else.
+    EncapFloor(&'a mut Ebpf),
     Xlb(&'a mut BenchLab),
 }
 
@@ -135,6 +139,22 @@ fn attach(lb: &Netns, prog: &mut Xdp) -> Result<aya::programs::xdp::XdpLinkId> {
 struct Sample {
     pps: f64,
     bpf_ns: Option<f64>,
+}
+
+/// One run with baseline program `name` as the DUT; seconds taken.
+fn baseline(
+    ebpf: &mut Ebpf,
+    name: &str,
+    gen: &mut Generator,
+    genns: &Netns,
+    lb: &Netns,
+    frames: u32,
+) -> Result<f64> {
+    let prog = loader::xdp(ebpf, name)?;
+    let link = attach(lb, prog)?;
+    let secs = gen.send(genns, frames);
+    prog.detach(link)?;
+    secs
 }
 
 fn measure(
@@ -153,13 +173,8 @@ fn measure(
     let before = veth_stat(genns, "g0", "xdp_packets");
     let (secs, bpf_ns) = match dut {
         Dut::GeneratorAlone => (gen.send(genns, frames)?, None),
-        Dut::XdpTx(ebpf) => {
-            let prog = loader::xdp(ebpf, "xlb_tx")?;
-            let link = attach(lb, prog)?;
-            let secs = gen.send(genns, frames);
-            prog.detach(link)?;
-            (secs?, None)
-        }
+        Dut::XdpTx(ebpf) => (baseline(ebpf, "xlb_tx", gen, genns, lb, frames)?, None),
+        Dut::EncapFloor(ebpf) => (baseline(ebpf, "xlb_encap", gen, genns, lb, frames)?, None),
         Dut::Xlb(lab) => {
             let c0 = lab.counters();
             let i0 = lab.prog().info()?;
@@ -225,6 +240,15 @@ pub fn run(plan: &Plan) -> Result<Value> {
 
     // DUTs.
     let mut tx = loader::load_baseline("xlb_tx")?;
+    let mut encap = loader::load_baseline("xlb_encap")?;
+    {
+        let mut hdr: Array<_, [u16; ENCAP_HDR_LEN / 2]> = Array::try_from(
+            encap
+                .map_mut("ENCAP_HDR")
+                .context("baseline object has no ENCAP_HDR")?,
+        )?;
+        hdr.set(0, encap_header(gmac, lmac), 0)?;
+    }
     let hop = NextHop {
         ifindex: l0,
         smac: lmac,
@@ -278,9 +302,15 @@ pub fn run(plan: &Plan) -> Result<Value> {
     let frames_for =
         |rate: f64| ((rate * plan.forward_secs) as u64).clamp(100_000, 50_000_000) as u32;
 
-    let names = ["generator_alone", "xdp_tx_baseline", "xlb", "xlb_1m_flows"];
-    let mut pps: Vec<Vec<f64>> = vec![Vec::new(); 4];
-    let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let names = [
+        "generator_alone",
+        "xdp_tx_baseline",
+        "xlb",
+        "xlb_1m_flows",
+        "encap_floor",
+    ];
+    let mut pps: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..plan.rounds {
         for (i, _) in names.iter().enumerate() {
             let s = match i {
@@ -305,22 +335,30 @@ pub fn run(plan: &Plan) -> Result<Value> {
                     Dut::Xlb(&mut xlb),
                     frames_for(tx_rate),
                 )?,
-                _ => measure(
+                3 => measure(
                     &mut gen,
                     &genns,
                     &lb,
                     Dut::Xlb(&mut xlb_1m),
                     frames_for(tx_rate),
                 )?,
+                _ => measure(
+                    &mut gen,
+                    &genns,
+                    &lb,
+                    Dut::EncapFloor(&mut encap),
+                    frames_for(tx_rate),
+                )?,
             };
             pps[i].push(s.pps);
         }
         eprintln!(
-            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, xlb {:.2}, xlb 1M {:.2}",
+            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}",
             round + 1,
             plan.rounds,
             pps[0][round] / 1e6,
             pps[1][round] / 1e6,
+            pps[4][round] / 1e6,
             pps[2][round] / 1e6,
             pps[3][round] / 1e6
         );
@@ -365,6 +403,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
         .map(|(x, t)| ratio(*x, *t))
         .collect();
     out["paired_xlb_over_xdp_tx"] = Summary::of(&paired).json();
+    out["encap_floor_over_xdp_tx"] = json!(round3(ratio(s[4].median, s[1].median)));
+    out["xlb_over_encap_floor"] = json!(round3(ratio(s[2].median, s[4].median)));
     out["bpf_stats_ns_per_pkt"] = json!({
         "xlb": round3(Summary::of(&bpf[2]).median),
         "xlb_1m_flows": round3(Summary::of(&bpf[3]).median),
@@ -377,4 +417,33 @@ pub fn run(plan: &Plan) -> Result<Value> {
     });
     drop(gen);
     Ok(out)
+}
+
+/// `xlb_encap`'s headers for the generator's 64-byte frames: Ethernet towards the sink
+/// (`dmac`, from `smac`) and an outer IPv4 header 198.18.0.2 → 198.18.8.1, protocol 4, DF,
+/// TTL 64, total length 20 + the inner packet, checksum filled in.
+fn encap_header(dmac: [u8; 6], smac: [u8; 6]) -> [u16; ENCAP_HDR_LEN / 2] {
+    let inner = (FRAME_LEN - 14) as u16;
+    let mut ip: [u8; 20] = [
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0, 198, 18, 0, 2, 198, 18, 8, 1,
+    ];
+    ip[2..4].copy_from_slice(&(20 + inner).to_be_bytes());
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut bytes = Vec::with_capacity(ENCAP_HDR_LEN);
+    bytes.extend_from_slice(&dmac);
+    bytes.extend_from_slice(&smac);
+    bytes.extend_from_slice(&[0x08, 0x00]);
+    bytes.extend_from_slice(&ip);
+    let mut out = [0u16; ENCAP_HDR_LEN / 2];
+    for (o, w) in out.iter_mut().zip(bytes.chunks(2)) {
+        // Frame byte order: the program stores these halfwords as they are in memory.
+        *o = u16::from_ne_bytes([w[0], w[1]]);
+    }
+    out
 }

@@ -50,6 +50,8 @@ pub fn finish(r: &mut Value) {
         "forward_xlb_over_xdp_tx": round3(ratio(f("xlb"), f("xdp_tx_baseline"))),
         "forward_xlb_1m_over_xdp_tx": round3(ratio(f("xlb_1m_flows"), f("xdp_tx_baseline"))),
         "forward_xlb_over_xdp_tx_paired_median": f("paired_xlb_over_xdp_tx.median"),
+        "forward_encap_floor_over_xdp_tx": f("encap_floor_over_xdp_tx"),
+        "forward_xlb_over_encap_floor": f("xlb_over_encap_floor"),
         "testrun_hit_over_xdp_tx_paired_median": t("paired_hit_over_xdp_tx.median"),
         "rps_xlb_over_nftables": round3(ratio(p("xlb_rps"), p("nftables_rps"))),
         "rps_xlb_over_haproxy": round3(ratio(p("xlb_rps"), p("haproxy_rps"))),
@@ -267,6 +269,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         ("xdp_tx_baseline", "XDP_TX bounce (one-arm ceiling)"),
         ("xlb", "xlb"),
         ("xlb_1m_flows", "xlb, 1 M flows in the connection table"),
+        (
+            "encap_floor",
+            "encapsulation floor (IP-in-IP and XDP_TX, no decisions)",
+        ),
     ] {
         let v = n(&format!("forward_pps.{k}"));
         let dut = if k == "generator_alone" {

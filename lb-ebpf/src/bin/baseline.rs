@@ -134,6 +134,39 @@ pub fn xlb_hop(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Bytes of `xlb_encap`'s outer headers: Ethernet and IPv4.
+pub const ENCAP_HDR_LEN: usize = 34;
+
+/// Slot 0: `xlb_encap`'s new Ethernet header and outer IPv4 header, written by the bench.
+#[map]
+static ENCAP_HDR: Array<[u16; ENCAP_HDR_LEN / 2]> = Array::with_max_entries(1, 0);
+
+/// The forwarding bench's encapsulation floor: IP-in-IP and nothing else. Grows the frame
+/// by an IPv4 header, writes the bench's Ethernet and outer IPv4 headers (complete for its
+/// fixed 64-byte frames: total length and checksum included) and bounces it. What any
+/// IP-in-IP DSR balancer pays on this path before it decides anything.
+#[xdp]
+pub fn xlb_encap(ctx: XdpContext) -> u32 {
+    let Some(hdr) = ENCAP_HDR.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: helper call on our own context; every later access is checked again.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -20) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let data = ctx.data();
+    if data + ENCAP_HDR_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let dst = data as *mut u16;
+    for (i, w) in hdr.iter().enumerate() {
+        // SAFETY: i < 17 halfwords = ENCAP_HDR_LEN bytes, checked against data_end above;
+        // frames start 2-byte aligned.
+        unsafe { dst.add(i).write(*w) };
+    }
+    xdp_action::XDP_TX
+}
+
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
