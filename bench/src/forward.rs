@@ -311,7 +311,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
     ];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    for round in 0..plan.rounds {
+    for round in 0..plan.forward_rounds {
         for (i, _) in names.iter().enumerate() {
             let s = match i {
                 0 => measure(
@@ -355,7 +355,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
         eprintln!(
             "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}",
             round + 1,
-            plan.rounds,
+            plan.forward_rounds,
             pps[0][round] / 1e6,
             pps[1][round] / 1e6,
             pps[4][round] / 1e6,

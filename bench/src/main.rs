@@ -40,6 +40,8 @@ pub struct Plan {
     pub singles: usize,
     /// Seconds per live-frames call.
     pub forward_secs: f64,
+    /// Rounds of the forwarding part: its rates swing most between rounds on this VM.
+    pub forward_rounds: usize,
     /// Seconds per wrk run.
     pub wrk_secs: u32,
     /// Maglev builds per size.
@@ -60,6 +62,7 @@ impl Plan {
             repeat: if quick { 200_000 } else { 1_000_000 },
             singles: if quick { 300 } else { 1000 },
             forward_secs: if quick { 0.4 } else { 1.5 },
+            forward_rounds: if quick { 2 } else { 9 },
             wrk_secs: if quick { 1 } else { 5 },
             maglev_builds: if quick { 3 } else { 7 },
             // VIPS holds MAX_VIP_ENTRIES entries, one address marker per VIP address included.
