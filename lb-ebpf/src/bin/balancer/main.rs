@@ -7,6 +7,10 @@
 //! Layout: `maps` (every map), `lookup` (VIPs, config), `select` (backend choice and flow
 //! recording), `encap` (tunnel headers, next hop), `icmp` (errors to backends, too-big
 //! replies), `account` (per-VIP / per-backend traffic). Parsers live in `lb_ebpf::parse`.
+//!
+//! A known flow's packet runs in this one function (everything above is inlined); new
+//! flows, ICMP, too-big replies and FIB lookups call BPF subprograms. Per-packet state
+//! lives in per-CPU scratch memory (`maps::SCRATCH`), not on the 512-byte stack.
 #![no_std]
 #![no_main]
 // One atomic add for the least-connection counters (see select.rs): BPF inline asm is
@@ -73,7 +77,8 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     }
     let s = maps::scratch()?;
     // SAFETY: `s` is this CPU's scratch slot (map memory, valid for the whole run). The
-    // target is written by whichever stage returns `Some` before anyone reads it.
+    // target is written by `flow_target` (via `pinned` or `schedule`) or `route` before
+    // anyone reads it; the next hop by `encap::forward` when it needs the FIB.
     let (target, hop) = unsafe {
         (
             core::ptr::addr_of_mut!((*s).target),
