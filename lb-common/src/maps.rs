@@ -25,8 +25,6 @@ pub const MAP_CONNS_V4: &str = "CONNS_V4";
 pub const MAP_CONFIG: &str = "CONFIG";
 /// `STATS`: per-CPU `u64` counters indexed by [`crate::counters`] slots.
 pub const MAP_STATS: &str = "STATS";
-/// `VIP_STATS`: per-CPU [`TrafficStats`] indexed by `vip_id`.
-pub const MAP_VIP_STATS: &str = "VIP_STATS";
 /// `BACKEND_STATS`: per-CPU [`TrafficStats`] indexed by backend index.
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 /// `TX_PORTS`: devmap (hash) ifindex → ifindex, egress interfaces for `XDP_REDIRECT`.
@@ -90,7 +88,7 @@ pub const VIP_F_COUNT_ACTIVE: u32 = 1 << 5;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index into `VIP_STATS`.
+    /// The VIP's small integer id (index into `RR_CURSORS`).
     pub vip_id: u32,
     /// Which lookup table serves new flows. The daemon writes the other of the VIP's two
     /// tables and then flips this id in one map update, so no packet sees a half-written table.
@@ -154,7 +152,7 @@ pub struct ConnEntry {
     pub hash: u32,
     /// `CONN_F_*` bits.
     pub flags: u32,
-    /// The flow's VIP (`VipInfo::vip_id`), for its counters: a hit needs no VIP lookup.
+    /// The flow's VIP (`VipInfo::vip_id`), for the daemon's view of the table.
     pub vip_id: u32,
     /// `Backend::generation` of the slot when the flow was recorded.
     pub generation: u32,
@@ -194,7 +192,8 @@ pub struct LbConfig {
 }
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
 
-/// Packets and bytes, per VIP or per backend (per-CPU; user space sums).
+/// Packets and bytes per backend slot (per-CPU; user space sums, and adds a VIP's slots up
+/// for the VIP's figures).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficStats {
@@ -204,6 +203,18 @@ pub struct TrafficStats {
     pub bytes: u64,
     /// New flows assigned.
     pub new_flows: u64,
+}
+
+impl core::ops::Add for TrafficStats {
+    type Output = TrafficStats;
+
+    fn add(self, o: TrafficStats) -> TrafficStats {
+        TrafficStats {
+            packets: self.packets.wrapping_add(o.packets),
+            bytes: self.bytes.wrapping_add(o.bytes),
+            new_flows: self.new_flows.wrapping_add(o.new_flows),
+        }
+    }
 }
 const _: () = assert!(core::mem::size_of::<TrafficStats>() == 24);
 

@@ -23,7 +23,7 @@ use std::{
 use lb_common::{
     addr::to_words,
     maps::{
-        Backend, LbConfig, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
+        Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
         CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY,
         VIP_F_HASHED_SRC,
     },
@@ -254,9 +254,19 @@ pub struct VipState {
     active: u32,
     /// What each of the two tables holds, to write only the slots that change.
     shadow: [Vec<u32>; 2],
+    /// Traffic of backends removed from this VIP (their last figures): the data plane
+    /// counts per backend slot only, and slots are reused.
+    retired: TrafficStats,
 }
 
 impl VipState {
+    /// The VIP's traffic: what its backends carried, removed ones included.
+    pub fn traffic<D: Dataplane>(&self, dp: &D) -> TrafficStats {
+        self.backends
+            .values()
+            .fold(self.retired, |acc, b| acc + dp.backend(b.index))
+    }
+
     /// Slots of the live table per backend index (for status and tests).
     pub fn table(&self) -> &[u32] {
         &self.shadow[self.active as usize]
@@ -348,6 +358,12 @@ impl<D: Dataplane> Core<D> {
         &self.dp
     }
 
+    /// The data plane, for tests that stage what it reports.
+    #[cfg(test)]
+    fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
     /// Settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -435,6 +451,7 @@ impl<D: Dataplane> Core<D> {
             backends: BTreeMap::new(),
             active: 1,
             shadow: [Vec::new(), Vec::new()],
+            retired: TrafficStats::default(),
         };
         for b in backends_cfg {
             let bs = self.new_backend(&b)?;
@@ -561,6 +578,11 @@ impl<D: Dataplane> Core<D> {
         };
         self.dp
             .set_backend(gone.index, &backend_entry(addr, &gone))?;
+        // Deactivated: no packet counts into the slot any more (flows pinned to it
+        // re-pick), so these are its last figures.
+        let last = self.dp.backend(gone.index);
+        let vip = self.vip_mut(id)?;
+        vip.retired = vip.retired + last;
         self.backend_ids.free.push_back(gone.index);
         Ok(())
     }
@@ -1021,6 +1043,45 @@ mod tests {
         let mut second = vip(&[]);
         second.port = 81;
         assert_eq!(core.add_vip(second).unwrap_err().code(), "capacity");
+    }
+
+    #[test]
+    fn a_vips_traffic_keeps_what_removed_backends_carried() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let a: IpAddr = "198.18.0.11".parse().unwrap();
+        let b: IpAddr = "198.18.0.12".parse().unwrap();
+        let ia = core.vip(&id).unwrap().backends[&a].index;
+        let ib = core.vip(&id).unwrap().backends[&b].index;
+        let t = |p: u64| TrafficStats {
+            packets: p,
+            bytes: p * 100,
+            new_flows: p / 10,
+        };
+        core.dataplane_mut().traffic.insert(ia, t(10));
+        core.dataplane_mut().traffic.insert(ib, t(20));
+        let vip = core.vip(&id).unwrap();
+        assert_eq!(vip.traffic(core.dataplane()), t(30));
+
+        core.remove_backend(&id, a).unwrap();
+        // The slot goes back to the pool; its last figures stay with the VIP.
+        let vip = core.vip(&id).unwrap();
+        assert_eq!(vip.traffic(core.dataplane()), t(30));
+        core.dataplane_mut().traffic.insert(ib, t(25));
+        let vip = core.vip(&id).unwrap();
+        assert_eq!(vip.traffic(core.dataplane()), t(35));
+
+        // A new backend starts from a cleared slot: the VIP's figures do not move.
+        core.add_backend(
+            &id,
+            BackendConfig {
+                address: "198.18.0.13".parse().unwrap(),
+                weight: 1,
+                drained: false,
+            },
+        )
+        .unwrap();
+        let vip = core.vip(&id).unwrap();
+        assert_eq!(vip.traffic(core.dataplane()), t(35));
     }
 
     #[test]

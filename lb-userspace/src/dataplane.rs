@@ -15,7 +15,7 @@ use lb_common::{
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
         MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
-        MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_STATS, MAX_TABLE_SIZE,
+        MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_TABLE_SIZE,
     },
 };
 
@@ -63,16 +63,15 @@ pub trait Dataplane: Send {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     /// Zeroes a backend slot's counters (traffic, active flows) before the slot is reused.
     fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError>;
+    /// Traffic of backend slot `idx` (summed over CPUs). The core adds a removed backend's
+    /// last figures to its VIP's, since a VIP's traffic is its backends' added up.
+    fn backend(&self, idx: u32) -> TrafficStats;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
 pub trait Counters {
     /// Every `STATS` slot.
     fn reasons(&self) -> Vec<u64>;
-    /// Traffic of VIP `vip_id`.
-    fn vip(&self, vip_id: u32) -> TrafficStats;
-    /// Traffic of backend index `idx`.
-    fn backend(&self, idx: u32) -> TrafficStats;
     /// Number of flows in the connection table per backend index (a scan; for status).
     fn flows_per_backend(&self) -> StdHashMap<u32, u64>;
 }
@@ -84,7 +83,6 @@ pub struct AyaDataplane {
     lookup: Array<MapData, u32>,
     config: Array<MapData, LbConfig>,
     stats: PerCpuArray<MapData, lb_common::counters::Counters>,
-    vip_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
     conns: aya::maps::HashMap<MapData, FlowKey, ConnEntry>,
     conns_v4: aya::maps::HashMap<MapData, FlowKeyV4, ConnEntry>,
@@ -115,7 +113,6 @@ impl AyaDataplane {
             lookup: take(ebpf, MAP_LOOKUP)?,
             config: take(ebpf, MAP_CONFIG)?,
             stats: take(ebpf, MAP_STATS)?,
-            vip_stats: take(ebpf, MAP_VIP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             conns: take(ebpf, MAP_CONNS)?,
             conns_v4: take(ebpf, MAP_CONNS_V4)?,
@@ -192,6 +189,13 @@ impl Dataplane for AyaDataplane {
         self.vips.remove(key).map_err(map_err(MAP_VIPS, "remove"))
     }
 
+    fn backend(&self, idx: u32) -> TrafficStats {
+        self.backend_stats
+            .get(&idx, 0)
+            .map(sum_traffic)
+            .unwrap_or_default()
+    }
+
     fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
         self.active
             .set(idx, 0, 0)
@@ -236,20 +240,6 @@ impl Counters for AyaDataplane {
         sum_reasons(&self.stats)
     }
 
-    fn vip(&self, vip_id: u32) -> TrafficStats {
-        self.vip_stats
-            .get(&vip_id, 0)
-            .map(sum_traffic)
-            .unwrap_or_default()
-    }
-
-    fn backend(&self, idx: u32) -> TrafficStats {
-        self.backend_stats
-            .get(&idx, 0)
-            .map(sum_traffic)
-            .unwrap_or_default()
-    }
-
     fn flows_per_backend(&self) -> StdHashMap<u32, u64> {
         let mut out = StdHashMap::new();
         let v4 = self.conns_v4.iter().flatten().map(|(_, e)| e);
@@ -290,6 +280,8 @@ pub struct Recorder {
     pub tables: StdHashMap<u32, Vec<u32>>,
     /// When set, the next write fails (tests of error paths).
     pub fail_next: bool,
+    /// Traffic per backend slot, as tests set it (the real data plane's is the program's).
+    pub traffic: StdHashMap<u32, TrafficStats>,
 }
 
 impl Recorder {
@@ -345,6 +337,11 @@ impl Dataplane for Recorder {
     fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
         self.check()?;
         self.writes.push(Write::Clear(idx));
+        self.traffic.remove(&idx);
         Ok(())
+    }
+
+    fn backend(&self, idx: u32) -> TrafficStats {
+        self.traffic.get(&idx).copied().unwrap_or_default()
     }
 }

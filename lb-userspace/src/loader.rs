@@ -6,8 +6,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP, MAP_VIP_STATS,
-    MAX_TABLE_SIZE,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP, MAX_TABLE_SIZE,
 };
 
 /// The balancer object (`lb-ebpf/src/bin/balancer`), built by build.rs.
@@ -58,7 +57,6 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
         .map_max_entries(MAP_LOOKUP, lookup_entries)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_CONNS_V4, opts.max_conns)
-        .map_max_entries(MAP_VIP_STATS, opts.max_vips)
         .load(object)
         .context("loading the balancer object (are you root, with bpffs and BTF?)")?;
     load_program(&mut ebpf, BALANCER_PROG)?;

@@ -206,6 +206,28 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     let load = Load::start(&net.client);
     load.wait_requests_after(Instant::now(), 30);
 
+    // A VIP's traffic is its backends' added up (the data plane counts per backend).
+    let status: serde_json::Value =
+        serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+    let vip = status["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == lines.as_str())
+        .expect("the VIP in status");
+    let per_backend: u64 = vip["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b["packets"].as_u64().unwrap_or(0))
+        .sum();
+    let vip_packets = vip["packets"].as_u64().unwrap_or(0);
+    assert!(vip_packets > 0, "no packets counted for {lines}: {vip}");
+    assert!(
+        vip_packets <= per_backend,
+        "VIP packets {vip_packets} exceed its backends' {per_backend}"
+    );
+
     // (a) stop b2's web server: after fall × interval + timeout it is down and no request fails.
     net.stop_http(1);
     wait_for("b2 down in xlb status", Duration::from_secs(15), || {

@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::state::Daemon;
-use crate::dataplane::Counters;
+use crate::dataplane::{Counters, Dataplane};
 
 /// Renders every metric.
 pub fn render(d: &Daemon) -> String {
@@ -73,7 +73,7 @@ pub fn render(d: &Daemon) -> String {
     let mut be = BackendLines::default();
     for v in d.core().vips() {
         let id = v.config.id();
-        let t = dp.vip(v.id);
+        let t = v.traffic(dp);
         let _ = writeln!(
             vip_lines.0,
             "xlb_vip_packets_total{{vip=\"{id}\"}} {}",
@@ -131,7 +131,7 @@ pub fn render(d: &Daemon) -> String {
         &mut out,
         "xlb_vip_packets_total",
         "counter",
-        "Packets forwarded per VIP.",
+        "Packets forwarded per VIP (its backends' added up, removed ones included).",
         &vip_lines.0,
     );
     section(

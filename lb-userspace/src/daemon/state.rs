@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::{BackendConfig, Scheduler, VipConfig, VipId},
     core::{AgentReport, Core, CoreError, NextHop},
-    dataplane::{AyaDataplane, Counters},
+    dataplane::{AyaDataplane, Counters, Dataplane},
     health::{
         CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
         Transition,
@@ -328,7 +328,7 @@ impl Daemon {
             .vips()
             .map(|v| {
                 let id = v.config.id();
-                let t = dp.vip(v.id);
+                let t = v.traffic(dp);
                 let backends: Vec<Value> = v
                     .backends
                     .iter()
@@ -398,7 +398,7 @@ impl Daemon {
             .core
             .vips()
             .map(|v| {
-                let t = dp.vip(v.id);
+                let t = v.traffic(dp);
                 json!({"vip": v.config.id(), "packets": t.packets, "bytes": t.bytes, "new_flows": t.new_flows})
             })
             .collect();

@@ -6,7 +6,7 @@
 //!
 //! Layout: `maps` (every map), `lookup` (VIPs, config), `select` (backend choice and flow
 //! recording), `encap` (tunnel headers, next hop), `icmp` (errors to backends, too-big
-//! replies), `account` (per-VIP / per-backend traffic). Parsers live in `lb_ebpf::parse`.
+//! replies), `account` (per-backend traffic). Parsers live in `lb_ebpf::parse`.
 //!
 //! A known flow's packet runs in this one function (everything above is inlined); new
 //! flows, ICMP, too-big replies and FIB lookups call BPF subprograms. Per-packet state
@@ -120,12 +120,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     if icmp_error {
         bump_in(stats, Event::IcmpForwarded.slot());
     } else {
-        account::traffic(
-            target.vip_id,
-            target.idx,
-            l3.l3_len() as u64,
-            target.new_flow != 0,
-        );
+        account::traffic(target.idx, l3.l3_len() as u64, target.new_flow != 0);
     }
     Ok(verdict)
 }

@@ -1,5 +1,5 @@
 //! The balancer's maps. Sizes here are defaults; the loader in user space may change
-//! `max_entries` at load time (`LOOKUP`, `CONNS`, `VIP_STATS`), and the code below never
+//! `max_entries` at load time (`LOOKUP`, `CONNS`, `CONNS_V4`), and the code below never
 //! assumes a size: every lookup handles "out of range".
 
 use aya_ebpf::{
@@ -52,10 +52,6 @@ pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 /// Per-CPU counters by reason slot (`lb_common::counters`). Program writes, daemon sums.
 #[map]
 pub static STATS: StatsMap = stats_map();
-
-/// Per-CPU traffic per VIP (`VipInfo::vip_id`). Program writes, daemon sums.
-#[map]
-pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(1024, 0);
 
 /// Per-CPU traffic per backend index. Program writes, daemon sums.
 #[map]

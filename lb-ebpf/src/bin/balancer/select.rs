@@ -50,8 +50,6 @@ pub struct Target {
     pub idx: u32,
     /// The flow's hash (outer flow label / hashed outer source).
     pub hash: u32,
-    /// The flow's VIP id (counters).
-    pub vip_id: u32,
     /// 1: outer source from the flow hash (`VIP_F_HASHED_SRC`).
     pub hashed_src: u32,
     /// 1: the flow was recorded just now.
@@ -102,7 +100,6 @@ pub fn pinned(
         core::ptr::addr_of_mut!((*s).target).write(Target {
             idx: e.backend,
             hash: e.hash,
-            vip_id: e.vip_id,
             hashed_src: u32::from(e.flags & CONN_F_HASHED_SRC != 0),
             new_flow: 0,
         })
@@ -173,7 +170,6 @@ fn pick_stage(s: &Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result
     Ok(Target {
         idx,
         hash,
-        vip_id: vip.vip_id,
         hashed_src: u32::from(hashed_src),
         new_flow: u32::from(record),
     })
