@@ -391,6 +391,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
     let mut cpu_us = vec![vec![Vec::new(); CONFIGS.len()]; MODES.len()];
     let mut errors = vec![vec![0u64; CONFIGS.len()]; MODES.len()];
     let mut bpf = [(0u64, 0u64); 2]; // (ns, runs) for balancer, decap
+                                     // The balancer's (ns, runs) per mode: a new connection per request makes every SYN a
+                                     // new flow (scheduler and insert), so the two mixes cost differently.
+    let mut bpf_mode = [(0u64, 0u64); 2];
     for round in 0..plan.rounds {
         for (m, mode) in MODES.iter().enumerate() {
             for (c, config) in CONFIGS.iter().enumerate() {
@@ -415,6 +418,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
                         let b1 = prog_stats(xlb.prog())?;
                         bpf[0].0 += b1.0 - b0.0;
                         bpf[0].1 += b1.1 - b0.1;
+                        bpf_mode[m].0 += b1.0 - b0.0;
+                        bpf_mode[m].1 += b1.1 - b0.1;
                         for (e, d) in decaps.iter_mut().zip(&d0) {
                             let d1 = prog_stats(loader::xdp(e, loader::DECAP_PROG)?)?;
                             bpf[1].0 += d1.0 - d.0;
@@ -482,6 +487,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
     out["bpf_stats"] = json!({
         "balancer_ns_per_pkt": round3(ratio(bpf[0].0 as f64, bpf[0].1 as f64)),
         "balancer_packets": bpf[0].1,
+        "balancer_ns_per_pkt_keepalive": round3(ratio(bpf_mode[0].0 as f64, bpf_mode[0].1 as f64)),
+        "balancer_ns_per_pkt_close": round3(ratio(bpf_mode[1].0 as f64, bpf_mode[1].1 as f64)),
         "decap_ns_per_pkt": round3(ratio(bpf[1].0 as f64, bpf[1].1 as f64)),
         "decap_packets": bpf[1].1,
     });

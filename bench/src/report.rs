@@ -324,7 +324,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         );
     }
     m += &format!(
-        "Ratios: xlb / nftables rps {} (cps {}), xlb / HAProxy rps {} (cps {}). LB CPU per request, xlb / nftables: {} keep-alive, {} new connection; xlb / HAProxy: {}, {}.\n\nBPF stats under wrk: balancer {} ns/packet ({} packets), decap {} ns/packet ({} packets).\n",
+        "Ratios: xlb / nftables rps {} (cps {}), xlb / HAProxy rps {} (cps {}). LB CPU per request, xlb / nftables: {} keep-alive, {} new connection; xlb / HAProxy: {}, {}.\n\nBPF stats under wrk: balancer {} ns/packet ({} packets; {} with keep-alive, {} with a new connection per request), decap {} ns/packet ({} packets).\n",
         fmt(n("ratios.rps_xlb_over_nftables")),
         fmt(n("ratios.cps_xlb_over_nftables")),
         fmt(n("ratios.rps_xlb_over_haproxy")),
@@ -335,6 +335,8 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         fmt(n("ratios.lb_cpu_close_xlb_over_haproxy")),
         fmt(n("peers.bpf_stats.balancer_ns_per_pkt")),
         n("peers.bpf_stats.balancer_packets"),
+        fmt(n("peers.bpf_stats.balancer_ns_per_pkt_keepalive")),
+        fmt(n("peers.bpf_stats.balancer_ns_per_pkt_close")),
         fmt(n("peers.bpf_stats.decap_ns_per_pkt")),
         n("peers.bpf_stats.decap_packets"),
     );
