@@ -49,6 +49,16 @@ pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
     ptr_at_mut::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
 
+/// Reads a halfword at an even `offset` with one load (`None` past the end). XDP frames
+/// start 2-byte aligned (even headroom, even head adjustments), while [`read`] of a `u16`
+/// compiles to two byte loads: BPF has no unaligned loads, so LLVM splits every
+/// `read_unaligned`.
+#[inline(always)]
+pub fn read_u16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked the two bytes lie inside the frame; aligned as above.
+    ptr_at::<u16>(ctx, offset).map(|p| unsafe { p.read() })
+}
+
 /// True when `len` bytes starting at `offset` lie inside the frame. A pointer comparison:
 /// the verifier rejects arithmetic on `data_end`, so lengths are never computed from it.
 #[inline(always)]

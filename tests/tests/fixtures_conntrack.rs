@@ -359,3 +359,35 @@ fn each_family_has_its_own_connection_table() {
 fn loader_prog(lab: &mut Lab) -> &mut aya::programs::Xdp {
     xlb::loader::xdp(&mut lab.ebpf, xlb::loader::BALANCER_PROG).expect("program")
 }
+
+/// Least-connection VIPs count a flow when it is recorded and take it back on the client's
+/// FIN or RST, once: the TCP flags are read from the right byte.
+#[test]
+fn least_connection_counts_follow_syn_and_fin() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(
+        r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+            {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "lc",
+             "backends": [{"address": "198.18.0.11"}]}]}"#,
+    );
+    let idx = lab.backend_index(WEB, "198.18.0.11");
+    let active = |lab: &Lab| lab.core.dataplane().active_flows(idx);
+    let pkt = |sport: u16| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+            .tcp(sport, 80)
+    };
+    assert_eq!(lab.run(&pkt(40_000).syn().build()).verdict, XDP_TX);
+    assert_eq!(lab.run(&pkt(40_001).syn().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 2, "two new flows counted");
+    assert_eq!(lab.run(&pkt(40_000).ack().psh().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 2, "data does not change the count");
+    assert_eq!(lab.run(&pkt(40_000).fin().ack().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 1, "the client's FIN takes its flow back");
+    assert_eq!(lab.run(&pkt(40_000).fin().ack().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 1, "a second FIN is not counted twice");
+    assert_eq!(lab.run(&pkt(40_001).rst().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 0, "RST takes the other flow back");
+}

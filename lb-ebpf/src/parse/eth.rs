@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::counters::Drop;
 
-use crate::ptr::read;
+use crate::ptr::read_u16;
 
 /// EtherType IPv4 (host order).
 pub const ETH_P_IP: u16 = 0x0800;
@@ -31,9 +31,9 @@ pub struct L2 {
 /// Parses the Ethernet header and one VLAN tag.
 #[inline(always)]
 pub fn eth(ctx: &XdpContext) -> Result<L2, Drop> {
-    let ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or(Drop::EthTruncated)?);
+    let ethertype = u16::from_be(read_u16(ctx, 12).ok_or(Drop::EthTruncated)?);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let inner = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or(Drop::VlanTruncated)?);
+        let inner = u16::from_be(read_u16(ctx, ETH_HLEN + 2).ok_or(Drop::VlanTruncated)?);
         return Ok(L2 {
             l3_off: ETH_HLEN + VLAN_HLEN,
             ethertype: inner,

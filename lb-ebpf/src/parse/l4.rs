@@ -23,29 +23,34 @@ const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
 /// Reads the ports of a TCP or UDP header at `l3.l4_off()`, checking the whole fixed header
-/// is present (a truncated L4 header is never forwarded).
+/// is present (a truncated L4 header is never forwarded). One bounds check per header, and
+/// halfword loads: L4 headers sit at even offsets (IP headers and IPv6 extension headers
+/// have even lengths) of 2-byte aligned frames (see [`crate::ptr::read_u16`]).
 #[inline(always)]
 pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, Drop> {
     let off = l3.l4_off();
-    let ports = ptr_at::<[u16; 2]>(ctx, off).ok_or(Drop::L4Truncated)?;
-    // SAFETY: bounds checked by ptr_at.
-    let [sport_be, dport_be] = unsafe { ports.read_unaligned() };
+    let l3_end = l3.l3_off() + l3.l3_len();
     if l3.proto == IPPROTO_TCP {
-        // Byte 12: data offset (high nibble); byte 13: flags.
-        let b = read::<[u8; 2]>(ctx, off + 12).ok_or(Drop::L4Truncated)?;
-        let doff = usize::from(b[0] >> 4) * 4;
-        if doff < TCP_HLEN || off + doff > l3.l3_off() + l3.l3_len() {
+        let h = ptr_at::<[u16; TCP_HLEN / 2]>(ctx, off).ok_or(Drop::L4Truncated)?;
+        // SAFETY: bounds checked by ptr_at; aligned as above. Halfword 6 holds byte 12
+        // (data offset, high nibble) and byte 13 (flags), in memory order.
+        let (sport_be, dport_be, off_flags) = unsafe { ((*h)[0], (*h)[1], (*h)[6]) };
+        let doff = usize::from((off_flags as u8) >> 4) * 4;
+        if doff < TCP_HLEN || off + doff > l3_end {
             return Err(Drop::L4Truncated);
         }
         return Ok(L4 {
             sport_be,
             dport_be,
-            tcp_flags: b[1],
+            tcp_flags: (off_flags >> 8) as u8,
         });
     }
-    if off + UDP_HLEN > l3.l3_off() + l3.l3_len() || ptr_at::<[u8; UDP_HLEN]>(ctx, off).is_none() {
+    if off + UDP_HLEN > l3_end {
         return Err(Drop::L4Truncated);
     }
+    let h = ptr_at::<[u16; UDP_HLEN / 2]>(ctx, off).ok_or(Drop::L4Truncated)?;
+    // SAFETY: bounds checked by ptr_at; aligned as above.
+    let (sport_be, dport_be) = unsafe { ((*h)[0], (*h)[1]) };
     Ok(L4 {
         sport_be,
         dport_be,
