@@ -837,14 +837,16 @@ mod tests {
             source: SourceMode::Lb,
             health_check: None,
             agent: None,
-            backends: backends
-                .iter()
-                .map(|a| BackendConfig {
-                    address: a.parse().unwrap(),
-                    weight: 1,
-                    drained: false,
-                })
-                .collect(),
+            backends: backends.iter().map(|a| backend(a)).collect(),
+        }
+    }
+
+    /// A backend of weight 1, not drained.
+    fn backend(address: &str) -> BackendConfig {
+        BackendConfig {
+            address: address.parse().unwrap(),
+            weight: 1,
+            drained: false,
         }
     }
 
@@ -902,15 +904,7 @@ mod tests {
         let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
         let (before, _) = live(&core, &id);
         let n = core.dataplane().writes.len();
-        core.add_backend(
-            &id,
-            BackendConfig {
-                address: "198.18.0.13".parse().unwrap(),
-                weight: 1,
-                drained: false,
-            },
-        )
-        .unwrap();
+        core.add_backend(&id, backend("198.18.0.13")).unwrap();
         let new_writes = &core.dataplane().writes[n..];
         let (after, t) = live(&core, &id);
         assert_ne!(before.table_id, after.table_id);
@@ -1071,15 +1065,7 @@ mod tests {
         assert_eq!(vip.traffic(core.dataplane()), t(35));
 
         // A new backend starts from a cleared slot: the VIP's figures do not move.
-        core.add_backend(
-            &id,
-            BackendConfig {
-                address: "198.18.0.13".parse().unwrap(),
-                weight: 1,
-                drained: false,
-            },
-        )
-        .unwrap();
+        core.add_backend(&id, backend("198.18.0.13")).unwrap();
         let vip = core.vip(&id).unwrap();
         assert_eq!(vip.traffic(core.dataplane()), t(35));
     }
