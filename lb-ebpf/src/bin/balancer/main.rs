@@ -163,7 +163,7 @@ fn flow_target(
         return Ok(Routed::Pinned(backend));
     }
     // SAFETY: as above; the scheduler hashes the whole flow.
-    unsafe { (*s).set_flow(&flow) };
+    unsafe { (*s).complete_flow(&flow) };
     let scheduled = unpack(schedule(s, l4.tcp_flags))? == SCHEDULED;
     Ok(if scheduled {
         Routed::Scheduled

@@ -95,20 +95,27 @@ impl Scratch {
     /// Writes the packet's flow and, for IPv4, its short key.
     #[inline(always)]
     pub fn set_flow(&mut self, flow: &FlowKey) {
-        self.set_full_flow(flow);
-        if flow.family == lb_common::addr::FAMILY_V4 {
-            self.set_v4_key(flow);
-        }
+        self.set_conn_key(flow);
+        self.complete_flow(flow);
     }
 
     /// Writes what the connection-table lookup needs: the short key of an IPv4 flow, the
     /// full key of an IPv6 one. A hit needs nothing else; a miss must call
-    /// [`Scratch::set_flow`] before the scheduler reads `flow`.
+    /// [`Scratch::complete_flow`] before the scheduler reads `flow`.
     #[inline(always)]
     pub fn set_conn_key(&mut self, flow: &FlowKey) {
         if flow.family == lb_common::addr::FAMILY_V4 {
             self.set_v4_key(flow);
         } else {
+            self.set_full_flow(flow);
+        }
+    }
+
+    /// After [`Scratch::set_conn_key`]: writes the rest of what the scheduler reads, the
+    /// whole flow of an IPv4 packet (an IPv6 flow's key already is the whole flow).
+    #[inline(always)]
+    pub fn complete_flow(&mut self, flow: &FlowKey) {
+        if flow.family == lb_common::addr::FAMILY_V4 {
             self.set_full_flow(flow);
         }
     }

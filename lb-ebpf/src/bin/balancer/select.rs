@@ -66,6 +66,17 @@ fn conn_entry(s: &Scratch, v4: bool) -> Option<*mut ConnEntry> {
     }
 }
 
+/// Records the flow in `s` (whole flow written, see `Scratch::complete_flow`) in its
+/// family's connection table; false when the kernel refused the insert.
+#[inline(always)]
+fn record_conn(s: &Scratch, entry: ConnEntry) -> bool {
+    if s.flow.family == FAMILY_V4 {
+        CONNS_V4.insert(&s.flow4, entry, 0).is_ok()
+    } else {
+        CONNS.insert(&s.flow, entry, 0).is_ok()
+    }
+}
+
 /// Looks the flow in `s` up in the connection table into `s.target` (its connection-table
 /// key must be there, see `Scratch::set_conn_key`; `v4`: an IPv4 flow): its backend when
 /// that can still take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
@@ -157,12 +168,7 @@ fn pick_stage(s: &Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result
         };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
         // packet still goes out — and is then not counted either.
-        let recorded = if flow.family == FAMILY_V4 {
-            CONNS_V4.insert(&s.flow4, entry, 0)
-        } else {
-            CONNS.insert(flow, entry, 0)
-        };
-        if recorded.is_ok() && counted {
+        if record_conn(s, entry) && counted {
             add_active(idx, 1);
         }
         bump(&STATS, Event::NewFlow.slot());
