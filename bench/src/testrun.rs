@@ -197,6 +197,11 @@ fn main_lab(n_backends: usize, max_conns: u32) -> Result<BenchLab> {
 
 /// A lab with the IPv4 VIP, and the IPv6 one when `v6`.
 fn lab_with(n_backends: usize, max_conns: u32, v6: bool) -> Result<BenchLab> {
+    lab_of(loader::BALANCER_OBJ, n_backends, max_conns, v6)
+}
+
+/// [`lab_with`] for a given build of the balancer object.
+fn lab_of(object: &[u8], n_backends: usize, max_conns: u32, v6: bool) -> Result<BenchLab> {
     let mut vips = vec![VipSpec {
         addr: ip(VIP4),
         port: PORT,
@@ -211,7 +216,8 @@ fn lab_with(n_backends: usize, max_conns: u32, v6: bool) -> Result<BenchLab> {
             backends: backend_addrs(n_backends, true),
         });
     }
-    let mut lab = BenchLab::new(
+    let mut lab = BenchLab::with_object(
+        object,
         &vips,
         LoadOptions {
             max_vips: 4,
@@ -463,21 +469,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut labs = Vec::new();
     for p in paths {
         let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
-        let mut lab = BenchLab::with_object(
-            &object,
-            &[VipSpec {
-                addr: ip(VIP4),
-                port: PORT,
-                proto: "udp",
-                backends: backend_addrs(10, false),
-            }],
-            LoadOptions {
-                max_vips: 4,
-                max_conns: 1 << 16,
-            },
-            test_hop(),
-        )?;
-        lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
+        let mut lab = lab_of(&object, 10, 1 << 16, false)?;
         prime(&mut lab, &[&hit4])?;
         labs.push(lab);
     }
