@@ -122,9 +122,9 @@ fn veth_stat(ns: &Netns, ifname: &str, field: &str) -> u64 {
 /// A DUT configuration on l0.
 enum Dut<'a> {
     GeneratorAlone,
-    XdpTx(&'a mut Ebpf),
+    XdpTx,
     /// `xlb_encap`: IP-in-IP encapsulation and nothing else.
-    EncapFloor(&'a mut Ebpf),
+    EncapFloor,
     Xlb(&'a mut BenchLab),
 }
 
@@ -139,6 +139,8 @@ fn attach(lb: &Netns, prog: &mut Xdp) -> Result<aya::programs::xdp::XdpLinkId> {
 struct Sample {
     pps: f64,
     bpf_ns: Option<f64>,
+    /// xlb only: share of known-flow packets served from the per-CPU flow cache.
+    cache_share: Option<f64>,
 }
 
 /// One run with baseline program `name` as the DUT; seconds taken.
@@ -157,127 +159,202 @@ fn baseline(
     secs
 }
 
-fn measure(
-    gen: &mut Generator,
-    genns: &Netns,
-    lb: &Netns,
-    dut: Dut<'_>,
-    frames: u32,
-) -> Result<Sample> {
-    let action = if matches!(dut, Dut::GeneratorAlone) {
-        XDP_DROP
-    } else {
-        XDP_TX
-    };
-    gen.configure(action)?;
-    let before = veth_stat(genns, "g0", "xdp_packets");
-    let (secs, bpf_ns) = match dut {
-        Dut::GeneratorAlone => (gen.send(genns, frames)?, None),
-        Dut::XdpTx(ebpf) => (baseline(ebpf, "xlb_tx", gen, genns, lb, frames)?, None),
-        Dut::EncapFloor(ebpf) => (baseline(ebpf, "xlb_encap", gen, genns, lb, frames)?, None),
-        Dut::Xlb(lab) => {
-            let c0 = lab.counters();
-            let i0 = lab.prog().info()?;
-            let link = attach(lb, lab.prog())?;
-            let secs = gen.send(genns, frames);
-            lab.prog().detach(link)?;
-            let i1 = lab.prog().info()?;
-            let encap =
-                lab.counters()[Event::TxEncap.slot() as usize] - c0[Event::TxEncap.slot() as usize];
-            ensure!(
-                encap > 0,
-                "xlb encapsulated nothing: check the generator's template and next hops"
-            );
-            let runs = i1.run_count() - i0.run_count();
-            let ns = (i1.run_time() - i0.run_time()).as_nanos() as f64;
-            (secs?, (runs > 0 && ns > 0.0).then(|| ns / runs as f64))
+/// The topology and the programs every forwarding measurement shares.
+struct Rig {
+    genns: Netns,
+    lb: Netns,
+    gen: Generator,
+    tx: Ebpf,
+    encap: Ebpf,
+    hop: NextHop,
+}
+
+impl Rig {
+    fn new() -> Result<Rig> {
+        let genns = Netns::new("bg");
+        let lb = Netns::new("bl");
+        veth(&genns, "g0", &lb, "l0");
+        for (ns, ifname) in [(&genns, "g0"), (&lb, "l0")] {
+            ns.offloads_off(ifname);
+            ns.link_up(ifname);
         }
-    };
-    let delivered = if action == XDP_DROP {
-        u64::from(frames)
-    } else {
-        veth_stat(genns, "g0", "xdp_packets") - before
-    };
-    Ok(Sample {
-        pps: delivered as f64 / secs,
-        bpf_ns,
-    })
+        let gmac = genns.mac("g0");
+        let lmac = lb.mac("l0");
+        let l0 = lb.ifindex("l0");
+
+        // Generator and sink.
+        let mut ebpf = loader::load_baseline("xlb_gen")?;
+        loader::load_program(&mut ebpf, "xlb_drop")?;
+        {
+            let _inside = genns.enter();
+            loader::attach(&mut ebpf, "xlb_drop", "g0", XdpMode::Driver)?;
+        }
+        let template = udp64(
+            gmac,
+            lmac,
+            CLIENT.parse()?,
+            GEN_SPORT_BASE as u16,
+            VIP.parse()?,
+            PORT,
+        );
+        let gen = Generator {
+            ebpf,
+            ifindex: genns.ifindex("g0"),
+            template,
+        };
+
+        // Baseline DUTs.
+        let tx = loader::load_baseline("xlb_tx")?;
+        let mut encap = loader::load_baseline("xlb_encap")?;
+        {
+            let mut hdr: Array<_, [u16; ENCAP_HDR_LEN / 2]> = Array::try_from(
+                encap
+                    .map_mut("ENCAP_HDR")
+                    .context("baseline object has no ENCAP_HDR")?,
+            )?;
+            hdr.set(0, encap_header(gmac, lmac), 0)?;
+        }
+        let hop = NextHop {
+            ifindex: l0,
+            smac: lmac,
+            dmac: gmac,
+        };
+        Ok(Rig {
+            genns,
+            lb,
+            gen,
+            tx,
+            encap,
+            hop,
+        })
+    }
+
+    /// A balancer (build `object`) serving the generator's VIP, its next hop the sink.
+    fn xlb(&self, object: &[u8], max_conns: u32) -> Result<BenchLab> {
+        let vips = vec![VipSpec {
+            addr: VIP.parse()?,
+            port: PORT,
+            proto: "udp",
+            backends: backend_addrs(10, false),
+        }];
+        BenchLab::with_object(
+            object,
+            &vips,
+            LoadOptions {
+                max_vips: 4,
+                max_conns,
+            },
+            self.hop,
+        )
+    }
+
+    fn measure(&mut self, dut: Dut<'_>, frames: u32) -> Result<Sample> {
+        let Rig {
+            genns,
+            lb,
+            gen,
+            tx,
+            encap,
+            ..
+        } = self;
+        let action = if matches!(dut, Dut::GeneratorAlone) {
+            XDP_DROP
+        } else {
+            XDP_TX
+        };
+        gen.configure(action)?;
+        let before = veth_stat(genns, "g0", "xdp_packets");
+        let (secs, bpf_ns, cache_share) = match dut {
+            Dut::GeneratorAlone => (gen.send(genns, frames)?, None, None),
+            Dut::XdpTx => (baseline(tx, "xlb_tx", gen, genns, lb, frames)?, None, None),
+            Dut::EncapFloor => (
+                baseline(encap, "xlb_encap", gen, genns, lb, frames)?,
+                None,
+                None,
+            ),
+            Dut::Xlb(lab) => {
+                let c0 = lab.counters();
+                let i0 = lab.prog().info()?;
+                let link = attach(lb, lab.prog())?;
+                let secs = gen.send(genns, frames);
+                lab.prog().detach(link)?;
+                let i1 = lab.prog().info()?;
+                let c1 = lab.counters();
+                let delta = |e: Event| c1[e.slot() as usize] - c0[e.slot() as usize];
+                ensure!(
+                    delta(Event::TxEncap) > 0,
+                    "xlb encapsulated nothing: check the generator's template and next hops"
+                );
+                let runs = i1.run_count() - i0.run_count();
+                let ns = (i1.run_time() - i0.run_time()).as_nanos() as f64;
+                let hits = delta(Event::ConnHit);
+                (
+                    secs?,
+                    (runs > 0 && ns > 0.0).then(|| ns / runs as f64),
+                    (hits > 0).then(|| delta(Event::FlowCacheHit) as f64 / hits as f64),
+                )
+            }
+        };
+        let delivered = if action == XDP_DROP {
+            u64::from(frames)
+        } else {
+            veth_stat(genns, "g0", "xdp_packets") - before
+        };
+        Ok(Sample {
+            pps: delivered as f64 / secs,
+            bpf_ns,
+            cache_share,
+        })
+    }
+}
+
+/// Live frames for about `secs` seconds at `rate`.
+fn frames_for(rate: f64, secs: f64) -> u32 {
+    ((rate * secs) as u64).clamp(100_000, 50_000_000) as u32
+}
+
+/// Development aid (`XLB_BENCH_AB_FORWARD=a.o,b.o`): the forwarding rate of several builds
+/// of the balancer object against the XDP_TX bounce, interleaved round by round, with the
+/// ratio taken within each round.
+pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
+    let mut rig = Rig::new()?;
+    let mut labs = Vec::new();
+    for p in paths {
+        let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
+        labs.push(rig.xlb(&object, 1 << 16)?);
+    }
+    let warm = 200_000;
+    for lab in &mut labs {
+        rig.measure(Dut::Xlb(lab), warm)?;
+    }
+    let frames = frames_for(rig.measure(Dut::XdpTx, warm)?.pps, 1.0);
+    let mut tx = Vec::new();
+    let mut pps = vec![Vec::new(); labs.len()];
+    let mut ratios = vec![Vec::new(); labs.len()];
+    for _ in 0..rounds {
+        let t = rig.measure(Dut::XdpTx, frames)?.pps;
+        tx.push(t);
+        for (i, lab) in labs.iter_mut().enumerate() {
+            let x = rig.measure(Dut::Xlb(lab), frames)?.pps;
+            pps[i].push(x);
+            ratios[i].push(ratio(x, t));
+        }
+    }
+    let mut out = json!({ "xdp_tx_pps": Summary::of(&tx).json() });
+    for (i, p) in paths.iter().enumerate() {
+        out[p] = json!({
+            "pps": Summary::of(&pps[i]).json(),
+            "over_xdp_tx": Summary::of(&ratios[i]).json(),
+        });
+    }
+    Ok(out)
 }
 
 /// Runs part 2.
 pub fn run(plan: &Plan) -> Result<Value> {
-    let genns = Netns::new("bg");
-    let lb = Netns::new("bl");
-    veth(&genns, "g0", &lb, "l0");
-    for (ns, ifname) in [(&genns, "g0"), (&lb, "l0")] {
-        ns.offloads_off(ifname);
-        ns.link_up(ifname);
-    }
-    let gmac = genns.mac("g0");
-    let lmac = lb.mac("l0");
-    let l0 = lb.ifindex("l0");
-
-    // Generator and sink.
-    let mut ebpf = loader::load_baseline("xlb_gen")?;
-    loader::load_program(&mut ebpf, "xlb_drop")?;
-    {
-        let _inside = genns.enter();
-        loader::attach(&mut ebpf, "xlb_drop", "g0", XdpMode::Driver)?;
-    }
-    let template = udp64(
-        gmac,
-        lmac,
-        CLIENT.parse()?,
-        GEN_SPORT_BASE as u16,
-        VIP.parse()?,
-        PORT,
-    );
-    let mut gen = Generator {
-        ebpf,
-        ifindex: genns.ifindex("g0"),
-        template,
-    };
-
-    // DUTs.
-    let mut tx = loader::load_baseline("xlb_tx")?;
-    let mut encap = loader::load_baseline("xlb_encap")?;
-    {
-        let mut hdr: Array<_, [u16; ENCAP_HDR_LEN / 2]> = Array::try_from(
-            encap
-                .map_mut("ENCAP_HDR")
-                .context("baseline object has no ENCAP_HDR")?,
-        )?;
-        hdr.set(0, encap_header(gmac, lmac), 0)?;
-    }
-    let hop = NextHop {
-        ifindex: l0,
-        smac: lmac,
-        dmac: gmac,
-    };
-    let vips = || {
-        vec![VipSpec {
-            addr: VIP.parse().expect("vip"),
-            port: PORT,
-            proto: "udp",
-            backends: backend_addrs(10, false),
-        }]
-    };
-    let mut xlb = BenchLab::new(
-        &vips(),
-        LoadOptions {
-            max_vips: 4,
-            max_conns: 1 << 16,
-        },
-        hop,
-    )?;
-    let mut xlb_1m = BenchLab::new(
-        &vips(),
-        LoadOptions {
-            max_vips: 4,
-            max_conns: 3 << 20,
-        },
-        hop,
-    )?;
+    let mut rig = Rig::new()?;
+    let mut xlb = rig.xlb(loader::BALANCER_OBJ, 1 << 16)?;
+    let mut xlb_1m = rig.xlb(loader::BALANCER_OBJ, 3 << 20)?;
     let vid: VipId = format!("{VIP}:{PORT}/udp")
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
@@ -295,12 +372,11 @@ pub fn run(plan: &Plan) -> Result<Value> {
 
     // Warm-up: records the generator's flows in both tables and sizes the runs.
     let warm = 200_000;
-    let gen_rate = measure(&mut gen, &genns, &lb, Dut::GeneratorAlone, warm)?.pps;
-    measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb), warm)?;
-    measure(&mut gen, &genns, &lb, Dut::Xlb(&mut xlb_1m), warm)?;
-    let tx_rate = measure(&mut gen, &genns, &lb, Dut::XdpTx(&mut tx), warm)?.pps;
-    let frames_for =
-        |rate: f64| ((rate * plan.forward_secs) as u64).clamp(100_000, 50_000_000) as u32;
+    let gen_rate = rig.measure(Dut::GeneratorAlone, warm)?.pps;
+    rig.measure(Dut::Xlb(&mut xlb), warm)?;
+    rig.measure(Dut::Xlb(&mut xlb_1m), warm)?;
+    let tx_rate = rig.measure(Dut::XdpTx, warm)?.pps;
+    let frames_for = |rate: f64| frames_for(rate, plan.forward_secs);
 
     let names = [
         "generator_alone",
@@ -311,46 +387,18 @@ pub fn run(plan: &Plan) -> Result<Value> {
     ];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut cache_share: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..plan.forward_rounds {
         for (i, _) in names.iter().enumerate() {
             let s = match i {
-                0 => measure(
-                    &mut gen,
-                    &genns,
-                    &lb,
-                    Dut::GeneratorAlone,
-                    frames_for(gen_rate),
-                )?,
-                1 => measure(
-                    &mut gen,
-                    &genns,
-                    &lb,
-                    Dut::XdpTx(&mut tx),
-                    frames_for(tx_rate),
-                )?,
-                2 => measure(
-                    &mut gen,
-                    &genns,
-                    &lb,
-                    Dut::Xlb(&mut xlb),
-                    frames_for(tx_rate),
-                )?,
-                3 => measure(
-                    &mut gen,
-                    &genns,
-                    &lb,
-                    Dut::Xlb(&mut xlb_1m),
-                    frames_for(tx_rate),
-                )?,
-                _ => measure(
-                    &mut gen,
-                    &genns,
-                    &lb,
-                    Dut::EncapFloor(&mut encap),
-                    frames_for(tx_rate),
-                )?,
+                0 => rig.measure(Dut::GeneratorAlone, frames_for(gen_rate))?,
+                1 => rig.measure(Dut::XdpTx, frames_for(tx_rate))?,
+                2 => rig.measure(Dut::Xlb(&mut xlb), frames_for(tx_rate))?,
+                3 => rig.measure(Dut::Xlb(&mut xlb_1m), frames_for(tx_rate))?,
+                _ => rig.measure(Dut::EncapFloor, frames_for(tx_rate))?,
             };
             pps[i].push(s.pps);
+            cache_share[i].extend(s.cache_share);
         }
         eprintln!(
             "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}",
@@ -369,15 +417,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
         let _stats = crate::bpf_stats_on()?;
         for _ in 0..plan.rounds.min(3) {
             for (i, lab) in [(2, &mut xlb), (3, &mut xlb_1m)] {
-                if let Some(ns) = measure(
-                    &mut gen,
-                    &genns,
-                    &lb,
-                    Dut::Xlb(lab),
-                    frames_for(tx_rate) / 2,
-                )?
-                .bpf_ns
-                {
+                if let Some(ns) = rig.measure(Dut::Xlb(lab), frames_for(tx_rate) / 2)?.bpf_ns {
                     bpf[i].push(ns);
                 }
             }
@@ -409,13 +449,17 @@ pub fn run(plan: &Plan) -> Result<Value> {
         "xlb": round3(Summary::of(&bpf[2]).median),
         "xlb_1m_flows": round3(Summary::of(&bpf[3]).median),
     });
+    // How much of the hit path ran on the flow cache rather than the connection table.
+    out["flow_cache_hit_share"] = json!({
+        "xlb": round3(Summary::of(&cache_share[2]).median),
+        "xlb_1m_flows": round3(Summary::of(&cache_share[3]).median),
+    });
     out["method"] = json!({
         "frame_bytes": FRAME_LEN, "flows": GEN_FLOWS, "seconds_per_call": plan.forward_secs,
         "counted_at": "sink veth g0 rx_queue_*_xdp_packets (after the DUT's XDP_TX)",
         "rate_time_base": "wall time of the live-frames call, including its ~20 ms teardown",
         "prefilled_flows_1m": 1_000_000,
     });
-    drop(gen);
     Ok(out)
 }
 

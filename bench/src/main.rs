@@ -129,11 +129,20 @@ fn run(quick: bool) -> Result<()> {
         ("maglev", maglev::run),
         ("scaling", testrun::scaling),
     ];
-    if let Ok(paths) = std::env::var("XLB_BENCH_AB") {
-        let paths: Vec<String> = paths.split(',').map(|p| p.trim().to_string()).collect();
-        let out = testrun::compare_builds(&paths, 40)?;
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+    // Development aids: compare builds of the balancer object (see docs/bench.md).
+    type Compare = fn(&[String], usize) -> Result<Value>;
+    for (var, compare, rounds) in [
+        ("XLB_BENCH_AB", testrun::compare_builds as Compare, 40),
+        ("XLB_BENCH_AB_FORWARD", forward::compare_builds, 15),
+    ] {
+        if let Ok(paths) = std::env::var(var) {
+            let paths: Vec<String> = paths.split(',').map(|p| p.trim().to_string()).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&compare(&paths, rounds)?)?
+            );
+            return Ok(());
+        }
     }
     // Development aid: `XLB_BENCH_PARTS=testrun_ns_per_pkt,forward_pps` runs only those
     // parts and prints their sections instead of writing an (incomplete) report.

@@ -122,7 +122,8 @@ reasons! {
         RedirectEncap = 49, "redirect_encap";
         /// A new flow got a backend from the lookup table and was recorded.
         NewFlow = 50, "new_flow";
-        /// The connection table knew the flow and its backend was still usable.
+        /// The connection table (or this CPU's cache of it) knew the flow and its backend
+        /// was still usable.
         ConnHit = 51, "conn_hit";
         /// The connection table knew the flow but its backend is gone: picked again.
         ConnRepick = 52, "conn_repick";
@@ -136,6 +137,9 @@ reasons! {
         FibLookup = 56, "fib_lookup";
         /// Parser probe: a frame parsed completely and was passed.
         Parsed = 57, "parsed";
+        /// A known IPv4 flow's packet served from this CPU's flow cache (also counted as
+        /// `conn_hit`), not from the connection table itself.
+        FlowCacheHit = 58, "flow_cache_hit";
     }
 }
 

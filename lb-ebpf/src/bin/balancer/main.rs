@@ -4,9 +4,10 @@
 //! encapsulation → `XDP_TX` / `XDP_REDIRECT`. Malformed frames are dropped and counted by
 //! reason, never forwarded.
 //!
-//! Layout: `maps` (every map), `lookup` (VIPs, config), `select` (backend choice and flow
-//! recording), `encap` (tunnel headers, next hop), `icmp` (errors to backends, too-big
-//! replies), `account` (per-backend traffic). Parsers live in `lb_ebpf::parse`.
+//! Layout: `maps` (every map but the cache's), `lookup` (VIPs, config), `select` (backend
+//! choice and flow recording), `cache` (per-CPU cache of IPv4 flows), `encap` (tunnel
+//! headers, next hop), `icmp` (errors to backends, too-big replies), `account` (per-backend
+//! traffic). Parsers live in `lb_ebpf::parse`.
 //!
 //! A known flow's packet runs in this one function (everything above is inlined); new
 //! flows, ICMP, too-big replies and FIB lookups call BPF subprograms. Per-packet state
@@ -18,6 +19,7 @@
 #![feature(asm_experimental_arch)]
 
 mod account;
+mod cache;
 mod encap;
 mod icmp;
 mod lookup;

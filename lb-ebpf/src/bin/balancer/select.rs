@@ -37,7 +37,10 @@ use lb_ebpf::{
     subprog::pack,
 };
 
-use crate::maps::{Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RR_CURSORS, STATS};
+use crate::{
+    cache,
+    maps::{Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RR_CURSORS, STATS},
+};
 
 /// TCP FIN and RST flags: the client is closing.
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
@@ -90,7 +93,21 @@ pub fn pinned(
     stats: Option<*mut Counters>,
 ) -> Option<&'static Backend> {
     // SAFETY: this CPU's scratch slot, its key written by the caller.
-    let entry = conn_entry(unsafe { &*s }, v4)?;
+    let sc = unsafe { &*s };
+    // FIN/RST go to the table, whose entry least-connection accounting marks.
+    let cacheable = v4 && tcp_flags & TCP_FIN_RST == 0;
+    if cacheable {
+        if let Some(c) = cache::lookup(&sc.flow4) {
+            // The same check as for a table hit (see below).
+            if let Some(backend) = usable(c.backend).filter(|b| b.generation == c.generation) {
+                bump_in(stats, Event::ConnHit.slot());
+                bump_in(stats, Event::FlowCacheHit.slot());
+                set_target(s, c.backend, c.hash, u32::from(c.hashed_src));
+                return Some(backend);
+            }
+        }
+    }
+    let entry = conn_entry(sc, v4)?;
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
     // The slot must still hold the backend the flow was recorded with (indices are reused).
@@ -99,6 +116,12 @@ pub fn pinned(
         return None;
     };
     bump_in(stats, Event::ConnHit.slot());
+    let hashed_src = e.flags & CONN_F_HASHED_SRC != 0;
+    if cacheable {
+        // The key and set again rather than kept from above: fewer values live across
+        // the table lookup, and the entry function's stack is at the verifier's limit.
+        cache::fill(&sc.flow4, &e, hashed_src);
+    }
     if tcp_flags & TCP_FIN_RST != 0 && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
     {
         // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
@@ -106,16 +129,22 @@ pub fn pinned(
         unsafe { (*entry).flags = e.flags | CONN_F_CLOSED };
         add_active(e.backend, u64::MAX);
     }
-    // SAFETY: as above; one write of the whole target.
+    set_target(s, e.backend, e.hash, u32::from(hashed_src));
+    Some(backend)
+}
+
+/// Writes a known flow's target into `s`, in one write of the whole struct.
+#[inline(always)]
+fn set_target(s: *mut Scratch, idx: u32, hash: u32, hashed_src: u32) {
+    // SAFETY: this CPU's scratch slot.
     unsafe {
         core::ptr::addr_of_mut!((*s).target).write(Target {
-            idx: e.backend,
-            hash: e.hash,
-            hashed_src: u32::from(e.flags & CONN_F_HASHED_SRC != 0),
+            idx,
+            hash,
+            hashed_src,
             new_flow: 0,
         })
     };
-    Some(backend)
 }
 
 /// Picks a backend for the flow in `s` that the connection table does not pin, into

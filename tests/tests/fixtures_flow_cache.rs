@@ -1,0 +1,258 @@
+//! test_run: the per-CPU flow cache in front of the IPv4 connection table serves known
+//! flows, goes back to the table every `FLOW_CACHE_REFRESH` packets, and never keeps a flow
+//! on a backend the table check would refuse.
+//!
+//! The cache is per CPU, so every test pins its thread to one CPU first: test_run runs
+//! the program on the calling CPU.
+
+use std::net::IpAddr;
+
+use aya::maps::HashMap;
+use lb_common::{
+    counters::Event,
+    flow::FlowKeyV4,
+    maps::{ConnEntry, FLOW_CACHE_REFRESH, MAP_CONNS_V4},
+};
+use xlb::config::VipId;
+use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
+
+const WEB3: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
+    {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "backends": [
+        {"address": "198.18.0.11"}, {"address": "198.18.0.12"}, {"address": "198.18.0.13"}]},
+    {"address": "fd00:1::1", "port": 80, "protocol": "tcp", "backends": [
+        {"address": "fd00::11"}, {"address": "fd00::12"}]}]}"#;
+const WEB: &str = "198.18.1.1:80/tcp";
+const CLIENT: &str = "198.18.0.10";
+const SPORT: u16 = 40_000;
+const TCP: u8 = 6;
+
+/// Pins the calling thread to the CPU it runs on.
+fn pin_to_this_cpu() {
+    // SAFETY: plain libc calls on a zeroed, correctly sized cpu_set_t for this thread.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity failed");
+    }
+}
+
+fn tcp4() -> Pkt {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(CLIENT), v4("198.18.1.1"))
+        .tcp(SPORT, 80)
+}
+
+fn data() -> Vec<u8> {
+    tcp4().ack().payload(b"data").build()
+}
+
+fn key() -> FlowKeyV4 {
+    FlowKeyV4::of(&flow(
+        CLIENT.parse().unwrap(),
+        SPORT,
+        "198.18.1.1".parse().unwrap(),
+        80,
+        TCP,
+    ))
+}
+
+/// Counter moves of one packet: (conn_hit, flow_cache_hit, new_flow, conn_repick).
+#[derive(Debug, PartialEq, Eq)]
+struct Moves {
+    table_or_cache_hit: u64,
+    cache_hit: u64,
+    new_flow: u64,
+    repick: u64,
+}
+
+/// Runs `frame`, asserts it was forwarded and returns the backend (outer destination)
+/// and the counter moves.
+#[track_caller]
+fn send(lab: &mut Lab, frame: &[u8]) -> ([u8; 4], Moves) {
+    let before = lab.counters();
+    let out = lab.run(frame);
+    assert_eq!(out.verdict, XDP_TX, "not forwarded");
+    let after = lab.counters();
+    let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
+    let backend = [out.frame[30], out.frame[31], out.frame[32], out.frame[33]];
+    (
+        backend,
+        Moves {
+            table_or_cache_hit: d(Event::ConnHit),
+            cache_hit: d(Event::FlowCacheHit),
+            new_flow: d(Event::NewFlow),
+            repick: d(Event::ConnRepick),
+        },
+    )
+}
+
+fn moves(table_or_cache_hit: u64, cache_hit: u64, new_flow: u64, repick: u64) -> Moves {
+    Moves {
+        table_or_cache_hit,
+        cache_hit,
+        new_flow,
+        repick,
+    }
+}
+
+/// A new flow, then the table hit that fills the cache: returns the flow's backend.
+#[track_caller]
+fn cached_flow(lab: &mut Lab) -> [u8; 4] {
+    let (first, m) = send(lab, &tcp4().syn().build());
+    assert_eq!(m, moves(0, 0, 1, 0), "the SYN is a new flow");
+    let (second, m) = send(lab, &data());
+    assert_eq!(m, moves(1, 0, 0, 0), "the second packet is a table hit");
+    assert_eq!(first, second);
+    first
+}
+
+#[test]
+fn known_flows_are_served_from_the_cache_and_revalidated_every_refresh() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let mut lab = Lab::new(WEB3);
+    let backend = cached_flow(&mut lab);
+    for i in 0..FLOW_CACHE_REFRESH {
+        let (b, m) = send(&mut lab, &data());
+        assert_eq!(
+            m,
+            moves(1, 1, 0, 0),
+            "packet {i} after the fill: a cache hit"
+        );
+        assert_eq!(b, backend);
+    }
+    let (b, m) = send(&mut lab, &data());
+    assert_eq!(
+        m,
+        moves(1, 0, 0, 0),
+        "after REFRESH packets: the table again"
+    );
+    assert_eq!(b, backend);
+    let (_, m) = send(&mut lab, &data());
+    assert_eq!(m, moves(1, 1, 0, 0), "and the cache again after that");
+}
+
+/// The LRU evicted the flow (here: the test removes it): the cache keeps the flow on its
+/// backend until its next revalidation, which records the flow in the table again.
+#[test]
+fn an_evicted_flow_is_recorded_again_at_the_next_revalidation() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let mut lab = Lab::new(WEB3);
+    let backend = cached_flow(&mut lab);
+    let mut table: HashMap<_, FlowKeyV4, ConnEntry> =
+        HashMap::try_from(lab.map(MAP_CONNS_V4)).expect("CONNS_V4 is a hash map");
+    table.remove(&key()).expect("the flow is in the table");
+    for _ in 0..FLOW_CACHE_REFRESH {
+        let (b, m) = send(&mut lab, &data());
+        assert_eq!(m, moves(1, 1, 0, 0));
+        assert_eq!(b, backend);
+    }
+    assert!(
+        table.get(&key(), 0).is_err(),
+        "cache hits do not touch the table"
+    );
+    let (b, m) = send(&mut lab, &data());
+    assert_eq!(
+        m,
+        moves(0, 0, 1, 0),
+        "the revalidation misses and records the flow"
+    );
+    assert_eq!(b, backend, "Maglev gives the same backend again");
+    let e = table.get(&key(), 0).expect("the flow is back in the table");
+    assert_eq!(e.backend, lab.backend_index(WEB, &ip(backend)));
+}
+
+/// A cached flow whose backend failed its health check, or whose slot was reused (a new
+/// generation), is not served from the cache: the table check decides, on the very next
+/// packet, and the flow moves.
+#[test]
+fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    type Change = fn(&mut Lab, [u8; 4]);
+    let cases: [(&str, Change); 2] = [
+        ("backend dead", |lab, backend| {
+            let id: VipId = WEB.parse().unwrap();
+            lab.core
+                .set_health(&id, IpAddr::from(backend), false)
+                .expect("health change");
+        }),
+        ("slot reused", |lab, backend| {
+            let idx = lab.backend_index(WEB, &ip(backend));
+            lab.poke_backend(idx, |b| b.generation += 1);
+        }),
+    ];
+    for (what, change) in cases {
+        let mut lab = Lab::new(WEB3);
+        let backend = cached_flow(&mut lab);
+        let (_, m) = send(&mut lab, &data());
+        assert_eq!(m, moves(1, 1, 0, 0), "{what}: cached before the change");
+        change(&mut lab, backend);
+        let before = lab.counters();
+        let out = lab.run(&data());
+        let after = lab.counters();
+        let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
+        assert_eq!(
+            d(Event::FlowCacheHit),
+            0,
+            "{what}: not served from the cache"
+        );
+        assert_eq!(
+            d(Event::ConnRepick),
+            1,
+            "{what}: the table check refuses the slot"
+        );
+        assert_eq!(out.verdict, XDP_TX, "{what}: forwarded");
+        if what == "backend dead" {
+            assert_ne!(out.frame[30..34], backend, "{what}: the flow moved");
+        }
+    }
+}
+
+/// FIN and RST skip the cache (least-connection accounting marks the table's entry), and
+/// IPv6 flows are not cached at all.
+#[test]
+fn fin_rst_and_ipv6_packets_go_to_the_table() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let mut lab = Lab::new(WEB3);
+    let backend = cached_flow(&mut lab);
+    let (b, m) = send(&mut lab, &tcp4().fin().ack().build());
+    assert_eq!(m, moves(1, 0, 0, 0), "FIN: a table hit");
+    assert_eq!(b, backend);
+    let (_, m) = send(&mut lab, &tcp4().rst().build());
+    assert_eq!(m, moves(1, 0, 0, 0), "RST: a table hit");
+
+    let v6 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::10"), v6("fd00:1::1"))
+        .tcp(SPORT, 80);
+    let first = lab.run(&v6.clone().syn().build());
+    assert_eq!(first.verdict, XDP_TX);
+    for _ in 0..3 {
+        let before = lab.counters();
+        assert_eq!(lab.run(&v6.clone().ack().build()).verdict, XDP_TX);
+        let after = lab.counters();
+        let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
+        assert_eq!(
+            (d(Event::ConnHit), d(Event::FlowCacheHit)),
+            (1, 0),
+            "IPv6: table hits"
+        );
+    }
+}
+
+fn ip(a: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(a).to_string()
+}
