@@ -315,7 +315,8 @@ fn frames_for(rate: f64, secs: f64) -> u32 {
 
 /// Development aid (`XLB_BENCH_AB_FORWARD=a.o,b.o`): the forwarding rate of several builds
 /// of the balancer object against the XDP_TX bounce, interleaved round by round, with the
-/// ratio taken within each round.
+/// ratio taken within each round; every other round measures each build's BPF run time
+/// per packet instead.
 pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut rig = Rig::new()?;
     let mut labs = Vec::new();
@@ -331,13 +332,23 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut tx = Vec::new();
     let mut pps = vec![Vec::new(); labs.len()];
     let mut ratios = vec![Vec::new(); labs.len()];
-    for _ in 0..rounds {
+    let mut bpf_ns = vec![Vec::new(); labs.len()];
+    for round in 0..rounds {
+        // Every other round with BPF run-time stats on: the programs' own time per packet,
+        // less noisy than the chain's rate (but the stats' clock reads cost every program).
+        let stats = (round % 2 == 1).then(crate::bpf_stats_on).transpose()?;
         let t = rig.measure(Dut::XdpTx, frames)?.pps;
-        tx.push(t);
         for (i, lab) in labs.iter_mut().enumerate() {
-            let x = rig.measure(Dut::Xlb(lab), frames)?.pps;
-            pps[i].push(x);
-            ratios[i].push(ratio(x, t));
+            let x = rig.measure(Dut::Xlb(lab), frames)?;
+            if stats.is_some() {
+                bpf_ns[i].extend(x.bpf_ns);
+            } else {
+                pps[i].push(x.pps);
+                ratios[i].push(ratio(x.pps, t));
+            }
+        }
+        if stats.is_none() {
+            tx.push(t);
         }
     }
     let mut out = json!({ "xdp_tx_pps": Summary::of(&tx).json() });
@@ -345,6 +356,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
         out[p] = json!({
             "pps": Summary::of(&pps[i]).json(),
             "over_xdp_tx": Summary::of(&ratios[i]).json(),
+            "bpf_ns_per_pkt": Summary::of(&bpf_ns[i]).json(),
         });
     }
     Ok(out)

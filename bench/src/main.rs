@@ -133,7 +133,7 @@ fn run(quick: bool) -> Result<()> {
     type Compare = fn(&[String], usize) -> Result<Value>;
     for (var, compare, rounds) in [
         ("XLB_BENCH_AB", testrun::compare_builds as Compare, 40),
-        ("XLB_BENCH_AB_FORWARD", forward::compare_builds, 15),
+        ("XLB_BENCH_AB_FORWARD", forward::compare_builds, 24),
     ] {
         if let Ok(paths) = std::env::var(var) {
             let paths: Vec<String> = paths.split(',').map(|p| p.trim().to_string()).collect();
