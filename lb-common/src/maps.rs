@@ -141,8 +141,11 @@ pub struct Backend {
     /// for an earlier holder of the slot no longer matches, so a reused index never
     /// inherits another backend's flows.
     pub generation: u32,
+    /// Always zero: pads the entry to one 64-byte cache line (`BACKENDS` keeps its values
+    /// page-aligned), so a packet's backend costs one line, not two.
+    pub _reserved: [u32; 4],
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 48);
+const _: () = assert!(core::mem::size_of::<Backend>() == 64);
 
 /// `ConnEntry::flags`: the flow was counted in `BACKEND_ACTIVE`.
 pub const CONN_F_COUNTED: u32 = 1 << 0;

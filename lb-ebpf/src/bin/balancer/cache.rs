@@ -27,7 +27,9 @@
 //! IPv6 flows are not cached: their 40-byte keys would double the set size, and most
 //! traffic is IPv4.
 
-use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::Array};
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
+};
 use lb_common::{
     flow::FlowKeyV4,
     maps::{
@@ -69,9 +71,12 @@ const _: () = assert!(
 /// `SETS` × possible CPUs; a CPU beyond the map's size simply never hits. A plain array
 /// indexed by CPU rather than a per-CPU array: the slot's address is arithmetic, where a
 /// per-CPU array first loads a pointer per slot (one more cache miss per packet for a
-/// table this size). Program only; the daemon never reads it.
+/// table this size). `BPF_F_MMAPABLE` for its layout, not for user space: only mmapable
+/// arrays keep their values page-aligned, so that each set is exactly one cache line
+/// (otherwise the values start 312 bytes into the map and every set spans two lines).
+/// Program only; the daemon never reads it.
 #[map]
-pub static FLOW_CACHE: Array<CacheSet> = Array::with_max_entries(SETS, 0);
+pub static FLOW_CACHE: Array<CacheSet> = Array::with_max_entries(SETS, BPF_F_MMAPABLE);
 
 /// An IPv4 key as the cache compares it.
 type Key = [u64; 2];

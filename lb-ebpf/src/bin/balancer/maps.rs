@@ -3,7 +3,7 @@
 //! assumes a size: every lookup handles "out of range".
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -24,8 +24,10 @@ use crate::{encap::NextHop, select::Target};
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
 
 /// Backend index → backend (address, state, cached next hop). Index 0 = none. Daemon writes.
+/// `BPF_F_MMAPABLE` for the layout only: such arrays keep their values page-aligned, so
+/// each 64-byte entry is one cache line (see `cache::FLOW_CACHE`).
 #[map]
-pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// Flat array of Maglev tables: `table_id * MAX_TABLE_SIZE + slot` → backend index.
 /// Two tables per VIP (double-buffered, see `VipInfo::table_id`). Daemon writes.
@@ -45,9 +47,9 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
 pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
     LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
 
-/// Slot 0: balancer-wide settings. Daemon writes.
+/// Slot 0: balancer-wide settings. Daemon writes. Page-aligned like `BACKENDS`: one line.
 #[map]
-pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Per-CPU counters by reason slot (`lb_common::counters`). Program writes, daemon sums.
 #[map]
