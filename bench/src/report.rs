@@ -288,10 +288,12 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         );
     }
     m += &format!(
-        "\nxlb over XDP_TX taken within each round, median over rounds: {}×.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n",
+        "\nxlb over XDP_TX taken within each round, median over rounds: {}×.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n",
         fmt(n("ratios.forward_xlb_over_xdp_tx_paired_median")),
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb")),
-        fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb_1m_flows"))
+        fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb_1m_flows")),
+        fmt(n("forward_pps.flow_cache_hit_share.xlb")),
+        fmt(n("forward_pps.flow_cache_hit_share.xlb_1m_flows"))
     );
 
     m += "\n## 3. Against peers (wrk through each balancer, same topology and run)\n\n";

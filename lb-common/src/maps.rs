@@ -21,13 +21,20 @@ pub const MAP_LOOKUP: &str = "LOOKUP";
 pub const MAP_CONNS: &str = "CONNS";
 /// `CONNS_V4`: IPv4 flows, [`crate::flow::FlowKeyV4`] → [`ConnEntry`] (LRU, per-CPU lists).
 pub const MAP_CONNS_V4: &str = "CONNS_V4";
-/// The balancer's per-CPU flow cache (program only; user space sizes it at load time).
+/// The balancer's per-CPU flow cache of IPv4 flows (program only; user space sizes it at
+/// load time).
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
+/// The same for IPv6 flows.
+pub const MAP_FLOW_CACHE_V6: &str = "FLOW_CACHE_V6";
 /// Sets of the flow cache for each CPU: the loader gives `FLOW_CACHE` this many entries
 /// per possible CPU.
 pub const FLOW_CACHE_SETS: u32 = 1 << FLOW_CACHE_SET_BITS;
 /// log2 of [`FLOW_CACHE_SETS`].
 pub const FLOW_CACHE_SET_BITS: u32 = 12;
+/// Sets of the IPv6 flow cache for each CPU (two cache lines each).
+pub const FLOW_CACHE_V6_SETS: u32 = 1 << FLOW_CACHE_V6_SET_BITS;
+/// log2 of [`FLOW_CACHE_V6_SETS`].
+pub const FLOW_CACHE_V6_SET_BITS: u32 = 11;
 /// Packets a flow-cache entry serves before its flow's next packet looks the connection
 /// table up again (which refreshes the LRU and picks up changes).
 pub const FLOW_CACHE_REFRESH: u16 = 32;

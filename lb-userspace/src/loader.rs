@@ -6,8 +6,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, FLOW_CACHE_SETS, MAP_CONNS, MAP_CONNS_V4, MAP_FLOW_CACHE,
-    MAP_LOOKUP, MAX_TABLE_SIZE,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, FLOW_CACHE_SETS, FLOW_CACHE_V6_SETS, MAP_CONNS,
+    MAP_CONNS_V4, MAP_FLOW_CACHE, MAP_FLOW_CACHE_V6, MAP_LOOKUP, MAX_TABLE_SIZE,
 };
 
 /// The balancer object (`lb-ebpf/src/bin/balancer`), built by build.rs.
@@ -56,15 +56,18 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
         .context("max_vips too large: the lookup tables would exceed 4 G slots")?;
     // One part of the flow cache per possible CPU (the program indexes it by CPU number).
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
-    let cache_sets = u32::try_from(cpus)
-        .ok()
-        .and_then(|c| c.checked_mul(FLOW_CACHE_SETS))
-        .context("too many CPUs for the flow cache")?;
+    let cache_sets = |per_cpu: u32| {
+        u32::try_from(cpus)
+            .ok()
+            .and_then(|c| c.checked_mul(per_cpu))
+            .context("too many CPUs for the flow cache")
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_LOOKUP, lookup_entries)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_CONNS_V4, opts.max_conns)
-        .map_max_entries(MAP_FLOW_CACHE, cache_sets)
+        .map_max_entries(MAP_FLOW_CACHE, cache_sets(FLOW_CACHE_SETS)?)
+        .map_max_entries(MAP_FLOW_CACHE_V6, cache_sets(FLOW_CACHE_V6_SETS)?)
         .load(object)
         .context("loading the balancer object (are you root, with bpffs and BTF?)")?;
     load_program(&mut ebpf, BALANCER_PROG)?;

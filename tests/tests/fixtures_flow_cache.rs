@@ -219,10 +219,9 @@ fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
     }
 }
 
-/// FIN and RST skip the cache (least-connection accounting marks the table's entry), and
-/// IPv6 flows are not cached at all.
+/// FIN and RST skip the cache: least-connection accounting marks the table's entry.
 #[test]
-fn fin_rst_and_ipv6_packets_go_to_the_table() {
+fn fin_and_rst_packets_go_to_the_table() {
     if !require_root() {
         return;
     }
@@ -234,23 +233,50 @@ fn fin_rst_and_ipv6_packets_go_to_the_table() {
     assert_eq!(b, backend);
     let (_, m) = send(&mut lab, &tcp4().rst().build());
     assert_eq!(m, moves(1, 0, 0, 0), "RST: a table hit");
+    let (_, m) = send(&mut lab, &data());
+    assert_eq!(m, moves(1, 1, 0, 0), "data: the cache again");
+}
 
+/// IPv6 flows have their own cache (40-byte keys) with the same rules: filled by a table
+/// hit, then serving, and an IPv4 flow never hits an IPv6 entry or the reverse.
+#[test]
+fn ipv6_flows_are_cached_too() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let mut lab = Lab::new(WEB3);
     let v6 = Pkt::eth(CLIENT_MAC, LB_MAC)
         .ipv6(v6("fd00::10"), v6("fd00:1::1"))
         .tcp(SPORT, 80);
-    let first = lab.run(&v6.clone().syn().build());
-    assert_eq!(first.verdict, XDP_TX);
-    for _ in 0..3 {
+    let run6 = |lab: &mut Lab, frame: &[u8]| {
         let before = lab.counters();
-        assert_eq!(lab.run(&v6.clone().ack().build()).verdict, XDP_TX);
+        let out = lab.run(frame);
+        assert_eq!(out.verdict, XDP_TX, "not forwarded");
         let after = lab.counters();
         let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
-        assert_eq!(
-            (d(Event::ConnHit), d(Event::FlowCacheHit)),
-            (1, 0),
-            "IPv6: table hits"
-        );
+        // Outer IPv6 destination: the backend.
+        let backend = out.frame[38..54].to_vec();
+        (
+            backend,
+            (d(Event::NewFlow), d(Event::ConnHit), d(Event::FlowCacheHit)),
+        )
+    };
+    let (first, m) = run6(&mut lab, &v6.clone().syn().build());
+    assert_eq!(m, (1, 0, 0), "IPv6 SYN: a new flow");
+    let (b, m) = run6(&mut lab, &v6.clone().ack().build());
+    assert_eq!(m, (0, 1, 0), "IPv6: the table hit fills the cache");
+    assert_eq!(b, first);
+    for _ in 0..3 {
+        let (b, m) = run6(&mut lab, &v6.clone().ack().build());
+        assert_eq!(m, (0, 1, 1), "IPv6: cache hits");
+        assert_eq!(b, first);
     }
+    // The IPv4 flow with the same ports is its own flow in its own cache.
+    let (_, m) = send(&mut lab, &tcp4().syn().build());
+    assert_eq!(m, moves(0, 0, 1, 0), "the IPv4 flow is new");
+    let (_, m) = run6(&mut lab, &v6.clone().fin().ack().build());
+    assert_eq!(m, (0, 1, 0), "IPv6 FIN: a table hit");
 }
 
 fn ip(a: [u8; 4]) -> String {

@@ -1,12 +1,13 @@
-//! A per-CPU cache of IPv4 connection-table entries, in front of `CONNS_V4`.
+//! A per-CPU cache of connection-table entries, in front of `CONNS_V4` and `CONNS`.
 //!
 //! Why: on a known flow's packet the LRU hash lookup was the largest cost left. The kernel
 //! hashes the key, walks a bucket and compares keys in out-of-line functions, and on CPUs
 //! with return-thunk mitigations every return is expensive. A slot of an array map is found
 //! by arithmetic the verifier inlines into the program.
 //!
-//! Shape: 2-way set associative, indexed by a multiplicative hash of the 16-byte key; one
-//! set is one 64-byte cache line. A fill evicts the set's older way.
+//! Shape: 2-way set associative, indexed by a multiplicative hash of the key. An IPv4 set
+//! (`FLOW_CACHE`, 16-byte keys) is one 64-byte cache line, an IPv6 set (`FLOW_CACHE_V6`,
+//! 40-byte keys) two. A fill evicts the set's older way.
 //!
 //! Why it never changes where a flow goes:
 //! - The connection table stays the authority. Entries are filled only from a table hit, and
@@ -23,27 +24,25 @@
 //! - Per CPU: no other CPU writes a set while this one reads it, so no torn entries.
 //! - A collision costs only a table lookup. A crafted set of flows that collide can make
 //!   every packet miss; each then pays what every packet paid before the cache.
-//!
-//! IPv6 flows are not cached: their 40-byte keys would double the set size, and most
-//! traffic is IPv4.
 
+use crate::select::Target;
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
 };
 use lb_common::{
-    flow::FlowKeyV4,
+    flow::{FlowKey, FlowKeyV4},
     maps::{
-        ConnEntry, FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS as SETS,
-        FLOW_CACHE_SET_BITS as SET_BITS,
+        ConnEntry, FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS, FLOW_CACHE_SET_BITS,
+        FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
     },
 };
 
-/// A cached connection-table entry. An all-zero key is an empty way: a real key has a
-/// protocol (TCP or UDP) in its second word.
+/// A cached connection-table entry under a key of `N` words. An all-zero key is an empty
+/// way: a real key has a protocol (TCP or UDP) in it.
 #[repr(C)]
-pub struct CachedFlow {
-    /// The IPv4 key as two words ([`key_of`]).
-    key: [u64; 2],
+pub struct CachedFlow<const N: usize> {
+    /// The flow's key ([`key_v4`], [`key_v6`]).
+    key: [u64; N],
     /// `ConnEntry::backend`.
     pub backend: u32,
     /// `ConnEntry::hash`.
@@ -58,33 +57,51 @@ pub struct CachedFlow {
 
 /// One set: its ways, the most recently filled first.
 #[repr(C)]
-pub struct CacheSet {
-    ways: [CachedFlow; 2],
+pub struct CacheSet<const N: usize> {
+    ways: [CachedFlow<N>; 2],
 }
 
+/// IPv4 keys: `FlowKeyV4`'s 16 bytes.
+const V4_WORDS: usize = 2;
+/// IPv6 keys: `FlowKey`'s 40 bytes and a zero word, which makes a way 64 bytes.
+const V6_WORDS: usize = 6;
+
 const _: () = assert!(
-    core::mem::size_of::<CachedFlow>() == 32 && core::mem::size_of::<CacheSet>() == 64,
-    "one set per 64-byte cache line"
+    core::mem::size_of::<CacheSet<V4_WORDS>>() == 64
+        && core::mem::size_of::<CacheSet<V6_WORDS>>() == 128,
+    "sets are whole cache lines"
 );
 
-/// See the module docs: CPU `c`'s sets are entries `c × SETS ..`. The loader sizes it to
-/// `SETS` × possible CPUs; a CPU beyond the map's size simply never hits. A plain array
-/// indexed by CPU rather than a per-CPU array: the slot's address is arithmetic, where a
-/// per-CPU array first loads a pointer per slot (one more cache miss per packet for a
-/// table this size). `BPF_F_MMAPABLE` for its layout, not for user space: only mmapable
-/// arrays keep their values page-aligned, so that each set is exactly one cache line
-/// (otherwise the values start 312 bytes into the map and every set spans two lines).
-/// Program only; the daemon never reads it.
+/// See the module docs: CPU `c`'s sets are entries `c × FLOW_CACHE_SETS ..`. The loader
+/// sizes it to `FLOW_CACHE_SETS` × possible CPUs; a CPU beyond the map's size simply never
+/// hits. A plain array indexed by CPU rather than a per-CPU array: the slot's address is
+/// arithmetic, where a per-CPU array first loads a pointer per slot (one more cache miss
+/// per packet for a table this size). `BPF_F_MMAPABLE` for its layout, not for user space:
+/// only mmapable arrays keep their values page-aligned, so that each set is exactly one
+/// cache line (otherwise the values start 312 bytes into the map and every set spans two
+/// lines). Program only; the daemon never reads it.
 #[map]
-pub static FLOW_CACHE: Array<CacheSet> = Array::with_max_entries(SETS, BPF_F_MMAPABLE);
+pub static FLOW_CACHE: Array<CacheSet<V4_WORDS>> =
+    Array::with_max_entries(FLOW_CACHE_SETS, BPF_F_MMAPABLE);
 
-/// An IPv4 key as the cache compares it.
-type Key = [u64; 2];
+/// IPv6 flows, as [`FLOW_CACHE`] (`FLOW_CACHE_V6_SETS` per CPU).
+#[map]
+pub static FLOW_CACHE_V6: Array<CacheSet<V6_WORDS>> =
+    Array::with_max_entries(FLOW_CACHE_V6_SETS, BPF_F_MMAPABLE);
 
-/// `key` as two words, in its memory layout (composed from fields: reading the 4-aligned
-/// key as `u64`s would compile to byte loads).
+/// A cache hit: the backend index and the generation it was recorded with, for the
+/// caller's backend check. The rest of the entry went to the target already.
+pub struct Cached {
+    /// `ConnEntry::backend`.
+    pub backend: u32,
+    /// `ConnEntry::generation`.
+    pub generation: u32,
+}
+
+/// An IPv4 key as the cache compares it, in its memory layout (composed from fields:
+/// reading the 4-aligned key as `u64`s would compile to byte loads).
 #[inline(always)]
-fn key_of(key: &FlowKeyV4) -> Key {
+fn key_v4(key: &FlowKeyV4) -> [u64; V4_WORDS] {
     let ports = u64::from(key.sport_be) | u64::from(key.dport_be) << 16;
     [
         u64::from(key.src) | u64::from(key.dst) << 32,
@@ -92,23 +109,93 @@ fn key_of(key: &FlowKeyV4) -> Key {
     ]
 }
 
-/// This CPU's set for `key`.
+/// An IPv6 flow's key as the cache compares it (see [`key_v4`]).
 #[inline(always)]
-fn set_of(key: &Key) -> Option<*mut CacheSet> {
-    // Multiplicative hashing: the top bits of the product depend on every input bit, and
-    // the rotation moves the ports (low bits of the second word) away from the addresses.
-    let mixed = (key[0] ^ key[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // SAFETY: no arguments; the verifier inlines it as a read of this CPU's number.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(SETS) + (mixed >> (64 - SET_BITS)) as u32)
+fn key_v6(flow: &FlowKey) -> [u64; V6_WORDS] {
+    let pair = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
+    [
+        pair(flow.src[0], flow.src[1]),
+        pair(flow.src[2], flow.src[3]),
+        pair(flow.dst[0], flow.dst[1]),
+        pair(flow.dst[2], flow.dst[3]),
+        pair(flow.ports_word(), flow.proto_word()),
+        0,
+    ]
 }
 
-/// The cached entry of the IPv4 flow `flow` if it may still serve a packet; counts the
-/// packet.
+/// This CPU's set for `key` in `map` (`bits`: log2 of the sets per CPU).
 #[inline(always)]
-pub fn lookup(flow: &FlowKeyV4) -> Option<&'static CachedFlow> {
-    let key = &key_of(flow);
-    let set = set_of(key)?;
+fn set_of<const N: usize>(
+    map: &Array<CacheSet<N>>,
+    key: &[u64; N],
+    bits: u32,
+) -> Option<*mut CacheSet<N>> {
+    // Multiplicative hashing: the top bits of the product depend on every input bit; the
+    // rotations keep equal words (the same prefix twice) from cancelling, and move the
+    // ports (low bits of the last word) away from the addresses.
+    let mut folded = 0u64;
+    for (i, w) in key.iter().enumerate() {
+        folded ^= w.rotate_left(29 * i as u32);
+    }
+    let mixed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // SAFETY: no arguments; the verifier inlines it as a read of this CPU's number.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    map.get_ptr_mut((cpu << bits) + (mixed >> (64 - bits)) as u32)
+}
+
+/// The cached entry of the IPv4 flow `flow` if it may still serve a packet: counts the
+/// packet and writes the entry's target into `target`, which the caller still has to
+/// accept or overwrite (the entry's backend is checked there). The target is written here
+/// so that fewer values stay live in the caller, whose stack is at the verifier's limit.
+#[inline(always)]
+pub fn lookup_v4(flow: &FlowKeyV4, target: *mut Target) -> Option<Cached> {
+    lookup(&FLOW_CACHE, &key_v4(flow), FLOW_CACHE_SET_BITS, target)
+}
+
+/// [`lookup_v4`] for an IPv6 flow.
+#[inline(always)]
+pub fn lookup_v6(flow: &FlowKey, target: *mut Target) -> Option<Cached> {
+    lookup(
+        &FLOW_CACHE_V6,
+        &key_v6(flow),
+        FLOW_CACHE_V6_SET_BITS,
+        target,
+    )
+}
+
+/// Caches the table entry `e` of the IPv4 flow `flow`: over the way that already holds it,
+/// or else over its set's older way.
+#[inline(always)]
+pub fn fill_v4(flow: &FlowKeyV4, e: &ConnEntry, hashed_src: bool) {
+    fill(
+        &FLOW_CACHE,
+        &key_v4(flow),
+        FLOW_CACHE_SET_BITS,
+        e,
+        hashed_src,
+    )
+}
+
+/// [`fill_v4`] for an IPv6 flow.
+#[inline(always)]
+pub fn fill_v6(flow: &FlowKey, e: &ConnEntry, hashed_src: bool) {
+    fill(
+        &FLOW_CACHE_V6,
+        &key_v6(flow),
+        FLOW_CACHE_V6_SET_BITS,
+        e,
+        hashed_src,
+    )
+}
+
+#[inline(always)]
+fn lookup<const N: usize>(
+    map: &Array<CacheSet<N>>,
+    key: &[u64; N],
+    bits: u32,
+    target: *mut Target,
+) -> Option<Cached> {
+    let set = set_of(map, key, bits)?;
     // SAFETY: `set` is in this CPU's part of the map, valid for the whole run; nothing
     // else touches it meanwhile (other CPUs use their own part, programs do not yield).
     let ways = unsafe { &mut (*set).ways };
@@ -124,18 +211,33 @@ pub fn lookup(flow: &FlowKeyV4) -> Option<&'static CachedFlow> {
         return None;
     }
     way.served += 1;
-    Some(way)
+    // SAFETY: the caller's scratch target (map memory); one write of the whole struct.
+    unsafe {
+        target.write(Target {
+            idx: way.backend,
+            hash: way.hash,
+            hashed_src: u32::from(way.hashed_src),
+            new_flow: 0,
+        })
+    };
+    Some(Cached {
+        backend: way.backend,
+        generation: way.generation,
+    })
 }
 
-/// Caches the table entry `e` of the IPv4 flow `flow`: over the way that already holds it,
-/// or else over its set's older way.
 #[inline(always)]
-pub fn fill(flow: &FlowKeyV4, e: &ConnEntry, hashed_src: bool) {
-    let key = &key_of(flow);
-    let Some(set) = set_of(key) else {
+fn fill<const N: usize>(
+    map: &Array<CacheSet<N>>,
+    key: &[u64; N],
+    bits: u32,
+    e: &ConnEntry,
+    hashed_src: bool,
+) {
+    let Some(set) = set_of(map, key, bits) else {
         return;
     };
-    // SAFETY: as in `hit`.
+    // SAFETY: as in `lookup`.
     let ways = unsafe { &mut (*set).ways };
     let way = if ways[0].holds(key) {
         &mut ways[0]
@@ -145,21 +247,12 @@ pub fn fill(flow: &FlowKeyV4, e: &ConnEntry, hashed_src: bool) {
         // The older way goes. Word by word: a struct assignment compiles to a byte-wise
         // BPF memmove call.
         let [a, b] = ways;
-        let (from, to) = (
-            (a as *const CachedFlow).cast::<[u64; 4]>(),
-            (b as *mut CachedFlow).cast::<[u64; 4]>(),
-        );
-        // SAFETY: both are 32-byte, 8-aligned ways of the same map value.
-        unsafe {
-            (*to)[0] = (*from)[0];
-            (*to)[1] = (*from)[1];
-            (*to)[2] = (*from)[2];
-            (*to)[3] = (*from)[3];
-        }
+        a.copy_to(b);
         a
     };
-    way.key[0] = key[0];
-    way.key[1] = key[1];
+    for (dst, src) in way.key.iter_mut().zip(key) {
+        *dst = *src;
+    }
     way.backend = e.backend;
     way.hash = e.hash;
     way.generation = e.generation;
@@ -167,11 +260,28 @@ pub fn fill(flow: &FlowKeyV4, e: &ConnEntry, hashed_src: bool) {
     way.hashed_src = u16::from(hashed_src);
 }
 
-impl CachedFlow {
-    /// Whether this way holds `key` (field by field: an array comparison can compile to a
+impl<const N: usize> CachedFlow<N> {
+    /// Whether this way holds `key` (word by word: an array comparison can compile to a
     /// `bcmp` call).
     #[inline(always)]
-    fn holds(&self, key: &Key) -> bool {
-        self.key[0] == key[0] && self.key[1] == key[1]
+    fn holds(&self, key: &[u64; N]) -> bool {
+        let mut same = true;
+        for (a, b) in self.key.iter().zip(key) {
+            same &= a == b;
+        }
+        same
+    }
+
+    /// Copies this way over `to`, word by word.
+    #[inline(always)]
+    fn copy_to(&self, to: &mut CachedFlow<N>) {
+        for (dst, src) in to.key.iter_mut().zip(&self.key) {
+            *dst = *src;
+        }
+        to.backend = self.backend;
+        to.hash = self.hash;
+        to.generation = self.generation;
+        to.served = self.served;
+        to.hashed_src = self.hashed_src;
     }
 }

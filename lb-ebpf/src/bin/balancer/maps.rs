@@ -25,7 +25,8 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIP_EN
 
 /// Backend index → backend (address, state, cached next hop). Index 0 = none. Daemon writes.
 /// `BPF_F_MMAPABLE` for the layout only: such arrays keep their values page-aligned, so
-/// each 64-byte entry is one cache line (see `cache::FLOW_CACHE`).
+/// each 64-byte entry is one cache line (see `cache::FLOW_CACHE`). The map is too large
+/// for the kernel to place it anywhere but in vmalloc pages either way.
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
 
@@ -47,9 +48,10 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
 pub static CONNS_V4: LruHashMap<FlowKeyV4, ConnEntry> =
     LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
 
-/// Slot 0: balancer-wide settings. Daemon writes. Page-aligned like `BACKENDS`: one line.
+/// Slot 0: balancer-wide settings. Daemon writes. Not mmapable like `BACKENDS`: that would
+/// move this small map from the kernel's huge-page direct map to a 4 KiB vmalloc page.
 #[map]
-pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters by reason slot (`lb_common::counters`). Program writes, daemon sums.
 #[map]

@@ -95,14 +95,20 @@ pub fn pinned(
     // SAFETY: this CPU's scratch slot, its key written by the caller.
     let sc = unsafe { &*s };
     // FIN/RST go to the table, whose entry least-connection accounting marks.
-    let cacheable = v4 && tcp_flags & TCP_FIN_RST == 0;
+    let cacheable = tcp_flags & TCP_FIN_RST == 0;
     if cacheable {
-        if let Some(c) = cache::lookup(&sc.flow4) {
-            // The same check as for a table hit (see below).
+        // SAFETY: this CPU's scratch slot.
+        let target = unsafe { core::ptr::addr_of_mut!((*s).target) };
+        let cached = if v4 {
+            cache::lookup_v4(&sc.flow4, target)
+        } else {
+            cache::lookup_v6(&sc.flow, target)
+        };
+        if let Some(c) = cached {
+            // The same check as for a table hit (see below); the target is written.
             if let Some(backend) = usable(c.backend).filter(|b| b.generation == c.generation) {
                 bump_in(stats, Event::ConnHit.slot());
                 bump_in(stats, Event::FlowCacheHit.slot());
-                set_target(s, c.backend, c.hash, u32::from(c.hashed_src));
                 return Some(backend);
             }
         }
@@ -120,7 +126,11 @@ pub fn pinned(
     if cacheable {
         // The key and set again rather than kept from above: fewer values live across
         // the table lookup, and the entry function's stack is at the verifier's limit.
-        cache::fill(&sc.flow4, &e, hashed_src);
+        if v4 {
+            cache::fill_v4(&sc.flow4, &e, hashed_src);
+        } else {
+            cache::fill_v6(&sc.flow, &e, hashed_src);
+        }
     }
     if tcp_flags & TCP_FIN_RST != 0 && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
     {
