@@ -326,7 +326,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         );
     }
     m += &format!(
-        "Ratios: xlb / nftables rps {} (cps {}), xlb / HAProxy rps {} (cps {}). LB CPU per request, xlb / nftables: {} keep-alive, {} new connection; xlb / HAProxy: {}, {}.\n\nBPF stats under wrk: balancer {} ns/packet ({} packets; {} with keep-alive, {} with a new connection per request), decap {} ns/packet ({} packets).\n",
+        "Ratios: xlb / nftables rps {} (cps {}), xlb / HAProxy rps {} (cps {}). LB CPU per request, xlb / nftables: {} keep-alive, {} new connection; xlb / HAProxy: {}, {}.\n\nBPF stats under wrk: balancer {} ns/packet ({} packets; {} with keep-alive, {} with a new connection per request), decap {} ns/packet ({} packets); the balancer costs {}× the decap program under the same load (BENCH-NOTES' minimal balancer: ≈ 4.4×).\n",
         fmt(n("ratios.rps_xlb_over_nftables")),
         fmt(n("ratios.cps_xlb_over_nftables")),
         fmt(n("ratios.rps_xlb_over_haproxy")),
@@ -341,6 +341,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         fmt(n("peers.bpf_stats.balancer_ns_per_pkt_close")),
         fmt(n("peers.bpf_stats.decap_ns_per_pkt")),
         n("peers.bpf_stats.decap_packets"),
+        fmt(n("peers.bpf_stats.balancer_over_decap")),
     );
 
     m += &format!(
