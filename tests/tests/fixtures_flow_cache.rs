@@ -26,6 +26,15 @@ const CLIENT: &str = "198.18.0.10";
 const SPORT: u16 = 40_000;
 const TCP: u8 = 6;
 
+/// A lab on [`WEB3`], with this thread pinned to its CPU; `None` without root.
+fn lab() -> Option<Lab> {
+    if !require_root() {
+        return None;
+    }
+    pin_to_this_cpu();
+    Some(Lab::new(WEB3))
+}
+
 /// Pins the calling thread to the CPU it runs on.
 fn pin_to_this_cpu() {
     // SAFETY: plain libc calls on a zeroed, correctly sized cpu_set_t for this thread.
@@ -68,16 +77,21 @@ struct Moves {
     repick: u64,
 }
 
-/// Runs `frame`, asserts it was forwarded and returns the backend (outer destination)
-/// and the counter moves.
+/// Runs `frame`, asserts it was forwarded and returns the backend (the outer destination,
+/// IPv4 or IPv6) and the counter moves.
 #[track_caller]
-fn send(lab: &mut Lab, frame: &[u8]) -> ([u8; 4], Moves) {
+fn send(lab: &mut Lab, frame: &[u8]) -> (Vec<u8>, Moves) {
     let before = lab.counters();
     let out = lab.run(frame);
     assert_eq!(out.verdict, XDP_TX, "not forwarded");
     let after = lab.counters();
     let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
-    let backend = [out.frame[30], out.frame[31], out.frame[32], out.frame[33]];
+    let outer_v6 = out.frame[12..14] == [0x86, 0xdd];
+    let backend = if outer_v6 {
+        out.frame[38..54].to_vec()
+    } else {
+        out.frame[30..34].to_vec()
+    };
     (
         backend,
         Moves {
@@ -100,7 +114,7 @@ fn moves(table_or_cache_hit: u64, cache_hit: u64, new_flow: u64, repick: u64) ->
 
 /// A new flow, then the table hit that fills the cache: returns the flow's backend.
 #[track_caller]
-fn cached_flow(lab: &mut Lab) -> [u8; 4] {
+fn cached_flow(lab: &mut Lab) -> Vec<u8> {
     let (first, m) = send(lab, &tcp4().syn().build());
     assert_eq!(m, moves(0, 0, 1, 0), "the SYN is a new flow");
     let (second, m) = send(lab, &data());
@@ -111,11 +125,7 @@ fn cached_flow(lab: &mut Lab) -> [u8; 4] {
 
 #[test]
 fn known_flows_are_served_from_the_cache_and_revalidated_every_refresh() {
-    if !require_root() {
-        return;
-    }
-    pin_to_this_cpu();
-    let mut lab = Lab::new(WEB3);
+    let Some(mut lab) = lab() else { return };
     let backend = cached_flow(&mut lab);
     for i in 0..FLOW_CACHE_REFRESH {
         let (b, m) = send(&mut lab, &data());
@@ -141,11 +151,7 @@ fn known_flows_are_served_from_the_cache_and_revalidated_every_refresh() {
 /// backend until its next revalidation, which records the flow in the table again.
 #[test]
 fn an_evicted_flow_is_recorded_again_at_the_next_revalidation() {
-    if !require_root() {
-        return;
-    }
-    pin_to_this_cpu();
-    let mut lab = Lab::new(WEB3);
+    let Some(mut lab) = lab() else { return };
     let backend = cached_flow(&mut lab);
     let mut table: HashMap<_, FlowKeyV4, ConnEntry> =
         HashMap::try_from(lab.map(MAP_CONNS_V4)).expect("CONNS_V4 is a hash map");
@@ -167,7 +173,10 @@ fn an_evicted_flow_is_recorded_again_at_the_next_revalidation() {
     );
     assert_eq!(b, backend, "Maglev gives the same backend again");
     let e = table.get(&key(), 0).expect("the flow is back in the table");
-    assert_eq!(e.backend, lab.backend_index(WEB, &ip(backend)));
+    assert_eq!(
+        e.backend,
+        lab.backend_index(WEB, &addr(&backend).to_string())
+    );
 }
 
 /// A cached flow whose backend failed its health check, or whose slot was reused (a new
@@ -175,29 +184,25 @@ fn an_evicted_flow_is_recorded_again_at_the_next_revalidation() {
 /// packet, and the flow moves.
 #[test]
 fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
-    if !require_root() {
-        return;
-    }
-    pin_to_this_cpu();
-    type Change = fn(&mut Lab, [u8; 4]);
+    type Change = fn(&mut Lab, &[u8]);
     let cases: [(&str, Change); 2] = [
         ("backend dead", |lab, backend| {
             let id: VipId = WEB.parse().unwrap();
             lab.core
-                .set_health(&id, IpAddr::from(backend), false)
+                .set_health(&id, addr(backend), false)
                 .expect("health change");
         }),
         ("slot reused", |lab, backend| {
-            let idx = lab.backend_index(WEB, &ip(backend));
+            let idx = lab.backend_index(WEB, &addr(backend).to_string());
             lab.poke_backend(idx, |b| b.generation += 1);
         }),
     ];
     for (what, change) in cases {
-        let mut lab = Lab::new(WEB3);
+        let Some(mut lab) = lab() else { return };
         let backend = cached_flow(&mut lab);
         let (_, m) = send(&mut lab, &data());
         assert_eq!(m, moves(1, 1, 0, 0), "{what}: cached before the change");
-        change(&mut lab, backend);
+        change(&mut lab, &backend);
         let before = lab.counters();
         let out = lab.run(&data());
         let after = lab.counters();
@@ -222,11 +227,7 @@ fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
 /// FIN and RST skip the cache: least-connection accounting marks the table's entry.
 #[test]
 fn fin_and_rst_packets_go_to_the_table() {
-    if !require_root() {
-        return;
-    }
-    pin_to_this_cpu();
-    let mut lab = Lab::new(WEB3);
+    let Some(mut lab) = lab() else { return };
     let backend = cached_flow(&mut lab);
     let (b, m) = send(&mut lab, &tcp4().fin().ack().build());
     assert_eq!(m, moves(1, 0, 0, 0), "FIN: a table hit");
@@ -241,44 +242,31 @@ fn fin_and_rst_packets_go_to_the_table() {
 /// hit, then serving, and an IPv4 flow never hits an IPv6 entry or the reverse.
 #[test]
 fn ipv6_flows_are_cached_too() {
-    if !require_root() {
-        return;
-    }
-    pin_to_this_cpu();
-    let mut lab = Lab::new(WEB3);
+    let Some(mut lab) = lab() else { return };
     let v6 = Pkt::eth(CLIENT_MAC, LB_MAC)
         .ipv6(v6("fd00::10"), v6("fd00:1::1"))
         .tcp(SPORT, 80);
-    let run6 = |lab: &mut Lab, frame: &[u8]| {
-        let before = lab.counters();
-        let out = lab.run(frame);
-        assert_eq!(out.verdict, XDP_TX, "not forwarded");
-        let after = lab.counters();
-        let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
-        // Outer IPv6 destination: the backend.
-        let backend = out.frame[38..54].to_vec();
-        (
-            backend,
-            (d(Event::NewFlow), d(Event::ConnHit), d(Event::FlowCacheHit)),
-        )
-    };
-    let (first, m) = run6(&mut lab, &v6.clone().syn().build());
-    assert_eq!(m, (1, 0, 0), "IPv6 SYN: a new flow");
-    let (b, m) = run6(&mut lab, &v6.clone().ack().build());
-    assert_eq!(m, (0, 1, 0), "IPv6: the table hit fills the cache");
+    let (first, m) = send(&mut lab, &v6.clone().syn().build());
+    assert_eq!(m, moves(0, 0, 1, 0), "IPv6 SYN: a new flow");
+    let (b, m) = send(&mut lab, &v6.clone().ack().build());
+    assert_eq!(m, moves(1, 0, 0, 0), "IPv6: the table hit fills the cache");
     assert_eq!(b, first);
     for _ in 0..3 {
-        let (b, m) = run6(&mut lab, &v6.clone().ack().build());
-        assert_eq!(m, (0, 1, 1), "IPv6: cache hits");
+        let (b, m) = send(&mut lab, &v6.clone().ack().build());
+        assert_eq!(m, moves(1, 1, 0, 0), "IPv6: cache hits");
         assert_eq!(b, first);
     }
     // The IPv4 flow with the same ports is its own flow in its own cache.
     let (_, m) = send(&mut lab, &tcp4().syn().build());
     assert_eq!(m, moves(0, 0, 1, 0), "the IPv4 flow is new");
-    let (_, m) = run6(&mut lab, &v6.clone().fin().ack().build());
-    assert_eq!(m, (0, 1, 0), "IPv6 FIN: a table hit");
+    let (_, m) = send(&mut lab, &v6.clone().fin().ack().build());
+    assert_eq!(m, moves(1, 0, 0, 0), "IPv6 FIN: a table hit");
 }
 
-fn ip(a: [u8; 4]) -> String {
-    std::net::Ipv4Addr::from(a).to_string()
+/// An outer destination from [`send`] as an address.
+fn addr(b: &[u8]) -> IpAddr {
+    match b.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")),
+        _ => IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")),
+    }
 }

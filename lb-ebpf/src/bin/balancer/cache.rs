@@ -125,11 +125,11 @@ fn key_v6(flow: &FlowKey) -> [u64; V6_WORDS] {
 
 /// This CPU's set for `key` in `map` (`bits`: log2 of the sets per CPU).
 #[inline(always)]
-fn set_of<const N: usize>(
+fn this_cpus_set<const N: usize>(
     map: &Array<CacheSet<N>>,
     key: &[u64; N],
     bits: u32,
-) -> Option<*mut CacheSet<N>> {
+) -> Option<&'static mut CacheSet<N>> {
     // Multiplicative hashing: the top bits of the product depend on every input bit; the
     // rotations keep equal words (the same prefix twice) from cancelling, and move the
     // ports (low bits of the last word) away from the addresses.
@@ -140,7 +140,26 @@ fn set_of<const N: usize>(
     let mixed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // SAFETY: no arguments; the verifier inlines it as a read of this CPU's number.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    map.get_ptr_mut((cpu << bits) + (mixed >> (64 - bits)) as u32)
+    let set = map.get_ptr_mut((cpu << bits) + (mixed >> (64 - bits)) as u32)?;
+    // SAFETY: `set` is in this CPU's part of the map, valid for the whole run; nothing
+    // else touches it meanwhile (other CPUs use their own part, programs do not yield).
+    Some(unsafe { &mut *set })
+}
+
+impl<const N: usize> CacheSet<N> {
+    /// The way holding `key`, if any. Two ways, unrolled by hand: the verifier sees
+    /// straight-line code.
+    #[inline(always)]
+    fn way_of(&mut self, key: &[u64; N]) -> Option<&mut CachedFlow<N>> {
+        let [a, b] = &mut self.ways;
+        if a.holds(key) {
+            Some(a)
+        } else if b.holds(key) {
+            Some(b)
+        } else {
+            None
+        }
+    }
 }
 
 /// The cached entry of the IPv4 flow `flow` if it may still serve a packet: counts the
@@ -195,18 +214,7 @@ fn lookup<const N: usize>(
     bits: u32,
     target: *mut Target,
 ) -> Option<Cached> {
-    let set = set_of(map, key, bits)?;
-    // SAFETY: `set` is in this CPU's part of the map, valid for the whole run; nothing
-    // else touches it meanwhile (other CPUs use their own part, programs do not yield).
-    let ways = unsafe { &mut (*set).ways };
-    // Two ways, unrolled by hand: the verifier sees straight-line code.
-    let way = if ways[0].holds(key) {
-        &mut ways[0]
-    } else if ways[1].holds(key) {
-        &mut ways[1]
-    } else {
-        return None;
-    };
+    let way = this_cpus_set(map, key, bits)?.way_of(key)?;
     if way.served >= REFRESH {
         return None;
     }
@@ -234,21 +242,18 @@ fn fill<const N: usize>(
     e: &ConnEntry,
     hashed_src: bool,
 ) {
-    let Some(set) = set_of(map, key, bits) else {
+    let Some(set) = this_cpus_set(map, key, bits) else {
         return;
     };
-    // SAFETY: as in `lookup`.
-    let ways = unsafe { &mut (*set).ways };
-    let way = if ways[0].holds(key) {
-        &mut ways[0]
-    } else if ways[1].holds(key) {
-        &mut ways[1]
-    } else {
-        // The older way goes. Word by word: a struct assignment compiles to a byte-wise
-        // BPF memmove call.
-        let [a, b] = ways;
-        a.copy_to(b);
-        a
+    let way = match set.way_of(key) {
+        Some(way) => way,
+        None => {
+            // The older way goes. Word by word: a struct assignment compiles to a
+            // byte-wise BPF memmove call.
+            let [a, b] = &mut set.ways;
+            a.copy_to(b);
+            a
+        }
     };
     for (dst, src) in way.key.iter_mut().zip(key) {
         *dst = *src;
