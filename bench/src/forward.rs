@@ -243,6 +243,7 @@ impl Rig {
             LoadOptions {
                 max_vips: 4,
                 max_conns,
+                flow_cache: true,
             },
             self.hop,
         )

@@ -321,6 +321,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
         LoadOptions {
             max_vips: 4,
             max_conns: 1 << 18,
+            flow_cache: true,
         },
         NextHop {
             ifindex: lb_if,

@@ -222,6 +222,7 @@ fn lab_of(object: &[u8], n_backends: usize, max_conns: u32, v6: bool) -> Result<
         LoadOptions {
             max_vips: 4,
             max_conns,
+            flow_cache: true,
         },
         test_hop(),
     )?;

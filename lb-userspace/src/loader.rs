@@ -31,6 +31,11 @@ pub struct LoadOptions {
     pub max_vips: u32,
     /// Connection-table entries, per address family.
     pub max_conns: u32,
+    /// The per-CPU flow cache in front of the connection tables (see docs/design.md):
+    /// `FLOW_CACHE_SETS` × 64 + `FLOW_CACHE_V6_SETS` × 128 bytes (512 KiB) per possible
+    /// CPU. Off: both cache maps get one entry, which no CPU's index reaches, so every
+    /// lookup misses and known flows go to the tables directly.
+    pub flow_cache: bool,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +43,7 @@ impl Default for LoadOptions {
         Self {
             max_vips: DEFAULT_MAX_VIPS,
             max_conns: DEFAULT_MAX_CONNS,
+            flow_cache: true,
         }
     }
 }
@@ -57,6 +63,9 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
     // One part of the flow cache per possible CPU (the program indexes it by CPU number).
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
     let cache_sets = |per_cpu: u32| {
+        if !opts.flow_cache {
+            return Ok(1);
+        }
         u32::try_from(cpus)
             .ok()
             .and_then(|c| c.checked_mul(per_cpu))

@@ -75,6 +75,10 @@ enum Cmd {
         /// each).
         #[arg(long, default_value_t = LoadOptions::default().max_conns)]
         max_conns: u32,
+        /// Turn the per-CPU flow cache in front of the connection tables off (it takes
+        /// 512 KiB of kernel memory per possible CPU).
+        #[arg(long)]
+        no_flow_cache: bool,
     },
     /// Attach the decap program on a backend: strips IP-in-IP tunnels addressed to us.
     Decap {
@@ -161,6 +165,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             metrics,
             max_vips,
             max_conns,
+            no_flow_cache,
         } => {
             let opts = RunOptions {
                 iface,
@@ -171,6 +176,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 load: LoadOptions {
                     max_vips,
                     max_conns,
+                    flow_cache: !no_flow_cache,
                 },
             };
             runtime()?.block_on(daemon::run(opts))

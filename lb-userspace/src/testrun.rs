@@ -72,6 +72,7 @@ mod tests {
         let mut ebpf = loader::load_balancer(loader::LoadOptions {
             max_vips: 2,
             max_conns: 1024,
+            flow_cache: true,
         })
         .unwrap();
         let prog = loader::xdp(&mut ebpf, loader::BALANCER_PROG).unwrap();

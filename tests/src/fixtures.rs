@@ -68,14 +68,25 @@ impl Lab {
     /// Loads the balancer and applies `config` (JSON), with fixed next hops.
     #[track_caller]
     pub fn new(config: &str) -> Lab {
-        let cfg = Config::from_json(config).unwrap_or_else(|e| panic!("fixture config: {e}"));
-        let mut ebpf = loader::load_balancer(LoadOptions {
+        Self::with_options(config, Self::options())
+    }
+
+    /// The map sizes [`Lab::new`] loads with.
+    pub fn options() -> LoadOptions {
+        LoadOptions {
             max_vips: LAB_MAX_VIPS,
             max_conns: 4096,
-        })
-        .expect("load balancer");
+            flow_cache: true,
+        }
+    }
+
+    /// [`Lab::new`] with other load options.
+    #[track_caller]
+    pub fn with_options(config: &str, opts: LoadOptions) -> Lab {
+        let cfg = Config::from_json(config).unwrap_or_else(|e| panic!("fixture config: {e}"));
+        let mut ebpf = loader::load_balancer(opts).expect("load balancer");
         let dp = AyaDataplane::new(&mut ebpf).expect("balancer maps");
-        let settings = Settings::resolve(&cfg, &[], 1500, LAB_MAX_VIPS);
+        let settings = Settings::resolve(&cfg, &[], 1500, opts.max_vips);
         let mut core = Core::new(dp, settings).expect("core");
         core.apply(&cfg)
             .unwrap_or_else(|e| panic!("fixture config refused: {e}"));

@@ -263,6 +263,27 @@ fn ipv6_flows_are_cached_too() {
     assert_eq!(m, moves(1, 0, 0, 0), "IPv6 FIN: a table hit");
 }
 
+/// `xlb run --no-flow-cache`: the cache maps get one entry that no CPU reaches, and every
+/// packet of a known flow is a table hit.
+#[test]
+fn without_the_cache_every_known_flows_packet_is_a_table_hit() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let opts = xlb::loader::LoadOptions {
+        flow_cache: false,
+        ..Lab::options()
+    };
+    let mut lab = Lab::with_options(WEB3, opts);
+    let backend = cached_flow(&mut lab);
+    for _ in 0..FLOW_CACHE_REFRESH + 2 {
+        let (b, m) = send(&mut lab, &data());
+        assert_eq!(m, moves(1, 0, 0, 0));
+        assert_eq!(b, backend);
+    }
+}
+
 /// An outer destination from [`send`] as an address.
 fn addr(b: &[u8]) -> IpAddr {
     match b.len() {
