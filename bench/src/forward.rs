@@ -230,7 +230,7 @@ impl Rig {
     }
 
     /// A balancer (build `object`) serving the generator's VIP, its next hop the sink.
-    fn xlb(&self, object: &[u8], max_conns: u32) -> Result<BenchLab> {
+    fn xlb(&self, object: &[u8], max_conns: u32, flow_cache: bool) -> Result<BenchLab> {
         let vips = vec![VipSpec {
             addr: VIP.parse()?,
             port: PORT,
@@ -243,7 +243,7 @@ impl Rig {
             LoadOptions {
                 max_vips: 4,
                 max_conns,
-                flow_cache: true,
+                flow_cache,
             },
             self.hop,
         )
@@ -323,7 +323,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut labs = Vec::new();
     for p in paths {
         let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
-        labs.push(rig.xlb(&object, 1 << 16)?);
+        labs.push(rig.xlb(&object, 1 << 16, true)?);
     }
     let warm = 200_000;
     for lab in &mut labs {
@@ -366,8 +366,10 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
 /// Runs part 2.
 pub fn run(plan: &Plan) -> Result<Value> {
     let mut rig = Rig::new()?;
-    let mut xlb = rig.xlb(loader::BALANCER_OBJ, 1 << 16)?;
-    let mut xlb_1m = rig.xlb(loader::BALANCER_OBJ, 3 << 20)?;
+    let mut xlb = rig.xlb(loader::BALANCER_OBJ, 1 << 16, true)?;
+    let mut xlb_1m = rig.xlb(loader::BALANCER_OBJ, 3 << 20, true)?;
+    // `xlb run --no-flow-cache`: what the per-CPU flow cache is worth live.
+    let mut uncached = rig.xlb(loader::BALANCER_OBJ, 1 << 16, false)?;
     let vid: VipId = format!("{VIP}:{PORT}/udp")
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
@@ -388,6 +390,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
     let gen_rate = rig.measure(Dut::GeneratorAlone, warm)?.pps;
     rig.measure(Dut::Xlb(&mut xlb), warm)?;
     rig.measure(Dut::Xlb(&mut xlb_1m), warm)?;
+    rig.measure(Dut::Xlb(&mut uncached), warm)?;
     let tx_rate = rig.measure(Dut::XdpTx, warm)?.pps;
     let frames_for = |rate: f64| frames_for(rate, plan.forward_secs);
 
@@ -397,6 +400,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
         "xlb",
         "xlb_1m_flows",
         "encap_floor",
+        "xlb_no_flow_cache",
     ];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
@@ -408,20 +412,22 @@ pub fn run(plan: &Plan) -> Result<Value> {
                 1 => rig.measure(Dut::XdpTx, frames_for(tx_rate))?,
                 2 => rig.measure(Dut::Xlb(&mut xlb), frames_for(tx_rate))?,
                 3 => rig.measure(Dut::Xlb(&mut xlb_1m), frames_for(tx_rate))?,
-                _ => rig.measure(Dut::EncapFloor, frames_for(tx_rate))?,
+                4 => rig.measure(Dut::EncapFloor, frames_for(tx_rate))?,
+                _ => rig.measure(Dut::Xlb(&mut uncached), frames_for(tx_rate))?,
             };
             pps[i].push(s.pps);
             cache_share[i].extend(s.cache_share);
         }
         eprintln!(
-            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}",
+            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}, xlb no cache {:.2}",
             round + 1,
             plan.forward_rounds,
             pps[0][round] / 1e6,
             pps[1][round] / 1e6,
             pps[4][round] / 1e6,
             pps[2][round] / 1e6,
-            pps[3][round] / 1e6
+            pps[3][round] / 1e6,
+            pps[5][round] / 1e6
         );
     }
     // The balancer's own run time per packet under this load, in extra runs: BPF stats cost
@@ -448,6 +454,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
     }
     out["xlb_over_xdp_tx"] = json!(round3(ratio(s[2].median, s[1].median)));
     out["xlb_1m_over_xdp_tx"] = json!(round3(ratio(s[3].median, s[1].median)));
+    out["xlb_no_flow_cache_over_xdp_tx"] = json!(round3(ratio(s[5].median, s[1].median)));
     // The same ratio taken within each round (the configurations of one round ran seconds
     // apart), then the median: less sensitive to the machine's drift between rounds.
     let paired: Vec<f64> = pps[2]
@@ -456,6 +463,12 @@ pub fn run(plan: &Plan) -> Result<Value> {
         .map(|(x, t)| ratio(*x, *t))
         .collect();
     out["paired_xlb_over_xdp_tx"] = Summary::of(&paired).json();
+    let cache_gain: Vec<f64> = pps[2]
+        .iter()
+        .zip(&pps[5])
+        .map(|(x, u)| ratio(*x, *u))
+        .collect();
+    out["paired_xlb_over_no_flow_cache"] = Summary::of(&cache_gain).json();
     out["encap_floor_over_xdp_tx"] = json!(round3(ratio(s[4].median, s[1].median)));
     out["xlb_over_encap_floor"] = json!(round3(ratio(s[2].median, s[4].median)));
     out["bpf_stats_ns_per_pkt"] = json!({

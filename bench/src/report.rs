@@ -16,9 +16,11 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xlb_new_flow",
     "testrun_ns_per_pkt.xlb_ipv6",
     "testrun_ns_per_pkt.xlb_unknown_vip",
+    "testrun_ns_per_pkt.xlb_conntrack_hit_no_flow_cache",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
+    "forward_pps.xlb_no_flow_cache",
     "peers.xlb_rps",
     "peers.nftables_rps",
     "peers.haproxy_rps",
@@ -235,6 +237,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
             "xlb_new_flow",
             "xlb, new flow (Maglev + insert; see method)",
         ),
+        (
+            "xlb_conntrack_hit_no_flow_cache",
+            "xlb, conntrack hit, flow cache off (IPv4, restore included)",
+        ),
         ("xlb_ipv6", "xlb, IPv6 conntrack hit (IP6IP6)"),
         ("xlb_unknown_vip", "xlb, unknown VIP (pass-through)"),
     ] {
@@ -269,6 +275,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         ("xdp_tx_baseline", "XDP_TX bounce (one-arm ceiling)"),
         ("xlb", "xlb"),
         ("xlb_1m_flows", "xlb, 1 M flows in the connection table"),
+        ("xlb_no_flow_cache", "xlb, flow cache off"),
         (
             "encap_floor",
             "encapsulation floor (IP-in-IP and XDP_TX, no decisions)",
@@ -288,8 +295,9 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         );
     }
     m += &format!(
-        "\nxlb over XDP_TX taken within each round, median over rounds: {}×.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n",
+        "\nxlb over XDP_TX taken within each round, median over rounds: {}×; xlb over xlb with the flow cache off, the same way: {}×.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n",
         fmt(n("ratios.forward_xlb_over_xdp_tx_paired_median")),
+        fmt(n("forward_pps.paired_xlb_over_no_flow_cache.median")),
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb")),
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb_1m_flows")),
         fmt(n("forward_pps.flow_cache_hit_share.xlb")),

@@ -197,11 +197,17 @@ fn main_lab(n_backends: usize, max_conns: u32) -> Result<BenchLab> {
 
 /// A lab with the IPv4 VIP, and the IPv6 one when `v6`.
 fn lab_with(n_backends: usize, max_conns: u32, v6: bool) -> Result<BenchLab> {
-    lab_of(loader::BALANCER_OBJ, n_backends, max_conns, v6)
+    lab_of(loader::BALANCER_OBJ, n_backends, max_conns, v6, true)
 }
 
-/// [`lab_with`] for a given build of the balancer object.
-fn lab_of(object: &[u8], n_backends: usize, max_conns: u32, v6: bool) -> Result<BenchLab> {
+/// [`lab_with`] for a given build of the balancer object, with or without the flow cache.
+fn lab_of(
+    object: &[u8],
+    n_backends: usize,
+    max_conns: u32,
+    v6: bool,
+    flow_cache: bool,
+) -> Result<BenchLab> {
     let mut vips = vec![VipSpec {
         addr: ip(VIP4),
         port: PORT,
@@ -222,7 +228,7 @@ fn lab_of(object: &[u8], n_backends: usize, max_conns: u32, v6: bool) -> Result<
         LoadOptions {
             max_vips: 4,
             max_conns,
-            flow_cache: true,
+            flow_cache,
         },
         test_hop(),
     )?;
@@ -251,10 +257,13 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     let mut drop = loader::load_baseline("xlb_drop")?;
     let mut tx = loader::load_baseline("xlb_tx")?;
     let mut lab = main_lab(10, 1 << 16)?;
+    // The same hit with the flow cache off (`xlb run --no-flow-cache`): what it saves.
+    let mut uncached = lab_of(loader::BALANCER_OBJ, 10, 1 << 16, false, false)?;
     let hit4 = frame(CLIENT4, 40_000, VIP4);
     let hit6 = frame(CLIENT6, 40_000, VIP6);
     let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
     prime(&mut lab, &[&hit4, &hit6])?;
+    prime(&mut uncached, &[&hit4])?;
     let before = lab.counters();
     let out = testrun::run(lab.prog(), &unknown)?;
     ensure!(
@@ -272,6 +281,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_conntrack_hit",
         "xlb_ipv6",
         "xlb_unknown_vip",
+        "xlb_conntrack_hit_no_flow_cache",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -290,6 +300,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         samples[2].push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
         samples[3].push(hit_repeat(&mut lab, &hit6, plan.repeat)?);
         samples[4].push(repeat_ns(lab.prog(), &unknown, plan.repeat)?);
+        samples[5].push(hit_repeat(&mut uncached, &hit4, plan.repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns",
@@ -470,7 +481,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut labs = Vec::new();
     for p in paths {
         let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
-        let mut lab = lab_of(&object, 10, 1 << 16, false)?;
+        let mut lab = lab_of(&object, 10, 1 << 16, false, true)?;
         prime(&mut lab, &[&hit4])?;
         labs.push(lab);
     }
