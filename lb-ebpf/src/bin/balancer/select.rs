@@ -2,7 +2,8 @@
 //!
 //! The connection table is consulted before the VIP table: a recorded flow carries what
 //! forwarding needs (backend, hash, VIP id, source mode), so the common case — a packet of
-//! a known flow — costs one hash lookup, not two. Traffic for the host itself pays one
+//! a known flow — costs one hash lookup, not two; and a per-CPU cache of the table's
+//! entries (cache.rs) usually answers before that lookup. Traffic for the host itself pays one
 //! connection-table miss before its VIP miss. A removed VIP's flows do not linger: its
 //! backends are deactivated, so their entries stop counting as hits.
 //!
@@ -80,9 +81,10 @@ fn record_conn(s: &Scratch, entry: ConnEntry) -> bool {
     }
 }
 
-/// Looks the flow in `s` up in the connection table into `s.target` (its connection-table
-/// key must be there, see `Scratch::set_conn_key`; `v4`: an IPv4 flow): its backend when
-/// that can still take it, `None` when the scheduler must pick. `tcp_flags` (0 for UDP) lets
+/// Looks the flow in `s` up in this CPU's flow cache, then the connection table, into
+/// `s.target` (its connection-table key must be there, see `Scratch::set_conn_key`; `v4`:
+/// an IPv4 flow): its backend when that can still take it, `None` when the scheduler must
+/// pick. A table hit fills the cache (see cache.rs for why that never moves a flow). `tcp_flags` (0 for UDP) lets
 /// least-connection VIPs take a flow's count back when the client closes it; `stats` is
 /// this CPU's counters. Inlined: this is the hit path.
 #[inline(always)]
