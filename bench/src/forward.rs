@@ -21,17 +21,13 @@ use aya::{
 };
 use lb_common::counters::Event;
 use serde_json::{json, Value};
-use xlb::{
-    config::VipId,
-    core::NextHop,
-    loader::{self, LoadOptions},
-};
+use xlb::{config::VipId, core::NextHop, loader};
 use xlb_tests::netns::{veth, Netns};
 
 use crate::{
     frames::{udp64, FRAME_LEN, SPORT_OFF_V4},
-    lab::{backend_addrs, BenchLab, VipSpec},
-    stats::{ratio, round3, Summary},
+    lab::{backend_addrs, load_options, BenchLab, VipSpec},
+    stats::{paired, ratio, round3, Summary},
     Plan,
 };
 
@@ -237,16 +233,7 @@ impl Rig {
             proto: "udp",
             backends: backend_addrs(10, false),
         }];
-        BenchLab::with_object(
-            object,
-            &vips,
-            LoadOptions {
-                max_vips: 4,
-                max_conns,
-                flow_cache,
-            },
-            self.hop,
-        )
+        BenchLab::with_object(object, &vips, load_options(max_conns, flow_cache), self.hop)
     }
 
     fn measure(&mut self, dut: Dut<'_>, frames: u32) -> Result<Sample> {
@@ -457,18 +444,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
     out["xlb_no_flow_cache_over_xdp_tx"] = json!(round3(ratio(s[5].median, s[1].median)));
     // The same ratio taken within each round (the configurations of one round ran seconds
     // apart), then the median: less sensitive to the machine's drift between rounds.
-    let paired: Vec<f64> = pps[2]
-        .iter()
-        .zip(&pps[1])
-        .map(|(x, t)| ratio(*x, *t))
-        .collect();
-    out["paired_xlb_over_xdp_tx"] = Summary::of(&paired).json();
-    let cache_gain: Vec<f64> = pps[2]
-        .iter()
-        .zip(&pps[5])
-        .map(|(x, u)| ratio(*x, *u))
-        .collect();
-    out["paired_xlb_over_no_flow_cache"] = Summary::of(&cache_gain).json();
+    out["paired_xlb_over_xdp_tx"] = Summary::of(&paired(&pps[2], &pps[1])).json();
+    out["paired_xlb_over_no_flow_cache"] = Summary::of(&paired(&pps[2], &pps[5])).json();
     out["encap_floor_over_xdp_tx"] = json!(round3(ratio(s[4].median, s[1].median)));
     out["xlb_over_encap_floor"] = json!(round3(ratio(s[2].median, s[4].median)));
     out["bpf_stats_ns_per_pkt"] = json!({

@@ -81,6 +81,15 @@ pub struct BenchLab {
     pub core: Core<AyaDataplane>,
 }
 
+/// The options bench labs load with: a few VIPs, `max_conns` flows per family.
+pub fn load_options(max_conns: u32, flow_cache: bool) -> LoadOptions {
+    LoadOptions {
+        max_vips: 4,
+        max_conns,
+        flow_cache,
+    }
+}
+
 impl BenchLab {
     /// Loads a balancer with `opts`, applies `vips` through the core and gives every backend
     /// the next hop `hop`.

@@ -32,18 +32,14 @@ use lb_common::{
     maps::{DecapAddr, MAP_DECAP_ADDRS},
 };
 use serde_json::{json, Value};
-use xlb::{
-    config::VipId,
-    core::NextHop,
-    loader::{self, LoadOptions},
-};
+use xlb::{config::VipId, core::NextHop, loader};
 use xlb_tests::{
     netns::Netns,
     topology::{http_get, spawn_logged, DemoNet, Proc, CLIENT4, LB4, VIP4},
 };
 
 use crate::{
-    lab::{BenchLab, VipSpec},
+    lab::{load_options, BenchLab, VipSpec},
     stats::{ratio, round3, Summary},
     Plan,
 };
@@ -318,11 +314,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
     }];
     let mut xlb = BenchLab::new(
         &spec,
-        LoadOptions {
-            max_vips: 4,
-            max_conns: 1 << 18,
-            flow_cache: true,
-        },
+        load_options(1 << 18, true),
         NextHop {
             ifindex: lb_if,
             smac: lb_mac,

@@ -57,6 +57,12 @@ pub fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// `a[i] / b[i]` for each round `i`: a ratio taken within the round (its configurations
+/// ran seconds apart), less sensitive to the machine's drift between rounds.
+pub fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| ratio(*x, *y)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

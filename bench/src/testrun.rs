@@ -21,18 +21,13 @@ use lb_common::{
     maps::{VipKey, CFG_F_BENCH_RESTORE, MAX_VIP_ENTRIES},
 };
 use serde_json::{json, Value};
-use xlb::{
-    config::VipId,
-    core::NextHop,
-    loader::{self, LoadOptions},
-    testrun,
-};
+use xlb::{config::VipId, core::NextHop, loader, testrun};
 use xlb_tests::fixtures::{CLIENT_MAC, LB_MAC, NEXTHOP_MAC, TEST_RUN_IFINDEX};
 
 use crate::{
     frames::udp64,
-    lab::{backend_addrs, BenchLab, VipSpec},
-    stats::{round3, Summary},
+    lab::{backend_addrs, load_options, BenchLab, VipSpec},
+    stats::{paired, round3, Summary},
     Plan,
 };
 
@@ -225,11 +220,7 @@ fn lab_of(
     let mut lab = BenchLab::with_object(
         object,
         &vips,
-        LoadOptions {
-            max_vips: 4,
-            max_conns,
-            flow_cache,
-        },
+        load_options(max_conns, flow_cache),
         test_hop(),
     )?;
     lab.set_config_flag(CFG_F_BENCH_RESTORE, true)?;
@@ -320,12 +311,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     }
     out["xlb_new_flow"] = json!(round3(hit + new_extra));
     // Hit over XDP_TX within each round, then the median (see forward.rs).
-    let paired: Vec<f64> = samples[2]
-        .iter()
-        .zip(&samples[1])
-        .map(|(h, t)| h / t)
-        .collect();
-    out["paired_hit_over_xdp_tx"] = Summary::of(&paired).json();
+    out["paired_hit_over_xdp_tx"] = Summary::of(&paired(&samples[2], &samples[1])).json();
     out["method"] = json!({
         "repeat": plan.repeat,
         "single_runs_per_kind": singles.hit_restore.len(),
