@@ -125,8 +125,10 @@ reasons! {
         /// The connection table (or this CPU's cache of it) knew the flow and its backend
         /// was still usable.
         ConnHit = 51, "conn_hit";
-        /// The connection table knew the flow but its backend is gone: picked again.
-        ConnRepick = 52, "conn_repick";
+        /// A known flow's packet served from this CPU's flow cache (also counted as
+        /// `conn_hit`), not from the connection table itself. Next to the other slots a
+        /// known flow's packet bumps (48, 51): one cache line of counters, not two.
+        FlowCacheHit = 52, "flow_cache_hit";
         /// An ICMP error about a VIP flow was sent to that flow's backend.
         IcmpForwarded = 53, "icmp_forwarded";
         /// The balancer answered an oversized packet with frag-needed / packet-too-big.
@@ -137,9 +139,8 @@ reasons! {
         FibLookup = 56, "fib_lookup";
         /// Parser probe: a frame parsed completely and was passed.
         Parsed = 57, "parsed";
-        /// A known IPv4 flow's packet served from this CPU's flow cache (also counted as
-        /// `conn_hit`), not from the connection table itself.
-        FlowCacheHit = 58, "flow_cache_hit";
+        /// The connection table knew the flow but its backend is gone: picked again.
+        ConnRepick = 58, "conn_repick";
     }
 }
 
