@@ -25,15 +25,15 @@
 //! - A collision costs only a table lookup. A crafted set of flows that collide can make
 //!   every packet miss; each then pays what every packet paid before the cache.
 
-use crate::select::Target;
+use crate::{maps::Scratch, select::Target};
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
 };
 use lb_common::{
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        ConnEntry, FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS, FLOW_CACHE_SET_BITS,
-        FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
+        ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS,
+        FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
     },
 };
 
@@ -44,15 +44,15 @@ pub struct CachedFlow<const N: usize> {
     /// The flow's key ([`key_v4`], [`key_v6`]).
     key: [u64; N],
     /// `ConnEntry::backend`.
-    pub backend: u32,
+    backend: u32,
     /// `ConnEntry::hash`.
-    pub hash: u32,
+    hash: u32,
     /// `ConnEntry::generation`.
-    pub generation: u32,
+    generation: u32,
     /// Packets served since the fill.
     served: u16,
     /// 1: outer source from the flow hash (`CONN_F_HASHED_SRC`).
-    pub hashed_src: u16,
+    hashed_src: u16,
 }
 
 /// One set: its ways, the most recently filled first.
@@ -102,17 +102,13 @@ pub struct Cached {
 /// reading the 4-aligned key as `u64`s would compile to byte loads).
 #[inline(always)]
 fn key_v4(key: &FlowKeyV4) -> [u64; V4_WORDS] {
-    let ports = u64::from(key.sport_be) | u64::from(key.dport_be) << 16;
-    [
-        u64::from(key.src) | u64::from(key.dst) << 32,
-        ports | u64::from(key.proto) << 32,
-    ]
+    let ports = u32::from(key.sport_be) | u32::from(key.dport_be) << 16;
+    [pair(key.src, key.dst), pair(ports, u32::from(key.proto))]
 }
 
 /// An IPv6 flow's key as the cache compares it (see [`key_v4`]).
 #[inline(always)]
 fn key_v6(flow: &FlowKey) -> [u64; V6_WORDS] {
-    let pair = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
     [
         pair(flow.src[0], flow.src[1]),
         pair(flow.src[2], flow.src[3]),
@@ -121,6 +117,12 @@ fn key_v6(flow: &FlowKey) -> [u64; V6_WORDS] {
         pair(flow.ports_word(), flow.proto_word()),
         0,
     ]
+}
+
+/// Two 32-bit words as one, `a` first in memory (little-endian).
+#[inline(always)]
+fn pair(a: u32, b: u32) -> u64 {
+    u64::from(a) | u64::from(b) << 32
 }
 
 /// This CPU's set for `key` in `map` (`bits`: log2 of the sets per CPU).
@@ -162,53 +164,40 @@ impl<const N: usize> CacheSet<N> {
     }
 }
 
-/// The cached entry of the IPv4 flow `flow` if it may still serve a packet: counts the
-/// packet and writes the entry's target into `target`, which the caller still has to
-/// accept or overwrite (the entry's backend is checked there). The target is written here
-/// so that fewer values stay live in the caller, whose stack is at the verifier's limit.
+/// The cached entry of the flow in `s` (`v4`: an IPv4 flow, keyed by `s.flow4`; else by
+/// `s.flow`) if it may still serve a packet: counts the packet and writes the entry's target
+/// into `s.target`, which the caller still has to accept or overwrite (the entry's backend
+/// is checked there). The target is written here so that fewer values stay live in the
+/// caller, whose stack is at the verifier's limit.
 #[inline(always)]
-pub fn lookup_v4(flow: &FlowKeyV4, target: *mut Target) -> Option<Cached> {
-    lookup(&FLOW_CACHE, &key_v4(flow), FLOW_CACHE_SET_BITS, target)
+pub fn lookup(s: *mut Scratch, v4: bool) -> Option<Cached> {
+    // SAFETY: this CPU's scratch slot, its key written by the caller.
+    let (sc, target) = unsafe { (&*s, core::ptr::addr_of_mut!((*s).target)) };
+    if v4 {
+        lookup_in(&FLOW_CACHE, &key_v4(&sc.flow4), FLOW_CACHE_SET_BITS, target)
+    } else {
+        lookup_in(
+            &FLOW_CACHE_V6,
+            &key_v6(&sc.flow),
+            FLOW_CACHE_V6_SET_BITS,
+            target,
+        )
+    }
 }
 
-/// [`lookup_v4`] for an IPv6 flow.
+/// Caches the connection-table entry `e` of the flow in `s` (as in [`lookup`]): over the
+/// way that already holds it, or else over its set's older way.
 #[inline(always)]
-pub fn lookup_v6(flow: &FlowKey, target: *mut Target) -> Option<Cached> {
-    lookup(
-        &FLOW_CACHE_V6,
-        &key_v6(flow),
-        FLOW_CACHE_V6_SET_BITS,
-        target,
-    )
-}
-
-/// Caches the table entry `e` of the IPv4 flow `flow`: over the way that already holds it,
-/// or else over its set's older way.
-#[inline(always)]
-pub fn fill_v4(flow: &FlowKeyV4, e: &ConnEntry, hashed_src: bool) {
-    fill(
-        &FLOW_CACHE,
-        &key_v4(flow),
-        FLOW_CACHE_SET_BITS,
-        e,
-        hashed_src,
-    )
-}
-
-/// [`fill_v4`] for an IPv6 flow.
-#[inline(always)]
-pub fn fill_v6(flow: &FlowKey, e: &ConnEntry, hashed_src: bool) {
-    fill(
-        &FLOW_CACHE_V6,
-        &key_v6(flow),
-        FLOW_CACHE_V6_SET_BITS,
-        e,
-        hashed_src,
-    )
+pub fn fill(s: &Scratch, v4: bool, e: &ConnEntry) {
+    if v4 {
+        fill_in(&FLOW_CACHE, &key_v4(&s.flow4), FLOW_CACHE_SET_BITS, e)
+    } else {
+        fill_in(&FLOW_CACHE_V6, &key_v6(&s.flow), FLOW_CACHE_V6_SET_BITS, e)
+    }
 }
 
 #[inline(always)]
-fn lookup<const N: usize>(
+fn lookup_in<const N: usize>(
     map: &Array<CacheSet<N>>,
     key: &[u64; N],
     bits: u32,
@@ -235,13 +224,7 @@ fn lookup<const N: usize>(
 }
 
 #[inline(always)]
-fn fill<const N: usize>(
-    map: &Array<CacheSet<N>>,
-    key: &[u64; N],
-    bits: u32,
-    e: &ConnEntry,
-    hashed_src: bool,
-) {
+fn fill_in<const N: usize>(map: &Array<CacheSet<N>>, key: &[u64; N], bits: u32, e: &ConnEntry) {
     let Some(set) = this_cpus_set(map, key, bits) else {
         return;
     };
@@ -262,7 +245,7 @@ fn fill<const N: usize>(
     way.hash = e.hash;
     way.generation = e.generation;
     way.served = 0;
-    way.hashed_src = u16::from(hashed_src);
+    way.hashed_src = u16::from(e.flags & CONN_F_HASHED_SRC != 0);
 }
 
 impl<const N: usize> CachedFlow<N> {

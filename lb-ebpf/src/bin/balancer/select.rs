@@ -3,8 +3,8 @@
 //! The connection table is consulted before the VIP table: a recorded flow carries what
 //! forwarding needs (backend, hash, VIP id, source mode), so the common case — a packet of
 //! a known flow — costs one hash lookup, not two; and a per-CPU cache of the table's
-//! entries (cache.rs) usually answers before that lookup. Traffic for the host itself pays one
-//! connection-table miss before its VIP miss. A removed VIP's flows do not linger: its
+//! entries (cache.rs) usually answers before that lookup. Traffic for the host itself pays
+//! a cache miss and a connection-table miss before its VIP miss. A removed VIP's flows do not linger: its
 //! backends are deactivated, so their entries stop counting as hits.
 //!
 //! When flows are recorded: on *every* packet that misses the connection table (not only
@@ -84,9 +84,9 @@ fn record_conn(s: &Scratch, entry: ConnEntry) -> bool {
 /// Looks the flow in `s` up in this CPU's flow cache, then the connection table, into
 /// `s.target` (its connection-table key must be there, see `Scratch::set_conn_key`; `v4`:
 /// an IPv4 flow): its backend when that can still take it, `None` when the scheduler must
-/// pick. A table hit fills the cache (see cache.rs for why that never moves a flow). `tcp_flags` (0 for UDP) lets
-/// least-connection VIPs take a flow's count back when the client closes it; `stats` is
-/// this CPU's counters. Inlined: this is the hit path.
+/// pick. A table hit fills the cache (cache.rs says why that never moves a flow).
+/// `tcp_flags` (0 for UDP) lets least-connection VIPs take a flow's count back when the
+/// client closes it; `stats` is this CPU's counters. Inlined: this is the hit path.
 #[inline(always)]
 pub fn pinned(
     s: *mut Scratch,
@@ -94,45 +94,31 @@ pub fn pinned(
     tcp_flags: u8,
     stats: Option<*mut Counters>,
 ) -> Option<&'static Backend> {
-    // SAFETY: this CPU's scratch slot, its key written by the caller.
-    let sc = unsafe { &*s };
     // FIN/RST go to the table, whose entry least-connection accounting marks.
     let cacheable = tcp_flags & TCP_FIN_RST == 0;
     if cacheable {
-        // SAFETY: this CPU's scratch slot.
-        let target = unsafe { core::ptr::addr_of_mut!((*s).target) };
-        let cached = if v4 {
-            cache::lookup_v4(&sc.flow4, target)
-        } else {
-            cache::lookup_v6(&sc.flow, target)
-        };
-        if let Some(c) = cached {
-            // The same check as for a table hit (see below); the target is written.
-            if let Some(backend) = usable(c.backend).filter(|b| b.generation == c.generation) {
-                bump_in(stats, Event::ConnHit.slot());
-                bump_in(stats, Event::FlowCacheHit.slot());
-                return Some(backend);
-            }
+        if let Some(backend) = cache::lookup(s, v4).and_then(|c| recorded(c.backend, c.generation))
+        {
+            // `lookup` wrote the target.
+            bump_in(stats, Event::ConnHit.slot());
+            bump_in(stats, Event::FlowCacheHit.slot());
+            return Some(backend);
         }
     }
+    // SAFETY: this CPU's scratch slot, its key written by the caller.
+    let sc = unsafe { &*s };
     let entry = conn_entry(sc, v4)?;
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
-    // The slot must still hold the backend the flow was recorded with (indices are reused).
-    let Some(backend) = usable(e.backend).filter(|b| b.generation == e.generation) else {
+    let Some(backend) = recorded(e.backend, e.generation) else {
         bump_in(stats, Event::ConnRepick.slot());
         return None;
     };
     bump_in(stats, Event::ConnHit.slot());
-    let hashed_src = e.flags & CONN_F_HASHED_SRC != 0;
     if cacheable {
         // The key and set again rather than kept from above: fewer values live across
         // the table lookup, and the entry function's stack is at the verifier's limit.
-        if v4 {
-            cache::fill_v4(&sc.flow4, &e, hashed_src);
-        } else {
-            cache::fill_v6(&sc.flow, &e, hashed_src);
-        }
+        cache::fill(sc, v4, &e);
     }
     if tcp_flags & TCP_FIN_RST != 0 && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
     {
@@ -141,22 +127,23 @@ pub fn pinned(
         unsafe { (*entry).flags = e.flags | CONN_F_CLOSED };
         add_active(e.backend, u64::MAX);
     }
-    set_target(s, e.backend, e.hash, u32::from(hashed_src));
-    Some(backend)
-}
-
-/// Writes a known flow's target into `s`, in one write of the whole struct.
-#[inline(always)]
-fn set_target(s: *mut Scratch, idx: u32, hash: u32, hashed_src: u32) {
-    // SAFETY: this CPU's scratch slot.
+    // SAFETY: this CPU's scratch slot; one write of the whole target.
     unsafe {
         core::ptr::addr_of_mut!((*s).target).write(Target {
-            idx,
-            hash,
-            hashed_src,
+            idx: e.backend,
+            hash: e.hash,
+            hashed_src: u32::from(e.flags & CONN_F_HASHED_SRC != 0),
             new_flow: 0,
         })
     };
+    Some(backend)
+}
+
+/// Backend `idx` if it is usable and still the one a flow was recorded with: slot indices
+/// are reused, and every reuse bumps the slot's generation. Table and cache hits alike.
+#[inline(always)]
+fn recorded(idx: u32, generation: u32) -> Option<&'static Backend> {
+    usable(idx).filter(|b| b.generation == generation)
 }
 
 /// Picks a backend for the flow in `s` that the connection table does not pin, into
