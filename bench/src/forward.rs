@@ -319,7 +319,6 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let frames = frames_for(rig.measure(Dut::XdpTx, warm)?.pps, 1.0);
     let mut tx = Vec::new();
     let mut pps = vec![Vec::new(); labs.len()];
-    let mut ratios = vec![Vec::new(); labs.len()];
     let mut bpf_ns = vec![Vec::new(); labs.len()];
     for round in 0..rounds {
         // Every other round with BPF run-time stats on: the programs' own time per packet,
@@ -332,7 +331,6 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
                 bpf_ns[i].extend(x.bpf_ns);
             } else {
                 pps[i].push(x.pps);
-                ratios[i].push(ratio(x.pps, t));
             }
         }
         if stats.is_none() {
@@ -343,7 +341,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     for (i, p) in paths.iter().enumerate() {
         out[p] = json!({
             "pps": Summary::of(&pps[i]).json(),
-            "over_xdp_tx": Summary::of(&ratios[i]).json(),
+            "over_xdp_tx": Summary::of(&paired(&pps[i], &tx)).json(),
             "bpf_ns_per_pkt": Summary::of(&bpf_ns[i]).json(),
         });
     }

@@ -474,7 +474,6 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let repeat = 200_000;
     let mut tx_ns = Vec::new();
     let mut ns = vec![Vec::new(); labs.len()];
-    let mut ratios = vec![Vec::new(); labs.len()];
     for _ in 0..rounds {
         let t = repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, repeat)?;
         tx_ns.push(t);
@@ -482,14 +481,13 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
             // Not `hit_repeat`: ablation builds may not count hits.
             let v = repeat_ns(lab.prog(), &hit4, repeat)?;
             ns[i].push(v);
-            ratios[i].push(v / t);
         }
     }
     let mut out = json!({ "xdp_tx_ns": Summary::of(&tx_ns).json() });
     for (i, p) in paths.iter().enumerate() {
         out[p] = json!({
             "hit_ns": Summary::of(&ns[i]).json(),
-            "hit_over_xdp_tx": Summary::of(&ratios[i]).json(),
+            "hit_over_xdp_tx": Summary::of(&paired(&ns[i], &tx_ns)).json(),
         });
     }
     Ok(out)
