@@ -8,6 +8,7 @@
 //! - [`addr`]: how IPv4/IPv6 addresses are stored in map keys and values.
 //! - [`counters`]: typed drop / pass / event reasons; each indexes the per-CPU `STATS` array.
 //! - [`flow`]: [`flow::FlowKey`], the connection-table key (one layout for v4 and v6).
+//! - [`flow_cache`]: where the balancer's per-CPU flow cache keeps a flow.
 //! - [`hash`]: the flow hash (one source of truth for BPF and user space) and Maglev's hashes.
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
 //! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
@@ -16,6 +17,7 @@
 pub mod addr;
 pub mod counters;
 pub mod flow;
+pub mod flow_cache;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;

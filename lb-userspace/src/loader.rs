@@ -33,8 +33,8 @@ pub struct LoadOptions {
     pub max_conns: u32,
     /// The per-CPU flow cache in front of the connection tables (see docs/design.md):
     /// `FLOW_CACHE_SETS` × 64 + `FLOW_CACHE_V6_SETS` × 128 bytes (512 KiB) per possible
-    /// CPU. Off: both cache maps get one entry, which no CPU's index reaches, so every
-    /// lookup misses and known flows go to the tables directly.
+    /// CPU. Off: both cache maps get only their unused entry 0, so every lookup misses and
+    /// known flows go to the tables directly.
     pub flow_cache: bool,
 }
 
@@ -60,7 +60,8 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
         .max_vips
         .checked_mul(2 * MAX_TABLE_SIZE)
         .context("max_vips too large: the lookup tables would exceed 4 G slots")?;
-    // One part of the flow cache per possible CPU (the program indexes it by CPU number).
+    // One part of the flow cache per possible CPU (the program indexes it by CPU number),
+    // after an unused entry 0: one entry alone turns the cache off.
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
     let cache_sets = |per_cpu: u32| {
         if !opts.flow_cache {
@@ -68,7 +69,7 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
         }
         u32::try_from(cpus)
             .ok()
-            .and_then(|c| c.checked_mul(per_cpu))
+            .and_then(|c| c.checked_mul(per_cpu)?.checked_add(1))
             .context("too many CPUs for the flow cache")
     };
     let mut ebpf = EbpfLoader::new()

@@ -31,27 +31,31 @@ fn lab() -> Option<Lab> {
     if !require_root() {
         return None;
     }
-    pin_to_this_cpu();
+    // SAFETY: no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    pin_to(usize::try_from(cpu).expect("sched_getcpu failed"));
     Some(Lab::new(WEB3))
 }
 
-/// Pins the calling thread to the CPU it runs on.
-fn pin_to_this_cpu() {
+/// Pins the calling thread to CPU `cpu`.
+fn pin_to(cpu: usize) {
     // SAFETY: plain libc calls on a zeroed, correctly sized cpu_set_t for this thread.
     unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         assert_eq!(rc, 0, "sched_setaffinity failed");
     }
 }
 
 fn tcp4() -> Pkt {
+    tcp4_from(SPORT)
+}
+
+fn tcp4_from(sport: u16) -> Pkt {
     Pkt::eth(CLIENT_MAC, LB_MAC)
         .ipv4(v4(CLIENT), v4("198.18.1.1"))
-        .tcp(SPORT, 80)
+        .tcp(sport, 80)
 }
 
 fn data() -> Vec<u8> {
@@ -59,9 +63,13 @@ fn data() -> Vec<u8> {
 }
 
 fn key() -> FlowKeyV4 {
+    key_from(SPORT)
+}
+
+fn key_from(sport: u16) -> FlowKeyV4 {
     FlowKeyV4::of(&flow(
         CLIENT.parse().unwrap(),
-        SPORT,
+        sport,
         "198.18.1.1".parse().unwrap(),
         80,
         TCP,
@@ -263,22 +271,33 @@ fn ipv6_flows_are_cached_too() {
     assert_eq!(m, moves(1, 0, 0, 0), "IPv6 FIN: a table hit");
 }
 
-/// `xlb run --no-flow-cache`: the cache maps get one entry that no CPU reaches, and every
-/// packet of a known flow is a table hit.
+/// `xlb run --no-flow-cache`: the cache maps keep only their unused entry 0, and every
+/// packet of a known flow is a table hit. The flow is the one whose set is CPU 0's first,
+/// the entry right after the unused one, and the test runs on CPU 0: an index off by one
+/// would cache it.
 #[test]
 fn without_the_cache_every_known_flows_packet_is_a_table_hit() {
+    use lb_common::{flow_cache, maps::FLOW_CACHE_SET_BITS};
     if !require_root() {
         return;
     }
-    pin_to_this_cpu();
+    pin_to(0);
+    // The lowest entry any port reaches on CPU 0: its first set.
+    let sport = (1024..=u16::MAX)
+        .min_by_key(|&p| {
+            flow_cache::entry(&flow_cache::key_v4(&key_from(p)), 0, FLOW_CACHE_SET_BITS)
+        })
+        .expect("ports to choose from");
     let opts = xlb::loader::LoadOptions {
         flow_cache: false,
         ..Lab::options()
     };
     let mut lab = Lab::with_options(WEB3, opts);
-    let backend = cached_flow(&mut lab);
+    let (backend, m) = send(&mut lab, &tcp4_from(sport).syn().build());
+    assert_eq!(m, moves(0, 0, 1, 0), "the SYN is a new flow");
+    let data = tcp4_from(sport).ack().payload(b"data").build();
     for _ in 0..FLOW_CACHE_REFRESH + 2 {
-        let (b, m) = send(&mut lab, &data());
+        let (b, m) = send(&mut lab, &data);
         assert_eq!(m, moves(1, 0, 0, 0));
         assert_eq!(b, backend);
     }

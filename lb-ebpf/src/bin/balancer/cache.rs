@@ -30,7 +30,7 @@ use aya_ebpf::{
     bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
 };
 use lb_common::{
-    flow::{FlowKey, FlowKeyV4},
+    flow_cache::{self, key_v4, key_v6, V4_WORDS, V6_WORDS},
     maps::{
         ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS,
         FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
@@ -41,7 +41,7 @@ use lb_common::{
 /// way: a real key has a protocol (TCP or UDP) in it.
 #[repr(C)]
 pub struct CachedFlow<const N: usize> {
-    /// The flow's key ([`key_v4`], [`key_v6`]).
+    /// The flow's key (`flow_cache::key_v4`, `key_v6`).
     key: [u64; N],
     /// `ConnEntry::backend`.
     backend: u32,
@@ -61,20 +61,15 @@ pub struct CacheSet<const N: usize> {
     ways: [CachedFlow<N>; 2],
 }
 
-/// IPv4 keys: `FlowKeyV4`'s 16 bytes.
-const V4_WORDS: usize = 2;
-/// IPv6 keys: `FlowKey`'s 40 bytes and a zero word, which makes a way 64 bytes.
-const V6_WORDS: usize = 6;
-
 const _: () = assert!(
     core::mem::size_of::<CacheSet<V4_WORDS>>() == 64
         && core::mem::size_of::<CacheSet<V6_WORDS>>() == 128,
     "sets are whole cache lines"
 );
 
-/// See the module docs: CPU `c`'s sets are entries `c × FLOW_CACHE_SETS ..`. The loader
-/// sizes it to `FLOW_CACHE_SETS` × possible CPUs; a CPU beyond the map's size simply never
-/// hits. A plain array indexed by CPU rather than a per-CPU array: the slot's address is
+/// See the module docs; entries by `lb_common::flow_cache::entry`. The loader sizes it to
+/// 1 + `FLOW_CACHE_SETS` × possible CPUs (entry 0 is never used, so one entry is a cache
+/// no CPU reaches); a CPU beyond the map's size simply never hits. A plain array indexed by CPU rather than a per-CPU array: the slot's address is
 /// arithmetic, where a per-CPU array first loads a pointer per slot (one more cache miss
 /// per packet for a table this size). `BPF_F_MMAPABLE` for its layout, not for user space:
 /// only mmapable arrays keep their values page-aligned, so that each set is exactly one
@@ -98,33 +93,6 @@ pub struct Cached {
     pub generation: u32,
 }
 
-/// An IPv4 key as the cache compares it, in its memory layout (composed from fields:
-/// reading the 4-aligned key as `u64`s would compile to byte loads).
-#[inline(always)]
-fn key_v4(key: &FlowKeyV4) -> [u64; V4_WORDS] {
-    let ports = u32::from(key.sport_be) | u32::from(key.dport_be) << 16;
-    [pair(key.src, key.dst), pair(ports, u32::from(key.proto))]
-}
-
-/// An IPv6 flow's key as the cache compares it (see [`key_v4`]).
-#[inline(always)]
-fn key_v6(flow: &FlowKey) -> [u64; V6_WORDS] {
-    [
-        pair(flow.src[0], flow.src[1]),
-        pair(flow.src[2], flow.src[3]),
-        pair(flow.dst[0], flow.dst[1]),
-        pair(flow.dst[2], flow.dst[3]),
-        pair(flow.ports_word(), flow.proto_word()),
-        0,
-    ]
-}
-
-/// Two 32-bit words as one, `a` first in memory (little-endian).
-#[inline(always)]
-fn pair(a: u32, b: u32) -> u64 {
-    u64::from(a) | u64::from(b) << 32
-}
-
 /// This CPU's set for `key` in `map` (`bits`: log2 of the sets per CPU).
 #[inline(always)]
 fn this_cpus_set<const N: usize>(
@@ -132,17 +100,9 @@ fn this_cpus_set<const N: usize>(
     key: &[u64; N],
     bits: u32,
 ) -> Option<&'static mut CacheSet<N>> {
-    // Multiplicative hashing: the top bits of the product depend on every input bit; the
-    // rotations keep equal words (the same prefix twice) from cancelling, and move the
-    // ports (low bits of the last word) away from the addresses.
-    let mut folded = 0u64;
-    for (i, w) in key.iter().enumerate() {
-        folded ^= w.rotate_left(29 * i as u32);
-    }
-    let mixed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // SAFETY: no arguments; the verifier inlines it as a read of this CPU's number.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let set = map.get_ptr_mut((cpu << bits) + (mixed >> (64 - bits)) as u32)?;
+    let set = map.get_ptr_mut(flow_cache::entry(key, cpu, bits))?;
     // SAFETY: `set` is in this CPU's part of the map, valid for the whole run; nothing
     // else touches it meanwhile (other CPUs use their own part, programs do not yield).
     Some(unsafe { &mut *set })
