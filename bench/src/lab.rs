@@ -91,13 +91,8 @@ pub fn load_options(max_conns: u32, flow_cache: bool) -> LoadOptions {
 }
 
 impl BenchLab {
-    /// Loads a balancer with `opts`, applies `vips` through the core and gives every backend
-    /// the next hop `hop`.
-    pub fn new(vips: &[VipSpec], opts: LoadOptions, hop: NextHop) -> Result<BenchLab> {
-        Self::with_object(loader::BALANCER_OBJ, vips, opts, hop)
-    }
-
-    /// [`BenchLab::new`] with another build of the balancer object.
+    /// Loads `object` (a build of the balancer) with `opts`, applies `vips` through the core
+    /// and gives every backend the next hop `hop`.
     pub fn with_object(
         object: &[u8],
         vips: &[VipSpec],

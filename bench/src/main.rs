@@ -134,6 +134,7 @@ fn run(quick: bool) -> Result<()> {
     for (var, compare, rounds) in [
         ("XLB_BENCH_AB", testrun::compare_builds as Compare, 40),
         ("XLB_BENCH_AB_FORWARD", forward::compare_builds, 24),
+        ("XLB_BENCH_AB_WRK", peers::compare_builds, 8),
     ] {
         if let Ok(paths) = std::env::var(var) {
             let paths: Vec<String> = paths.split(',').map(|p| p.trim().to_string()).collect();

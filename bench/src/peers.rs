@@ -229,121 +229,219 @@ fn prog_stats(prog: &aya::programs::Xdp) -> Result<(u64, u64)> {
     Ok((i.run_time().as_nanos() as u64, i.run_count()))
 }
 
+/// What every configuration shares: the demo network, nginx and the decap program on
+/// each backend (attached in every configuration, so every configuration pays for it
+/// alike), and the balancer host's interface.
+struct Testbed {
+    net: DemoNet,
+    backends: Vec<IpAddr>,
+    decaps: Vec<Ebpf>,
+    lb_if: u32,
+    lb_mac: [u8; 6],
+    // Last: the servers stop before the namespaces go.
+    _servers: Vec<Proc>,
+}
+
+impl Testbed {
+    fn new() -> Result<Testbed> {
+        let net = DemoNet::new("bp", BACKENDS);
+        for (ns, keys) in [
+            (
+                &net.lb,
+                &[
+                    "net.ipv4.conf.all.send_redirects",
+                    "net.ipv4.conf.eth0.send_redirects",
+                ][..],
+            ),
+            (&net.client, &["net.ipv4.conf.all.accept_redirects"][..]),
+        ] {
+            for k in keys {
+                ns.sysctl(k, "0");
+            }
+        }
+        for ns in [&net.lb, &net.client] {
+            ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+            ns.sysctl("net.ipv4.ip_local_port_range", "10000 64000");
+        }
+        let backends: Vec<IpAddr> = net.backends.iter().map(|b| IpAddr::V4(b.v4)).collect();
+        let mut servers = Vec::new();
+        let mut decaps: Vec<Ebpf> = Vec::new();
+        for b in &net.backends {
+            servers.push(nginx(&b.ns, &net.dir, &b.name)?);
+            let mut ebpf = loader::load_decap()?;
+            {
+                let mut addrs: HashMap<_, DecapAddr, u32> =
+                    HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).context("DECAP_ADDRS")?)?;
+                let (addr, family) = to_words(IpAddr::V4(b.v4));
+                addrs.insert(
+                    DecapAddr {
+                        addr,
+                        family: u32::from(family),
+                    },
+                    1u32,
+                    0,
+                )?;
+            }
+            {
+                let _inside = b.ns.enter();
+                loader::attach(&mut ebpf, loader::DECAP_PROG, "eth0", XdpMode::Driver)?;
+            }
+            decaps.push(ebpf);
+        }
+        for (i, b) in net.backends.iter().enumerate() {
+            let addr = SocketAddr::new(IpAddr::V4(b.v4), 80);
+            let ok = (0..100).any(|_| {
+                let up = http_get(&net.client, addr, "/", Duration::from_millis(500)).is_ok();
+                if !up {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                up
+            });
+            ensure!(
+                ok,
+                "nginx on {} did not answer: {}",
+                b.name,
+                std::fs::read_to_string(net.dir.join(format!("nginx-b{}.err", i + 1)))
+                    .unwrap_or_default()
+            );
+        }
+        let lb_if = net.lb.ifindex("eth0");
+        let lb_mac = net.lb.mac("eth0");
+        Ok(Testbed {
+            net,
+            backends,
+            decaps,
+            lb_if,
+            lb_mac,
+            _servers: servers,
+        })
+    }
+
+    /// A balancer built from `object` for the VIP, its next hops the backends' MACs.
+    fn xlb(&self, object: &[u8]) -> Result<BenchLab> {
+        let vip: VipId = format!("{VIP4}:80/tcp")
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?;
+        let spec = [VipSpec {
+            addr: VIP4.parse()?,
+            port: 80,
+            proto: "tcp",
+            backends: self.backends.clone(),
+        }];
+        let mut xlb = BenchLab::with_object(
+            object,
+            &spec,
+            load_options(1 << 18, true),
+            NextHop {
+                ifindex: self.lb_if,
+                smac: self.lb_mac,
+                dmac: [0; 6],
+            },
+        )?;
+        for b in &self.net.backends {
+            let hop = NextHop {
+                ifindex: self.lb_if,
+                smac: self.lb_mac,
+                dmac: b.ns.mac("eth0"),
+            };
+            xlb.core
+                .set_nexthop(&vip, IpAddr::V4(b.v4), Some(hop))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(xlb)
+    }
+
+    /// Attaches `prog` to the balancer host's interface.
+    fn attach(&self, prog: &mut aya::programs::Xdp) -> Result<XdpLinkId> {
+        let _inside = self.net.lb.enter();
+        Ok(prog.attach_to_if_index(self.lb_if, XdpMode::Driver)?)
+    }
+}
+
+/// Run time and count of the decap programs, all backends together (a function of the
+/// field, not a method, so closures can borrow it beside the rest of the testbed).
+fn decap_stats(decaps: &mut [Ebpf]) -> Result<(u64, u64)> {
+    let mut sum = (0, 0);
+    for e in decaps {
+        let (ns, n) = prog_stats(loader::xdp(e, loader::DECAP_PROG)?)?;
+        sum = (sum.0 + ns, sum.1 + n);
+    }
+    Ok(sum)
+}
+
+/// Development aid (`XLB_BENCH_AB_WRK=a.o,b.o`): several builds of the balancer object under
+/// wrk on the peers' topology, interleaved round by round: each build's BPF run time per
+/// packet, with keep-alive and with a new connection per request, and in units of the
+/// decap program's time on the same packets in the same run (the within-run ratio).
+pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
+    const SECS: u32 = 3;
+    let mut bed = Testbed::new()?;
+    let mut labs = Vec::new();
+    for p in paths {
+        let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
+        labs.push(bed.xlb(&object)?);
+    }
+    let url = format!("http://{VIP4}/");
+    let _stats = crate::bpf_stats_on()?;
+    // [build][mode]: ns per packet of the balancer, and over decap's.
+    let mut ns = vec![vec![Vec::new(); MODES.len()]; labs.len()];
+    let mut over = vec![vec![Vec::new(); MODES.len()]; labs.len()];
+    for round in 0..rounds {
+        for (i, lab) in labs.iter_mut().enumerate() {
+            let link = bed.attach(lab.prog())?;
+            let measured = (|| -> Result<()> {
+                for (m, mode) in MODES.iter().enumerate() {
+                    let b0 = prog_stats(lab.prog())?;
+                    let d0 = decap_stats(&mut bed.decaps)?;
+                    wrk(&bed.net.client, &url, *mode == "close", SECS)?;
+                    let b1 = prog_stats(lab.prog())?;
+                    let d1 = decap_stats(&mut bed.decaps)?;
+                    let b = ratio((b1.0 - b0.0) as f64, (b1.1 - b0.1) as f64);
+                    let d = ratio((d1.0 - d0.0) as f64, (d1.1 - d0.1) as f64);
+                    ns[i][m].push(b);
+                    over[i][m].push(ratio(b, d));
+                }
+                Ok(())
+            })();
+            lab.prog().detach(link)?;
+            measured?;
+        }
+        eprintln!("  wrk A/B round {}/{rounds}", round + 1);
+    }
+    let mut out = json!({});
+    for (i, p) in paths.iter().enumerate() {
+        for (m, mode) in MODES.iter().enumerate() {
+            out[p][*mode] = json!({
+                "ns_per_pkt": Summary::of(&ns[i][m]).json(),
+                "over_decap": Summary::of(&over[i][m]).json(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Runs part 3.
 pub fn run(plan: &Plan) -> Result<Value> {
-    let net = DemoNet::new("bp", BACKENDS);
-    let dir = net.dir.clone();
-    for (ns, keys) in [
-        (
-            &net.lb,
-            &[
-                "net.ipv4.conf.all.send_redirects",
-                "net.ipv4.conf.eth0.send_redirects",
-            ][..],
-        ),
-        (&net.client, &["net.ipv4.conf.all.accept_redirects"][..]),
-    ] {
-        for k in keys {
-            ns.sysctl(k, "0");
-        }
-    }
-    for ns in [&net.lb, &net.client] {
-        ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
-        ns.sysctl("net.ipv4.ip_local_port_range", "10000 64000");
-    }
-    net.lb.addr("eth0", &format!("{NFT_SNAT}/24"));
-    net.lb.addr("eth0", &format!("{HAPROXY_SRC}/24"));
-    net.lb.addr("lo", &format!("{HAPROXY_VIP}/32"));
-    let backends: Vec<IpAddr> = net.backends.iter().map(|b| IpAddr::V4(b.v4)).collect();
+    let mut bed = Testbed::new()?;
 
-    // Backends: nginx and the decap program (attached in every configuration, so every
-    // configuration pays for it alike).
-    let mut servers = Vec::new();
-    let mut decaps: Vec<Ebpf> = Vec::new();
-    for b in &net.backends {
-        servers.push(nginx(&b.ns, &dir, &b.name)?);
-        let mut ebpf = loader::load_decap()?;
-        {
-            let mut addrs: HashMap<_, DecapAddr, u32> =
-                HashMap::try_from(ebpf.map_mut(MAP_DECAP_ADDRS).context("DECAP_ADDRS")?)?;
-            let (addr, family) = to_words(IpAddr::V4(b.v4));
-            addrs.insert(
-                DecapAddr {
-                    addr,
-                    family: u32::from(family),
-                },
-                1u32,
-                0,
-            )?;
-        }
-        {
-            let _inside = b.ns.enter();
-            loader::attach(&mut ebpf, loader::DECAP_PROG, "eth0", XdpMode::Driver)?;
-        }
-        decaps.push(ebpf);
-    }
-    for (i, b) in net.backends.iter().enumerate() {
-        let addr = SocketAddr::new(IpAddr::V4(b.v4), 80);
-        let ok = (0..100).any(|_| {
-            let up = http_get(&net.client, addr, "/", Duration::from_millis(500)).is_ok();
-            if !up {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            up
-        });
-        ensure!(
-            ok,
-            "nginx on {} did not answer: {}",
-            b.name,
-            std::fs::read_to_string(dir.join(format!("nginx-b{}.err", i + 1))).unwrap_or_default()
-        );
-    }
-    let _haproxy = haproxy(&net.lb, &dir, &backends)?;
+    let dir = bed.net.dir.clone();
+    bed.net.lb.addr("eth0", &format!("{NFT_SNAT}/24"));
+    bed.net.lb.addr("eth0", &format!("{HAPROXY_SRC}/24"));
+    bed.net.lb.addr("lo", &format!("{HAPROXY_VIP}/32"));
+    let backends = bed.backends.clone();
+    let _haproxy = haproxy(&bed.net.lb, &dir, &backends)?;
 
     // The balancer host's programs: xlb (next hops = the backends' MACs) and xlb_hop.
-    let lb_if = net.lb.ifindex("eth0");
-    let lb_mac = net.lb.mac("eth0");
-    let vip: VipId = format!("{VIP4}:80/tcp")
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
-    let spec = [VipSpec {
-        addr: VIP4.parse()?,
-        port: 80,
-        proto: "tcp",
-        backends: backends.clone(),
-    }];
-    let mut xlb = BenchLab::new(
-        &spec,
-        load_options(1 << 18, true),
-        NextHop {
-            ifindex: lb_if,
-            smac: lb_mac,
-            dmac: [0; 6],
-        },
-    )?;
-    for b in &net.backends {
-        let hop = NextHop {
-            ifindex: lb_if,
-            smac: lb_mac,
-            dmac: b.ns.mac("eth0"),
-        };
-        xlb.core
-            .set_nexthop(&vip, IpAddr::V4(b.v4), Some(hop))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let mut xlb = bed.xlb(loader::BALANCER_OBJ)?;
     let mut hop = loader::load_baseline("xlb_hop")?;
     {
         let mut macs: Array<_, [u8; 12]> =
             Array::try_from(hop.map_mut("HOP_MACS").context("HOP_MACS")?)?;
         let mut m = [0u8; 12];
-        m[..6].copy_from_slice(&net.backends[0].ns.mac("eth0"));
-        m[6..].copy_from_slice(&lb_mac);
+        m[..6].copy_from_slice(&bed.net.backends[0].ns.mac("eth0"));
+        m[6..].copy_from_slice(&bed.lb_mac);
         macs.set(0, m, 0)?;
     }
-    let attach = |prog: &mut aya::programs::Xdp| -> Result<XdpLinkId> {
-        let _inside = net.lb.enter();
-        Ok(prog.attach_to_if_index(lb_if, XdpMode::Driver)?)
-    };
 
     let url = |c: &str| -> String {
         match c {
@@ -362,7 +460,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
         let addr = SocketAddr::new(host, 80);
         let mut last = String::new();
         for _ in 0..40 {
-            match http_get(&net.client, addr, "/", Duration::from_millis(500)) {
+            match http_get(&bed.net.client, addr, "/", Duration::from_millis(500)) {
                 Ok(_) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
@@ -392,9 +490,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
             for (c, config) in CONFIGS.iter().enumerate() {
                 let mut link = None;
                 match *config {
-                    "hop_only" => link = Some(attach(loader::xdp(&mut hop, "xlb_hop")?)?),
-                    "xlb" => link = Some(attach(xlb.prog())?),
-                    "nftables" => nft(&net.lb, &nft_ruleset(&backends), &dir)?,
+                    "hop_only" => link = Some(bed.attach(loader::xdp(&mut hop, "xlb_hop")?)?),
+                    "xlb" => link = Some(bed.attach(xlb.prog())?),
+                    "nftables" => nft(&bed.net.lb, &nft_ruleset(&backends), &dir)?,
                     _ => {}
                 }
                 let run = (|| -> Result<WrkRun> {
@@ -402,22 +500,22 @@ pub fn run(plan: &Plan) -> Result<Value> {
                         check(config)?;
                     }
                     let b0 = prog_stats(xlb.prog())?;
-                    let d0: Vec<(u64, u64)> = decaps
-                        .iter_mut()
-                        .map(|e| prog_stats(loader::xdp(e, loader::DECAP_PROG)?))
-                        .collect::<Result<_>>()?;
-                    let r = wrk(&net.client, &url(config), *mode == "close", plan.wrk_secs)?;
+                    let d0 = decap_stats(&mut bed.decaps)?;
+                    let r = wrk(
+                        &bed.net.client,
+                        &url(config),
+                        *mode == "close",
+                        plan.wrk_secs,
+                    )?;
                     if *config == "xlb" {
                         let b1 = prog_stats(xlb.prog())?;
                         bpf[0].0 += b1.0 - b0.0;
                         bpf[0].1 += b1.1 - b0.1;
                         bpf_mode[m].0 += b1.0 - b0.0;
                         bpf_mode[m].1 += b1.1 - b0.1;
-                        for (e, d) in decaps.iter_mut().zip(&d0) {
-                            let d1 = prog_stats(loader::xdp(e, loader::DECAP_PROG)?)?;
-                            bpf[1].0 += d1.0 - d.0;
-                            bpf[1].1 += d1.1 - d.1;
-                        }
+                        let d1 = decap_stats(&mut bed.decaps)?;
+                        bpf[1].0 += d1.0 - d0.0;
+                        bpf[1].1 += d1.1 - d0.1;
                     }
                     Ok(r)
                 })();
@@ -425,7 +523,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
                     "hop_only" => loader::xdp(&mut hop, "xlb_hop")?
                         .detach(link.take().context("hop link")?)?,
                     "xlb" => xlb.prog().detach(link.take().context("xlb link")?)?,
-                    "nftables" => nft(&net.lb, "delete table ip xlbbench\n", &dir)?,
+                    "nftables" => nft(&bed.net.lb, "delete table ip xlbbench\n", &dir)?,
                     _ => {}
                 }
                 let r = run?;
@@ -497,6 +595,5 @@ pub fn run(plan: &Plan) -> Result<Value> {
         "backends": BACKENDS, "server": "nginx, 1 worker", "client": CLIENT4, "balancer": LB4,
         "cpu": "whole-machine busy time from /proc/stat per request; lb_cpu = config - direct",
     });
-    drop(servers);
     Ok(out)
 }
