@@ -29,6 +29,7 @@ use aya::{
 };
 use lb_common::{
     addr::to_words,
+    counters::Event,
     maps::{DecapAddr, MAP_DECAP_ADDRS},
 };
 use serde_json::{json, Value};
@@ -386,20 +387,26 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     // [build][mode]: ns per packet of the balancer, and over decap's.
     let mut ns = vec![vec![Vec::new(); MODES.len()]; labs.len()];
     let mut over = vec![vec![Vec::new(); MODES.len()]; labs.len()];
+    // Share of the balancer's packets served from the flow cache.
+    let mut cached = vec![vec![Vec::new(); MODES.len()]; labs.len()];
     for round in 0..rounds {
         for (i, lab) in labs.iter_mut().enumerate() {
             let link = bed.attach(lab.prog())?;
             let measured = (|| -> Result<()> {
                 for (m, mode) in MODES.iter().enumerate() {
+                    let c0 = lab.counters();
                     let b0 = prog_stats(lab.prog())?;
                     let d0 = decap_stats(&mut bed.decaps)?;
                     wrk(&bed.net.client, &url, *mode == "close", SECS)?;
                     let b1 = prog_stats(lab.prog())?;
                     let d1 = decap_stats(&mut bed.decaps)?;
+                    let c1 = lab.counters();
                     let b = ratio((b1.0 - b0.0) as f64, (b1.1 - b0.1) as f64);
                     let d = ratio((d1.0 - d0.0) as f64, (d1.1 - d0.1) as f64);
                     ns[i][m].push(b);
                     over[i][m].push(ratio(b, d));
+                    let moved = |e: Event| (c1[e.slot() as usize] - c0[e.slot() as usize]) as f64;
+                    cached[i][m].push(ratio(moved(Event::FlowCacheHit), (b1.1 - b0.1) as f64));
                 }
                 Ok(())
             })();
@@ -414,6 +421,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
             out[p][*mode] = json!({
                 "ns_per_pkt": Summary::of(&ns[i][m]).json(),
                 "over_decap": Summary::of(&over[i][m]).json(),
+                "flow_cache_hit_share": round3(Summary::of(&cached[i][m]).median),
             });
         }
     }
