@@ -27,7 +27,7 @@ use xlb_tests::netns::{veth, Netns};
 use crate::{
     frames::{udp64, FRAME_LEN, SPORT_OFF_V4},
     lab::{backend_addrs, load_options, BenchLab, VipSpec},
-    stats::{paired, ratio, round3, Summary},
+    stats::{paired, ratio, rotated, round3, Summary},
     Plan,
 };
 
@@ -325,7 +325,9 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
         // less noisy than the chain's rate (but the stats' clock reads cost every program).
         let stats = (round % 2 == 1).then(crate::bpf_stats_on).transpose()?;
         let t = rig.measure(Dut::XdpTx, frames)?.pps;
-        for (i, lab) in labs.iter_mut().enumerate() {
+        // Rotated every other round: each kind of round (rate, run time) sees every order.
+        for i in rotated(labs.len(), round / 2) {
+            let lab = &mut labs[i];
             let x = rig.measure(Dut::Xlb(lab), frames)?;
             if stats.is_some() {
                 bpf_ns[i].extend(x.bpf_ns);

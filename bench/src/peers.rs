@@ -41,7 +41,7 @@ use xlb_tests::{
 
 use crate::{
     lab::{load_options, BenchLab, VipSpec},
-    stats::{ratio, round3, Summary},
+    stats::{ratio, rotated, round3, Summary},
     Plan,
 };
 
@@ -390,7 +390,8 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     // Share of the balancer's packets served from the flow cache.
     let mut cached = vec![vec![Vec::new(); MODES.len()]; labs.len()];
     for round in 0..rounds {
-        for (i, lab) in labs.iter_mut().enumerate() {
+        for i in rotated(labs.len(), round) {
+            let lab = &mut labs[i];
             let link = bed.attach(lab.prog())?;
             let measured = (|| -> Result<()> {
                 for (m, mode) in MODES.iter().enumerate() {

@@ -75,3 +75,12 @@ mod tests {
         assert_eq!(Summary::of(&[]).n, 0);
     }
 }
+
+/// The order in which A/B tools measure `n` builds in round `round`: rotated each round, so
+/// that no build always comes first and a position effect cannot pass for a difference
+/// between builds. (Two identical builds still came out up to 6 % apart in one forwarding
+/// A/B of 24 rounds: differences below that mean nothing there.)
+pub fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + round) % n)
+}
+

@@ -27,7 +27,7 @@ use xlb_tests::fixtures::{CLIENT_MAC, LB_MAC, NEXTHOP_MAC, TEST_RUN_IFINDEX};
 use crate::{
     frames::udp64,
     lab::{backend_addrs, load_options, BenchLab, VipSpec},
-    stats::{paired, round3, Summary},
+    stats::{paired, rotated, round3, Summary},
     Plan,
 };
 
@@ -474,10 +474,11 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let repeat = 200_000;
     let mut tx_ns = Vec::new();
     let mut ns = vec![Vec::new(); labs.len()];
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let t = repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, repeat)?;
         tx_ns.push(t);
-        for (i, lab) in labs.iter_mut().enumerate() {
+        for i in rotated(labs.len(), round) {
+            let lab = &mut labs[i];
             // Not `hit_repeat`: ablation builds may not count hits.
             let v = repeat_ns(lab.prog(), &hit4, repeat)?;
             ns[i].push(v);
