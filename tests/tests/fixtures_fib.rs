@@ -13,7 +13,7 @@ use lb_common::{
     counters::{Drop, Event},
     hash::flow_hash,
 };
-use xlb::config::VipId;
+use xlb::{config::VipId, dataplane::Dataplane};
 use xlb_tests::{
     fixtures::*,
     netns::{require_root, veth, Netns},
@@ -121,6 +121,12 @@ fn next_hop_from_the_fib() {
     );
 }
 
+/// Packets and bytes counted for backend `addr` of `vip`.
+fn traffic(lab: &Lab, vip: &str, addr: &str) -> (u64, u64) {
+    let t = lab.core.dataplane().backend(lab.backend_index(vip, addr));
+    (t.packets, t.bytes)
+}
+
 fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
     let mut lab = Lab::new(CFG);
     for (vip, backend) in [
@@ -193,6 +199,19 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
         &[(no_route, 1), (fib, 1)],
     );
 
+    // Refused packets are not the backends' traffic.
+    for (vip, backend) in [
+        ("198.18.1.1:81/tcp", "198.18.99.11"),
+        ("198.18.1.1:80/tcp", "198.18.0.11"),
+        ("[fd00::1:1]:80/tcp", "fd00::11"),
+    ] {
+        assert_eq!(
+            traffic(&lab, vip, backend),
+            (0, 0),
+            "{backend}: nothing forwarded"
+        );
+    }
+
     lab.add_tx_port(ifindex);
     let v6_hash = flow_hash(&flow(
         "fd00::10".parse().unwrap(),
@@ -250,6 +269,13 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
     assert_eq!(
         out,
         encapsulated(&syn, "198.18.0.2".parse().unwrap(), addr, 0)
+    );
+    // The redirected SYN and this one, IP packets as the client sent them.
+    let ip_len = (syn.len() - 14) as u64;
+    assert_eq!(
+        traffic(&lab, "198.18.1.1:80/tcp", "198.18.0.11"),
+        (2, 2 * ip_len),
+        "forwarded packets are counted once each"
     );
     lab.core
         .set_nexthop(&id, addr, None)

@@ -118,11 +118,10 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
         }
         return unpack(icmp::too_big(ctx, &l3, cfg.mtu - outer as u32));
     }
-    let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop, stats)?;
+    // ICMP errors are counted by reason only; everything else as its backend's traffic.
+    let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop, stats, !icmp_error)?;
     if icmp_error {
         bump_in(stats, Event::IcmpForwarded.slot());
-    } else {
-        account::traffic(target.idx, l3.l3_len() as u64, target.new_flow != 0);
     }
     Ok(verdict)
 }
