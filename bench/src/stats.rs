@@ -83,4 +83,3 @@ mod tests {
 pub fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |k| (k + round) % n)
 }
-
