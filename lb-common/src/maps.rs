@@ -36,8 +36,14 @@ pub const FLOW_CACHE_V6_SETS: u32 = 1 << FLOW_CACHE_V6_SET_BITS;
 /// log2 of [`FLOW_CACHE_V6_SETS`].
 pub const FLOW_CACHE_V6_SET_BITS: u32 = 11;
 /// Packets a flow-cache entry serves before its flow's next packet looks the connection
-/// table up again (which refreshes the LRU and picks up changes).
-pub const FLOW_CACHE_REFRESH: u16 = 32;
+/// table up again (which refreshes the LRU and picks up changes), at most: see
+/// [`FLOW_CACHE_MAX_AGE`].
+pub const FLOW_CACHE_REFRESH: u16 = 128;
+/// Jiffies after its fill from which a flow-cache entry no longer serves: the flow's next
+/// packet looks the table up, so even a slow flow refreshes its LRU entry at least this
+/// often while it sends (1 s at HZ 250, 0.25–2.5 s for HZ 1000–100). Fast flows are held
+/// to [`FLOW_CACHE_REFRESH`] packets instead.
+pub const FLOW_CACHE_MAX_AGE: u16 = 250;
 /// `CONFIG`: single slot → [`LbConfig`].
 pub const MAP_CONFIG: &str = "CONFIG";
 /// `STATS`: per-CPU `u64` counters indexed by [`crate::counters`] slots.

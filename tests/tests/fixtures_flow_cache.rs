@@ -155,6 +155,23 @@ fn known_flows_are_served_from_the_cache_and_revalidated_every_refresh() {
     assert_eq!(m, moves(1, 1, 0, 0), "and the cache again after that");
 }
 
+/// An entry also stops serving `FLOW_CACHE_MAX_AGE` jiffies after its fill, however few
+/// packets it served: a slow flow still refreshes its connection-table entry.
+#[test]
+fn an_entry_older_than_its_max_age_goes_back_to_the_table() {
+    let Some(mut lab) = lab() else { return };
+    let backend = cached_flow(&mut lab);
+    let (_, m) = send(&mut lab, &data());
+    assert_eq!(m, moves(1, 1, 0, 0), "fresh: a cache hit");
+    // FLOW_CACHE_MAX_AGE jiffies are at most 2.5 s (HZ 100).
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let (b, m) = send(&mut lab, &data());
+    assert_eq!(m, moves(1, 0, 0, 0), "too old: the table again");
+    assert_eq!(b, backend);
+    let (_, m) = send(&mut lab, &data());
+    assert_eq!(m, moves(1, 1, 0, 0), "refilled: the cache again");
+}
+
 /// The LRU evicted the flow (here: the test removes it): the cache keeps the flow on its
 /// backend until its next revalidation, which records the flow in the table again.
 #[test]

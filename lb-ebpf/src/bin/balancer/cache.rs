@@ -11,9 +11,10 @@
 //!
 //! Why it never changes where a flow goes:
 //! - The connection table stays the authority. Entries are filled only from a table hit, and
-//!   an entry serves at most [`REFRESH`] packets before the next one looks the table up
-//!   again. That lookup sets the LRU's reference bit (a busy flow is not evicted because its
-//!   packets skip the table) and picks up whatever changed in the entry.
+//!   an entry serves at most [`REFRESH`] packets, and for at most [`MAX_AGE`] jiffies, before
+//!   the next packet looks the table up again. That lookup sets the LRU's reference bit (a
+//!   busy flow is not evicted because its packets skip the table; a slow one refreshes it at
+//!   least once a second while it sends) and picks up whatever changed in the entry.
 //! - A cached entry passes the same backend check as a table hit (slot usable, generation
 //!   recorded with the flow), so removed, dead and reused backend slots are seen at once.
 //! - FIN and RST packets always go to the table: least-connection accounting marks the
@@ -21,18 +22,24 @@
 //! - Nothing else rewrites the entry of a live flow (the daemon only reads the tables), so a
 //!   cached copy can only be older than an entry the LRU evicted; it then serves at most
 //!   [`REFRESH`] more packets, to the backend the flow already had.
+//! - The age is kept in 16 bits of jiffies: an entry untouched for a multiple of 65 536
+//!   jiffies can look fresh again, and then serves at most [`REFRESH`] packets, as above.
 //! - Per CPU: no other CPU writes a set while this one reads it, so no torn entries.
 //! - A collision costs only a table lookup. A crafted set of flows that collide can make
 //!   every packet miss; each then pays what every packet paid before the cache.
 
 use crate::{maps::Scratch, select::Target};
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
+    bindings::BPF_F_MMAPABLE,
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
+    macros::map,
+    maps::Array,
 };
 use lb_common::{
     flow_cache::{self, key_v4, key_v6, V4_WORDS, V6_WORDS},
     maps::{
-        ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS,
+        ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_MAX_AGE as MAX_AGE,
+        FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS,
         FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
     },
 };
@@ -50,9 +57,11 @@ pub struct CachedFlow<const N: usize> {
     /// `ConnEntry::generation`.
     generation: u32,
     /// Packets served since the fill.
-    served: u16,
+    served: u8,
     /// 1: outer source from the flow hash (`CONN_F_HASHED_SRC`).
-    hashed_src: u16,
+    hashed_src: u8,
+    /// Jiffies at the fill, low 16 bits.
+    filled: u16,
 }
 
 /// One set: its ways, the most recently filled first.
@@ -164,7 +173,7 @@ fn lookup_in<const N: usize>(
     target: *mut Target,
 ) -> Option<Cached> {
     let way = this_cpus_set(map, key, bits)?.way_of(key)?;
-    if way.served >= REFRESH {
+    if u16::from(way.served) >= REFRESH || age(way.filled) >= MAX_AGE {
         return None;
     }
     way.served += 1;
@@ -205,7 +214,21 @@ fn fill_in<const N: usize>(map: &Array<CacheSet<N>>, key: &[u64; N], bits: u32, 
     way.hash = e.hash;
     way.generation = e.generation;
     way.served = 0;
-    way.hashed_src = u16::from(e.flags & CONN_F_HASHED_SRC != 0);
+    way.hashed_src = u8::from(e.flags & CONN_F_HASHED_SRC != 0);
+    way.filled = jiffies();
+}
+
+/// The kernel's jiffies, low 16 bits (the verifier inlines the helper as one load).
+#[inline(always)]
+fn jiffies() -> u16 {
+    // SAFETY: no arguments.
+    unsafe { bpf_jiffies64() as u16 }
+}
+
+/// Jiffies since `filled` (modulo 2^16).
+#[inline(always)]
+fn age(filled: u16) -> u16 {
+    jiffies().wrapping_sub(filled)
 }
 
 impl<const N: usize> CachedFlow<N> {
@@ -231,5 +254,6 @@ impl<const N: usize> CachedFlow<N> {
         to.generation = self.generation;
         to.served = self.served;
         to.hashed_src = self.hashed_src;
+        to.filled = self.filled;
     }
 }
