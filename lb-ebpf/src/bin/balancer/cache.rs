@@ -38,9 +38,8 @@ use aya_ebpf::{
 use lb_common::{
     flow_cache::{self, key_v4, key_v6, V4_WORDS, V6_WORDS},
     maps::{
-        ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_MAX_AGE as MAX_AGE,
-        FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS,
-        FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
+        ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_MAX_AGE as MAX_AGE, FLOW_CACHE_REFRESH as REFRESH,
+        FLOW_CACHE_SETS, FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
     },
 };
 
