@@ -13,8 +13,8 @@
 //! - The connection table stays the authority. Entries are filled only from a table hit, and
 //!   an entry serves at most [`REFRESH`] packets, and for at most [`MAX_AGE`] jiffies, before
 //!   the next packet looks the table up again. That lookup sets the LRU's reference bit (a
-//!   busy flow is not evicted because its packets skip the table; a slow one refreshes it at
-//!   least once a second while it sends) and picks up whatever changed in the entry.
+//!   busy flow is not evicted because its packets skip the table; a slow one refreshes it
+//!   every [`MAX_AGE`] jiffies while it sends) and picks up whatever changed in the entry.
 //! - A cached entry passes the same backend check as a table hit (slot usable, generation
 //!   recorded with the flow), so removed, dead and reused backend slots are seen at once.
 //! - FIN and RST packets always go to the table: least-connection accounting marks the
@@ -55,13 +55,15 @@ pub struct CachedFlow<const N: usize> {
     hash: u32,
     /// `ConnEntry::generation`.
     generation: u32,
-    /// Packets served since the fill.
+    /// Packets served since the fill (at most [`REFRESH`], which fits).
     served: u8,
     /// 1: outer source from the flow hash (`CONN_F_HASHED_SRC`).
     hashed_src: u8,
     /// Jiffies at the fill, low 16 bits.
     filled: u16,
 }
+
+const _: () = assert!(REFRESH <= u8::MAX as u16, "CachedFlow::served counts up to REFRESH");
 
 /// One set: its ways, the most recently filled first.
 #[repr(C)]
