@@ -63,7 +63,10 @@ pub struct CachedFlow<const N: usize> {
     filled: u16,
 }
 
-const _: () = assert!(REFRESH <= u8::MAX as u16, "CachedFlow::served counts up to REFRESH");
+const _: () = assert!(
+    REFRESH <= u8::MAX as u16,
+    "CachedFlow::served counts up to REFRESH"
+);
 
 /// One set: its ways, the most recently filled first.
 #[repr(C)]
