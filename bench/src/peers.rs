@@ -370,6 +370,50 @@ fn decap_stats(decaps: &mut [Ebpf]) -> Result<(u64, u64)> {
     Ok(sum)
 }
 
+/// What one wrk run cost the programs: `(run time ns, runs)` added during it by the
+/// balancer program and by the decap programs together.
+struct Costs {
+    balancer: (u64, u64),
+    decap: (u64, u64),
+}
+
+impl Costs {
+    fn balancer_ns(&self) -> f64 {
+        ratio(self.balancer.0 as f64, self.balancer.1 as f64)
+    }
+
+    fn decap_ns(&self) -> f64 {
+        ratio(self.decap.0 as f64, self.decap.1 as f64)
+    }
+}
+
+/// Adds a `(ns, runs)` pair to a running sum.
+fn add(sum: &mut (u64, u64), more: (u64, u64)) {
+    sum.0 += more.0;
+    sum.1 += more.1;
+}
+
+/// [`wrk`] from `client`, with the BPF run-time stats of `balancer` and `decaps` around it.
+fn wrk_costs(
+    client: &Netns,
+    balancer: &aya::programs::Xdp,
+    decaps: &mut [Ebpf],
+    url: &str,
+    close: bool,
+    secs: u32,
+) -> Result<(WrkRun, Costs)> {
+    let b0 = prog_stats(balancer)?;
+    let d0 = decap_stats(decaps)?;
+    let run = wrk(client, url, close, secs)?;
+    let b1 = prog_stats(balancer)?;
+    let d1 = decap_stats(decaps)?;
+    let costs = Costs {
+        balancer: (b1.0 - b0.0, b1.1 - b0.1),
+        decap: (d1.0 - d0.0, d1.1 - d0.1),
+    };
+    Ok((run, costs))
+}
+
 /// Development aid (`XLB_BENCH_AB_WRK=a.o,b.o`): several builds of the balancer object under
 /// wrk on the peers' topology, interleaved round by round: each build's BPF run time per
 /// packet, with keep-alive and with a new connection per request, and in units of the
@@ -396,18 +440,19 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
             let measured = (|| -> Result<()> {
                 for (m, mode) in MODES.iter().enumerate() {
                     let c0 = lab.counters();
-                    let b0 = prog_stats(lab.prog())?;
-                    let d0 = decap_stats(&mut bed.decaps)?;
-                    wrk(&bed.net.client, &url, *mode == "close", SECS)?;
-                    let b1 = prog_stats(lab.prog())?;
-                    let d1 = decap_stats(&mut bed.decaps)?;
+                    let (_, costs) = wrk_costs(
+                        &bed.net.client,
+                        lab.prog(),
+                        &mut bed.decaps,
+                        &url,
+                        *mode == "close",
+                        SECS,
+                    )?;
                     let c1 = lab.counters();
-                    let b = ratio((b1.0 - b0.0) as f64, (b1.1 - b0.1) as f64);
-                    let d = ratio((d1.0 - d0.0) as f64, (d1.1 - d0.1) as f64);
-                    ns[i][m].push(b);
-                    over[i][m].push(ratio(b, d));
+                    ns[i][m].push(costs.balancer_ns());
+                    over[i][m].push(ratio(costs.balancer_ns(), costs.decap_ns()));
                     let moved = |e: Event| (c1[e.slot() as usize] - c0[e.slot() as usize]) as f64;
-                    cached[i][m].push(ratio(moved(Event::FlowCacheHit), (b1.1 - b0.1) as f64));
+                    cached[i][m].push(ratio(moved(Event::FlowCacheHit), costs.balancer.1 as f64));
                 }
                 Ok(())
             })();
@@ -508,23 +553,18 @@ pub fn run(plan: &Plan) -> Result<Value> {
                     if round == 0 && m == 0 {
                         check(config)?;
                     }
-                    let b0 = prog_stats(xlb.prog())?;
-                    let d0 = decap_stats(&mut bed.decaps)?;
-                    let r = wrk(
+                    let (r, costs) = wrk_costs(
                         &bed.net.client,
+                        xlb.prog(),
+                        &mut bed.decaps,
                         &url(config),
                         *mode == "close",
                         plan.wrk_secs,
                     )?;
                     if *config == "xlb" {
-                        let b1 = prog_stats(xlb.prog())?;
-                        bpf[0].0 += b1.0 - b0.0;
-                        bpf[0].1 += b1.1 - b0.1;
-                        bpf_mode[m].0 += b1.0 - b0.0;
-                        bpf_mode[m].1 += b1.1 - b0.1;
-                        let d1 = decap_stats(&mut bed.decaps)?;
-                        bpf[1].0 += d1.0 - d0.0;
-                        bpf[1].1 += d1.1 - d0.1;
+                        add(&mut bpf[0], costs.balancer);
+                        add(&mut bpf_mode[m], costs.balancer);
+                        add(&mut bpf[1], costs.decap);
                     }
                     Ok(r)
                 })();

@@ -144,15 +144,18 @@ fn known_flows_are_served_from_the_cache_and_revalidated_every_refresh() {
         );
         assert_eq!(b, backend);
     }
-    let (b, m) = send(&mut lab, &data());
-    assert_eq!(
-        m,
-        moves(1, 0, 0, 0),
-        "after REFRESH packets: the table again"
-    );
-    assert_eq!(b, backend);
-    let (_, m) = send(&mut lab, &data());
-    assert_eq!(m, moves(1, 1, 0, 0), "and the cache again after that");
+    revalidated(&mut lab, &backend, "after REFRESH packets");
+}
+
+/// The next packet goes to the table (a hit, on `backend`), which refills the cache, and
+/// the one after it is a cache hit again.
+#[track_caller]
+fn revalidated(lab: &mut Lab, backend: &[u8], why: &str) {
+    let (b, m) = send(lab, &data());
+    assert_eq!(m, moves(1, 0, 0, 0), "{why}: the table again");
+    assert_eq!(b, backend, "{why}: same backend");
+    let (_, m) = send(lab, &data());
+    assert_eq!(m, moves(1, 1, 0, 0), "{why}: refilled, the cache again");
 }
 
 /// An entry also stops serving `FLOW_CACHE_MAX_AGE` jiffies after its fill, however few
@@ -165,11 +168,7 @@ fn an_entry_older_than_its_max_age_goes_back_to_the_table() {
     assert_eq!(m, moves(1, 1, 0, 0), "fresh: a cache hit");
     // FLOW_CACHE_MAX_AGE jiffies are at most 2.5 s (HZ 100).
     std::thread::sleep(std::time::Duration::from_millis(2600));
-    let (b, m) = send(&mut lab, &data());
-    assert_eq!(m, moves(1, 0, 0, 0), "too old: the table again");
-    assert_eq!(b, backend);
-    let (_, m) = send(&mut lab, &data());
-    assert_eq!(m, moves(1, 1, 0, 0), "refilled: the cache again");
+    revalidated(&mut lab, &backend, "too old");
 }
 
 /// The LRU evicted the flow (here: the test removes it): the cache keeps the flow on its
