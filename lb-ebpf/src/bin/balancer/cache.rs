@@ -82,9 +82,10 @@ const _: () = assert!(
 
 /// See the module docs; entries by `lb_common::flow_cache::entry`. The loader sizes it to
 /// 1 + `FLOW_CACHE_SETS` × possible CPUs (entry 0 is never used, so one entry is a cache
-/// no CPU reaches); a CPU beyond the map's size simply never hits. A plain array indexed by CPU rather than a per-CPU array: the slot's address is
-/// arithmetic, where a per-CPU array first loads a pointer per slot (one more cache miss
-/// per packet for a table this size). `BPF_F_MMAPABLE` for its layout, not for user space:
+/// no CPU reaches); a CPU beyond the map's size simply never hits. A plain array indexed
+/// by CPU rather than a per-CPU array: the slot's address is arithmetic, where a per-CPU
+/// array first loads a pointer per slot (one more cache miss per packet for a table this
+/// size). `BPF_F_MMAPABLE` for its layout, not for user space:
 /// only mmapable arrays keep their values page-aligned, so that each set is exactly one
 /// cache line (otherwise the values start 312 bytes into the map and every set spans two
 /// lines). Program only; the daemon never reads it.

@@ -4,8 +4,8 @@
 //! forwarding needs (backend, hash, VIP id, source mode), so the common case — a packet of
 //! a known flow — costs one hash lookup, not two; and a per-CPU cache of the table's
 //! entries (cache.rs) usually answers before that lookup. Traffic for the host itself pays
-//! a cache miss and a connection-table miss before its VIP miss. A removed VIP's flows do not linger: its
-//! backends are deactivated, so their entries stop counting as hits.
+//! a cache miss and a connection-table miss before its VIP miss. A removed VIP's flows do
+//! not linger: its backends are deactivated, so their entries stop counting as hits.
 //!
 //! When flows are recorded: on *every* packet that misses the connection table (not only
 //! TCP SYN, and for UDP too). A flow that arrives mid-stream — after a balancer restart, or
