@@ -10,15 +10,17 @@
 //! 40-byte keys) two. A fill evicts the set's older way.
 //!
 //! Why it never changes where a flow goes:
-//! - The connection table stays the authority. Entries are filled only from a table hit, and
-//!   an entry serves at most [`REFRESH`] packets, and for at most [`MAX_AGE`] jiffies, before
-//!   the next packet looks the table up again. That lookup sets the LRU's reference bit (a
+//! - The connection table stays the authority. Entries are filled only with what it holds
+//!   (from a table hit, or with the entry a new flow was just recorded with), and an entry
+//!   serves at most [`REFRESH`] packets, and for at most [`MAX_AGE`] jiffies, before the
+//!   next packet looks the table up again. That lookup sets the LRU's reference bit (a
 //!   busy flow is not evicted because its packets skip the table; a slow one refreshes it
 //!   every [`MAX_AGE`] jiffies while it sends) and picks up whatever changed in the entry.
 //! - A cached entry passes the same backend check as a table hit (slot usable, generation
 //!   recorded with the flow), so removed, dead and reused backend slots are seen at once.
-//! - FIN and RST packets always go to the table: least-connection accounting marks the
-//!   table's entry when the client closes.
+//! - A least-connection flow's FIN and RST packets go to the table, whose entry the
+//!   accounting marks when the client closes (a way keeps the entry's `CONN_F_COUNTED` to
+//!   know which flows those are).
 //! - Nothing else rewrites the entry of a live flow (the daemon only reads the tables), so a
 //!   cached copy can only be older than an entry the LRU evicted; it then serves at most
 //!   [`REFRESH`] more packets, to the backend the flow already had.
@@ -38,8 +40,9 @@ use aya_ebpf::{
 use lb_common::{
     flow_cache::{self, key_v4, key_v6, V4_WORDS, V6_WORDS},
     maps::{
-        ConnEntry, CONN_F_HASHED_SRC, FLOW_CACHE_MAX_AGE as MAX_AGE, FLOW_CACHE_REFRESH as REFRESH,
-        FLOW_CACHE_SETS, FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS, FLOW_CACHE_V6_SET_BITS,
+        ConnEntry, CONN_F_COUNTED, CONN_F_HASHED_SRC, FLOW_CACHE_MAX_AGE as MAX_AGE,
+        FLOW_CACHE_REFRESH as REFRESH, FLOW_CACHE_SETS, FLOW_CACHE_SET_BITS, FLOW_CACHE_V6_SETS,
+        FLOW_CACHE_V6_SET_BITS,
     },
 };
 
@@ -57,8 +60,9 @@ pub struct CachedFlow<const N: usize> {
     generation: u32,
     /// Packets served since the fill (at most [`REFRESH`], which fits).
     served: u8,
-    /// 1: outer source from the flow hash (`CONN_F_HASHED_SRC`).
-    hashed_src: u8,
+    /// `ConnEntry::flags` that a hit needs: `CONN_F_HASHED_SRC`, `CONN_F_COUNTED` (which
+    /// all fit in a byte).
+    flags: u8,
     /// Jiffies at the fill, low 16 bits.
     filled: u16,
 }
@@ -67,6 +71,11 @@ const _: () = assert!(
     REFRESH <= u8::MAX as u16,
     "CachedFlow::served counts up to REFRESH"
 );
+
+/// The entry flags a way keeps.
+const KEPT_FLAGS: u32 = CONN_F_HASHED_SRC | CONN_F_COUNTED;
+
+const _: () = assert!(KEPT_FLAGS <= u8::MAX as u32, "CachedFlow::flags holds them");
 
 /// One set: its ways, the most recently filled first.
 #[repr(C)]
@@ -144,17 +153,24 @@ impl<const N: usize> CacheSet<N> {
 /// is checked there). The target is written here so that fewer values stay live in the
 /// caller, whose stack is at the verifier's limit.
 #[inline(always)]
-pub fn lookup(s: *mut Scratch, v4: bool) -> Option<Cached> {
+pub fn lookup(s: *mut Scratch, v4: bool, closing: bool) -> Option<Cached> {
     // SAFETY: this CPU's scratch slot, its key written by the caller.
     let (sc, target) = unsafe { (&*s, core::ptr::addr_of_mut!((*s).target)) };
     if v4 {
-        lookup_in(&FLOW_CACHE, &key_v4(&sc.flow4), FLOW_CACHE_SET_BITS, target)
+        lookup_in(
+            &FLOW_CACHE,
+            &key_v4(&sc.flow4),
+            FLOW_CACHE_SET_BITS,
+            target,
+            closing,
+        )
     } else {
         lookup_in(
             &FLOW_CACHE_V6,
             &key_v6(&sc.flow),
             FLOW_CACHE_V6_SET_BITS,
             target,
+            closing,
         )
     }
 }
@@ -176,9 +192,13 @@ fn lookup_in<const N: usize>(
     key: &[u64; N],
     bits: u32,
     target: *mut Target,
+    closing: bool,
 ) -> Option<Cached> {
     let way = this_cpus_set(map, key, bits)?.way_of(key)?;
     if u16::from(way.served) >= REFRESH || age(way.filled) >= MAX_AGE {
+        return None;
+    }
+    if closing && u32::from(way.flags) & CONN_F_COUNTED != 0 {
         return None;
     }
     way.served += 1;
@@ -187,7 +207,7 @@ fn lookup_in<const N: usize>(
         target.write(Target {
             idx: way.backend,
             hash: way.hash,
-            hashed_src: u32::from(way.hashed_src),
+            hashed_src: u32::from(u32::from(way.flags) & CONN_F_HASHED_SRC != 0),
             new_flow: 0,
         })
     };
@@ -219,7 +239,7 @@ fn fill_in<const N: usize>(map: &Array<CacheSet<N>>, key: &[u64; N], bits: u32, 
     way.hash = e.hash;
     way.generation = e.generation;
     way.served = 0;
-    way.hashed_src = u8::from(e.flags & CONN_F_HASHED_SRC != 0);
+    way.flags = (e.flags & KEPT_FLAGS) as u8;
     way.filled = jiffies();
 }
 
@@ -258,7 +278,7 @@ impl<const N: usize> CachedFlow<N> {
         to.hash = self.hash;
         to.generation = self.generation;
         to.served = self.served;
-        to.hashed_src = self.hashed_src;
+        to.flags = self.flags;
         to.filled = self.filled;
     }
 }

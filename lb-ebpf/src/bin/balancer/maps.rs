@@ -93,6 +93,10 @@ pub struct Scratch {
     pub target: Target,
     /// Where its encapsulated frame goes.
     pub hop: NextHop,
+    /// A new flow's connection-table entry, as recorded (map memory is a valid value) and
+    /// cached; here rather than on `select::pick`'s stack, which shares the verifier's
+    /// 512 bytes with the entry function's.
+    pub conn: ConnEntry,
 }
 
 impl Scratch {

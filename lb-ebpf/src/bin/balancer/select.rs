@@ -70,21 +70,23 @@ fn conn_entry(s: &Scratch, v4: bool) -> Option<*mut ConnEntry> {
     }
 }
 
-/// Records the flow in `s` (whole flow written, see `Scratch::complete_flow`) in its
-/// family's connection table; false when the kernel refused the insert.
+/// Records the flow in `s` (whole flow written, see `Scratch::complete_flow`) with the
+/// entry in `s.conn` in its family's connection table; false when the kernel refused the
+/// insert.
 #[inline(always)]
-fn record_conn(s: &Scratch, entry: ConnEntry) -> bool {
+fn record_conn(s: &Scratch) -> bool {
     if s.flow.family == FAMILY_V4 {
-        CONNS_V4.insert(&s.flow4, entry, 0).is_ok()
+        CONNS_V4.insert(&s.flow4, &s.conn, 0).is_ok()
     } else {
-        CONNS.insert(&s.flow, entry, 0).is_ok()
+        CONNS.insert(&s.flow, &s.conn, 0).is_ok()
     }
 }
 
 /// Looks the flow in `s` up in this CPU's flow cache, then the connection table, into
 /// `s.target` (its connection-table key must be there, see `Scratch::set_conn_key`; `v4`:
 /// an IPv4 flow): its backend when that can still take it, `None` when the scheduler must
-/// pick. A table hit fills the cache (cache.rs says why that never moves a flow).
+/// pick. A table hit fills the cache, as does recording a new flow in `pick` (cache.rs says
+/// why that never moves a flow).
 /// `tcp_flags` (0 for UDP) lets least-connection VIPs take a flow's count back when the
 /// client closes it; `stats` is this CPU's counters. Inlined: this is the hit path.
 #[inline(always)]
@@ -94,16 +96,16 @@ pub fn pinned(
     tcp_flags: u8,
     stats: Option<*mut Counters>,
 ) -> Option<&'static Backend> {
-    // FIN/RST go to the table, whose entry least-connection accounting marks.
-    let cacheable = tcp_flags & TCP_FIN_RST == 0;
-    if cacheable {
-        if let Some(backend) = cache::lookup(s, v4).and_then(|c| recorded(c.backend, c.generation))
-        {
-            // `lookup` wrote the target.
-            bump_in(stats, Event::ConnHit.slot());
-            bump_in(stats, Event::FlowCacheHit.slot());
-            return Some(backend);
-        }
+    // A counted flow's FIN/RST goes to the table, whose entry least-connection accounting
+    // marks; the cache serves every other packet.
+    let closing = tcp_flags & TCP_FIN_RST != 0;
+    if let Some(backend) =
+        cache::lookup(s, v4, closing).and_then(|c| recorded(c.backend, c.generation))
+    {
+        // `lookup` wrote the target.
+        bump_in(stats, Event::ConnHit.slot());
+        bump_in(stats, Event::FlowCacheHit.slot());
+        return Some(backend);
     }
     // SAFETY: this CPU's scratch slot, its key written by the caller.
     let sc = unsafe { &*s };
@@ -115,13 +117,12 @@ pub fn pinned(
         return None;
     };
     bump_in(stats, Event::ConnHit.slot());
-    if cacheable {
+    if !closing {
         // The key and set again rather than kept from above: fewer values live across
         // the table lookup, and the entry function's stack is at the verifier's limit.
         cache::fill(sc, v4, &e);
     }
-    if tcp_flags & TCP_FIN_RST != 0 && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED
-    {
+    if closing && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED {
         // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
         // estimate, and the daemon reconciles it from the connection table.
         unsafe { (*entry).flags = e.flags | CONN_F_CLOSED };
@@ -150,8 +151,7 @@ fn recorded(idx: u32, generation: u32) -> Option<&'static Backend> {
 /// `s.target`; records the flow when `record`. Its own BPF function: new flows only.
 #[inline(never)]
 pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> u64 {
-    // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
-    pack(pick_stage(unsafe { &*s }, vip, record, tcp_flags).map(|t| {
+    pack(pick_stage(s, vip, record, tcp_flags).map(|t| {
         // SAFETY: as above; one write of the whole target.
         unsafe { core::ptr::addr_of_mut!((*s).target).write(t) };
         0
@@ -159,11 +159,12 @@ pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> u64 
 }
 
 #[inline(always)]
-fn pick_stage(s: &Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
-    let flow = &s.flow;
+fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
     if vip.table_size == 0 {
         return Err(Drop::NoBackend);
     }
+    // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
+    let flow = unsafe { &(*s).flow };
     let hash = if vip.flags & VIP_F_SRC_HASH != 0 {
         src_hash(flow)
     } else {
@@ -186,18 +187,28 @@ fn pick_stage(s: &Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result
         if hashed_src {
             flags |= CONN_F_HASHED_SRC;
         }
-        let entry = ConnEntry {
-            backend: idx,
-            hash,
-            flags,
-            vip_id: vip.vip_id,
-            generation,
-            _pad: 0,
+        // SAFETY: as above; one write of the whole entry, while no reference to the slot
+        // is live.
+        unsafe {
+            core::ptr::addr_of_mut!((*s).conn).write(ConnEntry {
+                backend: idx,
+                hash,
+                flags,
+                vip_id: vip.vip_id,
+                generation,
+                _pad: 0,
+            })
         };
+        // SAFETY: as above; only read from here on.
+        let sc = unsafe { &*s };
         // A failed insert (map full of in-flight updates) only costs stickiness, so the
-        // packet still goes out — and is then not counted either.
-        if record_conn(s, entry) && counted {
-            add_active(idx, 1);
+        // packet still goes out — and is then neither counted nor cached.
+        if record_conn(sc) {
+            if counted {
+                add_active(idx, 1);
+            }
+            // The flow's next packets find it in the cache rather than in the table.
+            cache::fill(sc, sc.flow.family == FAMILY_V4, &sc.conn);
         }
         bump(&STATS, Event::NewFlow.slot());
     }
