@@ -8,9 +8,14 @@
 //!   starts from the same frame; counters are checked after each run to prove the path.
 //! - The undo's cost is measured, not guessed: many single runs (fresh buffer each) of the
 //!   same conntrack hit with and without the flag; the difference of the medians.
-//! - A new flow cannot repeat on one buffer (the first run records it), so its cost comes
-//!   from single runs too: `hit (repeat mode) + median(single new) − median(single hit)`;
-//!   the single-run overhead (syscall timer, cold cache) cancels in the difference.
+//! - New flows run in repeat mode too: with `CFG_F_BENCH_NEW_FLOWS` the restore also bumps
+//!   the client port, so every run records a flow (checked on the `new_flow` counter).
+//!   Each call takes a client address no earlier call used, and the table has room for
+//!   every flow a part records, so the figure is Maglev + insert; a second figure runs
+//!   against a full table, where every insert evicts (a long-running balancer's table is
+//!   full: entries leave only by eviction).
+//! - The single-run view of a new flow (cold caches, as a lone SYN meets them) is kept
+//!   for reference: `hit (repeat mode) + median(single new) − median(single hit)`.
 
 use std::net::IpAddr;
 
@@ -18,7 +23,9 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::programs::Xdp;
 use lb_common::{
     counters::{Event, Pass},
-    maps::{VipKey, CFG_F_BENCH_RESTORE, MAX_VIP_ENTRIES},
+    maps::{
+        VipKey, CFG_F_BENCH_NEW_FLOWS, CFG_F_BENCH_RESTORE, DEFAULT_MAX_CONNS, MAX_VIP_ENTRIES,
+    },
 };
 use serde_json::{json, Value};
 use xlb::{config::VipId, core::NextHop, loader, testrun};
@@ -100,6 +107,56 @@ fn hit_repeat(lab: &mut BenchLab, frame: &[u8], repeat: u32) -> Result<f64> {
         "repeat run was not {repeat} conntrack hits but {hits}: the restore flag is not working"
     );
     Ok(ns)
+}
+
+/// Connection-table size of the full-table new-flow figure: a fraction of one call's flows.
+const FULL_TABLE: u32 = 1 << 12;
+
+/// New flows per repeat-mode call: within the client port's 16 bits, and every round's
+/// together within the main lab's table (`DEFAULT_MAX_CONNS` per family, split between
+/// the CPUs' LRU lists).
+fn new_flow_repeat(plan: &Plan) -> u32 {
+    if plan.quick {
+        5_000
+    } else {
+        20_000
+    }
+}
+
+/// New flows in repeat mode (see the module docs). Every call takes the next client
+/// address of 198.18.64.0/18 (its flows start at port 1024), so no call meets flows an
+/// earlier one recorded.
+struct NewFlows {
+    calls: u32,
+}
+
+impl NewFlows {
+    fn new() -> Self {
+        NewFlows { calls: 0 }
+    }
+
+    /// ns per new flow over `repeat` runs on `lab` (IPv4 VIP), checked: `repeat` new flows.
+    fn measure(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
+        ensure!(
+            self.calls < 1 << 14,
+            "out of client addresses for new flows"
+        );
+        let client = std::net::Ipv4Addr::from(u32::from_be_bytes([198, 18, 64, 0]) + self.calls);
+        self.calls += 1;
+        let f = frame(&client.to_string(), 1024, VIP4);
+        lab.set_config_flag(CFG_F_BENCH_NEW_FLOWS, true)?;
+        let before = lab.counters();
+        let ns = repeat_ns(lab.prog(), &f, repeat);
+        let after = lab.counters();
+        lab.set_config_flag(CFG_F_BENCH_NEW_FLOWS, false)?;
+        let ns = ns?;
+        let new = slot_delta(&before, &after, Event::NewFlow.slot());
+        ensure!(
+            new == u64::from(repeat),
+            "repeat run was not {repeat} new flows but {new}"
+        );
+        Ok(ns)
+    }
 }
 
 /// Single-run medians on one lab: a conntrack hit with and without the restore flag and
@@ -247,7 +304,10 @@ fn prime(lab: &mut BenchLab, frames: &[&[u8]]) -> Result<()> {
 pub fn per_packet(plan: &Plan) -> Result<Value> {
     let mut drop = loader::load_baseline("xlb_drop")?;
     let mut tx = loader::load_baseline("xlb_tx")?;
-    let mut lab = main_lab(10, 1 << 16)?;
+    // `xlb run`'s table size: room for every new flow this part records.
+    let mut lab = main_lab(10, DEFAULT_MAX_CONNS)?;
+    // A table that new flows keep full: nearly every insert evicts.
+    let mut full = lab_with(10, FULL_TABLE, false)?;
     // The same hit with the flow cache off (`xlb run --no-flow-cache`): what it saves.
     let mut uncached = lab_of(loader::BALANCER_OBJ, 10, 1 << 16, false, false)?;
     let hit4 = frame(CLIENT4, 40_000, VIP4);
@@ -255,6 +315,10 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
     prime(&mut lab, &[&hit4, &hit6])?;
     prime(&mut uncached, &[&hit4])?;
+    let mut new_flows = NewFlows::new();
+    let new_repeat = new_flow_repeat(plan);
+    // Fill `full` first (its CPU share is a fraction of one call's flows).
+    new_flows.measure(&mut full, new_repeat)?;
     let before = lab.counters();
     let out = testrun::run(lab.prog(), &unknown)?;
     ensure!(
@@ -273,6 +337,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_ipv6",
         "xlb_unknown_vip",
         "xlb_conntrack_hit_no_flow_cache",
+        "xlb_new_flow",
+        "xlb_new_flow_full_table",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -292,35 +358,43 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         samples[3].push(hit_repeat(&mut lab, &hit6, plan.repeat)?);
         samples[4].push(repeat_ns(lab.prog(), &unknown, plan.repeat)?);
         samples[5].push(hit_repeat(&mut uncached, &hit4, plan.repeat)?);
+        samples[6].push(new_flows.measure(&mut lab, new_repeat)?);
+        samples[7].push(new_flows.measure(&mut full, new_repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
-            "  test_run round {}/{}: hit {:.0} ns",
+            "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
             round + 1,
             plan.rounds,
-            samples[2][round]
+            samples[2][round],
+            samples[6][round]
         );
     }
     let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v)).collect();
     let hit = s[2].median;
-    let new_extra = singles.new_flow_extra();
+    let new_flow = s[6].median;
+    let single_new_extra = singles.new_flow_extra();
     let restore = singles.restore_cost();
     let mut out = json!({});
     for (name, sum) in names.iter().zip(&s) {
         out[*name] = json!(round3(sum.median));
         out["spread"][*name] = sum.json();
     }
-    out["xlb_new_flow"] = json!(round3(hit + new_extra));
     // Hit over XDP_TX within each round, then the median (see forward.rs).
     out["paired_hit_over_xdp_tx"] = Summary::of(&paired(&samples[2], &samples[1])).json();
     out["method"] = json!({
         "repeat": plan.repeat,
+        "new_flow_repeat": new_repeat,
+        "new_flow_table_entries": DEFAULT_MAX_CONNS,
+        "new_flow_full_table_entries": FULL_TABLE,
         "single_runs_per_kind": singles.hit_restore.len(),
         "single_run_median_ns": {
             "hit_with_restore": Singles::med(&singles.hit_restore),
             "hit_without_restore": Singles::med(&singles.hit_plain),
             "new_flow_with_restore": Singles::med(&singles.new_flow),
         },
-        "new_flow_extra_over_hit_ns": round3(new_extra),
+        // The cold view: a lone new flow over a lone hit, added to the repeat-mode hit.
+        "single_run_new_flow_extra_over_hit_ns": round3(single_new_extra),
+        "single_run_new_flow_ns": round3(hit + single_new_extra),
         "restore_cost_ns": round3(restore),
         "xlb_conntrack_hit_minus_restore_ns": round3(hit - restore),
     });
@@ -331,7 +405,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "program_entry_and_exit (xdp_drop)": round3(s[0].median),
         "parse_conn_miss_and_vip_miss (unknown_vip - xdp_drop)": round3(s[4].median - s[0].median),
         "parse_conn_hit_encap_counters (hit - restore - xdp_drop)": round3(hit - restore - s[0].median),
-        "maglev_lookup_and_insert (new_flow - hit)": round3(new_extra),
+        "maglev_lookup_and_insert (new_flow - hit)": round3(new_flow - hit),
+        "insert_evicting (new_flow_full_table - new_flow)": round3(s[7].median - new_flow),
         "bench_restore (measured, included in the hit figure)": round3(restore),
     });
     Ok(out)
@@ -397,32 +472,33 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
     }
 
     // Backends per VIP: one lab each, rounds interleaved.
+    let mut new_flows = NewFlows::new();
+    let new_repeat = new_flow_repeat(plan);
     {
         let mut labs = Vec::new();
         for &n in &plan.backend_counts {
-            let mut lab = main_lab(n, 1 << 16)?;
+            let mut lab = main_lab(n, DEFAULT_MAX_CONNS)?;
             prime(&mut lab, &[&hit4])?;
-            labs.push((n, lab, Vec::new(), Singles::new()));
+            labs.push((n, lab, Vec::new(), Vec::new()));
         }
-        let mut port = 1024u16;
         for _ in 0..plan.rounds {
-            for (_, lab, hits, singles) in labs.iter_mut() {
+            for (_, lab, hits, news) in labs.iter_mut() {
                 hits.push(hit_repeat(lab, &hit4, plan.repeat)?);
-                singles.batch(lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles / 2)?;
+                news.push(new_flows.measure(lab, new_repeat)?);
             }
         }
         let points: Vec<Value> = labs
             .iter()
-            .map(|(n, _, hits, singles)| {
-                let s = Summary::of(hits);
-                eprintln!("  scaling: {n} backends: hit {:.0} ns, new flow +{:.0} ns", s.median, singles.new_flow_extra());
-                json!({ "backends": n, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(s.median + singles.new_flow_extra()) })
+            .map(|(n, _, hits, news)| {
+                let (s, new) = (Summary::of(hits), Summary::of(news));
+                eprintln!("  scaling: {n} backends: hit {:.0} ns, new flow {:.0} ns", s.median, new.median);
+                json!({ "backends": n, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(new.median) })
             })
             .collect();
         out["backends"] = json!(points);
     }
 
-    // Flows already in the connection table.
+    // Flows already in the connection table (with room for the new flows measured too).
     {
         let max_conns = plan.flow_counts.iter().copied().max().unwrap_or(1) * 3;
         let mut lab = main_lab(10, max_conns.max(1 << 16))?;
@@ -430,7 +506,6 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
         let backend = backend_addrs(1, false)[0];
         let mut filled = 0u32;
         let mut points = Vec::new();
-        let mut port = 1024u16;
         for &target in &plan.flow_counts {
             let refused = lab.fill_conns(&vid, backend, filled, target)?;
             ensure!(
@@ -439,18 +514,17 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
             );
             filled = target;
             let mut hits = Vec::new();
-            let mut singles = Singles::new();
+            let mut news = Vec::new();
             for _ in 0..plan.rounds {
                 hits.push(hit_repeat(&mut lab, &hit4, plan.repeat)?);
-                singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles / 2)?;
+                news.push(new_flows.measure(&mut lab, new_repeat)?);
             }
-            let s = Summary::of(&hits);
+            let (s, new) = (Summary::of(&hits), Summary::of(&news));
             eprintln!(
-                "  scaling: {target} flows: hit {:.0} ns, new flow +{:.0} ns",
-                s.median,
-                singles.new_flow_extra()
+                "  scaling: {target} flows: hit {:.0} ns, new flow {:.0} ns",
+                s.median, new.median
             );
-            points.push(json!({ "flows": target, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(s.median + singles.new_flow_extra()) }));
+            points.push(json!({ "flows": target, "conntrack_hit_ns": s.json(), "new_flow_ns": round3(new.median) }));
         }
         out["flows"] = json!(points);
     }
@@ -460,20 +534,23 @@ pub fn scaling(plan: &Plan) -> Result<Value> {
 /// Development aid (`XLB_BENCH_AB=a.o,b.o`): the conntrack hit of several builds of the
 /// balancer object, interleaved with the XDP_TX-only program in many short rounds, so that
 /// a change to the data path can be judged on this noisy machine. Per build: the median of
-/// the per-round ratios to XDP_TX, and the median ns.
+/// the per-round ratios to XDP_TX, and the median ns; and new flows in repeat mode (5 000
+/// per round, into a table with room for all of them).
 pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut tx = loader::load_baseline("xlb_tx")?;
     let hit4 = frame(CLIENT4, 40_000, VIP4);
     let mut labs = Vec::new();
     for p in paths {
         let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
-        let mut lab = lab_of(&object, 10, 1 << 16, false, true)?;
+        let mut lab = lab_of(&object, 10, DEFAULT_MAX_CONNS, false, true)?;
         prime(&mut lab, &[&hit4])?;
         labs.push(lab);
     }
     let repeat = 200_000;
     let mut tx_ns = Vec::new();
     let mut ns = vec![Vec::new(); labs.len()];
+    let mut new_ns = vec![Vec::new(); labs.len()];
+    let mut new_flows = NewFlows::new();
     for round in 0..rounds {
         let t = repeat_ns(loader::xdp(&mut tx, "xlb_tx")?, &hit4, repeat)?;
         tx_ns.push(t);
@@ -482,6 +559,10 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
             // Not `hit_repeat`: ablation builds may not count hits.
             let v = repeat_ns(lab.prog(), &hit4, repeat)?;
             ns[i].push(v);
+            // Builds older than CFG_F_BENCH_NEW_FLOWS repeat one flow: no figure for them.
+            if let Ok(v) = new_flows.measure(lab, 5_000) {
+                new_ns[i].push(v);
+            }
         }
     }
     let mut out = json!({ "xdp_tx_ns": Summary::of(&tx_ns).json() });
@@ -489,6 +570,11 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
         out[p] = json!({
             "hit_ns": Summary::of(&ns[i]).json(),
             "hit_over_xdp_tx": Summary::of(&paired(&ns[i], &tx_ns)).json(),
+            "new_flow_ns": if new_ns[i].is_empty() {
+                Value::Null
+            } else {
+                Summary::of(&new_ns[i]).json()
+            },
         });
     }
     Ok(out)

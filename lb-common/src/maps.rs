@@ -195,6 +195,11 @@ pub const CFG_F_ICMP_TOO_BIG: u32 = 1 << 0;
 /// time. `cargo xtask bench` measures and reports what the undo costs. Never set by `xlb run`.
 pub const CFG_F_BENCH_RESTORE: u32 = 1 << 1;
 
+/// `LbConfig::flags`: benchmark builds only, with [`CFG_F_BENCH_RESTORE`] — the restore also
+/// adds one to the client port's raw halfword, so that each repeat of a test run is a new
+/// flow (the bench measures new flows in repeat mode, like hits). Never set by `xlb run`.
+pub const CFG_F_BENCH_NEW_FLOWS: u32 = 1 << 2;
+
 /// Balancer-wide settings (one slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

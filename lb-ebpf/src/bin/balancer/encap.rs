@@ -14,7 +14,7 @@ use aya_ebpf::{
 use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
-    maps::{Backend, LbConfig, BACKEND_F_NEXTHOP, CFG_F_BENCH_RESTORE},
+    maps::{Backend, LbConfig, BACKEND_F_NEXTHOP, CFG_F_BENCH_NEW_FLOWS, CFG_F_BENCH_RESTORE},
 };
 use lb_ebpf::{
     csum,
@@ -264,7 +264,7 @@ pub fn forward(
     }
 
     if cfg.flags & CFG_F_BENCH_RESTORE != 0 {
-        return restore_for_bench(ctx, outer_len, &hop, vlan, l3.family == FAMILY_V4, stats);
+        return restore_for_bench(ctx, outer_len, &hop, vlan, l3, cfg, stats);
     }
     if redirect {
         bump_in(stats, Event::RedirectEncap.slot());
@@ -278,14 +278,17 @@ pub fn forward(
 
 /// Benchmark mode (`CFG_F_BENCH_RESTORE`): strips the outer header again, keeping the new
 /// Ethernet header (`hop`'s MACs, the VLAN tag), and drops the frame, so every repeat of a
-/// test run starts from the same input. The bench reports what this undo costs.
+/// test run starts from the same input; with `CFG_F_BENCH_NEW_FLOWS` from the next flow's
+/// input instead: the client port's raw halfword plus one. The bench reports
+/// what the undo costs.
 #[inline(always)]
 fn restore_for_bench(
     ctx: &XdpContext,
     outer_len: usize,
     hop: &NextHop,
     vlan: Option<u32>,
-    inner_v4: bool,
+    l3: &L3,
+    cfg: &LbConfig,
     stats: Option<*mut Counters>,
 ) -> Result<u32, Drop> {
     // SAFETY: helper call on our own context; shrinks the frame at the front.
@@ -293,9 +296,19 @@ fn restore_for_bench(
         return Err(Drop::AdjustFailed);
     }
     let front = ptr_at_mut::<[u16; L2_MAX / 2]>(ctx, 0).ok_or(Drop::AdjustFailed)?;
-    let ethertype: u16 = if inner_v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let ethertype: u16 = if l3.family == FAMILY_V4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
     // SAFETY: L2_MAX bytes checked above.
     unsafe { hop.write_l2(front.cast(), vlan, ethertype) };
+    if cfg.flags & CFG_F_BENCH_NEW_FLOWS != 0 {
+        // The frame is the parsed one again, so its ports are where they were.
+        let sport = ptr_at_mut::<u16>(ctx, l3.l4_off()).ok_or(Drop::AdjustFailed)?;
+        // SAFETY: two bytes checked above; halfword-aligned (see `ptr::read_u16`).
+        unsafe { *sport = (*sport).wrapping_add(1) };
+    }
     bump_in(stats, Event::TxEncap.slot());
     Ok(xdp_action::XDP_DROP)
 }
