@@ -393,7 +393,13 @@ pub fn run(plan: &Plan) -> Result<Value> {
     let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut cache_share: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..plan.forward_rounds {
-        for (i, _) in names.iter().enumerate() {
+        // A different order every round, backwards every other round: no configuration
+        // always runs first, or always right after the same one.
+        let mut order: Vec<usize> = rotated(names.len(), round / 2).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
             let s = match i {
                 0 => rig.measure(Dut::GeneratorAlone, frames_for(gen_rate))?,
                 1 => rig.measure(Dut::XdpTx, frames_for(tx_rate))?,

@@ -74,16 +74,28 @@ pub fn finish(r: &mut Value) {
         };
         json!({ "target": name, "value": round3(value), "limit": limit, "met": met })
     };
+    // The two ratio targets are judged on the worse of two estimates, the ratio of the
+    // medians and the median of the within-round ratios: on this VM either can land on the
+    // right side of a limit by chance in one run (one run had the encapsulation floor at
+    // 1.16x the bounce it builds on).
+    let (fwd, fwd_paired) = (
+        num(&ratios, "forward_xlb_over_xdp_tx"),
+        num(&ratios, "forward_xlb_over_xdp_tx_paired_median"),
+    );
+    let (hit, hit_paired) = (
+        num(&ratios, "testrun_hit_over_xdp_tx"),
+        num(&ratios, "testrun_hit_over_xdp_tx_paired_median"),
+    );
     let targets = json!([
         target(
-            "forwarding: xlb >= 0.8 x XDP_TX bounce (packets/s)",
-            num(&ratios, "forward_xlb_over_xdp_tx"),
+            "forwarding: xlb >= 0.8 x XDP_TX bounce (packets/s; the lower of ratio of medians and paired median)",
+            fwd.min(fwd_paired),
             0.8,
             true
         ),
         target(
-            "test_run: conntrack hit <= 4 x XDP_TX-only program (restore included)",
-            num(&ratios, "testrun_hit_over_xdp_tx"),
+            "test_run: conntrack hit <= 4 x XDP_TX-only program (restore included; the higher of ratio of medians and paired median)",
+            hit.max(hit_paired),
             4.0,
             false
         ),

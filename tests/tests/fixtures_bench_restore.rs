@@ -45,23 +45,16 @@ fn the_restore_gives_back_the_input_and_new_flows_bump_the_client_port() {
     if !require_root() {
         return;
     }
+    let udp = |ip: Pkt| ip.udp(0x0304, 80).payload(b"bench").build();
     let cases = [
         (
             "IPv4",
-            Pkt::eth(CLIENT_MAC, LB_MAC)
-                .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
-                .udp(0x0304, 80)
-                .payload(b"bench")
-                .build(),
+            udp(Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4("198.18.0.10"), v4("198.18.1.1"))),
             SPORT_V4,
         ),
         (
             "IPv6",
-            Pkt::eth(CLIENT_MAC, LB_MAC)
-                .ipv6(v6("fd00::10"), v6("fd00:1::1"))
-                .udp(0x0304, 80)
-                .payload(b"bench")
-                .build(),
+            udp(Pkt::eth(CLIENT_MAC, LB_MAC).ipv6(v6("fd00::10"), v6("fd00:1::1"))),
             SPORT_V6,
         ),
     ];
