@@ -23,7 +23,12 @@
 //!   know which flows those are).
 //! - Nothing else rewrites the entry of a live flow (the daemon only reads the tables), so a
 //!   cached copy can only be older than an entry the LRU evicted; it then serves at most
-//!   [`REFRESH`] more packets, to the backend the flow already had.
+//!   [`REFRESH`] more packets, to the backend the flow already had. One exception: two
+//!   CPUs that record the same new flow at once (its first packets on both) while the
+//!   daemon swaps the VIP's Maglev table can pick different backends, and the later insert
+//!   wins; the other CPU's cached copy then serves at most [`REFRESH`] packets, for at
+//!   most [`MAX_AGE`] jiffies, before the table's entry takes over. Without the cache the
+//!   flow's first packets were split the same way.
 //! - The age is kept in 16 bits of jiffies: an entry untouched for a multiple of 65 536
 //!   jiffies can look fresh again, and then serves at most [`REFRESH`] packets, as above.
 //! - Per CPU: no other CPU writes a set while this one reads it, so no torn entries.
