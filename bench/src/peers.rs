@@ -431,8 +431,9 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     // [build][mode]: ns per packet of the balancer, and over decap's.
     let mut ns = vec![vec![Vec::new(); MODES.len()]; labs.len()];
     let mut over = vec![vec![Vec::new(); MODES.len()]; labs.len()];
-    // Share of the balancer's packets served from the flow cache.
+    // Shares of the balancer's packets: served from the flow cache, and new flows.
     let mut cached = vec![vec![Vec::new(); MODES.len()]; labs.len()];
+    let mut new = vec![vec![Vec::new(); MODES.len()]; labs.len()];
     for round in 0..rounds {
         for i in rotated(labs.len(), round) {
             let lab = &mut labs[i];
@@ -453,6 +454,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
                     over[i][m].push(ratio(costs.balancer_ns(), costs.decap_ns()));
                     let moved = |e: Event| (c1[e.slot() as usize] - c0[e.slot() as usize]) as f64;
                     cached[i][m].push(ratio(moved(Event::FlowCacheHit), costs.balancer.1 as f64));
+                    new[i][m].push(ratio(moved(Event::NewFlow), costs.balancer.1 as f64));
                 }
                 Ok(())
             })();
@@ -468,6 +470,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
                 "ns_per_pkt": Summary::of(&ns[i][m]).json(),
                 "over_decap": Summary::of(&over[i][m]).json(),
                 "flow_cache_hit_share": round3(Summary::of(&cached[i][m]).median),
+                "new_flow_share": round3(Summary::of(&new[i][m]).median),
             });
         }
     }
