@@ -7,7 +7,10 @@
 //! ```
 //! The generator's frames leave g0 and arrive at l0, where the DUT bounces them (XDP_TX,
 //! one-arm, as xlb runs) back to g0, whose XDP program counts them in veth's per-queue
-//! `xdp_packets` and drops them. veth runs the receiver's NAPI on the sending CPU, so the
+//! `xdp_packets` and drops them. The kernel's own path is measured on the same chain: with
+//! `xlb_pass` on l0 the frames go up the lb namespace's stack, which forwards them back out
+//! of l0 to the sink (plain IP forwarding), or DNATs them first (nftables, the peer a user
+//! would pick for a packet-level balancer; DNAT only, like xlb's DSR it changes no source). veth runs the receiver's NAPI on the sending CPU, so the
 //! whole chain runs on one CPU: rate = 1 / (sum of per-packet costs); the DUT's own cost is
 //! `1/rate − 1/rate(generator alone)`. Configurations are interleaved round by round.
 
@@ -39,6 +42,27 @@ pub const GEN_FLOWS: u32 = 1024;
 const GEN_SPORT_BASE: u32 = 1024;
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
+/// l0's address, for the kernel-path DUTs.
+const LB_ADDR: &str = "198.18.0.1/24";
+/// The nftables DUT's DNAT targets, routed back out of l0 to the sink like the VIP.
+const NFT_TARGETS: [&str; 3] = ["198.18.8.11", "198.18.8.12", "198.18.8.13"];
+const NFT_TARGET_NET: &str = "198.18.8.0/24";
+/// The generator's VIP as a route, while plain forwarding is measured.
+const VIP_NET: &str = "198.18.1.0/24";
+/// The nftables DUT's ruleset: DNAT to three targets round robin, as the peers part does
+/// for TCP (numgen; no SNAT: the sink answers nothing).
+fn nft_dnat_ruleset() -> String {
+    let map: Vec<String> = NFT_TARGETS
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i} : {a}"))
+        .collect();
+    format!(
+        "table ip xlbfwd {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  ip daddr {VIP} udp dport {PORT} dnat to numgen inc mod {} map {{ {} }}\n }}\n}}\n",
+        NFT_TARGETS.len(),
+        map.join(", ")
+    )
+}
 /// Mirror of `ENCAP_HDR_LEN` in lb-ebpf/src/bin/baseline.rs.
 const ENCAP_HDR_LEN: usize = 34;
 
@@ -122,6 +146,10 @@ enum Dut<'a> {
     /// `xlb_encap`: IP-in-IP encapsulation and nothing else.
     EncapFloor,
     Xlb(&'a mut BenchLab),
+    /// `xlb_pass` on l0 and the kernel forwarding the frames back out of l0.
+    KernelForward,
+    /// As `KernelForward`, with the nftables DNAT ruleset loaded for the run.
+    Nftables,
 }
 
 /// Attaches the DUT's program to l0 (from inside the lb namespace), returns it for detach.
@@ -162,7 +190,16 @@ struct Rig {
     gen: Generator,
     tx: Ebpf,
     encap: Ebpf,
+    pass: Ebpf,
     hop: NextHop,
+    /// Where the nftables ruleset file goes.
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Rig {
@@ -185,7 +222,7 @@ impl Rig {
             let _inside = genns.enter();
             loader::attach(&mut ebpf, "xlb_drop", "g0", XdpMode::Driver)?;
         }
-        let template = udp64(
+        let mut template = udp64(
             gmac,
             lmac,
             CLIENT.parse()?,
@@ -193,6 +230,45 @@ impl Rig {
             VIP.parse()?,
             PORT,
         );
+        // No UDP checksum (valid in IPv4): the generator changes the source port without
+        // fixing the checksum, and conntrack would take such frames for invalid and leave
+        // them un-NATed. xlb reads no L4 checksum.
+        template[SPORT_OFF_V4 + 6..SPORT_OFF_V4 + 8].fill(0);
+
+        // The kernel path: l0 gets an address, the sink's MAC is a permanent neighbour
+        // (nothing answers ARP on g0), and the DNAT targets are routed back out of l0 to
+        // it: one arm, like xlb. The VIP is routed only while plain forwarding is measured,
+        // so that a frame nftables failed to DNAT has no route and the run fails its check. No redirects: the kernel would send one for every
+        // frame that leaves by the interface it came in on, and the sink would count them.
+        lb.addr("l0", LB_ADDR);
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.l0.rp_filter", "0"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.l0.send_redirects", "0"),
+        ] {
+            lb.sysctl(key, value);
+        }
+        let gmac_str = gmac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        lb.ip(&[
+            "neigh",
+            "replace",
+            CLIENT,
+            "lladdr",
+            &gmac_str,
+            "dev",
+            "l0",
+            "nud",
+            "permanent",
+        ]);
+        lb.route(&[NFT_TARGET_NET, "via", CLIENT, "dev", "l0"]);
+        let dir = std::env::temp_dir().join(format!("xlb-bench-forward-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("bench scratch directory")?;
         let gen = Generator {
             ebpf,
             ifindex: genns.ifindex("g0"),
@@ -201,6 +277,7 @@ impl Rig {
 
         // Baseline DUTs.
         let tx = loader::load_baseline("xlb_tx")?;
+        let pass = loader::load_baseline("xlb_pass")?;
         let mut encap = loader::load_baseline("xlb_encap")?;
         {
             let mut hdr: Array<_, [u16; ENCAP_HDR_LEN / 2]> = Array::try_from(
@@ -221,7 +298,9 @@ impl Rig {
             gen,
             tx,
             encap,
+            pass,
             hop,
+            dir,
         })
     }
 
@@ -243,6 +322,8 @@ impl Rig {
             gen,
             tx,
             encap,
+            pass,
+            dir,
             ..
         } = self;
         let action = if matches!(dut, Dut::GeneratorAlone) {
@@ -251,6 +332,7 @@ impl Rig {
             XDP_TX
         };
         gen.configure(action)?;
+        let kernel_path = matches!(dut, Dut::KernelForward | Dut::Nftables);
         let before = veth_stat(genns, "g0", "xdp_packets");
         let (secs, bpf_ns, cache_share) = match dut {
             Dut::GeneratorAlone => (gen.send(genns, frames)?, None, None),
@@ -260,6 +342,18 @@ impl Rig {
                 None,
                 None,
             ),
+            Dut::KernelForward => {
+                lb.route(&[VIP_NET, "via", CLIENT, "dev", "l0"]);
+                let secs = baseline(pass, "xlb_pass", gen, genns, lb, frames);
+                lb.ip(&["-4", "route", "del", VIP_NET]);
+                (secs?, None, None)
+            }
+            Dut::Nftables => {
+                crate::peers::nft(lb, &nft_dnat_ruleset(), dir)?;
+                let secs = baseline(pass, "xlb_pass", gen, genns, lb, frames);
+                crate::peers::nft(lb, "delete table ip xlbfwd\n", dir)?;
+                (secs?, None, None)
+            }
             Dut::Xlb(lab) => {
                 let c0 = lab.counters();
                 let i0 = lab.prog().info()?;
@@ -288,6 +382,12 @@ impl Rig {
         } else {
             veth_stat(genns, "g0", "xdp_packets") - before
         };
+        // The kernel drops what it cannot route or NAT without a trace at the sink; a
+        // misconfigured run would report a rate of almost nothing.
+        ensure!(
+            !kernel_path || delivered * 2 >= u64::from(frames),
+            "the kernel path delivered {delivered} of {frames} frames: routes or DNAT broken"
+        );
         Ok(Sample {
             pps: delivered as f64 / secs,
             bpf_ns,
@@ -379,6 +479,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
     rig.measure(Dut::Xlb(&mut xlb_1m), warm)?;
     rig.measure(Dut::Xlb(&mut uncached), warm)?;
     let tx_rate = rig.measure(Dut::XdpTx, warm)?.pps;
+    // The kernel path is several times slower: its runs are sized by their own rate.
+    let kernel_rate = rig.measure(Dut::KernelForward, warm)?.pps;
+    let nft_rate = rig.measure(Dut::Nftables, warm)?.pps;
     let frames_for = |rate: f64| frames_for(rate, plan.forward_secs);
 
     let names = [
@@ -388,6 +491,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
         "xlb_1m_flows",
         "encap_floor",
         "xlb_no_flow_cache",
+        "kernel_forward",
+        "nftables_dnat",
     ];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
@@ -406,13 +511,15 @@ pub fn run(plan: &Plan) -> Result<Value> {
                 2 => rig.measure(Dut::Xlb(&mut xlb), frames_for(tx_rate))?,
                 3 => rig.measure(Dut::Xlb(&mut xlb_1m), frames_for(tx_rate))?,
                 4 => rig.measure(Dut::EncapFloor, frames_for(tx_rate))?,
-                _ => rig.measure(Dut::Xlb(&mut uncached), frames_for(tx_rate))?,
+                5 => rig.measure(Dut::Xlb(&mut uncached), frames_for(tx_rate))?,
+                6 => rig.measure(Dut::KernelForward, frames_for(kernel_rate))?,
+                _ => rig.measure(Dut::Nftables, frames_for(nft_rate))?,
             };
             pps[i].push(s.pps);
             cache_share[i].extend(s.cache_share);
         }
         eprintln!(
-            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}, xlb no cache {:.2}",
+            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}, xlb no cache {:.2}, kernel {:.2}, nftables {:.2}",
             round + 1,
             plan.forward_rounds,
             pps[0][round] / 1e6,
@@ -420,7 +527,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
             pps[4][round] / 1e6,
             pps[2][round] / 1e6,
             pps[3][round] / 1e6,
-            pps[5][round] / 1e6
+            pps[5][round] / 1e6,
+            pps[6][round] / 1e6,
+            pps[7][round] / 1e6
         );
     }
     // The balancer's own run time per packet under this load, in extra runs: BPF stats cost
@@ -453,6 +562,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
     out["paired_xlb_over_xdp_tx"] = Summary::of(&paired(&pps[2], &pps[1])).json();
     out["paired_xlb_over_no_flow_cache"] = Summary::of(&paired(&pps[2], &pps[5])).json();
     out["encap_floor_over_xdp_tx"] = json!(round3(ratio(s[4].median, s[1].median)));
+    out["xlb_over_nftables_dnat"] = json!(round3(ratio(s[2].median, s[7].median)));
+    out["paired_xlb_over_nftables_dnat"] = Summary::of(&paired(&pps[2], &pps[7])).json();
+    out["xlb_over_kernel_forward"] = json!(round3(ratio(s[2].median, s[6].median)));
     out["xlb_over_encap_floor"] = json!(round3(ratio(s[2].median, s[4].median)));
     out["bpf_stats_ns_per_pkt"] = json!({
         "xlb": round3(Summary::of(&bpf[2]).median),

@@ -212,7 +212,8 @@ fn nft_ruleset(backends: &[IpAddr]) -> String {
     )
 }
 
-fn nft(ns: &Netns, script: &str, dir: &Path) -> Result<()> {
+/// Loads an nftables script into `ns` (through a file in `dir`).
+pub fn nft(ns: &Netns, script: &str, dir: &Path) -> Result<()> {
     let f = dir.join("nft.rules");
     std::fs::write(&f, script)?;
     let out = ns.exec(&["nft", "-f", f.to_str().context("utf-8 path")?]);

@@ -22,6 +22,8 @@ pub const REQUIRED: &[&str] = &[
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
     "forward_pps.xlb_no_flow_cache",
+    "forward_pps.kernel_forward",
+    "forward_pps.nftables_dnat",
     "peers.xlb_rps",
     "peers.nftables_rps",
     "peers.haproxy_rps",
@@ -55,6 +57,8 @@ pub fn finish(r: &mut Value) {
         "forward_xlb_over_xdp_tx_paired_median": f("paired_xlb_over_xdp_tx.median"),
         "forward_encap_floor_over_xdp_tx": f("encap_floor_over_xdp_tx"),
         "forward_xlb_over_encap_floor": f("xlb_over_encap_floor"),
+        "forward_xlb_over_nftables_dnat": f("xlb_over_nftables_dnat"),
+        "forward_xlb_over_kernel_forward": f("xlb_over_kernel_forward"),
         "testrun_hit_over_xdp_tx_paired_median": t("paired_hit_over_xdp_tx.median"),
         "rps_xlb_over_nftables": round3(ratio(p("xlb_rps"), p("nftables_rps"))),
         "rps_xlb_over_haproxy": round3(ratio(p("xlb_rps"), p("haproxy_rps"))),
@@ -294,6 +298,14 @@ fn markdown(r: &Value, plots: &[String]) -> String {
             "encap_floor",
             "encapsulation floor (IP-in-IP and XDP_TX, no decisions)",
         ),
+        (
+            "kernel_forward",
+            "kernel IP forwarding (XDP_PASS, routed back out)",
+        ),
+        (
+            "nftables_dnat",
+            "nftables DNAT to 3 targets (numgen), kernel forwarding",
+        ),
     ] {
         let v = n(&format!("forward_pps.{k}"));
         let dut = if k == "generator_alone" {
@@ -309,9 +321,12 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         );
     }
     m += &format!(
-        "\nxlb over XDP_TX taken within each round, median over rounds: {}×; xlb over xlb with the flow cache off, the same way: {}×.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n",
+        "\nxlb over XDP_TX taken within each round, median over rounds: {}×; xlb over xlb with the flow cache off, the same way: {}×.\n\nPackets/s against the kernel's own path on the same chain (the like-for-like peer comparison: one CPU, the same frames): xlb forwards **{}× nftables DNAT** (within each round: {}×) and {}× plain kernel forwarding.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n",
         fmt(n("ratios.forward_xlb_over_xdp_tx_paired_median")),
         fmt(n("forward_pps.paired_xlb_over_no_flow_cache.median")),
+        fmt(n("forward_pps.xlb_over_nftables_dnat")),
+        fmt(n("forward_pps.paired_xlb_over_nftables_dnat.median")),
+        fmt(n("forward_pps.xlb_over_kernel_forward")),
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb")),
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb_1m_flows")),
         fmt(n("forward_pps.flow_cache_hit_share.xlb")),
