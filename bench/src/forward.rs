@@ -10,9 +10,10 @@
 //! `xdp_packets` and drops them. The kernel's own path is measured on the same chain: with
 //! `xlb_pass` on l0 the frames go up the lb namespace's stack, which forwards them back out
 //! of l0 to the sink (plain IP forwarding), or DNATs them first (nftables, the peer a user
-//! would pick for a packet-level balancer; DNAT only, like xlb's DSR it changes no source). veth runs the receiver's NAPI on the sending CPU, so the
-//! whole chain runs on one CPU: rate = 1 / (sum of per-packet costs); the DUT's own cost is
-//! `1/rate − 1/rate(generator alone)`. Configurations are interleaved round by round.
+//! would pick for a packet-level balancer; DNAT only, like xlb's DSR it changes no source).
+//! veth runs the receiver's NAPI on the sending CPU, so the whole chain runs on one CPU:
+//! rate = 1 / (sum of per-packet costs); the DUT's own cost is `1/rate − 1/rate(generator
+//! alone)`. Configurations are interleaved round by round.
 
 use std::{net::IpAddr, time::Instant};
 
@@ -44,7 +45,7 @@ const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
 /// l0's address, for the kernel-path DUTs.
 const LB_ADDR: &str = "198.18.0.1/24";
-/// The nftables DUT's DNAT targets, routed back out of l0 to the sink like the VIP.
+/// The nftables DUT's DNAT targets, routed back out of l0 to the sink.
 const NFT_TARGETS: [&str; 3] = ["198.18.8.11", "198.18.8.12", "198.18.8.13"];
 const NFT_TARGET_NET: &str = "198.18.8.0/24";
 /// The generator's VIP as a route, while plain forwarding is measured.
@@ -238,8 +239,9 @@ impl Rig {
         // The kernel path: l0 gets an address, the sink's MAC is a permanent neighbour
         // (nothing answers ARP on g0), and the DNAT targets are routed back out of l0 to
         // it: one arm, like xlb. The VIP is routed only while plain forwarding is measured,
-        // so that a frame nftables failed to DNAT has no route and the run fails its check. No redirects: the kernel would send one for every
-        // frame that leaves by the interface it came in on, and the sink would count them.
+        // so that a frame nftables failed to DNAT has no route and the run fails its check.
+        // No redirects: the kernel would send one for every frame that leaves by the
+        // interface it came in on, and the sink would count them.
         lb.addr("l0", LB_ADDR);
         for (key, value) in [
             ("net.ipv4.ip_forward", "1"),
@@ -250,11 +252,7 @@ impl Rig {
         ] {
             lb.sysctl(key, value);
         }
-        let gmac_str = gmac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let gmac_str = xlb::daemon::state::mac_string(&gmac);
         lb.ip(&[
             "neigh",
             "replace",
