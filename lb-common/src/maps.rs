@@ -129,6 +129,10 @@ pub const BACKEND_F_ACTIVE: u32 = 1 << 0;
 /// `Backend::flags`: `ifindex`, `dmac` and `smac` hold a resolved next hop; without it the
 /// program asks `bpf_fib_lookup` per packet.
 pub const BACKEND_F_NEXTHOP: u32 = 1 << 1;
+/// `Backend::flags`: active but out of the lookup table (drained, or weight 0): it keeps its
+/// flows but takes no new connections, also not from a client that reuses a recorded
+/// 5-tuple, so a TCP SYN (without ACK) pinned to it is scheduled anew.
+pub const BACKEND_F_NO_NEW: u32 = 1 << 2;
 
 /// A real server behind VIPs.
 #[repr(C)]

@@ -24,8 +24,8 @@ use lb_common::{
     addr::to_words,
     maps::{
         Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
-        CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, VIP_F_ADDR_ONLY,
-        VIP_F_HASHED_SRC,
+        BACKEND_F_NO_NEW, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY,
+        VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC,
     },
 };
 use serde::Serialize;
@@ -774,6 +774,9 @@ fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
     };
     if b.active() {
         entry.flags |= BACKEND_F_ACTIVE;
+        if !b.in_table() {
+            entry.flags |= BACKEND_F_NO_NEW;
+        }
     }
     if let Some(hop) = b.nexthop {
         entry.flags |= BACKEND_F_NEXTHOP;
@@ -956,13 +959,20 @@ mod tests {
         let idx = core.vip(&id).unwrap().backends[&a].index;
         core.set_drained(&id, a, true).unwrap();
         assert!(!live(&core, &id).1.contains(&idx));
+        let flags = |core: &Core<Recorder>| core.dataplane().backends[&idx].flags;
         assert_ne!(
-            core.dataplane().backends[&idx].flags & BACKEND_F_ACTIVE,
+            flags(&core) & BACKEND_F_ACTIVE,
             0,
             "drained backends keep their flows"
         );
+        assert_ne!(
+            flags(&core) & BACKEND_F_NO_NEW,
+            0,
+            "and take no new connections"
+        );
         core.set_drained(&id, a, false).unwrap();
         assert!(live(&core, &id).1.contains(&idx));
+        assert_eq!(flags(&core) & BACKEND_F_NO_NEW, 0, "undrained");
     }
 
     #[test]

@@ -549,3 +549,22 @@ impl DecapLab {
 pub fn counter_deltas(before: &[u64], after: &[u64]) -> String {
     deltas(before, after)
 }
+
+/// Pins the calling thread to CPU `cpu`. The flow cache is per CPU and test_run runs the
+/// program on the calling CPU, so tests of the cache pin their thread.
+pub fn pin_to(cpu: usize) {
+    // SAFETY: plain libc calls on a zeroed, correctly sized cpu_set_t for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity failed");
+    }
+}
+
+/// Pins the calling thread to the CPU it runs on (see [`pin_to`]).
+pub fn pin_to_this_cpu() {
+    // SAFETY: no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    pin_to(usize::try_from(cpu).expect("sched_getcpu failed"));
+}

@@ -188,6 +188,90 @@ fn drained_backend_keeps_its_flows_and_gets_no_new_ones() {
     }
 }
 
+/// A client that reuses a 5-tuple (a new connection after TIME_WAIT) meets the old
+/// connection's entry: its SYN keeps the recorded backend while that takes new connections,
+/// and is scheduled anew once the backend is drained, whether the flow cache or the table
+/// answers; the drained backend's other connections stay.
+#[test]
+fn a_reused_tuple_leaves_a_drained_backend_at_its_syn() {
+    if !require_root() {
+        return;
+    }
+    // The cache is per CPU: on one CPU, a flow's recording fills the cache its next SYN
+    // meets.
+    pin_to_this_cpu();
+    let cases = [
+        ("flow cache", Lab::options(), 1),
+        (
+            "no flow cache",
+            xlb::loader::LoadOptions {
+                flow_cache: false,
+                ..Lab::options()
+            },
+            0,
+        ),
+    ];
+    for (what, opts, cache_hits) in cases {
+        let mut lab = Lab::with_options(FIVE, opts);
+        let id: VipId = WEB.parse().unwrap();
+        let client = "198.18.0.10";
+        let ports: Vec<u16> = (45_000..45_100).collect();
+        let pinned: Vec<IpAddr> = ports
+            .iter()
+            .map(|&p| backend_of(&mut lab, &syn(client, p, 80)))
+            .collect();
+        let drained = pinned[0];
+        let on_drained: Vec<u16> = ports
+            .iter()
+            .zip(&pinned)
+            .filter(|(_, b)| **b == drained)
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(on_drained.len() >= 3, "{what}: flows enough on one backend");
+        let (reused, other) = (on_drained[1], on_drained[2]);
+        // Recorded again just now: in the cache, if there is one.
+        assert_eq!(backend_of(&mut lab, &syn(client, reused, 80)), drained);
+        let before = lab.counters();
+        assert_eq!(
+            backend_of(&mut lab, &syn(client, reused, 80)),
+            drained,
+            "{what}: before the drain a reused tuple stays"
+        );
+        let after = lab.counters();
+        let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
+        assert_eq!(d(Event::FlowCacheHit), cache_hits, "{what}: answered by");
+
+        lab.core.set_drained(&id, drained, true).unwrap();
+        let before = lab.counters();
+        let moved = backend_of(&mut lab, &syn(client, reused, 80));
+        let after = lab.counters();
+        let d = |e: Event| after[e.slot() as usize] - before[e.slot() as usize];
+        assert_ne!(
+            moved, drained,
+            "{what}: the new connection left the drained backend"
+        );
+        assert_eq!(
+            (
+                d(Event::ConnRepick),
+                d(Event::NewFlow),
+                d(Event::FlowCacheHit)
+            ),
+            (1, 1, 0),
+            "{what}: re-picked and recorded anew"
+        );
+        assert_eq!(
+            backend_of(&mut lab, &ack(client, reused, 80)),
+            moved,
+            "{what}: the rest of the new connection follows its SYN"
+        );
+        assert_eq!(
+            backend_of(&mut lab, &ack(client, other, 80)),
+            drained,
+            "{what}: an existing connection stays on the drained backend"
+        );
+    }
+}
+
 #[test]
 fn source_hash_sticks_a_client_to_one_backend() {
     if !require_root() {

@@ -36,21 +36,8 @@ fn lab() -> Option<Lab> {
     if !require_root() {
         return None;
     }
-    // SAFETY: no arguments.
-    let cpu = unsafe { libc::sched_getcpu() };
-    pin_to(usize::try_from(cpu).expect("sched_getcpu failed"));
+    pin_to_this_cpu();
     Some(Lab::new(WEB3))
-}
-
-/// Pins the calling thread to CPU `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: plain libc calls on a zeroed, correctly sized cpu_set_t for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity failed");
-    }
 }
 
 fn tcp4() -> Pkt {

@@ -28,9 +28,9 @@ use lb_common::{
     counters::{Counters, Drop, Event},
     hash::{flow_hash, src_hash},
     maps::{
-        Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, CONN_F_CLOSED, CONN_F_COUNTED,
-        CONN_F_HASHED_SRC, MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE, VIP_F_HASHED_SRC, VIP_F_LEAST_CONN,
-        VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+        Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_NO_NEW, CONN_F_CLOSED,
+        CONN_F_COUNTED, CONN_F_HASHED_SRC, MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE, VIP_F_HASHED_SRC,
+        VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
     },
 };
 use lb_ebpf::{
@@ -45,6 +45,9 @@ use crate::{
 
 /// TCP FIN and RST flags: the client is closing.
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
+/// TCP SYN and ACK flags: SYN without ACK opens a connection.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// The chosen backend. Lives in per-CPU scratch memory (`maps::Scratch`), written by
 /// `pinned` or `pick` before anyone reads it.
@@ -99,8 +102,11 @@ pub fn pinned(
     // A counted flow's FIN/RST goes to the table, whose entry least-connection accounting
     // marks; the cache serves every other packet.
     let closing = tcp_flags & TCP_FIN_RST != 0;
+    // A client reusing a recorded 5-tuple opens a new connection with it: a backend that
+    // takes no new ones must not get it (see `recorded`).
+    let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(backend) =
-        cache::lookup(s, v4, closing).and_then(|c| recorded(c.backend, c.generation))
+        cache::lookup(s, v4, closing).and_then(|c| recorded(c.backend, c.generation, opening))
     {
         // `lookup` wrote the target.
         bump_in(stats, Event::ConnHit.slot());
@@ -112,7 +118,7 @@ pub fn pinned(
     let entry = conn_entry(sc, v4)?;
     // SAFETY: the map value stays valid for the duration of the program (RCU).
     let e = unsafe { *entry };
-    let Some(backend) = recorded(e.backend, e.generation) else {
+    let Some(backend) = recorded(e.backend, e.generation, opening) else {
         bump_in(stats, Event::ConnRepick.slot());
         return None;
     };
@@ -140,11 +146,15 @@ pub fn pinned(
     Some(backend)
 }
 
-/// Backend `idx` if it is usable and still the one a flow was recorded with: slot indices
-/// are reused, and every reuse bumps the slot's generation. Table and cache hits alike.
+/// Backend `idx` if it is usable and still the one a flow was recorded with (slot indices
+/// are reused, and every reuse bumps the slot's generation), and, for a packet `opening` a
+/// connection (TCP SYN without ACK), if it takes new connections: a drained backend keeps
+/// its flows, but a client that reuses a recorded 5-tuple after TIME_WAIT opens a new one,
+/// which is scheduled anew. Table and cache hits alike.
 #[inline(always)]
-fn recorded(idx: u32, generation: u32) -> Option<&'static Backend> {
-    usable(idx).filter(|b| b.generation == generation)
+fn recorded(idx: u32, generation: u32, opening: bool) -> Option<&'static Backend> {
+    usable(idx)
+        .filter(|b| b.generation == generation && !(opening && b.flags & BACKEND_F_NO_NEW != 0))
 }
 
 /// Picks a backend for the flow in `s` that the connection table does not pin, into
