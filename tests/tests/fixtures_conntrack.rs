@@ -451,6 +451,9 @@ fn least_connection_counts_follow_syn_and_fin() {
     if !require_root() {
         return;
     }
+    // On one CPU, so that the flow cache (per CPU) holds the flows it recorded: their SYN,
+    // FIN and RST must still reach the table.
+    pin_to_this_cpu();
     let mut lab = Lab::new(
         r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
             {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "lc",
@@ -474,4 +477,14 @@ fn least_connection_counts_follow_syn_and_fin() {
     assert_eq!(active(&lab), 1, "a second FIN is not counted twice");
     assert_eq!(lab.run(&pkt(40_001).rst().build()).verdict, XDP_TX);
     assert_eq!(active(&lab), 0, "RST takes the other flow back");
+    assert_eq!(lab.run(&pkt(40_000).syn().build()).verdict, XDP_TX);
+    assert_eq!(
+        active(&lab),
+        1,
+        "a SYN reusing a closed flow's 5-tuple counts the new connection"
+    );
+    assert_eq!(lab.run(&pkt(40_000).syn().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 1, "a retransmitted SYN is not counted twice");
+    assert_eq!(lab.run(&pkt(40_000).fin().ack().build()).verdict, XDP_TX);
+    assert_eq!(active(&lab), 0, "and its FIN takes it back");
 }

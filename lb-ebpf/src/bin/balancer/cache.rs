@@ -18,9 +18,10 @@
 //!   every [`MAX_AGE`] jiffies while it sends) and picks up whatever changed in the entry.
 //! - A cached entry passes the same backend check as a table hit (slot usable, generation
 //!   recorded with the flow), so removed, dead and reused backend slots are seen at once.
-//! - A least-connection flow's FIN and RST packets go to the table, whose entry the
-//!   accounting marks when the client closes (a way keeps the entry's `CONN_F_COUNTED` to
-//!   know which flows those are).
+//! - A least-connection flow's SYN, FIN and RST packets go to the table, whose entry the
+//!   accounting marks when the client closes and unmarks when it reuses the 5-tuple for a
+//!   new connection (a way keeps the entry's `CONN_F_COUNTED` to know which flows those
+//!   are).
 //! - Nothing else rewrites the entry of a live flow (the daemon only reads the tables), so a
 //!   cached copy can only be older than an entry the LRU evicted; it then serves at most
 //!   [`REFRESH`] more packets, to the backend the flow already had. One exception: two
@@ -153,12 +154,13 @@ impl<const N: usize> CacheSet<N> {
 }
 
 /// The cached entry of the flow in `s` (`v4`: an IPv4 flow, keyed by `s.flow4`; else by
-/// `s.flow`) if it may still serve a packet: counts the packet and writes the entry's target
+/// `s.flow`) if it may still serve a packet (`opens_or_closes`: a TCP SYN, FIN or RST, which
+/// least-connection flows take to the table): counts the packet and writes the entry's target
 /// into `s.target`, which the caller still has to accept or overwrite (the entry's backend
 /// is checked there). The target is written here so that fewer values stay live in the
 /// caller, whose stack is at the verifier's limit.
 #[inline(always)]
-pub fn lookup(s: *mut Scratch, v4: bool, closing: bool) -> Option<Cached> {
+pub fn lookup(s: *mut Scratch, v4: bool, opens_or_closes: bool) -> Option<Cached> {
     // SAFETY: this CPU's scratch slot, its key written by the caller.
     let (sc, target) = unsafe { (&*s, core::ptr::addr_of_mut!((*s).target)) };
     if v4 {
@@ -167,7 +169,7 @@ pub fn lookup(s: *mut Scratch, v4: bool, closing: bool) -> Option<Cached> {
             &key_v4(&sc.flow4),
             FLOW_CACHE_SET_BITS,
             target,
-            closing,
+            opens_or_closes,
         )
     } else {
         lookup_in(
@@ -175,7 +177,7 @@ pub fn lookup(s: *mut Scratch, v4: bool, closing: bool) -> Option<Cached> {
             &key_v6(&sc.flow),
             FLOW_CACHE_V6_SET_BITS,
             target,
-            closing,
+            opens_or_closes,
         )
     }
 }
@@ -197,13 +199,13 @@ fn lookup_in<const N: usize>(
     key: &[u64; N],
     bits: u32,
     target: *mut Target,
-    closing: bool,
+    opens_or_closes: bool,
 ) -> Option<Cached> {
     let way = this_cpus_set(map, key, bits)?.way_of(key)?;
     if u16::from(way.served) >= REFRESH || age(way.filled) >= MAX_AGE {
         return None;
     }
-    if closing && u32::from(way.flags) & CONN_F_COUNTED != 0 {
+    if opens_or_closes && u32::from(way.flags) & CONN_F_COUNTED != 0 {
         return None;
     }
     way.served += 1;

@@ -99,14 +99,14 @@ pub fn pinned(
     tcp_flags: u8,
     stats: Option<*mut Counters>,
 ) -> Option<&'static Backend> {
-    // A counted flow's FIN/RST goes to the table, whose entry least-connection accounting
-    // marks; the cache serves every other packet.
     let closing = tcp_flags & TCP_FIN_RST != 0;
     // A client reusing a recorded 5-tuple opens a new connection with it: a backend that
     // takes no new ones must not get it (see `recorded`).
     let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if let Some(backend) =
-        cache::lookup(s, v4, closing).and_then(|c| recorded(c.backend, c.generation, opening))
+    // A counted flow's SYN, FIN and RST go to the table, whose entry least-connection
+    // accounting marks; the cache serves every other packet.
+    if let Some(backend) = cache::lookup(s, v4, opening || closing)
+        .and_then(|c| recorded(c.backend, c.generation, opening))
     {
         // `lookup` wrote the target.
         bump_in(stats, Event::ConnHit.slot());
@@ -128,11 +128,19 @@ pub fn pinned(
         // the table lookup, and the entry function's stack is at the verifier's limit.
         cache::fill(sc, v4, &e);
     }
-    if closing && e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED {
-        // SAFETY: as above. Two CPUs racing here may both subtract: the count is an
-        // estimate, and the daemon reconciles it from the connection table.
+    // Least connection: the client's FIN/RST takes its flow's count back, and a SYN on a
+    // closed entry (a client reusing the 5-tuple) counts the new connection.
+    let counted = e.flags & CONN_F_COUNTED != 0;
+    let closed = e.flags & CONN_F_CLOSED != 0;
+    if counted && closing && !closed {
+        // SAFETY: as above. Two CPUs racing here may both count: the count is an
+        // estimate (and reads treat a count below zero as zero, see `load`).
         unsafe { (*entry).flags = e.flags | CONN_F_CLOSED };
         add_active(e.backend, u64::MAX);
+    } else if counted && opening && closed {
+        // SAFETY: as above.
+        unsafe { (*entry).flags = e.flags & !CONN_F_CLOSED };
+        add_active(e.backend, 1);
     }
     // SAFETY: this CPU's scratch slot; one write of the whole target.
     unsafe {
