@@ -90,8 +90,10 @@ fn record_conn(s: &Scratch) -> bool {
 /// an IPv4 flow): its backend when that can still take it, `None` when the scheduler must
 /// pick. A table hit fills the cache, as does recording a new flow in `pick` (cache.rs says
 /// why that never moves a flow).
-/// `tcp_flags` (0 for UDP) lets least-connection VIPs take a flow's count back when the
-/// client closes it; `stats` is this CPU's counters. Inlined: this is the hit path.
+/// `tcp_flags` (0 for UDP) let least-connection VIPs take a flow's count back when the
+/// client closes it and count it again when a SYN reuses its 5-tuple, and keep such SYNs
+/// off backends that take no new connections; `stats` is this CPU's counters. Inlined:
+/// this is the hit path.
 #[inline(always)]
 pub fn pinned(
     s: *mut Scratch,
@@ -170,7 +172,7 @@ fn recorded(idx: u32, generation: u32, opening: bool) -> Option<&'static Backend
 #[inline(never)]
 pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> u64 {
     pack(pick_stage(s, vip, record, tcp_flags).map(|t| {
-        // SAFETY: as above; one write of the whole target.
+        // SAFETY: this CPU's scratch slot (map memory); one write of the whole target.
         unsafe { core::ptr::addr_of_mut!((*s).target).write(t) };
         0
     }))
