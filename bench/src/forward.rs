@@ -51,17 +51,11 @@ const NFT_TARGET_NET: &str = "198.18.8.0/24";
 /// The generator's VIP as a route, while plain forwarding is measured.
 const VIP_NET: &str = "198.18.1.0/24";
 /// The nftables DUT's ruleset: DNAT to three targets round robin, as the peers part does
-/// for TCP (numgen; no SNAT: the sink answers nothing).
+/// for TCP (no SNAT: the sink answers nothing).
 fn nft_dnat_ruleset() -> String {
-    let map: Vec<String> = NFT_TARGETS
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{i} : {a}"))
-        .collect();
     format!(
-        "table ip xlbfwd {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  ip daddr {VIP} udp dport {PORT} dnat to numgen inc mod {} map {{ {} }}\n }}\n}}\n",
-        NFT_TARGETS.len(),
-        map.join(", ")
+        "table ip xlbfwd {{\n{}}}\n",
+        crate::peers::nft_dnat_chain(VIP, "udp", PORT, &NFT_TARGETS)
     )
 }
 /// Mirror of `ENCAP_HDR_LEN` in lb-ebpf/src/bin/baseline.rs.

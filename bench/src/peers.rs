@@ -197,18 +197,32 @@ fn haproxy(ns: &Netns, dir: &Path, backends: &[IpAddr]) -> Result<Proc> {
 }
 
 fn nft_ruleset(backends: &[IpAddr]) -> String {
-    let map: Vec<String> = backends
+    let set: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
+    format!(
+        "table ip xlbbench {{\n{} chain post {{\n  type nat hook postrouting priority 100;\n  ip daddr {{ {} }} tcp dport 80 snat to {NFT_SNAT}\n }}\n}}\n",
+        nft_dnat_chain(NFT_VIP, "tcp", 80, backends),
+        set.join(", ")
+    )
+}
+
+/// An nftables `prerouting` chain that DNATs `vip` (`proto`, `port`) to `targets` round
+/// robin (`numgen inc`): the DNAT rule of both nftables configurations (here and in the
+/// forwarding part).
+pub fn nft_dnat_chain(
+    vip: impl std::fmt::Display,
+    proto: &str,
+    port: u16,
+    targets: &[impl std::fmt::Display],
+) -> String {
+    let map: Vec<String> = targets
         .iter()
         .enumerate()
         .map(|(i, a)| format!("{i} : {a}"))
         .collect();
-    let set: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
     format!(
-        "table ip xlbbench {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  ip daddr {NFT_VIP} tcp dport 80 dnat to numgen inc mod {} map {{ {} }}\n }}\n \
-         chain post {{\n  type nat hook postrouting priority 100;\n  ip daddr {{ {} }} tcp dport 80 snat to {NFT_SNAT}\n }}\n}}\n",
-        backends.len(),
-        map.join(", "),
-        set.join(", ")
+        " chain pre {{\n  type nat hook prerouting priority -100;\n  ip daddr {vip} {proto} dport {port} dnat to numgen inc mod {} map {{ {} }}\n }}\n",
+        targets.len(),
+        map.join(", ")
     )
 }
 

@@ -249,23 +249,61 @@ fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
 fn only_counted_flows_take_fin_and_rst_to_the_table() {
     let Some(mut lab) = lab() else { return };
     let backend = cached_flow(&mut lab);
-    let (b, m) = send(&mut lab, &tcp4().fin().ack().build());
-    assert_eq!(m, moves(1, 1, 0, 0), "Maglev VIP, FIN: a cache hit");
-    assert_eq!(b, backend);
-    let (_, m) = send(&mut lab, &tcp4().rst().build());
-    assert_eq!(m, moves(1, 1, 0, 0), "Maglev VIP, RST: a cache hit");
-
+    steps_on(
+        &mut lab,
+        &backend,
+        &[
+            (
+                "Maglev VIP, FIN: a cache hit",
+                tcp4().fin().ack(),
+                moves(1, 1, 0, 0),
+            ),
+            (
+                "Maglev VIP, RST: a cache hit",
+                tcp4().rst(),
+                moves(1, 1, 0, 0),
+            ),
+        ],
+    );
     let (lc_backend, m) = send(&mut lab, &tcp4_to_lc().syn().build());
     assert_eq!(m, moves(0, 0, 1, 0), "lc VIP: the SYN is a new flow");
-    let (_, m) = send(&mut lab, &tcp4_to_lc().ack().build());
-    assert_eq!(m, moves(1, 1, 0, 0), "lc VIP, data: a cache hit");
-    let (b, m) = send(&mut lab, &tcp4_to_lc().fin().ack().build());
-    assert_eq!(m, moves(1, 0, 0, 0), "lc VIP, FIN: a table hit");
-    assert_eq!(b, lc_backend);
-    let (_, m) = send(&mut lab, &tcp4_to_lc().rst().build());
-    assert_eq!(m, moves(1, 0, 0, 0), "lc VIP, RST: a table hit");
-    let (_, m) = send(&mut lab, &tcp4_to_lc().ack().build());
-    assert_eq!(m, moves(1, 1, 0, 0), "lc VIP, data: the cache again");
+    steps_on(
+        &mut lab,
+        &lc_backend,
+        &[
+            (
+                "lc VIP, data: a cache hit",
+                tcp4_to_lc().ack(),
+                moves(1, 1, 0, 0),
+            ),
+            (
+                "lc VIP, FIN: a table hit",
+                tcp4_to_lc().fin().ack(),
+                moves(1, 0, 0, 0),
+            ),
+            (
+                "lc VIP, RST: a table hit",
+                tcp4_to_lc().rst(),
+                moves(1, 0, 0, 0),
+            ),
+            (
+                "lc VIP, data: the cache again",
+                tcp4_to_lc().ack(),
+                moves(1, 1, 0, 0),
+            ),
+        ],
+    );
+}
+
+/// Sends each step's packet in turn: each must give its counter moves and stay on
+/// `backend`.
+#[track_caller]
+fn steps_on(lab: &mut Lab, backend: &[u8], steps: &[(&str, Pkt, Moves)]) {
+    for (what, pkt, want) in steps {
+        let (b, m) = send(lab, &pkt.clone().build());
+        assert_eq!(&m, want, "{what}");
+        assert_eq!(b, backend, "{what}: same backend");
+    }
 }
 
 /// IPv6 flows have their own cache (40-byte keys) with the same rules: filled when the flow

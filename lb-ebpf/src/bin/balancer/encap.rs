@@ -279,8 +279,8 @@ pub fn forward(
 /// Benchmark mode (`CFG_F_BENCH_RESTORE`): strips the outer header again, keeping the new
 /// Ethernet header (`hop`'s MACs, the VLAN tag), and drops the frame, so every repeat of a
 /// test run starts from the same input; with `CFG_F_BENCH_NEW_FLOWS` from the next flow's
-/// input instead: the client port's raw halfword plus one. The bench reports
-/// what the undo costs.
+/// input instead: the client port's raw halfword plus one. The bench reports what the undo
+/// costs.
 #[inline(always)]
 fn restore_for_bench(
     ctx: &XdpContext,
