@@ -557,6 +557,10 @@ pub fn run(plan: &Plan) -> Result<Value> {
                                      // The balancer's (ns, runs) per mode: a new connection per request makes every SYN a
                                      // new flow (scheduler and insert), so the two mixes cost differently.
     let mut bpf_mode = [(0u64, 0u64); 2];
+    // `xlb_hop`'s (ns, runs) per mode, on the same interface and the same clients' packets:
+    // what the cheapest XDP program there costs under that load, the floor under the
+    // balancer's figure.
+    let mut hop_mode = [(0u64, 0u64); 2];
     for round in 0..plan.rounds {
         for (m, mode) in MODES.iter().enumerate() {
             for (c, config) in CONFIGS.iter().enumerate() {
@@ -571,18 +575,28 @@ pub fn run(plan: &Plan) -> Result<Value> {
                     if round == 0 && m == 0 {
                         check(config)?;
                     }
+                    // The program on the balancer host's interface: the hop's in
+                    // `hop_only`, xlb's otherwise (not attached: no runs counted).
+                    let lb_prog = match *config {
+                        "hop_only" => loader::xdp(&mut hop, "xlb_hop")?,
+                        _ => xlb.prog(),
+                    };
                     let (r, costs) = wrk_costs(
                         &bed.net.client,
-                        xlb.prog(),
+                        lb_prog,
                         &mut bed.decaps,
                         &url(config),
                         *mode == "close",
                         plan.wrk_secs,
                     )?;
-                    if *config == "xlb" {
-                        add(&mut bpf[0], costs.balancer);
-                        add(&mut bpf_mode[m], costs.balancer);
-                        add(&mut bpf[1], costs.decap);
+                    match *config {
+                        "xlb" => {
+                            add(&mut bpf[0], costs.balancer);
+                            add(&mut bpf_mode[m], costs.balancer);
+                            add(&mut bpf[1], costs.decap);
+                        }
+                        "hop_only" => add(&mut hop_mode[m], costs.balancer),
+                        _ => {}
                     }
                     Ok(r)
                 })();
@@ -642,6 +656,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
     out["xlb_cps"] = json!(med(1, 2));
     out["nftables_cps"] = json!(med(1, 3));
     out["haproxy_cps"] = json!(med(1, 4));
+    let per_pkt = |(ns, runs): (u64, u64)| ratio(ns as f64, runs as f64);
+    let hop = (hop_mode[0].0 + hop_mode[1].0, hop_mode[0].1 + hop_mode[1].1);
     out["bpf_stats"] = json!({
         "balancer_ns_per_pkt": round3(ratio(bpf[0].0 as f64, bpf[0].1 as f64)),
         "balancer_packets": bpf[0].1,
@@ -649,6 +665,16 @@ pub fn run(plan: &Plan) -> Result<Value> {
         "balancer_ns_per_pkt_close": round3(ratio(bpf_mode[1].0 as f64, bpf_mode[1].1 as f64)),
         "decap_ns_per_pkt": round3(ratio(bpf[1].0 as f64, bpf[1].1 as f64)),
         "decap_packets": bpf[1].1,
+        // The hop-only configuration's program (parse the EtherType, rewrite the MACs,
+        // XDP_TX) on the same interface under the same wrk load: no XDP program there costs
+        // less, so the balancer's own work is what it costs above this.
+        "hop_ns_per_pkt": round3(per_pkt(hop)),
+        "hop_ns_per_pkt_keepalive": round3(per_pkt(hop_mode[0])),
+        "hop_ns_per_pkt_close": round3(per_pkt(hop_mode[1])),
+        "hop_packets": hop.1,
+        "balancer_minus_hop_ns_per_pkt": round3(per_pkt(bpf[0]) - per_pkt(hop)),
+        "balancer_minus_hop_ns_per_pkt_keepalive": round3(per_pkt(bpf_mode[0]) - per_pkt(hop_mode[0])),
+        "balancer_minus_hop_ns_per_pkt_close": round3(per_pkt(bpf_mode[1]) - per_pkt(hop_mode[1])),
         // The decap program runs on the same packets' way back into the backends, under
         // the same load: the balancer's cost in units of it travels between machines
         // better than nanoseconds do (BENCH-NOTES' minimal balancer: ≈ 480 / 110 ≈ 4.4).
