@@ -681,6 +681,29 @@ impl<D: Dataplane> Core<D> {
         Ok(true)
     }
 
+    /// Sets the active-flow count of backend slot `index` to `value` if the slot still
+    /// holds the backend it held under `generation`, of a VIP whose scheduler counts active
+    /// flows (the daemon's recount, which runs without the lock: the slot may have been
+    /// removed or reused meanwhile, and then keeps its count). Whether it was written.
+    pub fn set_active_count(
+        &mut self,
+        index: u32,
+        generation: u32,
+        value: u64,
+    ) -> Result<bool, CoreError> {
+        let current = self
+            .vips
+            .values()
+            .filter(|v| sched::counts_active(v.config.scheduler))
+            .flat_map(|v| v.backends.values())
+            .any(|b| b.index == index && b.generation == generation);
+        if !current {
+            return Ok(false);
+        }
+        self.dp.set_active_count(index, value)?;
+        Ok(true)
+    }
+
     /// Switches a VIP's scheduler; flows already recorded keep their backends.
     pub fn set_scheduler(&mut self, id: &VipId, scheduler: Scheduler) -> Result<(), CoreError> {
         let vip = self.vip_mut(id)?;
@@ -950,6 +973,40 @@ mod tests {
         let flip = w.iter().position(|x| matches!(x, Write::Vip(..))).unwrap();
         assert!(act < flip, "{w:?}");
         assert!(live(&core, &id).1.contains(&idx));
+    }
+
+    #[test]
+    fn recounts_write_only_current_slots_of_counting_vips() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let a: IpAddr = "198.18.0.11".parse().unwrap();
+        let (idx, generation) = {
+            let b = &core.vip(&id).unwrap().backends[&a];
+            (b.index, b.generation)
+        };
+        let counts = |core: &Core<Recorder>| {
+            core.dataplane()
+                .writes
+                .iter()
+                .filter(|w| matches!(w, Write::ActiveCount(..)))
+                .count()
+        };
+        assert!(
+            !core.set_active_count(idx, generation, 5).unwrap(),
+            "maglev VIPs count nothing"
+        );
+        core.set_scheduler(&id, Scheduler::Lc).unwrap();
+        assert!(core.set_active_count(idx, generation, 5).unwrap());
+        assert!(matches!(
+            core.dataplane().writes.last(),
+            Some(Write::ActiveCount(i, 5)) if *i == idx
+        ));
+        assert!(
+            !core.set_active_count(idx, generation + 1, 6).unwrap(),
+            "another generation: the slot holds another backend"
+        );
+        core.remove_backend(&id, a).unwrap();
+        assert!(!core.set_active_count(idx, generation, 7).unwrap());
+        assert_eq!(counts(&core), 1);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! plane goes through [`Dataplane`]. [`AyaDataplane`] writes the balancer's BPF maps;
 //! [`Recorder`] records the writes so the core is tested without root or BPF.
 
-use std::collections::HashMap as StdHashMap;
+use std::{collections::HashMap as StdHashMap, sync::Arc};
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
@@ -18,6 +18,8 @@ use lb_common::{
         MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_TABLE_SIZE,
     },
 };
+
+use crate::conntable::ConnTables;
 
 /// A data-plane write failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub enum DataplaneError {
     /// The object lacks a map (wrong object embedded).
     #[error("the balancer object has no map {0}")]
     MissingMap(&'static str),
+    /// The connection tables cannot be scanned.
+    #[error(transparent)]
+    Scan(#[from] crate::conntable::ScanError),
 }
 
 /// Writes the core makes, in the order it makes them.
@@ -63,6 +68,8 @@ pub trait Dataplane: Send {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     /// Zeroes a backend slot's counters (traffic, active flows) before the slot is reused.
     fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError>;
+    /// Overwrites a backend slot's active-flow count (the daemon's recount).
+    fn set_active_count(&mut self, idx: u32, value: u64) -> Result<(), DataplaneError>;
     /// Traffic of backend slot `idx` (summed over CPUs). The core adds a removed backend's
     /// last figures to its VIP's, since a VIP's traffic is its backends' added up.
     fn backend(&self, idx: u32) -> TrafficStats;
@@ -88,6 +95,7 @@ pub struct AyaDataplane {
     conns_v4: aya::maps::HashMap<MapData, FlowKeyV4, ConnEntry>,
     tx_ports: DevMapHash<MapData>,
     active: Array<MapData, u64>,
+    tables: Arc<ConnTables>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -107,6 +115,9 @@ where
 impl AyaDataplane {
     /// Takes the balancer's maps out of a loaded object.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
+        let conns_v4: HashMap<MapData, FlowKeyV4, ConnEntry> = take(ebpf, MAP_CONNS_V4)?;
+        let tables = Arc::new(ConnTables::new(conns_v4.map(), conns.map())?);
         Ok(Self {
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
@@ -114,19 +125,32 @@ impl AyaDataplane {
             config: take(ebpf, MAP_CONFIG)?,
             stats: take(ebpf, MAP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
-            conns: take(ebpf, MAP_CONNS)?,
-            conns_v4: take(ebpf, MAP_CONNS_V4)?,
+            conns,
+            conns_v4,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             active: take(ebpf, MAP_BACKEND_ACTIVE)?,
+            tables,
         })
     }
 
     /// Active-flow estimate of a backend index (least-connection VIPs).
     pub fn active_flows(&self, idx: u32) -> u64 {
-        self.active
-            .get(&idx, 0)
-            .map(|v| if v > 1 << 62 { 0 } else { v })
-            .unwrap_or(0)
+        let v = self.active_counter(idx);
+        if v > 1 << 62 {
+            0
+        } else {
+            v
+        }
+    }
+
+    /// `BACKEND_ACTIVE[idx]` as stored: the data plane may take it below zero (wrapped).
+    pub fn active_counter(&self, idx: u32) -> u64 {
+        self.active.get(&idx, 0).unwrap_or(0)
+    }
+
+    /// Both connection tables, for scans that need not hold the daemon's lock.
+    pub fn conn_tables(&self) -> Arc<ConnTables> {
+        self.tables.clone()
     }
 
     /// Lets the program `XDP_REDIRECT` to `ifindex` (next hops on other interfaces).
@@ -196,10 +220,14 @@ impl Dataplane for AyaDataplane {
             .unwrap_or_default()
     }
 
-    fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
+    fn set_active_count(&mut self, idx: u32, value: u64) -> Result<(), DataplaneError> {
         self.active
-            .set(idx, 0, 0)
-            .map_err(map_err(MAP_BACKEND_ACTIVE, "set"))?;
+            .set(idx, value, 0)
+            .map_err(map_err(MAP_BACKEND_ACTIVE, "set"))
+    }
+
+    fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError> {
+        self.set_active_count(idx, 0)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e.to_string()))?;
         let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus])
             .map_err(|e| DataplaneError::Cpus(e.to_string()))?;
@@ -241,12 +269,10 @@ impl Counters for AyaDataplane {
     }
 
     fn flows_per_backend(&self) -> StdHashMap<u32, u64> {
-        let mut out = StdHashMap::new();
-        let v4 = self.conns_v4.iter().flatten().map(|(_, e)| e);
-        for entry in self.conns.iter().flatten().map(|(_, e)| e).chain(v4) {
-            *out.entry(entry.backend).or_insert(0) += 1;
-        }
-        out
+        self.tables.flows_per_backend().unwrap_or_else(|e| {
+            log::warn!("counting flows per backend: {e}");
+            StdHashMap::new()
+        })
     }
 }
 
@@ -265,6 +291,8 @@ pub enum Write {
     RemoveVip(VipKey),
     /// `clear_backend`.
     Clear(u32),
+    /// `set_active_count`.
+    ActiveCount(u32, u64),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -338,6 +366,12 @@ impl Dataplane for Recorder {
         self.check()?;
         self.writes.push(Write::Clear(idx));
         self.traffic.remove(&idx);
+        Ok(())
+    }
+
+    fn set_active_count(&mut self, idx: u32, value: u64) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::ActiveCount(idx, value));
         Ok(())
     }
 

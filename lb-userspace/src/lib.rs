@@ -6,6 +6,7 @@
 //! Layout:
 //! - [`agent`]: agent checks (HAProxy format): parsing, polling, and `xlb agent`.
 //! - [`config`]: the JSON configuration and its validation.
+//! - [`conntable`]: the connection tables read whole, in batches; the active-flow recount.
 //! - [`core`]: VIPs, backends and their state → data-plane writes (pure, unit-tested).
 //! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
 //! - [`daemon`]: `xlb run`: state, control handler, next hops, metrics.
@@ -20,6 +21,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod conntable;
 pub mod control;
 pub mod core;
 pub mod daemon;

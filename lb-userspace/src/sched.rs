@@ -147,6 +147,12 @@ pub fn builder(s: Scheduler) -> Box<dyn TableBuilder> {
     }
 }
 
+/// Whether the VIPs of `s` count active flows per backend (`VIP_F_COUNT_ACTIVE` in its
+/// tables): the backends the daemon's recount corrects.
+pub fn counts_active(s: Scheduler) -> bool {
+    matches!(s, Scheduler::Lc | Scheduler::Wlc | Scheduler::Lrt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +212,22 @@ mod tests {
         assert_eq!(flags(Scheduler::Sh), VIP_F_SRC_HASH);
         assert_eq!(flags(Scheduler::Lc), VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE);
         assert_eq!(flags(Scheduler::Wrr), VIP_F_SEQUENCE);
+        for s in [
+            Scheduler::Maglev,
+            Scheduler::Sh,
+            Scheduler::Rr,
+            Scheduler::Wrr,
+            Scheduler::Lc,
+            Scheduler::Wlc,
+            Scheduler::Lrt,
+            Scheduler::Agent,
+        ] {
+            assert_eq!(
+                counts_active(s),
+                flags(s) & VIP_F_COUNT_ACTIVE != 0,
+                "{s:?}"
+            );
+        }
         // lc ignores weights: equal shares of the hash table.
         let t = builder(Scheduler::Lc).build(&members, 13).unwrap();
         let ones = t.slots.iter().filter(|&&s| s == 1).count();

@@ -167,6 +167,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         })
     };
+    let recount_task = {
+        let daemon = daemon.clone();
+        let mut shutdown = shutdown_rx.clone();
+        let tables = lock(&daemon)?.core().dataplane().conn_tables();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RECOUNT_INTERVAL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                recount_active_flows(&daemon, &tables).await;
+            }
+        })
+    };
     let control_task = socket.map(|s| {
         let handler = Arc::new(handler::DaemonHandler::new(daemon.clone()));
         tokio::spawn(s.serve(handler, shutdown_rx.clone()))
@@ -189,6 +203,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     nexthop_task.abort();
     dynamic_task.abort();
+    recount_task.abort();
     health_task.abort();
     let summary = counter_summary(&lock(&daemon)?.core().dataplane().reasons());
     // Detach before printing: dropping the object detaches the program.
@@ -203,6 +218,47 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 fn lock(d: &Arc<Mutex<Daemon>>) -> Result<std::sync::MutexGuard<'_, Daemon>> {
     d.lock()
         .map_err(|_| anyhow::anyhow!("daemon state poisoned by a panic"))
+}
+
+/// How often the least-connection counts are recounted from the connection tables.
+const RECOUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Recounts the active flows of every counting VIP's backends from the connection tables
+/// (`conntable`): the data plane's +1/−1 cannot see the kernel evicting an open flow's
+/// entry, and without this such flows would stay counted for good. The scan runs without
+/// the daemon's lock.
+async fn recount_active_flows(
+    daemon: &Arc<Mutex<Daemon>>,
+    tables: &Arc<crate::conntable::ConnTables>,
+) {
+    let slots = match daemon.lock() {
+        Ok(d) => d.counted_slots(),
+        Err(_) => return,
+    };
+    if slots.is_empty() {
+        return;
+    }
+    let scan = {
+        let tables = tables.clone();
+        tokio::task::spawn_blocking(move || tables.open_counted()).await
+    };
+    let tally = match scan {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            log::warn!("recounting active flows: {e}");
+            return;
+        }
+        Err(e) => {
+            log::warn!("recounting active flows: {e}");
+            return;
+        }
+    };
+    if let Ok(mut d) = daemon.lock() {
+        let (written, drift) = d.apply_recount(&slots, &tally);
+        if written > 0 {
+            log::debug!("active-flow recount: {written} backend counts corrected, drift {drift}");
+        }
+    }
 }
 
 /// How often agent polls and `lrt` factors are considered.

@@ -37,6 +37,17 @@ pub struct TransitionCounts {
     pub down: u64,
 }
 
+/// A backend slot whose active-flow count the recount corrects, as read before the scan.
+#[derive(Clone, Copy, Debug)]
+pub struct CountedSlot {
+    /// Backend index.
+    pub index: u32,
+    /// Its generation: the scan counts only entries recorded under it.
+    pub generation: u32,
+    /// `BACKEND_ACTIVE[index]` before the scan (raw, see `conntable::corrected`).
+    pub before: u64,
+}
+
 /// Everything the daemon owns.
 pub struct Daemon {
     core: Core<AyaDataplane>,
@@ -256,6 +267,59 @@ impl Daemon {
             },
             Err(e) => log::debug!("agent of {addr} ({vip}): {e:#}"),
         }
+    }
+
+    /// The backend slots whose active-flow counts a recount corrects (those of VIPs whose
+    /// scheduler counts: `lc`, `wlc`, `lrt`), with each slot's generation and its counter
+    /// as stored now: the `before` of [`Daemon::apply_recount`]. Empty when no VIP counts.
+    pub fn counted_slots(&self) -> Vec<CountedSlot> {
+        let dp = self.core.dataplane();
+        self.core
+            .vips()
+            .filter(|v| crate::sched::counts_active(v.config.scheduler))
+            .flat_map(|v| v.backends.values())
+            .map(|b| CountedSlot {
+                index: b.index,
+                generation: b.generation,
+                before: dp.active_counter(b.index),
+            })
+            .collect()
+    }
+
+    /// Writes the recounted active-flow counts: for each slot of `slots` (read before the
+    /// scan) that still holds the same backend, the open counted flows the scan found
+    /// (`tally`, by slot and generation) plus what the data plane counted during the scan
+    /// (`conntable::corrected`). Returns the slots written and the drift taken out (the
+    /// counts' sum before less after).
+    pub fn apply_recount(
+        &mut self,
+        slots: &[CountedSlot],
+        tally: &HashMap<(u32, u32), u64>,
+    ) -> (usize, i64) {
+        let (mut written, mut drift) = (0, 0i64);
+        for slot in slots {
+            let now = self.core.dataplane().active_counter(slot.index);
+            let open = tally
+                .get(&(slot.index, slot.generation))
+                .copied()
+                .unwrap_or(0);
+            let value = crate::conntable::corrected(slot.before, now, open);
+            if value == now {
+                continue;
+            }
+            match self
+                .core
+                .set_active_count(slot.index, slot.generation, value)
+            {
+                Ok(true) => {
+                    written += 1;
+                    drift += (now as i64).wrapping_sub(value as i64);
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("recount of backend slot {}: {e}", slot.index),
+            }
+        }
+        (written, drift)
     }
 
     /// `lrt` VIPs: scales each backend's weight by how its expected response time compares

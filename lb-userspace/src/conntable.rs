@@ -1,0 +1,304 @@
+//! Reading the connection tables whole, in batches, and what the daemon learns from them.
+//!
+//! Why batches: a walk with `BPF_MAP_GET_NEXT_KEY` and `BPF_MAP_LOOKUP_ELEM` costs two
+//! syscalls per flow, seconds of CPU for a table of a million flows. One
+//! `BPF_MAP_LOOKUP_BATCH` call copies up to [`BATCH`] entries, a bucket at a time (a
+//! bucket is never split across calls, so no entry is seen twice or skipped by a walk
+//! that starts over mid-bucket). Entries that arrive or leave during a scan may or may not
+//! be seen, like any walk of a live table.
+//!
+//! What it is for: `status` (flows per backend), and the periodic recount of
+//! least-connection counts ([`open_counted`], [`corrected`]), which the data plane keeps
+//! by +1/−1 on the client's SYN and FIN/RST but cannot take back when the kernel evicts an
+//! entry (LRU, silently): without a recount those flows would stay counted for good.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+};
+
+use lb_common::{
+    flow::{FlowKey, FlowKeyV4},
+    maps::{ConnEntry, CONN_F_CLOSED, CONN_F_COUNTED},
+};
+
+/// Entries per batch call. A bucket whose chain is longer than this is read with a larger
+/// buffer (the kernel says `ENOSPC`); LRU buckets hold a handful.
+const BATCH: usize = 4096;
+
+/// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`, as the kernel reads it for the `*_BATCH`
+/// commands. The kernel zeroes what lies past the size we pass.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Scanning a table failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The map's key or value size is not what this build expects (wrong object).
+    #[error("map {map}: {what} size is {got} bytes, expected {want}")]
+    Layout {
+        /// Which map.
+        map: &'static str,
+        /// "key" or "value".
+        what: &'static str,
+        /// The map's.
+        got: u32,
+        /// Ours.
+        want: usize,
+    },
+    /// The kernel refused the batch lookup.
+    #[error("batch lookup in map {map}: {source}")]
+    Lookup {
+        /// Which map.
+        map: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The map's info could not be read.
+    #[error("map {map}: {source}")]
+    Info {
+        /// Which map.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Both connection tables, by file descriptors of their own: a scan needs neither the
+/// daemon's lock nor the maps' owners.
+pub struct ConnTables {
+    v4: OwnedFd,
+    v6: OwnedFd,
+}
+
+impl ConnTables {
+    /// Opens the tables through `v4` (`CONNS_V4`) and `v6` (`CONNS`), checking that their
+    /// keys and values have this build's sizes.
+    pub fn new(v4: &aya::maps::MapData, v6: &aya::maps::MapData) -> Result<Self, ScanError> {
+        Ok(Self {
+            v4: checked::<FlowKeyV4>(v4, lb_common::maps::MAP_CONNS_V4)?,
+            v6: checked::<FlowKey>(v6, lb_common::maps::MAP_CONNS)?,
+        })
+    }
+
+    /// Calls `f` with every entry of both tables; returns how many there were.
+    pub fn for_each(&self, mut f: impl FnMut(&ConnEntry)) -> Result<u64, ScanError> {
+        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |_, e| f(e))
+            .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS_V4, source))?;
+        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |_, e| f(e))
+            .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS, source))?;
+        Ok(n4 + n6)
+    }
+
+    /// Flows per backend index, all of them (`status`).
+    pub fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ScanError> {
+        let mut out = HashMap::new();
+        self.for_each(|e| *out.entry(e.backend).or_insert(0) += 1)?;
+        Ok(out)
+    }
+
+    /// Least-connection flows still open, per (backend index, generation): see
+    /// [`open_counted`].
+    pub fn open_counted(&self) -> Result<HashMap<(u32, u32), u64>, ScanError> {
+        let mut out = HashMap::new();
+        self.for_each(|e| open_counted(&mut out, e))?;
+        Ok(out)
+    }
+}
+
+fn lookup_err(map: &'static str, source: io::Error) -> ScanError {
+    ScanError::Lookup { map, source }
+}
+
+/// A descriptor of `map` of its own, after checking its key and value sizes against `K`
+/// and [`ConnEntry`].
+fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, ScanError> {
+    let info = map
+        .info()
+        .map_err(|source| ScanError::Info { map: name, source })?;
+    let sizes = [
+        ("key", info.key_size(), std::mem::size_of::<K>()),
+        ("value", info.value_size(), std::mem::size_of::<ConnEntry>()),
+    ];
+    for (what, got, want) in sizes {
+        if got as usize != want {
+            return Err(ScanError::Layout {
+                map: name,
+                what,
+                got,
+                want,
+            });
+        }
+    }
+    map.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| lookup_err(name, source))
+}
+
+/// Counts `e` into `tally` if it is a least-connection flow whose client has not closed
+/// it: what `BACKEND_ACTIVE` holds +1 for. Keyed by generation too: an entry recorded
+/// under an earlier generation of the slot belongs to a backend that is gone (its next
+/// packet is re-picked), and must not count for the slot's new backend.
+pub fn open_counted(tally: &mut HashMap<(u32, u32), u64>, e: &ConnEntry) {
+    if e.flags & CONN_F_COUNTED != 0 && e.flags & CONN_F_CLOSED == 0 {
+        *tally.entry((e.backend, e.generation)).or_insert(0) += 1;
+    }
+}
+
+/// The count to write after a recount: `recount` flows were open in the table, the counter
+/// read `before` when the scan began and reads `now`. The difference `now - before` is
+/// what the data plane counted meanwhile, and is kept: writing `recount` alone would
+/// lose it. An event during the scan that the scan also saw is counted twice, until the
+/// next recount; the error never accumulates. Counters are `u64` that the data plane may
+/// take below zero (two CPUs closing one flow), read as signed here.
+pub fn corrected(before: u64, now: u64, recount: u64) -> u64 {
+    let v = i128::from(now as i64) - i128::from(before as i64) + i128::from(recount);
+    v.clamp(0, i128::from(i64::MAX)) as u64
+}
+
+/// Every entry of the hash map `fd` (keys `K`, values `V`, sizes checked by the caller),
+/// in batches. Returns how many there were.
+fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::Result<u64> {
+    let mut cap = BATCH;
+    let mut keys: Vec<K> = Vec::with_capacity(cap);
+    let mut values: Vec<V> = Vec::with_capacity(cap);
+    // Hash maps take a bucket index as the batch cursor.
+    let mut cursor = 0u32;
+    let mut first = true;
+    let mut total = 0u64;
+    loop {
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::addr_of!(cursor) as u64
+            },
+            out_batch: std::ptr::addr_of_mut!(next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: cap as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is the batch member of `union bpf_attr` with the size we pass;
+        // the kernel writes at most `count` keys and values into buffers of that capacity
+        // and four bytes into `next`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::addr_of_mut!(attr),
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (rc < 0).then(io::Error::last_os_error);
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            // One bucket holds more than the buffer: grow it and ask again.
+            Some(libc::ENOSPC) if attr.count == 0 => {
+                cap *= 2;
+                keys.reserve(cap);
+                values.reserve(cap);
+                continue;
+            }
+            // ENOENT: the walk is over; `count` says what this last call still copied.
+            None | Some(libc::ENOENT) => {}
+            Some(_) => return Err(err.unwrap_or_else(io::Error::last_os_error)),
+        }
+        let n = (attr.count as usize).min(cap);
+        // SAFETY: the kernel initialised the first `n` elements of each buffer (`K` and
+        // `V` are plain-old-data map types whose sizes the caller checked).
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
+        }
+        for (k, v) in keys.iter().zip(&values) {
+            f(k, v);
+        }
+        total += n as u64;
+        keys.clear();
+        values.clear();
+        if err.is_some() {
+            return Ok(total);
+        }
+        cursor = next;
+        first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(backend: u32, generation: u32, flags: u32) -> ConnEntry {
+        ConnEntry {
+            backend,
+            generation,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_open_counted_flows_of_their_generation_are_tallied() {
+        let mut t = HashMap::new();
+        let entries = [
+            entry(1, 7, CONN_F_COUNTED),
+            entry(1, 7, CONN_F_COUNTED),
+            entry(1, 7, CONN_F_COUNTED | CONN_F_CLOSED),
+            entry(1, 7, 0),
+            entry(1, 6, CONN_F_COUNTED),
+            entry(2, 1, CONN_F_COUNTED),
+        ];
+        for e in &entries {
+            open_counted(&mut t, e);
+        }
+        assert_eq!(t.get(&(1, 7)), Some(&2));
+        assert_eq!(t.get(&(1, 6)), Some(&1));
+        assert_eq!(t.get(&(2, 1)), Some(&1));
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_correction_keeps_what_the_data_plane_counted_during_the_scan() {
+        let minus = |n: u64| n.wrapping_neg();
+        // (before, now, recount) → written
+        let cases = [
+            // Drift only: 90 flows were evicted while counted.
+            (100, 100, 10, 10),
+            // Five opened during the scan: kept on top of the recount.
+            (100, 105, 10, 15),
+            // Three closed during the scan.
+            (100, 97, 10, 7),
+            // The data plane took the counter below zero (read as negative).
+            (minus(2), 0, 3, 5),
+            (0, minus(4), 1, 0),
+            // Nothing in the table any more.
+            (50, 50, 0, 0),
+        ];
+        for (before, now, recount, want) in cases {
+            assert_eq!(
+                corrected(before, now, recount),
+                want,
+                "before {before} now {now} recount {recount}"
+            );
+        }
+    }
+}

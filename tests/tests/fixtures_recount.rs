@@ -1,0 +1,244 @@
+//! The daemon's recount of least-connection counts from the connection tables, on the real
+//! data path: flows the kernel evicts while open leave the count at the next recount, and
+//! what the data plane counts meanwhile is kept. Also the batch scan under it: every entry
+//! once, across batches.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
+
+use aya::maps::HashMap as BpfHashMap;
+use lb_common::{
+    flow::{FlowKey, FlowKeyV4},
+    maps::{ConnEntry, MAP_CONNS, MAP_CONNS_V4},
+};
+use tokio::sync::mpsc;
+use xlb::{daemon::state::Daemon, health::HealthChecker, loader::LoadOptions};
+use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
+
+const LC: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+    {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "lc",
+     "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
+    {"address": "198.18.1.1", "port": 443, "protocol": "tcp",
+     "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}]}"#;
+const CLIENT: &str = "198.18.0.10";
+
+fn pkt(sport: u16) -> Pkt {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(CLIENT), v4("198.18.1.1"))
+        .tcp(sport, 80)
+}
+
+fn key(sport: u16) -> FlowKeyV4 {
+    FlowKeyV4::of(&flow(
+        CLIENT.parse().unwrap(),
+        sport,
+        "198.18.1.1".parse().unwrap(),
+        80,
+        6,
+    ))
+}
+
+/// The lab's core in a daemon (no health checks started), and the lab's program.
+fn daemon(lab: Lab) -> (Daemon, aya::Ebpf) {
+    let Lab { ebpf, core } = lab;
+    let (tx, _rx) = mpsc::channel(1);
+    let checker = HealthChecker {
+        source_v4: None,
+        source_v6: None,
+    };
+    (Daemon::new(core, checker, tx), ebpf)
+}
+
+fn run(ebpf: &mut aya::Ebpf, frame: &[u8]) {
+    let prog = xlb::loader::xdp(ebpf, xlb::loader::BALANCER_PROG).expect("program");
+    let out = xlb::testrun::run(prog, frame).expect("test_run");
+    assert_eq!(out.verdict, XDP_TX);
+}
+
+/// Active-flow counts of both backends, in address order.
+fn counts(d: &Daemon, idx: &[u32; 2]) -> [u64; 2] {
+    idx.map(|i| d.core().dataplane().active_flows(i))
+}
+
+#[test]
+fn evicted_open_flows_leave_the_count_at_the_next_recount() {
+    if !require_root() {
+        return;
+    }
+    // One CPU: the flow cache is per CPU, and the FIN below must meet the flow it closes.
+    pin_to_this_cpu();
+    let lab = Lab::new(LC);
+    let idx = [
+        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.11"),
+        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.12"),
+    ];
+    let (mut d, mut ebpf) = daemon(lab);
+    for sport in 41_000..41_010u16 {
+        run(&mut ebpf, &pkt(sport).syn().build());
+    }
+    // A flow on a plain Maglev VIP is recorded but never counted.
+    run(
+        &mut ebpf,
+        &Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4(CLIENT), v4("198.18.1.1"))
+            .tcp(41_000, 443)
+            .syn()
+            .build(),
+    );
+    let opened = counts(&d, &idx);
+    assert_eq!(
+        opened.iter().sum::<u64>(),
+        10,
+        "ten SYNs counted: {opened:?}"
+    );
+    run(&mut ebpf, &pkt(41_000).fin().ack().build());
+
+    // The kernel evicts three open flows' entries (LRU, silently): the data plane's count
+    // cannot see it.
+    let mut conns: BpfHashMap<_, FlowKeyV4, ConnEntry> = BpfHashMap::try_from(prog_map(
+        xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program"),
+        MAP_CONNS_V4,
+    ))
+    .expect("CONNS_V4");
+    let mut evicted = [0u64; 2];
+    for sport in 41_001..41_004u16 {
+        let e = conns.get(&key(sport), 0).expect("recorded flow");
+        evicted[idx
+            .iter()
+            .position(|&i| i == e.backend)
+            .expect("lc backend")] += 1;
+        conns.remove(&key(sport)).expect("evict");
+    }
+    let drifted = counts(&d, &idx);
+    assert_eq!(
+        drifted.iter().sum::<u64>(),
+        9,
+        "evictions go unseen: {drifted:?}"
+    );
+
+    // The recount: slots read, then the scan; a flow opened between the scan and the
+    // write is the data plane's own +1 and must survive the correction.
+    let slots = d.counted_slots();
+    assert_eq!(slots.len(), 2, "only the lc VIP's backends are recounted");
+    let tables = d.core().dataplane().conn_tables();
+    let tally = tables.open_counted().expect("scan");
+    run(&mut ebpf, &pkt(41_100).syn().build());
+    let late = conns.get(&key(41_100), 0).expect("late flow").backend;
+    let (written, drift) = d.apply_recount(&slots, &tally);
+    assert_eq!(written, 2.min(evicted.iter().filter(|&&n| n > 0).count()));
+    assert_eq!(drift, 3, "the three evicted flows");
+    let mut want = [drifted[0] - evicted[0], drifted[1] - evicted[1]];
+    want[idx.iter().position(|&i| i == late).expect("lc backend")] += 1;
+    assert_eq!(counts(&d, &idx), want, "evicted out, the late flow kept");
+
+    // A second recount with nothing changed writes nothing.
+    let slots = d.counted_slots();
+    let tally = tables.open_counted().expect("scan");
+    assert_eq!(d.apply_recount(&slots, &tally), (0, 0));
+    assert_eq!(counts(&d, &idx), want);
+}
+
+#[test]
+fn a_recount_leaves_a_backend_removed_during_the_scan_alone() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let (mut d, mut ebpf) = daemon(Lab::new(LC));
+    for sport in 42_000..42_008u16 {
+        run(&mut ebpf, &pkt(sport).syn().build());
+    }
+    // One open flow evicted: its backend's count drifts by one.
+    let mut conns: BpfHashMap<_, FlowKeyV4, ConnEntry> = BpfHashMap::try_from(prog_map(
+        xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program"),
+        MAP_CONNS_V4,
+    ))
+    .expect("CONNS_V4");
+    let gone = conns.get(&key(42_000), 0).expect("recorded flow").backend;
+    conns.remove(&key(42_000)).expect("evict");
+    let slots = d.counted_slots();
+    let tally = d
+        .core()
+        .dataplane()
+        .conn_tables()
+        .open_counted()
+        .expect("scan");
+    // That backend leaves during the scan: its slot is no longer the recount's to write
+    // (it keeps its count until the slot is cleared for reuse).
+    let web: xlb::config::VipId = "198.18.1.1:80/tcp".parse().unwrap();
+    let addr = d
+        .core()
+        .vip(&web)
+        .expect("vip")
+        .backends
+        .iter()
+        .find(|(_, b)| b.index == gone)
+        .map(|(a, _)| *a)
+        .expect("backend of the evicted flow");
+    let before = d.core().dataplane().active_flows(gone);
+    d.remove_backend(&web, addr).expect("remove backend");
+    assert_eq!(d.apply_recount(&slots, &tally), (0, 0));
+    assert_eq!(d.core().dataplane().active_flows(gone), before);
+}
+
+#[test]
+fn the_batch_scan_reads_every_entry_once() {
+    if !require_root() {
+        return;
+    }
+    // Room for every entry on any one CPU (per-CPU LRU lists split the table).
+    let lab = Lab::with_options(
+        LC,
+        LoadOptions {
+            max_conns: 1 << 16,
+            ..Lab::options()
+        },
+    );
+    let (d, mut ebpf) = daemon(lab);
+    let prog = xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program");
+    let mut v4: BpfHashMap<_, FlowKeyV4, ConnEntry> =
+        BpfHashMap::try_from(prog_map(prog, MAP_CONNS_V4)).expect("CONNS_V4");
+    let mut v6: BpfHashMap<_, FlowKey, ConnEntry> =
+        BpfHashMap::try_from(prog_map(prog, MAP_CONNS)).expect("CONNS");
+    // More than two batches of IPv4 entries, a few IPv6 ones.
+    let n4 = 10_000u32;
+    let mut want: HashMap<u32, u64> = HashMap::new();
+    for i in 0..n4 {
+        let k = FlowKeyV4::of(&flow(
+            IpAddr::V4(v4_of(i)),
+            (i % 50_000) as u16 + 1024,
+            "198.18.1.1".parse().unwrap(),
+            80,
+            6,
+        ));
+        let backend = 1 + i % 7;
+        v4.insert(k, entry(backend), 0).expect("insert v4");
+        *want.entry(backend).or_insert(0) += 1;
+    }
+    for i in 0..100u16 {
+        let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 + i);
+        let k = flow(IpAddr::V6(src), 40_000, "fd00::1:1".parse().unwrap(), 80, 6);
+        v6.insert(k, entry(9), 0).expect("insert v6");
+        *want.entry(9).or_insert(0) += 1;
+    }
+    let tables = d.core().dataplane().conn_tables();
+    let mut seen = 0u64;
+    let total = tables.for_each(|_| seen += 1).expect("scan");
+    assert_eq!((total, seen), (u64::from(n4) + 100, u64::from(n4) + 100));
+    assert_eq!(tables.flows_per_backend().expect("scan"), want);
+}
+
+/// Distinct client addresses in 198.18.128.0/17.
+fn v4_of(i: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(v4("198.18.128.0")) + i)
+}
+
+fn entry(backend: u32) -> ConnEntry {
+    ConnEntry {
+        backend,
+        generation: 1,
+        ..Default::default()
+    }
+}
