@@ -10,7 +10,8 @@
 //! What it is for: `status` (flows per backend), and the periodic recount of
 //! least-connection counts ([`open_counted`], [`corrected`]), which the data plane keeps
 //! by +1/−1 on the client's SYN and FIN/RST but cannot take back when the kernel evicts an
-//! entry (LRU, silently): without a recount those flows would stay counted for good.
+//! entry (LRU, silently), nor when a flow just stops (a vanished client, a close by the
+//! server alone, UDP): without a recount those flows would stay counted for good.
 
 use std::{
     collections::HashMap,
@@ -22,6 +23,15 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4},
     maps::{ConnEntry, CONN_F_CLOSED, CONN_F_COUNTED},
 };
+
+/// A least-connection TCP flow the table has not seen for this long no longer counts
+/// (IPVS's default timeout for established connections): the client vanished, or the
+/// server closed it alone, which DSR never shows the balancer. It counts again from its
+/// next packet's table visit.
+pub const IDLE_TCP_S: u32 = 900;
+/// The same for UDP, which has no close at all (IPVS's default UDP timeout).
+pub const IDLE_UDP_S: u32 = 300;
+const IPPROTO_UDP: u8 = 17;
 
 /// Entries per batch call. A bucket whose chain is longer than this is read with a larger
 /// buffer (the kernel says `ENOSPC`); LRU buckets hold a handful.
@@ -97,11 +107,12 @@ impl ConnTables {
         })
     }
 
-    /// Calls `f` with every entry of both tables; returns how many there were.
-    pub fn for_each(&self, mut f: impl FnMut(&ConnEntry)) -> Result<u64, ScanError> {
-        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |_, e| f(e))
+    /// Calls `f` with every entry of both tables and its flow's IP protocol; returns how
+    /// many there were.
+    pub fn for_each(&self, mut f: impl FnMut(u8, &ConnEntry)) -> Result<u64, ScanError> {
+        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |k, e| f(k.proto, e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS_V4, source))?;
-        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |_, e| f(e))
+        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |k, e| f(k.proto, e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS, source))?;
         Ok(n4 + n6)
     }
@@ -109,17 +120,31 @@ impl ConnTables {
     /// Flows per backend index, all of them (`status`).
     pub fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ScanError> {
         let mut out = HashMap::new();
-        self.for_each(|e| *out.entry(e.backend).or_insert(0) += 1)?;
+        self.for_each(|_, e| *out.entry(e.backend).or_insert(0) += 1)?;
         Ok(out)
     }
 
-    /// Least-connection flows still open, per (backend index, generation): see
-    /// [`open_counted`].
+    /// Least-connection flows still open and not idle now, per (backend index,
+    /// generation): see [`open_counted`].
     pub fn open_counted(&self) -> Result<HashMap<(u32, u32), u64>, ScanError> {
+        let now = monotonic_coarse_s();
         let mut out = HashMap::new();
-        self.for_each(|e| open_counted(&mut out, e))?;
+        self.for_each(|proto, e| open_counted(&mut out, proto, e, now))?;
         Ok(out)
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in seconds: the clock the data plane stamps
+/// `ConnEntry::seen_s` with.
+pub fn monotonic_coarse_s() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel
+    // knows (it cannot fail for it).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u32
 }
 
 fn lookup_err(map: &'static str, source: io::Error) -> ScanError {
@@ -152,14 +177,25 @@ fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, S
         .map_err(|source| lookup_err(name, source))
 }
 
-/// Counts `e` into `tally` if it is a least-connection flow whose client has not closed
-/// it: what `BACKEND_ACTIVE` holds +1 for. Keyed by generation too: an entry recorded
-/// under an earlier generation of the slot belongs to a backend that is gone (its next
-/// packet is re-picked), and must not count for the slot's new backend.
-pub fn open_counted(tally: &mut HashMap<(u32, u32), u64>, e: &ConnEntry) {
-    if e.flags & CONN_F_COUNTED != 0 && e.flags & CONN_F_CLOSED == 0 {
-        *tally.entry((e.backend, e.generation)).or_insert(0) += 1;
+/// Counts `e` (a flow of IP protocol `proto`) into `tally` if it is a least-connection
+/// flow whose client has not closed it and that the table saw within its protocol's idle
+/// timeout before `now_s` ([`IDLE_TCP_S`], [`IDLE_UDP_S`]; an entry without a stamp, from an
+/// older build, counts): what `BACKEND_ACTIVE` holds +1 for. Keyed by generation too: an
+/// entry recorded under an earlier generation of the slot belongs to a backend that is gone
+/// (its next packet is re-picked), and must not count for the slot's new backend.
+pub fn open_counted(tally: &mut HashMap<(u32, u32), u64>, proto: u8, e: &ConnEntry, now_s: u32) {
+    if e.flags & CONN_F_COUNTED == 0 || e.flags & CONN_F_CLOSED != 0 {
+        return;
     }
+    let idle = if proto == IPPROTO_UDP {
+        IDLE_UDP_S
+    } else {
+        IDLE_TCP_S
+    };
+    if e.seen_s != 0 && now_s.wrapping_sub(e.seen_s) > idle {
+        return;
+    }
+    *tally.entry((e.backend, e.generation)).or_insert(0) += 1;
 }
 
 /// The count to write after a recount: `recount` flows were open in the table, the counter
@@ -247,6 +283,9 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
 mod tests {
     use super::*;
 
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+
     fn entry(backend: u32, generation: u32, flags: u32) -> ConnEntry {
         ConnEntry {
             backend,
@@ -268,12 +307,49 @@ mod tests {
             entry(2, 1, CONN_F_COUNTED),
         ];
         for e in &entries {
-            open_counted(&mut t, e);
+            open_counted(&mut t, TCP, e, 1000);
         }
         assert_eq!(t.get(&(1, 7)), Some(&2));
         assert_eq!(t.get(&(1, 6)), Some(&1));
         assert_eq!(t.get(&(2, 1)), Some(&1));
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn idle_flows_stop_counting_after_their_protocols_timeout() {
+        let now = 100_000;
+        let seen = |ago: u32| ConnEntry {
+            seen_s: now - ago,
+            ..entry(1, 1, CONN_F_COUNTED)
+        };
+        // (protocol, entry) → counted
+        let cases = [
+            (TCP, seen(0), true),
+            (TCP, seen(IDLE_TCP_S), true),
+            (TCP, seen(IDLE_TCP_S + 1), false),
+            (UDP, seen(IDLE_UDP_S), true),
+            (UDP, seen(IDLE_UDP_S + 1), false),
+            // No stamp (recorded by an older build): counted.
+            (UDP, entry(1, 1, CONN_F_COUNTED), true),
+        ];
+        for (proto, e, want) in cases {
+            let mut t = HashMap::new();
+            open_counted(&mut t, proto, &e, now);
+            assert_eq!(
+                t.contains_key(&(1, 1)),
+                want,
+                "proto {proto} seen {}",
+                e.seen_s
+            );
+        }
+        // Stamps from before the clock wrapped still age right.
+        let mut t = HashMap::new();
+        let e = ConnEntry {
+            seen_s: u32::MAX - 5,
+            ..entry(1, 1, CONN_F_COUNTED)
+        };
+        open_counted(&mut t, TCP, &e, 10);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The daemon's recount of least-connection counts from the connection tables, on the real
-//! data path: flows the kernel evicts while open leave the count at the next recount, and
-//! what the data plane counts meanwhile is kept. Also the batch scan under it: every entry
+//! data path: flows the kernel evicts while open, or that go idle, leave the count at the
+//! next recount (idle ones count again when they send), and what the data plane counts
+//! meanwhile is kept. Also the batch scan under it: every entry
 //! once, across batches.
 
 use std::{
@@ -14,7 +15,12 @@ use lb_common::{
     maps::{ConnEntry, MAP_CONNS, MAP_CONNS_V4},
 };
 use tokio::sync::mpsc;
-use xlb::{daemon::state::Daemon, health::HealthChecker, loader::LoadOptions};
+use xlb::{
+    conntable::{monotonic_coarse_s, IDLE_TCP_S},
+    daemon::state::Daemon,
+    health::HealthChecker,
+    loader::LoadOptions,
+};
 use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
 
 const LC: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
@@ -184,6 +190,65 @@ fn a_recount_leaves_a_backend_removed_during_the_scan_alone() {
 }
 
 #[test]
+fn idle_flows_stop_counting_and_count_again_when_they_send() {
+    if !require_root() {
+        return;
+    }
+    // Without the flow cache every packet visits the table, as a sending flow does at
+    // least once per cache age.
+    let lab = Lab::with_options(
+        LC,
+        LoadOptions {
+            flow_cache: false,
+            ..Lab::options()
+        },
+    );
+    let idx = [
+        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.11"),
+        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.12"),
+    ];
+    let (mut d, mut ebpf) = daemon(lab);
+    for sport in 43_000..43_004u16 {
+        run(&mut ebpf, &pkt(sport).syn().build());
+    }
+    let total = |d: &Daemon| counts(d, &idx).iter().sum::<u64>();
+    assert_eq!(total(&d), 4);
+    let mut conns: BpfHashMap<_, FlowKeyV4, ConnEntry> = BpfHashMap::try_from(prog_map(
+        xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program"),
+        MAP_CONNS_V4,
+    ))
+    .expect("CONNS_V4");
+    let now = monotonic_coarse_s();
+    let mut e = conns.get(&key(43_000), 0).expect("recorded flow");
+    assert!(
+        now.abs_diff(e.seen_s) <= 2,
+        "recorded with the clock's time: {} against {now}",
+        e.seen_s
+    );
+    // Silent for longer than TCP's idle timeout.
+    e.seen_s = now - IDLE_TCP_S - 10;
+    conns.insert(key(43_000), e, 0).expect("age the entry");
+    let recount = |d: &mut Daemon| {
+        let slots = d.counted_slots();
+        let tally = d
+            .core()
+            .dataplane()
+            .conn_tables()
+            .open_counted()
+            .expect("scan");
+        d.apply_recount(&slots, &tally)
+    };
+    assert_eq!(recount(&mut d), (1, 1), "the idle flow leaves its count");
+    assert_eq!(total(&d), 3);
+    // It sends again: the table visit stamps it, and the next recount counts it again.
+    run(&mut ebpf, &pkt(43_000).ack().payload(b"more").build());
+    let e = conns.get(&key(43_000), 0).expect("recorded flow");
+    assert!(now.abs_diff(e.seen_s) <= 2, "stamped again: {}", e.seen_s);
+    assert_eq!(recount(&mut d), (1, -1));
+    assert_eq!(total(&d), 4);
+}
+
+#[test]
 fn the_batch_scan_reads_every_entry_once() {
     if !require_root() {
         return;
@@ -225,7 +290,7 @@ fn the_batch_scan_reads_every_entry_once() {
     }
     let tables = d.core().dataplane().conn_tables();
     let mut seen = 0u64;
-    let total = tables.for_each(|_| seen += 1).expect("scan");
+    let total = tables.for_each(|_, _| seen += 1).expect("scan");
     assert_eq!((total, seen), (u64::from(n4) + 100, u64::from(n4) + 100));
     assert_eq!(tables.flows_per_backend().expect("scan"), want);
 }

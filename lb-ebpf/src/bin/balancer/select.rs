@@ -23,6 +23,7 @@
 //!   hashes of the flow), and the one with fewer active flows per unit of weight wins —
 //!   power of two choices: O(1) per packet, no scan over backends.
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
@@ -134,6 +135,10 @@ pub fn pinned(
     // closed entry (a client reusing the 5-tuple) counts the new connection.
     let counted = e.flags & CONN_F_COUNTED != 0;
     let closed = e.flags & CONN_F_CLOSED != 0;
+    if counted {
+        // SAFETY: as above. For the daemon's recount, which stops counting idle flows.
+        unsafe { (*entry).seen_s = now_s() };
+    }
     if counted && closing && !closed {
         // SAFETY: as above. Two CPUs racing here may both count: the count is an
         // estimate (and reads treat a count below zero as zero, see `load`).
@@ -216,7 +221,7 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
                 flags,
                 vip_id: vip.vip_id,
                 generation,
-                _pad: 0,
+                seen_s: if counted { now_s() } else { 0 },
             })
         };
         // SAFETY: as above; only read from here on.
@@ -307,6 +312,14 @@ fn load(idx: u32) -> (u64, u64) {
         .unwrap_or(1)
         .max(1);
     (active, weight)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in seconds (`ConnEntry::seen_s`). A helper call, made only for
+/// least-connection flows, whose SYN and FIN reach the table anyway.
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: no arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// Adds `delta` (wrapping: `u64::MAX` is −1) to a backend's active-flow count.
