@@ -138,6 +138,15 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
     let mut want = [drifted[0] - evicted[0], drifted[1] - evicted[1]];
     want[idx.iter().position(|&i| i == late).expect("lc backend")] += 1;
     assert_eq!(counts(&d, &idx), want, "evicted out, the late flow kept");
+    // Operators see the corrected counts; the Maglev VIP has none.
+    let text = xlb::daemon::metrics::render(&d);
+    for (addr, n) in ["198.18.0.11", "198.18.0.12"].iter().zip(want) {
+        let line = format!(
+            "xlb_backend_active_flows{{vip=\"198.18.1.1:80/tcp\",backend=\"{addr}\"}} {n}\n"
+        );
+        assert!(text.contains(&line), "metrics lack {line:?}:\n{text}");
+    }
+    assert!(!text.contains("xlb_backend_active_flows{vip=\"198.18.1.1:443/tcp\""));
 
     // A second recount with nothing changed writes nothing.
     let slots = d.counted_slots();

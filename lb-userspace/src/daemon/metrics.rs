@@ -106,6 +106,13 @@ pub fn render(d: &Daemon) -> String {
                 u8::from(b.drained)
             );
             let _ = writeln!(be.weight, "xlb_backend_weight{{{l}}} {}", b.weight);
+            if crate::sched::counts_active(v.config.scheduler) {
+                let _ = writeln!(
+                    be.active,
+                    "xlb_backend_active_flows{{{l}}} {}",
+                    dp.active_flows(b.index)
+                );
+            }
             if let Some((_, h)) = d.health(&id, *addr) {
                 if let Some(lat) = h.latency_ewma {
                     let _ = writeln!(
@@ -192,6 +199,13 @@ pub fn render(d: &Daemon) -> String {
     );
     section(
         &mut out,
+        "xlb_backend_active_flows",
+        "gauge",
+        "Active flows as least-connection scheduling sees them (lc, wlc, lrt VIPs): counted by the data plane, recounted from the connection tables every 30 s.",
+        &be.active,
+    );
+    section(
+        &mut out,
         "xlb_health_check_latency_seconds",
         "gauge",
         "Health-check latency (EWMA, alpha 0.3).",
@@ -228,6 +242,7 @@ struct BackendLines {
     up: String,
     drained: String,
     weight: String,
+    active: String,
     latency: String,
     checks: String,
 }
