@@ -158,9 +158,13 @@ pub struct Backend {
     /// for an earlier holder of the slot no longer matches, so a reused index never
     /// inherits another backend's flows.
     pub generation: u32,
+    /// The daemon's tag of the slot's VIP (a hash of its address, port and protocol), for
+    /// the next daemon that inherits the connection tables (`xlb run --state-dir`): it gives
+    /// the same (VIP, address) the same slot. The program never reads it.
+    pub vip_tag: u32,
     /// Always zero: pads the entry to one 64-byte cache line (`BACKENDS` keeps its values
     /// page-aligned), so a packet's backend costs one line, not two.
-    pub _reserved: [u32; 4],
+    pub _reserved: [u32; 3],
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 64);
 

@@ -16,7 +16,7 @@
 //!   (`no_backend`); flows pinned to backends that are still active keep flowing.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -196,11 +196,15 @@ pub struct BackendState {
     pub factor_pct: u32,
     /// Generation of the data-plane slot (see `Backend::generation`).
     pub generation: u32,
+    /// Its VIP's tag ([`vip_tag`]), written into the slot for the next daemon.
+    #[serde(skip)]
+    pub vip_tag: u32,
 }
 
 impl BackendState {
-    fn new(index: u32, generation: u32, b: &BackendConfig) -> Self {
+    fn new(index: u32, generation: u32, vip_tag: u32, b: &BackendConfig) -> Self {
         Self {
+            vip_tag,
             index,
             weight: b.weight,
             drained: b.drained,
@@ -298,6 +302,10 @@ pub struct Core<D: Dataplane> {
     backend_ids: Pool,
     /// Per backend slot: how many times it was handed out (`Backend::generation`).
     generations: Vec<u32>,
+    /// The last daemon's backend slots whose connection tables this core inherits
+    /// (`--state-dir`): (VIP tag, address) → (index, generation), until each slot is handed
+    /// out again.
+    inherited: HashMap<(u32, IpAddr), (u32, u32)>,
     /// VIP address → number of VIPs on it (address-only markers).
     addr_refs: BTreeMap<IpAddr, u32>,
 }
@@ -339,10 +347,26 @@ impl<D: Dataplane> Core<D> {
             vip_ids: Pool::new(0..settings.max_vips),
             backend_ids: Pool::new(1..MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
+            inherited: HashMap::new(),
             settings,
             vips: BTreeMap::new(),
             addr_refs: BTreeMap::new(),
         })
+    }
+
+    /// Takes over the backend slots of a previous daemon whose connection tables the data
+    /// plane kept (index → VIP tag, address, generation): a backend of the same VIP and
+    /// address gets its old slot and generation back, so its recorded flows stay; other
+    /// backends get other slots while there are any, and a slot given to another backend
+    /// gets a newer generation, so flows recorded for the old holder are re-picked rather
+    /// than sent elsewhere. Call before [`Core::apply`].
+    pub fn inherit_slots(&mut self, slots: &HashMap<u32, (u32, IpAddr, u32)>) {
+        for (&index, &(tag, addr, generation)) in slots {
+            if let Some(g) = self.generations.get_mut(index as usize) {
+                *g = (*g).max(generation);
+                self.inherited.insert((tag, addr), (index, generation));
+            }
+        }
     }
 
     /// Adds every VIP of a validated config.
@@ -454,7 +478,7 @@ impl<D: Dataplane> Core<D> {
             retired: TrafficStats::default(),
         };
         for b in backends_cfg {
-            let bs = self.new_backend(&b)?;
+            let bs = self.new_backend(&id, &b)?;
             state.backends.insert(b.address, bs);
         }
         let refs = self.addr_refs.entry(id.address).or_insert(0);
@@ -531,7 +555,7 @@ impl<D: Dataplane> Core<D> {
         }
         self.check_source(&b.address)?;
         self.check_hashed_source(&vip.config, &b.address)?;
-        let bs = self.new_backend(&b)?;
+        let bs = self.new_backend(id, &b)?;
         if let Some(vip) = self.vips.get_mut(id) {
             vip.backends.insert(b.address, bs);
         }
@@ -540,25 +564,46 @@ impl<D: Dataplane> Core<D> {
 
     /// Takes a backend slot (oldest freed first), clears its counters and writes the backend
     /// active, before any table can point at it.
-    fn new_backend(&mut self, b: &BackendConfig) -> Result<BackendState, CoreError> {
-        let index = self
-            .backend_ids
-            .free
-            .pop_front()
+    fn new_backend(&mut self, vip: &VipId, b: &BackendConfig) -> Result<BackendState, CoreError> {
+        let tag = vip_tag(vip);
+        let (index, kept) = self
+            .take_slot(tag, b.address)
             .ok_or(CoreError::TooManyBackends {
                 max: self.backend_ids.max,
             })?;
-        let generation = match self.generations.get_mut(index as usize) {
-            Some(g) => {
+        let generation = match (kept, self.generations.get_mut(index as usize)) {
+            (Some(generation), _) => generation,
+            (None, Some(g)) => {
                 *g = g.wrapping_add(1);
                 *g
             }
-            None => 0,
+            (None, None) => 0,
         };
-        let bs = BackendState::new(index, generation, b);
+        let bs = BackendState::new(index, generation, tag, b);
         self.dp.clear_backend(index)?;
         self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
         Ok(bs)
+    }
+
+    /// A free backend slot for (VIP `tag`, `addr`): the one it had under the last daemon
+    /// if inherited and free (with that generation, to keep), else preferably one that no
+    /// inherited flows point at.
+    fn take_slot(&mut self, tag: u32, addr: IpAddr) -> Option<(u32, Option<u32>)> {
+        let free = &mut self.backend_ids.free;
+        if let Some(&(index, generation)) = self.inherited.get(&(tag, addr)) {
+            if let Some(pos) = free.iter().position(|&i| i == index) {
+                self.inherited.remove(&(tag, addr));
+                free.remove(pos);
+                return Some((index, Some(generation)));
+            }
+        }
+        let reserved: std::collections::HashSet<u32> =
+            self.inherited.values().map(|&(i, _)| i).collect();
+        let pos = free.iter().position(|i| !reserved.contains(i)).unwrap_or(0);
+        let index = free.remove(pos)?;
+        // An inherited slot given away: its old holder can no longer have it back.
+        self.inherited.retain(|_, (i, _)| *i != index);
+        Some((index, None))
     }
 
     /// Removes a backend: it leaves the table, then flows pinned to it move.
@@ -793,6 +838,7 @@ fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
         family,
         weight,
         generation,
+        vip_tag: b.vip_tag,
         ..Backend::default()
     };
     if b.active() {
@@ -808,6 +854,22 @@ fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
         entry.dmac = hop.dmac;
     }
     entry
+}
+
+/// A VIP's tag in its backends' slots (`Backend::vip_tag`): FNV-1a over its address,
+/// port and protocol, the same in every daemon. Two VIPs that share a tag and a backend
+/// address can swap that address's slot across a restart; their flows then still reach
+/// the same server.
+pub fn vip_tag(vip: &VipId) -> u32 {
+    let mut bytes = match vip.address {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    bytes.extend_from_slice(&vip.port.to_be_bytes());
+    bytes.extend_from_slice(vip.protocol.to_string().as_bytes());
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The data-plane form of the settings.
@@ -973,6 +1035,54 @@ mod tests {
         let flip = w.iter().position(|x| matches!(x, Write::Vip(..))).unwrap();
         assert!(act < flip, "{w:?}");
         assert!(live(&core, &id).1.contains(&idx));
+    }
+
+    #[test]
+    fn inherited_slots_go_back_to_their_vip_and_address() {
+        // The last daemon: web (.11, .12) then lines (.11, .12), in slots 1–4.
+        let web = vip(&["198.18.0.11", "198.18.0.12"]);
+        let lines = VipConfig {
+            port: 7000,
+            ..vip(&["198.18.0.11", "198.18.0.12"])
+        };
+        let (web_id, lines_id) = (web.id(), lines.id());
+        let mut last = Core::new(Recorder::default(), settings()).unwrap();
+        last.add_vip(web.clone()).unwrap();
+        last.add_vip(lines.clone()).unwrap();
+        let slot = |core: &Core<Recorder>, id: &VipId, a: &str| {
+            let b = &core.vip(id).unwrap().backends[&a.parse::<IpAddr>().unwrap()];
+            (b.index, b.generation)
+        };
+        let pinned: HashMap<u32, (u32, IpAddr, u32)> = last
+            .dataplane()
+            .backends
+            .iter()
+            .map(|(&i, b)| {
+                let addr = lb_common::addr::from_words(b.addr, b.family).unwrap();
+                (i, (b.vip_tag, addr, b.generation))
+            })
+            .collect();
+        assert_eq!(pinned.len(), 4);
+
+        // The next daemon's config adds .13 to web, which would shift every later slot.
+        let mut next = Core::new(Recorder::default(), settings()).unwrap();
+        next.inherit_slots(&pinned);
+        next.add_vip(vip(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]))
+            .unwrap();
+        next.add_vip(lines).unwrap();
+        for (id, a) in [
+            (&web_id, "198.18.0.11"),
+            (&web_id, "198.18.0.12"),
+            (&lines_id, "198.18.0.11"),
+            (&lines_id, "198.18.0.12"),
+        ] {
+            assert_eq!(slot(&next, id, a), slot(&last, id, a), "{id} {a}");
+        }
+        let (new_index, _) = slot(&next, &web_id, "198.18.0.13");
+        assert!(
+            !pinned.contains_key(&new_index),
+            "a new backend takes a slot no inherited flow points at"
+        );
     }
 
     #[test]
