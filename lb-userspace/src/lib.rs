@@ -14,6 +14,8 @@
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
 //! - [`sched`]: schedulers as table builders (Maglev hash tables, round-robin sequences).
+//! - [`state_dir`]: `--state-dir`: the attachment, connection tables and backend slots
+//!   pinned on bpffs across daemon restarts.
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` runner (fixture tests, bench).
 //! - [`health`]: health-check probes, state machine and runner.
 //! - [`control`]: the JSON control socket: protocol, server, client.
@@ -31,4 +33,5 @@ pub mod health;
 pub mod loader;
 pub mod netdev;
 pub mod sched;
+pub mod state_dir;
 pub mod testrun;

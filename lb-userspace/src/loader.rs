@@ -1,5 +1,7 @@
 //! Loading the embedded XDP objects and attaching them to interfaces.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use aya::{
     programs::{Xdp, XdpMode},
@@ -54,8 +56,18 @@ pub fn load_balancer(opts: LoadOptions) -> Result<Ebpf> {
     load_balancer_object(BALANCER_OBJ, opts)
 }
 
+/// [`load_balancer`] with some maps opened from pins rather than created (each created
+/// and pinned there if the pin does not exist yet): `(map name, pin path)`.
+pub fn load_balancer_pinned(opts: LoadOptions, pins: &[(&str, PathBuf)]) -> Result<Ebpf> {
+    load_balancer_with(BALANCER_OBJ, opts, pins)
+}
+
 /// [`load_balancer`] for another build of the balancer object (the bench compares builds).
 pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
+    load_balancer_with(object, opts, &[])
+}
+
+fn load_balancer_with(object: &[u8], opts: LoadOptions, pins: &[(&str, PathBuf)]) -> Result<Ebpf> {
     let lookup_entries = opts
         .max_vips
         .checked_mul(2 * MAX_TABLE_SIZE)
@@ -72,12 +84,17 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
             .and_then(|c| c.checked_mul(per_cpu)?.checked_add(1))
             .context("too many CPUs for the flow cache")
     };
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(MAP_LOOKUP, lookup_entries)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_CONNS_V4, opts.max_conns)
         .map_max_entries(MAP_FLOW_CACHE, cache_sets(FLOW_CACHE_SETS)?)
-        .map_max_entries(MAP_FLOW_CACHE_V6, cache_sets(FLOW_CACHE_V6_SETS)?)
+        .map_max_entries(MAP_FLOW_CACHE_V6, cache_sets(FLOW_CACHE_V6_SETS)?);
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
         .load(object)
         .context("loading the balancer object (are you root, with bpffs and BTF?)")?;
     load_program(&mut ebpf, BALANCER_PROG)?;

@@ -79,6 +79,12 @@ enum Cmd {
         /// 512 KiB of kernel memory per possible CPU).
         #[arg(long)]
         no_flow_cache: bool,
+        /// Keep the attachment, the connection tables and the backend slots pinned in DIR
+        /// (on bpffs, one directory per interface): the program stays attached when xlb
+        /// stops, and the next `xlb run` with the same DIR takes over without dropping a
+        /// packet or moving a flow. Removing DIR detaches it.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Attach the decap program on a backend: strips IP-in-IP tunnels addressed to us.
     Decap {
@@ -166,6 +172,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             max_vips,
             max_conns,
             no_flow_cache,
+            state_dir,
         } => {
             let opts = RunOptions {
                 iface,
@@ -178,6 +185,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     max_conns,
                     flow_cache: !no_flow_cache,
                 },
+                state_dir,
             };
             runtime()?.block_on(daemon::run(opts))
         }

@@ -4,7 +4,9 @@
 //! validate the config → find the interface → load and verify the programs → program the
 //! maps → bind the control socket (refusing a second daemon) → attach XDP → start health
 //! checks, next-hop refreshes, the control socket and metrics. SIGINT/SIGTERM detach,
-//! remove the socket and print the counters.
+//! remove the socket and print the counters. With `--state-dir` (see `state_dir`) the
+//! program is loaded with the last daemon's connection tables, replaces the last daemon's
+//! program in one step instead of attaching, and stays attached when the daemon stops.
 //!
 //! Layout: `state` (the daemon's state and operations), `handler` (control-socket requests
 //! → operations), `neighbour` (next hops), `metrics` (Prometheus).
@@ -22,6 +24,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
+use lb_common::maps::MAP_BACKENDS;
 use tokio::{
     signal::unix::SignalKind,
     sync::{mpsc, watch},
@@ -35,6 +38,7 @@ use crate::{
     health::HealthChecker,
     loader::{self, LoadOptions},
     netdev,
+    state_dir::{Inherited, StateDir},
 };
 use state::{counter_summary, Daemon, NEXTHOP_REFRESH};
 
@@ -53,6 +57,8 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     /// Map sizes.
     pub load: LoadOptions,
+    /// `--state-dir`: what outlives the daemon (see `state_dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Runs the daemon until SIGINT / SIGTERM.
@@ -73,7 +79,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         log::warn!("not running as root: loading BPF programs will likely fail (run with sudo)");
     }
 
-    let mut ebpf = loader::load_balancer(opts.load)?;
+    let state = opts.state_dir.as_deref().map(StateDir::open).transpose()?;
+    let inherited = match &state {
+        Some(s) => s.inherit(opts.load.max_conns)?,
+        None => Inherited::default(),
+    };
+    let mut ebpf = match &state {
+        Some(s) => loader::load_balancer_pinned(opts.load, &s.table_pins())?,
+        None => loader::load_balancer(opts.load)?,
+    };
+    if let Some(s) = &state {
+        let backends = ebpf
+            .map(MAP_BACKENDS)
+            .context("the balancer object has no backend slots")?;
+        s.stage_backends(backends)?;
+    }
     let mut dp = AyaDataplane::new(&mut ebpf).context("opening the balancer's maps")?;
     dp.add_tx_port(ifindex)
         .context("registering the interface for XDP_REDIRECT")?;
@@ -86,6 +106,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         cfg.vips.len()
     );
     let mut core = Core::new(dp, settings.clone()).context("writing the balancer settings")?;
+    if inherited.tables {
+        log::info!(
+            "keeping the connection tables of the last daemon ({} backend slots)",
+            inherited.slots.len()
+        );
+        core.inherit_slots(&inherited.slots);
+    }
     core.apply(&cfg)
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;
 
@@ -102,12 +129,31 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None => None,
     };
 
-    loader::attach(&mut ebpf, loader::BALANCER_PROG, &opts.iface, opts.mode)?;
-    log::info!(
-        "xlb_balancer attached to {} (ifindex {ifindex}, {:?} mode)",
-        opts.iface,
-        opts.mode
-    );
+    match &state {
+        Some(s) => {
+            let prog = loader::xdp(&mut ebpf, loader::BALANCER_PROG)?;
+            let replaced = s.attach(prog, ifindex, opts.mode)?;
+            s.commit_backends()?;
+            log::info!(
+                "xlb_balancer {} on {} (ifindex {ifindex}), link pinned in {}",
+                if replaced {
+                    "took over from the last daemon's program"
+                } else {
+                    "attached"
+                },
+                opts.iface,
+                s.path().display()
+            );
+        }
+        None => {
+            loader::attach(&mut ebpf, loader::BALANCER_PROG, &opts.iface, opts.mode)?;
+            log::info!(
+                "xlb_balancer attached to {} (ifindex {ifindex}, {:?} mode)",
+                opts.iface,
+                opts.mode
+            );
+        }
+    }
 
     let (events_tx, mut events_rx) = mpsc::channel(256);
     let checker = HealthChecker {
@@ -172,12 +218,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let mut shutdown = shutdown_rx.clone();
         let tables = lock(&daemon)?.core().dataplane().conn_tables();
         tokio::spawn(async move {
+            // At once first: tables kept from the last daemon hold flows that the new
+            // counters have not seen.
             loop {
+                recount_active_flows(&daemon, &tables).await;
                 tokio::select! {
                     _ = tokio::time::sleep(RECOUNT_INTERVAL) => {}
                     _ = shutdown.changed() => return,
                 }
-                recount_active_flows(&daemon, &tables).await;
             }
         })
     };
@@ -206,9 +254,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     recount_task.abort();
     health_task.abort();
     let summary = counter_summary(&lock(&daemon)?.core().dataplane().reasons());
-    // Detach before printing: dropping the object detaches the program.
+    // Detach before printing: dropping the object detaches the program, unless its link
+    // is pinned in the state directory.
     drop(ebpf);
-    println!("xlb: detached from {}; counters:", opts.iface);
+    match &state {
+        Some(s) => println!(
+            "xlb: left attached to {} with its state in {} (the next `xlb run --state-dir` \
+             there takes over; removing the directory detaches); counters:",
+            opts.iface,
+            s.path().display()
+        ),
+        None => println!("xlb: detached from {}; counters:", opts.iface),
+    }
     for (kind, name, v) in summary {
         println!("  {kind:5} {name:24} {v}");
     }

@@ -1,0 +1,337 @@
+//! `xlb run --state-dir DIR`: what outlives the daemon, pinned on bpffs, so that a restart
+//! or an upgrade of the daemon neither stops the forwarding nor moves a flow.
+//!
+//! In `DIR`:
+//! - `link`: the XDP attachment. It holds the program, and the program its maps, while no
+//!   daemon runs; the next daemon swaps its own program in with one `bpf_link_update`
+//!   (atomic: every packet meets the old program or the new one, never none).
+//! - `CONNS`, `CONNS_V4`: the connection tables, which the next daemon's program opens
+//!   rather than creating its own (aya's `map_pin_path`), if their shape still fits.
+//! - `BACKENDS`: the backend slots the tables' entries point at (index, VIP tag, address,
+//!   generation). A new daemon gives each (VIP, address) its old slot and generation, so its
+//!   recorded flows stay; a slot given to another backend gets a newer generation, so flows
+//!   recorded for the old holder are re-picked rather than sent to the wrong backend
+//!   (`Core::inherit_slots`). Without this file the tables cannot be interpreted and are
+//!   started afresh.
+//!
+//! Everything else (VIPs, lookup tables, settings) the new daemon writes from its config
+//! into maps of its own before the swap. Removing `DIR` detaches the balancer.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    io,
+    net::IpAddr,
+    os::{fd::FromRawFd, fd::OwnedFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, MapData},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
+};
+use lb_common::{
+    addr::from_words,
+    flow::{FlowKey, FlowKeyV4},
+    maps::{Backend, ConnEntry, MAP_BACKENDS, MAP_CONNS, MAP_CONNS_V4},
+};
+
+/// Where a starting daemon pins its backend slots until its program runs (no dot: bpffs
+/// reserves dotted names).
+const STAGED_BACKENDS: &str = "BACKENDS_next";
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD` (`enum bpf_cmd`).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `BPF_LINK_TYPE_XDP`.
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// Where the balancer's state is pinned.
+pub struct StateDir {
+    path: PathBuf,
+}
+
+/// What a daemon found in the state directory.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// Backend slots of the last daemon: index → (VIP tag, address, generation).
+    pub slots: HashMap<u32, (u32, IpAddr, u32)>,
+    /// The connection tables are the last daemon's (their flows are kept).
+    pub tables: bool,
+}
+
+impl StateDir {
+    /// Opens `path` (created if missing), which must be on a bpf filesystem.
+    pub fn open(path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| {
+            format!(
+                "creating the state directory {} (on a bpf filesystem: mount -t bpf bpf \
+                 /sys/fs/bpf)",
+                path.display()
+            )
+        })?;
+        let c = CString::new(path.as_os_str().as_bytes()).context("state directory path")?;
+        // SAFETY: a zeroed statfs is a valid buffer; `c` is a NUL-terminated path.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("statfs {}", path.display()));
+        }
+        if st.f_type as i64 != BPF_FS_MAGIC {
+            bail!(
+                "the state directory {} is not on a bpf filesystem (mount one: \
+                 mount -t bpf bpf /sys/fs/bpf)",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Reads what the last daemon left, and removes what a daemon with `max_conns`
+    /// entries per table cannot use: tables of another shape, or tables without the backend
+    /// slots their entries point at. Call before loading the balancer.
+    pub fn inherit(&self, max_conns: u32) -> Result<Inherited> {
+        let mut out = Inherited::default();
+        let backends = self.file(MAP_BACKENDS);
+        if backends.exists() {
+            match read_slots(&backends) {
+                Ok(slots) => out.slots = slots,
+                Err(e) => log::warn!("{}: {e:#}; not kept", backends.display()),
+            }
+        }
+        let tables = [
+            (MAP_CONNS_V4, std::mem::size_of::<FlowKeyV4>()),
+            (MAP_CONNS, std::mem::size_of::<FlowKey>()),
+        ];
+        let mut kept = 0;
+        for (name, key_size) in tables {
+            let f = self.file(name);
+            if !f.exists() {
+                continue;
+            }
+            let fits = if out.slots.is_empty() {
+                Err(anyhow::anyhow!("no backend slots to interpret it with"))
+            } else {
+                table_fits(&f, key_size, max_conns)
+            };
+            match fits {
+                Ok(()) => kept += 1,
+                Err(e) => {
+                    log::warn!("{}: {e:#}; starting a new table", f.display());
+                    std::fs::remove_file(&f)
+                        .with_context(|| format!("removing {}", f.display()))?;
+                }
+            }
+        }
+        out.tables = kept > 0;
+        Ok(out)
+    }
+
+    /// The pin paths the balancer's connection tables are loaded with.
+    pub fn table_pins(&self) -> [(&'static str, PathBuf); 2] {
+        [
+            (MAP_CONNS_V4, self.file(MAP_CONNS_V4)),
+            (MAP_CONNS, self.file(MAP_CONNS)),
+        ]
+    }
+
+    /// Attaches `prog` to `ifindex`: in place of the last daemon's program if its link is
+    /// pinned here and still on that interface (atomically), else afresh; then pins the
+    /// link. Whether a program was replaced.
+    pub fn attach(&self, prog: &mut Xdp, ifindex: u32, mode: XdpMode) -> Result<bool> {
+        let pin = self.file("link");
+        let mut replaced = false;
+        let id = match take_over(&pin, ifindex) {
+            Ok(Some(link)) => {
+                replaced = true;
+                prog.attach_to_link(link)
+                    .context("replacing the last daemon's program")?
+            }
+            Ok(None) => prog
+                .attach_to_if_index(ifindex, mode)
+                .context("attaching the balancer")?,
+            Err(e) => {
+                log::warn!("{}: {e:#}; attaching afresh", pin.display());
+                let _ = std::fs::remove_file(&pin);
+                prog.attach_to_if_index(ifindex, mode)
+                    .context("attaching the balancer")?
+            }
+        };
+        let link = prog.take_link(id).context("taking the XDP link")?;
+        let fd_link = FdLink::try_from(link).context(
+            "the kernel attached XDP without a BPF link (netlink): no pinning, so \
+             --state-dir needs a kernel with XDP links (5.9+)",
+        )?;
+        fd_link
+            .pin(&pin)
+            .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+        Ok(replaced)
+    }
+
+    /// Pins the new daemon's backend slots (its `BACKENDS` map) beside the last daemon's,
+    /// which stay in force until [`StateDir::commit_backends`]: a daemon that fails before
+    /// its program runs leaves the last one's state as it was.
+    pub fn stage_backends(&self, backends: &aya::maps::Map) -> Result<()> {
+        let f = self.file(STAGED_BACKENDS);
+        let _ = std::fs::remove_file(&f);
+        backends
+            .pin(&f)
+            .with_context(|| format!("pinning the backend slots at {}", f.display()))
+    }
+
+    /// Puts the staged backend slots in place of the last daemon's, once the new program
+    /// runs (one rename).
+    pub fn commit_backends(&self) -> Result<()> {
+        std::fs::rename(self.file(STAGED_BACKENDS), self.file(MAP_BACKENDS))
+            .context("putting the new backend slots in place")
+    }
+
+    /// The state directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The last daemon's link at `pin`, if it is an XDP link on `ifindex`; the pin is removed
+/// (the caller pins the link again once it holds the new program).
+fn take_over(pin: &Path, ifindex: u32) -> Result<Option<XdpLink>> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let (kind, on) = xdp_link_target(pin)?;
+    if kind != BPF_LINK_TYPE_XDP || on != ifindex {
+        bail!(
+            "the pinned link is not an XDP link on ifindex {ifindex} (type {kind}, ifindex {on})"
+        );
+    }
+    let link = PinnedLink::from_pin(pin)
+        .context("opening the pinned link")?
+        .unpin()
+        .context("unpinning the link")?;
+    Ok(Some(
+        XdpLink::try_from(link).context("the pinned link is not an XDP link")?,
+    ))
+}
+
+/// Type and XDP ifindex of the link pinned at `pin` (`bpf_link_info`: type at 0, the
+/// `xdp.ifindex` member of its union at 16).
+fn xdp_link_target(pin: &Path) -> Result<(u32, u32)> {
+    let fd = obj_get(pin)?;
+    let mut info = [0u64; 8];
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is the info member of `union bpf_attr` with the size we pass; the
+    // kernel writes at most `info_len` bytes into `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<InfoAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error()).context("reading the pinned link's info");
+    }
+    Ok((info[0] as u32, info[2] as u32))
+}
+
+/// A descriptor of the BPF object pinned at `pin`.
+fn obj_get(pin: &Path) -> Result<OwnedFd> {
+    let c = CString::new(pin.as_os_str().as_bytes()).context("pin path")?;
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `attr` is the obj member of `union bpf_attr`; `c` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<ObjAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("opening {}", pin.display()));
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the table pinned at `f` is one this daemon's program can use as its own.
+fn table_fits(f: &Path, key_size: usize, max_conns: u32) -> Result<()> {
+    let map = MapData::from_pin(f).context("opening")?;
+    let info = map.info().context("reading its info")?;
+    let want = (
+        true,
+        key_size as u32,
+        std::mem::size_of::<ConnEntry>() as u32,
+        max_conns,
+    );
+    let got = (
+        matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    if got != want {
+        bail!(
+            "(LRU hash, key, value, entries) {got:?} differ from this daemon's {want:?} \
+             (another --max-conns, or another xlb version)"
+        );
+    }
+    Ok(())
+}
+
+/// The backend slots pinned at `f`, every slot that was ever given out: index → (VIP tag,
+/// address, generation).
+fn read_slots(f: &Path) -> Result<HashMap<u32, (u32, IpAddr, u32)>> {
+    let map = MapData::from_pin(f).context("opening")?;
+    let info = map.info().context("reading its info")?;
+    if info.value_size() as usize != std::mem::size_of::<Backend>() {
+        bail!("value size {} is not this daemon's", info.value_size());
+    }
+    let slots: Array<MapData, Backend> = Array::try_from(aya::maps::Map::Array(map))
+        .context("the pinned backend slots are not an array")?;
+    let mut out = HashMap::new();
+    for idx in 1..slots.len() {
+        let b = slots.get(&idx, 0).context("reading a slot")?;
+        if b.generation == 0 {
+            continue;
+        }
+        if let Some(addr) = from_words(b.addr, b.family) {
+            out.insert(idx, (b.vip_tag, addr, b.generation));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,189 @@
+//! End-to-end: `xlb run --state-dir` restarted under load. The program stays attached while
+//! no daemon runs, the next daemon takes over atomically, and long-lived connections keep
+//! their backends although the new daemon's Maglev table (one backend more) would place a
+//! third of them elsewhere.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    netns::{require_root, Netns},
+    topology::{http_get, DemoNet, LineConn, NAME_PORT, VIP4},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A bpf filesystem of the test's own, holding the state directory: `ip netns exec` gives
+/// the daemon a fresh /sys, without the host's /sys/fs/bpf. Unmounted (which detaches
+/// whatever is still attached through it) when the test ends, however it ends.
+struct StateDir {
+    mount: PathBuf,
+    path: PathBuf,
+}
+
+impl StateDir {
+    fn new() -> StateDir {
+        let mount = std::env::temp_dir().join(format!("xlb-e2e-restart-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a bpf filesystem at {}", mount.display());
+        let path = mount.join("eth0");
+        StateDir { mount, path }
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// The VIPs: HTTP on port 80 (the load), lines on [`NAME_PORT`] (the long-lived
+/// connections), over `backends`.
+fn config(backends: &[&str]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!(r#"{{"address": "{b}"}}"#))
+        .collect();
+    let list = list.join(", ");
+    format!(
+        r#"{{"vips": [
+  {{"address": "{VIP4}", "port": 80, "protocol": "tcp", "backends": [{list}]}},
+  {{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp", "backends": [{list}]}}
+]}}"#
+    )
+}
+
+#[test]
+fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2er", 3);
+    net.start_backends();
+    let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
+    let state = StateDir::new();
+    let state_arg = state.path.to_str().expect("utf-8 path").to_string();
+    let two = config(&["198.18.0.11", "198.18.0.12"]);
+    let (lb, sock) = net.start_lb(&two, &["--state-dir", &state_arg]);
+    net.wait_ready(&sock);
+
+    // Long-lived connections, placed by a two-backend table.
+    let mut conns: Vec<(LineConn, String)> = (0..24)
+        .map(|_| {
+            let mut c = LineConn::to_vip(&net.client);
+            let who = c.who();
+            (c, who)
+        })
+        .collect();
+    let holders: BTreeSet<String> = conns.iter().map(|(_, w)| w.clone()).collect();
+    assert_eq!(
+        holders.len(),
+        2,
+        "both backends hold connections: {holders:?}"
+    );
+
+    // Requests all along, a new connection each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<Result<String, String>>>> = Arc::default();
+    let load = {
+        let (stop, log) = (stop.clone(), log.clone());
+        let name = net.client.name().to_string();
+        std::thread::spawn(move || {
+            let ns = Netns::existing(&name);
+            let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let r = http_get(&ns, vip, "/", TIMEOUT)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .map_err(|e| e.to_string());
+                log.lock().unwrap().push(r);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let served = |log: &Arc<Mutex<Vec<Result<String, String>>>>| log.lock().unwrap().len();
+    let wait_served = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served(&log) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_served(20);
+
+    // Stop the daemon: the program stays attached and keeps answering.
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "xlb run did not stop cleanly"
+    );
+    assert!(state.path.join("link").exists(), "the link is pinned");
+    let before = served(&log);
+    wait_served(before + 20);
+    for (c, want) in conns.iter_mut() {
+        assert_eq!(c.who(), *want, "a connection moved while no daemon ran");
+    }
+
+    // The next daemon, with a third backend: it takes over the program and the tables.
+    let three = config(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
+    let (lb2, sock) = net.start_lb(&three, &["--state-dir", &state_arg]);
+    net.wait_ready(&sock);
+    let log_text = std::fs::read_to_string(&lb2.log).unwrap_or_default();
+    assert!(
+        log_text.contains("took over from the last daemon's program")
+            && log_text.contains("keeping the connection tables"),
+        "the new daemon did not take over:\n{log_text}"
+    );
+    let before = served(&log);
+    wait_served(before + 20);
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+
+    let results = log.lock().unwrap().clone();
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    for (c, want) in conns.iter_mut() {
+        assert_eq!(c.who(), *want, "a connection moved across the restart");
+    }
+    // New connections do see the new table.
+    let mut fresh = BTreeSet::new();
+    for _ in 0..30 {
+        fresh.insert(LineConn::to_vip(&net.client).who());
+    }
+    assert_eq!(
+        fresh.len(),
+        3,
+        "new connections reach all three backends: {fresh:?}"
+    );
+
+    // Stopping for good: removing the directory detaches the program.
+    let status = lb2.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+    drop(state);
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    assert!(
+        http_get(&net.client, vip, "/", Duration::from_secs(1)).is_err(),
+        "the VIP still answers after the state directory was removed"
+    );
+}
