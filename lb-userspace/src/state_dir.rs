@@ -46,7 +46,8 @@ use lb_common::{
 const STAGED_BACKENDS: &str = "BACKENDS_next";
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// `BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD` (`enum bpf_cmd`).
+/// `BPF_OBJ_PIN`, `BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD` (`enum bpf_cmd`).
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_LINK_TYPE_XDP`.
@@ -154,10 +155,19 @@ impl StateDir {
         let pin = self.file("link");
         let mut replaced = false;
         let id = match take_over(&pin, ifindex) {
-            Ok(Some(link)) => {
+            Ok(Some((link, spare))) => {
                 replaced = true;
-                prog.attach_to_link(link)
-                    .context("replacing the last daemon's program")?
+                match prog.attach_to_link(link) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // Pinned again through the spare descriptor: the last daemon's
+                        // program keeps forwarding, and a later daemon can still take over.
+                        if let Err(pin_err) = obj_pin(&spare, &pin) {
+                            log::error!("re-pinning the last daemon's link: {pin_err:#}");
+                        }
+                        return Err(e).context("replacing the last daemon's program");
+                    }
+                }
             }
             Ok(None) => prog
                 .attach_to_if_index(ifindex, mode)
@@ -204,13 +214,16 @@ impl StateDir {
     }
 }
 
-/// The last daemon's link at `pin`, if it is an XDP link on `ifindex`; the pin is removed
-/// (the caller pins the link again once it holds the new program).
-fn take_over(pin: &Path, ifindex: u32) -> Result<Option<XdpLink>> {
+/// The last daemon's link at `pin`, if it is an XDP link on `ifindex`, and a spare
+/// descriptor of it; the pin is removed (the caller pins the link again once it holds the
+/// new program, or through the spare if that fails: without a pin or a descriptor the
+/// kernel would detach it).
+fn take_over(pin: &Path, ifindex: u32) -> Result<Option<(XdpLink, OwnedFd)>> {
     if !pin.exists() {
         return Ok(None);
     }
-    let (kind, on) = xdp_link_target(pin)?;
+    let spare = obj_get(pin)?;
+    let (kind, on) = xdp_link_target(&spare)?;
     if kind != BPF_LINK_TYPE_XDP || on != ifindex {
         bail!(
             "the pinned link is not an XDP link on ifindex {ifindex} (type {kind}, ifindex {on})"
@@ -220,15 +233,13 @@ fn take_over(pin: &Path, ifindex: u32) -> Result<Option<XdpLink>> {
         .context("opening the pinned link")?
         .unpin()
         .context("unpinning the link")?;
-    Ok(Some(
-        XdpLink::try_from(link).context("the pinned link is not an XDP link")?,
-    ))
+    let link = XdpLink::try_from(link).context("the pinned link is not an XDP link")?;
+    Ok(Some((link, spare)))
 }
 
-/// Type and XDP ifindex of the link pinned at `pin` (`bpf_link_info`: type at 0, the
-/// `xdp.ifindex` member of its union at 16).
-fn xdp_link_target(pin: &Path) -> Result<(u32, u32)> {
-    let fd = obj_get(pin)?;
+/// Type and XDP ifindex of the link `fd` (`bpf_link_info`: type at 0, the `xdp.ifindex`
+/// member of its union at 16; 0 once the interface is gone).
+fn xdp_link_target(fd: &OwnedFd) -> Result<(u32, u32)> {
     let mut info = [0u64; 8];
     #[repr(C)]
     struct InfoAttr {
@@ -237,7 +248,7 @@ fn xdp_link_target(pin: &Path) -> Result<(u32, u32)> {
         info: u64,
     }
     let mut attr = InfoAttr {
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(fd) as u32,
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
@@ -257,35 +268,48 @@ fn xdp_link_target(pin: &Path) -> Result<(u32, u32)> {
     Ok((info[0] as u32, info[2] as u32))
 }
 
-/// A descriptor of the BPF object pinned at `pin`.
-fn obj_get(pin: &Path) -> Result<OwnedFd> {
+/// The `obj` member of `union bpf_attr` (`BPF_OBJ_PIN`, `BPF_OBJ_GET`).
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `BPF_OBJ_PIN` / `BPF_OBJ_GET` on `pin` (and `fd` for a pin); the syscall's result.
+fn obj_call(cmd: libc::c_long, pin: &Path, fd: u32) -> Result<libc::c_long> {
     let c = CString::new(pin.as_os_str().as_bytes()).context("pin path")?;
-    #[repr(C)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
     let mut attr = ObjAttr {
         pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
+        bpf_fd: fd,
         file_flags: 0,
     };
-    // SAFETY: `attr` is the obj member of `union bpf_attr`; `c` outlives the call.
-    let fd = unsafe {
+    // SAFETY: `attr` is the obj member of `union bpf_attr` with the size we pass; `c`
+    // outlives the call.
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_OBJ_GET,
+            cmd,
             std::ptr::addr_of_mut!(attr),
             std::mem::size_of::<ObjAttr>() as u32,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("opening {}", pin.display()));
+    if rc < 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("{}", pin.display()));
     }
+    Ok(rc)
+}
+
+/// A descriptor of the BPF object pinned at `pin`.
+fn obj_get(pin: &Path) -> Result<OwnedFd> {
+    let fd = obj_call(BPF_OBJ_GET, pin, 0)?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the BPF object `fd` at `pin`.
+fn obj_pin(fd: &OwnedFd, pin: &Path) -> Result<()> {
+    obj_call(BPF_OBJ_PIN, pin, std::os::fd::AsRawFd::as_raw_fd(fd) as u32).map(|_| ())
 }
 
 /// Whether the table pinned at `f` is one this daemon's program can use as its own.
