@@ -1,7 +1,7 @@
 //! End-to-end: `xlb run --state-dir` restarted under load. The program stays attached while
-//! no daemon runs, the next daemon takes over atomically, and long-lived connections keep
-//! their backends although the new daemon's Maglev table (one backend more) would place a
-//! third of them elsewhere.
+//! no daemon runs, the next daemon takes over atomically, long-lived connections keep their
+//! backends although the new daemon's table (one backend more) would place many of them
+//! elsewhere, and their least-connection counts are recounted from the inherited table.
 
 use std::{
     collections::BTreeSet,
@@ -55,7 +55,7 @@ impl Drop for StateDir {
 }
 
 /// The VIPs: HTTP on port 80 (the load), lines on [`NAME_PORT`] (the long-lived
-/// connections), over `backends`.
+/// connections, least-connection), over `backends`.
 fn config(backends: &[&str]) -> String {
     let list: Vec<String> = backends
         .iter()
@@ -65,9 +65,25 @@ fn config(backends: &[&str]) -> String {
     format!(
         r#"{{"vips": [
   {{"address": "{VIP4}", "port": 80, "protocol": "tcp", "backends": [{list}]}},
-  {{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp", "backends": [{list}]}}
+  {{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp", "scheduler": "lc",
+    "backends": [{list}]}}
 ]}}"#
     )
+}
+
+/// The line VIP's active-flow estimates, summed over its backends (`xlb status`).
+fn active_estimate(net: &DemoNet, sock: &std::path::Path) -> u64 {
+    let out = net.ctl(sock, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let lines = format!("{VIP4}:{NAME_PORT}/tcp");
+    v["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|vip| vip["vip"] == lines.as_str())
+        .flat_map(|vip| vip["backends"].as_array().cloned().unwrap_or_default())
+        .map(|b| b["active_estimate"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 #[test]
@@ -97,6 +113,11 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         holders.len(),
         2,
         "both backends hold connections: {holders:?}"
+    );
+    assert_eq!(
+        active_estimate(&net, &sock),
+        24,
+        "least connection counts them"
     );
 
     // Requests all along, a new connection each.
@@ -149,6 +170,16 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         log_text.contains("took over from the last daemon's program")
             && log_text.contains("keeping the connection tables"),
         "the new daemon did not take over:\n{log_text}"
+    );
+    // Its counters start at zero; the recount at start finds the inherited flows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active_estimate(&net, &sock) != 24 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        active_estimate(&net, &sock),
+        24,
+        "the new daemon's counts come from the inherited table"
     );
     let before = served(&log);
     wait_served(before + 20);
