@@ -375,9 +375,11 @@ impl Rig {
             veth_stat(genns, "g0", "xdp_packets") - before
         };
         // The kernel drops what it cannot route or NAT without a trace at the sink; a
-        // misconfigured run would report a rate of almost nothing.
+        // misconfigured run would report a rate of almost nothing. A working path loses
+        // frames too: the generator outruns it, and the veth ring drops the excess (one run
+        // delivered 30 %), so only a near-total loss fails the run.
         ensure!(
-            !kernel_path || delivered * 2 >= u64::from(frames),
+            !kernel_path || delivered * 20 >= u64::from(frames),
             "the kernel path delivered {delivered} of {frames} frames: routes or DNAT broken"
         );
         Ok(Sample {
