@@ -24,6 +24,8 @@ use lb_common::{
     maps::{ConnEntry, CONN_F_CLOSED, CONN_F_COUNTED},
 };
 
+use crate::bpf_sys::{bpf, BPF_MAP_LOOKUP_BATCH};
+
 /// A least-connection TCP flow the table has not seen for this long no longer counts
 /// (IPVS's default timeout for established connections): the client vanished, or the
 /// server closed it alone, which DSR never shows the balancer. It counts again from its
@@ -36,9 +38,6 @@ const IPPROTO_UDP: u8 = 17;
 /// Entries per batch call. A bucket whose chain is longer than this is read with a larger
 /// buffer (the kernel says `ENOSPC`); LRU buckets hold a handful.
 const BATCH: usize = 4096;
-
-/// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// The `batch` member of `union bpf_attr`, as the kernel reads it for the `*_BATCH`
 /// commands. The kernel zeroes what lies past the size we pass.
@@ -234,18 +233,9 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
         };
-        // SAFETY: `attr` is the batch member of `union bpf_attr` with the size we pass;
-        // the kernel writes at most `count` keys and values into buffers of that capacity
-        // and four bytes into `next`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::addr_of_mut!(attr),
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (rc < 0).then(io::Error::last_os_error);
+        // SAFETY: `attr` is the batch member of `union bpf_attr`; the kernel writes at most
+        // `count` keys and values into buffers of that capacity and four bytes into `next`.
+        let err = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         match err.as_ref().and_then(io::Error::raw_os_error) {
             // One bucket holds more than the buffer: grow it and ask again.
             Some(libc::ENOSPC) if attr.count == 0 => {
@@ -256,7 +246,7 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
             }
             // ENOENT: the walk is over; `count` says what this last call still copied.
             None | Some(libc::ENOENT) => {}
-            Some(_) => return Err(err.unwrap_or_else(io::Error::last_os_error)),
+            Some(_) => return Err(err.unwrap_or_else(|| io::Error::other("bpf(2) failed"))),
         }
         let n = (attr.count as usize).min(cap);
         // SAFETY: the kernel initialised the first `n` elements of each buffer (`K` and

@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`agent`]: agent checks (HAProxy format): parsing, polling, and `xlb agent`.
+//! - [`bpf_sys`]: the few bpf(2) commands aya lacks, as one checked syscall.
 //! - [`config`]: the JSON configuration and its validation.
 //! - [`conntable`]: the connection tables read whole, in batches; the active-flow recount.
 //! - [`core`]: VIPs, backends and their state → data-plane writes (pure, unit-tested).
@@ -21,6 +22,7 @@
 //! - [`control`]: the JSON control socket: protocol, server, client.
 //! - [`cli`]: `xlb` subcommands that speak the control socket.
 pub mod agent;
+pub mod bpf_sys;
 pub mod cli;
 pub mod config;
 pub mod conntable;

@@ -41,15 +41,13 @@ use lb_common::{
     maps::{Backend, ConnEntry, MAP_BACKENDS, MAP_CONNS, MAP_CONNS_V4},
 };
 
+use crate::bpf_sys::{bpf, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN};
+
 /// Where a starting daemon pins its backend slots until its program runs (no dot: bpffs
 /// reserves dotted names).
 const STAGED_BACKENDS: &str = "BACKENDS_next";
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// `BPF_OBJ_PIN`, `BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD` (`enum bpf_cmd`).
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_LINK_TYPE_XDP`.
 const BPF_LINK_TYPE_XDP: u32 = 6;
 
@@ -252,19 +250,9 @@ fn xdp_link_target(fd: &OwnedFd) -> Result<(u32, u32)> {
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
-    // SAFETY: `attr` is the info member of `union bpf_attr` with the size we pass; the
-    // kernel writes at most `info_len` bytes into `info`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            std::ptr::addr_of_mut!(attr),
-            std::mem::size_of::<InfoAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error()).context("reading the pinned link's info");
-    }
+    // SAFETY: `attr` is the info member of `union bpf_attr`; the kernel writes at most
+    // `info_len` bytes into `info`.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.context("reading the pinned link's info")?;
     Ok((info[0] as u32, info[2] as u32))
 }
 
@@ -284,20 +272,8 @@ fn obj_call(cmd: libc::c_long, pin: &Path, fd: u32) -> Result<libc::c_long> {
         bpf_fd: fd,
         file_flags: 0,
     };
-    // SAFETY: `attr` is the obj member of `union bpf_attr` with the size we pass; `c`
-    // outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::addr_of_mut!(attr),
-            std::mem::size_of::<ObjAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("{}", pin.display()));
-    }
-    Ok(rc)
+    // SAFETY: `attr` is the obj member of `union bpf_attr`; `c` outlives the call.
+    unsafe { bpf(cmd, &mut attr) }.with_context(|| format!("{}", pin.display()))
 }
 
 /// A descriptor of the BPF object pinned at `pin`.

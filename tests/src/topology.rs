@@ -626,6 +626,19 @@ impl LineConn {
             .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
     }
 
+    /// `n` connections to the IPv4 VIP's line port from inside `ns`, each with the backend
+    /// that first answered it.
+    #[track_caller]
+    pub fn many_to_vip(ns: &Netns, n: usize) -> Vec<(LineConn, String)> {
+        (0..n)
+            .map(|_| {
+                let mut c = LineConn::to_vip(ns);
+                let who = c.who();
+                (c, who)
+            })
+            .collect()
+    }
+
     /// Asks who answers; panics if the connection broke.
     #[track_caller]
     pub fn who(&mut self) -> String {

@@ -101,13 +101,7 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
     net.wait_ready(&sock);
 
     // Long-lived connections, placed by a two-backend table.
-    let mut conns: Vec<(LineConn, String)> = (0..24)
-        .map(|_| {
-            let mut c = LineConn::to_vip(&net.client);
-            let who = c.who();
-            (c, who)
-        })
-        .collect();
+    let mut conns = LineConn::many_to_vip(&net.client, 24);
     let holders: BTreeSet<String> = conns.iter().map(|(_, w)| w.clone()).collect();
     assert_eq!(
         holders.len(),

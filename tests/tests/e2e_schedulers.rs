@@ -294,13 +294,7 @@ fn switching_scheduler_at_runtime_keeps_established_connections() {
     let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
     let (_lb, sock) = net.start_lb(&config("maglev", NAME_PORT, THREE, ""), &[]);
     net.wait_ready(&sock);
-    let mut conns: Vec<(LineConn, String)> = (0..9)
-        .map(|_| {
-            let mut c = LineConn::to_vip(&net.client);
-            let w = c.who();
-            (c, w)
-        })
-        .collect();
+    let mut conns = LineConn::many_to_vip(&net.client, 9);
     let vip = format!("{VIP4}:{NAME_PORT}/tcp");
     for s in ["rr", "lc", "sh", "wrr", "maglev"] {
         net.ctl(&sock, &["vip", "scheduler", &vip, s]);

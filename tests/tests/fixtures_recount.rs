@@ -63,6 +63,30 @@ fn run(ebpf: &mut aya::Ebpf, frame: &[u8]) {
     assert_eq!(out.verdict, XDP_TX);
 }
 
+/// The lc VIP's backend slots, in address order.
+fn lc_slots(lab: &Lab) -> [u32; 2] {
+    ["198.18.0.11", "198.18.0.12"].map(|a| lab.backend_index("198.18.1.1:80/tcp", a))
+}
+
+/// A second handle on the IPv4 connection table, to evict or age entries as the kernel
+/// and time would.
+fn conns_v4(ebpf: &mut aya::Ebpf) -> BpfHashMap<aya::maps::MapData, FlowKeyV4, ConnEntry> {
+    let prog = xlb::loader::xdp(ebpf, xlb::loader::BALANCER_PROG).expect("program");
+    BpfHashMap::try_from(prog_map(prog, MAP_CONNS_V4)).expect("CONNS_V4")
+}
+
+/// One recount as the daemon's task makes it: slots, scan, write.
+fn recount(d: &mut Daemon) -> (usize, i64) {
+    let slots = d.counted_slots();
+    let tally = d
+        .core()
+        .dataplane()
+        .conn_tables()
+        .open_counted()
+        .expect("scan");
+    d.apply_recount(&slots, &tally)
+}
+
 /// Active-flow counts of both backends, in address order.
 fn counts(d: &Daemon, idx: &[u32; 2]) -> [u64; 2] {
     idx.map(|i| d.core().dataplane().active_flows(i))
@@ -76,10 +100,7 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
     // One CPU: the flow cache is per CPU, and the FIN below must meet the flow it closes.
     pin_to_this_cpu();
     let lab = Lab::new(LC);
-    let idx = [
-        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.11"),
-        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.12"),
-    ];
+    let idx = lc_slots(&lab);
     let (mut d, mut ebpf) = daemon(lab);
     for sport in 41_000..41_010u16 {
         run(&mut ebpf, &pkt(sport).syn().build());
@@ -103,11 +124,7 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
 
     // The kernel evicts three open flows' entries (LRU, silently): the data plane's count
     // cannot see it.
-    let mut conns: BpfHashMap<_, FlowKeyV4, ConnEntry> = BpfHashMap::try_from(prog_map(
-        xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program"),
-        MAP_CONNS_V4,
-    ))
-    .expect("CONNS_V4");
+    let mut conns = conns_v4(&mut ebpf);
     let mut evicted = [0u64; 2];
     for sport in 41_001..41_004u16 {
         let e = conns.get(&key(sport), 0).expect("recorded flow");
@@ -149,9 +166,7 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
     assert!(!text.contains("xlb_backend_active_flows{vip=\"198.18.1.1:443/tcp\""));
 
     // A second recount with nothing changed writes nothing.
-    let slots = d.counted_slots();
-    let tally = tables.open_counted().expect("scan");
-    assert_eq!(d.apply_recount(&slots, &tally), (0, 0));
+    assert_eq!(recount(&mut d), (0, 0));
     assert_eq!(counts(&d, &idx), want);
 }
 
@@ -166,11 +181,7 @@ fn a_recount_leaves_a_backend_removed_during_the_scan_alone() {
         run(&mut ebpf, &pkt(sport).syn().build());
     }
     // One open flow evicted: its backend's count drifts by one.
-    let mut conns: BpfHashMap<_, FlowKeyV4, ConnEntry> = BpfHashMap::try_from(prog_map(
-        xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program"),
-        MAP_CONNS_V4,
-    ))
-    .expect("CONNS_V4");
+    let mut conns = conns_v4(&mut ebpf);
     let gone = conns.get(&key(42_000), 0).expect("recorded flow").backend;
     conns.remove(&key(42_000)).expect("evict");
     let slots = d.counted_slots();
@@ -212,21 +223,14 @@ fn idle_flows_stop_counting_and_count_again_when_they_send() {
             ..Lab::options()
         },
     );
-    let idx = [
-        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.11"),
-        lab.backend_index("198.18.1.1:80/tcp", "198.18.0.12"),
-    ];
+    let idx = lc_slots(&lab);
     let (mut d, mut ebpf) = daemon(lab);
     for sport in 43_000..43_004u16 {
         run(&mut ebpf, &pkt(sport).syn().build());
     }
     let total = |d: &Daemon| counts(d, &idx).iter().sum::<u64>();
     assert_eq!(total(&d), 4);
-    let mut conns: BpfHashMap<_, FlowKeyV4, ConnEntry> = BpfHashMap::try_from(prog_map(
-        xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program"),
-        MAP_CONNS_V4,
-    ))
-    .expect("CONNS_V4");
+    let mut conns = conns_v4(&mut ebpf);
     let now = monotonic_coarse_s();
     let mut e = conns.get(&key(43_000), 0).expect("recorded flow");
     assert!(
@@ -237,16 +241,6 @@ fn idle_flows_stop_counting_and_count_again_when_they_send() {
     // Silent for longer than TCP's idle timeout.
     e.seen_s = now - IDLE_TCP_S - 10;
     conns.insert(key(43_000), e, 0).expect("age the entry");
-    let recount = |d: &mut Daemon| {
-        let slots = d.counted_slots();
-        let tally = d
-            .core()
-            .dataplane()
-            .conn_tables()
-            .open_counted()
-            .expect("scan");
-        d.apply_recount(&slots, &tally)
-    };
     assert_eq!(recount(&mut d), (1, 1), "the idle flow leaves its count");
     assert_eq!(total(&d), 3);
     // It sends again: the table visit stamps it, and the next recount counts it again.
