@@ -147,13 +147,13 @@ impl StateDir {
     }
 
     /// Attaches `prog` to `ifindex`: in place of the last daemon's program if its link is
-    /// pinned here and still on that interface (atomically), else afresh; then pins the
-    /// link. Whether a program was replaced.
+    /// pinned here (atomically), else afresh; then pins the link. Refuses a directory whose
+    /// link is another interface's. Whether a program was replaced.
     pub fn attach(&self, prog: &mut Xdp, ifindex: u32, mode: XdpMode) -> Result<bool> {
         let pin = self.file("link");
         let mut replaced = false;
-        let id = match take_over(&pin, ifindex) {
-            Ok(Some((link, spare))) => {
+        let id = match take_over(&pin, ifindex)? {
+            Some((link, spare)) => {
                 replaced = true;
                 match prog.attach_to_link(link) {
                     Ok(id) => id,
@@ -167,15 +167,9 @@ impl StateDir {
                     }
                 }
             }
-            Ok(None) => prog
+            None => prog
                 .attach_to_if_index(ifindex, mode)
                 .context("attaching the balancer")?,
-            Err(e) => {
-                log::warn!("{}: {e:#}; attaching afresh", pin.display());
-                let _ = std::fs::remove_file(&pin);
-                prog.attach_to_if_index(ifindex, mode)
-                    .context("attaching the balancer")?
-            }
         };
         let link = prog.take_link(id).context("taking the XDP link")?;
         let fd_link = FdLink::try_from(link).context(
@@ -222,9 +216,22 @@ fn take_over(pin: &Path, ifindex: u32) -> Result<Option<(XdpLink, OwnedFd)>> {
     }
     let spare = obj_get(pin)?;
     let (kind, on) = xdp_link_target(&spare)?;
-    if kind != BPF_LINK_TYPE_XDP || on != ifindex {
+    if kind != BPF_LINK_TYPE_XDP {
+        bail!("{} is not an XDP link (link type {kind})", pin.display());
+    }
+    if on == 0 {
+        // Its interface is gone (a link outlives its device, detached): nothing to take
+        // over, and nothing forwards through it.
+        log::warn!("{}: its interface is gone; attaching afresh", pin.display());
+        std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+        return Ok(None);
+    }
+    if on != ifindex {
+        // Another interface's balancer: removing its pin would detach it.
         bail!(
-            "the pinned link is not an XDP link on ifindex {ifindex} (type {kind}, ifindex {on})"
+            "{} holds the balancer of ifindex {on}, not of {ifindex}: use one state \
+             directory per interface",
+            pin.display()
         );
     }
     let link = PinnedLink::from_pin(pin)
