@@ -79,8 +79,6 @@ pub trait Dataplane: Send {
 pub trait Counters {
     /// Every `STATS` slot.
     fn reasons(&self) -> Vec<u64>;
-    /// Number of flows in the connection table per backend index (a scan; for status).
-    fn flows_per_backend(&self) -> StdHashMap<u32, u64>;
 }
 
 /// The real data plane: the balancer's maps.
@@ -266,13 +264,6 @@ pub fn sum_reasons<T: std::borrow::Borrow<MapData>>(
 impl Counters for AyaDataplane {
     fn reasons(&self) -> Vec<u64> {
         sum_reasons(&self.stats)
-    }
-
-    fn flows_per_backend(&self) -> StdHashMap<u32, u64> {
-        self.tables.flows_per_backend().unwrap_or_else(|e| {
-            log::warn!("counting flows per backend: {e}");
-            StdHashMap::new()
-        })
     }
 }
 

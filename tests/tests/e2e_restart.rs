@@ -73,6 +73,11 @@ fn config(backends: &[&str]) -> String {
 
 /// The line VIP's active-flow estimates, summed over its backends (`xlb status`).
 fn active_estimate(net: &DemoNet, sock: &std::path::Path) -> u64 {
+    line_vip_sum(net, sock, "active_estimate")
+}
+
+/// A `xlb status` figure of the line VIP's backends, summed.
+fn line_vip_sum(net: &DemoNet, sock: &std::path::Path, field: &str) -> u64 {
     let out = net.ctl(sock, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
     let lines = format!("{VIP4}:{NAME_PORT}/tcp");
@@ -82,7 +87,7 @@ fn active_estimate(net: &DemoNet, sock: &std::path::Path) -> u64 {
         .flatten()
         .filter(|vip| vip["vip"] == lines.as_str())
         .flat_map(|vip| vip["backends"].as_array().cloned().unwrap_or_default())
-        .map(|b| b["active_estimate"].as_u64().unwrap_or(0))
+        .map(|b| b[field].as_u64().unwrap_or(0))
         .sum()
 }
 
@@ -175,6 +180,9 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         24,
         "the new daemon's counts come from the inherited table"
     );
+    // And status sees the inherited entries (a scan of the tables).
+    let entries = line_vip_sum(&net, &sock, "active_flows");
+    assert!(entries >= 24, "status counts {entries} table entries");
     let before = served(&log);
     wait_served(before + 20);
     stop.store(true, Ordering::Relaxed);

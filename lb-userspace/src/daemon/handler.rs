@@ -1,6 +1,9 @@
 //! Control-socket requests → daemon operations.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use serde_json::{json, Value};
 
@@ -19,11 +22,30 @@ impl DaemonHandler {
     }
 }
 
+impl DaemonHandler {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Daemon>, ControlError> {
+        self.daemon.lock().map_err(|_| {
+            ControlError::new("internal", "daemon state poisoned by a panic; restart xlb")
+        })
+    }
+}
+
 impl Handler for DaemonHandler {
     fn handle(&self, req: Request) -> Result<Value, ControlError> {
-        let mut d = self.daemon.lock().map_err(|_| {
-            ControlError::new("internal", "daemon state poisoned by a panic; restart xlb")
-        })?;
+        // `status` counts each backend's flows with a scan of the connection tables (about
+        // 0.4 µs per flow): made before taking the lock, so that a large table does not
+        // hold up health events and other requests meanwhile.
+        let flows = match &req {
+            Request::Status(_) => {
+                let tables = self.lock()?.core().dataplane().conn_tables();
+                tables.flows_per_backend().unwrap_or_else(|e| {
+                    log::warn!("counting flows per backend: {e}");
+                    HashMap::new()
+                })
+            }
+            _ => HashMap::new(),
+        };
+        let mut d = self.lock()?;
         let done = |what: String| Ok(json!({ "done": what }));
         match req {
             Request::VipAdd(r) => {
@@ -67,7 +89,7 @@ impl Handler for DaemonHandler {
                 d.set_drained(&r.vip, r.address, false)?;
                 done(format!("undrained backend {} of {}", r.address, r.vip))
             }
-            Request::Status(_) => Ok(d.status()),
+            Request::Status(_) => Ok(d.status(&flows)),
             Request::Stats(_) => Ok(d.stats()),
         }
     }

@@ -383,10 +383,11 @@ impl Daemon {
         self.transitions
     }
 
-    /// The `status` result: VIPs, backends, weights, health, counters.
-    pub fn status(&self) -> Value {
+    /// The `status` result: VIPs, backends, weights, health, counters; `flows`: each
+    /// backend slot's entries in the connection tables (`conntable`, scanned by the caller
+    /// without the lock).
+    pub fn status(&self, flows: &HashMap<u32, u64>) -> Value {
         let dp = self.core.dataplane();
-        let flows = dp.flows_per_backend();
         let vips: Vec<Value> = self
             .core
             .vips()
