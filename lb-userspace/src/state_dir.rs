@@ -43,6 +43,8 @@ use lb_common::{
 
 use crate::bpf_sys::{bpf, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN};
 
+/// The XDP link's pin.
+const LINK: &str = "link";
 /// Where a starting daemon pins its backend slots until its program runs (no dot: bpffs
 /// reserves dotted names).
 const STAGED_BACKENDS: &str = "BACKENDS_next";
@@ -66,8 +68,9 @@ pub struct Inherited {
 }
 
 impl StateDir {
-    /// Opens `path` (created if missing), which must be on a bpf filesystem.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens `path` (created if missing) for the balancer of interface `ifindex`: it must be
+    /// on a bpf filesystem, and not hold another interface's balancer.
+    pub fn open(path: &Path, ifindex: u32) -> Result<Self> {
         std::fs::create_dir_all(path).with_context(|| {
             format!(
                 "creating the state directory {} (on a bpf filesystem: mount -t bpf bpf \
@@ -89,9 +92,23 @@ impl StateDir {
                 path.display()
             );
         }
-        Ok(Self {
+        let dir = Self {
             path: path.to_path_buf(),
-        })
+        };
+        // Before anything is loaded or written: a directory another interface's balancer
+        // lives in is not ours to change.
+        let link = dir.file(LINK);
+        if link.exists() {
+            let (_, on) = xdp_link_target(&obj_get(&link)?)?;
+            if on != 0 && on != ifindex {
+                bail!(
+                    "{} holds the balancer of ifindex {on}, not of {ifindex}: use one state \
+                     directory per interface",
+                    path.display()
+                );
+            }
+        }
+        Ok(dir)
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -150,7 +167,7 @@ impl StateDir {
     /// pinned here (atomically), else afresh; then pins the link. Refuses a directory whose
     /// link is another interface's. Whether a program was replaced.
     pub fn attach(&self, prog: &mut Xdp, ifindex: u32, mode: XdpMode) -> Result<bool> {
-        let pin = self.file("link");
+        let pin = self.file(LINK);
         let mut replaced = false;
         let id = match take_over(&pin, ifindex)? {
             Some((link, spare)) => {

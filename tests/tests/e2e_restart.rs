@@ -16,7 +16,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, Netns},
-    topology::{http_get, DemoNet, LineConn, NAME_PORT, VIP4},
+    topology::{http_get, xlb_bin, DemoNet, LineConn, NAME_PORT, VIP4},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -104,6 +104,34 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
     let two = config(&["198.18.0.11", "198.18.0.12"]);
     let (lb, sock) = net.start_lb(&two, &["--state-dir", &state_arg]);
     net.wait_ready(&sock);
+
+    // A daemon for another interface is refused the directory before it changes anything.
+    net.lb
+        .ip(&["link", "add", "xo0", "type", "veth", "peer", "name", "xo1"]);
+    net.lb.ip(&["link", "set", "xo0", "up"]);
+    let bin = xlb_bin();
+    let other = net.lb.exec(&[
+        bin.to_str().expect("utf-8 path"),
+        "run",
+        "--iface",
+        "xo0",
+        "--no-socket",
+        "--state-dir",
+        &state_arg,
+    ]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && err.contains("use one state directory per interface"),
+        "a daemon for another interface was not refused: {err}"
+    );
+    assert!(
+        state.path.join("link").exists(),
+        "the first daemon's link is still pinned"
+    );
+    assert!(
+        !state.path.join("BACKENDS_next").exists(),
+        "the refused daemon staged backend slots"
+    );
 
     // Long-lived connections, placed by a two-backend table.
     let mut conns = LineConn::many_to_vip(&net.client, 24);

@@ -79,7 +79,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         log::warn!("not running as root: loading BPF programs will likely fail (run with sudo)");
     }
 
-    let state = opts.state_dir.as_deref().map(StateDir::open).transpose()?;
+    let state = opts
+        .state_dir
+        .as_deref()
+        .map(|dir| StateDir::open(dir, ifindex))
+        .transpose()?;
     let inherited = match &state {
         Some(s) => s.inherit(opts.load.max_conns)?,
         None => Inherited::default(),
