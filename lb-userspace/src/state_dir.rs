@@ -22,7 +22,10 @@ use std::{
     ffi::CString,
     io,
     net::IpAddr,
-    os::{fd::FromRawFd, fd::OwnedFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -56,6 +59,9 @@ const BPF_LINK_TYPE_XDP: u32 = 6;
 /// Where the balancer's state is pinned.
 pub struct StateDir {
     path: PathBuf,
+    /// The directory, open and locked (`flock`) while this daemon runs: a second daemon is
+    /// refused before it touches anything.
+    _lock: std::fs::File,
 }
 
 /// What a daemon found in the state directory.
@@ -92,8 +98,18 @@ impl StateDir {
                 path.display()
             );
         }
+        let lock = std::fs::File::open(path)
+            .with_context(|| format!("opening the state directory {}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "another xlb run uses the state directory {}",
+                path.display()
+            );
+        }
         let dir = Self {
             path: path.to_path_buf(),
+            _lock: lock,
         };
         // Before anything is loaded or written: a directory another interface's balancer
         // lives in is not ours to change.
@@ -270,7 +286,7 @@ fn xdp_link_target(fd: &OwnedFd) -> Result<(u32, u32)> {
         info: u64,
     }
     let mut attr = InfoAttr {
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(fd) as u32,
+        bpf_fd: fd.as_raw_fd() as u32,
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
@@ -309,7 +325,7 @@ fn obj_get(pin: &Path) -> Result<OwnedFd> {
 
 /// Pins the BPF object `fd` at `pin`.
 fn obj_pin(fd: &OwnedFd, pin: &Path) -> Result<()> {
-    obj_call(BPF_OBJ_PIN, pin, std::os::fd::AsRawFd::as_raw_fd(fd) as u32).map(|_| ())
+    obj_call(BPF_OBJ_PIN, pin, fd.as_raw_fd() as u32).map(|_| ())
 }
 
 /// Whether the table pinned at `f` is one this daemon's program can use as its own.

@@ -91,6 +91,35 @@ fn line_vip_sum(net: &DemoNet, sock: &std::path::Path, field: &str) -> u64 {
         .sum()
 }
 
+/// Runs `xlb run` on `iface` with the state directory and checks that it is refused with
+/// `why`, leaving the directory as it was.
+#[track_caller]
+fn refused(net: &DemoNet, iface: &str, state: &StateDir, why: &str) {
+    let bin = xlb_bin();
+    // Bounded: a daemon that is not refused would run until killed.
+    let out = net.lb.exec(&[
+        "timeout",
+        "20",
+        bin.to_str().expect("utf-8 path"),
+        "run",
+        "--iface",
+        iface,
+        "--no-socket",
+        "--state-dir",
+        state.path.to_str().expect("utf-8 path"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(why),
+        "xlb run on {iface} was not refused ({why}): {err}"
+    );
+    assert!(state.path.join("link").exists(), "the link is still pinned");
+    assert!(
+        !state.path.join("BACKENDS_next").exists(),
+        "the refused daemon staged backend slots"
+    );
+}
+
 #[test]
 fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
     if !require_root() {
@@ -105,32 +134,12 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
     let (lb, sock) = net.start_lb(&two, &["--state-dir", &state_arg]);
     net.wait_ready(&sock);
 
-    // A daemon for another interface is refused the directory before it changes anything.
-    net.lb
-        .ip(&["link", "add", "xo0", "type", "veth", "peer", "name", "xo1"]);
-    net.lb.ip(&["link", "set", "xo0", "up"]);
-    let bin = xlb_bin();
-    let other = net.lb.exec(&[
-        bin.to_str().expect("utf-8 path"),
-        "run",
-        "--iface",
-        "xo0",
-        "--no-socket",
-        "--state-dir",
-        &state_arg,
-    ]);
-    let err = String::from_utf8_lossy(&other.stderr);
-    assert!(
-        !other.status.success() && err.contains("use one state directory per interface"),
-        "a daemon for another interface was not refused: {err}"
-    );
-    assert!(
-        state.path.join("link").exists(),
-        "the first daemon's link is still pinned"
-    );
-    assert!(
-        !state.path.join("BACKENDS_next").exists(),
-        "the refused daemon staged backend slots"
+    // A second daemon is refused the directory while this one runs.
+    refused(
+        &net,
+        "eth0",
+        &state,
+        "another xlb run uses the state directory",
     );
 
     // Long-lived connections, placed by a two-backend table.
@@ -182,6 +191,11 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         "xlb run did not stop cleanly"
     );
     assert!(state.path.join("link").exists(), "the link is pinned");
+    // A daemon for another interface is refused the directory before it changes anything.
+    net.lb
+        .ip(&["link", "add", "xo0", "type", "veth", "peer", "name", "xo1"]);
+    net.lb.ip(&["link", "set", "xo0", "up"]);
+    refused(&net, "xo0", &state, "use one state directory per interface");
     let before = served(&log);
     wait_served(before + 20);
     for (c, want) in conns.iter_mut() {
