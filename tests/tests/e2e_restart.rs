@@ -241,15 +241,20 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
     for (c, want) in conns.iter_mut() {
         assert_eq!(c.who(), *want, "a connection moved across the restart");
     }
-    // New connections do see the new table.
+    // New connections do see the new table: the new backend, empty, wins least connection
+    // whenever it is a candidate. (Not all three: between the two old ones, the less loaded
+    // takes every pick.)
+    let third = net
+        .backend_name("198.18.0.13")
+        .expect("third backend")
+        .to_string();
     let mut fresh = BTreeSet::new();
     for _ in 0..30 {
         fresh.insert(LineConn::to_vip(&net.client).who());
     }
-    assert_eq!(
-        fresh.len(),
-        3,
-        "new connections reach all three backends: {fresh:?}"
+    assert!(
+        fresh.contains(&third) && fresh.len() >= 2,
+        "new connections reach the new backend {third} and an old one: {fresh:?}"
     );
 
     // Stopping for good: removing the directory detaches the program.
