@@ -212,6 +212,14 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
             && log_text.contains("keeping the connection tables"),
         "the new daemon did not take over:\n{log_text}"
     );
+    // It knew its next hops before its program took over: no packet needed the FIB.
+    let stats: serde_json::Value =
+        serde_json::from_str(&net.ctl(&sock, &["stats", "--json"])).expect("stats JSON");
+    assert_eq!(
+        stats["reasons"]["fib_lookup"].as_u64(),
+        Some(0),
+        "FIB lookups after the takeover"
+    );
     // Its counters start at zero; the recount at start finds the inherited flows.
     let deadline = Instant::now() + Duration::from_secs(10);
     while active_estimate(&net, &sock) != 24 && Instant::now() < deadline {

@@ -135,6 +135,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     match &state {
         Some(s) => {
+            // The program may be swapped in while traffic flows: with its next hops known
+            // already, its first packets need no FIB lookup (the last daemon's program
+            // keeps forwarding while they are resolved).
+            resolve_nexthops_now(&mut core);
             let prog = loader::xdp(&mut ebpf, loader::BALANCER_PROG)?;
             let replaced = s.attach(prog, ifindex, opts.mode)?;
             s.commit_backends()?;
@@ -395,6 +399,33 @@ async fn refresh_nexthops(daemon: &Arc<Mutex<Daemon>>) {
                 }
             }
         }
+    }
+}
+
+/// [`refresh_nexthops`] on the core itself, before the daemon runs: a second pass after
+/// 200 ms for the neighbours the first one asked the kernel to resolve (backends the last
+/// daemon did not have).
+fn resolve_nexthops_now(core: &mut Core<AyaDataplane>) {
+    let mut pending: Vec<(crate::config::VipId, std::net::IpAddr)> = core
+        .vips()
+        .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
+        .collect();
+    for pass in 0..2 {
+        if pass > 0 && !pending.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        pending.retain(|(vip, addr)| match neighbour::resolve(*addr) {
+            Ok(hop) => {
+                if let Err(e) = core.set_nexthop(vip, *addr, Some(hop)) {
+                    log::warn!("next hop of {addr} ({vip}): {e}");
+                }
+                false
+            }
+            Err(e) => {
+                log::debug!("next hop of {addr}: {e}");
+                true
+            }
+        });
     }
 }
 
