@@ -150,9 +150,12 @@ fn lookup_err(map: &'static str, source: io::Error) -> ScanError {
     ScanError::Lookup { map, source }
 }
 
-/// A descriptor of `map` of its own, after checking its key and value sizes against `K`
-/// and [`ConnEntry`].
-fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, ScanError> {
+/// Checks that `map` (named `name`) is a connection table of this build: keys of type `K`,
+/// [`ConnEntry`] values. Its info, for further checks.
+pub fn check_layout<K>(
+    map: &aya::maps::MapData,
+    name: &'static str,
+) -> Result<aya::maps::MapInfo, ScanError> {
     let info = map
         .info()
         .map_err(|source| ScanError::Info { map: name, source })?;
@@ -170,6 +173,12 @@ fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, S
             });
         }
     }
+    Ok(info)
+}
+
+/// A descriptor of `map` of its own, after [`check_layout`].
+fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, ScanError> {
+    check_layout::<K>(map, name)?;
     map.fd()
         .as_fd()
         .try_clone_to_owned()
@@ -214,18 +223,13 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
     let mut cap = BATCH;
     let mut keys: Vec<K> = Vec::with_capacity(cap);
     let mut values: Vec<V> = Vec::with_capacity(cap);
-    // Hash maps take a bucket index as the batch cursor.
-    let mut cursor = 0u32;
-    let mut first = true;
+    // Hash maps take a bucket index as the batch cursor; none (a null pointer) at first.
+    let mut cursor: Option<u32> = None;
     let mut total = 0u64;
     loop {
         let mut next = 0u32;
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                std::ptr::addr_of!(cursor) as u64
-            },
+            in_batch: cursor.as_ref().map_or(0, |c| c as *const u32 as u64),
             out_batch: std::ptr::addr_of_mut!(next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -264,8 +268,7 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
         if err.is_some() {
             return Ok(total);
         }
-        cursor = next;
-        first = false;
+        cursor = Some(next);
     }
 }
 

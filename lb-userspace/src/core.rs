@@ -196,15 +196,11 @@ pub struct BackendState {
     pub factor_pct: u32,
     /// Generation of the data-plane slot (see `Backend::generation`).
     pub generation: u32,
-    /// Its VIP's tag ([`vip_tag`]), written into the slot for the next daemon.
-    #[serde(skip)]
-    pub vip_tag: u32,
 }
 
 impl BackendState {
-    fn new(index: u32, generation: u32, vip_tag: u32, b: &BackendConfig) -> Self {
+    fn new(index: u32, generation: u32, b: &BackendConfig) -> Self {
         Self {
-            vip_tag,
             index,
             weight: b.weight,
             drained: b.drained,
@@ -513,7 +509,8 @@ impl<D: Dataplane> Core<D> {
                 healthy: false,
                 ..b.clone()
             };
-            self.dp.set_backend(b.index, &backend_entry(*addr, &gone))?;
+            self.dp
+                .set_backend(b.index, &backend_entry(id, *addr, &gone))?;
             self.backend_ids.free.push_back(b.index);
         }
         self.vip_ids.free.push_back(state.id);
@@ -579,9 +576,10 @@ impl<D: Dataplane> Core<D> {
             }
             (None, None) => 0,
         };
-        let bs = BackendState::new(index, generation, tag, b);
+        let bs = BackendState::new(index, generation, b);
         self.dp.clear_backend(index)?;
-        self.dp.set_backend(index, &backend_entry(b.address, &bs))?;
+        self.dp
+            .set_backend(index, &backend_entry(vip, b.address, &bs))?;
         Ok(bs)
     }
 
@@ -622,7 +620,7 @@ impl<D: Dataplane> Core<D> {
             ..b
         };
         self.dp
-            .set_backend(gone.index, &backend_entry(addr, &gone))?;
+            .set_backend(gone.index, &backend_entry(id, addr, &gone))?;
         // Deactivated: no packet counts into the slot any more (flows pinned to it
         // re-pick), so these are its last figures.
         let last = self.dp.backend(gone.index);
@@ -698,7 +696,7 @@ impl<D: Dataplane> Core<D> {
         if *b == before {
             return Ok(false);
         }
-        let (index, entry, now_active) = (b.index, backend_entry(addr, b), b.active());
+        let (index, entry, now_active) = (b.index, backend_entry(id, addr, b), b.active());
         if before.active() && !now_active {
             self.publish(id)?;
             self.dp.set_backend(index, &entry)?;
@@ -721,9 +719,17 @@ impl<D: Dataplane> Core<D> {
             return Ok(false);
         }
         b.nexthop = hop;
-        let (index, entry) = (b.index, backend_entry(addr, b));
+        let (index, entry) = (b.index, backend_entry(id, addr, b));
         self.dp.set_backend(index, &entry)?;
         Ok(true)
+    }
+
+    /// The backends of VIPs whose scheduler counts active flows (`lc`, `wlc`, `lrt`).
+    pub fn counted_backends(&self) -> impl Iterator<Item = &BackendState> {
+        self.vips
+            .values()
+            .filter(|v| sched::counts_active(v.config.scheduler))
+            .flat_map(|v| v.backends.values())
     }
 
     /// Sets the active-flow count of backend slot `index` to `value` if the slot still
@@ -737,10 +743,7 @@ impl<D: Dataplane> Core<D> {
         value: u64,
     ) -> Result<bool, CoreError> {
         let current = self
-            .vips
-            .values()
-            .filter(|v| sched::counts_active(v.config.scheduler))
-            .flat_map(|v| v.backends.values())
+            .counted_backends()
             .any(|b| b.index == index && b.generation == generation);
         if !current {
             return Ok(false);
@@ -829,7 +832,7 @@ impl<D: Dataplane> Core<D> {
 }
 
 /// The data-plane entry of a backend in a given state.
-fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
+fn backend_entry(vip: &VipId, addr: IpAddr, b: &BackendState) -> Backend {
     let (words, family) = to_words(addr);
     let weight = b.effective_weight().max(1);
     let generation = b.generation;
@@ -838,7 +841,7 @@ fn backend_entry(addr: IpAddr, b: &BackendState) -> Backend {
         family,
         weight,
         generation,
-        vip_tag: b.vip_tag,
+        vip_tag: vip_tag(vip),
         ..Backend::default()
     };
     if b.active() {

@@ -41,7 +41,7 @@ use aya::{
 use lb_common::{
     addr::from_words,
     flow::{FlowKey, FlowKeyV4},
-    maps::{Backend, ConnEntry, MAP_BACKENDS, MAP_CONNS, MAP_CONNS_V4},
+    maps::{Backend, MAP_BACKENDS, MAP_CONNS, MAP_CONNS_V4},
 };
 
 use crate::bpf_sys::{bpf, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN};
@@ -143,12 +143,13 @@ impl StateDir {
                 Err(e) => log::warn!("{}: {e:#}; not kept", backends.display()),
             }
         }
-        let tables = [
-            (MAP_CONNS_V4, std::mem::size_of::<FlowKeyV4>()),
-            (MAP_CONNS, std::mem::size_of::<FlowKey>()),
+        type Fits = fn(&Path, &'static str, u32) -> Result<()>;
+        let tables: [(&'static str, Fits); 2] = [
+            (MAP_CONNS_V4, table_fits::<FlowKeyV4>),
+            (MAP_CONNS, table_fits::<FlowKey>),
         ];
         let mut kept = 0;
-        for (name, key_size) in tables {
+        for (name, table_fits) in tables {
             let f = self.file(name);
             if !f.exists() {
                 continue;
@@ -156,7 +157,7 @@ impl StateDir {
             let fits = if out.slots.is_empty() {
                 Err(anyhow::anyhow!("no backend slots to interpret it with"))
             } else {
-                table_fits(&f, key_size, max_conns)
+                table_fits(&f, name, max_conns)
             };
             match fits {
                 Ok(()) => kept += 1,
@@ -328,26 +329,18 @@ fn obj_pin(fd: &OwnedFd, pin: &Path) -> Result<()> {
     obj_call(BPF_OBJ_PIN, pin, fd.as_raw_fd() as u32).map(|_| ())
 }
 
-/// Whether the table pinned at `f` is one this daemon's program can use as its own.
-fn table_fits(f: &Path, key_size: usize, max_conns: u32) -> Result<()> {
+/// Whether the table pinned at `f` (named `name`, keys `K`) is one this daemon's program
+/// can use as its own.
+fn table_fits<K>(f: &Path, name: &'static str, max_conns: u32) -> Result<()> {
     let map = MapData::from_pin(f).context("opening")?;
-    let info = map.info().context("reading its info")?;
-    let want = (
-        true,
-        key_size as u32,
-        std::mem::size_of::<ConnEntry>() as u32,
-        max_conns,
-    );
-    let got = (
-        matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)),
-        info.key_size(),
-        info.value_size(),
-        info.max_entries(),
-    );
-    if got != want {
+    let info = crate::conntable::check_layout::<K>(&map, name)?;
+    if !matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)) {
+        bail!("not an LRU hash map");
+    }
+    if info.max_entries() != max_conns {
         bail!(
-            "(LRU hash, key, value, entries) {got:?} differ from this daemon's {want:?} \
-             (another --max-conns, or another xlb version)"
+            "{} entries, this daemon's --max-conns is {max_conns}",
+            info.max_entries()
         );
     }
     Ok(())

@@ -275,9 +275,7 @@ impl Daemon {
     pub fn counted_slots(&self) -> Vec<CountedSlot> {
         let dp = self.core.dataplane();
         self.core
-            .vips()
-            .filter(|v| crate::sched::counts_active(v.config.scheduler))
-            .flat_map(|v| v.backends.values())
+            .counted_backends()
             .map(|b| CountedSlot {
                 index: b.index,
                 generation: b.generation,
