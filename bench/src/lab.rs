@@ -111,11 +111,7 @@ impl BenchLab {
         let mut core = Core::new(dp, settings).map_err(|e| anyhow!("core: {e}"))?;
         core.apply(&cfg)
             .map_err(|e| anyhow!("applying the bench config: {e}"))?;
-        let pairs: Vec<(VipId, IpAddr)> = core
-            .vips()
-            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
-            .collect();
-        for (vip, addr) in pairs {
+        for (vip, addr) in core.backend_pairs() {
             core.set_nexthop(&vip, addr, Some(hop))
                 .map_err(|e| anyhow!("next hop: {e}"))?;
         }

@@ -724,6 +724,14 @@ impl<D: Dataplane> Core<D> {
         Ok(true)
     }
 
+    /// Every (VIP, backend address) pair.
+    pub fn backend_pairs(&self) -> Vec<(VipId, IpAddr)> {
+        self.vips
+            .values()
+            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
+            .collect()
+    }
+
     /// The backends of VIPs whose scheduler counts active flows (`lc`, `wlc`, `lrt`).
     pub fn counted_backends(&self) -> impl Iterator<Item = &BackendState> {
         self.vips

@@ -97,11 +97,7 @@ impl Lab {
 
     /// Gives every backend the fixed next hop.
     pub fn set_all_nexthops(&mut self) {
-        let pairs: Vec<(VipId, IpAddr)> = self
-            .core
-            .vips()
-            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
-            .collect();
+        let pairs = self.core.backend_pairs();
         let hop = NextHop {
             ifindex: TEST_RUN_IFINDEX,
             smac: LB_MAC,

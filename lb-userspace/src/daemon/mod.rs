@@ -406,19 +406,14 @@ async fn refresh_nexthops(daemon: &Arc<Mutex<Daemon>>) {
 /// 200 ms for the neighbours the first one asked the kernel to resolve (backends the last
 /// daemon did not have).
 fn resolve_nexthops_now(core: &mut Core<AyaDataplane>) {
-    let mut pending: Vec<(crate::config::VipId, std::net::IpAddr)> = core
-        .vips()
-        .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
-        .collect();
+    let mut pending = core.backend_pairs();
     for pass in 0..2 {
         if pass > 0 && !pending.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         pending.retain(|(vip, addr)| match neighbour::resolve(*addr) {
             Ok(hop) => {
-                if let Err(e) = core.set_nexthop(vip, *addr, Some(hop)) {
-                    log::warn!("next hop of {addr} ({vip}): {e}");
-                }
+                state::record_nexthop(core, vip, *addr, Some(hop));
                 false
             }
             Err(e) => {

@@ -85,12 +85,7 @@ impl Daemon {
 
     /// Starts health checks for every backend the core has (after the initial config).
     pub fn start_all_checks(&mut self) -> Result<(), CoreError> {
-        let pairs: Vec<(VipId, IpAddr)> = self
-            .core
-            .vips()
-            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
-            .collect();
-        for (vip, addr) in pairs {
+        for (vip, addr) in self.core.backend_pairs() {
             self.start_check(&vip, addr)?;
         }
         Ok(())
@@ -218,19 +213,12 @@ impl Daemon {
 
     /// Every (VIP, backend) pair, for next-hop refreshes.
     pub fn backends(&self) -> Vec<(VipId, IpAddr)> {
-        self.core
-            .vips()
-            .flat_map(|v| v.backends.keys().map(move |a| (v.config.id(), *a)))
-            .collect()
+        self.core.backend_pairs()
     }
 
     /// Records a next hop (or its loss); unknown pairs (removed meanwhile) are ignored.
     pub fn set_nexthop(&mut self, vip: &VipId, addr: IpAddr, hop: Option<NextHop>) {
-        match self.core.set_nexthop(vip, addr, hop) {
-            Ok(true) => log::info!("next hop of {addr} ({vip}): {hop:?}"),
-            Ok(false) | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
-            Err(e) => log::error!("next hop of {addr} ({vip}): {e}"),
-        }
+        record_nexthop(&mut self.core, vip, addr, hop);
     }
 
     /// Agent endpoints of every `agent` VIP's backends, with the VIP's poll interval.
@@ -466,6 +454,22 @@ impl Daemon {
             })
             .collect();
         json!({ "reasons": by_name, "vips": vips, "health_transitions": {"up": self.transitions.up, "down": self.transitions.down} })
+    }
+}
+
+/// Records a next hop (or its loss) in `core`, saying so when it changed; unknown pairs
+/// (removed meanwhile) are ignored. The daemon's refreshes, and the pass before a
+/// takeover (before the daemon exists).
+pub fn record_nexthop(
+    core: &mut Core<AyaDataplane>,
+    vip: &VipId,
+    addr: IpAddr,
+    hop: Option<NextHop>,
+) {
+    match core.set_nexthop(vip, addr, hop) {
+        Ok(true) => log::info!("next hop of {addr} ({vip}): {hop:?}"),
+        Ok(false) | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
+        Err(e) => log::error!("next hop of {addr} ({vip}): {e}"),
     }
 }
 
