@@ -196,6 +196,11 @@ pub struct VipConfig {
     /// The backends' agent (required with `scheduler: agent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentConfig>,
+    /// Seconds without a packet after which a flow stops counting as active for the
+    /// least-connection schedulers (`lc`, `wlc`, `lrt`); default 900 for TCP, 300 for UDP
+    /// (IPVS's). Raise it for services whose clients hold idle connections longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u32>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -432,6 +437,17 @@ impl VipConfig {
             }
             (None, _) => {}
         }
+        if let Some(t) = self.idle_timeout_s {
+            if !(MIN_IDLE_TIMEOUT_S..=MAX_IDLE_TIMEOUT_S).contains(&t) {
+                return Err(ConfigError::new(
+                    format!("{at}.idle_timeout_s"),
+                    format!(
+                        "{t} is outside {MIN_IDLE_TIMEOUT_S}..={MAX_IDLE_TIMEOUT_S} \
+                         (seconds; the daemon recounts every 30 s)"
+                    ),
+                ));
+            }
+        }
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
@@ -457,6 +473,24 @@ impl VipConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Bounds of `VipConfig::idle_timeout_s`: below a recount interval a flow between two
+/// packets would drop out of the count and back; above a week it counts a vanished client
+/// for longer than the connection table is likely to keep its entry.
+pub const MIN_IDLE_TIMEOUT_S: u32 = 30;
+/// See [`MIN_IDLE_TIMEOUT_S`].
+pub const MAX_IDLE_TIMEOUT_S: u32 = 7 * 24 * 3600;
+
+impl VipConfig {
+    /// Seconds after which an idle flow of this VIP stops counting as active: the
+    /// configured `idle_timeout_s`, or the protocol's default.
+    pub fn idle_timeout(&self) -> u32 {
+        self.idle_timeout_s.unwrap_or(match self.protocol {
+            Protocol::Tcp => crate::conntable::IDLE_TCP_S,
+            Protocol::Udp => crate::conntable::IDLE_UDP_S,
+        })
     }
 }
 
@@ -561,6 +595,17 @@ mod tests {
         assert_eq!(c.vips[0].backends[0].weight, 1);
         assert_eq!(c.vips[0].backends[1].weight, 3);
         assert_eq!(c.vips[0].id().to_string(), "198.18.1.1:80/tcp");
+        assert_eq!(c.vips[0].idle_timeout(), crate::conntable::IDLE_TCP_S);
+        let udp = Config::from_json(&with_vip(
+            r#"{"address": "198.18.1.1", "port": 53, "protocol": "udp"}"#,
+        ))
+        .unwrap();
+        assert_eq!(udp.vips[0].idle_timeout(), crate::conntable::IDLE_UDP_S);
+        let set = Config::from_json(&with_vip(
+            r#"{"address": "198.18.1.1", "port": 53, "protocol": "udp", "idle_timeout_s": 30}"#,
+        ))
+        .unwrap();
+        assert_eq!(set.vips[0].idle_timeout(), 30);
     }
 
     #[test]
@@ -600,6 +645,20 @@ mod tests {
                 &with_vip(r#"{"address": "198.18.1.1", "port": 80, "protocol": "sctp"}"#),
                 "vips[0].protocol",
                 "unknown variant",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "idle_timeout_s": 0}"#,
+                ),
+                "vips[0].idle_timeout_s",
+                "0 is outside 30..=604800",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "idle_timeout_s": 604801}"#,
+                ),
+                "vips[0].idle_timeout_s",
+                "outside 30..=604800",
             ),
             (
                 &with_vip(

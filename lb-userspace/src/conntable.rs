@@ -26,14 +26,13 @@ use lb_common::{
 
 use crate::bpf_sys::{bpf, BPF_MAP_LOOKUP_BATCH};
 
-/// A least-connection TCP flow the table has not seen for this long no longer counts
-/// (IPVS's default timeout for established connections): the client vanished, or the
-/// server closed it alone, which DSR never shows the balancer. It counts again from its
-/// next packet's table visit.
+/// A least-connection TCP flow the table has not seen for this long no longer counts, unless
+/// its VIP sets `idle_timeout_s` (IPVS's default timeout for established connections): the
+/// client vanished, or the server closed it alone, which DSR never shows the balancer. It
+/// counts again from its next packet's table visit.
 pub const IDLE_TCP_S: u32 = 900;
 /// The same for UDP, which has no close at all (IPVS's default UDP timeout).
 pub const IDLE_UDP_S: u32 = 300;
-const IPPROTO_UDP: u8 = 17;
 
 /// Entries per batch call. A bucket whose chain is longer than this is read with a larger
 /// buffer (the kernel says `ENOSPC`); LRU buckets hold a handful.
@@ -106,12 +105,11 @@ impl ConnTables {
         })
     }
 
-    /// Calls `f` with every entry of both tables and its flow's IP protocol; returns how
-    /// many there were.
-    pub fn for_each(&self, mut f: impl FnMut(u8, &ConnEntry)) -> Result<u64, ScanError> {
-        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |k, e| f(k.proto, e))
+    /// Calls `f` with every entry of both tables; returns how many there were.
+    pub fn for_each(&self, mut f: impl FnMut(&ConnEntry)) -> Result<u64, ScanError> {
+        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |_, e| f(e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS_V4, source))?;
-        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |k, e| f(k.proto, e))
+        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |_, e| f(e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS, source))?;
         Ok(n4 + n6)
     }
@@ -119,16 +117,20 @@ impl ConnTables {
     /// Flows per backend index, all of them (`status`).
     pub fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ScanError> {
         let mut out = HashMap::new();
-        self.for_each(|_, e| *out.entry(e.backend).or_insert(0) += 1)?;
+        self.for_each(|e| *out.entry(e.backend).or_insert(0) += 1)?;
         Ok(out)
     }
 
     /// Least-connection flows still open and not idle now, per (backend index,
-    /// generation): see [`open_counted`].
-    pub fn open_counted(&self) -> Result<HashMap<(u32, u32), u64>, ScanError> {
+    /// generation), for the backend slots in `idle_s` (slot → its VIP's idle timeout in
+    /// seconds): see [`open_counted`].
+    pub fn open_counted(
+        &self,
+        idle_s: &HashMap<u32, u32>,
+    ) -> Result<HashMap<(u32, u32), u64>, ScanError> {
         let now = monotonic_coarse_s();
         let mut out = HashMap::new();
-        self.for_each(|proto, e| open_counted(&mut out, proto, e, now))?;
+        self.for_each(|e| open_counted(&mut out, e, now, |slot| idle_s.get(&slot).copied()))?;
         Ok(out)
     }
 }
@@ -185,20 +187,23 @@ fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, S
         .map_err(|source| lookup_err(name, source))
 }
 
-/// Counts `e` (a flow of IP protocol `proto`) into `tally` if it is a least-connection
-/// flow whose client has not closed it and that the table saw within its protocol's idle
-/// timeout before `now_s` ([`IDLE_TCP_S`], [`IDLE_UDP_S`]; an entry without a stamp, from an
-/// older build, counts): what `BACKEND_ACTIVE` holds +1 for. Keyed by generation too: an
+/// Counts `e` into `tally` if it is a least-connection flow whose client has not closed it
+/// and that the table saw within its backend slot's idle timeout before `now_s`
+/// (`idle_s(slot)`: `None` for a slot not being recounted; an entry without a stamp, from
+/// an older build, counts): what `BACKEND_ACTIVE` holds +1 for. Keyed by generation too: an
 /// entry recorded under an earlier generation of the slot belongs to a backend that is gone
 /// (its next packet is re-picked), and must not count for the slot's new backend.
-pub fn open_counted(tally: &mut HashMap<(u32, u32), u64>, proto: u8, e: &ConnEntry, now_s: u32) {
+pub fn open_counted(
+    tally: &mut HashMap<(u32, u32), u64>,
+    e: &ConnEntry,
+    now_s: u32,
+    idle_s: impl Fn(u32) -> Option<u32>,
+) {
     if e.flags & CONN_F_COUNTED == 0 || e.flags & CONN_F_CLOSED != 0 {
         return;
     }
-    let idle = if proto == IPPROTO_UDP {
-        IDLE_UDP_S
-    } else {
-        IDLE_TCP_S
+    let Some(idle) = idle_s(e.backend) else {
+        return;
     };
     if e.seen_s != 0 && now_s.wrapping_sub(e.seen_s) > idle {
         return;
@@ -276,9 +281,6 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
 mod tests {
     use super::*;
 
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
-
     fn entry(backend: u32, generation: u32, flags: u32) -> ConnEntry {
         ConnEntry {
             backend,
@@ -300,8 +302,12 @@ mod tests {
             entry(2, 1, CONN_F_COUNTED),
         ];
         for e in &entries {
-            open_counted(&mut t, TCP, e, 1000);
+            open_counted(&mut t, e, 1000, |slot| (slot != 3).then_some(IDLE_TCP_S));
         }
+        // Slot 3 is not being recounted (no VIP of it counts, or it was removed).
+        open_counted(&mut t, &entry(3, 1, CONN_F_COUNTED), 1000, |slot| {
+            (slot != 3).then_some(IDLE_TCP_S)
+        });
         assert_eq!(t.get(&(1, 7)), Some(&2));
         assert_eq!(t.get(&(1, 6)), Some(&1));
         assert_eq!(t.get(&(2, 1)), Some(&1));
@@ -309,29 +315,31 @@ mod tests {
     }
 
     #[test]
-    fn idle_flows_stop_counting_after_their_protocols_timeout() {
+    fn idle_flows_stop_counting_after_their_slots_timeout() {
         let now = 100_000;
         let seen = |ago: u32| ConnEntry {
             seen_s: now - ago,
             ..entry(1, 1, CONN_F_COUNTED)
         };
-        // (protocol, entry) → counted
+        // (slot's idle timeout, entry) → counted
         let cases = [
-            (TCP, seen(0), true),
-            (TCP, seen(IDLE_TCP_S), true),
-            (TCP, seen(IDLE_TCP_S + 1), false),
-            (UDP, seen(IDLE_UDP_S), true),
-            (UDP, seen(IDLE_UDP_S + 1), false),
+            (IDLE_TCP_S, seen(0), true),
+            (IDLE_TCP_S, seen(IDLE_TCP_S), true),
+            (IDLE_TCP_S, seen(IDLE_TCP_S + 1), false),
+            (IDLE_UDP_S, seen(IDLE_UDP_S), true),
+            (IDLE_UDP_S, seen(IDLE_UDP_S + 1), false),
+            (7200, seen(3600), true),
+            (7200, seen(7201), false),
             // No stamp (recorded by an older build): counted.
-            (UDP, entry(1, 1, CONN_F_COUNTED), true),
+            (IDLE_UDP_S, entry(1, 1, CONN_F_COUNTED), true),
         ];
-        for (proto, e, want) in cases {
+        for (idle, e, want) in cases {
             let mut t = HashMap::new();
-            open_counted(&mut t, proto, &e, now);
+            open_counted(&mut t, &e, now, |_| Some(idle));
             assert_eq!(
                 t.contains_key(&(1, 1)),
                 want,
-                "proto {proto} seen {}",
+                "timeout {idle} seen {}",
                 e.seen_s
             );
         }
@@ -341,7 +349,7 @@ mod tests {
             seen_s: u32::MAX - 5,
             ..entry(1, 1, CONN_F_COUNTED)
         };
-        open_counted(&mut t, TCP, &e, 10);
+        open_counted(&mut t, &e, 10, |_| Some(IDLE_TCP_S));
         assert_eq!(t.len(), 1);
     }
 

@@ -732,12 +732,13 @@ impl<D: Dataplane> Core<D> {
             .collect()
     }
 
-    /// The backends of VIPs whose scheduler counts active flows (`lc`, `wlc`, `lrt`).
-    pub fn counted_backends(&self) -> impl Iterator<Item = &BackendState> {
+    /// The backends of VIPs whose scheduler counts active flows (`lc`, `wlc`, `lrt`), each
+    /// with its VIP's configuration.
+    pub fn counted_backends(&self) -> impl Iterator<Item = (&VipConfig, &BackendState)> {
         self.vips
             .values()
             .filter(|v| sched::counts_active(v.config.scheduler))
-            .flat_map(|v| v.backends.values())
+            .flat_map(|v| v.backends.values().map(move |b| (&v.config, b)))
     }
 
     /// Sets the active-flow count of backend slot `index` to `value` if the slot still
@@ -752,7 +753,7 @@ impl<D: Dataplane> Core<D> {
     ) -> Result<bool, CoreError> {
         let current = self
             .counted_backends()
-            .any(|b| b.index == index && b.generation == generation);
+            .any(|(_, b)| b.index == index && b.generation == generation);
         if !current {
             return Ok(false);
         }
@@ -936,6 +937,7 @@ mod tests {
             source: SourceMode::Lb,
             health_check: None,
             agent: None,
+            idle_timeout_s: None,
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }

@@ -17,7 +17,7 @@ use lb_common::{
 use tokio::sync::mpsc;
 use xlb::{
     conntable::{monotonic_coarse_s, IDLE_TCP_S},
-    daemon::state::Daemon,
+    daemon::state::{idle_timeouts, Daemon},
     health::HealthChecker,
     loader::LoadOptions,
 };
@@ -82,7 +82,7 @@ fn recount(d: &mut Daemon) -> (usize, i64) {
         .core()
         .dataplane()
         .conn_tables()
-        .open_counted()
+        .open_counted(&idle_timeouts(&slots))
         .expect("scan");
     d.apply_recount(&slots, &tally)
 }
@@ -146,7 +146,7 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
     let slots = d.counted_slots();
     assert_eq!(slots.len(), 2, "only the lc VIP's backends are recounted");
     let tables = d.core().dataplane().conn_tables();
-    let tally = tables.open_counted().expect("scan");
+    let tally = tables.open_counted(&idle_timeouts(&slots)).expect("scan");
     run(&mut ebpf, &pkt(41_100).syn().build());
     let late = conns.get(&key(41_100), 0).expect("late flow").backend;
     let (written, drift) = d.apply_recount(&slots, &tally);
@@ -189,7 +189,7 @@ fn a_recount_leaves_a_backend_removed_during_the_scan_alone() {
         .core()
         .dataplane()
         .conn_tables()
-        .open_counted()
+        .open_counted(&idle_timeouts(&slots))
         .expect("scan");
     // That backend leaves during the scan: its slot is no longer the recount's to write
     // (it keeps its count until the slot is cleared for reuse).
@@ -252,6 +252,68 @@ fn idle_flows_stop_counting_and_count_again_when_they_send() {
 }
 
 #[test]
+fn a_vips_idle_timeout_replaces_the_protocols() {
+    if !require_root() {
+        return;
+    }
+    // The lc VIP's clients hold idle connections for up to an hour.
+    let config = LC.replacen(
+        r#""scheduler": "lc","#,
+        r#""scheduler": "lc", "idle_timeout_s": 3600,"#,
+        1,
+    );
+    let lab = Lab::with_options(
+        &config,
+        LoadOptions {
+            flow_cache: false,
+            ..Lab::options()
+        },
+    );
+    let idx = lc_slots(&lab);
+    let (mut d, mut ebpf) = daemon(lab);
+    assert!(
+        d.counted_slots().iter().all(|s| s.idle_s == 3600),
+        "{:?}",
+        d.counted_slots()
+    );
+    // Operators see it on the counting VIP only.
+    let status = d.status(&HashMap::new());
+    let timeouts: Vec<(String, serde_json::Value)> = status["vips"]
+        .as_array()
+        .expect("vips")
+        .iter()
+        .map(|v| (v["vip"].to_string(), v["idle_timeout_s"].clone()))
+        .collect();
+    assert_eq!(
+        timeouts,
+        [
+            ("\"198.18.1.1:80/tcp\"".to_owned(), serde_json::json!(3600)),
+            ("\"198.18.1.1:443/tcp\"".to_owned(), serde_json::Value::Null),
+        ],
+    );
+    for sport in 44_000..44_004u16 {
+        run(&mut ebpf, &pkt(sport).syn().build());
+    }
+    let total = |d: &Daemon| counts(d, &idx).iter().sum::<u64>();
+    assert_eq!(total(&d), 4);
+    let mut conns = conns_v4(&mut ebpf);
+    let now = monotonic_coarse_s();
+    let age = |conns: &mut BpfHashMap<_, FlowKeyV4, ConnEntry>, sport: u16, secs: u32| {
+        let mut e = conns.get(&key(sport), 0).expect("recorded flow");
+        e.seen_s = now - secs;
+        conns.insert(key(sport), e, 0).expect("age the entry");
+    };
+    // Past TCP's default but within the VIP's own timeout: still counted.
+    age(&mut conns, 44_000, IDLE_TCP_S + 10);
+    assert_eq!(recount(&mut d), (0, 0), "within the VIP's idle timeout");
+    assert_eq!(total(&d), 4);
+    // Past the VIP's: out of the count.
+    age(&mut conns, 44_001, 3600 + 10);
+    assert_eq!(recount(&mut d), (1, 1), "past the VIP's idle timeout");
+    assert_eq!(total(&d), 3);
+}
+
+#[test]
 fn the_batch_scan_reads_every_entry_once() {
     if !require_root() {
         return;
@@ -293,7 +355,7 @@ fn the_batch_scan_reads_every_entry_once() {
     }
     let tables = d.core().dataplane().conn_tables();
     let mut seen = 0u64;
-    let total = tables.for_each(|_, _| seen += 1).expect("scan");
+    let total = tables.for_each(|_| seen += 1).expect("scan");
     assert_eq!((total, seen), (u64::from(n4) + 100, u64::from(n4) + 100));
     assert_eq!(tables.flows_per_backend().expect("scan"), want);
 }

@@ -59,6 +59,10 @@ pub enum VipCmd {
         /// TCP port of the backends' agent (scheduler agent; polled every second).
         #[arg(long)]
         agent_port: Option<u16>,
+        /// Seconds without a packet after which a flow stops counting as active for
+        /// lc, wlc and lrt (default 900 for TCP, 300 for UDP).
+        #[arg(long)]
+        idle_timeout_s: Option<u32>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -174,6 +178,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             name,
             health_check,
             agent_port,
+            idle_timeout_s,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -190,6 +195,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                     port,
                     interval_ms: 1000,
                 }),
+                idle_timeout_s,
                 backends,
             };
             (
@@ -633,6 +639,7 @@ mod tests {
             name,
             health_check,
             agent_port,
+            idle_timeout_s,
         }) = parse(&[
             "vip",
             "add",
@@ -655,6 +662,8 @@ mod tests {
             r#"{"kind":"http","path":"/healthz"}"#,
             "--agent-port",
             "5555",
+            "--idle-timeout-s",
+            "3600",
         ])
         else {
             panic!("not vip add")
@@ -678,6 +687,7 @@ mod tests {
         assert_eq!(name.as_deref(), Some("web"));
         assert_eq!(health_check.map(|h| h.path), Some("/healthz".to_owned()));
         assert_eq!(agent_port, Some(5555));
+        assert_eq!(idle_timeout_s, Some(3600));
     }
 
     #[test]

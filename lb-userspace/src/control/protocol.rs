@@ -481,6 +481,7 @@ mod tests {
                         source: Default::default(),
                         health_check: None,
                         agent: None,
+                        idle_timeout_s: None,
                         backends: vec![
                             BackendConfig {
                                 address: b11,

@@ -305,7 +305,8 @@ async fn recount_active_flows(
     }
     let scan = {
         let tables = tables.clone();
-        tokio::task::spawn_blocking(move || tables.open_counted()).await
+        let idle_s = state::idle_timeouts(&slots);
+        tokio::task::spawn_blocking(move || tables.open_counted(&idle_s)).await
     };
     let tally = match scan {
         Ok(Ok(t)) => t,

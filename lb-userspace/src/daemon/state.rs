@@ -46,6 +46,13 @@ pub struct CountedSlot {
     pub generation: u32,
     /// `BACKEND_ACTIVE[index]` before the scan (raw, see `conntable::corrected`).
     pub before: u64,
+    /// Its VIP's idle timeout in seconds (`VipConfig::idle_timeout`).
+    pub idle_s: u32,
+}
+
+/// The idle timeout of each slot of `slots`, as `ConnTables::open_counted` takes them.
+pub fn idle_timeouts(slots: &[CountedSlot]) -> HashMap<u32, u32> {
+    slots.iter().map(|s| (s.index, s.idle_s)).collect()
 }
 
 /// Everything the daemon owns.
@@ -264,10 +271,11 @@ impl Daemon {
         let dp = self.core.dataplane();
         self.core
             .counted_backends()
-            .map(|b| CountedSlot {
+            .map(|(vip, b)| CountedSlot {
                 index: b.index,
                 generation: b.generation,
                 before: dp.active_counter(b.index),
+                idle_s: vip.idle_timeout(),
             })
             .collect()
     }
@@ -422,6 +430,8 @@ impl Daemon {
                     "name": v.config.name,
                     "scheduler": v.config.scheduler,
                     "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
+                    "idle_timeout_s": crate::sched::counts_active(v.config.scheduler)
+                        .then(|| v.config.idle_timeout()),
                     "packets": t.packets,
                     "bytes": t.bytes,
                     "new_flows": t.new_flows,
