@@ -401,11 +401,14 @@ fn frames_for(rate: f64, secs: f64) -> u32 {
 /// per packet instead.
 pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut rig = Rig::new()?;
-    let mut labs = Vec::new();
-    for p in paths {
-        let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
-        labs.push(rig.xlb(&object, 1 << 16, true)?);
-    }
+    let objects = paths
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {p}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut labs = objects
+        .iter()
+        .map(|o| rig.xlb(o, 1 << 16, true))
+        .collect::<Result<Vec<_>>>()?;
     let warm = 200_000;
     for lab in &mut labs {
         rig.measure(Dut::Xlb(lab), warm)?;
@@ -421,6 +424,12 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
         let t = rig.measure(Dut::XdpTx, frames)?.pps;
         // Rotated every other round: each kind of round (rate, run time) sees every order.
         for i in rotated(labs.len(), round / 2) {
+            // A fresh load every round, as in the wrk A/B (peers.rs): a loaded instance
+            // keeps its own speed. Its first frames record the generator's flows.
+            if round > 0 {
+                labs[i] = rig.xlb(&objects[i], 1 << 16, true)?;
+                rig.measure(Dut::Xlb(&mut labs[i]), warm)?;
+            }
             let lab = &mut labs[i];
             let x = rig.measure(Dut::Xlb(lab), frames)?;
             if stats.is_some() {

@@ -436,11 +436,14 @@ fn wrk_costs(
 pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     const SECS: u32 = 3;
     let mut bed = Testbed::new()?;
-    let mut labs = Vec::new();
-    for p in paths {
-        let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
-        labs.push(bed.xlb(&object)?);
-    }
+    let objects = paths
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {p}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut labs = objects
+        .iter()
+        .map(|o| bed.xlb(o))
+        .collect::<Result<Vec<_>>>()?;
     let url = format!("http://{VIP4}/");
     let _stats = crate::bpf_stats_on()?;
     // [build][mode]: ns per packet of the balancer, and over decap's.
@@ -451,6 +454,12 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut new = vec![vec![Vec::new(); MODES.len()]; labs.len()];
     for round in 0..rounds {
         for i in rotated(labs.len(), round) {
+            // A fresh load every round: one loaded instance keeps its own speed (where its
+            // maps and code landed), and two copies of one build loaded once came out 12 %
+            // apart; loads that change every round average that out.
+            if round > 0 {
+                labs[i] = bed.xlb(&objects[i])?;
+            }
             let lab = &mut labs[i];
             let link = bed.attach(lab.prog())?;
             let measured = (|| -> Result<()> {
