@@ -438,15 +438,8 @@ impl VipConfig {
             (None, _) => {}
         }
         if let Some(t) = self.idle_timeout_s {
-            if !(MIN_IDLE_TIMEOUT_S..=MAX_IDLE_TIMEOUT_S).contains(&t) {
-                return Err(ConfigError::new(
-                    format!("{at}.idle_timeout_s"),
-                    format!(
-                        "{t} is outside {MIN_IDLE_TIMEOUT_S}..={MAX_IDLE_TIMEOUT_S} \
-                         (seconds; the daemon recounts every 30 s)"
-                    ),
-                ));
-            }
+            check_idle_timeout(t)
+                .map_err(|m| ConfigError::new(format!("{at}.idle_timeout_s"), m))?;
         }
         if let Some(hc) = &self.health_check {
             hc.validate()
@@ -482,6 +475,18 @@ impl VipConfig {
 pub const MIN_IDLE_TIMEOUT_S: u32 = 30;
 /// See [`MIN_IDLE_TIMEOUT_S`].
 pub const MAX_IDLE_TIMEOUT_S: u32 = 7 * 24 * 3600;
+
+/// Checks an idle timeout in seconds (`VipConfig::idle_timeout_s`).
+pub fn check_idle_timeout(t: u32) -> Result<(), String> {
+    if (MIN_IDLE_TIMEOUT_S..=MAX_IDLE_TIMEOUT_S).contains(&t) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{t} is outside {MIN_IDLE_TIMEOUT_S}..={MAX_IDLE_TIMEOUT_S} \
+             (seconds; the daemon recounts every 30 s)"
+        ))
+    }
+}
 
 impl VipConfig {
     /// Seconds after which an idle flow of this VIP stops counting as active: the

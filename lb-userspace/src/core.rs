@@ -32,7 +32,8 @@ use serde::Serialize;
 
 use crate::{
     config::{
-        check_weight, BackendConfig, Config, ConfigError, Scheduler, SourceMode, VipConfig, VipId,
+        check_idle_timeout, check_weight, BackendConfig, Config, ConfigError, Scheduler,
+        SourceMode, VipConfig, VipId,
     },
     dataplane::{Dataplane, DataplaneError},
     sched::{self, Member},
@@ -768,6 +769,17 @@ impl<D: Dataplane> Core<D> {
         self.publish(id)
     }
 
+    /// Sets how long a VIP's flows may stay silent before they stop counting as active
+    /// (`None`: the protocol's default). Only the daemon's recount reads it: nothing to
+    /// write to the data plane, and the next recount applies it.
+    pub fn set_idle_timeout(&mut self, id: &VipId, idle_s: Option<u32>) -> Result<(), CoreError> {
+        if let Some(t) = idle_s {
+            check_idle_timeout(t).map_err(|m| ConfigError::new("idle_timeout_s", m))?;
+        }
+        self.vip_mut(id)?.config.idle_timeout_s = idle_s;
+        Ok(())
+    }
+
     fn vip_mut(&mut self, id: &VipId) -> Result<&mut VipState, CoreError> {
         self.vips
             .get_mut(id)
@@ -1095,6 +1107,36 @@ mod tests {
         assert!(
             !pinned.contains_key(&new_index),
             "a new backend takes a slot no inherited flow points at"
+        );
+    }
+
+    #[test]
+    fn idle_timeouts_are_checked_and_touch_nothing_else() {
+        let (mut core, id) = core_with(&["198.18.0.11"]);
+        let writes = core.dataplane().writes.len();
+        assert_eq!(core.vip(&id).unwrap().config.idle_timeout(), 900);
+        core.set_idle_timeout(&id, Some(3600)).unwrap();
+        assert_eq!(core.vip(&id).unwrap().config.idle_timeout(), 3600);
+        for bad in [0, 29, 604_801] {
+            let err = core.set_idle_timeout(&id, Some(bad)).unwrap_err();
+            assert_eq!(err.code(), "invalid", "{bad}: {err}");
+        }
+        assert_eq!(
+            core.vip(&id).unwrap().config.idle_timeout(),
+            3600,
+            "refusals change nothing"
+        );
+        core.set_idle_timeout(&id, None).unwrap();
+        assert_eq!(core.vip(&id).unwrap().config.idle_timeout(), 900);
+        let other: VipId = "198.18.1.9:80/tcp".parse().unwrap();
+        assert_eq!(
+            core.set_idle_timeout(&other, Some(60)).unwrap_err().code(),
+            "unknown_vip"
+        );
+        assert_eq!(
+            core.dataplane().writes.len(),
+            writes,
+            "only the recount reads it"
         );
     }
 

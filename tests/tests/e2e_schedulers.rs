@@ -186,6 +186,23 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     for c in &mut held {
         assert_eq!(c.who(), target, "a held connection moved");
     }
+    // Its idle timeout, changed on the running VIP and shown in status.
+    let idle = |net: &DemoNet| -> serde_json::Value {
+        let status: serde_json::Value =
+            serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+        status["vips"][0]["idle_timeout_s"].clone()
+    };
+    assert_eq!(idle(&net), serde_json::json!(900), "TCP's default");
+    net.ctl(&sock, &["vip", "idle-timeout", &vip, "3600"]);
+    assert_eq!(idle(&net), serde_json::json!(3600));
+    let (ok, _, err) = net.try_ctl(&sock, &["vip", "idle-timeout", &vip, "5"]);
+    assert!(
+        !ok && err.contains("30..=604800"),
+        "a 5 s timeout accepted: {err}"
+    );
+    assert_eq!(idle(&net), serde_json::json!(3600), "a refusal changed it");
+    net.ctl(&sock, &["vip", "idle-timeout", &vip, "default"]);
+    assert_eq!(idle(&net), serde_json::json!(900));
 }
 
 #[test]

@@ -17,12 +17,15 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    config::{check_weight, parse_json, AgentConfig, BackendConfig, Scheduler, VipConfig, VipId},
+    config::{
+        check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Scheduler,
+        VipConfig, VipId,
+    },
     control::{
         client,
         protocol::{
-            BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd, VipRef,
-            VipScheduler,
+            BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd,
+            VipIdleTimeout, VipRef, VipScheduler,
         },
         DEFAULT_SOCKET,
     },
@@ -76,6 +79,15 @@ pub enum VipCmd {
         /// maglev, sh, rr, wrr, lc, wlc, lrt or agent.
         #[arg(value_parser = parse_scheduler)]
         scheduler: Scheduler,
+    },
+    /// Set how long a flow may stay silent before it stops counting as active (lc, wlc,
+    /// lrt).
+    IdleTimeout {
+        /// ADDRESS:PORT[/PROTO].
+        vip: VipId,
+        /// Seconds, 30..=604800, or `default` (900 for TCP, 300 for UDP).
+        #[arg(value_parser = parse_idle_timeout)]
+        seconds: IdleTimeout,
     },
     /// List VIPs, one line each.
     List,
@@ -211,6 +223,16 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             Request::VipScheduler(VipScheduler { vip, scheduler }),
             format!("VIP {vip} now uses {}", scheduler_name(scheduler)),
         ),
+        VipCmd::IdleTimeout { vip, seconds } => (
+            Request::VipIdleTimeout(VipIdleTimeout {
+                vip,
+                idle_timeout_s: seconds.0,
+            }),
+            match seconds.0 {
+                Some(s) => format!("VIP {vip}: idle flows stop counting after {s} s"),
+                None => format!("VIP {vip}: idle flows stop counting after the protocol's default"),
+            },
+        ),
         VipCmd::List => {
             let result = call(&opts.socket, &Request::Status(Empty {}))?;
             return print_result(opts, &result, render_vip_list);
@@ -330,6 +352,21 @@ fn scheduler_name(s: Scheduler) -> String {
 }
 
 /// Scheduler names, the same as in the config file.
+/// `xlb vip idle-timeout`'s argument: seconds, or `None` for the protocol's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleTimeout(pub Option<u32>);
+
+fn parse_idle_timeout(s: &str) -> Result<IdleTimeout, String> {
+    if s == "default" {
+        return Ok(IdleTimeout(None));
+    }
+    let secs: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds or `default`"))?;
+    check_idle_timeout(secs)?;
+    Ok(IdleTimeout(Some(secs)))
+}
+
 fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
     serde_json::from_value(Value::String(s.to_owned()))
         .map_err(|_| format!("unknown scheduler {s:?}: use one of {}", Scheduler::NAMES))
@@ -718,6 +755,8 @@ mod tests {
                 r#"{"rise":0}"#,
             ],
             &["backend", "add", "198.18.1.1:80", "not-an-ip"],
+            &["vip", "idle-timeout", "198.18.1.1:80", "10"],
+            &["vip", "idle-timeout", "198.18.1.1:80", "an-hour"],
         ] {
             let argv = std::iter::once("xlb").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
@@ -729,6 +768,14 @@ mod tests {
             panic!("not backend add")
         };
         assert_eq!((weight, drained), (1, false));
+        for (arg, want) in [("3600", Some(3600)), ("default", None)] {
+            let Top::Vip(VipCmd::IdleTimeout { seconds, .. }) =
+                parse(&["vip", "idle-timeout", "198.18.1.1:80", arg])
+            else {
+                panic!("not vip idle-timeout")
+            };
+            assert_eq!(seconds, IdleTimeout(want));
+        }
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub enum Request {
     /// Switches a VIP's scheduler.
     #[serde(rename = "vip.scheduler")]
     VipScheduler(VipScheduler),
+    /// Sets a VIP's idle timeout for least-connection counts.
+    #[serde(rename = "vip.idle_timeout")]
+    VipIdleTimeout(VipIdleTimeout),
     /// Adds a backend to a VIP.
     #[serde(rename = "backend.add")]
     BackendAdd(BackendAdd),
@@ -142,6 +145,16 @@ pub struct VipScheduler {
     pub scheduler: Scheduler,
 }
 
+/// Body of `vip.idle_timeout`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipIdleTimeout {
+    /// The VIP.
+    pub vip: VipId,
+    /// Seconds (30..=604800), or `null` for the protocol's default.
+    pub idle_timeout_s: Option<u32>,
+}
+
 /// Body of `backend.add`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +197,7 @@ pub const OPS: &[&str] = &[
     "vip.add",
     "vip.remove",
     "vip.scheduler",
+    "vip.idle_timeout",
     "backend.add",
     "backend.remove",
     "backend.weight",
@@ -200,6 +214,7 @@ impl Request {
             Self::VipAdd(_) => "vip.add",
             Self::VipRemove(_) => "vip.remove",
             Self::VipScheduler(_) => "vip.scheduler",
+            Self::VipIdleTimeout(_) => "vip.idle_timeout",
             Self::BackendAdd(_) => "backend.add",
             Self::BackendRemove(_) => "backend.remove",
             Self::BackendWeight(_) => "backend.weight",
@@ -231,6 +246,7 @@ impl Request {
             "vip.add" => Self::VipAdd(parse_body(body)?),
             "vip.remove" => Self::VipRemove(parse_body(body)?),
             "vip.scheduler" => Self::VipScheduler(parse_body(body)?),
+            "vip.idle_timeout" => Self::VipIdleTimeout(parse_body(body)?),
             "backend.add" => Self::BackendAdd(parse_body(body)?),
             "backend.remove" => Self::BackendRemove(parse_body(body)?),
             "backend.weight" => Self::BackendWeight(parse_body(body)?),
@@ -509,6 +525,20 @@ mod tests {
                 }),
             ),
             (
+                r#"{"v":1,"op":"vip.idle_timeout","vip":"198.18.1.1:80/tcp","idle_timeout_s":3600}"#,
+                Request::VipIdleTimeout(VipIdleTimeout {
+                    vip: vip_id(),
+                    idle_timeout_s: Some(3600),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"vip.idle_timeout","vip":"198.18.1.1:80/tcp","idle_timeout_s":null}"#,
+                Request::VipIdleTimeout(VipIdleTimeout {
+                    vip: vip_id(),
+                    idle_timeout_s: None,
+                }),
+            ),
+            (
                 r#"{"v":1,"op":"backend.add","vip":"198.18.1.1:80/tcp","backend":{"address":"198.18.0.11","weight":2}}"#,
                 Request::BackendAdd(BackendAdd {
                     vip: vip_id(),
@@ -563,6 +593,7 @@ mod tests {
             seen.push(want.op());
         }
         seen.sort_unstable();
+        seen.dedup();
         let mut all = OPS.to_vec();
         all.sort_unstable();
         assert_eq!(seen, all, "every op has an example");

@@ -65,6 +65,17 @@ impl Handler for DaemonHandler {
                     .unwrap_or_default();
                 done(format!("VIP {} now schedules with {name}", r.vip))
             }
+            Request::VipIdleTimeout(r) => {
+                d.set_idle_timeout(&r.vip, r.idle_timeout_s)?;
+                let idle = d.core().vip(&r.vip).map(|v| v.config.idle_timeout())?;
+                done(match r.idle_timeout_s {
+                    Some(_) => format!("VIP {}: idle flows stop counting after {idle} s", r.vip),
+                    None => format!(
+                        "VIP {}: idle flows stop counting after {idle} s (the protocol's default)",
+                        r.vip
+                    ),
+                })
+            }
             Request::BackendAdd(r) => {
                 let a = r.backend.address;
                 d.add_backend(&r.vip, r.backend)?;

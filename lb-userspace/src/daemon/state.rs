@@ -218,6 +218,11 @@ impl Daemon {
         self.core.set_scheduler(vip, s)
     }
 
+    /// See `Core::set_idle_timeout`.
+    pub fn set_idle_timeout(&mut self, vip: &VipId, idle_s: Option<u32>) -> Result<(), CoreError> {
+        self.core.set_idle_timeout(vip, idle_s)
+    }
+
     /// Every (VIP, backend) pair, for next-hop refreshes.
     pub fn backends(&self) -> Vec<(VipId, IpAddr)> {
         self.core.backend_pairs()
