@@ -401,10 +401,7 @@ fn frames_for(rate: f64, secs: f64) -> u32 {
 /// per packet instead.
 pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut rig = Rig::new()?;
-    let objects = paths
-        .iter()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {p}")))
-        .collect::<Result<Vec<_>>>()?;
+    let objects = crate::read_builds(paths)?;
     let mut labs = objects
         .iter()
         .map(|o| rig.xlb(o, 1 << 16, true))

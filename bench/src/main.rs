@@ -81,6 +81,14 @@ pub fn bpf_stats_on() -> Result<std::os::fd::OwnedFd> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")
 }
 
+/// The balancer objects the A/B tools compare, read from `paths`.
+pub fn read_builds(paths: &[String]) -> Result<Vec<Vec<u8>>> {
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {p}")))
+        .collect()
+}
+
 /// One part of the bench: a plan in, a JSON section out.
 type Part = fn(&Plan) -> Result<Value>;
 

@@ -436,10 +436,7 @@ fn wrk_costs(
 pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     const SECS: u32 = 3;
     let mut bed = Testbed::new()?;
-    let objects = paths
-        .iter()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {p}")))
-        .collect::<Result<Vec<_>>>()?;
+    let objects = crate::read_builds(paths)?;
     let mut labs = objects
         .iter()
         .map(|o| bed.xlb(o))

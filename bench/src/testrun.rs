@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use aya::programs::Xdp;
 use lb_common::{
     counters::{Event, Pass},
@@ -540,8 +540,7 @@ pub fn compare_builds(paths: &[String], rounds: usize) -> Result<Value> {
     let mut tx = loader::load_baseline("xlb_tx")?;
     let hit4 = frame(CLIENT4, 40_000, VIP4);
     let mut labs = Vec::new();
-    for p in paths {
-        let object = std::fs::read(p).with_context(|| format!("reading {p}"))?;
+    for object in crate::read_builds(paths)? {
         let mut lab = lab_of(&object, 10, DEFAULT_MAX_CONNS, false, true)?;
         prime(&mut lab, &[&hit4])?;
         labs.push(lab);

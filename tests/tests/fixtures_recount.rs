@@ -87,6 +87,37 @@ fn recount(d: &mut Daemon) -> (usize, i64) {
     d.apply_recount(&slots, &tally)
 }
 
+/// A daemon on `config` without the flow cache (every packet visits the table, as a
+/// sending flow does at least once per cache age), with four lc flows opened from client
+/// ports `first..first + 4`; its program, and the lc backends' slots.
+fn four_lc_flows(config: &str, first: u16) -> (Daemon, aya::Ebpf, [u32; 2]) {
+    let lab = Lab::with_options(
+        config,
+        LoadOptions {
+            flow_cache: false,
+            ..Lab::options()
+        },
+    );
+    let idx = lc_slots(&lab);
+    let (d, mut ebpf) = daemon(lab);
+    for sport in first..first + 4 {
+        run(&mut ebpf, &pkt(sport).syn().build());
+    }
+    assert_eq!(
+        counts(&d, &idx).iter().sum::<u64>(),
+        4,
+        "four flows counted"
+    );
+    (d, ebpf, idx)
+}
+
+/// Makes the table entry of the flow from client port `sport` last seen at `seen_s`.
+fn age(conns: &mut BpfHashMap<aya::maps::MapData, FlowKeyV4, ConnEntry>, sport: u16, seen_s: u32) {
+    let mut e = conns.get(&key(sport), 0).expect("recorded flow");
+    e.seen_s = seen_s;
+    conns.insert(key(sport), e, 0).expect("age the entry");
+}
+
 /// Active-flow counts of both backends, in address order.
 fn counts(d: &Daemon, idx: &[u32; 2]) -> [u64; 2] {
     idx.map(|i| d.core().dataplane().active_flows(i))
@@ -214,33 +245,18 @@ fn idle_flows_stop_counting_and_count_again_when_they_send() {
     if !require_root() {
         return;
     }
-    // Without the flow cache every packet visits the table, as a sending flow does at
-    // least once per cache age.
-    let lab = Lab::with_options(
-        LC,
-        LoadOptions {
-            flow_cache: false,
-            ..Lab::options()
-        },
-    );
-    let idx = lc_slots(&lab);
-    let (mut d, mut ebpf) = daemon(lab);
-    for sport in 43_000..43_004u16 {
-        run(&mut ebpf, &pkt(sport).syn().build());
-    }
+    let (mut d, mut ebpf, idx) = four_lc_flows(LC, 43_000);
     let total = |d: &Daemon| counts(d, &idx).iter().sum::<u64>();
-    assert_eq!(total(&d), 4);
     let mut conns = conns_v4(&mut ebpf);
     let now = monotonic_coarse_s();
-    let mut e = conns.get(&key(43_000), 0).expect("recorded flow");
+    let e = conns.get(&key(43_000), 0).expect("recorded flow");
     assert!(
         now.abs_diff(e.seen_s) <= 2,
         "recorded with the clock's time: {} against {now}",
         e.seen_s
     );
     // Silent for longer than TCP's idle timeout.
-    e.seen_s = now - IDLE_TCP_S - 10;
-    conns.insert(key(43_000), e, 0).expect("age the entry");
+    age(&mut conns, 43_000, now - IDLE_TCP_S - 10);
     assert_eq!(recount(&mut d), (1, 1), "the idle flow leaves its count");
     assert_eq!(total(&d), 3);
     // It sends again: the table visit stamps it, and the next recount counts it again.
@@ -262,15 +278,7 @@ fn a_vips_idle_timeout_replaces_the_protocols() {
         r#""scheduler": "lc", "idle_timeout_s": 3600,"#,
         1,
     );
-    let lab = Lab::with_options(
-        &config,
-        LoadOptions {
-            flow_cache: false,
-            ..Lab::options()
-        },
-    );
-    let idx = lc_slots(&lab);
-    let (mut d, mut ebpf) = daemon(lab);
+    let (mut d, mut ebpf, idx) = four_lc_flows(&config, 44_000);
     assert!(
         d.counted_slots().iter().all(|s| s.idle_s == 3600),
         "{:?}",
@@ -291,24 +299,15 @@ fn a_vips_idle_timeout_replaces_the_protocols() {
             ("\"198.18.1.1:443/tcp\"".to_owned(), serde_json::Value::Null),
         ],
     );
-    for sport in 44_000..44_004u16 {
-        run(&mut ebpf, &pkt(sport).syn().build());
-    }
     let total = |d: &Daemon| counts(d, &idx).iter().sum::<u64>();
-    assert_eq!(total(&d), 4);
     let mut conns = conns_v4(&mut ebpf);
     let now = monotonic_coarse_s();
-    let age = |conns: &mut BpfHashMap<_, FlowKeyV4, ConnEntry>, sport: u16, secs: u32| {
-        let mut e = conns.get(&key(sport), 0).expect("recorded flow");
-        e.seen_s = now - secs;
-        conns.insert(key(sport), e, 0).expect("age the entry");
-    };
     // Past TCP's default but within the VIP's own timeout: still counted.
-    age(&mut conns, 44_000, IDLE_TCP_S + 10);
+    age(&mut conns, 44_000, now - IDLE_TCP_S - 10);
     assert_eq!(recount(&mut d), (0, 0), "within the VIP's idle timeout");
     assert_eq!(total(&d), 4);
     // Past the VIP's: out of the count.
-    age(&mut conns, 44_001, 3600 + 10);
+    age(&mut conns, 44_001, now - 3600 - 10);
     assert_eq!(recount(&mut d), (1, 1), "past the VIP's idle timeout");
     assert_eq!(total(&d), 3);
 }
