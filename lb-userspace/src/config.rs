@@ -302,6 +302,15 @@ impl VipConfig {
             protocol: self.protocol,
         }
     }
+
+    /// Seconds after which an idle flow of this VIP stops counting as active: the
+    /// configured `idle_timeout_s`, or the protocol's default.
+    pub fn idle_timeout(&self) -> u32 {
+        self.idle_timeout_s.unwrap_or(match self.protocol {
+            Protocol::Tcp => crate::conntable::IDLE_TCP_S,
+            Protocol::Udp => crate::conntable::IDLE_UDP_S,
+        })
+    }
 }
 
 /// A configuration or request that cannot be used, with the path of the bad field.
@@ -485,17 +494,6 @@ pub fn check_idle_timeout(t: u32) -> Result<(), String> {
             "{t} is outside {MIN_IDLE_TIMEOUT_S}..={MAX_IDLE_TIMEOUT_S} \
              (seconds; the daemon recounts every 30 s)"
         ))
-    }
-}
-
-impl VipConfig {
-    /// Seconds after which an idle flow of this VIP stops counting as active: the
-    /// configured `idle_timeout_s`, or the protocol's default.
-    pub fn idle_timeout(&self) -> u32 {
-        self.idle_timeout_s.unwrap_or(match self.protocol {
-            Protocol::Tcp => crate::conntable::IDLE_TCP_S,
-            Protocol::Udp => crate::conntable::IDLE_UDP_S,
-        })
     }
 }
 

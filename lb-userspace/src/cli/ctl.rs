@@ -351,7 +351,6 @@ fn scheduler_name(s: Scheduler) -> String {
     }
 }
 
-/// Scheduler names, the same as in the config file.
 /// `xlb vip idle-timeout`'s argument: seconds, or `None` for the protocol's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdleTimeout(pub Option<u32>);
@@ -367,6 +366,7 @@ fn parse_idle_timeout(s: &str) -> Result<IdleTimeout, String> {
     Ok(IdleTimeout(Some(secs)))
 }
 
+/// Scheduler names, the same as in the config file.
 fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
     serde_json::from_value(Value::String(s.to_owned()))
         .map_err(|_| format!("unknown scheduler {s:?}: use one of {}", Scheduler::NAMES))
