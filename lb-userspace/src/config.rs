@@ -127,6 +127,20 @@ pub enum Scheduler {
 impl Scheduler {
     /// Every scheduler, for messages.
     pub const NAMES: &'static str = "maglev, sh, rr, wrr, lc, wlc, lrt, agent";
+
+    /// The name, as in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Maglev => "maglev",
+            Self::Sh => "sh",
+            Self::Rr => "rr",
+            Self::Wrr => "wrr",
+            Self::Lc => "lc",
+            Self::Wlc => "wlc",
+            Self::Lrt => "lrt",
+            Self::Agent => "agent",
+        }
+    }
 }
 
 /// Where a VIP's backends run their agent (`scheduler: agent`).
@@ -588,6 +602,15 @@ mod tests {
 
     fn with_vip(vip: &str) -> String {
         format!(r#"{{"vips": [{vip}]}}"#)
+    }
+
+    #[test]
+    fn scheduler_names_are_the_config_files() {
+        for name in Scheduler::NAMES.split(", ") {
+            let s: Scheduler = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(s.name(), name);
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(name));
+        }
     }
 
     #[test]

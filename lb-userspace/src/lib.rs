@@ -34,6 +34,7 @@ pub mod decap;
 pub mod health;
 pub mod loader;
 pub mod netdev;
+pub mod reload;
 pub mod sched;
 pub mod state_dir;
 pub mod testrun;

@@ -134,6 +134,12 @@ impl Proc {
         None
     }
 
+    /// Sends SIGHUP (`xlb run` reloads its config file).
+    pub fn hangup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -331,3 +331,79 @@ fn switching_scheduler_at_runtime_keeps_established_connections() {
         assert!((8..=12).contains(n), "rr after the switch: {fresh:?}");
     }
 }
+
+#[test]
+fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let (net, mut lb, sock) = net_with_lb(
+        "srl",
+        &config("maglev", 80, &[("198.18.0.11", 1), ("198.18.0.12", 1)], ""),
+    );
+    let before = tally(&net.client, 30);
+    assert!(
+        before.keys().all(|b| b == "b1" || b == "b2"),
+        "before the reload: {before:?}"
+    );
+    let file = net.dir.join("xlb.json");
+    let states = |net: &DemoNet| net.backend_states(&sock);
+    let scheduler = |net: &DemoNet| -> String {
+        let status: serde_json::Value =
+            serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+        status["vips"][0]["scheduler"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    // b1 leaves, b3 joins with weight 2, the scheduler changes: the file is the truth.
+    let reloaded = config("wrr", 80, &[("198.18.0.12", 1), ("198.18.0.13", 2)], "");
+    std::fs::write(&file, &reloaded).expect("write config");
+    lb.hangup();
+    let vip = format!("{VIP4}:80/tcp");
+    wait_for("the reload", Duration::from_secs(10), || {
+        let s = states(&net);
+        s.len() == 2 && s.contains_key(&format!("{vip} 198.18.0.13")) && scheduler(&net) == "wrr"
+    });
+    net.wait_ready(&sock);
+    let after = tally(&net.client, 30);
+    assert_eq!(
+        after.get("b1"),
+        None,
+        "the removed backend got flows: {after:?}"
+    );
+    // wrr 1:2: 20 of 30, give or take a partial cycle of 3 on each of two CPUs.
+    let b3 = after.get("b3").copied().unwrap_or(0);
+    assert!(
+        (16..=24).contains(&b3),
+        "wrr 1:2 over 30 new flows: {after:?}"
+    );
+    assert!(lb.running(), "xlb stopped on SIGHUP:\n{}", lb.log_text());
+
+    // What a running VIP cannot change, and a broken file: refused, nothing changes.
+    let shape = states(&net);
+    for (bad, says) in [
+        (
+            reloaded.replace(
+                r#""protocol": "tcp","#,
+                r#""protocol": "tcp", "table_size": 251,"#,
+            ),
+            "vips[0].table_size",
+        ),
+        (reloaded.replace("backends", "backendz"), "unknown field"),
+    ] {
+        std::fs::write(&file, &bad).expect("write config");
+        lb.hangup();
+        wait_for("the refusal in the log", Duration::from_secs(10), || {
+            lb.log_text().contains(says)
+        });
+        assert_eq!(states(&net), shape, "a refused reload changed the backends");
+        assert_eq!(scheduler(&net), "wrr");
+    }
+    assert!(
+        lb.running(),
+        "xlb stopped on a bad reload:\n{}",
+        lb.log_text()
+    );
+}

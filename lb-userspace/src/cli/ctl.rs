@@ -221,7 +221,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
         ),
         VipCmd::Scheduler { vip, scheduler } => (
             Request::VipScheduler(VipScheduler { vip, scheduler }),
-            format!("VIP {vip} now uses {}", scheduler_name(scheduler)),
+            format!("VIP {vip} now uses {}", scheduler.name()),
         ),
         VipCmd::IdleTimeout { vip, seconds } => (
             Request::VipIdleTimeout(VipIdleTimeout {
@@ -341,13 +341,6 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
-    }
-}
-
-fn scheduler_name(s: Scheduler) -> String {
-    match serde_json::to_value(s) {
-        Ok(Value::String(name)) => name,
-        _ => format!("{s:?}"),
     }
 }
 

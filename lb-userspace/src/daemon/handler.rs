@@ -59,11 +59,11 @@ impl Handler for DaemonHandler {
             }
             Request::VipScheduler(r) => {
                 d.set_scheduler(&r.vip, r.scheduler)?;
-                let name = serde_json::to_value(r.scheduler)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                done(format!("VIP {} now schedules with {name}", r.vip))
+                done(format!(
+                    "VIP {} now schedules with {}",
+                    r.vip,
+                    r.scheduler.name()
+                ))
             }
             Request::VipIdleTimeout(r) => {
                 d.set_idle_timeout(&r.vip, r.idle_timeout_s)?;

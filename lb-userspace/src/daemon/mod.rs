@@ -244,7 +244,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let metrics_task = metrics_listener
         .map(|l| tokio::spawn(metrics::serve(l, daemon.clone(), shutdown_rx.clone())));
 
-    wait_for_signal().await?;
+    let signal = |kind: SignalKind, name: &str| {
+        tokio::signal::unix::signal(kind).with_context(|| format!("installing {name} handler"))
+    };
+    let mut term = signal(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = signal(SignalKind::hangup(), "SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload_config(&daemon, opts.config.as_deref(), &cfg),
+        }
+    }
     log::info!("shutting down");
     let _ = shutdown_tx.send(true);
     if let Some(t) = control_task {
@@ -425,14 +437,37 @@ fn resolve_nexthops_now(core: &mut Core<AyaDataplane>) {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
-        .context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGHUP: reads the config file again and makes the running VIPs its VIPs
+/// (`Daemon::reload`), logging each change, or why nothing changed.
+fn reload_config(daemon: &Arc<Mutex<Daemon>>, path: Option<&std::path::Path>, started: &Config) {
+    let Some(path) = path else {
+        log::warn!("SIGHUP: xlb runs without --config, there is nothing to reload");
+        return;
+    };
+    let new = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| Config::from_json(&text).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload of {} refused, nothing changed: {e}", path.display());
+            return;
+        }
+    };
+    let Ok(mut d) = daemon.lock() else {
+        log::error!(
+            "reload of {}: daemon state poisoned by a panic",
+            path.display()
+        );
+        return;
+    };
+    match d.reload(started, &new) {
+        Ok(steps) => {
+            for s in &steps {
+                log::info!("reload: {s}");
+            }
+            log::info!("reloaded {}: {} changes", path.display(), steps.len());
+        }
+        Err(e) => log::error!("reload of {}: {e}", path.display()),
     }
-    Ok(())
 }

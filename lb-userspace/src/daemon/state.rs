@@ -13,13 +13,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::{
-    config::{BackendConfig, Scheduler, VipConfig, VipId},
+    config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters, Dataplane},
     health::{
         CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
         Transition,
     },
+    reload,
 };
 
 /// A running health check.
@@ -48,6 +49,25 @@ pub struct CountedSlot {
     pub before: u64,
     /// Its VIP's idle timeout in seconds (`VipConfig::idle_timeout`).
     pub idle_s: u32,
+}
+
+/// Why a reload stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file asks for something only a restart can change; nothing was applied.
+    #[error("refused, nothing changed: {0}")]
+    Refused(ConfigError),
+    /// A step failed; the `done` steps before it were applied.
+    #[error("{step} failed, after {done} changes were applied: {source}")]
+    Step {
+        /// The step that failed.
+        step: reload::Step,
+        /// How many steps were applied before it.
+        done: usize,
+        /// Why (boxed: a core error is large, and a reload error rare).
+        #[source]
+        source: Box<CoreError>,
+    },
 }
 
 /// The idle timeout of each slot of `slots`, as `ConnTables::open_counted` takes them.
@@ -221,6 +241,43 @@ impl Daemon {
     /// See `Core::set_idle_timeout`.
     pub fn set_idle_timeout(&mut self, vip: &VipId, idle_s: Option<u32>) -> Result<(), CoreError> {
         self.core.set_idle_timeout(vip, idle_s)
+    }
+
+    /// Makes the running VIPs the config file's `new` (validated; the daemon started with
+    /// the global settings of `started`): see `reload`. A change that needs a restart is
+    /// refused before anything changes. A step that fails (out of slots, no outer source)
+    /// stops the reload there: the error says which, and the steps before it stay.
+    /// Returns the steps taken.
+    pub fn reload(
+        &mut self,
+        started: &Config,
+        new: &Config,
+    ) -> Result<Vec<reload::Step>, ReloadError> {
+        let running = self.core.vips().map(|v| reload::Running {
+            config: &v.config,
+            backends: &v.backends,
+        });
+        let steps = reload::plan(started, running, new).map_err(ReloadError::Refused)?;
+        for (done, step) in steps.iter().enumerate() {
+            let applied = match step.clone() {
+                reload::Step::RemoveVip(id) => self.remove_vip(&id),
+                reload::Step::RemoveBackend(id, a) => self.remove_backend(&id, a),
+                reload::Step::AddBackend(id, b) => self.add_backend(&id, b),
+                reload::Step::Weight(id, a, w) => self.set_weight(&id, a, w),
+                reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d),
+                reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
+                reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
+                reload::Step::AddVip(v) => self.add_vip(*v),
+            };
+            if let Err(source) = applied {
+                return Err(ReloadError::Step {
+                    step: step.clone(),
+                    done,
+                    source: Box::new(source),
+                });
+            }
+        }
+        Ok(steps)
     }
 
     /// Every (VIP, backend) pair, for next-hop refreshes.

@@ -1,0 +1,300 @@
+//! Config reload (SIGHUP): the steps that turn the running VIPs into a config file's.
+//!
+//! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
+//! weights, drains, schedulers and idle timeouts set to its values (overwriting what the
+//! control socket changed since). What the running balancer cannot change in place is
+//! refused before any step runs: the global settings (outer sources, MTU, …, resolved
+//! against the interface at start) and a VIP's table size, tunnel, source mode, health
+//! check, agent and name. Those need a restart, or the VIP removed and added again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use crate::{
+    config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
+    core::BackendState,
+};
+
+/// One change, in the order [`plan`] lists them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// A VIP the file no longer has.
+    RemoveVip(VipId),
+    /// A backend the file no longer lists.
+    RemoveBackend(VipId, IpAddr),
+    /// A backend the file adds to a running VIP.
+    AddBackend(VipId, BackendConfig),
+    /// A backend's new weight.
+    Weight(VipId, IpAddr, u32),
+    /// A backend drained (true) or undrained.
+    Drain(VipId, IpAddr, bool),
+    /// A VIP's new scheduler.
+    Scheduler(VipId, Scheduler),
+    /// A VIP's new idle timeout (`None`: the protocol's default).
+    IdleTimeout(VipId, Option<u32>),
+    /// A VIP the file adds, with its backends (boxed: the other steps are small).
+    AddVip(Box<VipConfig>),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RemoveVip(id) => write!(f, "remove VIP {id}"),
+            Self::RemoveBackend(id, a) => write!(f, "remove backend {a} from {id}"),
+            Self::AddBackend(id, b) => {
+                write!(f, "add backend {} (weight {}) to {id}", b.address, b.weight)?;
+                if b.drained {
+                    write!(f, ", drained")?;
+                }
+                Ok(())
+            }
+            Self::Weight(id, a, w) => write!(f, "backend {a} of {id}: weight {w}"),
+            Self::Drain(id, a, true) => write!(f, "drain backend {a} of {id}"),
+            Self::Drain(id, a, false) => write!(f, "undrain backend {a} of {id}"),
+            Self::Scheduler(id, s) => write!(f, "VIP {id}: scheduler {}", s.name()),
+            Self::IdleTimeout(id, Some(t)) => write!(f, "VIP {id}: idle timeout {t} s"),
+            Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
+            Self::AddVip(v) => write!(f, "add VIP {} with {} backends", v.id(), v.backends.len()),
+        }
+    }
+}
+
+/// A running VIP as the plan sees it: its definition (backends left out) and its backends.
+pub struct Running<'a> {
+    /// The VIP's definition.
+    pub config: &'a VipConfig,
+    /// Its backends by address.
+    pub backends: &'a BTreeMap<IpAddr, BackendState>,
+}
+
+/// The steps from the running VIPs (started with the global settings of `started`) to
+/// `new`, which has been validated; an error names the first field that cannot change
+/// without a restart, and then nothing may be applied. Removals come first, so that the
+/// slots they free are there for what is added.
+pub fn plan<'a>(
+    started: &Config,
+    running: impl IntoIterator<Item = Running<'a>>,
+    new: &Config,
+) -> Result<Vec<Step>, ConfigError> {
+    let restart = "changes only with a restart of xlb";
+    if new.outer_source != started.outer_source {
+        return Err(ConfigError::new("outer_source", restart));
+    }
+    if new.hashed_source != started.hashed_source {
+        return Err(ConfigError::new("hashed_source", restart));
+    }
+    if new.mtu != started.mtu {
+        return Err(ConfigError::new("mtu", restart));
+    }
+    if new.icmp_too_big != started.icmp_too_big {
+        return Err(ConfigError::new("icmp_too_big", restart));
+    }
+    let running: BTreeMap<VipId, Running<'a>> =
+        running.into_iter().map(|r| (r.config.id(), r)).collect();
+    let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
+
+    let mut steps: Vec<Step> = running
+        .keys()
+        .filter(|id| !wanted.contains(id))
+        .map(|id| Step::RemoveVip(*id))
+        .collect();
+    let mut added = Vec::new();
+    for (i, vip) in new.vips.iter().enumerate() {
+        let id = vip.id();
+        let Some(now) = running.get(&id) else {
+            added.push(Step::AddVip(Box::new(vip.clone())));
+            continue;
+        };
+        fixed_fields_unchanged(now.config, vip, &format!("vips[{i}]"))?;
+        steps.extend(backend_steps(&id, now.backends, &vip.backends));
+        if vip.scheduler != now.config.scheduler {
+            steps.push(Step::Scheduler(id, vip.scheduler));
+        }
+        if vip.idle_timeout_s != now.config.idle_timeout_s {
+            steps.push(Step::IdleTimeout(id, vip.idle_timeout_s));
+        }
+    }
+    steps.extend(added);
+    Ok(steps)
+}
+
+/// Refuses a change to what a running VIP cannot change in place.
+fn fixed_fields_unchanged(now: &VipConfig, new: &VipConfig, at: &str) -> Result<(), ConfigError> {
+    let readd = "cannot change on a running VIP: remove the VIP and add it again \
+                 (`xlb vip remove`, then reload; its flows are scheduled anew)";
+    let fields: [(&str, bool); 6] = [
+        ("name", now.name == new.name),
+        ("table_size", now.table_size == new.table_size),
+        ("encap", now.encap == new.encap),
+        ("source", now.source == new.source),
+        ("health_check", now.health_check == new.health_check),
+        ("agent", now.agent == new.agent),
+    ];
+    match fields.iter().find(|(_, same)| !same) {
+        Some((field, _)) => Err(ConfigError::new(format!("{at}.{field}"), readd)),
+        None => Ok(()),
+    }
+}
+
+/// Backend removals, additions, weights and drains that make `now` the file's `want`.
+fn backend_steps(
+    id: &VipId,
+    now: &BTreeMap<IpAddr, BackendState>,
+    want: &[BackendConfig],
+) -> Vec<Step> {
+    let wanted: BTreeSet<IpAddr> = want.iter().map(|b| b.address).collect();
+    let mut steps: Vec<Step> = now
+        .keys()
+        .filter(|a| !wanted.contains(a))
+        .map(|a| Step::RemoveBackend(*id, *a))
+        .collect();
+    for b in want {
+        match now.get(&b.address) {
+            None => steps.push(Step::AddBackend(*id, b.clone())),
+            Some(s) => {
+                if s.weight != b.weight {
+                    steps.push(Step::Weight(*id, b.address, b.weight));
+                }
+                if s.drained != b.drained {
+                    steps.push(Step::Drain(*id, b.address, b.drained));
+                }
+            }
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STARTED: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+        {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+         "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12", "weight": 2}]},
+        {"address": "198.18.1.1", "port": 53, "protocol": "udp",
+         "backends": [{"address": "198.18.0.11"}]}]}"#;
+
+    /// The running state `STARTED` gives: every backend as configured.
+    fn running(cfg: &Config) -> Vec<(VipConfig, BTreeMap<IpAddr, BackendState>)> {
+        cfg.vips
+            .iter()
+            .map(|v| {
+                let backends = v
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let s = BackendState {
+                            index: i as u32 + 1,
+                            weight: b.weight,
+                            drained: b.drained,
+                            healthy: true,
+                            nexthop: None,
+                            agent_down: false,
+                            agent_drain: false,
+                            factor_pct: 100,
+                            generation: 1,
+                        };
+                        (b.address, s)
+                    })
+                    .collect();
+                let mut config = v.clone();
+                config.backends.clear();
+                (config, backends)
+            })
+            .collect()
+    }
+
+    fn plan_for(new: &str) -> Result<Vec<Step>, ConfigError> {
+        let started = Config::from_json(STARTED).unwrap();
+        let now = running(&started);
+        let new = Config::from_json(new).unwrap();
+        plan(
+            &started,
+            now.iter()
+                .map(|(config, backends)| Running { config, backends }),
+            &new,
+        )
+    }
+
+    fn id(s: &str) -> VipId {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_same_file_changes_nothing() {
+        assert_eq!(plan_for(STARTED).unwrap(), []);
+    }
+
+    #[test]
+    fn every_difference_becomes_one_step_removals_first() {
+        let new = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+            {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "wlc",
+             "idle_timeout_s": 3600,
+             "backends": [{"address": "198.18.0.12", "weight": 5, "drained": true},
+                          {"address": "198.18.0.13"}]},
+            {"address": "198.18.1.2", "port": 80, "protocol": "tcp",
+             "backends": [{"address": "198.18.0.14"}]}]}"#;
+        let web = id("198.18.1.1:80/tcp");
+        let b13 = BackendConfig {
+            address: ip("198.18.0.13"),
+            weight: 1,
+            drained: false,
+        };
+        let steps = plan_for(new).unwrap();
+        assert_eq!(
+            steps[..7],
+            [
+                Step::RemoveVip(id("198.18.1.1:53/udp")),
+                Step::RemoveBackend(web, ip("198.18.0.11")),
+                Step::Weight(web, ip("198.18.0.12"), 5),
+                Step::Drain(web, ip("198.18.0.12"), true),
+                Step::AddBackend(web, b13),
+                Step::Scheduler(web, Scheduler::Wlc),
+                Step::IdleTimeout(web, Some(3600)),
+            ]
+        );
+        assert!(
+            matches!(&steps[7..], [Step::AddVip(v)] if v.id() == id("198.18.1.2:80/tcp")),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn what_cannot_change_in_place_is_refused_by_field() {
+        let vip = |extra: &str| {
+            format!(
+                r#"{{"outer_source": {{"v4": "198.18.0.2"}}, "vips": [
+                {{"address": "198.18.1.1", "port": 80, "protocol": "tcp", {extra}
+                 "backends": [{{"address": "198.18.0.11"}}]}}]}}"#
+            )
+        };
+        let cases = [
+            (vip(r#""table_size": 251,"#), "vips[0].table_size"),
+            (vip(r#""name": "web","#), "vips[0].name"),
+            (vip(r#""agent": {"port": 5555},"#), "vips[0].agent"),
+            (
+                vip(r#""health_check": {"kind": "http", "path": "/"},"#),
+                "vips[0].health_check",
+            ),
+            (STARTED.replace("198.18.0.2", "198.18.0.3"), "outer_source"),
+            (
+                STARTED.replace(r#""vips""#, r#""mtu": 1400, "vips""#),
+                "mtu",
+            ),
+        ];
+        for (file, field) in cases {
+            let Err(e) = plan_for(&file) else {
+                panic!("{field}: accepted");
+            };
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.len() > 20, "{e}");
+        }
+    }
+}
