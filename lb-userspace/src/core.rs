@@ -200,7 +200,8 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    fn new(index: u32, generation: u32, b: &BackendConfig) -> Self {
+    /// A newly added backend: healthy until its checks say otherwise, no next hop yet.
+    pub(crate) fn new(index: u32, generation: u32, b: &BackendConfig) -> Self {
         Self {
             index,
             weight: b.weight,

@@ -185,20 +185,7 @@ mod tests {
                     .backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| {
-                        let s = BackendState {
-                            index: i as u32 + 1,
-                            weight: b.weight,
-                            drained: b.drained,
-                            healthy: true,
-                            nexthop: None,
-                            agent_down: false,
-                            agent_drain: false,
-                            factor_pct: 100,
-                            generation: 1,
-                        };
-                        (b.address, s)
-                    })
+                    .map(|(i, b)| (b.address, BackendState::new(i as u32 + 1, 1, b)))
                     .collect();
                 let mut config = v.clone();
                 config.backends.clear();
