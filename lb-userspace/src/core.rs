@@ -36,6 +36,7 @@ use crate::{
         SourceMode, VipConfig, VipId,
     },
     dataplane::{Dataplane, DataplaneError},
+    health::HealthCheckConfig,
     sched::{self, Member},
 };
 
@@ -778,6 +779,21 @@ impl<D: Dataplane> Core<D> {
             check_idle_timeout(t).map_err(|m| ConfigError::new("idle_timeout_s", m))?;
         }
         self.vip_mut(id)?.config.idle_timeout_s = idle_s;
+        Ok(())
+    }
+
+    /// Sets a VIP's health check (`None`: the default TCP connect). The caller restarts
+    /// the checks of its backends.
+    pub fn set_health_check(
+        &mut self,
+        id: &VipId,
+        check: Option<HealthCheckConfig>,
+    ) -> Result<(), CoreError> {
+        if let Some(hc) = &check {
+            hc.validate()
+                .map_err(|e| ConfigError::new("health_check", e.to_string()))?;
+        }
+        self.vip_mut(id)?.config.health_check = check;
         Ok(())
     }
 

@@ -4,8 +4,8 @@
 //! weights, drains, schedulers and idle timeouts set to its values (overwriting what the
 //! control socket changed since). What the running balancer cannot change in place is
 //! refused before any step runs: the global settings (outer sources, MTU, …, resolved
-//! against the interface at start) and a VIP's table size, tunnel, source mode, health
-//! check, agent and name. Those need a restart, or the VIP removed and added again.
+//! against the interface at start) and a VIP's table size, tunnel, source mode, agent and
+//! name. Those need a restart, or the VIP removed and added again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,6 +15,7 @@ use std::{
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
     core::BackendState,
+    health::HealthCheckConfig,
 };
 
 /// One change, in the order [`plan`] lists them.
@@ -34,6 +35,10 @@ pub enum Step {
     Scheduler(VipId, Scheduler),
     /// A VIP's new idle timeout (`None`: the protocol's default).
     IdleTimeout(VipId, Option<u32>),
+    /// A VIP's new health check (`None`: the default); its backends' checks restart from
+    /// their current verdicts. Before the VIP's backend steps, so added backends start
+    /// with it.
+    HealthCheck(VipId, Option<Box<HealthCheckConfig>>),
     /// A VIP the file adds, with its backends (boxed: the other steps are small).
     AddVip(Box<VipConfig>),
 }
@@ -56,6 +61,7 @@ impl std::fmt::Display for Step {
             Self::Scheduler(id, s) => write!(f, "VIP {id}: scheduler {}", s.name()),
             Self::IdleTimeout(id, Some(t)) => write!(f, "VIP {id}: idle timeout {t} s"),
             Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
+            Self::HealthCheck(id, _) => write!(f, "VIP {id}: new health check, checks restarted"),
             Self::AddVip(v) => write!(f, "add VIP {} with {} backends", v.id(), v.backends.len()),
         }
     }
@@ -108,6 +114,12 @@ pub fn plan<'a>(
             continue;
         };
         fixed_fields_unchanged(now.config, vip, &format!("vips[{i}]"))?;
+        if vip.health_check != now.config.health_check {
+            steps.push(Step::HealthCheck(
+                id,
+                vip.health_check.clone().map(Box::new),
+            ));
+        }
         steps.extend(backend_steps(&id, now.backends, &vip.backends));
         if vip.scheduler != now.config.scheduler {
             steps.push(Step::Scheduler(id, vip.scheduler));
@@ -124,12 +136,11 @@ pub fn plan<'a>(
 fn fixed_fields_unchanged(now: &VipConfig, new: &VipConfig, at: &str) -> Result<(), ConfigError> {
     let readd = "cannot change on a running VIP: remove the VIP and add it again \
                  (`xlb vip remove`, then reload; its flows are scheduled anew)";
-    let fields: [(&str, bool); 6] = [
+    let fields: [(&str, bool); 5] = [
         ("name", now.name == new.name),
         ("table_size", now.table_size == new.table_size),
         ("encap", now.encap == new.encap),
         ("source", now.source == new.source),
-        ("health_check", now.health_check == new.health_check),
         ("agent", now.agent == new.agent),
     ];
     match fields.iter().find(|(_, same)| !same) {
@@ -254,6 +265,29 @@ mod tests {
     }
 
     #[test]
+    fn a_new_health_check_comes_before_the_vips_backends() {
+        let new = STARTED.replace(
+            r#""protocol": "tcp","#,
+            r#""protocol": "tcp", "health_check": {"kind": "http", "path": "/healthz"},"#,
+        );
+        let new = new.replace(
+            r#"{"address": "198.18.0.12", "weight": 2}"#,
+            r#"{"address": "198.18.0.13"}"#,
+        );
+        let steps = plan_for(&new).unwrap();
+        let web = id("198.18.1.1:80/tcp");
+        assert!(
+            matches!(&steps[0], Step::HealthCheck(v, Some(hc)) if *v == web && hc.path == "/healthz"),
+            "{steps:?}"
+        );
+        assert_eq!(steps[1], Step::RemoveBackend(web, ip("198.18.0.12")));
+        assert!(
+            matches!(&steps[2], Step::AddBackend(v, b) if *v == web && b.address == ip("198.18.0.13"))
+        );
+        assert_eq!(steps.len(), 3);
+    }
+
+    #[test]
     fn what_cannot_change_in_place_is_refused_by_field() {
         let vip = |extra: &str| {
             format!(
@@ -266,10 +300,6 @@ mod tests {
             (vip(r#""table_size": 251,"#), "vips[0].table_size"),
             (vip(r#""name": "web","#), "vips[0].name"),
             (vip(r#""agent": {"port": 5555},"#), "vips[0].agent"),
-            (
-                vip(r#""health_check": {"kind": "http", "path": "/"},"#),
-                "vips[0].health_check",
-            ),
             (STARTED.replace("198.18.0.2", "198.18.0.3"), "outer_source"),
             (
                 STARTED.replace(r#""vips""#, r#""mtu": 1400, "vips""#),

@@ -337,7 +337,7 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
     if !require_root() {
         return;
     }
-    let (net, mut lb, sock) = net_with_lb(
+    let (mut net, mut lb, sock) = net_with_lb(
         "srl",
         &config("maglev", 80, &[("198.18.0.11", 1), ("198.18.0.12", 1)], ""),
     );
@@ -380,6 +380,37 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         "wrr 1:2 over 30 new flows: {after:?}"
     );
     assert!(lb.running(), "xlb stopped on SIGHUP:\n{}", lb.log_text());
+
+    // A new health check: the checks restart from their verdicts, so b2, down when the
+    // file changes, stays down until the new check sees it answer again.
+    net.stop_http(1);
+    let b2 = format!("{vip} 198.18.0.12");
+    wait_for("b2 down", Duration::from_secs(10), || {
+        states(&net).get(&b2).map(String::as_str) == Some("down")
+    });
+    let reloaded = config_hc(
+        "wrr",
+        80,
+        &[("198.18.0.12", 1), ("198.18.0.13", 2)],
+        r#"{"kind": "tcp", "interval_ms": 200, "timeout_ms": 150, "rise": 3}"#,
+        "",
+    );
+    std::fs::write(&file, &reloaded).expect("write config");
+    lb.hangup();
+    wait_for("the health-check reload", Duration::from_secs(10), || {
+        lb.log_text().contains("new health check")
+    });
+    assert_eq!(
+        states(&net).get(&b2).map(String::as_str),
+        Some("down"),
+        "a restarted check brought a dead backend back"
+    );
+    let only_b3 = tally(&net.client, 10);
+    assert_eq!(only_b3.keys().collect::<Vec<_>>(), ["b3"], "{only_b3:?}");
+    net.start_http(1);
+    wait_for("b2 up under the new check", Duration::from_secs(10), || {
+        states(&net).get(&b2).map(String::as_str) == Some("up")
+    });
 
     // What a running VIP cannot change, and a broken file: refused, nothing changes.
     let shape = states(&net);

@@ -113,7 +113,7 @@ impl Daemon {
     /// Starts health checks for every backend the core has (after the initial config).
     pub fn start_all_checks(&mut self) -> Result<(), CoreError> {
         for (vip, addr) in self.core.backend_pairs() {
-            self.start_check(&vip, addr)?;
+            self.start_check(&vip, addr, true)?;
         }
         Ok(())
     }
@@ -128,7 +128,8 @@ impl Daemon {
             .unwrap_or_default())
     }
 
-    fn start_check(&mut self, vip: &VipId, addr: IpAddr) -> Result<(), CoreError> {
+    /// Starts checking a backend from the health `healthy` (see `HealthChecker::spawn`).
+    fn start_check(&mut self, vip: &VipId, addr: IpAddr, healthy: bool) -> Result<(), CoreError> {
         let cfg = self.health_config(vip)?;
         let id = self.next_target;
         self.next_target += 1;
@@ -139,6 +140,7 @@ impl Daemon {
                 SocketAddr::new(addr, vip.port),
                 &cfg,
                 self.events.clone(),
+                healthy,
             )
             .map_err(|e| crate::config::ConfigError::new("health_check", e.to_string()))?;
         self.targets.insert(id, (*vip, addr));
@@ -190,7 +192,7 @@ impl Daemon {
         let addrs: Vec<IpAddr> = cfg.backends.iter().map(|b| b.address).collect();
         self.core.add_vip(cfg)?;
         for a in addrs {
-            self.start_check(&id, a)?;
+            self.start_check(&id, a, true)?;
         }
         Ok(())
     }
@@ -208,7 +210,7 @@ impl Daemon {
     pub fn add_backend(&mut self, vip: &VipId, b: BackendConfig) -> Result<(), CoreError> {
         let addr = b.address;
         self.core.add_backend(vip, b)?;
-        self.start_check(vip, addr)
+        self.start_check(vip, addr, true)
     }
 
     /// Removes a backend and stops its check.
@@ -236,6 +238,29 @@ impl Daemon {
     /// Switches the scheduler.
     pub fn set_scheduler(&mut self, vip: &VipId, s: Scheduler) -> Result<(), CoreError> {
         self.core.set_scheduler(vip, s)
+    }
+
+    /// Sets a VIP's health check and restarts its backends' checks with it. Each new check
+    /// starts from the verdict of the one it replaces: a down backend stays out until
+    /// `rise` successes of the new check, an up one stays in until `fall` failures.
+    pub fn set_health_check(
+        &mut self,
+        vip: &VipId,
+        check: Option<HealthCheckConfig>,
+    ) -> Result<(), CoreError> {
+        self.core.set_health_check(vip, check)?;
+        let backends: Vec<(IpAddr, bool)> = self
+            .core
+            .vip(vip)?
+            .backends
+            .iter()
+            .map(|(a, b)| (*a, b.healthy))
+            .collect();
+        for (addr, healthy) in backends {
+            self.stop_check(vip, addr);
+            self.start_check(vip, addr, healthy)?;
+        }
+        Ok(())
     }
 
     /// See `Core::set_idle_timeout`.
@@ -267,6 +292,7 @@ impl Daemon {
                 reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
+                reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),
                 reload::Step::AddVip(v) => self.add_vip(*v),
             };
             if let Err(source) = applied {

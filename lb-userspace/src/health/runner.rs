@@ -53,7 +53,9 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     /// Starts checking `addr` (the backend's IP with the VIP's port; `cfg.port`, when set,
-    /// replaces the port) and returns the handle that owns the task. Fails when `cfg` is
+    /// replaces the port) from the state `healthy` (true for a new backend; a check that
+    /// replaces another starts from what that one had decided, so that only `rise` or
+    /// `fall` results change it) and returns the handle that owns the task. Fails when `cfg` is
     /// invalid or no port is known for a port-based check. Must be called inside a tokio
     /// runtime. Transitions go to `events`; a closed receiver only stops the events,
     /// not the checks, since the snapshot is still served.
@@ -63,6 +65,7 @@ impl HealthChecker {
         addr: SocketAddr,
         cfg: &HealthCheckConfig,
         events: mpsc::Sender<HealthEvent>,
+        healthy: bool,
     ) -> Result<HealthHandle, HealthConfigError> {
         let target = cfg.probe_target(addr)?;
         let bind = match target.ip() {
@@ -70,7 +73,7 @@ impl HealthChecker {
             IpAddr::V6(_) => self.source_v6.map(IpAddr::V6),
         };
         let probe = build_probe(cfg, bind);
-        Self::spawn_with_probe(target_id, target, cfg, probe, events)
+        Self::spawn_with_probe(target_id, target, cfg, probe, events, healthy)
     }
 
     /// Like [`HealthChecker::spawn`] with a given probe, checking `target` exactly as given;
@@ -81,11 +84,14 @@ impl HealthChecker {
         cfg: &HealthCheckConfig,
         probe: Arc<dyn Probe>,
         events: mpsc::Sender<HealthEvent>,
+        healthy: bool,
     ) -> Result<HealthHandle, HealthConfigError> {
         // An invalid config (a zero interval, a timeout longer than the interval) would make
         // the loop spin or checks overlap; refuse it here rather than trust every caller.
         cfg.validate()?;
-        let (state_tx, state_rx) = watch::channel(HealthState::new(std::time::Instant::now()));
+        let mut start = HealthState::new(std::time::Instant::now());
+        start.healthy = healthy;
+        let (state_tx, state_rx) = watch::channel(start);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = Task {
             target_id,
@@ -362,7 +368,7 @@ mod tests {
             ..Default::default()
         };
         let err = HealthChecker::default()
-            .spawn(1, loopback(80), &cfg, tx)
+            .spawn(1, loopback(80), &cfg, tx, true)
             .expect_err("zero interval");
         assert_eq!(err.to_string(), "interval_ms must be 10..=3600000, got 0");
     }
@@ -373,7 +379,7 @@ mod tests {
         probe.failing.store(true, Ordering::SeqCst);
         let (tx, mut rx) = mpsc::channel(8);
         let handle =
-            HealthChecker::spawn_with_probe(7, loopback(9), &fast_cfg(), probe.clone(), tx)
+            HealthChecker::spawn_with_probe(7, loopback(9), &fast_cfg(), probe.clone(), tx, true)
                 .expect("valid config");
         assert!(handle.snapshot().healthy, "starts healthy");
 
@@ -406,10 +412,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_check_started_down_stays_down_until_rise_successes() {
+        // A replacing check (new health-check settings) starts from the old one's verdict:
+        // a backend that was down must not take flows before `rise` successes, and a
+        // failing one started down reports nothing.
+        let probe = Arc::new(Switch::default());
+        probe.failing.store(true, Ordering::SeqCst);
+        let (tx, mut rx) = mpsc::channel(8);
+        let handle =
+            HealthChecker::spawn_with_probe(5, loopback(9), &fast_cfg(), probe.clone(), tx, false)
+                .expect("valid config");
+        assert!(!handle.snapshot().healthy, "starts down");
+        let quiet = tokio::time::timeout(Duration::from_millis(150), rx.recv()).await;
+        assert!(
+            quiet.is_err(),
+            "failures of a down backend are no transition: {quiet:?}"
+        );
+        assert!(probe.checks.load(Ordering::SeqCst) >= 3);
+        probe.failing.store(false, Ordering::SeqCst);
+        let up = expect_event(tokio::time::timeout(WAIT, rx.recv()).await);
+        assert_eq!(up.transition, Transition::Up);
+        assert!(handle.snapshot().healthy);
+        assert!(handle.snapshot().checks_ok >= 2, "after rise = 2 successes");
+    }
+
+    #[tokio::test]
     async fn dropping_the_handle_stops_the_task() {
         let (tx, mut rx) = mpsc::channel(1);
         let probe = Arc::new(Switch::default());
-        let handle = HealthChecker::spawn_with_probe(1, loopback(9), &fast_cfg(), probe, tx)
+        let handle = HealthChecker::spawn_with_probe(1, loopback(9), &fast_cfg(), probe, tx, true)
             .expect("valid config");
         drop(handle);
         // The task owned the only sender: the channel closes once the task has exited.
@@ -437,7 +468,7 @@ mod tests {
             source_v4: Some(Ipv4Addr::LOCALHOST),
             source_v6: None,
         }
-        .spawn(3, loopback(port), &cfg, tx)
+        .spawn(3, loopback(port), &cfg, tx, true)
         .expect("valid config");
         assert_eq!(handle.target(), loopback(port));
 
@@ -469,7 +500,7 @@ mod tests {
             ..Default::default()
         };
         let handle = HealthChecker::default()
-            .spawn(1, loopback(80), &cfg, tx)
+            .spawn(1, loopback(80), &cfg, tx, true)
             .expect("valid config");
         assert_eq!(handle.target(), loopback(8080));
         assert!(!handle.is_finished());
