@@ -312,6 +312,7 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         (br#"{"v":1,"op":"vip.remove","vip":"198.18.1.9:80/tcp"}"#.to_vec(), "unknown_vip"),
         (br#"{"v":1,"op":"vip.idle_timeout","vip":"198.18.1.1:80/tcp","idle_timeout_s":5}"#.to_vec(), "invalid"),
         (br#"{"v":1,"op":"vip.idle_timeout","vip":"198.18.1.9:80/tcp","idle_timeout_s":60}"#.to_vec(), "unknown_vip"),
+        (br#"{"v":1,"op":"vip.health_check","vip":"198.18.1.1:80/tcp","health_check":{"rise":0}}"#.to_vec(), "invalid"),
         (br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":80,"protocol":"tcp"}}"#.to_vec(), "exists"),
         (br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":0,"protocol":"tcp"}}"#.to_vec(), "invalid"),
         (br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":81,"protocol":"sctp"}}"#.to_vec(), "bad_request"),

@@ -203,6 +203,25 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     assert_eq!(idle(&net), serde_json::json!(3600), "a refusal changed it");
     net.ctl(&sock, &["vip", "idle-timeout", &vip, "default"]);
     assert_eq!(idle(&net), serde_json::json!(900));
+    // A new health check on the running VIP: every backend stays up, no flow moves.
+    net.ctl(
+        &sock,
+        &[
+            "vip",
+            "health-check",
+            &vip,
+            r#"{"kind": "tcp", "interval_ms": 200, "timeout_ms": 150}"#,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let states = net.backend_states(&sock);
+    assert!(
+        states.len() == 3 && states.values().all(|s| s == "up"),
+        "{states:?}"
+    );
+    for c in &mut held {
+        assert_eq!(c.who(), target, "a held connection moved");
+    }
 }
 
 #[test]

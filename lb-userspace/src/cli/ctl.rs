@@ -25,7 +25,7 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd,
-            VipIdleTimeout, VipRef, VipScheduler,
+            VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
         },
         DEFAULT_SOCKET,
     },
@@ -34,10 +34,6 @@ use crate::{
 
 /// `xlb vip …`
 #[derive(Clone, Debug, clap::Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per process; boxing would only add noise"
-)]
 pub enum VipCmd {
     /// Add a VIP (and, optionally, its backends).
     Add {
@@ -88,6 +84,15 @@ pub enum VipCmd {
         /// Seconds, 30..=604800, or `default` (900 for TCP, 300 for UDP).
         #[arg(value_parser = parse_idle_timeout)]
         seconds: IdleTimeout,
+    },
+    /// Set a VIP's health check; its backends' checks restart from their verdicts.
+    HealthCheck {
+        /// ADDRESS:PORT[/PROTO].
+        vip: VipId,
+        /// The check as JSON, e.g. '{"kind":"http","path":"/healthz"}', or `default` (TCP
+        /// connect to the VIP's port).
+        #[arg(value_parser = parse_health_check_or_default)]
+        check: HealthCheckArg,
     },
     /// List VIPs, one line each.
     List,
@@ -232,6 +237,13 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 Some(s) => format!("VIP {vip}: idle flows stop counting after {s} s"),
                 None => format!("VIP {vip}: idle flows stop counting after the protocol's default"),
             },
+        ),
+        VipCmd::HealthCheck { vip, check } => (
+            Request::VipHealthCheck(VipHealthCheck {
+                vip,
+                health_check: check.0,
+            }),
+            format!("VIP {vip}: health checks restarted"),
         ),
         VipCmd::List => {
             let result = call(&opts.socket, &Request::Status(Empty {}))?;
@@ -391,6 +403,17 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         weight,
         drained: false,
     })
+}
+
+/// `xlb vip health-check`'s argument: a check, or `None` for the default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheckArg(pub Option<HealthCheckConfig>);
+
+fn parse_health_check_or_default(s: &str) -> Result<HealthCheckArg, String> {
+    if s == "default" {
+        return Ok(HealthCheckArg(None));
+    }
+    parse_health_check(s).map(|hc| HealthCheckArg(Some(hc)))
 }
 
 fn parse_health_check(s: &str) -> Result<HealthCheckConfig, String> {
@@ -750,6 +773,7 @@ mod tests {
             &["backend", "add", "198.18.1.1:80", "not-an-ip"],
             &["vip", "idle-timeout", "198.18.1.1:80", "10"],
             &["vip", "idle-timeout", "198.18.1.1:80", "an-hour"],
+            &["vip", "health-check", "198.18.1.1:80", r#"{"rise":0}"#],
         ] {
             let argv = std::iter::once("xlb").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
@@ -769,6 +793,12 @@ mod tests {
             };
             assert_eq!(seconds, IdleTimeout(want));
         }
+        let Top::Vip(VipCmd::HealthCheck { check, .. }) =
+            parse(&["vip", "health-check", "198.18.1.1:80", "default"])
+        else {
+            panic!("not vip health-check")
+        };
+        assert_eq!(check, HealthCheckArg(None));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::{BackendConfig, Scheduler, VipConfig, VipId},
     core::CoreError,
+    health::HealthCheckConfig,
 };
 
 /// The protocol version this build speaks (the only one so far).
@@ -79,10 +80,6 @@ impl From<CoreError> for ControlError {
 /// to it: `{"v":1,"op":"backend.drain","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op")]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one request per line read; boxing buys nothing"
-)]
 pub enum Request {
     /// Adds a VIP with its backends.
     #[serde(rename = "vip.add")]
@@ -96,6 +93,9 @@ pub enum Request {
     /// Sets a VIP's idle timeout for least-connection counts.
     #[serde(rename = "vip.idle_timeout")]
     VipIdleTimeout(VipIdleTimeout),
+    /// Sets a VIP's health check; its backends' checks restart from their verdicts.
+    #[serde(rename = "vip.health_check")]
+    VipHealthCheck(VipHealthCheck),
     /// Adds a backend to a VIP.
     #[serde(rename = "backend.add")]
     BackendAdd(BackendAdd),
@@ -155,6 +155,16 @@ pub struct VipIdleTimeout {
     pub idle_timeout_s: Option<u32>,
 }
 
+/// Body of `vip.health_check`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipHealthCheck {
+    /// The VIP.
+    pub vip: VipId,
+    /// As in the config file, or `null` for the default (TCP connect to the VIP port).
+    pub health_check: Option<HealthCheckConfig>,
+}
+
 /// Body of `backend.add`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +208,7 @@ pub const OPS: &[&str] = &[
     "vip.remove",
     "vip.scheduler",
     "vip.idle_timeout",
+    "vip.health_check",
     "backend.add",
     "backend.remove",
     "backend.weight",
@@ -215,6 +226,7 @@ impl Request {
             Self::VipRemove(_) => "vip.remove",
             Self::VipScheduler(_) => "vip.scheduler",
             Self::VipIdleTimeout(_) => "vip.idle_timeout",
+            Self::VipHealthCheck(_) => "vip.health_check",
             Self::BackendAdd(_) => "backend.add",
             Self::BackendRemove(_) => "backend.remove",
             Self::BackendWeight(_) => "backend.weight",
@@ -247,6 +259,7 @@ impl Request {
             "vip.remove" => Self::VipRemove(parse_body(body)?),
             "vip.scheduler" => Self::VipScheduler(parse_body(body)?),
             "vip.idle_timeout" => Self::VipIdleTimeout(parse_body(body)?),
+            "vip.health_check" => Self::VipHealthCheck(parse_body(body)?),
             "backend.add" => Self::BackendAdd(parse_body(body)?),
             "backend.remove" => Self::BackendRemove(parse_body(body)?),
             "backend.weight" => Self::BackendWeight(parse_body(body)?),
@@ -536,6 +549,13 @@ mod tests {
                 Request::VipIdleTimeout(VipIdleTimeout {
                     vip: vip_id(),
                     idle_timeout_s: None,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"vip.health_check","vip":"198.18.1.1:80/tcp","health_check":null}"#,
+                Request::VipHealthCheck(VipHealthCheck {
+                    vip: vip_id(),
+                    health_check: None,
                 }),
             ),
             (

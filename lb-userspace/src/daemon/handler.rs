@@ -76,6 +76,17 @@ impl Handler for DaemonHandler {
                     ),
                 })
             }
+            Request::VipHealthCheck(r) => {
+                let kind = r
+                    .health_check
+                    .as_ref()
+                    .map_or("the default", |hc| hc.kind.as_str());
+                d.set_health_check(&r.vip, r.health_check)?;
+                done(format!(
+                    "VIP {}: health checks restarted ({kind} check)",
+                    r.vip
+                ))
+            }
             Request::BackendAdd(r) => {
                 let a = r.backend.address;
                 d.add_backend(&r.vip, r.backend)?;
