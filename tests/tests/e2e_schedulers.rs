@@ -411,7 +411,7 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         "wrr",
         80,
         &[("198.18.0.12", 1), ("198.18.0.13", 2)],
-        r#"{"kind": "tcp", "interval_ms": 200, "timeout_ms": 150, "rise": 3}"#,
+        r#"{"kind": "tcp", "interval_ms": 200, "down_interval_ms": 200, "timeout_ms": 150, "rise": 3}"#,
         "",
     );
     std::fs::write(&file, &reloaded).expect("write config");
