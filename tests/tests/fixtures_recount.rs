@@ -17,7 +17,7 @@ use lb_common::{
 use tokio::sync::mpsc;
 use xlb::{
     conntable::{monotonic_coarse_s, IDLE_TCP_S},
-    daemon::state::{idle_timeouts, Daemon},
+    daemon::state::{idle_timeouts, CountedSlot, Daemon},
     health::HealthChecker,
     loader::LoadOptions,
 };
@@ -75,8 +75,8 @@ fn conns_v4(ebpf: &mut aya::Ebpf) -> BpfHashMap<aya::maps::MapData, FlowKeyV4, C
     BpfHashMap::try_from(prog_map(prog, MAP_CONNS_V4)).expect("CONNS_V4")
 }
 
-/// One recount as the daemon's task makes it: slots, scan, write.
-fn recount(d: &mut Daemon) -> (usize, i64) {
+/// The first half of a recount as the daemon's task makes it: the slots, then the scan.
+fn scan(d: &Daemon) -> (Vec<CountedSlot>, HashMap<(u32, u32), u64>) {
     let slots = d.counted_slots();
     let tally = d
         .core()
@@ -84,6 +84,12 @@ fn recount(d: &mut Daemon) -> (usize, i64) {
         .conn_tables()
         .open_counted(&idle_timeouts(&slots))
         .expect("scan");
+    (slots, tally)
+}
+
+/// One whole recount: slots, scan, write.
+fn recount(d: &mut Daemon) -> (usize, i64) {
+    let (slots, tally) = scan(d);
     d.apply_recount(&slots, &tally)
 }
 
@@ -174,10 +180,8 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
 
     // The recount: slots read, then the scan; a flow opened between the scan and the
     // write is the data plane's own +1 and must survive the correction.
-    let slots = d.counted_slots();
+    let (slots, tally) = scan(&d);
     assert_eq!(slots.len(), 2, "only the lc VIP's backends are recounted");
-    let tables = d.core().dataplane().conn_tables();
-    let tally = tables.open_counted(&idle_timeouts(&slots)).expect("scan");
     run(&mut ebpf, &pkt(41_100).syn().build());
     let late = conns.get(&key(41_100), 0).expect("late flow").backend;
     let (written, drift) = d.apply_recount(&slots, &tally);
@@ -215,13 +219,7 @@ fn a_recount_leaves_a_backend_removed_during_the_scan_alone() {
     let mut conns = conns_v4(&mut ebpf);
     let gone = conns.get(&key(42_000), 0).expect("recorded flow").backend;
     conns.remove(&key(42_000)).expect("evict");
-    let slots = d.counted_slots();
-    let tally = d
-        .core()
-        .dataplane()
-        .conn_tables()
-        .open_counted(&idle_timeouts(&slots))
-        .expect("scan");
+    let (slots, tally) = scan(&d);
     // That backend leaves during the scan: its slot is no longer the recount's to write
     // (it keeps its count until the slot is cleared for reuse).
     let web: xlb::config::VipId = "198.18.1.1:80/tcp".parse().unwrap();
