@@ -61,6 +61,8 @@ pub fn read_u16(ctx: &XdpContext, offset: usize) -> Option<u16> {
 
 /// True when `len` bytes starting at `offset` lie inside the frame. A pointer comparison:
 /// the verifier rejects arithmetic on `data_end`, so lengths are never computed from it.
+/// An `offset` past [`MAX_OFFSET`] gives false whatever the frame; `len` has no such bound,
+/// so put header offsets in `offset` and packet lengths in `len`.
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, offset: usize, len: usize) -> bool {
     offset <= MAX_OFFSET && ctx.data() + offset + len <= ctx.data_end()

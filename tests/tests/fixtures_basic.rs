@@ -64,6 +64,16 @@ fn basic_fixtures() {
         .build();
     let mut padded = unpadded.clone();
     padded.resize(60, 0);
+    // Bytes behind a long packet: until fixtures_mutated_frames found it, the trim only
+    // looked for them behind packets shorter than the parser's offset bound (1024 bytes),
+    // and these went into the tunnel, the frame then longer than the link's MTU.
+    let long = client()
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .udp(5355, 53)
+        .payload(&[9; 1200])
+        .build();
+    let mut long_trailer = long.clone();
+    long_trailer.extend([0xee; 22]);
     let other_port = client()
         .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
         .tcp(31337, 8080)
@@ -145,6 +155,16 @@ fn basic_fixtures() {
                 padded.clone(),
                 XDP_TX,
                 to_backend(&unpadded, "198.18.0.12"),
+                &[(tx, 1)],
+            )],
+        },
+        Fixture {
+            name: "bytes_behind_a_long_packet_trimmed",
+            config: ONE_BACKEND.into(),
+            steps: vec![step(
+                long_trailer,
+                XDP_TX,
+                to_backend(&long, "198.18.0.12"),
                 &[(tx, 1)],
             )],
         },
