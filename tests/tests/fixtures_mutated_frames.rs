@@ -1,0 +1,663 @@
+//! test_run with mutated frames: valid client frames (TCP, UDP, VLAN, IPv4 options, IPv6
+//! extension headers, ICMP errors about VIP flows, a frame too big to tunnel) and valid
+//! tunnel frames, each mutated thousands of times (bits flipped, fields set to extremes,
+//! frames cut or padded), run through the balancer and the decap program. Whatever the
+//! bytes, each program must give one of its verdicts, count the frame under exactly one
+//! reason, leave passed frames untouched, and send out only what it may send: the client's
+//! IP packet verbatim inside a correct tunnel to a configured backend (and, decapsulated by
+//! the backend's program, that packet again), or a correct ICMP error back to the client.
+//!
+//! The fixed fixtures (`fixtures_malformed.rs`, `fixtures_decap.rs`) say which reason each
+//! known defect gets; this test looks for the defects nobody listed. The mutations come from
+//! a fixed generator, so a failure names a frame that fails again on every run.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::counters::{Event, COUNTER_SLOTS};
+use xlb_tests::{
+    fixtures::*,
+    netns::require_root,
+    packet::{
+        eth_frame, ip_packet, ipv4_outer, ipv6_outer, ExtHeader, Pkt, ETHERTYPE_IPV4,
+        ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, PROTO_IPIP, PROTO_IPV6,
+    },
+};
+
+const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
+    {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+     "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
+    {"address": "198.18.1.1", "port": 53, "protocol": "udp", "backends": [{"address": "198.18.0.13"}]},
+    {"address": "fd00::1:1", "port": 80, "protocol": "tcp",
+     "backends": [{"address": "fd00::11"}, {"address": "fd00::12"}]}
+]}"#;
+
+const VIP4: &str = "198.18.1.1";
+const VIP6: &str = "fd00::1:1";
+const CLIENT4: &str = "198.18.0.10";
+const CLIENT6: &str = "fd00::10";
+const BACKENDS: [&str; 5] = [
+    "198.18.0.11",
+    "198.18.0.12",
+    "198.18.0.13",
+    "fd00::11",
+    "fd00::12",
+];
+const LB4: &str = "198.18.0.2";
+const LB6: &str = "fd00::2";
+/// Mutated frames per seed frame.
+const MUTANTS: usize = 3000;
+
+/// Counter slot ranges (`lb_common::counters`): drops, passes, events.
+const DROPS: std::ops::Range<usize> = 1..32;
+const PASSES: std::ops::Range<usize> = 32..48;
+
+/// A fixed pseudo-random sequence (64-bit LCG, high bits out).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) as u32
+    }
+
+    /// Uniform in `0..n` (n > 0; the bias is irrelevant here).
+    fn below(&mut self, n: usize) -> usize {
+        self.next() as usize % n
+    }
+}
+
+/// Offsets worth aiming at in a frame with an L2 header of `l2` bytes: the EtherType and
+/// the IP header's length, protocol and fragment fields, and the first transport bytes.
+fn hot_offsets(l2: usize) -> Vec<usize> {
+    let mut v = vec![12, 13, 16, 17];
+    // IPv4: version/IHL, total length, flags/fragment offset, protocol.
+    v.extend([l2, l2 + 2, l2 + 3, l2 + 6, l2 + 7, l2 + 9]);
+    // IPv6: payload length, next header.
+    v.extend([l2 + 4, l2 + 5, l2 + 6]);
+    // First option / extension header / transport bytes.
+    v.extend([
+        l2 + 20,
+        l2 + 21,
+        l2 + 24,
+        l2 + 40,
+        l2 + 41,
+        l2 + 42,
+        l2 + 43,
+    ]);
+    v
+}
+
+/// `seed` with one to three mutations.
+fn mutate(seed: &[u8], rng: &mut Lcg) -> Vec<u8> {
+    let mut f = seed.to_vec();
+    let l2 = l2_len(seed).unwrap_or(14);
+    let hot = hot_offsets(l2);
+    for _ in 0..1 + rng.below(3) {
+        match rng.below(7) {
+            // One bit anywhere in the headers' reach.
+            0 => {
+                let i = rng.below(f.len().min(128));
+                f[i] ^= 1 << rng.below(8);
+            }
+            // A hot byte set to an extreme or random value.
+            1 | 2 => {
+                let i = hot[rng.below(hot.len())];
+                if i < f.len() {
+                    f[i] = [0, 0xff, 1, 0x80, rng.next() as u8][rng.below(5)];
+                }
+            }
+            // A random byte in the first 80.
+            3 => {
+                let i = rng.below(f.len().min(80));
+                f[i] = rng.next() as u8;
+            }
+            // Cut anywhere past the Ethernet header.
+            4 => {
+                let len = 14 + rng.below(f.len() - 13);
+                f.truncate(len);
+            }
+            // Ethernet padding, or junk after the packet.
+            5 => {
+                for _ in 0..1 + rng.below(40) {
+                    f.push(rng.next() as u8);
+                }
+            }
+            // A length field that claims more or less than the frame holds.
+            _ => {
+                let field = if f.get(l2).is_some_and(|b| b >> 4 == 6) {
+                    l2 + 4
+                } else {
+                    l2 + 2
+                };
+                if field + 2 <= f.len() {
+                    let old = u16::from_be_bytes([f[field], f[field + 1]]);
+                    let new = old.wrapping_add(rng.below(64) as u16).wrapping_sub(32);
+                    f[field..field + 2].copy_from_slice(&new.to_be_bytes());
+                }
+            }
+        }
+        if f.len() < 14 {
+            f.resize(14, 0);
+        }
+    }
+    f
+}
+
+/// Length of the frame's Ethernet header (with its one tag), if it has one.
+fn l2_len(f: &[u8]) -> Option<usize> {
+    let t = u16::from_be_bytes([*f.get(12)?, *f.get(13)?]);
+    Some(if t == ETHERTYPE_VLAN || t == ETHERTYPE_QINQ {
+        18
+    } else {
+        14
+    })
+}
+
+/// The IP packet of `f` as its own length field delimits it (Ethernet padding excluded),
+/// if that field fits the frame.
+fn ip_extent(f: &[u8]) -> Option<&[u8]> {
+    let ip = &f[l2_len(f)?..];
+    let len = match ip.first()? >> 4 {
+        4 => usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?])),
+        6 => 40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?])),
+        _ => return None,
+    };
+    ip.get(..len)
+}
+
+fn ones_sum(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn folds_to_zero(mut sum: u32) -> bool {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+fn addr_at(ip: &[u8], off: usize, v4: bool) -> IpAddr {
+    if v4 {
+        let b: [u8; 4] = ip[off..off + 4].try_into().expect("4 bytes");
+        IpAddr::V4(Ipv4Addr::from(b))
+    } else {
+        let b: [u8; 16] = ip[off..off + 16].try_into().expect("16 bytes");
+        IpAddr::V6(Ipv6Addr::from(b))
+    }
+}
+
+/// Checks a balancer `XDP_TX` frame: the client's IP packet verbatim in a tunnel to one of
+/// the configured backends, behind the next hop's Ethernet header and the client's tag.
+fn check_tunnel(input: &[u8], out: &[u8]) -> Result<IpAddr, String> {
+    let inner = ip_extent(input).ok_or("forwarded a frame whose IP length does not fit")?;
+    let l2 = l2_len(input).ok_or("no Ethernet header")?;
+    let v4_outer = u16::from_be_bytes([out[l2 - 2], out[l2 - 1]]) == ETHERTYPE_IPV4;
+    let hdr_len = if v4_outer { 20 } else { 40 };
+    let outer = out
+        .get(l2..l2 + hdr_len)
+        .ok_or("output shorter than its headers")?;
+    let backend = addr_at(outer, if v4_outer { 16 } else { 24 }, v4_outer);
+    if !BACKENDS.iter().any(|b| b.parse::<IpAddr>() == Ok(backend)) {
+        return Err(format!("tunnel to {backend}, which is no backend"));
+    }
+    let vip = addr_at(
+        inner,
+        if inner[0] >> 4 == 4 { 16 } else { 24 },
+        inner[0] >> 4 == 4,
+    );
+    if vip.to_string() != VIP4 && vip.to_string() != VIP6 {
+        return Err(format!("tunnelled a packet for {vip}, which is no VIP"));
+    }
+    let proto = if inner[0] >> 4 == 4 {
+        PROTO_IPIP
+    } else {
+        PROTO_IPV6
+    };
+    let tos = if inner[0] >> 4 == 4 {
+        inner[1]
+    } else {
+        (u16::from_be_bytes([inner[0], inner[1]]) >> 4) as u8
+    };
+    let header = match backend {
+        IpAddr::V4(b) => ipv4_outer(v4(LB4), b, proto, tos, 64, 0, true, inner),
+        IpAddr::V6(b) => {
+            let label = u32::from_be_bytes([0, outer[1], outer[2], outer[3]]) & 0xf_ffff;
+            ipv6_outer(v6(LB6), b, proto, tos, label, 64, inner)
+        }
+    };
+    let ethertype = if v4_outer {
+        ETHERTYPE_IPV4
+    } else {
+        ETHERTYPE_IPV6
+    };
+    let mut want = eth_frame(NEXTHOP_MAC, LB_MAC, None, ethertype, &header);
+    if l2 == 18 {
+        // The client's tag (TPID and TCI) as it came, whatever its TPID.
+        want.splice(12..12, input[12..16].iter().copied());
+    }
+    if out != want {
+        return Err(format!(
+            "tunnel frame differs from the expected one: {}",
+            difference(out, &want)
+        ));
+    }
+    Ok(backend)
+}
+
+/// Checks an ICMP "fragmentation needed" / "packet too big" reply to the client.
+fn check_too_big_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
+    let l2 = l2_len(input).ok_or("no Ethernet header")?;
+    if out[..6] != input[6..12] || out[6..12] != input[..6] || out[12..l2] != input[12..l2] {
+        return Err("reply's Ethernet header is not the request's, swapped".into());
+    }
+    let req = ip_extent(input).ok_or("answered a frame whose IP length does not fit")?;
+    let ip = &out[l2..];
+    let req_v4 = req[0] >> 4 == 4;
+    let (hdr, src_off, dst_off, alen) = if req_v4 {
+        (20, 12, 16, 4)
+    } else {
+        (40, 8, 24, 16)
+    };
+    if ip.len() < hdr + 8 + 64 {
+        return Err("reply shorter than headers and quote".into());
+    }
+    if ip[src_off..src_off + alen] != req[dst_off..dst_off + alen]
+        || ip[dst_off..dst_off + alen] != req[src_off..src_off + alen]
+    {
+        return Err("reply's addresses are not the request's, swapped".into());
+    }
+    let icmp = &ip[hdr..];
+    let quote = &icmp[8..];
+    if quote[..64] != req[..64] {
+        return Err("reply does not quote the request's first 64 bytes".into());
+    }
+    let sum_ok = if req_v4 {
+        folds_to_zero(ones_sum(&ip[..20])) && folds_to_zero(ones_sum(icmp)) && icmp[0] == 3
+    } else {
+        let pseudo = ones_sum(&ip[8..40]) + icmp.len() as u32 + 58;
+        folds_to_zero(pseudo + ones_sum(icmp)) && icmp[0] == 2
+    };
+    if !sum_ok {
+        return Err("reply's type or checksums are wrong".into());
+    }
+    Ok(())
+}
+
+/// Where `got` first differs from `want`, and their lengths.
+fn difference(got: &[u8], want: &[u8]) -> String {
+    let at = got.iter().zip(want).position(|(a, b)| a != b);
+    format!(
+        "{} bytes, want {}; first difference at {}\n  want {}",
+        got.len(),
+        want.len(),
+        at.map_or("the end of the shorter".into(), |i| format!("byte {i}")),
+        hex(&want[..want.len().min(160)])
+    )
+}
+
+/// Hex of a frame's first 160 bytes (headers; the rest is payload).
+fn hex(b: &[u8]) -> String {
+    let shown = &b[..b.len().min(160)];
+    let mut s: String = shown.iter().map(|x| format!("{x:02x}")).collect();
+    if b.len() > shown.len() {
+        s.push_str(&format!("… ({} bytes)", b.len()));
+    }
+    s
+}
+
+/// Exactly one slot in `range` moved, by one.
+fn one_in(range: std::ops::Range<usize>, before: &[u64], after: &[u64]) -> bool {
+    let moved: Vec<u64> = range
+        .map(|i| after[i] - before[i])
+        .filter(|&d| d != 0)
+        .collect();
+    moved == [1]
+}
+
+fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let c4 = || Pkt::eth(CLIENT_MAC, LB_MAC).ipv4(v4(CLIENT4), v4(VIP4));
+    let c6 = || Pkt::eth(CLIENT_MAC, LB_MAC).ipv6(v6(CLIENT6), v6(VIP6));
+    let reply4 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4(VIP4), v4(CLIENT4))
+        .tcp(80, 6000)
+        .ack()
+        .payload(&[0; 32])
+        .build();
+    let reply6 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6(VIP6), v6(CLIENT6))
+        .tcp(80, 6001)
+        .ack()
+        .payload(&[0; 32])
+        .build();
+    vec![
+        ("tcp syn", c4().tcp(31337, 80).syn().build()),
+        (
+            "tcp data",
+            c4().tcp(31338, 80).ack().payload(&[7; 100]).build(),
+        ),
+        ("udp", c4().udp(5353, 53).payload(&[1; 24]).build()),
+        (
+            "vlan",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .vlan(100)
+                .ipv4(v4(CLIENT4), v4(VIP4))
+                .tcp(31339, 80)
+                .syn()
+                .build(),
+        ),
+        (
+            "ipv4 options",
+            c4().ipv4_options(&[1, 1, 7, 3, 4, 0])
+                .tcp(31340, 80)
+                .syn()
+                .build(),
+        ),
+        ("ipv6 syn", c6().tcp(31341, 80).syn().build()),
+        (
+            "ipv6 extension headers",
+            c6().ipv6_ext(ExtHeader::HopByHop(vec![]))
+                .ipv6_ext(ExtHeader::DestOpts(vec![1, 2, 0, 0]))
+                .tcp(31342, 80)
+                .syn()
+                .build(),
+        ),
+        (
+            "icmp frag needed",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .ipv4(v4("198.18.0.1"), v4(VIP4))
+                .icmp_frag_needed(1400, &ip_packet(&reply4)[..60])
+                .build(),
+        ),
+        (
+            "icmpv6 packet too big",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .ipv6(v6("fd00::1"), v6(VIP6))
+                .icmpv6_packet_too_big(1400, &ip_packet(&reply6)[..72])
+                .build(),
+        ),
+        (
+            "too big to tunnel",
+            c4().tcp(31343, 80).ack().payload(&[7; 1460]).build(),
+        ),
+    ]
+}
+
+#[test]
+fn mutated_client_frames_are_forwarded_intact_or_counted() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let mut lab = Lab::new(CFG);
+    let local: Vec<IpAddr> = BACKENDS.iter().map(|b| b.parse().unwrap()).collect();
+    let mut decap = DecapLab::new(&local);
+    let mut rng = Lcg(0x786c_625f_6d75_7461);
+    let mut seen = [0usize; 5];
+    for (name, seed) in client_seeds() {
+        // The seed itself must go out (or be answered): otherwise its mutants test little.
+        let o = lab.run(&seed);
+        assert_eq!(o.verdict, XDP_TX, "seed {name}");
+        for n in 0..MUTANTS {
+            let f = if n == 0 {
+                seed.clone()
+            } else {
+                mutate(&seed, &mut rng)
+            };
+            let before = lab.counters();
+            let o = lab.run(&f);
+            let after = lab.counters();
+            let fail = |why: &str| {
+                panic!(
+                    "{name}, mutant {n}: {why}\n  in  {}\n  out {} (verdict {})\n  counted {}",
+                    hex(&f),
+                    hex(&o.frame),
+                    o.verdict,
+                    counter_deltas(&before, &after)
+                )
+            };
+            match o.verdict {
+                XDP_DROP => {
+                    seen[0] += 1;
+                    if !one_in(DROPS, &before, &after) || moved(PASSES, &before, &after) {
+                        fail("dropped without exactly one drop reason");
+                    }
+                }
+                XDP_PASS => {
+                    seen[1] += 1;
+                    if !one_in(PASSES, &before, &after) || moved(DROPS, &before, &after) {
+                        fail("passed without exactly one pass reason");
+                    }
+                    if o.frame != f {
+                        fail("passed a frame it changed");
+                    }
+                }
+                XDP_TX => {
+                    if moved(DROPS, &before, &after) || moved(PASSES, &before, &after) {
+                        fail("sent a frame and counted a drop or pass");
+                    }
+                    let slot = |e: Event| e.slot() as usize;
+                    let d = |e: Event| after[slot(e)] - before[slot(e)];
+                    if d(Event::IcmpTooBigSent) == 1 {
+                        seen[3] += 1;
+                        if let Err(why) = check_too_big_reply(&f, &o.frame) {
+                            fail(&why);
+                        }
+                        continue;
+                    }
+                    if d(Event::TxEncap) != 1 {
+                        fail("sent a frame without counting tx_encap");
+                    }
+                    seen[2] += 1;
+                    if let Err(why) = check_tunnel(&f, &o.frame) {
+                        fail(&why);
+                    }
+                    // The backend's program gives back exactly the client's packet.
+                    let back = decap.run(&o.frame);
+                    let inner = ip_extent(&f).expect("checked by check_tunnel");
+                    if back.verdict != XDP_PASS || ip_packet(&back.frame) != inner {
+                        fail(&format!(
+                            "the backend's decap did not give back the client's packet: {}",
+                            hex(&back.frame)
+                        ));
+                    }
+                    seen[4] += 1;
+                }
+                v => fail(&format!("verdict {v}")),
+            }
+        }
+    }
+    eprintln!(
+        "mutants: {} dropped, {} passed, {} tunnelled (all decapsulated back), {} answered with ICMP",
+        seen[0], seen[1], seen[2], seen[3]
+    );
+    // Every outcome must have been reached, or the mutations miss what they are for.
+    assert!(seen[..4].iter().all(|&n| n > 100), "outcomes {seen:?}");
+}
+
+/// Any slot in `range` moved.
+fn moved(range: std::ops::Range<usize>, before: &[u64], after: &[u64]) -> bool {
+    range.into_iter().any(|i| after[i] != before[i])
+}
+
+#[test]
+fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
+    if !require_root() {
+        return;
+    }
+    let local: Vec<IpAddr> = vec!["198.18.0.11".parse().unwrap(), "fd00::11".parse().unwrap()];
+    let mut decap = DecapLab::new(&local);
+    let inner4 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(CLIENT4), v4(VIP4))
+        .tcp(31337, 80)
+        .syn()
+        .build_ip();
+    let inner6 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6(CLIENT6), v6(VIP6))
+        .tcp(31337, 80)
+        .syn()
+        .build_ip();
+    let tun4 =
+        |inner: &[u8], proto| ipv4_outer(v4(LB4), v4("198.18.0.11"), proto, 0, 64, 0, true, inner);
+    let tun6 = |inner: &[u8], proto| ipv6_outer(v6(LB6), v6("fd00::11"), proto, 0, 7, 64, inner);
+    let seeds = [
+        (
+            "ipip",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &tun4(&inner4, PROTO_IPIP),
+            ),
+        ),
+        (
+            "6in4",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &tun4(&inner6, PROTO_IPV6),
+            ),
+        ),
+        (
+            "ip6ip6",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                None,
+                ETHERTYPE_IPV6,
+                &tun6(&inner6, PROTO_IPV6),
+            ),
+        ),
+        (
+            "4in6",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                None,
+                ETHERTYPE_IPV6,
+                &tun6(&inner4, PROTO_IPIP),
+            ),
+        ),
+        (
+            "ipip, vlan",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                Some(7),
+                ETHERTYPE_IPV4,
+                &tun4(&inner4, PROTO_IPIP),
+            ),
+        ),
+    ];
+    let mut rng = Lcg(0x6465_6361_705f_6d75);
+    let (mut stripped, mut untouched) = (0usize, 0usize);
+    for (name, seed) in seeds {
+        assert_eq!(
+            ip_packet(&decap.run(&seed).frame).len(),
+            seed.len()
+                - l2_len(&seed).unwrap()
+                - if seed[l2_len(&seed).unwrap()] >> 4 == 4 {
+                    20
+                } else {
+                    40
+                },
+            "seed {name} is decapsulated"
+        );
+        for n in 0..MUTANTS {
+            let f = mutate(&seed, &mut rng);
+            let before = decap.counters();
+            let o = decap.run(&f);
+            let after = decap.counters();
+            let fail = |why: &str| {
+                panic!(
+                    "{name}, mutant {n}: {why}\n  in  {}\n  out {}\n  counted {}",
+                    hex(&f),
+                    hex(&o.frame),
+                    counter_deltas(&before, &after)
+                )
+            };
+            if o.verdict != XDP_PASS {
+                fail("decap must pass every frame");
+            }
+            let total: u64 = (0..COUNTER_SLOTS as usize)
+                .map(|i| after[i] - before[i])
+                .sum();
+            if total != 1 {
+                fail("not counted under exactly one reason");
+            }
+            let decapsulated = after[Event::Decapsulated.slot() as usize]
+                - before[Event::Decapsulated.slot() as usize]
+                == 1;
+            if !decapsulated {
+                untouched += 1;
+                if o.frame != f {
+                    fail("passed a frame it changed");
+                }
+                continue;
+            }
+            stripped += 1;
+            if let Err(why) = check_stripped(&f, &o.frame, &local) {
+                fail(&why);
+            }
+        }
+    }
+    eprintln!("tunnel mutants: {stripped} decapsulated, {untouched} passed untouched");
+    assert!(
+        stripped > 100 && untouched > 100,
+        "{stripped} / {untouched}"
+    );
+}
+
+/// Checks a decapsulated frame: `input` was a tunnel to a local address, and the output is
+/// its Ethernet header (and tag) with the inner EtherType, then everything behind the outer
+/// header, byte for byte.
+fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), String> {
+    let l2 = l2_len(input).ok_or("no Ethernet header")?;
+    let ip = &input[l2..];
+    let outer_v4 = ip[0] >> 4 == 4;
+    let (proto, outer_len, dst) = if outer_v4 {
+        (ip[9], usize::from(ip[0] & 0x0f) * 4, addr_at(ip, 16, true))
+    } else {
+        // Extension headers (if a mutation made some) are part of the outer header: find
+        // the inner packet where the output says it starts.
+        let outer_len = ip.len() + l2 - out.len();
+        (ip[6], outer_len, addr_at(ip, 24, false))
+    };
+    if !local.contains(&dst) {
+        return Err(format!(
+            "decapsulated a tunnel to {dst}, not a local address"
+        ));
+    }
+    let inner = input
+        .get(l2 + outer_len..)
+        .ok_or("outer header longer than the frame")?;
+    let inner_v4 = inner.first().map(|b| b >> 4);
+    let want_type = match inner_v4 {
+        Some(4) => ETHERTYPE_IPV4,
+        Some(6) => ETHERTYPE_IPV6,
+        _ => return Err("inner packet has no IP version".into()),
+    };
+    if outer_v4 && proto != [PROTO_IPV6, PROTO_IPIP][usize::from(want_type == ETHERTYPE_IPV4)] {
+        return Err(format!(
+            "outer protocol {proto} does not announce the inner packet"
+        ));
+    }
+    let mut want = input[..l2 - 2].to_vec();
+    want.extend(want_type.to_be_bytes());
+    want.extend(inner);
+    if out != want {
+        return Err(format!(
+            "decapsulated frame differs: {}",
+            difference(out, &want)
+        ));
+    }
+    Ok(())
+}
