@@ -44,8 +44,14 @@ const BACKENDS: [&str; 5] = [
 ];
 const LB4: &str = "198.18.0.2";
 const LB6: &str = "fd00::2";
-/// Mutated frames per seed frame.
-const MUTANTS: usize = 3000;
+/// Mutated frames per seed frame; `XLB_MUTANTS=N` for a deeper search by hand (the
+/// sequence is the same, only longer).
+fn mutants() -> usize {
+    std::env::var("XLB_MUTANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
 
 /// Counter slot ranges (`lb_common::counters`): drops, passes, events.
 const DROPS: std::ops::Range<usize> = 1..32;
@@ -335,6 +341,13 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .ack()
         .payload(&[0; 32])
         .build();
+    let mut qinq = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .vlan(200)
+        .ipv4(v4(CLIENT4), v4(VIP4))
+        .udp(5354, 53)
+        .payload(&[2; 8])
+        .build();
+    qinq[12..14].copy_from_slice(&ETHERTYPE_QINQ.to_be_bytes());
     vec![
         ("tcp syn", c4().tcp(31337, 80).syn().build()),
         (
@@ -385,6 +398,11 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "too big to tunnel",
             c4().tcp(31343, 80).ack().payload(&[7; 1460]).build(),
         ),
+        (
+            "ipv6 too big to tunnel",
+            c6().tcp(31344, 80).ack().payload(&[7; 1440]).build(),
+        ),
+        ("802.1ad tag", qinq),
     ]
 }
 
@@ -403,7 +421,7 @@ fn mutated_client_frames_are_forwarded_intact_or_counted() {
         // The seed itself must go out (or be answered): otherwise its mutants test little.
         let o = lab.run(&seed);
         assert_eq!(o.verdict, XDP_TX, "seed {name}");
-        for n in 0..MUTANTS {
+        for n in 0..mutants() {
             let f = if n == 0 {
                 seed.clone()
             } else {
@@ -571,7 +589,7 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
                 },
             "seed {name} is decapsulated"
         );
-        for n in 0..MUTANTS {
+        for n in 0..mutants() {
             let f = mutate(&seed, &mut rng);
             let before = decap.counters();
             let o = decap.run(&f);
