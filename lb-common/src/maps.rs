@@ -162,9 +162,15 @@ pub struct Backend {
     /// the next daemon that inherits the connection tables (`xlb run --state-dir`): it gives
     /// the same (VIP, address) the same slot. The program never reads it.
     pub vip_tag: u32,
+    /// Changes whenever the slot gets a new holder, and whenever its backend takes new flows
+    /// again after a time it did not (down, drained, weight 0): the program's flow cache
+    /// serves an entry only under the value it was filled with, and only for a backend that
+    /// takes new flows. In such a time another CPU may have moved the flow in the connection
+    /// table, so a cached copy from before it must not come back into use.
+    pub cache_epoch: u32,
     /// Always zero: pads the entry to one 64-byte cache line (`BACKENDS` keeps its values
     /// page-aligned), so a packet's backend costs one line, not two.
-    pub _reserved: [u32; 3],
+    pub _reserved: [u32; 2],
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 64);
 

@@ -198,11 +198,13 @@ pub struct BackendState {
     pub factor_pct: u32,
     /// Generation of the data-plane slot (see `Backend::generation`).
     pub generation: u32,
+    /// The slot's flow-cache epoch (see `Backend::cache_epoch`).
+    pub cache_epoch: u32,
 }
 
 impl BackendState {
     /// A newly added backend: healthy until its checks say otherwise, no next hop yet.
-    pub(crate) fn new(index: u32, generation: u32, b: &BackendConfig) -> Self {
+    pub(crate) fn new(index: u32, generation: u32, cache_epoch: u32, b: &BackendConfig) -> Self {
         Self {
             index,
             weight: b.weight,
@@ -213,6 +215,7 @@ impl BackendState {
             agent_drain: false,
             factor_pct: 100,
             generation,
+            cache_epoch,
         }
     }
 
@@ -301,6 +304,9 @@ pub struct Core<D: Dataplane> {
     backend_ids: Pool,
     /// Per backend slot: how many times it was handed out (`Backend::generation`).
     generations: Vec<u32>,
+    /// Per backend slot: its `Backend::cache_epoch`, bumped when the slot is handed out and
+    /// when its backend takes new flows again.
+    cache_epochs: Vec<u32>,
     /// The last daemon's backend slots whose connection tables this core inherits
     /// (`--state-dir`): (VIP tag, address) → (index, generation), until each slot is handed
     /// out again.
@@ -346,6 +352,7 @@ impl<D: Dataplane> Core<D> {
             vip_ids: Pool::new(0..settings.max_vips),
             backend_ids: Pool::new(1..MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
+            cache_epochs: vec![0; MAX_BACKENDS as usize],
             inherited: HashMap::new(),
             settings,
             vips: BTreeMap::new(),
@@ -579,7 +586,8 @@ impl<D: Dataplane> Core<D> {
             }
             (None, None) => 0,
         };
-        let bs = BackendState::new(index, generation, b);
+        let cache_epoch = self.next_cache_epoch(index);
+        let bs = BackendState::new(index, generation, cache_epoch, b);
         self.dp.clear_backend(index)?;
         self.dp
             .set_backend(index, &backend_entry(vip, b.address, &bs))?;
@@ -699,6 +707,14 @@ impl<D: Dataplane> Core<D> {
         if *b == before {
             return Ok(false);
         }
+        if b.in_table() && !before.in_table() {
+            // Out of the table, it may have lost flows to other backends on one CPU while
+            // another CPU's flow cache still held them: those copies must not serve again.
+            let index = b.index;
+            let epoch = self.next_cache_epoch(index);
+            self.backend_mut(id, addr)?.cache_epoch = epoch;
+        }
+        let b = self.backend_mut(id, addr)?;
         let (index, entry, now_active) = (b.index, backend_entry(id, addr, b), b.active());
         if before.active() && !now_active {
             self.publish(id)?;
@@ -803,6 +819,17 @@ impl<D: Dataplane> Core<D> {
             .ok_or(CoreError::UnknownVip { vip: *id })
     }
 
+    /// Bumps slot `index`'s flow-cache epoch and returns it.
+    fn next_cache_epoch(&mut self, index: u32) -> u32 {
+        match self.cache_epochs.get_mut(index as usize) {
+            Some(e) => {
+                *e = e.wrapping_add(1);
+                *e
+            }
+            None => 0,
+        }
+    }
+
     fn backend_mut(&mut self, id: &VipId, addr: IpAddr) -> Result<&mut BackendState, CoreError> {
         let vip = self.vip_mut(id)?;
         vip.backends
@@ -879,6 +906,7 @@ fn backend_entry(vip: &VipId, addr: IpAddr, b: &BackendState) -> Backend {
         family,
         weight,
         generation,
+        cache_epoch: b.cache_epoch,
         vip_tag: vip_tag(vip),
         ..Backend::default()
     };
@@ -1212,6 +1240,70 @@ mod tests {
         core.set_drained(&id, a, false).unwrap();
         assert!(live(&core, &id).1.contains(&idx));
         assert_eq!(flags(&core) & BACKEND_F_NO_NEW, 0, "undrained");
+    }
+
+    #[test]
+    fn cache_epochs_change_on_reuse_and_on_every_return_to_the_table() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let a: IpAddr = "198.18.0.12".parse().unwrap();
+        let idx = core.vip(&id).unwrap().backends[&a].index;
+        let epoch = |core: &Core<Recorder>, i: u32| core.dataplane().backends[&i].cache_epoch;
+        let mut last = epoch(&core, idx);
+        // (change, whether the backend comes back into the table with it)
+        type Change = fn(&mut Core<Recorder>, &VipId, IpAddr);
+        let steps: [(&str, Change, bool); 7] = [
+            (
+                "weight 3",
+                |c, id, a| c.set_weight(id, a, 3).unwrap(),
+                false,
+            ),
+            (
+                "drain",
+                |c, id, a| c.set_drained(id, a, true).unwrap(),
+                false,
+            ),
+            (
+                "undrain",
+                |c, id, a| c.set_drained(id, a, false).unwrap(),
+                true,
+            ),
+            (
+                "weight 0",
+                |c, id, a| c.set_weight(id, a, 0).unwrap(),
+                false,
+            ),
+            ("weight 1", |c, id, a| c.set_weight(id, a, 1).unwrap(), true),
+            (
+                "down",
+                |c, id, a| assert!(c.set_health(id, a, false).unwrap()),
+                false,
+            ),
+            (
+                "up",
+                |c, id, a| assert!(c.set_health(id, a, true).unwrap()),
+                true,
+            ),
+        ];
+        for (what, change, back) in steps {
+            change(&mut core, &id, a);
+            let now = epoch(&core, idx);
+            assert_eq!(now != last, back, "{what}: epoch {last} → {now}");
+            last = now;
+        }
+        // A slot's next holder. Slots are handed out oldest-freed first, so a freed slot
+        // comes back only through an inherited claim: the other backend's, here.
+        let other: IpAddr = "198.18.0.11".parse().unwrap();
+        let other_idx = core.vip(&id).unwrap().backends[&other].index;
+        let before = epoch(&core, other_idx);
+        core.remove_backend(&id, other).unwrap();
+        core.inherit_slots(&HashMap::from([(other_idx, (vip_tag(&id), other, 0))]));
+        core.add_backend(&id, backend("198.18.0.11")).unwrap();
+        assert_eq!(
+            core.vip(&id).unwrap().backends[&other].index,
+            other_idx,
+            "same slot"
+        );
+        assert_ne!(epoch(&core, other_idx), before, "a new holder, a new epoch");
     }
 
     #[test]

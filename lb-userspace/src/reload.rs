@@ -196,7 +196,7 @@ mod tests {
                     .backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| (b.address, BackendState::new(i as u32 + 1, 1, b)))
+                    .map(|(i, b)| (b.address, BackendState::new(i as u32 + 1, 1, 1, b)))
                     .collect();
                 let mut config = v.clone();
                 config.backends.clear();

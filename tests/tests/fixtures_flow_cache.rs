@@ -199,7 +199,7 @@ fn an_evicted_flow_is_recorded_again_at_the_next_revalidation() {
 }
 
 /// A cached flow whose backend failed its health check, or whose slot was reused (a new
-/// generation), is not served from the cache: the table check decides, on the very next
+/// generation and cache epoch), is not served from the cache: the table check decides, on the very next
 /// packet, and the flow moves.
 #[test]
 fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
@@ -213,7 +213,12 @@ fn a_backend_change_is_seen_on_the_next_packet_despite_the_cache() {
         }),
         ("slot reused", |lab, backend| {
             let idx = lab.backend_index(WEB, &addr(backend).to_string());
-            lab.poke_backend(idx, |b| b.generation += 1);
+            // What the core writes for a slot's new holder: a new generation for the
+            // table, a new cache epoch for the cache (core.rs tests both).
+            lab.poke_backend(idx, |b| {
+                b.generation += 1;
+                b.cache_epoch += 1;
+            });
         }),
     ];
     for (what, change) in cases {
@@ -367,4 +372,32 @@ fn addr(b: &[u8]) -> IpAddr {
         4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")),
         _ => IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")),
     }
+}
+
+/// A flow on a backend that takes no new flows (drained here) is served from the table on
+/// every packet: a SYN reusing its 5-tuple may move it elsewhere, on whichever CPU, and
+/// only the table would know. Back in the table, the backend has a new cache epoch, so
+/// copies cached before the drain are not served either: the first packet after goes to
+/// the table and refills the cache.
+#[test]
+fn a_backend_out_of_the_table_is_served_from_the_table_until_it_is_back() {
+    let Some(mut lab) = lab() else { return };
+    let backend = cached_flow(&mut lab);
+    assert_eq!(send(&mut lab, &data()).1, moves(1, 1, 0, 0), "cached");
+    let id: VipId = WEB.parse().unwrap();
+    lab.core
+        .set_drained(&id, addr(&backend), true)
+        .expect("drain");
+    for _ in 0..3 {
+        let (b, m) = send(&mut lab, &data());
+        assert_eq!(b, backend, "a drained backend keeps its flows");
+        assert_eq!(m, moves(1, 0, 0, 0), "from the table, not the cache");
+    }
+    lab.core
+        .set_drained(&id, addr(&backend), false)
+        .expect("undrain");
+    let (b, m) = send(&mut lab, &data());
+    assert_eq!(b, backend);
+    assert_eq!(m, moves(1, 0, 0, 0), "the copy from before is not served");
+    assert_eq!(send(&mut lab, &data()).1, moves(1, 1, 0, 0), "refilled");
 }

@@ -16,15 +16,23 @@
 //!   next packet looks the table up again. That lookup sets the LRU's reference bit (a
 //!   busy flow is not evicted because its packets skip the table; a slow one refreshes it
 //!   every [`MAX_AGE`] jiffies while it sends) and picks up whatever changed in the entry.
-//! - A cached entry passes the same backend check as a table hit (slot usable, generation
-//!   recorded with the flow), so removed, dead and reused backend slots are seen at once.
+//! - A cached entry is served only while its backend takes new flows, and has done so
+//!   without a break since the fill: the way keeps the backend's `Backend::cache_epoch`,
+//!   which the daemon changes when the slot gets a new holder and whenever the backend
+//!   comes back into its VIP's table. Removed, dead, drained and reused backends are seen
+//!   at once, and their flows go to the table.
 //! - A least-connection flow's SYN, FIN and RST packets go to the table, whose entry the
 //!   accounting marks when the client closes and unmarks when it reuses the 5-tuple for a
 //!   new connection (a way keeps the entry's `CONN_F_COUNTED` to know which flows those
 //!   are).
-//! - Nothing else rewrites the entry of a live flow (the daemon only reads the tables), so a
-//!   cached copy can only be older than an entry the LRU evicted; it then serves at most
-//!   [`REFRESH`] more packets, to the backend the flow already had. One exception: two
+//! - The daemon only reads the tables. The program rewrites a live flow's entry only when
+//!   it moves the flow: its backend is down, or a SYN reuses the 5-tuple while the backend
+//!   takes no new flows. Both happen only while the backend is out of the table, when no
+//!   cache serves its flows, and the new epoch it comes back with keeps copies from before
+//!   out of use (fixtures_flow_affinity found a flow moved on one CPU going back to its old
+//!   backend from another CPU's cache, before the epoch). Otherwise a cached copy can only
+//!   be older than an entry the LRU evicted; it then serves at most [`REFRESH`] more
+//!   packets, to the backend the flow already had. One exception: two
 //!   CPUs that record the same new flow at once (its first packets on both) while the
 //!   daemon swaps the VIP's Maglev table can pick different backends, and the later insert
 //!   wins; the other CPU's cached copy then serves at most [`REFRESH`] packets, for at
@@ -62,8 +70,8 @@ pub struct CachedFlow<const N: usize> {
     backend: u32,
     /// `ConnEntry::hash`.
     hash: u32,
-    /// `ConnEntry::generation`.
-    generation: u32,
+    /// The backend's `Backend::cache_epoch` at the fill.
+    epoch: u32,
     /// Packets served since the fill (at most [`REFRESH`], which fits).
     served: u8,
     /// `ConnEntry::flags` that a hit needs: `CONN_F_HASHED_SRC`, `CONN_F_COUNTED` (which
@@ -113,13 +121,13 @@ pub static FLOW_CACHE: Array<CacheSet<V4_WORDS>> =
 pub static FLOW_CACHE_V6: Array<CacheSet<V6_WORDS>> =
     Array::with_max_entries(FLOW_CACHE_V6_SETS, BPF_F_MMAPABLE);
 
-/// A cache hit: the backend index and the generation it was recorded with, for the
-/// caller's backend check. The rest of the entry went to the target already.
+/// A cache hit: the backend index and its cache epoch at the fill, for the caller's
+/// backend check. The rest of the entry went to the target already.
 pub struct Cached {
     /// `ConnEntry::backend`.
     pub backend: u32,
-    /// `ConnEntry::generation`.
-    pub generation: u32,
+    /// `Backend::cache_epoch` when the entry was filled.
+    pub epoch: u32,
 }
 
 /// This CPU's set for `key` in `map` (`bits`: log2 of the sets per CPU).
@@ -182,14 +190,27 @@ pub fn lookup(s: *mut Scratch, v4: bool, opens_or_closes: bool) -> Option<Cached
     }
 }
 
-/// Caches the connection-table entry `e` of the flow in `s` (as in [`lookup`]): over the
-/// way that already holds it, or else over its set's older way.
+/// Caches the connection-table entry `e` of the flow in `s` (as in [`lookup`]), whose
+/// backend's `Backend::cache_epoch` is `epoch`: over the way that already holds it, or else
+/// over its set's older way.
 #[inline(always)]
-pub fn fill(s: &Scratch, v4: bool, e: &ConnEntry) {
+pub fn fill(s: &Scratch, v4: bool, e: &ConnEntry, epoch: u32) {
     if v4 {
-        fill_in(&FLOW_CACHE, &key_v4(&s.flow4), FLOW_CACHE_SET_BITS, e)
+        fill_in(
+            &FLOW_CACHE,
+            &key_v4(&s.flow4),
+            FLOW_CACHE_SET_BITS,
+            e,
+            epoch,
+        )
     } else {
-        fill_in(&FLOW_CACHE_V6, &key_v6(&s.flow), FLOW_CACHE_V6_SET_BITS, e)
+        fill_in(
+            &FLOW_CACHE_V6,
+            &key_v6(&s.flow),
+            FLOW_CACHE_V6_SET_BITS,
+            e,
+            epoch,
+        )
     }
 }
 
@@ -220,12 +241,18 @@ fn lookup_in<const N: usize>(
     };
     Some(Cached {
         backend: way.backend,
-        generation: way.generation,
+        epoch: way.epoch,
     })
 }
 
 #[inline(always)]
-fn fill_in<const N: usize>(map: &Array<CacheSet<N>>, key: &[u64; N], bits: u32, e: &ConnEntry) {
+fn fill_in<const N: usize>(
+    map: &Array<CacheSet<N>>,
+    key: &[u64; N],
+    bits: u32,
+    e: &ConnEntry,
+    epoch: u32,
+) {
     let Some(set) = this_cpus_set(map, key, bits) else {
         return;
     };
@@ -244,7 +271,7 @@ fn fill_in<const N: usize>(map: &Array<CacheSet<N>>, key: &[u64; N], bits: u32, 
     }
     way.backend = e.backend;
     way.hash = e.hash;
-    way.generation = e.generation;
+    way.epoch = epoch;
     way.served = 0;
     way.flags = (e.flags & KEPT_FLAGS) as u8;
     way.filled = jiffies();
@@ -283,7 +310,7 @@ impl<const N: usize> CachedFlow<N> {
         }
         to.backend = self.backend;
         to.hash = self.hash;
-        to.generation = self.generation;
+        to.epoch = self.epoch;
         to.served = self.served;
         to.flags = self.flags;
         to.filled = self.filled;

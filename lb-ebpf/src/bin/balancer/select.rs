@@ -108,8 +108,8 @@ pub fn pinned(
     let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A counted flow's SYN, FIN and RST go to the table, whose entry least-connection
     // accounting marks; the cache serves every other packet.
-    if let Some(backend) = cache::lookup(s, v4, opening || closing)
-        .and_then(|c| recorded(c.backend, c.generation, opening))
+    if let Some(backend) =
+        cache::lookup(s, v4, opening || closing).and_then(|c| cached(c.backend, c.epoch))
     {
         // `lookup` wrote the target.
         bump_in(stats, Event::ConnHit.slot());
@@ -126,10 +126,11 @@ pub fn pinned(
         return None;
     };
     bump_in(stats, Event::ConnHit.slot());
-    if !closing {
+    if !closing && backend.flags & BACKEND_F_NO_NEW == 0 {
         // The key and set again rather than kept from above: fewer values live across
         // the table lookup, and the entry function's stack is at the verifier's limit.
-        cache::fill(sc, v4, &e);
+        // A backend that takes no new flows is not cached: see `cached`.
+        cache::fill(sc, v4, &e, backend.cache_epoch);
     }
     // Least connection: the client's FIN/RST takes its flow's count back, and a SYN on a
     // closed entry (a client reusing the 5-tuple) counts the new connection.
@@ -159,6 +160,18 @@ pub fn pinned(
         })
     };
     Some(backend)
+}
+
+/// Backend `idx` of a flow-cache entry filled under `epoch`, if the backend still takes new
+/// flows and has not stopped doing so since (`Backend::cache_epoch`). Only while it takes
+/// new flows can nothing move its flows elsewhere in the connection table: when it is down
+/// its flows move on their next packet, and when it is drained or of weight 0 so do flows
+/// whose client opens a new connection on the 5-tuple, on whatever CPU those packets
+/// arrive, while another CPU's cache may hold the flow. Such flows go to the table, which
+/// has the final word, until the daemon gives the backend a new epoch.
+#[inline(always)]
+fn cached(idx: u32, epoch: u32) -> Option<&'static Backend> {
+    usable(idx).filter(|b| b.cache_epoch == epoch && b.flags & BACKEND_F_NO_NEW == 0)
 }
 
 /// Backend `idx` if it is usable and still the one a flow was recorded with (slot indices
@@ -204,7 +217,8 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
     if vip.flags & VIP_F_LEAST_CONN != 0 {
         idx = less_loaded(vip, idx, hash);
     }
-    let generation = usable(idx).ok_or(Drop::BadBackend)?.generation;
+    let chosen = usable(idx).ok_or(Drop::BadBackend)?;
+    let (generation, epoch) = (chosen.generation, chosen.cache_epoch);
     let hashed_src = vip.flags & VIP_F_HASHED_SRC != 0;
     if record {
         let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
@@ -233,7 +247,7 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
                 add_active(idx, 1);
             }
             // The flow's next packets find it in the cache rather than in the table.
-            cache::fill(sc, sc.flow.family == FAMILY_V4, &sc.conn);
+            cache::fill(sc, sc.flow.family == FAMILY_V4, &sc.conn, epoch);
         }
         bump(&STATS, Event::NewFlow.slot());
     }
