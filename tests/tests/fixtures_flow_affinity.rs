@@ -23,15 +23,102 @@ use xlb_tests::{
     packet::{Pkt, PROTO_TCP},
 };
 
-const VIP: &str = "198.18.1.1:80/tcp";
-const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
-    {"address": "198.18.1.1", "port": 80, "protocol": "tcp", "table_size": 1009, "backends": [
-        {"address": "198.18.0.11"}, {"address": "198.18.0.12"},
-        {"address": "198.18.0.13"}, {"address": "198.18.0.14"}]}
-]}"#;
-const CLIENT: &str = "198.18.0.10";
 const FLOWS: u16 = 32;
-const STEPS: usize = 6000;
+
+/// Steps per case; `XLB_STEPS=N` for a deeper search by hand (same sequence, longer).
+fn steps() -> usize {
+    std::env::var("XLB_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6000)
+}
+
+/// One run: a VIP with this scheduler, of this family, four backends.
+struct Case {
+    scheduler: &'static str,
+    v6: bool,
+    seed: u64,
+}
+
+impl Case {
+    fn vip_addr(&self) -> IpAddr {
+        if self.v6 { "fd00:1::1" } else { "198.18.1.1" }
+            .parse()
+            .unwrap()
+    }
+
+    fn client(&self) -> IpAddr {
+        if self.v6 { "fd00::10" } else { "198.18.0.10" }
+            .parse()
+            .unwrap()
+    }
+
+    fn backends(&self) -> Vec<IpAddr> {
+        (11..=14)
+            .map(|i| {
+                if self.v6 {
+                    format!("fd00::{i}")
+                } else {
+                    format!("198.18.0.{i}")
+                }
+                .parse()
+                .unwrap()
+            })
+            .collect()
+    }
+
+    fn vip(&self) -> String {
+        match self.vip_addr() {
+            IpAddr::V4(a) => format!("{a}:80/tcp"),
+            IpAddr::V6(a) => format!("[{a}]:80/tcp"),
+        }
+    }
+
+    fn config(&self) -> String {
+        let backends: Vec<String> = self
+            .backends()
+            .iter()
+            .map(|a| format!(r#"{{"address": "{a}"}}"#))
+            .collect();
+        format!(
+            r#"{{"outer_source": {{"v4": "198.18.0.2", "v6": "fd00::2"}}, "vips": [
+                {{"address": "{}", "port": 80, "protocol": "tcp", "scheduler": "{}",
+                  "table_size": 1009, "backends": [{}]}}]}}"#,
+            self.vip_addr(),
+            self.scheduler,
+            backends.join(", ")
+        )
+    }
+
+    /// Whether the host can tell which backend a new flow gets (the table's pick); with
+    /// least connection it is any backend that takes new flows.
+    fn predictable(&self) -> bool {
+        self.scheduler != "lc"
+    }
+
+    fn packet(&self, port: u16, kind: Kind) -> Vec<u8> {
+        let p = Pkt::eth(CLIENT_MAC, LB_MAC);
+        let p = match (self.client(), self.vip_addr()) {
+            (IpAddr::V4(c), IpAddr::V4(v)) => p.ipv4(c, v),
+            (IpAddr::V6(c), IpAddr::V6(v)) => p.ipv6(c, v),
+            _ => unreachable!("one family per case"),
+        }
+        .tcp(port, 80);
+        match kind {
+            Kind::Syn => p.syn(),
+            Kind::Data => p.ack(),
+            Kind::Fin => p.fin().ack(),
+        }
+        .build()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Syn,
+    Data,
+    Fin,
+}
 
 /// A fixed pseudo-random sequence (64-bit LCG, high bits out).
 struct Lcg(u64);
@@ -68,17 +155,15 @@ impl Model {
     }
 }
 
-fn packet(port: u16, syn: bool) -> Vec<u8> {
-    let p = Pkt::eth(CLIENT_MAC, LB_MAC)
-        .ipv4(v4(CLIENT), v4("198.18.1.1"))
-        .tcp(port, 80);
-    if syn { p.syn() } else { p.ack() }.build()
-}
-
-/// The backend a tunnel frame goes to (outer IPv4 destination).
+/// The backend a tunnel frame goes to (outer destination).
 fn tunnel_target(frame: &[u8]) -> IpAddr {
-    let b: [u8; 4] = frame[30..34].try_into().expect("outer destination");
-    IpAddr::from(b)
+    if frame[12..14] == [0x86, 0xdd] {
+        let b: [u8; 16] = frame[38..54].try_into().expect("outer destination");
+        IpAddr::from(b)
+    } else {
+        let b: [u8; 4] = frame[30..34].try_into().expect("outer destination");
+        IpAddr::from(b)
+    }
 }
 
 #[test]
@@ -86,12 +171,44 @@ fn flows_keep_their_backend_through_churn_on_every_cpu() {
     if !require_root() {
         return;
     }
+    let cases = [
+        Case {
+            scheduler: "maglev",
+            v6: false,
+            seed: 0x6166_6669_6e69_7479,
+        },
+        Case {
+            scheduler: "maglev",
+            v6: true,
+            seed: 0x7636_6166_6669_6e69,
+        },
+        Case {
+            scheduler: "sh",
+            v6: false,
+            seed: 0x7368_6166_6669_6e69,
+        },
+        Case {
+            scheduler: "lc",
+            v6: false,
+            seed: 0x6c63_6166_6669_6e69,
+        },
+        Case {
+            scheduler: "lc",
+            v6: true,
+            seed: 0x6c63_7636_6669_6e69,
+        },
+    ];
+    for case in cases {
+        churn(&case);
+    }
+}
+
+fn churn(case: &Case) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    let mut lab = Lab::new(CFG);
-    let id: VipId = VIP.parse().unwrap();
-    let addrs: Vec<IpAddr> = (11..=14)
-        .map(|i| format!("198.18.0.{i}").parse().unwrap())
-        .collect();
+    let mut lab = Lab::new(&case.config());
+    let vip = case.vip();
+    let id: VipId = vip.parse().unwrap();
+    let addrs = case.backends();
     let mut backends: BTreeMap<IpAddr, Model> = addrs
         .iter()
         .map(|&a| {
@@ -107,18 +224,35 @@ fn flows_keep_their_backend_through_churn_on_every_cpu() {
         .collect();
     // Flow (source port) → (backend, its incarnation) as recorded.
     let mut pinned: BTreeMap<u16, (IpAddr, u32)> = BTreeMap::new();
-    let mut rng = Lcg(0x6166_6669_6e69_7479);
+    let mut rng = Lcg(case.seed);
+    let name = format!(
+        "{} {}",
+        case.scheduler,
+        if case.v6 { "IPv6" } else { "IPv4" }
+    );
     let mut log: Vec<String> = Vec::new();
     let (mut sent, mut moved, mut dropped) = (0usize, 0usize, 0usize);
-    for step in 0..STEPS {
+    for step in 0..steps() {
         if rng.below(5) > 0 {
-            // A packet of one flow, from one CPU; now and then a SYN.
+            // A packet of one flow, from one CPU; now and then a SYN or a FIN.
             let port = 40_000 + rng.below(usize::from(FLOWS)) as u16;
             let cpu = rng.below(cpus);
-            let syn = rng.below(10) == 0;
+            let kind = [
+                Kind::Syn,
+                Kind::Fin,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+            ][rng.below(10)];
+            let syn = kind == Kind::Syn;
             pin_to(cpu);
             let before = lab.counters();
-            let o = lab.run(&packet(port, syn));
+            let o = lab.run(&case.packet(port, kind));
             let after = lab.counters();
             let keeps = pinned.get(&port).filter(|(a, inc)| {
                 let m = &backends[a];
@@ -126,41 +260,39 @@ fn flows_keep_their_backend_through_churn_on_every_cpu() {
             });
             let fail = |why: String| -> ! {
                 panic!(
-                    "step {step}: flow {port} ({}on CPU {cpu}): {why}\n  recorded: {:?}\n  backends: {backends:?}\n  last steps:\n    {}",
-                    if syn { "SYN " } else { "" },
+                    "{name}, step {step}: flow {port} ({kind:?} on CPU {cpu}): {why}\n  recorded: {:?}\n  backends: {backends:?}\n  last steps:\n    {}",
                     pinned.get(&port),
                     log[log.len().saturating_sub(12)..].join("\n    ")
                 )
             };
+            let rescheduled = keeps.is_none() && backends.values().any(Model::takes_new);
             let want = match keeps {
                 Some(&(a, _)) => Some(a),
-                None if backends.values().any(Model::takes_new) => {
-                    let key = flow(
-                        v4(CLIENT).into(),
-                        port,
-                        v4("198.18.1.1").into(),
-                        80,
-                        PROTO_TCP,
-                    );
-                    Some(lab.predict(VIP, &key))
+                None if rescheduled && case.predictable() => {
+                    let key = flow(case.client(), port, case.vip_addr(), 80, PROTO_TCP);
+                    Some(lab.predict(&vip, &key))
                 }
                 None => None,
             };
             match (want, o.verdict) {
-                (Some(a), XDP_TX) => {
+                (_, XDP_TX) if want.is_some() || rescheduled => {
                     let got = tunnel_target(&o.frame);
-                    if got != a {
-                        fail(format!("went to {got}, must go to {a}"));
+                    match want {
+                        Some(a) if got != a => fail(format!("went to {got}, must go to {a}")),
+                        None if !backends.get(&got).is_some_and(Model::takes_new) => {
+                            fail(format!("went to {got}, which takes no new flows"))
+                        }
+                        _ => {}
                     }
                     if keeps.is_none() {
                         if pinned.contains_key(&port) {
                             moved += 1;
                         }
-                        pinned.insert(port, (a, backends[&a].incarnation));
+                        pinned.insert(port, (got, backends[&got].incarnation));
                     }
                     sent += 1;
                 }
-                (None, XDP_DROP) => {
+                (None, XDP_DROP) if !rescheduled => {
                     let slot = Drop::NoBackend.slot() as usize;
                     if after[slot] != before[slot] + 1 {
                         fail(format!(
@@ -235,7 +367,7 @@ fn flows_keep_their_backend_through_churn_on_every_cpu() {
         };
         log.push(format!("{addr} {what} ({m:?})"));
     }
-    eprintln!("{sent} packets sent ({moved} flows moved off unusable backends), {dropped} dropped without a backend");
+    eprintln!("{name}: {sent} packets sent ({moved} flows moved off unusable backends), {dropped} dropped without a backend");
     assert!(
         sent > 1000 && moved > 20 && dropped > 0,
         "the churn reached too little: {sent} / {moved} / {dropped}"
