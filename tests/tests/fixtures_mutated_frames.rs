@@ -403,6 +403,20 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
             c6().tcp(31344, 80).ack().payload(&[7; 1440]).build(),
         ),
         ("802.1ad tag", qinq),
+        (
+            "ipv6 routing, fragment and destination headers",
+            c6().ipv6_ext(ExtHeader::Routing(vec![4, 0, 0, 0, 0, 0]))
+                .ipv6_ext(ExtHeader::Fragment {
+                    offset: 0,
+                    more: false,
+                    id: 7,
+                })
+                .ipv6_ext(ExtHeader::DestOpts(vec![1, 4, 0, 0, 0, 0]))
+                .tcp(31345, 80)
+                .ack()
+                .payload(&[3; 16])
+                .build(),
+        ),
     ]
 }
 
