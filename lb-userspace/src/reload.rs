@@ -180,6 +180,7 @@ fn backend_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{core::Core, dataplane::Recorder};
 
     const STARTED: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
         {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
@@ -313,5 +314,208 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert!(e.message.len() > 20, "{e}");
         }
+    }
+
+    /// A fixed pseudo-random sequence (64-bit LCG, high bits out).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) as usize % n
+        }
+
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// A random config file over a small universe of VIPs and backends; now and then with a
+    /// field that cannot change in place (`table_size`, `name`).
+    fn random_file(rng: &mut Lcg) -> String {
+        let vips = [
+            r#""address": "198.18.1.1", "port": 80, "protocol": "tcp""#,
+            r#""address": "198.18.1.1", "port": 53, "protocol": "udp""#,
+            r#""address": "198.18.1.2", "port": 80, "protocol": "tcp""#,
+            r#""address": "fd00:1::1", "port": 443, "protocol": "tcp""#,
+        ];
+        let backends = [
+            "198.18.0.11",
+            "198.18.0.12",
+            "198.18.0.13",
+            "fd00::11",
+            "fd00::12",
+        ];
+        let mut out = Vec::new();
+        for v in vips {
+            if rng.below(10) < 3 {
+                continue;
+            }
+            let mut fields = vec![v.to_string()];
+            let scheduler = rng.pick(&["maglev", "rr", "wrr", "lc", "wlc", "sh"]);
+            fields.push(format!(r#""scheduler": "{scheduler}""#));
+            fields.push(format!(
+                r#""table_size": {}"#,
+                if rng.below(20) == 0 { 251 } else { 1009 }
+            ));
+            if rng.below(20) == 0 {
+                fields.push(r#""name": "renamed""#.into());
+            }
+            match rng.below(3) {
+                0 => {}
+                1 => fields.push(r#""idle_timeout_s": 60"#.into()),
+                _ => fields.push(r#""idle_timeout_s": 3600"#.into()),
+            }
+            if rng.below(3) == 0 {
+                let rise = rng.pick(&[1, 2, 3]);
+                fields.push(format!(
+                    r#""health_check": {{"kind": "tcp", "rise": {rise}}}"#
+                ));
+            }
+            let mut bs = Vec::new();
+            for a in backends {
+                if rng.below(2) == 0 {
+                    continue;
+                }
+                bs.push(format!(
+                    r#"{{"address": "{a}", "weight": {}, "drained": {}}}"#,
+                    rng.pick(&[0, 1, 2, 5]),
+                    rng.below(4) == 0
+                ));
+            }
+            fields.push(format!(r#""backends": [{}]"#, bs.join(", ")));
+            out.push(format!("{{{}}}", fields.join(", ")));
+        }
+        format!(
+            r#"{{"outer_source": {{"v4": "198.18.0.2", "v6": "fd00::2"}}, "vips": [{}]}}"#,
+            out.join(", ")
+        )
+    }
+
+    /// What a config says of its VIPs, as comparable values: each VIP's definition without
+    /// backends, and its backends' (weight, drained).
+    type Shape = BTreeMap<VipId, (VipConfig, BTreeMap<IpAddr, (u32, bool)>)>;
+
+    fn shape_of_file(cfg: &Config) -> Shape {
+        cfg.vips
+            .iter()
+            .map(|v| {
+                let backends = v
+                    .backends
+                    .iter()
+                    .map(|b| (b.address, (b.weight, b.drained)))
+                    .collect();
+                let mut def = v.clone();
+                def.backends.clear();
+                (v.id(), (def, backends))
+            })
+            .collect()
+    }
+
+    fn shape_of_core(core: &Core<Recorder>) -> Shape {
+        core.vips()
+            .map(|v| {
+                let backends = v
+                    .backends
+                    .iter()
+                    .map(|(a, b)| (*a, (b.weight, b.drained)))
+                    .collect();
+                (v.config.id(), (v.config.clone(), backends))
+            })
+            .collect()
+    }
+
+    /// Applies a step to a core, as `Daemon::reload` does (less the health checkers).
+    fn apply(core: &mut Core<Recorder>, step: Step) -> Result<(), crate::core::CoreError> {
+        match step {
+            Step::RemoveVip(id) => core.remove_vip(&id).map(|_| ()),
+            Step::RemoveBackend(id, a) => core.remove_backend(&id, a),
+            Step::AddBackend(id, b) => core.add_backend(&id, b),
+            Step::Weight(id, a, w) => core.set_weight(&id, a, w),
+            Step::Drain(id, a, d) => core.set_drained(&id, a, d),
+            Step::Scheduler(id, s) => core.set_scheduler(&id, s),
+            Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
+            Step::HealthCheck(id, hc) => core.set_health_check(&id, hc.map(|b| *b)),
+            Step::AddVip(v) => core.add_vip(*v),
+        }
+    }
+
+    #[test]
+    fn random_reloads_reach_the_file_or_refuse_and_change_nothing() {
+        let mut rng = Lcg(0x7265_6c6f_6164);
+        let (mut applied, mut refused, mut steps_taken) = (0, 0, 0);
+        for _run in 0..20 {
+            let started = loop {
+                if let Ok(c) = Config::from_json(&random_file(&mut rng)) {
+                    break c;
+                }
+            };
+            let settings = crate::core::Settings::resolve(&started, &[], 1500, 8);
+            let mut core = Core::new(Recorder::default(), settings).unwrap();
+            core.apply(&started).unwrap();
+            for _reload in 0..25 {
+                let file = random_file(&mut rng);
+                let Ok(new) = Config::from_json(&file) else {
+                    continue;
+                };
+                let before = shape_of_core(&core);
+                let writes = core.dataplane().writes.len();
+                let running = core.vips().map(|v| Running {
+                    config: &v.config,
+                    backends: &v.backends,
+                });
+                match plan(&started, running, &new) {
+                    Err(e) => {
+                        refused += 1;
+                        assert!(
+                            e.field.ends_with(".table_size") || e.field.ends_with(".name"),
+                            "refused for {e}"
+                        );
+                        assert_eq!(
+                            shape_of_core(&core),
+                            before,
+                            "a refused plan changed the core"
+                        );
+                        assert_eq!(core.dataplane().writes.len(), writes);
+                    }
+                    Ok(steps) => {
+                        applied += 1;
+                        steps_taken += steps.len();
+                        for step in steps {
+                            let shown = step.to_string();
+                            apply(&mut core, step)
+                                .unwrap_or_else(|e| panic!("{shown}: {e}\n{file}"));
+                        }
+                        assert_eq!(shape_of_core(&core), shape_of_file(&new), "{file}");
+                        // And the data plane agrees: every VIP's live table points only at
+                        // its own backends that take new flows.
+                        for v in core.vips() {
+                            let takers: BTreeSet<u32> = v
+                                .backends
+                                .values()
+                                .filter(|b| b.in_table())
+                                .map(|b| b.index)
+                                .collect();
+                            // Index 0 is "none": the table of a VIP without takers.
+                            let live: BTreeSet<u32> =
+                                v.table().iter().copied().filter(|&i| i != 0).collect();
+                            assert!(
+                                live.is_subset(&takers),
+                                "{}: table {live:?}, takers {takers:?}",
+                                v.config.id()
+                            );
+                            assert_eq!(live.is_empty(), takers.is_empty(), "{}", v.config.id());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            applied > 200 && refused > 20 && steps_taken > 1000,
+            "{applied} / {refused} / {steps_taken}"
+        );
     }
 }
