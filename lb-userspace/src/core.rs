@@ -873,7 +873,13 @@ impl<D: Dataplane> Core<D> {
             .filter(|(i, v)| old.len() != table.len() || old[*i] != **v)
             .map(|(i, v)| (i as u32, *v))
             .collect();
-        self.dp.write_table(table_id, &changes)?;
+        if let Err(e) = self.dp.write_table(table_id, &changes) {
+            // Slot by slot: some of the changes may be in the map. The shadow no longer says
+            // what this half holds, so the next build rewrites every slot of it rather than
+            // leaving a stray one to go live with the flip.
+            vip.shadow[next as usize].clear();
+            return Err(e.into());
+        }
         let live_size = if members.is_empty() {
             0
         } else {
@@ -1304,6 +1310,36 @@ mod tests {
             "same slot"
         );
         assert_ne!(epoch(&core, other_idx), before, "a new holder, a new epoch");
+    }
+
+    #[test]
+    fn a_table_write_that_fails_half_way_leaves_no_stray_slot_behind() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
+        let a: IpAddr = "198.18.0.11".parse().unwrap();
+        let c: IpAddr = "198.18.0.13".parse().unwrap();
+        let b: IpAddr = "198.18.0.12".parse().unwrap();
+        let c_idx = core.vip(&id).unwrap().backends[&c].index;
+        // Two changes: both halves of the VIP's table have been written and are shadowed.
+        core.set_weight(&id, b, 2).unwrap();
+        core.set_weight(&id, b, 1).unwrap();
+        // A reweight whose table write stops after some slots (the map is written slot by
+        // slot): refused, the old table stays live, and the half it wrote into is stale.
+        core.dataplane_mut().fail_table_after = Some(4000);
+        assert!(core.set_weight(&id, a, 3).is_err());
+        // The next change rebuilds that half: every slot must be this change's.
+        core.remove_backend(&id, c).unwrap();
+        let (_, live) = live(&core, &id);
+        let want = core.vip(&id).unwrap().table();
+        let stray = live.iter().zip(want).filter(|(l, w)| l != w).count();
+        assert_eq!(
+            (live.len(), stray),
+            (want.len(), 0),
+            "slots differ from the core's table"
+        );
+        assert!(
+            !live.contains(&c_idx),
+            "a removed backend's slot stayed live"
+        );
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub struct Recorder {
     pub tables: StdHashMap<u32, Vec<u32>>,
     /// When set, the next write fails (tests of error paths).
     pub fail_next: bool,
+    /// When set, the next table write stores this many of its changes, then fails, as the
+    /// real map (written slot by slot) can.
+    pub fail_table_after: Option<usize>,
     /// Traffic per backend slot, as tests set it (the real data plane's is the program's).
     pub traffic: StdHashMap<u32, TrafficStats>,
 }
@@ -328,15 +331,23 @@ impl Dataplane for Recorder {
 
     fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError> {
         self.check()?;
-        self.writes.push(Write::Table(table_id, changes.to_vec()));
+        let stored = self.fail_table_after.take();
+        let n = stored.unwrap_or(changes.len()).min(changes.len());
+        self.writes
+            .push(Write::Table(table_id, changes[..n].to_vec()));
         let t = self
             .tables
             .entry(table_id)
             .or_insert_with(|| vec![0; MAX_TABLE_SIZE as usize]);
-        for &(slot, v) in changes {
+        for &(slot, v) in &changes[..n] {
             t[slot as usize] = v;
         }
-        Ok(())
+        match stored {
+            Some(_) => Err(DataplaneError::MissingMap(
+                "recorder told to fail mid-table",
+            )),
+            None => Ok(()),
+        }
     }
 
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
