@@ -8,7 +8,9 @@
 //! - otherwise its packet is scheduled anew: to the backend the VIP's live Maglev table
 //!   gives its hash (computed on the host), which the flow then keeps;
 //! - with no backend taking new flows, such a packet is dropped, and the flow keeps its
-//!   recorded backend for when that one comes back.
+//!   recorded backend for when that one comes back;
+//! - an ICMP error about the flow (a router's, about the backend's reply) goes where the
+//!   flow's data would, but never records the flow.
 //!
 //! The steps come from a fixed generator, so a failure names a sequence that fails again.
 
@@ -20,7 +22,7 @@ use xlb::config::{BackendConfig, VipId};
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
-    packet::{Pkt, PROTO_TCP},
+    packet::{ip_packet, Pkt, PROTO_TCP},
 };
 
 const FLOWS: u16 = 32;
@@ -97,6 +99,9 @@ impl Case {
     }
 
     fn packet(&self, port: u16, kind: Kind) -> Vec<u8> {
+        if kind == Kind::IcmpError {
+            return self.icmp_error(port);
+        }
         let p = Pkt::eth(CLIENT_MAC, LB_MAC);
         let p = match (self.client(), self.vip_addr()) {
             (IpAddr::V4(c), IpAddr::V4(v)) => p.ipv4(c, v),
@@ -108,6 +113,27 @@ impl Case {
             Kind::Syn => p.syn(),
             Kind::Data => p.ack(),
             Kind::Fin => p.fin().ack(),
+            Kind::IcmpError => unreachable!("built above"),
+        }
+        .build()
+    }
+
+    /// A router's "fragmentation needed" / "packet too big" about the backend's reply to
+    /// flow `port` (VIP → client): it comes to the VIP and must go to the flow's backend.
+    fn icmp_error(&self, port: u16) -> Vec<u8> {
+        let reply = Pkt::eth(LB_MAC, CLIENT_MAC);
+        let (reply, router) = match (self.vip_addr(), self.client()) {
+            (IpAddr::V4(v), IpAddr::V4(c)) => (reply.ipv4(v, c), IpAddr::from([198, 18, 0, 1])),
+            (IpAddr::V6(v), IpAddr::V6(c)) => (reply.ipv6(v, c), "fd00::1".parse().unwrap()),
+            _ => unreachable!("one family per case"),
+        };
+        let reply = reply.tcp(80, port).ack().payload(&[0; 32]).build();
+        let quoted = &ip_packet(&reply)[..60];
+        let p = Pkt::eth(CLIENT_MAC, LB_MAC);
+        match (router, self.vip_addr()) {
+            (IpAddr::V4(r), IpAddr::V4(v)) => p.ipv4(r, v).icmp_frag_needed(1400, quoted),
+            (IpAddr::V6(r), IpAddr::V6(v)) => p.ipv6(r, v).icmpv6_packet_too_big(1400, quoted),
+            _ => unreachable!("one family per case"),
         }
         .build()
     }
@@ -118,6 +144,8 @@ enum Kind {
     Syn,
     Data,
     Fin,
+    /// An ICMP error about the flow: routed like its data, but never records the flow.
+    IcmpError,
 }
 
 /// A fixed pseudo-random sequence (64-bit LCG, high bits out).
@@ -240,7 +268,7 @@ fn churn(case: &Case) {
             let kind = [
                 Kind::Syn,
                 Kind::Fin,
-                Kind::Data,
+                Kind::IcmpError,
                 Kind::Data,
                 Kind::Data,
                 Kind::Data,
@@ -284,7 +312,7 @@ fn churn(case: &Case) {
                         }
                         _ => {}
                     }
-                    if keeps.is_none() {
+                    if keeps.is_none() && kind != Kind::IcmpError {
                         if pinned.contains_key(&port) {
                             moved += 1;
                         }
