@@ -483,44 +483,88 @@ impl<D: Dataplane> Core<D> {
             shadow: [Vec::new(), Vec::new()],
             retired: TrafficStats::default(),
         };
+        let mut result = Ok(());
         for b in backends_cfg {
-            let bs = self.new_backend(&id, &b)?;
-            state.backends.insert(b.address, bs);
+            match self.new_backend(&id, &b) {
+                Ok(bs) => {
+                    state.backends.insert(b.address, bs);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
         let refs = self.addr_refs.entry(id.address).or_insert(0);
         *refs += 1;
-        if *refs == 1 {
+        if result.is_ok() && *refs == 1 {
             let marker = VipInfo {
                 flags: VIP_F_ADDR_ONLY,
                 ..VipInfo::default()
             };
-            self.dp.set_vip(&marker_key(id.address), &marker)?;
+            result = self
+                .dp
+                .set_vip(&marker_key(id.address), &marker)
+                .map_err(CoreError::from);
         }
         self.vips.insert(id, state);
-        self.publish(&id)
+        if result.is_ok() {
+            result = self.publish(&id);
+        }
+        if result.is_err() {
+            // The VIP's entry is the last write: nothing of it went live. Its index and slots
+            // go back, or a few failed writes would use up the balancer's capacity.
+            if let Some(state) = self.vips.remove(&id) {
+                for b in state.backends.values() {
+                    self.backend_ids.free.push_back(b.index);
+                }
+                self.vip_ids.free.push_front(state.id);
+            }
+            self.release_address(id.address);
+        }
+        result
+    }
+
+    /// One VIP less on `addr`; the last one takes the address marker with it (best effort:
+    /// a marker left behind only makes the program drop fragments to the address).
+    fn release_address(&mut self, addr: IpAddr) {
+        let Some(refs) = self.addr_refs.get_mut(&addr) else {
+            return;
+        };
+        *refs -= 1;
+        if *refs == 0 {
+            self.addr_refs.remove(&addr);
+            if let Err(e) = self.dp.remove_vip(&marker_key(addr)) {
+                log::warn!("removing the VIP address marker of {addr}: {e}");
+            }
+        }
     }
 
     /// Removes a VIP: new packets to it pass to the kernel at once; its flows end.
+    /// The VIP's entry goes first: if that fails, nothing changed. What follows is clean-up
+    /// that no packet depends on for its safety (a slot left active serves flows of the
+    /// removed VIP until it is reused, with a new generation); its failures are logged.
     pub fn remove_vip(&mut self, id: &VipId) -> Result<VipConfig, CoreError> {
+        if !self.vips.contains_key(id) {
+            return Err(CoreError::UnknownVip { vip: *id });
+        }
+        self.dp.remove_vip(&vip_key(id))?;
         let state = self
             .vips
             .remove(id)
             .ok_or(CoreError::UnknownVip { vip: *id })?;
-        self.dp.remove_vip(&vip_key(id))?;
-        if let Some(refs) = self.addr_refs.get_mut(&id.address) {
-            *refs -= 1;
-            if *refs == 0 {
-                self.addr_refs.remove(&id.address);
-                self.dp.remove_vip(&marker_key(id.address))?;
-            }
-        }
+        self.release_address(id.address);
         for (addr, b) in &state.backends {
             let gone = BackendState {
                 healthy: false,
                 ..b.clone()
             };
-            self.dp
-                .set_backend(b.index, &backend_entry(id, *addr, &gone))?;
+            if let Err(e) = self
+                .dp
+                .set_backend(b.index, &backend_entry(id, *addr, &gone))
+            {
+                log::warn!("deactivating backend {addr} of removed VIP {id}: {e}");
+            }
             self.backend_ids.free.push_back(b.index);
         }
         self.vip_ids.free.push_back(state.id);
@@ -563,10 +607,15 @@ impl<D: Dataplane> Core<D> {
         self.check_source(&b.address)?;
         self.check_hashed_source(&vip.config, &b.address)?;
         let bs = self.new_backend(id, &b)?;
-        if let Some(vip) = self.vips.get_mut(id) {
-            vip.backends.insert(b.address, bs);
+        let index = bs.index;
+        self.vip_mut(id)?.backends.insert(b.address, bs);
+        if let Err(e) = self.publish(id) {
+            // No table naming it went live (the VIP's entry flips last): take it back.
+            self.vip_mut(id)?.backends.remove(&b.address);
+            self.backend_ids.free.push_back(index);
+            return Err(e);
         }
-        self.publish(id)
+        Ok(())
     }
 
     /// Takes a backend slot (oldest freed first), clears its counters and writes the backend
@@ -588,9 +637,15 @@ impl<D: Dataplane> Core<D> {
         };
         let cache_epoch = self.next_cache_epoch(index);
         let bs = BackendState::new(index, generation, cache_epoch, b);
-        self.dp.clear_backend(index)?;
-        self.dp
-            .set_backend(index, &backend_entry(vip, b.address, &bs))?;
+        let written = self.dp.clear_backend(index).and_then(|()| {
+            self.dp
+                .set_backend(index, &backend_entry(vip, b.address, &bs))
+        });
+        if let Err(e) = written {
+            // No table names the slot yet: it goes back (last in line, like any freed one).
+            self.backend_ids.free.push_back(index);
+            return Err(e.into());
+        }
         Ok(bs)
     }
 
@@ -625,13 +680,23 @@ impl<D: Dataplane> Core<D> {
                 vip: *id,
                 backend: addr,
             })?;
-        self.publish(id)?;
+        if let Err(e) = self.publish(id) {
+            // The old table, naming it, is still live: it stays.
+            self.vip_mut(id)?.backends.insert(addr, b);
+            return Err(e);
+        }
         let gone = BackendState {
             healthy: false,
             ..b
         };
-        self.dp
-            .set_backend(gone.index, &backend_entry(id, addr, &gone))?;
+        if let Err(e) = self
+            .dp
+            .set_backend(gone.index, &backend_entry(id, addr, &gone))
+        {
+            // No table names it any more; its pinned flows keep going to it until the slot
+            // is reused (with a new generation, so they re-pick then).
+            log::warn!("deactivating removed backend {addr} of {id}: {e}");
+        }
         // Deactivated: no packet counts into the slot any more (flows pinned to it
         // re-pick), so these are its last figures.
         let last = self.dp.backend(gone.index);
@@ -716,12 +781,28 @@ impl<D: Dataplane> Core<D> {
         }
         let b = self.backend_mut(id, addr)?;
         let (index, entry, now_active) = (b.index, backend_entry(id, addr, b), b.active());
-        if before.active() && !now_active {
-            self.publish(id)?;
-            self.dp.set_backend(index, &entry)?;
+        let written = if before.active() && !now_active {
+            self.publish(id)
+                .and_then(|()| Ok(self.dp.set_backend(index, &entry)?))
         } else {
-            self.dp.set_backend(index, &entry)?;
-            self.publish(id)?;
+            self.dp
+                .set_backend(index, &entry)
+                .map_err(CoreError::from)
+                .and_then(|()| self.publish(id))
+        };
+        if let Err(e) = written {
+            // Refused as a whole: the core goes back to what it had, so that the same
+            // change, asked again (the next health verdict, a retried request), is made
+            // again rather than found done. The data plane gets the old entry back (best
+            // effort); a table already flipped is rebuilt by the next change.
+            *self.backend_mut(id, addr)? = before.clone();
+            if let Err(e) = self
+                .dp
+                .set_backend(index, &backend_entry(id, addr, &before))
+            {
+                log::warn!("restoring backend {addr} of {id}: {e}");
+            }
+            return Err(e);
         }
         Ok(true)
     }
@@ -1340,6 +1421,119 @@ mod tests {
             !live.contains(&c_idx),
             "a removed backend's slot stayed live"
         );
+    }
+
+    /// Every live table (every VIP entry the data plane holds, the core's or not) points
+    /// only at active slots of its own VIP, and no slot serves two VIPs: what a packet can
+    /// meet, whatever writes failed before.
+    fn check_packets_meet_only_their_own_backends(core: &Core<Recorder>, ids: &[VipId]) {
+        let dp = core.dataplane();
+        let mut owner: HashMap<u32, VipId> = HashMap::new();
+        for (key, info) in &dp.vips {
+            if info.flags & VIP_F_ADDR_ONLY != 0 || info.table_size == 0 {
+                continue;
+            }
+            let id = ids
+                .iter()
+                .find(|i| vip_key(i) == *key)
+                .expect("a VIP entry the test never made");
+            let table = &dp.tables[&info.table_id][..info.table_size as usize];
+            for &idx in table.iter().filter(|&&i| i != 0) {
+                let b = dp
+                    .backends
+                    .get(&idx)
+                    .expect("a table names a slot never written");
+                assert_ne!(
+                    b.flags & BACKEND_F_ACTIVE,
+                    0,
+                    "{id}: slot {idx} is inactive"
+                );
+                assert_eq!(b.vip_tag, vip_tag(id), "{id}: slot {idx} is another VIP's");
+                if let Some(other) = owner.insert(idx, *id) {
+                    assert_eq!(other, *id, "slot {idx} serves two VIPs");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn failed_writes_never_let_a_packet_reach_another_vips_backend() {
+        let ids: Vec<VipId> = [
+            "198.18.1.1:80/tcp",
+            "198.18.1.1:81/tcp",
+            "198.18.1.2:80/tcp",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let addrs: Vec<IpAddr> = (11..=15)
+            .map(|i| format!("198.18.0.{i}").parse().unwrap())
+            .collect();
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        let mut state = 0x6661_696c_u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let (mut failed, mut done) = (0, 0);
+        let mut refusals: BTreeMap<&str, u32> = BTreeMap::new();
+        for _ in 0..3000 {
+            let id = ids[next(ids.len())];
+            let addr = addrs[next(addrs.len())];
+            match next(8) {
+                0 => core.dataplane_mut().fail_next = true,
+                1 => core.dataplane_mut().fail_table_after = Some(next(2000)),
+                _ => {}
+            }
+            let result = match next(9) {
+                0 => {
+                    let mut v = vip(&[]);
+                    v.address = id.address;
+                    v.port = id.port;
+                    v.table_size = Some(1009);
+                    v.backends = addrs
+                        .iter()
+                        .filter(|_| next(2) == 0)
+                        .map(|a| backend(&a.to_string()))
+                        .collect();
+                    core.add_vip(v)
+                }
+                1 => core.remove_vip(&id).map(drop),
+                2 | 3 => core.add_backend(&id, backend(&addr.to_string())),
+                4 => core.remove_backend(&id, addr),
+                5 => core.set_weight(&id, addr, [0, 1, 3][next(3)]),
+                6 => core.set_drained(&id, addr, next(2) == 0),
+                7 => core.set_health(&id, addr, next(2) == 0).map(drop),
+                _ => core.set_scheduler(&id, [Scheduler::Maglev, Scheduler::Wrr][next(2)]),
+            };
+            // A failure armed but not reached stays armed for a later op; disarm it so that
+            // each op's outcome is its own.
+            core.dataplane_mut().fail_next = false;
+            core.dataplane_mut().fail_table_after = None;
+            match result {
+                Err(CoreError::Dataplane(_)) => failed += 1,
+                Ok(()) => done += 1,
+                Err(e) => *refusals.entry(e.code()).or_insert(0) += 1,
+            }
+            check_packets_meet_only_their_own_backends(&core, &ids);
+        }
+        assert!(
+            failed > 100 && done > 500,
+            "{failed} failed, {done} done, refused {refusals:?}"
+        );
+        // Nothing leaked: with every VIP removed, every index and slot is free again.
+        for id in &ids {
+            let _ = core.remove_vip(id);
+        }
+        assert!(
+            core.dataplane().vips.is_empty(),
+            "entries left: {:?}",
+            core.dataplane().vips
+        );
+        assert_eq!(core.vip_ids.free.len() as u32, settings().max_vips);
+        assert_eq!(core.backend_ids.free.len() as u32, MAX_BACKENDS - 1);
     }
 
     #[test]
