@@ -404,6 +404,25 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("802.1ad tag", qinq),
         (
+            "vlan, too big to tunnel",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .vlan(300)
+                .ipv4(v4(CLIENT4), v4(VIP4))
+                .tcp(31346, 80)
+                .ack()
+                .payload(&[5; 1456])
+                .build(),
+        ),
+        (
+            "vlan, ipv6",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .vlan(301)
+                .ipv6(v6(CLIENT6), v6(VIP6))
+                .tcp(31347, 80)
+                .syn()
+                .build(),
+        ),
+        (
             "ipv6 routing, fragment and destination headers",
             c6().ipv6_ext(ExtHeader::Routing(vec![4, 0, 0, 0, 0, 0]))
                 .ipv6_ext(ExtHeader::Fragment {
