@@ -340,7 +340,6 @@ fn vip_service_of(f: &[u8]) -> Option<String> {
             IpAddr::V6(ip.header().destination_addr()),
             ip.is_payload_fragmented(),
         ),
-        _ => return None,
     };
     let (proto, port) = match p.transport.as_ref()? {
         TransportSlice::Tcp(t) => ("tcp", t.destination_port()),
