@@ -1470,13 +1470,8 @@ mod tests {
             .map(|i| format!("198.18.0.{i}").parse().unwrap())
             .collect();
         let mut core = Core::new(Recorder::default(), settings()).unwrap();
-        let mut state = 0x6661_696c_u64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as usize % n
-        };
+        let mut rng = crate::testing::Lcg(0x6661_696c);
+        let mut next = |n: usize| rng.below(n);
         let (mut failed, mut done) = (0, 0);
         let mut refusals: BTreeMap<&str, u32> = BTreeMap::new();
         for _ in 0..3000 {

@@ -37,4 +37,5 @@ pub mod netdev;
 pub mod reload;
 pub mod sched;
 pub mod state_dir;
+pub mod testing;
 pub mod testrun;

@@ -180,7 +180,7 @@ fn backend_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{core::Core, dataplane::Recorder};
+    use crate::{core::Core, dataplane::Recorder, testing::Lcg};
 
     const STARTED: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
         {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
@@ -313,23 +313,6 @@ mod tests {
             };
             assert_eq!(e.field, field, "{e}");
             assert!(e.message.len() > 20, "{e}");
-        }
-    }
-
-    /// A fixed pseudo-random sequence (64-bit LCG, high bits out).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) as usize % n
-        }
-
-        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-            from[self.below(from.len())]
         }
     }
 

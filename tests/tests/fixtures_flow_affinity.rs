@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::counters::Drop;
-use xlb::config::{BackendConfig, VipId};
+use xlb::{
+    config::{BackendConfig, VipId},
+    testing::Lcg,
+};
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
@@ -146,19 +149,6 @@ enum Kind {
     Fin,
     /// An ICMP error about the flow: routed like its data, but never records the flow.
     IcmpError,
-}
-
-/// A fixed pseudo-random sequence (64-bit LCG, high bits out).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) as usize % n
-    }
 }
 
 /// What the model knows of a backend address.

@@ -14,6 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::counters::{Event, COUNTER_SLOTS};
+use xlb::testing::Lcg;
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
@@ -57,24 +58,6 @@ fn mutants() -> usize {
 const DROPS: std::ops::Range<usize> = 1..32;
 const PASSES: std::ops::Range<usize> = 32..48;
 
-/// A fixed pseudo-random sequence (64-bit LCG, high bits out).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) as u32
-    }
-
-    /// Uniform in `0..n` (n > 0; the bias is irrelevant here).
-    fn below(&mut self, n: usize) -> usize {
-        self.next() as usize % n
-    }
-}
-
 /// Offsets worth aiming at in a frame with an L2 header of `l2` bytes: the EtherType and
 /// the IP header's length, protocol and fragment fields, and the first transport bytes.
 fn hot_offsets(l2: usize) -> Vec<usize> {
@@ -112,13 +95,13 @@ fn mutate(seed: &[u8], rng: &mut Lcg) -> Vec<u8> {
             1 | 2 => {
                 let i = hot[rng.below(hot.len())];
                 if i < f.len() {
-                    f[i] = [0, 0xff, 1, 0x80, rng.next() as u8][rng.below(5)];
+                    f[i] = [0, 0xff, 1, 0x80, rng.next_u32() as u8][rng.below(5)];
                 }
             }
             // A random byte in the first 80.
             3 => {
                 let i = rng.below(f.len().min(80));
-                f[i] = rng.next() as u8;
+                f[i] = rng.next_u32() as u8;
             }
             // Cut anywhere past the Ethernet header.
             4 => {
@@ -128,7 +111,7 @@ fn mutate(seed: &[u8], rng: &mut Lcg) -> Vec<u8> {
             // Ethernet padding, or junk after the packet.
             5 => {
                 for _ in 0..1 + rng.below(40) {
-                    f.push(rng.next() as u8);
+                    f.push(rng.next_u32() as u8);
                 }
             }
             // A length field that claims more or less than the frame holds.
