@@ -618,8 +618,9 @@ impl<D: Dataplane> Core<D> {
         Ok(())
     }
 
-    /// Takes a backend slot (oldest freed first), clears its counters and writes the backend
-    /// active, before any table can point at it.
+    /// Takes a backend slot (oldest freed first), clears its counters (unless it is the
+    /// same backend's slot under the last daemon) and writes the backend active, before any
+    /// table can point at it.
     fn new_backend(&mut self, vip: &VipId, b: &BackendConfig) -> Result<BackendState, CoreError> {
         let tag = vip_tag(vip);
         let (index, kept) = self
@@ -637,7 +638,14 @@ impl<D: Dataplane> Core<D> {
         };
         let cache_epoch = self.next_cache_epoch(index);
         let bs = BackendState::new(index, generation, cache_epoch, b);
-        let written = self.dp.clear_backend(index).and_then(|()| {
+        // The same backend back in its slot from the last daemon keeps its counters (they
+        // are pinned with the slots, see `state_dir`); any other holder starts from zero.
+        let cleared = if kept.is_some() {
+            Ok(())
+        } else {
+            self.dp.clear_backend(index)
+        };
+        let written = cleared.and_then(|()| {
             self.dp
                 .set_backend(index, &backend_entry(vip, b.address, &bs))
         });

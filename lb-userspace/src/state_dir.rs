@@ -13,6 +13,11 @@
 //!   recorded for the old holder are re-picked rather than sent to the wrong backend
 //!   (`Core::inherit_slots`). Without this file the tables cannot be interpreted and are
 //!   started afresh.
+//! - `STATS`, `BACKEND_STATS`: the counters by reason and the traffic per backend slot, so
+//!   that they go on across a restart rather than start from zero (what scrapes them sees
+//!   one counter, not a reset per upgrade). A backend's traffic follows its slot, like its
+//!   flows; a slot given to another backend starts from zero. Kept only if their shape is
+//!   this daemon's (and the per-slot traffic only with the slots).
 //!
 //! Everything else (VIPs, lookup tables, settings) the new daemon writes from its config
 //! into maps of its own before the swap. Removing `DIR` detaches the balancer.
@@ -40,8 +45,12 @@ use aya::{
 };
 use lb_common::{
     addr::from_words,
+    counters::Counters,
     flow::{FlowKey, FlowKeyV4},
-    maps::{Backend, MAP_BACKENDS, MAP_CONNS, MAP_CONNS_V4},
+    maps::{
+        Backend, TrafficStats, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNS, MAP_CONNS_V4, MAP_STATS,
+        MAX_BACKENDS,
+    },
 };
 
 use crate::bpf_sys::{bpf, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN};
@@ -169,15 +178,36 @@ impl StateDir {
             }
         }
         out.tables = kept > 0;
+        let counters: [(&'static str, usize, u32, bool); 2] = [
+            (MAP_STATS, std::mem::size_of::<Counters>(), 1, true),
+            (
+                MAP_BACKEND_STATS,
+                std::mem::size_of::<TrafficStats>(),
+                MAX_BACKENDS,
+                !out.slots.is_empty(),
+            ),
+        ];
+        for (name, value_size, entries, usable) in counters {
+            let f = self.file(name);
+            if !f.exists() {
+                continue;
+            }
+            let fits = if usable {
+                counters_fit(&f, value_size, entries)
+            } else {
+                Err(anyhow::anyhow!("no backend slots to interpret it with"))
+            };
+            if let Err(e) = fits {
+                log::warn!("{}: {e:#}; counting from zero", f.display());
+                std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+            }
+        }
         Ok(out)
     }
 
-    /// The pin paths the balancer's connection tables are loaded with.
-    pub fn table_pins(&self) -> [(&'static str, PathBuf); 2] {
-        [
-            (MAP_CONNS_V4, self.file(MAP_CONNS_V4)),
-            (MAP_CONNS, self.file(MAP_CONNS)),
-        ]
+    /// The pin paths the balancer's connection tables and counters are loaded with.
+    pub fn map_pins(&self) -> [(&'static str, PathBuf); 4] {
+        [MAP_CONNS_V4, MAP_CONNS, MAP_STATS, MAP_BACKEND_STATS].map(|m| (m, self.file(m)))
     }
 
     /// Attaches `prog` to `ifindex`: in place of the last daemon's program if its link is
@@ -341,6 +371,23 @@ fn table_fits<K>(f: &Path, name: &'static str, max_conns: u32) -> Result<()> {
         bail!(
             "{} entries, this daemon's --max-conns is {max_conns}",
             info.max_entries()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the per-CPU counter array pinned at `f` has this daemon's shape.
+fn counters_fit(f: &Path, value_size: usize, entries: u32) -> Result<()> {
+    let map = MapData::from_pin(f).context("opening")?;
+    let info = map.info().context("reading its info")?;
+    if !matches!(info.map_type(), Ok(aya::maps::MapType::PerCpuArray)) {
+        bail!("not a per-CPU array");
+    }
+    if info.value_size() as usize != value_size || info.max_entries() != entries {
+        bail!(
+            "{} entries of {} bytes, this daemon's are {entries} of {value_size}",
+            info.max_entries(),
+            info.value_size()
         );
     }
     Ok(())

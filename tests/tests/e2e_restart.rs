@@ -71,6 +71,11 @@ fn config(backends: &[&str]) -> String {
     )
 }
 
+/// `xlb stats --json`.
+fn stats(net: &DemoNet, sock: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&net.ctl(sock, &["stats", "--json"])).expect("stats JSON")
+}
+
 /// The line VIP's active-flow estimates, summed over its backends (`xlb status`).
 fn active_estimate(net: &DemoNet, sock: &std::path::Path) -> u64 {
     line_vip_sum(net, sock, "active_estimate")
@@ -183,6 +188,7 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         }
     };
     wait_served(20);
+    let counted_before = stats(&net, &sock);
 
     // Stop the daemon: the program stays attached and keeps answering.
     let status = lb.terminate(Duration::from_secs(10));
@@ -212,12 +218,36 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
             && log_text.contains("keeping the connection tables"),
         "the new daemon did not take over:\n{log_text}"
     );
-    // It knew its next hops before its program took over: no packet needed the FIB.
-    let stats: serde_json::Value =
-        serde_json::from_str(&net.ctl(&sock, &["stats", "--json"])).expect("stats JSON");
+    // The counters go on from where the last daemon left them (pinned with the tables)...
+    let counted = stats(&net, &sock);
+    let http = format!("{VIP4}:80/tcp");
+    let figure = |v: &serde_json::Value, path: &[&str]| {
+        path.iter()
+            .fold(v, |v, k| &v[*k])
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path:?} in {v}"))
+    };
+    let vip_packets = |v: &serde_json::Value| {
+        v["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["vip"] == http.as_str())
+            .and_then(|x| x["packets"].as_u64())
+            .expect("the HTTP VIP's packets")
+    };
+    assert!(
+        figure(&counted, &["reasons", "tx_encap"])
+            >= figure(&counted_before, &["reasons", "tx_encap"])
+            && vip_packets(&counted) >= vip_packets(&counted_before)
+            && vip_packets(&counted_before) > 0,
+        "the counters started again: before {counted_before}, after {counted}"
+    );
+    // ...and the new daemon knew its next hops before its program took over: no packet
+    // needed the FIB.
     assert_eq!(
-        stats["reasons"]["fib_lookup"].as_u64(),
-        Some(0),
+        figure(&counted, &["reasons", "fib_lookup"]),
+        figure(&counted_before, &["reasons", "fib_lookup"]),
         "FIB lookups after the takeover"
     );
     // Its counters start at zero; the recount at start finds the inherited flows.

@@ -89,7 +89,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None => Inherited::default(),
     };
     let mut ebpf = match &state {
-        Some(s) => loader::load_balancer_pinned(opts.load, &s.table_pins())?,
+        Some(s) => loader::load_balancer_pinned(opts.load, &s.map_pins())?,
         None => loader::load_balancer(opts.load)?,
     };
     if let Some(s) = &state {
