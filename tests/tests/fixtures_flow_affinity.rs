@@ -12,6 +12,9 @@
 //! - an ICMP error about the flow (a router's, about the backend's reply) goes where the
 //!   flow's data would, but never records the flow.
 //!
+//! A second test keeps the backends still and checks least connection's counts: after
+//! every packet, each backend's count is the number of its open connections.
+//!
 //! The steps come from a fixed generator, so a failure names a sequence that fails again.
 
 use std::collections::BTreeMap;
@@ -116,6 +119,7 @@ impl Case {
             Kind::Syn => p.syn(),
             Kind::Data => p.ack(),
             Kind::Fin => p.fin().ack(),
+            Kind::Rst => p.rst(),
             Kind::IcmpError => unreachable!("built above"),
         }
         .build()
@@ -147,6 +151,7 @@ enum Kind {
     Syn,
     Data,
     Fin,
+    Rst,
     /// An ICMP error about the flow: routed like its data, but never records the flow.
     IcmpError,
 }
@@ -390,4 +395,113 @@ fn churn(case: &Case) {
         sent > 1000 && moved > 20 && dropped > 0,
         "the churn reached too little: {sent} / {moved} / {dropped}"
     );
+}
+
+/// Where a flow stands for least connection's counts.
+#[derive(Clone, Copy, Debug)]
+enum Conn {
+    /// Opened (its first packet was no FIN or RST, or a SYN reused it since it closed):
+    /// counted on its backend.
+    Open(IpAddr),
+    /// The client sent FIN or RST: taken back.
+    Closed(IpAddr),
+    /// First seen closing (a connection older than the balancer's table): never counted.
+    Uncounted(IpAddr),
+}
+
+impl Conn {
+    fn backend(self) -> IpAddr {
+        match self {
+            Conn::Open(a) | Conn::Closed(a) | Conn::Uncounted(a) => a,
+        }
+    }
+}
+
+/// Least connection's counts, packet by packet from both CPUs, without backend changes (a
+/// change makes them estimates until the daemon's recount, see fixtures_recount): each
+/// backend's count is the number of its flows that are open, whichever CPU's cache served
+/// their packets.
+#[test]
+fn least_connection_counts_are_open_connections_on_every_cpu() {
+    if !require_root() {
+        return;
+    }
+    for (v6, seed) in [(false, 0x636f_756e_7434), (true, 0x636f_756e_7436)] {
+        let case = Case {
+            scheduler: "lc",
+            v6,
+            seed,
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let mut lab = Lab::new(&case.config());
+        let vip = case.vip();
+        let slots: BTreeMap<IpAddr, u32> = case
+            .backends()
+            .into_iter()
+            .map(|a| (a, lab.backend_index(&vip, &a.to_string())))
+            .collect();
+        let mut conns: BTreeMap<u16, Conn> = BTreeMap::new();
+        let mut rng = Lcg(seed);
+        let mut log: Vec<String> = Vec::new();
+        for step in 0..steps() {
+            let port = 40_000 + rng.below(usize::from(FLOWS)) as u16;
+            let cpu = rng.below(cpus);
+            let kind = rng.pick(&[
+                Kind::Syn,
+                Kind::Syn,
+                Kind::Fin,
+                Kind::Rst,
+                Kind::IcmpError,
+                Kind::Data,
+                Kind::Data,
+                Kind::Data,
+            ]);
+            pin_to(cpu);
+            let o = lab.run(&case.packet(port, kind));
+            log.push(format!("cpu {cpu} flow {port} {kind:?}"));
+            macro_rules! fail {
+                ($($why:tt)*) => {
+                    panic!(
+                        "lc {}, step {step}: {}\n  flows: {conns:?}\n  last steps:\n    {}",
+                        if v6 { "IPv6" } else { "IPv4" },
+                        format!($($why)*),
+                        log[log.len().saturating_sub(12)..].join("\n    ")
+                    )
+                };
+            }
+            if o.verdict != XDP_TX {
+                fail!("verdict {}", o.verdict);
+            }
+            let got = tunnel_target(&o.frame);
+            let before = conns.get(&port).copied();
+            if let Some(c) = before {
+                if c.backend() != got {
+                    fail!("flow {port} moved from {} to {got}", c.backend());
+                }
+            }
+            let closing = matches!(kind, Kind::Fin | Kind::Rst);
+            let after = match (before, kind) {
+                // Errors never create or change a flow.
+                (_, Kind::IcmpError) => before,
+                (None, _) if closing => Some(Conn::Uncounted(got)),
+                (None, _) => Some(Conn::Open(got)),
+                (Some(Conn::Open(a)), _) if closing => Some(Conn::Closed(a)),
+                (Some(Conn::Closed(a)), Kind::Syn) => Some(Conn::Open(a)),
+                (c, _) => c,
+            };
+            if let Some(c) = after {
+                conns.insert(port, c);
+            }
+            for (addr, slot) in &slots {
+                let open = conns
+                    .values()
+                    .filter(|c| matches!(c, Conn::Open(a) if a == addr))
+                    .count() as u64;
+                let counted = lab.core.dataplane().active_counter(*slot);
+                if counted != open {
+                    fail!("{addr} counts {counted}, {open} connections are open on it");
+                }
+            }
+        }
+    }
 }
