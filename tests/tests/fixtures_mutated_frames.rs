@@ -9,7 +9,9 @@
 //!
 //! The fixed fixtures (`fixtures_malformed.rs`, `fixtures_decap.rs`) say which reason each
 //! known defect gets; this test looks for the defects nobody listed. The mutations come from
-//! a fixed generator, so a failure names a frame that fails again on every run.
+//! a fixed generator, so a failure names a frame that fails again on every run. A third test
+//! builds valid IPv6 extension-header chains at random and checks that none is refused below
+//! the walk limit.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -734,4 +736,77 @@ fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+/// Random valid IPv6 extension-header chains (hop-by-hop first, then destination options,
+/// routing with no segments left, atomic fragments; up to 48 bytes each) in front of TCP to
+/// the VIP: up to `MAX_IPV6_EXT_HEADERS` of them the packet is tunnelled whole, beyond that
+/// it is dropped as `ipv6_ext_chain_too_long`, and never anything else.
+#[test]
+fn valid_ipv6_extension_chains_are_forwarded_whole_up_to_the_walk_limit() {
+    use lb_common::{counters::Drop, maps::MAX_IPV6_EXT_HEADERS};
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(CFG);
+    let mut rng = Lcg(0x6578_7468_6472);
+    let limit = MAX_IPV6_EXT_HEADERS as usize;
+    let bytes = |rng: &mut Lcg, most: usize| -> Vec<u8> {
+        (0..rng.below(most + 1))
+            .map(|_| rng.next_u32() as u8)
+            .collect()
+    };
+    let (mut whole, mut too_long) = (0, 0);
+    for n in 0..800u16 {
+        let count = rng.below(limit + 3);
+        let mut p = Pkt::eth(CLIENT_MAC, LB_MAC).ipv6(v6(CLIENT6), v6(VIP6));
+        let mut chain = Vec::new();
+        for i in 0..count {
+            let ext = match rng.below(if i == 0 { 4 } else { 3 }) {
+                0 => ExtHeader::DestOpts(bytes(&mut rng, 40)),
+                1 => {
+                    // Routing type, segments left 0, then type-specific data.
+                    let mut body = vec![rng.pick(&[0u8, 2, 3, 4]), 0];
+                    body.extend(bytes(&mut rng, 38));
+                    ExtHeader::Routing(body)
+                }
+                2 => ExtHeader::Fragment {
+                    offset: 0,
+                    more: false,
+                    id: rng.next_u32(),
+                },
+                _ => ExtHeader::HopByHop(bytes(&mut rng, 40)),
+            };
+            chain.push(format!("{ext:?}"));
+            p = p.ipv6_ext(ext);
+        }
+        let f = p
+            .tcp(20_000 + n, 80)
+            .ack()
+            .payload(&bytes(&mut rng, 64))
+            .build();
+        let before = lab.counters();
+        let o = lab.run(&f);
+        let after = lab.counters();
+        let moved = counter_deltas(&before, &after);
+        let why = format!("{count} headers {chain:?}: counted {moved}");
+        if count <= limit {
+            assert_eq!(o.verdict, XDP_TX, "{why}");
+            assert_eq!(
+                after[Event::TxEncap.slot() as usize] - before[Event::TxEncap.slot() as usize],
+                1,
+                "{why}"
+            );
+            if let Err(e) = check_tunnel(&f, &o.frame) {
+                panic!("{why}: {e}");
+            }
+            whole += 1;
+        } else {
+            let slot = Drop::Ipv6ExtChainTooLong.slot() as usize;
+            assert_eq!(o.verdict, XDP_DROP, "{why}");
+            assert_eq!(after[slot] - before[slot], 1, "{why}");
+            too_long += 1;
+        }
+    }
+    assert!(whole > 400 && too_long > 50, "{whole} / {too_long}");
 }
