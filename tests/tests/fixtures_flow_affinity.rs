@@ -135,7 +135,10 @@ impl Case {
             _ => unreachable!("one family per case"),
         };
         let reply = reply.tcp(80, port).ack().payload(&[0; 32]).build();
-        let quoted = &ip_packet(&reply)[..60];
+        // As much of the reply as routers quote: from the minimum (the IP header and 8
+        // bytes, RFC 792 / RFC 4443 allow no less) to 60 bytes, by flow.
+        let least = if self.v6 { 48 } else { 28 };
+        let quoted = &ip_packet(&reply)[..[least, least + 8, 60][usize::from(port % 3)]];
         let p = Pkt::eth(CLIENT_MAC, LB_MAC);
         match (router, self.vip_addr()) {
             (IpAddr::V4(r), IpAddr::V4(v)) => p.ipv4(r, v).icmp_frag_needed(1400, quoted),
