@@ -203,7 +203,20 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     assert_eq!(idle(&net), serde_json::json!(3600), "a refusal changed it");
     net.ctl(&sock, &["vip", "idle-timeout", &vip, "default"]);
     assert_eq!(idle(&net), serde_json::json!(900));
-    // A new health check on the running VIP: every backend stays up, no flow moves.
+    // A new health check on the running VIP: every backend stays up, no flow moves, and
+    // the checks' totals go on from the old check's.
+    let checks_ok = |net: &DemoNet| -> Vec<u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+        v["vips"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| b["health"]["checks_ok"].as_u64().expect("checks_ok"))
+            .collect()
+    };
+    let before = checks_ok(&net);
+    assert!(before.iter().all(|&n| n > 0), "checks ran: {before:?}");
     net.ctl(
         &sock,
         &[
@@ -218,6 +231,11 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     assert!(
         states.len() == 3 && states.values().all(|s| s == "up"),
         "{states:?}"
+    );
+    let after = checks_ok(&net);
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a > b),
+        "the totals started again: {before:?} → {after:?}"
     );
     for c in &mut held {
         assert_eq!(c.who(), target, "a held connection moved");

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_common::counters::{Drop, Event, Pass, COUNTER_SLOTS};
@@ -113,7 +113,7 @@ impl Daemon {
     /// Starts health checks for every backend the core has (after the initial config).
     pub fn start_all_checks(&mut self) -> Result<(), CoreError> {
         for (vip, addr) in self.core.backend_pairs() {
-            self.start_check(&vip, addr, true)?;
+            self.start_check(&vip, addr, HealthState::new(Instant::now()))?;
         }
         Ok(())
     }
@@ -129,7 +129,13 @@ impl Daemon {
     }
 
     /// Starts checking a backend from the health `healthy` (see `HealthChecker::spawn`).
-    fn start_check(&mut self, vip: &VipId, addr: IpAddr, healthy: bool) -> Result<(), CoreError> {
+    /// Starts checking a backend from `start` (see `HealthChecker::spawn`).
+    fn start_check(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        start: HealthState,
+    ) -> Result<(), CoreError> {
         let cfg = self.health_config(vip)?;
         let id = self.next_target;
         self.next_target += 1;
@@ -140,7 +146,7 @@ impl Daemon {
                 SocketAddr::new(addr, vip.port),
                 &cfg,
                 self.events.clone(),
-                healthy,
+                start,
             )
             .map_err(|e| crate::config::ConfigError::new("health_check", e.to_string()))?;
         self.targets.insert(id, (*vip, addr));
@@ -192,7 +198,7 @@ impl Daemon {
         let addrs: Vec<IpAddr> = cfg.backends.iter().map(|b| b.address).collect();
         self.core.add_vip(cfg)?;
         for a in addrs {
-            self.start_check(&id, a, true)?;
+            self.start_check(&id, a, HealthState::new(Instant::now()))?;
         }
         Ok(())
     }
@@ -210,7 +216,7 @@ impl Daemon {
     pub fn add_backend(&mut self, vip: &VipId, b: BackendConfig) -> Result<(), CoreError> {
         let addr = b.address;
         self.core.add_backend(vip, b)?;
-        self.start_check(vip, addr, true)
+        self.start_check(vip, addr, HealthState::new(Instant::now()))
     }
 
     /// Removes a backend and stops its check.
@@ -257,8 +263,16 @@ impl Daemon {
             .map(|(a, b)| (*a, b.healthy))
             .collect();
         for (addr, healthy) in backends {
+            // The old check's verdict and totals go on; without one, the core's verdict.
+            let start = match self.checks.get(&(*vip, addr)) {
+                Some(c) => c.handle.snapshot().continued(),
+                None => HealthState {
+                    healthy,
+                    ..HealthState::new(Instant::now())
+                },
+            };
             self.stop_check(vip, addr);
-            self.start_check(vip, addr, healthy)?;
+            self.start_check(vip, addr, start)?;
         }
         Ok(())
     }

@@ -53,9 +53,10 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     /// Starts checking `addr` (the backend's IP with the VIP's port; `cfg.port`, when set,
-    /// replaces the port) from the state `healthy` (true for a new backend; a check that
-    /// replaces another starts from what that one had decided, so that only `rise` or
-    /// `fall` results change it) and returns the handle that owns the task. Fails when `cfg` is
+    /// replaces the port) from the state `start` (`HealthState::new` for a new backend; a
+    /// check that replaces another starts from `HealthState::continued` of that one's, so
+    /// that only `rise` or `fall` results change the verdict) and returns the handle that
+    /// owns the task. Fails when `cfg` is
     /// invalid or no port is known for a port-based check. Must be called inside a tokio
     /// runtime. Transitions go to `events`; a closed receiver only stops the events,
     /// not the checks, since the snapshot is still served.
@@ -65,7 +66,7 @@ impl HealthChecker {
         addr: SocketAddr,
         cfg: &HealthCheckConfig,
         events: mpsc::Sender<HealthEvent>,
-        healthy: bool,
+        start: HealthState,
     ) -> Result<HealthHandle, HealthConfigError> {
         let target = cfg.probe_target(addr)?;
         let bind = match target.ip() {
@@ -73,7 +74,7 @@ impl HealthChecker {
             IpAddr::V6(_) => self.source_v6.map(IpAddr::V6),
         };
         let probe = build_probe(cfg, bind);
-        Self::spawn_with_probe(target_id, target, cfg, probe, events, healthy)
+        Self::spawn_with_probe(target_id, target, cfg, probe, events, start)
     }
 
     /// Like [`HealthChecker::spawn`] with a given probe, checking `target` exactly as given;
@@ -84,13 +85,11 @@ impl HealthChecker {
         cfg: &HealthCheckConfig,
         probe: Arc<dyn Probe>,
         events: mpsc::Sender<HealthEvent>,
-        healthy: bool,
+        start: HealthState,
     ) -> Result<HealthHandle, HealthConfigError> {
         // An invalid config (a zero interval, a timeout longer than the interval) would make
         // the loop spin or checks overlap; refuse it here rather than trust every caller.
         cfg.validate()?;
-        let mut start = HealthState::new(std::time::Instant::now());
-        start.healthy = healthy;
         let (state_tx, state_rx) = watch::channel(start);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = Task {
@@ -314,6 +313,11 @@ mod tests {
         }
     }
 
+    /// A new backend's starting state.
+    fn fresh() -> HealthState {
+        HealthState::new(std::time::Instant::now())
+    }
+
     fn fast_cfg() -> HealthCheckConfig {
         HealthCheckConfig {
             interval_ms: 10,
@@ -368,7 +372,7 @@ mod tests {
             ..Default::default()
         };
         let err = HealthChecker::default()
-            .spawn(1, loopback(80), &cfg, tx, true)
+            .spawn(1, loopback(80), &cfg, tx, fresh())
             .expect_err("zero interval");
         assert_eq!(err.to_string(), "interval_ms must be 10..=3600000, got 0");
     }
@@ -378,9 +382,15 @@ mod tests {
         let probe = Arc::new(Switch::default());
         probe.failing.store(true, Ordering::SeqCst);
         let (tx, mut rx) = mpsc::channel(8);
-        let handle =
-            HealthChecker::spawn_with_probe(7, loopback(9), &fast_cfg(), probe.clone(), tx, true)
-                .expect("valid config");
+        let handle = HealthChecker::spawn_with_probe(
+            7,
+            loopback(9),
+            &fast_cfg(),
+            probe.clone(),
+            tx,
+            fresh(),
+        )
+        .expect("valid config");
         assert!(handle.snapshot().healthy, "starts healthy");
 
         let down = expect_event(tokio::time::timeout(WAIT, rx.recv()).await);
@@ -413,16 +423,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_check_started_down_stays_down_until_rise_successes() {
-        // A replacing check (new health-check settings) starts from the old one's verdict:
-        // a backend that was down must not take flows before `rise` successes, and a
-        // failing one started down reports nothing.
+        // A replacing check (new health-check settings) starts from the old one's verdict
+        // and totals: a backend that was down must not take flows before `rise` successes,
+        // a failing one started down reports nothing, and the counts go on.
         let probe = Arc::new(Switch::default());
         probe.failing.store(true, Ordering::SeqCst);
         let (tx, mut rx) = mpsc::channel(8);
-        let handle =
-            HealthChecker::spawn_with_probe(5, loopback(9), &fast_cfg(), probe.clone(), tx, false)
-                .expect("valid config");
+        let old = HealthState {
+            healthy: false,
+            consecutive_ok: 1,
+            checks_ok: 40,
+            checks_failed: 7,
+            transitions: 3,
+            ..fresh()
+        };
+        let handle = HealthChecker::spawn_with_probe(
+            5,
+            loopback(9),
+            &fast_cfg(),
+            probe.clone(),
+            tx,
+            old.continued(),
+        )
+        .expect("valid config");
         assert!(!handle.snapshot().healthy, "starts down");
+        assert_eq!(
+            handle.snapshot().checks_ok,
+            40,
+            "starts from the old totals"
+        );
         let quiet = tokio::time::timeout(Duration::from_millis(150), rx.recv()).await;
         assert!(
             quiet.is_err(),
@@ -432,16 +461,28 @@ mod tests {
         probe.failing.store(false, Ordering::SeqCst);
         let up = expect_event(tokio::time::timeout(WAIT, rx.recv()).await);
         assert_eq!(up.transition, Transition::Up);
-        assert!(handle.snapshot().healthy);
-        assert!(handle.snapshot().checks_ok >= 2, "after rise = 2 successes");
+        let snap = handle.snapshot();
+        assert!(snap.healthy);
+        assert!(
+            snap.checks_ok >= 42,
+            "after rise = 2 successes: {}",
+            snap.checks_ok
+        );
+        assert!(
+            snap.checks_failed >= 10,
+            "3 failures more: {}",
+            snap.checks_failed
+        );
+        assert_eq!(snap.transitions, 4);
     }
 
     #[tokio::test]
     async fn dropping_the_handle_stops_the_task() {
         let (tx, mut rx) = mpsc::channel(1);
         let probe = Arc::new(Switch::default());
-        let handle = HealthChecker::spawn_with_probe(1, loopback(9), &fast_cfg(), probe, tx, true)
-            .expect("valid config");
+        let handle =
+            HealthChecker::spawn_with_probe(1, loopback(9), &fast_cfg(), probe, tx, fresh())
+                .expect("valid config");
         drop(handle);
         // The task owned the only sender: the channel closes once the task has exited.
         let closed = tokio::time::timeout(WAIT, rx.recv()).await;
@@ -468,7 +509,7 @@ mod tests {
             source_v4: Some(Ipv4Addr::LOCALHOST),
             source_v6: None,
         }
-        .spawn(3, loopback(port), &cfg, tx, true)
+        .spawn(3, loopback(port), &cfg, tx, fresh())
         .expect("valid config");
         assert_eq!(handle.target(), loopback(port));
 
@@ -500,7 +541,7 @@ mod tests {
             ..Default::default()
         };
         let handle = HealthChecker::default()
-            .spawn(1, loopback(80), &cfg, tx, true)
+            .spawn(1, loopback(80), &cfg, tx, fresh())
             .expect("valid config");
         assert_eq!(handle.target(), loopback(8080));
         assert!(!handle.is_finished());

@@ -58,6 +58,18 @@ impl HealthState {
         }
     }
 
+    /// What a check replacing this one (new health-check settings) starts from: this one's
+    /// verdict and running totals (status and metrics go on rather than start again), its
+    /// consecutive results forgotten, so that the new check needs `rise` or `fall` results
+    /// of its own to change the verdict.
+    pub fn continued(&self) -> Self {
+        Self {
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            ..self.clone()
+        }
+    }
+
     /// Folds one check result in; returns the transition it caused, if any.
     ///
     /// Counters saturate rather than wrap, so a backend failing for years stays down.
