@@ -872,8 +872,13 @@ impl<D: Dataplane> Core<D> {
     /// Switches a VIP's scheduler; flows already recorded keep their backends.
     pub fn set_scheduler(&mut self, id: &VipId, scheduler: Scheduler) -> Result<(), CoreError> {
         let vip = self.vip_mut(id)?;
-        vip.config.scheduler = scheduler;
-        self.publish(id)
+        let before = std::mem::replace(&mut vip.config.scheduler, scheduler);
+        if let Err(e) = self.publish(id) {
+            // The old table is still live: so is the old scheduler.
+            self.vip_mut(id)?.config.scheduler = before;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Sets how long a VIP's flows may stay silent before they stop counting as active
@@ -1537,6 +1542,21 @@ mod tests {
         );
         assert_eq!(core.vip_ids.free.len() as u32, settings().max_vips);
         assert_eq!(core.backend_ids.free.len() as u32, MAX_BACKENDS - 1);
+    }
+
+    #[test]
+    fn a_scheduler_change_that_cannot_be_written_is_not_kept() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let info = |core: &Core<Recorder>| core.dataplane().vips[&vip_key(&id)];
+        let live = info(&core);
+        core.dataplane_mut().fail_next = true;
+        assert!(core.set_scheduler(&id, Scheduler::Wrr).is_err());
+        assert_eq!(core.vip(&id).unwrap().config.scheduler, Scheduler::Maglev);
+        assert_eq!(info(&core), live, "the data plane kept the old table");
+        // Asked again, it is made again.
+        core.set_scheduler(&id, Scheduler::Wrr).unwrap();
+        assert_eq!(core.vip(&id).unwrap().config.scheduler, Scheduler::Wrr);
+        assert_ne!(info(&core).flags, live.flags, "wrr's table is live");
     }
 
     #[test]
