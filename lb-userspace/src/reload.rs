@@ -188,7 +188,7 @@ mod tests {
         {"address": "198.18.1.1", "port": 53, "protocol": "udp",
          "backends": [{"address": "198.18.0.11"}]}]}"#;
 
-    /// The running state `STARTED` gives: every backend as configured.
+    /// The running state a config gives: every backend as configured.
     fn running(cfg: &Config) -> Vec<(VipConfig, BTreeMap<IpAddr, BackendState>)> {
         cfg.vips
             .iter()
@@ -382,33 +382,26 @@ mod tests {
     /// backends, and its backends' (weight, drained).
     type Shape = BTreeMap<VipId, (VipConfig, BTreeMap<IpAddr, (u32, bool)>)>;
 
+    /// The shape of VIPs given as (definition without backends, backends).
+    fn shape_of<'a>(
+        vips: impl Iterator<Item = (&'a VipConfig, &'a BTreeMap<IpAddr, BackendState>)>,
+    ) -> Shape {
+        vips.map(|(config, backends)| {
+            let backends = backends
+                .iter()
+                .map(|(a, b)| (*a, (b.weight, b.drained)))
+                .collect();
+            (config.id(), (config.clone(), backends))
+        })
+        .collect()
+    }
+
     fn shape_of_file(cfg: &Config) -> Shape {
-        cfg.vips
-            .iter()
-            .map(|v| {
-                let backends = v
-                    .backends
-                    .iter()
-                    .map(|b| (b.address, (b.weight, b.drained)))
-                    .collect();
-                let mut def = v.clone();
-                def.backends.clear();
-                (v.id(), (def, backends))
-            })
-            .collect()
+        shape_of(running(cfg).iter().map(|(c, b)| (c, b)))
     }
 
     fn shape_of_core(core: &Core<Recorder>) -> Shape {
-        core.vips()
-            .map(|v| {
-                let backends = v
-                    .backends
-                    .iter()
-                    .map(|(a, b)| (*a, (b.weight, b.drained)))
-                    .collect();
-                (v.config.id(), (v.config.clone(), backends))
-            })
-            .collect()
+        shape_of(core.vips().map(|v| (&v.config, &v.backends)))
     }
 
     /// Applies a step to a core, as `Daemon::reload` does (less the health checkers).

@@ -524,6 +524,18 @@ impl DemoNet {
         out
     }
 
+    /// `xlb status --json`, parsed; panics on failure.
+    #[track_caller]
+    pub fn status_json(&self, sock: &Path) -> serde_json::Value {
+        serde_json::from_str(&self.ctl(sock, &["status", "--json"])).expect("status JSON")
+    }
+
+    /// `xlb stats --json`, parsed; panics on failure.
+    #[track_caller]
+    pub fn stats_json(&self, sock: &Path) -> serde_json::Value {
+        serde_json::from_str(&self.ctl(sock, &["stats", "--json"])).expect("stats JSON")
+    }
+
     /// Like [`DemoNet::ctl`], returning (success, stdout, stderr).
     pub fn try_ctl(&self, sock: &Path, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(xlb_bin())

@@ -180,8 +180,7 @@ fn bulk_uploads_through_the_vip_complete_thanks_to_icmp_too_big() {
             .unwrap_or(0);
         assert_eq!(got, UPLOAD, "{vip}: backend answered {answer:?}");
     }
-    let stats: serde_json::Value =
-        serde_json::from_str(&net.ctl(&sock, &["stats", "--json"])).unwrap();
+    let stats: serde_json::Value = net.stats_json(&sock);
     assert!(
         stats["reasons"]["icmp_too_big_sent"].as_u64().unwrap_or(0) >= 2,
         "no too-big answers were needed? {stats}"

@@ -114,8 +114,7 @@ fn raw(sock: &Path, line: &[u8]) -> serde_json::Value {
 
 /// `status` without the moving parts (counters, health statistics).
 fn shape(net: &DemoNet, sock: &Path) -> serde_json::Value {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&net.ctl(sock, &["status", "--json"])).expect("status JSON");
+    let mut v: serde_json::Value = net.status_json(sock);
     for vip in v["vips"].as_array_mut().into_iter().flatten() {
         for k in ["packets", "bytes", "new_flows"] {
             vip[k] = serde_json::Value::Null;
@@ -207,8 +206,7 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     load.wait_requests_after(Instant::now(), 30);
 
     // A VIP's traffic is its backends' added up (the data plane counts per backend).
-    let status: serde_json::Value =
-        serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+    let status: serde_json::Value = net.status_json(&sock);
     let vip = status["vips"]
         .as_array()
         .into_iter()

@@ -71,11 +71,6 @@ fn config(backends: &[&str]) -> String {
     )
 }
 
-/// `xlb stats --json`.
-fn stats(net: &DemoNet, sock: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&net.ctl(sock, &["stats", "--json"])).expect("stats JSON")
-}
-
 /// The line VIP's active-flow estimates, summed over its backends (`xlb status`).
 fn active_estimate(net: &DemoNet, sock: &std::path::Path) -> u64 {
     line_vip_sum(net, sock, "active_estimate")
@@ -83,8 +78,7 @@ fn active_estimate(net: &DemoNet, sock: &std::path::Path) -> u64 {
 
 /// A `xlb status` figure of the line VIP's backends, summed.
 fn line_vip_sum(net: &DemoNet, sock: &std::path::Path, field: &str) -> u64 {
-    let out = net.ctl(sock, &["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let v = net.status_json(sock);
     let lines = format!("{VIP4}:{NAME_PORT}/tcp");
     v["vips"]
         .as_array()
@@ -188,7 +182,7 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         }
     };
     wait_served(20);
-    let counted_before = stats(&net, &sock);
+    let counted_before = net.stats_json(&sock);
 
     // Stop the daemon: the program stays attached and keeps answering.
     let status = lb.terminate(Duration::from_secs(10));
@@ -219,7 +213,7 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         "the new daemon did not take over:\n{log_text}"
     );
     // The counters go on from where the last daemon left them (pinned with the tables)...
-    let counted = stats(&net, &sock);
+    let counted = net.stats_json(&sock);
     let http = format!("{VIP4}:80/tcp");
     let figure = |v: &serde_json::Value, path: &[&str]| {
         path.iter()

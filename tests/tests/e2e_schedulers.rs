@@ -188,8 +188,7 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     }
     // Its idle timeout, changed on the running VIP and shown in status.
     let idle = |net: &DemoNet| -> serde_json::Value {
-        let status: serde_json::Value =
-            serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+        let status: serde_json::Value = net.status_json(&sock);
         status["vips"][0]["idle_timeout_s"].clone()
     };
     assert_eq!(idle(&net), serde_json::json!(900), "TCP's default");
@@ -206,8 +205,7 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
     // A new health check on the running VIP: every backend stays up, no flow moves, and
     // the checks' totals go on from the old check's.
     let checks_ok = |net: &DemoNet| -> Vec<u64> {
-        let v: serde_json::Value =
-            serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+        let v: serde_json::Value = net.status_json(&sock);
         v["vips"][0]["backends"]
             .as_array()
             .expect("backends")
@@ -262,8 +260,7 @@ fn lrt_gives_a_slow_backend_clearly_fewer_flows() {
         "lrt to scale the slow backend down",
         Duration::from_secs(20),
         || {
-            let out = net.ctl(&sock, &["status", "--json"]);
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let v = net.status_json(&sock);
             v["vips"][0]["backends"]
                 .as_array()
                 .unwrap()
@@ -386,8 +383,7 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
     let file = net.dir.join("xlb.json");
     let states = |net: &DemoNet| net.backend_states(&sock);
     let scheduler = |net: &DemoNet| -> String {
-        let status: serde_json::Value =
-            serde_json::from_str(&net.ctl(&sock, &["status", "--json"])).expect("status JSON");
+        let status: serde_json::Value = net.status_json(&sock);
         status["vips"][0]["scheduler"]
             .as_str()
             .unwrap_or("")
