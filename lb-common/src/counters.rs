@@ -120,7 +120,8 @@ reasons! {
         TxEncap = 48, "tx_encap";
         /// Encapsulated and redirected to another interface (`XDP_REDIRECT`).
         RedirectEncap = 49, "redirect_encap";
-        /// A new flow got a backend from the lookup table and was recorded.
+        /// A new flow got a backend from the lookup table and was recorded (or the kernel
+        /// refused the insert; see `flow_not_recorded` for flows left out on purpose).
         NewFlow = 50, "new_flow";
         /// The connection table (or this CPU's cache of it) knew the flow and its backend
         /// was still usable.
@@ -141,6 +142,10 @@ reasons! {
         Parsed = 57, "parsed";
         /// The connection table knew the flow but its backend is gone: picked again.
         ConnRepick = 58, "conn_repick";
+        /// A new flow's packet went to the backend its VIP's hash picks, without a
+        /// connection-table entry: this CPU saw more new flows this second than
+        /// `record_rate_limit` (lb_common::record_limit).
+        FlowNotRecorded = 59, "flow_not_recorded";
     }
 }
 

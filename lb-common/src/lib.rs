@@ -12,6 +12,7 @@
 //! - [`hash`]: the flow hash (one source of truth for BPF and user space) and Maglev's hashes.
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
 //! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
+//! - [`record_limit`]: how many new flows each CPU records per second.
 #![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod addr;
@@ -22,3 +23,4 @@ pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
+pub mod record_limit;

@@ -236,8 +236,9 @@ pub struct LbConfig {
     pub hashed_src_v6: AddrWords,
     /// Largest IP packet (bytes) the egress link carries; 0 = do not check.
     pub mtu: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// New flows each CPU records per second; beyond, hash-scheduled VIPs' new flows go
+    /// unrecorded (`lb_common::record_limit`). 0 = no limit.
+    pub record_rate_limit: u32,
 }
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
 

@@ -17,6 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::HealthCheckConfig;
 
+/// New flows each CPU records per second unless the config says otherwise: far above what
+/// one CPU's clients open (a new flow costs about 1 µs here, so a CPU that only recorded
+/// flows would manage about 10 times this), far below a flood at line rate.
+pub const DEFAULT_RECORD_RATE_LIMIT: u32 = 100_000;
+
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Backends one VIP may have (Maglev wants the table ≥ 100 × backends for balance).
@@ -39,6 +44,12 @@ pub struct Config {
     /// frag-needed / packet-too-big (default true); false drops them (counted).
     #[serde(default = "yes")]
     pub icmp_too_big: bool,
+    /// New flows each CPU records per second (default [`DEFAULT_RECORD_RATE_LIMIT`]; 0: no
+    /// limit). Beyond it, hash-scheduled VIPs' new flows are forwarded by their hash
+    /// without a connection-table entry, so that a flood cannot evict established flows
+    /// (`lb_common::record_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_rate_limit: Option<u32>,
     /// The services.
     #[serde(default)]
     pub vips: Vec<VipConfig>,
@@ -46,6 +57,13 @@ pub struct Config {
 
 fn yes() -> bool {
     true
+}
+
+impl Config {
+    /// The record rate limit in force (`record_rate_limit` or its default).
+    pub fn record_rate_limit(&self) -> u32 {
+        self.record_rate_limit.unwrap_or(DEFAULT_RECORD_RATE_LIMIT)
+    }
 }
 
 /// Outer source addresses.
@@ -617,6 +635,7 @@ mod tests {
     fn good_config_parses_with_defaults() {
         let c = Config::from_json(GOOD).unwrap();
         assert!(c.icmp_too_big);
+        assert_eq!(c.record_rate_limit(), DEFAULT_RECORD_RATE_LIMIT);
         assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
         assert_eq!(c.vips[0].backends[0].weight, 1);
         assert_eq!(c.vips[0].backends[1].weight, 3);

@@ -55,6 +55,8 @@ pub struct Settings {
     pub mtu: u32,
     /// Answer oversized packets with ICMP.
     pub icmp_too_big: bool,
+    /// New flows each CPU records per second; 0 = no limit.
+    pub record_rate_limit: u32,
     /// VIPs that can have tables (the `LOOKUP` map's size / 2 tables).
     pub max_vips: u32,
 }
@@ -86,6 +88,7 @@ impl Settings {
                 .and_then(|p| crate::config::parse_v6_prefix(p).ok()),
             mtu: cfg.mtu.unwrap_or(iface_mtu),
             icmp_too_big: cfg.icmp_too_big,
+            record_rate_limit: cfg.record_rate_limit(),
             max_vips,
         }
     }
@@ -1045,6 +1048,7 @@ pub fn vip_tag(vip: &VipId) -> u32 {
 pub fn lb_config(s: &Settings) -> LbConfig {
     let mut cfg = LbConfig {
         mtu: s.mtu,
+        record_rate_limit: s.record_rate_limit,
         ..LbConfig::default()
     };
     if s.icmp_too_big {
@@ -1718,9 +1722,11 @@ mod tests {
     fn settings_become_lb_config() {
         let s = Settings {
             hashed_v4: Some(("198.19.0.0".parse().unwrap(), 0xffff)),
+            record_rate_limit: 7,
             ..settings()
         };
         let c = lb_config(&s);
+        assert_eq!(c.record_rate_limit, 7);
         assert_eq!(c.src_v4.to_ne_bytes(), [198, 18, 0, 2]);
         assert_eq!(c.hashed_src_v4.to_ne_bytes(), [198, 19, 0, 0]);
         assert_eq!(c.hashed_src_v4_hostmask, 0xffff);

@@ -97,6 +97,9 @@ pub fn plan<'a>(
     if new.icmp_too_big != started.icmp_too_big {
         return Err(ConfigError::new("icmp_too_big", restart));
     }
+    if new.record_rate_limit() != started.record_rate_limit() {
+        return Err(ConfigError::new("record_rate_limit", restart));
+    }
     let running: BTreeMap<VipId, Running<'a>> =
         running.into_iter().map(|r| (r.config.id(), r)).collect();
     let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
@@ -180,7 +183,7 @@ fn backend_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{core::Core, dataplane::Recorder, testing::Lcg};
+    use crate::{config::DEFAULT_RECORD_RATE_LIMIT, core::Core, dataplane::Recorder, testing::Lcg};
 
     const STARTED: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
         {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
@@ -306,6 +309,10 @@ mod tests {
                 STARTED.replace(r#""vips""#, r#""mtu": 1400, "vips""#),
                 "mtu",
             ),
+            (
+                STARTED.replace(r#""vips""#, r#""record_rate_limit": 5, "vips""#),
+                "record_rate_limit",
+            ),
         ];
         for (file, field) in cases {
             let Err(e) = plan_for(&file) else {
@@ -314,6 +321,9 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert!(e.message.len() > 20, "{e}");
         }
+        // The default spelled out is no change.
+        let same = format!(r#""record_rate_limit": {DEFAULT_RECORD_RATE_LIMIT}, "vips""#);
+        assert!(plan_for(&STARTED.replace(r#""vips""#, &same)).is_ok());
     }
 
     /// A random config file over a small universe of VIPs and backends; now and then with a

@@ -13,6 +13,7 @@ use lb_common::{
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
+    record_limit::RecordWindow,
 };
 
 use lb_ebpf::stats::{stats_map, StatsMap};
@@ -56,6 +57,11 @@ pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 /// Per-CPU counters by reason slot (`lb_common::counters`). Program writes, daemon sums.
 #[map]
 pub static STATS: StatsMap = stats_map();
+
+/// This CPU's new flows in the current second, against `LbConfig::record_rate_limit`.
+/// Program only; read and written on the new-flow path alone.
+#[map]
+pub static RECORD_WINDOW: PerCpuArray<RecordWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU traffic per backend index. Program writes, daemon sums.
 #[map]

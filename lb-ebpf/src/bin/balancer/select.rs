@@ -12,7 +12,10 @@
 //! moved here by ECMP from another balancer — hashes to the same backend as everywhere
 //! else (Maglev is consistent across balancers), and recording it then pins it against
 //! later backend-set changes. Entries age out through the LRU; FIN/RST do not delete them,
-//! since in DSR mode we never see the server's half of the close.
+//! since in DSR mode we never see the server's half of the close. The exception: a CPU that
+//! sees more new flows in a second than `LbConfig::record_rate_limit` (a flood) forwards the
+//! rest of that second's new flows of hash-scheduled VIPs by their hash, unrecorded, so
+//! that the flood cannot evict the established flows (lb_common::record_limit).
 //!
 //! Schedulers (new flows only; recorded flows always keep their backend):
 //! - Maglev (default) and `sh`: the flow hash (5-tuple, or client address) picks a slot.
@@ -40,8 +43,11 @@ use lb_ebpf::{
 };
 
 use crate::{
-    cache,
-    maps::{Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RR_CURSORS, STATS},
+    cache, lookup,
+    maps::{
+        Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RECORD_WINDOW, RR_CURSORS,
+        STATS,
+    },
 };
 
 /// TCP FIN and RST flags: the client is closing.
@@ -220,6 +226,17 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
     let chosen = usable(idx).ok_or(Drop::BadBackend)?;
     let (generation, epoch) = (chosen.generation, chosen.cache_epoch);
     let hashed_src = vip.flags & VIP_F_HASHED_SRC != 0;
+    // Over this CPU's record rate, a VIP that picks by hash alone forwards the flow by its
+    // hash and records nothing: every packet of the flow gets the same pick while the
+    // table stays. Round robin and least connection picks are not a function of the
+    // packet, so their flows are recorded whatever the rate.
+    let by_hash = vip.flags & (VIP_F_SEQUENCE | VIP_F_LEAST_CONN) == 0;
+    let record = if record && !within_record_rate() && by_hash {
+        bump(&STATS, Event::FlowNotRecorded.slot());
+        false
+    } else {
+        record
+    };
     if record {
         let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
         let mut flags = if counted { CONN_F_COUNTED } else { 0 };
@@ -257,6 +274,26 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
         hashed_src: u32::from(hashed_src),
         new_flow: u32::from(record),
     })
+}
+
+/// Counts a new flow in this CPU's window; false when the window holds more new flows than
+/// `LbConfig::record_rate_limit` (lb_common::record_limit). One clock read per new flow,
+/// only with a limit set.
+#[inline(always)]
+fn within_record_rate() -> bool {
+    let limit = match lookup::config() {
+        Ok(cfg) => cfg.record_rate_limit,
+        Err(_) => 0,
+    };
+    if limit == 0 {
+        return true;
+    }
+    match RECORD_WINDOW.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs; no
+        // arguments to the clock helper.
+        Some(w) => unsafe { (*w).admit(bpf_ktime_get_coarse_ns(), limit) },
+        None => true,
+    }
 }
 
 /// Backend index in slot `slot` of the VIP's live table.
