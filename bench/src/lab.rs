@@ -104,7 +104,10 @@ impl BenchLab {
             r#"{{"outer_source": {{"v4": "{LB_V4}", "v6": "{LB_V6}"}}, "vips": [{}]}}"#,
             body.join(", ")
         );
-        let cfg = Config::from_json(&text).map_err(|e| anyhow!("bench config: {e}"))?;
+        let mut cfg = Config::from_json(&text).map_err(|e| anyhow!("bench config: {e}"))?;
+        // The new-flow runs record up to a million flows a second on one CPU: no limit
+        // unless a run sets one (`BenchLab::set_record_rate_limit`).
+        cfg.record_rate_limit = Some(0);
         let mut ebpf = loader::load_balancer_object(object, opts)?;
         let dp = AyaDataplane::new(&mut ebpf).context("balancer maps")?;
         let settings = Settings::resolve(&cfg, &[], 1500, opts.max_vips);
@@ -139,6 +142,16 @@ impl BenchLab {
         } else {
             c.flags &= !flag;
         }
+        config.set(0, c, 0)?;
+        Ok(())
+    }
+
+    /// Sets `LbConfig::record_rate_limit` behind the core's back (0: no limit).
+    pub fn set_record_rate_limit(&mut self, limit: u32) -> Result<()> {
+        let mut config: aya::maps::Array<_, LbConfig> =
+            aya::maps::Array::try_from(prog_map(self.prog(), MAP_CONFIG))?;
+        let mut c = config.get(&0, 0)?;
+        c.record_rate_limit = limit;
         config.set(0, c, 0)?;
         Ok(())
     }

@@ -18,6 +18,7 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xlb_unknown_vip",
     "testrun_ns_per_pkt.xlb_conntrack_hit_no_flow_cache",
     "testrun_ns_per_pkt.xlb_new_flow_full_table",
+    "testrun_ns_per_pkt.xlb_new_flow_unrecorded",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -257,6 +258,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         (
             "xlb_new_flow_full_table",
             "xlb, new flow into a full table (the insert evicts)",
+        ),
+        (
+            "xlb_new_flow_unrecorded",
+            "xlb, new flow over the record rate limit (a flood: Maglev, no insert)",
         ),
         (
             "xlb_conntrack_hit_no_flow_cache",

@@ -135,8 +135,30 @@ impl NewFlows {
         NewFlows { calls: 0 }
     }
 
-    /// ns per new flow over `repeat` runs on `lab` (IPv4 VIP), checked: `repeat` new flows.
+    /// ns per new flow over `repeat` runs on `lab` (IPv4 VIP), checked: `repeat` new flows,
+    /// all recorded.
     fn measure(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
+        let (ns, recorded, unrecorded) = self.run(lab, repeat)?;
+        ensure!(
+            recorded == u64::from(repeat) && unrecorded == 0,
+            "repeat run was not {repeat} recorded new flows but {recorded} (and {unrecorded} unrecorded)"
+        );
+        Ok(ns)
+    }
+
+    /// As [`NewFlows::measure`] on a lab whose record rate limit is 1: checked that all but
+    /// the first flow of each second (at most two per call) went unrecorded.
+    fn measure_unrecorded(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
+        let (ns, recorded, unrecorded) = self.run(lab, repeat)?;
+        ensure!(
+            recorded + unrecorded == u64::from(repeat) && recorded <= 2,
+            "repeat run over the record rate limit: {recorded} recorded and {unrecorded} not, of {repeat}"
+        );
+        Ok(ns)
+    }
+
+    /// ns per run, and the runs' `new_flow` and `flow_not_recorded` counts.
+    fn run(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<(f64, u64, u64)> {
         ensure!(
             self.calls < 1 << 14,
             "out of client addresses for new flows"
@@ -149,13 +171,11 @@ impl NewFlows {
         let ns = repeat_ns(lab.prog(), &f, repeat);
         let after = lab.counters();
         lab.set_config_flag(CFG_F_BENCH_NEW_FLOWS, false)?;
-        let ns = ns?;
-        let new = slot_delta(&before, &after, Event::NewFlow.slot());
-        ensure!(
-            new == u64::from(repeat),
-            "repeat run was not {repeat} new flows but {new}"
-        );
-        Ok(ns)
+        Ok((
+            ns?,
+            slot_delta(&before, &after, Event::NewFlow.slot()),
+            slot_delta(&before, &after, Event::FlowNotRecorded.slot()),
+        ))
     }
 }
 
@@ -310,6 +330,9 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     let mut full = lab_with(10, FULL_TABLE, false)?;
     // The same hit with the flow cache off (`xlb run --no-flow-cache`): what it saves.
     let mut uncached = lab_of(loader::BALANCER_OBJ, 10, 1 << 16, false, false)?;
+    // New flows over the record rate limit (a flood): scheduled by hash, not recorded.
+    let mut flood = lab_with(10, 1 << 16, false)?;
+    flood.set_record_rate_limit(1)?;
     let hit4 = frame(CLIENT4, 40_000, VIP4);
     let hit6 = frame(CLIENT6, 40_000, VIP6);
     let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
@@ -339,6 +362,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_conntrack_hit_no_flow_cache",
         "xlb_new_flow",
         "xlb_new_flow_full_table",
+        "xlb_new_flow_unrecorded",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -360,6 +384,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         samples[5].push(hit_repeat(&mut uncached, &hit4, plan.repeat)?);
         samples[6].push(new_flows.measure(&mut lab, new_repeat)?);
         samples[7].push(new_flows.measure(&mut full, new_repeat)?);
+        samples[8].push(new_flows.measure_unrecorded(&mut flood, new_repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
@@ -407,6 +432,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "parse_conn_hit_encap_counters (hit - restore - xdp_drop)": round3(hit - restore - s[0].median),
         "maglev_lookup_and_insert (new_flow - hit)": round3(new_flow - hit),
         "full_4k_table_over_room (new_flow_full_table - new_flow: eviction, less the misses a 2^20 table adds)": round3(s[7].median - new_flow),
+        "insert_and_cache_fill (new_flow - new_flow_unrecorded: what a flood packet saves)": round3(new_flow - s[8].median),
         "bench_restore (measured, included in the hit figure)": round3(restore),
     });
     Ok(out)
