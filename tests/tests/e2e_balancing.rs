@@ -186,3 +186,46 @@ fn bulk_uploads_through_the_vip_complete_thanks_to_icmp_too_big() {
         "no too-big answers were needed? {stats}"
     );
 }
+
+/// `record_rate_limit` reaches the data plane through `xlb run`: with a limit of one new
+/// flow per CPU per second, nearly every connection through the Maglev VIP goes unrecorded,
+/// and each is still served whole, by the backend its hash picks, over all backends.
+#[test]
+fn connections_over_the_record_rate_limit_are_served_by_hash() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ed", 3);
+    net.start_backends();
+    let cfg = net
+        .config_json()
+        .replacen(r#"{"vips""#, r#"{"record_rate_limit": 1, "vips""#, 1);
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let start = std::time::Instant::now();
+    let (counts, errors) = tally(&net, vip, 90);
+    // Each CPU records one flow per window, and the requests spanned at most this many.
+    let windows = start.elapsed().as_secs() + 2;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        errors.is_empty(),
+        "{} of 90 requests failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(counts.len(), 3, "not every backend answered: {counts:?}");
+    let v = net.stats_json(&sock);
+    let reason = |name: &str| v["reasons"][name].as_u64().unwrap_or(0);
+    // 90 connections of several packets each, one recorded per CPU and window.
+    assert!(
+        reason("new_flow") <= cpus * windows,
+        "{} flows recorded in {windows} windows on {cpus} CPUs",
+        reason("new_flow")
+    );
+    assert!(
+        reason("flow_not_recorded") >= 90_u64.saturating_sub(cpus * windows),
+        "unrecorded packets: {}",
+        reason("flow_not_recorded")
+    );
+}
