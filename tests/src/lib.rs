@@ -8,9 +8,12 @@
 //!   when a test panics), plus `setns(2)` guards to load BPF programs inside a namespace.
 //! - [`topology`]: the demo / end-to-end network (client, balancer, backends on one LAN)
 //!   and helpers to run `xlb`, web servers and curl in it.
+//! - [`drop_reasons`]: an independent reading of the balancer's drop reasons, to check
+//!   that a dropped frame has the fault it was dropped for.
 //! - [`fixtures`]: the test_run fixture harness (config → core → BPF maps, frame in →
 //!   verdict, frame and counters out).
 
+pub mod drop_reasons;
 pub mod fixtures;
 pub mod netns;
 pub mod packet;

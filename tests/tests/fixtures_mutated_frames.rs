@@ -3,7 +3,8 @@
 //! tunnel frames, each mutated thousands of times (bits flipped, fields set to extremes,
 //! frames cut or padded), run through the balancer and the decap program. Whatever the
 //! bytes, each program must give one of its verdicts, count the frame under exactly one
-//! reason, leave passed frames untouched, and send out only what it may send: the client's
+//! reason (and a drop's reason must be a fault the frame has, read by `drop_reasons`, not
+//! by our parser), leave passed frames untouched, and send out only what it may send: the client's
 //! IP packet verbatim inside a correct tunnel to a configured backend (and, decapsulated by
 //! the backend's program, that packet again), or a correct ICMP error back to the client.
 //!
@@ -15,14 +16,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::counters::{Event, COUNTER_SLOTS};
+use lb_common::counters::{Drop, Event, COUNTER_SLOTS};
 use xlb::testing::Lcg;
 use xlb_tests::{
+    drop_reasons,
     fixtures::*,
     netns::require_root,
     packet::{
         eth_frame, ip_packet, ipv4_outer, ipv6_outer, ExtHeader, Pkt, ETHERTYPE_IPV4,
-        ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, PROTO_IPIP, PROTO_IPV6,
+        ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
+        PROTO_UDP,
     },
 };
 
@@ -54,6 +57,23 @@ fn mutants() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000)
+}
+
+/// What `CFG` serves, for the drop-reason checks.
+fn services() -> drop_reasons::Services<'static> {
+    static VIPS: std::sync::OnceLock<Vec<(IpAddr, u16, u8)>> = std::sync::OnceLock::new();
+    let vips = VIPS.get_or_init(|| {
+        vec![
+            (VIP4.parse().unwrap(), 80, PROTO_TCP),
+            (VIP4.parse().unwrap(), 53, PROTO_UDP),
+            (VIP6.parse().unwrap(), 80, PROTO_TCP),
+        ]
+    });
+    drop_reasons::Services {
+        vips,
+        mtu: 1500,
+        v4_overhead: 20,
+    }
 }
 
 /// Counter slot ranges (`lb_common::counters`): drops, passes, events.
@@ -499,6 +519,13 @@ fn mutated_client_frames_are_forwarded_intact_or_counted() {
                     seen[0] += 1;
                     if !one_in(DROPS, &before, &after) || moved(PASSES, &before, &after) {
                         fail("dropped without exactly one drop reason");
+                    }
+                    let reason = DROPS
+                        .filter_map(|i| Drop::from_slot(i as u32))
+                        .find(|d| after[d.slot() as usize] != before[d.slot() as usize])
+                        .expect("one drop reason moved");
+                    if let Err(why) = drop_reasons::check(&f, reason, &services()) {
+                        fail(&why);
                     }
                 }
                 XDP_PASS => {
