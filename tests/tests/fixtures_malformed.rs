@@ -653,7 +653,50 @@ fn icmp_errors_that_are_not_for_a_vip_flow() {
         })
         .collect();
 
+    // The quote, or the error's own header, behind the error's IP length: Ethernet padding,
+    // whatever it holds (fixtures_mutated_frames' drop check found such errors routed, or
+    // dropped for a fault of the padding's bytes). The quote is whole in the frame.
+    let whole4 = unreach(&truncated(&quote, 28));
+    let padded4: Vec<Vec<u8>> = [4, 8, 8 + 20, 8 + 22]
+        .into_iter()
+        .map(|icmp_len| {
+            let mut f = whole4.clone();
+            set_ipv4_total_len(&mut f, L3, 20 + icmp_len);
+            f
+        })
+        .collect();
+    let whole6 = c6()
+        .icmpv6(1, 3, [0; 4])
+        .payload(&truncated(&quote6, 44))
+        .build();
+    let padded6: Vec<Vec<u8>> = [4, 8, 8 + 40, 8 + 42]
+        .into_iter()
+        .map(|icmp_len| {
+            let mut f = whole6.clone();
+            set_ipv6_payload_len(&mut f, L3, icmp_len);
+            f
+        })
+        .collect();
+
+    // ICMP under the other family's protocol number: no stack reads it as ICMP, so it is
+    // the host's like any protocol we do not balance.
+    let mut proto1_in_v6 = whole6.clone();
+    proto1_in_v6[L3 + 6] = 1;
+    let mut proto58_in_v4 = whole4.clone();
+    proto58_in_v4[L3 + 9] = 58;
+    fix_ipv4_checksum(&mut proto58_in_v4, L3);
+    let not_vip = Pass::NotVip.slot();
+    let pass = |f: Vec<u8>| step(f, XDP_PASS, Expect::Unchanged, &[(not_vip, 1)]);
+
     run_all(vec![
+        fixture(
+            "icmp_under_the_other_familys_number",
+            vec![pass(proto1_in_v6), pass(proto58_in_v4)],
+        ),
+        fixture(
+            "icmp_error_quote_in_ethernet_padding",
+            drops(padded4.into_iter().chain(padded6), Drop::IcmpTruncated),
+        ),
         fixture(
             "icmp_error_quoting_vip_on_other_port",
             vec![drop_step(not_a_vip_port, Drop::IcmpNotForVip)],

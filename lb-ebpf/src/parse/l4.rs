@@ -21,6 +21,8 @@ pub struct L4 {
 pub const TCP_SYN: u8 = 0x02;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
+/// An ICMP / ICMPv6 header: type, code, checksum and four bytes that depend on the type.
+pub const ICMP_HLEN: usize = 8;
 
 /// Reads the ports of a TCP or UDP header at `l3.l4_off()`, checking the whole fixed header
 /// is present (a truncated L4 header is never forwarded). One bounds check per header, and
@@ -58,9 +60,13 @@ pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, Drop> {
     })
 }
 
-/// Type of the ICMP / ICMPv6 message at `l3.l4_off()` (whole 8-byte header must be present).
+/// Type of the ICMP / ICMPv6 message at `l3.l4_off()` (whole 8-byte header must be present,
+/// inside the IP packet: bytes behind it are Ethernet padding, whatever they hold).
 #[inline(always)]
 pub fn icmp_type(ctx: &XdpContext, l3: &L3) -> Result<u8, Drop> {
-    let hdr = read::<[u8; 8]>(ctx, l3.l4_off()).ok_or(Drop::IcmpTruncated)?;
+    if l3.l4_off() + ICMP_HLEN > l3.l3_off() + l3.l3_len() {
+        return Err(Drop::IcmpTruncated);
+    }
+    let hdr = read::<[u8; ICMP_HLEN]>(ctx, l3.l4_off()).ok_or(Drop::IcmpTruncated)?;
     Ok(hdr[0])
 }
