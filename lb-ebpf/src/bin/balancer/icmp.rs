@@ -72,6 +72,17 @@ pub fn route(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> u64 {
 
 #[inline(always)]
 fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> {
+    // ICMP of the packet's own family only: protocol 1 in IPv6 (or 58 in IPv4) is no ICMP
+    // any stack would read, so it is the host's like any other protocol. Checked here
+    // rather than in the entry function, whose code it made longer on every path.
+    let icmp = if l3.family == FAMILY_V4 {
+        IPPROTO_ICMP
+    } else {
+        IPPROTO_ICMPV6
+    };
+    if l3.proto != icmp {
+        return Ok(NOT_OURS);
+    }
     let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
     let is_error = if l3.family == FAMILY_V4 {
         matches!(

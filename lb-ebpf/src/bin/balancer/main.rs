@@ -97,9 +97,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
             }
             Routed::NotVip => return Ok(pass(Pass::NotVip)),
         },
-        // ICMP of the packet's own family: protocol 1 in IPv6 (or 58 in IPv4) is no ICMP
-        // any stack would read, so it is the host's like any other protocol.
-        IPPROTO_ICMP | IPPROTO_ICMPV6 if is_icmp(&l3) => {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if unpack(icmp::route(ctx, &l3, s))? != icmp::ROUTED {
                 return Ok(pass(Pass::NotVip));
             }
@@ -111,7 +109,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     // SAFETY: written by `flow_target` or `route` on every path that gets here.
     let target = unsafe { &*target };
     let cfg = lookup::config()?;
-    let icmp_error = is_icmp(&l3);
+    let icmp_error = l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6;
     let outer = encap::overhead(backend);
     // ICMP errors are never answered with ICMP errors (RFC 1122, RFC 4443); they are small.
     if !icmp_error && cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
@@ -126,17 +124,6 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
         bump_in(stats, Event::IcmpForwarded.slot());
     }
     Ok(verdict)
-}
-
-/// True for ICMP in IPv4 and ICMPv6 in IPv6.
-#[inline(always)]
-fn is_icmp(l3: &L3) -> bool {
-    l3.proto
-        == if l3.family == FAMILY_V4 {
-            IPPROTO_ICMP
-        } else {
-            IPPROTO_ICMPV6
-        }
 }
 
 /// What [`flow_target`] found.
