@@ -704,6 +704,9 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
                 if o.frame != f {
                     fail("passed a frame it changed");
                 }
+                if is_valid_local_tunnel(&f, &local) {
+                    fail("passed a valid tunnel to a local address without stripping it");
+                }
                 continue;
             }
             stripped += 1;
@@ -717,6 +720,41 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
         stripped > 100 && untouched > 100,
         "{stripped} / {untouched}"
     );
+}
+
+/// Whether `f` is a tunnel the decap program must strip, read on its own: an untagged or
+/// once-tagged frame with a whole, unfragmented outer IPv4 or IPv6 header (IPv6: no
+/// extension headers, the only kind judged here) to a local address, announcing IPv4 (4) or
+/// IPv6 (41), and an inner IP header of that version whole inside the outer packet.
+fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
+    let Some(l2) = l2_len(f) else { return false };
+    let Some(ip) = f.get(l2..) else { return false };
+    let ethertype = u16::from_be_bytes([f[l2 - 2], f[l2 - 1]]);
+    let (proto, inner_at, end, dst) = match ethertype {
+        ETHERTYPE_IPV4 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+            if ihl < 20 || total < ihl || total > ip.len() || fragment {
+                return false;
+            }
+            (ip[9], ihl, total, addr_at(ip, 16, true))
+        }
+        ETHERTYPE_IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 => {
+            let total = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if total > ip.len() {
+                return false;
+            }
+            (ip[6], 40, total, addr_at(ip, 24, false))
+        }
+        _ => return false,
+    };
+    let (version, header) = match proto {
+        PROTO_IPIP => (4, 20),
+        PROTO_IPV6 => (6, 40),
+        _ => return false,
+    };
+    local.contains(&dst) && inner_at + header <= end && ip[inner_at] >> 4 == version
 }
 
 /// Checks a decapsulated frame: `input` was a tunnel to a local address, and the output is
