@@ -314,6 +314,25 @@ fn decap_leaves_everything_else_alone() {
         ),
         untouched("outer_ipv4_fragment", fragment, Pass::Malformed),
         untouched("outer_ipv6_fragment", fragment6, Pass::Malformed),
+        // Inner header cut by the outer length, the rest of it in the frame's padding.
+        untouched(
+            "ipip_inner_header_in_padding",
+            [
+                frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4[..1])),
+                i4[1..].to_vec(),
+            ]
+            .concat(),
+            Pass::Malformed,
+        ),
+        untouched(
+            "ip6ip6_inner_header_in_padding",
+            [
+                frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, PROTO_IPV6, &i6[..39])),
+                i6[39..].to_vec(),
+            ]
+            .concat(),
+            Pass::Malformed,
+        ),
         // Inner version not what the outer header announced.
         untouched(
             "ipip_carrying_ipv6",

@@ -791,6 +791,17 @@ fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), Stri
             "outer protocol {proto} does not announce the inner packet"
         ));
     }
+    // The inner header must be the tunnel's, not completed by Ethernet padding behind it.
+    let outer_total = match ip_extent(input) {
+        Some(p) => p.len(),
+        None => return Err("decapsulated a frame whose outer length does not fit".into()),
+    };
+    let inner_header = if want_type == ETHERTYPE_IPV4 { 20 } else { 40 };
+    if outer_len + inner_header > outer_total {
+        return Err(format!(
+            "decapsulated an outer packet of {outer_total} bytes whose inner header starts at {outer_len}: the padding completed it"
+        ));
+    }
     let mut want = input[..l2 - 2].to_vec();
     want.extend(want_type.to_be_bytes());
     want.extend(inner);
