@@ -103,10 +103,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .context("registering the interface for XDP_REDIRECT")?;
     let settings = Settings::resolve(&cfg, &addrs, mtu, opts.load.max_vips);
     log::info!(
-        "outer sources: v4 {:?}, v6 {:?}; mtu {}; {} VIPs in the config",
+        "outer sources: v4 {:?}, v6 {:?}; mtu {}; new flows recorded per CPU per second: {}; {} VIPs in the config",
         settings.src_v4,
         settings.src_v6,
         settings.mtu,
+        match settings.record_rate_limit {
+            0 => "no limit".to_string(),
+            n => n.to_string(),
+        },
         cfg.vips.len()
     );
     let mut core = Core::new(dp, settings.clone()).context("writing the balancer settings")?;
