@@ -23,9 +23,13 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
-use lb_common::counters::Event;
+use lb_common::{counters::Event, maps::DEFAULT_MAX_CONNS};
 use serde_json::{json, Value};
-use xlb::{config::VipId, core::NextHop, loader};
+use xlb::{
+    config::{VipId, DEFAULT_RECORD_RATE_LIMIT},
+    core::NextHop,
+    loader,
+};
 use xlb_tests::netns::{veth, Netns};
 
 use crate::{
@@ -70,9 +74,10 @@ struct GenConfig {
     sport_base: u32,
     sport_off: u32,
     action: u32,
+    flood: u32,
 }
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 80);
-// SAFETY: repr(C), integers only, no padding (80 = 64 + 4 × 4), any bit pattern valid.
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 84);
+// SAFETY: repr(C), integers only, no padding (84 = 64 + 5 × 4), any bit pattern valid.
 unsafe impl aya::Pod for GenConfig {}
 
 /// The generator: `xlb_gen` plus the sink program, in their own object.
@@ -83,15 +88,18 @@ struct Generator {
 }
 
 impl Generator {
-    fn configure(&mut self, action: u32) -> Result<()> {
+    /// `flood`: every frame a new flow (all 65 536 source ports, then the next source
+    /// address of 198.18.0.0/16), instead of the `GEN_FLOWS` flows.
+    fn configure(&mut self, action: u32, flood: bool) -> Result<()> {
         let mut frame = [0u8; FRAME_LEN];
         frame.copy_from_slice(&self.template);
         let cfg = GenConfig {
             frame,
-            flows: GEN_FLOWS,
+            flows: if flood { 1 << 16 } else { GEN_FLOWS },
             sport_base: GEN_SPORT_BASE,
             sport_off: SPORT_OFF_V4 as u32,
             action,
+            flood: u32::from(flood),
         };
         let mut map: Array<_, GenConfig> = Array::try_from(
             self.ebpf
@@ -141,6 +149,8 @@ enum Dut<'a> {
     /// `xlb_encap`: IP-in-IP encapsulation and nothing else.
     EncapFloor,
     Xlb(&'a mut BenchLab),
+    /// xlb under a flood: the generator makes every frame a new flow.
+    XlbFlood(&'a mut BenchLab),
     /// `xlb_pass` on l0 and the kernel forwarding the frames back out of l0.
     KernelForward,
     /// As `KernelForward`, with the nftables DNAT ruleset loaded for the run.
@@ -323,7 +333,8 @@ impl Rig {
         } else {
             XDP_TX
         };
-        gen.configure(action)?;
+        let flood = matches!(dut, Dut::XlbFlood(_));
+        gen.configure(action, flood)?;
         let kernel_path = matches!(dut, Dut::KernelForward | Dut::Nftables);
         let before = veth_stat(genns, "g0", "xdp_packets");
         let (secs, bpf_ns, cache_share) = match dut {
@@ -346,7 +357,7 @@ impl Rig {
                 crate::peers::nft(lb, "delete table ip xlbfwd\n", dir)?;
                 (secs?, None, None)
             }
-            Dut::Xlb(lab) => {
+            Dut::Xlb(lab) | Dut::XlbFlood(lab) => {
                 let c0 = lab.counters();
                 let i0 = lab.prog().info()?;
                 let link = attach(lb, lab.prog())?;
@@ -358,6 +369,15 @@ impl Rig {
                 ensure!(
                     delta(Event::TxEncap) > 0,
                     "xlb encapsulated nothing: check the generator's template and next hops"
+                );
+                // A flood's frames are all new flows, recorded or not (the generator counts
+                // sources and ports up; only its first frames' sources may repeat an
+                // earlier run's).
+                let new = delta(Event::NewFlow) + delta(Event::FlowNotRecorded);
+                ensure!(
+                    !flood || new * 10 >= delta(Event::TxEncap) * 9,
+                    "flood run: {new} new flows for {} frames encapsulated",
+                    delta(Event::TxEncap)
                 );
                 let runs = i1.run_count() - i0.run_count();
                 let ns = (i1.run_time() - i0.run_time()).as_nanos() as f64;
@@ -457,6 +477,10 @@ pub fn run(plan: &Plan) -> Result<Value> {
     let mut xlb_1m = rig.xlb(loader::BALANCER_OBJ, 3 << 20, true)?;
     // `xlb run --no-flow-cache`: what the per-CPU flow cache is worth live.
     let mut uncached = rig.xlb(loader::BALANCER_OBJ, 1 << 16, false)?;
+    // Under a flood, with `xlb run`'s table size: the default record rate limit, and none.
+    let mut flood = rig.xlb(loader::BALANCER_OBJ, DEFAULT_MAX_CONNS, true)?;
+    flood.set_record_rate_limit(DEFAULT_RECORD_RATE_LIMIT)?;
+    let mut flood_unlimited = rig.xlb(loader::BALANCER_OBJ, DEFAULT_MAX_CONNS, true)?;
     let vid: VipId = format!("{VIP}:{PORT}/udp")
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
@@ -478,6 +502,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
     rig.measure(Dut::Xlb(&mut xlb), warm)?;
     rig.measure(Dut::Xlb(&mut xlb_1m), warm)?;
     rig.measure(Dut::Xlb(&mut uncached), warm)?;
+    rig.measure(Dut::XlbFlood(&mut flood), warm)?;
+    rig.measure(Dut::XlbFlood(&mut flood_unlimited), warm)?;
     let tx_rate = rig.measure(Dut::XdpTx, warm)?.pps;
     // The kernel path is several times slower: its runs are sized by their own rate.
     let kernel_rate = rig.measure(Dut::KernelForward, warm)?.pps;
@@ -493,6 +519,8 @@ pub fn run(plan: &Plan) -> Result<Value> {
         "xlb_no_flow_cache",
         "kernel_forward",
         "nftables_dnat",
+        "xlb_flood",
+        "xlb_flood_no_record_limit",
     ];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut bpf: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
@@ -513,13 +541,15 @@ pub fn run(plan: &Plan) -> Result<Value> {
                 4 => rig.measure(Dut::EncapFloor, frames_for(tx_rate))?,
                 5 => rig.measure(Dut::Xlb(&mut uncached), frames_for(tx_rate))?,
                 6 => rig.measure(Dut::KernelForward, frames_for(kernel_rate))?,
-                _ => rig.measure(Dut::Nftables, frames_for(nft_rate))?,
+                7 => rig.measure(Dut::Nftables, frames_for(nft_rate))?,
+                8 => rig.measure(Dut::XlbFlood(&mut flood), frames_for(tx_rate))?,
+                _ => rig.measure(Dut::XlbFlood(&mut flood_unlimited), frames_for(tx_rate))?,
             };
             pps[i].push(s.pps);
             cache_share[i].extend(s.cache_share);
         }
         eprintln!(
-            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}, xlb no cache {:.2}, kernel {:.2}, nftables {:.2}",
+            "  forward round {}/{}: gen {:.2} Mpps, xdp_tx {:.2}, encap floor {:.2}, xlb {:.2}, xlb 1M {:.2}, xlb no cache {:.2}, kernel {:.2}, nftables {:.2}, flood {:.2}, flood without the record limit {:.2}",
             round + 1,
             plan.forward_rounds,
             pps[0][round] / 1e6,
@@ -529,7 +559,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
             pps[3][round] / 1e6,
             pps[5][round] / 1e6,
             pps[6][round] / 1e6,
-            pps[7][round] / 1e6
+            pps[7][round] / 1e6,
+            pps[8][round] / 1e6,
+            pps[9][round] / 1e6
         );
     }
     // The balancer's own run time per packet under this load, in extra runs: BPF stats cost
@@ -566,6 +598,9 @@ pub fn run(plan: &Plan) -> Result<Value> {
     out["paired_xlb_over_nftables_dnat"] = Summary::of(&paired(&pps[2], &pps[7])).json();
     out["xlb_over_kernel_forward"] = json!(round3(ratio(s[2].median, s[6].median)));
     out["xlb_over_encap_floor"] = json!(round3(ratio(s[2].median, s[4].median)));
+    // Under a flood: what the record rate limit saves (unrecorded flows skip the insert).
+    out["flood_over_no_record_limit"] = json!(round3(ratio(s[8].median, s[9].median)));
+    out["paired_flood_over_no_record_limit"] = Summary::of(&paired(&pps[8], &pps[9])).json();
     out["bpf_stats_ns_per_pkt"] = json!({
         "xlb": round3(Summary::of(&bpf[2]).median),
         "xlb_1m_flows": round3(Summary::of(&bpf[3]).median),
@@ -611,4 +646,70 @@ fn encap_header(dmac: [u8; 6], smac: [u8; 6]) -> [u16; ENCAP_HDR_LEN / 2] {
         *o = u16::from_ne_bytes([w[0], w[1]]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flood mode gives every frame a source of its own and keeps the IPv4 header
+    /// checksum right (RFC 1624 update), across carries in the source's low half.
+    #[test]
+    fn flood_frames_have_new_sources_and_valid_ipv4_checksums() {
+        if !xlb_tests::netns::require_root() {
+            return;
+        }
+        let mut ebpf = loader::load_baseline("xlb_gen").expect("generator");
+        let template = udp64(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            "198.18.0.250".parse().unwrap(),
+            GEN_SPORT_BASE as u16,
+            VIP.parse().unwrap(),
+            PORT,
+        );
+        let mut frame = [0u8; FRAME_LEN];
+        frame.copy_from_slice(&template);
+        // One port per round: the source moves on every frame.
+        let cfg = GenConfig {
+            frame,
+            flows: 1,
+            sport_base: GEN_SPORT_BASE,
+            sport_off: SPORT_OFF_V4 as u32,
+            action: XDP_DROP,
+            flood: 1,
+        };
+        let mut map: Array<_, GenConfig> =
+            Array::try_from(ebpf.map_mut("GEN_CONFIG").expect("GEN_CONFIG")).expect("array");
+        map.set(0, cfg, 0).expect("write GEN_CONFIG");
+        let prog = loader::xdp(&mut ebpf, "xlb_gen").expect("xlb_gen");
+        let mut sources = std::collections::BTreeSet::new();
+        for i in 0..300 {
+            let out = xlb::testrun::run(prog, &template).expect("test run");
+            let ip = &out.frame[14..34];
+            let sum: u32 = ip
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            let folded = (sum & 0xffff) + (sum >> 16);
+            assert_eq!(
+                (folded & 0xffff) + (folded >> 16),
+                0xffff,
+                "frame {i}: IPv4 checksum"
+            );
+            assert_eq!(
+                &ip[..10],
+                &template[14..24],
+                "frame {i}: header before the checksum"
+            );
+            assert_eq!(
+                &ip[12..14],
+                &[198, 18],
+                "frame {i}: source outside 198.18.0.0/16"
+            );
+            assert_eq!(&ip[16..], &template[30..34], "frame {i}: destination");
+            sources.insert([ip[14], ip[15]]);
+        }
+        assert_eq!(sources.len(), 300, "every frame a source of its own");
+    }
 }

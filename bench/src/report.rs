@@ -25,6 +25,8 @@ pub const REQUIRED: &[&str] = &[
     "forward_pps.xlb_no_flow_cache",
     "forward_pps.kernel_forward",
     "forward_pps.nftables_dnat",
+    "forward_pps.xlb_flood",
+    "forward_pps.xlb_flood_no_record_limit",
     "peers.xlb_rps",
     "peers.nftables_rps",
     "peers.haproxy_rps",
@@ -311,6 +313,14 @@ fn markdown(r: &Value, plots: &[String]) -> String {
             "nftables_dnat",
             "nftables DNAT to 3 targets (numgen), kernel forwarding",
         ),
+        (
+            "xlb_flood",
+            "xlb under a flood (every frame a new flow), default record rate limit",
+        ),
+        (
+            "xlb_flood_no_record_limit",
+            "xlb under the same flood, no record rate limit (every flow inserted)",
+        ),
     ] {
         let v = n(&format!("forward_pps.{k}"));
         let dut = if k == "generator_alone" {
@@ -326,7 +336,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         );
     }
     m += &format!(
-        "\nxlb over XDP_TX taken within each round, median over rounds: {}×; xlb over xlb with the flow cache off, the same way: {}×.\n\nPackets/s against the kernel's own path on the same chain (the like-for-like peer comparison: one CPU, the same frames): xlb forwards **{}× nftables DNAT** (within each round: {}×) and {}× plain kernel forwarding.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n",
+        "\nxlb over XDP_TX taken within each round, median over rounds: {}×; xlb over xlb with the flow cache off, the same way: {}×.\n\nPackets/s against the kernel's own path on the same chain (the like-for-like peer comparison: one CPU, the same frames): xlb forwards **{}× nftables DNAT** (within each round: {}×) and {}× plain kernel forwarding.\n\nBPF run-time stats during these runs: xlb {} ns/packet, with 1 M flows {} ns/packet.\n\nShare of known-flow packets served from the per-CPU flow cache: {} (1 M flows: {}).\n\nUnder a flood of new flows, the record rate limit (100 000 recorded per CPU and second; the rest forwarded by hash, unrecorded) forwards {}× what the same balancer forwards when it inserts every flow (within each round: {}×).\n",
         fmt(n("ratios.forward_xlb_over_xdp_tx_paired_median")),
         fmt(n("forward_pps.paired_xlb_over_no_flow_cache.median")),
         fmt(n("forward_pps.xlb_over_nftables_dnat")),
@@ -335,7 +345,9 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb")),
         fmt(n("forward_pps.bpf_stats_ns_per_pkt.xlb_1m_flows")),
         fmt(n("forward_pps.flow_cache_hit_share.xlb")),
-        fmt(n("forward_pps.flow_cache_hit_share.xlb_1m_flows"))
+        fmt(n("forward_pps.flow_cache_hit_share.xlb_1m_flows")),
+        fmt(n("forward_pps.flood_over_no_record_limit")),
+        fmt(n("forward_pps.paired_flood_over_no_record_limit.median"))
     );
 
     m += "\n## 3. Against peers (wrk through each balancer, same topology and run)\n\n";

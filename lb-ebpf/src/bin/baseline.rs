@@ -49,8 +49,16 @@ pub struct GenConfig {
     pub sport_off: u32,
     /// Verdict: `XDP_TX` (send to the peer) or `XDP_DROP` (generator-alone cost).
     pub action: u32,
+    /// 1: a flood, every frame a flow of its own: the IPv4 source address's low 16 bits
+    /// count the rounds of the port cycle (`seq / flows`), and the header checksum follows.
+    /// IPv4 templates only.
+    pub flood: u32,
 }
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 84);
+
+/// Offsets in an untagged IPv4 template: the header checksum, the source's low half.
+const GEN_IP_CSUM: usize = 14 + 10;
+const GEN_IP_SRC_LOW: usize = 14 + 14;
 
 /// Slot 0: the generator's template and settings. Written by the bench.
 #[map]
@@ -99,6 +107,21 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
     }
     // SAFETY: checked against data_end just above.
     unsafe { ((data + off) as *mut u16).write_unaligned(sport.to_be()) };
+    if cfg.flood != 0 {
+        let be = |at: usize| u32::from(u16::from_be_bytes([cfg.frame[at], cfg.frame[at + 1]]));
+        let (old_src, old_sum) = (be(GEN_IP_SRC_LOW), be(GEN_IP_CSUM));
+        let src = old_src.wrapping_add(n / flows) & 0xffff;
+        // RFC 1624: HC' = ~(~HC + ~m + m').
+        let mut sum = (!old_sum & 0xffff) + (!old_src & 0xffff) + src;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let csum = !(sum as u16);
+        // SAFETY: both offsets lie within the GEN_FRAME_LEN bytes checked above.
+        unsafe {
+            ((data + GEN_IP_SRC_LOW) as *mut u16).write_unaligned((src as u16).to_be());
+            ((data + GEN_IP_CSUM) as *mut u16).write_unaligned(csum.to_be());
+        }
+    }
     match cfg.action {
         xdp_action::XDP_DROP => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_TX,
