@@ -9,7 +9,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::Array,
     programs::XdpContext,
 };
 use lb_ebpf as _;
@@ -64,9 +64,12 @@ const GEN_IP_SRC_LOW: usize = 14 + 14;
 #[map]
 static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU sequence number: picks each frame's source port.
+/// Sequence number: picks each frame's source port (and in a flood its source). One for
+/// all CPUs, not one per CPU: the bench's thread may run its calls on either CPU, and a
+/// flood must not repeat on one CPU the flows it sent from the other. One generator call
+/// runs at a time, so plain increments do.
 #[map]
-static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static GEN_SEQ: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Traffic generator for `BPF_PROG_TEST_RUN` with live frames. The kernel recycles
 /// live-frame pages without re-initialising them, and whatever the frame went through last
@@ -92,7 +95,7 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
     let Some(seq) = GEN_SEQ.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    // SAFETY: one generator call at a time (see GEN_SEQ); a plain read and write.
     let n = unsafe {
         let n = *seq;
         *seq = n.wrapping_add(1);
