@@ -236,20 +236,25 @@ fn addr(packet: &[u8], at: usize, v4: bool) -> Option<IpAddr> {
 }
 
 /// Where an IPv6 packet's extension headers end.
-enum Walk {
+pub enum Walk {
     /// A header runs past the packet's end.
     Truncated,
     /// More headers than the balancer walks.
     TooLong,
     /// The transport starts at `at` with protocol `proto`.
     Transport {
+        /// The transport protocol.
         proto: u8,
+        /// Its offset in the packet.
         at: usize,
+        /// A fragment header with an offset or more fragments on the way.
         fragment: bool,
     },
 }
 
-fn walk_v6(packet: &[u8]) -> Walk {
+/// Walks the extension headers of the IPv6 `packet` (as its length delimits it), at most
+/// as many as the balancer walks.
+pub fn walk_v6(packet: &[u8]) -> Walk {
     let mut next = packet[6];
     let mut at = 40;
     let mut fragment = false;

@@ -281,10 +281,7 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
 /// only with a limit set.
 #[inline(always)]
 fn within_record_rate() -> bool {
-    let limit = match lookup::config() {
-        Ok(cfg) => cfg.record_rate_limit,
-        Err(_) => 0,
-    };
+    let limit = lookup::config().map_or(0, |cfg| cfg.record_rate_limit);
     if limit == 0 {
         return true;
     }
