@@ -50,6 +50,11 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
 /// `BACKEND_STATS`: per-CPU [`TrafficStats`] indexed by backend index.
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// `VIP_RETIRED`: [`VipKey`] → [`TrafficStats`], what each VIP's removed backends carried
+/// (a VIP's figures are its backends' added up, and a removed backend's slot is cleared for
+/// reuse). The daemon's record, which the program never touches: it lives in the object so
+/// that it is pinned and inherited with the counters it completes (`--state-dir`).
+pub const MAP_VIP_RETIRED: &str = "VIP_RETIRED";
 /// `TX_PORTS`: devmap (hash) ifindex → ifindex, egress interfaces for `XDP_REDIRECT`.
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 /// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.

@@ -484,7 +484,8 @@ impl<D: Dataplane> Core<D> {
             backends: BTreeMap::new(),
             active: 1,
             shadow: [Vec::new(), Vec::new()],
-            retired: TrafficStats::default(),
+            // What the last daemon recorded (`--state-dir`), or nothing.
+            retired: self.dp.retired(&vip_key(&id)),
         };
         let mut result = Ok(());
         for b in backends_cfg {
@@ -557,16 +558,21 @@ impl<D: Dataplane> Core<D> {
             .remove(id)
             .ok_or(CoreError::UnknownVip { vip: *id })?;
         self.release_address(id.address);
+        // The VIP's figures go with it: added again, it starts from zero.
+        if let Err(e) = self.dp.remove_retired(&vip_key(id)) {
+            log::warn!("forgetting the traffic of {id}'s removed backends: {e}");
+        }
         for (addr, b) in &state.backends {
             let gone = BackendState {
                 healthy: false,
                 ..b.clone()
             };
-            if let Err(e) = self
+            match self
                 .dp
                 .set_backend(b.index, &backend_entry(id, *addr, &gone))
             {
-                log::warn!("deactivating backend {addr} of removed VIP {id}: {e}");
+                Ok(()) => self.clear_slot(b.index),
+                Err(e) => log::warn!("deactivating backend {addr} of removed VIP {id}: {e}"),
             }
             self.backend_ids.free.push_back(b.index);
         }
@@ -700,10 +706,10 @@ impl<D: Dataplane> Core<D> {
             healthy: false,
             ..b
         };
-        if let Err(e) = self
+        let deactivated = self
             .dp
-            .set_backend(gone.index, &backend_entry(id, addr, &gone))
-        {
+            .set_backend(gone.index, &backend_entry(id, addr, &gone));
+        if let Err(e) = &deactivated {
             // No table names it any more; its pinned flows keep going to it until the slot
             // is reused (with a new generation, so they re-pick then).
             log::warn!("deactivating removed backend {addr} of {id}: {e}");
@@ -713,8 +719,74 @@ impl<D: Dataplane> Core<D> {
         let last = self.dp.backend(gone.index);
         let vip = self.vip_mut(id)?;
         vip.retired = vip.retired + last;
+        let retired = vip.retired;
+        self.record_retired(id, &retired);
+        if deactivated.is_ok() {
+            // Its figures are the VIP's record now: a next daemon must not find them in
+            // the slot again (see `retire_inherited_slots`).
+            self.clear_slot(gone.index);
+        }
         self.backend_ids.free.push_back(gone.index);
         Ok(())
+    }
+
+    /// Records VIP `id`'s removed backends' traffic where a next daemon finds it (best
+    /// effort: without the record, a restart would take that share off the VIP's figures).
+    fn record_retired(&mut self, id: &VipId, retired: &TrafficStats) {
+        if let Err(e) = self.dp.set_retired(&vip_key(id), retired) {
+            log::warn!("recording the traffic of {id}'s removed backends: {e}");
+        }
+    }
+
+    /// Zeroes a slot no backend holds any more (best effort: a slot is cleared again when
+    /// it is handed out).
+    fn clear_slot(&mut self, index: u32) {
+        if let Err(e) = self.dp.clear_backend(index) {
+            log::warn!("clearing the counters of backend slot {index}: {e}");
+        }
+    }
+
+    /// Adds what the last daemon's backend slots that no backend of this config took back
+    /// carried to their VIPs' removed-backend figures, and zeroes those slots; forgets the
+    /// records of VIPs that are not configured. Without this, a backend dropped from the
+    /// config across a restart would take its traffic off its VIP's figures, which then go
+    /// down. Call once this daemon's program runs: the last daemon's counts into the slots
+    /// until then. Slots of VIPs that are gone, or whose tag two VIPs share, are left alone
+    /// (cleared when handed out).
+    pub fn retire_inherited_slots(&mut self) {
+        let mut by_tag: HashMap<u32, Vec<VipId>> = HashMap::new();
+        for id in self.vips.keys() {
+            by_tag.entry(vip_tag(id)).or_default().push(*id);
+        }
+        let unclaimed: Vec<(u32, u32)> = self
+            .inherited
+            .iter()
+            .map(|(&(tag, _), &(index, _))| (tag, index))
+            .collect();
+        for (tag, index) in unclaimed {
+            let Some([id]) = by_tag.get(&tag).map(Vec::as_slice) else {
+                continue;
+            };
+            let last = self.dp.backend(index);
+            if last == TrafficStats::default() {
+                continue;
+            }
+            let Some(vip) = self.vips.get_mut(id) else {
+                continue;
+            };
+            vip.retired = vip.retired + last;
+            let (id, retired) = (*id, vip.retired);
+            self.record_retired(&id, &retired);
+            self.clear_slot(index);
+        }
+        let configured: std::collections::HashSet<VipKey> = self.vips.keys().map(vip_key).collect();
+        for key in self.dp.retired_vips() {
+            if !configured.contains(&key) {
+                if let Err(e) = self.dp.remove_retired(&key) {
+                    log::warn!("forgetting a removed VIP's record: {e}");
+                }
+            }
+        }
     }
 
     /// Sets a backend's weight (0 = no new flows).
@@ -1666,6 +1738,83 @@ mod tests {
         core.add_backend(&id, backend("198.18.0.13")).unwrap();
         let vip = core.vip(&id).unwrap();
         assert_eq!(vip.traffic(core.dataplane()), t(35));
+
+        // The removed backend's share is recorded for a next daemon, and its slot no longer
+        // holds it (a next daemon would count it twice).
+        assert_eq!(core.dataplane().retired.get(&vip_key(&id)), Some(&t(10)));
+        assert_eq!(core.dataplane().backend(ia), TrafficStats::default());
+        // A removed VIP takes its record with it.
+        core.remove_vip(&id).unwrap();
+        assert!(core.dataplane().retired.is_empty());
+    }
+
+    #[test]
+    fn a_restart_keeps_every_share_of_a_vips_traffic() {
+        let t = |p: u64| TrafficStats {
+            packets: p,
+            bytes: p * 100,
+            new_flows: p / 10,
+        };
+        // The last daemon: web over .11, .12, .13, then .13 removed (its share recorded).
+        let (mut last, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
+        let addr = |a: &str| a.parse::<IpAddr>().unwrap();
+        let index =
+            |core: &Core<Recorder>, a: &str| core.vip(&id).unwrap().backends[&addr(a)].index;
+        let (i11, i12, i13) = (
+            index(&last, "198.18.0.11"),
+            index(&last, "198.18.0.12"),
+            index(&last, "198.18.0.13"),
+        );
+        for (i, p) in [(i11, 20), (i12, 5), (i13, 10)] {
+            last.dataplane_mut().traffic.insert(i, t(p));
+        }
+        last.remove_backend(&id, addr("198.18.0.13")).unwrap();
+        assert_eq!(last.vip(&id).unwrap().traffic(last.dataplane()), t(35));
+
+        // What outlives it: the slots, their traffic, the record; and a record of a VIP
+        // that the next config drops.
+        let gone = VipConfig {
+            port: 81,
+            ..vip(&[])
+        };
+        let mut dp = Recorder {
+            traffic: last.dataplane().traffic.clone(),
+            retired: last.dataplane().retired.clone(),
+            ..Recorder::default()
+        };
+        dp.retired.insert(vip_key(&gone.id()), t(7));
+        let slots: HashMap<u32, (u32, IpAddr, u32)> = last
+            .dataplane()
+            .backends
+            .iter()
+            .map(|(&i, b)| {
+                let a = lb_common::addr::from_words(b.addr, b.family).unwrap();
+                (i, (b.vip_tag, a, b.generation))
+            })
+            .collect();
+
+        // The next daemon's config drops .12 as well.
+        let mut next = Core::new(dp, settings()).unwrap();
+        next.inherit_slots(&slots);
+        next.add_vip(vip(&["198.18.0.11"])).unwrap();
+        assert_eq!(index(&next, "198.18.0.11"), i11, "kept its slot");
+        next.retire_inherited_slots();
+        assert_eq!(
+            next.vip(&id).unwrap().traffic(next.dataplane()),
+            t(35),
+            "the VIP's figures went down across the restart"
+        );
+        assert_eq!(next.dataplane().retired.get(&vip_key(&id)), Some(&t(15)));
+        assert_eq!(next.dataplane().backend(i12), TrafficStats::default());
+        assert!(
+            !next.dataplane().retired.contains_key(&vip_key(&gone.id())),
+            "a VIP no longer configured keeps its record"
+        );
+
+        // .12 back: its old slot, cleared, so its share is not counted twice.
+        next.add_backend(&id, backend("198.18.0.12")).unwrap();
+        assert_eq!(index(&next, "198.18.0.12"), i12);
+        assert_eq!(next.vip(&id).unwrap().traffic(next.dataplane()), t(35));
     }
 
     #[test]

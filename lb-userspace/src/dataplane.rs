@@ -15,7 +15,7 @@ use lb_common::{
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
         MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
-        MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_TABLE_SIZE,
+        MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_RETIRED, MAX_TABLE_SIZE,
     },
 };
 
@@ -73,6 +73,15 @@ pub trait Dataplane: Send {
     /// Traffic of backend slot `idx` (summed over CPUs). The core adds a removed backend's
     /// last figures to its VIP's, since a VIP's traffic is its backends' added up.
     fn backend(&self, idx: u32) -> TrafficStats;
+    /// What the removed backends of VIP `key` carried, as last recorded (zero if nothing
+    /// is): a daemon that inherits the counters (`--state-dir`) goes on from it.
+    fn retired(&self, key: &VipKey) -> TrafficStats;
+    /// Records what the removed backends of VIP `key` carried.
+    fn set_retired(&mut self, key: &VipKey, traffic: &TrafficStats) -> Result<(), DataplaneError>;
+    /// Forgets VIP `key`'s record (the VIP is gone).
+    fn remove_retired(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
+    /// The VIPs with a record.
+    fn retired_vips(&self) -> Vec<VipKey>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -93,6 +102,7 @@ pub struct AyaDataplane {
     conns_v4: aya::maps::HashMap<MapData, FlowKeyV4, ConnEntry>,
     tx_ports: DevMapHash<MapData>,
     active: Array<MapData, u64>,
+    retired: HashMap<MapData, VipKey, TrafficStats>,
     tables: Arc<ConnTables>,
 }
 
@@ -127,6 +137,7 @@ impl AyaDataplane {
             conns_v4,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             active: take(ebpf, MAP_BACKEND_ACTIVE)?,
+            retired: take(ebpf, MAP_VIP_RETIRED)?,
             tables,
         })
     }
@@ -233,6 +244,32 @@ impl Dataplane for AyaDataplane {
             .set(idx, zeros, 0)
             .map_err(map_err(MAP_BACKEND_STATS, "set"))
     }
+
+    fn retired(&self, key: &VipKey) -> TrafficStats {
+        self.retired.get(key, 0).unwrap_or_default()
+    }
+
+    fn set_retired(&mut self, key: &VipKey, traffic: &TrafficStats) -> Result<(), DataplaneError> {
+        self.retired
+            .insert(key, traffic, 0)
+            .map_err(map_err(MAP_VIP_RETIRED, "insert"))
+    }
+
+    fn remove_retired(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        match self.retired.remove(key) {
+            // Nothing recorded: nothing to forget.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(map_err(MAP_VIP_RETIRED, "remove")),
+        }
+    }
+
+    fn retired_vips(&self) -> Vec<VipKey> {
+        self.retired.keys().filter_map(Result::ok).collect()
+    }
 }
 
 fn sum_traffic(values: PerCpuValues<TrafficStats>) -> TrafficStats {
@@ -284,6 +321,10 @@ pub enum Write {
     Clear(u32),
     /// `set_active_count`.
     ActiveCount(u32, u64),
+    /// `set_retired`.
+    Retired(VipKey, TrafficStats),
+    /// `remove_retired`.
+    RemoveRetired(VipKey),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -304,6 +345,9 @@ pub struct Recorder {
     pub fail_table_after: Option<usize>,
     /// Traffic per backend slot, as tests set it (the real data plane's is the program's).
     pub traffic: StdHashMap<u32, TrafficStats>,
+    /// Current records of removed backends' traffic per VIP (tests may stage a last
+    /// daemon's).
+    pub retired: StdHashMap<VipKey, TrafficStats>,
 }
 
 impl Recorder {
@@ -379,5 +423,27 @@ impl Dataplane for Recorder {
 
     fn backend(&self, idx: u32) -> TrafficStats {
         self.traffic.get(&idx).copied().unwrap_or_default()
+    }
+
+    fn retired(&self, key: &VipKey) -> TrafficStats {
+        self.retired.get(key).copied().unwrap_or_default()
+    }
+
+    fn set_retired(&mut self, key: &VipKey, traffic: &TrafficStats) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::Retired(*key, *traffic));
+        self.retired.insert(*key, *traffic);
+        Ok(())
+    }
+
+    fn remove_retired(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::RemoveRetired(*key));
+        self.retired.remove(key);
+        Ok(())
+    }
+
+    fn retired_vips(&self) -> Vec<VipKey> {
+        self.retired.keys().copied().collect()
     }
 }

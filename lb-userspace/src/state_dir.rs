@@ -18,6 +18,10 @@
 //!   one counter, not a reset per upgrade). A backend's traffic follows its slot, like its
 //!   flows; a slot given to another backend starts from zero. Kept only if their shape is
 //!   this daemon's (and the per-slot traffic only with the slots).
+//! - `VIP_RETIRED`: what each VIP's removed backends carried, the rest of a VIP's figures
+//!   (a removed backend's slot is cleared). Kept only with the connection tables, which
+//!   the slots' traffic goes on with; the new core adds the slots of backends that left the
+//!   config meanwhile (`Core::retire_inherited_slots`), so a VIP's figures never go down.
 //!
 //! Everything else (VIPs, lookup tables, settings) the new daemon writes from its config
 //! into maps of its own before the swap. Removing `DIR` detaches the balancer.
@@ -48,8 +52,8 @@ use lb_common::{
     counters::Counters,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, TrafficStats, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNS, MAP_CONNS_V4, MAP_STATS,
-        MAX_BACKENDS,
+        Backend, TrafficStats, VipKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNS, MAP_CONNS_V4,
+        MAP_STATS, MAP_VIP_RETIRED, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
 };
 
@@ -202,12 +206,35 @@ impl StateDir {
                 std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
             }
         }
+        let retired = self.file(MAP_VIP_RETIRED);
+        if retired.exists() {
+            // The slots' traffic goes on only where the core takes the slots back, which it
+            // does only with the tables: without them a VIP's figures start from zero, and
+            // so must its removed backends' share.
+            let fits = if out.tables {
+                record_fits(&retired)
+            } else {
+                Err(anyhow::anyhow!("the connection tables were not kept"))
+            };
+            if let Err(e) = fits {
+                log::warn!("{}: {e:#}; counting from zero", retired.display());
+                std::fs::remove_file(&retired)
+                    .with_context(|| format!("removing {}", retired.display()))?;
+            }
+        }
         Ok(out)
     }
 
     /// The pin paths the balancer's connection tables and counters are loaded with.
-    pub fn map_pins(&self) -> [(&'static str, PathBuf); 4] {
-        [MAP_CONNS_V4, MAP_CONNS, MAP_STATS, MAP_BACKEND_STATS].map(|m| (m, self.file(m)))
+    pub fn map_pins(&self) -> [(&'static str, PathBuf); 5] {
+        [
+            MAP_CONNS_V4,
+            MAP_CONNS,
+            MAP_STATS,
+            MAP_BACKEND_STATS,
+            MAP_VIP_RETIRED,
+        ]
+        .map(|m| (m, self.file(m)))
     }
 
     /// Attaches `prog` to `ifindex`: in place of the last daemon's program if its link is
@@ -387,6 +414,32 @@ fn counters_fit(f: &Path, value_size: usize, entries: u32) -> Result<()> {
         bail!(
             "{} entries of {} bytes, this daemon's are {entries} of {value_size}",
             info.max_entries(),
+            info.value_size()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the per-VIP record of removed backends' traffic pinned at `f` has this daemon's
+/// shape.
+fn record_fits(f: &Path) -> Result<()> {
+    let map = MapData::from_pin(f).context("opening")?;
+    let info = map.info().context("reading its info")?;
+    if !matches!(info.map_type(), Ok(aya::maps::MapType::Hash)) {
+        bail!("not a hash map");
+    }
+    let (key, value) = (
+        std::mem::size_of::<VipKey>(),
+        std::mem::size_of::<TrafficStats>(),
+    );
+    if info.key_size() as usize != key
+        || info.value_size() as usize != value
+        || info.max_entries() != MAX_VIP_ENTRIES
+    {
+        bail!(
+            "{} entries, keys of {} and values of {} bytes; this daemon's are {MAX_VIP_ENTRIES} of {key} and {value}",
+            info.max_entries(),
+            info.key_size(),
             info.value_size()
         );
     }

@@ -2,6 +2,7 @@
 //! no daemon runs, the next daemon takes over atomically, long-lived connections keep their
 //! backends although the new daemon's table (one backend more) would place many of them
 //! elsewhere, and their least-connection counts are recounted from the inherited table.
+//! A VIP's figures never go down across restarts, whatever backends left it.
 
 use std::{
     collections::BTreeSet,
@@ -30,8 +31,10 @@ struct StateDir {
 }
 
 impl StateDir {
-    fn new() -> StateDir {
-        let mount = std::env::temp_dir().join(format!("xlb-e2e-restart-{}", std::process::id()));
+    /// `test`: a name of the test's own (tests of this file run at once, in one process).
+    fn new(test: &str) -> StateDir {
+        let mount =
+            std::env::temp_dir().join(format!("xlb-e2e-restart-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&mount).expect("mount point");
         let ok = std::process::Command::new("mount")
             .args(["-t", "bpf", "bpf"])
@@ -127,7 +130,7 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
     let mut net = DemoNet::new("e2er", 3);
     net.start_backends();
     let _names: Vec<_> = (0..3).map(|i| net.start_name_server(i)).collect();
-    let state = StateDir::new();
+    let state = StateDir::new("takeover");
     let state_arg = state.path.to_str().expect("utf-8 path").to_string();
     let two = config(&["198.18.0.11", "198.18.0.12"]);
     let (lb, sock) = net.start_lb(&two, &["--state-dir", &state_arg]);
@@ -298,4 +301,90 @@ fn a_restarted_daemon_takes_over_without_dropping_requests_or_moving_flows() {
         http_get(&net.client, vip, "/", Duration::from_secs(1)).is_err(),
         "the VIP still answers after the state directory was removed"
     );
+}
+
+/// The HTTP VIP alone, over `backends`.
+fn web_config(backends: &[&str]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!(r#"{{"address": "{b}"}}"#))
+        .collect();
+    format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": 80, "protocol": "tcp", "backends": [{}]}}]}}"#,
+        list.join(", ")
+    )
+}
+
+/// The HTTP VIP's packets, and its backends' added up (`xlb status`).
+fn web_packets(net: &DemoNet, sock: &std::path::Path) -> (u64, u64) {
+    let v = net.status_json(sock);
+    let http = format!("{VIP4}:80/tcp");
+    let vip = v["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["vip"] == http.as_str())
+        .unwrap_or_else(|| panic!("no HTTP VIP in {v}"));
+    let backends = vip["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b["packets"].as_u64().unwrap_or(0))
+        .sum();
+    (
+        vip["packets"].as_u64().expect("the VIP's packets"),
+        backends,
+    )
+}
+
+#[test]
+fn a_vips_figures_keep_its_removed_backends_share_across_restarts() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2eq", 3);
+    net.start_backends();
+    let state = StateDir::new("figures");
+    let state_arg = state.path.to_str().expect("utf-8 path").to_string();
+    let (lb, sock) = net.start_lb(
+        &web_config(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]),
+        &["--state-dir", &state_arg],
+    );
+    net.wait_ready(&sock);
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    // A connection each: Maglev spreads them over the three backends.
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let body = http_get(&net.client, vip, "/", TIMEOUT).expect("a request through the VIP");
+        served.insert(String::from_utf8_lossy(&body).trim().to_string());
+    }
+    assert_eq!(served.len(), 3, "every backend served requests: {served:?}");
+
+    // .13 removed while the daemon runs, .12 dropped from the next daemon's config: both
+    // carried traffic that stays the VIP's.
+    let http = format!("{VIP4}:80/tcp");
+    net.ctl(&sock, &["backend", "remove", &http, "198.18.0.13"]);
+    // The clients' last ACKs in.
+    std::thread::sleep(Duration::from_millis(300));
+    let (before, live) = web_packets(&net, &sock);
+    assert!(
+        before > live && live > 0,
+        "the removed backend's packets are the VIP's: VIP {before}, its backends {live}"
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "xlb run did not stop");
+
+    // Two daemons in turn, with .11 alone: the second finds the record the first made of
+    // .12's share.
+    for round in 1..=2 {
+        let (lb, sock) = net.start_lb(&web_config(&["198.18.0.11"]), &["--state-dir", &state_arg]);
+        net.wait_ready(&sock);
+        let (after, _) = web_packets(&net, &sock);
+        assert!(
+            after >= before,
+            "daemon {round} after the restart: the VIP's packets went from {before} down to {after}"
+        );
+        let status = lb.terminate(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "xlb run did not stop");
+    }
 }

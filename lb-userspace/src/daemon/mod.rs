@@ -146,6 +146,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             let prog = loader::xdp(&mut ebpf, loader::BALANCER_PROG)?;
             let replaced = s.attach(prog, ifindex, opts.mode)?;
             s.commit_backends()?;
+            // The last daemon's program counted into its slots until the swap just now.
+            core.retire_inherited_slots();
             log::info!(
                 "xlb_balancer {} on {} (ifindex {ifindex}), link pinned in {}",
                 if replaced {

@@ -68,6 +68,12 @@ pub static RECORD_WINDOW: PerCpuArray<RecordWindow> = PerCpuArray::with_max_entr
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// VIP → what its removed backends carried (`lb_common::maps::MAP_VIP_RETIRED`). The
+/// daemon's; the program never touches it.
+#[map]
+pub static VIP_RETIRED: HashMap<VipKey, TrafficStats> =
+    HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
+
 /// Backend index → active-flow estimate for least-connection scheduling. Updated with
 /// atomic adds (one counter shared by all CPUs: the comparison needs the global figure).
 #[map]
