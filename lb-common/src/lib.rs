@@ -10,6 +10,7 @@
 //! - [`flow`]: [`flow::FlowKey`], the connection-table key (one layout for v4 and v6).
 //! - [`flow_cache`]: where the balancer's per-CPU flow cache keeps a flow.
 //! - [`hash`]: the flow hash (one source of truth for BPF and user space) and Maglev's hashes.
+//! - [`lookup`]: how `LOOKUP` packs the VIPs' lookup tables.
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
 //! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
 //! - [`record_limit`]: how many new flows each CPU records per second.
@@ -20,6 +21,7 @@ pub mod counters;
 pub mod flow;
 pub mod flow_cache;
 pub mod hash;
+pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;

@@ -15,7 +15,8 @@ pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
 pub const MAP_VIPS: &str = "VIPS";
 /// `BACKENDS`: backend index → [`Backend`] (array; index 0 is "no backend").
 pub const MAP_BACKENDS: &str = "BACKENDS";
-/// `LOOKUP`: `table_id * MAX_TABLE_SIZE + slot` → backend index (flat array of Maglev tables).
+/// `LOOKUP`: the VIPs' lookup tables, slot → backend index, four slots to an entry
+/// ([`crate::lookup`]).
 pub const MAP_LOOKUP: &str = "LOOKUP";
 /// `CONNS`: IPv6 flows, [`crate::flow::FlowKey`] → [`ConnEntry`] (LRU, per-CPU lists).
 pub const MAP_CONNS: &str = "CONNS";
@@ -60,7 +61,8 @@ pub const MAP_TX_PORTS: &str = "TX_PORTS";
 /// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 
-/// Largest lookup table (a prime). Each table id owns this many slots of `LOOKUP`.
+/// Largest lookup table (a prime). Each table id owns this many slots of `LOOKUP`
+/// ([`crate::lookup::ENTRIES_PER_TABLE`] entries).
 pub const MAX_TABLE_SIZE: u32 = 65_537;
 /// Default lookup-table size (Maglev's `M`; a prime, ≥ 100 × the number of backends).
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;

@@ -12,6 +12,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::COUNTER_SLOTS,
     flow::{FlowKey, FlowKeyV4},
+    lookup,
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
         MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
@@ -94,7 +95,7 @@ pub trait Counters {
 pub struct AyaDataplane {
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, Backend>,
-    lookup: Array<MapData, u32>,
+    lookup: Array<MapData, u64>,
     config: Array<MapData, LbConfig>,
     stats: PerCpuArray<MapData, lb_common::counters::Counters>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
@@ -203,10 +204,24 @@ impl Dataplane for AyaDataplane {
     }
 
     fn write_table(&mut self, table_id: u32, changes: &[(u32, u32)]) -> Result<(), DataplaneError> {
-        let base = table_id * MAX_TABLE_SIZE;
-        for &(slot, value) in changes {
+        // Four slots to an entry (lb_common::lookup): each entry read once, its changed
+        // slots set, written once. Changes come in slot order, so an entry's are adjacent.
+        let mut i = 0;
+        while i < changes.len() {
+            let at = lookup::entry(table_id, changes[i].0);
+            let mut word = self
+                .lookup
+                .get(&at, 0)
+                .map_err(map_err(MAP_LOOKUP, "get"))?;
+            while let Some(&(slot, value)) = changes.get(i) {
+                if lookup::entry(table_id, slot) != at {
+                    break;
+                }
+                word = lookup::with_slot(word, slot, value);
+                i += 1;
+            }
             self.lookup
-                .set(base + slot, value, 0)
+                .set(at, word, 0)
                 .map_err(map_err(MAP_LOOKUP, "set"))?;
         }
         Ok(())

@@ -7,9 +7,12 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::maps::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, FLOW_CACHE_SETS, FLOW_CACHE_V6_SETS, MAP_CONNS,
-    MAP_CONNS_V4, MAP_FLOW_CACHE, MAP_FLOW_CACHE_V6, MAP_LOOKUP, MAX_TABLE_SIZE,
+use lb_common::{
+    lookup,
+    maps::{
+        DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, FLOW_CACHE_SETS, FLOW_CACHE_V6_SETS, MAP_CONNS,
+        MAP_CONNS_V4, MAP_FLOW_CACHE, MAP_FLOW_CACHE_V6, MAP_LOOKUP,
+    },
 };
 
 /// The balancer object (`lb-ebpf/src/bin/balancer`), built by build.rs.
@@ -29,7 +32,8 @@ pub const DECAP_PROG: &str = "xlb_decap";
 /// Map sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
-    /// VIPs that can have a lookup table (each owns two tables of `MAX_TABLE_SIZE` slots).
+    /// VIPs that can have a lookup table (each owns two tables of `MAX_TABLE_SIZE` slots,
+    /// 256 KiB).
     pub max_vips: u32,
     /// Connection-table entries, per address family.
     pub max_conns: u32,
@@ -70,8 +74,8 @@ pub fn load_balancer_object(object: &[u8], opts: LoadOptions) -> Result<Ebpf> {
 fn load_balancer_with(object: &[u8], opts: LoadOptions, pins: &[(&str, PathBuf)]) -> Result<Ebpf> {
     let lookup_entries = opts
         .max_vips
-        .checked_mul(2 * MAX_TABLE_SIZE)
-        .context("max_vips too large: the lookup tables would exceed 4 G slots")?;
+        .checked_mul(2 * lookup::ENTRIES_PER_TABLE)
+        .context("max_vips too large: the lookup tables would exceed 4 G entries")?;
     // One part of the flow cache per possible CPU (the program indexes it by CPU number),
     // after an unused entry 0: one entry alone turns the cache off.
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;

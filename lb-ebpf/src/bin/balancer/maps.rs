@@ -31,10 +31,11 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIP_EN
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
 
-/// Flat array of Maglev tables: `table_id * MAX_TABLE_SIZE + slot` → backend index.
-/// Two tables per VIP (double-buffered, see `VipInfo::table_id`). Daemon writes.
+/// Flat array of lookup tables, four 16-bit slots to an entry (`lb_common::lookup`). Two
+/// tables per VIP (double-buffered, see `VipInfo::table_id`). Daemon writes.
 #[map]
-pub static LOOKUP: Array<u32> = Array::with_max_entries(8 * 2 * lb_common::maps::MAX_TABLE_SIZE, 0);
+pub static LOOKUP: Array<u64> =
+    Array::with_max_entries(8 * 2 * lb_common::lookup::ENTRIES_PER_TABLE, 0);
 
 /// IPv6 client 5-tuple → pinned backend. LRU with per-CPU free lists
 /// (`BPF_F_NO_COMMON_LRU`): no global lock on insert, one value per flow. The program

@@ -31,10 +31,11 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
     hash::{flow_hash, src_hash},
+    lookup::{self as tables},
     maps::{
         Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_NO_NEW, CONN_F_CLOSED,
-        CONN_F_COUNTED, CONN_F_HASHED_SRC, MAX_TABLE_SIZE, VIP_F_COUNT_ACTIVE, VIP_F_HASHED_SRC,
-        VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+        CONN_F_COUNTED, CONN_F_HASHED_SRC, VIP_F_COUNT_ACTIVE, VIP_F_HASHED_SRC, VIP_F_LEAST_CONN,
+        VIP_F_SEQUENCE, VIP_F_SRC_HASH,
     },
 };
 use lb_ebpf::{
@@ -296,10 +297,13 @@ fn within_record_rate() -> bool {
 /// Backend index in slot `slot` of the VIP's live table.
 #[inline(always)]
 fn table_entry(vip: &VipInfo, slot: u32) -> Result<u32, Drop> {
-    match LOOKUP.get(vip.table_id * MAX_TABLE_SIZE + slot) {
-        Some(&idx) if idx != 0 => Ok(idx),
-        _ => Err(Drop::NoBackend),
+    let idx = LOOKUP
+        .get(tables::entry(vip.table_id, slot))
+        .map_or(0, |&word| tables::slot_of(word, slot));
+    if idx == 0 {
+        return Err(Drop::NoBackend);
     }
+    Ok(idx)
 }
 
 /// This CPU's next position in the VIP's round-robin sequence.
