@@ -944,13 +944,69 @@ impl<D: Dataplane> Core<D> {
         Ok(true)
     }
 
-    /// Switches a VIP's scheduler; flows already recorded keep their backends.
+    /// Switches a VIP's scheduler; flows already recorded keep their backends. What only
+    /// the old scheduler set goes back to neutral: an agent's down, drain and percent, and
+    /// `lrt`'s factor. Nothing would update them any more, so a backend the agent last
+    /// called down would stay out of the table for good, and one `lrt` found slow would
+    /// keep 1 % of its weight under the new scheduler.
     pub fn set_scheduler(&mut self, id: &VipId, scheduler: Scheduler) -> Result<(), CoreError> {
         let vip = self.vip_mut(id)?;
-        let before = std::mem::replace(&mut vip.config.scheduler, scheduler);
-        if let Err(e) = self.publish(id) {
-            // The old table is still live: so is the old scheduler.
-            self.vip_mut(id)?.config.scheduler = before;
+        if scheduler == Scheduler::Agent && vip.config.agent.is_none() {
+            // As the config file refuses it: no agent would ever be polled.
+            return Err(ConfigError::new(
+                "scheduler",
+                format!("scheduler agent needs the VIP's \"agent\" settings, and {id} has none"),
+            )
+            .into());
+        }
+        let old = std::mem::replace(&mut vip.config.scheduler, scheduler);
+        let before = vip.backends.clone();
+        if old != scheduler && matches!(old, Scheduler::Agent | Scheduler::Lrt) {
+            for b in vip.backends.values_mut() {
+                b.agent_down = false;
+                b.agent_drain = false;
+                b.factor_pct = 100;
+            }
+        }
+        // The reset only ever brings backends in: their entries (active, weight, and for
+        // those back in the table a new cache epoch, see `update_backend`) are written
+        // before the table that names them goes live.
+        let changed: Vec<IpAddr> = before
+            .iter()
+            .filter(|(a, b)| vip.backends.get(a) != Some(b))
+            .map(|(a, _)| *a)
+            .collect();
+        let mut written = Ok(());
+        for addr in &changed {
+            let joins = {
+                let b = self.backend_mut(id, *addr)?;
+                b.in_table() && !before[addr].in_table()
+            };
+            if joins {
+                let index = before[addr].index;
+                let epoch = self.next_cache_epoch(index);
+                self.backend_mut(id, *addr)?.cache_epoch = epoch;
+            }
+            let b = self.backend_mut(id, *addr)?;
+            let (index, entry) = (b.index, backend_entry(id, *addr, b));
+            written = self.dp.set_backend(index, &entry).map_err(CoreError::from);
+            if written.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = written.and_then(|()| self.publish(id)) {
+            // The old table is still live: so are the old scheduler and states, and the
+            // entries go back to match them (best effort, as in `update_backend`).
+            let vip = self.vip_mut(id)?;
+            vip.config.scheduler = old;
+            vip.backends = before;
+            for addr in &changed {
+                let b = &self.vip(id)?.backends[addr];
+                let (index, entry) = (b.index, backend_entry(id, *addr, b));
+                if let Err(e) = self.dp.set_backend(index, &entry) {
+                    log::warn!("restoring backend {addr} of {id}: {e}");
+                }
+            }
             return Err(e);
         }
         Ok(())
@@ -1633,6 +1689,88 @@ mod tests {
         core.set_scheduler(&id, Scheduler::Wrr).unwrap();
         assert_eq!(core.vip(&id).unwrap().config.scheduler, Scheduler::Wrr);
         assert_ne!(info(&core).flags, live.flags, "wrr's table is live");
+    }
+
+    #[test]
+    fn leaving_agent_or_lrt_resets_what_only_they_set() {
+        let a: IpAddr = "198.18.0.11".parse().unwrap();
+        let share = |core: &Core<Recorder>, id: &VipId| {
+            let v = core.vip(id).unwrap();
+            let idx = v.backends[&a].index;
+            v.table().iter().filter(|&&s| s == idx).count() as f64 / v.table().len() as f64
+        };
+        // An agent called .11 down and at 10 %: out of the table.
+        let mut v = vip(&["198.18.0.11", "198.18.0.12"]);
+        v.scheduler = Scheduler::Agent;
+        v.agent = Some(crate::config::AgentConfig {
+            port: 5555,
+            interval_ms: 1000,
+        });
+        let id = v.id();
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        core.add_vip(v).unwrap();
+        let report = AgentReport {
+            down: true,
+            drain: true,
+            pct: Some(10),
+        };
+        core.set_agent(&id, a, report).unwrap();
+        assert_eq!(share(&core, &id), 0.0);
+        let epoch = core.vip(&id).unwrap().backends[&a].cache_epoch;
+        core.set_scheduler(&id, Scheduler::Maglev).unwrap();
+        let b = &core.vip(&id).unwrap().backends[&a];
+        assert!(b.in_table() && b.factor_pct == 100, "{b:?}");
+        assert_ne!(b.cache_epoch, epoch, "back in the table: a new cache epoch");
+        let entry = core.dataplane().backends[&b.index];
+        assert!(entry.flags & BACKEND_F_ACTIVE != 0 && entry.cache_epoch == b.cache_epoch);
+        assert!((share(&core, &id) - 0.5).abs() < 0.02);
+        // Back to agent: the next report decides again.
+        core.set_scheduler(&id, Scheduler::Agent).unwrap();
+        assert!(core.vip(&id).unwrap().backends[&a].in_table());
+
+        // lrt found .11 slow: 1 % of its weight, until the VIP leaves lrt.
+        let mut v = vip(&["198.18.0.11", "198.18.0.12"]);
+        v.scheduler = Scheduler::Lrt;
+        let id = v.id();
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        core.add_vip(v).unwrap();
+        core.set_factor(&id, a, 1).unwrap();
+        assert!(share(&core, &id) < 0.02);
+        core.set_scheduler(&id, Scheduler::Wlc).unwrap();
+        assert!((share(&core, &id) - 0.5).abs() < 0.02);
+    }
+
+    #[test]
+    fn agent_without_agent_settings_is_refused_and_a_failed_switch_keeps_the_states() {
+        let (mut core, id) = core_with(&["198.18.0.11"]);
+        let n = core.dataplane().writes.len();
+        let e = core.set_scheduler(&id, Scheduler::Agent).unwrap_err();
+        assert!(e.to_string().contains("agent"), "{e}");
+        assert_eq!(core.vip(&id).unwrap().config.scheduler, Scheduler::Maglev);
+        assert_eq!(core.dataplane().writes.len(), n, "nothing written");
+
+        // lrt → maglev whose table write fails: lrt and its factor stay, entries too.
+        let a: IpAddr = "198.18.0.11".parse().unwrap();
+        let mut v = vip(&["198.18.0.11", "198.18.0.12"]);
+        v.scheduler = Scheduler::Lrt;
+        let id = v.id();
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        core.add_vip(v).unwrap();
+        core.set_factor(&id, a, 5).unwrap();
+        let idx = core.vip(&id).unwrap().backends[&a].index;
+        let entry = core.dataplane().backends[&idx];
+        core.dataplane_mut().fail_table_after = Some(10);
+        assert!(core.set_scheduler(&id, Scheduler::Maglev).is_err());
+        let v = core.vip(&id).unwrap();
+        assert_eq!(
+            (v.config.scheduler, v.backends[&a].factor_pct),
+            (Scheduler::Lrt, 5)
+        );
+        assert_eq!(
+            core.dataplane().backends[&idx],
+            entry,
+            "the entry went back"
+        );
     }
 
     #[test]
