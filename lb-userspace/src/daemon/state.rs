@@ -174,16 +174,28 @@ impl Daemon {
             return;
         };
         let healthy = ev.transition == Transition::Up;
-        match self.core.set_health(&vip, addr, healthy) {
+        self.apply_verdict(&vip, addr, healthy, ev.latency, ev.error.as_deref());
+    }
+
+    /// Makes a check's verdict the core's, counted and logged as a transition if it is one.
+    fn apply_verdict(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        healthy: bool,
+        latency: Option<Duration>,
+        error: Option<&str>,
+    ) {
+        match self.core.set_health(vip, addr, healthy) {
             Ok(true) => {
                 if healthy {
                     self.transitions.up += 1;
-                    log::info!("backend {addr} of {vip} is up ({:?})", ev.latency);
+                    log::info!("backend {addr} of {vip} is up ({latency:?})");
                 } else {
                     self.transitions.down += 1;
                     log::warn!(
                         "backend {addr} of {vip} is down: {}",
-                        ev.error.as_deref().unwrap_or("check failed")
+                        error.unwrap_or("check failed")
                     );
                 }
             }
@@ -272,6 +284,19 @@ impl Daemon {
                 },
             };
             self.stop_check(vip, addr);
+            if start.healthy != healthy {
+                // The old check flipped, and its event waits for the lock this change
+                // holds: once the check is stopped, that event is ignored, and the new check,
+                // starting from the flipped verdict, would never report it again. Applied
+                // here instead, so that core and checker agree.
+                self.apply_verdict(
+                    vip,
+                    addr,
+                    start.healthy,
+                    start.last_latency,
+                    start.last_error.as_deref(),
+                );
+            }
             self.start_check(vip, addr, start)?;
         }
         Ok(())
@@ -617,3 +642,124 @@ pub fn counter_summary(reasons: &[u64]) -> Vec<(&'static str, &'static str, u64)
 
 /// How often next hops are refreshed.
 pub const NEXTHOP_REFRESH: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        core::Settings,
+        health::{CheckKind, Probe, ProbeError, ProbeFuture},
+        loader,
+    };
+
+    /// A backend that has just died: every check fails.
+    struct Dead;
+
+    impl Probe for Dead {
+        fn check<'a>(&'a self, _target: SocketAddr) -> ProbeFuture<'a> {
+            Box::pin(async { Err(ProbeError::Refused) })
+        }
+
+        fn kind(&self) -> &'static str {
+            "dead"
+        }
+    }
+
+    /// A daemon over a loaded (not attached) balancer, and its health events' receiver.
+    fn daemon() -> (Daemon, mpsc::Receiver<HealthEvent>, aya::Ebpf) {
+        let mut ebpf = loader::load_balancer(loader::LoadOptions {
+            max_vips: 4,
+            max_conns: 1024,
+            flow_cache: true,
+        })
+        .expect("loading the balancer (root, bpffs)");
+        let dp = AyaDataplane::new(&mut ebpf).expect("maps");
+        let settings = Settings {
+            src_v4: Some("198.18.0.2".parse().unwrap()),
+            mtu: 1500,
+            max_vips: 4,
+            ..Default::default()
+        };
+        let core = Core::new(dp, settings).expect("core");
+        let (tx, rx) = mpsc::channel(16);
+        (Daemon::new(core, HealthChecker::default(), tx), rx, ebpf)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_verdict_in_flight_when_the_check_changes_is_not_lost() {
+        // SAFETY: no arguments.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loads BPF, needs root");
+            return;
+        }
+        let (mut d, mut events, _ebpf) = daemon();
+        let cfg: VipConfig = serde_json::from_str(
+            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                "health_check": {"kind": "none"}, "backends": [{"address": "198.18.0.11"}]}"#,
+        )
+        .unwrap();
+        let (vip, addr) = (cfg.id(), "198.18.0.11".parse::<IpAddr>().unwrap());
+        d.add_vip(cfg).unwrap();
+        // Its running check, on a backend that just died (no network: a probe that fails).
+        d.stop_check(&vip, addr);
+        let fast = HealthCheckConfig {
+            interval_ms: 10,
+            down_interval_ms: 20,
+            timeout_ms: 5,
+            fall: 1,
+            ..Default::default()
+        };
+        let tx = d.events.clone();
+        let handle = HealthChecker::spawn_with_probe(
+            7,
+            SocketAddr::new(addr, 80),
+            &fast,
+            Arc::new(Dead),
+            tx,
+            HealthState::new(Instant::now()),
+        )
+        .unwrap();
+        d.targets.insert(7, (vip, addr));
+        d.checks.insert(
+            (vip, addr),
+            Check {
+                handle,
+                kind: CheckKind::Tcp,
+            },
+        );
+        // The check flips down; its event waits, as it would for the daemon's lock, which a
+        // control request holds while it changes the VIP's check.
+        let t0 = Instant::now();
+        while d.health(&vip, addr).is_some_and(|(_, h)| h.healthy) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the check never failed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A new check that would take an hour to say anything.
+        let slow = HealthCheckConfig {
+            kind: CheckKind::None,
+            interval_ms: 3_600_000,
+            down_interval_ms: 3_600_000,
+            rise: 100,
+            ..Default::default()
+        };
+        d.set_health_check(&vip, Some(slow)).unwrap();
+        // The health task gets the lock and applies what was queued.
+        while let Ok(ev) = events.try_recv() {
+            d.on_health_event(&ev);
+        }
+        let b = &d.core().vip(&vip).unwrap().backends[&addr];
+        let check = d.health(&vip, addr).map(|(_, h)| h.healthy);
+        assert_eq!(
+            (b.healthy, check),
+            (false, Some(false)),
+            "core and checker must agree that the backend is down"
+        );
+        assert!(!b.in_table());
+        assert_eq!(d.transitions.down, 1);
+    }
+}
