@@ -282,6 +282,19 @@ impl VipState {
     }
 }
 
+/// What [`Core::capacity`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// VIP ids free.
+    pub free_vips: usize,
+    /// VIPs the balancer holds.
+    pub max_vips: u32,
+    /// Backend slots free.
+    pub free_backends: usize,
+    /// Backend slots the balancer holds.
+    pub max_backends: u32,
+}
+
 /// FIFO pool of small integer ids.
 #[derive(Debug)]
 struct Pool {
@@ -410,6 +423,23 @@ impl<D: Dataplane> Core<D> {
     /// One VIP.
     pub fn vip(&self, id: &VipId) -> Result<&VipState, CoreError> {
         self.vips.get(id).ok_or(CoreError::UnknownVip { vip: *id })
+    }
+
+    /// Whether `addr` can be a backend of a VIP configured as `vip`: an outer source of its
+    /// family, and a hashed one for `flow_hash` (what adding it checks first).
+    pub fn check_backend(&self, vip: &VipConfig, addr: &IpAddr) -> Result<(), CoreError> {
+        self.check_source(addr)?;
+        self.check_hashed_source(vip, addr)
+    }
+
+    /// Free VIP ids and backend slots, and the limits the errors name.
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            free_vips: self.vip_ids.free.len(),
+            max_vips: self.vip_ids.max,
+            free_backends: self.backend_ids.free.len(),
+            max_backends: self.backend_ids.max,
+        }
     }
 
     fn check_source(&self, backend: &IpAddr) -> Result<(), CoreError> {

@@ -14,7 +14,8 @@ use std::{
 
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
-    core::BackendState,
+    core::{BackendState, Core, CoreError},
+    dataplane::Dataplane,
     health::HealthCheckConfig,
 };
 
@@ -133,6 +134,66 @@ pub fn plan<'a>(
     }
     steps.extend(added);
     Ok(steps)
+}
+
+/// Refuses, before any step runs, steps the balancer could not take where they stand in
+/// `steps`: a backend with no outer source for its family, or more VIPs or backends than
+/// the slots free once the removals before them are done. Taken as they come, such a
+/// step would stop the reload half done: a VIP whose old backends were removed before its
+/// new ones were refused is left with none. (A data-plane write can still fail mid-way.)
+pub fn check_fits<D: Dataplane>(
+    core: &Core<D>,
+    steps: &[Step],
+) -> Result<(), Box<(Step, CoreError)>> {
+    let cap = core.capacity();
+    let (mut vips, mut slots) = (cap.free_vips, cap.free_backends);
+    let refuse = |step: &Step, e: CoreError| Err(Box::new((step.clone(), e)));
+    let full_backends = CoreError::TooManyBackends {
+        max: cap.max_backends,
+    };
+    for step in steps {
+        match step {
+            Step::RemoveVip(id) => {
+                vips += 1;
+                slots += core.vip(id).map_or(0, |v| v.backends.len());
+            }
+            Step::RemoveBackend(..) => slots += 1,
+            Step::AddBackend(id, b) => {
+                let vip = match core.vip(id) {
+                    Ok(v) => v,
+                    Err(e) => return refuse(step, e),
+                };
+                if let Err(e) = core.check_backend(&vip.config, &b.address) {
+                    return refuse(step, e);
+                }
+                if slots == 0 {
+                    return refuse(step, full_backends);
+                }
+                slots -= 1;
+            }
+            Step::AddVip(v) => {
+                for b in &v.backends {
+                    if let Err(e) = core.check_backend(v, &b.address) {
+                        return refuse(step, e);
+                    }
+                }
+                if vips == 0 {
+                    return refuse(step, CoreError::TooManyVips { max: cap.max_vips });
+                }
+                if slots < v.backends.len() {
+                    return refuse(step, full_backends);
+                }
+                vips -= 1;
+                slots -= v.backends.len();
+            }
+            Step::Weight(..)
+            | Step::Drain(..)
+            | Step::Scheduler(..)
+            | Step::IdleTimeout(..)
+            | Step::HealthCheck(..) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a change to what a running VIP cannot change in place.
@@ -470,6 +531,11 @@ mod tests {
                     Ok(steps) => {
                         applied += 1;
                         steps_taken += steps.len();
+                        // Nothing that applies is refused as unfit.
+                        if let Err(refusal) = check_fits(&core, &steps) {
+                            let (step, e) = *refusal;
+                            panic!("{step} refused: {e}\n{file}");
+                        }
                         for step in steps {
                             let shown = step.to_string();
                             apply(&mut core, step)
@@ -503,5 +569,61 @@ mod tests {
             applied > 200 && refused > 20 && steps_taken > 1000,
             "{applied} / {refused} / {steps_taken}"
         );
+    }
+
+    #[test]
+    fn steps_that_would_fail_are_refused_before_any_runs() {
+        let two = |second: &str| {
+            Config::from_json(&format!(
+                r#"{{"vips": [
+                {{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                  "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}},
+                {second}]}}"#
+            ))
+            .unwrap()
+        };
+        let started = two(r#"{"address": "198.18.1.2", "port": 80, "protocol": "tcp",
+                "backends": [{"address": "198.18.0.21"}]}"#);
+        // An IPv4 outer source only, and room for two VIPs.
+        let addrs: Vec<IpAddr> = vec!["198.18.0.2".parse().unwrap()];
+        let settings = crate::core::Settings::resolve(&started, &addrs, 1500, 2);
+        let mut core = Core::new(Recorder::default(), settings).unwrap();
+        core.apply(&started).unwrap();
+        let steps_for = |core: &Core<Recorder>, new: &Config| {
+            let running = core.vips().map(|v| Running {
+                config: &v.config,
+                backends: &v.backends,
+            });
+            plan(&started, running, new).unwrap()
+        };
+        // web moves to IPv6 backends, which have no outer source here, and the second VIP
+        // goes: taken step by step, web would lose its backends before the refusal.
+        let v6 = Config::from_json(
+            r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                "backends": [{"address": "fd00::11"}, {"address": "fd00::12"}]}]}"#,
+        )
+        .unwrap();
+        let steps = steps_for(&core, &v6);
+        let (step, e) = *check_fits(&core, &steps).unwrap_err();
+        assert_eq!(e.code(), "no_source", "{step}: {e}");
+        assert!(matches!(step, Step::AddBackend(_, ref b) if b.address.is_ipv6()));
+        // Two VIPs more where one leaves: the second is one too many.
+        let three = two(r#"{"address": "198.18.1.3", "port": 80, "protocol": "tcp",
+                "backends": [{"address": "198.18.0.31"}]},
+               {"address": "198.18.1.4", "port": 80, "protocol": "tcp",
+                "backends": [{"address": "198.18.0.41"}]}"#);
+        let steps = steps_for(&core, &three);
+        let (step, e) = *check_fits(&core, &steps).unwrap_err();
+        assert_eq!(e.code(), "capacity", "{step}: {e}");
+        assert!(matches!(step, Step::AddVip(ref v) if v.address.to_string() == "198.18.1.4"));
+        // One in, one out: fits, and applies.
+        let swapped = two(r#"{"address": "198.18.1.3", "port": 80, "protocol": "tcp",
+                "backends": [{"address": "198.18.0.31"}]}"#);
+        let steps = steps_for(&core, &swapped);
+        check_fits(&core, &steps).unwrap();
+        for step in steps {
+            apply(&mut core, step).unwrap();
+        }
+        assert_eq!(shape_of_core(&core), shape_of_file(&swapped));
     }
 }

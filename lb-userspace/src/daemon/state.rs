@@ -57,6 +57,16 @@ pub enum ReloadError {
     /// The file asks for something only a restart can change; nothing was applied.
     #[error("refused, nothing changed: {0}")]
     Refused(ConfigError),
+    /// A step would fail on what the balancer has (outer sources, free slots); nothing was
+    /// applied.
+    #[error("refused, nothing changed: {step} would fail: {source}")]
+    Unfit {
+        /// The step that would fail.
+        step: reload::Step,
+        /// Why (boxed, as in `Step`).
+        #[source]
+        source: Box<CoreError>,
+    },
     /// A step failed; the `done` steps before it were applied.
     #[error("{step} failed, after {done} changes were applied: {source}")]
     Step {
@@ -322,6 +332,13 @@ impl Daemon {
             backends: &v.backends,
         });
         let steps = reload::plan(started, running, new).map_err(ReloadError::Refused)?;
+        reload::check_fits(&self.core, &steps).map_err(|refusal| {
+            let (step, e) = *refusal;
+            ReloadError::Unfit {
+                step,
+                source: Box::new(e),
+            }
+        })?;
         for (done, step) in steps.iter().enumerate() {
             let applied = match step.clone() {
                 reload::Step::RemoveVip(id) => self.remove_vip(&id),
