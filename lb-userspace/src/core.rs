@@ -329,6 +329,8 @@ pub struct Core<D: Dataplane> {
     inherited: HashMap<(u32, IpAddr), (u32, u32)>,
     /// VIP address → number of VIPs on it (address-only markers).
     addr_refs: BTreeMap<IpAddr, u32>,
+    /// Interfaces registered in `TX_PORTS` for next hops.
+    tx_ports: std::collections::BTreeSet<u32>,
 }
 
 fn vip_key(id: &VipId) -> VipKey {
@@ -373,6 +375,7 @@ impl<D: Dataplane> Core<D> {
             settings,
             vips: BTreeMap::new(),
             addr_refs: BTreeMap::new(),
+            tx_ports: Default::default(),
         })
     }
 
@@ -927,10 +930,19 @@ impl<D: Dataplane> Core<D> {
         addr: IpAddr,
         hop: Option<NextHop>,
     ) -> Result<bool, CoreError> {
-        let b = self.backend_mut(id, addr)?;
-        if b.nexthop == hop {
+        if self.backend_mut(id, addr)?.nexthop == hop {
             return Ok(false);
         }
+        if let Some(h) = hop {
+            // A next hop on another interface is reached by XDP_REDIRECT, which the program
+            // only does to registered ports (else `no_route`): registered before the entry
+            // names it.
+            if !self.tx_ports.contains(&h.ifindex) {
+                self.dp.add_tx_port(h.ifindex)?;
+                self.tx_ports.insert(h.ifindex);
+            }
+        }
+        let b = self.backend_mut(id, addr)?;
         b.nexthop = hop;
         let (index, entry) = (b.index, backend_entry(id, addr, b));
         self.dp.set_backend(index, &entry)?;
@@ -1800,6 +1812,33 @@ mod tests {
             core.dataplane().backends[&idx],
             entry,
             "the entry went back"
+        );
+    }
+
+    #[test]
+    fn a_next_hop_on_another_interface_registers_its_port_first() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let hop = |ifindex| NextHop {
+            ifindex,
+            smac: [2, 0, 0, 0, 0, 1],
+            dmac: [2, 0, 0, 0, 0, 2],
+        };
+        let (a, b) = (
+            "198.18.0.11".parse::<IpAddr>().unwrap(),
+            "198.18.0.12".parse::<IpAddr>().unwrap(),
+        );
+        // The port's registration fails: the next hop is not recorded either.
+        core.dataplane_mut().fail_next = true;
+        assert!(core.set_nexthop(&id, a, Some(hop(7))).is_err());
+        assert_eq!(core.vip(&id).unwrap().backends[&a].nexthop, None);
+        let n = core.dataplane().writes.len();
+        assert!(core.set_nexthop(&id, a, Some(hop(7))).unwrap());
+        assert!(core.set_nexthop(&id, b, Some(hop(7))).unwrap());
+        let idx = core.vip(&id).unwrap().backends[&a].index;
+        let writes = &core.dataplane().writes[n..];
+        assert!(
+            matches!(writes, [Write::TxPort(7), Write::Backend(i, _), Write::Backend(..)] if *i == idx),
+            "port once, before the entry that names it: {writes:?}"
         );
     }
 

@@ -83,6 +83,9 @@ pub trait Dataplane: Send {
     fn remove_retired(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     /// The VIPs with a record.
     fn retired_vips(&self) -> Vec<VipKey>;
+    /// Lets the program `XDP_REDIRECT` to `ifindex` (`TX_PORTS`): next hops on other
+    /// interfaces than the one the balancer is attached to.
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -161,16 +164,6 @@ impl AyaDataplane {
     /// Both connection tables, for scans that need not hold the daemon's lock.
     pub fn conn_tables(&self) -> Arc<ConnTables> {
         self.tables.clone()
-    }
-
-    /// Lets the program `XDP_REDIRECT` to `ifindex` (next hops on other interfaces).
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| DataplaneError::TxPort {
-                ifindex,
-                message: e.to_string(),
-            })
     }
 
     /// Looks up one flow in the connection table (for `explain` and tests).
@@ -285,6 +278,15 @@ impl Dataplane for AyaDataplane {
     fn retired_vips(&self) -> Vec<VipKey> {
         self.retired.keys().filter_map(Result::ok).collect()
     }
+
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort {
+                ifindex,
+                message: e.to_string(),
+            })
+    }
 }
 
 fn sum_traffic(values: PerCpuValues<TrafficStats>) -> TrafficStats {
@@ -340,6 +342,8 @@ pub enum Write {
     Retired(VipKey, TrafficStats),
     /// `remove_retired`.
     RemoveRetired(VipKey),
+    /// `add_tx_port`.
+    TxPort(u32),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -460,5 +464,11 @@ impl Dataplane for Recorder {
 
     fn retired_vips(&self) -> Vec<VipKey> {
         self.retired.keys().copied().collect()
+    }
+
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::TxPort(ifindex));
+        Ok(())
     }
 }

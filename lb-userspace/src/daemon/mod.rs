@@ -34,7 +34,7 @@ use crate::{
     config::Config,
     control,
     core::{Core, Settings},
-    dataplane::{AyaDataplane, Counters},
+    dataplane::{AyaDataplane, Counters, Dataplane},
     health::HealthChecker,
     loader::{self, LoadOptions},
     netdev,
