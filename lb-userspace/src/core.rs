@@ -429,10 +429,34 @@ impl<D: Dataplane> Core<D> {
     }
 
     /// Whether `addr` can be a backend of a VIP configured as `vip`: an outer source of its
-    /// family, and a hashed one for `flow_hash` (what adding it checks first).
+    /// family, a hashed one for `flow_hash`, and for an IPv6 VIP an MTU that carries the
+    /// smallest packet IPv6 allows in the tunnel (what adding it checks first).
     pub fn check_backend(&self, vip: &VipConfig, addr: &IpAddr) -> Result<(), CoreError> {
         self.check_source(addr)?;
-        self.check_hashed_source(vip, addr)
+        self.check_hashed_source(vip, addr)?;
+        self.check_ipv6_minimum(vip, addr)
+    }
+
+    /// IPv6 senders never go below 1280 bytes (RFC 8200, RFC 8201), so an MTU that cannot
+    /// carry a 1280-byte packet in a backend's tunnel would answer its retries with the
+    /// same "packet too big" for ever: such a VIP is refused rather than black-holed.
+    fn check_ipv6_minimum(&self, vip: &VipConfig, backend: &IpAddr) -> Result<(), CoreError> {
+        const IPV6_MIN_MTU: u32 = 1280;
+        let outer = if backend.is_ipv4() { 20 } else { 40 };
+        let mtu = self.settings.mtu;
+        if !vip.address.is_ipv6() || mtu == 0 || mtu >= IPV6_MIN_MTU + outer {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "mtu",
+            format!(
+                "{mtu} cannot carry a 1280-byte IPv6 packet (the least IPv6 allows) from VIP {} \
+                 to backend {backend} in its tunnel: needs at least {}",
+                vip.address,
+                IPV6_MIN_MTU + outer
+            ),
+        )
+        .into())
     }
 
     /// Free VIP ids and backend slots, and the limits the errors name.
@@ -489,8 +513,7 @@ impl<D: Dataplane> Core<D> {
             return Err(CoreError::VipExists { vip: id });
         }
         for b in &cfg.backends {
-            self.check_source(&b.address)?;
-            self.check_hashed_source(&cfg, &b.address)?;
+            self.check_backend(&cfg, &b.address)?;
         }
         if self.vip_ids.free.is_empty() {
             return Err(CoreError::TooManyVips {
@@ -646,8 +669,7 @@ impl<D: Dataplane> Core<D> {
             )
             .into());
         }
-        self.check_source(&b.address)?;
-        self.check_hashed_source(&vip.config, &b.address)?;
+        self.check_backend(&vip.config, &b.address)?;
         let bs = self.new_backend(id, &b)?;
         let index = bs.index;
         self.vip_mut(id)?.backends.insert(b.address, bs);
@@ -1840,6 +1862,44 @@ mod tests {
             matches!(writes, [Write::TxPort(7), Write::Backend(i, _), Write::Backend(..)] if *i == idx),
             "port once, before the entry that names it: {writes:?}"
         );
+    }
+
+    #[test]
+    fn an_mtu_too_small_for_ipv6_s_minimum_in_the_tunnel_is_refused() {
+        let core_at = |mtu| {
+            let s = Settings {
+                src_v6: Some("fd00::2".parse().unwrap()),
+                mtu,
+                ..settings()
+            };
+            Core::new(Recorder::default(), s).unwrap()
+        };
+        let v6 = |backends: &[&str]| VipConfig {
+            address: "fd00::1:1".parse().unwrap(),
+            ..vip(backends)
+        };
+        // 1280 + 40 through an IPv6 tunnel, + 20 through an IPv4 one.
+        for (mtu, addr, ok) in [
+            (1319, "fd00::11", false),
+            (1320, "fd00::11", true),
+            (1299, "198.18.0.11", false),
+            (1300, "198.18.0.11", true),
+        ] {
+            let mut core = core_at(mtu);
+            let r = core.add_vip(v6(&[addr]));
+            assert_eq!(r.is_ok(), ok, "mtu {mtu}, backend {addr}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("1280"), "{e}");
+                assert!(core.vips().next().is_none(), "nothing added");
+            }
+            // Added later, to a VIP without backends: refused the same way.
+            let mut core = core_at(mtu);
+            core.add_vip(v6(&[])).unwrap();
+            let id = v6(&[]).id();
+            assert_eq!(core.add_backend(&id, backend(addr)).is_ok(), ok);
+        }
+        // IPv4 VIPs have no such floor.
+        core_at(600).add_vip(vip(&["198.18.0.11"])).unwrap();
     }
 
     #[test]
