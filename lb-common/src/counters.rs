@@ -94,6 +94,10 @@ reasons! {
         NoSource = 19, "no_source";
         /// A program stage returned a value no stage produces (a bug; never expected).
         Internal = 20, "internal";
+        /// Decap: a tunnel to one of our addresses whose outer IPv4 header checksum is
+        /// wrong. Not stripped (its addresses and lengths cannot be trusted) and dropped,
+        /// as the kernel's `ip_rcv_core` drops it.
+        TunnelBadChecksum = 23, "tunnel_bad_checksum";
     }
 }
 

@@ -1,4 +1,4 @@
-//! Internet checksum (RFC 1071) for the headers the programs build.
+//! Internet checksum (RFC 1071) for the headers the programs build or check.
 
 /// Adds 16-bit big-endian words of `bytes` to a running sum (no folding).
 #[inline(always)]

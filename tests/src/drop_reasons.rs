@@ -1,8 +1,8 @@
-//! An independent reading of the balancer's drop reasons (`lb_common::counters::Drop`):
-//! whether a frame shows what the reason it was dropped for says. Written from the reasons'
-//! definitions and the RFCs, not from the parser, so that a test can catch a valid packet
-//! dropped under a reason it does not have (as the 1 KiB read limit once dropped valid IPv6
-//! packets as truncated).
+//! An independent reading of the drop reasons (`lb_common::counters::Drop`) of the balancer
+//! ([`check`]) and of the decap program ([`check_decap`]): whether a frame shows what the
+//! reason it was dropped for says. Written from the reasons' definitions and the RFCs, not
+//! from the parser, so that a test can catch a valid packet dropped under a reason it does
+//! not have (as the 1 KiB read limit once dropped valid IPv6 packets as truncated).
 //!
 //! Each check is a necessary condition: the reason's defining fault, read over the IP
 //! packet as its own length field delimits it. The parser may read Ethernet padding where
@@ -223,6 +223,98 @@ pub fn check(f: &[u8], reason: Drop, services: &Services) -> Result<(), String> 
         }
         _ => fail("no frame of this test should meet it"),
     }
+}
+
+/// `Ok` when frame `f`, dropped by the decap program, shows the fault `reason` names;
+/// otherwise why not. The program drops only unfragmented IP-in-IP tunnels to one of
+/// `local` (its addresses) that the kernel's tunnel code would drop too.
+pub fn check_decap(f: &[u8], reason: Drop, local: &[IpAddr]) -> Result<(), String> {
+    let fail = |what: &str| Err(format!("decap dropped as {}, but {what}", reason.name()));
+    let Some(t) = outer_tunnel(f) else {
+        return fail("it is no whole, unfragmented IP-in-IP packet");
+    };
+    if !local.contains(&t.dst) {
+        return fail(&format!("its tunnel is to {}, not a local address", t.dst));
+    }
+    let checksum_ok = !t.v4 || sums_to_ffff(&t.packet[..t.inner_at]);
+    match reason {
+        Drop::TunnelBadChecksum if checksum_ok => fail("its outer IPv4 checksum is right"),
+        Drop::TunnelBadChecksum => Ok(()),
+        _ => fail("the decap program has no such reason"),
+    }
+}
+
+/// The outer layer of an IP-in-IP frame, read on its own.
+struct OuterTunnel<'a> {
+    /// Outer IPv4 (else IPv6).
+    v4: bool,
+    /// The outer packet, as its length field delimits it.
+    packet: &'a [u8],
+    /// Where the inner packet starts in `packet` (IPv6: behind the extension headers).
+    inner_at: usize,
+    /// Outer destination.
+    dst: IpAddr,
+}
+
+/// The outer layer of `f`, if `f` is a once-tagged or untagged frame carrying a whole,
+/// unfragmented IPv4 or IPv6 packet whose payload is IPv4 (4) or IPv6 (41).
+fn outer_tunnel(f: &[u8]) -> Option<OuterTunnel<'_>> {
+    let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|w| u16::from_be_bytes([w[0], w[1]]));
+    let l2 = match be16(f, 12)? {
+        ETHERTYPE_VLAN | ETHERTYPE_QINQ => 18,
+        _ => 14,
+    };
+    let ip = f.get(l2..)?;
+    let (v4, packet, proto, inner_at) = match be16(f, l2 - 2)? {
+        ETHERTYPE_IPV4 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let packet = ip.get(..usize::from(be16(ip, 2)?))?;
+            let fragment = be16(ip, 6)? & 0x3fff != 0;
+            if ihl < 20 || ihl > packet.len() || fragment {
+                return None;
+            }
+            (true, packet, ip[9], ihl)
+        }
+        ETHERTYPE_IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 => {
+            let packet = ip.get(..40 + usize::from(be16(ip, 4)?))?;
+            match walk_v6(packet) {
+                Walk::Transport {
+                    proto,
+                    at,
+                    fragment: false,
+                } => (false, packet, proto, at),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    if !matches!(proto, 4 | 41) {
+        return None;
+    }
+    let dst = if v4 {
+        addr(packet, 16, true)
+    } else {
+        addr(packet, 24, false)
+    }?;
+    Some(OuterTunnel {
+        v4,
+        packet,
+        inner_at,
+        dst,
+    })
+}
+
+/// Whether `bytes` (an even number) add up to 0xffff in ones' complement (RFC 1071): a
+/// correct IPv4 header checksum.
+fn sums_to_ffff(bytes: &[u8]) -> bool {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
 }
 
 fn addr(packet: &[u8], at: usize, v4: bool) -> Option<IpAddr> {

@@ -1,11 +1,12 @@
 //! test_run fixtures for `xlb_decap`, the program backends run: IP-in-IP to a local address
-//! comes out as the inner packet behind the same Ethernet header (and VLAN tag); everything
-//! else is passed untouched and counted under one reason. Then the round trip: what the
+//! comes out as the inner packet behind the same Ethernet header (and VLAN tag); tunnels to
+//! us that the kernel's tunnel code would drop are dropped; everything else is passed
+//! untouched. Each frame is counted under one reason. Then the round trip: what the
 //! balancer sends, decapsulated, is exactly what the client sent.
 
 use std::net::IpAddr;
 
-use lb_common::counters::{slot_name, Event, Pass, COUNTER_SLOTS};
+use lb_common::counters::{slot_name, Drop, Event, Pass, COUNTER_SLOTS};
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
@@ -60,7 +61,8 @@ fn frame(vlan: Option<u16>, ethertype: u16, l3: &[u8]) -> Vec<u8> {
 struct Case {
     name: &'static str,
     input: Vec<u8>,
-    /// `None`: passed untouched.
+    verdict: u32,
+    /// `None`: passed untouched (or dropped).
     output: Option<Vec<u8>>,
     /// The one counter slot that must move (by one); every other slot must stay.
     counter: u32,
@@ -70,6 +72,7 @@ fn decapsulated(name: &'static str, input: Vec<u8>, output: Vec<u8>) -> Case {
     Case {
         name,
         input,
+        verdict: XDP_PASS,
         output: Some(output),
         counter: Event::Decapsulated.slot(),
     }
@@ -79,6 +82,17 @@ fn untouched(name: &'static str, input: Vec<u8>, reason: Pass) -> Case {
     Case {
         name,
         input,
+        verdict: XDP_PASS,
+        output: None,
+        counter: reason.slot(),
+    }
+}
+
+fn dropped(name: &'static str, input: Vec<u8>, reason: Drop) -> Case {
+    Case {
+        name,
+        input,
+        verdict: XDP_DROP,
         output: None,
         counter: reason.slot(),
     }
@@ -92,15 +106,19 @@ fn run_cases(cases: Vec<Case>) {
         let out = lab.run(&c.input);
         let after = lab.counters();
         let changes = counter_deltas(&before, &after);
-        if out.verdict != XDP_PASS {
+        if out.verdict != c.verdict {
             failures.push(format!(
-                "{}: verdict {} (want XDP_PASS); counters {changes}",
-                c.name, out.verdict
+                "{}: verdict {} (want {}); counters {changes}",
+                c.name, out.verdict, c.verdict
             ));
             continue;
         }
+        // A dropped frame's bytes go nowhere: only a passed one's are compared.
         let want = c.output.as_ref().unwrap_or(&c.input);
-        if let Some(d) = xlb_tests::packet::diff_frames(want, &out.frame) {
+        let diff = (c.verdict == XDP_PASS)
+            .then(|| xlb_tests::packet::diff_frames(want, &out.frame))
+            .flatten();
+        if let Some(d) = diff {
             failures.push(format!(
                 "{}: output differs (counters {changes}):\n{d}",
                 c.name
@@ -378,6 +396,88 @@ fn decap_leaves_everything_else_alone() {
             "ip6ip6_outer_header_cut",
             truncated(&ip6ip6, len),
             Pass::Malformed,
+        ));
+    }
+    run_cases(cases);
+}
+
+/// Tunnels to us that the kernel's own tunnel code would drop are dropped, each counted
+/// under its reason; stripping them would hand the stack a packet it cannot judge.
+#[test]
+fn decap_drops_what_the_kernel_tunnel_drops() {
+    if !require_root() {
+        return;
+    }
+    let (i4, i6) = (inner4(), inner6());
+    // Outer IPv4 with `n` bytes of options (NOPs, then end of list): the checksum covers
+    // them, in every chunk size the program sums them by.
+    let with_options = |n: usize, inner: &[u8], proto| {
+        let mut options = vec![1; n];
+        options[n - 1] = 0;
+        Pkt::eth(ROUTER_MAC, HOST_MAC)
+            .ipv4(v4(LB4), v4(LOCAL4))
+            .ipv4_options(&options)
+            .protocol(proto)
+            .payload(inner)
+            .build()
+    };
+    // Outer IPv4 checksum (frame bytes 24, 25) made wrong.
+    let bad_checksum = |mut f: Vec<u8>| {
+        f[24] ^= 0x5a;
+        f
+    };
+    // One outer option byte changed, the checksum left as it was.
+    let bad_option = |mut f: Vec<u8>, at: usize| {
+        f[34 + at] = 0x94;
+        f
+    };
+    let ipip = frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4));
+    let sixin4 = frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPV6, &i6));
+    let ipip_vlan = frame(Some(42), ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4));
+    let mut ipip_vlan_bad = ipip_vlan.clone();
+    ipip_vlan_bad[28] ^= 0x01;
+    let mut cases = vec![
+        dropped(
+            "ipip_bad_outer_checksum",
+            bad_checksum(ipip.clone()),
+            Drop::TunnelBadChecksum,
+        ),
+        dropped(
+            "6in4_bad_outer_checksum",
+            bad_checksum(sixin4),
+            Drop::TunnelBadChecksum,
+        ),
+        dropped(
+            "ipip_vlan_bad_outer_checksum",
+            ipip_vlan_bad,
+            Drop::TunnelBadChecksum,
+        ),
+        // Not for us: the stack's business, checksum and all.
+        untouched(
+            "ipip_to_other_address_bad_checksum",
+            bad_checksum(frame(
+                None,
+                ETHERTYPE_IPV4,
+                &outer4("198.18.0.99", PROTO_IPIP, &i4),
+            )),
+            Pass::TunnelNotLocal,
+        ),
+    ];
+    for n in [4, 8, 12, 16, 28, 32, 36, 40] {
+        cases.push(decapsulated(
+            "ipip_outer_options_checksum_ok",
+            with_options(n, &i4, PROTO_IPIP),
+            frame(None, ETHERTYPE_IPV4, &i4),
+        ));
+        cases.push(dropped(
+            "ipip_outer_options_first_byte_changed",
+            bad_option(with_options(n, &i4, PROTO_IPIP), 0),
+            Drop::TunnelBadChecksum,
+        ));
+        cases.push(dropped(
+            "ipip_outer_options_last_word_changed",
+            bad_option(with_options(n, &i4, PROTO_IPIP), n - 2),
+            Drop::TunnelBadChecksum,
         ));
     }
     run_cases(cases);

@@ -586,6 +586,8 @@ fn moved(range: std::ops::Range<usize>, before: &[u64], after: &[u64]) -> bool {
     range.into_iter().any(|i| after[i] != before[i])
 }
 
+/// Mutated tunnel frames: stripped intact, passed untouched, or dropped under a decap
+/// reason the frame shows (`drop_reasons::check_decap`).
 #[test]
 fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
     if !require_root() {
@@ -659,7 +661,7 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
         ),
     ];
     let mut rng = Lcg(0x6465_6361_705f_6d75);
-    let (mut stripped, mut untouched) = (0usize, 0usize);
+    let (mut stripped, mut untouched, mut dropped) = (0usize, 0usize, 0usize);
     for (name, seed) in seeds {
         assert_eq!(
             ip_packet(&decap.run(&seed).frame).len(),
@@ -685,14 +687,28 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
                     counter_deltas(&before, &after)
                 )
             };
-            if o.verdict != XDP_PASS {
-                fail("decap must pass every frame");
-            }
             let total: u64 = (0..COUNTER_SLOTS as usize)
                 .map(|i| after[i] - before[i])
                 .sum();
             if total != 1 {
                 fail("not counted under exactly one reason");
+            }
+            if o.verdict == XDP_DROP {
+                dropped += 1;
+                let Some(reason) = DROPS
+                    .filter_map(|i| Drop::from_slot(i as u32))
+                    .find(|d| after[d.slot() as usize] != before[d.slot() as usize])
+                else {
+                    fail("dropped without a drop reason");
+                    continue;
+                };
+                if let Err(why) = drop_reasons::check_decap(&f, reason, &local) {
+                    fail(&why);
+                }
+                continue;
+            }
+            if o.verdict != XDP_PASS {
+                fail("decap must pass or drop every frame");
             }
             let decapsulated = after[Event::Decapsulated.slot() as usize]
                 - before[Event::Decapsulated.slot() as usize]
@@ -713,7 +729,9 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
             }
         }
     }
-    eprintln!("tunnel mutants: {stripped} decapsulated, {untouched} passed untouched");
+    eprintln!(
+        "tunnel mutants: {stripped} decapsulated, {untouched} passed untouched, {dropped} dropped"
+    );
     assert!(
         stripped > 100 && untouched > 100,
         "{stripped} / {untouched}"
@@ -721,9 +739,10 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
 }
 
 /// Whether `f` is a tunnel the decap program must strip, read on its own: an untagged or
-/// once-tagged frame with a whole, unfragmented outer IPv4 or IPv6 header (IPv6: no
-/// extension headers, the only kind judged here) to a local address, announcing IPv4 (4) or
-/// IPv6 (41), and an inner IP header of that version whole inside the outer packet.
+/// once-tagged frame with a whole, unfragmented outer IPv4 (with a correct header
+/// checksum) or IPv6 header (IPv6: no extension headers, the only kind judged here) to a
+/// local address, announcing IPv4 (4) or IPv6 (41), and an inner IP header of that version
+/// whole inside the outer packet.
 fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
     let Some(l2) = l2_len(f) else { return false };
     let Some(ip) = f.get(l2..) else { return false };
@@ -734,6 +753,9 @@ fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
             if ihl < 20 || total < ihl || total > ip.len() || fragment {
+                return false;
+            }
+            if !folds_to_zero(ones_sum(&ip[..ihl])) {
                 return false;
             }
             (ip[9], ihl, total, addr_at(ip, 16, true))
@@ -774,6 +796,13 @@ fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), Stri
         return Err(format!(
             "decapsulated a tunnel to {dst}, not a local address"
         ));
+    }
+    if outer_v4
+        && !ip
+            .get(..outer_len)
+            .is_some_and(|h| folds_to_zero(ones_sum(h)))
+    {
+        return Err("decapsulated a tunnel whose outer IPv4 header checksum is wrong".into());
     }
     let inner = input
         .get(l2 + outer_len..)

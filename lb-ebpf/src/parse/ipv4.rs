@@ -1,4 +1,5 @@
-//! IPv4, honouring IHL (options) and the total length.
+//! IPv4, honouring IHL (options) and the total length; and the header checksum, which the
+//! decap program checks.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{addr::FAMILY_V4, counters::Drop};
@@ -83,4 +84,54 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
         src: [hdr.saddr, 0, 0, 0],
         dst: [hdr.daddr, 0, 0, 0],
     })
+}
+
+/// Whether the header of the IPv4 packet `l3` (as [`ipv4`] parsed it) has a correct
+/// checksum: its 16-bit words, checksum included, add up to 0xffff (RFC 1071). Only the
+/// decap program asks: the balancer forwards the client's header untouched, and its
+/// backend's stack checks it.
+#[inline(always)]
+pub fn checksum_ok(ctx: &XdpContext, l3: &L3) -> bool {
+    let mut off = l3.l3_off();
+    let options = l3.l4_off() - off - IPV4_HLEN;
+    let mut sum = match sum_words::<{ IPV4_HLEN / 2 }>(ctx, off) {
+        Some(s) => s,
+        None => return false,
+    };
+    off += IPV4_HLEN;
+    // Options (0 to 40 bytes, in 4-byte words) in chunks of 32, 16, 8 and 4 bytes, as the
+    // bits of their length say. A loop over the words at `off + 4 * i` is what one would
+    // write, but LLVM strength-reduces its bounds check into `~off - data`, a pointer
+    // subtracted from a scalar, which the verifier refuses.
+    macro_rules! chunk {
+        ($bytes:literal) => {
+            if options & $bytes != 0 {
+                match sum_words::<{ $bytes / 2 }>(ctx, off) {
+                    Some(s) => sum += s,
+                    None => return false,
+                }
+                off += $bytes;
+            }
+        };
+    }
+    chunk!(32);
+    chunk!(16);
+    chunk!(8);
+    chunk!(4);
+    crate::csum::finish(sum) == 0
+}
+
+/// Sum of the `N` 16-bit words at the even offset `off`, read in host order: a ones'
+/// complement sum is byte-order independent (RFC 1071 section 2B), and 0xffff reads the
+/// same both ways. One bounds check for all of them; the constant `N` unrolls the loop.
+#[inline(always)]
+fn sum_words<const N: usize>(ctx: &XdpContext, off: usize) -> Option<u32> {
+    let p = ptr_at::<[u16; N]>(ctx, off)?;
+    let mut sum = 0u32;
+    for i in 0..N {
+        // SAFETY: ptr_at checked all N words lie inside the frame; `off` is even and
+        // frames start 2-byte aligned (see `crate::ptr::read_u16`).
+        sum += u32::from(unsafe { (*p)[i] });
+    }
+    Some(sum)
 }

@@ -4,7 +4,8 @@
 //! kernel has no ipip module, so without this program tunnel packets would be dropped.
 //!
 //! Everything else — and anything that does not parse — is passed untouched and counted:
-//! the program must never break the backend's own traffic.
+//! the program must never break the backend's own traffic. The only drops are tunnels to
+//! us that the kernel's own tunnel code would drop too (each under its own reason).
 #![no_std]
 #![no_main]
 
@@ -18,7 +19,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     addr::{FAMILY_V4, FAMILY_V6},
-    counters::{Event, Pass},
+    counters::{Drop, Event, Pass},
     maps::DecapAddr,
 };
 use lb_ebpf::{
@@ -27,7 +28,7 @@ use lb_ebpf::{
         eth::{ETH_HLEN, VLAN_HLEN},
         ipv4::IPV4_HLEN,
         ipv6::IPV6_HLEN,
-        ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_IPIP, IPPROTO_IPV6,
+        ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_IPIP, IPPROTO_IPV6, L2, L3,
     },
     ptr::{read, write},
     stats::{bump, stats_map, StatsMap},
@@ -41,37 +42,64 @@ static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(256, 0);
 #[map]
 static STATS: StatsMap = stats_map();
 
-#[xdp]
-pub fn xlb_decap(ctx: XdpContext) -> u32 {
-    let reason = match decap(&ctx) {
-        Ok(()) => {
-            bump(&STATS, Event::Decapsulated.slot());
-            return xdp_action::XDP_PASS;
-        }
-        Err(reason) => reason,
-    };
-    bump(&STATS, reason.slot());
-    xdp_action::XDP_PASS
+/// Why a frame was not decapsulated.
+enum Refused {
+    /// Handed to the stack untouched: not a tunnel to us, or the stack's checks decide.
+    Pass(Pass),
+    /// A tunnel to us that the kernel's tunnel code would drop as well.
+    Drop(Drop),
 }
 
-/// Strips the tunnel header, or says why the frame is left alone.
+impl From<Pass> for Refused {
+    fn from(reason: Pass) -> Self {
+        Refused::Pass(reason)
+    }
+}
+
+impl From<Drop> for Refused {
+    fn from(reason: Drop) -> Self {
+        Refused::Drop(reason)
+    }
+}
+
+#[xdp]
+pub fn xlb_decap(ctx: XdpContext) -> u32 {
+    let (slot, verdict) = match decap(&ctx) {
+        Ok(()) => (Event::Decapsulated.slot(), xdp_action::XDP_PASS),
+        Err(Refused::Pass(reason)) => (reason.slot(), xdp_action::XDP_PASS),
+        Err(Refused::Drop(reason)) => (reason.slot(), xdp_action::XDP_DROP),
+    };
+    bump(&STATS, slot);
+    verdict
+}
+
+/// Strips the tunnel header, or says why the frame is left alone or dropped.
 #[inline(always)]
-fn decap(ctx: &XdpContext) -> Result<(), Pass> {
+fn decap(ctx: &XdpContext) -> Result<(), Refused> {
+    let (l2, l3, inner_ethertype) = local_tunnel(ctx)?;
+    check_inner(ctx, &l3, inner_ethertype)?;
+    strip(ctx, &l2, &l3, inner_ethertype)
+}
+
+/// The frame's headers and its inner packet's EtherType, if it is an unfragmented tunnel
+/// to one of our addresses whose outer header is intact.
+#[inline(always)]
+fn local_tunnel(ctx: &XdpContext) -> Result<(L2, L3, u16), Refused> {
     let l2 = parse::eth(ctx).map_err(|_| Pass::Malformed)?;
     let l3 = match l2.ethertype {
         ETH_P_IP => parse::ipv4(ctx, l2.l3_off),
         ETH_P_IPV6 => parse::ipv6(ctx, l2.l3_off),
-        _ => return Err(Pass::NotTunnel),
+        _ => return Err(Pass::NotTunnel.into()),
     }
     .map_err(|_| Pass::Malformed)?;
     let inner_ethertype = match l3.proto {
         IPPROTO_IPIP => ETH_P_IP,
         IPPROTO_IPV6 => ETH_P_IPV6,
-        _ => return Err(Pass::NotTunnel),
+        _ => return Err(Pass::NotTunnel.into()),
     };
     // Fragmented tunnel packets cannot be stripped one by one; the stack drops them.
     if l3.frag != FRAG_NONE {
-        return Err(Pass::Malformed);
+        return Err(Pass::Malformed.into());
     }
     let key = DecapAddr {
         addr: l3.dst,
@@ -81,7 +109,7 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
         // A tunnel aimed at an address we do not accept usually means a balancer configured
         // with a backend address this host lacks: worth a debug line (filtered out in the
         // kernel unless `--log-level debug`), and always counted.
-        if l3.family == lb_common::addr::FAMILY_V4 {
+        if l3.family == FAMILY_V4 {
             debug!(
                 ctx,
                 "tunnel to {:i} is not for a local address",
@@ -90,9 +118,19 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
         } else {
             debug!(ctx, "IPv6 tunnel is not for a local address");
         }
-        return Err(Pass::TunnelNotLocal);
+        return Err(Pass::TunnelNotLocal.into());
     }
-    // The inner header must be what the outer one announced.
+    // Checked only here, for tunnels to us: any other frame goes to the stack untouched,
+    // and the stack checks it. Once stripped, the outer header is gone and nobody would.
+    if l3.family == FAMILY_V4 && !parse::ipv4::checksum_ok(ctx, &l3) {
+        return Err(Drop::TunnelBadChecksum.into());
+    }
+    Ok((l2, l3, inner_ethertype))
+}
+
+/// Checks that the inner packet is what the outer header announced and lies inside it.
+#[inline(always)]
+fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Refused> {
     let version = read::<[u8; 2]>(ctx, l3.l4_off()).ok_or(Pass::Malformed)?[0] >> 4;
     let want = if inner_ethertype == ETH_P_IP {
         FAMILY_V4
@@ -100,7 +138,7 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
         FAMILY_V6
     };
     if version != want {
-        return Err(Pass::Malformed);
+        return Err(Pass::Malformed.into());
     }
     // And whole inside the outer packet: bytes behind it are Ethernet padding, which the
     // stack would otherwise take for the rest of the inner packet (fixtures_mutated_frames
@@ -111,9 +149,15 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
         IPV6_HLEN
     };
     if l3.l4_off() + inner_header > l3.l3_off() + l3.l3_len() {
-        return Err(Pass::Malformed);
+        return Err(Pass::Malformed.into());
     }
+    Ok(())
+}
 
+/// Removes the outer IP header, keeping the Ethernet header (and VLAN tag) in front of the
+/// inner packet with the inner packet's EtherType.
+#[inline(always)]
+fn strip(ctx: &XdpContext, l2: &L2, l3: &L3, inner_ethertype: u16) -> Result<(), Refused> {
     let macs = read::<[u8; 12]>(ctx, 0).ok_or(Pass::Malformed)?;
     let vlan = if l2.l3_off == ETH_HLEN + VLAN_HLEN {
         read::<u32>(ctx, ETH_HLEN - 2)
@@ -123,7 +167,7 @@ fn decap(ctx: &XdpContext) -> Result<(), Pass> {
     let outer_len = l3.l4_off() - l3.l3_off();
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
-        return Err(Pass::Malformed);
+        return Err(Pass::Malformed.into());
     }
     write(ctx, 0, macs).ok_or(Pass::Malformed)?;
     let mut off = ETH_HLEN - 2;
