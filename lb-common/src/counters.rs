@@ -94,6 +94,11 @@ reasons! {
         NoSource = 19, "no_source";
         /// A program stage returned a value no stage produces (a bug; never expected).
         Internal = 20, "internal";
+        /// Decap: the inner packet's own length (IPv4 total length, IPv6 40 + payload length)
+        /// runs past the outer packet's payload. Not stripped, which would hand the stack
+        /// bytes from behind the outer packet, and dropped, as the kernel drops the inner
+        /// packet of such a tunnel as truncated.
+        TunnelInnerTooLong = 22, "tunnel_inner_too_long";
         /// Decap: a tunnel to one of our addresses whose outer IPv4 header checksum is
         /// wrong. Not stripped (its addresses and lengths cannot be trusted) and dropped,
         /// as the kernel's `ip_rcv_core` drops it.

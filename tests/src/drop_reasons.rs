@@ -238,8 +238,33 @@ pub fn check_decap(f: &[u8], reason: Drop, local: &[IpAddr]) -> Result<(), Strin
     }
     let checksum_ok = !t.v4 || sums_to_ffff(&t.packet[..t.inner_at]);
     match reason {
-        Drop::TunnelBadChecksum if checksum_ok => fail("its outer IPv4 checksum is right"),
-        Drop::TunnelBadChecksum => Ok(()),
+        Drop::TunnelBadChecksum if checksum_ok => return fail("its outer IPv4 checksum is right"),
+        Drop::TunnelBadChecksum => return Ok(()),
+        _ if !checksum_ok => return fail("its outer IPv4 checksum is wrong"),
+        _ => {}
+    }
+    // The other reasons judge the inner packet, as the outer one delimits it.
+    let payload = &t.packet[t.inner_at..];
+    let be16 = |at: usize| {
+        payload
+            .get(at..at + 2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]))
+    };
+    let (version, own_len) = if t.proto == 4 {
+        (4, be16(2).map(usize::from))
+    } else {
+        (6, be16(4).map(|l| 40 + usize::from(l)))
+    };
+    let header = if version == 4 { 20 } else { 40 };
+    let Some(own_len) = own_len.filter(|_| payload.len() >= header) else {
+        return fail("its inner header is not whole inside the outer packet");
+    };
+    if payload[0] >> 4 != version {
+        return fail("its inner packet is not the version the outer header announces");
+    }
+    match reason {
+        Drop::TunnelInnerTooLong if own_len > payload.len() => Ok(()),
+        Drop::TunnelInnerTooLong => fail("its inner packet fits the outer payload"),
         _ => fail("the decap program has no such reason"),
     }
 }
@@ -252,6 +277,8 @@ struct OuterTunnel<'a> {
     packet: &'a [u8],
     /// Where the inner packet starts in `packet` (IPv6: behind the extension headers).
     inner_at: usize,
+    /// The inner packet's protocol: 4 (IPv4) or 41 (IPv6).
+    proto: u8,
     /// Outer destination.
     dst: IpAddr,
 }
@@ -300,6 +327,7 @@ fn outer_tunnel(f: &[u8]) -> Option<OuterTunnel<'_>> {
         v4,
         packet,
         inner_at,
+        proto,
         dst,
     })
 }

@@ -463,6 +463,68 @@ fn decap_drops_what_the_kernel_tunnel_drops() {
             Pass::TunnelNotLocal,
         ),
     ];
+    // The inner packet longer than the outer one says it carries, its last `cut` bytes (and
+    // 20 more) behind the outer packet. The review's case: outer total length 60, inner 70.
+    let long_inner = |outer_v4: bool, inner: &[u8], cut: usize| {
+        let keep = &inner[..inner.len() - cut];
+        let trailer = [&inner[inner.len() - cut..], &[0xee; 20][..]].concat();
+        let (l3, ethertype) = match (outer_v4, inner[0] >> 4) {
+            (true, 4) => (outer4(LOCAL4, PROTO_IPIP, keep), ETHERTYPE_IPV4),
+            (true, _) => (outer4(LOCAL4, PROTO_IPV6, keep), ETHERTYPE_IPV4),
+            (false, 4) => (outer6(LOCAL6, PROTO_IPIP, keep), ETHERTYPE_IPV6),
+            (false, _) => (outer6(LOCAL6, PROTO_IPV6, keep), ETHERTYPE_IPV6),
+        };
+        [frame(None, ethertype, &l3), trailer].concat()
+    };
+    let i4_70 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .tcp(31337, 80)
+        .ack()
+        .payload(&[0x61; 30])
+        .build_ip();
+    assert_eq!(i4_70.len(), 70);
+    let i6_long = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::10"), v6("fd00::1:1"))
+        .udp(5353, 53)
+        .payload(&[0x61; 30])
+        .build_ip();
+    cases.extend([
+        dropped(
+            "ipip_inner_total_length_past_outer",
+            long_inner(true, &i4_70, 30),
+            Drop::TunnelInnerTooLong,
+        ),
+        dropped(
+            "ipip_inner_total_length_one_past_outer",
+            long_inner(true, &i4_70, 1),
+            Drop::TunnelInnerTooLong,
+        ),
+        dropped(
+            "6in4_inner_payload_length_past_outer",
+            long_inner(true, &i6_long, 10),
+            Drop::TunnelInnerTooLong,
+        ),
+        dropped(
+            "ip6ip6_inner_payload_length_past_outer",
+            long_inner(false, &i6_long, 10),
+            Drop::TunnelInnerTooLong,
+        ),
+        dropped(
+            "4in6_inner_total_length_past_outer",
+            long_inner(false, &i4_70, 1),
+            Drop::TunnelInnerTooLong,
+        ),
+        // Shorter is no fault: the stack trims the outer packet's bytes behind the inner one.
+        decapsulated(
+            "ipip_inner_shorter_than_outer_payload",
+            frame(
+                None,
+                ETHERTYPE_IPV4,
+                &outer4(LOCAL4, PROTO_IPIP, &[&i4[..], &[0xee; 6]].concat()),
+            ),
+            frame(None, ETHERTYPE_IPV4, &[&i4[..], &[0xee; 6]].concat()),
+        ),
+    ]);
     for n in [4, 8, 12, 16, 28, 32, 36, 40] {
         cases.push(decapsulated(
             "ipip_outer_options_checksum_ok",

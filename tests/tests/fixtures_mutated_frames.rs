@@ -742,7 +742,7 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
 /// once-tagged frame with a whole, unfragmented outer IPv4 (with a correct header
 /// checksum) or IPv6 header (IPv6: no extension headers, the only kind judged here) to a
 /// local address, announcing IPv4 (4) or IPv6 (41), and an inner IP header of that version
-/// whole inside the outer packet.
+/// whole inside the outer packet, as long as its own length says.
 fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
     let Some(l2) = l2_len(f) else { return false };
     let Some(ip) = f.get(l2..) else { return false };
@@ -774,7 +774,19 @@ fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
         PROTO_IPV6 => (6, 40),
         _ => return false,
     };
-    local.contains(&dst) && inner_at + header <= end && ip[inner_at] >> 4 == version
+    if !(local.contains(&dst) && inner_at + header <= end && ip[inner_at] >> 4 == version) {
+        return false;
+    }
+    inner_at + inner_length(&ip[inner_at..]) <= end
+}
+
+/// The length the IP packet at the start of `inner` gives itself (its header is whole).
+fn inner_length(inner: &[u8]) -> usize {
+    if inner[0] >> 4 == 4 {
+        usize::from(u16::from_be_bytes([inner[2], inner[3]]))
+    } else {
+        40 + usize::from(u16::from_be_bytes([inner[4], inner[5]]))
+    }
 }
 
 /// Checks a decapsulated frame: `input` was a tunnel to a local address, and the output is
@@ -827,6 +839,13 @@ fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), Stri
     if outer_len + inner_header > outer_total {
         return Err(format!(
             "decapsulated an outer packet of {outer_total} bytes whose inner header starts at {outer_len}: the padding completed it"
+        ));
+    }
+    if outer_len + inner_length(inner) > outer_total {
+        return Err(format!(
+            "decapsulated an inner packet of {} bytes from {} behind its outer header",
+            inner_length(inner),
+            outer_total - outer_len
         ));
     }
     let mut want = input[..l2 - 2].to_vec();

@@ -129,6 +129,7 @@ fn local_tunnel(ctx: &XdpContext) -> Result<(L2, L3, u16), Refused> {
 }
 
 /// Checks that the inner packet is what the outer header announced and lies inside it.
+/// Shorter is fine: the stack trims what the outer packet carries behind it.
 #[inline(always)]
 fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Refused> {
     let version = read::<[u8; 2]>(ctx, l3.l4_off()).ok_or(Pass::Malformed)?[0] >> 4;
@@ -148,8 +149,20 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
     } else {
         IPV6_HLEN
     };
-    if l3.l4_off() + inner_header > l3.l3_off() + l3.l3_len() {
+    let outer_end = l3.l3_off() + l3.l3_len();
+    if l3.l4_off() + inner_header > outer_end {
         return Err(Pass::Malformed.into());
+    }
+    // Its own length must fit too: the stack believes it, and would take bytes from behind
+    // the outer packet (padding, or whatever a sender put there) for the inner packet's end.
+    let (len_at, len_base) = if want == FAMILY_V4 {
+        (2, 0) // total length
+    } else {
+        (4, IPV6_HLEN) // payload length
+    };
+    let len = read::<[u8; 2]>(ctx, l3.l4_off() + len_at).ok_or(Pass::Malformed)?;
+    if l3.l4_off() + len_base + usize::from(u16::from_be_bytes(len)) > outer_end {
+        return Err(Drop::TunnelInnerTooLong.into());
     }
     Ok(())
 }
