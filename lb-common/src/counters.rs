@@ -94,6 +94,10 @@ reasons! {
         NoSource = 19, "no_source";
         /// A program stage returned a value no stage produces (a bug; never expected).
         Internal = 20, "internal";
+        /// Decap: the outer header is marked congestion experienced (CE) but the inner
+        /// packet is not ECN-capable (Not-ECT): RFC 6040 section 4.2 says drop, since its
+        /// sender would never learn of the congestion (`lb_common::ecn`).
+        TunnelCeNotEct = 21, "tunnel_ce_not_ect";
         /// Decap: the inner packet's own length (IPv4 total length, IPv6 40 + payload length)
         /// runs past the outer packet's payload. Not stripped, which would hand the stack
         /// bytes from behind the outer packet, and dropped, as the kernel drops the inner

@@ -7,6 +7,7 @@
 //! Layout:
 //! - [`addr`]: how IPv4/IPv6 addresses are stored in map keys and values.
 //! - [`counters`]: typed drop / pass / event reasons; each indexes the per-CPU `STATS` array.
+//! - [`ecn`]: the ECN field of a decapsulated packet (RFC 6040).
 //! - [`flow`]: [`flow::FlowKey`], the connection-table key (one layout for v4 and v6).
 //! - [`flow_cache`]: where the balancer's per-CPU flow cache keeps a flow.
 //! - [`hash`]: the flow hash (one source of truth for BPF and user space) and Maglev's hashes.
@@ -18,6 +19,7 @@
 
 pub mod addr;
 pub mod counters;
+pub mod ecn;
 pub mod flow;
 pub mod flow_cache;
 pub mod hash;

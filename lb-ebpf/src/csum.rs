@@ -28,3 +28,10 @@ pub fn finish(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
 }
+
+/// The checksum `check` (host order) after one 16-bit word it covers changed from `old` to
+/// `new`, by RFC 1624 equation 3 (`HC' = ~(~HC + ~m + m')`): nothing else is summed again.
+#[inline(always)]
+pub fn replace(check: u16, old: u16, new: u16) -> u16 {
+    finish(u32::from(!check) + u32::from(!old) + u32::from(new))
+}

@@ -262,9 +262,24 @@ pub fn check_decap(f: &[u8], reason: Drop, local: &[IpAddr]) -> Result<(), Strin
     if payload[0] >> 4 != version {
         return fail("its inner packet is not the version the outer header announces");
     }
+    let too_long = own_len > payload.len();
     match reason {
-        Drop::TunnelInnerTooLong if own_len > payload.len() => Ok(()),
-        Drop::TunnelInnerTooLong => fail("its inner packet fits the outer payload"),
+        Drop::TunnelInnerTooLong if too_long => return Ok(()),
+        Drop::TunnelInnerTooLong => return fail("its inner packet fits the outer payload"),
+        _ if too_long => return fail("its inner packet runs past the outer payload"),
+        _ => {}
+    }
+    // RFC 3168 ECN fields: IPv4, the TOS byte's low bits; IPv6, the traffic class's, bits 5
+    // and 4 of the second byte.
+    let inner_ecn = if version == 4 {
+        payload[1] & 0b11
+    } else {
+        (payload[1] >> 4) & 0b11
+    };
+    match reason {
+        // RFC 6040 section 4.2: CE on the outer header over a Not-ECT inner packet.
+        Drop::TunnelCeNotEct if t.ecn == 0b11 && inner_ecn == 0 => Ok(()),
+        Drop::TunnelCeNotEct => fail("it is not CE over a Not-ECT packet"),
         _ => fail("the decap program has no such reason"),
     }
 }
@@ -279,6 +294,8 @@ struct OuterTunnel<'a> {
     inner_at: usize,
     /// The inner packet's protocol: 4 (IPv4) or 41 (IPv6).
     proto: u8,
+    /// The outer ECN field.
+    ecn: u8,
     /// Outer destination.
     dst: IpAddr,
 }
@@ -328,6 +345,11 @@ fn outer_tunnel(f: &[u8]) -> Option<OuterTunnel<'_>> {
         packet,
         inner_at,
         proto,
+        ecn: if v4 {
+            packet[1] & 0b11
+        } else {
+            (packet[1] >> 4) & 0b11
+        },
         dst,
     })
 }

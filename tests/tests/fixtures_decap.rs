@@ -545,6 +545,177 @@ fn decap_drops_what_the_kernel_tunnel_drops() {
     run_cases(cases);
 }
 
+/// ECN at the tunnel exit (RFC 6040 section 4.2, as `lb_common::ecn` implements it): a
+/// congestion mark a router put on the outer header reaches the inner packet (IPv4 header
+/// checksum updated), or the packet is dropped when its sender does not do ECN; any other
+/// outer field leaves the inner packet as it is.
+#[test]
+fn decap_carries_congestion_marks_over() {
+    if !require_root() {
+        return;
+    }
+    use lb_common::ecn::{CE, ECT_0, ECT_1, NOT_ECT};
+    let i4 = |tos: u8| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+            .tos(tos)
+            .tcp(31337, 80)
+            .syn()
+            .build_ip()
+    };
+    let i6 = |tc: u8| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv6(v6("fd00::10"), v6("fd00::1:1"))
+            .traffic_class(tc)
+            .udp(5353, 53)
+            .payload(b"query")
+            .build_ip()
+    };
+    // Tunnels whose outer ECN field a router set to `outer`, over `inner`.
+    let ipip = |outer: u8, inner: &[u8]| {
+        frame(
+            None,
+            ETHERTYPE_IPV4,
+            &ipv4_outer(v4(LB4), v4(LOCAL4), PROTO_IPIP, outer, 64, 0, true, inner),
+        )
+    };
+    let sixin4 = |outer: u8, inner: &[u8]| {
+        frame(
+            None,
+            ETHERTYPE_IPV4,
+            &ipv4_outer(v4(LB4), v4(LOCAL4), PROTO_IPV6, outer, 64, 0, true, inner),
+        )
+    };
+    let ip6ip6 = |outer: u8, inner: &[u8]| {
+        frame(
+            None,
+            ETHERTYPE_IPV6,
+            &ipv6_outer(v6(LB6), v6(LOCAL6), PROTO_IPV6, outer, 0x12345, 64, inner),
+        )
+    };
+    let fourin6 = |outer: u8, inner: &[u8]| {
+        frame(
+            None,
+            ETHERTYPE_IPV6,
+            &ipv6_outer(v6(LB6), v6(LOCAL6), PROTO_IPIP, outer, 0x12345, 64, inner),
+        )
+    };
+    let out4 = |inner: &[u8]| frame(None, ETHERTYPE_IPV4, inner);
+    let out6 = |inner: &[u8]| frame(None, ETHERTYPE_IPV6, inner);
+    // DSCP EF (46) in front of the ECN field: kept as it is.
+    const EF: u8 = 46 << 2;
+    let i4_options = |tos: u8| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+            .tos(tos)
+            .ipv4_options(&[1, 1, 1, 0])
+            .tcp(31337, 80)
+            .syn()
+            .build_ip()
+    };
+    let mut cases = vec![
+        // Outer CE over an ECN-capable inner packet: the inner packet is marked CE.
+        decapsulated(
+            "ipip_outer_ce_inner_ect0",
+            ipip(CE, &i4(EF | ECT_0)),
+            out4(&i4(EF | CE)),
+        ),
+        decapsulated(
+            "ipip_outer_ce_inner_ect1",
+            ipip(CE, &i4(EF | ECT_1)),
+            out4(&i4(EF | CE)),
+        ),
+        decapsulated(
+            "ipip_inner_options_outer_ce_inner_ect0",
+            ipip(CE, &i4_options(ECT_0)),
+            out4(&i4_options(CE)),
+        ),
+        decapsulated(
+            "6in4_outer_ce_inner_ect0",
+            sixin4(CE, &i6(EF | ECT_0)),
+            out6(&i6(EF | CE)),
+        ),
+        decapsulated(
+            "ip6ip6_outer_ce_inner_ect1",
+            ip6ip6(EF | CE, &i6(EF | ECT_1)),
+            out6(&i6(EF | CE)),
+        ),
+        decapsulated(
+            "ip6ip6_outer_ce_inner_ect0",
+            ip6ip6(CE, &i6(0xfc | ECT_0)), // every DSCP bit set
+            out6(&i6(0xff)),
+        ),
+        decapsulated(
+            "4in6_outer_ce_inner_ect1",
+            fourin6(CE, &i4(EF | ECT_1)),
+            out4(&i4(EF | CE)),
+        ),
+        decapsulated(
+            "ipip_vlan_outer_ce_inner_ect0",
+            frame(
+                Some(42),
+                ETHERTYPE_IPV4,
+                &ipv4_outer(v4(LB4), v4(LOCAL4), PROTO_IPIP, CE, 64, 0, true, &i4(ECT_0)),
+            ),
+            frame(Some(42), ETHERTYPE_IPV4, &i4(CE)),
+        ),
+        // Already CE: stays CE.
+        decapsulated("ipip_outer_ce_inner_ce", ipip(CE, &i4(CE)), out4(&i4(CE))),
+        decapsulated(
+            "ip6ip6_outer_ce_inner_ce",
+            ip6ip6(CE, &i6(CE)),
+            out6(&i6(CE)),
+        ),
+        // Outer CE over a sender that does not do ECN: dropped.
+        dropped(
+            "ipip_outer_ce_inner_not_ect",
+            ipip(CE, &i4(EF | NOT_ECT)),
+            Drop::TunnelCeNotEct,
+        ),
+        dropped(
+            "6in4_outer_ce_inner_not_ect",
+            sixin4(CE, &i6(NOT_ECT)),
+            Drop::TunnelCeNotEct,
+        ),
+        dropped(
+            "ip6ip6_outer_ce_inner_not_ect",
+            ip6ip6(EF | CE, &i6(EF)),
+            Drop::TunnelCeNotEct,
+        ),
+        dropped(
+            "4in6_outer_ce_inner_not_ect",
+            fourin6(CE, &i4(NOT_ECT)),
+            Drop::TunnelCeNotEct,
+        ),
+    ];
+    // Any other outer field: the inner packet as it came, whatever its own field.
+    for outer in [NOT_ECT, ECT_0, ECT_1] {
+        for inner in [NOT_ECT, ECT_0, ECT_1, CE] {
+            cases.push(decapsulated(
+                "ipip_outer_not_ce_inner_unchanged",
+                ipip(EF | outer, &i4(inner)),
+                out4(&i4(inner)),
+            ));
+            cases.push(decapsulated(
+                "ip6ip6_outer_not_ce_inner_unchanged",
+                ip6ip6(outer, &i6(EF | inner)),
+                out6(&i6(EF | inner)),
+            ));
+        }
+    }
+    // The incremental IPv4 checksum update, over every DSCP (carries included).
+    for dscp in 0..64u8 {
+        for ect in [ECT_0, ECT_1] {
+            cases.push(decapsulated(
+                "ipip_outer_ce_every_dscp",
+                ipip(CE, &i4(dscp << 2 | ect)),
+                out4(&i4(dscp << 2 | CE)),
+            ));
+        }
+    }
+    run_cases(cases);
+}
+
 /// The balancer's output, fed to the decap program on the backend, is exactly the client's
 /// IP packet behind the balancer's Ethernet header, for every tunnel kind.
 #[test]

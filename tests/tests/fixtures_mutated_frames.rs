@@ -191,6 +191,14 @@ fn folds_to_zero(mut sum: u32) -> bool {
     sum == 0xffff
 }
 
+/// A ones' complement sum folded to 16 bits.
+fn fold(mut sum: u32) -> u32 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
 fn addr_at(ip: &[u8], off: usize, v4: bool) -> IpAddr {
     if v4 {
         let b: [u8; 4] = ip[off..off + 4].try_into().expect("4 bytes");
@@ -605,6 +613,18 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
         .tcp(31337, 80)
         .syn()
         .build_ip();
+    let ect4 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(CLIENT4), v4(VIP4))
+        .tos(2)
+        .tcp(31337, 80)
+        .syn()
+        .build_ip();
+    let ect6 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6(CLIENT6), v6(VIP6))
+        .traffic_class(1)
+        .tcp(31337, 80)
+        .syn()
+        .build_ip();
     let tun4 =
         |inner: &[u8], proto| ipv4_outer(v4(LB4), v4("198.18.0.11"), proto, 0, 64, 0, true, inner);
     let tun6 = |inner: &[u8], proto| ipv6_outer(v6(LB6), v6("fd00::11"), proto, 0, 7, 64, inner);
@@ -657,6 +677,36 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
                 Some(7),
                 ETHERTYPE_IPV4,
                 &tun4(&inner4, PROTO_IPIP),
+            ),
+        ),
+        // ECN-capable inner packets whose tunnel a router marked CE: stripped and marked.
+        (
+            "ipip, outer CE",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &ipv4_outer(
+                    v4(LB4),
+                    v4("198.18.0.11"),
+                    PROTO_IPIP,
+                    3,
+                    64,
+                    0,
+                    true,
+                    &ect4,
+                ),
+            ),
+        ),
+        (
+            "ip6ip6, outer CE",
+            eth_frame(
+                NEXTHOP_MAC,
+                LB_MAC,
+                None,
+                ETHERTYPE_IPV6,
+                &ipv6_outer(v6(LB6), v6("fd00::11"), PROTO_IPV6, 3, 7, 64, &ect6),
             ),
         ),
     ];
@@ -742,7 +792,8 @@ fn mutated_tunnel_frames_are_decapsulated_intact_or_passed_untouched() {
 /// once-tagged frame with a whole, unfragmented outer IPv4 (with a correct header
 /// checksum) or IPv6 header (IPv6: no extension headers, the only kind judged here) to a
 /// local address, announcing IPv4 (4) or IPv6 (41), and an inner IP header of that version
-/// whole inside the outer packet, as long as its own length says.
+/// whole inside the outer packet, as long as its own length says, and no CE mark on the
+/// outer header over a Not-ECT inner packet (RFC 6040 drops that).
 fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
     let Some(l2) = l2_len(f) else { return false };
     let Some(ip) = f.get(l2..) else { return false };
@@ -777,7 +828,18 @@ fn is_valid_local_tunnel(f: &[u8], local: &[IpAddr]) -> bool {
     if !(local.contains(&dst) && inner_at + header <= end && ip[inner_at] >> 4 == version) {
         return false;
     }
-    inner_at + inner_length(&ip[inner_at..]) <= end
+    let (outer_ecn, inner_ecn) = (ecn_field(ip), ecn_field(&ip[inner_at..]));
+    inner_at + inner_length(&ip[inner_at..]) <= end && !(outer_ecn == 3 && inner_ecn == 0)
+}
+
+/// The ECN field of the IP header at the start of `ip`: the TOS byte's two low bits in
+/// IPv4, the traffic class's (bits 5 and 4 of the second byte) in IPv6.
+fn ecn_field(ip: &[u8]) -> u8 {
+    if ip[0] >> 4 == 4 {
+        ip[1] & 3
+    } else {
+        (ip[1] >> 4) & 3
+    }
 }
 
 /// The length the IP packet at the start of `inner` gives itself (its header is whole).
@@ -851,6 +913,26 @@ fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), Stri
     let mut want = input[..l2 - 2].to_vec();
     want.extend(want_type.to_be_bytes());
     want.extend(inner);
+    // RFC 6040 section 4.2: a CE mark on the outer header goes to an ECN-capable inner
+    // packet; the IPv4 checksum then changes by what the TOS byte did, so the ones'
+    // complement sum of the words around both (the first 12 bytes) stays what it was.
+    let inner_ecn = ecn_field(inner);
+    if ecn_field(ip) == 3 && inner_ecn != 3 {
+        if inner_ecn == 0 {
+            return Err("decapsulated a tunnel marked CE over a Not-ECT packet".into());
+        }
+        let shift = if want_type == ETHERTYPE_IPV4 { 0 } else { 4 };
+        want[l2 + 1] |= 3 << shift;
+        if want_type == ETHERTYPE_IPV4 {
+            let check = out
+                .get(l2 + 10..l2 + 12)
+                .ok_or("output cut in the inner header")?;
+            want[l2 + 10..l2 + 12].copy_from_slice(check);
+            if fold(ones_sum(&inner[..12])) != fold(ones_sum(&out[l2..l2 + 12])) {
+                return Err("marked the inner IPv4 header CE without fixing its checksum".into());
+            }
+        }
+    }
     if out != want {
         return Err(format!(
             "decapsulated frame differs: {}",

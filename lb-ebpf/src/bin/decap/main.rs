@@ -20,9 +20,11 @@ use aya_log_ebpf::debug;
 use lb_common::{
     addr::{FAMILY_V4, FAMILY_V6},
     counters::{Drop, Event, Pass},
+    ecn::{self, ECN_MASK},
     maps::DecapAddr,
 };
 use lb_ebpf::{
+    csum,
     parse::{
         self,
         eth::{ETH_HLEN, VLAN_HLEN},
@@ -78,6 +80,10 @@ pub fn xlb_decap(ctx: XdpContext) -> u32 {
 fn decap(ctx: &XdpContext) -> Result<(), Refused> {
     let (l2, l3, inner_ethertype) = local_tunnel(ctx)?;
     check_inner(ctx, &l3, inner_ethertype)?;
+    // Before the strip, where the drop can still leave the frame as it came. After the
+    // inner header is rewritten nothing refuses a frame but a failed head adjustment, which
+    // cannot fail when shrinking the frame by a header it holds.
+    propagate_ecn(ctx, &l3, inner_ethertype == ETH_P_IP)?;
     strip(ctx, &l2, &l3, inner_ethertype)
 }
 
@@ -164,6 +170,40 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
     if l3.l4_off() + len_base + usize::from(u16::from_be_bytes(len)) > outer_end {
         return Err(Drop::TunnelInnerTooLong.into());
     }
+    Ok(())
+}
+
+/// Carries congestion marked on the outer header over to the inner packet (RFC 6040
+/// section 4.2; the rows implemented are listed at `lb_common::ecn::decapsulate`): routers
+/// between the balancer and us mark the header they see, which is the one we remove.
+#[inline(always)]
+fn propagate_ecn(ctx: &XdpContext, l3: &L3, inner_v4: bool) -> Result<(), Refused> {
+    let at = l3.l4_off();
+    let head = read::<[u8; 2]>(ctx, at).ok_or(Pass::Malformed)?;
+    // The ECN field: IPv4, the low bits of the TOS byte (the second); IPv6, the low bits of
+    // the traffic class, which straddles the first two bytes: bits 5 and 4 of the second.
+    let shift = if inner_v4 { 0 } else { 4 };
+    let inner = (head[1] >> shift) & ECN_MASK;
+    let marked = ecn::decapsulate(l3.tos, inner).ok_or(Drop::TunnelCeNotEct)?;
+    if marked == inner {
+        return Ok(());
+    }
+    let new_head = [
+        head[0],
+        (head[1] & !(ECN_MASK << shift)) | (marked << shift),
+    ];
+    if inner_v4 {
+        // Read before anything is written, so that a frame is never left half-changed.
+        let check = read::<[u8; 2]>(ctx, at + 10).ok_or(Pass::Malformed)?;
+        // RFC 1624: the checksum follows the one 16-bit word that changed.
+        let check = csum::replace(
+            u16::from_be_bytes(check),
+            u16::from_be_bytes(head),
+            u16::from_be_bytes(new_head),
+        );
+        write(ctx, at + 10, check.to_be_bytes()).ok_or(Pass::Malformed)?;
+    }
+    write(ctx, at, new_head).ok_or(Pass::Malformed)?;
     Ok(())
 }
 
