@@ -16,17 +16,19 @@ pub const CE: u8 = 0b11;
 /// The inner packet's ECN field after decapsulation, given the outer and inner TOS bytes /
 /// traffic classes (or just their ECN fields); `None`: drop the packet.
 ///
-/// Implemented rows of RFC 6040's table (Figure 4, section 4.2): an outer CE marks an
+/// RFC 6040's table (Figure 4, section 4.2), every row as written: an outer CE marks an
 /// ECN-capable inner packet CE, and drops a Not-ECT one (its sender would never see the
-/// congestion a router signalled); an outer Not-ECT or ECT(0) leaves the inner field as it
-/// is. One cell is not implemented: inner ECT(0) under an outer ECT(1) stays ECT(0) (the
-/// table says ECT(1)), as in Linux's `INET_ECN_decapsulate`. The table's "(!!!)" cells
-/// (outer ECT under inner Not-ECT, outer ECT(1) over inner CE) keep the inner field, as
-/// the table says; the RFC's optional logging of them is not done.
+/// congestion a router signalled); an outer ECT(1) over an inner ECT(0) makes it ECT(1)
+/// (the second severity level of congestion the RFC carries across tunnels, for PCN; Linux's
+/// `INET_ECN_decapsulate` leaves it ECT(0)); any other outer field leaves the inner one as
+/// it is. The table's "(!!!)" cells (outer ECT under inner Not-ECT, outer ECT(1) over inner
+/// CE) keep the inner field, as the table says; the RFC's optional logging of them is not
+/// done.
 pub const fn decapsulate(outer: u8, inner: u8) -> Option<u8> {
     match (outer & ECN_MASK, inner & ECN_MASK) {
         (CE, NOT_ECT) => None,
         (CE, _) => Some(CE),
+        (ECT_1, ECT_0) => Some(ECT_1),
         (_, inner) => Some(inner),
     }
 }
@@ -38,16 +40,10 @@ mod tests {
     const CODEPOINTS: [u8; 4] = [NOT_ECT, ECT_0, ECT_1, CE];
 
     /// RFC 6040 Figure 4: rows are the arriving inner field, columns the arriving outer
-    /// field, both in `CODEPOINTS` order; `None` is `<drop>`. The one cell that differs
-    /// from the RFC (inner ECT(0), outer ECT(1): RFC ECT(1)) is marked.
+    /// field, both in `CODEPOINTS` order; `None` is `<drop>`.
     const TABLE: [[Option<u8>; 4]; 4] = [
         [Some(NOT_ECT), Some(NOT_ECT), Some(NOT_ECT), None],
-        [
-            Some(ECT_0),
-            Some(ECT_0),
-            Some(ECT_0), /* RFC: ECT(1) */
-            Some(CE),
-        ],
+        [Some(ECT_0), Some(ECT_0), Some(ECT_1), Some(CE)],
         [Some(ECT_1), Some(ECT_1), Some(ECT_1), Some(CE)],
         [Some(CE), Some(CE), Some(CE), Some(CE)],
     ];

@@ -547,8 +547,9 @@ fn decap_drops_what_the_kernel_tunnel_drops() {
 
 /// ECN at the tunnel exit (RFC 6040 section 4.2, as `lb_common::ecn` implements it): a
 /// congestion mark a router put on the outer header reaches the inner packet (IPv4 header
-/// checksum updated), or the packet is dropped when its sender does not do ECN; any other
-/// outer field leaves the inner packet as it is.
+/// checksum updated), or the packet is dropped when its sender does not do ECN; an outer
+/// ECT(1) turns an inner ECT(0) into ECT(1); any other outer field leaves the inner packet
+/// as it is.
 #[test]
 fn decap_carries_congestion_marks_over() {
     if !require_root() {
@@ -688,9 +689,30 @@ fn decap_carries_congestion_marks_over() {
             Drop::TunnelCeNotEct,
         ),
     ];
+    // Outer ECT(1) over inner ECT(0): ECT(1), the table's second congestion level.
+    cases.extend([
+        decapsulated(
+            "ipip_outer_ect1_inner_ect0",
+            ipip(ECT_1, &i4(EF | ECT_0)),
+            out4(&i4(EF | ECT_1)),
+        ),
+        decapsulated(
+            "ip6ip6_outer_ect1_inner_ect0",
+            ip6ip6(ECT_1, &i6(EF | ECT_0)),
+            out6(&i6(EF | ECT_1)),
+        ),
+        decapsulated(
+            "4in6_outer_ect1_inner_ect0",
+            fourin6(ECT_1, &i4(ECT_0)),
+            out4(&i4(ECT_1)),
+        ),
+    ]);
     // Any other outer field: the inner packet as it came, whatever its own field.
     for outer in [NOT_ECT, ECT_0, ECT_1] {
         for inner in [NOT_ECT, ECT_0, ECT_1, CE] {
+            if (outer, inner) == (ECT_1, ECT_0) {
+                continue;
+            }
             cases.push(decapsulated(
                 "ipip_outer_not_ce_inner_unchanged",
                 ipip(EF | outer, &i4(inner)),

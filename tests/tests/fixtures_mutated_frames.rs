@@ -914,22 +914,28 @@ fn check_stripped(input: &[u8], out: &[u8], local: &[IpAddr]) -> Result<(), Stri
     want.extend(want_type.to_be_bytes());
     want.extend(inner);
     // RFC 6040 section 4.2: a CE mark on the outer header goes to an ECN-capable inner
-    // packet; the IPv4 checksum then changes by what the TOS byte did, so the ones'
-    // complement sum of the words around both (the first 12 bytes) stays what it was.
-    let inner_ecn = ecn_field(inner);
-    if ecn_field(ip) == 3 && inner_ecn != 3 {
-        if inner_ecn == 0 {
-            return Err("decapsulated a tunnel marked CE over a Not-ECT packet".into());
-        }
+    // packet, an outer ECT(1) to an inner ECT(0); the IPv4 checksum then changes by what
+    // the TOS byte did, so the ones' complement sum of the words around both (the first
+    // 12 bytes) stays what it was.
+    let (outer_ecn, inner_ecn) = (ecn_field(ip), ecn_field(inner));
+    if outer_ecn == 3 && inner_ecn == 0 {
+        return Err("decapsulated a tunnel marked CE over a Not-ECT packet".into());
+    }
+    let marked = match (outer_ecn, inner_ecn) {
+        (3, _) => 3,
+        (1, 2) => 1,
+        (_, inner) => inner,
+    };
+    if marked != inner_ecn {
         let shift = if want_type == ETHERTYPE_IPV4 { 0 } else { 4 };
-        want[l2 + 1] |= 3 << shift;
+        want[l2 + 1] = (want[l2 + 1] & !(3 << shift)) | (marked << shift);
         if want_type == ETHERTYPE_IPV4 {
             let check = out
                 .get(l2 + 10..l2 + 12)
                 .ok_or("output cut in the inner header")?;
             want[l2 + 10..l2 + 12].copy_from_slice(check);
             if fold(ones_sum(&inner[..12])) != fold(ones_sum(&out[l2..l2 + 12])) {
-                return Err("marked the inner IPv4 header CE without fixing its checksum".into());
+                return Err("changed the inner IPv4 ECN field without fixing its checksum".into());
             }
         }
     }

@@ -174,8 +174,8 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
 }
 
 /// Carries congestion marked on the outer header over to the inner packet (RFC 6040
-/// section 4.2; the rows implemented are listed at `lb_common::ecn::decapsulate`): routers
-/// between the balancer and us mark the header they see, which is the one we remove.
+/// section 4.2, the table at `lb_common::ecn::decapsulate`): routers between the balancer
+/// and us mark the header they see, which is the one we remove.
 #[inline(always)]
 fn propagate_ecn(ctx: &XdpContext, l3: &L3, inner_v4: bool) -> Result<(), Refused> {
     let at = l3.l4_off();
