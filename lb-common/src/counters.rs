@@ -107,6 +107,10 @@ reasons! {
         /// wrong. Not stripped (its addresses and lengths cannot be trusted) and dropped,
         /// as the kernel's `ip_rcv_core` drops it.
         TunnelBadChecksum = 23, "tunnel_bad_checksum";
+        /// Encapsulated packet would exceed the MTU, and its source is no unicast address
+        /// an ICMP error may go to (unspecified, loopback, multicast, broadcast, reserved:
+        /// RFC 1812 section 4.3.2.7, RFC 4443 section 2.4 (e)), so it is not told.
+        TooBigNotUnicast = 24, "too_big_not_unicast";
     }
 }
 

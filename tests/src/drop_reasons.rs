@@ -142,6 +142,7 @@ pub fn check(f: &[u8], reason: Drop, services: &Services) -> Result<(), String> 
                 proto,
                 at,
                 fragment,
+                ..
             } => (proto, at, fragment),
         }
     };
@@ -186,6 +187,20 @@ pub fn check(f: &[u8], reason: Drop, services: &Services) -> Result<(), String> 
                 fail("it fits once tunnelled, or may be answered with ICMP")
             }
         }
+        Drop::TooBigNotUnicast => {
+            let df = !v4 || packet[6] & 0x40 != 0;
+            // The smallest tunnel (20 bytes) for IPv6: a necessary condition whatever the
+            // backend's family.
+            let overhead = if v4 { services.v4_overhead } else { 20 };
+            let src = addr(packet, if v4 { 12 } else { 8 }, v4);
+            if !df || packet.len() + overhead <= services.mtu {
+                fail("it fits once tunnelled, or its sender does no path MTU discovery")
+            } else if src.is_some_and(unicast) {
+                fail("its source is a unicast address")
+            } else {
+                Ok(())
+            }
+        }
         Drop::IcmpTruncated | Drop::IcmpNotForVip => {
             let icmp = if v4 { PROTO_ICMP } else { PROTO_ICMPV6 };
             if proto != icmp {
@@ -211,13 +226,13 @@ pub fn check(f: &[u8], reason: Drop, services: &Services) -> Result<(), String> 
                         .iter()
                         .any(|&(a, p, t)| a == src && t == proto && sport.is_none_or(|s| s == p))
             };
-            let cut = q.header.is_none() || q.sport.is_none();
+            let cut = !q.unreadable && (q.header.is_none() || q.sport.is_none());
             match reason {
                 Drop::IcmpTruncated if cut => Ok(()),
-                Drop::IcmpTruncated => {
-                    fail("the error and the start of the packet it quotes are whole")
-                }
-                _ if q.header.is_some_and(foreign) => Ok(()),
+                Drop::IcmpTruncated => fail(
+                    "the error and the start of the packet it quotes are whole, or it cannot be read to its ports",
+                ),
+                _ if q.unreadable || q.header.is_some_and(foreign) => Ok(()),
                 _ => fail("it quotes a packet from a VIP service, or one cut short"),
             }
         }
@@ -326,6 +341,7 @@ fn outer_tunnel(f: &[u8]) -> Option<OuterTunnel<'_>> {
                     proto,
                     at,
                     fragment: false,
+                    ..
                 } => (false, packet, proto, at),
                 _ => return None,
             }
@@ -367,7 +383,8 @@ fn sums_to_ffff(bytes: &[u8]) -> bool {
     sum == 0xffff
 }
 
-fn addr(packet: &[u8], at: usize, v4: bool) -> Option<IpAddr> {
+/// The address at `at` of `packet`, if it is there.
+pub fn addr(packet: &[u8], at: usize, v4: bool) -> Option<IpAddr> {
     if v4 {
         let b: [u8; 4] = packet.get(at..at + 4)?.try_into().ok()?;
         Some(IpAddr::from(b))
@@ -391,6 +408,8 @@ pub enum Walk {
         at: usize,
         /// A fragment header with an offset or more fragments on the way.
         fragment: bool,
+        /// A fragment header with an offset: no transport header follows.
+        later_fragment: bool,
     },
 }
 
@@ -400,6 +419,7 @@ pub fn walk_v6(packet: &[u8]) -> Walk {
     let mut next = packet[6];
     let mut at = 40;
     let mut fragment = false;
+    let mut later_fragment = false;
     for _ in 0..MAX_EXT {
         if !matches!(
             next,
@@ -409,6 +429,7 @@ pub fn walk_v6(packet: &[u8]) -> Walk {
                 proto: next,
                 at,
                 fragment,
+                later_fragment,
             };
         }
         let Some(&[nh, len]) = packet
@@ -429,6 +450,7 @@ pub fn walk_v6(packet: &[u8]) -> Walk {
                 };
                 // Offset (13 bits) or more-fragments: a real fragment; neither: atomic.
                 fragment |= u16::from_be_bytes([hi, lo]) & 0xfff9 != 0;
+                later_fragment |= u16::from_be_bytes([hi, lo]) & 0xfff8 != 0;
                 8
             }
             _ => (usize::from(len) + 1) * 8,
@@ -449,6 +471,7 @@ pub fn walk_v6(packet: &[u8]) -> Walk {
             proto: next,
             at,
             fragment,
+            later_fragment,
         }
     }
 }
@@ -460,12 +483,31 @@ struct Quoted {
     /// Its source port, if both ports are there (the flow is the client's, whose port is
     /// the quoted destination).
     sport: Option<u16>,
+    /// Whole, but with no ports to find: a later fragment, or more extension headers than
+    /// the balancer walks.
+    unreadable: bool,
+}
+
+/// Whether `a` may be sent an ICMP error (RFC 1812 section 4.3.2.7, RFC 4443 section 2.4).
+pub fn unicast(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(a) => {
+            let first = a.octets()[0];
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || first == 0
+                || first >= 240)
+        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+    }
 }
 
 fn quoted(icmp: &[u8], v4: bool) -> Quoted {
     let none = Quoted {
         header: None,
         sport: None,
+        unreadable: false,
     };
     let Some(q) = icmp.get(8..) else { return none };
     let (hlen, proto, src) = if v4 {
@@ -479,9 +521,24 @@ fn quoted(icmp: &[u8], v4: bool) -> Quoted {
         if q.len() < 40 {
             return none;
         }
-        (40, q[6], addr(q, 8, false))
+        // The quote's extension headers, as far as the error's end (quotes are cut).
+        match walk_v6(q) {
+            Walk::Truncated => return none,
+            Walk::TooLong
+            | Walk::Transport {
+                later_fragment: true,
+                ..
+            } => {
+                return Quoted {
+                    unreadable: true,
+                    ..none
+                }
+            }
+            Walk::Transport { proto, at, .. } => (at, proto, addr(q, 8, false)),
+        }
     };
     Quoted {
+        unreadable: false,
         header: src.map(|a| (a, proto)),
         sport: q
             .get(hlen..hlen + 4)

@@ -335,3 +335,264 @@ fn icmp_fixtures() {
         },
     ]);
 }
+
+/// Too-big answers quote the offending packet's headers and 8 bytes behind them even when
+/// options or extension headers push that past 64 bytes (the sender's stack needs them to
+/// find the socket), and go to unicast sources only.
+#[test]
+fn too_big_quotes_and_sources() {
+    if !require_root() {
+        return;
+    }
+    // 40 bytes of IPv4 options (NOPs): 60 + 8 = 68 bytes, quoted as 72.
+    let opts4 = v4_client()
+        .ipv4_options(&[1; 40])
+        .tcp(6010, 80)
+        .ack()
+        .payload(&[7; 1440])
+        .build();
+    let need_opts4 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .icmp_frag_needed(1480, &ip_packet(&opts4)[..72])
+        .build();
+    // A 24-byte destination options header (one PadN): 64 + 8 = 72 bytes quoted.
+    let mut pad_n = vec![1, 20];
+    pad_n.resize(22, 0);
+    let ext6 = v6_client()
+        .ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
+        .tcp(6011, 80)
+        .ack()
+        .payload(&[7; 1440])
+        .build();
+    let need_ext6 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+        .icmpv6_packet_too_big(1460, &ip_packet(&ext6)[..72])
+        .build();
+    // Three of them: 40 + 3 × 24 + 8 = 120 bytes.
+    let ext6_3 = v6_client()
+        .ipv6_ext(ExtHeader::HopByHop(pad_n.clone()))
+        .ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
+        .ipv6_ext(ExtHeader::DestOpts(pad_n))
+        .tcp(6012, 80)
+        .ack()
+        .payload(&[7; 1440])
+        .build();
+    let need_ext6_3 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+        .icmpv6_packet_too_big(1460, &ip_packet(&ext6_3)[..120])
+        .build();
+    let sent = Event::IcmpTooBigSent.slot();
+    let mut fixtures = vec![
+        Fixture {
+            name: "v4_too_big_with_options_quotes_their_ports",
+            config: CFG.into(),
+            steps: vec![step(opts4, XDP_TX, Expect::Frame(need_opts4), &[(sent, 1)])],
+        },
+        Fixture {
+            name: "v6_too_big_with_an_extension_header_quotes_its_ports",
+            config: CFG.into(),
+            steps: vec![step(ext6, XDP_TX, Expect::Frame(need_ext6), &[(sent, 1)])],
+        },
+        Fixture {
+            name: "v6_too_big_with_three_extension_headers_quotes_their_ports",
+            config: CFG.into(),
+            steps: vec![step(
+                ext6_3,
+                XDP_TX,
+                Expect::Frame(need_ext6_3),
+                &[(sent, 1)],
+            )],
+        },
+    ];
+    // Sources no ICMP error may go to: counted, never answered.
+    let not_unicast4: [(&'static str, &str); 5] = [
+        ("v4_too_big_from_this_network_not_answered", "0.0.0.0"),
+        ("v4_too_big_from_loopback_not_answered", "127.0.0.1"),
+        ("v4_too_big_from_multicast_not_answered", "224.0.0.5"),
+        ("v4_too_big_from_reserved_not_answered", "240.0.0.1"),
+        ("v4_too_big_from_broadcast_not_answered", "255.255.255.255"),
+    ];
+    for (name, src) in not_unicast4 {
+        let big = Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4(src), v4("198.18.1.1"))
+            .tcp(6020, 80)
+            .ack()
+            .payload(&[7; 1460])
+            .build();
+        fixtures.push(Fixture {
+            name,
+            config: CFG.into(),
+            steps: vec![step(
+                big,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::TooBigNotUnicast.slot(), 1), (sent, 0)],
+            )],
+        });
+    }
+    let not_unicast6: [(&'static str, &str); 3] = [
+        ("v6_too_big_from_unspecified_not_answered", "::"),
+        ("v6_too_big_from_loopback_not_answered", "::1"),
+        ("v6_too_big_from_multicast_not_answered", "ff02::1"),
+    ];
+    for (name, src) in not_unicast6 {
+        let big = Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv6(v6(src), v6("fd00:1::1"))
+            .tcp(6021, 80)
+            .ack()
+            .payload(&[7; 1440])
+            .build();
+        fixtures.push(Fixture {
+            name,
+            config: CFG.into(),
+            steps: vec![step(
+                big,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::TooBigNotUnicast.slot(), 1), (sent, 0)],
+            )],
+        });
+    }
+    // The edges of those ranges are unicast and answered.
+    let edge = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("223.255.255.254"), v4("198.18.1.1"))
+        .tcp(6022, 80)
+        .ack()
+        .payload(&[7; 1460])
+        .build();
+    let edge_answer = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("223.255.255.254"))
+        .icmp_frag_needed(1480, &ip_packet(&edge)[..64])
+        .build();
+    let edge6 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("::2"), v6("fd00:1::1"))
+        .tcp(6023, 80)
+        .ack()
+        .payload(&[7; 1440])
+        .build();
+    let edge6_answer = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00:1::1"), v6("::2"))
+        .icmpv6_packet_too_big(1460, &ip_packet(&edge6)[..64])
+        .build();
+    fixtures.push(Fixture {
+        name: "too_big_from_the_edges_of_those_ranges_answered",
+        config: CFG.into(),
+        steps: vec![
+            step(edge, XDP_TX, Expect::Frame(edge_answer), &[(sent, 1)]),
+            step(edge6, XDP_TX, Expect::Frame(edge6_answer), &[(sent, 1)]),
+        ],
+    });
+    run_all(fixtures);
+}
+
+/// ICMPv6 errors about a reply with extension headers (a backend's fragmented UDP reply
+/// has one) are routed by the ports behind them.
+#[test]
+fn icmpv6_errors_quoting_extension_headers() {
+    if !require_root() {
+        return;
+    }
+    let mut pad_n = vec![1, 20];
+    pad_n.resize(22, 0);
+    let reply = |sport: u16| {
+        Pkt::eth(LB_MAC, CLIENT_MAC)
+            .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+            .tcp(80, sport)
+    };
+    let ptb = |quoted: &[u8]| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv6(v6("fd00::1"), v6("fd00:1::1"))
+            .icmpv6_packet_too_big(1400, quoted)
+            .build()
+    };
+    let with_opts = reply(6030)
+        .ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
+        .ack()
+        .payload(&[0; 32])
+        .build();
+    let about_opts = ptb(&ip_packet(&with_opts)[..96]);
+    let first_fragment = reply(6031)
+        .fragment(0, true)
+        .ack()
+        .payload(&[0; 32])
+        .build();
+    let about_first = ptb(&ip_packet(&first_fragment)[..80]);
+    let later_fragment = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+        .fragment(100, false)
+        .protocol(TCP)
+        .payload(&[0; 32])
+        .build();
+    let about_later = ptb(&ip_packet(&later_fragment)[..80]);
+    // Cut inside the options header: its ports are not there.
+    let about_cut = ptb(&ip_packet(&with_opts)[..56]);
+    let mut long = reply(6032);
+    for _ in 0..lb_common::maps::MAX_IPV6_EXT_HEADERS + 1 {
+        long = long.ipv6_ext(ExtHeader::DestOpts(vec![]));
+    }
+    let long = long.ack().build();
+    let about_long = ptb(ip_packet(&long));
+    let fwd = Event::IcmpForwarded.slot();
+    run_all(vec![
+        Fixture {
+            name: "v6_error_quoting_destination_options_goes_to_the_flows_backend",
+            config: CFG.into(),
+            steps: vec![step(
+                about_opts.clone(),
+                XDP_TX,
+                Expect::Frame(encapsulated(
+                    &about_opts,
+                    lb6(),
+                    "fd00::11".parse().unwrap(),
+                    hash_of("fd00::10", 6030, "fd00:1::1", 80),
+                )),
+                &[(fwd, 1)],
+            )],
+        },
+        Fixture {
+            name: "v6_error_quoting_a_first_fragment_goes_to_the_flows_backend",
+            config: CFG.into(),
+            steps: vec![step(
+                about_first.clone(),
+                XDP_TX,
+                Expect::Frame(encapsulated(
+                    &about_first,
+                    lb6(),
+                    "fd00::11".parse().unwrap(),
+                    hash_of("fd00::10", 6031, "fd00:1::1", 80),
+                )),
+                &[(fwd, 1)],
+            )],
+        },
+        Fixture {
+            name: "v6_error_quoting_a_later_fragment_drops",
+            config: CFG.into(),
+            steps: vec![step(
+                about_later,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::IcmpNotForVip.slot(), 1), (fwd, 0)],
+            )],
+        },
+        Fixture {
+            name: "v6_error_quoting_a_cut_extension_header_drops",
+            config: CFG.into(),
+            steps: vec![step(
+                about_cut,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::IcmpTruncated.slot(), 1), (fwd, 0)],
+            )],
+        },
+        Fixture {
+            name: "v6_error_quoting_too_long_an_extension_chain_drops",
+            config: CFG.into(),
+            steps: vec![step(
+                about_long,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::IcmpNotForVip.slot(), 1), (fwd, 0)],
+            )],
+        },
+    ]);
+}

@@ -281,8 +281,23 @@ fn check_too_big_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
     } else {
         (40, 8, 24, 16)
     };
-    if ip.len() < hdr + 8 + 64 {
-        return Err("reply shorter than headers and quote".into());
+    if !drop_reasons::addr(req, src_off, req_v4).is_some_and(drop_reasons::unicast) {
+        return Err("answered a source no ICMP error may go to".into());
+    }
+    // The sender's stack finds the socket by the quote's headers and 8 bytes behind them.
+    let needed = if req_v4 {
+        usize::from(req[0] & 0x0f) * 4 + 8
+    } else {
+        match drop_reasons::walk_v6(req) {
+            drop_reasons::Walk::Transport { at, .. } => at + 8,
+            _ => return Err("answered a packet whose headers do not walk".into()),
+        }
+    };
+    let quote_len = ip.len().saturating_sub(hdr + 8);
+    if quote_len < needed.clamp(64, 1232) || quote_len > 1232 {
+        return Err(format!(
+            "reply quotes {quote_len} bytes; its headers and ports take {needed} (at least 64, at most 1232)"
+        ));
     }
     if ip[src_off..src_off + alen] != req[dst_off..dst_off + alen]
         || ip[dst_off..dst_off + alen] != req[src_off..src_off + alen]
@@ -291,8 +306,8 @@ fn check_too_big_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
     }
     let icmp = &ip[hdr..];
     let quote = &icmp[8..];
-    if quote[..64] != req[..64] {
-        return Err("reply does not quote the request's first 64 bytes".into());
+    if req.get(..quote.len()) != Some(quote) {
+        return Err("reply does not quote the start of the request".into());
     }
     let sum_ok = if req_v4 {
         folds_to_zero(ones_sum(&ip[..20])) && folds_to_zero(ones_sum(icmp)) && icmp[0] == 3
@@ -389,6 +404,16 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .ack()
         .payload(&[0; 32])
         .build();
+    // One PadN option: a 24-byte destination options header.
+    let mut pad_n = vec![1, 20];
+    pad_n.resize(22, 0);
+    let reply6_ext = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6(VIP6), v6(CLIENT6))
+        .ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
+        .tcp(80, 6002)
+        .ack()
+        .payload(&[0; 32])
+        .build();
     let mut qinq = Pkt::eth(CLIENT_MAC, LB_MAC)
         .vlan(200)
         .ipv4(v4(CLIENT4), v4(VIP4))
@@ -445,6 +470,29 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "too big to tunnel",
             c4().tcp(31343, 80).ack().payload(&[7; 1460]).build(),
+        ),
+        (
+            "ipv4 options, too big to tunnel",
+            c4().ipv4_options(&[1; 40])
+                .tcp(31348, 80)
+                .ack()
+                .payload(&[7; 1440])
+                .build(),
+        ),
+        (
+            "ipv6 extension headers, too big to tunnel",
+            c6().ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
+                .tcp(31349, 80)
+                .ack()
+                .payload(&[7; 1440])
+                .build(),
+        ),
+        (
+            "icmpv6 packet too big, quoting extension headers",
+            Pkt::eth(CLIENT_MAC, LB_MAC)
+                .ipv6(v6("fd00::1"), v6(VIP6))
+                .icmpv6_packet_too_big(1400, &ip_packet(&reply6_ext)[..96])
+                .build(),
         ),
         (
             "ipv6 too big to tunnel",

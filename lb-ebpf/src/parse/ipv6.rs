@@ -48,8 +48,42 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
     if !fits(ctx, off, l3_len) {
         return Err(Drop::Ipv6Truncated);
     }
-    let mut nexthdr = hdr.nexthdr;
-    let mut l4_off = off + IPV6_HLEN;
+    let ext = skip_ext_headers(ctx, hdr.nexthdr, off + IPV6_HLEN, off + l3_len)?;
+    Ok(L3 {
+        family: FAMILY_V6,
+        proto: ext.proto,
+        tos: ((vtc >> 20) & 0xff) as u8,
+        frag: ext.frag,
+        df: false,
+        l3_off_: off as u16,
+        l4_off_: ext.l4_off as u16,
+        l3_len_: l3_len as u32,
+        src: hdr.saddr,
+        dst: hdr.daddr,
+    })
+}
+
+/// Where a chain of extension headers ends.
+pub struct Ext {
+    /// The protocol after the last extension header.
+    pub proto: u8,
+    /// Where that protocol's header starts.
+    pub l4_off: usize,
+    /// `FRAG_NONE`, `FRAG_FIRST` or `FRAG_LATER`, from a fragment header if any.
+    pub frag: u8,
+}
+
+/// Skips the extension headers that start at `off` (the first one's type is `nexthdr`),
+/// none of which may run past `end`. Shared by the packet's own header and the packet an
+/// ICMPv6 error quotes, whose end is the error's.
+#[inline(always)]
+pub fn skip_ext_headers(
+    ctx: &XdpContext,
+    mut nexthdr: u8,
+    off: usize,
+    end: usize,
+) -> Result<Ext, Drop> {
+    let mut l4_off = off;
     let mut frag = FRAG_NONE;
     let mut walked = 0;
     // Bounded: at most MAX_IPV6_EXT_HEADERS headers, then we give up (counted).
@@ -80,24 +114,17 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Drop> {
         nexthdr = next;
         l4_off += len;
         walked += 1;
-        if l4_off > off + l3_len {
+        if l4_off > end {
             return Err(Drop::Ipv6ExtTruncated);
         }
     }
     if walked == MAX_IPV6_EXT_HEADERS && is_ext_header(nexthdr) {
         return Err(Drop::Ipv6ExtChainTooLong);
     }
-    Ok(L3 {
-        family: FAMILY_V6,
+    Ok(Ext {
         proto: nexthdr,
-        tos: ((vtc >> 20) & 0xff) as u8,
+        l4_off,
         frag,
-        df: false,
-        l3_off_: off as u16,
-        l4_off_: l4_off as u16,
-        l3_len_: l3_len as u32,
-        src: hdr.saddr,
-        dst: hdr.daddr,
     })
 }
 

@@ -31,7 +31,7 @@ pub const ICMP_HLEN: usize = 8;
 #[inline(always)]
 pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, Drop> {
     let off = l3.l4_off();
-    let l3_end = l3.l3_off() + l3.l3_len();
+    let l3_end = l3.l3_end();
     if l3.proto == IPPROTO_TCP {
         let h = ptr_at::<[u16; TCP_HLEN / 2]>(ctx, off).ok_or(Drop::L4Truncated)?;
         // SAFETY: bounds checked by ptr_at; aligned as above. Halfword 6 holds byte 12
@@ -64,7 +64,7 @@ pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, Drop> {
 /// inside the IP packet: bytes behind it are Ethernet padding, whatever they hold).
 #[inline(always)]
 pub fn icmp_type(ctx: &XdpContext, l3: &L3) -> Result<u8, Drop> {
-    if l3.l4_off() + ICMP_HLEN > l3.l3_off() + l3.l3_len() {
+    if l3.l4_off() + ICMP_HLEN > l3.l3_end() {
         return Err(Drop::IcmpTruncated);
     }
     let hdr = read::<[u8; ICMP_HLEN]>(ctx, l3.l4_off()).ok_or(Drop::IcmpTruncated)?;

@@ -77,4 +77,10 @@ impl L3 {
     pub fn l3_len(&self) -> usize {
         self.l3_len_ as usize
     }
+
+    /// Offset just past the IP packet (Ethernet padding may follow).
+    #[inline(always)]
+    pub fn l3_end(&self) -> usize {
+        self.l3_off() + self.l3_len()
+    }
 }

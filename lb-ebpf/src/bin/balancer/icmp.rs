@@ -26,8 +26,8 @@ use lb_ebpf::{
     parse::{
         eth::{ETH_HLEN, VLAN_HLEN},
         ipv4::{Ipv4Hdr, IPV4_HLEN},
-        ipv6::{Ipv6Hdr, IPV6_HLEN},
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3,
+        ipv6::{skip_ext_headers, Ipv6Hdr, IPV6_HLEN},
+        FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3,
     },
     ptr::{frame_len, ptr_at, ptr_at_mut, read, write},
     stats::{bump, counters},
@@ -41,9 +41,13 @@ use crate::{
     select,
 };
 
-/// Bytes of the offending packet quoted in the ICMP errors we generate (its IP header and
-/// the start of its payload: enough for the sender to find the socket).
+/// The fewest bytes of the offending packet quoted in the ICMP errors we generate: its IP
+/// header and the start of its payload. More when its headers need more (see `quote_len`).
 pub const QUOTE_LEN: usize = 64;
+/// The most we quote: an ICMPv6 error must fit the minimum IPv6 MTU (RFC 4443 section
+/// 2.4 (c)): 1280 less its IPv6 and ICMPv6 headers. An IPv4 quote never comes near it
+/// (60 bytes of header at most, 576 allowed).
+const MAX_QUOTE_LEN: usize = 1232;
 const ICMP_HLEN: usize = 8;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
@@ -135,10 +139,22 @@ fn quoted_flow(ctx: &XdpContext, l3: &L3) -> Result<FlowKey, Drop> {
         let q = ptr_at::<Ipv6Hdr>(ctx, q_off).ok_or(Drop::IcmpTruncated)?;
         // SAFETY: bounds checked by ptr_at.
         let q = unsafe { &*q };
-        (q.saddr, q.daddr, q.nexthdr, q_off + IPV6_HLEN)
+        // The quote's extension headers (a backend's fragmented UDP reply carries one)
+        // end inside the error, not where the quote's own length says: quotes are cut.
+        let ext = match skip_ext_headers(ctx, q.nexthdr, q_off + IPV6_HLEN, l3.l3_end()) {
+            Ok(ext) => ext,
+            // As far as we walk a chain, and no further: its ports stay unknown.
+            Err(Drop::Ipv6ExtChainTooLong) => return Err(Drop::IcmpNotForVip),
+            Err(_) => return Err(Drop::IcmpTruncated),
+        };
+        // A later fragment has no ports to find a flow by (the kernel ignores such errors too).
+        if ext.frag == FRAG_LATER {
+            return Err(Drop::IcmpNotForVip);
+        }
+        (q.saddr, q.daddr, ext.proto, ext.l4_off)
     };
     // First whether the quote is whole: its header comes before its ports.
-    let ports = unpack(quoted_ports(ctx, l3.l3_off() + l3.l3_len(), ports_off))?;
+    let ports = unpack(quoted_ports(ctx, l3.l3_end(), ports_off))?;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Err(Drop::IcmpNotForVip);
     }
@@ -179,7 +195,9 @@ fn quoted_ports(ctx: &XdpContext, end: usize, ports_off: usize) -> u64 {
 
 /// Answers the packet in the frame with "fragmentation needed" (IPv4, only when DF is
 /// set: without DF the sender does no path MTU discovery, so it is dropped and counted)
-/// or "packet too big" (IPv6), advertising `mtu`, and bounces it to the sender.
+/// or "packet too big" (IPv6), advertising `mtu`, and bounces it to the sender, if that
+/// is a unicast address an ICMP error may go to (RFC 1812 section 4.3.2.7, RFC 4443
+/// section 2.4 (e)).
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> u64 {
     pack(too_big_stage(ctx, l3, mtu))
@@ -188,8 +206,12 @@ pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> u64 {
 #[inline(always)]
 fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     let v4 = l3.family == FAMILY_V4;
-    if (v4 && !l3.df) || l3.l3_len() < QUOTE_LEN {
+    let quote = quote_len(l3);
+    if (v4 && !l3.df) || l3.l3_len() < quote {
         return Err(Drop::TooBig);
+    }
+    if !unicast_source(l3) {
+        return Err(Drop::TooBigNotUnicast);
     }
     let l2_len = l3.l3_off();
     let src_mac = read::<[u8; 6]>(ctx, 6).ok_or(Drop::EthTruncated)?;
@@ -203,12 +225,12 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     let new_hdrs = ip_len + ICMP_HLEN;
 
     // Grow the front by exactly the new IP + ICMP headers: the offending packet then starts
-    // where its quote belongs, and the tail trim keeps QUOTE_LEN bytes of it.
+    // where its quote belongs, and the tail trim keeps `quote` bytes of it.
     // SAFETY: helper calls on our own context; every later access is re-checked.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(new_hdrs as i32)) } != 0 {
         return Err(Drop::AdjustFailed);
     }
-    let keep = l2_len + new_hdrs + QUOTE_LEN;
+    let keep = l2_len + new_hdrs + quote;
     let trim = frame_len(ctx) as i64 - keep as i64;
     if trim > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(trim as i32)) } != 0 {
         return Err(Drop::AdjustFailed);
@@ -230,8 +252,8 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     off += 2;
 
     let icmp_off = off + ip_len;
-    let quote_sum = sum_quote(ctx, icmp_off + ICMP_HLEN)?;
-    let icmp_len = (ICMP_HLEN + QUOTE_LEN) as u32;
+    let quote_sum = sum_quote(ctx, icmp_off + ICMP_HLEN, quote)?;
+    let icmp_len = (ICMP_HLEN + quote) as u32;
     if v4 {
         let p = ptr_at_mut::<Ipv4Hdr>(ctx, off).ok_or(Drop::AdjustFailed)?;
         // SAFETY: ptr_at_mut checked the header fits in the frame.
@@ -288,18 +310,52 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     Ok(xdp_action::XDP_TX)
 }
 
-/// One's-complement sum (unfolded) of the QUOTE_LEN bytes at `off`.
+/// How much of the packet to quote: QUOTE_LEN, or its IP headers and the first 8 bytes
+/// behind them if that is more (IPv4 options, IPv6 extension headers), which the sender's
+/// stack needs to find the socket (Linux reads that far, no further), in whole 8-byte
+/// words, at most MAX_QUOTE_LEN.
 #[inline(always)]
-fn sum_quote(ctx: &XdpContext, off: usize) -> Result<u32, Drop> {
-    let p = ptr_at::<[u16; QUOTE_LEN / 2]>(ctx, off).ok_or(Drop::AdjustFailed)?;
-    let mut sum = 0u32;
+fn quote_len(l3: &L3) -> usize {
+    let needed = (l3.l4_off() - l3.l3_off() + 8 + 7) & !7;
+    needed.clamp(QUOTE_LEN, MAX_QUOTE_LEN)
+}
+
+/// Whether the packet's source may be sent an ICMP error: not unspecified, loopback,
+/// multicast, broadcast or reserved (IPv4 0/8, 127/8, 224/4, 240/4; IPv6 ::, ::1,
+/// ff00::/8). Such a source is forged or broken; answering it would send our error to
+/// a group, or nowhere.
+#[inline(always)]
+fn unicast_source(l3: &L3) -> bool {
+    // Raw words in network order: the first byte in memory is the first octet.
+    let first = l3.src[0].to_ne_bytes()[0];
+    if l3.family == FAMILY_V4 {
+        return first != 0 && first != 127 && first < 224;
+    }
+    let low_zero = l3.src[0] == 0 && l3.src[1] == 0 && l3.src[2] == 0;
+    first != 0xff && !(low_zero && u32::from_be(l3.src[3]) <= 1)
+}
+
+/// One's-complement sum of the `len` bytes at `off` (`len` a multiple of 8, at most
+/// MAX_QUOTE_LEN), folded, as the sum of their big-endian 16-bit words.
+#[inline(always)]
+fn sum_quote(ctx: &XdpContext, off: usize, len: usize) -> Result<u32, Drop> {
+    let mut sum = 0u64;
     let mut i = 0;
-    while i < QUOTE_LEN / 2 {
-        // SAFETY: bounds checked by ptr_at for the whole array; read in place, no stack copy.
-        sum += u32::from(u16::from_be(unsafe {
-            core::ptr::addr_of!((*p)[i]).read_unaligned()
-        }));
+    // Bounded by the largest quote; 8 bytes a step, read in place.
+    while i < MAX_QUOTE_LEN / 8 {
+        if i * 8 >= len {
+            break;
+        }
+        let w = read::<u64>(ctx, off + i * 8).ok_or(Drop::AdjustFailed)?;
+        sum += (w & 0xffff_ffff) + (w >> 32);
         i += 1;
     }
-    Ok(sum)
+    // Words read in host (little-endian) order sum to the byte-swapped sum (RFC 1071,
+    // section 2 (B)): fold to 16 bits, then swap.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let mut s32 = sum as u32;
+    s32 = (s32 & 0xffff) + (s32 >> 16);
+    s32 = (s32 & 0xffff) + (s32 >> 16);
+    Ok(u32::from((s32 as u16).swap_bytes()))
 }

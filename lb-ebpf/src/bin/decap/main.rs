@@ -155,7 +155,7 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
     } else {
         IPV6_HLEN
     };
-    let outer_end = l3.l3_off() + l3.l3_len();
+    let outer_end = l3.l3_end();
     if l3.l4_off() + inner_header > outer_end {
         return Err(Pass::Malformed.into());
     }
