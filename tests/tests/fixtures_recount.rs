@@ -369,3 +369,61 @@ fn entry(backend: u32) -> ConnEntry {
         ..Default::default()
     }
 }
+
+/// Flows that leave a backend that went down take their counts with them on their next
+/// packet, without waiting for a recount; a flow its client closed before is not taken back
+/// twice, and the counts stay true when the backend comes back.
+#[test]
+fn counted_flows_moving_off_a_down_backend_take_their_counts_back() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(LC);
+    let idx = lc_slots(&lab);
+    let id: xlb::config::VipId = "198.18.1.1:80/tcp".parse().unwrap();
+    let ports: Vec<u16> = (7000..7008).collect();
+    for &p in &ports {
+        run(&mut lab.ebpf, &pkt(p).syn().build());
+    }
+    let on = |lab: &mut Lab, p: u16| {
+        conns_v4(&mut lab.ebpf)
+            .get(&key(p), 0)
+            .expect("recorded flow")
+            .backend
+    };
+    let on_first: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|&p| on(&mut lab, p) == idx[0])
+        .collect();
+    assert!(
+        on_first.len() >= 2,
+        "lc put {} of 8 flows on the first backend",
+        on_first.len()
+    );
+    let lab_counts = |lab: &Lab| idx.map(|i| lab.core.dataplane().active_flows(i));
+    assert_eq!(
+        lab_counts(&lab),
+        [on_first.len() as u64, 8 - on_first.len() as u64]
+    );
+    // One of the first backend's flows is closed by its client: its count goes back now.
+    run(&mut lab.ebpf, &pkt(on_first[0]).fin().ack().build());
+    assert_eq!(lab_counts(&lab)[0], on_first.len() as u64 - 1);
+
+    lab.core
+        .set_health(&id, "198.18.0.11".parse().unwrap(), false)
+        .expect("health");
+    for &p in &ports {
+        run(&mut lab.ebpf, &pkt(p).ack().build());
+    }
+    // Every flow now on the second backend, counted there once (the closed one is counted
+    // again: its next packet opened a new entry); none left on the first, none below zero.
+    assert!(ports.iter().all(|&p| on(&mut lab, p) == idx[1]));
+    assert_eq!(lab.core.dataplane().active_counter(idx[0]), 0);
+    assert_eq!(lab_counts(&lab)[1], 8);
+
+    lab.core
+        .set_health(&id, "198.18.0.11".parse().unwrap(), true)
+        .expect("health");
+    assert_eq!(lab_counts(&lab), [0, 8]);
+}

@@ -130,6 +130,7 @@ pub fn pinned(
     let e = unsafe { *entry };
     let Some(backend) = recorded(e.backend, e.generation, opening) else {
         bump_in(stats, Event::ConnRepick.slot());
+        uncount_moved(entry);
         return None;
     };
     bump_in(stats, Event::ConnHit.slot());
@@ -372,6 +373,29 @@ fn load(idx: u32) -> (u64, u64) {
 fn now_s() -> u32 {
     // SAFETY: no arguments.
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// A flow leaving backend `idx` for a new pick (down, or drained when its client reopens
+/// the 5-tuple) takes back the count it holds there, if counted and open and the slot is
+/// still the backend it was recorded with (a reused slot starts from zero). Without it the
+/// old backend kept the count until the daemon's next recount, and least connection
+/// steered new flows away from it for up to 30 s after it came back. Its own BPF function,
+/// so that the hit path's code gains a call, not the body (the entry as a pointer: one
+/// argument). Returns 0.
+#[inline(never)]
+fn uncount_moved(entry: *const ConnEntry) -> u32 {
+    // SAFETY: a connection-table value, valid for the duration of the program (RCU).
+    let e = unsafe { &*entry };
+    if e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) != CONN_F_COUNTED {
+        return 0;
+    }
+    if BACKENDS
+        .get(e.backend)
+        .is_some_and(|b| b.generation == e.generation)
+    {
+        add_active(e.backend, u64::MAX);
+    }
+    0
 }
 
 /// Adds `delta` (wrapping: `u64::MAX` is −1) to a backend's active-flow count.
