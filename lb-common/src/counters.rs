@@ -111,6 +111,10 @@ reasons! {
         /// an ICMP error may go to (unspecified, loopback, multicast, broadcast, reserved:
         /// RFC 1812 section 4.3.2.7, RFC 4443 section 2.4 (e)), so it is not told.
         TooBigNotUnicast = 24, "too_big_not_unicast";
+        /// Encapsulated packet would exceed the MTU, and this CPU has sent
+        /// `icmp_rate_limit` ICMP errors this second already (RFC 4443 section 2.4 (f):
+        /// a node must limit the rate of its ICMP errors; lb_common::rate_window).
+        TooBigRateLimited = 25, "too_big_rate_limited";
     }
 }
 
@@ -161,7 +165,7 @@ reasons! {
         ConnRepick = 58, "conn_repick";
         /// A new flow's packet went to the backend its VIP's hash picks, without a
         /// connection-table entry: this CPU saw more new flows this second than
-        /// `record_rate_limit` (lb_common::record_limit).
+        /// `record_rate_limit` (lb_common::rate_window).
         FlowNotRecorded = 59, "flow_not_recorded";
     }
 }

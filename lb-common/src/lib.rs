@@ -14,7 +14,8 @@
 //! - [`lookup`]: how `LOOKUP` packs the VIPs' lookup tables.
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
 //! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
-//! - [`record_limit`]: how many new flows each CPU records per second.
+//! - [`rate_window`]: how many new flows each CPU records, and ICMP errors it sends, per
+//!   second.
 #![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod addr;
@@ -27,4 +28,4 @@ pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
-pub mod record_limit;
+pub mod rate_window;

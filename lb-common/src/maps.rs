@@ -244,10 +244,13 @@ pub struct LbConfig {
     /// Largest IP packet (bytes) the egress link carries; 0 = do not check.
     pub mtu: u32,
     /// New flows each CPU records per second; beyond, hash-scheduled VIPs' new flows go
-    /// unrecorded (`lb_common::record_limit`). 0 = no limit.
+    /// unrecorded (`lb_common::rate_window`). 0 = no limit.
     pub record_rate_limit: u32,
+    /// ICMP errors (frag-needed, packet-too-big) each CPU sends per second; beyond, the
+    /// packet is dropped (`too_big_rate_limited`). 0 = no limit.
+    pub icmp_rate_limit: u32,
 }
-const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 60);
 
 /// Packets and bytes per backend slot (per-CPU; user space sums, and adds a VIP's slots up
 /// for the VIP's figures).

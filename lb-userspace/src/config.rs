@@ -22,6 +22,10 @@ use crate::health::HealthCheckConfig;
 /// flows would manage about 10 times this), far below a flood at line rate.
 pub const DEFAULT_RECORD_RATE_LIMIT: u32 = 100_000;
 
+/// ICMP errors each CPU sends per second unless the config says otherwise: Linux's
+/// `net.ipv4.icmp_msgs_per_sec` (there for the whole host, here per CPU).
+pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 1_000;
+
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Backends one VIP may have (Maglev wants the table ≥ 100 × backends for balance).
@@ -47,9 +51,14 @@ pub struct Config {
     /// New flows each CPU records per second (default [`DEFAULT_RECORD_RATE_LIMIT`]; 0: no
     /// limit). Beyond it, hash-scheduled VIPs' new flows are forwarded by their hash
     /// without a connection-table entry, so that a flood cannot evict established flows
-    /// (`lb_common::record_limit`).
+    /// (`lb_common::rate_window`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_rate_limit: Option<u32>,
+    /// ICMP errors (frag-needed, packet-too-big) each CPU sends per second (default
+    /// [`DEFAULT_ICMP_RATE_LIMIT`]; 0: no limit). Beyond it, oversized packets are dropped
+    /// unanswered (`too_big_rate_limited`; `lb_common::rate_window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_rate_limit: Option<u32>,
     /// The services.
     #[serde(default)]
     pub vips: Vec<VipConfig>,
@@ -63,6 +72,11 @@ impl Config {
     /// The record rate limit in force (`record_rate_limit` or its default).
     pub fn record_rate_limit(&self) -> u32 {
         self.record_rate_limit.unwrap_or(DEFAULT_RECORD_RATE_LIMIT)
+    }
+
+    /// The ICMP rate limit in force (`icmp_rate_limit` or its default).
+    pub fn icmp_rate_limit(&self) -> u32 {
+        self.icmp_rate_limit.unwrap_or(DEFAULT_ICMP_RATE_LIMIT)
     }
 }
 
@@ -636,6 +650,7 @@ mod tests {
         let c = Config::from_json(GOOD).unwrap();
         assert!(c.icmp_too_big);
         assert_eq!(c.record_rate_limit(), DEFAULT_RECORD_RATE_LIMIT);
+        assert_eq!(c.icmp_rate_limit(), DEFAULT_ICMP_RATE_LIMIT);
         assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
         assert_eq!(c.vips[0].backends[0].weight, 1);
         assert_eq!(c.vips[0].backends[1].weight, 3);

@@ -57,6 +57,8 @@ pub struct Settings {
     pub icmp_too_big: bool,
     /// New flows each CPU records per second; 0 = no limit.
     pub record_rate_limit: u32,
+    /// ICMP errors each CPU sends per second; 0 = no limit.
+    pub icmp_rate_limit: u32,
     /// VIPs that can have tables (the `LOOKUP` map's size / 2 tables).
     pub max_vips: u32,
 }
@@ -89,6 +91,7 @@ impl Settings {
             mtu: cfg.mtu.unwrap_or(iface_mtu),
             icmp_too_big: cfg.icmp_too_big,
             record_rate_limit: cfg.record_rate_limit(),
+            icmp_rate_limit: cfg.icmp_rate_limit(),
             max_vips,
         }
     }
@@ -1241,6 +1244,7 @@ pub fn lb_config(s: &Settings) -> LbConfig {
     let mut cfg = LbConfig {
         mtu: s.mtu,
         record_rate_limit: s.record_rate_limit,
+        icmp_rate_limit: s.icmp_rate_limit,
         ..LbConfig::default()
     };
     if s.icmp_too_big {
@@ -2139,10 +2143,12 @@ mod tests {
         let s = Settings {
             hashed_v4: Some(("198.19.0.0".parse().unwrap(), 0xffff)),
             record_rate_limit: 7,
+            icmp_rate_limit: 9,
             ..settings()
         };
         let c = lb_config(&s);
         assert_eq!(c.record_rate_limit, 7);
+        assert_eq!(c.icmp_rate_limit, 9);
         assert_eq!(c.src_v4.to_ne_bytes(), [198, 18, 0, 2]);
         assert_eq!(c.hashed_src_v4.to_ne_bytes(), [198, 19, 0, 0]);
         assert_eq!(c.hashed_src_v4_hostmask, 0xffff);

@@ -101,6 +101,9 @@ pub fn plan<'a>(
     if new.record_rate_limit() != started.record_rate_limit() {
         return Err(ConfigError::new("record_rate_limit", restart));
     }
+    if new.icmp_rate_limit() != started.icmp_rate_limit() {
+        return Err(ConfigError::new("icmp_rate_limit", restart));
+    }
     let running: BTreeMap<VipId, Running<'a>> =
         running.into_iter().map(|r| (r.config.id(), r)).collect();
     let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
@@ -373,6 +376,10 @@ mod tests {
             (
                 STARTED.replace(r#""vips""#, r#""record_rate_limit": 5, "vips""#),
                 "record_rate_limit",
+            ),
+            (
+                STARTED.replace(r#""vips""#, r#""icmp_rate_limit": 5, "vips""#),
+                "icmp_rate_limit",
             ),
         ];
         for (file, field) in cases {

@@ -187,17 +187,20 @@ pub fn check(f: &[u8], reason: Drop, services: &Services) -> Result<(), String> 
                 fail("it fits once tunnelled, or may be answered with ICMP")
             }
         }
-        Drop::TooBigNotUnicast => {
+        Drop::TooBigNotUnicast | Drop::TooBigRateLimited => {
             let df = !v4 || packet[6] & 0x40 != 0;
             // The smallest tunnel (20 bytes) for IPv6: a necessary condition whatever the
             // backend's family.
             let overhead = if v4 { services.v4_overhead } else { 20 };
-            let src = addr(packet, if v4 { 12 } else { 8 }, v4);
+            let unicast_src = addr(packet, if v4 { 12 } else { 8 }, v4).is_some_and(unicast);
             if !df || packet.len() + overhead <= services.mtu {
                 fail("it fits once tunnelled, or its sender does no path MTU discovery")
-            } else if src.is_some_and(unicast) {
+            } else if reason == Drop::TooBigNotUnicast && unicast_src {
                 fail("its source is a unicast address")
+            } else if reason == Drop::TooBigRateLimited && !unicast_src {
+                fail("its source may not be answered, whatever the rate")
             } else {
+                // The rate itself is the CPU's, not the frame's: not checked here.
                 Ok(())
             }
         }

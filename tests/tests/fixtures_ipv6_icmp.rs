@@ -576,3 +576,59 @@ fn icmpv6_errors_quoting_extension_headers() {
         },
     ]);
 }
+
+/// The ICMP errors a CPU sends are limited per second (`icmp_rate_limit`, RFC 4443 section
+/// 2.4 (f)): beyond the limit, too-big packets of either family are dropped unanswered and
+/// counted; 0 lifts the limit. The window is per CPU and per second: the thread is pinned
+/// (test_run runs on the calling CPU), and a run slower than half a second is repeated in
+/// a fresh lab rather than judged.
+#[test]
+fn icmp_errors_are_rate_limited_per_cpu() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let config = |limit: u32| {
+        CFG.replacen(
+            r#""mtu": 1500,"#,
+            &format!(r#""mtu": 1500, "icmp_rate_limit": {limit},"#),
+            1,
+        )
+    };
+    let big4 = |sport: u16| v4_client().tcp(sport, 80).ack().payload(&[7; 1460]).build();
+    let big6 = v6_client().tcp(6050, 80).ack().payload(&[7; 1440]).build();
+    let limited = Drop::TooBigRateLimited.slot() as usize;
+    let sent = Event::IcmpTooBigSent.slot() as usize;
+    for attempt in 0.. {
+        assert!(
+            attempt < 3,
+            "three runs of a few packets took over half a second each"
+        );
+        let mut lab = Lab::new(&config(3));
+        let start = std::time::Instant::now();
+        let before = lab.counters();
+        let verdicts: Vec<u32> = (6040..6045).map(|p| lab.run(&big4(p)).verdict).collect();
+        let v6_verdict = lab.run(&big6).verdict;
+        let after = lab.counters();
+        if start.elapsed() > std::time::Duration::from_millis(500) {
+            continue;
+        }
+        assert_eq!(
+            verdicts,
+            [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP],
+            "{}",
+            counter_deltas(&before, &after)
+        );
+        assert_eq!(v6_verdict, XDP_DROP, "one window for both families");
+        assert_eq!(after[sent] - before[sent], 3);
+        assert_eq!(after[limited] - before[limited], 3);
+        break;
+    }
+    // No limit: every one answered.
+    let mut lab = Lab::new(&config(0));
+    for p in 6060..6100 {
+        let out = lab.run(&big4(p));
+        assert_eq!(out.verdict, XDP_TX, "port {p}");
+    }
+    assert_eq!(lab.counters()[limited], 0);
+}

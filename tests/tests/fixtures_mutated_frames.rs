@@ -29,7 +29,8 @@ use xlb_tests::{
     },
 };
 
-const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
+// No ICMP rate limit: every answer the mutants earn is sent, and checked.
+const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "icmp_rate_limit": 0, "vips": [
     {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
      "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
     {"address": "198.18.1.1", "port": 53, "protocol": "udp", "backends": [{"address": "198.18.0.13"}]},

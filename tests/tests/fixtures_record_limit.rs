@@ -1,4 +1,4 @@
-//! test_run: the record rate limit (`record_rate_limit`, lb_common::record_limit). Beyond it,
+//! test_run: the record rate limit (`record_rate_limit`, lb_common::rate_window). Beyond it,
 //! a CPU forwards new flows of hash-scheduled VIPs by their hash without recording them,
 //! so that a flood of new flows cannot evict the established ones from the connection
 //! table; round-robin and least-connection VIPs record every flow whatever the rate.

@@ -103,14 +103,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .context("registering the interface for XDP_REDIRECT")?;
     let settings = Settings::resolve(&cfg, &addrs, mtu, opts.load.max_vips);
     log::info!(
-        "outer sources: v4 {:?}, v6 {:?}; mtu {}; new flows recorded per CPU per second: {}; {} VIPs in the config",
+        "outer sources: v4 {:?}, v6 {:?}; mtu {}; per CPU and second: new flows recorded {}, ICMP errors sent {}; {} VIPs in the config",
         settings.src_v4,
         settings.src_v6,
         settings.mtu,
-        match settings.record_rate_limit {
-            0 => "no limit".to_string(),
-            n => n.to_string(),
-        },
+        per_second(settings.record_rate_limit),
+        per_second(settings.icmp_rate_limit),
         cfg.vips.len()
     );
     let mut core = Core::new(dp, settings.clone()).context("writing the balancer settings")?;
@@ -301,6 +299,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 fn lock(d: &Arc<Mutex<Daemon>>) -> Result<std::sync::MutexGuard<'_, Daemon>> {
     d.lock()
         .map_err(|_| anyhow::anyhow!("daemon state poisoned by a panic"))
+}
+
+/// A per-second limit as the log shows it.
+fn per_second(limit: u32) -> String {
+    match limit {
+        0 => "no limit".to_string(),
+        n => n.to_string(),
+    }
 }
 
 /// How often the least-connection counts are recounted from the connection tables.

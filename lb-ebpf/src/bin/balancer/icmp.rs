@@ -37,7 +37,7 @@ use lb_ebpf::{
 use crate::{
     encap::{write_ipv4_header, OUTER_TTL},
     lookup,
-    maps::{Scratch, STATS},
+    maps::{within_rate, Scratch, ICMP_WINDOW, STATS},
     select,
 };
 
@@ -212,6 +212,10 @@ fn too_big_stage(ctx: &XdpContext, l3: &L3, mtu: u32) -> Result<u32, Drop> {
     }
     if !unicast_source(l3) {
         return Err(Drop::TooBigNotUnicast);
+    }
+    let limit = lookup::config().map_or(0, |cfg| cfg.icmp_rate_limit);
+    if !within_rate(&ICMP_WINDOW, limit) {
+        return Err(Drop::TooBigRateLimited);
     }
     let l2_len = l3.l3_off();
     let src_mac = read::<[u8; 6]>(ctx, 6).ok_or(Drop::EthTruncated)?;

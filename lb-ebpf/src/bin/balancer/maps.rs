@@ -4,6 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -13,7 +14,7 @@ use lb_common::{
     maps::{
         Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
-    record_limit::RecordWindow,
+    rate_window::RateWindow,
 };
 
 use lb_ebpf::stats::{stats_map, StatsMap};
@@ -62,7 +63,12 @@ pub static STATS: StatsMap = stats_map();
 /// This CPU's new flows in the current second, against `LbConfig::record_rate_limit`.
 /// Program only; read and written on the new-flow path alone.
 #[map]
-pub static RECORD_WINDOW: PerCpuArray<RecordWindow> = PerCpuArray::with_max_entries(1, 0);
+pub static RECORD_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's ICMP errors sent in the current second, against `LbConfig::icmp_rate_limit`.
+/// Program only; read and written when a too-big packet is answered.
+#[map]
+pub static ICMP_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU traffic per backend index. Program writes, daemon sums.
 #[map]
@@ -201,4 +207,19 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 pub fn scratch() -> Result<*mut Scratch, Drop> {
     // A one-slot array always has slot 0: a miss would be a bug, counted as such.
     SCRATCH.get_ptr_mut(0).ok_or(Drop::Internal)
+}
+
+/// Counts one event in this CPU's `window`; false when the window holds more than `limit`
+/// (0: no limit, and nothing is counted nor the clock read). `lb_common::rate_window`.
+#[inline(always)]
+pub fn within_rate(window: &PerCpuArray<RateWindow>, limit: u32) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    match window.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs; no
+        // arguments to the clock helper.
+        Some(w) => unsafe { (*w).admit(bpf_ktime_get_coarse_ns(), limit) },
+        None => true,
+    }
 }

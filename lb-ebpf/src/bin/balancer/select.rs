@@ -15,7 +15,7 @@
 //! since in DSR mode we never see the server's half of the close. The exception: a CPU that
 //! sees more new flows in a second than `LbConfig::record_rate_limit` (a flood) forwards the
 //! rest of that second's new flows of hash-scheduled VIPs by their hash, unrecorded, so
-//! that the flood cannot evict the established flows (lb_common::record_limit).
+//! that the flood cannot evict the established flows (lb_common::rate_window).
 //!
 //! Schedulers (new flows only; recorded flows always keep their backend):
 //! - Maglev (default) and `sh`: the flow hash (5-tuple, or client address) picks a slot.
@@ -46,8 +46,8 @@ use lb_ebpf::{
 use crate::{
     cache, lookup,
     maps::{
-        Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RECORD_WINDOW, RR_CURSORS,
-        STATS,
+        within_rate, Scratch, BACKENDS, BACKEND_ACTIVE, CONNS, CONNS_V4, LOOKUP, RECORD_WINDOW,
+        RR_CURSORS, STATS,
     },
 };
 
@@ -279,20 +279,14 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
 }
 
 /// Counts a new flow in this CPU's window; false when the window holds more new flows than
-/// `LbConfig::record_rate_limit` (lb_common::record_limit). One clock read per new flow,
+/// `LbConfig::record_rate_limit` (lb_common::rate_window). One clock read per new flow,
 /// only with a limit set.
 #[inline(always)]
 fn within_record_rate() -> bool {
-    let limit = lookup::config().map_or(0, |cfg| cfg.record_rate_limit);
-    if limit == 0 {
-        return true;
-    }
-    match RECORD_WINDOW.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU touches it while the program runs; no
-        // arguments to the clock helper.
-        Some(w) => unsafe { (*w).admit(bpf_ktime_get_coarse_ns(), limit) },
-        None => true,
-    }
+    within_rate(
+        &RECORD_WINDOW,
+        lookup::config().map_or(0, |cfg| cfg.record_rate_limit),
+    )
 }
 
 /// Backend index in slot `slot` of the VIP's live table.
