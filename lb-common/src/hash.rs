@@ -83,6 +83,17 @@ pub fn src_hash(k: &FlowKey) -> u32 {
     finish(h, 20)
 }
 
+/// How many more hashes least connection tries for a second, distinct candidate.
+pub const SECOND_CHOICE_PROBES: u32 = 8;
+
+/// The next of the hashes least connection derives from a flow's hash to find a second
+/// candidate in the VIP's table (power of two choices); both sides must agree, so that the
+/// control socket can name a flow's two candidates.
+#[inline(always)]
+pub fn next_probe(h: u32) -> u32 {
+    h.rotate_left(16).wrapping_mul(0x9e37_79b1) ^ 0x5bd1_e995
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

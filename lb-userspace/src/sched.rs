@@ -119,31 +119,26 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
+/// The `VIP_F_*` flags a scheduler's tables carry: how the data plane picks from them.
+pub fn flags(s: Scheduler) -> u32 {
+    match s {
+        Scheduler::Maglev | Scheduler::Agent => 0,
+        Scheduler::Sh => VIP_F_SRC_HASH,
+        Scheduler::Lrt => VIP_F_COUNT_ACTIVE,
+        Scheduler::Lc | Scheduler::Wlc => VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE,
+        Scheduler::Rr | Scheduler::Wrr => VIP_F_SEQUENCE,
+    }
+}
+
 /// The builder for a scheduler.
 pub fn builder(s: Scheduler) -> Box<dyn TableBuilder> {
     match s {
-        Scheduler::Maglev | Scheduler::Agent => Box::new(MaglevTable {
-            flags: 0,
-            weights: true,
-        }),
-        Scheduler::Sh => Box::new(MaglevTable {
-            flags: VIP_F_SRC_HASH,
-            weights: true,
-        }),
-        Scheduler::Lrt => Box::new(MaglevTable {
-            flags: VIP_F_COUNT_ACTIVE,
-            weights: true,
-        }),
-        Scheduler::Lc => Box::new(MaglevTable {
-            flags: VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE,
-            weights: false,
-        }),
-        Scheduler::Wlc => Box::new(MaglevTable {
-            flags: VIP_F_LEAST_CONN | VIP_F_COUNT_ACTIVE,
-            weights: true,
-        }),
         Scheduler::Rr => Box::new(SequenceTable { weights: false }),
         Scheduler::Wrr => Box::new(SequenceTable { weights: true }),
+        _ => Box::new(MaglevTable {
+            flags: flags(s),
+            weights: s != Scheduler::Lc,
+        }),
     }
 }
 
@@ -227,6 +222,7 @@ mod tests {
                 flags(s) & VIP_F_COUNT_ACTIVE != 0,
                 "{s:?}"
             );
+            assert_eq!(flags(s), super::flags(s), "{s:?}: the tables' flags");
         }
         // lc ignores weights: equal shares of the hash table.
         let t = builder(Scheduler::Lc).build(&members, 13).unwrap();

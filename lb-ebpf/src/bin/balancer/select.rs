@@ -30,7 +30,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
-    hash::{flow_hash, src_hash},
+    hash::{flow_hash, next_probe, src_hash, SECOND_CHOICE_PROBES},
     lookup::{self as tables},
     maps::{
         Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_NO_NEW, CONN_F_CLOSED,
@@ -319,14 +319,13 @@ fn next_in_sequence(vip: &VipInfo) -> u32 {
 /// flow, whichever has fewer active flows per unit of weight.
 #[inline(always)]
 fn less_loaded(vip: &VipInfo, first: u32, hash: u32) -> u32 {
-    // Up to PROBES more hashes to find a second, distinct backend: with a third of the
+    // Up to SECOND_CHOICE_PROBES more hashes to find a second, distinct backend: with a third of the
     // table on `first`, all of them miss with probability 3^-8. Bounded; with one backend the
     // first candidate stands.
-    const PROBES: u32 = 8;
     let mut h = hash;
     let mut second = first;
-    for _ in 0..PROBES {
-        h = h.rotate_left(16).wrapping_mul(0x9e37_79b1) ^ 0x5bd1_e995;
+    for _ in 0..SECOND_CHOICE_PROBES {
+        h = next_probe(h);
         if let Ok(c) = table_entry(vip, h % vip.table_size) {
             if c != first {
                 second = c;
