@@ -14,6 +14,7 @@
 //! - [`decap`]: `xlb decap` for backends.
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
+//! - [`placement`]: where a client's flow to a VIP goes (the `flow` op).
 //! - [`sched`]: schedulers as table builders (Maglev hash tables, round-robin sequences).
 //! - [`state_dir`]: `--state-dir`: the attachment, connection tables and backend slots
 //!   pinned on bpffs across daemon restarts.
@@ -34,6 +35,7 @@ pub mod decap;
 pub mod health;
 pub mod loader;
 pub mod netdev;
+pub mod placement;
 pub mod reload;
 pub mod sched;
 pub mod state_dir;

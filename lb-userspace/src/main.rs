@@ -8,7 +8,7 @@ use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use xlb::{
     cli::ctl::{self, BackendCmd, CtlOpts, VipCmd},
-    config::Config,
+    config::{Config, VipId},
     control::DEFAULT_SOCKET,
     daemon::{self, RunOptions},
     loader::LoadOptions,
@@ -131,6 +131,16 @@ enum Cmd {
     Status(CtlArgs),
     /// Show the data plane's counters of a running balancer.
     Stats(CtlArgs),
+    /// Show where a client's flow to a VIP goes: its connection-table entry and the backend
+    /// of its next packet.
+    Flow {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        /// The VIP, as `198.18.1.1:80/tcp` or `[fd00::1]:80/udp`.
+        vip: VipId,
+        /// The client's address and port, as `198.18.0.10:40000` or `[fd00::10]:40000`.
+        client: SocketAddr,
+    },
 }
 
 /// Options of commands that talk to a running balancer.
@@ -227,5 +237,17 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             socket: a.socket,
             json: a.json,
         }),
+        Cmd::Flow {
+            ctl: a,
+            vip,
+            client,
+        } => ctl::run_flow(
+            vip,
+            client,
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
     }
 }

@@ -657,6 +657,13 @@ impl LineConn {
             .collect()
     }
 
+    /// The client's end of the connection (address and port).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.writer
+            .local_addr()
+            .expect("a connected socket's address")
+    }
+
     /// Asks who answers; panics if the connection broke.
     #[track_caller]
     pub fn who(&mut self) -> String {

@@ -202,6 +202,37 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         }
     };
 
+    // `xlb flow` names each connection's backend: one address per answering server, and a
+    // different one for each.
+    let mut served_by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (c, who) in &conns {
+        let client = c.local_addr().to_string();
+        let said: serde_json::Value =
+            serde_json::from_str(&net.ctl(&sock, &["flow", "--json", &lines, &client]))
+                .expect("flow JSON");
+        assert_eq!(said["next"]["how"], "recorded", "{said}");
+        let backend = said["recorded"]["backend"]
+            .as_str()
+            .expect("a backend")
+            .to_owned();
+        assert_eq!(
+            said["next"]["backend"].as_str(),
+            Some(backend.as_str()),
+            "{said}"
+        );
+        served_by.entry(who.clone()).or_default().insert(backend);
+    }
+    let addrs: BTreeSet<&String> = served_by.values().flatten().collect();
+    assert!(
+        served_by.values().all(|a| a.len() == 1) && addrs.len() == served_by.len(),
+        "xlb flow disagrees with who answers: {served_by:?}"
+    );
+    let text = net.ctl(
+        &sock,
+        &["flow", &lines, &conns[0].0.local_addr().to_string()],
+    );
+    assert!(text.contains("(its recorded backend)"), "{text}");
+
     let load = Load::start(&net.client);
     load.wait_requests_after(Instant::now(), 30);
 
@@ -317,6 +348,9 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         (br#"{"v":1,"op":"backend.add","vip":"198.18.1.1:80/tcp","backend":{"address":"198.18.0.14"},"extra":1}"#.to_vec(), "bad_request"),
         (br#"{"v":1,"op":"explode"}"#.to_vec(), "bad_request"),
         (br#"{"v":2,"op":"status"}"#.to_vec(), "unsupported_version"),
+        (br#"{"v":1,"op":"flow","vip":"198.18.1.9:80/tcp","client":"198.18.0.10:4000"}"#.to_vec(), "unknown_vip"),
+        (br#"{"v":1,"op":"flow","vip":"198.18.1.1:80/tcp","client":"198.18.0.10"}"#.to_vec(), "bad_request"),
+        (br#"{"v":1,"op":"flow","vip":"198.18.1.1:80/tcp","client":"[fd00::10]:4000"}"#.to_vec(), "bad_request"),
         (huge, "too_large"),
     ];
     for (line, code) in &bad {

@@ -9,7 +9,7 @@
 
 use std::{
     fmt::Write as _,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -24,7 +24,7 @@ use crate::{
     control::{
         client,
         protocol::{
-            BackendAdd, BackendRef, BackendWeight, ControlError, Empty, Request, VipAdd,
+            BackendAdd, BackendRef, BackendWeight, ControlError, Empty, FlowRef, Request, VipAdd,
             VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
         },
         DEFAULT_SOCKET,
@@ -315,6 +315,70 @@ pub fn run_status(opts: &CtlOpts) -> anyhow::Result<()> {
 pub fn run_stats(opts: &CtlOpts) -> anyhow::Result<()> {
     let result = call(&opts.socket, &Request::Stats(Empty {}))?;
     print_result(opts, &result, render_stats)
+}
+
+/// Runs `xlb flow`.
+pub fn run_flow(vip: VipId, client: SocketAddr, opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(&opts.socket, &Request::Flow(FlowRef { vip, client }))?;
+    print_result(opts, &result, render_flow)
+}
+
+/// `xlb flow`'s answer for people: the entry, then where the next packet goes and why.
+fn render_flow(r: &Value) -> String {
+    let mut out = format!(
+        "flow {} -> {} ({})\n",
+        field(r, "client"),
+        field(r, "vip"),
+        field(r, "scheduler")
+    );
+    let recorded = r.get("recorded").filter(|v| !v.is_null());
+    let _ = match recorded {
+        None => writeln!(out, "recorded:    no (a new flow for the scheduler)"),
+        Some(e) => {
+            let backend = match e.get("backend") {
+                Some(Value::String(a)) => a.clone(),
+                _ => "a backend since removed".to_owned(),
+            };
+            let mut notes = Vec::new();
+            if e.get("counted") == Some(&Value::Bool(true)) {
+                notes.push("counted".to_owned());
+            }
+            if e.get("closed") == Some(&Value::Bool(true)) {
+                notes.push("closed by the client".to_owned());
+            }
+            if let Some(s) = e.get("idle_s").and_then(Value::as_u64) {
+                notes.push(format!("last seen {s} s ago"));
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            writeln!(out, "recorded:    on {backend}{notes}")
+        }
+    };
+    let next = r.get("next").cloned().unwrap_or(Value::Null);
+    let backend = field(&next, "backend");
+    let candidates: Vec<String> = list(&next, "candidates")
+        .iter()
+        .map(|c| cell(Some(c)))
+        .collect();
+    let why = match next.get("how").and_then(Value::as_str) {
+        Some("recorded") => format!("{backend} (its recorded backend)"),
+        Some("hash") => format!("{backend} (the VIP's table at the flow's hash)"),
+        Some("less_loaded") if candidates.len() > 1 => format!(
+            "{backend} (of {}, the one with fewer active flows per weight now)",
+            candidates.join(" and ")
+        ),
+        Some("less_loaded") => format!("{backend} (the only candidate)"),
+        Some("round_robin") => "the VIP's round-robin cursor decides".to_owned(),
+        Some("no_backend") => {
+            "nowhere: no backend takes new flows (dropped, no_backend)".to_owned()
+        }
+        _ => backend,
+    };
+    let _ = writeln!(out, "next packet: {why}");
+    out
 }
 
 /// One request; a refusal becomes [`Refused`].

@@ -7,7 +7,10 @@
 //! content and lose the path of a bad field, and a message like "vip.port: invalid type"
 //! is the point of the `bad_request` code.
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -117,6 +120,10 @@ pub enum Request {
     /// Data-plane counters by reason and traffic per VIP.
     #[serde(rename = "stats")]
     Stats(Empty),
+    /// Where a client's flow to a VIP goes: its connection-table entry and the backend of
+    /// its next packet.
+    #[serde(rename = "flow")]
+    Flow(FlowRef),
 }
 
 /// Body of `vip.add`.
@@ -197,6 +204,16 @@ pub struct BackendWeight {
     pub weight: u32,
 }
 
+/// Body of `flow`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowRef {
+    /// The VIP.
+    pub vip: VipId,
+    /// The client's address and port (`198.18.0.10:40000`, `[fd00::10]:40000`).
+    pub client: SocketAddr,
+}
+
 /// Body of ops without fields (`status`, `stats`): any field is an error.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +233,7 @@ pub const OPS: &[&str] = &[
     "backend.undrain",
     "status",
     "stats",
+    "flow",
 ];
 
 impl Request {
@@ -234,6 +252,7 @@ impl Request {
             Self::BackendUndrain(_) => "backend.undrain",
             Self::Status(_) => "status",
             Self::Stats(_) => "stats",
+            Self::Flow(_) => "flow",
         }
     }
 
@@ -267,6 +286,7 @@ impl Request {
             "backend.undrain" => Self::BackendUndrain(parse_body(body)?),
             "status" => Self::Status(parse_body(body)?),
             "stats" => Self::Stats(parse_body(body)?),
+            "flow" => Self::Flow(parse_body(body)?),
             other => {
                 return Err(bad_request(format!(
                     "op: unknown op {other:?}; ops: {}",
@@ -600,6 +620,13 @@ mod tests {
             ),
             (r#"{"v":1,"op":"status"}"#, Request::Status(Empty {})),
             (r#"{"v":1,"id":"s","op":"stats"}"#, Request::Stats(Empty {})),
+            (
+                r#"{"v":1,"op":"flow","vip":"198.18.1.1:80/tcp","client":"198.18.0.10:40000"}"#,
+                Request::Flow(FlowRef {
+                    vip: vip_id(),
+                    client: "198.18.0.10:40000".parse().unwrap(),
+                }),
+            ),
         ];
         let mut seen: Vec<&str> = Vec::new();
         for (line, want) in &cases {

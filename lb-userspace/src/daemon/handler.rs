@@ -113,6 +113,7 @@ impl Handler for DaemonHandler {
             }
             Request::Status(_) => Ok(d.status(&flows)),
             Request::Stats(_) => Ok(d.stats()),
+            Request::Flow(r) => d.flow(&r.vip, r.client),
         }
     }
 }

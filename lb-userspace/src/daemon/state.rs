@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
+    control::ControlError,
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters, Dataplane},
     health::{
@@ -584,6 +585,47 @@ impl Daemon {
             })
             .collect();
         json!({ "vips": vips })
+    }
+
+    /// Where the flow from `client` to `vip` goes (`flow`): its connection-table entry and
+    /// the backend of its next packet (`crate::placement`). A client of the other family is
+    /// refused: no such flow can exist.
+    pub fn flow(&self, vip: &VipId, client: SocketAddr) -> Result<Value, ControlError> {
+        let state = self.core.vip(vip)?;
+        if client.is_ipv4() != vip.address.is_ipv4() {
+            return Err(ControlError::new(
+                crate::control::protocol::code::BAD_REQUEST,
+                format!(
+                    "client {client} and VIP {vip} are of different families: no flow joins them"
+                ),
+            ));
+        }
+        let (src, family) = lb_common::addr::to_words(client.ip());
+        let (dst, _) = lb_common::addr::to_words(vip.address);
+        let key = lb_common::flow::FlowKey {
+            src,
+            dst,
+            sport_be: client.port().to_be(),
+            dport_be: vip.port.to_be(),
+            proto: vip.protocol.number(),
+            family,
+            _pad: [0; 2],
+        };
+        let dp = self.core.dataplane();
+        let p = crate::placement::place(
+            state,
+            &key,
+            dp.conn(&key),
+            |i| dp.active_flows(i),
+            crate::conntable::monotonic_coarse_s(),
+        );
+        Ok(json!({
+            "vip": vip.to_string(),
+            "client": client.to_string(),
+            "scheduler": state.config.scheduler.name(),
+            "recorded": p.recorded,
+            "next": p.next,
+        }))
     }
 
     /// The `stats` result: counters by reason, per-VIP traffic.

@@ -1,0 +1,298 @@
+//! Where a client's flow to a VIP goes, decided as the data plane decides it: the answer to
+//! the control socket's `flow` op, for the operator asking "which backend serves this
+//! client?" (a user reports errors, a backend's logs must be found).
+//!
+//! Pure: it reads the VIP's state as the core holds it, the flow's connection-table entry
+//! if any, and the backends' active-flow counts, and mirrors `select.rs` (the table first:
+//! the flow cache never disagrees with it; then the scheduler).
+
+use std::net::IpAddr;
+
+use lb_common::{
+    flow::FlowKey,
+    hash::{flow_hash, next_probe, src_hash, SECOND_CHOICE_PROBES},
+    maps::{
+        ConnEntry, CONN_F_CLOSED, CONN_F_COUNTED, VIP_F_LEAST_CONN, VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+    },
+};
+use serde::Serialize;
+
+use crate::core::{BackendState, VipState};
+
+/// What the connection table holds for the flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// The backend it was recorded with; `None` when that slot no longer holds it (the
+    /// backend was removed, its slot perhaps reused).
+    pub backend: Option<IpAddr>,
+    /// Counted for least connection.
+    pub counted: bool,
+    /// The client closed it (FIN/RST seen); its count went back.
+    pub closed: bool,
+    /// Seconds since a counted flow's last packet went through the table (idle flows stop
+    /// counting); `None` for flows that are not counted, which are not stamped.
+    pub idle_s: Option<u32>,
+}
+
+/// Where the flow's next packet goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Next {
+    /// How it is decided: `recorded` (the table's entry), `hash` (the VIP's lookup table
+    /// at the flow's hash), `less_loaded` (the candidate with fewer active flows per unit
+    /// of weight, as of now), `round_robin` (the VIP's cursor: not known in advance) or
+    /// `no_backend` (the packet would be dropped).
+    pub how: &'static str,
+    /// The backend, when known.
+    pub backend: Option<IpAddr>,
+    /// Least connection's two candidates (one when the table holds one backend).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<IpAddr>,
+}
+
+/// The flow's entry and its next packet's backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// The connection-table entry, if the flow has one.
+    pub recorded: Option<Recorded>,
+    /// Where the next packet (not a SYN) goes.
+    pub next: Next,
+}
+
+/// Places `flow` (client → VIP) on `vip`: `entry` is its connection-table entry, `active`
+/// a backend slot's active-flow count, `now_s` the clock of `ConnEntry::seen_s`.
+pub fn place(
+    vip: &VipState,
+    flow: &FlowKey,
+    entry: Option<ConnEntry>,
+    active: impl Fn(u32) -> u64,
+    now_s: u32,
+) -> Placement {
+    let slot_of = |idx: u32, generation: Option<u32>| {
+        vip.backends
+            .iter()
+            .find(|(_, b)| b.index == idx && generation.is_none_or(|g| g == b.generation))
+    };
+    let recorded = entry.map(|e| Recorded {
+        backend: slot_of(e.backend, Some(e.generation)).map(|(a, _)| *a),
+        counted: e.flags & CONN_F_COUNTED != 0,
+        closed: e.flags & CONN_F_CLOSED != 0,
+        idle_s: (e.flags & CONN_F_COUNTED != 0 && e.seen_s != 0)
+            .then(|| now_s.saturating_sub(e.seen_s)),
+    });
+    // A recorded flow stays while its backend is usable (select.rs, `recorded`).
+    if let Some(e) = entry {
+        if let Some((addr, _)) = slot_of(e.backend, Some(e.generation)).filter(|(_, b)| b.active())
+        {
+            return Placement {
+                recorded,
+                next: Next {
+                    how: "recorded",
+                    backend: Some(*addr),
+                    candidates: Vec::new(),
+                },
+            };
+        }
+    }
+    Placement {
+        recorded,
+        next: schedule(vip, flow, &slot_of, active),
+    }
+}
+
+/// What the VIP's scheduler picks for a flow the table does not pin (select.rs, `pick`).
+fn schedule<'a>(
+    vip: &'a VipState,
+    flow: &FlowKey,
+    slot_of: &dyn Fn(u32, Option<u32>) -> Option<(&'a IpAddr, &'a BackendState)>,
+    active: impl Fn(u32) -> u64,
+) -> Next {
+    let flags = crate::sched::flags(vip.config.scheduler);
+    let table = vip.table();
+    let next = |how, backend, candidates| Next {
+        how,
+        backend,
+        candidates,
+    };
+    if table.is_empty() {
+        return next("no_backend", None, Vec::new());
+    }
+    if flags & VIP_F_SEQUENCE != 0 {
+        return next("round_robin", None, Vec::new());
+    }
+    let hash = if flags & VIP_F_SRC_HASH != 0 {
+        src_hash(flow)
+    } else {
+        flow_hash(flow)
+    };
+    let at = |h: u32| table[(h % table.len() as u32) as usize];
+    let first = at(hash);
+    let Some((first_addr, first_b)) = slot_of(first, None) else {
+        return next("no_backend", None, Vec::new());
+    };
+    if flags & VIP_F_LEAST_CONN == 0 {
+        return next("hash", Some(*first_addr), Vec::new());
+    }
+    let mut h = hash;
+    let second = (0..SECOND_CHOICE_PROBES)
+        .map(|_| {
+            h = next_probe(h);
+            at(h)
+        })
+        .find(|&c| c != first)
+        .and_then(|c| slot_of(c, None));
+    let Some((second_addr, second_b)) = second else {
+        return next("less_loaded", Some(*first_addr), vec![*first_addr]);
+    };
+    // a / wa <= b / wb without division, weights as the data plane holds them.
+    let weight = |b: &BackendState| u64::from(b.effective_weight().max(1));
+    let (a, b) = (active(first_b.index), active(second_b.index));
+    let winner = if a * weight(second_b) <= b * weight(first_b) {
+        first_addr
+    } else {
+        second_addr
+    };
+    next(
+        "less_loaded",
+        Some(*winner),
+        vec![*first_addr, *second_addr],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::addr::to_words;
+
+    use super::*;
+    use crate::{
+        config::{Config, VipId},
+        core::{Core, Settings},
+        dataplane::Recorder,
+    };
+
+    const B1: &str = "198.18.0.11";
+    const B2: &str = "198.18.0.12";
+
+    /// A core with one VIP of `scheduler` over B1 and B2.
+    fn core(scheduler: &str) -> (Core<Recorder>, VipId) {
+        let cfg = Config::from_json(&format!(
+            r#"{{"vips": [{{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "{scheduler}",
+                 "backends": [{{"address": "{B1}"}}, {{"address": "{B2}"}}]}}]}}"#
+        ))
+        .unwrap();
+        let settings = Settings {
+            src_v4: Some("198.18.0.2".parse().unwrap()),
+            mtu: 1500,
+            max_vips: 4,
+            ..Settings::default()
+        };
+        let mut core = Core::new(Recorder::default(), settings).unwrap();
+        let vip = cfg.vips[0].clone();
+        let id = vip.id();
+        core.add_vip(vip).unwrap();
+        (core, id)
+    }
+
+    fn key(sport: u16) -> FlowKey {
+        let (src, family) = to_words("198.18.0.10".parse().unwrap());
+        let (dst, _) = to_words("198.18.1.1".parse().unwrap());
+        FlowKey {
+            src,
+            dst,
+            sport_be: sport.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// A connection-table entry on `addr` as `core` holds it now.
+    fn entry(core: &Core<Recorder>, id: &VipId, addr: &str, flags: u32, seen_s: u32) -> ConnEntry {
+        let b = &core.vip(id).unwrap().backends[&addr.parse().unwrap()];
+        ConnEntry {
+            backend: b.index,
+            generation: b.generation,
+            flags,
+            seen_s,
+            ..ConnEntry::default()
+        }
+    }
+
+    fn ip(a: &str) -> Option<IpAddr> {
+        Some(a.parse().unwrap())
+    }
+
+    #[test]
+    fn a_recorded_flow_stays_while_its_backend_is_up_even_drained() {
+        let (mut core, id) = core("maglev");
+        let e = entry(&core, &id, B1, 0, 0);
+        core.set_drained(&id, B1.parse().unwrap(), true).unwrap();
+        let p = place(core.vip(&id).unwrap(), &key(1), Some(e), |_| 0, 100);
+        assert_eq!(p.next.how, "recorded");
+        assert_eq!(p.next.backend, ip(B1));
+        let r = p.recorded.unwrap();
+        assert_eq!((r.backend, r.counted, r.idle_s), (ip(B1), false, None));
+    }
+
+    #[test]
+    fn a_flow_whose_backend_is_down_goes_to_the_scheduler_and_keeps_its_entry() {
+        let (mut core, id) = core("maglev");
+        let e = entry(&core, &id, B1, CONN_F_COUNTED | CONN_F_CLOSED, 90);
+        core.set_health(&id, B1.parse().unwrap(), false).unwrap();
+        let p = place(core.vip(&id).unwrap(), &key(1), Some(e), |_| 0, 100);
+        // B1 is out of the table: every slot is B2's.
+        assert_eq!((p.next.how, p.next.backend), ("hash", ip(B2)));
+        let r = p.recorded.unwrap();
+        assert_eq!(r.backend, ip(B1), "the entry still names its backend");
+        assert!(r.counted && r.closed);
+        assert_eq!(r.idle_s, Some(10));
+    }
+
+    #[test]
+    fn an_entry_from_a_removed_backend_names_none() {
+        let (mut core, id) = core("maglev");
+        let e = entry(&core, &id, B1, 0, 0);
+        core.remove_backend(&id, B1.parse().unwrap()).unwrap();
+        let p = place(core.vip(&id).unwrap(), &key(1), Some(e), |_| 0, 0);
+        assert_eq!(p.recorded.unwrap().backend, None);
+        assert_eq!(p.next.backend, ip(B2));
+    }
+
+    #[test]
+    fn no_backend_up_means_no_backend() {
+        let (mut core, id) = core("maglev");
+        for b in [B1, B2] {
+            core.set_health(&id, b.parse().unwrap(), false).unwrap();
+        }
+        let p = place(core.vip(&id).unwrap(), &key(1), None, |_| 0, 0);
+        assert_eq!((p.next.how, p.next.backend), ("no_backend", None));
+    }
+
+    #[test]
+    fn least_connection_names_both_candidates_and_the_less_loaded_wins() {
+        let (core, id) = core("lc");
+        let vip = core.vip(&id).unwrap();
+        let idx = |a: &str| vip.backends[&a.parse().unwrap()].index;
+        let (i1, i2) = (idx(B1), idx(B2));
+        // Some flow's candidates are both backends (8 probes; two backends).
+        let sport = (1..100)
+            .find(|&s| place(vip, &key(s), None, |_| 0, 0).next.candidates.len() == 2)
+            .expect("a flow with two candidates");
+        let busy = |busy: u32| move |i: u32| if i == busy { 5 } else { 1 };
+        assert_eq!(
+            place(vip, &key(sport), None, busy(i1), 0).next.backend,
+            ip(B2)
+        );
+        assert_eq!(
+            place(vip, &key(sport), None, busy(i2), 0).next.backend,
+            ip(B1)
+        );
+    }
+
+    #[test]
+    fn round_robin_is_not_known_in_advance() {
+        let (core, id) = core("rr");
+        let p = place(core.vip(&id).unwrap(), &key(1), None, |_| 0, 0);
+        assert_eq!((p.next.how, p.next.backend), ("round_robin", None));
+    }
+}
