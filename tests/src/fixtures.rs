@@ -117,8 +117,19 @@ impl Lab {
     /// Runs the balancer once.
     #[track_caller]
     pub fn run(&mut self, frame: &[u8]) -> testrun::Outcome {
-        let prog = loader::xdp(&mut self.ebpf, loader::BALANCER_PROG).expect("program");
-        testrun::run(prog, frame).expect("test_run")
+        run_balancer(&mut self.ebpf, frame)
+    }
+
+    /// The lab's core in a daemon (no health checks started), and the lab's program: for
+    /// what only the daemon does (recounts, the control ops' answers).
+    pub fn into_daemon(self) -> (xlb::daemon::state::Daemon, Ebpf) {
+        let Lab { ebpf, core } = self;
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let checker = xlb::health::HealthChecker {
+            source_v4: None,
+            source_v6: None,
+        };
+        (xlb::daemon::state::Daemon::new(core, checker, tx), ebpf)
     }
 
     /// Summed counters by slot.
@@ -146,6 +157,28 @@ impl Lab {
             .map(|(a, _)| *a)
             .expect("slot points at a backend")
     }
+}
+
+/// Runs `frame` through the balancer program of `ebpf` (a lab's, or one a daemon was
+/// made from).
+pub fn run_balancer(ebpf: &mut Ebpf, frame: &[u8]) -> testrun::Outcome {
+    let prog = loader::xdp(ebpf, loader::BALANCER_PROG).expect("program");
+    testrun::run(prog, frame).expect("test_run")
+}
+
+/// The IPv4 backend the balancer of `ebpf` tunnels `frame` to from `lb`, checking that
+/// the whole output is that tunnel of the client's packet.
+#[track_caller]
+pub fn tunnelled_to(ebpf: &mut Ebpf, frame: &[u8], lb: IpAddr) -> IpAddr {
+    let out = run_balancer(ebpf, frame);
+    assert_eq!(out.verdict, XDP_TX, "not forwarded");
+    let backend = IpAddr::from([out.frame[30], out.frame[31], out.frame[32], out.frame[33]]);
+    assert_eq!(
+        out.frame,
+        encapsulated(frame, lb, backend, 0),
+        "not a tunnel of the client's packet"
+    );
+    backend
 }
 
 /// The connection-table key of a client → VIP packet.

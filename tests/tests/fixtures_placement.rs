@@ -7,8 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
-use xlb::{config::VipId, daemon::state::Daemon, health::HealthChecker};
+use xlb::{config::VipId, daemon::state::Daemon};
 use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
 
 const LB: &str = "198.18.0.2";
@@ -32,28 +31,9 @@ fn config() -> String {
     )
 }
 
-fn daemon(lab: Lab) -> (Daemon, aya::Ebpf) {
-    let Lab { ebpf, core } = lab;
-    let (tx, _rx) = mpsc::channel(1);
-    let checker = HealthChecker {
-        source_v4: None,
-        source_v6: None,
-    };
-    (Daemon::new(core, checker, tx), ebpf)
-}
-
 /// The backend test_run tunnels `frame` to.
 fn sent_to(ebpf: &mut aya::Ebpf, frame: &[u8]) -> IpAddr {
-    let prog = xlb::loader::xdp(ebpf, xlb::loader::BALANCER_PROG).expect("program");
-    let out = xlb::testrun::run(prog, frame).expect("test_run");
-    assert_eq!(out.verdict, XDP_TX, "not forwarded");
-    let backend = IpAddr::from([out.frame[30], out.frame[31], out.frame[32], out.frame[33]]);
-    assert_eq!(
-        out.frame,
-        encapsulated(frame, LB.parse().unwrap(), backend, 0),
-        "not a tunnel of the client's packet"
-    );
-    backend
+    tunnelled_to(ebpf, frame, LB.parse().unwrap())
 }
 
 fn packet(sport: u16, dport: u16) -> Pkt {
@@ -77,7 +57,7 @@ fn the_flow_op_says_where_the_data_path_sends_each_flow() {
     if !require_root() {
         return;
     }
-    let (mut d, mut ebpf) = daemon(Lab::new(&config()));
+    let (mut d, mut ebpf) = Lab::new(&config()).into_daemon();
     for (port, how) in [
         (80, "hash"),
         (81, "hash"),

@@ -69,15 +69,7 @@ fn vip_id(port: u16) -> String {
 /// against the tunnel to that backend.
 #[track_caller]
 fn backend_of(lab: &mut Lab, frame: &[u8]) -> IpAddr {
-    let out = lab.run(frame);
-    assert_eq!(out.verdict, XDP_TX, "not forwarded");
-    let backend = IpAddr::from([out.frame[30], out.frame[31], out.frame[32], out.frame[33]]);
-    assert_eq!(
-        out.frame,
-        encapsulated(frame, LB.parse().unwrap(), backend, 0),
-        "not a tunnel of the client's packet"
-    );
-    backend
+    tunnelled_to(&mut lab.ebpf, frame, LB.parse().unwrap())
 }
 
 fn recorded(lab: &mut Lab, sport: u16, dport: u16) -> Option<ConnEntry> {

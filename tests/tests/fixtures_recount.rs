@@ -14,11 +14,9 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4},
     maps::{ConnEntry, MAP_CONNS, MAP_CONNS_V4},
 };
-use tokio::sync::mpsc;
 use xlb::{
     conntable::{monotonic_coarse_s, IDLE_TCP_S},
     daemon::state::{idle_timeouts, CountedSlot, Daemon},
-    health::HealthChecker,
     loader::LoadOptions,
 };
 use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
@@ -44,17 +42,6 @@ fn key(sport: u16) -> FlowKeyV4 {
         80,
         6,
     ))
-}
-
-/// The lab's core in a daemon (no health checks started), and the lab's program.
-fn daemon(lab: Lab) -> (Daemon, aya::Ebpf) {
-    let Lab { ebpf, core } = lab;
-    let (tx, _rx) = mpsc::channel(1);
-    let checker = HealthChecker {
-        source_v4: None,
-        source_v6: None,
-    };
-    (Daemon::new(core, checker, tx), ebpf)
 }
 
 fn run(ebpf: &mut aya::Ebpf, frame: &[u8]) {
@@ -105,7 +92,7 @@ fn four_lc_flows(config: &str, first: u16) -> (Daemon, aya::Ebpf, [u32; 2]) {
         },
     );
     let idx = lc_slots(&lab);
-    let (d, mut ebpf) = daemon(lab);
+    let (d, mut ebpf) = lab.into_daemon();
     for sport in first..first + 4 {
         run(&mut ebpf, &pkt(sport).syn().build());
     }
@@ -138,7 +125,7 @@ fn evicted_open_flows_leave_the_count_at_the_next_recount() {
     pin_to_this_cpu();
     let lab = Lab::new(LC);
     let idx = lc_slots(&lab);
-    let (mut d, mut ebpf) = daemon(lab);
+    let (mut d, mut ebpf) = lab.into_daemon();
     for sport in 41_000..41_010u16 {
         run(&mut ebpf, &pkt(sport).syn().build());
     }
@@ -211,7 +198,7 @@ fn a_recount_leaves_a_backend_removed_during_the_scan_alone() {
         return;
     }
     pin_to_this_cpu();
-    let (mut d, mut ebpf) = daemon(Lab::new(LC));
+    let (mut d, mut ebpf) = Lab::new(LC).into_daemon();
     for sport in 42_000..42_008u16 {
         run(&mut ebpf, &pkt(sport).syn().build());
     }
@@ -323,7 +310,7 @@ fn the_batch_scan_reads_every_entry_once() {
             ..Lab::options()
         },
     );
-    let (d, mut ebpf) = daemon(lab);
+    let (d, mut ebpf) = lab.into_daemon();
     let prog = xlb::loader::xdp(&mut ebpf, xlb::loader::BALANCER_PROG).expect("program");
     let mut v4: BpfHashMap<_, FlowKeyV4, ConnEntry> =
         BpfHashMap::try_from(prog_map(prog, MAP_CONNS_V4)).expect("CONNS_V4");
