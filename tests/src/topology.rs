@@ -762,20 +762,16 @@ pub fn rx_bytes(ns: &Netns, ifname: &str) -> u64 {
 /// One HTTP GET from `ns` with curl (new connection, new source port); the body, or `None`
 /// on any failure. Bounded by `timeout_s`.
 pub fn curl(ns: &Netns, url: &str, timeout_s: u32) -> Option<String> {
+    curl_with(ns, url, timeout_s, &[])
+}
+
+/// [`curl`] with extra curl arguments (e.g. `--local-port`).
+pub fn curl_with(ns: &Netns, url: &str, timeout_s: u32, extra: &[&str]) -> Option<String> {
     let t = timeout_s.to_string();
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "curl",
-            "-s",
-            "-f",
-            "-g",
-            "--max-time",
-            &t,
-            url,
-        ])
+        .args(["netns", "exec", ns.name(), "curl", "-s", "-f", "-g"])
+        .args(extra)
+        .args(["--max-time", &t, url])
         .output()
         .ok()?;
     out.status

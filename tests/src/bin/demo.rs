@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use xlb_tests::{
     netns::{require_root, wait_for},
-    topology::{curl, DemoNet, VIP4, VIP6},
+    topology::{curl, curl_with, DemoNet, VIP4, VIP6},
 };
 
 const REQUESTS: usize = 30;
@@ -47,6 +47,20 @@ fn main() {
         net.backend_states(&sock).values().all(|s| s == "up")
     });
     tally(&net, &url4, "IPv4 with b2 back");
+
+    // The operator's question when a user reports trouble: which backend serves them?
+    let port = "40123";
+    if let Some(body) = curl_with(&net.client, &url4, 2, &["--local-port", port]) {
+        println!(
+            "
+a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
+        );
+        let client = format!("198.18.0.10:{port}");
+        println!(
+            "{}",
+            net.ctl(&sock, &["flow", "198.18.1.1:80/tcp", &client])
+        );
+    }
 
     println!("\ndata-plane counters (xlb stats):");
     println!("{}", net.ctl(&sock, &["stats"]));
