@@ -13,8 +13,11 @@
 //!   section 2.4 (f) says a node MUST limit the rate of the ICMPv6 errors it sends (RFC
 //!   1812 section 4.3.2.8 says the same of IPv4's), so that a stream of oversized packets,
 //!   with forged sources or not, does not turn into a stream of answers at line rate.
-//!   Linux's default is 1000 a second (`net.ipv4.icmp_msgs_per_sec`); beyond the limit
-//!   the packet is dropped and counted, and its sender, if real, retransmits.
+//!   Linux exempts exactly these errors (frag-needed, packet-too-big) from its ICMP rate
+//!   limits so as not to hinder path MTU discovery, so the default here is high: a client
+//!   needs one answer per path, and a window of segments in flight earns a few dozen of
+//!   which only the first counts. Beyond the limit the packet is dropped and counted, and
+//!   its sender, if real, retransmits.
 
 /// Nanoseconds in one counting window.
 pub const WINDOW_NS: u64 = 1_000_000_000;

@@ -22,9 +22,13 @@ use crate::health::HealthCheckConfig;
 /// flows would manage about 10 times this), far below a flood at line rate.
 pub const DEFAULT_RECORD_RATE_LIMIT: u32 = 100_000;
 
-/// ICMP errors each CPU sends per second unless the config says otherwise: Linux's
-/// `net.ipv4.icmp_msgs_per_sec` (there for the whole host, here per CPU).
-pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 1_000;
+/// ICMP errors each CPU sends per second unless the config says otherwise. Linux does not
+/// limit these errors at all (path MTU discovery must not be hindered); RFC 4443 requires a
+/// limit. Ten times Linux's host-wide budget for the errors it does limit
+/// (`net.ipv4.icmp_msgs_per_sec`), per CPU: hundreds of clients a second starting uploads,
+/// each earning a few dozen answers for the segments it has in flight; a flood's answers
+/// stay below 10 000 × 100 bytes a second per CPU.
+pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 10_000;
 
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
