@@ -519,6 +519,13 @@ fn quoted(icmp: &[u8], v4: bool) -> Quoted {
         if vihl >> 4 != 4 || ihl < 20 || q.len() < 20 {
             return none;
         }
+        // A later fragment: no ports behind its header.
+        if u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
+            return Quoted {
+                unreadable: true,
+                ..none
+            };
+        }
         (ihl, q[9], addr(q, 12, true))
     } else {
         if q.len() < 40 {

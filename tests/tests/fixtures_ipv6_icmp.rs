@@ -208,6 +208,20 @@ fn icmp_fixtures() {
         .ipv4(v4("198.18.0.1"), v4("198.18.1.1"))
         .icmp_frag_needed(1400, &ip_packet(&stray)[..40])
         .build();
+    // Quoting a later fragment of a reply: its payload happens to start with the bytes the
+    // ports of a VIP flow would be (80 → 6000), but a later fragment has no ports.
+    let mut looks_like_ports = vec![0x00, 0x50, 0x17, 0x70];
+    looks_like_ports.resize(24, 0);
+    let later4 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .fragment(100, false)
+        .protocol(TCP)
+        .payload(&looks_like_ports)
+        .build();
+    let about_later4 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.1"), v4("198.18.1.1"))
+        .icmp_frag_needed(1400, &ip_packet(&later4)[..28])
+        .build();
     // Errors about the host's own traffic are the host's.
     let host_err = Pkt::eth(CLIENT_MAC, LB_MAC)
         .ipv4(v4("198.18.0.1"), v4("198.18.0.2"))
@@ -273,6 +287,16 @@ fn icmp_fixtures() {
                 XDP_DROP,
                 Expect::Ignored,
                 &[(Drop::IcmpNotForVip.slot(), 1)],
+            )],
+        },
+        Fixture {
+            name: "v4_error_quoting_a_later_fragment_drops",
+            config: CFG.into(),
+            steps: vec![step(
+                about_later4,
+                XDP_DROP,
+                Expect::Ignored,
+                &[(Drop::IcmpNotForVip.slot(), 1), (fwd, 0)],
             )],
         },
         Fixture {

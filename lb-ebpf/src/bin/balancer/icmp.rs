@@ -134,6 +134,11 @@ fn quoted_flow(ctx: &XdpContext, l3: &L3) -> Result<FlowKey, Drop> {
         if q.version_ihl >> 4 != 4 || ihl < IPV4_HLEN {
             return Err(Drop::IcmpTruncated);
         }
+        // A later fragment (offset not zero) carries no ports: what sits where they would
+        // is payload, and routing by it would pick a backend at random (see IPv6 below).
+        if u16::from_be(q.frag_off_be) & 0x1fff != 0 {
+            return Err(Drop::IcmpNotForVip);
+        }
         ([q.saddr, 0, 0, 0], [q.daddr, 0, 0, 0], q.proto, q_off + ihl)
     } else {
         let q = ptr_at::<Ipv6Hdr>(ctx, q_off).ok_or(Drop::IcmpTruncated)?;
