@@ -962,16 +962,25 @@ impl<D: Dataplane> Core<D> {
             // A next hop on another interface is reached by XDP_REDIRECT, which the program
             // only does to registered ports (else `no_route`): registered before the entry
             // names it.
-            if !self.tx_ports.contains(&h.ifindex) {
-                self.dp.add_tx_port(h.ifindex)?;
-                self.tx_ports.insert(h.ifindex);
-            }
+            self.add_tx_port(h.ifindex)?;
         }
         let b = self.backend_mut(id, addr)?;
         b.nexthop = hop;
         let (index, entry) = (b.index, backend_entry(id, addr, b));
         self.dp.set_backend(index, &entry)?;
         Ok(true)
+    }
+
+    /// Registers `ifindex` as a port the program may redirect to, once. Also for the
+    /// egress of a backend whose neighbour is not resolved yet: the program's FIB lookup
+    /// finds that interface as soon as the kernel resolves the neighbour, before the daemon
+    /// records the next hop, and a redirect to an unregistered port is dropped (`no_route`).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), CoreError> {
+        if !self.tx_ports.contains(&ifindex) {
+            self.dp.add_tx_port(ifindex)?;
+            self.tx_ports.insert(ifindex);
+        }
+        Ok(())
     }
 
     /// Every (VIP, backend address) pair.
@@ -1865,6 +1874,17 @@ mod tests {
         assert!(
             matches!(writes, [Write::TxPort(7), Write::Backend(i, _), Write::Backend(..)] if *i == idx),
             "port once, before the entry that names it: {writes:?}"
+        );
+        // Registered early (an unresolved neighbour's egress): not registered again when
+        // the next hop comes.
+        let n = core.dataplane().writes.len();
+        core.add_tx_port(9).unwrap();
+        core.add_tx_port(9).unwrap();
+        core.set_nexthop(&id, a, Some(hop(9))).unwrap();
+        let writes = &core.dataplane().writes[n..];
+        assert!(
+            matches!(writes, [Write::TxPort(9), Write::Backend(..)]),
+            "port once: {writes:?}"
         );
     }
 

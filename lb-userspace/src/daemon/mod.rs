@@ -420,6 +420,9 @@ async fn refresh_nexthops(daemon: &Arc<Mutex<Daemon>>) {
                 Ok(hop) => d.set_nexthop(&vip, addr, Some(*hop)),
                 Err(e) => {
                     log::debug!("next hop of {addr}: {e}");
+                    if let neighbour::NeighbourError::Unresolved { ifindex, .. } = e {
+                        d.add_tx_port(*ifindex);
+                    }
                     d.set_nexthop(&vip, addr, None);
                 }
             }
@@ -443,6 +446,9 @@ fn resolve_nexthops_now(core: &mut Core<AyaDataplane>) {
             }
             Err(e) => {
                 log::debug!("next hop of {addr}: {e}");
+                if let neighbour::NeighbourError::Unresolved { ifindex, .. } = e {
+                    state::add_tx_port(core, ifindex);
+                }
                 true
             }
         });

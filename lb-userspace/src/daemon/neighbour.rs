@@ -47,8 +47,13 @@ pub enum NeighbourError {
     #[error("no route to {0}")]
     NoRoute(IpAddr),
     /// Route known, neighbour not resolved yet (resolution was requested).
-    #[error("neighbour {0} not resolved yet")]
-    Unresolved(IpAddr),
+    #[error("neighbour {via} not resolved yet")]
+    Unresolved {
+        /// The neighbour (the backend, or the route's gateway).
+        via: IpAddr,
+        /// The route's egress interface.
+        ifindex: u32,
+    },
 }
 
 fn ip_json(args: &[&str]) -> Result<serde_json::Value, NeighbourError> {
@@ -105,17 +110,17 @@ pub fn resolve(backend: IpAddr) -> Result<NextHop, NeighbourError> {
     let usable = neighs.into_iter().find(|n| {
         n.lladdr.is_some() && !n.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE")
     });
+    let ifindex = netdev::ifindex(&dev).map_err(|e| NeighbourError::Ip {
+        args: format!("ifindex {dev}"),
+        message: e.to_string(),
+    })?;
     let Some(dmac) = usable
         .and_then(|n| n.lladdr)
         .and_then(|m| netdev::parse_mac(&m))
     else {
         nudge(via);
-        return Err(NeighbourError::Unresolved(via));
+        return Err(NeighbourError::Unresolved { via, ifindex });
     };
-    let ifindex = netdev::ifindex(&dev).map_err(|e| NeighbourError::Ip {
-        args: format!("ifindex {dev}"),
-        message: e.to_string(),
-    })?;
     let smac = netdev::mac(&dev).map_err(|e| NeighbourError::Ip {
         args: format!("mac {dev}"),
         message: e.to_string(),

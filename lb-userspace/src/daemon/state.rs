@@ -373,6 +373,12 @@ impl Daemon {
         record_nexthop(&mut self.core, vip, addr, hop);
     }
 
+    /// Registers the egress interface of a backend whose neighbour is still unresolved
+    /// (`Core::add_tx_port`).
+    pub fn add_tx_port(&mut self, ifindex: u32) {
+        add_tx_port(&mut self.core, ifindex);
+    }
+
     /// Agent endpoints of every `agent` VIP's backends, with the VIP's poll interval.
     pub fn agent_targets(&self) -> Vec<(VipId, IpAddr, SocketAddr, Duration)> {
         let mut out = Vec::new();
@@ -650,6 +656,14 @@ impl Daemon {
             })
             .collect();
         json!({ "reasons": by_name, "vips": vips, "health_transitions": {"up": self.transitions.up, "down": self.transitions.down} })
+    }
+}
+
+/// `Core::add_tx_port`, logged: a port that cannot be registered leaves the FIB path to
+/// that interface dropping (`no_route`) until it can.
+pub fn add_tx_port(core: &mut Core<AyaDataplane>, ifindex: u32) {
+    if let Err(e) = core.add_tx_port(ifindex) {
+        log::warn!("registering interface {ifindex} for XDP_REDIRECT: {e}");
     }
 }
 
