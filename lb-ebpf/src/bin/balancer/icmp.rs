@@ -25,7 +25,7 @@ use lb_ebpf::{
     csum,
     parse::{
         eth::{ETH_HLEN, VLAN_HLEN},
-        ipv4::{Ipv4Hdr, IPV4_HLEN},
+        ipv4::{Ipv4Hdr, IPV4_HLEN, IP_OFFSET_MASK},
         ipv6::{skip_ext_headers, Ipv6Hdr, IPV6_HLEN},
         FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3,
     },
@@ -136,7 +136,7 @@ fn quoted_flow(ctx: &XdpContext, l3: &L3) -> Result<FlowKey, Drop> {
         }
         // A later fragment (offset not zero) carries no ports: what sits where they would
         // is payload, and routing by it would pick a backend at random (see IPv6 below).
-        if u16::from_be(q.frag_off_be) & 0x1fff != 0 {
+        if u16::from_be(q.frag_off_be) & IP_OFFSET_MASK != 0 {
             return Err(Drop::IcmpNotForVip);
         }
         ([q.saddr, 0, 0, 0], [q.daddr, 0, 0, 0], q.proto, q_off + ihl)
