@@ -45,6 +45,31 @@ impl FlowKey {
 // SAFETY: repr(C), only integer fields, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for FlowKey {}
 
+#[cfg(feature = "user")]
+impl FlowKey {
+    /// The key the data plane builds from a client → VIP packet with these addresses,
+    /// ports and protocol (both addresses of one family).
+    pub fn between(
+        client: std::net::IpAddr,
+        sport: u16,
+        vip: std::net::IpAddr,
+        dport: u16,
+        proto: u8,
+    ) -> FlowKey {
+        let (src, family) = crate::addr::to_words(client);
+        let (dst, _) = crate::addr::to_words(vip);
+        FlowKey {
+            src,
+            dst,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// The key of an IPv4 flow in the IPv4 connection table (`CONNS_V4`).
 ///
 /// The kernel hashes and compares every byte of a key on each lookup: 16 bytes instead of
@@ -86,3 +111,37 @@ impl FlowKeyV4 {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only integer fields, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for FlowKeyV4 {}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+    use crate::addr::{FAMILY_V4, FAMILY_V6};
+
+    #[test]
+    fn between_lays_the_key_out_as_the_packet_does() {
+        let k = FlowKey::between(
+            "198.18.0.10".parse().unwrap(),
+            40000,
+            "198.18.1.1".parse().unwrap(),
+            80,
+            6,
+        );
+        // Words and ports in network order, as read from the packet's bytes.
+        assert_eq!(k.src[0].to_ne_bytes(), [198, 18, 0, 10]);
+        assert_eq!(k.dst[0].to_ne_bytes(), [198, 18, 1, 1]);
+        assert_eq!((k.src[1], k.dst[3]), (0, 0));
+        assert_eq!(k.sport_be.to_ne_bytes(), 40000u16.to_be_bytes());
+        assert_eq!(k.dport_be.to_ne_bytes(), [0, 80]);
+        assert_eq!((k.proto, k.family), (6, FAMILY_V4));
+        let k6 = FlowKey::between(
+            "fd00::10".parse().unwrap(),
+            1,
+            "fd00:1::1".parse().unwrap(),
+            2,
+            17,
+        );
+        assert_eq!(k6.family, FAMILY_V6);
+        assert_eq!(k6.src[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+        assert_eq!(k6.dst[3].to_ne_bytes(), [0, 0, 0, 1]);
+    }
+}

@@ -160,8 +160,6 @@ fn schedule<'a>(
 
 #[cfg(test)]
 mod tests {
-    use lb_common::addr::to_words;
-
     use super::*;
     use crate::{
         config::{Config, VipId},
@@ -193,17 +191,8 @@ mod tests {
     }
 
     fn key(sport: u16) -> FlowKey {
-        let (src, family) = to_words("198.18.0.10".parse().unwrap());
-        let (dst, _) = to_words("198.18.1.1".parse().unwrap());
-        FlowKey {
-            src,
-            dst,
-            sport_be: sport.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: 6,
-            family,
-            _pad: [0; 2],
-        }
+        let ip = |a: &str| a.parse().unwrap();
+        FlowKey::between(ip("198.18.0.10"), sport, ip("198.18.1.1"), 80, 6)
     }
 
     /// A connection-table entry on `addr` as `core` holds it now.

@@ -183,17 +183,7 @@ pub fn tunnelled_to(ebpf: &mut Ebpf, frame: &[u8], lb: IpAddr) -> IpAddr {
 
 /// The connection-table key of a client → VIP packet.
 pub fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-    let (s, family) = to_words(src);
-    let (d, _) = to_words(dst);
-    FlowKey {
-        src: s,
-        dst: d,
-        sport_be: sport.to_be(),
-        dport_be: dport.to_be(),
-        proto,
-        family,
-        _pad: [0; 2],
-    }
+    FlowKey::between(src, sport, dst, dport, proto)
 }
 
 /// What a step's output must be.

@@ -606,17 +606,13 @@ impl Daemon {
                 ),
             ));
         }
-        let (src, family) = lb_common::addr::to_words(client.ip());
-        let (dst, _) = lb_common::addr::to_words(vip.address);
-        let key = lb_common::flow::FlowKey {
-            src,
-            dst,
-            sport_be: client.port().to_be(),
-            dport_be: vip.port.to_be(),
-            proto: vip.protocol.number(),
-            family,
-            _pad: [0; 2],
-        };
+        let key = lb_common::flow::FlowKey::between(
+            client.ip(),
+            client.port(),
+            vip.address,
+            vip.port,
+            vip.protocol.number(),
+        );
         let dp = self.core.dataplane();
         let p = crate::placement::place(
             state,
