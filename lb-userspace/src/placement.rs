@@ -67,45 +67,34 @@ pub fn place(
     active: impl Fn(u32) -> u64,
     now_s: u32,
 ) -> Placement {
-    let slot_of = |idx: u32, generation: Option<u32>| {
-        vip.backends
-            .iter()
-            .find(|(_, b)| b.index == idx && generation.is_none_or(|g| g == b.generation))
-    };
+    // The entry's backend, if its slot still holds the backend it was recorded with.
+    let on = entry.and_then(|e| slot(vip, e.backend).filter(|(_, b)| b.generation == e.generation));
     let recorded = entry.map(|e| Recorded {
-        backend: slot_of(e.backend, Some(e.generation)).map(|(a, _)| *a),
+        backend: on.map(|(a, _)| *a),
         counted: e.flags & CONN_F_COUNTED != 0,
         closed: e.flags & CONN_F_CLOSED != 0,
         idle_s: (e.flags & CONN_F_COUNTED != 0 && e.seen_s != 0)
             .then(|| now_s.saturating_sub(e.seen_s)),
     });
     // A recorded flow stays while its backend is usable (select.rs, `recorded`).
-    if let Some(e) = entry {
-        if let Some((addr, _)) = slot_of(e.backend, Some(e.generation)).filter(|(_, b)| b.active())
-        {
-            return Placement {
-                recorded,
-                next: Next {
-                    how: "recorded",
-                    backend: Some(*addr),
-                    candidates: Vec::new(),
-                },
-            };
-        }
-    }
-    Placement {
-        recorded,
-        next: schedule(vip, flow, &slot_of, active),
-    }
+    let next = match on.filter(|(_, b)| b.active()) {
+        Some((addr, _)) => Next {
+            how: "recorded",
+            backend: Some(*addr),
+            candidates: Vec::new(),
+        },
+        None => schedule(vip, flow, active),
+    };
+    Placement { recorded, next }
+}
+
+/// The backend in data-plane slot `idx` of `vip`.
+fn slot(vip: &VipState, idx: u32) -> Option<(&IpAddr, &BackendState)> {
+    vip.backends.iter().find(|(_, b)| b.index == idx)
 }
 
 /// What the VIP's scheduler picks for a flow the table does not pin (select.rs, `pick`).
-fn schedule<'a>(
-    vip: &'a VipState,
-    flow: &FlowKey,
-    slot_of: &dyn Fn(u32, Option<u32>) -> Option<(&'a IpAddr, &'a BackendState)>,
-    active: impl Fn(u32) -> u64,
-) -> Next {
+fn schedule(vip: &VipState, flow: &FlowKey, active: impl Fn(u32) -> u64) -> Next {
     let flags = crate::sched::flags(vip.config.scheduler);
     let table = vip.table();
     let next = |how, backend, candidates| Next {
@@ -126,7 +115,7 @@ fn schedule<'a>(
     };
     let at = |h: u32| table[(h % table.len() as u32) as usize];
     let first = at(hash);
-    let Some((first_addr, first_b)) = slot_of(first, None) else {
+    let Some((first_addr, first_b)) = slot(vip, first) else {
         return next("no_backend", None, Vec::new());
     };
     if flags & VIP_F_LEAST_CONN == 0 {
@@ -139,7 +128,7 @@ fn schedule<'a>(
             at(h)
         })
         .find(|&c| c != first)
-        .and_then(|c| slot_of(c, None));
+        .and_then(|c| slot(vip, c));
     let Some((second_addr, second_b)) = second else {
         return next("less_loaded", Some(*first_addr), vec![*first_addr]);
     };
