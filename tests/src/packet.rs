@@ -79,6 +79,16 @@ pub enum ExtHeader {
     Other { protocol: u8, body: Vec<u8> },
 }
 
+/// One PadN option (RFC 8200 section 4.2) `len` bytes long in all (at least 2): as the
+/// options of [`ExtHeader::HopByHop`] or [`ExtHeader::DestOpts`], a header of `len + 2`
+/// bytes, with no padding added when that is a multiple of 8.
+pub fn pad_n(len: usize) -> Vec<u8> {
+    let data = u8::try_from(len - 2).expect("a PadN option holds at most 255 data bytes");
+    let mut option = vec![1, data];
+    option.resize(len, 0);
+    option
+}
+
 impl ExtHeader {
     fn protocol(&self) -> u8 {
         match self {

@@ -8,7 +8,7 @@ use lb_common::{
 use xlb_tests::{
     fixtures::*,
     netns::require_root,
-    packet::{ip_packet, ExtHeader, Pkt},
+    packet::{ip_packet, pad_n, ExtHeader, Pkt},
 };
 
 const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"},
@@ -380,8 +380,7 @@ fn too_big_quotes_and_sources() {
         .icmp_frag_needed(1480, &ip_packet(&opts4)[..72])
         .build();
     // A 24-byte destination options header (one PadN): 64 + 8 = 72 bytes quoted.
-    let mut pad_n = vec![1, 20];
-    pad_n.resize(22, 0);
+    let pad_n = pad_n(22);
     let ext6 = v6_client()
         .ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
         .tcp(6011, 80)
@@ -496,8 +495,8 @@ fn icmpv6_errors_quoting_extension_headers() {
     if !require_root() {
         return;
     }
-    let mut pad_n = vec![1, 20];
-    pad_n.resize(22, 0);
+    // One PadN option: 24-byte options headers.
+    let pad_n = pad_n(22);
     let reply = |sport: u16| {
         Pkt::eth(LB_MAC, CLIENT_MAC)
             .ipv6(v6("fd00:1::1"), v6("fd00::10"))

@@ -23,7 +23,7 @@ use xlb_tests::{
     fixtures::*,
     netns::require_root,
     packet::{
-        eth_frame, ip_packet, ipv4_outer, ipv6_outer, ExtHeader, Pkt, ETHERTYPE_IPV4,
+        eth_frame, ip_packet, ipv4_outer, ipv6_outer, pad_n, ExtHeader, Pkt, ETHERTYPE_IPV4,
         ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
         PROTO_UDP,
     },
@@ -406,8 +406,7 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .payload(&[0; 32])
         .build();
     // One PadN option: a 24-byte destination options header.
-    let mut pad_n = vec![1, 20];
-    pad_n.resize(22, 0);
+    let pad_n = pad_n(22);
     let reply6_ext = Pkt::eth(LB_MAC, CLIENT_MAC)
         .ipv6(v6(VIP6), v6(CLIENT6))
         .ipv6_ext(ExtHeader::DestOpts(pad_n.clone()))
