@@ -494,13 +494,10 @@ struct Quoted {
 /// Whether `a` may be sent an ICMP error (RFC 1812 section 4.3.2.7, RFC 4443 section 2.4).
 pub fn unicast(a: IpAddr) -> bool {
     match a {
+        // 0/8 (unspecified among them), loopback, multicast, 240/4 (broadcast among them).
         IpAddr::V4(a) => {
             let first = a.octets()[0];
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || first == 0
-                || first >= 240)
+            !(first == 0 || a.is_loopback() || a.is_multicast() || first >= 240)
         }
         IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
     }
