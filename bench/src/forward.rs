@@ -293,6 +293,7 @@ impl Rig {
             ifindex: l0,
             smac: lmac,
             dmac: gmac,
+            mtu: 1500,
         };
         Ok(Rig {
             genns,

@@ -352,6 +352,7 @@ impl Testbed {
                 ifindex: self.lb_if,
                 smac: self.lb_mac,
                 dmac: [0; 6],
+                mtu: 1500,
             },
         )?;
         for b in &self.net.backends {
@@ -359,6 +360,7 @@ impl Testbed {
                 ifindex: self.lb_if,
                 smac: self.lb_mac,
                 dmac: b.ns.mac("eth0"),
+                mtu: 1500,
             };
             xlb.core
                 .set_nexthop(&vip, IpAddr::V4(b.v4), Some(hop))

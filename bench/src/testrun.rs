@@ -70,6 +70,7 @@ fn test_hop() -> NextHop {
         ifindex: TEST_RUN_IFINDEX,
         smac: LB_MAC,
         dmac: NEXTHOP_MAC,
+        mtu: 1500,
     }
 }
 

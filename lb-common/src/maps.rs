@@ -175,9 +175,16 @@ pub struct Backend {
     /// takes new flows. In such a time another CPU may have moved the flow in the connection
     /// table, so a cached copy from before it must not come back into use.
     pub cache_epoch: u32,
+    /// Largest IP packet the path to the next hop carries (valid with
+    /// [`BACKEND_F_NEXTHOP`]): the egress interface's MTU, or the route's if it sets one.
+    /// A backend behind another interface than the balancer's own link may have a smaller
+    /// one; the program answers too-big packets with the smaller of this and
+    /// `LbConfig::mtu`. 0 = `LbConfig::mtu` alone (no next hop yet, or a slot written by a
+    /// daemon that predates the field).
+    pub mtu: u32,
     /// Always zero: pads the entry to one 64-byte cache line (`BACKENDS` keeps its values
     /// page-aligned), so a packet's backend costs one line, not two.
-    pub _reserved: [u32; 2],
+    pub _reserved: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 64);
 

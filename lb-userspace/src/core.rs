@@ -106,6 +106,9 @@ pub struct NextHop {
     pub smac: [u8; 6],
     /// The next hop's MAC.
     pub dmac: [u8; 6],
+    /// Largest IP packet the path carries: the route's MTU if it sets one, else the
+    /// egress interface's (0: not known; the balancer's own `mtu` alone applies).
+    pub mtu: u32,
 }
 
 /// Why the core refused an operation. Each has a stable code for the control protocol.
@@ -444,19 +447,16 @@ impl<D: Dataplane> Core<D> {
     /// carry a 1280-byte packet in a backend's tunnel would answer its retries with the
     /// same "packet too big" for ever: such a VIP is refused rather than black-holed.
     fn check_ipv6_minimum(&self, vip: &VipConfig, backend: &IpAddr) -> Result<(), CoreError> {
-        const IPV6_MIN_MTU: u32 = 1280;
-        let outer = if backend.is_ipv4() { 20 } else { 40 };
         let mtu = self.settings.mtu;
-        if !vip.address.is_ipv6() || mtu == 0 || mtu >= IPV6_MIN_MTU + outer {
+        let Some(needed) = ipv6_minimum_unmet(vip.address, *backend, mtu) else {
             return Ok(());
-        }
+        };
         Err(ConfigError::new(
             "mtu",
             format!(
                 "{mtu} cannot carry a 1280-byte IPv6 packet (the least IPv6 allows) from VIP {} \
-                 to backend {backend} in its tunnel: needs at least {}",
+                 to backend {backend} in its tunnel: needs at least {needed}",
                 vip.address,
-                IPV6_MIN_MTU + outer
             ),
         )
         .into())
@@ -963,6 +963,16 @@ impl<D: Dataplane> Core<D> {
             // only does to registered ports (else `no_route`): registered before the entry
             // names it.
             self.add_tx_port(h.ifindex)?;
+            // Learned at run time, so not refused as a configured `mtu` is; said once per
+            // change.
+            if let Some(needed) = ipv6_minimum_unmet(id.address, addr, h.mtu) {
+                log::warn!(
+                    "the path to backend {addr} of {id} carries {} bytes: clients of the IPv6 \
+                     VIP cannot send it a 1280-byte packet (needs {needed}); raise that \
+                     interface's or route's MTU",
+                    h.mtu
+                );
+            }
         }
         let b = self.backend_mut(id, addr)?;
         b.nexthop = hop;
@@ -1203,6 +1213,15 @@ impl<D: Dataplane> Core<D> {
     }
 }
 
+/// The MTU an IPv6 VIP's backend needs when `mtu` (0: not checked) cannot carry IPv6's
+/// smallest packet (1280 bytes, RFC 8200) in the backend's tunnel; `None` when it can, or
+/// the VIP is IPv4.
+fn ipv6_minimum_unmet(vip: IpAddr, backend: IpAddr, mtu: u32) -> Option<u32> {
+    const IPV6_MIN_MTU: u32 = 1280;
+    let needed = IPV6_MIN_MTU + if backend.is_ipv4() { 20 } else { 40 };
+    (vip.is_ipv6() && mtu != 0 && mtu < needed).then_some(needed)
+}
+
 /// The data-plane entry of a backend in a given state.
 fn backend_entry(vip: &VipId, addr: IpAddr, b: &BackendState) -> Backend {
     let (words, family) = to_words(addr);
@@ -1228,6 +1247,7 @@ fn backend_entry(vip: &VipId, addr: IpAddr, b: &BackendState) -> Backend {
         entry.ifindex = hop.ifindex;
         entry.smac = hop.smac;
         entry.dmac = hop.dmac;
+        entry.mtu = hop.mtu;
     }
     entry
 }
@@ -1857,6 +1877,7 @@ mod tests {
             ifindex,
             smac: [2, 0, 0, 0, 0, 1],
             dmac: [2, 0, 0, 0, 0, 2],
+            mtu: 1500,
         };
         let (a, b) = (
             "198.18.0.11".parse::<IpAddr>().unwrap(),

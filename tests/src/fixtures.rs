@@ -56,6 +56,9 @@ pub fn v6(s: &str) -> Ipv6Addr {
 /// VIPs a lab can hold (small maps load fast).
 pub const LAB_MAX_VIPS: u32 = 8;
 
+/// The MTU of a lab's link and of its fixed next hops' paths.
+pub const LAB_MTU: u32 = 1500;
+
 /// A loaded balancer programmed through the core.
 pub struct Lab {
     /// The loaded object (owns the program).
@@ -90,7 +93,7 @@ impl Lab {
         cfg.record_rate_limit.get_or_insert(0);
         let mut ebpf = loader::load_balancer(opts).expect("load balancer");
         let dp = AyaDataplane::new(&mut ebpf).expect("balancer maps");
-        let settings = Settings::resolve(&cfg, &[], 1500, opts.max_vips);
+        let settings = Settings::resolve(&cfg, &[], LAB_MTU, opts.max_vips);
         let mut core = Core::new(dp, settings).expect("core");
         core.apply(&cfg)
             .unwrap_or_else(|e| panic!("fixture config refused: {e}"));
@@ -106,6 +109,7 @@ impl Lab {
             ifindex: TEST_RUN_IFINDEX,
             smac: LB_MAC,
             dmac: NEXTHOP_MAC,
+            mtu: LAB_MTU,
         };
         for (vip, addr) in pairs {
             self.core

@@ -255,6 +255,7 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
                 ifindex: TEST_RUN_IFINDEX,
                 smac: LB_MAC,
                 dmac: NEXTHOP_MAC,
+                mtu: 1500,
             }),
         )
         .expect("cache next hop");

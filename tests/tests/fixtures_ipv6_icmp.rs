@@ -655,3 +655,124 @@ fn icmp_errors_are_rate_limited_per_cpu() {
     }
     assert_eq!(lab.counters()[limited], 0);
 }
+
+/// A backend's path may carry less than the balancer's own link (it sits behind another
+/// interface, or its route sets an MTU): packets too big for that path once encapsulated
+/// are answered with the path's MTU less the tunnel, not forwarded to be dropped on the way.
+/// A path that carries more than our link changes nothing, nor does one not known (0).
+#[test]
+fn a_backend_s_path_mtu_below_ours_sets_the_too_big_answer() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(CFG);
+    let path_mtu = |lab: &mut Lab, mtu: u32| {
+        for (vip, addr) in [
+            ("198.18.1.1:80/tcp", "198.18.0.11"),
+            ("[fd00:1::1]:80/tcp", "fd00::11"),
+        ] {
+            let hop = xlb::core::NextHop {
+                ifindex: TEST_RUN_IFINDEX,
+                smac: LB_MAC,
+                dmac: NEXTHOP_MAC,
+                mtu,
+            };
+            lab.core
+                .set_nexthop(&vip.parse().unwrap(), addr.parse().unwrap(), Some(hop))
+                .expect("set next hop");
+        }
+    };
+    // IPv4 packets of 1381 and 1380 bytes, IPv6 ones of 1361 and 1360, against a 1400-byte
+    // path: the larger ones no longer fit once encapsulated (20 and 40 bytes).
+    let p4 = |sport: u16, len: usize| {
+        v4_client()
+            .tcp(sport, 80)
+            .ack()
+            .payload(&vec![7; len - 40])
+            .build()
+    };
+    let p6 = |sport: u16, len: usize| {
+        v6_client()
+            .tcp(sport, 80)
+            .ack()
+            .payload(&vec![7; len - 60])
+            .build()
+    };
+    let need4 = |pkt: &[u8], mtu: u16| {
+        Pkt::eth(LB_MAC, CLIENT_MAC)
+            .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+            .icmp_frag_needed(mtu, &ip_packet(pkt)[..64])
+            .build()
+    };
+    let need6 = |pkt: &[u8], mtu: u32| {
+        Pkt::eth(LB_MAC, CLIENT_MAC)
+            .ipv6(v6("fd00:1::1"), v6("fd00::10"))
+            .icmpv6_packet_too_big(mtu, &ip_packet(pkt)[..64])
+            .build()
+    };
+    let check = |lab: &mut Lab, what: &str, frame: &[u8], verdict: u32, want: &[u8]| {
+        let out = lab.run(frame);
+        assert_eq!(out.verdict, verdict, "{what}: verdict");
+        if let Some(d) = xlb_tests::packet::diff_frames(want, &out.frame) {
+            panic!("{what}: output frame:\n{d}");
+        }
+    };
+    let (b4, b6) = ("198.18.0.11".parse().unwrap(), "fd00::11".parse().unwrap());
+
+    path_mtu(&mut lab, 1400);
+    let (big4, fits4) = (p4(6070, 1381), p4(6071, 1380));
+    let (big6, fits6) = (p6(6072, 1361), p6(6073, 1360));
+    check(
+        &mut lab,
+        "v4 over the path",
+        &big4,
+        XDP_TX,
+        &need4(&big4, 1380),
+    );
+    check(
+        &mut lab,
+        "v4 fitting the path",
+        &fits4,
+        XDP_TX,
+        &encapsulated(&fits4, lb4(), b4, 0),
+    );
+    check(
+        &mut lab,
+        "v6 over the path",
+        &big6,
+        XDP_TX,
+        &need6(&big6, 1360),
+    );
+    check(
+        &mut lab,
+        "v6 fitting the path",
+        &fits6,
+        XDP_TX,
+        &encapsulated(
+            &fits6,
+            lb6(),
+            b6,
+            hash_of("fd00::10", 6073, "fd00:1::1", 80),
+        ),
+    );
+
+    // Larger than our link, or not known: our link's 1500 bytes decide.
+    for mtu in [9000, 0] {
+        path_mtu(&mut lab, mtu);
+        let (big4, fits4) = (p4(6074, 1481), p4(6075, 1480));
+        check(
+            &mut lab,
+            &format!("path {mtu}: v4 over ours"),
+            &big4,
+            XDP_TX,
+            &need4(&big4, 1480),
+        );
+        check(
+            &mut lab,
+            &format!("path {mtu}: v4 fitting ours"),
+            &fits4,
+            XDP_TX,
+            &encapsulated(&fits4, lb4(), b4, 0),
+        );
+    }
+}

@@ -23,6 +23,15 @@ use crate::{core::NextHop, netdev};
 struct Route {
     dev: Option<String>,
     gateway: Option<IpAddr>,
+    /// The route's metrics; `mtu` among them when the route sets one (`ip route … mtu N`)
+    /// or the kernel learned a smaller path MTU.
+    #[serde(default)]
+    metrics: Vec<RouteMetric>,
+}
+
+#[derive(Deserialize)]
+struct RouteMetric {
+    mtu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -125,11 +134,27 @@ pub fn resolve(backend: IpAddr) -> Result<NextHop, NeighbourError> {
         args: format!("mac {dev}"),
         message: e.to_string(),
     })?;
+    let dev_mtu = netdev::mtu(&dev).map_err(|e| NeighbourError::Ip {
+        args: format!("mtu {dev}"),
+        message: e.to_string(),
+    })?;
     Ok(NextHop {
         ifindex,
         smac,
         dmac,
+        mtu: path_mtu(&route.metrics, dev_mtu),
     })
+}
+
+/// What the path to a backend carries: the route's MTU where it sets one (never more than
+/// the interface's: the kernel caps it the same way), else the interface's.
+fn path_mtu(metrics: &[RouteMetric], dev_mtu: u32) -> u32 {
+    metrics
+        .iter()
+        .filter_map(|m| m.mtu)
+        .filter(|&m| m != 0)
+        .min()
+        .map_or(dev_mtu, |m| m.min(dev_mtu))
 }
 
 /// Makes the kernel resolve `via`: one empty datagram to the discard port (9). Failures do
@@ -140,5 +165,40 @@ fn nudge(via: IpAddr) {
         .expect("literal");
     if let Ok(sock) = UdpSocket::bind(bind) {
         let _ = sock.send_to(&[], SocketAddr::new(via, 9));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_mtu_is_the_route_s_where_it_sets_one() {
+        // `ip -j route get` as iproute2 prints it, with and without a route MTU.
+        for (json, dev_mtu, want) in [
+            (
+                r#"[{"dst":"198.18.6.7","gateway":"198.18.5.2","dev":"d0","flags":[],"cache":[],"metrics":[{"mtu":1400}]}]"#,
+                1500,
+                1400,
+            ),
+            (
+                r#"[{"dst":"198.18.5.7","dev":"d0","prefsrc":"198.18.5.1","flags":[],"uid":0,"cache":[]}]"#,
+                1500,
+                1500,
+            ),
+            (
+                r#"[{"dst":"198.18.6.7","dev":"d0","metrics":[{"mtu":9000}]}]"#,
+                1500,
+                1500,
+            ),
+            (
+                r#"[{"dst":"fd00:6::7","dev":"d0","metrics":[{"hoplimit":64},{"mtu":1300}]}]"#,
+                1500,
+                1300,
+            ),
+        ] {
+            let routes: Vec<Route> = serde_json::from_str(json).expect("route JSON");
+            assert_eq!(path_mtu(&routes[0].metrics, dev_mtu), want, "{json}");
+        }
     }
 }

@@ -572,6 +572,7 @@ impl Daemon {
                             "bytes": bt.bytes,
                             "new_flows": bt.new_flows,
                             "next_hop": b.nexthop.map(|h| mac_string(&h.dmac)),
+                            "path_mtu": b.nexthop.map(|h| h.mtu),
                             "health": health,
                         })
                     })

@@ -111,12 +111,19 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     let cfg = lookup::config()?;
     let icmp_error = l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6;
     let outer = encap::overhead(backend);
+    // The path to a backend behind another interface, or over a route with its own MTU,
+    // may carry less than our link: the smaller one (0: not known, ours alone).
+    let mtu = if backend.mtu != 0 && backend.mtu < cfg.mtu {
+        backend.mtu
+    } else {
+        cfg.mtu
+    };
     // ICMP errors are never answered with ICMP errors (RFC 1122, RFC 4443); they are small.
-    if !icmp_error && cfg.mtu != 0 && (l3.l3_len() + outer) as u32 > cfg.mtu {
+    if !icmp_error && mtu != 0 && (l3.l3_len() + outer) as u32 > mtu {
         if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 {
             return Err(Drop::TooBig);
         }
-        return unpack(icmp::too_big(ctx, &l3, cfg.mtu - outer as u32));
+        return unpack(icmp::too_big(ctx, &l3, mtu.saturating_sub(outer as u32)));
     }
     // ICMP errors are counted by reason only; everything else as its backend's traffic.
     let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop, stats, !icmp_error)?;
