@@ -6,6 +6,7 @@
 //!   lb     198.18.0.2  fd00::2  ──┼── bridge (own namespace)
 //!   bN     198.18.0.1N fd00::1N ──┘   VIPs 198.18.1.1 / fd00:1::1 on each backend's lo
 //! ```
+//! A test may add a second LAN behind the balancer's `eth1` ([`DemoNet::add_arm`]).
 //! The client routes the VIP prefixes via the balancer; the balancer tunnels to a backend;
 //! the backend's decap program strips the tunnel and its stack answers the client directly
 //! (DSR), never through the balancer. Backends run `python3 -m http.server` serving a page
@@ -33,6 +34,10 @@ pub const VIP6: &str = "fd00:1::1";
 pub const LB4: &str = "198.18.0.2";
 /// See [`LB4`].
 pub const LB6: &str = "fd00::2";
+/// The balancer's addresses on a second LAN ([`DemoNet::add_arm`]).
+pub const ARM_LB4: &str = "198.18.2.1";
+/// See [`ARM_LB4`].
+pub const ARM_LB6: &str = "fd00:2::1";
 /// The client's addresses.
 pub const CLIENT4: &str = "198.18.0.10";
 /// See [`CLIENT4`].
@@ -233,6 +238,11 @@ pub struct DemoNet {
     /// XDP_PASS on the balancer's bridge port (veth delivers XDP_TX only to a peer with an
     /// XDP program); detached on drop.
     _pass: Ebpf,
+    /// LANs behind the balancer's other interfaces ([`DemoNet::add_arm`]), each with the
+    /// XDP_PASS program on the balancer's port.
+    arms: Vec<(Lan, Ebpf)>,
+    /// Names this topology's namespaces.
+    prefix: String,
 }
 
 impl DemoNet {
@@ -266,44 +276,100 @@ impl DemoNet {
             .expect("attach xlb_pass");
             ebpf
         };
-        let mut backends = Vec::new();
-        for i in 1..=n {
-            let ns = Netns::new(&format!("{prefix}b{i}"));
-            let v4: Ipv4Addr = format!("198.18.0.{}", 10 + i).parse().expect("addr");
-            let v6: Ipv6Addr = format!("fd00::{}", 10 + i).parse().expect("addr");
-            lan.attach(&ns, "eth0", &[&format!("{v4}/24"), &format!("{v6}/64")]);
-            ns.addr("lo", &format!("{VIP4}/32"));
-            ns.addr("lo", &format!("{VIP6}/128"));
-            // Classic DSR: the VIP lives on lo, and must not be answered for on the LAN.
-            ns.sysctl("net.ipv4.conf.all.arp_ignore", "1");
-            ns.sysctl("net.ipv4.conf.all.arp_announce", "2");
-            ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
-            ns.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
-            let name = format!("b{i}");
-            let docroot = dir.join(&name);
-            std::fs::create_dir_all(&docroot).expect("docroot");
-            std::fs::write(docroot.join("index.html"), format!("{name}\n")).expect("index.html");
-            // A large file: replies that big would show in the balancer's receive counters
-            // if they crossed it.
-            std::fs::write(docroot.join("big.bin"), vec![b'x'; BIG_FILE]).expect("big.bin");
-            backends.push(BackendHost {
-                ns,
-                v4,
-                v6,
-                name,
-                http: None,
-                decap: None,
-                docroot,
-            });
-        }
-        DemoNet {
+        let mut net = DemoNet {
             lan,
             client,
             lb,
-            backends,
+            backends: Vec::new(),
             dir,
             _pass: pass,
+            arms: Vec::new(),
+            prefix: prefix.to_string(),
+        };
+        for i in 1..=n {
+            let v4: Ipv4Addr = format!("198.18.0.{}", 10 + i).parse().expect("addr");
+            let v6: Ipv6Addr = format!("fd00::{}", 10 + i).parse().expect("addr");
+            let ns = Netns::new(&format!("{prefix}b{i}"));
+            net.lan
+                .attach(&ns, "eth0", &[&format!("{v4}/24"), &format!("{v6}/64")]);
+            net.add_backend(ns, v4, v6);
         }
+        net
+    }
+
+    /// Makes backend host `ns` (plugged in as `eth0` with `v4` and `v6`) a DSR backend
+    /// named after its place (`bN`) and adds it to [`DemoNet::backends`].
+    fn add_backend(&mut self, ns: Netns, v4: Ipv4Addr, v6: Ipv6Addr) {
+        ns.addr("lo", &format!("{VIP4}/32"));
+        ns.addr("lo", &format!("{VIP6}/128"));
+        // Classic DSR: the VIP lives on lo, and must not be answered for on the LAN.
+        ns.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+        ns.sysctl("net.ipv4.conf.all.arp_announce", "2");
+        ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        ns.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
+        let name = format!("b{}", self.backends.len() + 1);
+        let docroot = self.dir.join(&name);
+        std::fs::create_dir_all(&docroot).expect("docroot");
+        std::fs::write(docroot.join("index.html"), format!("{name}\n")).expect("index.html");
+        // A large file: replies that big would show in the balancer's receive counters if
+        // they crossed it.
+        std::fs::write(docroot.join("big.bin"), vec![b'x'; BIG_FILE]).expect("big.bin");
+        self.backends.push(BackendHost {
+            ns,
+            v4,
+            v6,
+            name,
+            http: None,
+            decap: None,
+            docroot,
+        });
+    }
+
+    /// A second LAN behind the balancer (a two-armed balancer): the balancer plugs in as
+    /// `eth1` with [`ARM_LB4`] and [`ARM_LB6`], and `n` more backends (198.18.2.1N,
+    /// fd00:2::1N, numbered on from the first LAN's) route to the client through it. Every
+    /// link of that LAN has `mtu`. The balancer reaches these backends by XDP_REDIRECT to
+    /// `eth1`; their replies cross the balancer's kernel (forwarding is on), not its XDP
+    /// program, which sits on `eth0` only. Returns the new backends' indices.
+    pub fn add_arm(&mut self, n: usize, mtu: u32) -> std::ops::Range<usize> {
+        let prefix = self.prefix.clone();
+        let lan = Lan::new(&format!("{prefix}a{}", self.arms.len() + 1));
+        let lb_port = lan.attach(
+            &self.lb,
+            "eth1",
+            &[&format!("{ARM_LB4}/24"), &format!("{ARM_LB6}/64")],
+        );
+        let set_mtu = |lan: &Lan, host: &Netns, port: &crate::netns::Port| {
+            lan.ns().set_mtu(&port.bridge_if, mtu);
+            host.set_mtu(&port.host_if, mtu);
+        };
+        set_mtu(&lan, &self.lb, &lb_port);
+        // XDP_REDIRECT into a veth needs NAPI on its peer; GRO is off on the LAN's ports.
+        let pass = {
+            let _inside = lan.ns().enter();
+            let mut ebpf = xlb::loader::load_baseline("xlb_pass").expect("load xlb_pass");
+            xlb::loader::attach(
+                &mut ebpf,
+                "xlb_pass",
+                &lb_port.bridge_if,
+                aya::programs::XdpMode::Driver,
+            )
+            .expect("attach xlb_pass");
+            ebpf
+        };
+        let first = self.backends.len();
+        for i in first + 1..=first + n {
+            let v4: Ipv4Addr = format!("198.18.2.{}", 10 + i).parse().expect("addr");
+            let v6: Ipv6Addr = format!("fd00:2::{}", 10 + i).parse().expect("addr");
+            let ns = Netns::new(&format!("{prefix}b{i}"));
+            let port = lan.attach(&ns, "eth0", &[&format!("{v4}/24"), &format!("{v6}/64")]);
+            set_mtu(&lan, &ns, &port);
+            ns.route(&["198.18.0.0/24", "via", ARM_LB4]);
+            ns.route(&["fd00::/64", "via", ARM_LB6]);
+            self.add_backend(ns, v4, v6);
+        }
+        self.arms.push((lan, pass));
+        first..first + n
     }
 
     /// Starts every backend's decap program and web server and waits until they serve.
