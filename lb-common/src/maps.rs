@@ -88,7 +88,9 @@ pub const PROTO_ANY: u8 = 0;
 pub struct VipKey {
     /// VIP address, raw network-order words.
     pub addr: AddrWords,
-    /// Port, network byte order (0 in address-only markers).
+    /// Port, network byte order. 0 with a protocol: an all-ports VIP, the service of its
+    /// address's packets that no VIP on their own port takes (while [`CFG_F_ALL_PORTS`] is
+    /// set); 0 with [`PROTO_ANY`]: an address-only marker.
     pub port_be: u16,
     /// IP protocol (6 TCP, 17 UDP; [`PROTO_ANY`] in address-only markers).
     pub proto: u8,
@@ -231,6 +233,11 @@ pub const CFG_F_BENCH_RESTORE: u32 = 1 << 1;
 /// adds one to the client port's raw halfword, so that each repeat of a test run is a new
 /// flow (the bench measures new flows in repeat mode, like hits). Never set by `xlb run`.
 pub const CFG_F_BENCH_NEW_FLOWS: u32 = 1 << 2;
+
+/// `LbConfig::flags`: some VIP serves every port of its address (`VipKey::port_be` 0): a
+/// new flow no VIP on its port takes is looked up once more on port 0. Set by the daemon
+/// while such a VIP exists, so that other traffic pays no second lookup.
+pub const CFG_F_ALL_PORTS: u32 = 1 << 3;
 
 /// Balancer-wide settings (one slot).
 #[repr(C)]

@@ -15,7 +15,7 @@ use std::{
 use lb_common::maglev::is_prime;
 use serde::{Deserialize, Serialize};
 
-use crate::health::HealthCheckConfig;
+use crate::health::{CheckKind, HealthCheckConfig};
 
 /// New flows each CPU records per second unless the config says otherwise: far above what
 /// one CPU's clients open (a new flow costs about 1 µs here, so a CPU that only recorded
@@ -224,7 +224,7 @@ pub struct VipConfig {
     pub name: Option<String>,
     /// The virtual address clients connect to.
     pub address: IpAddr,
-    /// The port (1..=65535).
+    /// The port (1..=65535), or 0: every port the address has no VIP of its own on.
     pub port: u16,
     /// `tcp` or `udp`.
     pub protocol: Protocol,
@@ -283,17 +283,34 @@ fn is_false(b: &bool) -> bool {
 pub struct VipId {
     /// Address.
     pub address: IpAddr,
-    /// Port.
+    /// Port; 0: every port (an all-ports VIP, written `*`).
     pub port: u16,
     /// Protocol.
     pub protocol: Protocol,
 }
 
+impl VipId {
+    /// Whether this VIP serves every port of its address (port 0, written `*`).
+    pub fn all_ports(&self) -> bool {
+        self.port == 0
+    }
+
+    /// The all-ports VIP of this one's address and protocol.
+    pub fn on_all_ports(&self) -> VipId {
+        VipId { port: 0, ..*self }
+    }
+}
+
 impl fmt::Display for VipId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = if self.all_ports() {
+            "*".to_string()
+        } else {
+            self.port.to_string()
+        };
         match self.address {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
+            IpAddr::V4(a) => write!(f, "{a}:{port}/{}", self.protocol),
+            IpAddr::V6(a) => write!(f, "[{a}]:{port}/{}", self.protocol),
         }
     }
 }
@@ -301,7 +318,8 @@ impl fmt::Display for VipId {
 impl std::str::FromStr for VipId {
     type Err = String;
 
-    /// Parses `198.18.1.1:80/tcp` or `[fd00::1]:80/udp` (protocol defaults to tcp).
+    /// Parses `198.18.1.1:80/tcp` or `[fd00::1]:80/udp` (protocol defaults to tcp); `*` as
+    /// the port names an all-ports VIP (`198.18.1.1:*/tcp`).
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr_port, proto) = match s.rsplit_once('/') {
             Some((a, p)) => (a, p),
@@ -316,15 +334,33 @@ impl std::str::FromStr for VipId {
                 ))
             }
         };
-        let sa: std::net::SocketAddr = addr_port.parse().map_err(|_| {
-            format!("{s:?} is not ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:80/tcp")
-        })?;
-        if sa.port() == 0 {
-            return Err(format!("port 0 in {s:?}: ports are 1..=65535"));
-        }
+        let bad = || {
+            format!(
+                "{s:?} is not ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp, [fd00::1]:80/tcp \
+                 or 198.18.1.1:*/tcp (every port)"
+            )
+        };
+        let (address, port) = match addr_port.strip_suffix(":*") {
+            Some(addr) => {
+                let addr = addr
+                    .strip_prefix('[')
+                    .and_then(|a| a.strip_suffix(']'))
+                    .unwrap_or(addr);
+                (addr.parse::<IpAddr>().map_err(|_| bad())?, 0)
+            }
+            None => {
+                let sa: std::net::SocketAddr = addr_port.parse().map_err(|_| bad())?;
+                if sa.port() == 0 {
+                    return Err(format!(
+                        "port 0 in {s:?}: ports are 1..=65535, or * for every port"
+                    ));
+                }
+                (sa.ip(), sa.port())
+            }
+        };
         Ok(Self {
-            address: sa.ip(),
-            port: sa.port(),
+            address,
+            port,
             protocol,
         })
     }
@@ -450,12 +486,9 @@ impl Config {
 impl VipConfig {
     /// Checks one VIP; `at` prefixes field paths in errors.
     pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        if self.port == 0 {
-            return Err(ConfigError::new(
-                format!("{at}.port"),
-                "port 0 is not a service port: use 1..=65535",
-            ));
-        }
+        // Port 0: every port (the VIP on a packet's own port comes first).
+        check_health_port(self.port, self.health_check.as_ref())
+            .map_err(|m| ConfigError::new(format!("{at}.health_check"), m))?;
         check_unicast(&self.address).map_err(|m| ConfigError::new(format!("{at}.address"), m))?;
         if let Some(m) = self.table_size {
             if !(3..=lb_common::maps::MAX_TABLE_SIZE).contains(&m) || !is_prime(m) {
@@ -526,6 +559,21 @@ impl VipConfig {
         }
         Ok(())
     }
+}
+
+/// An all-ports VIP (port 0) has no port of its own to check its backends on: its health
+/// check (`None`: the default TCP connect) must name one, or need none (`icmp`, `none`).
+pub fn check_health_port(vip_port: u16, check: Option<&HealthCheckConfig>) -> Result<(), String> {
+    let kind = check.map_or(CheckKind::default(), |c| c.kind);
+    let has_port = check.is_some_and(|c| c.port.is_some());
+    if vip_port != 0 || has_port || matches!(kind, CheckKind::Icmp | CheckKind::None) {
+        return Ok(());
+    }
+    Err(format!(
+        "an all-ports VIP (port 0) has no port to check its backends on: give the {} check \
+         a \"port\", or use kind icmp or none",
+        kind.as_str()
+    ))
 }
 
 /// Bounds of `VipConfig::idle_timeout_s`: below a recount interval a flow between two
@@ -692,8 +740,15 @@ mod tests {
             ),
             (
                 &with_vip(r#"{"address": "198.18.1.1", "port": 0, "protocol": "tcp"}"#),
-                "vips[0].port",
-                "1..=65535",
+                "vips[0].health_check",
+                "all-ports VIP (port 0) has no port to check its backends on: give the tcp check a \"port\"",
+            ),
+            (
+                &with_vip(
+                    r#"{"address": "198.18.1.1", "port": 0, "protocol": "tcp", "health_check": {"kind": "http"}}"#,
+                ),
+                "vips[0].health_check",
+                "give the http check a \"port\"",
             ),
             (
                 &with_vip(r#"{"address": "198.18.1.1", "port": 70000, "protocol": "tcp"}"#),
@@ -816,9 +871,44 @@ mod tests {
     }
 
     #[test]
+    fn all_ports_vips_check_their_backends_on_a_named_port_or_none() {
+        for check in [
+            r#""health_check": {"port": 7000}"#,
+            r#""health_check": {"kind": "http", "port": 8080}"#,
+            r#""health_check": {"kind": "icmp"}"#,
+            r#""health_check": {"kind": "none"}"#,
+        ] {
+            let text = with_vip(&format!(
+                r#"{{"address": "198.18.1.1", "port": 0, "protocol": "udp", {check}}}"#
+            ));
+            let cfg = Config::from_json(&text).unwrap_or_else(|e| panic!("{check}: {e}"));
+            assert_eq!(cfg.vips[0].id().to_string(), "198.18.1.1:*/udp");
+        }
+    }
+
+    #[test]
     fn vip_ids_parse_and_print() {
-        for s in ["198.18.1.1:80/tcp", "[fd00::1]:53/udp"] {
+        for s in [
+            "198.18.1.1:80/tcp",
+            "[fd00::1]:53/udp",
+            "198.18.1.1:*/tcp",
+            "[fd00::1]:*/udp",
+        ] {
             assert_eq!(s.parse::<VipId>().unwrap().to_string(), s);
+        }
+        let all: VipId = "[fd00::1]:*/udp".parse().unwrap();
+        assert!(all.all_ports());
+        assert_eq!(
+            "[fd00::1]:53/udp".parse::<VipId>().unwrap().on_all_ports(),
+            all
+        );
+        for bad in [
+            "198.18.1.1:*x/tcp",
+            "[fd00::1:*/tcp",
+            "198.18.1:*/tcp",
+            "*/tcp",
+        ] {
+            assert!(bad.parse::<VipId>().is_err(), "{bad}");
         }
         assert_eq!(
             "198.18.1.1:80".parse::<VipId>().unwrap().protocol,
@@ -827,7 +917,7 @@ mod tests {
         assert!("198.18.1.1:0/tcp"
             .parse::<VipId>()
             .unwrap_err()
-            .contains("port 0"));
+            .contains("or * for every port"));
         assert!("198.18.1.1:80/sctp"
             .parse::<VipId>()
             .unwrap_err()

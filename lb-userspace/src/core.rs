@@ -24,8 +24,8 @@ use lb_common::{
     addr::to_words,
     maps::{
         Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
-        BACKEND_F_NO_NEW, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY,
-        VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC,
+        BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
+        PROTO_ANY, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC,
     },
 };
 use serde::Serialize;
@@ -337,6 +337,8 @@ pub struct Core<D: Dataplane> {
     addr_refs: BTreeMap<IpAddr, u32>,
     /// Interfaces registered in `TX_PORTS` for next hops.
     tx_ports: std::collections::BTreeSet<u32>,
+    /// Whether the data plane's config has `CFG_F_ALL_PORTS` (some VIP serves every port).
+    all_ports: bool,
 }
 
 fn vip_key(id: &VipId) -> VipKey {
@@ -382,6 +384,7 @@ impl<D: Dataplane> Core<D> {
             vips: BTreeMap::new(),
             addr_refs: BTreeMap::new(),
             tx_ports: Default::default(),
+            all_ports: false,
         })
     }
 
@@ -572,6 +575,9 @@ impl<D: Dataplane> Core<D> {
         }
         self.vips.insert(id, state);
         if result.is_ok() {
+            result = self.sync_all_ports();
+        }
+        if result.is_ok() {
             result = self.publish(&id);
         }
         if result.is_err() {
@@ -584,8 +590,35 @@ impl<D: Dataplane> Core<D> {
                 self.vip_ids.free.push_front(state.id);
             }
             self.release_address(id.address);
+            self.sync_all_ports_or_log();
         }
         result
+    }
+
+    /// Writes the data plane's config again when whether some VIP serves every port
+    /// changed (`CFG_F_ALL_PORTS`): set before the first such VIP's entry goes live, or its
+    /// first flows would pass to the kernel; cleared once the last one's entry is gone, or
+    /// packets for no VIP would pay a second lookup for nothing. Only the flag changes: a
+    /// packet reading the slot meanwhile sees the same settings either way.
+    fn sync_all_ports(&mut self) -> Result<(), CoreError> {
+        let want = self.vips.keys().any(VipId::all_ports);
+        if want != self.all_ports {
+            let mut cfg = lb_config(&self.settings);
+            if want {
+                cfg.flags |= CFG_F_ALL_PORTS;
+            }
+            self.dp.set_config(&cfg)?;
+            self.all_ports = want;
+        }
+        Ok(())
+    }
+
+    /// [`Core::sync_all_ports`] where nothing depends on it: a flag left set costs packets
+    /// for no VIP one lookup, and the next change writes it again.
+    fn sync_all_ports_or_log(&mut self) {
+        if let Err(e) = self.sync_all_ports() {
+            log::warn!("updating the all-ports flag of the data plane's config: {e}");
+        }
     }
 
     /// One VIP less on `addr`; the last one takes the address marker with it (best effort:
@@ -617,6 +650,7 @@ impl<D: Dataplane> Core<D> {
             .remove(id)
             .ok_or(CoreError::UnknownVip { vip: *id })?;
         self.release_address(id.address);
+        self.sync_all_ports_or_log();
         // The VIP's figures go with it: added again, it starts from zero.
         if let Err(e) = self.dp.remove_retired(&vip_key(id)) {
             log::warn!("forgetting the traffic of {id}'s removed backends: {e}");
@@ -1120,6 +1154,8 @@ impl<D: Dataplane> Core<D> {
             hc.validate()
                 .map_err(|e| ConfigError::new("health_check", e.to_string()))?;
         }
+        crate::config::check_health_port(id.port, check.as_ref())
+            .map_err(|m| ConfigError::new("health_check", m))?;
         self.vip_mut(id)?.config.health_check = check;
         Ok(())
     }
@@ -2127,6 +2163,63 @@ mod tests {
         next.add_backend(&id, backend("198.18.0.12")).unwrap();
         assert_eq!(index(&next, "198.18.0.12"), i12);
         assert_eq!(next.vip(&id).unwrap().traffic(next.dataplane()), t(35));
+    }
+
+    #[test]
+    fn the_all_ports_flag_is_set_before_the_first_all_ports_vip_and_cleared_after_the_last() {
+        let (mut core, _) = core_with(&["198.18.0.11"]);
+        let flags = |core: &Core<Recorder>| -> Vec<u32> {
+            core.dataplane()
+                .writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Config(c) => Some(c.flags & CFG_F_ALL_PORTS),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            flags(&core),
+            [0],
+            "written once, at start, without the flag"
+        );
+        let all = |addr: &str| {
+            let mut v = vip(&["198.18.0.12"]);
+            v.address = addr.parse().unwrap();
+            v.port = 0;
+            v.health_check = Some(HealthCheckConfig {
+                kind: crate::health::CheckKind::Icmp,
+                ..HealthCheckConfig::default()
+            });
+            v
+        };
+        let (a, b) = (all("198.18.1.2"), all("198.18.1.3"));
+        let (a_id, b_id) = (a.id(), b.id());
+        core.dataplane_mut().writes.clear();
+        core.add_vip(a).unwrap();
+        // The flag before the VIP's entry: its first flows must find it.
+        let writes = &core.dataplane().writes;
+        let config_at = writes.iter().position(|w| matches!(w, Write::Config(_)));
+        let vip_at = writes
+            .iter()
+            .position(|w| matches!(w, Write::Vip(k, _) if *k == vip_key(&a_id)));
+        assert!(config_at.unwrap() < vip_at.unwrap(), "{writes:?}");
+        assert_eq!(flags(&core), [CFG_F_ALL_PORTS]);
+        // Only changes are written, and the other settings stay.
+        core.add_vip(b).unwrap();
+        core.remove_vip(&a_id).unwrap();
+        assert_eq!(flags(&core), [CFG_F_ALL_PORTS]);
+        core.remove_vip(&b_id).unwrap();
+        assert_eq!(flags(&core), [CFG_F_ALL_PORTS, 0]);
+        let last = core.dataplane().writes.iter().rev().find_map(|w| match w {
+            Write::Config(c) => Some(*c),
+            _ => None,
+        });
+        assert_eq!(last, Some(lb_config(&settings())));
+        // One whose table write fails after the flag was set leaves no flag behind.
+        core.dataplane_mut().fail_table_after = Some(0);
+        assert!(core.add_vip(all("198.18.1.4")).is_err());
+        assert_eq!(flags(&core), [CFG_F_ALL_PORTS, 0, CFG_F_ALL_PORTS, 0]);
     }
 
     #[test]

@@ -229,3 +229,70 @@ fn connections_over_the_record_rate_limit_are_served_by_hash() {
         reason("flow_not_recorded")
     );
 }
+
+/// An all-ports VIP (`198.18.1.1:*/tcp`) serves every port its address has no VIP of its
+/// own on, over both families: a line server on 7000 and a sink on 7001 answer through it
+/// from b2, while port 80, with a VIP of its own, stays on b1. `xlb status` names it with
+/// `*`, and `xlb flow` on one of its ports names the VIP that serves it.
+#[test]
+fn an_all_ports_vip_serves_every_port_without_a_vip_of_its_own() {
+    use std::io::{Read, Write};
+    use xlb_tests::topology::{connect_in, SINK_PORT};
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ep", 2);
+    net.start_backends();
+    let _names: Vec<_> = (0..2).map(|i| net.start_name_server(i)).collect();
+    let _sinks: Vec<_> = (0..2).map(|i| net.start_sink(i)).collect();
+    let cfg = format!(
+        r#"{{"vips": [
+          {{"address": "{VIP4}", "port": 80, "protocol": "tcp", "backends": [{{"address": "198.18.0.11"}}]}},
+          {{"address": "{VIP4}", "port": 0, "protocol": "tcp", "health_check": {{"port": {NAME_PORT}, "interval_ms": 300, "timeout_ms": 200}},
+            "backends": [{{"address": "198.18.0.12"}}]}},
+          {{"address": "{VIP6}", "port": 0, "protocol": "tcp", "health_check": {{"kind": "icmp"}},
+            "backends": [{{"address": "fd00::12"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+
+    for vip in [VIP4, VIP6] {
+        let addr = SocketAddr::new(vip.parse().unwrap(), NAME_PORT);
+        let mut conn = LineConn::open(&net.client, addr, TIMEOUT)
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        assert_eq!(conn.who(), "b2", "{addr}");
+        let addr = SocketAddr::new(vip.parse().unwrap(), SINK_PORT);
+        let mut s = connect_in(&net.client, addr, TIMEOUT).expect("connect to the sink");
+        s.write_all(&[b'u'; 5000]).expect("upload");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("the sink's answer");
+        assert_eq!(answer.trim(), "b2 5000", "{addr}");
+    }
+    let web = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    for _ in 0..10 {
+        let body = http_get(&net.client, web, "/", TIMEOUT).expect("GET port 80");
+        assert_eq!(String::from_utf8_lossy(&body).trim(), "b1");
+    }
+
+    let states = net.backend_states(&sock);
+    assert_eq!(
+        states
+            .get(&format!("{VIP4}:*/tcp 198.18.0.12"))
+            .map(String::as_str),
+        Some("up"),
+        "{states:?}"
+    );
+    let flow = net.ctl(
+        &sock,
+        &[
+            "flow",
+            &format!("{VIP4}:{NAME_PORT}/tcp"),
+            "198.18.0.10:40000",
+        ],
+    );
+    assert!(
+        flow.contains(&format!("served by {VIP4}:*/tcp")) && flow.contains("198.18.0.12"),
+        "{flow}"
+    );
+}

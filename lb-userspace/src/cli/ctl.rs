@@ -37,7 +37,9 @@ use crate::{
 pub enum VipCmd {
     /// Add a VIP (and, optionally, its backends).
     Add {
-        /// ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:53/udp.
+        /// ADDRESS:PORT[/PROTO], e.g. 198.18.1.1:80/tcp or [fd00::1]:53/udp; PORT `*` serves
+        /// every port the address has no VIP of its own on (its health check needs a port,
+        /// or kind icmp or none).
         vip: VipId,
         /// Scheduler: maglev (default), sh, rr, wrr, lc, wlc, lrt or agent (docs/config.md).
         #[arg(long, value_parser = parse_scheduler)]
@@ -325,8 +327,15 @@ pub fn run_flow(vip: VipId, client: SocketAddr, opts: &CtlOpts) -> anyhow::Resul
 
 /// `xlb flow`'s answer for people: the entry, then where the next packet goes and why.
 fn render_flow(r: &Value) -> String {
+    // A port of an all-ports VIP names the VIP that serves it.
+    let served_by = match (r.get("service").and_then(Value::as_str), r.get("vip")) {
+        (Some(service), Some(Value::String(vip))) if service != vip => {
+            format!(", served by {service}")
+        }
+        _ => String::new(),
+    };
     let mut out = format!(
-        "flow {} -> {} ({})\n",
+        "flow {} -> {} ({}{served_by})\n",
         field(r, "client"),
         field(r, "vip"),
         field(r, "scheduler")

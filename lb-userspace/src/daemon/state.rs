@@ -598,7 +598,20 @@ impl Daemon {
     /// the backend of its next packet (`crate::placement`). A client of the other family is
     /// refused: no such flow can exist.
     pub fn flow(&self, vip: &VipId, client: SocketAddr) -> Result<Value, ControlError> {
-        let state = self.core.vip(vip)?;
+        if vip.all_ports() {
+            return Err(ControlError::new(
+                crate::control::protocol::code::BAD_REQUEST,
+                format!(
+                    "{vip} serves every port: name the port the client connects to, e.g. {}",
+                    VipId { port: 80, ..*vip }
+                ),
+            ));
+        }
+        // As the data plane: the VIP on the port, else its address's all-ports VIP.
+        let state = match self.core.vip(vip) {
+            Ok(state) => state,
+            Err(e) => self.core.vip(&vip.on_all_ports()).map_err(|_| e)?,
+        };
         if client.is_ipv4() != vip.address.is_ipv4() {
             return Err(ControlError::new(
                 crate::control::protocol::code::BAD_REQUEST,
@@ -624,6 +637,7 @@ impl Daemon {
         );
         Ok(json!({
             "vip": vip.to_string(),
+            "service": state.config.id().to_string(),
             "client": client.to_string(),
             "scheduler": state.config.scheduler.name(),
             "recorded": p.recorded,

@@ -107,13 +107,13 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
         (*s).set_flow(&quoted_flow(ctx, l3)?);
         &(*s).flow
     };
-    let vip_key = VipKey {
+    let mut vip_key = VipKey {
         addr: flow.dst,
         port_be: flow.dport_be,
         proto: flow.proto,
         family: flow.family,
     };
-    let vip = lookup::vip(&vip_key).ok_or(Drop::IcmpNotForVip)?;
+    let vip = lookup::service(&mut vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
     if select::pinned(s, l3.family == FAMILY_V4, 0, counters(&STATS)).is_none() {
         unpack(select::pick(s, &vip, false, 0))?;

@@ -2,7 +2,7 @@
 
 use lb_common::{
     counters::Drop,
-    maps::{LbConfig, VipInfo, VipKey, PROTO_ANY},
+    maps::{LbConfig, VipInfo, VipKey, CFG_F_ALL_PORTS, PROTO_ANY},
 };
 use lb_ebpf::parse::L3;
 
@@ -14,6 +14,24 @@ pub fn vip(key: &VipKey) -> Option<VipInfo> {
     // SAFETY: the value stays valid while the program runs (RCU); copied out at once.
     let info = unsafe { *VIPS.get_ptr(key)? };
     Some(info)
+}
+
+/// The service of a new flow to `key`: the VIP on its port, else the all-ports VIP of its
+/// address, looked up only while one exists (`CFG_F_ALL_PORTS`), so that traffic for no
+/// VIP pays one flag test, not a second hash lookup. A VIP on the port comes first. The
+/// second lookup reuses `key` (its port zeroed) rather than a copy: the balancer's call
+/// chain is near BPF's 512-byte stack limit.
+#[inline(always)]
+pub fn service(key: &mut VipKey) -> Option<VipInfo> {
+    if let Some(info) = vip(key) {
+        return Some(info);
+    }
+    let cfg = CONFIG.get(0)?;
+    if cfg.flags & CFG_F_ALL_PORTS == 0 || key.port_be == 0 {
+        return None;
+    }
+    key.port_be = 0;
+    vip(key)
 }
 
 /// True when the packet's destination address carries at least one VIP (the daemon keeps

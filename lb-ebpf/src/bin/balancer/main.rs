@@ -191,13 +191,13 @@ const SCHEDULED: u32 = 1;
 fn schedule(s: *mut maps::Scratch, tcp_flags: u8) -> u64 {
     // SAFETY: this CPU's scratch slot, its flow written by the caller.
     let flow = unsafe { &(*s).flow };
-    let vip_key = VipKey {
+    let mut vip_key = VipKey {
         addr: flow.dst,
         port_be: flow.dport_be,
         proto: flow.proto,
         family: flow.family,
     };
-    let Some(vip) = lookup::vip(&vip_key) else {
+    let Some(vip) = lookup::service(&mut vip_key) else {
         return pack(Ok(NOT_A_VIP));
     };
     match unpack(select::pick(s, &vip, true, tcp_flags)) {
