@@ -39,7 +39,7 @@ use lb_ebpf::{
         IPPROTO_UDP, L3,
     },
     stats::{bump, bump_in, counters},
-    subprog::{pack, unpack},
+    subprog::{from_global, pack, unpack},
 };
 use maps::STATS;
 
@@ -79,7 +79,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     }
     let s = maps::scratch()?;
     // SAFETY: `s` is this CPU's scratch slot (map memory, valid for the whole run). The
-    // target is written by `flow_target` (via `pinned` or `schedule`) or `route` before
+    // target is written by `flow_target` (via `pinned` or `xlb_schedule`) or `route` before
     // anyone reads it; the next hop by `encap::forward` when it needs the FIB.
     let (target, hop) = unsafe {
         (
@@ -91,7 +91,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     let backend = match l3.proto {
         IPPROTO_TCP | IPPROTO_UDP => match flow_target(ctx, &l3, s, stats)? {
             Routed::Pinned(b) => b,
-            // SAFETY: `schedule` wrote the target.
+            // SAFETY: `xlb_schedule` wrote the target.
             Routed::Scheduled => {
                 select::usable(unsafe { (*target).idx }).ok_or(Drop::BadBackend)?
             }
@@ -172,7 +172,7 @@ fn flow_target(
     }
     // SAFETY: as above; the scheduler hashes the whole flow.
     unsafe { (*s).complete_flow(&flow) };
-    let scheduled = unpack(schedule(s, l4.tcp_flags))? == SCHEDULED;
+    let scheduled = unpack(from_global(xlb_schedule(u32::from(l4.tcp_flags))))? == SCHEDULED;
     Ok(if scheduled {
         Routed::Scheduled
     } else {
@@ -180,15 +180,21 @@ fn flow_target(
     })
 }
 
-/// `schedule`: the flow's destination is no VIP.
+/// `xlb_schedule`: the flow's destination is no VIP.
 const NOT_A_VIP: u32 = 0;
-/// `schedule`: a backend was picked and the flow recorded.
+/// `xlb_schedule`: a backend was picked and the flow recorded.
 const SCHEDULED: u32 = 1;
 
-/// A flow the connection table does not pin (in `s`): its VIP's scheduler picks a backend
-/// into `s.target` and records the flow. Its own BPF function: new flows only.
-#[inline(never)]
-fn schedule(s: *mut maps::Scratch, tcp_flags: u8) -> u64 {
+/// A flow the connection table does not pin (in this CPU's scratch slot): its VIP's
+/// scheduler picks a backend into `target` and records the flow. Its own BPF function, and
+/// a global one (`subprog::from_global`): new flows only, verified once on their own rather
+/// than once for every way the entry function reaches them.
+#[no_mangle]
+pub extern "C" fn xlb_schedule(tcp_flags: u32) -> u64 {
+    let s = match maps::scratch() {
+        Ok(s) => s,
+        Err(d) => return pack(Err(d)),
+    };
     // SAFETY: this CPU's scratch slot, its flow written by the caller.
     let flow = unsafe { &(*s).flow };
     let mut vip_key = VipKey {
@@ -200,7 +206,7 @@ fn schedule(s: *mut maps::Scratch, tcp_flags: u8) -> u64 {
     let Some(vip) = lookup::service(&mut vip_key) else {
         return pack(Ok(NOT_A_VIP));
     };
-    match unpack(select::pick(s, &vip, true, tcp_flags)) {
+    match unpack(select::pick(s, &vip, true, tcp_flags as u8)) {
         Ok(_) => pack(Ok(SCHEDULED)),
         Err(d) => pack(Err(d)),
     }

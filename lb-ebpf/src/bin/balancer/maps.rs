@@ -17,7 +17,10 @@ use lb_common::{
     rate_window::RateWindow,
 };
 
-use lb_ebpf::stats::{stats_map, StatsMap};
+use lb_ebpf::{
+    parse::L3,
+    stats::{stats_map, StatsMap},
+};
 
 use crate::{encap::NextHop, select::Target};
 
@@ -116,6 +119,9 @@ pub struct Scratch {
     /// cached; here rather than on `select::pick`'s stack, which shares the verifier's
     /// 512 bytes with the entry function's.
     pub conn: ConnEntry,
+    /// An ICMP packet's parsed headers, for `icmp::route` (a global BPF function: it takes
+    /// nothing from its caller's stack).
+    pub l3: L3,
 }
 
 impl Scratch {
