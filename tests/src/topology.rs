@@ -264,18 +264,7 @@ impl DemoNet {
         let lb_port = lan.attach(&lb, "eth0", &[&format!("{LB4}/24"), &format!("{LB6}/64")]);
         lb.sysctl("net.ipv4.conf.all.forwarding", "1");
         lb.sysctl("net.ipv6.conf.all.forwarding", "1");
-        let pass = {
-            let _inside = lan.ns().enter();
-            let mut ebpf = xlb::loader::load_baseline("xlb_pass").expect("load xlb_pass");
-            xlb::loader::attach(
-                &mut ebpf,
-                "xlb_pass",
-                &lb_port.bridge_if,
-                aya::programs::XdpMode::Driver,
-            )
-            .expect("attach xlb_pass");
-            ebpf
-        };
+        let pass = pass_on(&lan, &lb_port.bridge_if);
         let mut net = DemoNet {
             lan,
             client,
@@ -344,19 +333,7 @@ impl DemoNet {
             host.set_mtu(&port.host_if, mtu);
         };
         set_mtu(&lan, &self.lb, &lb_port);
-        // XDP_REDIRECT into a veth needs NAPI on its peer; GRO is off on the LAN's ports.
-        let pass = {
-            let _inside = lan.ns().enter();
-            let mut ebpf = xlb::loader::load_baseline("xlb_pass").expect("load xlb_pass");
-            xlb::loader::attach(
-                &mut ebpf,
-                "xlb_pass",
-                &lb_port.bridge_if,
-                aya::programs::XdpMode::Driver,
-            )
-            .expect("attach xlb_pass");
-            ebpf
-        };
+        let pass = pass_on(&lan, &lb_port.bridge_if);
         let first = self.backends.len();
         for i in first + 1..=first + n {
             let v4: Ipv4Addr = format!("198.18.2.{}", 10 + i).parse().expect("addr");
@@ -672,6 +649,22 @@ impl Drop for DemoNet {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// XDP_PASS attached to `bridge_if` in `lan`'s namespace (detached when dropped): veth
+/// delivers XDP_TX and XDP_REDIRECT frames only to a peer with NAPI, and GRO is off on the
+/// LANs' ports.
+fn pass_on(lan: &Lan, bridge_if: &str) -> Ebpf {
+    let _inside = lan.ns().enter();
+    let mut ebpf = xlb::loader::load_baseline("xlb_pass").expect("load xlb_pass");
+    xlb::loader::attach(
+        &mut ebpf,
+        "xlb_pass",
+        bridge_if,
+        aya::programs::XdpMode::Driver,
+    )
+    .expect("attach xlb_pass");
+    ebpf
 }
 
 fn unique() -> u64 {
