@@ -19,7 +19,8 @@ use crate::packet::{
 
 /// What the balancer under test serves: the checks that depend on configuration.
 pub struct Services<'a> {
-    /// (address, port, protocol number) of every VIP service.
+    /// (address, port, protocol number) of every VIP service; port 0: every port (an
+    /// all-ports VIP).
     pub vips: &'a [(IpAddr, u16, u8)],
     /// The link MTU towards the backends.
     pub mtu: usize,
@@ -224,10 +225,9 @@ pub fn check(f: &[u8], reason: Drop, services: &Services) -> Result<(), String> 
             let foreign = |(src, proto): (IpAddr, u8)| {
                 let sport = q.sport;
                 src != dst
-                    || !services
-                        .vips
-                        .iter()
-                        .any(|&(a, p, t)| a == src && t == proto && sport.is_none_or(|s| s == p))
+                    || !services.vips.iter().any(|&(a, p, t)| {
+                        a == src && t == proto && (p == 0 || sport.is_none_or(|s| s == p))
+                    })
             };
             let cut = !q.unreadable && (q.header.is_none() || q.sport.is_none());
             match reason {

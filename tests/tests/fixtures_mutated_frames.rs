@@ -34,6 +34,8 @@ const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "ic
     {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
      "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
     {"address": "198.18.1.1", "port": 53, "protocol": "udp", "backends": [{"address": "198.18.0.13"}]},
+    {"address": "198.18.1.1", "port": 0, "protocol": "udp", "health_check": {"kind": "none"},
+     "backends": [{"address": "198.18.0.14"}]},
     {"address": "fd00::1:1", "port": 80, "protocol": "tcp",
      "backends": [{"address": "fd00::11"}, {"address": "fd00::12"}]}
 ]}"#;
@@ -42,10 +44,11 @@ const VIP4: &str = "198.18.1.1";
 const VIP6: &str = "fd00::1:1";
 const CLIENT4: &str = "198.18.0.10";
 const CLIENT6: &str = "fd00::10";
-const BACKENDS: [&str; 5] = [
+const BACKENDS: [&str; 6] = [
     "198.18.0.11",
     "198.18.0.12",
     "198.18.0.13",
+    "198.18.0.14",
     "fd00::11",
     "fd00::12",
 ];
@@ -65,6 +68,7 @@ const SERVICES: drop_reasons::Services<'static> = drop_reasons::Services {
     vips: &[
         (IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), 80, PROTO_TCP),
         (IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), 53, PROTO_UDP),
+        (IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), 0, PROTO_UDP),
         (
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, 1)),
             80,
@@ -373,10 +377,16 @@ fn vip_service_of(f: &[u8]) -> Option<String> {
         TransportSlice::Udp(u) => ("udp", u.destination_port()),
         _ => return None,
     };
-    let services = [(VIP4, 80, "tcp"), (VIP4, 53, "udp"), (VIP6, 80, "tcp")];
+    // Port 0: every UDP port of VIP4 that no VIP of its own takes.
+    let services = [
+        (VIP4, 80, "tcp"),
+        (VIP4, 53, "udp"),
+        (VIP4, 0, "udp"),
+        (VIP6, 80, "tcp"),
+    ];
     services
         .iter()
-        .any(|&(a, p, t)| a.parse() == Ok(dst) && p == port && t == proto)
+        .any(|&(a, p, t)| a.parse() == Ok(dst) && (p == port || p == 0) && t == proto)
         .then(|| format!("{dst} port {port}/{proto}"))
         .filter(|_| !fragmented)
 }
