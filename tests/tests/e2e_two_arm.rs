@@ -50,7 +50,7 @@ fn a_backend_behind_another_interface_is_served_by_redirect_within_its_path_mtu(
   {{"address": "{VIP6}", "port": {SINK_PORT}, "protocol": "tcp", "backends": [{{"address": "{b3v6}"}}]}}
 ]}}"#
     );
-    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    let (_lb, sock) = net.start_lb(&cfg, &["--metrics", "198.18.0.2:9100"]);
     net.wait_ready(&sock);
     wait_for("every backend up", Duration::from_secs(20), || {
         let states = net.backend_states(&sock);
@@ -66,6 +66,30 @@ fn a_backend_behind_another_interface_is_served_by_redirect_within_its_path_mtu(
             let want = if behind { ARM_MTU } else { 1500 };
             assert_eq!(b["path_mtu"], want, "{addr} in {}", vip["vip"]);
         }
+    }
+
+    // The same in the metrics, scraped from the balancer's namespace.
+    let mut m = connect_in(
+        &net.lb,
+        "198.18.0.2:9100".parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .expect("metrics port");
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("metrics request");
+    let mut metrics = String::new();
+    m.read_to_string(&mut metrics).expect("metrics");
+    for needle in [
+        format!("xlb_backend_path_mtu_bytes{{vip=\"{VIP4}:80/tcp\",backend=\"{b3v4}\"}} {ARM_MTU}"),
+        format!(
+            "xlb_backend_path_mtu_bytes{{vip=\"[{VIP6}]:80/tcp\",backend=\"{b3v6}\"}} {ARM_MTU}"
+        ),
+        format!("xlb_backend_path_mtu_bytes{{vip=\"{VIP4}:80/tcp\",backend=\"198.18.0.11\"}} 1500"),
+    ] {
+        assert!(
+            metrics.contains(&needle),
+            "metrics lack {needle:?}:\n{metrics}"
+        );
     }
 
     // New connections over both families reach all three, the third through eth1.

@@ -106,6 +106,11 @@ pub fn render(d: &Daemon) -> String {
                 u8::from(b.drained)
             );
             let _ = writeln!(be.weight, "xlb_backend_weight{{{l}}} {}", b.weight);
+            // Only for a resolved next hop: a backend missing here is reached through the
+            // kernel's FIB on every packet (or not at all), which an operator alerts on.
+            if let Some(hop) = b.nexthop {
+                let _ = writeln!(be.path_mtu, "xlb_backend_path_mtu_bytes{{{l}}} {}", hop.mtu);
+            }
             if crate::sched::counts_active(v.config.scheduler) {
                 let _ = writeln!(
                     be.active,
@@ -199,6 +204,13 @@ pub fn render(d: &Daemon) -> String {
     );
     section(
         &mut out,
+        "xlb_backend_path_mtu_bytes",
+        "gauge",
+        "Largest packet the path to the backend carries (its route's MTU, else its interface's), for backends whose next hop is resolved; below the balancer's mtu it sizes their too-big answers.",
+        &be.path_mtu,
+    );
+    section(
+        &mut out,
         "xlb_backend_active_flows",
         "gauge",
         "Active flows as least-connection scheduling sees them (lc, wlc, lrt VIPs): counted by the data plane, recounted from the connection tables every 30 s.",
@@ -242,6 +254,7 @@ struct BackendLines {
     up: String,
     drained: String,
     weight: String,
+    path_mtu: String,
     active: String,
     latency: String,
     checks: String,
