@@ -686,6 +686,20 @@ pub fn connect_in(
     Ok(s)
 }
 
+/// The Prometheus text of `xlb run --metrics ADDR`, scraped from inside `ns` as
+/// Prometheus would; panics if it cannot be read.
+#[track_caller]
+pub fn scrape_metrics(ns: &Netns, addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut m = connect_in(ns, addr, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("metrics port {addr}: {e}"));
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("metrics request");
+    let mut text = String::new();
+    m.read_to_string(&mut text).expect("metrics answer");
+    text
+}
+
 /// A long-lived connection to a line server (see [`NAME_PORT`]): every question is answered
 /// with the backend's name, so a test sees at once if the connection moved.
 pub struct LineConn {

@@ -17,7 +17,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, wait_for, Netns},
-    topology::{connect_in, http_get, DemoNet, LineConn, NAME_PORT, VIP4},
+    topology::{http_get, scrape_metrics, DemoNet, LineConn, NAME_PORT, VIP4},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -393,11 +393,7 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     check_conns(&mut conns, "at the end (e)");
 
     // Metrics, scraped like Prometheus would (from the balancer's own namespace).
-    let mut m =
-        connect_in(&net.lb, "198.18.0.2:9100".parse().unwrap(), TIMEOUT).expect("metrics port");
-    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    m.read_to_string(&mut text).unwrap();
+    let text = scrape_metrics(&net.lb, "198.18.0.2:9100".parse().unwrap());
     for needle in [
         "# TYPE xlb_dropped_packets_total counter",
         "xlb_events_total{event=\"tx_encap\"}",

@@ -11,7 +11,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, wait_for},
-    topology::{connect_in, http_get, DemoNet, SINK_PORT, VIP4, VIP6},
+    topology::{connect_in, http_get, scrape_metrics, DemoNet, SINK_PORT, VIP4, VIP6},
 };
 
 /// The MTU of the LAN behind the balancer (the client's LAN has 1500).
@@ -69,16 +69,7 @@ fn a_backend_behind_another_interface_is_served_by_redirect_within_its_path_mtu(
     }
 
     // The same in the metrics, scraped from the balancer's namespace.
-    let mut m = connect_in(
-        &net.lb,
-        "198.18.0.2:9100".parse().unwrap(),
-        Duration::from_secs(3),
-    )
-    .expect("metrics port");
-    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("metrics request");
-    let mut metrics = String::new();
-    m.read_to_string(&mut metrics).expect("metrics");
+    let metrics = scrape_metrics(&net.lb, "198.18.0.2:9100".parse().unwrap());
     for needle in [
         format!("xlb_backend_path_mtu_bytes{{vip=\"{VIP4}:80/tcp\",backend=\"{b3v4}\"}} {ARM_MTU}"),
         format!(
