@@ -875,6 +875,33 @@ mod tests {
     }
 
     #[test]
+    fn flow_renders_its_entry_its_next_backend_and_an_all_ports_vip() {
+        let on_port = json!({
+            "vip": "198.18.1.1:80/tcp", "service": "198.18.1.1:80/tcp",
+            "client": "198.18.0.10:40000", "scheduler": "lc",
+            "recorded": {"backend": "198.18.0.11", "counted": true, "closed": false, "idle_s": 3},
+            "next": {"how": "less_loaded", "backend": "198.18.0.12",
+                     "candidates": ["198.18.0.11", "198.18.0.12"]}});
+        assert_eq!(
+            render_flow(&on_port),
+            "flow 198.18.0.10:40000 -> 198.18.1.1:80/tcp (lc)\n\
+             recorded:    on 198.18.0.11 (counted, last seen 3 s ago)\n\
+             next packet: 198.18.0.12 (of 198.18.0.11 and 198.18.0.12, the one with fewer \
+             active flows per weight now)\n"
+        );
+        let all_ports = json!({
+            "vip": "198.18.1.1:7000/tcp", "service": "198.18.1.1:*/tcp",
+            "client": "198.18.0.10:40000", "scheduler": "maglev", "recorded": null,
+            "next": {"how": "hash", "backend": "198.18.0.12"}});
+        assert_eq!(
+            render_flow(&all_ports),
+            "flow 198.18.0.10:40000 -> 198.18.1.1:7000/tcp (maglev, served by 198.18.1.1:*/tcp)\n\
+             recorded:    no (a new flow for the scheduler)\n\
+             next packet: 198.18.0.12 (the VIP's table at the flow's hash)\n"
+        );
+    }
+
+    #[test]
     fn status_renders_as_tables() {
         let status = json!({"vips": [
             {"vip": "198.18.1.1:80/tcp", "name": "web", "scheduler": "maglev", "table_size": 65537,
