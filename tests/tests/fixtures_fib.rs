@@ -17,7 +17,7 @@ use xlb::{config::VipId, dataplane::Dataplane};
 use xlb_tests::{
     fixtures::*,
     netns::{require_root, veth, Netns},
-    packet::{Mac, Pkt},
+    packet::{ip_packet, Mac, Pkt},
 };
 
 const CFG: &str = r#"{"outer_source": {"v4": "198.18.0.2", "v6": "fd00::2"}, "vips": [
@@ -282,6 +282,8 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
         .set_nexthop(&id, addr, None)
         .expect("clear next hop");
 
+    too_big_for_the_fib_path(ns, &mut lab);
+
     // Forwarding off on the ingress device: FWD_DISABLED, counted as no route.
     ns.sysctl("net.ipv4.conf.all.forwarding", "0");
     ns.sysctl("net.ipv4.conf.lo.forwarding", "0");
@@ -292,4 +294,81 @@ fn in_namespace(ns: &Netns, ifindex: u32, dev_mac: Mac) {
         XDP_DROP,
         &[(no_route, 1), (fib, 1)],
     );
+}
+
+/// Before the daemon has resolved a backend's next hop, the FIB lookup checks the
+/// encapsulated packet against the egress device's MTU: a packet that fits our link but not
+/// the path is answered with the MTU the FIB reports, less the outer header, like one too
+/// big for an MTU the daemon knows (fixtures_ipv6_icmp); an ICMP error, never answered with
+/// one, is dropped.
+fn too_big_for_the_fib_path(ns: &Netns, lab: &mut Lab) {
+    ns.ip(&["link", "set", DEV, "mtu", "1400"]);
+    let fib = Event::FibLookup.slot();
+    let sent = Event::IcmpTooBigSent.slot();
+    // IP packets of 1381 / 1361 bytes: 1401 once encapsulated, 19 under our own 1500.
+    let big4 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .tcp(1100, 80)
+        .ack()
+        .payload(&[7; 1341])
+        .build();
+    let big6 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(v6("fd00::10"), v6("fd00::1:1"))
+        .tcp(1101, 80)
+        .ack()
+        .payload(&[7; 1301])
+        .build();
+    let need4 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .icmp_frag_needed(1380, &ip_packet(&big4)[..64])
+        .build();
+    let need6 = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(v6("fd00::1:1"), v6("fd00::10"))
+        .icmpv6_packet_too_big(1360, &ip_packet(&big6)[..64])
+        .build();
+    for (what, frame, want) in [("v4", &big4, &need4), ("v6", &big6, &need6)] {
+        let out = expect(lab, what, frame, XDP_TX, &[(fib, 1), (sent, 1)]);
+        if let Some(d) = xlb_tests::packet::diff_frames(want, &out) {
+            panic!("{what} too big for the FIB's path: answer:\n{d}");
+        }
+    }
+    // One byte less fits, and goes.
+    let fits4 = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .tcp(1102, 80)
+        .ack()
+        .payload(&[7; 1340])
+        .build();
+    expect(
+        lab,
+        "v4 fitting the FIB's path",
+        &fits4,
+        XDP_REDIRECT,
+        &[(fib, 1), (sent, 0), (Event::RedirectEncap.slot(), 1)],
+    );
+    // An error about a VIP flow (a router could not pass its 1400-byte reply on), itself
+    // too big for the path once encapsulated.
+    let reply = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(v4("198.18.1.1"), v4("198.18.0.10"))
+        .tcp(80, 1103)
+        .ack()
+        .payload(&[0; 1360])
+        .build();
+    let error = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.1"), v4("198.18.1.1"))
+        .icmp_frag_needed(1300, ip_packet(&reply))
+        .build();
+    expect(
+        lab,
+        "ICMP error too big for the FIB's path",
+        &error,
+        XDP_DROP,
+        &[
+            (fib, 1),
+            (sent, 0),
+            (Drop::TooBig.slot(), 1),
+            (Event::IcmpForwarded.slot(), 0),
+        ],
+    );
+    ns.ip(&["link", "set", DEV, "mtu", "1500"]);
 }

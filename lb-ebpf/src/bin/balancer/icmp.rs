@@ -19,7 +19,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Drop, Event},
     flow::FlowKey,
-    maps::VipKey,
+    maps::{LbConfig, VipKey, CFG_F_ICMP_TOO_BIG},
 };
 use lb_ebpf::{
     csum,
@@ -217,14 +217,43 @@ fn quoted_ports(ctx: &XdpContext, end: usize, ports_off: usize) -> u64 {
     )
 }
 
+/// A flow's packet (not an ICMP error: those are never answered with one, RFC 1122,
+/// RFC 4443) that does not fit the path to its backend once encapsulated: answered with
+/// "fragmentation needed" / "packet too big" advertising `mtu` (what the path carries of
+/// the inner packet) where the config asks for it, else dropped as `too_big`. Both places
+/// that find a packet too big end here: the MTUs the daemon knows, and the kernel's FIB.
+/// Its own BPF function: the headers' copy stays out of the entry function's code.
+#[inline(never)]
+pub fn answer_too_big(ctx: &XdpContext, l3: &L3, cfg: &LbConfig, mtu: u32) -> u64 {
+    if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 {
+        return pack(Err(Drop::TooBig));
+    }
+    let s = match crate::maps::scratch() {
+        Ok(s) => s,
+        Err(d) => return pack(Err(d)),
+    };
+    // SAFETY: this CPU's scratch slot (map memory); `l3` is free: this is no ICMP packet.
+    unsafe { (*s).l3 = *l3 };
+    from_global(xlb_too_big(ctx.ctx, mtu))
+}
+
 /// Answers the packet in the frame with "fragmentation needed" (IPv4, only when DF is
 /// set: without DF the sender does no path MTU discovery, so it is dropped and counted)
 /// or "packet too big" (IPv6), advertising `mtu`, and bounces it to the sender, if that
 /// is a unicast address an ICMP error may go to (RFC 1812 section 4.3.2.7, RFC 4443
-/// section 2.4 (e)).
-#[inline(never)]
-pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: u32) -> u64 {
-    pack(too_big_stage(ctx, l3, mtu))
+/// section 2.4 (e)). Its headers are in the scratch slot's `l3`. A global BPF function
+/// (see [`xlb_icmp_route`]): verified once, not once for each of its two call sites and
+/// each way the entry function reaches them.
+#[no_mangle]
+pub extern "C" fn xlb_too_big(raw: *mut aya_ebpf::bindings::xdp_md, mtu: u32) -> u64 {
+    let ctx = XdpContext::new(raw);
+    let s = match crate::maps::scratch() {
+        Ok(s) => s,
+        Err(d) => return pack(Err(d)),
+    };
+    // SAFETY: this CPU's scratch slot, `l3` written by `answer_too_big` before the call.
+    let l3 = unsafe { &(*s).l3 };
+    pack(too_big_stage(&ctx, l3, mtu))
 }
 
 #[inline(always)]

@@ -31,7 +31,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
-    maps::{Backend, VipKey, CFG_F_ICMP_TOO_BIG},
+    maps::{Backend, VipKey},
 };
 use lb_ebpf::{
     parse::{
@@ -120,10 +120,12 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
     };
     // ICMP errors are never answered with ICMP errors (RFC 1122, RFC 4443); they are small.
     if !icmp_error && mtu != 0 && (l3.l3_len() + outer) as u32 > mtu {
-        if cfg.flags & CFG_F_ICMP_TOO_BIG == 0 {
-            return Err(Drop::TooBig);
-        }
-        return unpack(icmp::too_big(ctx, &l3, mtu.saturating_sub(outer as u32)));
+        return unpack(icmp::answer_too_big(
+            ctx,
+            &l3,
+            cfg,
+            mtu.saturating_sub(outer as u32),
+        ));
     }
     // ICMP errors are counted by reason only; everything else as its backend's traffic.
     let verdict = encap::forward(ctx, &l3, target, cfg, backend, hop, stats, !icmp_error)?;
