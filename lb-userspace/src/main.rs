@@ -128,9 +128,19 @@ enum Cmd {
         cmd: BackendCmd,
     },
     /// Show VIPs, backends, health and traffic of a running balancer.
-    Status(CtlArgs),
+    Status {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        #[command(flatten)]
+        rate: RateArg,
+    },
     /// Show the data plane's counters of a running balancer.
-    Stats(CtlArgs),
+    Stats {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        #[command(flatten)]
+        rate: RateArg,
+    },
     /// Show where a client's flow to a VIP goes: its connection-table entry and the backend
     /// of its next packet.
     Flow {
@@ -152,6 +162,16 @@ struct CtlArgs {
     /// Print the raw JSON result.
     #[arg(long, global = true)]
     json: bool,
+}
+
+/// `--rate`, shared by `xlb status` and `xlb stats`.
+#[derive(Debug, clap::Args)]
+struct RateArg {
+    /// Show what moved per second instead of totals: the counters are read twice, SECS
+    /// apart (default 1; 0.1..=3600).
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = xlb::cli::rate::parse_interval)]
+    rate: Option<std::time::Duration>,
 }
 
 fn main() -> ExitCode {
@@ -229,14 +249,20 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 json: a.json,
             },
         ),
-        Cmd::Status(a) => ctl::run_status(&CtlOpts {
-            socket: a.socket,
-            json: a.json,
-        }),
-        Cmd::Stats(a) => ctl::run_stats(&CtlOpts {
-            socket: a.socket,
-            json: a.json,
-        }),
+        Cmd::Status { ctl: a, rate } => ctl::run_status(
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+            rate.rate,
+        ),
+        Cmd::Stats { ctl: a, rate } => ctl::run_stats(
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+            rate.rate,
+        ),
         Cmd::Flow {
             ctl: a,
             vip,

@@ -281,6 +281,7 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         "(a) b2 answered while down"
     );
     check_conns(&mut conns, "during (a)");
+    rates_follow_the_load(&net, &sock);
 
     // (b) start it again: it rejoins and gets traffic.
     net.start_http(1);
@@ -404,4 +405,48 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
+}
+
+/// `xlb status --rate` and `xlb stats --rate` while the load runs and b2 is down: the
+/// VIP's packets go through its other backends, none through b2.
+fn rates_follow_the_load(net: &DemoNet, sock: &Path) {
+    let rates: serde_json::Value =
+        serde_json::from_str(&net.ctl(sock, &["status", "--rate", "1", "--json"]))
+            .expect("status --rate JSON");
+    let web = rates["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == WEB)
+        .unwrap_or_else(|| panic!("{WEB} in {rates}"));
+    let pps = |addr: &str| {
+        web["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["address"] == addr)
+            .and_then(|b| b["packets_per_s"].as_f64())
+            .unwrap_or_else(|| panic!("packets_per_s of {addr} in {web}"))
+    };
+    assert_eq!(pps("198.18.0.12"), 0.0, "a down backend got packets: {web}");
+    assert!(
+        pps("198.18.0.11") + pps("198.18.0.13") > 0.0,
+        "no packets per second under load: {web}"
+    );
+    assert!(web["packets_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{web}");
+    let text = net.ctl(sock, &["stats", "--rate", "0.5"]);
+    let moved = |name: &str| {
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+    };
+    assert!(
+        moved("tx_encap"),
+        "tx_encap did not move under load:\n{text}"
+    );
+    assert!(!moved("no_backend"), "{text}");
+    let refused = net.try_ctl(sock, &["status", "--rate", "0"]);
+    assert!(
+        !refused.0 && refused.2.contains("outside"),
+        "--rate 0 accepted: {refused:?}"
+    );
 }

@@ -12,10 +12,12 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
+use super::rate;
 use crate::{
     config::{
         check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Scheduler,
@@ -307,16 +309,44 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
     print_result(opts, &result, |r| confirmation(r, done))
 }
 
-/// Runs `xlb status`.
-pub fn run_status(opts: &CtlOpts) -> anyhow::Result<()> {
-    let result = call(&opts.socket, &Request::Status(Empty {}))?;
-    print_result(opts, &result, render_status)
+/// Runs `xlb status`; with `rate`, traffic per second over that interval instead of totals.
+pub fn run_status(opts: &CtlOpts, rate: Option<Duration>) -> anyhow::Result<()> {
+    let req = Request::Status(Empty {});
+    match rate {
+        None => print_result(opts, &call(&opts.socket, &req)?, render_status),
+        Some(interval) => {
+            let (before, after, elapsed) = sample_twice(&opts.socket, &req, interval)?;
+            let rates = rate::status_rates(&before, &after, elapsed);
+            print_result(opts, &rates, rate::render_status_rates)
+        }
+    }
 }
 
-/// Runs `xlb stats`.
-pub fn run_stats(opts: &CtlOpts) -> anyhow::Result<()> {
-    let result = call(&opts.socket, &Request::Stats(Empty {}))?;
-    print_result(opts, &result, render_stats)
+/// Runs `xlb stats`; with `rate`, counters per second over that interval instead of totals.
+pub fn run_stats(opts: &CtlOpts, rate: Option<Duration>) -> anyhow::Result<()> {
+    let req = Request::Stats(Empty {});
+    match rate {
+        None => print_result(opts, &call(&opts.socket, &req)?, render_stats),
+        Some(interval) => {
+            let (before, after, elapsed) = sample_twice(&opts.socket, &req, interval)?;
+            let rates = rate::stats_rates(&before, &after, elapsed);
+            print_result(opts, &rates, rate::render_stats_rates)
+        }
+    }
+}
+
+/// `req`'s answer now and `interval` later, and the time between the two answers (the
+/// daemon reads its counters when it answers).
+fn sample_twice(
+    socket: &Path,
+    req: &Request,
+    interval: Duration,
+) -> anyhow::Result<(Value, Value, Duration)> {
+    let before = call(socket, req)?;
+    let t0 = Instant::now();
+    std::thread::sleep(interval);
+    let after = call(socket, req)?;
+    Ok((before, after, t0.elapsed()))
 }
 
 /// Runs `xlb flow`.
@@ -504,11 +534,11 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
-fn field(v: &Value, key: &str) -> String {
+pub(super) fn field(v: &Value, key: &str) -> String {
     cell(v.get(key))
 }
 
-fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+pub(super) fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -516,7 +546,7 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 /// A text table: columns sized to their widest cell; numeric columns right-aligned.
-struct Table {
+pub(super) struct Table {
     head: Vec<&'static str>,
     numeric: Vec<bool>,
     rows: Vec<Vec<String>>,
@@ -524,7 +554,7 @@ struct Table {
 
 impl Table {
     /// Columns as (heading, is numeric).
-    fn new(cols: &[(&'static str, bool)]) -> Self {
+    pub(super) fn new(cols: &[(&'static str, bool)]) -> Self {
         Self {
             head: cols.iter().map(|c| c.0).collect(),
             numeric: cols.iter().map(|c| c.1).collect(),
@@ -532,11 +562,11 @@ impl Table {
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(super) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self, indent: &str, out: &mut String) {
+    pub(super) fn render(&self, indent: &str, out: &mut String) {
         let mut widths: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (w, c) in widths.iter_mut().zip(row) {
@@ -990,7 +1020,7 @@ health_transitions: {\"down\":0,\"up\":1}
             &opts,
         )
         .expect("drain");
-        run_status(&opts).expect("status");
+        run_status(&opts, None).expect("status");
         let e = run_vip(
             VipCmd::Remove {
                 vip: "198.18.1.1:81/tcp".parse().expect("vip"),

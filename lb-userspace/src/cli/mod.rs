@@ -1,1 +1,2 @@
 pub mod ctl;
+pub mod rate;
