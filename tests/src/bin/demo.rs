@@ -1,11 +1,15 @@
 //! `cargo xtask demo`: xlb balancing real HTTP traffic on a built-in virtual network, with a
 //! live failover. Everything lives in network namespaces this program creates and removes.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use xlb_tests::{
     netns::{require_root, wait_for},
-    topology::{curl, curl_with, DemoNet, VIP4, VIP6},
+    topology::{curl, curl_with, xlb_bin, DemoNet, VIP4, VIP6},
 };
 
 const REQUESTS: usize = 30;
@@ -39,7 +43,17 @@ fn main() {
     };
     wait_for("b2 to be marked down", Duration::from_secs(15), b2_down);
     println!("{}", net.ctl(&sock, &["status"]));
+    // The operator's live view, taken while the requests run: b2 gets nothing.
+    let rate = Command::new(xlb_bin())
+        .args(["status", "--rate", "2", "--socket"])
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .spawn();
     tally(&net, &url4, "IPv4 with b2 down");
+    if let Ok(out) = rate.and_then(|r| r.wait_with_output()) {
+        println!("\nxlb status --rate 2, while those requests ran:");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
 
     println!("\nb2's web server is back");
     net.start_http(1);
