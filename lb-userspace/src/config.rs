@@ -268,6 +268,11 @@ pub struct BackendConfig {
     /// Start drained: no new flows, existing ones stay.
     #[serde(default, skip_serializing_if = "is_false")]
     pub drained: bool,
+    /// A backup: takes new flows only while none of the VIP's other backends can (all
+    /// down, drained or of weight 0), as HAProxy's `backup` servers and keepalived's
+    /// sorry server.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backup: bool,
 }
 
 fn one() -> u32 {

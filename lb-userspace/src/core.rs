@@ -202,6 +202,11 @@ pub struct BackendState {
     pub agent_down: bool,
     /// The backend's agent says drain.
     pub agent_drain: bool,
+    /// A backup (`BackendConfig::backup`): new flows only while no other backend takes
+    /// them.
+    pub backup: bool,
+    /// A backup held back because another backend takes new flows (kept by `publish`).
+    pub standby: bool,
     /// Dynamic share of the weight in percent (agent's `NN%`, or `lrt`'s latency factor);
     /// 100 when nothing adjusts it.
     pub factor_pct: u32,
@@ -222,6 +227,9 @@ impl BackendState {
             nexthop: None,
             agent_down: false,
             agent_drain: false,
+            backup: b.backup,
+            // Until `publish` finds no other backend to take new flows.
+            standby: b.backup,
             factor_pct: 100,
             generation,
             cache_epoch,
@@ -239,9 +247,14 @@ impl BackendState {
         self.weight * self.factor_pct
     }
 
+    /// Could take new flows, backup or not.
+    fn eligible(&self) -> bool {
+        self.active() && !self.drained && !self.agent_drain && self.effective_weight() > 0
+    }
+
     /// Takes new flows.
     pub fn in_table(&self) -> bool {
-        self.active() && !self.drained && !self.agent_drain && self.effective_weight() > 0
+        self.eligible() && !self.standby
     }
 }
 
@@ -678,6 +691,7 @@ impl<D: Dataplane> Core<D> {
                 address: *a,
                 weight: b.weight,
                 drained: b.drained,
+                backup: b.backup,
             })
             .collect();
         Ok(cfg)
@@ -885,6 +899,15 @@ impl<D: Dataplane> Core<D> {
     pub fn set_weight(&mut self, id: &VipId, addr: IpAddr, weight: u32) -> Result<(), CoreError> {
         check_weight(weight).map_err(|m| ConfigError::new("weight", m))?;
         self.update_backend(id, addr, |b| b.weight = weight)
+            .map(|_| ())
+    }
+
+    /// Makes a backend a backup (new flows only while no other backend of its VIP takes
+    /// them) or a regular one again.
+    pub fn set_backup(&mut self, id: &VipId, addr: IpAddr, backup: bool) -> Result<(), CoreError> {
+        // A regular backend leaves standby at once, a backup takes it where another backend
+        // serves: `publish` settles it, the entry written on the safe side of the flip.
+        self.update_backend(id, addr, |b| b.backup = backup)
             .map(|_| ())
     }
 
@@ -1187,8 +1210,65 @@ impl<D: Dataplane> Core<D> {
             })
     }
 
-    /// Rebuilds the VIP's table into its inactive half and flips to it.
+    /// Rebuilds the VIP's table into its inactive half and flips to it, with its backups
+    /// in or out of it: they take new flows only while no other backend can. A backup
+    /// coming in is written (no longer `BACKEND_F_NO_NEW`, a new cache epoch, as in
+    /// `update_backend`) before the table naming it goes live; one going out after the
+    /// table without it did.
     fn publish(&mut self, id: &VipId) -> Result<(), CoreError> {
+        let vip = self.vip_mut(id)?;
+        let serving = vip.backends.values().any(|b| !b.backup && b.eligible());
+        // (address, standby now): a backup waits while a regular backend serves; a regular
+        // backend never does (one that was a backup until now leaves standby here).
+        let moved: Vec<(IpAddr, bool)> = vip
+            .backends
+            .iter_mut()
+            .filter(|(_, b)| b.standby != (b.backup && serving))
+            .map(|(addr, b)| {
+                b.standby = !b.standby;
+                (*addr, b.standby)
+            })
+            .collect();
+        let undo = |core: &mut Self| {
+            for (addr, standby) in &moved {
+                if let Ok(b) = core.backend_mut(id, *addr) {
+                    b.standby = !standby;
+                    let (index, entry) = (b.index, backend_entry(id, *addr, b));
+                    if let Err(e) = core.dp.set_backend(index, &entry) {
+                        log::warn!("restoring backup {addr} of {id}: {e}");
+                    }
+                }
+            }
+        };
+        for (addr, _) in moved.iter().filter(|(_, standby)| !standby) {
+            let index = self.backend_mut(id, *addr)?.index;
+            let epoch = self.next_cache_epoch(index);
+            let b = self.backend_mut(id, *addr)?;
+            b.cache_epoch = epoch;
+            let entry = backend_entry(id, *addr, b);
+            if let Err(e) = self.dp.set_backend(index, &entry) {
+                undo(self);
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = self.publish_table(id) {
+            undo(self);
+            return Err(e);
+        }
+        for (addr, _) in moved.iter().filter(|(_, standby)| *standby) {
+            let b = self.backend_mut(id, *addr)?;
+            let (index, entry) = (b.index, backend_entry(id, *addr, b));
+            if let Err(e) = self.dp.set_backend(index, &entry) {
+                // Out of every table already: only a client reusing a recorded 5-tuple of
+                // it could still open a connection on it.
+                log::warn!("holding back backup {addr} of {id}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the VIP's table into its inactive half and flips to it.
+    fn publish_table(&mut self, id: &VipId) -> Result<(), CoreError> {
         let vip = self
             .vips
             .get_mut(id)
@@ -1370,6 +1450,7 @@ mod tests {
             address: address.parse().unwrap(),
             weight: 1,
             drained: false,
+            backup: false,
         }
     }
 
@@ -1608,6 +1689,105 @@ mod tests {
     }
 
     #[test]
+    fn backups_take_new_flows_only_while_no_other_backend_can() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "198.18.0.11".parse().unwrap(),
+            "198.18.0.12".parse().unwrap(),
+            "198.18.0.13".parse().unwrap(),
+        );
+        core.add_backend(
+            &id,
+            BackendConfig {
+                backup: true,
+                ..backend("198.18.0.13")
+            },
+        )
+        .unwrap();
+        let idx = |core: &Core<Recorder>, x: IpAddr| core.vip(&id).unwrap().backends[&x].index;
+        let (ia, ib, ic) = (idx(&core, a), idx(&core, b), idx(&core, c));
+        let entry = |core: &Core<Recorder>| core.dataplane().backends[&ic];
+        let members = |core: &Core<Recorder>| {
+            let mut m: Vec<u32> = live(core, &id).1;
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        // Standby: active (a client's recorded flow would go on), out of the table, and a
+        // client reusing a recorded 5-tuple of it re-picks.
+        assert_eq!(members(&core), [ia, ib]);
+        assert_eq!(
+            entry(&core).flags & (BACKEND_F_ACTIVE | BACKEND_F_NO_NEW),
+            BACKEND_F_ACTIVE | BACKEND_F_NO_NEW
+        );
+        assert!(core.vip(&id).unwrap().backends[&c].standby);
+
+        // One regular backend left: the backup still waits.
+        core.set_health(&id, a, false).unwrap();
+        assert_eq!(members(&core), [ib]);
+        // None left (down, or drained: what matters is that none takes new flows): the
+        // backup's entry, a new cache epoch and no NO_NEW, is written before the table
+        // naming it.
+        let epoch = entry(&core).cache_epoch;
+        let writes = core.dataplane().writes.len();
+        core.set_drained(&id, b, true).unwrap();
+        assert_eq!(members(&core), [ic]);
+        assert_eq!(entry(&core).flags & BACKEND_F_NO_NEW, 0);
+        assert_ne!(entry(&core).cache_epoch, epoch);
+        let w = &core.dataplane().writes[writes..];
+        let backup_written = w
+            .iter()
+            .position(|x| matches!(x, Write::Backend(i, e) if *i == ic && e.flags & BACKEND_F_NO_NEW == 0))
+            .expect("the backup's entry written");
+        let flipped = w
+            .iter()
+            .position(|x| matches!(x, Write::Vip(..)))
+            .expect("the VIP flipped");
+        assert!(backup_written < flipped, "{w:?}");
+        assert!(!core.vip(&id).unwrap().backends[&c].standby);
+
+        // A regular backend back: the table without the backup goes live first, then its
+        // entry takes no new flows again; its recorded flows stay (still active).
+        let writes = core.dataplane().writes.len();
+        core.set_health(&id, a, true).unwrap();
+        assert_eq!(members(&core), [ia]);
+        assert_eq!(
+            entry(&core).flags & (BACKEND_F_ACTIVE | BACKEND_F_NO_NEW),
+            BACKEND_F_ACTIVE | BACKEND_F_NO_NEW
+        );
+        let w = &core.dataplane().writes[writes..];
+        let flipped = w.iter().position(|x| matches!(x, Write::Vip(..))).unwrap();
+        let held_back = w
+            .iter()
+            .rposition(|x| matches!(x, Write::Backend(i, _) if *i == ic))
+            .unwrap();
+        assert!(flipped < held_back, "{w:?}");
+
+        // A backup made a regular backend joins at once; the last regular one removed
+        // leaves a backup alone in the table.
+        core.set_backup(&id, c, false).unwrap();
+        assert_eq!(members(&core), [ia, ic]);
+        core.set_backup(&id, a, true).unwrap();
+        assert_eq!(members(&core), [ic]);
+        core.remove_backend(&id, c).unwrap();
+        assert_eq!(members(&core), [ia]);
+
+        // A failed flip leaves the backups as they were, in the core and in the data plane.
+        core.add_backend(&id, backend("198.18.0.13")).unwrap();
+        let ic = idx(&core, c);
+        assert_eq!(members(&core), [ic]);
+        core.dataplane_mut().fail_table_after = Some(0);
+        assert!(core.set_health(&id, c, false).is_err());
+        assert!(core.vip(&id).unwrap().backends[&a].standby);
+        assert_ne!(
+            core.dataplane().backends[&ia].flags & BACKEND_F_NO_NEW,
+            0,
+            "a backup left in standby after a failed flip"
+        );
+        assert_eq!(members(&core), [ic]);
+    }
+
+    #[test]
     fn cache_epochs_change_on_reuse_and_on_every_return_to_the_table() {
         let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12"]);
         let a: IpAddr = "198.18.0.12".parse().unwrap();
@@ -1760,7 +1940,7 @@ mod tests {
                 1 => core.dataplane_mut().fail_table_after = Some(next(2000)),
                 _ => {}
             }
-            let result = match next(9) {
+            let result = match next(10) {
                 0 => {
                     let mut v = vip(&[]);
                     v.address = id.address;
@@ -1768,8 +1948,13 @@ mod tests {
                     v.table_size = Some(1009);
                     v.backends = addrs
                         .iter()
-                        .filter(|_| next(2) == 0)
-                        .map(|a| backend(&a.to_string()))
+                        .filter_map(|a| {
+                            let (take, backup) = (next(2) == 0, next(4) == 0);
+                            take.then(|| BackendConfig {
+                                backup,
+                                ..backend(&a.to_string())
+                            })
+                        })
                         .collect();
                     core.add_vip(v)
                 }
@@ -1779,6 +1964,7 @@ mod tests {
                 5 => core.set_weight(&id, addr, [0, 1, 3][next(3)]),
                 6 => core.set_drained(&id, addr, next(2) == 0),
                 7 => core.set_health(&id, addr, next(2) == 0).map(drop),
+                8 => core.set_backup(&id, addr, next(2) == 0),
                 _ => core.set_scheduler(&id, [Scheduler::Maglev, Scheduler::Wrr][next(2)]),
             };
             // A failure armed but not reached stays armed for a later op; disarm it so that
@@ -2000,6 +2186,7 @@ mod tests {
             address: a.parse().unwrap(),
             weight: w,
             drained: false,
+            backup: false,
         };
         let errs = [
             core.add_vip(vip(&["198.18.0.11"])).unwrap_err().code(),

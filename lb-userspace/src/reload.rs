@@ -32,6 +32,8 @@ pub enum Step {
     Weight(VipId, IpAddr, u32),
     /// A backend drained (true) or undrained.
     Drain(VipId, IpAddr, bool),
+    /// A backend made a backup (true) or a regular one.
+    Backup(VipId, IpAddr, bool),
     /// A VIP's new scheduler.
     Scheduler(VipId, Scheduler),
     /// A VIP's new idle timeout (`None`: the protocol's default).
@@ -50,7 +52,8 @@ impl std::fmt::Display for Step {
             Self::RemoveVip(id) => write!(f, "remove VIP {id}"),
             Self::RemoveBackend(id, a) => write!(f, "remove backend {a} from {id}"),
             Self::AddBackend(id, b) => {
-                write!(f, "add backend {} (weight {}) to {id}", b.address, b.weight)?;
+                let kind = if b.backup { "backup" } else { "backend" };
+                write!(f, "add {kind} {} (weight {}) to {id}", b.address, b.weight)?;
                 if b.drained {
                     write!(f, ", drained")?;
                 }
@@ -59,6 +62,8 @@ impl std::fmt::Display for Step {
             Self::Weight(id, a, w) => write!(f, "backend {a} of {id}: weight {w}"),
             Self::Drain(id, a, true) => write!(f, "drain backend {a} of {id}"),
             Self::Drain(id, a, false) => write!(f, "undrain backend {a} of {id}"),
+            Self::Backup(id, a, true) => write!(f, "backend {a} of {id}: a backup"),
+            Self::Backup(id, a, false) => write!(f, "backend {a} of {id}: no longer a backup"),
             Self::Scheduler(id, s) => write!(f, "VIP {id}: scheduler {}", s.name()),
             Self::IdleTimeout(id, Some(t)) => write!(f, "VIP {id}: idle timeout {t} s"),
             Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
@@ -191,6 +196,7 @@ pub fn check_fits<D: Dataplane>(
             }
             Step::Weight(..)
             | Step::Drain(..)
+            | Step::Backup(..)
             | Step::Scheduler(..)
             | Step::IdleTimeout(..)
             | Step::HealthCheck(..) => {}
@@ -216,7 +222,8 @@ fn fixed_fields_unchanged(now: &VipConfig, new: &VipConfig, at: &str) -> Result<
     }
 }
 
-/// Backend removals, additions, weights and drains that make `now` the file's `want`.
+/// Backend removals, additions, weights, drains and backup roles that make `now` the
+/// file's `want`.
 fn backend_steps(
     id: &VipId,
     now: &BTreeMap<IpAddr, BackendState>,
@@ -237,6 +244,9 @@ fn backend_steps(
                 }
                 if s.drained != b.drained {
                     steps.push(Step::Drain(*id, b.address, b.drained));
+                }
+                if s.backup != b.backup {
+                    steps.push(Step::Backup(*id, b.address, b.backup));
                 }
             }
         }
@@ -312,6 +322,7 @@ mod tests {
             address: ip("198.18.0.13"),
             weight: 1,
             drained: false,
+            backup: false,
         };
         let steps = plan_for(new).unwrap();
         assert_eq!(
@@ -442,8 +453,9 @@ mod tests {
                     continue;
                 }
                 bs.push(format!(
-                    r#"{{"address": "{a}", "weight": {}, "drained": {}}}"#,
+                    r#"{{"address": "{a}", "weight": {}, "drained": {}, "backup": {}}}"#,
                     rng.pick(&[0, 1, 2, 5]),
+                    rng.below(4) == 0,
                     rng.below(4) == 0
                 ));
             }
@@ -457,8 +469,8 @@ mod tests {
     }
 
     /// What a config says of its VIPs, as comparable values: each VIP's definition without
-    /// backends, and its backends' (weight, drained).
-    type Shape = BTreeMap<VipId, (VipConfig, BTreeMap<IpAddr, (u32, bool)>)>;
+    /// backends, and its backends' (weight, drained, backup).
+    type Shape = BTreeMap<VipId, (VipConfig, BTreeMap<IpAddr, (u32, bool, bool)>)>;
 
     /// The shape of VIPs given as (definition without backends, backends).
     fn shape_of<'a>(
@@ -467,7 +479,7 @@ mod tests {
         vips.map(|(config, backends)| {
             let backends = backends
                 .iter()
-                .map(|(a, b)| (*a, (b.weight, b.drained)))
+                .map(|(a, b)| (*a, (b.weight, b.drained, b.backup)))
                 .collect();
             (config.id(), (config.clone(), backends))
         })
@@ -490,6 +502,7 @@ mod tests {
             Step::AddBackend(id, b) => core.add_backend(&id, b),
             Step::Weight(id, a, w) => core.set_weight(&id, a, w),
             Step::Drain(id, a, d) => core.set_drained(&id, a, d),
+            Step::Backup(id, a, b) => core.set_backup(&id, a, b),
             Step::Scheduler(id, s) => core.set_scheduler(&id, s),
             Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
             Step::HealthCheck(id, hc) => core.set_health_check(&id, hc.map(|b| *b)),

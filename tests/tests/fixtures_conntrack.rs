@@ -98,6 +98,7 @@ fn established_flow_keeps_backend_when_backends_are_added_and_removed() {
                     address: extra.parse().unwrap(),
                     weight: 1,
                     drained: false,
+                    backup: false,
                 },
             )
             .unwrap();
@@ -356,6 +357,7 @@ fn a_reused_backend_slot_never_inherits_old_flows() {
                     address: addr,
                     weight: 1,
                     drained: false,
+                    backup: false,
                 },
             )
             .unwrap();

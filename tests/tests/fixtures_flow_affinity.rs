@@ -349,6 +349,7 @@ fn churn(case: &Case) {
                             address: addr,
                             weight: 1,
                             drained: false,
+                            backup: false,
                         },
                     )
                     .expect("add backend");

@@ -210,6 +210,7 @@ fn a_flood_of_new_flows_cannot_evict_established_ones() {
                     address: extra.parse().unwrap(),
                     weight: 1,
                     drained: false,
+                    backup: false,
                 };
                 lab.core.add_backend(&id, backend).expect("add backend");
             }

@@ -117,6 +117,10 @@ pub enum BackendCmd {
         /// Add it drained: no new flows until `xlb backend undrain`.
         #[arg(long)]
         drained: bool,
+        /// Add it as a backup: new flows only while none of the VIP's other backends
+        /// takes them (all down, drained or of weight 0).
+        #[arg(long)]
+        backup: bool,
     },
     /// Remove a backend from a VIP.
     Remove {
@@ -266,6 +270,7 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             address,
             weight,
             drained,
+            backup,
         } => (
             Request::BackendAdd(BackendAdd {
                 vip,
@@ -273,10 +278,12 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                     address,
                     weight,
                     drained,
+                    backup,
                 },
             }),
             format!(
-                "added backend {address} to {vip} (weight {weight}{})",
+                "added {} {address} to {vip} (weight {weight}{})",
+                if backup { "backup" } else { "backend" },
                 if drained { ", drained" } else { "" }
             ),
         ),
@@ -490,6 +497,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
             address,
             weight: 1,
             drained: false,
+            backup: false,
         });
     }
     let (addr, weight) = match s.strip_prefix('[') {
@@ -505,6 +513,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         address,
         weight,
         drained: false,
+        backup: false,
     })
 }
 
@@ -611,6 +620,16 @@ fn health(h: Option<&Value>) -> String {
     s
 }
 
+/// A backend's state, and whether it is a backup (a waiting one's state says so already).
+pub(super) fn state_cell(b: &Value) -> String {
+    let state = field(b, "state");
+    if b.get("backup") == Some(&Value::Bool(true)) && state != "standby" {
+        format!("{state}, backup")
+    } else {
+        state
+    }
+}
+
 fn render_status(status: &Value) -> String {
     let vips = list(status, "vips");
     if vips.is_empty() {
@@ -658,7 +677,7 @@ fn render_status(status: &Value) -> String {
             t.row(vec![
                 field(b, "address"),
                 field(b, "weight"),
-                field(b, "state"),
+                state_cell(b),
                 field(b, "active_flows"),
                 field(b, "packets"),
                 field(b, "bytes"),
@@ -888,6 +907,12 @@ mod tests {
             panic!("not backend add")
         };
         assert_eq!((weight, drained), (1, false));
+        let Top::Backend(BackendCmd::Add { backup, .. }) =
+            parse(&["backend", "add", "198.18.1.1:80", "198.18.0.11", "--backup"])
+        else {
+            panic!("not backend add")
+        };
+        assert!(backup);
         for (arg, want) in [("3600", Some(3600)), ("default", None)] {
             let Top::Vip(VipCmd::IdleTimeout { seconds, .. }) =
                 parse(&["vip", "idle-timeout", "198.18.1.1:80", arg])
@@ -941,7 +966,7 @@ mod tests {
                  "next_hop": "02:00:00:00:00:11",
                  "bytes": 700, "new_flows": 1,
                  "health": {"kind": "tcp", "checks_ok": 5, "checks_failed": 0, "latency_ms": 0.42, "last_error": null}},
-                {"address": "198.18.0.12", "weight": 20, "state": "down", "active_flows": 0, "packets": 4,
+                {"address": "198.18.0.12", "weight": 20, "state": "down", "backup": true, "active_flows": 0, "packets": 4,
                  "bytes": 500, "new_flows": 1,
                  "health": {"kind": "tcp", "checks_ok": 0, "checks_failed": 3, "latency_ms": null,
                             "last_error": "connection refused"}}]},
@@ -951,9 +976,9 @@ mod tests {
         let want = "\
 VIP 198.18.1.1:80/tcp (web)  scheduler maglev  table 65537
   traffic: 10 packets, 1200 bytes, 2 new flows
-  BACKEND      WEIGHT  STATE  FLOWS  PACKETS  BYTES  NEW FLOWS  NEXT HOP           HEALTH
-  198.18.0.11       1  up         1        6    700          1  02:00:00:00:00:11  tcp ok 5 failed 0 0.4 ms
-  198.18.0.12      20  down       0        4    500          1  -                  tcp ok 0 failed 3 (last error: connection refused)
+  BACKEND      WEIGHT  STATE         FLOWS  PACKETS  BYTES  NEW FLOWS  NEXT HOP           HEALTH
+  198.18.0.11       1  up                1        6    700          1  02:00:00:00:00:11  tcp ok 5 failed 0 0.4 ms
+  198.18.0.12      20  down, backup      0        4    500          1  -                  tcp ok 0 failed 3 (last error: connection refused)
 
 VIP [fd00::1]:53/udp  scheduler sh  table 251
   traffic: - packets, - bytes, - new flows

@@ -86,7 +86,7 @@ pub fn status_rates(before: &Value, after: &Value, interval: Duration) -> Value 
                 .map(|b| {
                     let old_b = old.and_then(|o| find(list(o, "backends"), "address", b));
                     let mut r = Map::new();
-                    for k in ["address", "weight", "state", "active_flows"] {
+                    for k in ["address", "backup", "weight", "state", "active_flows"] {
                         r.insert(k.into(), b.get(k).cloned().unwrap_or(Value::Null));
                     }
                     r.extend(traffic_rates(old_b, b, secs));
@@ -206,7 +206,7 @@ pub fn render_status_rates(r: &Value) -> String {
             t.row(vec![
                 field(b, "address"),
                 field(b, "weight"),
-                field(b, "state"),
+                super::ctl::state_cell(b),
                 field(b, "active_flows"),
                 number(b.get("packets_per_s")),
                 bits(b.get("bits_per_s")),

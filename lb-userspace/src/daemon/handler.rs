@@ -88,9 +88,10 @@ impl Handler for DaemonHandler {
                 ))
             }
             Request::BackendAdd(r) => {
-                let a = r.backend.address;
+                let (a, backup) = (r.backend.address, r.backend.backup);
                 d.add_backend(&r.vip, r.backend)?;
-                done(format!("added backend {a} to {}", r.vip))
+                let kind = if backup { "backup" } else { "backend" };
+                done(format!("added {kind} {a} to {}", r.vip))
             }
             Request::BackendRemove(r) => {
                 d.remove_backend(&r.vip, r.address)?;

@@ -106,6 +106,16 @@ pub fn render(d: &Daemon) -> String {
                 u8::from(b.drained)
             );
             let _ = writeln!(be.weight, "xlb_backend_weight{{{l}}} {}", b.weight);
+            let _ = writeln!(
+                be.backup,
+                "xlb_backend_backup{{{l}}} {}",
+                u8::from(b.backup)
+            );
+            let _ = writeln!(
+                be.serving,
+                "xlb_backend_serving{{{l}}} {}",
+                u8::from(b.in_table())
+            );
             // Only for a resolved next hop: a backend missing here is reached through the
             // kernel's FIB on every packet (or not at all), which an operator alerts on.
             if let Some(hop) = b.nexthop {
@@ -197,6 +207,20 @@ pub fn render(d: &Daemon) -> String {
     );
     section(
         &mut out,
+        "xlb_backend_backup",
+        "gauge",
+        "1 for a backup: new flows only while no other backend of its VIP takes them.",
+        &be.backup,
+    );
+    section(
+        &mut out,
+        "xlb_backend_serving",
+        "gauge",
+        "1 when the backend takes new flows (up, not drained, weight above 0, not a backup held back).",
+        &be.serving,
+    );
+    section(
+        &mut out,
         "xlb_backend_weight",
         "gauge",
         "Configured weight.",
@@ -254,6 +278,8 @@ struct BackendLines {
     up: String,
     drained: String,
     weight: String,
+    backup: String,
+    serving: String,
     path_mtu: String,
     active: String,
     latency: String,

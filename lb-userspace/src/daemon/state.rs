@@ -347,6 +347,7 @@ impl Daemon {
                 reload::Step::AddBackend(id, b) => self.add_backend(&id, b),
                 reload::Step::Weight(id, a, w) => self.set_weight(&id, a, w),
                 reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d),
+                reload::Step::Backup(id, a, b) => self.core.set_backup(&id, a, b),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
                 reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),
@@ -548,6 +549,8 @@ impl Daemon {
                             "down"
                         } else if b.drained || b.agent_drain {
                             "drained"
+                        } else if b.standby {
+                            "standby"
                         } else {
                             "up"
                         };
@@ -562,6 +565,7 @@ impl Daemon {
                         });
                         json!({
                             "address": addr,
+                            "backup": b.backup,
                             "weight": b.weight,
                             "effective_weight": b.effective_weight(),
                             "state": state,

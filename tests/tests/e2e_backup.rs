@@ -1,0 +1,111 @@
+//! End-to-end: a backup backend with real line servers behind the XDP balancer. It takes no
+//! new connection while a regular backend can; it takes them all once none can; when one
+//! can again, new connections go back to it while those the backup took stay on it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use xlb_tests::{
+    netns::{require_root, wait_for},
+    topology::{scrape_metrics, DemoNet, LineConn, Proc, NAME_PORT, VIP4},
+};
+
+const CHECK: &str = r#"{"kind": "tcp", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 300}"#;
+
+/// Who answers `n` new connections, by backend name.
+fn tally(net: &DemoNet, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, who) in LineConn::many_to_vip(&net.client, n) {
+        *counts.entry(who).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_backup_serves_only_while_no_regular_backend_can() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ebk", 3);
+    net.start_backends();
+    let mut servers: Vec<Option<Proc>> = (0..3).map(|i| Some(net.start_name_server(i))).collect();
+    let vip = format!("{VIP4}:{NAME_PORT}/tcp");
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp",
+            "health_check": {CHECK},
+            "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &["--metrics", "198.18.0.2:9100"]);
+    // Through the CLI, as an operator adds one.
+    let said = net.ctl(&sock, &["backend", "add", &vip, "198.18.0.13", "--backup"]);
+    assert!(said.contains("added backup 198.18.0.13"), "{said}");
+    net.wait_ready(&sock);
+    let state = |net: &DemoNet, addr: &str| {
+        net.backend_states(&sock)
+            .get(&format!("{vip} {addr}"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(state(&net, "198.18.0.13"), "standby");
+
+    let counts = tally(&net, 30);
+    assert!(
+        !counts.contains_key("b3") && counts.len() == 2,
+        "with b1 and b2 up, new connections went to {counts:?}"
+    );
+
+    // Both regular backends' servers stop: once their checks fail, the backup takes
+    // every new connection, and none fails.
+    for i in [0, 1] {
+        if let Some(p) = servers[i].take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+    wait_for("b1 and b2 down", Duration::from_secs(15), || {
+        state(&net, "198.18.0.11") == "down" && state(&net, "198.18.0.12") == "down"
+    });
+    assert_eq!(state(&net, "198.18.0.13"), "up");
+    let mut on_backup = LineConn::to_vip(&net.client);
+    assert_eq!(on_backup.who(), "b3");
+    let counts = tally(&net, 20);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["b3"], "{counts:?}");
+
+    // b1 is back: new connections go to it, the backup waits again, and the connection
+    // it took stays on it.
+    servers[0] = Some(net.start_name_server(0));
+    wait_for("b1 up again", Duration::from_secs(15), || {
+        state(&net, "198.18.0.11") == "up"
+    });
+    assert_eq!(state(&net, "198.18.0.13"), "standby");
+    let counts = tally(&net, 20);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["b1"], "{counts:?}");
+    assert_eq!(
+        on_backup.ask().map_err(|e| e.to_string()).as_deref(),
+        Ok("b3"),
+        "a connection the backup took moved when b1 came back"
+    );
+
+    // Status and metrics say which backend is the backup and which take new flows.
+    let status = net.status_json(&sock);
+    let backup = status["vips"][0]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["address"] == "198.18.0.13")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(backup["backup"], true, "{status}");
+    let text = scrape_metrics(&net.lb, "198.18.0.2:9100".parse().unwrap());
+    for (addr, backup, serving) in [
+        ("198.18.0.11", 0, 1),
+        ("198.18.0.12", 0, 0),
+        ("198.18.0.13", 1, 0),
+    ] {
+        let l = format!("{{vip=\"{vip}\",backend=\"{addr}\"}}");
+        for line in [
+            format!("xlb_backend_backup{l} {backup}"),
+            format!("xlb_backend_serving{l} {serving}"),
+        ] {
+            assert!(text.lines().any(|t| t == line), "no {line:?} in:\n{text}");
+        }
+    }
+}
