@@ -630,8 +630,13 @@ pub(super) fn state_cell(b: &Value) -> String {
     }
 }
 
-fn render_status(status: &Value) -> String {
-    let vips = list(status, "vips");
+/// One block per VIP of `vips`, apart by an empty line: `VIP id (name)`, what `head` says
+/// of it on the same line, then what `body` writes.
+pub(super) fn vip_blocks(
+    vips: &[Value],
+    head: impl Fn(&Value) -> String,
+    body: impl Fn(&Value, &mut String),
+) -> String {
     if vips.is_empty() {
         return "no VIPs; add one with `xlb vip add` or in the config file\n".to_owned();
     }
@@ -644,12 +649,21 @@ fn render_status(status: &Value) -> String {
         if let Some(name) = vip.get("name").and_then(Value::as_str) {
             let _ = write!(out, " ({name})");
         }
-        let _ = writeln!(
-            out,
-            "  scheduler {}  table {}",
+        let _ = writeln!(out, "  {}", head(vip));
+        body(vip, &mut out);
+    }
+    out
+}
+
+fn render_status(status: &Value) -> String {
+    let head = |vip: &Value| {
+        format!(
+            "scheduler {}  table {}",
             field(vip, "scheduler"),
             field(vip, "table_size")
-        );
+        )
+    };
+    vip_blocks(list(status, "vips"), head, |vip, out| {
         let _ = writeln!(
             out,
             "  traffic: {} packets, {} bytes, {} new flows",
@@ -660,7 +674,7 @@ fn render_status(status: &Value) -> String {
         let backends = list(vip, "backends");
         if backends.is_empty() {
             out.push_str("  no backends: new flows are dropped; `xlb backend add` adds one\n");
-            continue;
+            return;
         }
         let mut t = Table::new(&[
             ("BACKEND", false),
@@ -686,9 +700,8 @@ fn render_status(status: &Value) -> String {
                 health(b.get("health")),
             ]);
         }
-        t.render("  ", &mut out);
-    }
-    out
+        t.render("  ", out);
+    })
 }
 
 fn render_vip_list(status: &Value) -> String {

@@ -11,7 +11,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde_json::{json, Map, Value};
 
-use super::ctl::{field, list, Table};
+use super::ctl::{field, list, state_cell, vip_blocks, Table};
 
 /// The shortest and longest interval `--rate` accepts.
 pub const INTERVAL_MIN: Duration = Duration::from_millis(100);
@@ -165,57 +165,54 @@ fn interval_text(r: &Value) -> String {
         .map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"))
 }
 
+/// A VIP's or backend's packets, bits and new flows per second, as table cells.
+fn traffic_cells(v: &Value) -> [String; 3] {
+    [
+        number(v.get("packets_per_s")),
+        bits(v.get("bits_per_s")),
+        number(v.get("new_flows_per_s")),
+    ]
+}
+
 /// [`status_rates`] for people.
 pub fn render_status_rates(r: &Value) -> String {
-    let vips = list(r, "vips");
-    if vips.is_empty() {
-        return "no VIPs; add one with `xlb vip add` or in the config file\n".to_owned();
-    }
-    let mut out = String::new();
-    for (i, vip) in vips.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        let _ = write!(out, "VIP {}", field(vip, "vip"));
-        if let Some(name) = vip.get("name").and_then(Value::as_str) {
-            let _ = write!(out, " ({name})");
-        }
-        let _ = writeln!(out, "  over {}", interval_text(r));
-        let _ = writeln!(
-            out,
-            "  traffic: {} packets/s, {}, {} new flows/s",
-            number(vip.get("packets_per_s")),
-            bits(vip.get("bits_per_s")),
-            number(vip.get("new_flows_per_s"))
-        );
-        let backends = list(vip, "backends");
-        if backends.is_empty() {
-            out.push_str("  no backends\n");
-            continue;
-        }
-        let mut t = Table::new(&[
-            ("BACKEND", false),
-            ("WEIGHT", true),
-            ("STATE", false),
-            ("FLOWS", true),
-            ("PACKETS/S", true),
-            ("BITS/S", true),
-            ("NEW FLOWS/S", true),
-        ]);
-        for b in backends {
-            t.row(vec![
-                field(b, "address"),
-                field(b, "weight"),
-                super::ctl::state_cell(b),
-                field(b, "active_flows"),
-                number(b.get("packets_per_s")),
-                bits(b.get("bits_per_s")),
-                number(b.get("new_flows_per_s")),
+    let over = format!("over {}", interval_text(r));
+    vip_blocks(
+        list(r, "vips"),
+        |_| over.clone(),
+        |vip, out| {
+            let [packets, bits, flows] = traffic_cells(vip);
+            let _ = writeln!(
+                out,
+                "  traffic: {packets} packets/s, {bits}, {flows} new flows/s"
+            );
+            let backends = list(vip, "backends");
+            if backends.is_empty() {
+                out.push_str("  no backends\n");
+                return;
+            }
+            let mut t = Table::new(&[
+                ("BACKEND", false),
+                ("WEIGHT", true),
+                ("STATE", false),
+                ("FLOWS", true),
+                ("PACKETS/S", true),
+                ("BITS/S", true),
+                ("NEW FLOWS/S", true),
             ]);
-        }
-        t.render("  ", &mut out);
-    }
-    out
+            for b in backends {
+                let mut row = vec![
+                    field(b, "address"),
+                    field(b, "weight"),
+                    state_cell(b),
+                    field(b, "active_flows"),
+                ];
+                row.extend(traffic_cells(b));
+                t.row(row);
+            }
+            t.render("  ", out);
+        },
+    )
 }
 
 /// [`stats_rates`] for people: the counters that moved (the others are only counted: a
@@ -254,12 +251,9 @@ pub fn render_stats_rates(r: &Value) -> String {
             ("NEW FLOWS/S", true),
         ]);
         for vip in vips {
-            t.row(vec![
-                field(vip, "vip"),
-                number(vip.get("packets_per_s")),
-                bits(vip.get("bits_per_s")),
-                number(vip.get("new_flows_per_s")),
-            ]);
+            let mut row = vec![field(vip, "vip")];
+            row.extend(traffic_cells(vip));
+            t.row(row);
         }
         t.render("", &mut out);
     }
