@@ -1,6 +1,7 @@
 //! End-to-end: a backup backend with real line servers behind the XDP balancer. It takes no
 //! new connection while a regular backend can; it takes them all once none can; when one
-//! can again, new connections go back to it while those the backup took stay on it.
+//! can again, new connections go back to it while those the backup took stay on it. Roles
+//! change at runtime (`xlb backend backup`).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -108,4 +109,24 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
             assert!(text.lines().any(|t| t == line), "no {line:?} in:\n{text}");
         }
     }
+
+    // Roles change at runtime without moving a flow: b3 a regular backend, then b1 a
+    // backup, which leaves b3 alone taking new connections.
+    net.ctl(&sock, &["backend", "backup", &vip, "198.18.0.13", "--off"]);
+    assert_eq!(state(&net, "198.18.0.13"), "up");
+    let counts = tally(&net, 30);
+    assert!(
+        counts.keys().collect::<Vec<_>>() == ["b1", "b3"],
+        "b1 and b3 regular: {counts:?}"
+    );
+    net.ctl(&sock, &["backend", "backup", &vip, "198.18.0.11"]);
+    assert_eq!(state(&net, "198.18.0.11"), "standby");
+    let counts = tally(&net, 20);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["b3"], "{counts:?}");
+    assert_eq!(on_backup.who(), "b3");
+    let refused = net.try_ctl(&sock, &["backend", "backup", &vip, "198.18.0.99"]);
+    assert!(
+        !refused.0 && refused.2.contains("unknown_backend"),
+        "{refused:?}"
+    );
 }

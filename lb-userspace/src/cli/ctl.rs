@@ -26,8 +26,8 @@ use crate::{
     control::{
         client,
         protocol::{
-            BackendAdd, BackendRef, BackendWeight, ControlError, Empty, FlowRef, Request, VipAdd,
-            VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
+            BackendAdd, BackendBackup, BackendRef, BackendWeight, ControlError, Empty, FlowRef,
+            Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
         },
         DEFAULT_SOCKET,
     },
@@ -142,6 +142,17 @@ pub enum BackendCmd {
         vip: VipId,
         /// The backend's address.
         address: IpAddr,
+    },
+    /// Make a backend a backup (new flows only while none of the VIP's other backends takes
+    /// them), or with --off a regular one again. No flow moves.
+    Backup {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address.
+        address: IpAddr,
+        /// Make it a regular backend again.
+        #[arg(long)]
+        off: bool,
     },
     /// Change a backend's weight (0 takes no new flows).
     Weight {
@@ -298,6 +309,18 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
         BackendCmd::Undrain { vip, address } => (
             Request::BackendUndrain(BackendRef { vip, address }),
             format!("backend {address} of {vip} takes new flows again"),
+        ),
+        BackendCmd::Backup { vip, address, off } => (
+            Request::BackendBackup(BackendBackup {
+                vip,
+                address,
+                backup: !off,
+            }),
+            if off {
+                format!("backend {address} of {vip} is no longer a backup")
+            } else {
+                format!("backend {address} of {vip} is a backup")
+            },
         ),
         BackendCmd::Weight {
             vip,

@@ -114,6 +114,9 @@ pub enum Request {
     /// Lets a drained backend take new flows again.
     #[serde(rename = "backend.undrain")]
     BackendUndrain(BackendRef),
+    /// Makes a backend a backup, or a regular one again; no flow moves.
+    #[serde(rename = "backend.backup")]
+    BackendBackup(BackendBackup),
     /// VIPs, backends, weights, health and traffic.
     #[serde(rename = "status")]
     Status(Empty),
@@ -204,6 +207,18 @@ pub struct BackendWeight {
     pub weight: u32,
 }
 
+/// Body of `backend.backup`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendBackup {
+    /// The VIP.
+    pub vip: VipId,
+    /// The backend's address.
+    pub address: IpAddr,
+    /// A backup (new flows only while no regular backend of the VIP takes them), or not.
+    pub backup: bool,
+}
+
 /// Body of `flow`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +246,7 @@ pub const OPS: &[&str] = &[
     "backend.weight",
     "backend.drain",
     "backend.undrain",
+    "backend.backup",
     "status",
     "stats",
     "flow",
@@ -250,6 +266,7 @@ impl Request {
             Self::BackendWeight(_) => "backend.weight",
             Self::BackendDrain(_) => "backend.drain",
             Self::BackendUndrain(_) => "backend.undrain",
+            Self::BackendBackup(_) => "backend.backup",
             Self::Status(_) => "status",
             Self::Stats(_) => "stats",
             Self::Flow(_) => "flow",
@@ -284,6 +301,7 @@ impl Request {
             "backend.weight" => Self::BackendWeight(parse_body(body)?),
             "backend.drain" => Self::BackendDrain(parse_body(body)?),
             "backend.undrain" => Self::BackendUndrain(parse_body(body)?),
+            "backend.backup" => Self::BackendBackup(parse_body(body)?),
             "status" => Self::Status(parse_body(body)?),
             "stats" => Self::Stats(parse_body(body)?),
             "flow" => Self::Flow(parse_body(body)?),
@@ -619,6 +637,14 @@ mod tests {
                 Request::BackendUndrain(BackendRef {
                     vip: vip_id(),
                     address: b11,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.backup","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","backup":false}"#,
+                Request::BackendBackup(BackendBackup {
+                    vip: vip_id(),
+                    address: b11,
+                    backup: false,
                 }),
             ),
             (r#"{"v":1,"op":"status"}"#, Request::Status(Empty {})),

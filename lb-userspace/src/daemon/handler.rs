@@ -112,6 +112,17 @@ impl Handler for DaemonHandler {
                 d.set_drained(&r.vip, r.address, false)?;
                 done(format!("undrained backend {} of {}", r.address, r.vip))
             }
+            Request::BackendBackup(r) => {
+                d.set_backup(&r.vip, r.address, r.backup)?;
+                done(if r.backup {
+                    format!(
+                        "backend {} of {} is a backup: new flows only while no other backend takes them",
+                        r.address, r.vip
+                    )
+                } else {
+                    format!("backend {} of {} is no longer a backup", r.address, r.vip)
+                })
+            }
             Request::Status(_) => Ok(d.status(&flows)),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),

@@ -264,6 +264,11 @@ impl Daemon {
         self.core.set_drained(vip, addr, drained)
     }
 
+    /// Makes a backend a backup or a regular one (no flow moves).
+    pub fn set_backup(&mut self, vip: &VipId, addr: IpAddr, backup: bool) -> Result<(), CoreError> {
+        self.core.set_backup(vip, addr, backup)
+    }
+
     /// Switches the scheduler.
     pub fn set_scheduler(&mut self, vip: &VipId, s: Scheduler) -> Result<(), CoreError> {
         self.core.set_scheduler(vip, s)
@@ -347,7 +352,7 @@ impl Daemon {
                 reload::Step::AddBackend(id, b) => self.add_backend(&id, b),
                 reload::Step::Weight(id, a, w) => self.set_weight(&id, a, w),
                 reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d),
-                reload::Step::Backup(id, a, b) => self.core.set_backup(&id, a, b),
+                reload::Step::Backup(id, a, b) => self.set_backup(&id, a, b),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
                 reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),
