@@ -130,3 +130,113 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
         "{refused:?}"
     );
 }
+
+/// `xlb backend remove --drain`: a backend whose clients keep talking is removed at the
+/// drain's deadline, its connection answered by it until then; an idle one as soon as it
+/// has been quiet for `--quiet`.
+#[test]
+fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2egr", 2);
+    net.start_backends();
+    let _servers: Vec<Proc> = (0..2).map(|i| net.start_name_server(i)).collect();
+    let vip = format!("{VIP4}:{NAME_PORT}/tcp");
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp",
+            "health_check": {CHECK},
+            "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let mut conns = LineConn::many_to_vip(&net.client, 16);
+    let pos = |conns: &[(LineConn, String)], who: &str| {
+        conns
+            .iter()
+            .position(|(_, w)| w == who)
+            .unwrap_or_else(|| panic!("no connection on {who} of {}", conns.len()))
+    };
+    let mut busy = conns.remove(pos(&conns, "b1")).0;
+    let (_idle, _) = conns.remove(pos(&conns, "b2"));
+    drop(conns);
+
+    // b1's client asks every 100 ms (for 8 s at most) while b1 drains for 3 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            for _ in 0..80 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                answers.push(busy.ask().map_err(|e| e.to_string()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answers
+        })
+    };
+    let said = net.ctl(
+        &sock,
+        &[
+            "backend",
+            "remove",
+            &vip,
+            "198.18.0.11",
+            "--drain",
+            "3",
+            "--quiet",
+            "2",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = talker.join().expect("talker thread");
+    assert!(said.contains("at the end of its 3 s drain"), "{said}");
+    // The last question may have crossed the removal (the talker stops after the CLI
+    // returns): every one before it was answered by b1.
+    let answered = match answers.split_last() {
+        Some((Err(_), before)) => before,
+        _ => &answers[..],
+    };
+    assert!(
+        answered.len() >= 10 && answered.iter().all(|a| a.as_deref() == Ok("b1")),
+        "the draining backend's connection: {answers:?}"
+    );
+    assert!(!net
+        .backend_states(&sock)
+        .contains_key(&format!("{vip} 198.18.0.11")));
+
+    // b2's client is silent: removed once b2 has been quiet for a second.
+    let said = net.ctl(
+        &sock,
+        &[
+            "backend",
+            "remove",
+            &vip,
+            "198.18.0.12",
+            "--drain",
+            "60",
+            "--quiet",
+            "1",
+            "--json",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_str(&said).expect("remove --json");
+    assert_eq!(r["went_quiet"], true, "{r}");
+    assert!(r["drained_s"].as_f64().is_some_and(|s| s < 60.0), "{r}");
+    assert!(net.backend_states(&sock).is_empty());
+
+    // Refused before anything is asked of the daemon: --quiet needs --drain; an unknown
+    // backend is not drained.
+    let (ok, _, err) = net.try_ctl(
+        &sock,
+        &["backend", "remove", &vip, "198.18.0.13", "--quiet", "1"],
+    );
+    assert!(!ok && err.contains("--drain"), "{err}");
+    let (ok, _, err) = net.try_ctl(
+        &sock,
+        &["backend", "remove", &vip, "198.18.0.13", "--drain", "5"],
+    );
+    assert!(!ok && err.contains("unknown_backend"), "{err}");
+}

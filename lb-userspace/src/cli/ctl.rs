@@ -15,9 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::rate;
+use super::{graceful, rate};
 use crate::{
     config::{
         check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Scheduler,
@@ -122,12 +122,20 @@ pub enum BackendCmd {
         #[arg(long)]
         backup: bool,
     },
-    /// Remove a backend from a VIP.
+    /// Remove a backend from a VIP: at once (its flows stop), or with --drain gracefully.
     Remove {
         /// ADDRESS:PORT[/PROTO] of the VIP.
         vip: VipId,
         /// The backend's address.
         address: IpAddr,
+        /// Drain it first, and remove it once it has carried no packet for --quiet seconds
+        /// (its clients are done), or after SECS at most (1..=86400).
+        #[arg(long, value_name = "SECS", value_parser = graceful::parse_secs)]
+        drain: Option<Duration>,
+        /// With --drain: how long without a packet counts as done (default 5 s).
+        #[arg(long, value_name = "SECS", value_parser = graceful::parse_secs,
+              default_value = "5", requires = "drain")]
+        quiet: Duration,
     },
     /// Stop sending new flows to a backend; its existing flows stay.
     Drain {
@@ -298,7 +306,18 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 if drained { ", drained" } else { "" }
             ),
         ),
-        BackendCmd::Remove { vip, address } => (
+        BackendCmd::Remove {
+            vip,
+            address,
+            drain: Some(deadline),
+            quiet,
+        } => return remove_gracefully(vip, address, deadline, quiet, opts),
+        BackendCmd::Remove {
+            vip,
+            address,
+            drain: None,
+            ..
+        } => (
             Request::BackendRemove(BackendRef { vip, address }),
             format!("removed backend {address} from {vip}"),
         ),
@@ -337,6 +356,59 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
     };
     let result = call(&opts.socket, &req)?;
     print_result(opts, &result, |r| confirmation(r, done))
+}
+
+/// `xlb backend remove --drain`: drains the backend, follows its packet counter (`stats`,
+/// which scans no table) until it goes quiet or the deadline passes, then removes it.
+fn remove_gracefully(
+    vip: VipId,
+    address: IpAddr,
+    deadline: Duration,
+    quiet: Duration,
+    opts: &CtlOpts,
+) -> anyhow::Result<()> {
+    let backend = BackendRef { vip, address };
+    call(&opts.socket, &Request::BackendDrain(backend.clone()))?;
+    let mut watch = graceful::QuietWatch::new(quiet, deadline);
+    let start = Instant::now();
+    let verdict = loop {
+        let stats = call(&opts.socket, &Request::Stats(Empty {}))?;
+        let packets = list(&stats, "vips")
+            .iter()
+            .find(|v| v.get("vip").and_then(Value::as_str) == Some(&vip.to_string()))
+            .and_then(|v| {
+                list(v, "backends").iter().find(|b| {
+                    b.get("address").and_then(Value::as_str) == Some(&address.to_string())
+                })
+            })
+            .and_then(|b| b.get("packets").and_then(Value::as_u64));
+        match watch.observe(start.elapsed(), packets) {
+            graceful::Verdict::Busy => std::thread::sleep(graceful::POLL),
+            v => break v,
+        }
+    };
+    let drained_s = start.elapsed().as_secs_f64();
+    if verdict == graceful::Verdict::Gone {
+        anyhow::bail!(
+            "backend {address} of {vip} went away while draining (removed, or removed and \
+             added again, by someone else): nothing removed"
+        );
+    }
+    call(&opts.socket, &Request::BackendRemove(backend))?;
+    let went_quiet = verdict == graceful::Verdict::Quiet;
+    let done = if went_quiet {
+        format!(
+            "removed backend {address} from {vip}: no packet for {} s, after {drained_s:.1} s of draining",
+            quiet.as_secs()
+        )
+    } else {
+        format!(
+            "removed backend {address} from {vip} at the end of its {} s drain; it still carried traffic",
+            deadline.as_secs()
+        )
+    };
+    let result = json!({"done": done, "drained_s": drained_s, "went_quiet": went_quiet});
+    print_result(opts, &result, |r| confirmation(r, done.clone()))
 }
 
 /// Runs `xlb status`; with `rate`, traffic per second over that interval instead of totals.
@@ -824,7 +896,6 @@ mod tests {
     }
 
     #[derive(Debug, clap::Subcommand)]
-    #[expect(clippy::large_enum_variant, reason = "parsed once per test")]
     enum Top {
         #[command(subcommand)]
         Vip(VipCmd),

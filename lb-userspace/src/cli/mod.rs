@@ -1,2 +1,3 @@
 pub mod ctl;
+pub mod graceful;
 pub mod rate;

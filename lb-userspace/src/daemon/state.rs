@@ -672,7 +672,17 @@ impl Daemon {
             .vips()
             .map(|v| {
                 let t = v.traffic(dp);
-                json!({"vip": v.config.id(), "packets": t.packets, "bytes": t.bytes, "new_flows": t.new_flows})
+                // Per backend too: `stats` reads counters only (no table scan, unlike
+                // `status`), so it is what a client polls (`xlb backend remove --drain`).
+                let backends: Vec<Value> = v
+                    .backends
+                    .iter()
+                    .map(|(addr, b)| {
+                        let bt = dp.backend(b.index);
+                        json!({"address": addr, "packets": bt.packets, "bytes": bt.bytes, "new_flows": bt.new_flows})
+                    })
+                    .collect();
+                json!({"vip": v.config.id(), "packets": t.packets, "bytes": t.bytes, "new_flows": t.new_flows, "backends": backends})
             })
             .collect();
         json!({ "reasons": by_name, "vips": vips, "health_transitions": {"up": self.transitions.up, "down": self.transitions.down} })
