@@ -228,8 +228,8 @@ impl BackendState {
             agent_down: false,
             agent_drain: false,
             backup: b.backup,
-            // Until `publish` finds no other backend to take new flows.
-            standby: b.backup,
+            // Set by `Core::new_backend`, kept by `publish`.
+            standby: false,
             factor_pct: 100,
             generation,
             cache_epoch,
@@ -563,8 +563,12 @@ impl<D: Dataplane> Core<D> {
             retired: self.dp.retired(&vip_key(&id)),
         };
         let mut result = Ok(());
+        // New backends start healthy: the backups wait if a regular one can take new flows.
+        let others_serve = backends_cfg
+            .iter()
+            .any(|b| !b.backup && !b.drained && b.weight > 0);
         for b in backends_cfg {
-            match self.new_backend(&id, &b) {
+            match self.new_backend(&id, &b, others_serve) {
                 Ok(bs) => {
                     state.backends.insert(b.address, bs);
                 }
@@ -721,7 +725,8 @@ impl<D: Dataplane> Core<D> {
             .into());
         }
         self.check_backend(&vip.config, &b.address)?;
-        let bs = self.new_backend(id, &b)?;
+        let others_serve = vip.backends.values().any(|x| !x.backup && x.eligible());
+        let bs = self.new_backend(id, &b, others_serve)?;
         let index = bs.index;
         self.vip_mut(id)?.backends.insert(b.address, bs);
         if let Err(e) = self.publish(id) {
@@ -736,7 +741,15 @@ impl<D: Dataplane> Core<D> {
     /// Takes a backend slot (oldest freed first), clears its counters (unless it is the
     /// same backend's slot under the last daemon) and writes the backend active, before any
     /// table can point at it.
-    fn new_backend(&mut self, vip: &VipId, b: &BackendConfig) -> Result<BackendState, CoreError> {
+    /// A new backend's slot, written; `others_serve`: a regular backend of the VIP takes new
+    /// flows, so a backup starts in standby (its entry right from the first write, which
+    /// matters when the slot is a running balancer's, pinned; `publish` settles it anyway).
+    fn new_backend(
+        &mut self,
+        vip: &VipId,
+        b: &BackendConfig,
+        others_serve: bool,
+    ) -> Result<BackendState, CoreError> {
         let tag = vip_tag(vip);
         let (index, kept) = self
             .take_slot(tag, b.address)
@@ -752,7 +765,8 @@ impl<D: Dataplane> Core<D> {
             (None, None) => 0,
         };
         let cache_epoch = self.next_cache_epoch(index);
-        let bs = BackendState::new(index, generation, cache_epoch, b);
+        let mut bs = BackendState::new(index, generation, cache_epoch, b);
+        bs.standby = b.backup && others_serve;
         // The same backend back in its slot from the last daemon keeps its counters (they
         // are pinned with the slots, see `state_dir`); any other holder starts from zero.
         let cleared = if kept.is_some() {
@@ -1721,6 +1735,17 @@ mod tests {
             BACKEND_F_ACTIVE | BACKEND_F_NO_NEW
         );
         assert!(core.vip(&id).unwrap().backends[&c].standby);
+        // From its first write on: a slot can be a running balancer's (pinned state).
+        let first = core
+            .dataplane()
+            .writes
+            .iter()
+            .find_map(|x| match x {
+                Write::Backend(i, e) if *i == ic => Some(e.flags),
+                _ => None,
+            })
+            .expect("the backup's entry written");
+        assert_ne!(first & BACKEND_F_NO_NEW, 0);
 
         // One regular backend left: the backup still waits.
         core.set_health(&id, a, false).unwrap();
