@@ -814,9 +814,15 @@ fn render_vip_list(status: &Value) -> String {
     ]);
     for vip in vips {
         let backends = list(vip, "backends");
+        // Healthy: a backup waiting its turn is as up as any.
         let up = backends
             .iter()
-            .filter(|b| b.get("state").and_then(Value::as_str) == Some("up"))
+            .filter(|b| {
+                matches!(
+                    b.get("state").and_then(Value::as_str),
+                    Some("up" | "standby")
+                )
+            })
             .count();
         t.row(vec![
             field(vip, "vip"),
