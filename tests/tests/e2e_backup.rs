@@ -12,6 +12,15 @@ use xlb_tests::{
 
 const CHECK: &str = r#"{"kind": "tcp", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 300}"#;
 
+/// The line servers' VIP with b1 and b2, checked every 300 ms.
+fn config() -> String {
+    format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp",
+            "health_check": {CHECK},
+            "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
+    )
+}
+
 /// Who answers `n` new connections, by backend name.
 fn tally(net: &DemoNet, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -30,12 +39,7 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
     net.start_backends();
     let mut servers: Vec<Option<Proc>> = (0..3).map(|i| Some(net.start_name_server(i))).collect();
     let vip = format!("{VIP4}:{NAME_PORT}/tcp");
-    let cfg = format!(
-        r#"{{"vips": [{{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp",
-            "health_check": {CHECK},
-            "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
-    );
-    let (_lb, sock) = net.start_lb(&cfg, &["--metrics", "198.18.0.2:9100"]);
+    let (_lb, sock) = net.start_lb(&config(), &["--metrics", "198.18.0.2:9100"]);
     // Through the CLI, as an operator adds one.
     let said = net.ctl(&sock, &["backend", "add", &vip, "198.18.0.13", "--backup"]);
     assert!(said.contains("added backup 198.18.0.13"), "{said}");
@@ -143,12 +147,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     net.start_backends();
     let _servers: Vec<Proc> = (0..2).map(|i| net.start_name_server(i)).collect();
     let vip = format!("{VIP4}:{NAME_PORT}/tcp");
-    let cfg = format!(
-        r#"{{"vips": [{{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp",
-            "health_check": {CHECK},
-            "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
-    );
-    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    let (_lb, sock) = net.start_lb(&config(), &[]);
     net.wait_ready(&sock);
     let mut conns = LineConn::many_to_vip(&net.client, 16);
     let pos = |conns: &[(LineConn, String)], who: &str| {
