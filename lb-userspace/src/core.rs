@@ -1269,6 +1269,23 @@ impl<D: Dataplane> Core<D> {
             undo(self);
             return Err(e);
         }
+        // What an operator pages on: a VIP left to its backups.
+        let backups: Vec<String> = moved
+            .iter()
+            .filter(|(addr, _)| {
+                self.vip(id)
+                    .is_ok_and(|v| v.backends.get(addr).is_some_and(|b| b.backup))
+            })
+            .map(|(addr, _)| addr.to_string())
+            .collect();
+        if !backups.is_empty() {
+            let list = backups.join(", ");
+            if serving {
+                log::info!("VIP {id}: a regular backend takes new flows again; backups {list} wait (their flows stay)");
+            } else {
+                log::warn!("VIP {id}: no regular backend takes new flows; its backups {list} do");
+            }
+        }
         for (addr, _) in moved.iter().filter(|(_, standby)| *standby) {
             let b = self.backend_mut(id, *addr)?;
             let (index, entry) = (b.index, backend_entry(id, *addr, b));

@@ -39,7 +39,7 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
     net.start_backends();
     let mut servers: Vec<Option<Proc>> = (0..3).map(|i| Some(net.start_name_server(i))).collect();
     let vip = format!("{VIP4}:{NAME_PORT}/tcp");
-    let (_lb, sock) = net.start_lb(&config(), &["--metrics", "198.18.0.2:9100"]);
+    let (lb, sock) = net.start_lb(&config(), &["--metrics", "198.18.0.2:9100"]);
     // Through the CLI, as an operator adds one.
     let said = net.ctl(&sock, &["backend", "add", &vip, "198.18.0.13", "--backup"]);
     assert!(said.contains("added backup 198.18.0.13"), "{said}");
@@ -69,6 +69,17 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
         state(&net, "198.18.0.11") == "down" && state(&net, "198.18.0.12") == "down"
     });
     assert_eq!(state(&net, "198.18.0.13"), "up");
+    // Said where an operator looks: the daemon's log and `xlb status`.
+    let log = lb.log_text();
+    assert!(
+        log.contains("no regular backend takes new flows; its backups 198.18.0.13 do"),
+        "{log}"
+    );
+    let text = net.ctl(&sock, &["status"]);
+    assert!(
+        text.contains("on backups: no regular backend takes new flows"),
+        "{text}"
+    );
     let mut on_backup = LineConn::to_vip(&net.client);
     assert_eq!(on_backup.who(), "b3");
     let counts = tally(&net, 20);

@@ -771,6 +771,13 @@ fn render_status(status: &Value) -> String {
             out.push_str("  no backends: new flows are dropped; `xlb backend add` adds one\n");
             return;
         }
+        let backup_serves = |b: &Value| {
+            b.get("backup") == Some(&Value::Bool(true))
+                && b.get("state").and_then(Value::as_str) == Some("up")
+        };
+        if backends.iter().any(backup_serves) {
+            out.push_str("  on backups: no regular backend takes new flows\n");
+        }
         let mut t = Table::new(&[
             ("BACKEND", false),
             ("WEIGHT", true),
@@ -1105,6 +1112,15 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         );
         assert!(listed.contains("1/2"), "{listed}");
         assert!(render_status(&json!({"vips": []})).starts_with("no VIPs"));
+        // A VIP left to its backups says so.
+        let on_backups = |backup_state: &str| {
+            render_status(&json!({"vips": [{"vip": "198.18.1.1:80/tcp", "backends": [
+                {"address": "198.18.0.11", "state": "down"},
+                {"address": "198.18.0.13", "backup": true, "state": backup_state}]}]}))
+        };
+        assert!(on_backups("up").contains("  on backups: no regular backend takes new flows\n"));
+        assert!(on_backups("up").contains("up, backup"));
+        assert!(!on_backups("standby").contains("on backups"));
         // Something unexpected still prints rather than failing.
         assert!(render_status(&json!("surprise")).starts_with("no VIPs"));
     }
