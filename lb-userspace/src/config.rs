@@ -938,4 +938,24 @@ mod tests {
         assert!(parse_v6_prefix("fd00:ff::1/96").is_err());
         assert!(parse_v6_prefix("fd00:ff::/120").is_err());
     }
+
+    #[test]
+    fn the_documented_examples_are_valid_configs() {
+        let doc = include_str!("../../docs/config.md");
+        let examples = doc
+            .split("```json\n")
+            .skip(1)
+            .filter_map(|block| block.split_once("```").map(|(json, _)| json))
+            .collect::<Vec<_>>();
+        assert!(
+            examples.len() >= 3,
+            "{} examples in docs/config.md",
+            examples.len()
+        );
+        for json in examples {
+            if let Err(e) = Config::from_json(json) {
+                panic!("docs/config.md example refused: {e}\n{json}");
+            }
+        }
+    }
 }
