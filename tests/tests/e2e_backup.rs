@@ -148,7 +148,7 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
 
 /// `xlb backend remove --drain`: a backend whose clients keep talking is removed at the
 /// drain's deadline, its connection answered by it until then; an idle one as soon as it
-/// has been quiet for `--quiet`.
+/// has been quiet for `--quiet`. `xlb backend drain --wait` waits the same way.
 #[test]
 fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     if !require_root() {
@@ -216,6 +216,28 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     assert!(!net
         .backend_states(&sock)
         .contains_key(&format!("{vip} 198.18.0.11")));
+
+    // A rolling upgrade's step: drain b2 and wait for its (silent) client, then undrain.
+    let said = net.ctl(
+        &sock,
+        &[
+            "backend",
+            "drain",
+            &vip,
+            "198.18.0.12",
+            "--wait",
+            "60",
+            "--quiet",
+            "1",
+            "--json",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_str(&said).expect("drain --json");
+    assert_eq!(r["went_quiet"], true, "{r}");
+    let drained = format!("{vip} 198.18.0.12");
+    assert_eq!(net.backend_states(&sock)[&drained], "drained");
+    net.ctl(&sock, &["backend", "undrain", &vip, "198.18.0.12"]);
+    assert_eq!(net.backend_states(&sock)[&drained], "up");
 
     // b2's client is silent: removed once b2 has been quiet for a second.
     let said = net.ctl(

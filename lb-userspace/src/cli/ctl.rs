@@ -143,6 +143,14 @@ pub enum BackendCmd {
         vip: VipId,
         /// The backend's address.
         address: IpAddr,
+        /// Return once it has carried no packet for --quiet seconds (its clients are
+        /// done), or after SECS at most (1..=86400): drain, wait, upgrade, undrain.
+        #[arg(long, value_name = "SECS", value_parser = graceful::parse_secs)]
+        wait: Option<Duration>,
+        /// With --wait: how long without a packet counts as done (default 5 s).
+        #[arg(long, value_name = "SECS", value_parser = graceful::parse_secs,
+              default_value = "5", requires = "wait")]
+        quiet: Duration,
     },
     /// Let a drained backend take new flows again.
     Undrain {
@@ -311,7 +319,7 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             address,
             drain: Some(deadline),
             quiet,
-        } => return remove_gracefully(vip, address, deadline, quiet, opts),
+        } => return remove_gracefully(BackendRef { vip, address }, deadline, quiet, opts),
         BackendCmd::Remove {
             vip,
             address,
@@ -321,7 +329,18 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             Request::BackendRemove(BackendRef { vip, address }),
             format!("removed backend {address} from {vip}"),
         ),
-        BackendCmd::Drain { vip, address } => (
+        BackendCmd::Drain {
+            vip,
+            address,
+            wait: Some(deadline),
+            quiet,
+        } => return drain_waiting(BackendRef { vip, address }, deadline, quiet, opts),
+        BackendCmd::Drain {
+            vip,
+            address,
+            wait: None,
+            ..
+        } => (
             Request::BackendDrain(BackendRef { vip, address }),
             format!("drained backend {address} of {vip}: no new flows, existing flows stay"),
         ),
@@ -358,16 +377,15 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
     print_result(opts, &result, |r| confirmation(r, done))
 }
 
-/// `xlb backend remove --drain`: drains the backend, follows its packet counter (`stats`,
-/// which scans no table) until it goes quiet or the deadline passes, then removes it.
-fn remove_gracefully(
-    vip: VipId,
-    address: IpAddr,
+/// Drains the backend and follows its packet counter (`stats`, which scans no table) until
+/// it goes quiet or `deadline` passes: whether it went quiet, and after how long.
+fn drain_and_wait(
+    backend: &BackendRef,
     deadline: Duration,
     quiet: Duration,
     opts: &CtlOpts,
-) -> anyhow::Result<()> {
-    let backend = BackendRef { vip, address };
+) -> anyhow::Result<(bool, f64)> {
+    let (vip, address) = (backend.vip, backend.address);
     call(&opts.socket, &Request::BackendDrain(backend.clone()))?;
     let mut watch = graceful::QuietWatch::new(quiet, deadline);
     let start = Instant::now();
@@ -387,26 +405,67 @@ fn remove_gracefully(
             v => break v,
         }
     };
-    let drained_s = start.elapsed().as_secs_f64();
     if verdict == graceful::Verdict::Gone {
         anyhow::bail!(
             "backend {address} of {vip} went away while draining (removed, or removed and \
-             added again, by someone else): nothing removed"
+             added again, by someone else)"
         );
     }
-    call(&opts.socket, &Request::BackendRemove(backend))?;
-    let went_quiet = verdict == graceful::Verdict::Quiet;
-    let done = if went_quiet {
+    Ok((
+        verdict == graceful::Verdict::Quiet,
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// How a drain ended, for people: `what` happened to the backend.
+fn drain_outcome(
+    what: String,
+    went_quiet: bool,
+    drained_s: f64,
+    quiet: Duration,
+    deadline: Duration,
+) -> String {
+    if went_quiet {
         format!(
-            "removed backend {address} from {vip}: no packet for {} s, after {drained_s:.1} s of draining",
+            "{what}: no packet for {} s, after {drained_s:.1} s of draining",
             quiet.as_secs()
         )
     } else {
         format!(
-            "removed backend {address} from {vip} at the end of its {} s drain; it still carried traffic",
+            "{what} at the end of its {} s drain; it still carried traffic",
             deadline.as_secs()
         )
-    };
+    }
+}
+
+/// `xlb backend remove --drain`: drains the backend, waits for it to go quiet (or the
+/// deadline), then removes it.
+fn remove_gracefully(
+    backend: BackendRef,
+    deadline: Duration,
+    quiet: Duration,
+    opts: &CtlOpts,
+) -> anyhow::Result<()> {
+    let (went_quiet, drained_s) = drain_and_wait(&backend, deadline, quiet, opts)
+        .map_err(|e| e.context("nothing removed"))?;
+    let what = format!("removed backend {} from {}", backend.address, backend.vip);
+    call(&opts.socket, &Request::BackendRemove(backend))?;
+    let done = drain_outcome(what, went_quiet, drained_s, quiet, deadline);
+    let result = json!({"done": done, "drained_s": drained_s, "went_quiet": went_quiet});
+    print_result(opts, &result, |r| confirmation(r, done.clone()))
+}
+
+/// `xlb backend drain --wait`: drains the backend and returns once it has gone quiet (or at
+/// the deadline), for a rolling upgrade: drain and wait, upgrade, undrain.
+fn drain_waiting(
+    backend: BackendRef,
+    deadline: Duration,
+    quiet: Duration,
+    opts: &CtlOpts,
+) -> anyhow::Result<()> {
+    let (went_quiet, drained_s) = drain_and_wait(&backend, deadline, quiet, opts)?;
+    let what = format!("drained backend {} of {}", backend.address, backend.vip);
+    let done = drain_outcome(what, went_quiet, drained_s, quiet, deadline);
     let result = json!({"done": done, "drained_s": drained_s, "went_quiet": went_quiet});
     print_result(opts, &result, |r| confirmation(r, done.clone()))
 }
@@ -1170,6 +1229,8 @@ health_transitions: {\"down\":0,\"up\":1}
             BackendCmd::Drain {
                 vip: "198.18.1.1:80/tcp".parse().expect("vip"),
                 address: "198.18.0.11".parse().expect("ip"),
+                wait: None,
+                quiet: Duration::from_secs(5),
             },
             &opts,
         )
