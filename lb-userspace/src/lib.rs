@@ -12,6 +12,7 @@
 //! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
 //! - [`daemon`]: `xlb run`: state, control handler, next hops, metrics.
 //! - [`decap`]: `xlb decap` for backends.
+//! - [`graceful`]: graceful removal: a draining backend's packet counter, followed until quiet.
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
 //! - [`placement`]: where a client's flow to a VIP goes (the `flow` op).
@@ -32,6 +33,7 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod graceful;
 pub mod health;
 pub mod loader;
 pub mod netdev;

@@ -3,11 +3,16 @@
 //! can again, new connections go back to it while those the backup took stay on it. Roles
 //! change at runtime (`xlb backend backup`).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use xlb_tests::{
     netns::{require_root, wait_for},
-    topology::{scrape_metrics, DemoNet, LineConn, Proc, NAME_PORT, VIP4},
+    topology::{scrape_metrics, xlb_bin, DemoNet, LineConn, Proc, NAME_PORT, VIP4},
 };
 
 const CHECK: &str = r#"{"kind": "tcp", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 300}"#;
@@ -18,6 +23,36 @@ fn config() -> String {
         r#"{{"vips": [{{"address": "{VIP4}", "port": {NAME_PORT}, "protocol": "tcp",
             "health_check": {CHECK},
             "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
+    )
+}
+
+/// `xlb ARGS --socket SOCK` left running (a command that waits), its output captured.
+fn spawn_ctl(sock: &Path, args: &[&str]) -> Child {
+    Command::new(xlb_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning xlb")
+}
+
+/// Waits (10 s at most) for a spawned command's end: whether it succeeded, its stderr.
+fn finish(mut child: Child) -> (bool, String) {
+    let t0 = Instant::now();
+    while child.try_wait().expect("waiting for xlb").is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("xlb still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("xlb's output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
@@ -148,7 +183,9 @@ fn a_backup_serves_only_while_no_regular_backend_can() {
 
 /// `xlb backend remove --drain`: a backend whose clients keep talking is removed at the
 /// drain's deadline, its connection answered by it until then; an idle one as soon as it
-/// has been quiet for `--quiet`. `xlb backend drain --wait` waits the same way.
+/// has been quiet for `--quiet`. `xlb backend drain --wait` waits the same way. The daemon
+/// runs the removal: it goes on when the waiting command is interrupted, and an undrain
+/// cancels it (and ends the wait with an error).
 #[test]
 fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     if !require_root() {
@@ -158,7 +195,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     net.start_backends();
     let _servers: Vec<Proc> = (0..2).map(|i| net.start_name_server(i)).collect();
     let vip = format!("{VIP4}:{NAME_PORT}/tcp");
-    let (_lb, sock) = net.start_lb(&config(), &[]);
+    let (_lb, sock) = net.start_lb(&config(), &["--metrics", "198.18.0.2:9100"]);
     net.wait_ready(&sock);
     let mut conns = LineConn::many_to_vip(&net.client, 16);
     let pos = |conns: &[(LineConn, String)], who: &str| {
@@ -239,6 +276,52 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     net.ctl(&sock, &["backend", "undrain", &vip, "198.18.0.12"]);
     assert_eq!(net.backend_states(&sock)[&drained], "up");
 
+    // Without waiting: the daemon drains b2 and says so; status shows the removal; a
+    // waiting command (which starts it over) ends with an error when an undrain cancels it.
+    let said = net.ctl(
+        &sock,
+        &[
+            "backend",
+            "remove",
+            &vip,
+            "198.18.0.12",
+            "--drain",
+            "60",
+            "--quiet",
+            "30",
+            "--no-wait",
+        ],
+    );
+    assert!(said.contains("draining backend 198.18.0.12"), "{said}");
+    assert_eq!(net.backend_states(&sock)[&drained], "removing");
+    let text = net.ctl(&sock, &["status"]);
+    assert!(text.contains("removing 198.18.0.12: "), "{text}");
+    let metrics = scrape_metrics(&net.lb, "198.18.0.2:9100".parse().unwrap());
+    let line = format!("xlb_backend_removing{{vip=\"{vip}\",backend=\"198.18.0.12\"}} 1");
+    assert!(
+        metrics.lines().any(|t| t == line),
+        "no {line:?} in:\n{metrics}"
+    );
+    let waiting = spawn_ctl(
+        &sock,
+        &[
+            "backend",
+            "remove",
+            &vip,
+            "198.18.0.12",
+            "--drain",
+            "60",
+            "--quiet",
+            "30",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let said = net.ctl(&sock, &["backend", "undrain", &vip, "198.18.0.12"]);
+    assert!(said.contains("graceful removal is cancelled"), "{said}");
+    let (ok, err) = finish(waiting);
+    assert!(!ok && err.contains("was cancelled"), "{err}");
+    assert_eq!(net.backend_states(&sock)[&drained], "up");
+
     // b2's client is silent: removed once b2 has been quiet for a second.
     let said = net.ctl(
         &sock,
@@ -258,6 +341,45 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     assert_eq!(r["went_quiet"], true, "{r}");
     assert!(r["drained_s"].as_f64().is_some_and(|s| s < 60.0), "{r}");
     assert!(net.backend_states(&sock).is_empty());
+
+    // Interrupted (Ctrl-C) while it waits, the command leaves the removal to the daemon,
+    // which removes the (idle) backend once quiet.
+    net.ctl(&sock, &["backend", "add", &vip, "198.18.0.11"]);
+    let waiting = spawn_ctl(
+        &sock,
+        &[
+            "backend",
+            "remove",
+            &vip,
+            "198.18.0.11",
+            "--drain",
+            "60",
+            "--quiet",
+            "2",
+        ],
+    );
+    let b1 = format!("{vip} 198.18.0.11");
+    wait_for("b1 removing", Duration::from_secs(5), || {
+        net.backend_states(&sock).get(&b1).map(String::as_str) == Some("removing")
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) };
+    let (ok, _) = finish(waiting);
+    assert!(!ok, "the interrupted command succeeded");
+    wait_for("b1 removed by the daemon", Duration::from_secs(15), || {
+        !net.backend_states(&sock).contains_key(&b1)
+    });
+    let stats = net.stats_json(&sock);
+    let ended = stats["ended_removals"].as_array().expect("ended_removals");
+    let last = ended.last().expect("an ended removal");
+    assert_eq!(
+        (&last["address"], &last["outcome"]),
+        (
+            &serde_json::json!("198.18.0.11"),
+            &serde_json::json!("quiet")
+        ),
+        "{ended:?}"
+    );
 
     // Refused before anything is asked of the daemon: --quiet needs --drain; an unknown
     // backend is not drained.

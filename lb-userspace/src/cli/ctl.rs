@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{graceful, rate};
+use super::rate;
 use crate::{
     config::{
         check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Scheduler,
@@ -26,11 +26,12 @@ use crate::{
     control::{
         client,
         protocol::{
-            BackendAdd, BackendBackup, BackendRef, BackendWeight, ControlError, Empty, FlowRef,
-            Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
+            BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
+            Empty, FlowRef, Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
         },
         DEFAULT_SOCKET,
     },
+    graceful,
     health::HealthCheckConfig,
 };
 
@@ -129,13 +130,19 @@ pub enum BackendCmd {
         /// The backend's address.
         address: IpAddr,
         /// Drain it first, and remove it once it has carried no packet for --quiet seconds
-        /// (its clients are done), or after SECS at most (1..=86400).
+        /// (its clients are done), or after SECS at most (1..=86400). The daemon runs the
+        /// removal; this command waits for it (Ctrl-C stops the wait, not the removal;
+        /// `xlb backend undrain` cancels it).
         #[arg(long, value_name = "SECS", value_parser = graceful::parse_secs)]
         drain: Option<Duration>,
         /// With --drain: how long without a packet counts as done (default 5 s).
         #[arg(long, value_name = "SECS", value_parser = graceful::parse_secs,
               default_value = "5", requires = "drain")]
         quiet: Duration,
+        /// With --drain: return once the daemon has started the removal (`xlb status`
+        /// shows it), without waiting for its end.
+        #[arg(long, requires = "drain")]
+        no_wait: bool,
     },
     /// Stop sending new flows to a backend; its existing flows stay.
     Drain {
@@ -319,14 +326,23 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             address,
             drain: Some(deadline),
             quiet,
-        } => return remove_gracefully(BackendRef { vip, address }, deadline, quiet, opts),
+            no_wait,
+        } => {
+            let backend = BackendRef { vip, address };
+            return remove_gracefully(backend, deadline, quiet, !no_wait, opts);
+        }
         BackendCmd::Remove {
             vip,
             address,
             drain: None,
             ..
         } => (
-            Request::BackendRemove(BackendRef { vip, address }),
+            Request::BackendRemove(BackendRemove {
+                vip,
+                address,
+                drain_s: None,
+                quiet_s: None,
+            }),
             format!("removed backend {address} from {vip}"),
         ),
         BackendCmd::Drain {
@@ -378,7 +394,8 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
 }
 
 /// Drains the backend and follows its packet counter (`stats`, which scans no table) until
-/// it goes quiet or `deadline` passes: whether it went quiet, and after how long.
+/// it goes quiet or `deadline` passes: whether it went quiet, and after how long. Run by the
+/// CLI: a drain that waits removes nothing, so nothing is left half-done if it stops.
 fn drain_and_wait(
     backend: &BackendRef,
     deadline: Duration,
@@ -438,21 +455,97 @@ fn drain_outcome(
     }
 }
 
-/// `xlb backend remove --drain`: drains the backend, waits for it to go quiet (or the
-/// deadline), then removes it.
+/// `xlb backend remove --drain`: asks the daemon for a graceful removal and, with `wait`,
+/// waits for its end.
 fn remove_gracefully(
     backend: BackendRef,
     deadline: Duration,
     quiet: Duration,
+    wait: bool,
     opts: &CtlOpts,
 ) -> anyhow::Result<()> {
-    let (went_quiet, drained_s) = drain_and_wait(&backend, deadline, quiet, opts)
-        .map_err(|e| e.context("nothing removed"))?;
+    let asked = Instant::now();
+    let req = Request::BackendRemove(BackendRemove {
+        vip: backend.vip,
+        address: backend.address,
+        drain_s: Some(deadline.as_secs()),
+        quiet_s: Some(quiet.as_secs()),
+    });
+    let started = call(&opts.socket, &req)?;
+    if !wait {
+        let ours = format!("draining backend {} of {}", backend.address, backend.vip);
+        return print_result(opts, &started, |r| confirmation(r, ours));
+    }
+    let (outcome, drained_s) = wait_for_removal(&backend, deadline, asked, opts)?;
+    let went_quiet = outcome == "quiet";
     let what = format!("removed backend {} from {}", backend.address, backend.vip);
-    call(&opts.socket, &Request::BackendRemove(backend))?;
     let done = drain_outcome(what, went_quiet, drained_s, quiet, deadline);
     let result = json!({"done": done, "drained_s": drained_s, "went_quiet": went_quiet});
     print_result(opts, &result, |r| confirmation(r, done.clone()))
+}
+
+/// How long past its deadline a graceful removal may take before the wait gives up (the
+/// daemon checks every [`graceful::POLL`]; a busy daemon may answer late).
+const REMOVAL_GRACE: Duration = Duration::from_secs(30);
+
+/// Follows the daemon's graceful removal of `backend`, asked for at `asked`, in `stats`
+/// (which scans no table) until it ends: how (`quiet` or `deadline`) and after how many
+/// seconds of draining. An error if it was cancelled, failed, or the backend went another
+/// way.
+fn wait_for_removal(
+    backend: &BackendRef,
+    deadline: Duration,
+    asked: Instant,
+    opts: &CtlOpts,
+) -> anyhow::Result<(String, f64)> {
+    let (vip, address) = (backend.vip.to_string(), backend.address.to_string());
+    loop {
+        let stats = call(&opts.socket, &Request::Stats(Empty {}))?;
+        let waited = asked.elapsed();
+        let ended = list(&stats, "ended_removals").iter().rev().find(|e| {
+            e.get("vip").and_then(Value::as_str) == Some(&vip)
+                && e.get("address").and_then(Value::as_str) == Some(&address)
+                && e.get("ago_s")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|ago| ago <= waited.as_secs_f64())
+        });
+        if let Some(e) = ended {
+            let outcome = e.get("outcome").and_then(Value::as_str).unwrap_or("-");
+            let drained_s = e.get("drained_s").and_then(Value::as_f64).unwrap_or(0.0);
+            if outcome == "failed" {
+                anyhow::bail!(
+                    "the daemon could not remove backend {address} of {vip} after its drain \
+                     (its log says why); the backend stays, drained"
+                );
+            }
+            return Ok((outcome.to_owned(), drained_s));
+        }
+        let entry = list(&stats, "vips")
+            .iter()
+            .find(|v| v.get("vip").and_then(Value::as_str) == Some(&vip))
+            .and_then(|v| {
+                list(v, "backends")
+                    .iter()
+                    .find(|b| b.get("address").and_then(Value::as_str) == Some(&address))
+            });
+        match entry {
+            None => anyhow::bail!(
+                "backend {address} of {vip} went away while draining: removed by other means \
+                 (xlb backend remove, a reload) rather than by its drain"
+            ),
+            Some(b) if b.get("removal").is_none_or(Value::is_null) => anyhow::bail!(
+                "the graceful removal of backend {address} of {vip} was cancelled (undrained, \
+                 or a reload of a config that lists it); the backend stays"
+            ),
+            Some(_) if waited > deadline + REMOVAL_GRACE => anyhow::bail!(
+                "backend {address} of {vip} is still being removed {} s after its {} s \
+                 deadline; xlb status shows where it stands",
+                REMOVAL_GRACE.as_secs(),
+                deadline.as_secs()
+            ),
+            Some(_) => std::thread::sleep(graceful::POLL),
+        }
+    }
 }
 
 /// `xlb backend drain --wait`: drains the backend and returns once it has gone quiet (or at
@@ -817,7 +910,7 @@ fn render_status(status: &Value) -> String {
             field(vip, "table_size")
         )
     };
-    vip_blocks(list(status, "vips"), head, |vip, out| {
+    let mut out = vip_blocks(list(status, "vips"), head, |vip, out| {
         let _ = writeln!(
             out,
             "  traffic: {} packets, {} bytes, {} new flows",
@@ -862,7 +955,41 @@ fn render_status(status: &Value) -> String {
             ]);
         }
         t.render("  ", out);
-    })
+        for b in backends {
+            if let Some(r) = b.get("removal").filter(|r| r.is_object()) {
+                let _ = writeln!(
+                    out,
+                    "  removing {}: {} s without a packet of the {} s that end it; {} s of its {} s drain",
+                    field(b, "address"),
+                    field(r, "idle_s"),
+                    field(r, "quiet_s"),
+                    field(r, "draining_s"),
+                    field(r, "deadline_s")
+                );
+            }
+        }
+    });
+    let ended = list(status, "ended_removals");
+    if !ended.is_empty() {
+        out.push_str("\nremoved gracefully, lately:\n");
+        for e in ended {
+            let how = match e.get("outcome").and_then(Value::as_str) {
+                Some("quiet") => "its clients done",
+                Some("deadline") => "at its deadline, still busy",
+                Some("failed") => "FAILED: still there, drained (see the daemon's log)",
+                _ => "-",
+            };
+            let _ = writeln!(
+                out,
+                "  {} of {}: {how}, after {:.1} s of draining, {:.0} s ago",
+                field(e, "address"),
+                field(e, "vip"),
+                e.get("drained_s").and_then(Value::as_f64).unwrap_or(0.0),
+                e.get("ago_s").and_then(Value::as_f64).unwrap_or(0.0)
+            );
+        }
+    }
+    out
 }
 
 fn render_vip_list(status: &Value) -> String {
@@ -1182,6 +1309,30 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         assert!(!on_backups("standby").contains("on backups"));
         // Something unexpected still prints rather than failing.
         assert!(render_status(&json!("surprise")).starts_with("no VIPs"));
+    }
+
+    #[test]
+    fn status_shows_graceful_removals_running_and_ended() {
+        let status = json!({"vips": [{"vip": "198.18.1.1:80/tcp", "backends": [
+            {"address": "198.18.0.11", "state": "removing",
+             "removal": {"draining_s": 12.5, "idle_s": 1.25, "quiet_s": 5, "deadline_s": 300}},
+            {"address": "198.18.0.12", "state": "up", "removal": null}]}],
+            "ended_removals": [
+                {"vip": "198.18.1.1:80/tcp", "address": "198.18.0.13", "outcome": "quiet", "drained_s": 7.04, "ago_s": 61.2},
+                {"vip": "198.18.1.1:80/tcp", "address": "198.18.0.14", "outcome": "deadline", "drained_s": 300.2, "ago_s": 3.0},
+                {"vip": "198.18.1.1:80/tcp", "address": "198.18.0.15", "outcome": "failed", "drained_s": 5.0, "ago_s": 1.0}]});
+        let text = render_status(&status);
+        let want_lines = [
+            "  removing 198.18.0.11: 1.25 s without a packet of the 5 s that end it; 12.5 s of its 300 s drain\n",
+            "\nremoved gracefully, lately:\n",
+            "  198.18.0.13 of 198.18.1.1:80/tcp: its clients done, after 7.0 s of draining, 61 s ago\n",
+            "  198.18.0.14 of 198.18.1.1:80/tcp: at its deadline, still busy, after 300.2 s of draining, 3 s ago\n",
+            "  198.18.0.15 of 198.18.1.1:80/tcp: FAILED: still there, drained (see the daemon's log)",
+        ];
+        for want in want_lines {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        assert_eq!(text.matches("removing").count(), 2, "{text}");
     }
 
     #[test]

@@ -1,3 +1,2 @@
 pub mod ctl;
-pub mod graceful;
 pub mod rate;

@@ -104,7 +104,7 @@ pub enum Request {
     BackendAdd(BackendAdd),
     /// Removes a backend from a VIP.
     #[serde(rename = "backend.remove")]
-    BackendRemove(BackendRef),
+    BackendRemove(BackendRemove),
     /// Changes a backend's weight.
     #[serde(rename = "backend.weight")]
     BackendWeight(BackendWeight),
@@ -185,7 +185,24 @@ pub struct BackendAdd {
     pub backend: BackendConfig,
 }
 
-/// Body of `backend.remove`, `backend.drain` and `backend.undrain`.
+/// Body of `backend.remove`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRemove {
+    /// The VIP.
+    pub vip: VipId,
+    /// The backend's address.
+    pub address: IpAddr,
+    /// Remove gracefully: drain now, remove once quiet or after this many seconds
+    /// (1..=86400). Absent: remove at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_s: Option<u64>,
+    /// With `drain_s`: seconds without a packet that count as done (1..=86400; default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_s: Option<u64>,
+}
+
+/// Body of `backend.drain` and `backend.undrain`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendRef {
@@ -612,9 +629,20 @@ mod tests {
             ),
             (
                 r#"{"v":1,"op":"backend.remove","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
-                Request::BackendRemove(BackendRef {
+                Request::BackendRemove(BackendRemove {
                     vip: vip_id(),
                     address: b11,
+                    drain_s: None,
+                    quiet_s: None,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.remove","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","drain_s":300,"quiet_s":10}"#,
+                Request::BackendRemove(BackendRemove {
+                    vip: vip_id(),
+                    address: b11,
+                    drain_s: Some(300),
+                    quiet_s: Some(10),
                 }),
             ),
             (

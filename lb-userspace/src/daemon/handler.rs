@@ -3,12 +3,40 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use serde_json::{json, Value};
 
 use super::state::Daemon;
-use crate::control::{protocol::Request, server::Handler, ControlError};
+use crate::{
+    config::ConfigError,
+    control::{protocol::Request, server::Handler, ControlError},
+    core::CoreError,
+    graceful,
+};
+
+/// `backend.remove`'s `quiet_s` and `drain_s` as periods (`None`: remove at once), or why
+/// they are refused.
+fn graceful_periods(
+    drain_s: Option<u64>,
+    quiet_s: Option<u64>,
+) -> Result<Option<(Duration, Duration)>, CoreError> {
+    let invalid = |field: &str, m: String| CoreError::Invalid(ConfigError::new(field, m));
+    let Some(drain_s) = drain_s else {
+        return match quiet_s {
+            Some(_) => Err(invalid(
+                "quiet_s",
+                "only with drain_s (a graceful removal)".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let deadline = graceful::check_secs(drain_s).map_err(|m| invalid("drain_s", m))?;
+    let quiet = graceful::check_secs(quiet_s.unwrap_or(graceful::DEFAULT_QUIET_S))
+        .map_err(|m| invalid("quiet_s", m))?;
+    Ok(Some((quiet, deadline)))
+}
 
 /// Serves requests against the shared daemon state.
 pub struct DaemonHandler {
@@ -94,8 +122,24 @@ impl Handler for DaemonHandler {
                 done(format!("added {kind} {a} to {}", r.vip))
             }
             Request::BackendRemove(r) => {
-                d.remove_backend(&r.vip, r.address)?;
-                done(format!("removed backend {} from {}", r.address, r.vip))
+                let Some((quiet, deadline)) = graceful_periods(r.drain_s, r.quiet_s)? else {
+                    d.remove_backend(&r.vip, r.address)?;
+                    return done(format!("removed backend {} from {}", r.address, r.vip));
+                };
+                let now = std::time::Instant::now();
+                let again = d.remove_gracefully(&r.vip, r.address, quiet, deadline, now)?;
+                let (q, s) = (quiet.as_secs(), deadline.as_secs());
+                done(format!(
+                    "draining backend {} of {}: removed once it has carried no packet for {q} s, \
+                     or in {s} s at most{}",
+                    r.address,
+                    r.vip,
+                    if again {
+                        " (the removal under way starts over)"
+                    } else {
+                        ""
+                    }
+                ))
             }
             Request::BackendWeight(r) => {
                 d.set_weight(&r.vip, r.address, r.weight)?;
@@ -109,8 +153,17 @@ impl Handler for DaemonHandler {
                 done(format!("drained backend {} of {}", r.address, r.vip))
             }
             Request::BackendUndrain(r) => {
-                d.set_drained(&r.vip, r.address, false)?;
-                done(format!("undrained backend {} of {}", r.address, r.vip))
+                let cancelled = d.set_drained(&r.vip, r.address, false)?;
+                done(format!(
+                    "undrained backend {} of {}{}",
+                    r.address,
+                    r.vip,
+                    if cancelled {
+                        "; its graceful removal is cancelled"
+                    } else {
+                        ""
+                    }
+                ))
             }
             Request::BackendBackup(r) => {
                 d.set_backup(&r.vip, r.address, r.backup)?;
@@ -126,6 +179,39 @@ impl Handler for DaemonHandler {
             Request::Status(_) => Ok(d.status(&flows)),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graceful_periods_are_checked_before_anything_changes() {
+        let s = Duration::from_secs;
+        assert_eq!(graceful_periods(None, None).unwrap(), None);
+        assert_eq!(
+            graceful_periods(Some(300), None).unwrap(),
+            Some((s(5), s(300)))
+        );
+        assert_eq!(
+            graceful_periods(Some(60), Some(10)).unwrap(),
+            Some((s(10), s(60)))
+        );
+        for (drain, quiet, field) in [
+            (None, Some(5), "quiet_s"),
+            (Some(0), None, "drain_s"),
+            (Some(86_401), None, "drain_s"),
+            (Some(60), Some(0), "quiet_s"),
+        ] {
+            let e = ControlError::from(graceful_periods(drain, quiet).unwrap_err());
+            assert_eq!(e.code, "invalid");
+            assert!(
+                e.message.starts_with(field),
+                "{drain:?} {quiet:?}: {}",
+                e.message
+            );
         }
     }
 }

@@ -105,6 +105,11 @@ pub fn render(d: &Daemon) -> String {
                 "xlb_backend_drained{{{l}}} {}",
                 u8::from(b.drained)
             );
+            let _ = writeln!(
+                be.removing,
+                "xlb_backend_removing{{{l}}} {}",
+                u8::from(d.removing(&id, *addr))
+            );
             let _ = writeln!(be.weight, "xlb_backend_weight{{{l}}} {}", b.weight);
             let _ = writeln!(
                 be.backup,
@@ -207,6 +212,13 @@ pub fn render(d: &Daemon) -> String {
     );
     section(
         &mut out,
+        "xlb_backend_removing",
+        "gauge",
+        "1 while a graceful removal drains the backend (it goes once quiet or at its deadline).",
+        &be.removing,
+    );
+    section(
+        &mut out,
         "xlb_backend_backup",
         "gauge",
         "1 for a backup: new flows only while no other backend of its VIP takes them.",
@@ -277,6 +289,7 @@ struct BackendLines {
     flows: String,
     up: String,
     drained: String,
+    removing: String,
     weight: String,
     backup: String,
     serving: String,

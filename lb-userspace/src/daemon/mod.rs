@@ -225,6 +225,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         })
     };
+    let removal_task = {
+        let daemon = daemon.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::graceful::POLL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Ok(mut d) = daemon.lock() {
+                    d.advance_removals(std::time::Instant::now());
+                }
+            }
+        })
+    };
     let recount_task = {
         let daemon = daemon.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -275,6 +290,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     nexthop_task.abort();
     dynamic_task.abort();
+    removal_task.abort();
     recount_task.abort();
     health_task.abort();
     let summary = counter_summary(&lock(&daemon)?.core().dataplane().reasons());

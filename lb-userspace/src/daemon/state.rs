@@ -3,7 +3,7 @@
 //! anything; a refused one leaves core, checkers and data plane as they were.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -17,6 +17,7 @@ use crate::{
     control::ControlError,
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters, Dataplane},
+    graceful::{Removal, Verdict},
     health::{
         CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
         Transition,
@@ -86,6 +87,22 @@ pub fn idle_timeouts(slots: &[CountedSlot]) -> HashMap<u32, u32> {
     slots.iter().map(|s| (s.index, s.idle_s)).collect()
 }
 
+/// How many ended graceful removals `status` and `stats` list.
+pub const RECENT_REMOVALS: usize = 16;
+
+/// A graceful removal that ended: listed by `status` and `stats`, where a client waiting
+/// for it (`xlb backend remove --drain`) reads how it ended.
+#[derive(Clone, Debug)]
+struct EndedRemoval {
+    vip: VipId,
+    address: IpAddr,
+    /// `quiet` (the clients were done), `deadline`, or `failed` (the data plane refused the
+    /// removal: the backend stays, drained).
+    outcome: &'static str,
+    drained: Duration,
+    at: Instant,
+}
+
 /// Everything the daemon owns.
 pub struct Daemon {
     core: Core<AyaDataplane>,
@@ -95,6 +112,8 @@ pub struct Daemon {
     targets: HashMap<u64, (VipId, IpAddr)>,
     next_target: u64,
     transitions: TransitionCounts,
+    removals: BTreeMap<(VipId, IpAddr), Removal>,
+    ended: VecDeque<EndedRemoval>,
 }
 
 impl Daemon {
@@ -113,6 +132,8 @@ impl Daemon {
             targets: HashMap::new(),
             next_target: 1,
             transitions: TransitionCounts::default(),
+            removals: BTreeMap::new(),
+            ended: VecDeque::new(),
         }
     }
 
@@ -139,7 +160,6 @@ impl Daemon {
             .unwrap_or_default())
     }
 
-    /// Starts checking a backend from the health `healthy` (see `HealthChecker::spawn`).
     /// Starts checking a backend from `start` (see `HealthChecker::spawn`).
     fn start_check(
         &mut self,
@@ -226,11 +246,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Removes a VIP and stops its checks.
+    /// Removes a VIP and stops its checks (and its backends' graceful removals).
     pub fn remove_vip(&mut self, id: &VipId) -> Result<(), CoreError> {
         let cfg = self.core.remove_vip(id)?;
         for b in cfg.backends {
             self.stop_check(id, b.address);
+            self.removals.remove(&(*id, b.address));
         }
         Ok(())
     }
@@ -242,11 +263,133 @@ impl Daemon {
         self.start_check(vip, addr, HealthState::new(Instant::now()))
     }
 
-    /// Removes a backend and stops its check.
+    /// Removes a backend and stops its check (and its graceful removal, if one runs).
     pub fn remove_backend(&mut self, vip: &VipId, addr: IpAddr) -> Result<(), CoreError> {
         self.core.remove_backend(vip, addr)?;
         self.stop_check(vip, addr);
+        self.removals.remove(&(*vip, addr));
         Ok(())
+    }
+
+    /// Starts a graceful removal (`graceful`) at `now`: drains the backend;
+    /// [`Self::advance_removals`] removes it once it has carried no packet for `quiet`, or at
+    /// `deadline`. One already running for the backend starts over with these periods.
+    /// Returns whether one was.
+    pub fn remove_gracefully(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        quiet: Duration,
+        deadline: Duration,
+        now: Instant,
+    ) -> Result<bool, CoreError> {
+        let slot = self
+            .core
+            .vip(vip)?
+            .backends
+            .get(&addr)
+            .map(|b| b.index)
+            .ok_or(CoreError::UnknownBackend {
+                vip: *vip,
+                backend: addr,
+            })?;
+        self.core.set_drained(vip, addr, true)?;
+        let removal = Removal::new(slot, quiet, deadline, now);
+        Ok(self.removals.insert((*vip, addr), removal).is_some())
+    }
+
+    /// Follows the graceful removals: removes each backend that has gone quiet or reached
+    /// its deadline by `now`. Called every [`crate::graceful::POLL`].
+    pub fn advance_removals(&mut self, now: Instant) {
+        let keys: Vec<(VipId, IpAddr)> = self.removals.keys().copied().collect();
+        for key in keys {
+            let (vip, addr) = key;
+            let dp = self.core.dataplane();
+            let current = self
+                .core
+                .vip(&vip)
+                .ok()
+                .and_then(|v| v.backends.get(&addr))
+                .map(|b| (b.index, dp.backend(b.index).packets));
+            let Some(r) = self.removals.get_mut(&key) else {
+                continue;
+            };
+            let verdict = r.observe(now, current);
+            let drained = r.draining(now);
+            let outcome = match verdict {
+                Verdict::Busy => continue,
+                // Removed or replaced by other means, which dropped the removal already;
+                // kept for safety.
+                Verdict::Gone => {
+                    self.removals.remove(&key);
+                    continue;
+                }
+                Verdict::Quiet => "quiet",
+                Verdict::TimedOut => "deadline",
+            };
+            self.removals.remove(&key);
+            let secs = drained.as_secs_f64();
+            let outcome = match self.remove_backend(&vip, addr) {
+                Ok(()) if outcome == "quiet" => {
+                    log::info!(
+                        "removed backend {addr} of {vip}: no packet for the quiet period, after {secs:.1} s of draining"
+                    );
+                    outcome
+                }
+                Ok(()) => {
+                    log::warn!(
+                        "removed backend {addr} of {vip} at the end of its {secs:.0} s drain; it still carried traffic"
+                    );
+                    outcome
+                }
+                Err(e) => {
+                    log::error!(
+                        "removing backend {addr} of {vip} after its drain: {e}; it stays, drained"
+                    );
+                    "failed"
+                }
+            };
+            if self.ended.len() == RECENT_REMOVALS {
+                self.ended.pop_front();
+            }
+            self.ended.push_back(EndedRemoval {
+                vip,
+                address: addr,
+                outcome,
+                drained,
+                at: now,
+            });
+        }
+    }
+
+    /// Whether a graceful removal of the backend runs.
+    pub fn removing(&self, vip: &VipId, addr: IpAddr) -> bool {
+        self.removals.contains_key(&(*vip, addr))
+    }
+
+    /// The graceful removal of a backend, where it stands (`null`: none runs).
+    fn removal_view(&self, vip: &VipId, addr: IpAddr, now: Instant) -> Value {
+        self.removals
+            .get(&(*vip, addr))
+            .map_or(Value::Null, |r| json!(r.view(now)))
+    }
+
+    /// The graceful removals that ended lately, newest last.
+    fn ended_removals(&self, now: Instant) -> Value {
+        let ended: Vec<Value> = self
+            .ended
+            .iter()
+            .map(|e| {
+                json!({
+                    "vip": e.vip,
+                    "address": e.address,
+                    "outcome": e.outcome,
+                    "drained_s": e.drained.as_secs_f64(),
+                    "ago_s": now.saturating_duration_since(e.at).as_secs_f64(),
+                })
+            })
+            .collect();
+        Value::Array(ended)
     }
 
     /// Sets a weight.
@@ -254,14 +397,20 @@ impl Daemon {
         self.core.set_weight(vip, addr, weight)
     }
 
-    /// Drains or undrains.
+    /// Drains or undrains. Undraining cancels the backend's graceful removal: returns
+    /// whether one was running.
     pub fn set_drained(
         &mut self,
         vip: &VipId,
         addr: IpAddr,
         drained: bool,
-    ) -> Result<(), CoreError> {
-        self.core.set_drained(vip, addr, drained)
+    ) -> Result<bool, CoreError> {
+        self.core.set_drained(vip, addr, drained)?;
+        let cancelled = !drained && self.removals.remove(&(*vip, addr)).is_some();
+        if cancelled {
+            log::info!("backend {addr} of {vip} undrained: its graceful removal is cancelled");
+        }
+        Ok(cancelled)
     }
 
     /// Makes a backend a backup or a regular one (no flow moves).
@@ -351,7 +500,7 @@ impl Daemon {
                 reload::Step::RemoveBackend(id, a) => self.remove_backend(&id, a),
                 reload::Step::AddBackend(id, b) => self.add_backend(&id, b),
                 reload::Step::Weight(id, a, w) => self.set_weight(&id, a, w),
-                reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d),
+                reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d).map(|_| ()),
                 reload::Step::Backup(id, a, b) => self.set_backup(&id, a, b),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
@@ -539,6 +688,7 @@ impl Daemon {
     /// without the lock).
     pub fn status(&self, flows: &HashMap<u32, u64>) -> Value {
         let dp = self.core.dataplane();
+        let now = Instant::now();
         let vips: Vec<Value> = self
             .core
             .vips()
@@ -550,8 +700,11 @@ impl Daemon {
                     .iter()
                     .map(|(addr, b)| {
                         let bt = dp.backend(b.index);
+                        let removal = self.removal_view(&id, *addr, now);
                         let state = if !b.active() {
                             "down"
+                        } else if !removal.is_null() {
+                            "removing"
                         } else if b.drained || b.agent_drain {
                             "drained"
                         } else if b.standby {
@@ -583,6 +736,7 @@ impl Daemon {
                             "next_hop": b.nexthop.map(|h| mac_string(&h.dmac)),
                             "path_mtu": b.nexthop.map(|h| h.mtu),
                             "health": health,
+                            "removal": removal,
                         })
                     })
                     .collect();
@@ -600,7 +754,7 @@ impl Daemon {
                 })
             })
             .collect();
-        json!({ "vips": vips })
+        json!({ "vips": vips, "ended_removals": self.ended_removals(now) })
     }
 
     /// Where the flow from `client` to `vip` goes (`flow`): its connection-table entry and
@@ -657,6 +811,7 @@ impl Daemon {
     /// The `stats` result: counters by reason, per-VIP traffic.
     pub fn stats(&self) -> Value {
         let dp = self.core.dataplane();
+        let now = Instant::now();
         let reasons = dp.reasons();
         let mut by_name = serde_json::Map::new();
         for slot in 0..COUNTER_SLOTS {
@@ -673,19 +828,23 @@ impl Daemon {
             .map(|v| {
                 let t = v.traffic(dp);
                 // Per backend too: `stats` reads counters only (no table scan, unlike
-                // `status`), so it is what a client polls (`xlb backend remove --drain`).
+                // `status`), so it is what a client polls (`xlb backend drain --wait`,
+                // `xlb backend remove --drain`).
+                let id = v.config.id();
                 let backends: Vec<Value> = v
                     .backends
                     .iter()
                     .map(|(addr, b)| {
                         let bt = dp.backend(b.index);
-                        json!({"address": addr, "packets": bt.packets, "bytes": bt.bytes, "new_flows": bt.new_flows})
+                        json!({"address": addr, "packets": bt.packets, "bytes": bt.bytes, "new_flows": bt.new_flows,
+                               "removal": self.removal_view(&id, *addr, now)})
                     })
                     .collect();
                 json!({"vip": v.config.id(), "packets": t.packets, "bytes": t.bytes, "new_flows": t.new_flows, "backends": backends})
             })
             .collect();
-        json!({ "reasons": by_name, "vips": vips, "health_transitions": {"up": self.transitions.up, "down": self.transitions.down} })
+        json!({ "reasons": by_name, "vips": vips, "health_transitions": {"up": self.transitions.up, "down": self.transitions.down},
+                "ended_removals": self.ended_removals(now) })
     }
 }
 
@@ -864,5 +1023,115 @@ mod tests {
         );
         assert!(!b.in_table());
         assert_eq!(d.transitions.down, 1);
+    }
+
+    #[tokio::test]
+    async fn graceful_removals_end_quiet_at_the_deadline_or_cancelled() {
+        // SAFETY: no arguments.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loads BPF, needs root");
+            return;
+        }
+        let (mut d, _events, _ebpf) = daemon();
+        let cfg: VipConfig = serde_json::from_str(
+            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                "health_check": {"kind": "none"},
+                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"},
+                             {"address": "198.18.0.13"}, {"address": "198.18.0.14"}]}"#,
+        )
+        .unwrap();
+        let vip = cfg.id();
+        d.add_vip(cfg).unwrap();
+        let b = |n: u8| IpAddr::from([198, 18, 0, n]);
+        let secs = Duration::from_secs;
+        let state = |d: &Daemon, n: u8| {
+            let status = d.status(&HashMap::new());
+            status["vips"][0]["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["address"] == b(n).to_string())
+                .map(|x| x["state"].as_str().unwrap().to_owned())
+        };
+        let t0 = Instant::now();
+        // b11: idle, quiet after 2 s. b12: a deadline (1 s) shorter than its quiet period.
+        // b13: cancelled by an undrain. b14: removed at once meanwhile.
+        assert!(!d
+            .remove_gracefully(&vip, b(11), secs(2), secs(60), t0)
+            .unwrap());
+        assert!(!d
+            .remove_gracefully(&vip, b(12), secs(5), secs(1), t0)
+            .unwrap());
+        assert!(!d
+            .remove_gracefully(&vip, b(13), secs(2), secs(60), t0)
+            .unwrap());
+        // Asked again: starts over.
+        assert!(d
+            .remove_gracefully(&vip, b(13), secs(2), secs(60), t0)
+            .unwrap());
+        assert!(!d
+            .remove_gracefully(&vip, b(14), secs(2), secs(60), t0)
+            .unwrap());
+        for n in 11..=14 {
+            assert_eq!(state(&d, n).as_deref(), Some("removing"), "b{n}");
+            assert!(d.core().vip(&vip).unwrap().backends[&b(n)].drained);
+        }
+        assert!(matches!(
+            d.remove_gracefully(&vip, b(15), secs(2), secs(60), t0),
+            Err(CoreError::UnknownBackend { .. })
+        ));
+        assert!(d.set_drained(&vip, b(13), false).unwrap());
+        assert_eq!(state(&d, 13).as_deref(), Some("up"));
+        d.remove_backend(&vip, b(14)).unwrap();
+
+        d.advance_removals(t0 + Duration::from_millis(10));
+        d.advance_removals(t0 + Duration::from_millis(500));
+        assert_eq!(state(&d, 11).as_deref(), Some("removing"));
+        assert_eq!(state(&d, 12).as_deref(), Some("removing"));
+        d.advance_removals(t0 + Duration::from_millis(1100));
+        assert_eq!(state(&d, 12), None, "b12 removed at its deadline");
+        assert_eq!(state(&d, 11).as_deref(), Some("removing"));
+        d.advance_removals(t0 + Duration::from_millis(2100));
+        assert_eq!(state(&d, 11), None, "b11 removed once quiet");
+        assert_eq!(
+            state(&d, 13).as_deref(),
+            Some("up"),
+            "b13's removal was cancelled"
+        );
+        assert!(d.removals.is_empty());
+
+        let ended = d.stats()["ended_removals"].clone();
+        let outcomes: Vec<(String, String)> = ended
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap().to_owned(),
+                    e["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("198.18.0.12".to_owned(), "deadline".to_owned()),
+                ("198.18.0.11".to_owned(), "quiet".to_owned())
+            ]
+        );
+        assert_eq!(d.status(&HashMap::new())["ended_removals"], ended);
+        // Only the last few are kept.
+        for _ in 0..RECENT_REMOVALS {
+            d.add_backend(
+                &vip,
+                serde_json::from_str(r#"{"address": "198.18.0.11"}"#).unwrap(),
+            )
+            .unwrap();
+            d.remove_gracefully(&vip, b(11), secs(1), secs(1), t0)
+                .unwrap();
+            d.advance_removals(t0 + secs(2));
+        }
+        let ended = d.stats()["ended_removals"].as_array().unwrap().len();
+        assert_eq!(ended, RECENT_REMOVALS);
     }
 }
