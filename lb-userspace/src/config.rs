@@ -177,6 +177,11 @@ impl Scheduler {
             Self::Agent => "agent",
         }
     }
+
+    /// Whether new flows follow the backends' weights (`rr` and `lc` treat them all alike).
+    pub fn uses_weights(self) -> bool {
+        !matches!(self, Self::Rr | Self::Lc)
+    }
 }
 
 /// Where a VIP's backends run their agent (`scheduler: agent`).
@@ -251,6 +256,11 @@ pub struct VipConfig {
     /// (IPVS's). Raise it for services whose clients hold idle connections longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_s: Option<u32>,
+    /// Slow start: seconds over which a backend coming into service (up again, added,
+    /// undrained) grows from 1 % of its weight to all of it (`crate::slow_start`). Needs a
+    /// scheduler that follows weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_s: Option<u32>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -538,6 +548,8 @@ impl VipConfig {
             check_idle_timeout(t)
                 .map_err(|m| ConfigError::new(format!("{at}.idle_timeout_s"), m))?;
         }
+        check_slow_start(self.slow_start_s, self.scheduler)
+            .map_err(|m| ConfigError::new(format!("{at}.slow_start_s"), m))?;
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
@@ -579,6 +591,32 @@ pub fn check_health_port(vip_port: u16, check: Option<&HealthCheckConfig>) -> Re
          a \"port\", or use kind icmp or none",
         kind.as_str()
     ))
+}
+
+/// The longest slow start (`VipConfig::slow_start_s`), an hour.
+pub const MAX_SLOW_START_S: u32 = 3600;
+
+/// Checks a slow start (`VipConfig::slow_start_s`) for a VIP scheduled by `scheduler`.
+pub fn check_slow_start(slow_start_s: Option<u32>, scheduler: Scheduler) -> Result<(), String> {
+    let Some(t) = slow_start_s else {
+        return Ok(());
+    };
+    if !(1..=MAX_SLOW_START_S).contains(&t) {
+        return Err(format!("{t} is outside 1..={MAX_SLOW_START_S} (seconds)"));
+    }
+    if !scheduler.uses_weights() {
+        return Err(format!(
+            "scheduler {} gives every backend the same share, so a slow start could not \
+             lower a new backend's: use {} (its weighted form) or drop slow_start_s",
+            scheduler.name(),
+            if scheduler == Scheduler::Rr {
+                "wrr"
+            } else {
+                "wlc"
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Bounds of `VipConfig::idle_timeout_s`: below a recount interval a flow between two

@@ -210,6 +210,9 @@ pub struct BackendState {
     /// Dynamic share of the weight in percent (agent's `NN%`, or `lrt`'s latency factor);
     /// 100 when nothing adjusts it.
     pub factor_pct: u32,
+    /// Slow start's share of the weight in percent (`crate::slow_start`), on top of
+    /// `factor_pct`; 100 when not ramping.
+    pub ramp_pct: u32,
     /// Generation of the data-plane slot (see `Backend::generation`).
     pub generation: u32,
     /// The slot's flow-cache epoch (see `Backend::cache_epoch`).
@@ -231,6 +234,7 @@ impl BackendState {
             // Set by `Core::new_backend`, kept by `publish`.
             standby: false,
             factor_pct: 100,
+            ramp_pct: 100,
             generation,
             cache_epoch,
         }
@@ -242,9 +246,15 @@ impl BackendState {
     }
 
     /// Weight after the dynamic factor, in hundredths of a weight unit (weight × percent),
-    /// so a 1 % factor still counts on weight 1; 0 takes no new flows.
+    /// so a 1 % factor still counts on weight 1; then slow start's share of that, rounded
+    /// up, so that a ramping backend never drops to 0. 0 takes no new flows.
     pub fn effective_weight(&self) -> u32 {
-        self.weight * self.factor_pct
+        let w = self.weight * self.factor_pct;
+        if self.ramp_pct >= 100 {
+            w
+        } else {
+            (w * self.ramp_pct).div_ceil(100)
+        }
     }
 
     /// Could take new flows, backup or not.
@@ -568,7 +578,7 @@ impl<D: Dataplane> Core<D> {
             .iter()
             .any(|b| !b.backup && !b.drained && b.weight > 0);
         for b in backends_cfg {
-            match self.new_backend(&id, &b, others_serve) {
+            match self.new_backend(&id, &b, others_serve, 100) {
                 Ok(bs) => {
                     state.backends.insert(b.address, bs);
                 }
@@ -703,6 +713,17 @@ impl<D: Dataplane> Core<D> {
 
     /// Adds a backend to a VIP.
     pub fn add_backend(&mut self, id: &VipId, b: BackendConfig) -> Result<(), CoreError> {
+        self.add_backend_ramped(id, b, 100)
+    }
+
+    /// As [`Self::add_backend`], starting at `ramp_pct` percent of its weight (slow start):
+    /// its entry and the first table naming it carry the lowered weight.
+    pub fn add_backend_ramped(
+        &mut self,
+        id: &VipId,
+        b: BackendConfig,
+        ramp_pct: u32,
+    ) -> Result<(), CoreError> {
         b.validate("backend")?;
         let vip = self
             .vips
@@ -726,7 +747,7 @@ impl<D: Dataplane> Core<D> {
         }
         self.check_backend(&vip.config, &b.address)?;
         let others_serve = vip.backends.values().any(|x| !x.backup && x.eligible());
-        let bs = self.new_backend(id, &b, others_serve)?;
+        let bs = self.new_backend(id, &b, others_serve, ramp_pct)?;
         let index = bs.index;
         self.vip_mut(id)?.backends.insert(b.address, bs);
         if let Err(e) = self.publish(id) {
@@ -740,8 +761,7 @@ impl<D: Dataplane> Core<D> {
 
     /// Takes a backend slot (oldest freed first), clears its counters (unless it is the
     /// same backend's slot under the last daemon) and writes the backend active, before any
-    /// table can point at it.
-    /// A new backend's slot, written; `others_serve`: a regular backend of the VIP takes new
+    /// table can point at it, at `ramp_pct` percent of its weight; `others_serve`: a regular backend of the VIP takes new
     /// flows, so a backup starts in standby (its entry right from the first write, which
     /// matters when the slot is a running balancer's, pinned; `publish` settles it anyway).
     fn new_backend(
@@ -749,6 +769,7 @@ impl<D: Dataplane> Core<D> {
         vip: &VipId,
         b: &BackendConfig,
         others_serve: bool,
+        ramp_pct: u32,
     ) -> Result<BackendState, CoreError> {
         let tag = vip_tag(vip);
         let (index, kept) = self
@@ -767,6 +788,7 @@ impl<D: Dataplane> Core<D> {
         let cache_epoch = self.next_cache_epoch(index);
         let mut bs = BackendState::new(index, generation, cache_epoch, b);
         bs.standby = b.backup && others_serve;
+        bs.ramp_pct = ramp_pct.clamp(1, 100);
         // The same backend back in its slot from the last daemon keeps its counters (they
         // are pinned with the slots, see `state_dir`); any other holder starts from zero.
         let cleared = if kept.is_some() {
@@ -969,6 +991,26 @@ impl<D: Dataplane> Core<D> {
         self.update_backend(id, addr, |b| b.factor_pct = pct.min(100))
     }
 
+    /// Sets slow start's share of a backend's weight (percent, 1..=100; 100 ends the
+    /// ramp); returns whether it changed.
+    pub fn set_ramp(&mut self, id: &VipId, addr: IpAddr, pct: u32) -> Result<bool, CoreError> {
+        self.update_backend(id, addr, |b| b.ramp_pct = pct.clamp(1, 100))
+    }
+
+    /// Sets a VIP's slow start (`None`: none). Ramps under way are the caller's to end
+    /// (`set_ramp` to 100) when it is turned off.
+    pub fn set_slow_start(
+        &mut self,
+        id: &VipId,
+        slow_start_s: Option<u32>,
+    ) -> Result<(), CoreError> {
+        let vip = self.vip_mut(id)?;
+        crate::config::check_slow_start(slow_start_s, vip.config.scheduler)
+            .map_err(|m| ConfigError::new("slow_start_s", m))?;
+        vip.config.slow_start_s = slow_start_s;
+        Ok(())
+    }
+
     /// Applies `change` to a backend and brings the data plane along in a safe order: a
     /// backend becoming active is written before any table points at it; one becoming
     /// inactive leaves the tables first.
@@ -1116,6 +1158,9 @@ impl<D: Dataplane> Core<D> {
             )
             .into());
         }
+        crate::config::check_slow_start(vip.config.slow_start_s, scheduler).map_err(|m| {
+            ConfigError::new("scheduler", format!("{id} has a slow start, and {m}"))
+        })?;
         let old = std::mem::replace(&mut vip.config.scheduler, scheduler);
         let before = vip.backends.clone();
         if old != scheduler && matches!(old, Scheduler::Agent | Scheduler::Lrt) {
@@ -1471,6 +1516,7 @@ mod tests {
             health_check: None,
             agent: None,
             idle_timeout_s: None,
+            slow_start_s: None,
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }
@@ -2099,6 +2145,58 @@ mod tests {
         assert!(share(&core, &id) < 0.02);
         core.set_scheduler(&id, Scheduler::Wlc).unwrap();
         assert!((share(&core, &id) - 0.5).abs() < 0.02);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_share_of_the_weight_from_its_first_table() {
+        let (a, c): (IpAddr, IpAddr) = (
+            "198.18.0.11".parse().unwrap(),
+            "198.18.0.13".parse().unwrap(),
+        );
+        let share = |core: &Core<Recorder>, id: &VipId, addr: IpAddr| {
+            let v = core.vip(id).unwrap();
+            let idx = v.backends[&addr].index;
+            v.table().iter().filter(|&&s| s == idx).count() as f64 / v.table().len() as f64
+        };
+        let mut v = vip(&["198.18.0.11", "198.18.0.12"]);
+        v.slow_start_s = Some(60);
+        let id = v.id();
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        core.add_vip(v).unwrap();
+        // 25 % of weight 1 against weight 1: a fifth of the table.
+        assert!(core.set_ramp(&id, a, 25).unwrap());
+        assert_eq!(core.vip(&id).unwrap().backends[&a].effective_weight(), 25);
+        assert!(
+            (share(&core, &id, a) - 0.2).abs() < 0.02,
+            "{}",
+            share(&core, &id, a)
+        );
+        let entry = core.dataplane().backends[&core.vip(&id).unwrap().backends[&a].index];
+        assert_eq!(
+            entry.weight, 25,
+            "the data plane's weight (wlc) is ramped too"
+        );
+        assert!(core.set_ramp(&id, a, 100).unwrap());
+        assert!((share(&core, &id, a) - 0.5).abs() < 0.02);
+        // Added ramped: its first table already holds it at 1 %.
+        let tables = core.dataplane().writes.len();
+        core.add_backend_ramped(&id, backend("198.18.0.13"), 1)
+            .unwrap();
+        assert!(share(&core, &id, c) > 0.0 && share(&core, &id, c) < 0.01);
+        assert!(core.dataplane().writes.len() > tables);
+        // Never below one hundredth of a weight unit: 1 % of weight 1 still counts.
+        let mut b = core.vip(&id).unwrap().backends[&c].clone();
+        b.factor_pct = 1;
+        assert_eq!(b.effective_weight(), 1);
+        // A scheduler that ignores weights is refused while the VIP has a slow start, and
+        // the slow start while the VIP has one.
+        let e = core.set_scheduler(&id, Scheduler::Lc).unwrap_err();
+        assert!(e.to_string().contains("slow start"), "{e}");
+        core.set_slow_start(&id, None).unwrap();
+        core.set_scheduler(&id, Scheduler::Rr).unwrap();
+        let e = core.set_slow_start(&id, Some(30)).unwrap_err();
+        assert!(e.to_string().contains("use wrr"), "{e}");
+        assert_eq!(core.vip(&id).unwrap().config.slow_start_s, None);
     }
 
     #[test]

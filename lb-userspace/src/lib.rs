@@ -17,6 +17,7 @@
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
 //! - [`placement`]: where a client's flow to a VIP goes (the `flow` op).
 //! - [`sched`]: schedulers as table builders (Maglev hash tables, round-robin sequences).
+//! - [`slow_start`]: a backend coming into service ramps up to its weight.
 //! - [`state_dir`]: `--state-dir`: the attachment, connection tables and backend slots
 //!   pinned on bpffs across daemon restarts.
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` runner (fixture tests, bench).
@@ -40,6 +41,7 @@ pub mod netdev;
 pub mod placement;
 pub mod reload;
 pub mod sched;
+pub mod slow_start;
 pub mod state_dir;
 pub mod testing;
 pub mod testrun;

@@ -1,7 +1,7 @@
 //! Config reload (SIGHUP): the steps that turn the running VIPs into a config file's.
 //!
 //! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
-//! weights, drains, schedulers and idle timeouts set to its values (overwriting what the
+//! weights, drains, schedulers, idle timeouts and slow starts set to its values (overwriting what the
 //! control socket changed since). What the running balancer cannot change in place is
 //! refused before any step runs: the global settings (outer sources, MTU, …, resolved
 //! against the interface at start) and a VIP's table size, tunnel, source mode, agent and
@@ -38,6 +38,9 @@ pub enum Step {
     Scheduler(VipId, Scheduler),
     /// A VIP's new idle timeout (`None`: the protocol's default).
     IdleTimeout(VipId, Option<u32>),
+    /// A VIP's new slow start (`None`: none). Turned off before a scheduler change and on
+    /// after one, since the schedulers that ignore weights refuse a slow start.
+    SlowStart(VipId, Option<u32>),
     /// A VIP's new health check (`None`: the default); its backends' checks restart from
     /// their current verdicts. Before the VIP's backend steps, so added backends start
     /// with it.
@@ -67,6 +70,8 @@ impl std::fmt::Display for Step {
             Self::Scheduler(id, s) => write!(f, "VIP {id}: scheduler {}", s.name()),
             Self::IdleTimeout(id, Some(t)) => write!(f, "VIP {id}: idle timeout {t} s"),
             Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
+            Self::SlowStart(id, Some(t)) => write!(f, "VIP {id}: slow start over {t} s"),
+            Self::SlowStart(id, None) => write!(f, "VIP {id}: no slow start"),
             Self::HealthCheck(id, _) => write!(f, "VIP {id}: new health check, checks restarted"),
             Self::AddVip(v) => write!(f, "add VIP {} with {} backends", v.id(), v.backends.len()),
         }
@@ -133,8 +138,17 @@ pub fn plan<'a>(
             ));
         }
         steps.extend(backend_steps(&id, now.backends, &vip.backends));
+        let slow_start = (vip.slow_start_s != now.config.slow_start_s)
+            .then_some(Step::SlowStart(id, vip.slow_start_s));
+        let slow_start_off = vip.slow_start_s.is_none();
+        if slow_start_off {
+            steps.extend(slow_start.clone());
+        }
         if vip.scheduler != now.config.scheduler {
             steps.push(Step::Scheduler(id, vip.scheduler));
+        }
+        if !slow_start_off {
+            steps.extend(slow_start);
         }
         if vip.idle_timeout_s != now.config.idle_timeout_s {
             steps.push(Step::IdleTimeout(id, vip.idle_timeout_s));
@@ -199,6 +213,7 @@ pub fn check_fits<D: Dataplane>(
             | Step::Backup(..)
             | Step::Scheduler(..)
             | Step::IdleTimeout(..)
+            | Step::SlowStart(..)
             | Step::HealthCheck(..) => {}
         }
     }
@@ -405,6 +420,48 @@ mod tests {
         assert!(plan_for(&STARTED.replace(r#""vips""#, &same)).is_ok());
     }
 
+    #[test]
+    fn a_slow_start_goes_off_before_and_on_after_a_scheduler_change() {
+        let file = |scheduler: &str, slow: &str| {
+            format!(
+                r#"{{"outer_source": {{"v4": "198.18.0.2"}}, "vips": [
+                {{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                  "scheduler": "{scheduler}" {slow}, "backends": [{{"address": "198.18.0.11"}}]}}]}}"#
+            )
+        };
+        let web = id("198.18.1.1:80/tcp");
+        let weighted = Config::from_json(&file("wlc", r#", "slow_start_s": 30"#)).unwrap();
+        let plain = Config::from_json(&file("lc", "")).unwrap();
+        let steps = |from: &Config, to: &Config| {
+            let now = running(from);
+            plan(
+                from,
+                now.iter()
+                    .map(|(config, backends)| Running { config, backends }),
+                to,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            steps(&weighted, &plain),
+            [
+                Step::SlowStart(web, None),
+                Step::Scheduler(web, Scheduler::Lc)
+            ]
+        );
+        assert_eq!(
+            steps(&plain, &weighted),
+            [
+                Step::Scheduler(web, Scheduler::Wlc),
+                Step::SlowStart(web, Some(30))
+            ]
+        );
+        // And a file that pairs them is refused as a whole.
+        let e = Config::from_json(&file("lc", r#", "slow_start_s": 30"#)).unwrap_err();
+        assert_eq!(e.field, "vips[0].slow_start_s");
+        assert!(e.message.contains("use wlc"), "{}", e.message);
+    }
+
     /// A random config file over a small universe of VIPs and backends; now and then with a
     /// field that cannot change in place (`table_size`, `name`).
     fn random_file(rng: &mut Lcg) -> String {
@@ -440,6 +497,11 @@ mod tests {
                 0 => {}
                 1 => fields.push(r#""idle_timeout_s": 60"#.into()),
                 _ => fields.push(r#""idle_timeout_s": 3600"#.into()),
+            }
+            // Refused with rr and lc: the file is then drawn again.
+            if rng.below(3) == 0 {
+                let secs = rng.pick(&[10, 60]);
+                fields.push(format!(r#""slow_start_s": {secs}"#));
             }
             if rng.below(3) == 0 {
                 let rise = rng.pick(&[1, 2, 3]);
@@ -505,6 +567,7 @@ mod tests {
             Step::Backup(id, a, b) => core.set_backup(&id, a, b),
             Step::Scheduler(id, s) => core.set_scheduler(&id, s),
             Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
+            Step::SlowStart(id, t) => core.set_slow_start(&id, t),
             Step::HealthCheck(id, hc) => core.set_health_check(&id, hc.map(|b| *b)),
             Step::AddVip(v) => core.add_vip(*v),
         }

@@ -137,7 +137,7 @@ pub fn builder(s: Scheduler) -> Box<dyn TableBuilder> {
         Scheduler::Wrr => Box::new(SequenceTable { weights: true }),
         _ => Box::new(MaglevTable {
             flags: flags(s),
-            weights: s != Scheduler::Lc,
+            weights: s.uses_weights(),
         }),
     }
 }

@@ -67,6 +67,10 @@ pub enum VipCmd {
         /// lc, wlc and lrt (default 900 for TCP, 300 for UDP).
         #[arg(long)]
         idle_timeout_s: Option<u32>,
+        /// Slow start: seconds over which a backend coming into service (up again, added,
+        /// undrained) grows from 1 % of its weight to all of it (1..=3600).
+        #[arg(long)]
+        slow_start_s: Option<u32>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -238,6 +242,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             health_check,
             agent_port,
             idle_timeout_s,
+            slow_start_s,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -255,6 +260,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                     interval_ms: 1000,
                 }),
                 idle_timeout_s,
+                slow_start_s,
                 backends,
             };
             (
@@ -869,12 +875,18 @@ fn health(h: Option<&Value>) -> String {
 
 /// A backend's state, and whether it is a backup (a waiting one's state says so already).
 pub(super) fn state_cell(b: &Value) -> String {
-    let state = field(b, "state");
+    let mut state = field(b, "state");
     if b.get("backup") == Some(&Value::Bool(true)) && state != "standby" {
-        format!("{state}, backup")
-    } else {
-        state
+        state.push_str(", backup");
     }
+    if let Some(pct) = b
+        .get("slow_start_pct")
+        .and_then(Value::as_u64)
+        .filter(|&p| p < 100)
+    {
+        let _ = write!(state, ", slow start {pct}%");
+    }
+    state
 }
 
 /// One block per VIP of `vips`, apart by an empty line: `VIP id (name)`, what `head` says
@@ -1121,6 +1133,7 @@ mod tests {
             health_check,
             agent_port,
             idle_timeout_s,
+            slow_start_s,
         }) = parse(&[
             "vip",
             "add",
@@ -1145,6 +1158,8 @@ mod tests {
             "5555",
             "--idle-timeout-s",
             "3600",
+            "--slow-start-s",
+            "60",
         ])
         else {
             panic!("not vip add")
@@ -1166,6 +1181,7 @@ mod tests {
             ]
         );
         assert_eq!(name.as_deref(), Some("web"));
+        assert_eq!(slow_start_s, Some(60));
         assert_eq!(health_check.map(|h| h.path), Some("/healthz".to_owned()));
         assert_eq!(agent_port, Some(5555));
         assert_eq!(idle_timeout_s, Some(3600));
@@ -1306,6 +1322,17 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         };
         assert!(on_backups("up").contains("  on backups: no regular backend takes new flows\n"));
         assert!(on_backups("up").contains("up, backup"));
+        // A backend in slow start shows its share; at 100 % nothing.
+        let ramping = |pct: u32| {
+            render_status(&json!({"vips": [{"vip": "198.18.1.1:80/tcp", "backends": [
+                {"address": "198.18.0.11", "state": "up", "slow_start_pct": pct}]}]}))
+        };
+        assert!(
+            ramping(35).contains(" up, slow start 35% "),
+            "{}",
+            ramping(35)
+        );
+        assert!(!ramping(100).contains("slow start"));
         assert!(!on_backups("standby").contains("on backups"));
         // Something unexpected still prints rather than failing.
         assert!(render_status(&json!("surprise")).starts_with("no VIPs"));

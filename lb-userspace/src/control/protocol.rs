@@ -566,6 +566,7 @@ mod tests {
                         health_check: None,
                         agent: None,
                         idle_timeout_s: None,
+                        slow_start_s: None,
                         backends: vec![
                             BackendConfig {
                                 address: b11,

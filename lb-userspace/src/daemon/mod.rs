@@ -220,6 +220,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 if ticks.is_multiple_of(4) {
                     if let Ok(mut d) = daemon.lock() {
                         d.refresh_lrt();
+                        d.refresh_ramps(std::time::Instant::now());
                     }
                 }
             }

@@ -22,7 +22,7 @@ use crate::{
         CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
         Transition,
     },
-    reload,
+    reload, slow_start,
 };
 
 /// A running health check.
@@ -114,6 +114,8 @@ pub struct Daemon {
     transitions: TransitionCounts,
     removals: BTreeMap<(VipId, IpAddr), Removal>,
     ended: VecDeque<EndedRemoval>,
+    /// Backends in slow start, and when each began its ramp.
+    ramps: BTreeMap<(VipId, IpAddr), Instant>,
 }
 
 impl Daemon {
@@ -134,6 +136,7 @@ impl Daemon {
             transitions: TransitionCounts::default(),
             removals: BTreeMap::new(),
             ended: VecDeque::new(),
+            ramps: BTreeMap::new(),
         }
     }
 
@@ -217,6 +220,16 @@ impl Daemon {
         latency: Option<Duration>,
         error: Option<&str>,
     ) {
+        let was_healthy = self
+            .core
+            .vip(vip)
+            .ok()
+            .and_then(|v| v.backends.get(&addr))
+            .map(|b| b.healthy);
+        if healthy && was_healthy == Some(false) {
+            // Lowered before it rejoins, so that its first table already carries the ramp.
+            self.begin_ramp(vip, addr, Instant::now());
+        }
         match self.core.set_health(vip, addr, healthy) {
             Ok(true) => {
                 if healthy {
@@ -252,15 +265,95 @@ impl Daemon {
         for b in cfg.backends {
             self.stop_check(id, b.address);
             self.removals.remove(&(*id, b.address));
+            self.ramps.remove(&(*id, b.address));
         }
         Ok(())
     }
 
-    /// Adds a backend and starts checking it.
+    /// Adds a backend and starts checking it; with a slow start, at the ramp's first step.
     pub fn add_backend(&mut self, vip: &VipId, b: BackendConfig) -> Result<(), CoreError> {
         let addr = b.address;
-        self.core.add_backend(vip, b)?;
-        self.start_check(vip, addr, HealthState::new(Instant::now()))
+        let now = Instant::now();
+        match self.slow_start(vip) {
+            Some(period) => {
+                let first = slow_start::ramp_pct(Duration::ZERO, period);
+                self.core.add_backend_ramped(vip, b, first)?;
+                self.ramps.insert((*vip, addr), now);
+                log::info!(
+                    "backend {addr} of {vip} added: slow start, {first}% of its weight, all of it in {} s",
+                    period.as_secs()
+                );
+            }
+            None => self.core.add_backend(vip, b)?,
+        }
+        self.start_check(vip, addr, HealthState::new(now))
+    }
+
+    /// The VIP's slow start, if it has one.
+    fn slow_start(&self, vip: &VipId) -> Option<Duration> {
+        let v = self.core.vip(vip).ok()?;
+        v.config
+            .slow_start_s
+            .map(|s| Duration::from_secs(u64::from(s)))
+    }
+
+    /// Starts (or starts over) a backend's slow start at `now`, if its VIP has one: its
+    /// weight drops to the ramp's first step.
+    fn begin_ramp(&mut self, vip: &VipId, addr: IpAddr, now: Instant) {
+        let Some(period) = self.slow_start(vip) else {
+            return;
+        };
+        let first = slow_start::ramp_pct(Duration::ZERO, period);
+        match self.core.set_ramp(vip, addr, first) {
+            Ok(_) => {
+                self.ramps.insert((*vip, addr), now);
+                log::info!(
+                    "backend {addr} of {vip}: slow start, {first}% of its weight, all of it in {} s",
+                    period.as_secs()
+                );
+            }
+            Err(e) => log::warn!(
+                "slow start of backend {addr} of {vip}: {e}; it comes in at its whole weight"
+            ),
+        }
+    }
+
+    /// Steps every slow start to its share at `now` (called once a second); a ramp whose
+    /// period is over (or whose VIP dropped its slow start) ends at 100 %.
+    pub fn refresh_ramps(&mut self, now: Instant) {
+        let ramps: Vec<((VipId, IpAddr), Instant)> =
+            self.ramps.iter().map(|(k, t)| (*k, *t)).collect();
+        for ((vip, addr), began) in ramps {
+            let pct = self.slow_start(&vip).map_or(100, |period| {
+                slow_start::ramp_pct(now.saturating_duration_since(began), period)
+            });
+            match self.core.set_ramp(&vip, addr, pct) {
+                Ok(_) if pct == 100 => {
+                    self.ramps.remove(&(vip, addr));
+                    log::info!("backend {addr} of {vip}: slow start done, all of its weight");
+                }
+                Ok(_) => {}
+                // Removed meanwhile (its ramp goes with it), or a write that failed: the
+                // next second tries again.
+                Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {
+                    self.ramps.remove(&(vip, addr));
+                }
+                Err(e) => log::warn!("slow start of backend {addr} of {vip}: {e}"),
+            }
+        }
+    }
+
+    /// Sets a VIP's slow start; turned off, its ramps end at once (whole weights).
+    pub fn set_slow_start(
+        &mut self,
+        vip: &VipId,
+        slow_start_s: Option<u32>,
+    ) -> Result<(), CoreError> {
+        self.core.set_slow_start(vip, slow_start_s)?;
+        if slow_start_s.is_none() {
+            self.refresh_ramps(Instant::now());
+        }
+        Ok(())
     }
 
     /// Removes a backend and stops its check (and its graceful removal, if one runs).
@@ -268,6 +361,7 @@ impl Daemon {
         self.core.remove_backend(vip, addr)?;
         self.stop_check(vip, addr);
         self.removals.remove(&(*vip, addr));
+        self.ramps.remove(&(*vip, addr));
         Ok(())
     }
 
@@ -405,6 +499,10 @@ impl Daemon {
         addr: IpAddr,
         drained: bool,
     ) -> Result<bool, CoreError> {
+        let was_drained = self.core.vip(vip)?.backends.get(&addr).map(|b| b.drained);
+        if !drained && was_drained == Some(true) {
+            self.begin_ramp(vip, addr, Instant::now());
+        }
         self.core.set_drained(vip, addr, drained)?;
         let cancelled = !drained && self.removals.remove(&(*vip, addr)).is_some();
         if cancelled {
@@ -504,6 +602,7 @@ impl Daemon {
                 reload::Step::Backup(id, a, b) => self.set_backup(&id, a, b),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
+                reload::Step::SlowStart(id, t) => self.set_slow_start(&id, t),
                 reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),
                 reload::Step::AddVip(v) => self.add_vip(*v),
             };
@@ -728,6 +827,7 @@ impl Daemon {
                             "effective_weight": b.effective_weight(),
                             "state": state,
                             "agent": {"down": b.agent_down, "drain": b.agent_drain, "pct": b.factor_pct},
+                            "slow_start_pct": b.ramp_pct,
                             "active_flows": flows.get(&b.index).copied().unwrap_or(0),
                             "active_estimate": dp.active_flows(b.index),
                             "packets": bt.packets,
@@ -745,6 +845,7 @@ impl Daemon {
                     "name": v.config.name,
                     "scheduler": v.config.scheduler,
                     "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
+                    "slow_start_s": v.config.slow_start_s,
                     "idle_timeout_s": crate::sched::counts_active(v.config.scheduler)
                         .then(|| v.config.idle_timeout()),
                     "packets": t.packets,
@@ -1133,5 +1234,67 @@ mod tests {
         }
         let ended = d.stats()["ended_removals"].as_array().unwrap().len();
         assert_eq!(ended, RECENT_REMOVALS);
+    }
+
+    #[tokio::test]
+    async fn slow_starts_begin_when_a_backend_comes_in_and_step_to_its_weight() {
+        // SAFETY: no arguments.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loads BPF, needs root");
+            return;
+        }
+        let (mut d, _events, _ebpf) = daemon();
+        let cfg: VipConfig = serde_json::from_str(
+            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "slow_start_s": 10,
+                "health_check": {"kind": "none"},
+                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12", "drained": true}]}"#,
+        )
+        .unwrap();
+        let vip = cfg.id();
+        d.add_vip(cfg).unwrap();
+        let b = |n: u8| IpAddr::from([198, 18, 0, n]);
+        let pct = |d: &Daemon, n: u8| d.core().vip(&vip).unwrap().backends[&b(n)].ramp_pct;
+        // The VIP's first backends start together: no ramp.
+        assert_eq!((pct(&d, 11), pct(&d, 12)), (100, 100));
+        assert!(d.ramps.is_empty());
+
+        // Undrained: from 1 %, a tenth more each second.
+        let t0 = Instant::now();
+        d.set_drained(&vip, b(12), false).unwrap();
+        assert_eq!(pct(&d, 12), 1);
+        assert!(d.core().vip(&vip).unwrap().backends[&b(12)].in_table());
+        d.refresh_ramps(t0 + Duration::from_millis(5_000));
+        assert!((50..=51).contains(&pct(&d, 12)), "{}", pct(&d, 12));
+        let status = d.status(&HashMap::new());
+        assert_eq!(status["vips"][0]["slow_start_s"], 10);
+        assert_eq!(
+            status["vips"][0]["backends"][1]["slow_start_pct"],
+            pct(&d, 12)
+        );
+        d.refresh_ramps(t0 + Duration::from_secs(11));
+        assert_eq!(pct(&d, 12), 100);
+        assert!(d.ramps.is_empty());
+
+        // Up again after failing its checks: a ramp; added at runtime: a ramp.
+        d.apply_verdict(&vip, b(11), false, None, Some("refused"));
+        assert_eq!(pct(&d, 11), 100, "no ramp while down");
+        d.apply_verdict(&vip, b(11), true, None, None);
+        assert_eq!(pct(&d, 11), 1);
+        d.add_backend(
+            &vip,
+            serde_json::from_str(r#"{"address": "198.18.0.13"}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(pct(&d, 13), 1);
+        assert_eq!(d.ramps.len(), 2);
+        // Removed: its ramp goes. The slow start turned off: every ramp ends at once.
+        d.remove_backend(&vip, b(13)).unwrap();
+        assert_eq!(d.ramps.len(), 1);
+        d.set_slow_start(&vip, None).unwrap();
+        assert_eq!(pct(&d, 11), 100);
+        assert!(d.ramps.is_empty());
+        d.set_drained(&vip, b(12), true).unwrap();
+        d.set_drained(&vip, b(12), false).unwrap();
+        assert_eq!(pct(&d, 12), 100, "no slow start any more");
     }
 }
