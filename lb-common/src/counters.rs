@@ -115,6 +115,9 @@ reasons! {
         /// `icmp_rate_limit` ICMP errors this second already (RFC 4443 section 2.4 (f):
         /// a node must limit the rate of its ICMP errors; lb_common::rate_window).
         TooBigRateLimited = 25, "too_big_rate_limited";
+        /// A new flow to a VIP that admits only some client prefixes
+        /// (`allowed_sources`), from a client outside them.
+        SourceDenied = 26, "source_denied";
     }
 }
 

@@ -13,6 +13,11 @@ pub const MAP_BACKEND_ACTIVE: &str = "BACKEND_ACTIVE";
 pub const MAP_RR_CURSORS: &str = "RR_CURSORS";
 /// `VIPS`: [`VipKey`] → [`VipInfo`]. Written by the daemon.
 pub const MAP_VIPS: &str = "VIPS";
+/// `SOURCE_RANGES`: the client prefixes each VIP with [`VIP_F_SRC_RANGES`] admits, an LPM
+/// trie over [`SourceRange`] (value: `u32`, unused). Written by the daemon.
+pub const MAP_SOURCE_RANGES: &str = "SOURCE_RANGES";
+/// Entries `SOURCE_RANGES` may hold, all VIPs together (allocated as written).
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
 /// `BACKENDS`: backend index → [`Backend`] (array; index 0 is "no backend").
 pub const MAP_BACKENDS: &str = "BACKENDS";
 /// `LOOKUP`: the VIPs' lookup tables, slot → backend index, four slots to an entry
@@ -115,6 +120,27 @@ pub const VIP_F_LEAST_CONN: u32 = 1 << 4;
 /// `VipInfo::flags` (`lc`, `wlc`, `lrt`): keep `BACKEND_ACTIVE` up to date — +1 per new flow,
 /// −1 the first time the client's FIN or RST of a recorded flow is seen.
 pub const VIP_F_COUNT_ACTIVE: u32 = 1 << 5;
+
+/// `VipInfo::flags`: new flows only from the client prefixes `SOURCE_RANGES` holds for
+/// the VIP; others are dropped (`source_denied`).
+pub const VIP_F_SRC_RANGES: u32 = 1 << 6;
+
+/// The data of a `SOURCE_RANGES` key (an LPM trie: the kernel compares the first
+/// `prefix_len` bits, in memory order). The VIP's id first, always compared whole
+/// ([`SOURCE_RANGE_VIP_BITS`]), then the client's address as raw network-order words: an
+/// IPv4 address is the first word, so its prefix bits come right after the id's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// `VipInfo::vip_id`.
+    pub vip_id: u32,
+    /// Address, raw network-order words (IPv4 in the first, the rest zero).
+    pub addr: AddrWords,
+}
+const _: () = assert!(core::mem::size_of::<SourceRange>() == 20);
+
+/// Bits of a `SOURCE_RANGES` key before the address: the VIP id.
+pub const SOURCE_RANGE_VIP_BITS: u32 = 32;
 
 /// A service's data-plane settings.
 #[repr(C)]
@@ -314,4 +340,5 @@ mod pod {
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for DecapAddr {}
+    unsafe impl aya::Pod for SourceRange {}
 }

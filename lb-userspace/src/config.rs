@@ -261,6 +261,10 @@ pub struct VipConfig {
     /// scheduler that follows weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start_s: Option<u32>,
+    /// The client prefixes whose new flows the VIP admits (empty: every client). The XDP
+    /// program runs before the host's firewall, so this is where a VIP is restricted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_sources: Vec<SourcePrefix>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -550,6 +554,8 @@ impl VipConfig {
         }
         check_slow_start(self.slow_start_s, self.scheduler)
             .map_err(|m| ConfigError::new(format!("{at}.slow_start_s"), m))?;
+        check_sources(self.address, &self.allowed_sources)
+            .map_err(|m| ConfigError::new(format!("{at}.allowed_sources"), m))?;
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
@@ -591,6 +597,113 @@ pub fn check_health_port(vip_port: u16, check: Option<&HealthCheckConfig>) -> Re
          a \"port\", or use kind icmp or none",
         kind.as_str()
     ))
+}
+
+/// A client prefix (`VipConfig::allowed_sources`): `198.18.0.0/15`, `fd00::/8`, or a bare
+/// address (all its bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SourcePrefix {
+    /// The network address (no host bits set).
+    pub addr: IpAddr,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub len: u8,
+}
+
+impl std::str::FromStr for SourcePrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address (prefixes are ADDRESS/LENGTH)"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let len =
+            match l {
+                None => max,
+                Some(l) => l.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| {
+                    format!("{l:?} is not a prefix length for {addr} (0..={max})")
+                })?,
+            };
+        let p = Self { addr, len };
+        let network = p.network();
+        if network != addr {
+            return Err(format!(
+                "{s} has host bits set: its network is {}",
+                Self { addr: network, len }
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl SourcePrefix {
+    /// The address with the bits past the prefix cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SourcePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl TryFrom<String> for SourcePrefix {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<SourcePrefix> for String {
+    fn from(p: SourcePrefix) -> String {
+        p.to_string()
+    }
+}
+
+/// Prefixes a VIP may list in `allowed_sources`, at most.
+pub const MAX_SOURCES_PER_VIP: usize = 1024;
+
+/// Checks a VIP's `allowed_sources`: of the VIP's family (its clients are), no repeats,
+/// at most [`MAX_SOURCES_PER_VIP`].
+pub fn check_sources(vip: IpAddr, sources: &[SourcePrefix]) -> Result<(), String> {
+    if sources.len() > MAX_SOURCES_PER_VIP {
+        return Err(format!(
+            "{} prefixes; at most {MAX_SOURCES_PER_VIP} per VIP",
+            sources.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for p in sources {
+        if p.addr.is_ipv4() != vip.is_ipv4() {
+            return Err(format!(
+                "{p} is of the other family than the VIP {vip}: its clients are {}",
+                if vip.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+        if !seen.insert(*p) {
+            return Err(format!("{p} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// The longest slow start (`VipConfig::slow_start_s`), an hour.
@@ -975,6 +1088,62 @@ mod tests {
         assert!(parse_v6_prefix("fd00:ff::/96").is_ok());
         assert!(parse_v6_prefix("fd00:ff::1/96").is_err());
         assert!(parse_v6_prefix("fd00:ff::/120").is_err());
+    }
+
+    #[test]
+    fn source_prefixes_parse_print_and_refuse_host_bits() {
+        let p = |s: &str| s.parse::<SourcePrefix>();
+        for (text, shown) in [
+            ("198.18.0.0/15", "198.18.0.0/15"),
+            ("198.19.7.1", "198.19.7.1/32"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("fd00::/8", "fd00::/8"),
+            ("fd00::10", "fd00::10/128"),
+        ] {
+            assert_eq!(
+                p(text).map(|x| x.to_string()),
+                Ok(shown.to_owned()),
+                "{text}"
+            );
+        }
+        let host_bits = p("198.18.0.1/24").unwrap_err();
+        assert!(host_bits.contains("198.18.0.0/24"), "{host_bits}");
+        for bad in [
+            "198.18.0.0/33",
+            "fd00::/129",
+            "nope/8",
+            "198.18.0.0/",
+            "/8",
+            "",
+        ] {
+            assert!(p(bad).is_err(), "{bad:?} accepted");
+        }
+        // In a VIP: its own family, no repeats; as JSON, strings.
+        let vip = |sources: &str| {
+            Config::from_json(&format!(
+                r#"{{"vips": [{{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                    "allowed_sources": {sources}, "backends": []}}]}}"#
+            ))
+        };
+        let ok = vip(r#"["198.18.0.0/15", "198.19.7.1"]"#).unwrap();
+        assert_eq!(ok.vips[0].allowed_sources.len(), 2);
+        let round = serde_json::to_value(&ok.vips[0]).unwrap();
+        assert_eq!(
+            round["allowed_sources"],
+            serde_json::json!(["198.18.0.0/15", "198.19.7.1/32"])
+        );
+        for (bad, says) in [
+            (r#"["fd00::/8"]"#, "other family"),
+            (r#"["198.18.0.0/15", "198.18.0.0/15"]"#, "twice"),
+            (r#"["198.18.0.1/15"]"#, "host bits"),
+        ] {
+            let e = vip(bad).unwrap_err();
+            assert!(
+                e.field.starts_with("vips[0].allowed_sources"),
+                "{bad}: {e:?}"
+            );
+            assert!(e.message.contains(says), "{bad}: {e:?}");
+        }
     }
 
     #[test]

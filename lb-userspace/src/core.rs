@@ -16,7 +16,7 @@
 //!   (`no_backend`); flows pinned to backends that are still active keep flowing.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -25,15 +25,15 @@ use lb_common::{
     maps::{
         Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
         BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
-        PROTO_ANY, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC,
+        PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES,
     },
 };
 use serde::Serialize;
 
 use crate::{
     config::{
-        check_idle_timeout, check_weight, BackendConfig, Config, ConfigError, Scheduler,
-        SourceMode, VipConfig, VipId,
+        check_idle_timeout, check_sources, check_weight, BackendConfig, Config, ConfigError,
+        Scheduler, SourceMode, SourcePrefix, VipConfig, VipId,
     },
     dataplane::{Dataplane, DataplaneError},
     health::HealthCheckConfig,
@@ -359,12 +359,32 @@ pub struct Core<D: Dataplane> {
     /// VIP address → number of VIPs on it (address-only markers).
     addr_refs: BTreeMap<IpAddr, u32>,
     /// Interfaces registered in `TX_PORTS` for next hops.
-    tx_ports: std::collections::BTreeSet<u32>,
+    tx_ports: BTreeSet<u32>,
     /// Whether the data plane's config has `CFG_F_ALL_PORTS` (some VIP serves every port).
     all_ports: bool,
+    /// What `SOURCE_RANGES` holds, by VIP index: written entries stay listed until a
+    /// removal succeeds, so that a VIP given the index next never admits a leftover.
+    source_ranges: BTreeMap<u32, BTreeSet<RangeKey>>,
 }
 
-fn vip_key(id: &VipId) -> VipKey {
+/// A `SOURCE_RANGES` key: prefix length (VIP id bits included) and data.
+pub(crate) type RangeKey = (u32, lb_common::maps::SourceRange);
+
+/// The `SOURCE_RANGES` keys that admit `sources` to VIP index `vip_id`.
+pub(crate) fn range_keys(vip_id: u32, sources: &[SourcePrefix]) -> BTreeSet<RangeKey> {
+    sources
+        .iter()
+        .map(|p| {
+            let (addr, _) = to_words(p.addr);
+            (
+                SOURCE_RANGE_VIP_BITS + u32::from(p.len),
+                lb_common::maps::SourceRange { vip_id, addr },
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn vip_key(id: &VipId) -> VipKey {
     let (addr, family) = to_words(id.address);
     VipKey {
         addr,
@@ -408,6 +428,7 @@ impl<D: Dataplane> Core<D> {
             addr_refs: BTreeMap::new(),
             tx_ports: Default::default(),
             all_ports: false,
+            source_ranges: BTreeMap::new(),
         })
     }
 
@@ -600,9 +621,15 @@ impl<D: Dataplane> Core<D> {
                 .set_vip(&marker_key(id.address), &marker)
                 .map_err(CoreError::from);
         }
+        let sources = range_keys(vip_index, &state.config.allowed_sources);
         self.vips.insert(id, state);
         if result.is_ok() {
             result = self.sync_all_ports();
+        }
+        if result.is_ok() {
+            // Before the VIP's entry (with `VIP_F_SRC_RANGES`) goes live; a leftover of the
+            // index's last VIP goes too.
+            result = self.sync_ranges(vip_index, &sources);
         }
         if result.is_ok() {
             result = self.publish(&id);
@@ -695,6 +722,10 @@ impl<D: Dataplane> Core<D> {
                 Err(e) => log::warn!("deactivating backend {addr} of removed VIP {id}: {e}"),
             }
             self.backend_ids.free.push_back(b.index);
+        }
+        // Its entry is gone: no packet reads its prefixes any more.
+        if let Err(e) = self.sync_ranges(state.id, &BTreeSet::new()) {
+            log::warn!("removing the client prefixes of removed VIP {id}: {e} (retried when its index is used again)");
         }
         self.vip_ids.free.push_back(state.id);
         let mut cfg = state.config;
@@ -995,6 +1026,55 @@ impl<D: Dataplane> Core<D> {
     /// ramp); returns whether it changed.
     pub fn set_ramp(&mut self, id: &VipId, addr: IpAddr, pct: u32) -> Result<bool, CoreError> {
         self.update_backend(id, addr, |b| b.ramp_pct = pct.clamp(1, 100))
+    }
+
+    /// Makes `SOURCE_RANGES` hold exactly `want` for VIP index `vip_id`: the missing
+    /// entries first, then the extra ones out. Stops at the first failed write.
+    fn sync_ranges(&mut self, vip_id: u32, want: &BTreeSet<RangeKey>) -> Result<(), CoreError> {
+        let written = self.source_ranges.entry(vip_id).or_default();
+        for k in want.difference(&written.clone()) {
+            self.dp.add_source_range(k.0, &k.1)?;
+            written.insert(*k);
+        }
+        for k in written.clone().difference(want) {
+            self.dp.remove_source_range(k.0, &k.1)?;
+            written.remove(k);
+        }
+        if written.is_empty() {
+            self.source_ranges.remove(&vip_id);
+        }
+        Ok(())
+    }
+
+    /// Sets the client prefixes a VIP admits new flows from (empty: every client). The new
+    /// prefixes are written before the VIP's entry changes and the old ones taken out after,
+    /// so that a client both lists admit is admitted throughout.
+    pub fn set_sources(&mut self, id: &VipId, sources: Vec<SourcePrefix>) -> Result<(), CoreError> {
+        check_sources(id.address, &sources).map_err(|m| ConfigError::new("allowed_sources", m))?;
+        let vip = self.vip_mut(id)?;
+        let index = vip.id;
+        let old = std::mem::replace(&mut vip.config.allowed_sources, sources);
+        let (old_keys, new_keys) = (
+            range_keys(index, &old),
+            range_keys(index, &vip.config.allowed_sources),
+        );
+        let both: BTreeSet<RangeKey> = old_keys.union(&new_keys).copied().collect();
+        let flipped = self
+            .sync_ranges(index, &both)
+            .and_then(|()| self.publish_table(id));
+        if let Err(e) = flipped {
+            // Back to the old list, entry and prefixes (best effort: what stays written is
+            // listed, and goes at the next change).
+            self.vip_mut(id)?.config.allowed_sources = old;
+            if let Err(e) = self.publish_table(id) {
+                log::warn!("restoring the entry of {id}: {e}");
+            }
+            if let Err(e) = self.sync_ranges(index, &old_keys) {
+                log::warn!("restoring the client prefixes of {id}: {e}");
+            }
+            return Err(e);
+        }
+        self.sync_ranges(index, &new_keys)
     }
 
     /// Sets a VIP's slow start (`None`: none). Ramps under way are the caller's to end
@@ -1393,6 +1473,9 @@ impl<D: Dataplane> Core<D> {
         if vip.config.source == SourceMode::FlowHash {
             flags |= VIP_F_HASHED_SRC;
         }
+        if !vip.config.allowed_sources.is_empty() {
+            flags |= VIP_F_SRC_RANGES;
+        }
         let info = VipInfo {
             vip_id: vip.id,
             table_id,
@@ -1517,6 +1600,7 @@ mod tests {
             agent: None,
             idle_timeout_s: None,
             slow_start_s: None,
+            allowed_sources: Vec::new(),
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }
@@ -2145,6 +2229,88 @@ mod tests {
         assert!(share(&core, &id) < 0.02);
         core.set_scheduler(&id, Scheduler::Wlc).unwrap();
         assert!((share(&core, &id) - 0.5).abs() < 0.02);
+    }
+
+    #[test]
+    fn client_prefixes_are_written_before_the_entry_that_uses_them_and_taken_out_after() {
+        let pfx = |s: &str| s.parse::<SourcePrefix>().unwrap();
+        let mut v = vip(&["198.18.0.11"]);
+        v.allowed_sources = vec![pfx("198.18.0.0/24"), pfx("198.19.7.1")];
+        let id = v.id();
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        core.add_vip(v).unwrap();
+        let index = core.vip(&id).unwrap().id;
+        let keys = |core: &Core<Recorder>| -> Vec<(u32, [u8; 4])> {
+            core.dataplane()
+                .source_ranges
+                .iter()
+                .map(|(len, r)| {
+                    assert_eq!(r.vip_id, index);
+                    (len - 32, r.addr[0].to_ne_bytes())
+                })
+                .collect()
+        };
+        assert_eq!(keys(&core), [(24, [198, 18, 0, 0]), (32, [198, 19, 7, 1])]);
+        let flag = |core: &Core<Recorder>| {
+            core.dataplane().vips[&vip_key(&id)].flags & VIP_F_SRC_RANGES != 0
+        };
+        assert!(flag(&core));
+        let writes = &core.dataplane().writes;
+        let last_range = writes
+            .iter()
+            .rposition(|w| matches!(w, Write::SourceRange(..)))
+            .unwrap();
+        let entry = writes
+            .iter()
+            .rposition(|w| matches!(w, Write::Vip(k, _) if *k == vip_key(&id)))
+            .unwrap();
+        assert!(last_range < entry, "prefixes before the entry: {writes:?}");
+
+        // Changed: the new prefix in before the entry is rewritten, the old one out after.
+        let n = core.dataplane().writes.len();
+        core.set_sources(&id, vec![pfx("198.18.0.0/24"), pfx("198.20.0.0/16")])
+            .unwrap();
+        let new: Vec<&Write> = core.dataplane().writes[n..].iter().collect();
+        let at = |f: &dyn Fn(&Write) -> bool| new.iter().position(|w| f(w)).unwrap();
+        let (added, entry, removed) = (
+            at(&|w| matches!(w, Write::SourceRange(..))),
+            at(&|w| matches!(w, Write::Vip(..))),
+            at(&|w| matches!(w, Write::RemoveSourceRange(..))),
+        );
+        assert!(added < entry && entry < removed, "{new:?}");
+        assert_eq!(keys(&core), [(16, [198, 20, 0, 0]), (24, [198, 18, 0, 0])]);
+
+        // Every client again: the flag goes first, then the prefixes.
+        let n = core.dataplane().writes.len();
+        core.set_sources(&id, Vec::new()).unwrap();
+        assert!(!flag(&core) && keys(&core).is_empty());
+        let new = &core.dataplane().writes[n..];
+        assert!(
+            matches!(new.last(), Some(Write::RemoveSourceRange(..))),
+            "{new:?}"
+        );
+
+        // Refused: another family, nothing written; a failed write: the old list stays.
+        core.set_sources(&id, vec![pfx("198.18.0.0/24")]).unwrap();
+        let n = core.dataplane().writes.len();
+        assert!(core.set_sources(&id, vec![pfx("fd00::/8")]).is_err());
+        assert_eq!(core.dataplane().writes.len(), n);
+        core.dataplane_mut().fail_next = true;
+        assert!(core.set_sources(&id, vec![pfx("198.21.0.0/16")]).is_err());
+        assert_eq!(
+            core.vip(&id).unwrap().config.allowed_sources,
+            [pfx("198.18.0.0/24")]
+        );
+        assert_eq!(keys(&core), [(24, [198, 18, 0, 0])]);
+        assert!(flag(&core));
+
+        // Removed, and its index reused by a VIP for every client: nothing left over.
+        core.remove_vip(&id).unwrap();
+        assert!(core.dataplane().source_ranges.is_empty());
+        let mut v = vip(&["198.18.0.11"]);
+        v.port = 81;
+        core.add_vip(v).unwrap();
+        assert!(core.dataplane().source_ranges.is_empty());
     }
 
     #[test]

@@ -5,7 +5,10 @@
 use std::{collections::HashMap as StdHashMap, sync::Arc};
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, DevMapHash, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues,
+    },
     Ebpf,
 };
 use lb_common::{
@@ -14,9 +17,9 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4},
     lookup,
     maps::{
-        Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
+        Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
         MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
-        MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_RETIRED, MAX_TABLE_SIZE,
+        MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_RETIRED, MAX_TABLE_SIZE,
     },
 };
 
@@ -86,6 +89,18 @@ pub trait Dataplane: Send {
     /// Lets the program `XDP_REDIRECT` to `ifindex` (`TX_PORTS`): next hops on other
     /// interfaces than the one the balancer is attached to.
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError>;
+    /// Admits a client prefix of a VIP (`SOURCE_RANGES`): `prefix_len` bits of `range`.
+    fn add_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), DataplaneError>;
+    /// Takes a client prefix of a VIP back.
+    fn remove_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), DataplaneError>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -107,6 +122,7 @@ pub struct AyaDataplane {
     tx_ports: DevMapHash<MapData>,
     active: Array<MapData, u64>,
     retired: HashMap<MapData, VipKey, TrafficStats>,
+    source_ranges: LpmTrie<MapData, SourceRange, u32>,
     tables: Arc<ConnTables>,
 }
 
@@ -142,6 +158,7 @@ impl AyaDataplane {
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             active: take(ebpf, MAP_BACKEND_ACTIVE)?,
             retired: take(ebpf, MAP_VIP_RETIRED)?,
+            source_ranges: take(ebpf, MAP_SOURCE_RANGES)?,
             tables,
         })
     }
@@ -228,6 +245,26 @@ impl Dataplane for AyaDataplane {
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         self.vips.remove(key).map_err(map_err(MAP_VIPS, "remove"))
+    }
+
+    fn add_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), DataplaneError> {
+        self.source_ranges
+            .insert(&LpmKey::new(prefix_len, *range), 1, 0)
+            .map_err(map_err(MAP_SOURCE_RANGES, "insert"))
+    }
+
+    fn remove_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), DataplaneError> {
+        self.source_ranges
+            .remove(&LpmKey::new(prefix_len, *range))
+            .map_err(map_err(MAP_SOURCE_RANGES, "remove"))
     }
 
     fn backend(&self, idx: u32) -> TrafficStats {
@@ -344,6 +381,10 @@ pub enum Write {
     RemoveRetired(VipKey),
     /// `add_tx_port`.
     TxPort(u32),
+    /// `add_source_range`.
+    SourceRange(u32, SourceRange),
+    /// `remove_source_range`.
+    RemoveSourceRange(u32, SourceRange),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -367,6 +408,8 @@ pub struct Recorder {
     /// Current records of removed backends' traffic per VIP (tests may stage a last
     /// daemon's).
     pub retired: StdHashMap<VipKey, TrafficStats>,
+    /// Current client prefixes (prefix length, key data).
+    pub source_ranges: std::collections::BTreeSet<(u32, SourceRange)>,
 }
 
 impl Recorder {
@@ -469,6 +512,29 @@ impl Dataplane for Recorder {
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         self.check()?;
         self.writes.push(Write::TxPort(ifindex));
+        Ok(())
+    }
+
+    fn add_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::SourceRange(prefix_len, *range));
+        self.source_ranges.insert((prefix_len, *range));
+        Ok(())
+    }
+
+    fn remove_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes
+            .push(Write::RemoveSourceRange(prefix_len, *range));
+        self.source_ranges.remove(&(prefix_len, *range));
         Ok(())
     }
 }

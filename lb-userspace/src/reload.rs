@@ -1,7 +1,7 @@
 //! Config reload (SIGHUP): the steps that turn the running VIPs into a config file's.
 //!
 //! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
-//! weights, drains, schedulers, idle timeouts and slow starts set to its values (overwriting what the
+//! weights, drains, schedulers, idle timeouts, slow starts and allowed sources set to its values (overwriting what the
 //! control socket changed since). What the running balancer cannot change in place is
 //! refused before any step runs: the global settings (outer sources, MTU, …, resolved
 //! against the interface at start) and a VIP's table size, tunnel, source mode, agent and
@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
+    config::{BackendConfig, Config, ConfigError, Scheduler, SourcePrefix, VipConfig, VipId},
     core::{BackendState, Core, CoreError},
     dataplane::Dataplane,
     health::HealthCheckConfig,
@@ -41,6 +41,8 @@ pub enum Step {
     /// A VIP's new slow start (`None`: none). Turned off before a scheduler change and on
     /// after one, since the schedulers that ignore weights refuse a slow start.
     SlowStart(VipId, Option<u32>),
+    /// A VIP's new client prefixes (empty: every client).
+    Sources(VipId, Vec<SourcePrefix>),
     /// A VIP's new health check (`None`: the default); its backends' checks restart from
     /// their current verdicts. Before the VIP's backend steps, so added backends start
     /// with it.
@@ -72,6 +74,8 @@ impl std::fmt::Display for Step {
             Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
             Self::SlowStart(id, Some(t)) => write!(f, "VIP {id}: slow start over {t} s"),
             Self::SlowStart(id, None) => write!(f, "VIP {id}: no slow start"),
+            Self::Sources(id, s) if s.is_empty() => write!(f, "VIP {id}: admits every client"),
+            Self::Sources(id, s) => write!(f, "VIP {id}: admits clients from {} prefixes", s.len()),
             Self::HealthCheck(id, _) => write!(f, "VIP {id}: new health check, checks restarted"),
             Self::AddVip(v) => write!(f, "add VIP {} with {} backends", v.id(), v.backends.len()),
         }
@@ -150,6 +154,9 @@ pub fn plan<'a>(
         if !slow_start_off {
             steps.extend(slow_start);
         }
+        if vip.allowed_sources != now.config.allowed_sources {
+            steps.push(Step::Sources(id, vip.allowed_sources.clone()));
+        }
         if vip.idle_timeout_s != now.config.idle_timeout_s {
             steps.push(Step::IdleTimeout(id, vip.idle_timeout_s));
         }
@@ -214,6 +221,7 @@ pub fn check_fits<D: Dataplane>(
             | Step::Scheduler(..)
             | Step::IdleTimeout(..)
             | Step::SlowStart(..)
+            | Step::Sources(..)
             | Step::HealthCheck(..) => {}
         }
     }
@@ -498,6 +506,13 @@ mod tests {
                 1 => fields.push(r#""idle_timeout_s": 60"#.into()),
                 _ => fields.push(r#""idle_timeout_s": 3600"#.into()),
             }
+            let v6 = v.contains("fd00");
+            match rng.below(4) {
+                0 if v6 => fields.push(r#""allowed_sources": ["fd00::/8"]"#.into()),
+                0 => fields.push(r#""allowed_sources": ["198.18.0.0/15", "198.19.7.1"]"#.into()),
+                1 if !v6 => fields.push(r#""allowed_sources": ["198.18.0.0/24"]"#.into()),
+                _ => {}
+            }
             // Refused with rr and lc: the file is then drawn again.
             if rng.below(3) == 0 {
                 let secs = rng.pick(&[10, 60]);
@@ -568,6 +583,7 @@ mod tests {
             Step::Scheduler(id, s) => core.set_scheduler(&id, s),
             Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
             Step::SlowStart(id, t) => core.set_slow_start(&id, t),
+            Step::Sources(id, s) => core.set_sources(&id, s),
             Step::HealthCheck(id, hc) => core.set_health_check(&id, hc.map(|b| *b)),
             Step::AddVip(v) => core.add_vip(*v),
         }
@@ -625,6 +641,18 @@ mod tests {
                                 .unwrap_or_else(|e| panic!("{shown}: {e}\n{file}"));
                         }
                         assert_eq!(shape_of_core(&core), shape_of_file(&new), "{file}");
+                        // The data plane admits exactly the listed clients, and only the
+                        // VIPs with a list look them up.
+                        let admitted: BTreeSet<crate::core::RangeKey> = core
+                            .vips()
+                            .flat_map(|v| crate::core::range_keys(v.id, &v.config.allowed_sources))
+                            .collect();
+                        assert_eq!(core.dataplane().source_ranges, admitted, "{file}");
+                        for v in core.vips() {
+                            let info = core.dataplane().vips[&crate::core::vip_key(&v.config.id())];
+                            let flagged = info.flags & lb_common::maps::VIP_F_SRC_RANGES != 0;
+                            assert_eq!(flagged, !v.config.allowed_sources.is_empty(), "{file}");
+                        }
                         // And the data plane agrees: every VIP's live table points only at
                         // its own backends that take new flows.
                         for v in core.vips() {

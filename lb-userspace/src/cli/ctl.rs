@@ -21,13 +21,14 @@ use super::rate;
 use crate::{
     config::{
         check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Scheduler,
-        VipConfig, VipId,
+        SourcePrefix, VipConfig, VipId,
     },
     control::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
             Empty, FlowRef, Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
+            VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -71,6 +72,10 @@ pub enum VipCmd {
         /// undrained) grows from 1 % of its weight to all of it (1..=3600).
         #[arg(long)]
         slow_start_s: Option<u32>,
+        /// Admit new flows only from this client prefix (repeat for several; none: every
+        /// client), e.g. 198.18.0.0/15.
+        #[arg(long = "allow", value_name = "PREFIX")]
+        allow: Vec<SourcePrefix>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -93,6 +98,18 @@ pub enum VipCmd {
         /// Seconds, 30..=604800, or `default` (900 for TCP, 300 for UDP).
         #[arg(value_parser = parse_idle_timeout)]
         seconds: IdleTimeout,
+    },
+    /// Admit new flows to a VIP only from these client prefixes (recorded flows stay), or
+    /// with --any from every client.
+    Sources {
+        /// ADDRESS:PORT[/PROTO].
+        vip: VipId,
+        /// Client prefixes, e.g. 198.18.0.0/15 fd00::/8, or bare addresses.
+        #[arg(value_name = "PREFIX", required_unless_present = "any")]
+        prefixes: Vec<SourcePrefix>,
+        /// Every client (no list).
+        #[arg(long, conflicts_with = "prefixes")]
+        any: bool,
     },
     /// Set a VIP's health check; its backends' checks restart from their verdicts.
     HealthCheck {
@@ -243,6 +260,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             agent_port,
             idle_timeout_s,
             slow_start_s,
+            allow,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -261,6 +279,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 }),
                 idle_timeout_s,
                 slow_start_s,
+                allowed_sources: allow,
                 backends,
             };
             (
@@ -286,6 +305,20 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 None => format!("VIP {vip}: idle flows stop counting after the protocol's default"),
             },
         ),
+        VipCmd::Sources { vip, prefixes, .. } => {
+            let listed: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+            (
+                Request::VipSources(VipSources {
+                    vip,
+                    allowed_sources: prefixes,
+                }),
+                if listed.is_empty() {
+                    format!("VIP {vip} admits new flows from every client")
+                } else {
+                    format!("VIP {vip} admits new flows from {}", listed.join(", "))
+                },
+            )
+        }
         VipCmd::HealthCheck { vip, check } => (
             Request::VipHealthCheck(VipHealthCheck {
                 vip,
@@ -1106,6 +1139,8 @@ mod tests {
         cmd: Top,
     }
 
+    // Parsed once per assertion: its size does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, clap::Subcommand)]
     enum Top {
         #[command(subcommand)]
@@ -1134,6 +1169,7 @@ mod tests {
             agent_port,
             idle_timeout_s,
             slow_start_s,
+            allow,
         }) = parse(&[
             "vip",
             "add",
@@ -1160,6 +1196,10 @@ mod tests {
             "3600",
             "--slow-start-s",
             "60",
+            "--allow",
+            "198.18.0.0/15",
+            "--allow",
+            "198.19.7.1",
         ])
         else {
             panic!("not vip add")
@@ -1182,6 +1222,8 @@ mod tests {
         );
         assert_eq!(name.as_deref(), Some("web"));
         assert_eq!(slow_start_s, Some(60));
+        let allowed: Vec<String> = allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allowed, ["198.18.0.0/15", "198.19.7.1/32"]);
         assert_eq!(health_check.map(|h| h.path), Some("/healthz".to_owned()));
         assert_eq!(agent_port, Some(5555));
         assert_eq!(idle_timeout_s, Some(3600));
@@ -1218,10 +1260,30 @@ mod tests {
             &["vip", "idle-timeout", "198.18.1.1:80", "10"],
             &["vip", "idle-timeout", "198.18.1.1:80", "an-hour"],
             &["vip", "health-check", "198.18.1.1:80", r#"{"rise":0}"#],
+            // Every client must be said, not implied by a missing list.
+            &["vip", "sources", "198.18.1.1:80"],
+            &["vip", "sources", "198.18.1.1:80", "198.18.0.0/15", "--any"],
+            &["vip", "sources", "198.18.1.1:80", "198.18.0.1/15"],
         ] {
             let argv = std::iter::once("xlb").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
         }
+        let Top::Vip(VipCmd::Sources { prefixes, any, .. }) = parse(&[
+            "vip",
+            "sources",
+            "198.18.1.1:80",
+            "198.18.0.0/15",
+            "198.19.7.1",
+        ]) else {
+            panic!("not vip sources")
+        };
+        assert_eq!((prefixes.len(), any), (2, false));
+        let Top::Vip(VipCmd::Sources { prefixes, any, .. }) =
+            parse(&["vip", "sources", "198.18.1.1:80", "--any"])
+        else {
+            panic!("not vip sources")
+        };
+        assert!(prefixes.is_empty() && any);
         let Top::Backend(BackendCmd::Add {
             weight, drained, ..
         }) = parse(&["backend", "add", "198.18.1.1:80", "198.18.0.11"])

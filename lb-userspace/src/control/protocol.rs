@@ -16,7 +16,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    config::{BackendConfig, Scheduler, VipConfig, VipId},
+    config::{BackendConfig, Scheduler, SourcePrefix, VipConfig, VipId},
     core::CoreError,
     health::HealthCheckConfig,
 };
@@ -96,6 +96,9 @@ pub enum Request {
     /// Sets a VIP's idle timeout for least-connection counts.
     #[serde(rename = "vip.idle_timeout")]
     VipIdleTimeout(VipIdleTimeout),
+    /// Sets the client prefixes a VIP admits new flows from.
+    #[serde(rename = "vip.sources")]
+    VipSources(VipSources),
     /// Sets a VIP's health check; its backends' checks restart from their verdicts.
     #[serde(rename = "vip.health_check")]
     VipHealthCheck(VipHealthCheck),
@@ -163,6 +166,16 @@ pub struct VipIdleTimeout {
     pub vip: VipId,
     /// Seconds (30..=604800), or `null` for the protocol's default.
     pub idle_timeout_s: Option<u32>,
+}
+
+/// Body of `vip.sources`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSources {
+    /// The VIP.
+    pub vip: VipId,
+    /// Client prefixes (`198.18.0.0/15`, `fd00::/8`, a bare address); empty: every client.
+    pub allowed_sources: Vec<SourcePrefix>,
 }
 
 /// Body of `vip.health_check`.
@@ -257,6 +270,7 @@ pub const OPS: &[&str] = &[
     "vip.remove",
     "vip.scheduler",
     "vip.idle_timeout",
+    "vip.sources",
     "vip.health_check",
     "backend.add",
     "backend.remove",
@@ -277,6 +291,7 @@ impl Request {
             Self::VipRemove(_) => "vip.remove",
             Self::VipScheduler(_) => "vip.scheduler",
             Self::VipIdleTimeout(_) => "vip.idle_timeout",
+            Self::VipSources(_) => "vip.sources",
             Self::VipHealthCheck(_) => "vip.health_check",
             Self::BackendAdd(_) => "backend.add",
             Self::BackendRemove(_) => "backend.remove",
@@ -312,6 +327,7 @@ impl Request {
             "vip.remove" => Self::VipRemove(parse_body(body)?),
             "vip.scheduler" => Self::VipScheduler(parse_body(body)?),
             "vip.idle_timeout" => Self::VipIdleTimeout(parse_body(body)?),
+            "vip.sources" => Self::VipSources(parse_body(body)?),
             "vip.health_check" => Self::VipHealthCheck(parse_body(body)?),
             "backend.add" => Self::BackendAdd(parse_body(body)?),
             "backend.remove" => Self::BackendRemove(parse_body(body)?),
@@ -567,6 +583,7 @@ mod tests {
                         agent: None,
                         idle_timeout_s: None,
                         slow_start_s: None,
+                        allowed_sources: Vec::new(),
                         backends: vec![
                             BackendConfig {
                                 address: b11,
@@ -607,6 +624,16 @@ mod tests {
                 Request::VipIdleTimeout(VipIdleTimeout {
                     vip: vip_id(),
                     idle_timeout_s: None,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"vip.sources","vip":"198.18.1.1:80/tcp","allowed_sources":["198.18.0.0/15","198.19.7.1"]}"#,
+                Request::VipSources(VipSources {
+                    vip: vip_id(),
+                    allowed_sources: vec![
+                        "198.18.0.0/15".parse().unwrap(),
+                        "198.19.7.1/32".parse().unwrap(),
+                    ],
                 }),
             ),
             (

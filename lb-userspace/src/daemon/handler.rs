@@ -104,6 +104,20 @@ impl Handler for DaemonHandler {
                     ),
                 })
             }
+            Request::VipSources(r) => {
+                let n = r.allowed_sources.len();
+                let listed: Vec<String> = r.allowed_sources.iter().map(|p| p.to_string()).collect();
+                d.set_sources(&r.vip, r.allowed_sources)?;
+                done(if n == 0 {
+                    format!("VIP {} admits new flows from every client", r.vip)
+                } else {
+                    format!(
+                        "VIP {} admits new flows from {}; others are dropped (source_denied)",
+                        r.vip,
+                        listed.join(", ")
+                    )
+                })
+            }
             Request::VipHealthCheck(r) => {
                 let kind = r
                     .health_check

@@ -565,6 +565,15 @@ impl Daemon {
         Ok(())
     }
 
+    /// See `Core::set_sources`.
+    pub fn set_sources(
+        &mut self,
+        vip: &VipId,
+        sources: Vec<crate::config::SourcePrefix>,
+    ) -> Result<(), CoreError> {
+        self.core.set_sources(vip, sources)
+    }
+
     /// See `Core::set_idle_timeout`.
     pub fn set_idle_timeout(&mut self, vip: &VipId, idle_s: Option<u32>) -> Result<(), CoreError> {
         self.core.set_idle_timeout(vip, idle_s)
@@ -603,6 +612,7 @@ impl Daemon {
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
                 reload::Step::SlowStart(id, t) => self.set_slow_start(&id, t),
+                reload::Step::Sources(id, s) => self.set_sources(&id, s),
                 reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),
                 reload::Step::AddVip(v) => self.add_vip(*v),
             };
@@ -846,6 +856,7 @@ impl Daemon {
                     "scheduler": v.config.scheduler,
                     "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
                     "slow_start_s": v.config.slow_start_s,
+                    "allowed_sources": v.config.allowed_sources,
                     "idle_timeout_s": crate::sched::counts_active(v.config.scheduler)
                         .then(|| v.config.idle_timeout()),
                     "packets": t.packets,

@@ -2,11 +2,13 @@
 
 use lb_common::{
     counters::Drop,
-    maps::{LbConfig, VipInfo, VipKey, CFG_F_ALL_PORTS, PROTO_ANY},
+    maps::{
+        LbConfig, SourceRange, VipInfo, VipKey, CFG_F_ALL_PORTS, PROTO_ANY, SOURCE_RANGE_VIP_BITS,
+    },
 };
 use lb_ebpf::parse::L3;
 
-use crate::maps::{CONFIG, VIPS};
+use crate::maps::{Scratch, CONFIG, SOURCE_RANGES, VIPS};
 
 /// The service at `key`, if it is one (address-only markers are not services).
 #[inline(always)]
@@ -32,6 +34,22 @@ pub fn service(key: &mut VipKey) -> Option<VipInfo> {
     }
     key.port_be = 0;
     vip(key)
+}
+
+/// Whether `vip` admits the new flow in `s` (its client is in one of the VIP's prefixes,
+/// `SOURCE_RANGES`), for VIPs that admit only some (`VIP_F_SRC_RANGES`).
+#[inline(always)]
+pub fn source_allowed(s: *mut Scratch, vip: &VipInfo) -> bool {
+    // SAFETY: this CPU's scratch slot; its flow was written by the caller. The key is built
+    // there (map memory is a valid key), off the verifier's 512-byte stack.
+    unsafe {
+        (*s).source.prefix_len = SOURCE_RANGE_VIP_BITS + 128;
+        (*s).source.data = SourceRange {
+            vip_id: vip.vip_id,
+            addr: (*s).flow.src,
+        };
+        SOURCE_RANGES.get(&(*s).source).is_some()
+    }
 }
 
 /// True when the packet's destination address carries at least one VIP (the daemon keeps

@@ -31,7 +31,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
-    maps::{Backend, VipKey},
+    maps::{Backend, VipKey, VIP_F_SRC_RANGES},
 };
 use lb_ebpf::{
     parse::{
@@ -208,6 +208,9 @@ pub extern "C" fn xlb_schedule(tcp_flags: u32) -> u64 {
     let Some(vip) = lookup::service(&mut vip_key) else {
         return pack(Ok(NOT_A_VIP));
     };
+    if vip.flags & VIP_F_SRC_RANGES != 0 && !lookup::source_allowed(s, &vip) {
+        return pack(Err(Drop::SourceDenied));
+    }
     match unpack(select::pick(s, &vip, true, tcp_flags as u8)) {
         Ok(_) => pack(Ok(SCHEDULED)),
         Err(d) => pack(Err(d)),

@@ -6,13 +6,17 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray,
+    },
 };
 use lb_common::{
     counters::Drop,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, ConnEntry, LbConfig, TrafficStats, VipInfo, VipKey, MAX_BACKENDS, MAX_VIP_ENTRIES,
+        Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, MAX_BACKENDS,
+        MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
     },
     rate_window::RateWindow,
 };
@@ -27,6 +31,12 @@ use crate::{encap::NextHop, select::Target};
 /// (address, port, protocol) → service settings, plus address-only markers. Daemon writes.
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
+
+/// The client prefixes of VIPs that admit only some (`VIP_F_SRC_RANGES`), by VIP id.
+/// Daemon writes; looked up for such VIPs' new flows only.
+#[map]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> =
+    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
 
 /// Backend index → backend (address, state, cached next hop). Index 0 = none. Daemon writes.
 /// `BPF_F_MMAPABLE` for the layout only: such arrays keep their values page-aligned, so
@@ -122,6 +132,8 @@ pub struct Scratch {
     /// An ICMP packet's parsed headers, for `icmp::route` (a global BPF function: it takes
     /// nothing from its caller's stack).
     pub l3: L3,
+    /// A new flow's `SOURCE_RANGES` key (map memory is a valid key).
+    pub source: Key<SourceRange>,
 }
 
 impl Scratch {
