@@ -19,6 +19,8 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xlb_conntrack_hit_no_flow_cache",
     "testrun_ns_per_pkt.xlb_new_flow_full_table",
     "testrun_ns_per_pkt.xlb_new_flow_unrecorded",
+    "testrun_ns_per_pkt.xlb_new_flow_small_table",
+    "testrun_ns_per_pkt.xlb_new_flow_allow_list",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -264,6 +266,14 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         (
             "xlb_new_flow_unrecorded",
             "xlb, new flow over the record rate limit (a flood: Maglev, no insert)",
+        ),
+        (
+            "xlb_new_flow_small_table",
+            "xlb, new flow into a 2^16-entry table (the allow-list row's twin)",
+        ),
+        (
+            "xlb_new_flow_allow_list",
+            "xlb, new flow to a VIP with 1024 allowed prefixes (LPM lookup on admission)",
         ),
         (
             "xlb_conntrack_hit_no_flow_cache",

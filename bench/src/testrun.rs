@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use aya::programs::Xdp;
 use lb_common::{
     counters::{Event, Pass},
@@ -220,7 +220,7 @@ impl Singles {
             let f = frame(client, *next_port, vip);
             *next_port = next_port
                 .checked_add(1)
-                .ok_or_else(|| anyhow::anyhow!("out of client ports for new flows"))?;
+                .ok_or_else(|| anyhow!("out of client ports for new flows"))?;
             let (t, v) = single(lab.prog(), &f)?;
             ensure!(
                 v == XDP_DROP,
@@ -334,6 +334,15 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     // New flows over the record rate limit (a flood): scheduled by hash, not recorded.
     let mut flood = lab_with(10, 1 << 16, false)?;
     flood.set_record_rate_limit(1)?;
+    // New flows to a VIP with the longest client allow-list a VIP may have, the new-flow
+    // clients' prefix among 1023 others, beside the same table without a list: what the
+    // LPM lookup on admission costs.
+    let mut open_lab = lab_with(10, 1 << 16, false)?;
+    let mut listed = lab_with(10, 1 << 16, false)?;
+    listed
+        .core
+        .set_sources(&vip_id(VIP4), allow_list())
+        .map_err(|e| anyhow!("allowed_sources: {e}"))?;
     let hit4 = frame(CLIENT4, 40_000, VIP4);
     let hit6 = frame(CLIENT6, 40_000, VIP6);
     let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
@@ -364,6 +373,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_new_flow",
         "xlb_new_flow_full_table",
         "xlb_new_flow_unrecorded",
+        "xlb_new_flow_small_table",
+        "xlb_new_flow_allow_list",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -386,6 +397,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         samples[6].push(new_flows.measure(&mut lab, new_repeat)?);
         samples[7].push(new_flows.measure(&mut full, new_repeat)?);
         samples[8].push(new_flows.measure_unrecorded(&mut flood, new_repeat)?);
+        samples[9].push(new_flows.measure(&mut open_lab, new_repeat)?);
+        samples[10].push(new_flows.measure(&mut listed, new_repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
@@ -435,8 +448,26 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "full_4k_table_over_room (new_flow_full_table - new_flow: eviction, less the misses a 2^20 table adds)": round3(s[7].median - new_flow),
         "insert_and_cache_fill (new_flow - new_flow_unrecorded: what a flood packet saves)": round3(new_flow - s[8].median),
         "bench_restore (measured, included in the hit figure)": round3(restore),
+        "allow_list_1024_prefixes (new_flow_allow_list - new_flow_small_table)": round3(s[10].median - s[9].median),
     });
+    out["paired_allow_list_over_small_table"] =
+        Summary::of(&paired(&samples[10], &samples[9])).json();
     Ok(out)
+}
+
+/// The longest allow-list a VIP may have: 1023 /26 prefixes of 198.19.0.0/16 that no
+/// measured client is in, and 198.18.64.0/18, where [`NewFlows`] takes its clients.
+fn allow_list() -> Vec<xlb::config::SourcePrefix> {
+    let decoys =
+        (0..xlb::config::MAX_SOURCES_PER_VIP as u32 - 1).map(|i| xlb::config::SourcePrefix {
+            addr: std::net::Ipv4Addr::from(u32::from_be_bytes([198, 19, 0, 0]) + (i << 6)).into(),
+            len: 26,
+        });
+    let clients = xlb::config::SourcePrefix {
+        addr: ip("198.18.64.0"),
+        len: 18,
+    };
+    decoys.chain(std::iter::once(clients)).collect()
 }
 
 /// Part 5: how the per-packet cost scales with VIPs, backends per VIP and flows.
