@@ -333,6 +333,19 @@ pub fn encapsulated(input: &[u8], src: IpAddr, backend: IpAddr, hash: u32) -> Ve
     encapsulated_via(input, NEXTHOP_MAC, LB_MAC, src, backend, hash)
 }
 
+/// What the balancer should send for `input` towards `backend` (an address), from the
+/// fixtures' usual outer sources (198.18.0.2, fd00::2, by the backend's family); `hash`
+/// matters for IPv6 tunnels only (their flow label).
+pub fn expect_tunnel(input: &[u8], backend: &str, hash: u32) -> Expect {
+    let backend: IpAddr = backend.parse().expect("a backend address");
+    let src: IpAddr = if backend.is_ipv4() {
+        "198.18.0.2".parse().expect("v4")
+    } else {
+        "fd00::2".parse().expect("v6")
+    };
+    Expect::Frame(encapsulated(input, src, backend, hash))
+}
+
 /// [`encapsulated`] through a given next hop (`dmac`) from a given interface (`smac`), as
 /// the FIB path produces.
 pub fn encapsulated_via(

@@ -26,6 +26,21 @@ fn config() -> String {
     )
 }
 
+/// `backend remove VIP ADDR --drain DRAIN --quiet QUIET`, then `extra`.
+fn remove_drained<'a>(
+    vip: &'a str,
+    addr: &'a str,
+    drain: &'a str,
+    quiet: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "backend", "remove", vip, addr, "--drain", drain, "--quiet", quiet,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// `xlb ARGS --socket SOCK` left running (a command that waits), its output captured.
 fn spawn_ctl(sock: &Path, args: &[&str]) -> Child {
     Command::new(xlb_bin())
@@ -224,19 +239,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
             answers
         })
     };
-    let said = net.ctl(
-        &sock,
-        &[
-            "backend",
-            "remove",
-            &vip,
-            "198.18.0.11",
-            "--drain",
-            "3",
-            "--quiet",
-            "2",
-        ],
-    );
+    let said = net.ctl(&sock, &remove_drained(&vip, "198.18.0.11", "3", "2", &[]));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = talker.join().expect("talker thread");
     assert!(said.contains("at the end of its 3 s drain"), "{said}");
@@ -280,17 +283,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     // waiting command (which starts it over) ends with an error when an undrain cancels it.
     let said = net.ctl(
         &sock,
-        &[
-            "backend",
-            "remove",
-            &vip,
-            "198.18.0.12",
-            "--drain",
-            "60",
-            "--quiet",
-            "30",
-            "--no-wait",
-        ],
+        &remove_drained(&vip, "198.18.0.12", "60", "30", &["--no-wait"]),
     );
     assert!(said.contains("draining backend 198.18.0.12"), "{said}");
     assert_eq!(net.backend_states(&sock)[&drained], "removing");
@@ -302,19 +295,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
         metrics.lines().any(|t| t == line),
         "no {line:?} in:\n{metrics}"
     );
-    let waiting = spawn_ctl(
-        &sock,
-        &[
-            "backend",
-            "remove",
-            &vip,
-            "198.18.0.12",
-            "--drain",
-            "60",
-            "--quiet",
-            "30",
-        ],
-    );
+    let waiting = spawn_ctl(&sock, &remove_drained(&vip, "198.18.0.12", "60", "30", &[]));
     std::thread::sleep(Duration::from_millis(1500));
     let said = net.ctl(&sock, &["backend", "undrain", &vip, "198.18.0.12"]);
     assert!(said.contains("graceful removal is cancelled"), "{said}");
@@ -325,17 +306,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     // b2's client is silent: removed once b2 has been quiet for a second.
     let said = net.ctl(
         &sock,
-        &[
-            "backend",
-            "remove",
-            &vip,
-            "198.18.0.12",
-            "--drain",
-            "60",
-            "--quiet",
-            "1",
-            "--json",
-        ],
+        &remove_drained(&vip, "198.18.0.12", "60", "1", &["--json"]),
     );
     let r: serde_json::Value = serde_json::from_str(&said).expect("remove --json");
     assert_eq!(r["went_quiet"], true, "{r}");
@@ -345,19 +316,7 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
     // Interrupted (Ctrl-C) while it waits, the command leaves the removal to the daemon,
     // which removes the (idle) backend once quiet.
     net.ctl(&sock, &["backend", "add", &vip, "198.18.0.11"]);
-    let waiting = spawn_ctl(
-        &sock,
-        &[
-            "backend",
-            "remove",
-            &vip,
-            "198.18.0.11",
-            "--drain",
-            "60",
-            "--quiet",
-            "2",
-        ],
-    );
+    let waiting = spawn_ctl(&sock, &remove_drained(&vip, "198.18.0.11", "60", "2", &[]));
     let b1 = format!("{vip} 198.18.0.11");
     wait_for("b1 removing", Duration::from_secs(5), || {
         net.backend_states(&sock).get(&b1).map(String::as_str) == Some("removing")

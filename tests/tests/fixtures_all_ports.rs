@@ -29,17 +29,7 @@ fn syn4(dst: &str, dport: u16) -> Vec<u8> {
 }
 
 fn to(input: &[u8], backend: &str, hash: u32) -> Expect {
-    let src = if backend.contains(':') {
-        "fd00::2"
-    } else {
-        "198.18.0.2"
-    };
-    Expect::Frame(encapsulated(
-        input,
-        src.parse().unwrap(),
-        backend.parse().unwrap(),
-        hash,
-    ))
+    expect_tunnel(input, backend, hash)
 }
 
 #[test]

@@ -14,12 +14,7 @@ fn client() -> Pkt {
 }
 
 fn to_backend(input: &[u8], backend: &str) -> Expect {
-    Expect::Frame(encapsulated(
-        input,
-        "198.18.0.2".parse().unwrap(),
-        backend.parse().unwrap(),
-        0,
-    ))
+    expect_tunnel(input, backend, 0)
 }
 
 #[test]

@@ -37,12 +37,7 @@ fn syn6(src: &str) -> Vec<u8> {
 }
 
 fn to4(input: &[u8]) -> Expect {
-    Expect::Frame(encapsulated(
-        input,
-        "198.18.0.2".parse().unwrap(),
-        "198.18.0.11".parse().unwrap(),
-        0,
-    ))
+    expect_tunnel(input, "198.18.0.11", 0)
 }
 
 fn to6(input: &[u8], src: &str) -> Expect {
@@ -53,12 +48,7 @@ fn to6(input: &[u8], src: &str) -> Expect {
         80,
         6,
     ));
-    Expect::Frame(encapsulated(
-        input,
-        "fd00::2".parse().unwrap(),
-        "fd00::11".parse().unwrap(),
-        hash,
-    ))
+    expect_tunnel(input, "fd00::11", hash)
 }
 
 #[test]

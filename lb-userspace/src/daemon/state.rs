@@ -1137,23 +1137,31 @@ mod tests {
         assert_eq!(d.transitions.down, 1);
     }
 
-    #[tokio::test]
-    async fn graceful_removals_end_quiet_at_the_deadline_or_cancelled() {
+    /// A daemon (see [`daemon`]) serving the VIP `vip_json`, unchecked; `None` (the test
+    /// skipped) without root.
+    fn daemon_with_vip(vip_json: &str) -> Option<(Daemon, VipId, aya::Ebpf)> {
         // SAFETY: no arguments.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: loads BPF, needs root");
-            return;
+            return None;
         }
-        let (mut d, _events, _ebpf) = daemon();
-        let cfg: VipConfig = serde_json::from_str(
+        let (mut d, _events, ebpf) = daemon();
+        let cfg: VipConfig = serde_json::from_str(vip_json).unwrap();
+        let vip = cfg.id();
+        d.add_vip(cfg).unwrap();
+        Some((d, vip, ebpf))
+    }
+
+    #[tokio::test]
+    async fn graceful_removals_end_quiet_at_the_deadline_or_cancelled() {
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
             r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
                 "health_check": {"kind": "none"},
                 "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"},
                              {"address": "198.18.0.13"}, {"address": "198.18.0.14"}]}"#,
-        )
-        .unwrap();
-        let vip = cfg.id();
-        d.add_vip(cfg).unwrap();
+        ) else {
+            return;
+        };
         let b = |n: u8| IpAddr::from([198, 18, 0, n]);
         let secs = Duration::from_secs;
         let state = |d: &Daemon, n: u8| {
@@ -1249,20 +1257,13 @@ mod tests {
 
     #[tokio::test]
     async fn slow_starts_begin_when_a_backend_comes_in_and_step_to_its_weight() {
-        // SAFETY: no arguments.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: loads BPF, needs root");
-            return;
-        }
-        let (mut d, _events, _ebpf) = daemon();
-        let cfg: VipConfig = serde_json::from_str(
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
             r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "slow_start_s": 10,
                 "health_check": {"kind": "none"},
                 "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12", "drained": true}]}"#,
-        )
-        .unwrap();
-        let vip = cfg.id();
-        d.add_vip(cfg).unwrap();
+        ) else {
+            return;
+        };
         let b = |n: u8| IpAddr::from([198, 18, 0, n]);
         let pct = |d: &Daemon, n: u8| d.core().vip(&vip).unwrap().backends[&b(n)].ramp_pct;
         // The VIP's first backends start together: no ramp.
