@@ -668,6 +668,18 @@ impl Daemon {
     /// Applies an agent's report (a failed poll changes nothing: health checks decide
     /// whether the backend itself is down).
     pub fn apply_agent(&mut self, vip: &VipId, addr: IpAddr, report: &anyhow::Result<AgentReport>) {
+        let held_back = self
+            .core
+            .vip(vip)
+            .ok()
+            .and_then(|v| v.backends.get(&addr))
+            .is_some_and(|b| b.agent_down || b.agent_drain);
+        if let Ok(r) = report {
+            if held_back && !r.down && !r.drain {
+                // Back in service by its agent's word: a slow start, as after a health check.
+                self.begin_ramp(vip, addr, Instant::now());
+            }
+        }
         match report {
             Ok(r) => match self.core.set_agent(vip, addr, *r) {
                 Ok(true) => log::info!("agent of {addr} ({vip}) reports {r:?}"),
@@ -1302,6 +1314,17 @@ mod tests {
         // Removed: its ramp goes. The slow start turned off: every ramp ends at once.
         d.remove_backend(&vip, b(13)).unwrap();
         assert_eq!(d.ramps.len(), 1);
+        // Its agent said down, then up: a ramp too (a report that keeps it out does not).
+        let down = AgentReport {
+            down: true,
+            ..AgentReport::default()
+        };
+        d.apply_agent(&vip, b(12), &Ok(down));
+        d.apply_agent(&vip, b(12), &Ok(down));
+        assert_eq!(pct(&d, 12), 100);
+        d.apply_agent(&vip, b(12), &Ok(AgentReport::default()));
+        assert_eq!(pct(&d, 12), 1);
+        assert_eq!(d.ramps.len(), 2);
         d.set_slow_start(&vip, None).unwrap();
         assert_eq!(pct(&d, 11), 100);
         assert!(d.ramps.is_empty());
