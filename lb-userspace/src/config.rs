@@ -642,6 +642,17 @@ impl std::str::FromStr for SourcePrefix {
 }
 
 impl SourcePrefix {
+    /// Whether `a` is inside the prefix.
+    pub fn contains(&self, a: IpAddr) -> bool {
+        a.is_ipv4() == self.addr.is_ipv4()
+            && Self {
+                addr: a,
+                len: self.len,
+            }
+            .network()
+                == self.addr
+    }
+
     /// The address with the bits past the prefix cleared.
     pub fn network(&self) -> IpAddr {
         match self.addr {
@@ -1106,6 +1117,13 @@ mod tests {
                 "{text}"
             );
         }
+        let net = p("198.18.0.0/24").unwrap();
+        assert!(net.contains("198.18.0.255".parse().unwrap()));
+        assert!(!net.contains("198.18.1.0".parse().unwrap()));
+        assert!(!net.contains("::ffff:198.18.0.1".parse().unwrap()));
+        assert!(p("0.0.0.0/0")
+            .unwrap()
+            .contains("203.0.113.9".parse().unwrap()));
         let host_bits = p("198.18.0.1/24").unwrap_err();
         assert!(host_bits.contains("198.18.0.0/24"), "{host_bits}");
         for bad in [

@@ -39,8 +39,9 @@ pub struct Recorded {
 pub struct Next {
     /// How it is decided: `recorded` (the table's entry), `hash` (the VIP's lookup table
     /// at the flow's hash), `less_loaded` (the candidate with fewer active flows per unit
-    /// of weight, as of now), `round_robin` (the VIP's cursor: not known in advance) or
-    /// `no_backend` (the packet would be dropped).
+    /// of weight, as of now), `round_robin` (the VIP's cursor: not known in advance),
+    /// `no_backend` or `source_denied` (the packet would be dropped: no backend takes new
+    /// flows, or the client is outside the VIP's `allowed_sources`).
     pub how: &'static str,
     /// The backend, when known.
     pub backend: Option<IpAddr>,
@@ -83,9 +84,24 @@ pub fn place(
             backend: Some(*addr),
             candidates: Vec::new(),
         },
+        // The data plane admits a new flow before it schedules it.
+        None if !admitted(vip, flow) => Next {
+            how: "source_denied",
+            backend: None,
+            candidates: Vec::new(),
+        },
         None => schedule(vip, flow, active),
     };
     Placement { recorded, next }
+}
+
+/// Whether `vip` admits new flows from the flow's client (`allowed_sources`: empty admits
+/// every client).
+fn admitted(vip: &VipState, flow: &FlowKey) -> bool {
+    let sources = &vip.config.allowed_sources;
+    sources.is_empty()
+        || lb_common::addr::from_words(flow.src, flow.family)
+            .is_some_and(|client| sources.iter().any(|p| p.contains(client)))
 }
 
 /// The backend in data-plane slot `idx` of `vip`.
@@ -224,6 +240,22 @@ mod tests {
         assert_eq!(r.backend, ip(B1), "the entry still names its backend");
         assert!(r.counted && r.closed);
         assert_eq!(r.idle_s, Some(10));
+    }
+
+    #[test]
+    fn a_client_outside_the_allow_list_is_dropped_unless_recorded() {
+        let (mut core, id) = core("maglev");
+        let e = entry(&core, &id, B1, 0, 0);
+        core.set_sources(&id, vec!["198.19.0.0/16".parse().unwrap()])
+            .unwrap();
+        let p = place(core.vip(&id).unwrap(), &key(1), None, |_| 0, 0);
+        assert_eq!((p.next.how, p.next.backend), ("source_denied", None));
+        let p = place(core.vip(&id).unwrap(), &key(1), Some(e), |_| 0, 0);
+        assert_eq!((p.next.how, p.next.backend), ("recorded", ip(B1)));
+        core.set_sources(&id, vec!["198.18.0.0/24".parse().unwrap()])
+            .unwrap();
+        let p = place(core.vip(&id).unwrap(), &key(1), None, |_| 0, 0);
+        assert_eq!(p.next.how, "hash");
     }
 
     #[test]

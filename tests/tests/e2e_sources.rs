@@ -44,6 +44,8 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     let refused = LineConn::open(&net.client, addr, Duration::from_millis(1500));
     assert!(refused.is_err(), "a client outside the list connected");
     assert!(denied(&net) > before, "no source_denied counted");
+    let flow = net.ctl(&sock, &["flow", &vip, "198.18.0.10:40000"]);
+    assert!(flow.contains("source_denied"), "{flow}");
     let status = net.status_json(&sock);
     assert_eq!(
         status["vips"][0]["allowed_sources"],

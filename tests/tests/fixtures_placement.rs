@@ -2,7 +2,7 @@
 //! path: for each flow, what the op says the next packet does (its backend, and whether the
 //! flow is recorded) is what test_run then sees the program do, for every scheduler kind
 //! (hash, source hash, least connection, round robin), before and after the flow is
-//! recorded, and after its backend is removed.
+//! recorded, after its backend is removed, and for a client outside an allow-list.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -109,6 +109,20 @@ fn the_flow_op_says_where_the_data_path_sends_each_flow() {
         assert_ne!(went, gone);
         assert_eq!(addr(&said["next"]["backend"]), Some(went), "{said}");
     }
+
+    // The client outside port 81's allow-list: new flows dropped as the op says, its
+    // recorded flows still served where the op says.
+    let vip81: VipId = "198.18.1.1:81/tcp".parse().unwrap();
+    d.set_sources(&vip81, vec!["198.19.0.0/16".parse().unwrap()])
+        .expect("allow-list");
+    let said = ask(&d, 81, 42_000);
+    assert_eq!(said["next"]["how"], "source_denied", "{said}");
+    let out = run_balancer(&mut ebpf, &packet(42_000, 81).syn().build());
+    assert_eq!(out.verdict, XDP_DROP, "a denied new flow");
+    let said = ask(&d, 81, 41_000);
+    assert_eq!(said["next"]["how"], "recorded", "{said}");
+    let went = sent_to(&mut ebpf, &packet(41_000, 81).ack().build());
+    assert_eq!(addr(&said["next"]["backend"]), Some(went), "{said}");
 
     // Refusals: an unknown VIP, a client of the other family.
     let refused = |vip: &str, client: &str| {

@@ -707,6 +707,10 @@ fn render_flow(r: &Value) -> String {
         Some("no_backend") => {
             "nowhere: no backend takes new flows (dropped, no_backend)".to_owned()
         }
+        Some("source_denied") => {
+            "nowhere: the client is outside the VIP's allowed sources (dropped, source_denied)"
+                .to_owned()
+        }
         _ => backend,
     };
     let _ = writeln!(out, "next packet: {why}");
