@@ -1113,12 +1113,13 @@ fn render_stats(stats: &Value) -> String {
         }
         t.render("", &mut out);
     }
-    // Whatever else the daemon reports (health transitions, …), compactly.
+    // Whatever else the daemon reports (health transitions, …), compactly; the ended
+    // graceful removals are `xlb status`'s to tell (it words them).
     if let Some(obj) = stats.as_object() {
         let mut first = true;
         for (k, v) in obj
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "reasons" | "vips"))
+            .filter(|(k, _)| !matches!(k.as_str(), "reasons" | "vips" | "ended_removals"))
         {
             if first {
                 out.push('\n');
@@ -1431,6 +1432,7 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
     #[test]
     fn stats_render_sorted() {
         let stats = json!({"reasons": {"tx_encap": 12, "not_vip": 3}, "health_transitions": {"up": 1, "down": 0},
+                           "ended_removals": [],
                            "vips": [{"vip": "198.18.1.1:80/tcp", "packets": 12, "bytes": 1500, "new_flows": 4}]});
         let want = "\
 COUNTER   PACKETS

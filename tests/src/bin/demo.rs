@@ -76,6 +76,29 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
         );
     }
 
+    // XDP runs before the host's firewall: the VIP itself admits or refuses clients.
+    println!("\nrestricting the VIP to clients of 198.19.0.0/16 (the client is 198.18.0.10):");
+    let vip = "198.18.1.1:80/tcp";
+    println!(
+        "{}",
+        net.ctl(&sock, &["vip", "sources", vip, "198.19.0.0/16"])
+            .trim_end()
+    );
+    let refused = curl(&net.client, &url4, 1).is_none();
+    println!(
+        "  a new request {}",
+        if refused {
+            "gets no answer: its SYNs are dropped (source_denied)"
+        } else {
+            "got an answer (unexpected)"
+        }
+    );
+    println!(
+        "{}",
+        net.ctl(&sock, &["vip", "sources", vip, "--any"]).trim_end()
+    );
+    tally(&net, &url4, "IPv4, every client admitted again");
+
     println!("\ndata-plane counters (xlb stats):");
     println!("{}", net.ctl(&sock, &["stats"]));
     if lb.terminate(Duration::from_secs(10)).is_none() {
