@@ -295,8 +295,24 @@ fn a_graceful_removal_waits_for_quiet_or_its_deadline() {
         metrics.lines().any(|t| t == line),
         "no {line:?} in:\n{metrics}"
     );
+    // The command's request starts the removal over: wait for that (its drain restarts
+    // from 0 s) before cancelling, or the request could come after the undrain.
+    let draining = |net: &DemoNet| -> f64 {
+        let status = net.status_json(&sock);
+        status["vips"][0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["address"] == "198.18.0.12")
+            .and_then(|b| b["removal"]["draining_s"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let before = draining(&net);
     let waiting = spawn_ctl(&sock, &remove_drained(&vip, "198.18.0.12", "60", "30", &[]));
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for("the removal to start over", Duration::from_secs(10), || {
+        draining(&net) < before
+    });
     let said = net.ctl(&sock, &["backend", "undrain", &vip, "198.18.0.12"]);
     assert!(said.contains("graceful removal is cancelled"), "{said}");
     let (ok, err) = finish(waiting);
