@@ -791,10 +791,11 @@ impl<D: Dataplane> Core<D> {
     }
 
     /// Takes a backend slot (oldest freed first), clears its counters (unless it is the
-    /// same backend's slot under the last daemon) and writes the backend active, before any
-    /// table can point at it, at `ramp_pct` percent of its weight; `others_serve`: a regular backend of the VIP takes new
-    /// flows, so a backup starts in standby (its entry right from the first write, which
-    /// matters when the slot is a running balancer's, pinned; `publish` settles it anyway).
+    /// same backend's slot under the last daemon) and writes the backend active, at
+    /// `ramp_pct` percent of its weight, before any table can point at it. `others_serve`:
+    /// a regular backend of the VIP takes new flows, so a backup starts in standby (its
+    /// entry right from the first write, which matters when the slot is a running
+    /// balancer's, pinned; `publish` settles it anyway).
     fn new_backend(
         &mut self,
         vip: &VipId,

@@ -54,6 +54,18 @@ pub enum Verdict {
     Gone,
 }
 
+/// How a graceful removal ended (`ended_removals[].outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Removed once quiet: its clients were done.
+    Quiet,
+    /// Removed at the deadline, still carrying traffic.
+    Deadline,
+    /// The data plane refused the removal: the backend stays, drained.
+    Failed,
+}
+
 /// Follows a draining backend's packet counter.
 #[derive(Debug)]
 pub struct QuietWatch {

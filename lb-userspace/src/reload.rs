@@ -1,11 +1,12 @@
 //! Config reload (SIGHUP): the steps that turn the running VIPs into a config file's.
 //!
 //! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
-//! weights, drains, schedulers, idle timeouts, slow starts and allowed sources set to its values (overwriting what the
-//! control socket changed since). What the running balancer cannot change in place is
-//! refused before any step runs: the global settings (outer sources, MTU, …, resolved
-//! against the interface at start) and a VIP's table size, tunnel, source mode, agent and
-//! name. Those need a restart, or the VIP removed and added again.
+//! weights, drains, schedulers, idle timeouts, slow starts and allowed sources set to its
+//! values (overwriting what the control socket changed since). What the running balancer
+//! cannot change in place is refused before any step runs: the global settings (outer
+//! sources, MTU, …, resolved against the interface at start) and a VIP's table size,
+//! tunnel, source mode, agent and name. Those need a restart, or the VIP removed and added
+//! again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

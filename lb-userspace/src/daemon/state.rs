@@ -17,7 +17,7 @@ use crate::{
     control::ControlError,
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters, Dataplane},
-    graceful::{Removal, Verdict},
+    graceful::{Outcome, Removal, Verdict},
     health::{
         CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
         Transition,
@@ -96,9 +96,7 @@ pub const RECENT_REMOVALS: usize = 16;
 struct EndedRemoval {
     vip: VipId,
     address: IpAddr,
-    /// `quiet` (the clients were done), `deadline`, or `failed` (the data plane refused the
-    /// removal: the backend stays, drained).
-    outcome: &'static str,
+    outcome: Outcome,
     drained: Duration,
     at: Instant,
 }
@@ -278,11 +276,7 @@ impl Daemon {
             Some(period) => {
                 let first = slow_start::ramp_pct(Duration::ZERO, period);
                 self.core.add_backend_ramped(vip, b, first)?;
-                self.ramps.insert((*vip, addr), now);
-                log::info!(
-                    "backend {addr} of {vip} added: slow start, {first}% of its weight, all of it in {} s",
-                    period.as_secs()
-                );
+                self.ramp_started(vip, addr, now, period);
             }
             None => self.core.add_backend(vip, b)?,
         }
@@ -305,17 +299,20 @@ impl Daemon {
         };
         let first = slow_start::ramp_pct(Duration::ZERO, period);
         match self.core.set_ramp(vip, addr, first) {
-            Ok(_) => {
-                self.ramps.insert((*vip, addr), now);
-                log::info!(
-                    "backend {addr} of {vip}: slow start, {first}% of its weight, all of it in {} s",
-                    period.as_secs()
-                );
-            }
+            Ok(_) => self.ramp_started(vip, addr, now, period),
             Err(e) => log::warn!(
                 "slow start of backend {addr} of {vip}: {e}; it comes in at its whole weight"
             ),
         }
+    }
+
+    /// Records a ramp begun at `now` (its first step written) for [`Self::refresh_ramps`].
+    fn ramp_started(&mut self, vip: &VipId, addr: IpAddr, now: Instant, period: Duration) {
+        self.ramps.insert((*vip, addr), now);
+        log::info!(
+            "backend {addr} of {vip}: slow start, all of its weight in {} s",
+            period.as_secs()
+        );
     }
 
     /// Steps every slow start to its share at `now` (called once a second); a ramp whose
@@ -333,11 +330,11 @@ impl Daemon {
                     log::info!("backend {addr} of {vip}: slow start done, all of its weight");
                 }
                 Ok(_) => {}
-                // Removed meanwhile (its ramp goes with it), or a write that failed: the
-                // next second tries again.
+                // Removed meanwhile: its ramp goes with it.
                 Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {
                     self.ramps.remove(&(vip, addr));
                 }
+                // A write that failed: the next second tries again.
                 Err(e) => log::warn!("slow start of backend {addr} of {vip}: {e}"),
             }
         }
@@ -418,29 +415,29 @@ impl Daemon {
                     self.removals.remove(&key);
                     continue;
                 }
-                Verdict::Quiet => "quiet",
-                Verdict::TimedOut => "deadline",
+                Verdict::Quiet => Outcome::Quiet,
+                Verdict::TimedOut => Outcome::Deadline,
             };
             self.removals.remove(&key);
             let secs = drained.as_secs_f64();
-            let outcome = match self.remove_backend(&vip, addr) {
-                Ok(()) if outcome == "quiet" => {
+            let outcome = match (self.remove_backend(&vip, addr), outcome) {
+                (Ok(()), Outcome::Quiet) => {
                     log::info!(
                         "removed backend {addr} of {vip}: no packet for the quiet period, after {secs:.1} s of draining"
                     );
-                    outcome
+                    Outcome::Quiet
                 }
-                Ok(()) => {
+                (Ok(()), _) => {
                     log::warn!(
                         "removed backend {addr} of {vip} at the end of its {secs:.0} s drain; it still carried traffic"
                     );
-                    outcome
+                    Outcome::Deadline
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     log::error!(
                         "removing backend {addr} of {vip} after its drain: {e}; it stays, drained"
                     );
-                    "failed"
+                    Outcome::Failed
                 }
             };
             if self.ended.len() == RECENT_REMOVALS {
