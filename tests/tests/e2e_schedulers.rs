@@ -179,8 +179,13 @@ fn lc_sends_new_connections_away_from_the_loaded_backend() {
         let mut c = LineConn::to_vip(&net.client);
         *fresh.entry(c.who()).or_insert(0) += 1;
     }
+    // Power of two choices looks for a second candidate with up to SECOND_CHOICE_PROBES (8)
+    // more hashes; a flow whose first candidate is b2 (a third of the table) finds only b2
+    // with probability 3^-8, so one of 40 new flows lands there about once in 500 runs (seen
+    // once in CI). A scheduler that ignored the counts would send it a third of them.
+    let reached = fresh.get(&target).copied().unwrap_or(0);
     assert!(
-        !fresh.contains_key(&target),
+        reached <= 1,
         "new connections reached the loaded {target}: {fresh:?}"
     );
     for c in &mut held {
