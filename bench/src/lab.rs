@@ -109,7 +109,13 @@ impl BenchLab {
         // unless a run sets one (`BenchLab::set_record_rate_limit`).
         cfg.record_rate_limit = Some(0);
         let mut ebpf = loader::load_balancer_object(object, opts)?;
-        let dp = AyaDataplane::new(&mut ebpf).context("balancer maps")?;
+        // Builds from before client allow-lists lack their map: the A/B runs load them too.
+        let dp = if ebpf.map(lb_common::maps::MAP_SOURCE_RANGES).is_some() {
+            AyaDataplane::new(&mut ebpf)
+        } else {
+            AyaDataplane::for_older_build(&mut ebpf)
+        }
+        .context("balancer maps")?;
         let settings = Settings::resolve(&cfg, &[], 1500, opts.max_vips);
         let mut core = Core::new(dp, settings).map_err(|e| anyhow!("core: {e}"))?;
         core.apply(&cfg)

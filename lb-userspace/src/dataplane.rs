@@ -122,7 +122,8 @@ pub struct AyaDataplane {
     tx_ports: DevMapHash<MapData>,
     active: Array<MapData, u64>,
     retired: HashMap<MapData, VipKey, TrafficStats>,
-    source_ranges: LpmTrie<MapData, SourceRange, u32>,
+    /// `None` only for an older build of the object opened by [`AyaDataplane::for_older_build`].
+    source_ranges: Option<LpmTrie<MapData, SourceRange, u32>>,
     tables: Arc<ConnTables>,
 }
 
@@ -143,6 +144,15 @@ where
 impl AyaDataplane {
     /// Takes the balancer's maps out of a loaded object.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let mut dp = Self::for_older_build(ebpf)?;
+        dp.source_ranges = Some(take(ebpf, MAP_SOURCE_RANGES)?);
+        Ok(dp)
+    }
+
+    /// As [`AyaDataplane::new`] for a build of the balancer from before client allow-lists
+    /// (no `SOURCE_RANGES`): the bench's A/B runs compare such builds with the current one.
+    /// Writing a prefix to it fails (`MissingMap`).
+    pub fn for_older_build(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
         let conns_v4: HashMap<MapData, FlowKeyV4, ConnEntry> = take(ebpf, MAP_CONNS_V4)?;
         let tables = Arc::new(ConnTables::new(conns_v4.map(), conns.map())?);
@@ -158,7 +168,7 @@ impl AyaDataplane {
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             active: take(ebpf, MAP_BACKEND_ACTIVE)?,
             retired: take(ebpf, MAP_VIP_RETIRED)?,
-            source_ranges: take(ebpf, MAP_SOURCE_RANGES)?,
+            source_ranges: None,
             tables,
         })
     }
@@ -253,6 +263,8 @@ impl Dataplane for AyaDataplane {
         range: &SourceRange,
     ) -> Result<(), DataplaneError> {
         self.source_ranges
+            .as_mut()
+            .ok_or(DataplaneError::MissingMap(MAP_SOURCE_RANGES))?
             .insert(&LpmKey::new(prefix_len, *range), 1, 0)
             .map_err(map_err(MAP_SOURCE_RANGES, "insert"))
     }
@@ -263,6 +275,8 @@ impl Dataplane for AyaDataplane {
         range: &SourceRange,
     ) -> Result<(), DataplaneError> {
         self.source_ranges
+            .as_mut()
+            .ok_or(DataplaneError::MissingMap(MAP_SOURCE_RANGES))?
             .remove(&LpmKey::new(prefix_len, *range))
             .map_err(map_err(MAP_SOURCE_RANGES, "remove"))
     }
