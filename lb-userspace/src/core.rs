@@ -1340,6 +1340,17 @@ impl<D: Dataplane> Core<D> {
         }
     }
 
+    /// A backend of a VIP.
+    pub fn backend(&self, id: &VipId, addr: IpAddr) -> Result<&BackendState, CoreError> {
+        self.vip(id)?
+            .backends
+            .get(&addr)
+            .ok_or(CoreError::UnknownBackend {
+                vip: *id,
+                backend: addr,
+            })
+    }
+
     fn backend_mut(&mut self, id: &VipId, addr: IpAddr) -> Result<&mut BackendState, CoreError> {
         let vip = self.vip_mut(id)?;
         vip.backends

@@ -173,6 +173,13 @@ impl AyaDataplane {
         })
     }
 
+    /// `SOURCE_RANGES`, missing only from an older build (see `for_older_build`).
+    fn source_ranges(&mut self) -> Result<&mut LpmTrie<MapData, SourceRange, u32>, DataplaneError> {
+        self.source_ranges
+            .as_mut()
+            .ok_or(DataplaneError::MissingMap(MAP_SOURCE_RANGES))
+    }
+
     /// Active-flow estimate of a backend index (least-connection VIPs).
     pub fn active_flows(&self, idx: u32) -> u64 {
         let v = self.active_counter(idx);
@@ -262,9 +269,7 @@ impl Dataplane for AyaDataplane {
         prefix_len: u32,
         range: &SourceRange,
     ) -> Result<(), DataplaneError> {
-        self.source_ranges
-            .as_mut()
-            .ok_or(DataplaneError::MissingMap(MAP_SOURCE_RANGES))?
+        self.source_ranges()?
             .insert(&LpmKey::new(prefix_len, *range), 1, 0)
             .map_err(map_err(MAP_SOURCE_RANGES, "insert"))
     }
@@ -274,9 +279,7 @@ impl Dataplane for AyaDataplane {
         prefix_len: u32,
         range: &SourceRange,
     ) -> Result<(), DataplaneError> {
-        self.source_ranges
-            .as_mut()
-            .ok_or(DataplaneError::MissingMap(MAP_SOURCE_RANGES))?
+        self.source_ranges()?
             .remove(&LpmKey::new(prefix_len, *range))
             .map_err(map_err(MAP_SOURCE_RANGES, "remove"))
     }

@@ -218,12 +218,7 @@ impl Daemon {
         latency: Option<Duration>,
         error: Option<&str>,
     ) {
-        let was_healthy = self
-            .core
-            .vip(vip)
-            .ok()
-            .and_then(|v| v.backends.get(&addr))
-            .map(|b| b.healthy);
+        let was_healthy = self.core.backend(vip, addr).ok().map(|b| b.healthy);
         if healthy && was_healthy == Some(false) {
             // Lowered before it rejoins, so that its first table already carries the ramp.
             self.begin_ramp(vip, addr, Instant::now());
@@ -374,16 +369,7 @@ impl Daemon {
         deadline: Duration,
         now: Instant,
     ) -> Result<bool, CoreError> {
-        let slot = self
-            .core
-            .vip(vip)?
-            .backends
-            .get(&addr)
-            .map(|b| b.index)
-            .ok_or(CoreError::UnknownBackend {
-                vip: *vip,
-                backend: addr,
-            })?;
+        let slot = self.core.backend(vip, addr)?.index;
         self.core.set_drained(vip, addr, true)?;
         let removal = Removal::new(slot, quiet, deadline, now);
         Ok(self.removals.insert((*vip, addr), removal).is_some())
@@ -398,9 +384,8 @@ impl Daemon {
             let dp = self.core.dataplane();
             let current = self
                 .core
-                .vip(&vip)
+                .backend(&vip, addr)
                 .ok()
-                .and_then(|v| v.backends.get(&addr))
                 .map(|b| (b.index, dp.backend(b.index).packets));
             let Some(r) = self.removals.get_mut(&key) else {
                 continue;
@@ -496,8 +481,7 @@ impl Daemon {
         addr: IpAddr,
         drained: bool,
     ) -> Result<bool, CoreError> {
-        let was_drained = self.core.vip(vip)?.backends.get(&addr).map(|b| b.drained);
-        if !drained && was_drained == Some(true) {
+        if !drained && self.core.backend(vip, addr)?.drained {
             self.begin_ramp(vip, addr, Instant::now());
         }
         self.core.set_drained(vip, addr, drained)?;
@@ -667,10 +651,8 @@ impl Daemon {
     pub fn apply_agent(&mut self, vip: &VipId, addr: IpAddr, report: &anyhow::Result<AgentReport>) {
         let held_back = self
             .core
-            .vip(vip)
-            .ok()
-            .and_then(|v| v.backends.get(&addr))
-            .is_some_and(|b| b.agent_down || b.agent_drain);
+            .backend(vip, addr)
+            .is_ok_and(|b| b.agent_down || b.agent_drain);
         if let Ok(r) = report {
             if held_back && !r.down && !r.drain {
                 // Back in service by its agent's word: a slow start, as after a health check.
