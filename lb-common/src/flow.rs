@@ -112,6 +112,22 @@ impl FlowKeyV4 {
 // SAFETY: repr(C), only integer fields, explicit padding, no invalid bit patterns.
 unsafe impl aya::Pod for FlowKeyV4 {}
 
+#[cfg(feature = "user")]
+impl FlowKeyV4 {
+    /// The full key of the flow this IPv4 key stands for (the inverse of [`FlowKeyV4::of`]).
+    pub const fn widen(&self) -> FlowKey {
+        FlowKey {
+            src: [self.src, 0, 0, 0],
+            dst: [self.dst, 0, 0, 0],
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            family: crate::addr::FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+}
+
 #[cfg(all(test, feature = "user"))]
 mod tests {
     use super::*;
@@ -143,5 +159,17 @@ mod tests {
         assert_eq!(k6.family, FAMILY_V6);
         assert_eq!(k6.src[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
         assert_eq!(k6.dst[3].to_ne_bytes(), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn an_ipv4_key_widens_back_to_its_flow() {
+        let k = FlowKey::between(
+            "198.18.0.10".parse().unwrap(),
+            40000,
+            "198.18.1.1".parse().unwrap(),
+            80,
+            17,
+        );
+        assert_eq!(FlowKeyV4::of(&k).widen(), k);
     }
 }

@@ -7,11 +7,12 @@
 //! that starts over mid-bucket). Entries that arrive or leave during a scan may or may not
 //! be seen, like any walk of a live table.
 //!
-//! What it is for: `status` (flows per backend), and the periodic recount of
-//! least-connection counts ([`open_counted`], [`corrected`]), which the data plane keeps
-//! by +1/−1 on the client's SYN and FIN/RST but cannot take back when the kernel evicts an
-//! entry (LRU, silently), nor when a flow just stops (a vanished client, a close by the
-//! server alone, UDP): without a recount those flows would stay counted for good.
+//! What it is for: `status` (flows per backend), `flows` (the flows themselves), and the
+//! periodic recount of least-connection counts ([`open_counted`], [`corrected`]), which the
+//! data plane keeps by +1/−1 on the client's SYN and FIN/RST but cannot take back when the
+//! kernel evicts an entry (LRU, silently), nor when a flow just stops (a vanished client, a
+//! close by the server alone, UDP): without a recount those flows would stay counted for
+//! good.
 
 use std::{
     collections::HashMap,
@@ -107,11 +108,24 @@ impl ConnTables {
 
     /// Calls `f` with every entry of both tables; returns how many there were.
     pub fn for_each(&self, mut f: impl FnMut(&ConnEntry)) -> Result<u64, ScanError> {
-        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |_, e| f(e))
+        self.for_each_flow(|_, e| f(e))
+    }
+
+    /// Calls `f` with every flow of both tables and its entry (IPv4 keys widened to
+    /// [`FlowKey`]); returns how many there were.
+    pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &ConnEntry)) -> Result<u64, ScanError> {
+        let n4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |k, e| f(&k.widen(), e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS_V4, source))?;
-        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |_, e| f(e))
+        let n6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |k, e| f(k, e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS, source))?;
         Ok(n4 + n6)
+    }
+
+    /// The IPv4 table, opened once more (tests write flows into it).
+    #[cfg(test)]
+    pub(crate) fn v4_map(&self) -> aya::maps::MapData {
+        let fd = self.v4.try_clone().expect("dup the table's descriptor");
+        aya::maps::MapData::from_fd(fd).expect("the IPv4 connection table")
     }
 
     /// Flows per backend index, all of them (`status`).

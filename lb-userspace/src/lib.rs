@@ -12,6 +12,7 @@
 //! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
 //! - [`daemon`]: `xlb run`: state, control handler, next hops, metrics.
 //! - [`decap`]: `xlb decap` for backends.
+//! - [`flows`]: the flows the connection tables hold, filtered and named (the `flows` op).
 //! - [`graceful`]: graceful removal: a draining backend's packet counter, followed until quiet.
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
@@ -34,6 +35,7 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod flows;
 pub mod graceful;
 pub mod health;
 pub mod loader;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xlb::{
     cli::ctl::{self, BackendCmd, CtlOpts, VipCmd},
     config::{Config, VipId},
-    control::DEFAULT_SOCKET,
+    control::{protocol::FlowsQuery, DEFAULT_SOCKET},
     daemon::{self, RunOptions},
     loader::LoadOptions,
 };
@@ -151,6 +151,21 @@ enum Cmd {
         /// The client's address and port, as `198.18.0.10:40000` or `[fd00::10]:40000`.
         client: SocketAddr,
     },
+    /// List the flows the connection tables hold and the backend each is on, the first by
+    /// VIP and client.
+    Flows {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        /// Only this VIP's flows (`198.18.1.1:80/tcp`; a port of an all-ports VIP: the
+        /// flows to that port).
+        vip: Option<VipId>,
+        /// Only the flows on this backend.
+        #[arg(long)]
+        backend: Option<IpAddr>,
+        /// At most this many flows (1..=10000).
+        #[arg(long, default_value_t = xlb::flows::DEFAULT_LIMIT)]
+        limit: u32,
+    },
 }
 
 /// Options of commands that talk to a running balancer.
@@ -270,6 +285,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => ctl::run_flow(
             vip,
             client,
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
+        Cmd::Flows {
+            ctl: a,
+            vip,
+            backend,
+            limit,
+        } => ctl::run_flows(
+            FlowsQuery {
+                vip,
+                backend,
+                limit: Some(limit),
+            },
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,

@@ -34,6 +34,21 @@ pub struct Recorded {
     pub idle_s: Option<u32>,
 }
 
+impl Recorded {
+    /// What entry `e` says, its backend `backend` (resolved by the caller: the slot's
+    /// holder if its generation is the entry's), at `now_s` (the clock of
+    /// `ConnEntry::seen_s`).
+    pub fn of(e: &ConnEntry, backend: Option<IpAddr>, now_s: u32) -> Self {
+        let counted = e.flags & CONN_F_COUNTED != 0;
+        Self {
+            backend,
+            counted,
+            closed: e.flags & CONN_F_CLOSED != 0,
+            idle_s: (counted && e.seen_s != 0).then(|| now_s.saturating_sub(e.seen_s)),
+        }
+    }
+}
+
 /// Where the flow's next packet goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Next {
@@ -70,13 +85,7 @@ pub fn place(
 ) -> Placement {
     // The entry's backend, if its slot still holds the backend it was recorded with.
     let on = entry.and_then(|e| slot(vip, e.backend).filter(|(_, b)| b.generation == e.generation));
-    let recorded = entry.map(|e| Recorded {
-        backend: on.map(|(a, _)| *a),
-        counted: e.flags & CONN_F_COUNTED != 0,
-        closed: e.flags & CONN_F_CLOSED != 0,
-        idle_s: (e.flags & CONN_F_COUNTED != 0 && e.seen_s != 0)
-            .then(|| now_s.saturating_sub(e.seen_s)),
-    });
+    let recorded = entry.map(|e| Recorded::of(&e, on.map(|(a, _)| *a), now_s));
     // A recorded flow stays while its backend is usable (select.rs, `recorded`).
     let next = match on.filter(|(_, b)| b.active()) {
         Some((addr, _)) => Next {

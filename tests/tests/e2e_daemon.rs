@@ -233,6 +233,46 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     );
     assert!(text.contains("(its recorded backend)"), "{text}");
 
+    // `xlb flows` lists the same connections on the same backends, and one backend's alone.
+    let on: BTreeMap<String, String> = conns
+        .iter()
+        .map(|(c, who)| {
+            let backend = served_by[who].iter().next().expect("a backend").clone();
+            (c.local_addr().to_string(), backend)
+        })
+        .collect();
+    let listed: serde_json::Value =
+        serde_json::from_str(&net.ctl(&sock, &["flows", "--json", &lines])).expect("flows JSON");
+    let listed: BTreeMap<String, String> = listed["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .map(|f| {
+            (
+                f["client"].as_str().unwrap_or("?").to_owned(),
+                f["backend"].to_string(),
+            )
+        })
+        .filter(|(client, _)| on.contains_key(client))
+        .map(|(client, b)| (client, b.trim_matches('"').to_owned()))
+        .collect();
+    assert_eq!(listed, on, "xlb flows disagrees with xlb flow");
+    let (client, backend) = on.iter().next().expect("a connection");
+    let text = net.ctl(
+        &sock,
+        &["flows", &lines, "--backend", backend, "--limit", "10000"],
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(client.as_str()) && l.contains(backend.as_str())),
+        "{text}"
+    );
+    let others: BTreeSet<&String> = on.values().filter(|b| *b != backend).collect();
+    assert!(
+        others.iter().all(|b| !text.contains(b.as_str())),
+        "another backend's flow listed under {backend}: {text}"
+    );
+
     let load = Load::start(&net.client);
     load.wait_requests_after(Instant::now(), 30);
 
@@ -352,6 +392,8 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         (br#"{"v":1,"op":"flow","vip":"198.18.1.9:80/tcp","client":"198.18.0.10:4000"}"#.to_vec(), "unknown_vip"),
         (br#"{"v":1,"op":"flow","vip":"198.18.1.1:80/tcp","client":"198.18.0.10"}"#.to_vec(), "bad_request"),
         (br#"{"v":1,"op":"flow","vip":"198.18.1.1:80/tcp","client":"[fd00::10]:4000"}"#.to_vec(), "bad_request"),
+        (br#"{"v":1,"op":"flows","backend":"198.18.0.99"}"#.to_vec(), "unknown_backend"),
+        (br#"{"v":1,"op":"flows","limit":0}"#.to_vec(), "invalid"),
         (huge, "too_large"),
     ];
     for (line, code) in &bad {

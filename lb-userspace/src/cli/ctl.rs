@@ -27,8 +27,8 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
-            Empty, FlowRef, Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
-            VipSources,
+            Empty, FlowRef, FlowsQuery, Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef,
+            VipScheduler, VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -717,6 +717,75 @@ fn render_flow(r: &Value) -> String {
     out
 }
 
+/// Runs `xlb flows`.
+pub fn run_flows(query: FlowsQuery, opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(&opts.socket, &Request::Flows(query))?;
+    print_result(opts, &result, render_flows)
+}
+
+/// `xlb flows`' answer for people: one line per flow, then how many there are.
+fn render_flows(r: &Value) -> String {
+    let flows = list(r, "flows");
+    let mut out = String::new();
+    if !flows.is_empty() {
+        let mut t = Table::new(&[
+            ("VIP", false),
+            ("CLIENT", false),
+            ("BACKEND", false),
+            ("NOTES", false),
+        ]);
+        for f in flows {
+            let mut notes = Vec::new();
+            match f.get("service") {
+                Some(Value::String(s))
+                    if Some(s.as_str()) != f.get("vip").and_then(Value::as_str) =>
+                {
+                    notes.push(format!("served by {s}"));
+                }
+                Some(Value::Null) => notes.push("its VIP was removed".to_owned()),
+                _ => {}
+            }
+            if f.get("counted") == Some(&Value::Bool(true)) {
+                notes.push("counted".to_owned());
+            }
+            if f.get("closed") == Some(&Value::Bool(true)) {
+                notes.push("closed by the client".to_owned());
+            }
+            if let Some(s) = f.get("idle_s").and_then(Value::as_u64) {
+                notes.push(format!("last seen {s} s ago"));
+            }
+            let backend = match f.get("backend") {
+                Some(Value::String(a)) => a.clone(),
+                _ => "- (removed)".to_owned(),
+            };
+            t.row(vec![
+                field(f, "vip"),
+                field(f, "client"),
+                backend,
+                notes.join(", "),
+            ]);
+        }
+        t.render("", &mut out);
+    }
+    let matched = r.get("matched").and_then(Value::as_u64).unwrap_or(0);
+    let scanned = field(r, "scanned");
+    let _ = if r.get("truncated") == Some(&Value::Bool(true)) {
+        writeln!(
+            out,
+            "{} of {matched} matching flows shown, the first by VIP and client (--limit shows \
+             more); {scanned} entries in the connection tables",
+            flows.len()
+        )
+    } else {
+        writeln!(
+            out,
+            "{matched} flow{} ({scanned} entries in the connection tables)",
+            plural(matched as usize)
+        )
+    };
+    out
+}
+
 /// One request; a refusal becomes [`Refused`].
 fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
     match client::request(socket, req)?.result {
@@ -1342,6 +1411,29 @@ mod tests {
             "flow 198.18.0.10:40000 -> 198.18.1.1:7000/tcp (maglev, served by 198.18.1.1:*/tcp)\n\
              recorded:    no (a new flow for the scheduler)\n\
              next packet: 198.18.0.12 (the VIP's table at the flow's hash)\n"
+        );
+    }
+
+    #[test]
+    fn flows_render_one_line_each_and_say_what_the_limit_cut() {
+        let r = json!({"scanned": 12, "matched": 3, "truncated": true, "flows": [
+            {"client": "198.18.0.10:40000", "vip": "198.18.1.1:80/tcp", "service": "198.18.1.1:80/tcp",
+             "backend": "198.18.0.11", "counted": true, "closed": false, "idle_s": 4},
+            {"client": "198.18.0.10:40001", "vip": "198.18.1.2:8080/tcp", "service": "198.18.1.2:*/tcp",
+             "backend": null, "counted": false, "closed": false, "idle_s": null}]});
+        assert_eq!(
+            render_flows(&r),
+            "\
+VIP                  CLIENT             BACKEND      NOTES
+198.18.1.1:80/tcp    198.18.0.10:40000  198.18.0.11  counted, last seen 4 s ago
+198.18.1.2:8080/tcp  198.18.0.10:40001  - (removed)  served by 198.18.1.2:*/tcp
+2 of 3 matching flows shown, the first by VIP and client (--limit shows more); 12 entries in the connection tables
+"
+        );
+        let none = json!({"scanned": 0, "matched": 0, "truncated": false, "flows": []});
+        assert_eq!(
+            render_flows(&none),
+            "0 flows (0 entries in the connection tables)\n"
         );
     }
 

@@ -130,6 +130,9 @@ pub enum Request {
     /// its next packet.
     #[serde(rename = "flow")]
     Flow(FlowRef),
+    /// The flows the connection tables hold and each one's backend, filtered.
+    #[serde(rename = "flows")]
+    Flows(FlowsQuery),
 }
 
 /// Body of `vip.add`.
@@ -259,6 +262,21 @@ pub struct FlowRef {
     pub client: SocketAddr,
 }
 
+/// Body of `flows`: every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsQuery {
+    /// Only this VIP's flows (a port of an all-ports VIP: only the flows to that port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<VipId>,
+    /// Only the flows on this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<IpAddr>,
+    /// At most this many flows (1..=10000; default 100), the first by VIP, then client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// Body of ops without fields (`status`, `stats`): any field is an error.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -281,6 +299,7 @@ pub const OPS: &[&str] = &[
     "status",
     "stats",
     "flow",
+    "flows",
 ];
 
 impl Request {
@@ -302,6 +321,7 @@ impl Request {
             Self::Status(_) => "status",
             Self::Stats(_) => "stats",
             Self::Flow(_) => "flow",
+            Self::Flows(_) => "flows",
         }
     }
 
@@ -338,6 +358,7 @@ impl Request {
             "status" => Self::Status(parse_body(body)?),
             "stats" => Self::Stats(parse_body(body)?),
             "flow" => Self::Flow(parse_body(body)?),
+            "flows" => Self::Flows(parse_body(body)?),
             other => {
                 return Err(bad_request(format!(
                     "op: unknown op {other:?}; ops: {}",
@@ -710,6 +731,18 @@ mod tests {
                 Request::Flow(FlowRef {
                     vip: vip_id(),
                     client: "198.18.0.10:40000".parse().unwrap(),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"flows"}"#,
+                Request::Flows(FlowsQuery::default()),
+            ),
+            (
+                r#"{"v":1,"op":"flows","vip":"198.18.1.1:80/tcp","backend":"198.18.0.11","limit":5}"#,
+                Request::Flows(FlowsQuery {
+                    vip: Some(vip_id()),
+                    backend: Some(b11),
+                    limit: Some(5),
                 }),
             ),
         ];

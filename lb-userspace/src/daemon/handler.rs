@@ -11,9 +11,13 @@ use serde_json::{json, Value};
 use super::state::Daemon;
 use crate::{
     config::ConfigError,
-    control::{protocol::Request, server::Handler, ControlError},
+    control::{
+        protocol::{code, FlowsQuery, Request},
+        server::Handler,
+        ControlError,
+    },
     core::CoreError,
-    graceful,
+    flows, graceful,
 };
 
 /// `backend.remove`'s `quiet_s` and `drain_s` as periods (`None`: remove at once), or why
@@ -73,6 +77,9 @@ impl Handler for DaemonHandler {
             }
             _ => HashMap::new(),
         };
+        if let Request::Flows(q) = &req {
+            return self.flows(q);
+        }
         let mut d = self.lock()?;
         let done = |what: String| Ok(json!({ "done": what }));
         match req {
@@ -193,7 +200,32 @@ impl Handler for DaemonHandler {
             Request::Status(_) => Ok(d.status(&flows)),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
+            Request::Flows(_) => unreachable!("answered before the lock"),
         }
+    }
+}
+
+impl DaemonHandler {
+    /// `flows`: the scope is read under the lock, the tables scanned without it (as for
+    /// `status`: a large table must not hold up health events and other requests).
+    fn flows(&self, q: &FlowsQuery) -> Result<Value, ControlError> {
+        let (names, filter, limit, tables) = {
+            let d = self.lock()?;
+            let (names, filter, limit) = d.flows_scope(q)?;
+            (names, filter, limit, d.core().dataplane().conn_tables())
+        };
+        let mut listing =
+            flows::Listing::new(names, filter, limit, crate::conntable::monotonic_coarse_s());
+        tables
+            .for_each_flow(|k, e| listing.add(k, e))
+            .map_err(|e| {
+                ControlError::new(
+                    code::INTERNAL,
+                    format!("scanning the connection tables: {e}"),
+                )
+            })?;
+        serde_json::to_value(listing.finish())
+            .map_err(|e| ControlError::new(code::INTERNAL, format!("encoding the flows: {e}")))
     }
 }
 

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
-    control::ControlError,
+    control::{protocol::FlowsQuery, ControlError},
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters, Dataplane},
+    flows,
     graceful::{Outcome, Removal, Verdict},
     health::{
         CheckKind, HealthCheckConfig, HealthChecker, HealthEvent, HealthHandle, HealthState,
@@ -911,6 +912,49 @@ impl Daemon {
         }))
     }
 
+    /// What a `flows` scan needs from the core: the names of its entries, the filter the
+    /// request asks for and its limit; or why the request is refused (a VIP or backend that
+    /// does not exist, a limit out of range).
+    pub fn flows_scope(
+        &self,
+        q: &FlowsQuery,
+    ) -> Result<(flows::Names, flows::Filter, usize), ControlError> {
+        let limit = flows::check_limit(q.limit)
+            .map_err(|m| CoreError::Invalid(ConfigError::new("limit", m)))?;
+        // As `flow`: the VIP on the port, else its address's all-ports VIP, whose flows to
+        // that port are listed.
+        let vip = match q.vip {
+            None => None,
+            Some(id) => Some(match self.core.vip(&id) {
+                Ok(state) => (state, None),
+                Err(e) if !id.all_ports() => {
+                    let state = self.core.vip(&id.on_all_ports()).map_err(|_| e)?;
+                    (state, Some(id.port))
+                }
+                Err(e) => return Err(e.into()),
+            }),
+        };
+        if let Some(addr) = q.backend {
+            match vip {
+                Some((state, _)) => {
+                    self.core.backend(&state.config.id(), addr)?;
+                }
+                None if self.core.vips().any(|v| v.backends.contains_key(&addr)) => {}
+                None => {
+                    return Err(ControlError::new(
+                        "unknown_backend",
+                        format!("no VIP has backend {addr}; `xlb status` lists them"),
+                    ))
+                }
+            }
+        }
+        let filter = flows::Filter {
+            vip: vip.map(|(state, port)| (state.id, port)),
+            backend: q.backend,
+        };
+        Ok((flows::Names::of(self.core.vips()), filter, limit))
+    }
+
     /// The `stats` result: counters by reason, per-VIP traffic.
     pub fn stats(&self) -> Value {
         let dp = self.core.dataplane();
@@ -1310,5 +1354,126 @@ mod tests {
         d.set_drained(&vip, b(12), true).unwrap();
         d.set_drained(&vip, b(12), false).unwrap();
         assert_eq!(pct(&d, 12), 100, "no slow start any more");
+    }
+
+    /// `flows` through the handler over real maps: the scope is checked first, the tables
+    /// scanned, entries named by the core's slots and VIP indexes.
+    #[tokio::test]
+    async fn flows_lists_the_tables_entries_by_their_backends() {
+        use lb_common::{
+            flow::{FlowKey, FlowKeyV4},
+            maps::ConnEntry,
+        };
+
+        use crate::{
+            control::{protocol::Request, server::Handler},
+            daemon::handler::DaemonHandler,
+        };
+
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
+            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                "health_check": {"kind": "none"},
+                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}"#,
+        ) else {
+            return;
+        };
+        let any: VipConfig = serde_json::from_str(
+            r#"{"address": "198.18.1.2", "port": 0, "protocol": "tcp",
+                "health_check": {"kind": "none"}, "backends": [{"address": "198.18.0.12"}]}"#,
+        )
+        .unwrap();
+        let any_id = any.id();
+        d.add_vip(any).unwrap();
+        let b = |n: u8| IpAddr::from([198, 18, 0, n]);
+        let entry = |d: &Daemon, on: &VipId, n: u8| {
+            let backend = d.core().backend(on, b(n)).unwrap();
+            ConnEntry {
+                backend: backend.index,
+                generation: backend.generation,
+                vip_id: d.core().vip(on).unwrap().id,
+                ..Default::default()
+            }
+        };
+        let flows = [
+            ("198.18.0.10:40000", "198.18.1.1", 80, entry(&d, &vip, 11)),
+            ("198.18.0.10:40001", "198.18.1.1", 80, entry(&d, &vip, 12)),
+            (
+                "198.18.0.10:40002",
+                "198.18.1.2",
+                7000,
+                entry(&d, &any_id, 12),
+            ),
+        ];
+        let mut conns: aya::maps::HashMap<_, FlowKeyV4, ConnEntry> = aya::maps::HashMap::try_from(
+            aya::maps::Map::HashMap(d.core().dataplane().conn_tables().v4_map()),
+        )
+        .unwrap();
+        for (client, to, port, e) in flows {
+            let c: SocketAddr = client.parse().unwrap();
+            let key = FlowKey::between(c.ip(), c.port(), to.parse().unwrap(), port, 6);
+            conns.insert(FlowKeyV4::of(&key), e, 0).unwrap();
+        }
+        let h = DaemonHandler::new(Arc::new(std::sync::Mutex::new(d)));
+        let ask = |q: serde_json::Value| {
+            let q = serde_json::from_value(q).unwrap();
+            h.handle(Request::Flows(q))
+        };
+        let listed = |r: &Value| -> Vec<(String, String)> {
+            r["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| (f["client"].to_string(), f["backend"].to_string()))
+                .collect()
+        };
+        let all = ask(json!({})).unwrap();
+        assert_eq!((&all["scanned"], &all["matched"]), (&json!(3), &json!(3)));
+        assert_eq!(
+            listed(&all),
+            [
+                (r#""198.18.0.10:40000""#.into(), r#""198.18.0.11""#.into()),
+                (r#""198.18.0.10:40001""#.into(), r#""198.18.0.12""#.into()),
+                (r#""198.18.0.10:40002""#.into(), r#""198.18.0.12""#.into()),
+            ]
+        );
+        assert_eq!(all["flows"][2]["service"], "198.18.1.2:*/tcp");
+        let on_12 = ask(json!({"backend": "198.18.0.12", "limit": 1})).unwrap();
+        assert_eq!(
+            (&on_12["matched"], &on_12["truncated"]),
+            (&json!(2), &json!(true))
+        );
+        assert_eq!(on_12["flows"][0]["client"], "198.18.0.10:40001");
+        // A port of the all-ports VIP: its flows to that port.
+        let port = ask(json!({"vip": "198.18.1.2:7000/tcp"})).unwrap();
+        assert_eq!(port["flows"][0]["client"], "198.18.0.10:40002");
+        assert_eq!(
+            ask(json!({"vip": "198.18.1.2:7001/tcp"})).unwrap()["matched"],
+            0
+        );
+        for (q, code) in [
+            (json!({"vip": "198.18.1.9:80/tcp"}), "unknown_vip"),
+            (
+                json!({"vip": "198.18.1.1:80/tcp", "backend": "198.18.0.13"}),
+                "unknown_backend",
+            ),
+            (json!({"backend": "198.18.0.13"}), "unknown_backend"),
+            (json!({"limit": 0}), "invalid"),
+            (json!({"limit": 10_001}), "invalid"),
+        ] {
+            assert_eq!(ask(q.clone()).unwrap_err().code, code, "{q}");
+        }
+        // Removed: its flow's entry stays (the LRU evicts it) and says so.
+        h.handle(Request::BackendRemove(
+            crate::control::protocol::BackendRemove {
+                vip,
+                address: b(11),
+                drain_s: None,
+                quiet_s: None,
+            },
+        ))
+        .unwrap();
+        let after = ask(json!({"vip": "198.18.1.1:80/tcp"})).unwrap();
+        assert_eq!(after["flows"][0]["backend"], Value::Null);
+        assert_eq!(after["flows"][1]["backend"], "198.18.0.12");
     }
 }

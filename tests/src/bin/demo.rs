@@ -75,6 +75,24 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
             net.ctl(&sock, &["flow", "198.18.1.1:80/tcp", &client])
         );
     }
+    // And before taking a backend away: who is on it (ipvsadm -Lnc's view)?
+    println!(
+        "the flows recorded on b1 (xlb flows 198.18.1.1:80/tcp --backend 198.18.0.11 --limit 5):"
+    );
+    println!(
+        "{}",
+        net.ctl(
+            &sock,
+            &[
+                "flows",
+                "198.18.1.1:80/tcp",
+                "--backend",
+                "198.18.0.11",
+                "--limit",
+                "5"
+            ]
+        )
+    );
 
     // XDP runs before the host's firewall: the VIP itself admits or refuses clients.
     println!("\nrestricting the VIP to clients of 198.19.0.0/16 (the client is 198.18.0.10):");

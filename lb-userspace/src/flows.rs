@@ -1,0 +1,424 @@
+//! The `flows` op: the flows the connection tables hold and the backend each is on
+//! (`ipvsadm -Lnc`'s view), for the operator who asks who is still on a backend before
+//! taking it away, or where a group of clients landed.
+//!
+//! The tables are scanned without the daemon's lock (a million flows take a while, see
+//! `conntable`), so what names an entry — VIP indexes, backend slots and the generation
+//! each slot is at — is copied from the core first ([`Names`]); the scan then feeds a
+//! [`Listing`], which keeps the first `limit` matching flows in (VIP, client) order, so that
+//! the same table gives the same answer whatever order the kernel walks it in.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{flow::FlowKey, maps::ConnEntry};
+use serde::Serialize;
+
+use crate::{
+    config::{Protocol, VipId},
+    core::VipState,
+    placement::Recorded,
+};
+
+/// Flows listed when the request names no `limit`.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// The most flows one answer lists: 10 000 lines of about 150 bytes each.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// `limit` as a count, or why it is refused.
+pub fn check_limit(limit: Option<u32>) -> Result<usize, String> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_LIMIT => Ok(n as usize),
+        n => Err(format!(
+            "{n} is out of range: list 1..={MAX_LIMIT} flows (narrow the listing with a VIP or \
+             a backend for fewer)"
+        )),
+    }
+}
+
+/// What names the connection tables' entries, copied from the core under the daemon's lock.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    /// VIP index (`ConnEntry::vip_id`) → the VIP.
+    vips: HashMap<u32, VipId>,
+    /// Backend slot → the backend's address and the slot's generation.
+    slots: HashMap<u32, (IpAddr, u32)>,
+}
+
+impl Names {
+    /// The names of every VIP and backend in `vips`.
+    pub fn of<'a>(vips: impl Iterator<Item = &'a VipState>) -> Self {
+        let mut names = Self::default();
+        for v in vips {
+            names.vip(v.id, v.config.id());
+            for (addr, b) in &v.backends {
+                names.backend(b.index, *addr, b.generation);
+            }
+        }
+        names
+    }
+
+    /// Names VIP index `id`.
+    pub fn vip(&mut self, id: u32, vip: VipId) -> &mut Self {
+        self.vips.insert(id, vip);
+        self
+    }
+
+    /// Names backend slot `slot`, at generation `generation`.
+    pub fn backend(&mut self, slot: u32, addr: IpAddr, generation: u32) -> &mut Self {
+        self.slots.insert(slot, (addr, generation));
+        self
+    }
+
+    /// The VIP that holds a flow to `to` recorded under VIP index `id`: `None` when the
+    /// index names no VIP now, or one that `to` cannot belong to (the flow's VIP was
+    /// removed and its index reused; the entry waits for the table to evict it).
+    fn service(&self, id: u32, to: &VipId) -> Option<VipId> {
+        self.vips.get(&id).copied().filter(|v| {
+            v.address == to.address
+                && v.protocol == to.protocol
+                && (v.all_ports() || v.port == to.port)
+        })
+    }
+
+    /// The backend entry `e` is on: `None` when its slot has had another holder since
+    /// (the backend was removed).
+    fn backend_of(&self, e: &ConnEntry) -> Option<IpAddr> {
+        self.slots
+            .get(&e.backend)
+            .filter(|(_, generation)| *generation == e.generation)
+            .map(|(addr, _)| *addr)
+    }
+}
+
+/// Which flows to list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this VIP's flows (its index), and of those only the flows to `port` when set
+    /// (a port of an all-ports VIP).
+    pub vip: Option<(u32, Option<u16>)>,
+    /// Only the flows on this backend.
+    pub backend: Option<IpAddr>,
+}
+
+/// One listed flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// Where the client sent it: the VIP's address, the flow's port, the protocol.
+    pub vip: VipId,
+    /// The VIP that holds it (an all-ports VIP for a port without a VIP of its own);
+    /// `None` for an entry of a VIP since removed.
+    pub service: Option<VipId>,
+    /// Its entry: the backend, and for least connection whether it counts.
+    #[serde(flatten)]
+    pub recorded: Recorded,
+}
+
+/// The `flows` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// Entries in the tables (the filter not applied).
+    pub scanned: u64,
+    /// Entries the filter matched.
+    pub matched: u64,
+    /// Whether `flows` holds fewer than `matched` (the limit cut the list).
+    pub truncated: bool,
+    /// The first matching flows by VIP, then client.
+    pub flows: Vec<Listed>,
+}
+
+/// The flows a scan matches, the first `limit` kept.
+#[derive(Debug)]
+pub struct Listing {
+    names: Names,
+    filter: Filter,
+    limit: usize,
+    now_s: u32,
+    scanned: u64,
+    matched: u64,
+    kept: BTreeMap<(VipId, SocketAddr), Listed>,
+}
+
+impl Listing {
+    /// An empty listing: `now_s` is the clock of `ConnEntry::seen_s`.
+    pub fn new(names: Names, filter: Filter, limit: usize, now_s: u32) -> Self {
+        Self {
+            names,
+            filter,
+            limit,
+            now_s,
+            scanned: 0,
+            matched: 0,
+            kept: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one table entry into account.
+    pub fn add(&mut self, key: &FlowKey, e: &ConnEntry) {
+        self.scanned += 1;
+        let Some(flow) = self.listed(key, e) else {
+            return;
+        };
+        if let Some((id, port)) = self.filter.vip {
+            if flow.service.is_none() || e.vip_id != id || port.is_some_and(|p| p != flow.vip.port)
+            {
+                return;
+            }
+        }
+        if self
+            .filter
+            .backend
+            .is_some_and(|b| flow.recorded.backend != Some(b))
+        {
+            return;
+        }
+        self.matched += 1;
+        self.kept.insert((flow.vip, flow.client), flow);
+        if self.kept.len() > self.limit {
+            self.kept.pop_last();
+        }
+    }
+
+    /// The answer.
+    pub fn finish(self) -> Answer {
+        Answer {
+            scanned: self.scanned,
+            matched: self.matched,
+            truncated: self.matched > self.kept.len() as u64,
+            flows: self.kept.into_values().collect(),
+        }
+    }
+
+    /// The entry as listed; `None` for a key no packet of ours can have made (neither TCP
+    /// nor UDP, an unknown family): nothing to name it by.
+    fn listed(&self, key: &FlowKey, e: &ConnEntry) -> Option<Listed> {
+        let protocol = match key.proto {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            _ => return None,
+        };
+        let client = lb_common::addr::from_words(key.src, key.family)?;
+        let vip = VipId {
+            address: lb_common::addr::from_words(key.dst, key.family)?,
+            port: u16::from_be(key.dport_be),
+            protocol,
+        };
+        Some(Listed {
+            client: SocketAddr::new(client, u16::from_be(key.sport_be)),
+            service: self.names.service(e.vip_id, &vip),
+            vip,
+            recorded: Recorded::of(e, self.names.backend_of(e), self.now_s),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::maps::{CONN_F_CLOSED, CONN_F_COUNTED};
+
+    use super::*;
+
+    const WEB: u32 = 3;
+    const ANY: u32 = 4;
+
+    fn vip(s: &str) -> VipId {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// VIP index 3 is 198.18.1.1:80/tcp (backends .11 in slot 0 at generation 1, .12 in
+    /// slot 1 at generation 2), index 4 the all-ports 198.18.1.2:*/tcp (.13 in slot 2).
+    fn names() -> Names {
+        let mut n = Names::default();
+        n.vip(WEB, vip("198.18.1.1:80/tcp"))
+            .vip(ANY, vip("198.18.1.2:*/tcp"))
+            .backend(0, ip("198.18.0.11"), 1)
+            .backend(1, ip("198.18.0.12"), 2)
+            .backend(2, ip("198.18.0.13"), 1);
+        n
+    }
+
+    fn flow(client: &str, to: &str, port: u16, proto: u8) -> FlowKey {
+        let c: SocketAddr = client.parse().unwrap();
+        FlowKey::between(c.ip(), c.port(), ip(to), port, proto)
+    }
+
+    fn entry(vip_id: u32, backend: u32, generation: u32) -> ConnEntry {
+        ConnEntry {
+            backend,
+            vip_id,
+            generation,
+            ..Default::default()
+        }
+    }
+
+    /// The table the tests scan: (key, entry), in a scrambled order.
+    fn table() -> Vec<(FlowKey, ConnEntry)> {
+        vec![
+            (
+                flow("198.18.0.10:40002", "198.18.1.1", 80, 6),
+                entry(WEB, 1, 2),
+            ),
+            (
+                flow("198.18.0.10:40000", "198.18.1.1", 80, 6),
+                entry(WEB, 0, 1),
+            ),
+            // On slot 0 under an earlier generation: its backend was removed.
+            (
+                flow("198.18.0.9:5000", "198.18.1.1", 80, 6),
+                entry(WEB, 0, 0),
+            ),
+            (
+                flow("198.18.0.10:40001", "198.18.1.2", 8080, 6),
+                entry(ANY, 2, 1),
+            ),
+            (
+                flow("198.18.0.10:40003", "198.18.1.2", 9090, 6),
+                entry(ANY, 2, 1),
+            ),
+            // Index 3 is 198.18.1.1:80/tcp now; this flow's VIP was another, removed.
+            (
+                flow("198.18.0.10:40004", "198.18.1.7", 53, 17),
+                entry(WEB, 1, 2),
+            ),
+        ]
+    }
+
+    fn list(filter: Filter, limit: usize) -> Answer {
+        let mut l = Listing::new(names(), filter, limit, 100);
+        for (k, e) in table() {
+            l.add(&k, &e);
+        }
+        l.finish()
+    }
+
+    fn clients(a: &Answer) -> Vec<String> {
+        a.flows.iter().map(|f| f.client.to_string()).collect()
+    }
+
+    #[test]
+    fn every_flow_is_listed_in_vip_then_client_order_with_its_backend() {
+        let a = list(Filter::default(), 100);
+        assert_eq!((a.scanned, a.matched, a.truncated), (6, 6, false));
+        assert_eq!(
+            clients(&a),
+            [
+                "198.18.0.9:5000",
+                "198.18.0.10:40000",
+                "198.18.0.10:40002",
+                "198.18.0.10:40001",
+                "198.18.0.10:40003",
+                "198.18.0.10:40004",
+            ]
+        );
+        let backends: Vec<Option<IpAddr>> = a.flows.iter().map(|f| f.recorded.backend).collect();
+        assert_eq!(
+            backends,
+            [
+                None,
+                Some(ip("198.18.0.11")),
+                Some(ip("198.18.0.12")),
+                Some(ip("198.18.0.13")),
+                Some(ip("198.18.0.13")),
+                // Slot 1 at generation 2 is .12, whatever VIP the entry was for.
+                Some(ip("198.18.0.12")),
+            ]
+        );
+        let services: Vec<Option<String>> = a
+            .flows
+            .iter()
+            .map(|f| f.service.map(|s| s.to_string()))
+            .collect();
+        let web = Some("198.18.1.1:80/tcp".to_owned());
+        let any = Some("198.18.1.2:*/tcp".to_owned());
+        assert_eq!(
+            services,
+            [web.clone(), web.clone(), web, any.clone(), any, None]
+        );
+        assert_eq!(a.flows[3].vip, vip("198.18.1.2:8080/tcp"));
+        assert_eq!(a.flows[5].vip, vip("198.18.1.7:53/udp"));
+    }
+
+    #[test]
+    fn filters_narrow_the_listing_and_the_limit_keeps_the_first() {
+        let web = Filter {
+            vip: Some((WEB, None)),
+            backend: None,
+        };
+        // The flow of a removed VIP under a reused index is not the new VIP's.
+        assert_eq!(
+            clients(&list(web, 100)),
+            ["198.18.0.9:5000", "198.18.0.10:40000", "198.18.0.10:40002"]
+        );
+        let port = Filter {
+            vip: Some((ANY, Some(9090))),
+            backend: None,
+        };
+        assert_eq!(clients(&list(port, 100)), ["198.18.0.10:40003"]);
+        let on_12 = Filter {
+            vip: None,
+            backend: Some(ip("198.18.0.12")),
+        };
+        assert_eq!(
+            clients(&list(on_12, 100)),
+            ["198.18.0.10:40002", "198.18.0.10:40004"]
+        );
+        let both = Filter {
+            vip: Some((WEB, None)),
+            backend: Some(ip("198.18.0.12")),
+        };
+        assert_eq!(clients(&list(both, 100)), ["198.18.0.10:40002"]);
+        let a = list(Filter::default(), 2);
+        assert_eq!((a.matched, a.truncated), (6, true));
+        assert_eq!(clients(&a), ["198.18.0.9:5000", "198.18.0.10:40000"]);
+    }
+
+    #[test]
+    fn an_entry_says_whether_it_counts_and_keys_of_no_known_protocol_are_skipped() {
+        let mut l = Listing::new(names(), Filter::default(), 10, 100);
+        let counted = ConnEntry {
+            flags: CONN_F_COUNTED | CONN_F_CLOSED,
+            seen_s: 97,
+            ..entry(WEB, 0, 1)
+        };
+        l.add(&flow("198.18.0.10:1", "198.18.1.1", 80, 6), &counted);
+        l.add(
+            &flow("198.18.0.10:2", "198.18.1.1", 80, 1),
+            &entry(WEB, 0, 1),
+        );
+        let a = l.finish();
+        assert_eq!((a.scanned, a.matched), (2, 1));
+        assert_eq!(
+            a.flows[0].recorded,
+            Recorded {
+                backend: Some(ip("198.18.0.11")),
+                counted: true,
+                closed: true,
+                idle_s: Some(3),
+            }
+        );
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            json["flows"][0],
+            serde_json::json!({"client": "198.18.0.10:1", "vip": "198.18.1.1:80/tcp",
+                "service": "198.18.1.1:80/tcp", "backend": "198.18.0.11", "counted": true,
+                "closed": true, "idle_s": 3})
+        );
+    }
+
+    #[test]
+    fn the_limit_is_checked() {
+        assert_eq!(check_limit(None), Ok(DEFAULT_LIMIT as usize));
+        assert_eq!(check_limit(Some(1)), Ok(1));
+        assert_eq!(check_limit(Some(MAX_LIMIT)), Ok(MAX_LIMIT as usize));
+        assert!(check_limit(Some(0)).is_err());
+        assert!(check_limit(Some(MAX_LIMIT + 1)).is_err());
+    }
+}
