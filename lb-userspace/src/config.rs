@@ -36,7 +36,7 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const MAX_BACKENDS_PER_VIP: usize = 1000;
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Outer source addresses of tunnels; default: the first address of the interface.
@@ -70,6 +70,22 @@ pub struct Config {
 
 fn yes() -> bool {
     true
+}
+
+/// What an empty file (`{}`) says: `xlb run` without `--config` runs with it, so it must
+/// not differ from the file's defaults (a derived `Default` would turn `icmp_too_big` off).
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            outer_source: OuterSource::default(),
+            hashed_source: HashedSource::default(),
+            mtu: None,
+            icmp_too_big: yes(),
+            record_rate_limit: None,
+            icmp_rate_limit: None,
+            vips: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -862,6 +878,15 @@ mod tests {
             assert_eq!(s.name(), name);
             assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(name));
         }
+    }
+
+    /// `xlb run` without `--config` runs with `Config::default()`: the same as an empty
+    /// file, ICMP too-big answers on.
+    #[test]
+    fn the_default_config_is_an_empty_files() {
+        let empty = Config::from_json("{}").unwrap();
+        assert_eq!(Config::default(), empty);
+        assert!(Config::default().icmp_too_big);
     }
 
     #[test]
