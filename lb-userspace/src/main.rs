@@ -151,6 +151,15 @@ enum Cmd {
         /// The client's address and port, as `198.18.0.10:40000` or `[fd00::10]:40000`.
         client: SocketAddr,
     },
+    /// Read the config file again and apply it (as SIGHUP does), printing each change or
+    /// why nothing changed.
+    Reload {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the flows the connection tables hold and the backend each is on, the first by
     /// VIP and client.
     Flows {
@@ -285,6 +294,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => ctl::run_flow(
             vip,
             client,
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
+        Cmd::Reload { ctl: a, dry_run } => ctl::run_reload(
+            dry_run,
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,

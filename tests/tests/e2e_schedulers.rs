@@ -396,14 +396,33 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
     };
 
     // b1 leaves, b3 joins with weight 2, the scheduler changes: the file is the truth.
+    // `xlb reload --dry-run` says what would change and changes nothing; `xlb reload` does
+    // it and says what it did.
     let reloaded = config("wrr", 80, &[("198.18.0.12", 1), ("198.18.0.13", 2)], "");
     std::fs::write(&file, &reloaded).expect("write config");
-    lb.hangup();
     let vip = format!("{VIP4}:80/tcp");
-    wait_for("the reload", Duration::from_secs(10), || {
-        let s = states(&net);
-        s.len() == 2 && s.contains_key(&format!("{vip} 198.18.0.13")) && scheduler(&net) == "wrr"
-    });
+    let shape = states(&net);
+    let plan = net.ctl(&sock, &["reload", "--dry-run"]);
+    for change in [
+        format!("remove backend 198.18.0.11 from {vip}"),
+        format!("add backend 198.18.0.13 (weight 2) to {vip}"),
+        format!("VIP {vip}: scheduler wrr"),
+        "would make 3 changes; nothing applied".to_owned(),
+    ] {
+        assert!(
+            plan.contains(&change),
+            "{change:?} not in the plan:\n{plan}"
+        );
+    }
+    assert_eq!(states(&net), shape, "a dry run changed the backends");
+    assert_eq!(scheduler(&net), "maglev", "a dry run changed the scheduler");
+    let done = net.ctl(&sock, &["reload"]);
+    assert!(done.contains(": 3 changes"), "{done}");
+    let s = states(&net);
+    assert!(
+        s.len() == 2 && s.contains_key(&format!("{vip} 198.18.0.13")) && scheduler(&net) == "wrr",
+        "after xlb reload: {s:?}"
+    );
     net.wait_ready(&sock);
     let after = tally(&net.client, 30);
     assert_eq!(
@@ -450,7 +469,8 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         states(&net).get(&b2).map(String::as_str) == Some("up")
     });
 
-    // What a running VIP cannot change, and a broken file: refused, nothing changes.
+    // What a running VIP cannot change, and a broken file: refused, nothing changes (SIGHUP
+    // logs why; `xlb reload` fails and says why).
     let shape = states(&net);
     for (bad, says) in [
         (
@@ -463,10 +483,21 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         (reloaded.replace("backends", "backendz"), "unknown field"),
     ] {
         std::fs::write(&file, &bad).expect("write config");
+        let (ok, _, err) = net.try_ctl(&sock, &["reload"]);
+        assert!(
+            !ok && err.contains("config_file") && err.contains(says),
+            "xlb reload of a bad file: {err}"
+        );
         lb.hangup();
-        wait_for("the refusal in the log", Duration::from_secs(10), || {
-            lb.log_text().contains(says)
-        });
+        wait_for(
+            "SIGHUP's refusal in the log",
+            Duration::from_secs(10),
+            || {
+                lb.log_text()
+                    .lines()
+                    .any(|l| l.contains(says) && l.contains("(SIGHUP)"))
+            },
+        );
         assert_eq!(states(&net), shape, "a refused reload changed the backends");
         assert_eq!(scheduler(&net), "wrr");
     }

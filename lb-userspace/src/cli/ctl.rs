@@ -27,8 +27,8 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
-            Empty, FlowRef, FlowsQuery, Request, VipAdd, VipHealthCheck, VipIdleTimeout, VipRef,
-            VipScheduler, VipSources,
+            Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd, VipHealthCheck,
+            VipIdleTimeout, VipRef, VipScheduler, VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -715,6 +715,21 @@ fn render_flow(r: &Value) -> String {
     };
     let _ = writeln!(out, "next packet: {why}");
     out
+}
+
+/// Runs `xlb reload`.
+pub fn run_reload(dry_run: bool, opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(&opts.socket, &Request::Reload(ReloadRequest { dry_run }))?;
+    print_result(opts, &result, render_reload)
+}
+
+/// `xlb reload`'s answer for people: the changes, one per line, then the daemon's summary.
+fn render_reload(r: &Value) -> String {
+    let mut out = String::new();
+    for change in list(r, "changes") {
+        let _ = writeln!(out, "  {}", cell(Some(change)));
+    }
+    out + &confirmation(r, "reloaded".to_owned())
 }
 
 /// Runs `xlb flows`.
@@ -1411,6 +1426,19 @@ mod tests {
             "flow 198.18.0.10:40000 -> 198.18.1.1:7000/tcp (maglev, served by 198.18.1.1:*/tcp)\n\
              recorded:    no (a new flow for the scheduler)\n\
              next packet: 198.18.0.12 (the VIP's table at the flow's hash)\n"
+        );
+    }
+
+    #[test]
+    fn reload_renders_its_changes_then_the_summary() {
+        let r = json!({"done": "reloaded /etc/xlb.json: 2 changes", "file": "/etc/xlb.json",
+                       "applied": true,
+                       "changes": ["remove backend 198.18.0.11 from 198.18.1.1:80/tcp",
+                                   "VIP 198.18.1.1:80/tcp: scheduler wrr"]});
+        assert_eq!(
+            render_reload(&r),
+            "  remove backend 198.18.0.11 from 198.18.1.1:80/tcp\n  \
+             VIP 198.18.1.1:80/tcp: scheduler wrr\nreloaded /etc/xlb.json: 2 changes\n"
         );
     }
 

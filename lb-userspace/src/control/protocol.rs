@@ -43,6 +43,9 @@ pub mod code {
     pub const BUSY: &str = "busy";
     /// The daemon failed in a way that is not the request's fault.
     pub const INTERNAL: &str = "internal";
+    /// `reload`: no config file, or one that cannot be read, is not valid, or asks for
+    /// what only a restart can change; nothing changed.
+    pub const CONFIG_FILE: &str = "config_file";
 }
 
 /// A refused request: a stable machine-readable code and a message for people that says
@@ -133,6 +136,10 @@ pub enum Request {
     /// The flows the connection tables hold and each one's backend, filtered.
     #[serde(rename = "flows")]
     Flows(FlowsQuery),
+    /// Reads the config file again and applies it (SIGHUP's reload), or says what it would
+    /// change.
+    #[serde(rename = "reload")]
+    Reload(ReloadRequest),
 }
 
 /// Body of `vip.add`.
@@ -277,6 +284,15 @@ pub struct FlowsQuery {
     pub limit: Option<u32>,
 }
 
+/// Body of `reload`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {
+    /// Only say what the reload would change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
 /// Body of ops without fields (`status`, `stats`): any field is an error.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +316,7 @@ pub const OPS: &[&str] = &[
     "stats",
     "flow",
     "flows",
+    "reload",
 ];
 
 impl Request {
@@ -322,6 +339,7 @@ impl Request {
             Self::Stats(_) => "stats",
             Self::Flow(_) => "flow",
             Self::Flows(_) => "flows",
+            Self::Reload(_) => "reload",
         }
     }
 
@@ -359,6 +377,7 @@ impl Request {
             "stats" => Self::Stats(parse_body(body)?),
             "flow" => Self::Flow(parse_body(body)?),
             "flows" => Self::Flows(parse_body(body)?),
+            "reload" => Self::Reload(parse_body(body)?),
             other => {
                 return Err(bad_request(format!(
                     "op: unknown op {other:?}; ops: {}",
@@ -736,6 +755,14 @@ mod tests {
             (
                 r#"{"v":1,"op":"flows"}"#,
                 Request::Flows(FlowsQuery::default()),
+            ),
+            (
+                r#"{"v":1,"op":"reload"}"#,
+                Request::Reload(ReloadRequest::default()),
+            ),
+            (
+                r#"{"v":1,"op":"reload","dry_run":true}"#,
+                Request::Reload(ReloadRequest { dry_run: true }),
             ),
             (
                 r#"{"v":1,"op":"flows","vip":"198.18.1.1:80/tcp","backend":"198.18.0.11","limit":5}"#,

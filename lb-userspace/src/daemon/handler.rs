@@ -8,9 +8,12 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::state::Daemon;
+use super::{
+    config_file::{ConfigFile, FileReloadError},
+    state::Daemon,
+};
 use crate::{
-    config::ConfigError,
+    config::{Config, ConfigError},
     control::{
         protocol::{code, FlowsQuery, Request},
         server::Handler,
@@ -45,12 +48,25 @@ fn graceful_periods(
 /// Serves requests against the shared daemon state.
 pub struct DaemonHandler {
     daemon: Arc<Mutex<Daemon>>,
+    /// What `reload` reads: the daemon's `--config` (none: nothing to reload).
+    config_file: ConfigFile,
 }
 
 impl DaemonHandler {
-    /// Wraps the shared state.
+    /// Wraps the shared state, for a daemon without a config file.
     pub fn new(daemon: Arc<Mutex<Daemon>>) -> Self {
-        Self { daemon }
+        Self {
+            daemon,
+            config_file: ConfigFile::new(None, Config::default()),
+        }
+    }
+
+    /// The config file `reload` reads.
+    pub fn with_config_file(self, config_file: ConfigFile) -> Self {
+        Self {
+            config_file,
+            ..self
+        }
     }
 }
 
@@ -77,8 +93,10 @@ impl Handler for DaemonHandler {
             }
             _ => HashMap::new(),
         };
-        if let Request::Flows(q) = &req {
-            return self.flows(q);
+        match &req {
+            Request::Flows(q) => return self.flows(q),
+            Request::Reload(r) => return self.reload(r.dry_run),
+            _ => {}
         }
         let mut d = self.lock()?;
         let done = |what: String| Ok(json!({ "done": what }));
@@ -200,12 +218,42 @@ impl Handler for DaemonHandler {
             Request::Status(_) => Ok(d.status(&flows)),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
-            Request::Flows(_) => unreachable!("answered before the lock"),
+            Request::Flows(_) | Request::Reload(_) => unreachable!("answered before the lock"),
         }
     }
 }
 
 impl DaemonHandler {
+    /// `reload`: the file is read before the lock is taken (`ConfigFile::reload`).
+    fn reload(&self, dry_run: bool) -> Result<Value, ControlError> {
+        let path = self.config_file.path().map(|p| p.display().to_string());
+        let outcome = self.config_file.reload(&self.daemon, dry_run);
+        if !dry_run {
+            self.config_file.log("xlb reload", &outcome);
+        }
+        match outcome {
+            Ok(steps) => {
+                let path = path.unwrap_or_default();
+                let n = steps.len();
+                let done = match (dry_run, n) {
+                    (true, 0) => format!("{path}: nothing to change"),
+                    (true, _) => format!("{path} would make {n} changes; nothing applied"),
+                    (false, 0) => format!("reloaded {path}: nothing changed"),
+                    (false, _) => format!("reloaded {path}: {n} changes"),
+                };
+                let changes: Vec<String> = steps.iter().map(ToString::to_string).collect();
+                Ok(json!({"done": done, "file": path, "applied": !dry_run, "changes": changes}))
+            }
+            // Steps before the failure stay: not the request's fault, and not "nothing
+            // changed".
+            Err(e) if e.partly_applied() => Err(ControlError::new(code::INTERNAL, e.to_string())),
+            Err(e @ FileReloadError::Poisoned) => {
+                Err(ControlError::new(code::INTERNAL, e.to_string()))
+            }
+            Err(e) => Err(ControlError::new(code::CONFIG_FILE, e.to_string())),
+        }
+    }
+
     /// `flows`: the scope is read under the lock, the tables scanned without it (as for
     /// `status`: a large table must not hold up health events and other requests).
     fn flows(&self, q: &FlowsQuery) -> Result<Value, ControlError> {

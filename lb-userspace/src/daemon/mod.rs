@@ -9,9 +9,11 @@
 //! program in one step instead of attaching, and stays attached when the daemon stops.
 //!
 //! Layout: `state` (the daemon's state and operations), `handler` (control-socket requests
-//! → operations), `neighbour` (next hops), `metrics` (Prometheus).
+//! → operations), `config_file` (reloads, on SIGHUP or a request), `neighbour` (next hops),
+//! `metrics` (Prometheus).
 
-mod handler;
+pub mod config_file;
+pub mod handler;
 pub mod metrics;
 pub mod neighbour;
 pub mod state;
@@ -40,6 +42,7 @@ use crate::{
     netdev,
     state_dir::{Inherited, StateDir},
 };
+use config_file::ConfigFile;
 use state::{counter_summary, Daemon, NEXTHOP_REFRESH};
 
 /// Options of `xlb run`.
@@ -121,6 +124,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     core.apply(&cfg)
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    let config_file = ConfigFile::new(opts.config.clone(), cfg.clone());
 
     let socket = match &opts.socket {
         Some(path) => Some(control::server::bind(path)?),
@@ -258,7 +262,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
     };
     let control_task = socket.map(|s| {
-        let handler = Arc::new(handler::DaemonHandler::new(daemon.clone()));
+        let handler = Arc::new(
+            handler::DaemonHandler::new(daemon.clone()).with_config_file(config_file.clone()),
+        );
         tokio::spawn(s.serve(handler, shutdown_rx.clone()))
     });
     let metrics_task = metrics_listener
@@ -274,7 +280,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload_config(&daemon, opts.config.as_deref(), &cfg),
+            _ = hup.recv() => reload_config(&daemon, &config_file),
         }
     }
     log::info!("shutting down");
@@ -472,37 +478,8 @@ fn resolve_nexthops_now(core: &mut Core<AyaDataplane>) {
     }
 }
 
-/// SIGHUP: reads the config file again and makes the running VIPs its VIPs
-/// (`Daemon::reload`), logging each change, or why nothing changed.
-fn reload_config(daemon: &Arc<Mutex<Daemon>>, path: Option<&std::path::Path>, started: &Config) {
-    let Some(path) = path else {
-        log::warn!("SIGHUP: xlb runs without --config, there is nothing to reload");
-        return;
-    };
-    let new = match std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| Config::from_json(&text).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("reload of {} refused, nothing changed: {e}", path.display());
-            return;
-        }
-    };
-    let Ok(mut d) = daemon.lock() else {
-        log::error!(
-            "reload of {}: daemon state poisoned by a panic",
-            path.display()
-        );
-        return;
-    };
-    match d.reload(started, &new) {
-        Ok(steps) => {
-            for s in &steps {
-                log::info!("reload: {s}");
-            }
-            log::info!("reloaded {}: {} changes", path.display(), steps.len());
-        }
-        Err(e) => log::error!("reload of {}: {e}", path.display()),
-    }
+/// SIGHUP: reads the config file again and makes the running VIPs its VIPs, logging each
+/// change, or why nothing changed.
+fn reload_config(daemon: &Mutex<Daemon>, file: &ConfigFile) {
+    file.log("SIGHUP", &file.reload(daemon, false));
 }

@@ -571,18 +571,7 @@ impl Daemon {
         started: &Config,
         new: &Config,
     ) -> Result<Vec<reload::Step>, ReloadError> {
-        let running = self.core.vips().map(|v| reload::Running {
-            config: &v.config,
-            backends: &v.backends,
-        });
-        let steps = reload::plan(started, running, new).map_err(ReloadError::Refused)?;
-        reload::check_fits(&self.core, &steps).map_err(|refusal| {
-            let (step, e) = *refusal;
-            ReloadError::Unfit {
-                step,
-                source: Box::new(e),
-            }
-        })?;
+        let steps = self.plan_reload(started, new)?;
         for (done, step) in steps.iter().enumerate() {
             let applied = match step.clone() {
                 reload::Step::RemoveVip(id) => self.remove_vip(&id),
@@ -606,6 +595,28 @@ impl Daemon {
                 });
             }
         }
+        Ok(steps)
+    }
+
+    /// The steps [`Daemon::reload`] would take to make the running VIPs `new`'s, changing
+    /// nothing; refused as `reload` refuses before its first step.
+    pub fn plan_reload(
+        &self,
+        started: &Config,
+        new: &Config,
+    ) -> Result<Vec<reload::Step>, ReloadError> {
+        let running = self.core.vips().map(|v| reload::Running {
+            config: &v.config,
+            backends: &v.backends,
+        });
+        let steps = reload::plan(started, running, new).map_err(ReloadError::Refused)?;
+        reload::check_fits(&self.core, &steps).map_err(|refusal| {
+            let (step, e) = *refusal;
+            ReloadError::Unfit {
+                step,
+                source: Box::new(e),
+            }
+        })?;
         Ok(steps)
     }
 
@@ -1475,5 +1486,88 @@ mod tests {
         let after = ask(json!({"vip": "198.18.1.1:80/tcp"})).unwrap();
         assert_eq!(after["flows"][0]["backend"], Value::Null);
         assert_eq!(after["flows"][1]["backend"], "198.18.0.12");
+    }
+
+    /// `reload` through the handler over real maps: a dry run changes nothing, the reload
+    /// applies the file, and a file that cannot be applied is refused with nothing changed.
+    #[tokio::test]
+    async fn reload_reads_the_file_plans_and_applies_or_refuses() {
+        use super::super::config_file::ConfigFile;
+        use crate::{
+            control::{
+                protocol::{ReloadRequest, Request},
+                server::Handler,
+            },
+            daemon::handler::DaemonHandler,
+        };
+
+        let vip = r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                      "health_check": {"kind": "none"}, "backends": [BACKENDS]}"#;
+        let b11 = r#"{"address": "198.18.0.11"}"#;
+        let b12 = r#"{"address": "198.18.0.12", "weight": 3}"#;
+        let Some((d, id, _ebpf)) = daemon_with_vip(&vip.replace("BACKENDS", b11)) else {
+            return;
+        };
+        let started = Config::default();
+        let file = std::env::temp_dir().join(format!("xlb-reload-{}.json", std::process::id()));
+        let write = |backends: &str, extra: &str| {
+            let v = vip.replace("BACKENDS", backends);
+            std::fs::write(&file, format!(r#"{{{extra} "vips": [{v}]}}"#)).unwrap();
+        };
+        let daemon = Arc::new(std::sync::Mutex::new(d));
+        let h = DaemonHandler::new(daemon.clone())
+            .with_config_file(ConfigFile::new(Some(file.clone()), started));
+        let ask = |dry_run| h.handle(Request::Reload(ReloadRequest { dry_run }));
+        let backends = || -> Vec<IpAddr> {
+            let d = daemon.lock().unwrap();
+            d.core()
+                .vip(&id)
+                .unwrap()
+                .backends
+                .keys()
+                .copied()
+                .collect()
+        };
+        let b = |n: u8| IpAddr::from([198, 18, 0, n]);
+
+        write(&format!("{b11}, {b12}"), "");
+        let plan = ask(true).unwrap();
+        assert_eq!(plan["applied"], false);
+        assert_eq!(
+            plan["changes"],
+            json!(["add backend 198.18.0.12 (weight 3) to 198.18.1.1:80/tcp"])
+        );
+        assert_eq!(backends(), [b(11)], "a dry run changed the backends");
+        let done = ask(false).unwrap();
+        assert_eq!(
+            (&done["applied"], &done["changes"]),
+            (&json!(true), &plan["changes"])
+        );
+        assert_eq!(backends(), [b(11), b(12)]);
+        assert!(ask(true).unwrap()["done"]
+            .as_str()
+            .unwrap()
+            .ends_with("nothing to change"));
+
+        // A global setting, a broken file, a missing file: refused, nothing changes.
+        write(b12, r#""mtu": 1400,"#);
+        let e = ask(false).unwrap_err();
+        assert_eq!(e.code, "config_file");
+        assert!(
+            e.message.contains("mtu") && e.message.contains("restart"),
+            "{}",
+            e.message
+        );
+        std::fs::write(&file, "{\"vips\": [").unwrap();
+        assert_eq!(ask(true).unwrap_err().code, "config_file");
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(ask(false).unwrap_err().code, "config_file");
+        assert_eq!(backends(), [b(11), b(12)]);
+        let without = DaemonHandler::new(daemon.clone());
+        let e = without
+            .handle(Request::Reload(ReloadRequest::default()))
+            .unwrap_err();
+        assert_eq!(e.code, "config_file");
+        assert!(e.message.contains("without --config"), "{}", e.message);
     }
 }
