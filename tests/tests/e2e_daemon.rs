@@ -444,8 +444,19 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         "xlb_backend_drained{vip=\"198.18.1.1:7000/tcp\"",
         "xlb_health_check_latency_seconds{",
         "xlb_health_transitions_total{to=\"down\"} ",
+        "\nxlb_config_last_reload_successful 1\n",
+        "xlb_config_reloads_total{result=\"refused\"} 0",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    // Every metric served is in the reference.
+    let reference = include_str!("../../docs/metrics.md");
+    for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = name.split(' ').next().unwrap_or(name);
+        assert!(
+            reference.contains(&format!("| `{name}` |")),
+            "{name} is served but not in docs/metrics.md"
+        );
     }
 }
 

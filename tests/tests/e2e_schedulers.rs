@@ -501,6 +501,22 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         assert_eq!(states(&net), shape, "a refused reload changed the backends");
         assert_eq!(scheduler(&net), "wrr");
     }
+    // Status (and the metrics) say the last reload was refused, and count them all: the
+    // dry run is none, `xlb reload` and SIGHUP each applied one and were refused twice.
+    let status = net.status_json(&sock);
+    let config = &status["config"];
+    assert_eq!(
+        config["reloads"],
+        serde_json::json!({"applied": 2, "refused": 4, "failed": 0}),
+        "{config}"
+    );
+    assert_eq!(config["last_reload"]["by"], "SIGHUP", "{config}");
+    assert_eq!(config["last_reload"]["result"], "refused", "{config}");
+    let text = net.ctl(&sock, &["status"]);
+    assert!(
+        text.contains("the last config reload (SIGHUP, ") && text.contains("was refused"),
+        "{text}"
+    );
     assert!(
         lb.running(),
         "xlb stopped on a bad reload:\n{}",

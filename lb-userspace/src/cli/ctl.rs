@@ -1102,6 +1102,27 @@ fn render_status(status: &Value) -> String {
             }
         }
     });
+    // A reload that did not apply is otherwise only in the daemon's log.
+    let last = status.get("config").and_then(|c| c.get("last_reload"));
+    if let Some(l) = last.filter(|l| l.get("result").is_some_and(|r| r != "applied")) {
+        let ago = l
+            .get("at_unix_s")
+            .and_then(Value::as_f64)
+            .map(|at| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                format!(", {:.0} s ago", (now - at).max(0.0))
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nthe last config reload ({}{ago}) was {}: {}",
+            field(l, "by"),
+            field(l, "result"),
+            field(l, "error")
+        );
+    }
     let ended = list(status, "ended_removals");
     if !ended.is_empty() {
         out.push_str("\nremoved gracefully, lately:\n");
@@ -1523,6 +1544,24 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         assert!(!on_backups("standby").contains("on backups"));
         // Something unexpected still prints rather than failing.
         assert!(render_status(&json!("surprise")).starts_with("no VIPs"));
+    }
+
+    #[test]
+    fn status_says_when_the_last_reload_did_not_apply() {
+        let with = |result: &str, error: Value| {
+            render_status(&json!({"vips": [], "config": {"loaded_at_unix_s": 1.0,
+                "reloads": {"applied": 1, "refused": 1, "failed": 0},
+                "last_reload": {"at_unix_s": 0.0, "by": "SIGHUP", "result": result, "error": error}}}))
+        };
+        let refused = with("refused", json!("reload of /etc/xlb.json refused, nothing changed: mtu: changes only with a restart of xlb"));
+        assert!(
+            refused.contains("\nthe last config reload (SIGHUP, ")
+                && refused.contains(
+                    " s ago) was refused: reload of /etc/xlb.json refused, nothing changed: mtu: "
+                ),
+            "{refused}"
+        );
+        assert!(!with("applied", Value::Null).contains("reload"));
     }
 
     #[test]

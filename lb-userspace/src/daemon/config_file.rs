@@ -6,6 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
+    time::SystemTime,
 };
 
 use super::state::{Daemon, ReloadError};
@@ -86,9 +87,23 @@ impl ConfigFile {
         self.path.as_deref()
     }
 
-    /// Logs a reload's outcome (`by`: what asked for it): each change, or why none was
-    /// made. SIGHUP and the control socket's reloads read alike in the log.
-    pub fn log(&self, by: &str, outcome: &Result<Vec<Step>, FileReloadError>) {
+    /// Logs a reload's outcome (`by`: what asked for it) — each change, or why none was
+    /// made — and notes it in the daemon's [`ReloadHistory`]. SIGHUP and the control
+    /// socket's reloads read alike in the log, the metrics and `status`.
+    pub fn record(
+        &self,
+        daemon: &Mutex<Daemon>,
+        by: &'static str,
+        outcome: &Result<Vec<Step>, FileReloadError>,
+    ) {
+        self.log(by, outcome);
+        match daemon.lock() {
+            Ok(mut d) => d.note_reload(by, outcome),
+            Err(_) => log::error!("reload ({by}): daemon state poisoned by a panic"),
+        }
+    }
+
+    fn log(&self, by: &str, outcome: &Result<Vec<Step>, FileReloadError>) {
         match outcome {
             Ok(steps) => {
                 for s in steps {
@@ -130,5 +145,170 @@ impl ConfigFile {
             d.reload(&self.started, &new)
         };
         steps.map_err(|source| FileReloadError::Reload { path, source })
+    }
+}
+
+/// How a reload ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The file's changes were made (perhaps none).
+    Applied,
+    /// Nothing changed: no file, unreadable, invalid, or asking for a restart.
+    Refused,
+    /// A step failed midway; the steps before it stay.
+    Failed,
+}
+
+impl ReloadResult {
+    /// Every result, in metrics order.
+    pub const ALL: [ReloadResult; 3] = [Self::Applied, Self::Refused, Self::Failed];
+
+    /// The metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The result of `outcome`.
+    pub fn of(outcome: &Result<Vec<Step>, FileReloadError>) -> Self {
+        match outcome {
+            Ok(_) => Self::Applied,
+            Err(e) if e.partly_applied() => Self::Failed,
+            Err(_) => Self::Refused,
+        }
+    }
+}
+
+/// The last reload: when, who asked, and its error if it did not apply.
+#[derive(Clone, Debug)]
+pub struct LastReload {
+    /// When it ended.
+    pub at: SystemTime,
+    /// What asked for it (`SIGHUP`, `xlb reload`).
+    pub by: &'static str,
+    /// How it ended.
+    pub result: ReloadResult,
+    /// Why it did not apply (`None` when it did).
+    pub error: Option<String>,
+}
+
+/// Reloads since the daemon started, for metrics (`xlb_config_*`) and `status`: a reload
+/// refused on SIGHUP is otherwise only a log line, and operators alert on it (as on
+/// Prometheus' own `config_last_reload_successful`).
+#[derive(Clone, Debug)]
+pub struct ReloadHistory {
+    /// Reloads by result, in [`ReloadResult::ALL`]'s order.
+    counts: [u64; 3],
+    /// The last one, if any.
+    last: Option<LastReload>,
+    /// When the running config was last loaded whole: start-up, or the last applied reload.
+    loaded_at: SystemTime,
+}
+
+impl ReloadHistory {
+    /// No reload yet; the config was loaded at `started`.
+    pub fn new(started: SystemTime) -> Self {
+        Self {
+            counts: [0; 3],
+            last: None,
+            loaded_at: started,
+        }
+    }
+
+    /// Notes a reload that ended at `at`.
+    pub fn note(
+        &mut self,
+        at: SystemTime,
+        by: &'static str,
+        outcome: &Result<Vec<Step>, FileReloadError>,
+    ) {
+        let result = ReloadResult::of(outcome);
+        self.counts[result as usize] += 1;
+        if result == ReloadResult::Applied {
+            self.loaded_at = at;
+        }
+        self.last = Some(LastReload {
+            at,
+            by,
+            result,
+            error: outcome.as_ref().err().map(ToString::to_string),
+        });
+    }
+
+    /// Reloads that ended with `result`.
+    pub fn count(&self, result: ReloadResult) -> u64 {
+        self.counts[result as usize]
+    }
+
+    /// The last reload.
+    pub fn last(&self) -> Option<&LastReload> {
+        self.last.as_ref()
+    }
+
+    /// Whether the last reload applied (true before any: the start-up load did).
+    pub fn last_ok(&self) -> bool {
+        self.last
+            .as_ref()
+            .is_none_or(|l| l.result == ReloadResult::Applied)
+    }
+
+    /// When the running config was last loaded whole.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+pub fn unix_s(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_history_counts_by_result_and_keeps_the_last_load() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = ReloadHistory::new(t0);
+        assert!(h.last_ok() && h.last().is_none());
+        h.note(at(1), "SIGHUP", &Ok(Vec::new()));
+        assert_eq!((h.count(ReloadResult::Applied), h.loaded_at()), (1, at(1)));
+        h.note(at(2), "xlb reload", &Err(FileReloadError::NoFile));
+        assert!(!h.last_ok());
+        assert_eq!(h.loaded_at(), at(1), "a refusal loads nothing");
+        let last = h.last().unwrap();
+        assert_eq!(
+            (last.by, last.result),
+            ("xlb reload", ReloadResult::Refused)
+        );
+        assert!(last.error.as_deref().unwrap().contains("without --config"));
+        let midway = FileReloadError::Reload {
+            path: "/x.json".into(),
+            source: ReloadError::Step {
+                step: Step::RemoveVip("198.18.1.1:80/tcp".parse().unwrap()),
+                done: 2,
+                source: Box::new(crate::core::CoreError::UnknownVip {
+                    vip: "198.18.1.1:80/tcp".parse().unwrap(),
+                }),
+            },
+        };
+        h.note(at(3), "SIGHUP", &Err(midway));
+        assert_eq!(
+            ReloadResult::ALL.map(|r| h.count(r)),
+            [1, 1, 1],
+            "applied, refused, failed"
+        );
+        h.note(at(4), "SIGHUP", &Ok(Vec::new()));
+        assert!(h.last_ok());
+        assert_eq!(h.loaded_at(), at(4));
+        assert_eq!(unix_s(at(4)), 1004.0);
     }
 }

@@ -229,7 +229,8 @@ impl DaemonHandler {
         let path = self.config_file.path().map(|p| p.display().to_string());
         let outcome = self.config_file.reload(&self.daemon, dry_run);
         if !dry_run {
-            self.config_file.log("xlb reload", &outcome);
+            self.config_file
+                .record(&self.daemon, "xlb reload", &outcome);
         }
         match outcome {
             Ok(steps) => {

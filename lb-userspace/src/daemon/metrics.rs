@@ -16,7 +16,10 @@ use tokio::{
     sync::watch,
 };
 
-use super::state::Daemon;
+use super::{
+    config_file::{unix_s, ReloadHistory, ReloadResult},
+    state::Daemon,
+};
 use crate::dataplane::{Counters, Dataplane};
 
 /// Renders every metric.
@@ -279,6 +282,7 @@ pub fn render(d: &Daemon) -> String {
         "xlb_health_transitions_total{{to=\"down\"}} {}",
         tr.down
     );
+    reload_metrics(&mut out, d.reloads());
     out
 }
 
@@ -346,5 +350,84 @@ pub async fn serve(
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+/// Config reloads: a refused SIGHUP is otherwise only a log line (the names follow
+/// Prometheus' own `prometheus_config_last_reload_*`).
+fn reload_metrics(out: &mut String, h: &ReloadHistory) {
+    header(
+        out,
+        "xlb_config_reloads_total",
+        "counter",
+        "Config file reloads (SIGHUP, xlb reload), by result.",
+    );
+    for r in ReloadResult::ALL {
+        let _ = writeln!(
+            out,
+            "xlb_config_reloads_total{{result=\"{}\"}} {}",
+            r.name(),
+            h.count(r)
+        );
+    }
+    header(
+        out,
+        "xlb_config_last_reload_successful",
+        "gauge",
+        "1 if the last reload applied (or none was asked for), 0 if it was refused or failed.",
+    );
+    let _ = writeln!(
+        out,
+        "xlb_config_last_reload_successful {}",
+        u8::from(h.last_ok())
+    );
+    header(
+        out,
+        "xlb_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the running config was last loaded whole (start-up or the last applied reload).",
+    );
+    let _ = writeln!(
+        out,
+        "xlb_config_last_reload_success_timestamp_seconds {:.3}",
+        unix_s(h.loaded_at())
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::daemon::config_file::FileReloadError;
+
+    #[test]
+    fn reload_metrics_say_whether_the_last_reload_applied() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        let mut h = ReloadHistory::new(t0);
+        let mut out = String::new();
+        reload_metrics(&mut out, &h);
+        assert!(
+            out.contains("xlb_config_last_reload_successful 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("xlb_config_last_reload_success_timestamp_seconds 1700000000.250\n"));
+        h.note(
+            t0 + Duration::from_secs(5),
+            "SIGHUP",
+            &Err(FileReloadError::NoFile),
+        );
+        let mut out = String::new();
+        reload_metrics(&mut out, &h);
+        for line in [
+            "# TYPE xlb_config_reloads_total counter",
+            "xlb_config_reloads_total{result=\"applied\"} 0",
+            "xlb_config_reloads_total{result=\"refused\"} 1",
+            "xlb_config_reloads_total{result=\"failed\"} 0",
+            "xlb_config_last_reload_successful 0",
+            "xlb_config_last_reload_success_timestamp_seconds 1700000000.250",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line:?} missing:\n{out}");
+        }
     }
 }

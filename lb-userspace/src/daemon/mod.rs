@@ -481,5 +481,5 @@ fn resolve_nexthops_now(core: &mut Core<AyaDataplane>) {
 /// SIGHUP: reads the config file again and makes the running VIPs its VIPs, logging each
 /// change, or why nothing changed.
 fn reload_config(daemon: &Mutex<Daemon>, file: &ConfigFile) {
-    file.log("SIGHUP", &file.reload(daemon, false));
+    file.record(daemon, "SIGHUP", &file.reload(daemon, false));
 }

@@ -5,13 +5,14 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lb_common::counters::{Drop, Event, Pass, COUNTER_SLOTS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::config_file::{unix_s, FileReloadError, ReloadHistory, ReloadResult};
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
     control::{protocol::FlowsQuery, ControlError},
@@ -115,6 +116,8 @@ pub struct Daemon {
     ended: VecDeque<EndedRemoval>,
     /// Backends in slow start, and when each began its ramp.
     ramps: BTreeMap<(VipId, IpAddr), Instant>,
+    /// Config reloads so far.
+    reloads: ReloadHistory,
 }
 
 impl Daemon {
@@ -136,7 +139,22 @@ impl Daemon {
             removals: BTreeMap::new(),
             ended: VecDeque::new(),
             ramps: BTreeMap::new(),
+            reloads: ReloadHistory::new(SystemTime::now()),
         }
+    }
+
+    /// Notes a config reload's outcome (`ConfigFile::record`).
+    pub fn note_reload(
+        &mut self,
+        by: &'static str,
+        outcome: &Result<Vec<reload::Step>, FileReloadError>,
+    ) {
+        self.reloads.note(SystemTime::now(), by, outcome);
+    }
+
+    /// Config reloads so far.
+    pub fn reloads(&self) -> &ReloadHistory {
+        &self.reloads
     }
 
     /// The core (read-only).
@@ -869,7 +887,22 @@ impl Daemon {
                 })
             })
             .collect();
-        json!({ "vips": vips, "ended_removals": self.ended_removals(now) })
+        json!({ "vips": vips, "ended_removals": self.ended_removals(now),
+                "config": self.reload_view() })
+    }
+
+    /// `status`' `config`: when the running config was loaded, the reloads by result, and
+    /// the last one.
+    fn reload_view(&self) -> Value {
+        let h = &self.reloads;
+        let last = h.last().map(|l| {
+            json!({"at_unix_s": unix_s(l.at), "by": l.by, "result": l.result.name(), "error": l.error})
+        });
+        let counts: serde_json::Map<String, Value> = ReloadResult::ALL
+            .iter()
+            .map(|r| (r.name().to_owned(), json!(h.count(*r))))
+            .collect();
+        json!({"loaded_at_unix_s": unix_s(h.loaded_at()), "reloads": counts, "last_reload": last})
     }
 
     /// Where the flow from `client` to `vip` goes (`flow`): its connection-table entry and
@@ -1563,6 +1596,27 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         assert_eq!(ask(false).unwrap_err().code, "config_file");
         assert_eq!(backends(), [b(11), b(12)]);
+        // Dry runs are not reloads; the two refusals are, and status says the last one's.
+        {
+            let d = daemon.lock().unwrap();
+            let h = d.reloads();
+            assert_eq!(
+                ReloadResult::ALL.map(|r| h.count(r)),
+                [1, 2, 0],
+                "applied, refused, failed"
+            );
+            assert!(!h.last_ok());
+            let status = d.status(&HashMap::new());
+            let last = &status["config"]["last_reload"];
+            assert_eq!(
+                (&last["by"], &last["result"]),
+                (&json!("xlb reload"), &json!("refused"))
+            );
+            assert!(last["error"]
+                .as_str()
+                .unwrap()
+                .contains("refused, nothing changed"));
+        }
         let without = DaemonHandler::new(daemon.clone());
         let e = without
             .handle(Request::Reload(ReloadRequest::default()))
