@@ -671,16 +671,7 @@ fn render_flow(r: &Value) -> String {
                 Some(Value::String(a)) => a.clone(),
                 _ => "a backend since removed".to_owned(),
             };
-            let mut notes = Vec::new();
-            if e.get("counted") == Some(&Value::Bool(true)) {
-                notes.push("counted".to_owned());
-            }
-            if e.get("closed") == Some(&Value::Bool(true)) {
-                notes.push("closed by the client".to_owned());
-            }
-            if let Some(s) = e.get("idle_s").and_then(Value::as_u64) {
-                notes.push(format!("last seen {s} s ago"));
-            }
+            let notes = entry_notes(e);
             let notes = if notes.is_empty() {
                 String::new()
             } else {
@@ -715,6 +706,22 @@ fn render_flow(r: &Value) -> String {
     };
     let _ = writeln!(out, "next packet: {why}");
     out
+}
+
+/// What a connection-table entry (`flow`'s `recorded`, a `flows` line) says beyond its
+/// backend: least connection's count, the client's close, the time since its last packet.
+fn entry_notes(e: &Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    if e.get("counted") == Some(&Value::Bool(true)) {
+        notes.push("counted".to_owned());
+    }
+    if e.get("closed") == Some(&Value::Bool(true)) {
+        notes.push("closed by the client".to_owned());
+    }
+    if let Some(s) = e.get("idle_s").and_then(Value::as_u64) {
+        notes.push(format!("last seen {s} s ago"));
+    }
+    notes
 }
 
 /// Runs `xlb reload`.
@@ -760,15 +767,7 @@ fn render_flows(r: &Value) -> String {
                 Some(Value::Null) => notes.push("its VIP was removed".to_owned()),
                 _ => {}
             }
-            if f.get("counted") == Some(&Value::Bool(true)) {
-                notes.push("counted".to_owned());
-            }
-            if f.get("closed") == Some(&Value::Bool(true)) {
-                notes.push("closed by the client".to_owned());
-            }
-            if let Some(s) = f.get("idle_s").and_then(Value::as_u64) {
-                notes.push(format!("last seen {s} s ago"));
-            }
+            notes.extend(entry_notes(f));
             let backend = match f.get("backend") {
                 Some(Value::String(a)) => a.clone(),
                 _ => "- (removed)".to_owned(),
