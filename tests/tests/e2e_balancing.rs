@@ -296,3 +296,44 @@ fn an_all_ports_vip_serves_every_port_without_a_vip_of_its_own() {
         "{flow}"
     );
 }
+
+/// A backend address that appears after `xlb decap` started (DHCP, a service manager that
+/// starts decap early, an address added for a new service) is accepted within a second:
+/// before, decap passed its tunnels to a stack that cannot strip them, and the backend took
+/// no traffic while its health checks passed.
+#[test]
+fn decap_accepts_tunnels_to_an_address_added_after_it_started() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ea", 1);
+    net.start_backends();
+    let late = "198.18.0.21";
+    net.backends[0]
+        .ns
+        .ip(&["addr", "add", &format!("{late}/24"), "dev", "eth0"]);
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": 80, "protocol": "tcp",
+             "backends": [{{"address": "{late}"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let web = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let mut answers = Vec::new();
+    // Within the decap's refresh (1 s) and then some; every attempt is bounded by TIMEOUT.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match http_get(&net.client, web, "/", TIMEOUT) {
+            Ok(body) => {
+                answers.push(String::from_utf8_lossy(&body).trim().to_owned());
+                break;
+            }
+            Err(e) => answers.push(e.to_string()),
+        }
+    }
+    assert_eq!(
+        answers.last().map(String::as_str),
+        Some("b1"),
+        "through the late address: {answers:?}"
+    );
+}
