@@ -14,6 +14,7 @@
 //! - [`decap`]: `xlb decap` for backends.
 //! - [`flows`]: the flows the connection tables hold, filtered and named (the `flows` op).
 //! - [`graceful`]: graceful removal: a draining backend's packet counter, followed until quiet.
+//! - [`logging`]: the log's formats (text, JSON lines).
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
 //! - [`placement`]: where a client's flow to a VIP goes (the `flow` op).
@@ -39,6 +40,7 @@ pub mod flows;
 pub mod graceful;
 pub mod health;
 pub mod loader;
+pub mod logging;
 pub mod netdev;
 pub mod placement;
 pub mod reload;

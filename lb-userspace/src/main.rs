@@ -12,6 +12,7 @@ use xlb::{
     control::{protocol::FlowsQuery, DEFAULT_SOCKET},
     daemon::{self, RunOptions},
     loader::LoadOptions,
+    logging::LogFormat,
 };
 
 /// xlb: an XDP layer-4 load balancer with consistent hashing and direct server return.
@@ -25,6 +26,9 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Log lines as text, or as one JSON object per line (ts, level, target, msg).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -200,10 +204,7 @@ struct RateArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .filter_level(cli.log_level)
-        .format_timestamp_millis()
-        .init();
+    xlb::logging::init(cli.log_level, cli.log_format);
     // Refusals from the daemon print as `error (<code>): <message>`, others as `xlb: …`.
     ctl::exit_code(dispatch(cli.cmd))
 }

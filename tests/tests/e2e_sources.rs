@@ -29,7 +29,8 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     let mut net = DemoNet::new("e2esrc", 2);
     net.start_backends();
     let _servers: Vec<Proc> = (0..2).map(|i| net.start_name_server(i)).collect();
-    let (_lb, sock) = net.start_lb(&config(), &[]);
+    // Its log as JSON lines, as a log pipeline takes them (checked at the end).
+    let (lb, sock) = net.start_lb(&config(), &["--log-format", "json"]);
     net.wait_ready(&sock);
     let vip = format!("{VIP4}:{NAME_PORT}/tcp");
     let addr = SocketAddr::new(VIP4.parse().expect("VIP4"), NAME_PORT);
@@ -76,4 +77,24 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     assert!(!ok && err.contains("other family"), "{err}");
     let status = net.status_json(&sock);
     assert_eq!(status["vips"][0]["allowed_sources"], serde_json::json!([]));
+
+    // Every line the daemon logged is one JSON object, its start-up's among them.
+    let log = lb.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["ts"].is_string()),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["target"] == "xlb::control::server"
+            && l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("control socket listening on "))),
+        "{log}"
+    );
 }

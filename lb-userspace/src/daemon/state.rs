@@ -1057,7 +1057,18 @@ pub fn record_nexthop(
     hop: Option<NextHop>,
 ) {
     match core.set_nexthop(vip, addr, hop) {
-        Ok(true) => log::info!("next hop of {addr} ({vip}): {hop:?}"),
+        Ok(true) => match hop {
+            Some(h) => log::info!(
+                "next hop of {addr} ({vip}): {} on interface {}, path MTU {}",
+                mac_string(&h.dmac),
+                h.ifindex,
+                h.mtu
+            ),
+            None => log::info!(
+                "next hop of {addr} ({vip}) not resolved: its packets look their route up \
+                 in the FIB one by one until it is"
+            ),
+        },
         Ok(false) | Err(CoreError::UnknownVip { .. } | CoreError::UnknownBackend { .. }) => {}
         Err(e) => log::error!("next hop of {addr} ({vip}): {e}"),
     }
