@@ -137,6 +137,8 @@ enum Cmd {
         ctl: CtlArgs,
         #[command(flatten)]
         rate: RateArg,
+        /// Only this VIP (`198.18.1.1:80/tcp`).
+        vip: Option<VipId>,
     },
     /// Show the data plane's counters of a running balancer.
     Stats {
@@ -274,12 +276,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 json: a.json,
             },
         ),
-        Cmd::Status { ctl: a, rate } => ctl::run_status(
+        Cmd::Status { ctl: a, rate, vip } => ctl::run_status(
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,
             },
             rate.rate,
+            vip,
         ),
         Cmd::Stats { ctl: a, rate } => ctl::run_stats(
             &CtlOpts {

@@ -267,6 +267,14 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
             .any(|l| l.contains(client.as_str()) && l.contains(backend.as_str())),
         "{text}"
     );
+    // `xlb status VIP`: that VIP alone; a VIP the balancer lacks is an error naming those it has.
+    let one = net.ctl(&sock, &["status", &lines]);
+    assert!(one.contains(&lines) && !one.contains(WEB), "{one}");
+    let (ok, _, err) = net.try_ctl(&sock, &["status", "198.18.1.9:80/tcp"]);
+    assert!(
+        !ok && err.contains("no VIP 198.18.1.9:80/tcp; the balancer has "),
+        "{err}"
+    );
     let others: BTreeSet<&String> = on.values().filter(|b| *b != backend).collect();
     assert!(
         others.iter().all(|b| !text.contains(b.as_str())),

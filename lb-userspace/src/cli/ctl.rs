@@ -603,16 +603,46 @@ fn drain_waiting(
 }
 
 /// Runs `xlb status`; with `rate`, traffic per second over that interval instead of totals.
-pub fn run_status(opts: &CtlOpts, rate: Option<Duration>) -> anyhow::Result<()> {
+pub fn run_status(
+    opts: &CtlOpts,
+    rate: Option<Duration>,
+    vip: Option<VipId>,
+) -> anyhow::Result<()> {
     let req = Request::Status(Empty {});
+    let only = |v: Value| match vip {
+        Some(id) => only_vip(v, &id),
+        None => Ok(v),
+    };
     match rate {
-        None => print_result(opts, &call(&opts.socket, &req)?, render_status),
+        None => print_result(opts, &only(call(&opts.socket, &req)?)?, render_status),
         Some(interval) => {
             let (before, after, elapsed) = sample_twice(&opts.socket, &req, interval)?;
             let rates = rate::status_rates(&before, &after, elapsed);
-            print_result(opts, &rates, rate::render_status_rates)
+            print_result(opts, &only(rates)?, rate::render_status_rates)
         }
     }
+}
+
+/// `result` with only `vip` left in its `vips`; an error naming the VIPs there are when it
+/// has none such.
+fn only_vip(mut result: Value, vip: &VipId) -> anyhow::Result<Value> {
+    let want = vip.to_string();
+    let Some(Value::Array(vips)) = result.get_mut("vips") else {
+        return Ok(result);
+    };
+    let names: Vec<String> = vips.iter().map(|v| field(v, "vip")).collect();
+    vips.retain(|v| v.get("vip").and_then(Value::as_str) == Some(want.as_str()));
+    if vips.is_empty() {
+        anyhow::bail!(
+            "no VIP {want}; the balancer has {}",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    Ok(result)
 }
 
 /// Runs `xlb stats`; with `rate`, counters per second over that interval instead of totals.
@@ -1546,6 +1576,20 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
     }
 
     #[test]
+    fn status_of_one_vip_keeps_only_it() {
+        let status = json!({"vips": [{"vip": "198.18.1.1:80/tcp"}, {"vip": "[fd00::1]:53/udp"}],
+                            "ended_removals": []});
+        let one = only_vip(status.clone(), &"[fd00::1]:53/udp".parse().unwrap()).unwrap();
+        assert_eq!(one["vips"], json!([{"vip": "[fd00::1]:53/udp"}]));
+        assert_eq!(one["ended_removals"], json!([]));
+        let e = only_vip(status, &"198.18.1.2:80/tcp".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no VIP 198.18.1.2:80/tcp; the balancer has 198.18.1.1:80/tcp, [fd00::1]:53/udp"
+        );
+    }
+
+    #[test]
     fn status_says_when_the_last_reload_did_not_apply() {
         let with = |result: &str, error: Value| {
             render_status(&json!({"vips": [], "config": {"loaded_at_unix_s": 1.0,
@@ -1639,7 +1683,7 @@ health_transitions: {\"down\":0,\"up\":1}
             &opts,
         )
         .expect("drain");
-        run_status(&opts, None).expect("status");
+        run_status(&opts, None, None).expect("status");
         let e = run_vip(
             VipCmd::Remove {
                 vip: "198.18.1.1:81/tcp".parse().expect("vip"),
