@@ -42,6 +42,32 @@ pub fn mtu(name: &str) -> Result<u32> {
         .with_context(|| format!("{path} holds {text:?}"))
 }
 
+/// Whether the kernel forwards `family` ("ipv4" or "ipv6") packets arriving on `name`
+/// (`net.IPFAMILY.conf.NAME.forwarding`); `None` when that cannot be read (IPv6 disabled).
+pub fn forwarding(name: &str, family: &str) -> Option<bool> {
+    let path = format!("/proc/sys/net/{family}/conf/{name}/forwarding");
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim() != "0")
+}
+
+/// What to tell the operator about `name`'s forwarding (`v4`, `v6` as [`forwarding`]
+/// reads them): the program's FIB lookups, for backends whose next hop the daemon has not
+/// resolved yet and those behind a router, fail unless it is on.
+pub fn forwarding_warnings(name: &str, v4: Option<bool>, v6: Option<bool>) -> Vec<String> {
+    [("ipv4", v4), ("ipv6", v6)]
+        .into_iter()
+        .filter(|(_, on)| *on == Some(false))
+        .map(|(family, _)| {
+            format!(
+                "net.{family}.conf.{name}.forwarding is 0: the kernel refuses the program's FIB \
+                 lookups, so {family} backends whose next hop is not resolved yet (the first \
+                 second after they are added) or that sit behind a router get their packets \
+                 dropped (no_route); `sysctl -w net.{family}.conf.{name}.forwarding=1`"
+            )
+        })
+        .collect()
+}
+
 /// Addresses configured on `name` (both families), link-local IPv6 excluded.
 pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
@@ -88,6 +114,30 @@ pub fn addresses(name: &str) -> Result<Vec<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_off_is_named_by_family_with_its_sysctl() {
+        assert!(forwarding_warnings("eth0", Some(true), Some(true)).is_empty());
+        assert!(forwarding_warnings("eth0", Some(true), None).is_empty());
+        let w = forwarding_warnings("eth0", Some(false), Some(true));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("net.ipv4.conf.eth0.forwarding is 0: "),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].ends_with("`sysctl -w net.ipv4.conf.eth0.forwarding=1`"),
+            "{}",
+            w[0]
+        );
+        assert_eq!(
+            forwarding_warnings("eth0", Some(false), Some(false)).len(),
+            2
+        );
+        // This machine's loopback can be read (whatever its setting).
+        assert!(forwarding("lo", "ipv4").is_some());
+    }
 
     #[test]
     fn parses_macs() {

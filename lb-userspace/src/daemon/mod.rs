@@ -78,6 +78,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let ifindex = netdev::ifindex(&opts.iface)?;
     let addrs = netdev::addresses(&opts.iface)?;
     let mtu = netdev::mtu(&opts.iface)?;
+    for w in netdev::forwarding_warnings(
+        &opts.iface,
+        netdev::forwarding(&opts.iface, "ipv4"),
+        netdev::forwarding(&opts.iface, "ipv6"),
+    ) {
+        log::warn!("{w}");
+    }
     if unsafe { libc::geteuid() } != 0 {
         log::warn!("not running as root: loading BPF programs will likely fail (run with sudo)");
     }
