@@ -305,6 +305,23 @@ impl VipState {
             .fold(self.retired, |acc, b| acc + dp.backend(b.index))
     }
 
+    /// The VIP as a config file would give it: its definition, with its backends as they
+    /// run now (weights, drains and backups set at runtime included).
+    pub fn running_config(&self) -> VipConfig {
+        let mut cfg = self.config.clone();
+        cfg.backends = self
+            .backends
+            .iter()
+            .map(|(a, b)| BackendConfig {
+                address: *a,
+                weight: b.weight,
+                drained: b.drained,
+                backup: b.backup,
+            })
+            .collect();
+        cfg
+    }
+
     /// Slots of the live table per backend index (for status and tests).
     pub fn table(&self) -> &[u32] {
         &self.shadow[self.active as usize]
@@ -728,18 +745,7 @@ impl<D: Dataplane> Core<D> {
             log::warn!("removing the client prefixes of removed VIP {id}: {e} (retried when its index is used again)");
         }
         self.vip_ids.free.push_back(state.id);
-        let mut cfg = state.config;
-        cfg.backends = state
-            .backends
-            .iter()
-            .map(|(a, b)| BackendConfig {
-                address: *a,
-                weight: b.weight,
-                drained: b.drained,
-                backup: b.backup,
-            })
-            .collect();
-        Ok(cfg)
+        Ok(state.running_config())
     }
 
     /// Adds a backend to a VIP.

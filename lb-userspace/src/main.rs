@@ -157,6 +157,12 @@ enum Cmd {
         /// The client's address and port, as `198.18.0.10:40000` or `[fd00::10]:40000`.
         client: SocketAddr,
     },
+    /// Print the running VIPs and backends as a config file, runtime changes included:
+    /// `xlb dump-config > xlb.json` keeps them across reloads and restarts.
+    DumpConfig {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    },
     /// Read the config file again and apply it (as SIGHUP does), printing each change or
     /// why nothing changed.
     Reload {
@@ -303,6 +309,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 json: a.json,
             },
         ),
+        Cmd::DumpConfig { ctl: a } => ctl::run_dump_config(&a.socket),
         Cmd::Reload { ctl: a, dry_run } => ctl::run_reload(
             dry_run,
             &CtlOpts {

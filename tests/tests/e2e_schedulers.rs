@@ -517,6 +517,22 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         text.contains("the last config reload (SIGHUP, ") && text.contains("was refused"),
         "{text}"
     );
+
+    // A change made at runtime, kept with `xlb dump-config`: the dump, written over the
+    // file, reloads to no change, and holds the change.
+    net.ctl(&sock, &["backend", "weight", &vip, "198.18.0.13", "5"]);
+    let dumped = net.ctl(&sock, &["dump-config"]);
+    std::fs::write(&file, &dumped).expect("write config");
+    let plan = net.ctl(&sock, &["reload", "--dry-run"]);
+    assert!(plan.ends_with("nothing to change\n"), "{plan}\n{dumped}");
+    let b3 = serde_json::from_str::<serde_json::Value>(&dumped).expect("dump JSON")["vips"][0]
+        ["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["address"] == "198.18.0.13")
+        .map(|b| b["weight"].clone());
+    assert_eq!(b3, Some(serde_json::json!(5)), "{dumped}");
     assert!(
         lb.running(),
         "xlb stopped on a bad reload:\n{}",

@@ -754,6 +754,14 @@ fn entry_notes(e: &Value) -> Vec<String> {
     notes
 }
 
+/// Runs `xlb dump-config`: the daemon's answer is the file, printed as JSON whatever
+/// `--json` says.
+pub fn run_dump_config(socket: &Path) -> anyhow::Result<()> {
+    let config = call(socket, &Request::Config(Empty {}))?;
+    println!("{}", serde_json::to_string_pretty(&config)?);
+    Ok(())
+}
+
 /// Runs `xlb reload`.
 pub fn run_reload(dry_run: bool, opts: &CtlOpts) -> anyhow::Result<()> {
     let result = call(&opts.socket, &Request::Reload(ReloadRequest { dry_run }))?;

@@ -140,6 +140,9 @@ pub enum Request {
     /// change.
     #[serde(rename = "reload")]
     Reload(ReloadRequest),
+    /// The running VIPs and backends as a config file.
+    #[serde(rename = "config")]
+    Config(Empty),
 }
 
 /// Body of `vip.add`.
@@ -317,6 +320,7 @@ pub const OPS: &[&str] = &[
     "flow",
     "flows",
     "reload",
+    "config",
 ];
 
 impl Request {
@@ -340,6 +344,7 @@ impl Request {
             Self::Flow(_) => "flow",
             Self::Flows(_) => "flows",
             Self::Reload(_) => "reload",
+            Self::Config(_) => "config",
         }
     }
 
@@ -378,6 +383,7 @@ impl Request {
             "flow" => Self::Flow(parse_body(body)?),
             "flows" => Self::Flows(parse_body(body)?),
             "reload" => Self::Reload(parse_body(body)?),
+            "config" => Self::Config(parse_body(body)?),
             other => {
                 return Err(bad_request(format!(
                     "op: unknown op {other:?}; ops: {}",
@@ -760,6 +766,7 @@ mod tests {
                 r#"{"v":1,"op":"reload"}"#,
                 Request::Reload(ReloadRequest::default()),
             ),
+            (r#"{"v":1,"op":"config"}"#, Request::Config(Empty {})),
             (
                 r#"{"v":1,"op":"reload","dry_run":true}"#,
                 Request::Reload(ReloadRequest { dry_run: true }),

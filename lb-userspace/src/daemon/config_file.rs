@@ -87,6 +87,11 @@ impl ConfigFile {
         self.path.as_deref()
     }
 
+    /// The config the daemon started with.
+    pub fn started(&self) -> &Config {
+        &self.started
+    }
+
     /// Logs a reload's outcome (`by`: what asked for it) — each change, or why none was
     /// made — and notes it in the daemon's [`ReloadHistory`]. SIGHUP and the control
     /// socket's reloads read alike in the log, the metrics and `status`.

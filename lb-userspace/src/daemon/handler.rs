@@ -219,6 +219,11 @@ impl Handler for DaemonHandler {
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
             Request::Flows(_) | Request::Reload(_) => unreachable!("answered before the lock"),
+            Request::Config(_) => {
+                serde_json::to_value(d.running_config(self.config_file.started())).map_err(|e| {
+                    ControlError::new(code::INTERNAL, format!("encoding the config: {e}"))
+                })
+            }
         }
     }
 }

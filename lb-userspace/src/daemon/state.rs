@@ -616,6 +616,16 @@ impl Daemon {
         Ok(steps)
     }
 
+    /// The running VIPs and backends as a config file (`dump-config`): `started`'s global
+    /// settings, which cannot change while the daemon runs, and every VIP as it runs now,
+    /// with what the control socket changed. Reloading it changes nothing.
+    pub fn running_config(&self, started: &Config) -> Config {
+        Config {
+            vips: self.core.vips().map(|v| v.running_config()).collect(),
+            ..started.clone()
+        }
+    }
+
     /// The steps [`Daemon::reload`] would take to make the running VIPs `new`'s, changing
     /// nothing; refused as `reload` refuses before its first step.
     pub fn plan_reload(
@@ -1634,5 +1644,77 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, "config_file");
         assert!(e.message.contains("without --config"), "{}", e.message);
+    }
+
+    /// `dump-config` after changes made at runtime: reloading the dump changes nothing, and
+    /// it survives its own file format.
+    #[tokio::test]
+    async fn the_running_config_reloads_to_no_change() {
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
+            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "name": "web",
+                "health_check": {"kind": "none"},
+                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}"#,
+        ) else {
+            return;
+        };
+        let started = Config::from_json(r#"{"icmp_rate_limit": 500, "vips": []}"#).unwrap();
+        let b = |n: u8| IpAddr::from([198, 18, 0, n]);
+        d.set_weight(&vip, b(11), 3).unwrap();
+        d.set_drained(&vip, b(12), true).unwrap();
+        d.add_backend(
+            &vip,
+            serde_json::from_str(r#"{"address": "198.18.0.13", "backup": true}"#).unwrap(),
+        )
+        .unwrap();
+        d.set_scheduler(&vip, Scheduler::Wrr).unwrap();
+        d.set_slow_start(&vip, Some(30)).unwrap();
+        d.set_sources(&vip, vec!["198.18.0.0/15".parse().unwrap()])
+            .unwrap();
+        d.set_idle_timeout(&vip, Some(600)).unwrap();
+        d.set_health_check(
+            &vip,
+            Some(
+                serde_json::from_str(r#"{"kind": "tcp", "interval_ms": 700, "timeout_ms": 300}"#)
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+        d.add_vip(
+            serde_json::from_str(
+                r#"{"address": "198.18.1.2", "port": 0, "protocol": "udp",
+                    "health_check": {"kind": "none"}, "backends": [{"address": "198.18.0.14"}]}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+
+        let dumped = d.running_config(&started);
+        assert_eq!(
+            dumped.icmp_rate_limit,
+            Some(500),
+            "the global settings it runs with"
+        );
+        let text = serde_json::to_string_pretty(&dumped).unwrap();
+        let parsed = Config::from_json(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        assert_eq!(parsed, dumped);
+        let web = &parsed.vips[0];
+        assert_eq!(
+            (web.scheduler, web.slow_start_s),
+            (Scheduler::Wrr, Some(30))
+        );
+        let weights: Vec<(IpAddr, u32, bool, bool)> = web
+            .backends
+            .iter()
+            .map(|b| (b.address, b.weight, b.drained, b.backup))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                (b(11), 3, false, false),
+                (b(12), 1, true, false),
+                (b(13), 1, false, true)
+            ]
+        );
+        assert_eq!(d.plan_reload(&started, &parsed).unwrap(), []);
     }
 }
