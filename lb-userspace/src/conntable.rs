@@ -94,16 +94,65 @@ pub enum ScanError {
 pub struct ConnTables {
     v4: OwnedFd,
     v6: OwnedFd,
+    /// Entries each table holds at most (IPv4, IPv6).
+    capacity: (u32, u32),
+}
+
+/// What a scan of both tables counts: flows per backend slot, and per table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Entries per backend index.
+    pub per_backend: HashMap<u32, u64>,
+    /// Entries of the IPv4 table.
+    pub v4: u64,
+    /// Entries of the IPv6 table.
+    pub v6: u64,
 }
 
 impl ConnTables {
     /// Opens the tables through `v4` (`CONNS_V4`) and `v6` (`CONNS`), checking that their
     /// keys and values have this build's sizes.
     pub fn new(v4: &aya::maps::MapData, v6: &aya::maps::MapData) -> Result<Self, ScanError> {
+        let name4 = lb_common::maps::MAP_CONNS_V4;
+        let name6 = lb_common::maps::MAP_CONNS;
+        let capacity = (
+            check_layout::<FlowKeyV4>(v4, name4)?.max_entries(),
+            check_layout::<FlowKey>(v6, name6)?.max_entries(),
+        );
         Ok(Self {
-            v4: checked::<FlowKeyV4>(v4, lb_common::maps::MAP_CONNS_V4)?,
-            v6: checked::<FlowKey>(v6, lb_common::maps::MAP_CONNS)?,
+            v4: checked::<FlowKeyV4>(v4, name4)?,
+            v6: checked::<FlowKey>(v6, name6)?,
+            capacity,
         })
+    }
+
+    /// Entries each table holds at most (IPv4, IPv6): `--max-conns`. Beyond, the kernel
+    /// evicts the least recently used flows to record new ones.
+    pub fn capacity(&self) -> (u32, u32) {
+        self.capacity
+    }
+
+    /// Flows per backend index and per table (`status`).
+    pub fn census(&self) -> Result<Census, ScanError> {
+        let mut c = Census::default();
+        for (v4, fd, name) in [
+            (true, self.v4.as_fd(), lb_common::maps::MAP_CONNS_V4),
+            (false, self.v6.as_fd(), lb_common::maps::MAP_CONNS),
+        ] {
+            let mut count = |e: &ConnEntry| *c.per_backend.entry(e.backend).or_insert(0) += 1;
+            let n = if v4 {
+                scan::<FlowKeyV4, ConnEntry>(fd, |_, e| count(e))
+            } else {
+                scan::<FlowKey, ConnEntry>(fd, |_, e| count(e))
+            }
+            .map_err(|source| lookup_err(name, source))?;
+            if v4 {
+                c.v4 = n;
+            } else {
+                c.v6 = n;
+            }
+        }
+        Ok(c)
     }
 
     /// Calls `f` with every entry of both tables; returns how many there were.
@@ -128,11 +177,9 @@ impl ConnTables {
         aya::maps::MapData::from_fd(fd).expect("the IPv4 connection table")
     }
 
-    /// Flows per backend index, all of them (`status`).
+    /// Flows per backend index, all of them.
     pub fn flows_per_backend(&self) -> Result<HashMap<u32, u64>, ScanError> {
-        let mut out = HashMap::new();
-        self.for_each(|e| *out.entry(e.backend).or_insert(0) += 1)?;
-        Ok(out)
+        Ok(self.census()?.per_backend)
     }
 
     /// Least-connection flows still open and not idle now, per (backend index,

@@ -754,6 +754,32 @@ fn entry_notes(e: &Value) -> Vec<String> {
     notes
 }
 
+/// `status`' `conn_tables` for people: entries against capacity per family, and a warning
+/// when a table is nearly full (the kernel then evicts the least recently used flows,
+/// which may be live ones, to record new ones).
+fn conn_tables_line(t: &Value) -> String {
+    let mut full = false;
+    let parts: Vec<String> = [("v4", "IPv4"), ("v6", "IPv6")]
+        .iter()
+        .map(|(key, name)| {
+            let f = t.get(*key).cloned().unwrap_or(Value::Null);
+            let n = f.get("entries").and_then(Value::as_u64).unwrap_or(0);
+            let cap = f.get("capacity").and_then(Value::as_u64).unwrap_or(0);
+            full |= cap > 0 && n * 10 >= cap * 9;
+            format!("{n} of {cap} {name}")
+        })
+        .collect();
+    let mut line = format!("\nconnection tables: {} flows", parts.join(", "));
+    if full {
+        line.push_str(
+            " (nearly full: the oldest flows are evicted for new ones; `xlb run --max-conns` \
+             sizes them)",
+        );
+    }
+    line.push('\n');
+    line
+}
+
 /// Runs `xlb dump-config`: the daemon's answer is the file, printed as JSON whatever
 /// `--json` says.
 pub fn run_dump_config(socket: &Path) -> anyhow::Result<()> {
@@ -1139,6 +1165,9 @@ fn render_status(status: &Value) -> String {
             }
         }
     });
+    if let Some(t) = status.get("conn_tables") {
+        out.push_str(&conn_tables_line(t));
+    }
     // A reload that did not apply is otherwise only in the daemon's log.
     let last = status.get("config").and_then(|c| c.get("last_reload"));
     if let Some(l) = last.filter(|l| l.get("result").is_some_and(|r| r != "applied")) {
@@ -1581,6 +1610,22 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         assert!(!on_backups("standby").contains("on backups"));
         // Something unexpected still prints rather than failing.
         assert!(render_status(&json!("surprise")).starts_with("no VIPs"));
+    }
+
+    #[test]
+    fn status_says_how_full_the_connection_tables_are() {
+        let t = |v4: u64| json!({"v4": {"entries": v4, "capacity": 1000}, "v6": {"entries": 3, "capacity": 1000}});
+        assert_eq!(
+            conn_tables_line(&t(120)),
+            "\nconnection tables: 120 of 1000 IPv4, 3 of 1000 IPv6 flows\n"
+        );
+        assert!(conn_tables_line(&t(900)).contains("nearly full"));
+        assert!(!conn_tables_line(&t(899)).contains("nearly full"));
+        let status = render_status(&json!({"vips": [], "conn_tables": t(1)}));
+        assert!(
+            status.contains("connection tables: 1 of 1000 IPv4"),
+            "{status}"
+        );
     }
 
     #[test]

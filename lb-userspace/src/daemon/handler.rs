@@ -83,15 +83,18 @@ impl Handler for DaemonHandler {
         // `status` counts each backend's flows with a scan of the connection tables (about
         // 0.4 µs per flow): made before taking the lock, so that a large table does not
         // hold up health events and other requests meanwhile.
-        let flows = match &req {
+        let census = match &req {
             Request::Status(_) => {
                 let tables = self.lock()?.core().dataplane().conn_tables();
-                tables.flows_per_backend().unwrap_or_else(|e| {
-                    log::warn!("counting flows per backend: {e}");
-                    HashMap::new()
-                })
+                match tables.census() {
+                    Ok(c) => Some((c, tables.capacity())),
+                    Err(e) => {
+                        log::warn!("counting flows per backend: {e}");
+                        None
+                    }
+                }
             }
-            _ => HashMap::new(),
+            _ => None,
         };
         match &req {
             Request::Flows(q) => return self.flows(q),
@@ -215,7 +218,19 @@ impl Handler for DaemonHandler {
                     format!("backend {} of {} is no longer a backup", r.address, r.vip)
                 })
             }
-            Request::Status(_) => Ok(d.status(&flows)),
+            Request::Status(_) => {
+                let Some((census, (cap4, cap6))) = census else {
+                    return Ok(d.status(&HashMap::new()));
+                };
+                let mut status = d.status(&census.per_backend);
+                // How full the tables are: beyond, the kernel evicts the least recently
+                // used flows to record new ones (`--max-conns` sizes them).
+                status["conn_tables"] = json!({
+                    "v4": {"entries": census.v4, "capacity": cap4},
+                    "v6": {"entries": census.v6, "capacity": cap6},
+                });
+                Ok(status)
+            }
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
             Request::Flows(_) | Request::Reload(_) => unreachable!("answered before the lock"),

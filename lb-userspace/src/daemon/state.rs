@@ -1493,6 +1493,14 @@ mod tests {
         };
         let all = ask(json!({})).unwrap();
         assert_eq!((&all["scanned"], &all["matched"]), (&json!(3), &json!(3)));
+        // `status` counts them too, per table, against the tables' size (`--max-conns`).
+        let status = h
+            .handle(Request::Status(crate::control::protocol::Empty {}))
+            .unwrap();
+        assert_eq!(
+            status["conn_tables"],
+            json!({"v4": {"entries": 3, "capacity": 1024}, "v6": {"entries": 0, "capacity": 1024}})
+        );
         assert_eq!(
             listed(&all),
             [
