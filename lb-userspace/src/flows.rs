@@ -17,7 +17,7 @@ use lb_common::{flow::FlowKey, maps::ConnEntry};
 use serde::Serialize;
 
 use crate::{
-    config::{Protocol, VipId},
+    config::{Protocol, SourcePrefix, VipId},
     core::VipState,
     placement::Recorded,
 };
@@ -101,6 +101,8 @@ pub struct Filter {
     pub vip: Option<(u32, Option<u16>)>,
     /// Only the flows on this backend.
     pub backend: Option<IpAddr>,
+    /// Only the flows of clients in this prefix.
+    pub client: Option<SourcePrefix>,
 }
 
 /// One listed flow.
@@ -173,6 +175,13 @@ impl Listing {
             .filter
             .backend
             .is_some_and(|b| flow.recorded.backend != Some(b))
+        {
+            return;
+        }
+        if self
+            .filter
+            .client
+            .is_some_and(|p| !p.contains(flow.client.ip()))
         {
             return;
         }
@@ -350,7 +359,7 @@ mod tests {
     fn filters_narrow_the_listing_and_the_limit_keeps_the_first() {
         let web = Filter {
             vip: Some((WEB, None)),
-            backend: None,
+            ..Filter::default()
         };
         // The flow of a removed VIP under a reused index is not the new VIP's.
         assert_eq!(
@@ -359,12 +368,12 @@ mod tests {
         );
         let port = Filter {
             vip: Some((ANY, Some(9090))),
-            backend: None,
+            ..Filter::default()
         };
         assert_eq!(clients(&list(port, 100)), ["198.18.0.10:40003"]);
         let on_12 = Filter {
-            vip: None,
             backend: Some(ip("198.18.0.12")),
+            ..Filter::default()
         };
         assert_eq!(
             clients(&list(on_12, 100)),
@@ -373,8 +382,19 @@ mod tests {
         let both = Filter {
             vip: Some((WEB, None)),
             backend: Some(ip("198.18.0.12")),
+            client: None,
         };
         assert_eq!(clients(&list(both, 100)), ["198.18.0.10:40002"]);
+        let from_9 = Filter {
+            client: Some("198.18.0.9/32".parse().unwrap()),
+            ..Filter::default()
+        };
+        assert_eq!(clients(&list(from_9, 100)), ["198.18.0.9:5000"]);
+        let net = Filter {
+            client: Some("198.18.0.0/28".parse().unwrap()),
+            ..Filter::default()
+        };
+        assert_eq!(list(net, 100).matched, 6);
         let a = list(Filter::default(), 2);
         assert_eq!((a.matched, a.truncated), (6, true));
         assert_eq!(clients(&a), ["198.18.0.9:5000", "198.18.0.10:40000"]);

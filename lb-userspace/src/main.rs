@@ -183,6 +183,9 @@ enum Cmd {
         /// Only the flows on this backend.
         #[arg(long)]
         backend: Option<IpAddr>,
+        /// Only the flows of clients in this prefix (`198.18.0.0/24`, or an address).
+        #[arg(long, value_name = "PREFIX")]
+        client: Option<xlb::config::SourcePrefix>,
         /// At most this many flows (1..=10000).
         #[arg(long, default_value_t = xlb::flows::DEFAULT_LIMIT)]
         limit: u32,
@@ -321,11 +324,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             ctl: a,
             vip,
             backend,
+            client,
             limit,
         } => ctl::run_flows(
             FlowsQuery {
                 vip,
                 backend,
+                client,
                 limit: Some(limit),
             },
             &CtlOpts {

@@ -269,6 +269,15 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
             .any(|l| l.contains(client.as_str()) && l.contains(backend.as_str())),
         "{text}"
     );
+    // By client prefix: the client's own address holds them all, another network none.
+    let by_client = |prefix: &str| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&net.ctl(&sock, &["flows", "--json", &lines, "--client", prefix]))
+                .expect("flows JSON");
+        v["matched"].as_u64().unwrap_or(0)
+    };
+    assert!(by_client("198.18.0.10") >= on.len() as u64);
+    assert_eq!(by_client("198.19.0.0/16"), 0);
     // `xlb status VIP`: that VIP alone; a VIP the balancer lacks is an error naming those it has.
     let one = net.ctl(&sock, &["status", &lines]);
     assert!(one.contains(&lines) && !one.contains(WEB), "{one}");

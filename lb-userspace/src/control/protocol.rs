@@ -282,6 +282,9 @@ pub struct FlowsQuery {
     /// Only the flows on this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<IpAddr>,
+    /// Only the flows of clients in this prefix (`198.18.0.0/24`, or an address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<SourcePrefix>,
     /// At most this many flows (1..=10000; default 100), the first by VIP, then client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -776,7 +779,15 @@ mod tests {
                 Request::Flows(FlowsQuery {
                     vip: Some(vip_id()),
                     backend: Some(b11),
+                    client: None,
                     limit: Some(5),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"flows","client":"198.18.0.0/24"}"#,
+                Request::Flows(FlowsQuery {
+                    client: Some("198.18.0.0/24".parse().unwrap()),
+                    ..FlowsQuery::default()
                 }),
             ),
         ];

@@ -1005,6 +1005,7 @@ impl Daemon {
         let filter = flows::Filter {
             vip: vip.map(|(state, port)| (state.id, port)),
             backend: q.backend,
+            client: q.client,
         };
         Ok((flows::Names::of(self.core.vips()), filter, limit))
     }
