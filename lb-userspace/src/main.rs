@@ -146,6 +146,8 @@ enum Cmd {
         ctl: CtlArgs,
         #[command(flatten)]
         rate: RateArg,
+        /// Only this VIP's traffic (the counters by reason stay the balancer's).
+        vip: Option<VipId>,
     },
     /// Show where a client's flow to a VIP goes: its connection-table entry and the backend
     /// of its next packet.
@@ -293,12 +295,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             rate.rate,
             vip,
         ),
-        Cmd::Stats { ctl: a, rate } => ctl::run_stats(
+        Cmd::Stats { ctl: a, rate, vip } => ctl::run_stats(
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,
             },
             rate.rate,
+            vip,
         ),
         Cmd::Flow {
             ctl: a,

@@ -281,6 +281,10 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
     // `xlb status VIP`: that VIP alone; a VIP the balancer lacks is an error naming those it has.
     let one = net.ctl(&sock, &["status", &lines]);
     assert!(one.contains(&lines) && !one.contains(WEB), "{one}");
+    let one: serde_json::Value =
+        serde_json::from_str(&net.ctl(&sock, &["stats", "--json", &lines])).expect("stats JSON");
+    assert_eq!(one["vips"].as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one["vips"][0]["vip"], lines.as_str());
     let (ok, _, err) = net.try_ctl(&sock, &["status", "198.18.1.9:80/tcp"]);
     assert!(
         !ok && err.contains("no VIP 198.18.1.9:80/tcp; the balancer has "),

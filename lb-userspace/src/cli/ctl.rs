@@ -646,14 +646,18 @@ fn only_vip(mut result: Value, vip: &VipId) -> anyhow::Result<Value> {
 }
 
 /// Runs `xlb stats`; with `rate`, counters per second over that interval instead of totals.
-pub fn run_stats(opts: &CtlOpts, rate: Option<Duration>) -> anyhow::Result<()> {
+pub fn run_stats(opts: &CtlOpts, rate: Option<Duration>, vip: Option<VipId>) -> anyhow::Result<()> {
     let req = Request::Stats(Empty {});
+    let only = |v: Value| match vip {
+        Some(id) => only_vip(v, &id),
+        None => Ok(v),
+    };
     match rate {
-        None => print_result(opts, &call(&opts.socket, &req)?, render_stats),
+        None => print_result(opts, &only(call(&opts.socket, &req)?)?, render_stats),
         Some(interval) => {
             let (before, after, elapsed) = sample_twice(&opts.socket, &req, interval)?;
             let rates = rate::stats_rates(&before, &after, elapsed);
-            print_result(opts, &rates, rate::render_stats_rates)
+            print_result(opts, &only(rates)?, rate::render_stats_rates)
         }
     }
 }
