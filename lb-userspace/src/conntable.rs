@@ -134,25 +134,17 @@ impl ConnTables {
 
     /// Flows per backend index and per table (`status`).
     pub fn census(&self) -> Result<Census, ScanError> {
-        let mut c = Census::default();
-        for (v4, fd, name) in [
-            (true, self.v4.as_fd(), lb_common::maps::MAP_CONNS_V4),
-            (false, self.v6.as_fd(), lb_common::maps::MAP_CONNS),
-        ] {
-            let mut count = |e: &ConnEntry| *c.per_backend.entry(e.backend).or_insert(0) += 1;
-            let n = if v4 {
-                scan::<FlowKeyV4, ConnEntry>(fd, |_, e| count(e))
-            } else {
-                scan::<FlowKey, ConnEntry>(fd, |_, e| count(e))
-            }
-            .map_err(|source| lookup_err(name, source))?;
-            if v4 {
-                c.v4 = n;
-            } else {
-                c.v6 = n;
-            }
-        }
-        Ok(c)
+        let mut per_backend = HashMap::new();
+        let mut count = |e: &ConnEntry| *per_backend.entry(e.backend).or_insert(0) += 1;
+        let v4 = scan::<FlowKeyV4, ConnEntry>(self.v4.as_fd(), |_, e| count(e))
+            .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS_V4, source))?;
+        let v6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |_, e| count(e))
+            .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS, source))?;
+        Ok(Census {
+            per_backend,
+            v4,
+            v6,
+        })
     }
 
     /// Calls `f` with every entry of both tables; returns how many there were.
