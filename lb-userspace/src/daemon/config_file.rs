@@ -1,7 +1,8 @@
 //! The config file a daemon runs from, read again on SIGHUP or on the control socket's
 //! `reload` op. One path for both, so that they refuse and apply alike; the op also answers
 //! what changed, or why nothing did, where SIGHUP can only log it, and plans without
-//! applying (`dry_run`).
+//! applying (`dry_run`). [`ReloadHistory`] keeps how they ended, for the metrics and
+//! `status`.
 
 use std::{
     path::{Path, PathBuf},
