@@ -94,8 +94,18 @@ pub enum ScanError {
 pub struct ConnTables {
     v4: OwnedFd,
     v6: OwnedFd,
-    /// Entries each table holds at most (IPv4, IPv6).
+    /// Entries each table holds at most (IPv4, IPv6): `--max-conns`.
     capacity: (u32, u32),
+}
+
+/// How full one table is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableFill {
+    /// Entries it holds.
+    pub entries: u64,
+    /// Entries it holds at most; beyond, the kernel evicts the least recently used flows
+    /// to record new ones.
+    pub capacity: u32,
 }
 
 /// What a scan of both tables counts: flows per backend slot, and per table.
@@ -103,33 +113,23 @@ pub struct ConnTables {
 pub struct Census {
     /// Entries per backend index.
     pub per_backend: HashMap<u32, u64>,
-    /// Entries of the IPv4 table.
-    pub v4: u64,
-    /// Entries of the IPv6 table.
-    pub v6: u64,
+    /// The IPv4 table.
+    pub v4: TableFill,
+    /// The IPv6 table.
+    pub v6: TableFill,
 }
 
 impl ConnTables {
     /// Opens the tables through `v4` (`CONNS_V4`) and `v6` (`CONNS`), checking that their
     /// keys and values have this build's sizes.
     pub fn new(v4: &aya::maps::MapData, v6: &aya::maps::MapData) -> Result<Self, ScanError> {
-        let name4 = lb_common::maps::MAP_CONNS_V4;
-        let name6 = lb_common::maps::MAP_CONNS;
-        let capacity = (
-            check_layout::<FlowKeyV4>(v4, name4)?.max_entries(),
-            check_layout::<FlowKey>(v6, name6)?.max_entries(),
-        );
+        let (v4, cap4) = checked::<FlowKeyV4>(v4, lb_common::maps::MAP_CONNS_V4)?;
+        let (v6, cap6) = checked::<FlowKey>(v6, lb_common::maps::MAP_CONNS)?;
         Ok(Self {
-            v4: checked::<FlowKeyV4>(v4, name4)?,
-            v6: checked::<FlowKey>(v6, name6)?,
-            capacity,
+            v4,
+            v6,
+            capacity: (cap4, cap6),
         })
-    }
-
-    /// Entries each table holds at most (IPv4, IPv6): `--max-conns`. Beyond, the kernel
-    /// evicts the least recently used flows to record new ones.
-    pub fn capacity(&self) -> (u32, u32) {
-        self.capacity
     }
 
     /// Flows per backend index and per table (`status`).
@@ -140,10 +140,17 @@ impl ConnTables {
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS_V4, source))?;
         let v6 = scan::<FlowKey, ConnEntry>(self.v6.as_fd(), |_, e| count(e))
             .map_err(|source| lookup_err(lb_common::maps::MAP_CONNS, source))?;
+        let (cap4, cap6) = self.capacity;
         Ok(Census {
             per_backend,
-            v4,
-            v6,
+            v4: TableFill {
+                entries: v4,
+                capacity: cap4,
+            },
+            v6: TableFill {
+                entries: v6,
+                capacity: cap6,
+            },
         })
     }
 
@@ -231,13 +238,15 @@ pub fn check_layout<K>(
     Ok(info)
 }
 
-/// A descriptor of `map` of its own, after [`check_layout`].
-fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<OwnedFd, ScanError> {
-    check_layout::<K>(map, name)?;
-    map.fd()
+/// A descriptor of `map` of its own, after [`check_layout`], and its capacity.
+fn checked<K>(map: &aya::maps::MapData, name: &'static str) -> Result<(OwnedFd, u32), ScanError> {
+    let info = check_layout::<K>(map, name)?;
+    let fd = map
+        .fd()
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|source| lookup_err(name, source))
+        .map_err(|source| lookup_err(name, source))?;
+    Ok((fd, info.max_entries()))
 }
 
 /// Counts `e` into `tally` if it is a least-connection flow whose client has not closed it

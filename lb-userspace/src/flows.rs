@@ -268,42 +268,27 @@ mod tests {
         }
     }
 
-    /// The table the tests scan: (key, entry), in a scrambled order.
-    fn table() -> Vec<(FlowKey, ConnEntry)> {
-        vec![
-            (
-                flow("198.18.0.10:40002", "198.18.1.1", 80, 6),
-                entry(WEB, 1, 2),
-            ),
-            (
-                flow("198.18.0.10:40000", "198.18.1.1", 80, 6),
-                entry(WEB, 0, 1),
-            ),
-            // On slot 0 under an earlier generation: its backend was removed.
-            (
-                flow("198.18.0.9:5000", "198.18.1.1", 80, 6),
-                entry(WEB, 0, 0),
-            ),
-            (
-                flow("198.18.0.10:40001", "198.18.1.2", 8080, 6),
-                entry(ANY, 2, 1),
-            ),
-            (
-                flow("198.18.0.10:40003", "198.18.1.2", 9090, 6),
-                entry(ANY, 2, 1),
-            ),
-            // Index 3 is 198.18.1.1:80/tcp now; this flow's VIP was another, removed.
-            (
-                flow("198.18.0.10:40004", "198.18.1.7", 53, 17),
-                entry(WEB, 1, 2),
-            ),
-        ]
-    }
+    /// The table the tests scan, in a scrambled order: client, VIP address, port,
+    /// protocol; the entry's VIP index, backend slot and generation.
+    #[rustfmt::skip]
+    const TABLE: [(&str, &str, u16, u8, u32, u32, u32); 6] = [
+        ("198.18.0.10:40002", "198.18.1.1", 80, 6, WEB, 1, 2),
+        ("198.18.0.10:40000", "198.18.1.1", 80, 6, WEB, 0, 1),
+        // On slot 0 under an earlier generation: its backend was removed.
+        ("198.18.0.9:5000", "198.18.1.1", 80, 6, WEB, 0, 0),
+        ("198.18.0.10:40001", "198.18.1.2", 8080, 6, ANY, 2, 1),
+        ("198.18.0.10:40003", "198.18.1.2", 9090, 6, ANY, 2, 1),
+        // Index 3 is 198.18.1.1:80/tcp now; this flow's VIP was another, removed.
+        ("198.18.0.10:40004", "198.18.1.7", 53, 17, WEB, 1, 2),
+    ];
 
     fn list(filter: Filter, limit: usize) -> Answer {
         let mut l = Listing::new(names(), filter, limit, 100);
-        for (k, e) in table() {
-            l.add(&k, &e);
+        for (client, to, port, proto, vip_id, slot, generation) in TABLE {
+            l.add(
+                &flow(client, to, port, proto),
+                &entry(vip_id, slot, generation),
+            );
         }
         l.finish()
     }

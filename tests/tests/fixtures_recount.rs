@@ -270,7 +270,7 @@ fn a_vips_idle_timeout_replaces_the_protocols() {
         d.counted_slots()
     );
     // Operators see it on the counting VIP only.
-    let status = d.status(&HashMap::new());
+    let status = d.status(None);
     let timeouts: Vec<(String, serde_json::Value)> = status["vips"]
         .as_array()
         .expect("vips")

@@ -609,23 +609,30 @@ pub fn run_status(
     vip: Option<VipId>,
 ) -> anyhow::Result<()> {
     let req = Request::Status(Empty {});
-    let only = |v: Value| match vip {
-        Some(id) => only_vip(v, &id),
-        None => Ok(v),
-    };
     match rate {
-        None => print_result(opts, &only(call(&opts.socket, &req)?)?, render_status),
+        None => print_result(
+            opts,
+            &only_vip(call(&opts.socket, &req)?, vip.as_ref())?,
+            render_status,
+        ),
         Some(interval) => {
             let (before, after, elapsed) = sample_twice(&opts.socket, &req, interval)?;
             let rates = rate::status_rates(&before, &after, elapsed);
-            print_result(opts, &only(rates)?, rate::render_status_rates)
+            print_result(
+                opts,
+                &only_vip(rates, vip.as_ref())?,
+                rate::render_status_rates,
+            )
         }
     }
 }
 
-/// `result` with only `vip` left in its `vips`; an error naming the VIPs there are when it
-/// has none such.
-fn only_vip(mut result: Value, vip: &VipId) -> anyhow::Result<Value> {
+/// `result` with only `vip` (if one is named) left in its `vips`; an error naming the VIPs
+/// there are when it has none such.
+fn only_vip(mut result: Value, vip: Option<&VipId>) -> anyhow::Result<Value> {
+    let Some(vip) = vip else {
+        return Ok(result);
+    };
     let want = vip.to_string();
     let Some(Value::Array(vips)) = result.get_mut("vips") else {
         return Ok(result);
@@ -648,16 +655,20 @@ fn only_vip(mut result: Value, vip: &VipId) -> anyhow::Result<Value> {
 /// Runs `xlb stats`; with `rate`, counters per second over that interval instead of totals.
 pub fn run_stats(opts: &CtlOpts, rate: Option<Duration>, vip: Option<VipId>) -> anyhow::Result<()> {
     let req = Request::Stats(Empty {});
-    let only = |v: Value| match vip {
-        Some(id) => only_vip(v, &id),
-        None => Ok(v),
-    };
     match rate {
-        None => print_result(opts, &only(call(&opts.socket, &req)?)?, render_stats),
+        None => print_result(
+            opts,
+            &only_vip(call(&opts.socket, &req)?, vip.as_ref())?,
+            render_stats,
+        ),
         Some(interval) => {
             let (before, after, elapsed) = sample_twice(&opts.socket, &req, interval)?;
             let rates = rate::stats_rates(&before, &after, elapsed);
-            print_result(opts, &only(rates)?, rate::render_stats_rates)
+            print_result(
+                opts,
+                &only_vip(rates, vip.as_ref())?,
+                rate::render_stats_rates,
+            )
         }
     }
 }
@@ -1169,7 +1180,7 @@ fn render_status(status: &Value) -> String {
             }
         }
     });
-    if let Some(t) = status.get("conn_tables") {
+    if let Some(t) = status.get("conn_tables").filter(|t| !t.is_null()) {
         out.push_str(&conn_tables_line(t));
     }
     // A reload that did not apply is otherwise only in the daemon's log.
@@ -1630,20 +1641,24 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
             status.contains("connection tables: 1 of 1000 IPv4"),
             "{status}"
         );
+        // A failed scan counts nothing, and says nothing about the tables.
+        let status = render_status(&json!({"vips": [], "conn_tables": null}));
+        assert!(!status.contains("connection tables"), "{status}");
     }
 
     #[test]
     fn status_of_one_vip_keeps_only_it() {
         let status = json!({"vips": [{"vip": "198.18.1.1:80/tcp"}, {"vip": "[fd00::1]:53/udp"}],
                             "ended_removals": []});
-        let one = only_vip(status.clone(), &"[fd00::1]:53/udp".parse().unwrap()).unwrap();
+        let one = only_vip(status.clone(), Some(&"[fd00::1]:53/udp".parse().unwrap())).unwrap();
         assert_eq!(one["vips"], json!([{"vip": "[fd00::1]:53/udp"}]));
         assert_eq!(one["ended_removals"], json!([]));
-        let e = only_vip(status, &"198.18.1.2:80/tcp".parse().unwrap()).unwrap_err();
+        let e = only_vip(status.clone(), Some(&"198.18.1.2:80/tcp".parse().unwrap())).unwrap_err();
         assert_eq!(
             e.to_string(),
             "no VIP 198.18.1.2:80/tcp; the balancer has 198.18.1.1:80/tcp, [fd00::1]:53/udp"
         );
+        assert_eq!(only_vip(status.clone(), None).unwrap(), status);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Control-socket requests → daemon operations.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -86,13 +85,10 @@ impl Handler for DaemonHandler {
         let census = match &req {
             Request::Status(_) => {
                 let tables = self.lock()?.core().dataplane().conn_tables();
-                match tables.census() {
-                    Ok(c) => Some((c, tables.capacity())),
-                    Err(e) => {
-                        log::warn!("counting flows per backend: {e}");
-                        None
-                    }
-                }
+                tables
+                    .census()
+                    .map_err(|e| log::warn!("counting flows per backend: {e}"))
+                    .ok()
             }
             _ => None,
         };
@@ -218,19 +214,7 @@ impl Handler for DaemonHandler {
                     format!("backend {} of {} is no longer a backup", r.address, r.vip)
                 })
             }
-            Request::Status(_) => {
-                let Some((census, (cap4, cap6))) = census else {
-                    return Ok(d.status(&HashMap::new()));
-                };
-                let mut status = d.status(&census.per_backend);
-                // How full the tables are: beyond, the kernel evicts the least recently
-                // used flows to record new ones (`--max-conns` sizes them).
-                status["conn_tables"] = json!({
-                    "v4": {"entries": census.v4, "capacity": cap4},
-                    "v6": {"entries": census.v6, "capacity": cap6},
-                });
-                Ok(status)
-            }
+            Request::Status(_) => Ok(d.status(census.as_ref())),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
             Request::Flows(_) | Request::Reload(_) => unreachable!("answered before the lock"),

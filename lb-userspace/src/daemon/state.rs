@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::config_file::{unix_s, FileReloadError, ReloadHistory, ReloadResult};
+use crate::conntable::Census;
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, VipConfig, VipId},
     control::{protocol::FlowsQuery, ControlError},
@@ -823,10 +824,12 @@ impl Daemon {
         self.transitions
     }
 
-    /// The `status` result: VIPs, backends, weights, health, counters; `flows`: each
-    /// backend slot's entries in the connection tables (`conntable`, scanned by the caller
-    /// without the lock).
-    pub fn status(&self, flows: &HashMap<u32, u64>) -> Value {
+    /// The `status` result: VIPs, backends, weights, health, counters; `census`: the
+    /// connection tables' entries per backend slot and how full each table is (scanned by
+    /// the caller without the lock; `None` when the scan failed: no flows counted).
+    pub fn status(&self, census: Option<&Census>) -> Value {
+        let no_flows = HashMap::new();
+        let flows = census.map_or(&no_flows, |c| &c.per_backend);
         let dp = self.core.dataplane();
         let now = Instant::now();
         let vips: Vec<Value> = self
@@ -897,8 +900,11 @@ impl Daemon {
                 })
             })
             .collect();
+        // How full the tables are: beyond, the kernel evicts the least recently used flows
+        // to record new ones (`--max-conns` sizes them).
+        let conn_tables = census.map(|c| json!({"v4": c.v4, "v6": c.v6}));
         json!({ "vips": vips, "ended_removals": self.ended_removals(now),
-                "config": self.reload_view() })
+                "config": self.reload_view(), "conn_tables": conn_tables })
     }
 
     /// `status`' `config`: when the running config was loaded, the reloads by result, and
@@ -1266,7 +1272,7 @@ mod tests {
         let b = |n: u8| IpAddr::from([198, 18, 0, n]);
         let secs = Duration::from_secs;
         let state = |d: &Daemon, n: u8| {
-            let status = d.status(&HashMap::new());
+            let status = d.status(None);
             status["vips"][0]["backends"]
                 .as_array()
                 .unwrap()
@@ -1340,7 +1346,7 @@ mod tests {
                 ("198.18.0.11".to_owned(), "quiet".to_owned())
             ]
         );
-        assert_eq!(d.status(&HashMap::new())["ended_removals"], ended);
+        assert_eq!(d.status(None)["ended_removals"], ended);
         // Only the last few are kept.
         for _ in 0..RECENT_REMOVALS {
             d.add_backend(
@@ -1378,7 +1384,7 @@ mod tests {
         assert!(d.core().vip(&vip).unwrap().backends[&b(12)].in_table());
         d.refresh_ramps(t0 + Duration::from_millis(5_000));
         assert!((50..=51).contains(&pct(&d, 12)), "{}", pct(&d, 12));
-        let status = d.status(&HashMap::new());
+        let status = d.status(None);
         assert_eq!(status["vips"][0]["slow_start_s"], 10);
         assert_eq!(
             status["vips"][0]["backends"][1]["slow_start_pct"],
@@ -1636,7 +1642,7 @@ mod tests {
                 "applied, refused, failed"
             );
             assert!(!h.last_ok());
-            let status = d.status(&HashMap::new());
+            let status = d.status(None);
             let last = &status["config"]["last_reload"];
             assert_eq!(
                 (&last["by"], &last["result"]),
