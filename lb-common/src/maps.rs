@@ -63,6 +63,12 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_VIP_RETIRED: &str = "VIP_RETIRED";
 /// `TX_PORTS`: devmap (hash) ifindex → ifindex, egress interfaces for `XDP_REDIRECT`.
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
+/// `DROP_SAMPLES`: ring buffer of [`DropSample`]s, dropped packets the balancer shows to
+/// `xlb drops`. The program writes; the daemon reads.
+pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
+/// `DROP_SAMPLE_LIMIT`: single slot → `u32`, dropped packets each CPU samples per second
+/// (0: none). Written by the daemon; read on the drop path only.
+pub const MAP_DROP_SAMPLE_LIMIT: &str = "DROP_SAMPLE_LIMIT";
 /// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 
@@ -342,3 +348,28 @@ mod pod {
     unsafe impl aya::Pod for DecapAddr {}
     unsafe impl aya::Pod for SourceRange {}
 }
+
+/// Bytes of a dropped frame a [`DropSample`] keeps: Ethernet, a VLAN tag, an IPv6 header
+/// with an extension header or two, and the TCP header, enough to tell a packet's flow and
+/// its fault.
+pub const DROP_CAPTURE: usize = 128;
+
+/// One dropped packet as the balancer saw it (a `DROP_SAMPLES` record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropSample {
+    /// When it was dropped (`CLOCK_MONOTONIC` ns).
+    pub time_ns: u64,
+    /// Its drop reason's slot ([`crate::counters::Drop`]).
+    pub reason: u32,
+    /// The interface it came in on.
+    pub ifindex: u32,
+    /// The whole frame's length.
+    pub frame_len: u32,
+    /// Bytes of it in `frame` (at most [`DROP_CAPTURE`]); the rest of `frame` is not
+    /// written.
+    pub captured: u32,
+    /// The frame's first `captured` bytes.
+    pub frame: [u8; DROP_CAPTURE],
+}
+const _: () = assert!(core::mem::size_of::<DropSample>() == 24 + DROP_CAPTURE);

@@ -30,6 +30,14 @@ pub const DEFAULT_RECORD_RATE_LIMIT: u32 = 100_000;
 /// stay below 10 000 × 100 bytes a second per CPU.
 pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 10_000;
 
+/// Dropped packets each CPU samples per second for `xlb drops` unless the config says
+/// otherwise: enough to see every kind of drop a misconfiguration causes, at a cost no
+/// flood notices (beyond it, a drop costs a clock read more).
+pub const DEFAULT_DROP_SAMPLES: u32 = 100;
+/// Most `drop_samples` may ask for: the ring holds about 7000 samples, drained as they
+/// come, and the daemon keeps the last 1000.
+pub const MAX_DROP_SAMPLES: u32 = 10_000;
+
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Backends one VIP may have (Maglev wants the table ≥ 100 × backends for balance).
@@ -63,6 +71,10 @@ pub struct Config {
     /// unanswered (`too_big_rate_limited`; `lb_common::rate_window`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp_rate_limit: Option<u32>,
+    /// Dropped packets each CPU samples per second for `xlb drops` (default
+    /// [`DEFAULT_DROP_SAMPLES`], at most [`MAX_DROP_SAMPLES`]; 0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_samples: Option<u32>,
     /// The services.
     #[serde(default)]
     pub vips: Vec<VipConfig>,
@@ -83,6 +95,7 @@ impl Default for Config {
             icmp_too_big: yes(),
             record_rate_limit: None,
             icmp_rate_limit: None,
+            drop_samples: None,
             vips: Vec::new(),
         }
     }
@@ -97,6 +110,11 @@ impl Config {
     /// The ICMP rate limit in force (`icmp_rate_limit` or its default).
     pub fn icmp_rate_limit(&self) -> u32 {
         self.icmp_rate_limit.unwrap_or(DEFAULT_ICMP_RATE_LIMIT)
+    }
+
+    /// Drop samples per CPU and second in force (`drop_samples` or its default).
+    pub fn drop_samples(&self) -> u32 {
+        self.drop_samples.unwrap_or(DEFAULT_DROP_SAMPLES)
     }
 }
 
@@ -487,6 +505,16 @@ impl Config {
                     format!("{mtu} is outside 576..=65535"),
                 ));
             }
+        }
+        if self.drop_samples() > MAX_DROP_SAMPLES {
+            return Err(ConfigError::new(
+                "drop_samples",
+                format!(
+                    "{} is above {MAX_DROP_SAMPLES} a second per CPU (the daemon keeps the \
+                     last 1000 samples)",
+                    self.drop_samples()
+                ),
+            ));
         }
         if let Some(p) = &self.hashed_source.v4 {
             parse_v4_prefix(p).map_err(|m| ConfigError::new("hashed_source.v4", m))?;
@@ -895,6 +923,7 @@ mod tests {
         assert!(c.icmp_too_big);
         assert_eq!(c.record_rate_limit(), DEFAULT_RECORD_RATE_LIMIT);
         assert_eq!(c.icmp_rate_limit(), DEFAULT_ICMP_RATE_LIMIT);
+        assert_eq!(c.drop_samples(), DEFAULT_DROP_SAMPLES);
         assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
         assert_eq!(c.vips[0].backends[0].weight, 1);
         assert_eq!(c.vips[0].backends[1].weight, 3);
@@ -1040,6 +1069,7 @@ mod tests {
                 "hashed_source.v4",
             ),
             (r#"{"mtu": 100}"#, "mtu", "576"),
+            (r#"{"drop_samples": 10001}"#, "drop_samples", "10000"),
             (
                 r#"{"hashed_source": {"v4": "198.19.0.1/16"}}"#,
                 "hashed_source.v4",

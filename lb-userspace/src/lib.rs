@@ -12,6 +12,7 @@
 //! - [`dataplane`]: the `Dataplane` seam: BPF maps, or a recorder in tests.
 //! - [`daemon`]: `xlb run`: state, control handler, next hops, metrics.
 //! - [`decap`]: `xlb decap` for backends.
+//! - [`drops`]: dropped packets the balancer sampled (the `drops` op, `xlb drops`).
 //! - [`flows`]: the flows the connection tables hold, filtered and named (the `flows` op).
 //! - [`graceful`]: graceful removal: a draining backend's packet counter, followed until quiet.
 //! - [`logging`]: the log's formats (text, JSON lines).
@@ -36,6 +37,7 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod drops;
 pub mod flows;
 pub mod graceful;
 pub mod health;

@@ -192,6 +192,32 @@ enum Cmd {
         #[arg(long, default_value_t = xlb::flows::DEFAULT_LIMIT)]
         limit: u32,
     },
+    /// Show dropped packets the balancer sampled (flow, reason, length), newest last: which
+    /// packets `xlb stats`' drop counters counted.
+    Drops {
+        #[command(flatten)]
+        ctl: CtlArgs,
+        /// Only drops for this reason (`no_backend`, `source_denied`, `ipv4_bad_ihl`, …).
+        #[arg(long)]
+        reason: Option<String>,
+        /// The newest this many (1..=1000).
+        #[arg(long, default_value_t = xlb::drops::DEFAULT_LIMIT)]
+        limit: u32,
+        /// Keep showing drops as they are sampled (one line, or with --json one object,
+        /// each), until interrupted, --count or --duration.
+        #[arg(long, short)]
+        follow: bool,
+        /// With --follow: stop after this many.
+        #[arg(long, requires = "follow")]
+        count: Option<u64>,
+        /// With --follow: stop after this many seconds.
+        #[arg(long, value_name = "SECS", requires = "follow")]
+        duration: Option<u64>,
+        /// Also write the frames' first bytes (128) to this pcap file, for Wireshark or
+        /// `tcpdump -r`.
+        #[arg(long, value_name = "FILE")]
+        pcap: Option<PathBuf>,
+    },
 }
 
 /// Options of commands that talk to a running balancer.
@@ -318,6 +344,28 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::DumpConfig { ctl: a } => ctl::run_dump_config(&a.socket),
         Cmd::Reload { ctl: a, dry_run } => ctl::run_reload(
             dry_run,
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
+        Cmd::Drops {
+            ctl: a,
+            reason,
+            limit,
+            follow,
+            count,
+            duration,
+            pcap,
+        } => xlb::cli::drops::run_drops(
+            &xlb::cli::drops::DropsOpts {
+                reason,
+                limit: Some(limit),
+                follow,
+                count,
+                duration: duration.map(std::time::Duration::from_secs),
+                pcap,
+            },
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,

@@ -119,6 +119,9 @@ pub fn plan<'a>(
     if new.icmp_rate_limit() != started.icmp_rate_limit() {
         return Err(ConfigError::new("icmp_rate_limit", restart));
     }
+    if new.drop_samples() != started.drop_samples() {
+        return Err(ConfigError::new("drop_samples", restart));
+    }
     let running: BTreeMap<VipId, Running<'a>> =
         running.into_iter().map(|r| (r.config.id(), r)).collect();
     let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
@@ -415,6 +418,10 @@ mod tests {
             (
                 STARTED.replace(r#""vips""#, r#""icmp_rate_limit": 5, "vips""#),
                 "icmp_rate_limit",
+            ),
+            (
+                STARTED.replace(r#""vips""#, r#""drop_samples": 0, "vips""#),
+                "drop_samples",
             ),
         ];
         for (file, field) in cases {

@@ -880,7 +880,7 @@ fn render_flows(r: &Value) -> String {
 }
 
 /// One request; a refusal becomes [`Refused`].
-fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
+pub(crate) fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
     match client::request(socket, req)?.result {
         Ok(v) => Ok(v),
         Err(e) => Err(Refused(e).into()),

@@ -1,2 +1,3 @@
 pub mod ctl;
+pub mod drops;
 pub mod rate;

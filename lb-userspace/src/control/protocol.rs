@@ -143,6 +143,9 @@ pub enum Request {
     /// The running VIPs and backends as a config file.
     #[serde(rename = "config")]
     Config(Empty),
+    /// Dropped packets the balancer sampled, newest last.
+    #[serde(rename = "drops")]
+    Drops(DropsQuery),
 }
 
 /// Body of `vip.add`.
@@ -290,6 +293,21 @@ pub struct FlowsQuery {
     pub limit: Option<u32>,
 }
 
+/// Body of `drops`: every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropsQuery {
+    /// Only drops for this reason (`no_backend`, `ipv4_bad_ihl`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Only samples from this sequence number on (an earlier answer's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// At most this many, the newest (1..=1000; default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// Body of `reload`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -324,6 +342,7 @@ pub const OPS: &[&str] = &[
     "flows",
     "reload",
     "config",
+    "drops",
 ];
 
 impl Request {
@@ -348,6 +367,7 @@ impl Request {
             Self::Flows(_) => "flows",
             Self::Reload(_) => "reload",
             Self::Config(_) => "config",
+            Self::Drops(_) => "drops",
         }
     }
 
@@ -387,6 +407,7 @@ impl Request {
             "flows" => Self::Flows(parse_body(body)?),
             "reload" => Self::Reload(parse_body(body)?),
             "config" => Self::Config(parse_body(body)?),
+            "drops" => Self::Drops(parse_body(body)?),
             other => {
                 return Err(bad_request(format!(
                     "op: unknown op {other:?}; ops: {}",
@@ -780,6 +801,18 @@ mod tests {
                     vip: Some(vip_id()),
                     backend: Some(b11),
                     client: None,
+                    limit: Some(5),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"drops"}"#,
+                Request::Drops(DropsQuery::default()),
+            ),
+            (
+                r#"{"v":1,"op":"drops","reason":"no_backend","since":7,"limit":5}"#,
+                Request::Drops(DropsQuery {
+                    reason: Some("no_backend".into()),
+                    since: Some(7),
                     limit: Some(5),
                 }),
             ),

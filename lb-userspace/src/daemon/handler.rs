@@ -14,11 +14,12 @@ use super::{
 use crate::{
     config::{Config, ConfigError},
     control::{
-        protocol::{code, FlowsQuery, Request},
+        protocol::{code, DropsQuery, FlowsQuery, Request},
         server::Handler,
         ControlError,
     },
     core::CoreError,
+    drops::{self, DropLog},
     flows, graceful,
 };
 
@@ -49,6 +50,8 @@ pub struct DaemonHandler {
     daemon: Arc<Mutex<Daemon>>,
     /// What `reload` reads: the daemon's `--config` (none: nothing to reload).
     config_file: ConfigFile,
+    /// What `drops` lists, filled by the daemon's drop sampler.
+    drop_log: Arc<Mutex<DropLog>>,
 }
 
 impl DaemonHandler {
@@ -57,7 +60,14 @@ impl DaemonHandler {
         Self {
             daemon,
             config_file: ConfigFile::new(None, Config::default()),
+            drop_log: Arc::new(Mutex::new(DropLog::new(0))),
         }
+    }
+
+    /// The log of drop samples `drops` lists (without one, it answers that sampling is
+    /// off).
+    pub fn with_drop_log(self, drop_log: Arc<Mutex<DropLog>>) -> Self {
+        Self { drop_log, ..self }
     }
 
     /// The config file `reload` reads.
@@ -95,6 +105,7 @@ impl Handler for DaemonHandler {
         match &req {
             Request::Flows(q) => return self.flows(q),
             Request::Reload(r) => return self.reload(r.dry_run),
+            Request::Drops(q) => return self.drops(q),
             _ => {}
         }
         let mut d = self.lock()?;
@@ -217,7 +228,9 @@ impl Handler for DaemonHandler {
             Request::Status(_) => Ok(d.status(census.as_ref())),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
-            Request::Flows(_) | Request::Reload(_) => unreachable!("answered before the lock"),
+            Request::Flows(_) | Request::Reload(_) | Request::Drops(_) => {
+                unreachable!("answered before the lock")
+            }
             Request::Config(_) => {
                 serde_json::to_value(d.running_config(self.config_file.started())).map_err(|e| {
                     ControlError::new(code::INTERNAL, format!("encoding the config: {e}"))
@@ -257,6 +270,30 @@ impl DaemonHandler {
             }
             Err(e) => Err(ControlError::new(code::CONFIG_FILE, e.to_string())),
         }
+    }
+
+    /// `drops`: the sampler's log, without the daemon's lock (it has its own).
+    fn drops(&self, q: &DropsQuery) -> Result<Value, ControlError> {
+        let invalid = |field: &str, m: String| {
+            ControlError::from(CoreError::Invalid(ConfigError::new(field, m)))
+        };
+        let query = drops::Query {
+            reason: q
+                .reason
+                .as_deref()
+                .map(drops::check_reason)
+                .transpose()
+                .map_err(|m| invalid("reason", m))?,
+            since: q.since,
+            limit: drops::check_limit(q.limit).map_err(|m| invalid("limit", m))?,
+        };
+        let answer = self
+            .drop_log
+            .lock()
+            .map_err(|_| ControlError::new(code::INTERNAL, "drop log poisoned by a panic"))?
+            .query(&query);
+        serde_json::to_value(answer)
+            .map_err(|e| ControlError::new(code::INTERNAL, format!("encoding the drops: {e}")))
     }
 
     /// `flows`: the scope is read under the lock, the tables scanned without it (as for

@@ -37,6 +37,7 @@ use crate::{
     control,
     core::{Core, Settings},
     dataplane::{AyaDataplane, Counters, Dataplane},
+    drops::{DropLog, DropSampler},
     health::HealthChecker,
     loader::{self, LoadOptions},
     netdev,
@@ -109,16 +110,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         s.stage_backends(backends)?;
     }
     let mut dp = AyaDataplane::new(&mut ebpf).context("opening the balancer's maps")?;
+    let drop_sampler = DropSampler::open(&mut ebpf, cfg.drop_samples())
+        .context("opening the balancer's drop samples")?;
+    let drop_log = Arc::new(Mutex::new(DropLog::new(cfg.drop_samples())));
     dp.add_tx_port(ifindex)
         .context("registering the interface for XDP_REDIRECT")?;
     let settings = Settings::resolve(&cfg, &addrs, mtu, opts.load.max_vips);
     log::info!(
-        "outer sources: v4 {:?}, v6 {:?}; mtu {}; per CPU and second: new flows recorded {}, ICMP errors sent {}; {} VIPs in the config",
+        "outer sources: v4 {:?}, v6 {:?}; mtu {}; per CPU and second: new flows recorded {}, ICMP errors sent {}, drops sampled {}; {} VIPs in the config",
         settings.src_v4,
         settings.src_v6,
         settings.mtu,
         per_second(settings.record_rate_limit),
         per_second(settings.icmp_rate_limit),
+        cfg.drop_samples(),
         cfg.vips.len()
     );
     let mut core = Core::new(dp, settings.clone()).context("writing the balancer settings")?;
@@ -268,9 +273,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         })
     };
+    let drops_task = tokio::spawn(drop_sampler.run(drop_log.clone(), shutdown_rx.clone()));
     let control_task = socket.map(|s| {
         let handler = Arc::new(
-            handler::DaemonHandler::new(daemon.clone()).with_config_file(config_file.clone()),
+            handler::DaemonHandler::new(daemon.clone())
+                .with_config_file(config_file.clone())
+                .with_drop_log(drop_log.clone()),
         );
         tokio::spawn(s.serve(handler, shutdown_rx.clone()))
     });
@@ -306,6 +314,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     dynamic_task.abort();
     removal_task.abort();
     recount_task.abort();
+    drops_task.abort();
     health_task.abort();
     let summary = counter_summary(&lock(&daemon)?.core().dataplane().reasons());
     // Detach before printing: dropping the object detaches the program, unless its link

@@ -7,7 +7,7 @@
 //! Layout: `maps` (every map but the cache's), `lookup` (VIPs, config), `select` (backend
 //! choice and flow recording), `cache` (per-CPU cache of IPv4 flows), `encap` (tunnel
 //! headers, next hop), `icmp` (errors to backends, too-big replies), `account` (per-backend
-//! traffic). Parsers live in `lb_ebpf::parse`.
+//! traffic), `drops` (samples of dropped packets). Parsers live in `lb_ebpf::parse`.
 //!
 //! A known flow's packet runs in this one function (everything above is inlined); new
 //! flows, ICMP, too-big replies and FIB lookups call BPF subprograms. Per-packet state
@@ -20,6 +20,7 @@
 
 mod account;
 mod cache;
+mod drops;
 mod encap;
 mod icmp;
 mod lookup;
@@ -49,6 +50,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             bump(&STATS, reason.slot());
+            drops::xlb_sample_drop(ctx.ctx, reason.slot());
             xdp_action::XDP_DROP
         }
     }

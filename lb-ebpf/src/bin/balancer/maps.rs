@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray,
+        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf,
     },
 };
 use lb_common::{
@@ -82,6 +82,21 @@ pub static RECORD_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entrie
 /// Program only; read and written when a too-big packet is answered.
 #[map]
 pub static ICMP_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Dropped packets sampled for `xlb drops` (`lb_common::maps::DropSample` records; 1 MiB,
+/// a few thousand records: the daemon drains it as they come). Program writes, daemon reads.
+#[map]
+pub static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Slot 0: dropped packets each CPU samples per second (0: none). Daemon writes; read on
+/// the drop path only, so the forwarding paths never look it up.
+#[map]
+pub static DROP_SAMPLE_LIMIT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// This CPU's sampled drops in the current second, against `DROP_SAMPLE_LIMIT`. Program
+/// only.
+#[map]
+pub static DROP_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU traffic per backend index. Program writes, daemon sums.
 #[map]

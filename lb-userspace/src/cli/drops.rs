@@ -1,0 +1,374 @@
+//! `xlb drops`: the dropped packets the balancer sampled, one line each (`--follow` as
+//! they come, `--pcap` into a capture file for Wireshark or tcpdump).
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use super::ctl::{call, CtlOpts};
+use crate::{
+    control::protocol::{DropsQuery, Request},
+    drops::{pcap_header, pcap_record, Answer, Sample, LOG_CAPACITY},
+};
+
+/// How often `--follow` asks for new samples.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// What `xlb drops` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct DropsOpts {
+    /// Only this drop reason.
+    pub reason: Option<String>,
+    /// The newest this many (without `--follow`).
+    pub limit: Option<u32>,
+    /// Keep listing samples as they come.
+    pub follow: bool,
+    /// With `follow`: stop after this many samples.
+    pub count: Option<u64>,
+    /// With `follow`: stop after this long.
+    pub duration: Option<Duration>,
+    /// Also write the frames to this pcap file.
+    pub pcap: Option<PathBuf>,
+}
+
+/// Runs `xlb drops`.
+pub fn run_drops(drops: &DropsOpts, opts: &CtlOpts) -> anyhow::Result<()> {
+    let mut pcap = drops.pcap.as_deref().map(PcapFile::create).transpose()?;
+    let ask = |since: Option<u64>, limit| -> anyhow::Result<(Answer, serde_json::Value)> {
+        let result = call(
+            &opts.socket,
+            &Request::Drops(DropsQuery {
+                reason: drops.reason.clone(),
+                since,
+                limit,
+            }),
+        )?;
+        let answer = serde_json::from_value(result.clone())
+            .context("the daemon's answer to drops is not what this xlb reads")?;
+        Ok((answer, result))
+    };
+    let (answer, raw) = ask(None, drops.limit)?;
+    if let Some(p) = &mut pcap {
+        p.add(&answer.samples)?;
+    }
+    if !drops.follow {
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&raw)?);
+        } else {
+            print!("{}", render(&answer, drops.reason.as_deref()));
+        }
+        if let Some(p) = &pcap {
+            eprintln!("{} frames written to {}", p.frames, p.path.display());
+        }
+        return Ok(());
+    }
+    // Following: what was there already, then what comes, until a bound says stop.
+    let started = Instant::now();
+    let mut shown = 0u64;
+    let mut next = answer.next;
+    let mut batch = answer;
+    loop {
+        for s in &batch.samples {
+            if opts.json {
+                println!("{}", serde_json::to_string(s)?);
+            } else {
+                println!("{}", line(s));
+            }
+            shown += 1;
+            if drops.count.is_some_and(|c| shown >= c) {
+                return pcap.map_or(Ok(()), |p| p.finish());
+            }
+        }
+        if batch.missed > 0 {
+            eprintln!("({} samples came and went between two looks)", batch.missed);
+        }
+        std::io::stdout().flush()?;
+        if drops.duration.is_some_and(|d| started.elapsed() >= d) {
+            return pcap.map_or(Ok(()), |p| p.finish());
+        }
+        std::thread::sleep(FOLLOW_POLL);
+        // Everything since the last look: the log's whole length.
+        let (answer, _) = ask(Some(next), Some(LOG_CAPACITY as u32))?;
+        next = answer.next;
+        if let Some(p) = &mut pcap {
+            p.add(&answer.samples)?;
+        }
+        batch = answer;
+    }
+}
+
+/// The answer for people: a line per sample, then what the list leaves out.
+fn render(a: &Answer, reason: Option<&str>) -> String {
+    let mut out = String::new();
+    for s in &a.samples {
+        let _ = writeln!(out, "{}", line(s));
+    }
+    let what = match reason {
+        Some(r) => format!("{r} drops"),
+        None => "drops".to_owned(),
+    };
+    let _ = if a.per_second == 0 {
+        writeln!(
+            out,
+            "drop sampling is off (\"drop_samples\": 0 in the config); `xlb stats` counts drops by reason"
+        )
+    } else if a.samples.is_empty() {
+        writeln!(
+            out,
+            "no {what} sampled since the daemon started (it samples up to {} a second per CPU)",
+            a.per_second
+        )
+    } else if a.truncated > 0 {
+        writeln!(
+            out,
+            "the newest {} of {} sampled {what} (--limit shows more; up to {} a second per CPU \
+             are sampled)",
+            a.samples.len(),
+            a.samples.len() as u64 + a.truncated,
+            a.per_second
+        )
+    } else {
+        writeln!(
+            out,
+            "{} sampled {what} (up to {} a second per CPU are sampled)",
+            a.samples.len(),
+            a.per_second
+        )
+    };
+    out
+}
+
+/// One sample: when, why, what (`tcp 198.18.0.10:40000 > 198.18.1.1:80 [S]`), how long.
+fn line(s: &Sample) -> String {
+    format!(
+        "{}  {:<22} {}  {} bytes",
+        utc(s.time_unix_ns),
+        s.reason,
+        packet(s),
+        s.frame_len
+    )
+}
+
+/// What a sample's headers say of its packet, as far as they got.
+fn packet(s: &Sample) -> String {
+    let h = &s.headers;
+    let (Some(src), Some(dst)) = (h.src, h.dst) else {
+        return format!("no IP header in its first {} bytes", s.frame_hex.len() / 2);
+    };
+    let mut out = match h.protocol {
+        Some(6) => "tcp".to_owned(),
+        Some(17) => "udp".to_owned(),
+        Some(1) => "icmp".to_owned(),
+        Some(58) => "icmpv6".to_owned(),
+        Some(p) => format!("proto {p}"),
+        None => "ipv6 (extension headers not followed)".to_owned(),
+    };
+    let _ = match (h.sport, h.dport) {
+        (Some(sp), Some(dp)) => write!(out, " {} > {}", endpoint(src, sp), endpoint(dst, dp)),
+        _ => write!(out, " {src} > {dst}"),
+    };
+    if let Some(flags) = h.tcp_flags {
+        let _ = write!(out, " [{}]", tcp_flags(flags));
+    }
+    if let (Some(t), Some(c)) = (h.icmp_type, h.icmp_code) {
+        let _ = write!(out, " type {t} code {c}");
+    }
+    if h.fragment {
+        out.push_str(" fragment");
+    }
+    if let Some(v) = h.vlan {
+        let _ = write!(out, " vlan {v}");
+    }
+    out
+}
+
+fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// tcpdump's letters: `S` SYN, `.` ACK, `F` FIN, `R` RST, `P` PSH, `U` URG, `E` ECE, `W` CWR.
+fn tcp_flags(f: u8) -> String {
+    let letters = [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'W'),
+        (0x10, '.'),
+    ];
+    let s: String = letters
+        .iter()
+        .filter(|(bit, _)| f & bit != 0)
+        .map(|(_, c)| *c)
+        .collect();
+    if s.is_empty() {
+        "none".to_owned()
+    } else {
+        s
+    }
+}
+
+/// `2026-11-29 11:20:59.123456` (UTC) of a Unix time in ns.
+fn utc(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let micros = (ns % 1_000_000_000) / 1000;
+    let (days, sod) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian; Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{micros:06}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// A pcap file being written.
+struct PcapFile {
+    path: PathBuf,
+    file: std::fs::File,
+    frames: u64,
+}
+
+impl PcapFile {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        file.write_all(&pcap_header())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            frames: 0,
+        })
+    }
+
+    fn add(&mut self, samples: &[Sample]) -> anyhow::Result<()> {
+        for s in samples {
+            self.file
+                .write_all(&pcap_record(s))
+                .with_context(|| format!("writing {}", self.path.display()))?;
+            self.frames += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.file
+            .flush()
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        eprintln!("{} frames written to {}", self.frames, self.path.display());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drops::Headers;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000000");
+        // `date -u -d @1795951259` → Sun Nov 29 11:20:59 UTC 2026.
+        assert_eq!(utc(1_795_951_259_123_456_789), "2026-11-29 11:20:59.123456");
+        // A leap day.
+        assert_eq!(utc(951_782_400_000_000_000), "2000-02-29 00:00:00.000000");
+    }
+
+    #[test]
+    fn tcp_flags_as_tcpdump_writes_them() {
+        assert_eq!(tcp_flags(0x02), "S");
+        assert_eq!(tcp_flags(0x12), "S.");
+        assert_eq!(tcp_flags(0x11), "F.");
+        assert_eq!(tcp_flags(0x18), "P.");
+        assert_eq!(tcp_flags(0), "none");
+    }
+
+    fn sample(headers: Headers) -> Sample {
+        Sample {
+            seq: 0,
+            time_unix_ns: 0,
+            reason: "no_backend".into(),
+            ifindex: 2,
+            frame_len: 74,
+            headers,
+            frame_hex: "00".repeat(74),
+        }
+    }
+
+    #[test]
+    fn packet_lines() {
+        let v4 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let cases = [
+            (
+                Headers {
+                    src: v4("198.18.0.10"),
+                    dst: v4("198.18.1.1"),
+                    protocol: Some(6),
+                    sport: Some(40000),
+                    dport: Some(80),
+                    tcp_flags: Some(0x02),
+                    ..Headers::default()
+                },
+                "tcp 198.18.0.10:40000 > 198.18.1.1:80 [S]",
+            ),
+            (
+                Headers {
+                    src: v4("fd00::10"),
+                    dst: v4("fd00::1:1"),
+                    protocol: Some(17),
+                    sport: Some(5353),
+                    dport: Some(53),
+                    vlan: Some(7),
+                    ..Headers::default()
+                },
+                "udp [fd00::10]:5353 > [fd00::1:1]:53 vlan 7",
+            ),
+            (
+                Headers {
+                    src: v4("198.18.0.10"),
+                    dst: v4("198.18.1.1"),
+                    protocol: Some(17),
+                    fragment: true,
+                    ..Headers::default()
+                },
+                "udp 198.18.0.10 > 198.18.1.1 fragment",
+            ),
+            (
+                Headers {
+                    src: v4("198.18.0.10"),
+                    dst: v4("198.18.1.1"),
+                    protocol: Some(1),
+                    icmp_type: Some(3),
+                    icmp_code: Some(4),
+                    ..Headers::default()
+                },
+                "icmp 198.18.0.10 > 198.18.1.1 type 3 code 4",
+            ),
+            (Headers::default(), "no IP header in its first 74 bytes"),
+        ];
+        for (h, want) in cases {
+            assert_eq!(packet(&sample(h)), want);
+        }
+    }
+}
