@@ -425,6 +425,9 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         (br#"{"v":1,"op":"flow","vip":"198.18.1.1:80/tcp","client":"[fd00::10]:4000"}"#.to_vec(), "bad_request"),
         (br#"{"v":1,"op":"flows","backend":"198.18.0.99"}"#.to_vec(), "unknown_backend"),
         (br#"{"v":1,"op":"flows","limit":0}"#.to_vec(), "invalid"),
+        (br#"{"v":1,"op":"drops","reason":"bogus"}"#.to_vec(), "invalid"),
+        (br#"{"v":1,"op":"drops","limit":1001}"#.to_vec(), "invalid"),
+        (br#"{"v":1,"op":"drops","since":-1}"#.to_vec(), "bad_request"),
         (huge, "too_large"),
     ];
     for (line, code) in &bad {

@@ -4,11 +4,16 @@
 //! never open and are counted (`source_denied`); the list changes at runtime
 //! (`xlb vip sources`), and a connection opened while admitted stays open.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use xlb_tests::{
     netns::require_root,
-    topology::{DemoNet, LineConn, Proc, NAME_PORT, VIP4},
+    topology::{xlb_bin, DemoNet, LineConn, Proc, NAME_PORT, VIP4},
 };
 
 /// The line servers' VIP, admitting only a prefix the client (198.18.0.10) is not in.
@@ -47,6 +52,7 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     assert!(denied(&net) > before, "no source_denied counted");
     let flow = net.ctl(&sock, &["flow", &vip, "198.18.0.10:40000"]);
     assert!(flow.contains("source_denied"), "{flow}");
+    drops_show_the_refused_client(&net, &sock, addr);
     let status = net.status_json(&sock);
     assert_eq!(
         status["vips"][0]["allowed_sources"],
@@ -78,6 +84,9 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     let status = net.status_json(&sock);
     assert_eq!(status["vips"][0]["allowed_sources"], serde_json::json!([]));
 
+    let sampled = net.ctl(&sock, &["drops", "--reason", "no_backend"]);
+    assert!(sampled.contains("no no_backend drops sampled"), "{sampled}");
+
     // Every line the daemon logged is one JSON object, its start-up's among them.
     let log = lb.log_text();
     let lines: Vec<serde_json::Value> = log
@@ -96,5 +105,108 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
                 .as_str()
                 .is_some_and(|m| m.starts_with("control socket listening on "))),
         "{log}"
+    );
+}
+
+/// `xlb drops` shows the refused client's SYNs (its address, the VIP, the reason), writes
+/// them to a pcap file as they came in, and `--follow` shows the next refusal as it comes.
+fn drops_show_the_refused_client(net: &DemoNet, sock: &Path, addr: SocketAddr) {
+    let answer: serde_json::Value =
+        serde_json::from_str(&net.ctl(sock, &["drops", "--reason", "source_denied", "--json"]))
+            .expect("drops JSON");
+    let samples = answer["samples"].as_array().expect("samples");
+    assert!(!samples.is_empty(), "no drop sampled: {answer}");
+    for s in samples {
+        assert_eq!(s["reason"], "source_denied", "{s}");
+        assert_eq!(s["src"], "198.18.0.10", "{s}");
+        assert_eq!(s["dst"], VIP4, "{s}");
+        assert_eq!(s["dport"], NAME_PORT, "{s}");
+        assert_eq!(
+            s["tcp_flags"].as_u64().map(|f| f & 0x02),
+            Some(0x02),
+            "a SYN: {s}"
+        );
+    }
+    let text = net.ctl(sock, &["drops"]);
+    assert!(
+        text.lines().any(|l| l.contains("source_denied")
+            && l.contains("tcp 198.18.0.10:")
+            && l.contains(&format!("> {VIP4}:{NAME_PORT} [S]"))),
+        "{text}"
+    );
+
+    // The frames in a pcap file: its header, then each frame's first bytes (the client's
+    // address where IPv4 keeps it) and its whole length.
+    let pcap = std::env::temp_dir().join(format!("xlb-drops-{}.pcap", std::process::id()));
+    net.ctl(
+        sock,
+        &[
+            "drops",
+            "--limit",
+            "1",
+            "--pcap",
+            pcap.to_str().expect("path"),
+        ],
+    );
+    let bytes = std::fs::read(&pcap).expect("pcap written");
+    let _ = std::fs::remove_file(&pcap);
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    assert_eq!(word(0), 0xa1b2_3c4d, "pcap magic (ns)");
+    assert_eq!(word(20), 1, "Ethernet");
+    let (incl, orig) = (word(24 + 8) as usize, word(24 + 12) as usize);
+    assert_eq!(bytes.len(), 24 + 16 + incl, "one record");
+    assert_eq!(
+        orig as u64,
+        samples.last().unwrap()["frame_len"].as_u64().unwrap()
+    );
+    let frame = &bytes[24 + 16..];
+    assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4");
+    assert_eq!(&frame[26..30], &[198, 18, 0, 10], "the client");
+
+    // --follow: the newest sample, then the next refusal as it is sampled.
+    let out = std::env::temp_dir().join(format!("xlb-drops-{}.txt", std::process::id()));
+    let mut follow = Command::new(xlb_bin())
+        .args([
+            "drops",
+            "--follow",
+            "--limit",
+            "1",
+            "--count",
+            "2",
+            "--duration",
+            "30",
+        ])
+        .arg("--socket")
+        .arg(sock)
+        .stdout(Stdio::from(
+            std::fs::File::create(&out).expect("follow output"),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("xlb drops --follow");
+    assert!(LineConn::open(&net.client, addr, Duration::from_millis(1500)).is_err());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = follow.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "xlb drops --follow ignored --duration"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines = std::fs::read_to_string(&out).expect("follow output");
+    let _ = std::fs::remove_file(&out);
+    assert!(status.success(), "{lines}");
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains("source_denied")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0] < lines[1],
+        "the new one after the old one: {lines:?}"
     );
 }
