@@ -24,6 +24,7 @@
 //! - [`state_dir`]: `--state-dir`: the attachment, connection tables and backend slots
 //!   pinned on bpffs across daemon restarts.
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` runner (fixture tests, bench).
+//! - [`utc`]: Unix time as a UTC date and time of day, for what xlb prints.
 //! - [`health`]: health-check probes, state machine and runner.
 //! - [`control`]: the JSON control socket: protocol, server, client.
 //! - [`cli`]: `xlb` subcommands that speak the control socket.
@@ -51,3 +52,4 @@ pub mod slow_start;
 pub mod state_dir;
 pub mod testing;
 pub mod testrun;
+pub mod utc;

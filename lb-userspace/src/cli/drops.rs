@@ -15,6 +15,7 @@ use super::ctl::{call, CtlOpts};
 use crate::{
     control::protocol::{DropsQuery, Request},
     drops::{pcap_header, pcap_record, Answer, Sample, LOG_CAPACITY},
+    utc::Utc,
 };
 
 /// How often `--follow` asks for new samples.
@@ -221,25 +222,9 @@ fn tcp_flags(f: u8) -> String {
 
 /// `2026-11-29 11:20:59.123456` (UTC) of a Unix time in ns.
 fn utc(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let micros = (ns % 1_000_000_000) / 1000;
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian; Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{micros:06}",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let t = Utc::of_unix_secs(ns / 1_000_000_000);
+    let micros = ns % 1_000_000_000 / 1000;
+    format!("{} {}.{micros:06}", t.date(), t.time())
 }
 
 /// A pcap file being written.
