@@ -21,6 +21,7 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xlb_new_flow_unrecorded",
     "testrun_ns_per_pkt.xlb_new_flow_small_table",
     "testrun_ns_per_pkt.xlb_new_flow_allow_list",
+    "testrun_ns_per_pkt.xlb_dropped",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -281,6 +282,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         ),
         ("xlb_ipv6", "xlb, IPv6 conntrack hit (IP6IP6)"),
         ("xlb_unknown_vip", "xlb, unknown VIP (pass-through)"),
+        (
+            "xlb_dropped",
+            "xlb, malformed frame dropped (a flood: the CPU's drop samples spent)",
+        ),
     ] {
         let v = n(&format!("testrun_ns_per_pkt.{k}"));
         let sp = spread(r, &format!("testrun_ns_per_pkt.spread.{k}"));

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use anyhow::{anyhow, bail, ensure, Result};
 use aya::programs::Xdp;
 use lb_common::{
-    counters::{Event, Pass},
+    counters::{Drop, Event, Pass},
     maps::{
         VipKey, CFG_F_BENCH_NEW_FLOWS, CFG_F_BENCH_RESTORE, DEFAULT_MAX_CONNS, MAX_VIP_ENTRIES,
     },
@@ -362,6 +362,18 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         slot_delta(&before, &lab.counters(), Pass::NotVip.slot()) == 1,
         "unknown VIP not counted as not_vip"
     );
+    // A malformed frame (IPv4 IHL 3), dropped at the parser's first IPv4 check: a flood of
+    // garbage. A lab's drop-sampling budget is 0 (no daemon refills it), as a flooded
+    // CPU's is once it has spent the second's: the drop is counted, the budget checked.
+    let mut garbage = hit4.clone();
+    garbage[14] = 0x43;
+    let before = lab.counters();
+    let out = testrun::run(lab.prog(), &garbage)?;
+    ensure!(
+        out.verdict == XDP_DROP
+            && slot_delta(&before, &lab.counters(), Drop::Ipv4BadIhl.slot()) == 1,
+        "a frame with IHL 3 must be dropped as ipv4_bad_ihl"
+    );
 
     let names = [
         "xdp_drop",
@@ -375,6 +387,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_new_flow_unrecorded",
         "xlb_new_flow_small_table",
         "xlb_new_flow_allow_list",
+        "xlb_dropped",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -399,6 +412,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         samples[8].push(new_flows.measure_unrecorded(&mut flood, new_repeat)?);
         samples[9].push(new_flows.measure(&mut open_lab, new_repeat)?);
         samples[10].push(new_flows.measure(&mut listed, new_repeat)?);
+        samples[11].push(repeat_ns(lab.prog(), &garbage, plan.repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
@@ -449,6 +463,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "insert_and_cache_fill (new_flow - new_flow_unrecorded: what a flood packet saves)": round3(new_flow - s[8].median),
         "bench_restore (measured, included in the hit figure)": round3(restore),
         "allow_list_1024_prefixes (new_flow_allow_list - new_flow_small_table)": round3(s[10].median - s[9].median),
+        "parse_to_a_malformed_ipv4_header_and_drop (dropped - xdp_drop)": round3(s[11].median - s[0].median),
     });
     out["paired_allow_list_over_small_table"] =
         Summary::of(&paired(&samples[10], &samples[9])).json();

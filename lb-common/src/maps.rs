@@ -66,9 +66,9 @@ pub const MAP_TX_PORTS: &str = "TX_PORTS";
 /// `DROP_SAMPLES`: ring buffer of [`DropSample`]s, dropped packets the balancer shows to
 /// `xlb drops`. The program writes; the daemon reads.
 pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
-/// `DROP_SAMPLE_LIMIT`: single slot → `u32`, dropped packets each CPU samples per second
-/// (0: none). Written by the daemon; read on the drop path only.
-pub const MAP_DROP_SAMPLE_LIMIT: &str = "DROP_SAMPLE_LIMIT";
+/// `DROP_BUDGET`: per-CPU single slot → `u32`, the drops a CPU may still sample; the
+/// daemon sets every CPU's to `drop_samples` each second, the program takes one a sample.
+pub const MAP_DROP_BUDGET: &str = "DROP_BUDGET";
 /// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 
@@ -373,3 +373,36 @@ pub struct DropSample {
     pub frame: [u8; DROP_CAPTURE],
 }
 const _: () = assert!(core::mem::size_of::<DropSample>() == 24 + DROP_CAPTURE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel keeps 15 bytes of a map's name (`BPF_OBJ_NAME_LEN`): what `bpftool` shows
+    /// and what finding a program's map by name (the fixtures, the bench) compares with.
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for name in [
+            MAP_BACKEND_ACTIVE,
+            MAP_RR_CURSORS,
+            MAP_VIPS,
+            MAP_SOURCE_RANGES,
+            MAP_BACKENDS,
+            MAP_LOOKUP,
+            MAP_CONNS,
+            MAP_CONNS_V4,
+            MAP_FLOW_CACHE,
+            MAP_FLOW_CACHE_V6,
+            MAP_CONFIG,
+            MAP_STATS,
+            MAP_BACKEND_STATS,
+            MAP_VIP_RETIRED,
+            MAP_TX_PORTS,
+            MAP_DROP_SAMPLES,
+            MAP_DROP_BUDGET,
+            MAP_DECAP_ADDRS,
+        ] {
+            assert!(name.len() <= 15, "{name}: {} bytes", name.len());
+        }
+    }
+}

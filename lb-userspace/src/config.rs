@@ -32,7 +32,7 @@ pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 10_000;
 
 /// Dropped packets each CPU samples per second for `xlb drops` unless the config says
 /// otherwise: enough to see every kind of drop a misconfiguration causes, at a cost no
-/// flood notices (beyond it, a drop costs a clock read more).
+/// flood notices (beyond it, a drop costs a per-CPU lookup more).
 pub const DEFAULT_DROP_SAMPLES: u32 = 100;
 /// Most `drop_samples` may ask for: the ring holds about 7000 samples, drained as they
 /// come, and the daemon keeps the last 1000.

@@ -3,8 +3,9 @@
 //! does this client get no answer" has an answer without a packet capture on the
 //! balancer (which sees nothing of what XDP drops).
 //!
-//! The program samples at most `drop_samples` drops a second per CPU into a ring buffer
-//! (`DROP_SAMPLES`, see the balancer's `drops.rs`); [`DropSampler`] drains it into a
+//! The program samples drops into a ring buffer (`DROP_SAMPLES`, see the balancer's
+//! `drops.rs`) as long as its CPU's budget lasts, which [`DropSampler`] refills to
+//! `drop_samples` every second; it also drains the ring into a
 //! [`DropLog`], the last [`LOG_CAPACITY`] samples, which the `drops` op lists, newest
 //! last. Each sample keeps the frame's first [`DROP_CAPTURE`] bytes: its flow is read
 //! from them here ([`Headers`]), and `xlb drops --pcap` writes them for Wireshark ([`pcap_record`]).
@@ -13,16 +14,17 @@ use std::{
     collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Array, MapData, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
 };
 use lb_common::{
     counters::Drop,
-    maps::{DropSample, DROP_CAPTURE, MAP_DROP_SAMPLES, MAP_DROP_SAMPLE_LIMIT},
+    maps::{DropSample, DROP_CAPTURE, MAP_DROP_BUDGET, MAP_DROP_SAMPLES},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -362,26 +364,55 @@ impl DropLog {
     }
 }
 
-/// The balancer's drop-sample ring and the rate it samples at.
+/// How often the daemon refills each CPU's sampling budget.
+pub const REFILL: Duration = Duration::from_secs(1);
+
+/// The balancer's drop-sample ring and each CPU's sampling budget.
 pub struct DropSampler {
     ring: RingBuf<MapData>,
+    budget: Budget,
+}
+
+/// Every CPU's sampling budget (`DROP_BUDGET`) and what it is refilled to.
+struct Budget {
+    map: PerCpuArray<MapData, u32>,
+    per_second: u32,
+}
+
+impl Budget {
+    /// Sets every CPU's budget to the rate (what a CPU did not spend does not carry over).
+    fn refill(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let values =
+            PerCpuValues::try_from(vec![self.per_second; cpus]).context("one budget per CPU")?;
+        self.map.set(0, values, 0).context("writing DROP_BUDGET")
+    }
 }
 
 impl DropSampler {
-    /// Takes the ring out of a loaded balancer and sets it sampling `per_second` drops a
-    /// second per CPU (0: none).
+    /// Takes the ring and the budgets out of a loaded balancer and gives every CPU a
+    /// budget of `per_second` samples (0: none), refilled by [`DropSampler::run`].
     pub fn open(ebpf: &mut Ebpf, per_second: u32) -> Result<Self> {
         let mut map = |name| {
             ebpf.take_map(name)
                 .with_context(|| format!("the balancer object has no map {name}"))
         };
-        let mut limit: Array<MapData, u32> =
-            Array::try_from(map(MAP_DROP_SAMPLE_LIMIT)?).context("opening DROP_SAMPLE_LIMIT")?;
+        let budget = Budget {
+            map: PerCpuArray::try_from(map(MAP_DROP_BUDGET)?).context("opening DROP_BUDGET")?,
+            per_second,
+        };
         let ring = RingBuf::try_from(map(MAP_DROP_SAMPLES)?).context("opening DROP_SAMPLES")?;
-        limit
-            .set(0, per_second, 0)
-            .context("writing DROP_SAMPLE_LIMIT")?;
-        Ok(Self { ring })
+        let mut sampler = Self { ring, budget };
+        sampler.refill()?;
+        Ok(sampler)
+    }
+
+    /// Sets every CPU's budget to `per_second` again, as [`DropSampler::run`] does every
+    /// [`REFILL`].
+    pub fn refill(&mut self) -> Result<()> {
+        self.budget.refill()
     }
 
     /// Moves every record in the ring into `log`; how many.
@@ -389,11 +420,13 @@ impl DropSampler {
         drain(&mut self.ring, log)
     }
 
-    /// Drains the ring into `log` as records arrive, until `shutdown`.
+    /// Drains the ring into `log` as records arrive and refills the budgets every
+    /// [`REFILL`], until `shutdown`.
     pub async fn run(self, log: Arc<Mutex<DropLog>>, mut shutdown: watch::Receiver<bool>) {
+        let Self { ring, mut budget } = self;
         // SAFETY: the ring owns its map's descriptor, which stays open and the same for as
         // long as the ring lives, and the `AsyncFd` owns the ring.
-        let registered = unsafe { AsyncFd::register_with_interest(self.ring, Interest::READABLE) };
+        let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
         let mut ring = match registered {
             Ok(fd) => fd,
             Err(e) => {
@@ -403,6 +436,9 @@ impl DropSampler {
                 return;
             }
         };
+        let mut tick = tokio::time::interval(REFILL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tokio::select! {
                 ready = ring.readable_mut() => match ready {
@@ -414,6 +450,18 @@ impl DropSampler {
                         log::warn!("drop samples: polling the ring buffer: {e}; `xlb drops` stops");
                         return;
                     }
+                },
+                _ = tick.tick() => match budget.refill() {
+                    Ok(()) if failing => {
+                        log::info!("drop samples: budgets written again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        log::warn!("drop samples: {e:#}; no samples until it works");
+                        failing = true;
+                    }
+                    Err(_) => {}
                 },
                 _ = shutdown.changed() => return,
             }

@@ -1,36 +1,43 @@
 //! Samples of dropped packets for `xlb drops`: a counter says how many packets were
 //! dropped for a reason, a sample shows which ones (the flow, the bytes that did not
-//! parse). At most `DROP_SAMPLE_LIMIT` a second per CPU, so a flood of bad packets costs a
-//! clock read and a compare each beyond that; the forwarding paths never come here.
+//! parse). Each CPU samples as many as its budget (`DROP_BUDGET`), which the daemon
+//! refills to `drop_samples` every second; beyond it a flood of bad packets costs one
+//! per-CPU lookup and a compare each. The forwarding paths never come here.
 
 use aya_ebpf::{
     bindings::xdp_md,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
-use lb_common::maps::{DropSample, DROP_CAPTURE};
+use lb_common::{
+    counters::Drop,
+    maps::{DropSample, DROP_CAPTURE},
+};
 use lb_ebpf::ptr::frame_len;
 
-use crate::maps::{DROP_SAMPLES, DROP_SAMPLE_LIMIT, DROP_WINDOW};
+use crate::maps::{DROP_BUDGET, DROP_SAMPLES};
 
-/// Samples the frame of `raw`, dropped for the reason in counter slot `reason`, if this
-/// CPU is within its limit and the ring has room; else does nothing (the counters have
-/// it). A global BPF function: verified once, not once for every drop site the entry
-/// function reaches it from.
+/// Samples the frame of `ctx`, dropped for `reason`, if this CPU's budget allows.
+#[inline(always)]
+pub fn sample(ctx: &XdpContext, reason: Drop) {
+    let Some(budget) = DROP_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+    unsafe {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+    }
+    xlb_sample_drop(ctx.ctx, reason.slot());
+}
+
+/// Writes the frame of `raw`, dropped for the reason in counter slot `reason`, to the ring
+/// if it has room (else the drop stays counted only). A global BPF function: verified
+/// once, not once for every drop site the entry function reaches it from.
 #[no_mangle]
 pub extern "C" fn xlb_sample_drop(raw: *mut xdp_md, reason: u32) -> u64 {
-    let limit = match DROP_SAMPLE_LIMIT.get(0) {
-        Some(&l) if l != 0 => l,
-        _ => return 0,
-    };
-    let Some(window) = DROP_WINDOW.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: per-CPU slot, only this CPU touches it while the program runs; no arguments
-    // to the clock helper.
-    if !unsafe { (*window).admit(bpf_ktime_get_coarse_ns(), limit) } {
-        return 0;
-    }
     let Some(mut entry) = DROP_SAMPLES.reserve::<DropSample>(0) else {
         return 0;
     };

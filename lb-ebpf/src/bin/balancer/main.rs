@@ -50,7 +50,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             bump(&STATS, reason.slot());
-            drops::xlb_sample_drop(ctx.ctx, reason.slot());
+            drops::sample(&ctx, reason);
             xdp_action::XDP_DROP
         }
     }

@@ -88,15 +88,11 @@ pub static ICMP_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(
 #[map]
 pub static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Slot 0: dropped packets each CPU samples per second (0: none). Daemon writes; read on
-/// the drop path only, so the forwarding paths never look it up.
+/// Slot 0: the drops this CPU may still sample. The daemon sets every CPU's to
+/// `drop_samples` each second, the program takes one per sample: no clock read on the
+/// drop path, and no sampling once no daemon reads the ring. Read on drops only.
 #[map]
-pub static DROP_SAMPLE_LIMIT: Array<u32> = Array::with_max_entries(1, 0);
-
-/// This CPU's sampled drops in the current second, against `DROP_SAMPLE_LIMIT`. Program
-/// only.
-#[map]
-pub static DROP_WINDOW: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+pub static DROP_BUDGET: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU traffic per backend index. Program writes, daemon sums.
 #[map]
