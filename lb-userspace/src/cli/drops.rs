@@ -110,10 +110,14 @@ fn render(a: &Answer, reason: Option<&str>) -> String {
     for s in &a.samples {
         let _ = writeln!(out, "{}", line(s));
     }
-    let what = match reason {
-        Some(r) => format!("{r} drops"),
-        None => "drops".to_owned(),
+    let what = |n: u64| {
+        let noun = if n == 1 { "drop" } else { "drops" };
+        match reason {
+            Some(r) => format!("{r} {noun}"),
+            None => noun.to_owned(),
+        }
     };
+    let shown = a.samples.len() as u64;
     let _ = if a.per_second == 0 {
         writeln!(
             out,
@@ -122,23 +126,24 @@ fn render(a: &Answer, reason: Option<&str>) -> String {
     } else if a.samples.is_empty() {
         writeln!(
             out,
-            "no {what} sampled since the daemon started (it samples up to {} a second per CPU)",
+            "no {} sampled since the daemon started (it samples up to {} a second per CPU)",
+            what(0),
             a.per_second
         )
     } else if a.truncated > 0 {
         writeln!(
             out,
-            "the newest {} of {} sampled {what} (--limit shows more; up to {} a second per CPU \
+            "the newest {shown} of {} sampled {} (--limit shows more; up to {} a second per CPU \
              are sampled)",
-            a.samples.len(),
-            a.samples.len() as u64 + a.truncated,
+            shown + a.truncated,
+            what(shown + a.truncated),
             a.per_second
         )
     } else {
         writeln!(
             out,
-            "{} sampled {what} (up to {} a second per CPU are sampled)",
-            a.samples.len(),
+            "{shown} sampled {} (up to {} a second per CPU are sampled)",
+            what(shown),
             a.per_second
         )
     };
@@ -299,6 +304,29 @@ mod tests {
             headers,
             frame_hex: "00".repeat(74),
         }
+    }
+
+    #[test]
+    fn summaries_count_right() {
+        let answer = |n: usize, truncated: u64, per_second: u32| Answer {
+            samples: vec![sample(Headers::default()); n],
+            next: n as u64,
+            missed: 0,
+            truncated,
+            per_second,
+        };
+        let last = |a: &Answer, reason| render(a, reason).lines().last().unwrap().to_owned();
+        assert_eq!(
+            last(&answer(1, 0, 100), Some("no_backend")),
+            "1 sampled no_backend drop (up to 100 a second per CPU are sampled)"
+        );
+        assert_eq!(
+            last(&answer(2, 3, 100), None),
+            "the newest 2 of 5 sampled drops (--limit shows more; up to 100 a second per CPU are sampled)"
+        );
+        assert!(last(&answer(0, 0, 100), None).starts_with("no drops sampled"));
+        assert!(last(&answer(0, 0, 0), None).starts_with("drop sampling is off"));
+        assert_eq!(render(&answer(3, 0, 100), None).lines().count(), 4);
     }
 
     #[test]

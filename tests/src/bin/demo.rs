@@ -111,6 +111,15 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
             "got an answer (unexpected)"
         }
     );
+    // The packets behind that counter: who was refused, as the balancer saw them.
+    println!("the balancer's samples of those drops (xlb drops --reason source_denied --limit 3):");
+    print!(
+        "{}",
+        net.ctl(
+            &sock,
+            &["drops", "--reason", "source_denied", "--limit", "3"]
+        )
+    );
     println!(
         "{}",
         net.ctl(&sock, &["vip", "sources", vip, "--any"]).trim_end()
