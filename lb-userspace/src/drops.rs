@@ -702,6 +702,48 @@ mod tests {
         }
     }
 
+    /// Whatever bytes a dropped frame holds (it was dropped for being malformed, often),
+    /// reading it neither panics nor reports ports without the addresses and protocol
+    /// they belong to.
+    #[test]
+    fn headers_read_any_bytes() {
+        let mut hbh = vec![IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+        hbh.extend_from_slice(&tcp(0x02));
+        let seeds = [
+            frame(None, ETH_P_IP, &ipv4(IPPROTO_TCP, 0, 5, &tcp(0x02))),
+            frame(Some(7), ETH_P_IP, &ipv4(IPPROTO_UDP, 0, 6, &[0; 12])),
+            frame(None, ETH_P_IPV6, &ipv6(IPPROTO_HOPOPTS, &hbh)),
+            frame(
+                None,
+                ETH_P_IPV6,
+                &ipv6(IPPROTO_FRAGMENT, &[IPPROTO_TCP, 0, 0, 0, 0, 0, 0, 1]),
+            ),
+        ];
+        // xorshift64: reproducible, no dependency.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..50_000 {
+            let mut f = seeds[i % seeds.len()].clone();
+            for _ in 0..next() % 4 {
+                let at = (next() % f.len() as u64) as usize;
+                f[at] = next() as u8;
+            }
+            f.truncate((next() % (f.len() as u64 + 1)) as usize);
+            let h = Headers::read(&f);
+            if h.sport.is_some() || h.tcp_flags.is_some() || h.icmp_type.is_some() {
+                assert!(
+                    h.src.is_some() && h.dst.is_some() && h.protocol.is_some(),
+                    "{f:02x?}: {h:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn hex_round_trips() {
         let bytes = [0u8, 1, 0xab, 0xff];
