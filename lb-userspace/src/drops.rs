@@ -32,6 +32,8 @@ use tokio::{
     sync::watch,
 };
 
+use crate::config::{SourcePrefix, VipId};
+
 /// Samples the daemon keeps (about 400 bytes each).
 pub const LOG_CAPACITY: usize = 1000;
 /// Samples listed when the request names no `limit`.
@@ -143,6 +145,14 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const MAX_EXT_HEADERS: usize = 8;
 
 impl Headers {
+    /// Whether the packet went to `vip` (its address, protocol and port; any port for an
+    /// all-ports VIP).
+    pub fn to(&self, vip: &VipId) -> bool {
+        self.dst == Some(vip.address)
+            && self.protocol == Some(vip.protocol.number())
+            && (vip.all_ports() || self.dport == Some(vip.port))
+    }
+
     /// Reads what `frame` holds; stops quietly where it ends or stops making sense.
     pub fn read(frame: &[u8]) -> Self {
         let mut h = Self::default();
@@ -288,6 +298,10 @@ pub struct DropLog {
 pub struct Query {
     /// Only drops for this reason.
     pub reason: Option<Drop>,
+    /// Only packets to this service (an all-ports VIP: any port of its address).
+    pub vip: Option<VipId>,
+    /// Only packets from clients in this prefix.
+    pub client: Option<SourcePrefix>,
     /// Only samples from this sequence number on (`next` of an earlier answer).
     pub since: Option<u64>,
     /// At most this many, the newest.
@@ -352,6 +366,11 @@ impl DropLog {
             .iter()
             .filter(|s| s.seq >= since)
             .filter(|s| q.reason.is_none_or(|r| s.reason == r.name()))
+            .filter(|s| q.vip.is_none_or(|v| s.headers.to(&v)))
+            .filter(|s| {
+                q.client
+                    .is_none_or(|c| s.headers.src.is_some_and(|a| c.contains(a)))
+            })
             .collect();
         let skip = matching.len().saturating_sub(q.limit);
         Answer {
@@ -800,6 +819,7 @@ mod tests {
                 reason,
                 since,
                 limit,
+                ..Query::default()
             })
         };
         assert_eq!(all(&log, None, None, 20).samples, vec![]);
@@ -838,6 +858,32 @@ mod tests {
         let a = all(&log, None, Some(Drop::SourceDenied), 1000);
         assert_eq!(a.samples.len(), LOG_CAPACITY / 2);
         assert!(a.samples.iter().all(|s| s.reason == "source_denied"));
+
+        // By service and client (every sample is 198.18.0.10:40000 > 198.18.1.1:80/tcp).
+        let count = |vip: Option<&str>, client: Option<&str>| {
+            log.query(&Query {
+                vip: vip.map(|v| v.parse().unwrap()),
+                client: client.map(|c| c.parse().unwrap()),
+                limit: LOG_CAPACITY,
+                ..Query::default()
+            })
+            .samples
+            .len()
+        };
+        for (vip, client, n) in [
+            (Some("198.18.1.1:80/tcp"), None, LOG_CAPACITY),
+            (Some("198.18.1.1:*/tcp"), None, LOG_CAPACITY),
+            (Some("198.18.1.1:81/tcp"), None, 0),
+            (Some("198.18.1.1:80/udp"), None, 0),
+            (Some("198.18.1.2:*/tcp"), None, 0),
+            (None, Some("198.18.0.0/24"), LOG_CAPACITY),
+            (None, Some("198.18.0.10"), LOG_CAPACITY),
+            (None, Some("198.18.0.11"), 0),
+            (None, Some("fd00::/8"), 0),
+            (Some("198.18.1.1:80/tcp"), Some("198.18.0.0/31"), 0),
+        ] {
+            assert_eq!(count(vip, client), n, "{vip:?} {client:?}");
+        }
     }
 
     #[test]

@@ -197,9 +197,14 @@ enum Cmd {
     Drops {
         #[command(flatten)]
         ctl: CtlArgs,
+        /// Only packets to this service (`198.18.1.1:80/tcp`; `198.18.1.1:*/tcp`: any port).
+        vip: Option<VipId>,
         /// Only drops for this reason (`no_backend`, `source_denied`, `ipv4_bad_ihl`, …).
         #[arg(long)]
         reason: Option<String>,
+        /// Only packets from clients in this prefix (`198.18.0.0/24`, or an address).
+        #[arg(long, value_name = "PREFIX")]
+        client: Option<xlb::config::SourcePrefix>,
         /// The newest this many (1..=1000).
         #[arg(long, default_value_t = xlb::drops::DEFAULT_LIMIT)]
         limit: u32,
@@ -351,7 +356,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         ),
         Cmd::Drops {
             ctl: a,
+            vip,
             reason,
+            client,
             limit,
             follow,
             count,
@@ -360,6 +367,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => xlb::cli::drops::run_drops(
             &xlb::cli::drops::DropsOpts {
                 reason,
+                vip,
+                client,
                 limit: Some(limit),
                 follow,
                 count,

@@ -127,12 +127,19 @@ fn drops_show_the_refused_client(net: &DemoNet, sock: &Path, addr: SocketAddr) {
             "a SYN: {s}"
         );
     }
-    let text = net.ctl(sock, &["drops"]);
+    let vip = format!("{VIP4}:{NAME_PORT}/tcp");
+    let text = net.ctl(sock, &["drops", &vip, "--client", "198.18.0.10"]);
     assert!(
         text.lines().any(|l| l.contains("source_denied")
             && l.contains("tcp 198.18.0.10:")
             && l.contains(&format!("> {VIP4}:{NAME_PORT} [S]"))),
         "{text}"
+    );
+
+    let elsewhere = net.ctl(sock, &["drops", &vip, "--client", "198.18.0.11"]);
+    assert!(
+        elsewhere.starts_with("no drops to ") && elsewhere.contains("from 198.18.0.11/32"),
+        "{elsewhere}"
     );
 
     // The frames in a pcap file: its header, then each frame's first bytes (the client's

@@ -13,6 +13,7 @@ use anyhow::Context;
 
 use super::ctl::{call, CtlOpts};
 use crate::{
+    config::{SourcePrefix, VipId},
     control::protocol::{DropsQuery, Request},
     drops::{pcap_header, pcap_record, Answer, Sample, LOG_CAPACITY},
     utc::Utc,
@@ -26,6 +27,10 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 pub struct DropsOpts {
     /// Only this drop reason.
     pub reason: Option<String>,
+    /// Only packets to this service.
+    pub vip: Option<VipId>,
+    /// Only packets from clients in this prefix.
+    pub client: Option<SourcePrefix>,
     /// The newest this many (without `--follow`).
     pub limit: Option<u32>,
     /// Keep listing samples as they come.
@@ -46,6 +51,8 @@ pub fn run_drops(drops: &DropsOpts, opts: &CtlOpts) -> anyhow::Result<()> {
             &opts.socket,
             &Request::Drops(DropsQuery {
                 reason: drops.reason.clone(),
+                vip: drops.vip,
+                client: drops.client,
                 since,
                 limit,
             }),
@@ -62,7 +69,7 @@ pub fn run_drops(drops: &DropsOpts, opts: &CtlOpts) -> anyhow::Result<()> {
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&raw)?);
         } else {
-            print!("{}", render(&answer, drops.reason.as_deref()));
+            print!("{}", render(&answer, drops));
         }
         if let Some(p) = &pcap {
             eprintln!("{} frames written to {}", p.frames, p.path.display());
@@ -105,17 +112,25 @@ pub fn run_drops(drops: &DropsOpts, opts: &CtlOpts) -> anyhow::Result<()> {
 }
 
 /// The answer for people: a line per sample, then what the list leaves out.
-fn render(a: &Answer, reason: Option<&str>) -> String {
+fn render(a: &Answer, asked: &DropsOpts) -> String {
     let mut out = String::new();
     for s in &a.samples {
         let _ = writeln!(out, "{}", line(s));
     }
+    // `source_denied drops to 198.18.1.1:80/tcp from 198.18.0.0/24`, as asked.
     let what = |n: u64| {
-        let noun = if n == 1 { "drop" } else { "drops" };
-        match reason {
-            Some(r) => format!("{r} {noun}"),
-            None => noun.to_owned(),
+        let mut w = String::new();
+        if let Some(r) = &asked.reason {
+            w += &format!("{r} ");
         }
+        w += if n == 1 { "drop" } else { "drops" };
+        if let Some(v) = asked.vip {
+            w += &format!(" to {v}");
+        }
+        if let Some(c) = asked.client {
+            w += &format!(" from {c}");
+        }
+        w
     };
     let shown = a.samples.len() as u64;
     let _ = if a.per_second == 0 {
@@ -315,18 +330,26 @@ mod tests {
             truncated,
             per_second,
         };
-        let last = |a: &Answer, reason| render(a, reason).lines().last().unwrap().to_owned();
+        let all = DropsOpts::default();
+        let last = |a: &Answer, asked| render(a, asked).lines().last().unwrap().to_owned();
+        let narrow = DropsOpts {
+            reason: Some("no_backend".into()),
+            vip: Some("198.18.1.1:80/tcp".parse().unwrap()),
+            client: Some("198.18.0.0/24".parse().unwrap()),
+            ..DropsOpts::default()
+        };
         assert_eq!(
-            last(&answer(1, 0, 100), Some("no_backend")),
-            "1 sampled no_backend drop (up to 100 a second per CPU are sampled)"
+            last(&answer(1, 0, 100), &narrow),
+            "1 sampled no_backend drop to 198.18.1.1:80/tcp from 198.18.0.0/24 (up to 100 a \
+             second per CPU are sampled)"
         );
         assert_eq!(
-            last(&answer(2, 3, 100), None),
+            last(&answer(2, 3, 100), &all),
             "the newest 2 of 5 sampled drops (--limit shows more; up to 100 a second per CPU are sampled)"
         );
-        assert!(last(&answer(0, 0, 100), None).starts_with("no drops sampled"));
-        assert!(last(&answer(0, 0, 0), None).starts_with("drop sampling is off"));
-        assert_eq!(render(&answer(3, 0, 100), None).lines().count(), 4);
+        assert!(last(&answer(0, 0, 100), &all).starts_with("no drops sampled"));
+        assert!(last(&answer(0, 0, 0), &all).starts_with("drop sampling is off"));
+        assert_eq!(render(&answer(3, 0, 100), &all).lines().count(), 4);
     }
 
     #[test]

@@ -300,6 +300,13 @@ pub struct DropsQuery {
     /// Only drops for this reason (`no_backend`, `ipv4_bad_ihl`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Only packets to this service (address, port, protocol; an all-ports VIP: any port
+    /// of its address). It need not be a VIP the balancer has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<VipId>,
+    /// Only packets from clients in this prefix (`198.18.0.0/24`, or an address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<SourcePrefix>,
     /// Only samples from this sequence number on (an earlier answer's `next`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
@@ -814,6 +821,15 @@ mod tests {
                     reason: Some("no_backend".into()),
                     since: Some(7),
                     limit: Some(5),
+                    ..DropsQuery::default()
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"drops","vip":"198.18.1.1:*/tcp","client":"198.18.0.0/24"}"#,
+                Request::Drops(DropsQuery {
+                    vip: Some("198.18.1.1:*/tcp".parse().unwrap()),
+                    client: Some("198.18.0.0/24".parse().unwrap()),
+                    ..DropsQuery::default()
                 }),
             ),
             (

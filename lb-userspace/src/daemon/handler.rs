@@ -284,6 +284,8 @@ impl DaemonHandler {
                 .map(drops::check_reason)
                 .transpose()
                 .map_err(|m| invalid("reason", m))?,
+            vip: q.vip,
+            client: q.client,
             since: q.since,
             limit: drops::check_limit(q.limit).map_err(|m| invalid("limit", m))?,
         };
