@@ -1,6 +1,10 @@
 //! `xlb decap`: the backend side. Attaches the decap program to an interface, tells it which
 //! local addresses tunnels may be addressed to, and prints its counters when stopped.
 //!
+//! Its counters are served as Prometheus metrics with `--metrics`, and a rise of
+//! `tunnel_not_local` (tunnels this host passes to a stack that cannot strip them) is
+//! logged every [`WATCH`].
+//!
 //! Without `--address`, those are the interface's and `lo`'s addresses, read again every
 //! [`REFRESH`]: a decap started before the network is configured (a service manager that
 //! starts it early, an address that arrives by DHCP or after IPv6 duplicate address
@@ -8,7 +12,15 @@
 //! that cannot strip it, and the backend would take no traffic while its health checks
 //! pass.
 
-use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -17,14 +29,48 @@ use aya::{
 };
 use lb_common::{
     addr::to_words,
+    counters::{Counters, Pass},
     maps::{DecapAddr, MAP_DECAP_ADDRS, MAP_STATS},
 };
-use tokio::signal::unix::SignalKind;
+use tokio::{signal::unix::SignalKind, sync::watch};
 
-use crate::{daemon::state::counter_summary, loader, netdev};
+use crate::{
+    daemon::state::counter_summary,
+    dataplane::sum_reasons,
+    loader, netdev,
+    prometheus::{self, reason_counters, section},
+};
 
 /// How often the local addresses are read again (without `--address`).
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// How often the counters are looked at for tunnels to addresses this host does not accept.
+pub const WATCH: Duration = Duration::from_secs(10);
+
+/// The decap program's metrics: its counters and how many addresses it accepts tunnels to.
+pub fn render_metrics(reasons: &[u64], accepted: usize) -> String {
+    let mut out = String::new();
+    reason_counters(&mut out, "xlb_decap", "the decap program", reasons);
+    section(
+        &mut out,
+        "xlb_decap_accepted_addresses",
+        "gauge",
+        "Local addresses the decap program accepts tunnels to.",
+        &format!("xlb_decap_accepted_addresses {accepted}\n"),
+    );
+    out
+}
+
+/// What to say when `tunnel_not_local` went from `before` to `now` in one [`WATCH`].
+fn not_local_warning(before: u64, now: u64) -> Option<String> {
+    let n = now.checked_sub(before).filter(|&n| n > 0)?;
+    Some(format!(
+        "{n} tunnel packet{} in the last {} s to addresses this host does not accept \
+         (tunnel_not_local): passed to the stack, which cannot strip them. Is the balancer \
+         sending to an address this backend lost? `--log-level debug` names them",
+        if n == 1 { "" } else { "s" },
+        WATCH.as_secs()
+    ))
+}
 
 /// The addresses tunnels to this host may be addressed to: `iface`'s and `lo`'s (VIPs
 /// live on `lo` in DSR, the tunnel's outer destination on the interface).
@@ -88,10 +134,24 @@ fn key(a: IpAddr) -> DecapAddr {
     }
 }
 
-/// Runs the decap program on `iface` until SIGINT / SIGTERM. `addresses` empty means every
-/// address of the interface and of `lo`, followed as they change.
-pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()> {
+/// Runs the decap program on `iface` until SIGINT / SIGTERM, serving its metrics on
+/// `metrics` if given. `addresses` empty means every address of the interface and of
+/// `lo`, followed as they change.
+pub async fn run(
+    iface: &str,
+    mode: XdpMode,
+    addresses: &[IpAddr],
+    metrics: Option<SocketAddr>,
+) -> Result<()> {
     netdev::ifindex(iface)?;
+    let listener = match metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let fixed = !addresses.is_empty();
     let wanted: BTreeSet<IpAddr> = if fixed {
         addresses.iter().copied().collect()
@@ -115,6 +175,17 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
         installed: BTreeSet::new(),
     };
     addrs.sync(&wanted);
+    let stats: Arc<PerCpuArray<MapData, Counters>> = Arc::new(PerCpuArray::try_from(
+        ebpf.take_map(MAP_STATS)
+            .context("decap object has no STATS")?,
+    )?);
+    let accepted = Arc::new(AtomicUsize::new(addrs.installed.len()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics_task = listener.map(|l| {
+        let (stats, accepted) = (stats.clone(), accepted.clone());
+        let render = move || render_metrics(&sum_reasons(&stats), accepted.load(Ordering::Relaxed));
+        tokio::spawn(prometheus::serve(l, Arc::new(render), shutdown_rx))
+    });
     loader::attach(&mut ebpf, loader::DECAP_PROG, iface, mode)?;
     log::info!(
         "xlb_decap attached to {iface}; accepting tunnels to {:?}",
@@ -124,19 +195,37 @@ pub async fn run(iface: &str, mode: XdpMode, addresses: &[IpAddr]) -> Result<()>
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = tokio::time::interval(WATCH);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let not_local = |stats: &PerCpuArray<MapData, Counters>| {
+        sum_reasons(stats)[Pass::TunnelNotLocal.slot() as usize]
+    };
+    let mut last_not_local = not_local(&stats);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = refresh.tick(), if !fixed => match local_addresses(iface) {
-                Ok(wanted) => addrs.sync(&wanted),
+                Ok(wanted) => {
+                    addrs.sync(&wanted);
+                    accepted.store(addrs.installed.len(), Ordering::Relaxed);
+                }
                 Err(e) => log::warn!("reading the addresses of {iface}: {e:#}"),
             },
+            _ = watch.tick() => {
+                let now = not_local(&stats);
+                if let Some(w) = not_local_warning(last_not_local, now) {
+                    log::warn!("{w}");
+                }
+                last_not_local = now;
+            }
         }
     }
-    let stats: PerCpuArray<_, lb_common::counters::Counters> =
-        PerCpuArray::try_from(ebpf.map(MAP_STATS).context("decap object has no STATS")?)?;
-    let reasons = crate::dataplane::sum_reasons(&stats);
+    let _ = shutdown_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    let reasons = sum_reasons(&stats);
     drop(ebpf);
     println!("xlb decap: detached from {iface}; counters:");
     for (kind, name, v) in counter_summary(&reasons) {
@@ -161,5 +250,33 @@ mod tests {
             (vec![ip("198.18.0.21")], vec![ip("fd00::11")])
         );
         assert_eq!(changes(&installed, &installed), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_rise_of_tunnels_to_foreign_addresses_is_told_once_per_look() {
+        assert_eq!(not_local_warning(5, 5), None);
+        assert_eq!(not_local_warning(0, 0), None);
+        let w = not_local_warning(5, 6).unwrap();
+        assert!(w.starts_with("1 tunnel packet in the last 10 s"), "{w}");
+        assert!(not_local_warning(5, 105)
+            .unwrap()
+            .starts_with("100 tunnel packets"));
+    }
+
+    #[test]
+    fn metrics_name_every_reason_and_the_addresses() {
+        let mut reasons = vec![0u64; lb_common::counters::COUNTER_SLOTS as usize];
+        reasons[lb_common::counters::Event::Decapsulated.slot() as usize] = 42;
+        reasons[Pass::TunnelNotLocal.slot() as usize] = 7;
+        let text = render_metrics(&reasons, 3);
+        for line in [
+            "xlb_decap_events_total{event=\"decapsulated\"} 42",
+            "xlb_decap_passed_packets_total{reason=\"tunnel_not_local\"} 7",
+            "xlb_decap_dropped_packets_total{reason=\"tunnel_bad_checksum\"} 0",
+            "# TYPE xlb_decap_accepted_addresses gauge",
+            "xlb_decap_accepted_addresses 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`loader`]: the embedded XDP objects; load, verify, attach.
 //! - [`netdev`]: interface index, MAC, MTU, addresses.
 //! - [`placement`]: where a client's flow to a VIP goes (the `flow` op).
+//! - [`prometheus`]: the metrics text format and its HTTP server (`--metrics`).
 //! - [`sched`]: schedulers as table builders (Maglev hash tables, round-robin sequences).
 //! - [`slow_start`]: a backend coming into service ramps up to its weight.
 //! - [`state_dir`]: `--state-dir`: the attachment, connection tables and backend slots
@@ -46,6 +47,7 @@ pub mod loader;
 pub mod logging;
 pub mod netdev;
 pub mod placement;
+pub mod prometheus;
 pub mod reload;
 pub mod sched;
 pub mod slow_start;

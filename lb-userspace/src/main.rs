@@ -101,6 +101,9 @@ enum Cmd {
         /// Accept tunnels to this address (repeatable; default: the interface's and lo's).
         #[arg(long = "address")]
         addresses: Vec<IpAddr>,
+        /// Serve Prometheus metrics (the program's counters) on this address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Run a backend agent (HAProxy agent-check format) answering with a file's first line.
     Agent {
@@ -292,7 +295,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             iface,
             xdp_mode,
             addresses,
-        } => runtime()?.block_on(xlb::decap::run(&iface, xdp_mode.into(), &addresses)),
+            metrics,
+        } => runtime()?.block_on(xlb::decap::run(
+            &iface,
+            xdp_mode.into(),
+            &addresses,
+            metrics,
+        )),
         Cmd::Agent { listen, state_file } => {
             runtime()?.block_on(xlb::agent::serve(listen, state_file))
         }

@@ -223,6 +223,11 @@ pub struct BackendHost {
     docroot: PathBuf,
 }
 
+/// Where backend `b`'s decap serves its metrics (`xlb decap --metrics`).
+pub fn decap_metrics(b: &BackendHost) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(b.v4.into(), 9101)
+}
+
 /// The whole topology.
 pub struct DemoNet {
     /// The switch.
@@ -362,6 +367,7 @@ impl DemoNet {
         let bin = xlb_bin();
         let b = &mut self.backends[i];
         let log = self.dir.join(format!("{}-decap.log", b.name));
+        let metrics = decap_metrics(b).to_string();
         let p = spawn_logged(
             &b.ns,
             &[
@@ -369,6 +375,8 @@ impl DemoNet {
                 "decap",
                 "--iface",
                 "eth0",
+                "--metrics",
+                &metrics,
             ],
             &log,
         );

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xlb_tests::{
     netns::require_root,
-    topology::{http_get, rx_bytes, DemoNet, LineConn, BIG_FILE, NAME_PORT, VIP4, VIP6},
+    topology::{
+        decap_metrics, http_get, rx_bytes, scrape_metrics, DemoNet, LineConn, BIG_FILE, NAME_PORT,
+        VIP4, VIP6,
+    },
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -87,6 +90,35 @@ fn dsr_spreads_v4_and_v6_over_three_backends_and_replies_bypass_the_balancer() {
         v["reasons"]["tx_encap"].as_u64().unwrap_or(0) >= 600,
         "{stats}"
     );
+
+    // Each backend's decap counted what it stripped, live (`xlb decap --metrics`), and
+    // nothing it could not; every metric it serves is in the reference.
+    let reference = include_str!("../../docs/metrics.md");
+    let mut decapsulated = 0;
+    for b in &net.backends {
+        let text = scrape_metrics(&b.ns, decap_metrics(b));
+        let value = |line: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{line} missing:\n{text}"))
+        };
+        decapsulated += value("xlb_decap_events_total{event=\"decapsulated\"}");
+        assert_eq!(
+            value("xlb_decap_passed_packets_total{reason=\"tunnel_not_local\"}"),
+            0,
+            "{}",
+            b.name
+        );
+        assert!(value("xlb_decap_accepted_addresses") >= 2, "{text}");
+        for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = name.split(' ').next().unwrap_or(name);
+            assert!(
+                reference.contains(&format!("| `{name}` |")),
+                "{name} is served by xlb decap but not in docs/metrics.md"
+            );
+        }
+    }
+    assert!(decapsulated >= 600, "{decapsulated} packets decapsulated");
 }
 
 #[test]

@@ -1,76 +1,29 @@
-//! Prometheus metrics: the text exposition format, served over plain HTTP on `--metrics`.
-//!
-//! Names follow Prometheus conventions: `xlb_` prefix, `_total` for counters, base units
-//! (seconds, bytes), labels for VIP / backend / reason.
+//! The balancer's Prometheus metrics (`xlb run --metrics`; the format and the server are
+//! `crate::prometheus`'s).
 
 use std::{
     fmt::Write as _,
     sync::{Arc, Mutex},
 };
 
-use anyhow::Context;
-use lb_common::counters::{Drop, Event, Pass};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::watch,
-};
+use tokio::{net::TcpListener, sync::watch};
 
 use super::{
     config_file::{unix_s, ReloadHistory, ReloadResult},
     state::Daemon,
 };
-use crate::dataplane::{Counters, Dataplane};
+use crate::{
+    dataplane::{Counters, Dataplane},
+    prometheus::{self, header, reason_counters, section},
+};
 
 /// Renders every metric.
 pub fn render(d: &Daemon) -> String {
     let mut out = String::new();
     let dp = d.core().dataplane();
     let reasons = dp.reasons();
-    let at = |slot: u32| reasons.get(slot as usize).copied().unwrap_or(0);
 
-    header(
-        &mut out,
-        "xlb_dropped_packets_total",
-        "counter",
-        "Packets dropped by the balancer, by reason.",
-    );
-    for r in Drop::ALL {
-        let _ = writeln!(
-            out,
-            "xlb_dropped_packets_total{{reason=\"{}\"}} {}",
-            r.name(),
-            at(r.slot())
-        );
-    }
-    header(
-        &mut out,
-        "xlb_passed_packets_total",
-        "counter",
-        "Packets handed to the kernel untouched, by reason.",
-    );
-    for r in Pass::ALL {
-        let _ = writeln!(
-            out,
-            "xlb_passed_packets_total{{reason=\"{}\"}} {}",
-            r.name(),
-            at(r.slot())
-        );
-    }
-    header(
-        &mut out,
-        "xlb_events_total",
-        "counter",
-        "Data-plane events (forwarding, flows, ICMP).",
-    );
-    for r in Event::ALL {
-        let _ = writeln!(
-            out,
-            "xlb_events_total{{event=\"{}\"}} {}",
-            r.name(),
-            at(r.slot())
-        );
-    }
+    reason_counters(&mut out, "xlb", "the balancer", &reasons);
 
     let mut vip_lines = (String::new(), String::new(), String::new());
     let mut be = BackendLines::default();
@@ -303,54 +256,17 @@ struct BackendLines {
     checks: String,
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn section(out: &mut String, name: &str, kind: &str, help: &str, lines: &str) {
-    header(out, name, kind, help);
-    out.push_str(lines);
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown` turns true.
+/// Serves the daemon's metrics on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     daemon: Arc<Mutex<Daemon>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    loop {
-        let (mut sock, _) = tokio::select! {
-            r = listener.accept() => r.context("accepting a metrics connection")?,
-            _ = shutdown.changed() => return Ok(()),
-        };
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            // Requests are tiny; read one buffer's worth, answer, close.
-            let mut buf = [0u8; 2048];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
-                let body = match daemon.lock() {
-                    Ok(d) => render(&d),
-                    Err(_) => String::from("# daemon state unavailable\n"),
-                };
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", String::from("try GET /metrics\n"))
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
+    let render = move || match daemon.lock() {
+        Ok(d) => render(&d),
+        Err(_) => String::from("# daemon state unavailable\n"),
+    };
+    prometheus::serve(listener, Arc::new(render), shutdown).await
 }
 
 /// Config reloads: a refused SIGHUP is otherwise only a log line (the names follow
