@@ -34,6 +34,7 @@ mod config;
 mod http;
 mod icmp;
 mod probe;
+mod raw;
 mod runner;
 mod state;
 mod tcp;
