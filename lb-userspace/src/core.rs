@@ -502,6 +502,8 @@ impl<D: Dataplane> Core<D> {
     /// family, a hashed one for `flow_hash`, and for an IPv6 VIP an MTU that carries the
     /// smallest packet IPv6 allows in the tunnel (what adding it checks first).
     pub fn check_backend(&self, vip: &VipConfig, addr: &IpAddr) -> Result<(), CoreError> {
+        crate::config::check_tunnel_family(vip.address, vip.health_check.as_ref(), *addr)
+            .map_err(|m| ConfigError::new("health_check", m))?;
         self.check_source(addr)?;
         self.check_hashed_source(vip, addr)?;
         self.check_ipv6_minimum(vip, addr)
@@ -1325,6 +1327,10 @@ impl<D: Dataplane> Core<D> {
         }
         crate::config::check_health_port(id.port, check.as_ref())
             .map_err(|m| ConfigError::new("health_check", m))?;
+        for addr in self.vip(id)?.backends.keys() {
+            crate::config::check_tunnel_family(id.address, check.as_ref(), *addr)
+                .map_err(|m| ConfigError::new("health_check", m))?;
+        }
         self.vip_mut(id)?.config.health_check = check;
         Ok(())
     }

@@ -195,6 +195,7 @@ impl Daemon {
             .checker
             .spawn(
                 id,
+                vip.address,
                 SocketAddr::new(addr, vip.port),
                 &cfg,
                 self.events.clone(),

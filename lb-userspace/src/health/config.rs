@@ -20,6 +20,10 @@ pub enum CheckKind {
     Icmp,
     /// No probing: the backend is always healthy.
     None,
+    /// A TCP SYN to the VIP's address and port, through the backend's IP-in-IP tunnel as
+    /// clients' packets go: also checks the backend's decap and the VIP on its `lo`.
+    #[serde(rename = "tcp_tunnel")]
+    TcpTunnel,
 }
 
 impl CheckKind {
@@ -31,6 +35,7 @@ impl CheckKind {
             CheckKind::Udp => "udp",
             CheckKind::Icmp => "icmp",
             CheckKind::None => "none",
+            CheckKind::TcpTunnel => "tcp_tunnel",
         }
     }
 }
@@ -358,7 +363,7 @@ mod tests {
 
     #[test]
     fn every_kind_parses_by_name() {
-        for kind in ["tcp", "http", "udp", "icmp", "none"] {
+        for kind in ["tcp", "http", "udp", "icmp", "none", "tcp_tunnel"] {
             let cfg = parse(&format!(r#"{{"kind": "{kind}"}}"#)).expect("kind parses");
             assert_eq!(cfg.kind.as_str(), kind);
         }

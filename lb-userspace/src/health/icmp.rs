@@ -180,10 +180,10 @@ impl IcmpSocket {
         peer.set_port(0);
         // Any ping-socket failure (EACCES outside ping_group_range, EPROTONOSUPPORT on old
         // kernels) falls back to raw; the raw error is the one worth reporting.
-        match Socket::open(domain, libc::SOCK_DGRAM, protocol, local, peer) {
+        match Socket::open(domain, libc::SOCK_DGRAM, protocol, local, Some(peer)) {
             Ok(sock) => Ok(Self { sock, raw: false }),
             Err(_) => Ok(Self {
-                sock: Socket::open(domain, libc::SOCK_RAW, protocol, local, peer)?,
+                sock: Socket::open(domain, libc::SOCK_RAW, protocol, local, Some(peer))?,
                 raw: true,
             }),
         }

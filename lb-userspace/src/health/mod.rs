@@ -9,6 +9,8 @@
 //! - `http`    — [`HttpProbe`]: a hand-written HTTP/1.1 `GET`; status and body substring.
 //! - `udp`     — [`UdpProbe`]: a datagram draws a reply; port unreachable fails fast.
 //! - `icmp`    — [`IcmpProbe`]: ICMP / ICMPv6 echo on a ping or raw socket.
+//! - `tunnel`  — [`TcpTunnelProbe`]: a SYN to the VIP through the backend's tunnel.
+//! - `raw`     — what the raw-socket probes share.
 //! - `state`   — [`HealthState`]: rise/fall, counters, latency average; pure.
 //! - `runner`  — [`HealthChecker`] spawns one task per target; [`HealthHandle`] owns it.
 //!
@@ -40,6 +42,7 @@ mod state;
 mod tcp;
 #[cfg(test)]
 mod test_util;
+mod tunnel;
 mod udp;
 
 pub use config::{CheckKind, HealthCheckConfig, HealthConfigError};
@@ -49,4 +52,5 @@ pub use probe::{build_probe, NoneProbe, Probe, ProbeError, ProbeFuture};
 pub use runner::{HealthChecker, HealthEvent, HealthHandle};
 pub use state::{HealthState, Transition};
 pub use tcp::TcpProbe;
+pub use tunnel::TcpTunnelProbe;
 pub use udp::UdpProbe;

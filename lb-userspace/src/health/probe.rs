@@ -15,6 +15,7 @@ use super::{
     http::HttpProbe,
     icmp::IcmpProbe,
     tcp::TcpProbe,
+    tunnel::TcpTunnelProbe,
     udp::UdpProbe,
 };
 
@@ -44,7 +45,7 @@ pub enum ProbeError {
     Connect(#[source] io::Error),
     #[error("i/o error during the check: {0}")]
     Io(#[source] io::Error),
-    #[error("could not open the probe socket: {0} (ICMP needs root, CAP_NET_RAW or net.ipv4.ping_group_range)")]
+    #[error("could not open the probe socket: {0} (raw sockets need root or CAP_NET_RAW; ICMP can also use net.ipv4.ping_group_range)")]
     Socket(#[source] io::Error),
     #[error("source address {bind} and target {target} are of different IP families; set a source address of the target's family")]
     FamilyMismatch { bind: IpAddr, target: SocketAddr },
@@ -71,10 +72,11 @@ impl ProbeError {
     }
 }
 
-/// Builds the probe a config asks for; `bind` is the source address for probe packets (`None`
-/// lets the kernel choose by route).
-pub fn build_probe(cfg: &HealthCheckConfig, bind: Option<IpAddr>) -> Arc<dyn Probe> {
+/// Builds the probe a config asks for, for a backend of the VIP at `vip`; `bind` is the
+/// source address for probe packets (`None` lets the kernel choose by route).
+pub fn build_probe(cfg: &HealthCheckConfig, bind: Option<IpAddr>, vip: IpAddr) -> Arc<dyn Probe> {
     match cfg.kind {
+        CheckKind::TcpTunnel => Arc::new(TcpTunnelProbe::new(vip, cfg.timeout(), bind)),
         CheckKind::Tcp => Arc::new(TcpProbe::new(cfg.timeout(), bind)),
         CheckKind::Http => Arc::new(HttpProbe::from_config(cfg, bind)),
         CheckKind::Udp => Arc::new(UdpProbe::from_config(cfg, bind)),
@@ -167,6 +169,7 @@ mod tests {
                 ..Default::default()
             },
             None,
+            target.ip(),
         );
         assert_eq!(probe.kind(), "none");
         assert_eq!(probe.check(target).await.ok(), Some(Duration::ZERO));
@@ -180,12 +183,14 @@ mod tests {
             CheckKind::Udp,
             CheckKind::Icmp,
             CheckKind::None,
+            CheckKind::TcpTunnel,
         ] {
             let cfg = HealthCheckConfig {
                 kind,
                 ..Default::default()
             };
-            assert_eq!(build_probe(&cfg, None).kind(), kind.as_str());
+            let vip = IpAddr::from([198, 18, 1, 1]);
+            assert_eq!(build_probe(&cfg, None, vip).kind(), kind.as_str());
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::{
     io,
     mem::size_of,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
@@ -17,14 +17,14 @@ pub(crate) struct Socket {
 
 impl Socket {
     /// A socket of `domain`, `ty` and `protocol`, bound to `local` if given and connected
-    /// to `peer` (for a raw socket: the peer whose packets it receives and the default
-    /// destination of what it sends).
+    /// to `peer` if given (for a raw socket: the peer whose packets it receives and the
+    /// default destination of what it sends; connecting needs a route to the peer).
     pub(crate) fn open(
         domain: i32,
         ty: i32,
         protocol: i32,
         local: Option<SocketAddr>,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
     ) -> io::Result<Self> {
         let fd = new_socket(domain, ty, protocol)?;
         if let Some(local) = local {
@@ -32,9 +32,11 @@ impl Socket {
             // SAFETY: `addr` is a valid sockaddr of `len` bytes for the socket's family.
             cvt(unsafe { libc::bind(fd.as_raw_fd(), addr_ptr(&addr), len) })?;
         }
-        let (addr, len) = sockaddr(peer);
-        // SAFETY: as for bind.
-        cvt(unsafe { libc::connect(fd.as_raw_fd(), addr_ptr(&addr), len) })?;
+        if let Some(peer) = peer {
+            let (addr, len) = sockaddr(peer);
+            // SAFETY: as for bind.
+            cvt(unsafe { libc::connect(fd.as_raw_fd(), addr_ptr(&addr), len) })?;
+        }
         // SAFETY: an OwnedFd is a valid open descriptor that stays open, and always returns
         // the same number from as_raw_fd, until the AsyncFd that now owns it is dropped.
         let fd = unsafe { AsyncFd::register(fd) }?;
@@ -51,6 +53,30 @@ impl Socket {
             })
             .await
             .map(drop)
+    }
+
+    /// Receives one message into `buf`; its length and the address it came from.
+    pub(crate) async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+        self.fd
+            .async_io(Interest::READABLE, |fd| {
+                // SAFETY: sockaddr_storage is plain integers, for which all-zero is valid.
+                let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+                let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                // SAFETY: `buf` is valid and writable for `buf.len()` bytes, `from` for
+                // `len` bytes, during the call.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        std::ptr::from_mut(&mut from).cast(),
+                        &mut len,
+                    )
+                };
+                Ok((cvt_len(n)?, ip_of(&from)))
+            })
+            .await
     }
 
     /// Receives one message into `buf`; its length.
@@ -108,6 +134,23 @@ pub(crate) fn new_socket(domain: i32, ty: i32, protocol: i32) -> io::Result<Owne
 }
 
 /// A C socket address for `addr` (IPv6 keeps its flow info and scope id).
+/// The address in a C socket address of either family.
+fn ip_of(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*std::ptr::from_ref(storage).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*std::ptr::from_ref(storage).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+        }
+        _ => None,
+    }
+}
+
 pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain integers, for which all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -53,7 +53,7 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     /// Starts checking `addr` (the backend's IP with the VIP's port; `cfg.port`, when set,
-    /// replaces the port) from the state `start` (`HealthState::new` for a new backend; a
+    /// replaces the port), a backend of the VIP at `vip`, from the state `start` (`HealthState::new` for a new backend; a
     /// check that replaces another starts from `HealthState::continued` of that one's, so
     /// that only `rise` or `fall` results change the verdict) and returns the handle that
     /// owns the task. Fails when `cfg` is
@@ -63,6 +63,7 @@ impl HealthChecker {
     pub fn spawn(
         &self,
         target_id: u64,
+        vip: IpAddr,
         addr: SocketAddr,
         cfg: &HealthCheckConfig,
         events: mpsc::Sender<HealthEvent>,
@@ -73,7 +74,7 @@ impl HealthChecker {
             IpAddr::V4(_) => self.source_v4.map(IpAddr::V4),
             IpAddr::V6(_) => self.source_v6.map(IpAddr::V6),
         };
-        let probe = build_probe(cfg, bind);
+        let probe = build_probe(cfg, bind, vip);
         Self::spawn_with_probe(target_id, target, cfg, probe, events, start)
     }
 
@@ -372,7 +373,7 @@ mod tests {
             ..Default::default()
         };
         let err = HealthChecker::default()
-            .spawn(1, loopback(80), &cfg, tx, fresh())
+            .spawn(1, loopback(80).ip(), loopback(80), &cfg, tx, fresh())
             .expect_err("zero interval");
         assert_eq!(err.to_string(), "interval_ms must be 10..=3600000, got 0");
     }
@@ -509,7 +510,7 @@ mod tests {
             source_v4: Some(Ipv4Addr::LOCALHOST),
             source_v6: None,
         }
-        .spawn(3, loopback(port), &cfg, tx, fresh())
+        .spawn(3, loopback(port).ip(), loopback(port), &cfg, tx, fresh())
         .expect("valid config");
         assert_eq!(handle.target(), loopback(port));
 
@@ -541,7 +542,7 @@ mod tests {
             ..Default::default()
         };
         let handle = HealthChecker::default()
-            .spawn(1, loopback(80), &cfg, tx, fresh())
+            .spawn(1, loopback(80).ip(), loopback(80), &cfg, tx, fresh())
             .expect("valid config");
         assert_eq!(handle.target(), loopback(8080));
         assert!(!handle.is_finished());

@@ -1,0 +1,113 @@
+//! End-to-end: `tcp_tunnel` health checks go to the VIP through each backend's tunnel, as
+//! clients' packets do. A backend whose decap stops (its web server still answers on its
+//! own address, so a `tcp` check would pass) goes down under them, the VIP's clients are
+//! served by the others, and it comes back once its decap runs again. Both families.
+
+use std::{net::SocketAddr, time::Duration};
+
+use xlb_tests::{
+    netns::{require_root, wait_for},
+    topology::{connect_in, http_get, DemoNet, VIP4, VIP6},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn config() -> String {
+    let check = r#"{"kind": "tcp_tunnel", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 300}"#;
+    format!(
+        r#"{{"vips": [
+            {{"address": "{VIP4}", "port": 80, "protocol": "tcp", "health_check": {check},
+              "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}},
+            {{"address": "{VIP6}", "port": 80, "protocol": "tcp", "health_check": {check},
+              "backends": [{{"address": "fd00::11"}}, {{"address": "fd00::12"}}]}}]}}"#
+    )
+}
+
+#[test]
+fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2etun", 2);
+    net.start_backends();
+    let (_lb, sock) = net.start_lb(&config(), &[]);
+    net.wait_ready(&sock);
+    let states = |net: &DemoNet| net.backend_states(&sock);
+    let all_up = |net: &DemoNet| {
+        let s = states(net);
+        s.len() == 4 && s.values().all(|v| v == "up")
+    };
+    // Through the tunnels, every check passes and keeps passing (rise 2 after a start up).
+    // Waits up to 15 s for `what`, showing the balancer's view if it never comes.
+    let until = |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !done(net) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {what}:\n{}",
+                net.ctl(&sock, &["status"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until(&net, "every backend up", &all_up);
+    let checked_ok = |net: &DemoNet| -> u64 {
+        net.status_json(&sock)["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b["health"]["checks_ok"].as_u64())
+            .sum()
+    };
+    let before = checked_ok(&net);
+    wait_for("tunnel checks passing", Duration::from_secs(10), || {
+        checked_ok(&net) >= before + 8
+    });
+    assert!(all_up(&net), "{:?}", states(&net));
+
+    // b2's decap stops: its tunnels reach a stack that cannot strip them.
+    net.backends[1].decap = None;
+    let b2_down = |net: &DemoNet| {
+        let s = states(net);
+        s.get(&format!("{VIP4}:80/tcp 198.18.0.12"))
+            .map(String::as_str)
+            == Some("down")
+            && s.get(&format!("[{VIP6}]:80/tcp fd00::12"))
+                .map(String::as_str)
+                == Some("down")
+    };
+    until(&net, "b2 down under tunnel checks", &b2_down);
+    let s = states(&net);
+    assert_eq!(s[&format!("{VIP4}:80/tcp 198.18.0.11")], "up", "{s:?}");
+    assert_eq!(s[&format!("[{VIP6}]:80/tcp fd00::11")], "up", "{s:?}");
+    // What a `tcp` check asks still answers: b2's web server on its own address.
+    let own = SocketAddr::new("198.18.0.12".parse().unwrap(), 80);
+    assert!(
+        connect_in(&net.lb, own, TIMEOUT).is_ok(),
+        "b2's own address stopped answering: the test no longer shows the difference"
+    );
+    // The VIPs' clients all land on b1.
+    for vip in [VIP4, VIP6] {
+        let addr = SocketAddr::new(vip.parse().unwrap(), 80);
+        for _ in 0..10 {
+            let body = http_get(&net.client, addr, "/", TIMEOUT).expect("served by b1");
+            assert_eq!(String::from_utf8_lossy(&body).trim(), "b1", "{vip}");
+        }
+    }
+    let status = net.status_json(&sock);
+    let b2 = status["vips"][0]["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["address"] == "198.18.0.12").cloned())
+        .expect("b2 in status");
+    assert!(
+        b2["health"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer")),
+        "{b2}"
+    );
+
+    // Its decap back: up again.
+    net.start_decap(1);
+    until(&net, "b2 up again", &all_up);
+}
