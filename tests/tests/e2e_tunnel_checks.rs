@@ -1,7 +1,8 @@
 //! End-to-end: `tcp_tunnel` health checks go to the VIP through each backend's tunnel, as
 //! clients' packets do. A backend whose decap stops (its web server still answers on its
 //! own address, so a `tcp` check would pass) goes down under them, the VIP's clients are
-//! served by the others, and it comes back once its decap runs again. Both families.
+//! served by the others, and it comes back once its decap runs again; so does one whose VIP
+//! leaves its `lo`. Both families.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -110,4 +111,22 @@ fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
     // Its decap back: up again.
     net.start_decap(1);
     until(&net, "b2 up again", &all_up);
+
+    // b1 loses the IPv4 VIP from its lo (its decap runs, its own address answers): the
+    // stripped SYNs are not for it, so its IPv4 checks fail; its IPv6 ones go on passing.
+    let b1_v4 = format!("{VIP4}:80/tcp 198.18.0.11");
+    net.backends[0]
+        .ns
+        .ip(&["addr", "del", &format!("{VIP4}/32"), "dev", "lo"]);
+    until(&net, "b1 down on the IPv4 VIP", &|net: &DemoNet| {
+        let s = states(net);
+        s.get(&b1_v4).map(String::as_str) == Some("down")
+            && s.get(&format!("[{VIP6}]:80/tcp fd00::11"))
+                .map(String::as_str)
+                == Some("up")
+    });
+    net.backends[0]
+        .ns
+        .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"]);
+    until(&net, "b1 back with its VIP", &all_up);
 }
