@@ -170,6 +170,10 @@ reasons! {
         /// connection-table entry: this CPU saw more new flows this second than
         /// `record_rate_limit` (lb_common::rate_window).
         FlowNotRecorded = 59, "flow_not_recorded";
+        /// A TCP RST of a flow the connection table does not know: forwarded to its VIP's
+        /// pick but not recorded, as it ends a connection (an entry would outlive it; a
+        /// scan's or a backscatter's RSTs would fill the table).
+        UnknownRst = 60, "unknown_rst";
     }
 }
 

@@ -490,3 +490,56 @@ fn least_connection_counts_follow_syn_and_fin() {
     assert_eq!(lab.run(&pkt(40_000).fin().ack().build()).verdict, XDP_TX);
     assert_eq!(active(&lab), 0, "and its FIN takes it back");
 }
+
+/// A RST of a flow the table does not know (a scan's, backscatter, a host's answer to a
+/// stray SYN-ACK) is forwarded to its VIP's pick but not recorded: the table holds nothing
+/// for it, and the flow's next SYN is a new flow. A recorded flow's RST is a hit as before.
+#[test]
+fn an_unknown_flows_rst_is_forwarded_but_not_recorded() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(FIVE);
+    let entries = |lab: &mut Lab| {
+        let conns: aya::maps::HashMap<_, lb_common::flow::FlowKeyV4, lb_common::maps::ConnEntry> =
+            aya::maps::HashMap::try_from(lab.map(lb_common::maps::MAP_CONNS_V4)).expect("CONNS_V4");
+        conns.keys().count()
+    };
+    let rst = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .tcp(42_000, 80)
+        .rst()
+        .build();
+    let want = lab.predict(WEB, &key("198.18.0.10", 42_000, 80));
+    let slot = |e: Event| e.slot() as usize;
+    let before = lab.counters();
+    let out = lab.run(&rst);
+    assert_eq!(out.verdict, XDP_TX);
+    assert_eq!(out.frame, encapsulated(&rst, LB.parse().unwrap(), want, 0));
+    let after = lab.counters();
+    assert_eq!(
+        after[slot(Event::UnknownRst)] - before[slot(Event::UnknownRst)],
+        1
+    );
+    assert_eq!(
+        after[slot(Event::NewFlow)],
+        before[slot(Event::NewFlow)],
+        "recorded"
+    );
+    assert_eq!(entries(&mut lab), 0, "an entry for a RST");
+
+    // Its SYN opens the flow; then its RST is the recorded flow's.
+    assert_eq!(backend_of(&mut lab, &syn("198.18.0.10", 42_000, 80)), want);
+    assert_eq!(entries(&mut lab), 1);
+    let before = lab.counters();
+    assert_eq!(backend_of(&mut lab, &rst), want);
+    let after = lab.counters();
+    assert_eq!(
+        after[slot(Event::ConnHit)] - before[slot(Event::ConnHit)],
+        1
+    );
+    assert_eq!(
+        after[slot(Event::UnknownRst)],
+        before[slot(Event::UnknownRst)]
+    );
+}

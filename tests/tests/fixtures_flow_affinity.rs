@@ -487,6 +487,8 @@ fn least_connection_counts_are_open_connections_on_every_cpu() {
             let after = match (before, kind) {
                 // Errors never create or change a flow.
                 (_, Kind::IcmpError) => before,
+                // An unknown flow's RST is forwarded, not recorded (`unknown_rst`).
+                (None, Kind::Rst) => None,
                 (None, _) if closing => Some(Conn::Uncounted(got)),
                 (None, _) => Some(Conn::Open(got)),
                 (Some(Conn::Open(a)), _) if closing => Some(Conn::Closed(a)),

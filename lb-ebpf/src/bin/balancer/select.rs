@@ -56,6 +56,8 @@ const TCP_FIN_RST: u8 = 0x01 | 0x04;
 /// TCP SYN and ACK flags: SYN without ACK opens a connection.
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+/// TCP RST: a flow the table does not know is not recorded on it (`Event::UnknownRst`).
+const TCP_RST: u8 = 0x04;
 
 /// The chosen backend. Lives in per-CPU scratch memory (`maps::Scratch`), written by
 /// `pinned` or `pick` before anyone reads it.
@@ -233,7 +235,10 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
     // table stays. Round robin and least connection picks are not a function of the
     // packet, so their flows are recorded whatever the rate.
     let by_hash = vip.flags & (VIP_F_SEQUENCE | VIP_F_LEAST_CONN) == 0;
-    let record = if record && !within_record_rate() && by_hash {
+    let record = if record && tcp_flags & TCP_RST != 0 {
+        bump(&STATS, Event::UnknownRst.slot());
+        false
+    } else if record && !within_record_rate() && by_hash {
         bump(&STATS, Event::FlowNotRecorded.slot());
         false
     } else {
