@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::counters::Drop;
 use serde_json::{json, Value};
 
 use super::rate;
@@ -1276,10 +1277,22 @@ fn render_stats(stats: &Value) -> String {
     // By name, so two runs line up whatever order the daemon used.
     reasons.sort_by(|a, b| a.0.cmp(b.0));
     let mut t = Table::new(&[("COUNTER", false), ("PACKETS", true)]);
-    for (name, v) in reasons {
-        t.row(vec![name.clone(), cell(Some(v))]);
+    for (name, v) in &reasons {
+        t.row(vec![(*name).clone(), cell(Some(v))]);
     }
     t.render("", &mut out);
+    // The packets behind the largest drop counter are a command away.
+    let largest_drop = reasons
+        .iter()
+        .filter(|(name, _)| Drop::ALL.iter().any(|d| d.name() == name.as_str()))
+        .filter_map(|(name, v)| Some((v.as_u64().filter(|&n| n > 0)?, *name)))
+        .max();
+    if let Some((_, name)) = largest_drop {
+        let _ = writeln!(
+            out,
+            "(`xlb drops --reason {name}` shows the packets behind a drop counter)"
+        );
+    }
     let vips = list(stats, "vips");
     if !vips.is_empty() {
         out.push('\n');
@@ -1705,13 +1718,14 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
 
     #[test]
     fn stats_render_sorted() {
-        let stats = json!({"reasons": {"tx_encap": 12, "not_vip": 3}, "health_transitions": {"up": 1, "down": 0},
+        let stats = json!({"reasons": {"tx_encap": 12, "not_vip": 3, "no_backend": 0}, "health_transitions": {"up": 1, "down": 0},
                            "ended_removals": [],
                            "vips": [{"vip": "198.18.1.1:80/tcp", "packets": 12, "bytes": 1500, "new_flows": 4}]});
         let want = "\
-COUNTER   PACKETS
-not_vip         3
-tx_encap       12
+COUNTER     PACKETS
+no_backend        0
+not_vip           3
+tx_encap         12
 
 VIP                PACKETS  BYTES  NEW FLOWS
 198.18.1.1:80/tcp       12   1500          4
@@ -1719,6 +1733,11 @@ VIP                PACKETS  BYTES  NEW FLOWS
 health_transitions: {\"down\":0,\"up\":1}
 ";
         assert_eq!(render_stats(&stats), want);
+        // A drop counter that moved: the command that shows its packets, for the largest.
+        let stats = json!({"reasons": {"no_backend": 3, "source_denied": 7, "not_vip": 99}});
+        assert!(render_stats(&stats).contains(
+            "`xlb drops --reason source_denied` shows the packets behind a drop counter"
+        ));
     }
 
     #[test]
