@@ -55,6 +55,8 @@ pub enum ProbeError {
     BodyMismatch { want: String },
     #[error("UDP reply does not contain {want:?}")]
     ReplyMismatch { want: String },
+    #[error("the backend does not strip the tunnel (its stack answered that it does not know the protocol): is `xlb decap` running there?")]
+    TunnelRefused,
     #[error("malformed response: {reason}")]
     Malformed { reason: &'static str },
 }

@@ -112,17 +112,33 @@ impl TcpTunnelProbe {
             Some(ip_only(backend)),
         )
         .map_err(ProbeError::Socket)?;
+        // A backend whose stack gets the tunnel itself (no decap) says so with an ICMP
+        // error about it: a failure at once, with its cause, rather than a timeout.
+        let icmp = if vip.is_ipv4() {
+            libc::IPPROTO_ICMP
+        } else {
+            libc::IPPROTO_ICMPV6
+        };
+        let errors = Socket::open(domain, libc::SOCK_RAW, icmp, None, Some(ip_only(backend)))
+            .map_err(ProbeError::Socket)?;
         let isn = initial_sequence();
         tunnel
             .send(&segment(local, vip, isn, 0, TCP_SYN))
             .await
             .map_err(|e| ProbeError::from_io(e, true))?;
         let mut buf = [0u8; 2048];
+        let mut error = [0u8; 2048];
         loop {
-            let (n, from) = answers
-                .recv_from(&mut buf)
-                .await
-                .map_err(|e| ProbeError::from_io(e, false))?;
+            let (n, from) = tokio::select! {
+                got = answers.recv_from(&mut buf) => got.map_err(|e| ProbeError::from_io(e, false))?,
+                got = errors.recv(&mut error) => {
+                    let n = got.map_err(|e| ProbeError::from_io(e, false))?;
+                    if tunnel_refused(&error[..n], backend.ip()) {
+                        return Err(ProbeError::TunnelRefused);
+                    }
+                    continue;
+                }
+            };
             if from != Some(vip.ip()) {
                 continue;
             }
@@ -186,6 +202,28 @@ fn initial_sequence() -> u32 {
         .map_or(0, |d| d.subsec_nanos());
     let n = CHECKS.fetch_add(1, Ordering::Relaxed);
     (nanos ^ n.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b)
+}
+
+/// Whether `packet`, read on a raw ICMP (IPv4: with its IP header) or ICMPv6 socket, is
+/// the error a stack without a handler for the tunnel's protocol sends about our tunnel
+/// to `backend`: protocol unreachable (IPv4 type 3 code 2) quoting protocol 4, or
+/// parameter problem, unrecognized next header (ICMPv6 type 4 code 1) quoting 41.
+fn tunnel_refused(packet: &[u8], backend: IpAddr) -> bool {
+    match backend {
+        IpAddr::V4(b) => {
+            let Some(icmp) = strip_ipv4_header(packet) else {
+                return false;
+            };
+            let quoted = icmp.get(8..28);
+            icmp.get(..2) == Some(&[3, 2])
+                && quoted.is_some_and(|q| q[9] == IPPROTO_IPIP as u8 && q[16..20] == b.octets())
+        }
+        IpAddr::V6(b) => {
+            let quoted = packet.get(8..48);
+            packet.get(..2) == Some(&[4, 1])
+                && quoted.is_some_and(|q| q[6] == IPPROTO_IPV6 as u8 && q[24..40] == b.octets())
+        }
+    }
 }
 
 /// What the VIP answered.
@@ -349,6 +387,55 @@ mod tests {
             assert_eq!(answer(tcp, 80, 40000, isn), *want, "case {i}");
         }
         assert_eq!(answer(&cases[0].0[..19], 80, 40000, isn), None, "cut short");
+    }
+
+    #[test]
+    fn a_stack_without_decap_is_recognised_by_its_icmp_error() {
+        let b4: IpAddr = "198.18.0.12".parse().unwrap();
+        // The outer packet as it left: IPv4, protocol 4, to the backend.
+        let outer = {
+            let mut p = segment(sa("198.18.0.2:1"), sa("198.18.0.12:1"), 0, 0, TCP_SYN);
+            p[9] = IPPROTO_IPIP as u8;
+            p
+        };
+        let icmp4 = |t: u8, c: u8, quote: &[u8]| {
+            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+            p.extend_from_slice(&[198, 18, 0, 12, 198, 18, 0, 2]);
+            p.extend_from_slice(&[t, c, 0, 0, 0, 0, 0, 0]);
+            p.extend_from_slice(&quote[..28]);
+            p
+        };
+        assert!(tunnel_refused(&icmp4(3, 2, &outer), b4));
+        assert!(
+            !tunnel_refused(&icmp4(3, 3, &outer), b4),
+            "port unreachable"
+        );
+        assert!(!tunnel_refused(
+            &icmp4(3, 2, &outer),
+            "198.18.0.13".parse().unwrap()
+        ));
+        let mut other = outer.clone();
+        other[9] = 17;
+        assert!(!tunnel_refused(&icmp4(3, 2, &other), b4), "not our tunnel");
+        assert!(
+            !tunnel_refused(&icmp4(3, 2, &outer)[..30], b4),
+            "quote cut short"
+        );
+
+        let b6: IpAddr = "fd00::12".parse().unwrap();
+        let mut outer6 = segment(sa("[fd00::2]:1"), sa("[fd00::12]:1"), 0, 0, TCP_SYN);
+        outer6[6] = IPPROTO_IPV6 as u8;
+        let icmp6 = |t: u8, c: u8, quote: &[u8]| {
+            let mut p = vec![t, c, 0, 0, 0, 0, 0, 6];
+            p.extend_from_slice(&quote[..48]);
+            p
+        };
+        assert!(tunnel_refused(&icmp6(4, 1, &outer6), b6));
+        assert!(
+            !tunnel_refused(&icmp6(1, 4, &outer6), b6),
+            "port unreachable"
+        );
+        assert!(!tunnel_refused(&icmp6(4, 1, &outer6), b4));
     }
 
     #[test]
