@@ -30,7 +30,7 @@ use std::{
 use tokio::net::TcpSocket;
 
 use super::{
-    probe::{timed, Probe, ProbeError, ProbeFuture},
+    probe::{local_addr, timed, Probe, ProbeError, ProbeFuture},
     raw::{internet_checksum, strip_ipv4_header, Socket},
 };
 
@@ -69,14 +69,8 @@ impl TcpTunnelProbe {
                 target: backend,
             });
         }
-        let source = match self.bind {
-            Some(ip) if ip.is_ipv4() != backend.is_ipv4() => {
-                return Err(ProbeError::FamilyMismatch {
-                    bind: ip,
-                    target: backend,
-                })
-            }
-            Some(ip) => ip,
+        let source = match local_addr(self.bind, backend)? {
+            Some(bound) => bound.ip(),
             None => route_source(backend).map_err(ProbeError::Socket)?,
         };
         // Holds the source port (bound, neither listening nor connected): no connection of
@@ -155,7 +149,6 @@ impl TcpTunnelProbe {
                     let _ = tunnel
                         .send(&segment(local, vip, isn.wrapping_add(1), 0, TCP_RST))
                         .await;
-                    drop(holder);
                     return Ok(());
                 }
                 Some(Answer::Refused) => return Err(ProbeError::Refused),
