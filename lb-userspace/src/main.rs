@@ -225,6 +225,10 @@ enum Cmd {
         /// `tcpdump -r`.
         #[arg(long, value_name = "FILE")]
         pcap: Option<PathBuf>,
+        /// Count every sample the daemon holds by reason and destination (the drop
+        /// counters are not per VIP), with the clients sampled most.
+        #[arg(long, conflicts_with = "follow")]
+        summary: bool,
     },
 }
 
@@ -373,6 +377,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             count,
             duration,
             pcap,
+            summary,
         } => xlb::cli::drops::run_drops(
             &xlb::cli::drops::DropsOpts {
                 reason,
@@ -383,6 +388,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 count,
                 duration: duration.map(std::time::Duration::from_secs),
                 pcap,
+                summary,
             },
             &CtlOpts {
                 socket: a.socket,

@@ -136,6 +136,14 @@ fn drops_show_the_refused_client(net: &DemoNet, sock: &Path, addr: SocketAddr) {
         "{text}"
     );
 
+    // Counted by reason and service: which VIP the counter's packets went to, from whom.
+    let summary = net.ctl(sock, &["drops", "--summary"]);
+    assert!(
+        summary.lines().any(|l| l.contains("source_denied")
+            && l.contains(&format!("{VIP4}:{NAME_PORT}/tcp"))
+            && l.contains("198.18.0.10 (")),
+        "{summary}"
+    );
     let elsewhere = net.ctl(sock, &["drops", &vip, "--client", "198.18.0.11"]);
     assert!(
         elsewhere.starts_with("no drops to ") && elsewhere.contains("from 198.18.0.11/32"),

@@ -1008,7 +1008,7 @@ pub(super) fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 /// A text table: columns sized to their widest cell; numeric columns right-aligned.
-pub(super) struct Table {
+pub(crate) struct Table {
     head: Vec<&'static str>,
     numeric: Vec<bool>,
     rows: Vec<Vec<String>>,
@@ -1016,7 +1016,7 @@ pub(super) struct Table {
 
 impl Table {
     /// Columns as (heading, is numeric).
-    pub(super) fn new(cols: &[(&'static str, bool)]) -> Self {
+    pub(crate) fn new(cols: &[(&'static str, bool)]) -> Self {
         Self {
             head: cols.iter().map(|c| c.0).collect(),
             numeric: cols.iter().map(|c| c.1).collect(),
@@ -1024,11 +1024,11 @@ impl Table {
         }
     }
 
-    pub(super) fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    pub(super) fn render(&self, indent: &str, out: &mut String) {
+    pub(crate) fn render(&self, indent: &str, out: &mut String) {
         let mut widths: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (w, c) in widths.iter_mut().zip(row) {

@@ -2,6 +2,7 @@
 //! they come, `--pcap` into a capture file for Wireshark or tcpdump).
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
     net::IpAddr,
@@ -11,7 +12,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::ctl::{call, CtlOpts};
+use super::ctl::{call, CtlOpts, Table};
 use crate::{
     config::{SourcePrefix, VipId},
     control::protocol::{DropsQuery, Request},
@@ -41,6 +42,9 @@ pub struct DropsOpts {
     pub duration: Option<Duration>,
     /// Also write the frames to this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Count the samples the daemon holds by reason and destination instead of listing
+    /// them.
+    pub summary: bool,
 }
 
 /// Runs `xlb drops`.
@@ -61,13 +65,21 @@ pub fn run_drops(drops: &DropsOpts, opts: &CtlOpts) -> anyhow::Result<()> {
             .context("the daemon's answer to drops is not what this xlb reads")?;
         Ok((answer, result))
     };
-    let (answer, raw) = ask(None, drops.limit)?;
+    // A summary counts every sample the daemon holds.
+    let first_limit = if drops.summary {
+        Some(LOG_CAPACITY as u32)
+    } else {
+        drops.limit
+    };
+    let (answer, raw) = ask(None, first_limit)?;
     if let Some(p) = &mut pcap {
         p.add(&answer.samples)?;
     }
     if !drops.follow {
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&raw)?);
+        } else if drops.summary {
+            print!("{}", render_summary(&answer));
         } else {
             print!("{}", render(&answer, drops));
         }
@@ -163,6 +175,78 @@ fn render(a: &Answer, asked: &DropsOpts) -> String {
         )
     };
     out
+}
+
+/// The samples by reason and destination, the most sampled first, each with the clients
+/// sampled most: which service a drop counter's packets went to (the counters are not
+/// per VIP), and from whom.
+fn render_summary(a: &Answer) -> String {
+    let mut groups: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+    for s in &a.samples {
+        let h = &s.headers;
+        let to = match (h.dst, h.dport, h.protocol) {
+            (Some(dst), Some(port), Some(p)) => {
+                format!("{}/{}", endpoint(dst, port), protocol_name(p))
+            }
+            (Some(dst), _, _) => dst.to_string(),
+            (None, _, _) => "-".to_owned(),
+        };
+        let from = h.src.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        *groups
+            .entry((s.reason.clone(), to))
+            .or_default()
+            .entry(from)
+            .or_default() += 1;
+    }
+    let mut rows: Vec<(u64, String, String, String)> = groups
+        .into_iter()
+        .map(|((reason, to), clients)| {
+            let total = clients.values().sum();
+            let mut top: Vec<(u64, String)> = clients.into_iter().map(|(c, n)| (n, c)).collect();
+            top.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1)));
+            let shown: Vec<String> = top
+                .iter()
+                .take(3)
+                .map(|(n, c)| format!("{c} ({n})"))
+                .collect();
+            let more = top.len().saturating_sub(3);
+            let mut from = shown.join(", ");
+            if more > 0 {
+                let _ = write!(from, " and {more} more");
+            }
+            (total, reason, to, from)
+        })
+        .collect();
+    rows.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| (&x.1, &x.2).cmp(&(&y.1, &y.2))));
+    let mut out = String::new();
+    if !rows.is_empty() {
+        let mut t = Table::new(&[
+            ("SAMPLES", true),
+            ("REASON", false),
+            ("TO", false),
+            ("FROM (most sampled)", false),
+        ]);
+        for (n, reason, to, from) in rows {
+            t.row(vec![n.to_string(), reason, to, from]);
+        }
+        t.render("", &mut out);
+    }
+    let _ = writeln!(
+        out,
+        "{} sample{} (the daemon keeps the last {LOG_CAPACITY}; up to {} a second per CPU are sampled)",
+        a.samples.len(),
+        if a.samples.len() == 1 { "" } else { "s" },
+        a.per_second
+    );
+    out
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        other => format!("proto {other}"),
+    }
 }
 
 /// One sample: when, why, what (`tcp 198.18.0.10:40000 > 198.18.1.1:80 [S]`), how long.
@@ -350,6 +434,63 @@ mod tests {
         assert!(last(&answer(0, 0, 100), &all).starts_with("no drops sampled"));
         assert!(last(&answer(0, 0, 0), &all).starts_with("drop sampling is off"));
         assert_eq!(render(&answer(3, 0, 100), &all).lines().count(), 4);
+    }
+
+    #[test]
+    fn summaries_group_by_reason_and_destination() {
+        let to = |src: &str, dst: &str, dport: u16, reason: &str| Sample {
+            reason: reason.into(),
+            ..sample(Headers {
+                src: Some(src.parse().unwrap()),
+                dst: Some(dst.parse().unwrap()),
+                protocol: Some(6),
+                sport: Some(40000),
+                dport: Some(dport),
+                ..Headers::default()
+            })
+        };
+        let mut samples = Vec::new();
+        for (n, src) in [
+            (5, "198.18.0.10"),
+            (2, "198.18.0.11"),
+            (1, "198.18.0.12"),
+            (1, "198.18.0.13"),
+        ] {
+            for _ in 0..n {
+                samples.push(to(src, "198.18.1.1", 80, "source_denied"));
+            }
+        }
+        samples.push(to("fd00::10", "fd00:1::1", 443, "no_backend"));
+        samples.push(sample(Headers::default()));
+        let a = Answer {
+            samples,
+            next: 11,
+            missed: 0,
+            truncated: 0,
+            per_second: 100,
+        };
+        let text = render_summary(&a);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[0].starts_with("SAMPLES"), "{text}");
+        assert_eq!(
+            lines[1],
+            "      9  source_denied  198.18.1.1:80/tcp    198.18.0.10 (5), 198.18.0.11 (2), 198.18.0.12 (1) and 1 more"
+        );
+        assert!(
+            lines[3].contains("no_backend")
+                && lines[3].contains("[fd00:1::1]:443/tcp")
+                && lines[3].contains("fd00::10 (1)"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("no_backend") && lines[2].contains(" -  "),
+            "{text}"
+        );
+        assert_eq!(
+            lines[4],
+            "11 samples (the daemon keeps the last 1000; up to 100 a second per CPU are sampled)"
+        );
     }
 
     #[test]
