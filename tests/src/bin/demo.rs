@@ -126,6 +126,41 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
     );
     tally(&net, &url4, "IPv4, every client admitted again");
 
+    // DSR's own failure: a backend whose decap stops serves nothing, while a check of its
+    // own address still passes. A check through its tunnel, as clients' packets go, sees it.
+    println!(
+        "\nchecking b3 through its tunnel (a SYN to the VIP, IP-in-IP, as clients' packets go):"
+    );
+    println!(
+        "{}",
+        net.ctl(
+            &sock,
+            &[
+                "vip",
+                "health-check",
+                vip,
+                r#"{"kind":"tcp_tunnel","interval_ms":300,"timeout_ms":200,"rise":2,"fall":2,"down_interval_ms":300}"#,
+            ],
+        )
+        .trim_end()
+    );
+    println!("stopping b3's decap (its web server still answers on its own address)");
+    net.backends[2].decap = None;
+    let b3 = |net: &DemoNet, state: &str| {
+        net.backend_states(&sock)
+            .get("198.18.1.1:80/tcp 198.18.0.13")
+            .map(String::as_str)
+            == Some(state)
+    };
+    wait_for("b3 to be marked down", Duration::from_secs(15), || {
+        b3(&net, "down")
+    });
+    println!("{}", net.ctl(&sock, &["status", vip]).trim_end());
+    tally(&net, &url4, "IPv4 with b3's decap stopped");
+    net.start_decap(2);
+    wait_for("b3 to rejoin", Duration::from_secs(15), || b3(&net, "up"));
+    tally(&net, &url4, "IPv4 with b3's decap back");
+
     println!("\ndata-plane counters (xlb stats):");
     println!("{}", net.ctl(&sock, &["stats"]));
     if lb.terminate(Duration::from_secs(10)).is_none() {
