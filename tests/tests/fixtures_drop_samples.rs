@@ -110,6 +110,29 @@ fn dropped_packets_are_sampled_with_their_reason_and_first_bytes() {
     );
 }
 
+/// A frame shorter than a capture is kept whole (the copy's length is the frame's).
+#[test]
+fn a_short_frame_is_sampled_whole() {
+    if !require_root() {
+        return;
+    }
+    let (mut lab, mut sampler, log) = lab(100);
+    let mut short = Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4("198.18.1.1"))
+        .udp(40000, 53)
+        .build();
+    short[14] = 0x43;
+    assert!(short.len() < DROP_CAPTURE, "{} bytes", short.len());
+    assert_eq!(lab.run(&short).verdict, XDP_DROP);
+    assert_eq!(sampler.drain(&log), 1);
+    let s = &samples(&log)[0];
+    assert_eq!(s.reason, "ipv4_bad_ihl");
+    assert_eq!(
+        (s.frame_len as usize, s.frame()),
+        (short.len(), short.clone())
+    );
+}
+
 #[test]
 fn each_cpu_samples_its_budget_and_no_more_until_the_refill() {
     if !require_root() {
