@@ -369,3 +369,71 @@ fn decap_accepts_tunnels_to_an_address_added_after_it_started() {
         "through the late address: {answers:?}"
     );
 }
+
+/// A tunnel to an address the backend does not have (here the balancer's neighbour entry
+/// sends a backend address's tunnels to b1): b1's decap passes them to a stack that cannot
+/// strip them, counts them (`tunnel_not_local`, served live by `xlb decap --metrics`) and
+/// says so in its log, so that a backend taking no traffic is explained on the backend.
+#[test]
+fn decap_counts_and_tells_tunnels_to_an_address_it_does_not_have() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ea", 1);
+    net.start_backends();
+    let link = net.backends[0].ns.ip(&["-o", "link", "show", "eth0"]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("b1's MAC")
+        .to_owned();
+    let foreign = "198.18.0.31";
+    net.lb.ip(&[
+        "neigh",
+        "replace",
+        foreign,
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": 80, "protocol": "tcp",
+             "health_check": {{"kind": "none"}}, "backends": [{{"address": "{foreign}"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let web = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    for _ in 0..3 {
+        assert!(
+            http_get(&net.client, web, "/", Duration::from_millis(500)).is_err(),
+            "answered through a tunnel b1 does not accept"
+        );
+    }
+    let b1 = &net.backends[0];
+    let text = scrape_metrics(&b1.ns, decap_metrics(b1));
+    let not_local = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("xlb_decap_passed_packets_total{reason=\"tunnel_not_local\"}")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("tunnel_not_local missing:\n{text}"));
+    assert!(not_local >= 3, "{not_local} tunnels counted as not local");
+    // Within the decap's look at its counters (every 10 s).
+    let log = || b1.decap.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !log().contains("(tunnel_not_local)") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "decap never told of the tunnels:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
