@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
-    net::IpAddr,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -186,7 +186,7 @@ fn render_summary(a: &Answer) -> String {
         let h = &s.headers;
         let to = match (h.dst, h.dport, h.protocol) {
             (Some(dst), Some(port), Some(p)) => {
-                format!("{}/{}", endpoint(dst, port), protocol_name(p))
+                format!("{}/{}", SocketAddr::new(dst, port), protocol_name(p))
             }
             (Some(dst), _, _) => dst.to_string(),
             (None, _, _) => "-".to_owned(),
@@ -241,10 +241,13 @@ fn render_summary(a: &Answer) -> String {
     out
 }
 
+/// `tcp`, `udp`, `icmp`, `icmpv6`, or `proto N`.
 fn protocol_name(p: u8) -> String {
     match p {
         6 => "tcp".to_owned(),
         17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "icmpv6".to_owned(),
         other => format!("proto {other}"),
     }
 }
@@ -266,16 +269,17 @@ fn packet(s: &Sample) -> String {
     let (Some(src), Some(dst)) = (h.src, h.dst) else {
         return format!("no IP header in its first {} bytes", s.frame_hex.len() / 2);
     };
-    let mut out = match h.protocol {
-        Some(6) => "tcp".to_owned(),
-        Some(17) => "udp".to_owned(),
-        Some(1) => "icmp".to_owned(),
-        Some(58) => "icmpv6".to_owned(),
-        Some(p) => format!("proto {p}"),
-        None => "ipv6 (extension headers not followed)".to_owned(),
-    };
+    let mut out = h.protocol.map_or_else(
+        || "ipv6 (extension headers not followed)".to_owned(),
+        protocol_name,
+    );
     let _ = match (h.sport, h.dport) {
-        (Some(sp), Some(dp)) => write!(out, " {} > {}", endpoint(src, sp), endpoint(dst, dp)),
+        (Some(sp), Some(dp)) => write!(
+            out,
+            " {} > {}",
+            SocketAddr::new(src, sp),
+            SocketAddr::new(dst, dp)
+        ),
         _ => write!(out, " {src} > {dst}"),
     };
     if let Some(flags) = h.tcp_flags {
@@ -291,13 +295,6 @@ fn packet(s: &Sample) -> String {
         let _ = write!(out, " vlan {v}");
     }
     out
-}
-
-fn endpoint(a: IpAddr, port: u16) -> String {
-    match a {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
 }
 
 /// tcpdump's letters: `S` SYN, `.` ACK, `F` FIN, `R` RST, `P` PSH, `U` URG, `E` ECE, `W` CWR.
@@ -495,7 +492,7 @@ mod tests {
 
     #[test]
     fn packet_lines() {
-        let v4 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let v4 = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
         let cases = [
             (
                 Headers {
