@@ -1,5 +1,5 @@
-//! The few bpf(2) commands aya 0.14 does not offer (batch lookups, pins and link info from
-//! a raw descriptor), as one checked syscall.
+//! The few bpf(2) commands aya 0.14 does not offer (batch lookups and deletes, pins and
+//! link info from a raw descriptor), as one checked syscall.
 
 use std::io;
 
@@ -11,6 +11,8 @@ pub const BPF_OBJ_GET: libc::c_long = 7;
 pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// See [`BPF_OBJ_PIN`].
 pub const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// See [`BPF_OBJ_PIN`].
+pub const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// bpf(`cmd`, `attr`): the syscall's non-negative result, or the kernel's error.
 ///

@@ -7,7 +7,8 @@
 //! that starts over mid-bucket). Entries that arrive or leave during a scan may or may not
 //! be seen, like any walk of a live table.
 //!
-//! What it is for: `status` (flows per backend), `flows` (the flows themselves), and the
+//! What it is for: `status` (flows per backend), `flows` (the flows themselves, and
+//! forgetting some: [`ConnTables::forget`]), and the
 //! periodic recount of least-connection counts ([`open_counted`], [`corrected`]), which the
 //! data plane keeps by +1/−1 on the client's SYN and FIN/RST but cannot take back when the
 //! kernel evicts an entry (LRU, silently), nor when a flow just stops (a vanished client, a
@@ -25,7 +26,7 @@ use lb_common::{
     maps::{ConnEntry, CONN_F_CLOSED, CONN_F_COUNTED},
 };
 
-use crate::bpf_sys::{bpf, BPF_MAP_LOOKUP_BATCH};
+use crate::bpf_sys::{bpf, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_BATCH};
 
 /// A least-connection TCP flow the table has not seen for this long no longer counts, unless
 /// its VIP sets `idle_timeout_s` (IPVS's default timeout for established connections): the
@@ -72,6 +73,15 @@ pub enum ScanError {
     /// The kernel refused the batch lookup.
     #[error("batch lookup in map {map}: {source}")]
     Lookup {
+        /// Which map.
+        map: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused to delete entries (other than ones already gone).
+    #[error("deleting from map {map}: {source}")]
+    Delete {
         /// Which map.
         map: &'static str,
         /// The kernel's answer.
@@ -169,11 +179,34 @@ impl ConnTables {
         Ok(n4 + n6)
     }
 
+    /// Deletes the entries of these flows (keys as [`ConnTables::for_each_flow`] gives
+    /// them) from their tables; returns how many it deleted. A flow whose entry is already
+    /// gone (ended and evicted meanwhile) is skipped. The flow's next packet is a new flow
+    /// to the data plane: scheduled anew, or refused (`allowed_sources`).
+    pub fn forget(&self, keys: &[FlowKey]) -> Result<u64, ScanError> {
+        let (v4, v6): (Vec<&FlowKey>, Vec<&FlowKey>) = keys
+            .iter()
+            .partition(|k| k.family == lb_common::addr::FAMILY_V4);
+        let v4: Vec<FlowKeyV4> = v4.into_iter().map(FlowKeyV4::of).collect();
+        let v6: Vec<FlowKey> = v6.into_iter().copied().collect();
+        let delete_err = |map| move |source| ScanError::Delete { map, source };
+        let n4 = delete(self.v4.as_fd(), &v4).map_err(delete_err(lb_common::maps::MAP_CONNS_V4))?;
+        let n6 = delete(self.v6.as_fd(), &v6).map_err(delete_err(lb_common::maps::MAP_CONNS))?;
+        Ok(n4 + n6)
+    }
+
     /// The IPv4 table, opened once more (tests write flows into it).
     #[cfg(test)]
     pub(crate) fn v4_map(&self) -> aya::maps::MapData {
         let fd = self.v4.try_clone().expect("dup the table's descriptor");
         aya::maps::MapData::from_fd(fd).expect("the IPv4 connection table")
+    }
+
+    /// The IPv6 table, opened once more (tests write flows into it).
+    #[cfg(test)]
+    pub(crate) fn v6_map(&self) -> aya::maps::MapData {
+        let fd = self.v6.try_clone().expect("dup the table's descriptor");
+        aya::maps::MapData::from_fd(fd).expect("the IPv6 connection table")
     }
 
     /// Flows per backend index, all of them.
@@ -337,6 +370,35 @@ fn scan<K: Copy, V: Copy>(fd: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) -> io::
         }
         cursor = Some(next);
     }
+}
+
+/// Deletes `keys` from the hash map `fd` (keys `K`, its size checked by the caller), in
+/// batches; returns how many entries it deleted. Keys no longer in the map are skipped.
+fn delete<K: Copy>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<u64> {
+    let mut deleted = 0u64;
+    let mut at = 0;
+    while at < keys.len() {
+        let chunk = &keys[at..keys.len().min(at + BATCH)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is the batch member of `union bpf_attr`; the kernel reads `count`
+        // keys from `keys` and writes back how many it deleted.
+        let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+        let done = (attr.count as usize).min(chunk.len());
+        deleted += done as u64;
+        match result {
+            Ok(_) => at += chunk.len(),
+            // The kernel stops at the first key it cannot find: gone meanwhile (the flow's
+            // entry evicted), so go on after it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => at += done + 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -1341,6 +1341,42 @@ impl<D: Dataplane> Core<D> {
             .ok_or(CoreError::UnknownVip { vip: *id })
     }
 
+    /// Makes the data plane's flow caches stop serving their copies of entries on these
+    /// backend slots (each at the generation the entries were recorded under): the next
+    /// packet of each of their flows looks the connection table up again. For entries
+    /// deleted from the table (`flows.forget`), whose copies would otherwise serve their
+    /// old backend for up to `FLOW_CACHE_REFRESH` more packets. The other flows on those
+    /// backends pay one table lookup each. A slot at another generation now has had a new
+    /// holder, with an epoch of its own since; it is left alone. Returns how many backends
+    /// it refreshed.
+    pub fn refresh_flow_caches(
+        &mut self,
+        slots: &BTreeSet<(u32, u32)>,
+    ) -> Result<usize, CoreError> {
+        let hit: Vec<(VipId, IpAddr)> = self
+            .vips
+            .iter()
+            .flat_map(|(id, v)| {
+                v.backends
+                    .iter()
+                    .filter(|(_, b)| slots.contains(&(b.index, b.generation)))
+                    .map(|(addr, _)| (*id, *addr))
+            })
+            .collect();
+        for (id, addr) in &hit {
+            let index = self.backend(id, *addr)?.index;
+            let epoch = self.next_cache_epoch(index);
+            let b = self.backend_mut(id, *addr)?;
+            b.cache_epoch = epoch;
+            // Only the epoch differs from what the slot holds: a packet that reads the
+            // entry while it is written sees the old epoch or the new one (or neither,
+            // and then looks the table up).
+            let entry = backend_entry(id, *addr, b);
+            self.dp.set_backend(index, &entry)?;
+        }
+        Ok(hit.len())
+    }
+
     /// Bumps slot `index`'s flow-cache epoch and returns it.
     fn next_cache_epoch(&mut self, index: u32) -> u32 {
         match self.cache_epochs.get_mut(index as usize) {
@@ -2805,5 +2841,47 @@ mod tests {
         assert_eq!(c.hashed_src_v4_hostmask, 0xffff);
         assert_eq!(c.flags & CFG_F_ICMP_TOO_BIG, CFG_F_ICMP_TOO_BIG);
         assert_eq!(c.mtu, 1500);
+    }
+
+    #[test]
+    fn refreshing_flow_caches_writes_new_epochs_for_the_named_slots_only() {
+        let (mut core, id) = core_with(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
+        let b =
+            |core: &Core<Recorder>, a: &str| core.backend(&id, a.parse().unwrap()).unwrap().clone();
+        let (b11, b12, b13) = (
+            b(&core, "198.18.0.11"),
+            b(&core, "198.18.0.12"),
+            b(&core, "198.18.0.13"),
+        );
+        let n = core.dataplane().writes.len();
+        let before = core.dataplane().backends[&b11.index];
+        // .11 at its generation, .12 at an earlier one (its slot's flows were a former
+        // holder's), and a slot nobody holds.
+        let slots = BTreeSet::from([
+            (b11.index, b11.generation),
+            (b12.index, b12.generation.wrapping_sub(1)),
+            (99, 1),
+        ]);
+        assert_eq!(core.refresh_flow_caches(&slots).unwrap(), 1);
+        let writes = &core.dataplane().writes[n..];
+        let [Write::Backend(index, entry)] = writes else {
+            panic!("one backend written: {writes:?}");
+        };
+        assert_eq!(*index, b11.index);
+        assert_ne!(entry.cache_epoch, b11.cache_epoch);
+        // Nothing else in the entry changed, and the core keeps the new epoch.
+        assert_eq!(
+            Backend {
+                cache_epoch: b11.cache_epoch,
+                ..*entry
+            },
+            Backend {
+                cache_epoch: b11.cache_epoch,
+                ..before
+            }
+        );
+        assert_eq!(b(&core, "198.18.0.11").cache_epoch, entry.cache_epoch);
+        assert_eq!(b(&core, "198.18.0.12").cache_epoch, b12.cache_epoch);
+        assert_eq!(b(&core, "198.18.0.13").cache_epoch, b13.cache_epoch);
     }
 }

@@ -1,15 +1,18 @@
 //! The `flows` op: the flows the connection tables hold and the backend each is on
 //! (`ipvsadm -Lnc`'s view), for the operator who asks who is still on a backend before
-//! taking it away, or where a group of clients landed.
+//! taking it away, or where a group of clients landed; and `flows.forget`, which deletes
+//! some of them (`conntrack -D`'s job): to cut clients a VIP no longer admits, or to send a
+//! drained backend's flows elsewhere at once.
 //!
 //! The tables are scanned without the daemon's lock (a million flows take a while, see
 //! `conntable`), so what names an entry — VIP indexes, backend slots and the generation
 //! each slot is at — is copied from the core first ([`Names`]); the scan then feeds a
 //! [`Listing`], which keeps the first `limit` matching flows in (VIP, client) order, so that
-//! the same table gives the same answer whatever order the kernel walks it in.
+//! the same table gives the same answer whatever order the kernel walks it in, or a
+//! [`Forgetting`], which keeps every matching key.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
 };
 
@@ -93,8 +96,8 @@ impl Names {
     }
 }
 
-/// Which flows to list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which flows to list or forget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Only this VIP's flows (its index), and of those only the flows to `port` when set
     /// (a port of an all-ports VIP).
@@ -103,6 +106,29 @@ pub struct Filter {
     pub backend: Option<IpAddr>,
     /// Only the flows of clients in this prefix.
     pub client: Option<SourcePrefix>,
+    /// Only the flows of clients in none of these prefixes: those a VIP's new
+    /// `allowed_sources` leaves out.
+    pub outside: Option<Vec<SourcePrefix>>,
+}
+
+impl Filter {
+    /// Whether `flow` (its entry `e`) passes.
+    fn keeps(&self, flow: &Listed, e: &ConnEntry) -> bool {
+        if let Some((id, port)) = self.vip {
+            if flow.service.is_none() || e.vip_id != id || port.is_some_and(|p| p != flow.vip.port)
+            {
+                return false;
+            }
+        }
+        let client = flow.client.ip();
+        self.backend
+            .is_none_or(|b| flow.recorded.backend == Some(b))
+            && self.client.is_none_or(|p| p.contains(client))
+            && self
+                .outside
+                .as_ref()
+                .is_none_or(|list| !list.iter().any(|p| p.contains(client)))
+    }
 }
 
 /// One listed flow.
@@ -162,27 +188,10 @@ impl Listing {
     /// Takes one table entry into account.
     pub fn add(&mut self, key: &FlowKey, e: &ConnEntry) {
         self.scanned += 1;
-        let Some(flow) = self.listed(key, e) else {
+        let Some(flow) = listed(&self.names, key, e, self.now_s) else {
             return;
         };
-        if let Some((id, port)) = self.filter.vip {
-            if flow.service.is_none() || e.vip_id != id || port.is_some_and(|p| p != flow.vip.port)
-            {
-                return;
-            }
-        }
-        if self
-            .filter
-            .backend
-            .is_some_and(|b| flow.recorded.backend != Some(b))
-        {
-            return;
-        }
-        if self
-            .filter
-            .client
-            .is_some_and(|p| !p.contains(flow.client.ip()))
-        {
+        if !self.filter.keeps(&flow, e) {
             return;
         }
         self.matched += 1;
@@ -201,27 +210,95 @@ impl Listing {
             flows: self.kept.into_values().collect(),
         }
     }
+}
 
-    /// The entry as listed; `None` for a key no packet of ours can have made (neither TCP
-    /// nor UDP, an unknown family): nothing to name it by.
-    fn listed(&self, key: &FlowKey, e: &ConnEntry) -> Option<Listed> {
-        let protocol = match key.proto {
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            _ => return None,
+/// The entry as listed; `None` for a key no packet of ours can have made (neither TCP nor
+/// UDP, an unknown family): nothing to name it by.
+fn listed(names: &Names, key: &FlowKey, e: &ConnEntry, now_s: u32) -> Option<Listed> {
+    let protocol = match key.proto {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        _ => return None,
+    };
+    let client = lb_common::addr::from_words(key.src, key.family)?;
+    let vip = VipId {
+        address: lb_common::addr::from_words(key.dst, key.family)?,
+        port: u16::from_be(key.dport_be),
+        protocol,
+    };
+    Some(Listed {
+        client: SocketAddr::new(client, u16::from_be(key.sport_be)),
+        service: names.service(e.vip_id, &vip),
+        vip,
+        recorded: Recorded::of(e, names.backend_of(e), now_s),
+    })
+}
+
+/// The flows a scan matches for `flows.forget`: every key, and the backend slots (with
+/// their generations) the flows were on.
+#[derive(Debug)]
+pub struct Forgetting {
+    names: Names,
+    filter: Filter,
+    scanned: u64,
+    keys: Vec<FlowKey>,
+    slots: BTreeSet<(u32, u32)>,
+}
+
+/// The `flows.forget` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Forgotten {
+    /// Entries in the tables (the filter not applied).
+    pub scanned: u64,
+    /// Entries the filter matched.
+    pub matched: u64,
+    /// Entries deleted: fewer than `matched` when some went meanwhile (evicted).
+    pub forgotten: u64,
+}
+
+impl Forgetting {
+    /// Nothing matched yet.
+    pub fn new(names: Names, filter: Filter) -> Self {
+        Self {
+            names,
+            filter,
+            scanned: 0,
+            keys: Vec::new(),
+            slots: BTreeSet::new(),
+        }
+    }
+
+    /// Takes one table entry into account.
+    pub fn add(&mut self, key: &FlowKey, e: &ConnEntry) {
+        self.scanned += 1;
+        // The clock only dates `idle_s`, which the filter does not read.
+        let Some(flow) = listed(&self.names, key, e, 0) else {
+            return;
         };
-        let client = lb_common::addr::from_words(key.src, key.family)?;
-        let vip = VipId {
-            address: lb_common::addr::from_words(key.dst, key.family)?,
-            port: u16::from_be(key.dport_be),
-            protocol,
-        };
-        Some(Listed {
-            client: SocketAddr::new(client, u16::from_be(key.sport_be)),
-            service: self.names.service(e.vip_id, &vip),
-            vip,
-            recorded: Recorded::of(e, self.names.backend_of(e), self.now_s),
-        })
+        if self.filter.keeps(&flow, e) {
+            self.keys.push(*key);
+            self.slots.insert((e.backend, e.generation));
+        }
+    }
+
+    /// The matching flows' keys, to delete.
+    pub fn keys(&self) -> &[FlowKey] {
+        &self.keys
+    }
+
+    /// The backend slots, at their generations, the matching flows were on: copies of
+    /// their entries in the data plane's flow cache must stop serving.
+    pub fn slots(&self) -> &BTreeSet<(u32, u32)> {
+        &self.slots
+    }
+
+    /// The answer, once `forgotten` of the keys are deleted.
+    pub fn finish(&self, forgotten: u64) -> Forgotten {
+        Forgotten {
+            scanned: self.scanned,
+            matched: self.keys.len() as u64,
+            forgotten,
+        }
     }
 }
 
@@ -367,7 +444,7 @@ mod tests {
         let both = Filter {
             vip: Some((WEB, None)),
             backend: Some(ip("198.18.0.12")),
-            client: None,
+            ..Filter::default()
         };
         assert_eq!(clients(&list(both, 100)), ["198.18.0.10:40002"]);
         let from_9 = Filter {
@@ -383,6 +460,84 @@ mod tests {
         let a = list(Filter::default(), 2);
         assert_eq!((a.matched, a.truncated), (6, true));
         assert_eq!(clients(&a), ["198.18.0.9:5000", "198.18.0.10:40000"]);
+    }
+
+    fn forget(filter: Filter) -> (Vec<String>, Vec<(u32, u32)>) {
+        let mut f = Forgetting::new(names(), filter);
+        for (client, to, port, proto, vip_id, slot, generation) in TABLE {
+            f.add(
+                &flow(client, to, port, proto),
+                &entry(vip_id, slot, generation),
+            );
+        }
+        let mut keys: Vec<String> = f
+            .keys()
+            .iter()
+            .map(|k| {
+                let ip = lb_common::addr::from_words(k.src, k.family).unwrap();
+                SocketAddr::new(ip, u16::from_be(k.sport_be)).to_string()
+            })
+            .collect();
+        keys.sort();
+        let answer = f.finish(1);
+        assert_eq!(answer.scanned, TABLE.len() as u64);
+        assert_eq!(answer.matched, keys.len() as u64);
+        (keys, f.slots().iter().copied().collect())
+    }
+
+    #[test]
+    fn forgetting_takes_every_match_and_the_slots_it_was_on() {
+        // No limit: every flow of the VIP, with the slots at the generations recorded.
+        let web = Filter {
+            vip: Some((WEB, None)),
+            ..Filter::default()
+        };
+        assert_eq!(
+            forget(web),
+            (
+                vec![
+                    "198.18.0.10:40000".to_owned(),
+                    "198.18.0.10:40002".to_owned(),
+                    "198.18.0.9:5000".to_owned(),
+                ],
+                vec![(0, 0), (0, 1), (1, 2)]
+            )
+        );
+        // Clients outside a VIP's new list: 198.18.0.9 is in none of the prefixes.
+        let cut = Filter {
+            vip: Some((WEB, None)),
+            outside: Some(vec![
+                "198.18.0.10/32".parse().unwrap(),
+                "198.19.0.0/16".parse().unwrap(),
+            ]),
+            ..Filter::default()
+        };
+        assert_eq!(
+            forget(cut),
+            (vec!["198.18.0.9:5000".to_owned()], vec![(0, 0)])
+        );
+        // An empty list leaves every client outside.
+        let none = Filter {
+            vip: Some((ANY, None)),
+            outside: Some(Vec::new()),
+            ..Filter::default()
+        };
+        assert_eq!(forget(none).0.len(), 2);
+        let on_13 = Filter {
+            backend: Some(ip("198.18.0.13")),
+            client: Some("198.18.0.10/32".parse().unwrap()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            forget(on_13),
+            (
+                vec![
+                    "198.18.0.10:40001".to_owned(),
+                    "198.18.0.10:40003".to_owned()
+                ],
+                vec![(2, 1)]
+            )
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xlb::{
     cli::ctl::{self, BackendCmd, CtlOpts, VipCmd},
     config::{Config, VipId},
-    control::{protocol::FlowsQuery, DEFAULT_SOCKET},
+    control::{
+        protocol::{FlowsForget, FlowsQuery},
+        DEFAULT_SOCKET,
+    },
     daemon::{self, RunOptions},
     loader::LoadOptions,
     logging::LogFormat,
@@ -178,7 +181,7 @@ enum Cmd {
         dry_run: bool,
     },
     /// List the flows the connection tables hold and the backend each is on, the first by
-    /// VIP and client.
+    /// VIP and client; or with --forget, delete them from the tables.
     Flows {
         #[command(flatten)]
         ctl: CtlArgs,
@@ -194,6 +197,11 @@ enum Cmd {
         /// At most this many flows (1..=10000).
         #[arg(long, default_value_t = xlb::flows::DEFAULT_LIMIT)]
         limit: u32,
+        /// Forget the matching flows instead (all of them; name a VIP, a backend or
+        /// clients): their next packets are new flows, scheduled anew or refused by the
+        /// VIP's allowed sources. Their connections break where the new backend differs.
+        #[arg(long, conflicts_with = "limit")]
+        forget: bool,
     },
     /// Show dropped packets the balancer sampled (flow, reason, length), newest last: which
     /// packets `xlb stats`' drop counters counted.
@@ -400,7 +408,26 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             vip,
             backend,
             client,
+            forget: true,
+            ..
+        } => ctl::run_flows_forget(
+            FlowsForget {
+                vip,
+                backend,
+                client,
+            },
+            &CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            },
+        ),
+        Cmd::Flows {
+            ctl: a,
+            vip,
+            backend,
+            client,
             limit,
+            forget: false,
         } => ctl::run_flows(
             FlowsQuery {
                 vip,

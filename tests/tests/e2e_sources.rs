@@ -2,7 +2,9 @@
 //! servers behind the XDP balancer. The balancer's program runs before the host's
 //! firewall, so the VIP itself must refuse clients outside its list: their connections
 //! never open and are counted (`source_denied`); the list changes at runtime
-//! (`xlb vip sources`), and a connection opened while admitted stays open.
+//! (`xlb vip sources`), and a connection opened while admitted stays open, unless the
+//! change says `--cut` (its flow is forgotten; `xlb flows --forget` forgets flows by VIP,
+//! backend or client).
 
 use std::{
     net::SocketAddr,
@@ -68,12 +70,45 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     assert!(said.contains("198.18.0.0/24"), "{said}");
     let mut kept = LineConn::to_vip(&net.client);
     let who = kept.who();
+    forgetting_an_admitted_flow_keeps_it_on_its_backend(&net, &sock, &mut kept, &who);
     net.ctl(&sock, &["vip", "sources", &vip, "198.19.0.0/16"]);
     assert_eq!(kept.who(), who, "the open connection moved or broke");
     assert!(
         LineConn::open(&net.client, addr, Duration::from_millis(1500)).is_err(),
         "a new connection from outside the narrowed list opened"
     );
+
+    // The same list with --cut: the open connection's flow is forgotten, and its next
+    // packets are refused as a new flow's would be.
+    let before = denied(&net);
+    let said = net.ctl(&sock, &["vip", "sources", &vip, "198.19.0.0/16", "--cut"]);
+    assert!(said.contains("forgot 1 flows of other clients"), "{said}");
+    assert!(kept.ask().is_err(), "the cut connection still answers");
+    assert!(
+        denied(&net) > before,
+        "the cut connection's packets not counted"
+    );
+    let flows = net.ctl(&sock, &["flows", &vip]);
+    assert!(flows.contains("0 flows"), "{flows}");
+    let sampled: serde_json::Value = serde_json::from_str(&net.ctl(
+        &sock,
+        &[
+            "drops",
+            "--reason",
+            "source_denied",
+            "--limit",
+            "1",
+            "--json",
+        ],
+    ))
+    .expect("drops JSON");
+    let flags = sampled["samples"][0]["tcp_flags"].as_u64().unwrap_or(0);
+    assert_eq!(
+        flags & 0x02,
+        0,
+        "the last refusal is not the cut connection's: {sampled}"
+    );
+    assert_eq!(sampled["samples"][0]["sport"], kept.local_addr().port());
 
     // Every client: connects again. A list of the other family is refused, nothing changed.
     net.ctl(&sock, &["vip", "sources", &vip, "--any"]);
@@ -106,6 +141,36 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
                 .is_some_and(|m| m.starts_with("control socket listening on "))),
         "{log}"
     );
+}
+
+/// `xlb flows --forget` on an admitted client's flow: the entry goes, and the flow's next
+/// packet is scheduled anew. The VIP's Maglev table has not changed, so it lands on the
+/// same backend, the connection keeps going and its flow is recorded again.
+fn forgetting_an_admitted_flow_keeps_it_on_its_backend(
+    net: &DemoNet,
+    sock: &Path,
+    kept: &mut LineConn,
+    who: &str,
+) {
+    let vip = format!("{VIP4}:{NAME_PORT}/tcp");
+    let client = kept.local_addr().to_string();
+    let listed = net.ctl(sock, &["flows", &vip]);
+    assert!(listed.contains(&client), "{listed}");
+    let (ok, _, err) = net.try_ctl(sock, &["flows", "--forget"]);
+    assert!(
+        !ok && err.contains("name a VIP, a backend or a client"),
+        "{err}"
+    );
+    let said = net.ctl(
+        sock,
+        &["flows", &vip, "--client", "198.18.0.10", "--forget"],
+    );
+    assert!(said.starts_with("forgot 1 flow to "), "{said}");
+    let listed = net.ctl(sock, &["flows", &vip]);
+    assert!(!listed.contains(&client), "still recorded: {listed}");
+    assert_eq!(kept.who(), who, "the forgotten flow moved or broke");
+    let listed = net.ctl(sock, &["flows", &vip]);
+    assert!(listed.contains(&client), "not recorded again: {listed}");
 }
 
 /// `xlb drops` shows the refused client's SYNs (its address, the VIP, the reason), writes

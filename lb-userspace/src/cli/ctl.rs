@@ -28,8 +28,8 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
-            Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd, VipHealthCheck,
-            VipIdleTimeout, VipRef, VipScheduler, VipSources,
+            Empty, FlowRef, FlowsForget, FlowsQuery, ReloadRequest, Request, VipAdd,
+            VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler, VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -111,6 +111,10 @@ pub enum VipCmd {
         /// Every client (no list).
         #[arg(long, conflicts_with = "prefixes")]
         any: bool,
+        /// Also forget the VIP's recorded flows of clients outside the new list: their
+        /// open connections stop too (by default only new connections are refused).
+        #[arg(long, conflicts_with = "any")]
+        cut: bool,
     },
     /// Set a VIP's health check; its backends' checks restart from their verdicts.
     HealthCheck {
@@ -306,12 +310,15 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 None => format!("VIP {vip}: idle flows stop counting after the protocol's default"),
             },
         ),
-        VipCmd::Sources { vip, prefixes, .. } => {
+        VipCmd::Sources {
+            vip, prefixes, cut, ..
+        } => {
             let listed: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
             (
                 Request::VipSources(VipSources {
                     vip,
                     allowed_sources: prefixes,
+                    cut,
                 }),
                 if listed.is_empty() {
                     format!("VIP {vip} admits new flows from every client")
@@ -817,6 +824,14 @@ fn render_reload(r: &Value) -> String {
         let _ = writeln!(out, "  {}", cell(Some(change)));
     }
     out + &confirmation(r, "reloaded".to_owned())
+}
+
+/// Runs `xlb flows --forget`.
+pub fn run_flows_forget(query: FlowsForget, opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(&opts.socket, &Request::FlowsForget(query))?;
+    print_result(opts, &result, |r| {
+        confirmation(r, "flows forgotten".to_owned())
+    })
 }
 
 /// Runs `xlb flows`.
@@ -1468,6 +1483,8 @@ mod tests {
             &["vip", "sources", "198.18.1.1:80"],
             &["vip", "sources", "198.18.1.1:80", "198.18.0.0/15", "--any"],
             &["vip", "sources", "198.18.1.1:80", "198.18.0.1/15"],
+            // Nothing to cut when every client is admitted.
+            &["vip", "sources", "198.18.1.1:80", "--any", "--cut"],
         ] {
             let argv = std::iter::once("xlb").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
@@ -1488,6 +1505,12 @@ mod tests {
             panic!("not vip sources")
         };
         assert!(prefixes.is_empty() && any);
+        let Top::Vip(VipCmd::Sources { cut, .. }) =
+            parse(&["vip", "sources", "198.18.1.1:80", "198.18.0.0/24", "--cut"])
+        else {
+            panic!("not vip sources")
+        };
+        assert!(cut);
         let Top::Backend(BackendCmd::Add {
             weight, drained, ..
         }) = parse(&["backend", "add", "198.18.1.1:80", "198.18.0.11"])

@@ -136,6 +136,10 @@ pub enum Request {
     /// The flows the connection tables hold and each one's backend, filtered.
     #[serde(rename = "flows")]
     Flows(FlowsQuery),
+    /// Deletes the matching flows from the connection tables: their next packets are new
+    /// flows (scheduled anew, or refused by the VIP's `allowed_sources`).
+    #[serde(rename = "flows.forget")]
+    FlowsForget(FlowsForget),
     /// Reads the config file again and applies it (SIGHUP's reload), or says what it would
     /// change.
     #[serde(rename = "reload")]
@@ -192,6 +196,10 @@ pub struct VipSources {
     pub vip: VipId,
     /// Client prefixes (`198.18.0.0/15`, `fd00::/8`, a bare address); empty: every client.
     pub allowed_sources: Vec<SourcePrefix>,
+    /// Also forget the VIP's recorded flows of clients the new list leaves out: their
+    /// open connections stop too (a firewall rule change's default is to keep them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// Body of `vip.health_check`.
@@ -293,6 +301,21 @@ pub struct FlowsQuery {
     pub limit: Option<u32>,
 }
 
+/// Body of `flows.forget`: at least one field, as for `flows` without `limit`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsForget {
+    /// Only this VIP's flows (a port of an all-ports VIP: only the flows to that port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<VipId>,
+    /// Only the flows on this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<IpAddr>,
+    /// Only the flows of clients in this prefix (`198.18.0.0/24`, or an address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<SourcePrefix>,
+}
+
 /// Body of `drops`: every field optional.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +370,7 @@ pub const OPS: &[&str] = &[
     "stats",
     "flow",
     "flows",
+    "flows.forget",
     "reload",
     "config",
     "drops",
@@ -372,6 +396,7 @@ impl Request {
             Self::Stats(_) => "stats",
             Self::Flow(_) => "flow",
             Self::Flows(_) => "flows",
+            Self::FlowsForget(_) => "flows.forget",
             Self::Reload(_) => "reload",
             Self::Config(_) => "config",
             Self::Drops(_) => "drops",
@@ -412,6 +437,7 @@ impl Request {
             "stats" => Self::Stats(parse_body(body)?),
             "flow" => Self::Flow(parse_body(body)?),
             "flows" => Self::Flows(parse_body(body)?),
+            "flows.forget" => Self::FlowsForget(parse_body(body)?),
             "reload" => Self::Reload(parse_body(body)?),
             "config" => Self::Config(parse_body(body)?),
             "drops" => Self::Drops(parse_body(body)?),
@@ -711,6 +737,23 @@ mod tests {
                         "198.18.0.0/15".parse().unwrap(),
                         "198.19.7.1/32".parse().unwrap(),
                     ],
+                    cut: false,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"vip.sources","vip":"198.18.1.1:80/tcp","allowed_sources":["198.18.0.0/15"],"cut":true}"#,
+                Request::VipSources(VipSources {
+                    vip: vip_id(),
+                    allowed_sources: vec!["198.18.0.0/15".parse().unwrap()],
+                    cut: true,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"flows.forget","vip":"198.18.1.1:80/tcp","client":"198.18.0.0/24"}"#,
+                Request::FlowsForget(FlowsForget {
+                    vip: Some(vip_id()),
+                    backend: None,
+                    client: Some("198.18.0.0/24".parse().unwrap()),
                 }),
             ),
             (

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     config::{Config, ConfigError},
     control::{
-        protocol::{code, DropsQuery, FlowsQuery, Request},
+        protocol::{code, DropsQuery, FlowsForget, FlowsQuery, Request, VipSources},
         server::Handler,
         ControlError,
     },
@@ -43,6 +43,34 @@ fn graceful_periods(
     let quiet = graceful::check_secs(quiet_s.unwrap_or(graceful::DEFAULT_QUIET_S))
         .map_err(|m| invalid("quiet_s", m))?;
     Ok(Some((quiet, deadline)))
+}
+
+/// What `vip.sources` says it did.
+fn sources_done(r: &VipSources) -> String {
+    if r.allowed_sources.is_empty() {
+        return format!("VIP {} admits new flows from every client", r.vip);
+    }
+    let listed: Vec<String> = r.allowed_sources.iter().map(|p| p.to_string()).collect();
+    format!(
+        "VIP {} admits new flows from {}; others are dropped (source_denied)",
+        r.vip,
+        listed.join(", ")
+    )
+}
+
+/// `flows.forget`'s scope in words, for its answer and the log.
+fn forget_scope(q: &FlowsForget) -> String {
+    let mut parts = Vec::new();
+    if let Some(vip) = q.vip {
+        parts.push(format!("to {vip}"));
+    }
+    if let Some(b) = q.backend {
+        parts.push(format!("on backend {b}"));
+    }
+    if let Some(c) = q.client {
+        parts.push(format!("of clients in {c}"));
+    }
+    parts.join(" ")
 }
 
 /// Serves requests against the shared daemon state.
@@ -104,6 +132,8 @@ impl Handler for DaemonHandler {
         };
         match &req {
             Request::Flows(q) => return self.flows(q),
+            Request::FlowsForget(q) => return self.forget(q),
+            Request::VipSources(r) if r.cut => return self.sources_cut(r),
             Request::Reload(r) => return self.reload(r.dry_run),
             Request::Drops(q) => return self.drops(q),
             _ => {}
@@ -140,18 +170,9 @@ impl Handler for DaemonHandler {
                 })
             }
             Request::VipSources(r) => {
-                let n = r.allowed_sources.len();
-                let listed: Vec<String> = r.allowed_sources.iter().map(|p| p.to_string()).collect();
+                let said = sources_done(&r);
                 d.set_sources(&r.vip, r.allowed_sources)?;
-                done(if n == 0 {
-                    format!("VIP {} admits new flows from every client", r.vip)
-                } else {
-                    format!(
-                        "VIP {} admits new flows from {}; others are dropped (source_denied)",
-                        r.vip,
-                        listed.join(", ")
-                    )
-                })
+                done(said)
             }
             Request::VipHealthCheck(r) => {
                 let kind = r
@@ -228,7 +249,10 @@ impl Handler for DaemonHandler {
             Request::Status(_) => Ok(d.status(census.as_ref())),
             Request::Stats(_) => Ok(d.stats()),
             Request::Flow(r) => d.flow(&r.vip, r.client),
-            Request::Flows(_) | Request::Reload(_) | Request::Drops(_) => {
+            Request::Flows(_)
+            | Request::FlowsForget(_)
+            | Request::Reload(_)
+            | Request::Drops(_) => {
                 unreachable!("answered before the lock")
             }
             Request::Config(_) => {
@@ -296,6 +320,84 @@ impl DaemonHandler {
             .query(&query);
         serde_json::to_value(answer)
             .map_err(|e| ControlError::new(code::INTERNAL, format!("encoding the drops: {e}")))
+    }
+
+    /// `flows.forget`: as `flows`, the scope under the lock and the scan without it; then
+    /// the matching entries are deleted and the flow caches told.
+    fn forget(&self, q: &FlowsForget) -> Result<Value, ControlError> {
+        if q.vip.is_none() && q.backend.is_none() && q.client.is_none() {
+            return Err(CoreError::Invalid(ConfigError::new(
+                "vip",
+                "name a VIP, a backend or a client prefix (or several): one request does not \
+                 forget every flow of every VIP"
+                    .to_owned(),
+            ))
+            .into());
+        }
+        let (names, filter) = self.lock()?.flows_filter(q.vip, q.backend, q.client)?;
+        let f = self.forget_matching(names, filter)?;
+        let scope = forget_scope(q);
+        log::info!(
+            "flows.forget: forgot {} of {} flows {scope}",
+            f.forgotten,
+            f.matched
+        );
+        let mut answer = serde_json::to_value(&f)
+            .map_err(|e| ControlError::new(code::INTERNAL, format!("encoding the answer: {e}")))?;
+        answer["done"] = json!(format!(
+            "forgot {} flow{} {scope} ({} entries in the connection tables); their next \
+             packets are scheduled anew, or dropped where the VIP no longer admits the client",
+            f.forgotten,
+            if f.forgotten == 1 { "" } else { "s" },
+            f.scanned
+        ));
+        Ok(answer)
+    }
+
+    /// `vip.sources` with `cut`: the new list first (no new flow from outside it from
+    /// then on), then the VIP's flows of clients outside it forgotten.
+    fn sources_cut(&self, r: &VipSources) -> Result<Value, ControlError> {
+        let said = sources_done(r);
+        let (names, mut filter) = {
+            let mut d = self.lock()?;
+            d.set_sources(&r.vip, r.allowed_sources.clone())?;
+            d.flows_filter(Some(r.vip), None, None)?
+        };
+        if r.allowed_sources.is_empty() {
+            return Ok(json!({"done": said, "forgotten": 0}));
+        }
+        filter.outside = Some(r.allowed_sources.clone());
+        let f = self.forget_matching(names, filter)?;
+        log::info!(
+            "vip.sources: {said}; forgot {} of its flows from other clients",
+            f.forgotten
+        );
+        Ok(json!({
+            "done": format!("{said}; forgot {} flows of other clients", f.forgotten),
+            "forgotten": f.forgotten,
+        }))
+    }
+
+    /// Scans the tables without the lock, deletes the flows `filter` matches, and has the
+    /// flow caches stop serving copies of their entries.
+    fn forget_matching(
+        &self,
+        names: flows::Names,
+        filter: flows::Filter,
+    ) -> Result<flows::Forgotten, ControlError> {
+        let internal = |m: String| ControlError::new(code::INTERNAL, m);
+        let tables = self.lock()?.core().dataplane().conn_tables();
+        let mut forgetting = flows::Forgetting::new(names, filter);
+        tables
+            .for_each_flow(|k, e| forgetting.add(k, e))
+            .map_err(|e| internal(format!("scanning the connection tables: {e}")))?;
+        let forgotten = tables
+            .forget(forgetting.keys())
+            .map_err(|e| internal(format!("forgetting flows: {e}")))?;
+        if forgotten > 0 {
+            self.lock()?.refresh_flow_caches(forgetting.slots())?;
+        }
+        Ok(forgetting.finish(forgotten))
     }
 
     /// `flows`: the scope is read under the lock, the tables scanned without it (as for

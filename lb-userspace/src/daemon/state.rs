@@ -576,6 +576,14 @@ impl Daemon {
         self.core.set_sources(vip, sources)
     }
 
+    /// See `Core::refresh_flow_caches`.
+    pub fn refresh_flow_caches(
+        &mut self,
+        slots: &std::collections::BTreeSet<(u32, u32)>,
+    ) -> Result<usize, CoreError> {
+        self.core.refresh_flow_caches(slots)
+    }
+
     /// See `Core::set_idle_timeout`.
     pub fn set_idle_timeout(&mut self, vip: &VipId, idle_s: Option<u32>) -> Result<(), CoreError> {
         self.core.set_idle_timeout(vip, idle_s)
@@ -982,9 +990,22 @@ impl Daemon {
     ) -> Result<(flows::Names, flows::Filter, usize), ControlError> {
         let limit = flows::check_limit(q.limit)
             .map_err(|m| CoreError::Invalid(ConfigError::new("limit", m)))?;
+        let (names, filter) = self.flows_filter(q.vip, q.backend, q.client)?;
+        Ok((names, filter, limit))
+    }
+
+    /// The names of the tables' entries and the filter for the flows of `vip`, on
+    /// `backend`, of clients in `client` (each optional); or why they are refused (a VIP or
+    /// backend that does not exist).
+    pub fn flows_filter(
+        &self,
+        vip: Option<VipId>,
+        backend: Option<IpAddr>,
+        client: Option<crate::config::SourcePrefix>,
+    ) -> Result<(flows::Names, flows::Filter), ControlError> {
         // As `flow`: the VIP on the port, else its address's all-ports VIP, whose flows to
-        // that port are listed.
-        let vip = match q.vip {
+        // that port are meant.
+        let vip = match vip {
             None => None,
             Some(id) => Some(match self.core.vip(&id) {
                 Ok(state) => (state, None),
@@ -995,7 +1016,7 @@ impl Daemon {
                 Err(e) => return Err(e.into()),
             }),
         };
-        if let Some(addr) = q.backend {
+        if let Some(addr) = backend {
             match vip {
                 Some((state, _)) => {
                     self.core.backend(&state.config.id(), addr)?;
@@ -1011,10 +1032,11 @@ impl Daemon {
         }
         let filter = flows::Filter {
             vip: vip.map(|(state, port)| (state.id, port)),
-            backend: q.backend,
-            client: q.client,
+            backend,
+            client,
+            outside: None,
         };
-        Ok((flows::Names::of(self.core.vips()), filter, limit))
+        Ok((flows::Names::of(self.core.vips()), filter))
     }
 
     /// The `stats` result: counters by reason, per-VIP traffic.
@@ -1160,6 +1182,7 @@ mod tests {
         let dp = AyaDataplane::new(&mut ebpf).expect("maps");
         let settings = Settings {
             src_v4: Some("198.18.0.2".parse().unwrap()),
+            src_v6: Some("fd00::2".parse().unwrap()),
             mtu: 1500,
             max_vips: 4,
             ..Default::default()
@@ -1556,6 +1579,166 @@ mod tests {
         let after = ask(json!({"vip": "198.18.1.1:80/tcp"})).unwrap();
         assert_eq!(after["flows"][0]["backend"], Value::Null);
         assert_eq!(after["flows"][1]["backend"], "198.18.0.12");
+    }
+
+    /// `flows.forget` and `vip.sources` with `cut` through the handler over real tables:
+    /// the matching entries leave both tables, the others stay, the backends they were on
+    /// get new flow-cache epochs, and a refused request forgets nothing.
+    #[tokio::test]
+    async fn forgetting_flows_deletes_their_entries_from_both_tables() {
+        use lb_common::{
+            flow::{FlowKey, FlowKeyV4},
+            maps::ConnEntry,
+        };
+
+        use crate::{
+            control::{protocol::Request, server::Handler},
+            daemon::handler::DaemonHandler,
+        };
+
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
+            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                "health_check": {"kind": "none"},
+                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}"#,
+        ) else {
+            return;
+        };
+        let v6: VipConfig = serde_json::from_str(
+            r#"{"address": "fd00:1::1", "port": 80, "protocol": "tcp",
+                "health_check": {"kind": "none"}, "backends": [{"address": "fd00::11"}]}"#,
+        )
+        .unwrap();
+        let v6_id = v6.id();
+        d.add_vip(v6).unwrap();
+        let entry = |d: &Daemon, on: &VipId, addr: &str| {
+            let backend = d.core().backend(on, addr.parse().unwrap()).unwrap();
+            ConnEntry {
+                backend: backend.index,
+                generation: backend.generation,
+                vip_id: d.core().vip(on).unwrap().id,
+                ..Default::default()
+            }
+        };
+        let tables = d.core().dataplane().conn_tables();
+        let mut conns4: aya::maps::HashMap<_, FlowKeyV4, ConnEntry> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(tables.v4_map())).unwrap();
+        let mut conns6: aya::maps::HashMap<_, FlowKey, ConnEntry> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(tables.v6_map())).unwrap();
+        let key = |client: &str, to: &str| {
+            let c: SocketAddr = client.parse().unwrap();
+            FlowKey::between(c.ip(), c.port(), to.parse().unwrap(), 80, 6)
+        };
+        for (client, backend) in [
+            ("198.18.0.10:40000", "198.18.0.11"),
+            ("198.18.0.10:40001", "198.18.0.12"),
+            ("198.18.0.20:40000", "198.18.0.12"),
+        ] {
+            let e = entry(&d, &vip, backend);
+            conns4
+                .insert(FlowKeyV4::of(&key(client, "198.18.1.1")), e, 0)
+                .unwrap();
+        }
+        for client in ["[fd00::10]:40000", "[fd00::20]:40000"] {
+            let e = entry(&d, &v6_id, "fd00::11");
+            conns6.insert(key(client, "fd00:1::1"), e, 0).unwrap();
+        }
+        let epoch = |d: &Daemon, on: &VipId, addr: &str| {
+            d.core()
+                .backend(on, addr.parse().unwrap())
+                .unwrap()
+                .cache_epoch
+        };
+        let before: Vec<u32> = [
+            (&vip, "198.18.0.11"),
+            (&vip, "198.18.0.12"),
+            (&v6_id, "fd00::11"),
+        ]
+        .iter()
+        .map(|(on, a)| epoch(&d, on, a))
+        .collect();
+        let d = Arc::new(std::sync::Mutex::new(d));
+        let h = DaemonHandler::new(d.clone());
+        let forget = |q: serde_json::Value| {
+            let q = serde_json::from_value(q).unwrap();
+            h.handle(Request::FlowsForget(q))
+        };
+        let left = |h: &DaemonHandler| -> Vec<String> {
+            let all = h.handle(Request::Flows(Default::default())).unwrap();
+            all["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["client"].as_str().unwrap().to_owned())
+                .collect()
+        };
+
+        // Refused: nothing named, a VIP or backend that does not exist. Nothing goes.
+        for (q, code) in [
+            (json!({}), "invalid"),
+            (json!({"vip": "198.18.1.9:80/tcp"}), "unknown_vip"),
+            (json!({"backend": "198.18.0.13"}), "unknown_backend"),
+        ] {
+            assert_eq!(forget(q.clone()).unwrap_err().code, code, "{q}");
+        }
+        assert_eq!(left(&h).len(), 5);
+
+        // One client's flows to the IPv4 VIP: two entries on two backends.
+        let r = forget(json!({"vip": "198.18.1.1:80/tcp", "client": "198.18.0.10"})).unwrap();
+        assert_eq!(
+            (&r["scanned"], &r["matched"], &r["forgotten"]),
+            (&json!(5), &json!(2), &json!(2))
+        );
+        assert!(
+            r["done"].as_str().unwrap().starts_with(
+                "forgot 2 flows to 198.18.1.1:80/tcp of clients in 198.18.0.10/32 (5 entries"
+            ),
+            "{r}"
+        );
+        assert_eq!(
+            left(&h),
+            ["198.18.0.20:40000", "[fd00::10]:40000", "[fd00::20]:40000"]
+        );
+        let after: Vec<u32> = {
+            let d = d.lock().unwrap();
+            [
+                (&vip, "198.18.0.11"),
+                (&vip, "198.18.0.12"),
+                (&v6_id, "fd00::11"),
+            ]
+            .iter()
+            .map(|(on, a)| epoch(&d, on, a))
+            .collect()
+        };
+        assert_ne!(after[0], before[0], "no new epoch for .11");
+        assert_ne!(after[1], before[1], "no new epoch for .12");
+        assert_eq!(after[2], before[2], "fd00::11 had none of the flows");
+
+        // From the IPv6 table, by backend; again: nothing left to forget.
+        let r = forget(json!({"backend": "fd00::11", "client": "fd00::10"})).unwrap();
+        assert_eq!(r["forgotten"], 1);
+        let r = forget(json!({"backend": "fd00::11", "client": "fd00::10"})).unwrap();
+        assert_eq!((&r["matched"], &r["forgotten"]), (&json!(0), &json!(0)));
+
+        // `vip.sources` with `cut`: the VIP's flows of clients outside the new list go. A
+        // list of the other family is refused before anything is forgotten.
+        let sources = |list: serde_json::Value| {
+            let q = json!({"vip": "[fd00:1::1]:80/tcp", "allowed_sources": list, "cut": true});
+            let q = serde_json::from_value(q).unwrap();
+            h.handle(Request::VipSources(q))
+        };
+        assert_eq!(
+            sources(json!(["198.18.0.0/15"])).unwrap_err().code,
+            "invalid"
+        );
+        assert_eq!(left(&h).len(), 2);
+        let r = sources(json!(["fd00::10"])).unwrap();
+        assert_eq!(r["forgotten"], 1, "{r}");
+        assert_eq!(left(&h), ["198.18.0.20:40000"]);
+        let status = d.lock().unwrap().status(None);
+        assert_eq!(
+            status["vips"][1]["allowed_sources"],
+            json!(["fd00::10/128"])
+        );
     }
 
     /// `reload` through the handler over real maps: a dry run changes nothing, the reload

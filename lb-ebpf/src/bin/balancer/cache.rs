@@ -25,7 +25,10 @@
 //!   accounting marks when the client closes and unmarks when it reuses the 5-tuple for a
 //!   new connection (a way keeps the entry's `CONN_F_COUNTED` to know which flows those
 //!   are).
-//! - The daemon only reads the tables. The program rewrites a live flow's entry only when
+//! - The daemon deletes entries only for `flows.forget`, and then gives the backends
+//!   those flows were on a new `cache_epoch`: their cached copies stop serving, so a
+//!   forgotten flow's next packet finds no entry, as a new flow's would. Otherwise it only
+//!   reads the tables. The program rewrites a live flow's entry only when
 //!   it moves the flow: its backend is down, or a SYN reuses the 5-tuple while the backend
 //!   takes no new flows. Both happen only while the backend is out of the table, when no
 //!   cache serves its flows, and the new epoch it comes back with keeps copies from before
