@@ -3,13 +3,15 @@
 
 use std::{
     collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use xlb_tests::{
     netns::{require_root, wait_for},
-    topology::{curl, curl_with, xlb_bin, DemoNet, VIP4, VIP6},
+    topology::{connect_in, curl, curl_with, xlb_bin, DemoNet, VIP4, VIP6},
 };
 
 const REQUESTS: usize = 30;
@@ -95,6 +97,11 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
     );
 
     // XDP runs before the host's firewall: the VIP itself admits or refuses clients.
+    // Two connections opened while every client is admitted, idle until asked.
+    let addr = SocketAddr::new(IpAddr::V4(VIP4.parse().expect("VIP4")), 80);
+    let mut held: Vec<TcpStream> = (0..2)
+        .filter_map(|_| connect_in(&net.client, addr, Duration::from_secs(3)).ok())
+        .collect();
     println!("\nrestricting the VIP to clients of 198.19.0.0/16 (the client is 198.18.0.10):");
     let vip = "198.18.1.1:80/tcp";
     println!(
@@ -120,6 +127,31 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
             &["drops", "--reason", "source_denied", "--limit", "3"]
         )
     );
+    // A rule change applies to new connections, as a stateful firewall's does; `--cut`
+    // also stops the open ones of clients it leaves out.
+    if held.len() == 2 {
+        println!(
+            "  a request on a connection opened before the change {}",
+            if answered(&mut held[0]) {
+                "is answered: open connections keep going"
+            } else {
+                "gets no answer (unexpected)"
+            }
+        );
+        println!(
+            "{}",
+            net.ctl(&sock, &["vip", "sources", vip, "198.19.0.0/16", "--cut"])
+                .trim_end()
+        );
+        println!(
+            "  a request on the other connection opened before {}",
+            if answered(&mut held[1]) {
+                "is answered (unexpected)"
+            } else {
+                "gets no answer now: its flow was forgotten, its packets are refused"
+            }
+        );
+    }
     println!(
         "{}",
         net.ctl(&sock, &["vip", "sources", vip, "--any"]).trim_end()
@@ -183,4 +215,13 @@ fn tally(net: &DemoNet, url: &str, label: &str) {
         "{REQUESTS} requests over {label}: {} ({failed} failed)",
         shares.join(", ")
     );
+}
+
+/// Whether an HTTP request on an open connection gets an answer (within the connection's
+/// read timeout).
+fn answered(s: &mut TcpStream) -> bool {
+    let mut answer = Vec::new();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: xlb\r\n\r\n").is_ok()
+        && s.read_to_end(&mut answer).is_ok()
+        && answer.starts_with(b"HTTP/1.0 200")
 }
