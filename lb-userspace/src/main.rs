@@ -179,6 +179,10 @@ enum Cmd {
         /// Only print what would change.
         #[arg(long)]
         dry_run: bool,
+        /// Where a VIP's allowed_sources change, also forget its flows of clients the new
+        /// list leaves out: their open connections stop too (with --dry-run: count them).
+        #[arg(long)]
+        cut: bool,
     },
     /// List the flows the connection tables hold and the backend each is on, the first by
     /// VIP and client; or with --forget, delete them from the tables.
@@ -368,8 +372,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             },
         ),
         Cmd::DumpConfig { ctl: a } => ctl::run_dump_config(&a.socket),
-        Cmd::Reload { ctl: a, dry_run } => ctl::run_reload(
+        Cmd::Reload {
+            ctl: a,
             dry_run,
+            cut,
+        } => ctl::run_reload(
+            dry_run,
+            cut,
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,

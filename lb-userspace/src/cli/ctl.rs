@@ -812,8 +812,11 @@ pub fn run_dump_config(socket: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `xlb reload`.
-pub fn run_reload(dry_run: bool, opts: &CtlOpts) -> anyhow::Result<()> {
-    let result = call(&opts.socket, &Request::Reload(ReloadRequest { dry_run }))?;
+pub fn run_reload(dry_run: bool, cut: bool, opts: &CtlOpts) -> anyhow::Result<()> {
+    let result = call(
+        &opts.socket,
+        &Request::Reload(ReloadRequest { dry_run, cut }),
+    )?;
     print_result(opts, &result, render_reload)
 }
 

@@ -345,6 +345,10 @@ pub struct ReloadRequest {
     /// Only say what the reload would change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Where a VIP's `allowed_sources` change, also forget its recorded flows of clients
+    /// the new list leaves out (as `vip.sources` with `cut`); with `dry_run`, count them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// Body of ops without fields (`status`, `stats`): any field is an error.
@@ -843,7 +847,17 @@ mod tests {
             (r#"{"v":1,"op":"config"}"#, Request::Config(Empty {})),
             (
                 r#"{"v":1,"op":"reload","dry_run":true}"#,
-                Request::Reload(ReloadRequest { dry_run: true }),
+                Request::Reload(ReloadRequest {
+                    dry_run: true,
+                    cut: false,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"reload","cut":true}"#,
+                Request::Reload(ReloadRequest {
+                    dry_run: false,
+                    cut: true,
+                }),
             ),
             (
                 r#"{"v":1,"op":"flows","vip":"198.18.1.1:80/tcp","backend":"198.18.0.11","limit":5}"#,

@@ -20,7 +20,7 @@ use crate::{
     },
     core::CoreError,
     drops::{self, DropLog},
-    flows, graceful,
+    flows, graceful, reload,
 };
 
 /// `backend.remove`'s `quiet_s` and `drain_s` as periods (`None`: remove at once), or why
@@ -134,7 +134,7 @@ impl Handler for DaemonHandler {
             Request::Flows(q) => return self.flows(q),
             Request::FlowsForget(q) => return self.forget(q),
             Request::VipSources(r) if r.cut => return self.sources_cut(r),
-            Request::Reload(r) => return self.reload(r.dry_run),
+            Request::Reload(r) => return self.reload(r.dry_run, r.cut),
             Request::Drops(q) => return self.drops(q),
             _ => {}
         }
@@ -265,8 +265,10 @@ impl Handler for DaemonHandler {
 }
 
 impl DaemonHandler {
-    /// `reload`: the file is read before the lock is taken (`ConfigFile::reload`).
-    fn reload(&self, dry_run: bool) -> Result<Value, ControlError> {
+    /// `reload`: the file is read before the lock is taken (`ConfigFile::reload`). With
+    /// `cut`, each VIP whose list of allowed sources changed then loses its flows of clients
+    /// outside the new list (`dry_run`: they are only counted).
+    fn reload(&self, dry_run: bool, cut: bool) -> Result<Value, ControlError> {
         let path = self.config_file.path().map(|p| p.display().to_string());
         let outcome = self.config_file.reload(&self.daemon, dry_run);
         if !dry_run {
@@ -284,7 +286,18 @@ impl DaemonHandler {
                     (false, _) => format!("reloaded {path}: {n} changes"),
                 };
                 let changes: Vec<String> = steps.iter().map(ToString::to_string).collect();
-                Ok(json!({"done": done, "file": path, "applied": !dry_run, "changes": changes}))
+                let mut answer =
+                    json!({"done": done, "file": path, "applied": !dry_run, "changes": changes});
+                if cut {
+                    let n = self.cut_after_reload(&steps, dry_run)?;
+                    answer["forgotten"] = json!(n);
+                    let said = if dry_run { "would forget" } else { "forgot" };
+                    answer["done"] = json!(format!(
+                        "{done}; {said} {n} flow{} of clients the new allowed sources leave out",
+                        if n == 1 { "" } else { "s" }
+                    ));
+                }
+                Ok(answer)
             }
             // Steps before the failure stay: not the request's fault, and not "nothing
             // changed".
@@ -335,7 +348,7 @@ impl DaemonHandler {
             .into());
         }
         let (names, filter) = self.lock()?.flows_filter(q.vip, q.backend, q.client)?;
-        let f = self.forget_matching(names, filter)?;
+        let f = self.forget_matching(names, filter, true)?;
         let scope = forget_scope(q);
         log::info!(
             "flows.forget: forgot {} of {} flows {scope}",
@@ -367,7 +380,7 @@ impl DaemonHandler {
             return Ok(json!({"done": said, "forgotten": 0}));
         }
         filter.outside = Some(r.allowed_sources.clone());
-        let f = self.forget_matching(names, filter)?;
+        let f = self.forget_matching(names, filter, true)?;
         log::info!(
             "vip.sources: {said}; forgot {} of its flows from other clients",
             f.forgotten
@@ -378,12 +391,39 @@ impl DaemonHandler {
         }))
     }
 
-    /// Scans the tables without the lock, deletes the flows `filter` matches, and has the
-    /// flow caches stop serving copies of their entries.
+    /// `reload`'s `cut`: for each VIP whose allowed sources the reload set to a list, its
+    /// flows of clients outside it, forgotten (or with `dry_run`, counted). How many.
+    fn cut_after_reload(&self, steps: &[reload::Step], dry_run: bool) -> Result<u64, ControlError> {
+        let mut total = 0;
+        for step in steps {
+            let reload::Step::Sources(vip, list) = step else {
+                continue;
+            };
+            if list.is_empty() {
+                continue;
+            }
+            let (names, mut filter) = self.lock()?.flows_filter(Some(*vip), None, None)?;
+            filter.outside = Some(list.clone());
+            let f = self.forget_matching(names, filter, !dry_run)?;
+            if !dry_run {
+                log::info!(
+                    "reload: VIP {vip}: forgot {} flows of clients outside its new allowed sources",
+                    f.forgotten
+                );
+            }
+            total += if dry_run { f.matched } else { f.forgotten };
+        }
+        Ok(total)
+    }
+
+    /// Scans the tables without the lock, deletes the flows `filter` matches (unless not
+    /// `delete`: then only counts them), and has the flow caches stop serving copies of
+    /// their entries.
     fn forget_matching(
         &self,
         names: flows::Names,
         filter: flows::Filter,
+        delete: bool,
     ) -> Result<flows::Forgotten, ControlError> {
         let internal = |m: String| ControlError::new(code::INTERNAL, m);
         let tables = self.lock()?.core().dataplane().conn_tables();
@@ -391,6 +431,9 @@ impl DaemonHandler {
         tables
             .for_each_flow(|k, e| forgetting.add(k, e))
             .map_err(|e| internal(format!("scanning the connection tables: {e}")))?;
+        if !delete {
+            return Ok(forgetting.finish(0));
+        }
         let forgotten = tables
             .forget(forgetting.keys())
             .map_err(|e| internal(format!("forgetting flows: {e}")))?;

@@ -1770,7 +1770,12 @@ mod tests {
         let daemon = Arc::new(std::sync::Mutex::new(d));
         let h = DaemonHandler::new(daemon.clone())
             .with_config_file(ConfigFile::new(Some(file.clone()), started));
-        let ask = |dry_run| h.handle(Request::Reload(ReloadRequest { dry_run }));
+        let ask = |dry_run| {
+            h.handle(Request::Reload(ReloadRequest {
+                dry_run,
+                cut: false,
+            }))
+        };
         let backends = || -> Vec<IpAddr> {
             let d = daemon.lock().unwrap();
             d.core()
@@ -1802,6 +1807,60 @@ mod tests {
             .unwrap()
             .ends_with("nothing to change"));
 
+        // With `cut`, a VIP whose allowed sources change loses its flows of clients the
+        // new list leaves out; a dry run counts them.
+        {
+            use lb_common::{
+                flow::{FlowKey, FlowKeyV4},
+                maps::ConnEntry,
+            };
+            let d = daemon.lock().unwrap();
+            let backend = d.core().backend(&id, b(11)).unwrap();
+            let e = ConnEntry {
+                backend: backend.index,
+                generation: backend.generation,
+                vip_id: d.core().vip(&id).unwrap().id,
+                ..Default::default()
+            };
+            let mut conns: aya::maps::HashMap<_, FlowKeyV4, ConnEntry> =
+                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+                    d.core().dataplane().conn_tables().v4_map(),
+                ))
+                .unwrap();
+            for client in [b(10), b(20)] {
+                let key = FlowKey::between(client, 1000, "198.18.1.1".parse().unwrap(), 80, 6);
+                conns.insert(FlowKeyV4::of(&key), e, 0).unwrap();
+            }
+        }
+        let flows = || {
+            let all = h.handle(Request::Flows(Default::default())).unwrap();
+            all["matched"].as_u64().unwrap()
+        };
+        let restricted = vip.replace("BACKENDS", &format!("{b11}, {b12}")).replace(
+            r#""protocol": "tcp","#,
+            r#""protocol": "tcp", "allowed_sources": ["198.18.0.20"],"#,
+        );
+        std::fs::write(&file, format!(r#"{{"vips": [{restricted}]}}"#)).unwrap();
+        let cut = |dry_run| h.handle(Request::Reload(ReloadRequest { dry_run, cut: true }));
+        let plan = cut(true).unwrap();
+        assert_eq!(plan["forgotten"], 1, "{plan}");
+        assert!(
+            plan["done"]
+                .as_str()
+                .unwrap()
+                .ends_with("would forget 1 flow of clients the new allowed sources leave out"),
+            "{plan}"
+        );
+        assert_eq!(flows(), 2, "a dry run forgot flows");
+        let done = cut(false).unwrap();
+        assert_eq!(done["forgotten"], 1, "{done}");
+        assert_eq!(flows(), 1);
+        assert_eq!(
+            cut(false).unwrap()["forgotten"],
+            0,
+            "nothing changed, nothing cut"
+        );
+
         // A global setting, a broken file, a missing file: refused, nothing changes.
         write(b12, r#""mtu": 1400,"#);
         let e = ask(false).unwrap_err();
@@ -1822,7 +1881,7 @@ mod tests {
             let h = d.reloads();
             assert_eq!(
                 ReloadResult::ALL.map(|r| h.count(r)),
-                [1, 2, 0],
+                [3, 2, 0],
                 "applied, refused, failed"
             );
             assert!(!h.last_ok());
