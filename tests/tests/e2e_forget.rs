@@ -5,7 +5,7 @@
 //! them: the clients see their connections end at once (and reconnect elsewhere), while
 //! the other backends' connections carry on untouched.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use xlb_tests::{
     netns::require_root,
