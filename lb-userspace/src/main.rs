@@ -9,10 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xlb::{
     cli::ctl::{self, BackendCmd, CtlOpts, VipCmd},
     config::{Config, VipId},
-    control::{
-        protocol::{FlowsForget, FlowsQuery},
-        DEFAULT_SOCKET,
-    },
+    control::{protocol::FlowsQuery, DEFAULT_SOCKET},
     daemon::{self, RunOptions},
     loader::LoadOptions,
     logging::LogFormat,
@@ -420,10 +417,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             forget: true,
             ..
         } => ctl::run_flows_forget(
-            FlowsForget {
+            FlowsQuery {
                 vip,
                 backend,
                 client,
+                limit: None,
             },
             &CtlOpts {
                 socket: a.socket,

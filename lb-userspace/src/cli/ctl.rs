@@ -28,8 +28,8 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
-            Empty, FlowRef, FlowsForget, FlowsQuery, ReloadRequest, Request, VipAdd,
-            VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler, VipSources,
+            Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd, VipHealthCheck,
+            VipIdleTimeout, VipRef, VipScheduler, VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -830,7 +830,7 @@ fn render_reload(r: &Value) -> String {
 }
 
 /// Runs `xlb flows --forget`.
-pub fn run_flows_forget(query: FlowsForget, opts: &CtlOpts) -> anyhow::Result<()> {
+pub fn run_flows_forget(query: FlowsQuery, opts: &CtlOpts) -> anyhow::Result<()> {
     let result = call(&opts.socket, &Request::FlowsForget(query))?;
     print_result(opts, &result, |r| {
         confirmation(r, "flows forgotten".to_owned())

@@ -137,9 +137,10 @@ pub enum Request {
     #[serde(rename = "flows")]
     Flows(FlowsQuery),
     /// Deletes the matching flows from the connection tables: their next packets are new
-    /// flows (scheduled anew, or refused by the VIP's `allowed_sources`).
+    /// flows (scheduled anew, or refused by the VIP's `allowed_sources`). The fields of
+    /// `flows` but `limit`, at least one of them.
     #[serde(rename = "flows.forget")]
-    FlowsForget(FlowsForget),
+    FlowsForget(FlowsQuery),
     /// Reads the config file again and applies it (SIGHUP's reload), or says what it would
     /// change.
     #[serde(rename = "reload")]
@@ -299,21 +300,6 @@ pub struct FlowsQuery {
     /// At most this many flows (1..=10000; default 100), the first by VIP, then client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-}
-
-/// Body of `flows.forget`: at least one field, as for `flows` without `limit`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlowsForget {
-    /// Only this VIP's flows (a port of an all-ports VIP: only the flows to that port).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vip: Option<VipId>,
-    /// Only the flows on this backend.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<IpAddr>,
-    /// Only the flows of clients in this prefix (`198.18.0.0/24`, or an address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<SourcePrefix>,
 }
 
 /// Body of `drops`: every field optional.
@@ -754,10 +740,11 @@ mod tests {
             ),
             (
                 r#"{"v":1,"op":"flows.forget","vip":"198.18.1.1:80/tcp","client":"198.18.0.0/24"}"#,
-                Request::FlowsForget(FlowsForget {
+                Request::FlowsForget(FlowsQuery {
                     vip: Some(vip_id()),
                     backend: None,
                     client: Some("198.18.0.0/24".parse().unwrap()),
+                    limit: None,
                 }),
             ),
             (

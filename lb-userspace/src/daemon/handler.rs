@@ -14,7 +14,7 @@ use super::{
 use crate::{
     config::{Config, ConfigError},
     control::{
-        protocol::{code, DropsQuery, FlowsForget, FlowsQuery, Request, VipSources},
+        protocol::{code, DropsQuery, FlowsQuery, Request, VipSources},
         server::Handler,
         ControlError,
     },
@@ -59,7 +59,7 @@ fn sources_done(r: &VipSources) -> String {
 }
 
 /// `flows.forget`'s scope in words, for its answer and the log.
-fn forget_scope(q: &FlowsForget) -> String {
+fn forget_scope(q: &FlowsQuery) -> String {
     let mut parts = Vec::new();
     if let Some(vip) = q.vip {
         parts.push(format!("to {vip}"));
@@ -337,7 +337,14 @@ impl DaemonHandler {
 
     /// `flows.forget`: as `flows`, the scope under the lock and the scan without it; then
     /// the matching entries are deleted and the flow caches told.
-    fn forget(&self, q: &FlowsForget) -> Result<Value, ControlError> {
+    fn forget(&self, q: &FlowsQuery) -> Result<Value, ControlError> {
+        if q.limit.is_some() {
+            return Err(CoreError::Invalid(ConfigError::new(
+                "limit",
+                "flows.forget forgets every flow that matches; `flows` lists them, with a limit",
+            ))
+            .into());
+        }
         if q.vip.is_none() && q.backend.is_none() && q.client.is_none() {
             return Err(CoreError::Invalid(ConfigError::new(
                 "vip",

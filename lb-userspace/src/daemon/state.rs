@@ -1677,6 +1677,7 @@ mod tests {
             (json!({}), "invalid"),
             (json!({"vip": "198.18.1.9:80/tcp"}), "unknown_vip"),
             (json!({"backend": "198.18.0.13"}), "unknown_backend"),
+            (json!({"vip": "198.18.1.1:80/tcp", "limit": 1}), "invalid"),
         ] {
             assert_eq!(forget(q.clone()).unwrap_err().code, code, "{q}");
         }
