@@ -1151,9 +1151,16 @@ pub const NEXTHOP_REFRESH: Duration = Duration::from_secs(1);
 mod tests {
     use std::sync::Arc;
 
+    use lb_common::{
+        flow::{FlowKey, FlowKeyV4},
+        maps::ConnEntry,
+    };
+
     use super::*;
     use crate::{
+        control::{protocol::Request, server::Handler},
         core::Settings,
+        daemon::handler::DaemonHandler,
         health::{CheckKind, Probe, ProbeError, ProbeFuture},
         loader,
     };
@@ -1170,6 +1177,11 @@ mod tests {
             "dead"
         }
     }
+
+    /// A VIP with two backends and no health checks.
+    const WEB_11_12: &str = r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+        "health_check": {"kind": "none"},
+        "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}"#;
 
     /// A daemon over a loaded (not attached) balancer, and its health events' receiver.
     fn daemon() -> (Daemon, mpsc::Receiver<HealthEvent>, aya::Ebpf) {
@@ -1456,21 +1468,7 @@ mod tests {
     /// scanned, entries named by the core's slots and VIP indexes.
     #[tokio::test]
     async fn flows_lists_the_tables_entries_by_their_backends() {
-        use lb_common::{
-            flow::{FlowKey, FlowKeyV4},
-            maps::ConnEntry,
-        };
-
-        use crate::{
-            control::{protocol::Request, server::Handler},
-            daemon::handler::DaemonHandler,
-        };
-
-        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
-            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
-                "health_check": {"kind": "none"},
-                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}"#,
-        ) else {
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(WEB_11_12) else {
             return;
         };
         let any: VipConfig = serde_json::from_str(
@@ -1586,21 +1584,7 @@ mod tests {
     /// get new flow-cache epochs, and a refused request forgets nothing.
     #[tokio::test]
     async fn forgetting_flows_deletes_their_entries_from_both_tables() {
-        use lb_common::{
-            flow::{FlowKey, FlowKeyV4},
-            maps::ConnEntry,
-        };
-
-        use crate::{
-            control::{protocol::Request, server::Handler},
-            daemon::handler::DaemonHandler,
-        };
-
-        let Some((mut d, vip, _ebpf)) = daemon_with_vip(
-            r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
-                "health_check": {"kind": "none"},
-                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]}"#,
-        ) else {
+        let Some((mut d, vip, _ebpf)) = daemon_with_vip(WEB_11_12) else {
             return;
         };
         let v6: VipConfig = serde_json::from_str(
@@ -1747,13 +1731,7 @@ mod tests {
     #[tokio::test]
     async fn reload_reads_the_file_plans_and_applies_or_refuses() {
         use super::super::config_file::ConfigFile;
-        use crate::{
-            control::{
-                protocol::{ReloadRequest, Request},
-                server::Handler,
-            },
-            daemon::handler::DaemonHandler,
-        };
+        use crate::control::protocol::ReloadRequest;
 
         let vip = r#"{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
                       "health_check": {"kind": "none"}, "backends": [BACKENDS]}"#;
@@ -1811,10 +1789,6 @@ mod tests {
         // With `cut`, a VIP whose allowed sources change loses its flows of clients the
         // new list leaves out; a dry run counts them.
         {
-            use lb_common::{
-                flow::{FlowKey, FlowKeyV4},
-                maps::ConnEntry,
-            };
             let d = daemon.lock().unwrap();
             let backend = d.core().backend(&id, b(11)).unwrap();
             let e = ConnEntry {
