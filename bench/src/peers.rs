@@ -4,7 +4,10 @@
 //! Configurations, each with its own destination so no two share TCP tuples:
 //! - `direct`: the client talks to backend b1 itself (no balancer): the reference.
 //! - `hop_only`: client → 198.18.1.1 via the balancer host, whose XDP program (`xlb_hop`)
-//!   only rewrites MACs and bounces to b1 (VIP on b1's lo): the one-arm hop's own cost.
+//!   only rewrites MACs and bounces to a backend picked by the client's port (the VIP is on
+//!   every backend's lo): the one-arm hop's own cost, with the servers sharing the work as
+//!   behind a balancer (bounced to b1 alone, the one server's batching made the floor
+//!   cheaper per request than any balancer that spreads could be).
 //! - `xlb`: the balancer (IPIP DSR) on the balancer host, decap on the backends.
 //! - `nftables`: DNAT `numgen inc mod 3` to the backends plus SNAT (VIP 198.18.1.2).
 //! - `haproxy`: `mode tcp`, round robin (VIP 198.18.1.3 on the balancer's lo).
@@ -517,10 +520,15 @@ pub fn run(plan: &Plan) -> Result<Value> {
     {
         let mut macs: Array<_, [u8; 12]> =
             Array::try_from(hop.map_mut("HOP_MACS").context("HOP_MACS")?)?;
-        let mut m = [0u8; 12];
-        m[..6].copy_from_slice(&bed.net.backends[0].ns.mac("eth0"));
-        m[6..].copy_from_slice(&bed.lb_mac);
-        macs.set(0, m, 0)?;
+        for (i, b) in bed.net.backends.iter().enumerate() {
+            let mut m = [0u8; 12];
+            m[..6].copy_from_slice(&b.ns.mac("eth0"));
+            m[6..].copy_from_slice(&bed.lb_mac);
+            macs.set(i as u32, m, 0)?;
+        }
+        let mut count: Array<_, u32> =
+            Array::try_from(hop.map_mut("HOP_COUNT").context("HOP_COUNT")?)?;
+        count.set(0, bed.net.backends.len() as u32, 0)?;
     }
 
     let url = |c: &str| -> String {

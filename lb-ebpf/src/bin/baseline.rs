@@ -131,16 +131,27 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Slot 0: `xlb_hop`'s new Ethernet addresses, destination MAC then source MAC.
+/// `xlb_hop`'s next hops: new Ethernet addresses, destination MAC then source MAC, one
+/// slot for each of the first `HOP_COUNT[0]` backends.
 #[map]
-static HOP_MACS: Array<[u8; 12]> = Array::with_max_entries(1, 0);
+static HOP_MACS: Array<[u8; 12]> = Array::with_max_entries(HOP_SLOTS, 0);
+
+/// Slot 0: how many of `HOP_MACS`' slots are set (1..=`HOP_SLOTS`; others: slot 0 only).
+#[map]
+static HOP_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Next hops `xlb_hop` can spread over.
+const HOP_SLOTS: u32 = 8;
 
 /// EtherType of IPv4, network order as read from the frame.
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 
-/// The bench's hop-only floor: bounces IPv4 frames to one fixed next hop (MAC rewrite and
-/// `XDP_TX`, no parsing beyond the EtherType, no encapsulation). Everything else (ARP) goes
-/// to the stack, so the host stays reachable.
+/// The bench's hop-only floor: bounces IPv4 frames to a next hop (MAC rewrite and `XDP_TX`,
+/// no encapsulation, no table), spread over the backends by the client's port as a
+/// balancer spreads connections: the servers then do the same work as behind xlb (all of
+/// them, each a share), and only the hop differs. The port is the first 16 bits after the
+/// IPv4 header (TCP and UDP); a frame too short for it goes to the first. Everything else
+/// (ARP) goes to the stack, so the host stays reachable.
 #[xdp]
 pub fn xlb_hop(ctx: XdpContext) -> u32 {
     let data = ctx.data();
@@ -152,7 +163,22 @@ pub fn xlb_hop(ctx: XdpContext) -> u32 {
     if ethertype != ETH_P_IP_BE {
         return xdp_action::XDP_PASS;
     }
-    let Some(macs) = HOP_MACS.get(0) else {
+    let count = HOP_COUNT.get(0).copied().unwrap_or(1);
+    let slot = if (2..=HOP_SLOTS).contains(&count) && data + 15 <= ctx.data_end() {
+        // SAFETY: byte 14, the IPv4 header's first, was checked above.
+        let ihl = usize::from(unsafe { *((data + 14) as *const u8) } & 0x0f);
+        let port_at = data + 14 + ihl * 4;
+        if port_at + 2 <= ctx.data_end() {
+            // SAFETY: the two bytes at `port_at` were checked against data_end above.
+            let port = unsafe { (port_at as *const u16).read_unaligned() };
+            u32::from(u16::from_be(port)) % count
+        } else {
+            0
+        }
+    } else {
+        0
+    };
+    let Some(macs) = HOP_MACS.get(slot) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: as above; 12 bytes of the checked header.
