@@ -53,7 +53,7 @@ pub static LOOKUP: Array<u64> =
 
 /// IPv6 client 5-tuple → pinned backend. LRU with per-CPU free lists
 /// (`BPF_F_NO_COMMON_LRU`): no global lock on insert, one value per flow. The program
-/// writes; the daemon reads.
+/// writes; the daemon reads, and deletes only what an operator forgets (`flows.forget`).
 #[map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(65_536, BPF_F_NO_COMMON_LRU);
