@@ -63,7 +63,7 @@ fn nft_dnat_ruleset() -> String {
     )
 }
 /// Mirror of `ENCAP_HDR_LEN` in lb-ebpf/src/bin/baseline.rs.
-const ENCAP_HDR_LEN: usize = 34;
+pub const ENCAP_HDR_LEN: usize = 34;
 
 /// Mirror of `GenConfig` in lb-ebpf/src/bin/baseline.rs (same layout and size check).
 #[repr(C)]
@@ -623,7 +623,7 @@ pub fn run(plan: &Plan) -> Result<Value> {
 /// `xlb_encap`'s headers for the generator's 64-byte frames: Ethernet towards the sink
 /// (`dmac`, from `smac`) and an outer IPv4 header 198.18.0.2 → 198.18.8.1, protocol 4, DF,
 /// TTL 64, total length 20 + the inner packet, checksum filled in.
-fn encap_header(dmac: [u8; 6], smac: [u8; 6]) -> [u16; ENCAP_HDR_LEN / 2] {
+pub fn encap_header(dmac: [u8; 6], smac: [u8; 6]) -> [u16; ENCAP_HDR_LEN / 2] {
     let inner = (FRAME_LEN - 14) as u16;
     let mut ip: [u8; 20] = [
         0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0, 198, 18, 0, 2, 198, 18, 8, 1,

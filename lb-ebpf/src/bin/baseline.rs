@@ -199,6 +199,43 @@ static ENCAP_HDR: Array<[u16; ENCAP_HDR_LEN / 2]> = Array::with_max_entries(1, 0
 /// IP-in-IP DSR balancer pays on this path before it decides anything.
 #[xdp]
 pub fn xlb_encap(ctx: XdpContext) -> u32 {
+    encap(&ctx)
+}
+
+/// test_run's floor under xlb's restored hit (`CFG_F_BENCH_RESTORE`): `xlb_encap`'s
+/// IP-in-IP, then undone as xlb's bench restore undoes it (the outer IPv4 header stripped,
+/// the Ethernet header written again) and the frame dropped, so that repeat mode reuses
+/// it. The helper calls and header writes of a restored hit, without a decision: xlb's hit
+/// less this is what its decisions cost.
+#[xdp]
+pub fn xlb_encap_undo(ctx: XdpContext) -> u32 {
+    let verdict = encap(&ctx);
+    if verdict != xdp_action::XDP_TX {
+        return verdict;
+    }
+    let Some(hdr) = ENCAP_HDR.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: helper call on our own context; every later access is checked again.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, 20) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let data = ctx.data();
+    if data + 14 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let dst = data as *mut u16;
+    for (i, w) in hdr.iter().take(7).enumerate() {
+        // SAFETY: i < 7 halfwords = 14 bytes, checked against data_end above.
+        unsafe { dst.add(i).write(*w) };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// `xlb_encap`'s work: the frame grown by an IPv4 header and `ENCAP_HDR` written at its
+/// front; `XDP_TX`, or `XDP_ABORTED` when it cannot be done.
+#[inline(always)]
+fn encap(ctx: &XdpContext) -> u32 {
     let Some(hdr) = ENCAP_HDR.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
