@@ -414,38 +414,25 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             vip,
             backend,
             client,
-            forget: true,
-            ..
-        } => ctl::run_flows_forget(
-            FlowsQuery {
-                vip,
-                backend,
-                client,
-                limit: None,
-            },
-            &CtlOpts {
-                socket: a.socket,
-                json: a.json,
-            },
-        ),
-        Cmd::Flows {
-            ctl: a,
-            vip,
-            backend,
-            client,
             limit,
-            forget: false,
-        } => ctl::run_flows(
-            FlowsQuery {
+            forget,
+        } => {
+            let opts = CtlOpts {
+                socket: a.socket,
+                json: a.json,
+            };
+            let limit = (!forget).then_some(limit);
+            let query = FlowsQuery {
                 vip,
                 backend,
                 client,
-                limit: Some(limit),
-            },
-            &CtlOpts {
-                socket: a.socket,
-                json: a.json,
-            },
-        ),
+                limit,
+            };
+            if forget {
+                ctl::run_flows_forget(query, &opts)
+            } else {
+                ctl::run_flows(query, &opts)
+            }
+        }
     }
 }
