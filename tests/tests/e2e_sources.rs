@@ -82,7 +82,7 @@ fn clients_outside_the_list_cannot_connect_and_a_list_change_applies_to_new_conn
     // packets are refused as a new flow's would be.
     let before = denied(&net);
     let said = net.ctl(&sock, &["vip", "sources", &vip, "198.19.0.0/16", "--cut"]);
-    assert!(said.contains("forgot 1 flows of other clients"), "{said}");
+    assert!(said.contains("forgot 1 flow of other clients"), "{said}");
     assert!(kept.ask().is_err(), "the cut connection still answers");
     assert!(
         denied(&net) > before,

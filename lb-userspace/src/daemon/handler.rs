@@ -58,6 +58,11 @@ fn sources_done(r: &VipSources) -> String {
     )
 }
 
+/// "1 flow", "2 flows".
+fn flows_word(n: u64) -> String {
+    format!("{n} flow{}", if n == 1 { "" } else { "s" })
+}
+
 /// `flows.forget`'s scope in words, for its answer and the log.
 fn forget_scope(q: &FlowsQuery) -> String {
     let mut parts = Vec::new();
@@ -293,8 +298,8 @@ impl DaemonHandler {
                     answer["forgotten"] = json!(n);
                     let said = if dry_run { "would forget" } else { "forgot" };
                     answer["done"] = json!(format!(
-                        "{done}; {said} {n} flow{} of clients the new allowed sources leave out",
-                        if n == 1 { "" } else { "s" }
+                        "{done}; {said} {} of clients the new allowed sources leave out",
+                        flows_word(n)
                     ));
                 }
                 Ok(answer)
@@ -365,10 +370,9 @@ impl DaemonHandler {
         let mut answer = serde_json::to_value(&f)
             .map_err(|e| ControlError::new(code::INTERNAL, format!("encoding the answer: {e}")))?;
         answer["done"] = json!(format!(
-            "forgot {} flow{} {scope} ({} entries in the connection tables); their next \
-             packets are scheduled anew, or dropped where the VIP no longer admits the client",
-            f.forgotten,
-            if f.forgotten == 1 { "" } else { "s" },
+            "forgot {} {scope} ({} entries in the connection tables); their next packets are \
+             scheduled anew, or dropped where the VIP no longer admits the client",
+            flows_word(f.forgotten),
             f.scanned
         ));
         Ok(answer)
@@ -393,7 +397,7 @@ impl DaemonHandler {
             f.forgotten
         );
         Ok(json!({
-            "done": format!("{said}; forgot {} flows of other clients", f.forgotten),
+            "done": format!("{said}; forgot {} of other clients", flows_word(f.forgotten)),
             "forgotten": f.forgotten,
         }))
     }
