@@ -1353,25 +1353,24 @@ impl<D: Dataplane> Core<D> {
         &mut self,
         slots: &BTreeSet<(u32, u32)>,
     ) -> Result<usize, CoreError> {
-        let hit: Vec<(VipId, IpAddr)> = self
+        let hit: Vec<(VipId, IpAddr, u32)> = self
             .vips
             .iter()
             .flat_map(|(id, v)| {
                 v.backends
                     .iter()
                     .filter(|(_, b)| slots.contains(&(b.index, b.generation)))
-                    .map(|(addr, _)| (*id, *addr))
+                    .map(|(addr, b)| (*id, *addr, b.index))
             })
             .collect();
-        for (id, addr) in &hit {
-            let index = self.backend(id, *addr)?.index;
+        for &(id, addr, index) in &hit {
             let epoch = self.next_cache_epoch(index);
-            let b = self.backend_mut(id, *addr)?;
+            let b = self.backend_mut(&id, addr)?;
             b.cache_epoch = epoch;
             // Only the epoch differs from what the slot holds: a packet that reads the
             // entry while it is written sees the old epoch or the new one (or neither,
             // and then looks the table up).
-            let entry = backend_entry(id, *addr, b);
+            let entry = backend_entry(&id, addr, b);
             self.dp.set_backend(index, &entry)?;
         }
         Ok(hit.len())
