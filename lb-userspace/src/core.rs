@@ -676,13 +676,32 @@ impl<D: Dataplane> Core<D> {
     fn sync_all_ports(&mut self) -> Result<(), CoreError> {
         let want = self.vips.keys().any(VipId::all_ports);
         if want != self.all_ports {
-            let mut cfg = lb_config(&self.settings);
-            if want {
-                cfg.flags |= CFG_F_ALL_PORTS;
-            }
-            self.dp.set_config(&cfg)?;
+            self.write_config(&self.settings.clone(), want)?;
             self.all_ports = want;
         }
+        Ok(())
+    }
+
+    /// Changes the settings a reload may change in place (`icmp_too_big` and the rate
+    /// limits; `update` must leave the others as they are): the data plane's config is
+    /// written again, then kept. A packet reading the config meanwhile sees each setting
+    /// old or new, never a mix: each is one aligned word (a flag bit, a limit) of the one
+    /// slot. Nothing changes when the write fails.
+    pub fn set_limits(&mut self, update: impl FnOnce(&mut Settings)) -> Result<(), CoreError> {
+        let mut settings = self.settings.clone();
+        update(&mut settings);
+        self.write_config(&settings, self.all_ports)?;
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// Writes the data plane's config from `settings`, with the all-ports flag as given.
+    fn write_config(&mut self, settings: &Settings, all_ports: bool) -> Result<(), CoreError> {
+        let mut cfg = lb_config(settings);
+        if all_ports {
+            cfg.flags |= CFG_F_ALL_PORTS;
+        }
+        self.dp.set_config(&cfg)?;
         Ok(())
     }
 

@@ -334,6 +334,16 @@ impl DropLog {
         }
     }
 
+    /// Drops each CPU samples per second: what the sampler refills the budgets to.
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+
+    /// A new rate (a reload's `drop_samples`), in force from the sampler's next refill.
+    pub fn set_per_second(&mut self, per_second: u32) {
+        self.per_second = per_second;
+    }
+
     /// Adds a record, dropped at `time_unix_ns`, forgetting the oldest beyond capacity.
     pub fn push(&mut self, s: &DropSample, time_unix_ns: u64) {
         let frame = &s.frame[..(s.captured as usize).min(DROP_CAPTURE)];
@@ -399,6 +409,14 @@ struct Budget {
 }
 
 impl Budget {
+    /// [`Budget::refill`] at the rate `log` holds now.
+    fn refill_to(&mut self, log: &Mutex<DropLog>) -> Result<()> {
+        if let Ok(log) = log.lock() {
+            self.per_second = log.per_second();
+        }
+        self.refill()
+    }
+
     /// Sets every CPU's budget to the rate (what a CPU did not spend does not carry over).
     fn refill(&mut self) -> Result<()> {
         let cpus = aya::util::nr_cpus()
@@ -423,15 +441,15 @@ impl DropSampler {
             per_second,
         };
         let ring = RingBuf::try_from(map(MAP_DROP_SAMPLES)?).context("opening DROP_SAMPLES")?;
-        let mut sampler = Self { ring, budget };
-        sampler.refill()?;
-        Ok(sampler)
+        let mut budget = budget;
+        budget.refill()?;
+        Ok(Self { ring, budget })
     }
 
-    /// Sets every CPU's budget to `per_second` again, as [`DropSampler::run`] does every
-    /// [`REFILL`].
-    pub fn refill(&mut self) -> Result<()> {
-        self.budget.refill()
+    /// Sets every CPU's budget to the rate `log` holds (`drop_samples`, which a reload may
+    /// change), as [`DropSampler::run`] does every [`REFILL`].
+    pub fn refill(&mut self, log: &Mutex<DropLog>) -> Result<()> {
+        self.budget.refill_to(log)
     }
 
     /// Moves every record in the ring into `log`; how many.
@@ -440,7 +458,7 @@ impl DropSampler {
     }
 
     /// Drains the ring into `log` as records arrive and refills the budgets every
-    /// [`REFILL`], until `shutdown`.
+    /// [`REFILL`] to the log's rate (which a reload may change), until `shutdown`.
     pub async fn run(self, log: Arc<Mutex<DropLog>>, mut shutdown: watch::Receiver<bool>) {
         let Self { ring, mut budget } = self;
         // SAFETY: the ring owns its map's descriptor, which stays open and the same for as
@@ -470,7 +488,7 @@ impl DropSampler {
                         return;
                     }
                 },
-                _ = tick.tick() => match budget.refill() {
+                _ = tick.tick() => match budget.refill_to(&log) {
                     Ok(()) if failing => {
                         log::info!("drop samples: budgets written again");
                         failing = false;

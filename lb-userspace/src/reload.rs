@@ -2,11 +2,12 @@
 //!
 //! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
 //! weights, drains, schedulers, idle timeouts, slow starts and allowed sources set to its
-//! values (overwriting what the control socket changed since). What the running balancer
-//! cannot change in place is refused before any step runs: the global settings (outer
-//! sources, MTU, …, resolved against the interface at start) and a VIP's table size,
-//! tunnel, source mode, agent and name. Those need a restart, or the VIP removed and added
-//! again.
+//! values (overwriting what the control socket changed since), as are the rate limits,
+//! `icmp_too_big` and `drop_samples`. What the running balancer cannot change in place is
+//! refused before any step runs: the outer sources and the MTU (resolved against the
+//! interface at start, and checked against every IPv6 VIP's tunnels when one is added) and
+//! a VIP's table size, tunnel, source mode, agent and name. Those need a restart, or the
+//! VIP removed and added again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,14 +16,105 @@ use std::{
 
 use crate::{
     config::{BackendConfig, Config, ConfigError, Scheduler, SourcePrefix, VipConfig, VipId},
-    core::{BackendState, Core, CoreError},
+    core::{BackendState, Core, CoreError, Settings},
     dataplane::Dataplane,
     health::HealthCheckConfig,
 };
 
+/// A balancer-wide setting a reload changes in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// `icmp_too_big`: answer packets too big for the tunnel with ICMP (true) or drop them.
+    IcmpTooBig(bool),
+    /// `record_rate_limit` in force (0: none).
+    RecordRateLimit(u32),
+    /// `icmp_rate_limit` in force (0: none).
+    IcmpRateLimit(u32),
+    /// `drop_samples` in force (0: sampling off).
+    DropSamples(u32),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per_cpu_second = |f: &mut std::fmt::Formatter<'_>, what: &str, n: u32| match n {
+            0 => write!(f, "no limit"),
+            n => write!(f, "{n} {what} per CPU and second"),
+        };
+        match *self {
+            Self::IcmpTooBig(true) => {
+                write!(f, "icmp_too_big: oversized packets answered with ICMP")
+            }
+            Self::IcmpTooBig(false) => {
+                write!(f, "icmp_too_big: oversized packets dropped unanswered")
+            }
+            Self::RecordRateLimit(n) => {
+                write!(f, "record_rate_limit: ")?;
+                per_cpu_second(f, "new flows recorded", n)
+            }
+            Self::IcmpRateLimit(n) => {
+                write!(f, "icmp_rate_limit: ")?;
+                per_cpu_second(f, "ICMP errors", n)
+            }
+            Self::DropSamples(0) => write!(f, "drop_samples: sampling off"),
+            Self::DropSamples(n) => write!(f, "drop_samples: {n} per CPU and second"),
+        }
+    }
+}
+
+impl Setting {
+    /// The settings that differ from `now` to `new`, in the file's order.
+    fn changed(now: &Config, new: &Config) -> Vec<Setting> {
+        let pairs = [
+            (
+                now.icmp_too_big != new.icmp_too_big,
+                Self::IcmpTooBig(new.icmp_too_big),
+            ),
+            (
+                now.record_rate_limit() != new.record_rate_limit(),
+                Self::RecordRateLimit(new.record_rate_limit()),
+            ),
+            (
+                now.icmp_rate_limit() != new.icmp_rate_limit(),
+                Self::IcmpRateLimit(new.icmp_rate_limit()),
+            ),
+            (
+                now.drop_samples() != new.drop_samples(),
+                Self::DropSamples(new.drop_samples()),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(differs, s)| differs.then_some(s))
+            .collect()
+    }
+
+    /// Writes the setting into the data plane's `settings` (`Core::set_limits`); the drop
+    /// samples' rate is the sampler's, not the data plane's: nothing to write.
+    pub fn write_settings(self, settings: &mut Settings) {
+        match self {
+            Self::IcmpTooBig(on) => settings.icmp_too_big = on,
+            Self::RecordRateLimit(n) => settings.record_rate_limit = n,
+            Self::IcmpRateLimit(n) => settings.icmp_rate_limit = n,
+            Self::DropSamples(_) => {}
+        }
+    }
+
+    /// Writes the setting into `cfg`, as the file that asked for it spells it.
+    pub fn write_into(self, cfg: &mut Config) {
+        match self {
+            Self::IcmpTooBig(on) => cfg.icmp_too_big = on,
+            Self::RecordRateLimit(n) => cfg.record_rate_limit = Some(n),
+            Self::IcmpRateLimit(n) => cfg.icmp_rate_limit = Some(n),
+            Self::DropSamples(n) => cfg.drop_samples = Some(n),
+        }
+    }
+}
+
 /// One change, in the order [`plan`] lists them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
+    /// A balancer-wide setting (first: nothing else depends on them).
+    Setting(Setting),
     /// A VIP the file no longer has.
     RemoveVip(VipId),
     /// A backend the file no longer lists.
@@ -55,6 +147,7 @@ pub enum Step {
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Setting(s) => write!(f, "{s}"),
             Self::RemoveVip(id) => write!(f, "remove VIP {id}"),
             Self::RemoveBackend(id, a) => write!(f, "remove backend {a} from {id}"),
             Self::AddBackend(id, b) => {
@@ -91,46 +184,41 @@ pub struct Running<'a> {
     pub backends: &'a BTreeMap<IpAddr, BackendState>,
 }
 
-/// The steps from the running VIPs (started with the global settings of `started`) to
-/// `new`, which has been validated; an error names the first field that cannot change
-/// without a restart, and then nothing may be applied. Removals come first, so that the
-/// slots they free are there for what is added.
+/// The steps from the running VIPs (under the global settings of `globals`: those the
+/// daemon started with, as reloads changed them since) to `new`, which has been validated;
+/// an error names the first field that cannot change without a restart, and then nothing
+/// may be applied. Settings come first, then removals, so that the slots they free are
+/// there for what is added.
 pub fn plan<'a>(
-    started: &Config,
+    globals: &Config,
     running: impl IntoIterator<Item = Running<'a>>,
     new: &Config,
 ) -> Result<Vec<Step>, ConfigError> {
     let restart = "changes only with a restart of xlb";
-    if new.outer_source != started.outer_source {
+    if new.outer_source != globals.outer_source {
         return Err(ConfigError::new("outer_source", restart));
     }
-    if new.hashed_source != started.hashed_source {
+    if new.hashed_source != globals.hashed_source {
         return Err(ConfigError::new("hashed_source", restart));
     }
-    if new.mtu != started.mtu {
+    // Every IPv6 VIP's tunnels were checked against the MTU when they were added.
+    if new.mtu != globals.mtu {
         return Err(ConfigError::new("mtu", restart));
-    }
-    if new.icmp_too_big != started.icmp_too_big {
-        return Err(ConfigError::new("icmp_too_big", restart));
-    }
-    if new.record_rate_limit() != started.record_rate_limit() {
-        return Err(ConfigError::new("record_rate_limit", restart));
-    }
-    if new.icmp_rate_limit() != started.icmp_rate_limit() {
-        return Err(ConfigError::new("icmp_rate_limit", restart));
-    }
-    if new.drop_samples() != started.drop_samples() {
-        return Err(ConfigError::new("drop_samples", restart));
     }
     let running: BTreeMap<VipId, Running<'a>> =
         running.into_iter().map(|r| (r.config.id(), r)).collect();
     let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
 
-    let mut steps: Vec<Step> = running
-        .keys()
-        .filter(|id| !wanted.contains(id))
-        .map(|id| Step::RemoveVip(*id))
+    let mut steps: Vec<Step> = Setting::changed(globals, new)
+        .into_iter()
+        .map(Step::Setting)
         .collect();
+    steps.extend(
+        running
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .map(|id| Step::RemoveVip(*id)),
+    );
     let mut added = Vec::new();
     for (i, vip) in new.vips.iter().enumerate() {
         let id = vip.id();
@@ -219,7 +307,8 @@ pub fn check_fits<D: Dataplane>(
                 vips -= 1;
                 slots -= v.backends.len();
             }
-            Step::Weight(..)
+            Step::Setting(_)
+            | Step::Weight(..)
             | Step::Drain(..)
             | Step::Backup(..)
             | Step::Scheduler(..)
@@ -284,7 +373,13 @@ fn backend_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::DEFAULT_RECORD_RATE_LIMIT, core::Core, dataplane::Recorder, testing::Lcg};
+    use crate::{
+        config::DEFAULT_RECORD_RATE_LIMIT,
+        core::Core,
+        dataplane::{Recorder, Write},
+        testing::Lcg,
+    };
+    use lb_common::maps::{LbConfig, CFG_F_ICMP_TOO_BIG};
 
     const STARTED: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
         {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
@@ -412,16 +507,11 @@ mod tests {
                 "mtu",
             ),
             (
-                STARTED.replace(r#""vips""#, r#""record_rate_limit": 5, "vips""#),
-                "record_rate_limit",
-            ),
-            (
-                STARTED.replace(r#""vips""#, r#""icmp_rate_limit": 5, "vips""#),
-                "icmp_rate_limit",
-            ),
-            (
-                STARTED.replace(r#""vips""#, r#""drop_samples": 0, "vips""#),
-                "drop_samples",
+                STARTED.replace(
+                    r#""vips""#,
+                    r#""hashed_source": {"v4": "198.19.0.0/16"}, "vips""#,
+                ),
+                "hashed_source",
             ),
         ];
         for (file, field) in cases {
@@ -433,7 +523,76 @@ mod tests {
         }
         // The default spelled out is no change.
         let same = format!(r#""record_rate_limit": {DEFAULT_RECORD_RATE_LIMIT}, "vips""#);
-        assert!(plan_for(&STARTED.replace(r#""vips""#, &same)).is_ok());
+        assert_eq!(plan_for(&STARTED.replace(r#""vips""#, &same)).unwrap(), []);
+    }
+
+    /// The rate limits, `icmp_too_big` and `drop_samples` change in place: one step each,
+    /// before any VIP's, written into the data plane's config (all but the sampler's rate)
+    /// with the other settings and the all-ports flag as they were.
+    #[test]
+    fn settings_change_in_place_before_the_vips() {
+        let file = STARTED.replace(
+            r#""vips""#,
+            r#""icmp_too_big": false, "record_rate_limit": 5, "icmp_rate_limit": 0,
+               "drop_samples": 7, "vips""#,
+        );
+        let file = file.replace(r#""weight": 2"#, r#""weight": 3"#);
+        let steps = plan_for(&file).unwrap();
+        let settings: Vec<Step> = [
+            Setting::IcmpTooBig(false),
+            Setting::RecordRateLimit(5),
+            Setting::IcmpRateLimit(0),
+            Setting::DropSamples(7),
+        ]
+        .into_iter()
+        .map(Step::Setting)
+        .collect();
+        assert_eq!(steps[..4], settings[..]);
+        assert!(steps.len() > 4, "the VIPs' steps follow: {steps:?}");
+        let said: Vec<String> = steps[..4].iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            [
+                "icmp_too_big: oversized packets dropped unanswered",
+                "record_rate_limit: 5 new flows recorded per CPU and second",
+                "icmp_rate_limit: no limit",
+                "drop_samples: 7 per CPU and second",
+            ]
+        );
+
+        let started = Config::from_json(STARTED).unwrap();
+        let mut core = Core::new(
+            Recorder::default(),
+            Settings::resolve(&started, &[], 1500, 8),
+        )
+        .unwrap();
+        let before = crate::core::lb_config(core.settings());
+        let mut globals = started.clone();
+        for step in &steps[..4] {
+            let Step::Setting(s) = step else {
+                unreachable!()
+            };
+            apply(&mut core, step.clone()).unwrap();
+            s.write_into(&mut globals);
+        }
+        let Some(Write::Config(written)) = core.dataplane().writes.last() else {
+            panic!("no config written: {:?}", core.dataplane().writes);
+        };
+        assert_eq!(written.flags & CFG_F_ICMP_TOO_BIG, 0);
+        assert_eq!((written.record_rate_limit, written.icmp_rate_limit), (5, 0));
+        let rest = |c: &LbConfig| (c.src_v4, c.src_v6, c.mtu, c.hashed_src_v4);
+        assert_eq!(rest(written), rest(&before));
+        // Planned again from the settings now in force: nothing left to do.
+        let new = Config::from_json(&file).unwrap();
+        let now = running(&new);
+        let again = plan(
+            &globals,
+            now.iter()
+                .map(|(config, backends)| Running { config, backends }),
+            &new,
+        )
+        .unwrap();
+        assert_eq!(again, []);
     }
 
     #[test]
@@ -582,6 +741,7 @@ mod tests {
     /// Applies a step to a core, as `Daemon::reload` does (less the health checkers).
     fn apply(core: &mut Core<Recorder>, step: Step) -> Result<(), crate::core::CoreError> {
         match step {
+            Step::Setting(s) => core.set_limits(|settings| s.write_settings(settings)),
             Step::RemoveVip(id) => core.remove_vip(&id).map(|_| ()),
             Step::RemoveBackend(id, a) => core.remove_backend(&id, a),
             Step::AddBackend(id, b) => core.add_backend(&id, b),

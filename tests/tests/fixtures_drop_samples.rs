@@ -159,7 +159,7 @@ fn each_cpu_samples_its_budget_and_no_more_until_the_refill() {
     // The budget spent, nothing more until the daemon's refill (every second).
     drops(&mut lab, 20);
     assert_eq!(sampler.drain(&log), 0, "sampled beyond the budget");
-    sampler.refill().expect("refill");
+    sampler.refill(&log).expect("refill");
     drops(&mut lab, 20);
     let second = sampler.drain(&log) as u32;
     assert!(
@@ -185,4 +185,41 @@ fn no_samples_at_zero() {
     // The drops were counted all the same.
     let no_backend = lb_common::counters::Drop::NoBackend.slot() as usize;
     assert_eq!(lab.counters()[no_backend], 5);
+}
+
+/// A reload's `drop_samples` reaches the sampler through the log: from the next refill on,
+/// each CPU samples the new rate; back at 0, none.
+#[test]
+fn a_new_rate_applies_from_the_next_refill() {
+    if !require_root() {
+        return;
+    }
+    const RATE: u32 = 2;
+    let (mut lab, mut sampler, log) = lab(0);
+    let mut port = 43000;
+    let mut drops = |lab: &mut Lab| {
+        for _ in 0..10 {
+            assert_eq!(lab.run(&syn_to("198.18.1.2", port)).verdict, XDP_DROP);
+            port += 1;
+        }
+    };
+    drops(&mut lab);
+    assert_eq!(sampler.drain(&log), 0, "sampled at 0");
+    log.lock().unwrap().set_per_second(RATE);
+    sampler.refill(&log).expect("refill");
+    drops(&mut lab);
+    let cpus = aya::util::nr_cpus().expect("CPUs") as u32;
+    let sampled = sampler.drain(&log) as u32;
+    assert!(
+        (RATE..=RATE * cpus).contains(&sampled),
+        "{sampled} of 10 drops sampled at a new rate of {RATE}"
+    );
+    log.lock().unwrap().set_per_second(0);
+    sampler.refill(&log).expect("refill");
+    drops(&mut lab);
+    assert_eq!(
+        sampler.drain(&log),
+        0,
+        "sampled after the rate went back to 0"
+    );
 }

@@ -16,13 +16,11 @@ use crate::{
     reload::Step,
 };
 
-/// The file and what the daemon started with.
+/// The file the daemon runs from.
 #[derive(Clone, Debug)]
 pub struct ConfigFile {
     /// `--config`; `None`: the daemon runs from the control socket alone.
     path: Option<PathBuf>,
-    /// The config the daemon started with: its global settings cannot change in place.
-    started: Config,
 }
 
 /// Why a reload did not happen, or stopped.
@@ -78,19 +76,14 @@ impl FileReloadError {
 }
 
 impl ConfigFile {
-    /// The daemon's `--config` (if any) and the config it started with.
-    pub fn new(path: Option<PathBuf>, started: Config) -> Self {
-        Self { path, started }
+    /// The daemon's `--config`, if any.
+    pub fn new(path: Option<PathBuf>) -> Self {
+        Self { path }
     }
 
     /// The file.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
-    }
-
-    /// The config the daemon started with.
-    pub fn started(&self) -> &Config {
-        &self.started
     }
 
     /// Logs a reload's outcome (`by`: what asked for it) — each change, or why none was
@@ -146,9 +139,9 @@ impl ConfigFile {
         };
         let mut d = daemon.lock().map_err(|_| FileReloadError::Poisoned)?;
         let steps = if dry_run {
-            d.plan_reload(&self.started, &new)
+            d.plan_reload(&new)
         } else {
-            d.reload(&self.started, &new)
+            d.reload(&new)
         };
         steps.map_err(|source| FileReloadError::Reload { path, source })
     }

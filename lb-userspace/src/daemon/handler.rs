@@ -12,7 +12,7 @@ use super::{
     state::Daemon,
 };
 use crate::{
-    config::{Config, ConfigError},
+    config::ConfigError,
     control::{
         protocol::{code, DropsQuery, FlowsQuery, Request, VipSources},
         server::Handler,
@@ -92,7 +92,7 @@ impl DaemonHandler {
     pub fn new(daemon: Arc<Mutex<Daemon>>) -> Self {
         Self {
             daemon,
-            config_file: ConfigFile::new(None, Config::default()),
+            config_file: ConfigFile::new(None),
             drop_log: Arc::new(Mutex::new(DropLog::new(0))),
         }
     }
@@ -260,11 +260,9 @@ impl Handler for DaemonHandler {
             | Request::Drops(_) => {
                 unreachable!("answered before the lock")
             }
-            Request::Config(_) => {
-                serde_json::to_value(d.running_config(self.config_file.started())).map_err(|e| {
-                    ControlError::new(code::INTERNAL, format!("encoding the config: {e}"))
-                })
-            }
+            Request::Config(_) => serde_json::to_value(d.running_config()).map_err(|e| {
+                ControlError::new(code::INTERNAL, format!("encoding the config: {e}"))
+            }),
         }
     }
 }

@@ -136,7 +136,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     core.apply(&cfg)
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;
-    let config_file = ConfigFile::new(opts.config.clone(), cfg.clone());
+    let config_file = ConfigFile::new(opts.config.clone());
 
     let socket = match &opts.socket {
         Some(path) => Some(control::server::bind(path)?),
@@ -188,7 +188,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         source_v4: None,
         source_v6: None,
     };
-    let daemon = Arc::new(Mutex::new(Daemon::new(core, checker, events_tx)));
+    let daemon = Daemon::new(core, checker, events_tx)
+        .with_globals(&cfg)
+        .with_drop_log(drop_log.clone());
+    let daemon = Arc::new(Mutex::new(daemon));
     lock(&daemon)?
         .start_all_checks()
         .map_err(|e| anyhow::anyhow!("starting health checks: {e}"))?;

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -19,6 +20,7 @@ use crate::{
     control::{protocol::FlowsQuery, ControlError},
     core::{AgentReport, Core, CoreError, NextHop},
     dataplane::{AyaDataplane, Counters, Dataplane},
+    drops::DropLog,
     flows,
     graceful::{Outcome, Removal, Verdict},
     health::{
@@ -119,6 +121,12 @@ pub struct Daemon {
     ramps: BTreeMap<(VipId, IpAddr), Instant>,
     /// Config reloads so far.
     reloads: ReloadHistory,
+    /// The global settings in force: the config the daemon started with (its VIPs left
+    /// out), as reloads changed them since. What `reload` plans from and `config` shows.
+    globals: Config,
+    /// The drop samples' log, whose rate the sampler refills each CPU's budget to
+    /// (`drop_samples`); `None` in tests without a sampler.
+    drop_log: Option<Arc<Mutex<DropLog>>>,
 }
 
 impl Daemon {
@@ -141,6 +149,26 @@ impl Daemon {
             ended: VecDeque::new(),
             ramps: BTreeMap::new(),
             reloads: ReloadHistory::new(SystemTime::now()),
+            globals: Config::default(),
+            drop_log: None,
+        }
+    }
+
+    /// The daemon with the global settings of the config it started with (`core` was
+    /// built from them).
+    pub fn with_globals(self, started: &Config) -> Self {
+        let globals = Config {
+            vips: Vec::new(),
+            ..started.clone()
+        };
+        Self { globals, ..self }
+    }
+
+    /// The daemon with the drop samples' log, for reloads of `drop_samples`.
+    pub fn with_drop_log(self, drop_log: Arc<Mutex<DropLog>>) -> Self {
+        Self {
+            drop_log: Some(drop_log),
+            ..self
         }
     }
 
@@ -589,19 +617,15 @@ impl Daemon {
         self.core.set_idle_timeout(vip, idle_s)
     }
 
-    /// Makes the running VIPs the config file's `new` (validated; the daemon started with
-    /// the global settings of `started`): see `reload`. A change that needs a restart is
-    /// refused before anything changes. A step that fails (out of slots, no outer source)
-    /// stops the reload there: the error says which, and the steps before it stay.
-    /// Returns the steps taken.
-    pub fn reload(
-        &mut self,
-        started: &Config,
-        new: &Config,
-    ) -> Result<Vec<reload::Step>, ReloadError> {
-        let steps = self.plan_reload(started, new)?;
+    /// Makes the running VIPs and settings the config file's `new` (validated): see
+    /// `reload`. A change that needs a restart is refused before anything changes. A step
+    /// that fails (out of slots, no outer source) stops the reload there: the error says
+    /// which, and the steps before it stay. Returns the steps taken.
+    pub fn reload(&mut self, new: &Config) -> Result<Vec<reload::Step>, ReloadError> {
+        let steps = self.plan_reload(new)?;
         for (done, step) in steps.iter().enumerate() {
             let applied = match step.clone() {
+                reload::Step::Setting(s) => self.set_setting(s),
                 reload::Step::RemoveVip(id) => self.remove_vip(&id),
                 reload::Step::RemoveBackend(id, a) => self.remove_backend(&id, a),
                 reload::Step::AddBackend(id, b) => self.add_backend(&id, b),
@@ -626,28 +650,44 @@ impl Daemon {
         Ok(steps)
     }
 
-    /// The running VIPs and backends as a config file (`dump-config`): `started`'s global
-    /// settings, which cannot change while the daemon runs, and every VIP as it runs now,
-    /// with what the control socket changed. Reloading it changes nothing.
-    pub fn running_config(&self, started: &Config) -> Config {
+    /// Changes a balancer-wide setting in place (a reload's step): the data plane's config
+    /// for `icmp_too_big` and the rate limits, the sampler's rate for `drop_samples` (each
+    /// CPU's budget is refilled to it within a second).
+    fn set_setting(&mut self, setting: reload::Setting) -> Result<(), CoreError> {
+        match setting {
+            reload::Setting::DropSamples(n) => {
+                if let Some(log) = &self.drop_log {
+                    // A panic elsewhere cannot leave a number half written.
+                    log.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .set_per_second(n);
+                }
+            }
+            other => self.core.set_limits(|s| other.write_settings(s))?,
+        }
+        setting.write_into(&mut self.globals);
+        Ok(())
+    }
+
+    /// The running VIPs and backends as a config file (`dump-config`): the global settings
+    /// in force (the file's the daemon started with, as reloads changed them since) and
+    /// every VIP as it runs now, with what the control socket changed. Reloading it
+    /// changes nothing.
+    pub fn running_config(&self) -> Config {
         Config {
             vips: self.core.vips().map(|v| v.running_config()).collect(),
-            ..started.clone()
+            ..self.globals.clone()
         }
     }
 
-    /// The steps [`Daemon::reload`] would take to make the running VIPs `new`'s, changing
-    /// nothing; refused as `reload` refuses before its first step.
-    pub fn plan_reload(
-        &self,
-        started: &Config,
-        new: &Config,
-    ) -> Result<Vec<reload::Step>, ReloadError> {
+    /// The steps [`Daemon::reload`] would take to make the running VIPs and settings
+    /// `new`'s, changing nothing; refused as `reload` refuses before its first step.
+    pub fn plan_reload(&self, new: &Config) -> Result<Vec<reload::Step>, ReloadError> {
         let running = self.core.vips().map(|v| reload::Running {
             config: &v.config,
             backends: &v.backends,
         });
-        let steps = reload::plan(started, running, new).map_err(ReloadError::Refused)?;
+        let steps = reload::plan(&self.globals, running, new).map_err(ReloadError::Refused)?;
         reload::check_fits(&self.core, &steps).map_err(|refusal| {
             let (step, e) = *refusal;
             ReloadError::Unfit {
@@ -1746,9 +1786,11 @@ mod tests {
             let v = vip.replace("BACKENDS", backends);
             std::fs::write(&file, format!(r#"{{{extra} "vips": [{v}]}}"#)).unwrap();
         };
+        let drop_log = Arc::new(Mutex::new(DropLog::new(started.drop_samples())));
+        let d = d.with_globals(&started).with_drop_log(drop_log.clone());
         let daemon = Arc::new(std::sync::Mutex::new(d));
         let h = DaemonHandler::new(daemon.clone())
-            .with_config_file(ConfigFile::new(Some(file.clone()), started));
+            .with_config_file(ConfigFile::new(Some(file.clone())));
         let ask = |dry_run| {
             h.handle(Request::Reload(ReloadRequest {
                 dry_run,
@@ -1836,8 +1878,31 @@ mod tests {
             "nothing changed, nothing cut"
         );
 
-        // A global setting, a broken file, a missing file: refused, nothing changes.
-        write(b12, r#""mtu": 1400,"#);
+        // Rate limits and drop samples change in place, and the running config says so.
+        std::fs::write(
+            &file,
+            format!(r#"{{"icmp_rate_limit": 7, "drop_samples": 3, "vips": [{restricted}]}}"#),
+        )
+        .unwrap();
+        let done = ask(false).unwrap();
+        assert_eq!(
+            done["changes"],
+            json!([
+                "icmp_rate_limit: 7 ICMP errors per CPU and second",
+                "drop_samples: 3 per CPU and second"
+            ])
+        );
+        assert_eq!(drop_log.lock().unwrap().per_second(), 3);
+        assert_eq!(daemon.lock().unwrap().core().settings().icmp_rate_limit, 7);
+        let running = h.handle(Request::Config(Default::default())).unwrap();
+        assert_eq!(
+            (&running["icmp_rate_limit"], &running["drop_samples"]),
+            (&json!(7), &json!(3))
+        );
+
+        // A setting only a restart changes, a broken file, a missing file: refused,
+        // nothing changes.
+        write(b12, r#""mtu": 1400, "icmp_rate_limit": 9,"#);
         let e = ask(false).unwrap_err();
         assert_eq!(e.code, "config_file");
         assert!(
@@ -1850,13 +1915,14 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         assert_eq!(ask(false).unwrap_err().code, "config_file");
         assert_eq!(backends(), [b(11), b(12)]);
+        assert_eq!(daemon.lock().unwrap().core().settings().icmp_rate_limit, 7);
         // Dry runs are not reloads; the two refusals are, and status says the last one's.
         {
             let d = daemon.lock().unwrap();
             let h = d.reloads();
             assert_eq!(
                 ReloadResult::ALL.map(|r| h.count(r)),
-                [3, 2, 0],
+                [4, 2, 0],
                 "applied, refused, failed"
             );
             assert!(!h.last_ok());
@@ -1921,7 +1987,8 @@ mod tests {
         )
         .unwrap();
 
-        let dumped = d.running_config(&started);
+        let d = d.with_globals(&started);
+        let dumped = d.running_config();
         assert_eq!(
             dumped.icmp_rate_limit,
             Some(500),
@@ -1948,6 +2015,6 @@ mod tests {
                 (b(13), 1, false, true)
             ]
         );
-        assert_eq!(d.plan_reload(&started, &parsed).unwrap(), []);
+        assert_eq!(d.plan_reload(&parsed).unwrap(), []);
     }
 }
