@@ -502,18 +502,34 @@ impl<D: Dataplane> Core<D> {
     /// family, a hashed one for `flow_hash`, and for an IPv6 VIP an MTU that carries the
     /// smallest packet IPv6 allows in the tunnel (what adding it checks first).
     pub fn check_backend(&self, vip: &VipConfig, addr: &IpAddr) -> Result<(), CoreError> {
+        self.check_backend_at(vip, addr, self.settings.mtu)
+    }
+
+    /// [`Core::check_backend`] under the MTU `mtu` rather than the one in force (a
+    /// reload's checks, when the reload changes it before adding the backend).
+    pub fn check_backend_at(
+        &self,
+        vip: &VipConfig,
+        addr: &IpAddr,
+        mtu: u32,
+    ) -> Result<(), CoreError> {
         crate::config::check_tunnel_family(vip.address, vip.health_check.as_ref(), *addr)
             .map_err(|m| ConfigError::new("health_check", m))?;
         self.check_source(addr)?;
         self.check_hashed_source(vip, addr)?;
-        self.check_ipv6_minimum(vip, addr)
+        self.check_ipv6_minimum(vip, addr, mtu)
     }
 
-    /// IPv6 senders never go below 1280 bytes (RFC 8200, RFC 8201), so an MTU that cannot
-    /// carry a 1280-byte packet in a backend's tunnel would answer its retries with the
-    /// same "packet too big" for ever: such a VIP is refused rather than black-holed.
-    fn check_ipv6_minimum(&self, vip: &VipConfig, backend: &IpAddr) -> Result<(), CoreError> {
-        let mtu = self.settings.mtu;
+    /// IPv6 senders never go below 1280 bytes (RFC 8200, RFC 8201), so an MTU (`mtu`: the
+    /// balancer's, 0 unchecked) that cannot carry a 1280-byte packet in a backend's tunnel
+    /// would answer its retries with the same "packet too big" for ever: such a VIP is
+    /// refused rather than black-holed, and so is an MTU that would do that to one.
+    pub fn check_ipv6_minimum(
+        &self,
+        vip: &VipConfig,
+        backend: &IpAddr,
+        mtu: u32,
+    ) -> Result<(), CoreError> {
         let Some(needed) = ipv6_minimum_unmet(vip.address, *backend, mtu) else {
             return Ok(());
         };

@@ -2,12 +2,11 @@
 //!
 //! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
 //! weights, drains, schedulers, idle timeouts, slow starts and allowed sources set to its
-//! values (overwriting what the control socket changed since), as are the rate limits,
-//! `icmp_too_big` and `drop_samples`. What the running balancer cannot change in place is
-//! refused before any step runs: the outer sources and the MTU (resolved against the
-//! interface at start, and checked against every IPv6 VIP's tunnels when one is added) and
-//! a VIP's table size, tunnel, source mode, agent and name. Those need a restart, or the
-//! VIP removed and added again.
+//! values (overwriting what the control socket changed since), as are the MTU, the rate
+//! limits, `icmp_too_big` and `drop_samples`. What the running balancer cannot change in
+//! place is refused before any step runs: the outer sources (what every backend's tunnels
+//! come from) and a VIP's table size, tunnel, source mode, agent and name. Those need a
+//! restart, or the VIP removed and added again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,6 +23,13 @@ use crate::{
 /// A balancer-wide setting a reload changes in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setting {
+    /// `mtu` as the file says it (`None`: the interface's), and what that is in bytes.
+    Mtu {
+        /// The file's `mtu`.
+        file: Option<u32>,
+        /// The largest IP packet towards backends from now on.
+        bytes: u32,
+    },
     /// `icmp_too_big`: answer packets too big for the tunnel with ICMP (true) or drop them.
     IcmpTooBig(bool),
     /// `record_rate_limit` in force (0: none).
@@ -41,6 +47,10 @@ impl std::fmt::Display for Setting {
             n => write!(f, "{n} {what} per CPU and second"),
         };
         match *self {
+            Self::Mtu {
+                file: Some(bytes), ..
+            } => write!(f, "mtu: {bytes}"),
+            Self::Mtu { file: None, bytes } => write!(f, "mtu: the interface's ({bytes})"),
             Self::IcmpTooBig(true) => {
                 write!(f, "icmp_too_big: oversized packets answered with ICMP")
             }
@@ -62,9 +72,15 @@ impl std::fmt::Display for Setting {
 }
 
 impl Setting {
-    /// The settings that differ from `now` to `new`, in the file's order.
-    fn changed(now: &Config, new: &Config) -> Vec<Setting> {
+    /// The settings that differ from `now` to `new`, in the file's order (`iface_mtu`: the
+    /// interface's MTU, which a file without `mtu` means).
+    fn changed(now: &Config, new: &Config, iface_mtu: u32) -> Vec<Setting> {
+        let mtu = Self::Mtu {
+            file: new.mtu,
+            bytes: new.mtu.unwrap_or(iface_mtu),
+        };
         let pairs = [
+            (now.mtu != new.mtu, mtu),
             (
                 now.icmp_too_big != new.icmp_too_big,
                 Self::IcmpTooBig(new.icmp_too_big),
@@ -92,6 +108,7 @@ impl Setting {
     /// samples' rate is the sampler's, not the data plane's: nothing to write.
     pub fn write_settings(self, settings: &mut Settings) {
         match self {
+            Self::Mtu { bytes, .. } => settings.mtu = bytes,
             Self::IcmpTooBig(on) => settings.icmp_too_big = on,
             Self::RecordRateLimit(n) => settings.record_rate_limit = n,
             Self::IcmpRateLimit(n) => settings.icmp_rate_limit = n,
@@ -102,6 +119,7 @@ impl Setting {
     /// Writes the setting into `cfg`, as the file that asked for it spells it.
     pub fn write_into(self, cfg: &mut Config) {
         match self {
+            Self::Mtu { file, .. } => cfg.mtu = file,
             Self::IcmpTooBig(on) => cfg.icmp_too_big = on,
             Self::RecordRateLimit(n) => cfg.record_rate_limit = Some(n),
             Self::IcmpRateLimit(n) => cfg.icmp_rate_limit = Some(n),
@@ -187,10 +205,12 @@ pub struct Running<'a> {
 /// The steps from the running VIPs (under the global settings of `globals`: those the
 /// daemon started with, as reloads changed them since) to `new`, which has been validated;
 /// an error names the first field that cannot change without a restart, and then nothing
-/// may be applied. Settings come first, then removals, so that the slots they free are
-/// there for what is added.
+/// may be applied. `iface_mtu` is the MTU a file without `mtu` means (the interface's at
+/// start). Settings come first, then removals, so that the slots they free are there for
+/// what is added.
 pub fn plan<'a>(
     globals: &Config,
+    iface_mtu: u32,
     running: impl IntoIterator<Item = Running<'a>>,
     new: &Config,
 ) -> Result<Vec<Step>, ConfigError> {
@@ -201,15 +221,11 @@ pub fn plan<'a>(
     if new.hashed_source != globals.hashed_source {
         return Err(ConfigError::new("hashed_source", restart));
     }
-    // Every IPv6 VIP's tunnels were checked against the MTU when they were added.
-    if new.mtu != globals.mtu {
-        return Err(ConfigError::new("mtu", restart));
-    }
     let running: BTreeMap<VipId, Running<'a>> =
         running.into_iter().map(|r| (r.config.id(), r)).collect();
     let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
 
-    let mut steps: Vec<Step> = Setting::changed(globals, new)
+    let mut steps: Vec<Step> = Setting::changed(globals, new, iface_mtu)
         .into_iter()
         .map(Step::Setting)
         .collect();
@@ -258,22 +274,46 @@ pub fn plan<'a>(
 }
 
 /// Refuses, before any step runs, steps the balancer could not take where they stand in
-/// `steps`: a backend with no outer source for its family, or more VIPs or backends than
-/// the slots free once the removals before them are done. Taken as they come, such a
-/// step would stop the reload half done: a VIP whose old backends were removed before its
-/// new ones were refused is left with none. (A data-plane write can still fail mid-way.)
+/// `steps`: a backend with no outer source for its family, more VIPs or backends than
+/// the slots free once the removals before them are done, or an MTU that an IPv6 VIP's
+/// tunnel to one of its backends could not carry IPv6's smallest packet through (the
+/// backends the reload keeps and those it adds). Taken as they come, such a step would stop
+/// the reload half done: a VIP whose old backends were removed before its new ones were
+/// refused is left with none. (A data-plane write can still fail mid-way.)
 pub fn check_fits<D: Dataplane>(
     core: &Core<D>,
     steps: &[Step],
 ) -> Result<(), Box<(Step, CoreError)>> {
     let cap = core.capacity();
     let (mut vips, mut slots) = (cap.free_vips, cap.free_backends);
+    let mut mtu = core.settings().mtu;
     let refuse = |step: &Step, e: CoreError| Err(Box::new((step.clone(), e)));
     let full_backends = CoreError::TooManyBackends {
         max: cap.max_backends,
     };
+    let removed = |vip: &VipId, addr: IpAddr| {
+        steps.iter().any(|s| match s {
+            Step::RemoveVip(id) => id == vip,
+            Step::RemoveBackend(id, a) => id == vip && *a == addr,
+            _ => false,
+        })
+    };
     for step in steps {
         match step {
+            Step::Setting(Setting::Mtu { bytes, .. }) => {
+                mtu = *bytes;
+                let kept = core.vips().flat_map(|v| {
+                    v.backends
+                        .keys()
+                        .filter(|a| !removed(&v.config.id(), **a))
+                        .map(move |a| (&v.config, *a))
+                });
+                for (vip, addr) in kept {
+                    if let Err(e) = core.check_ipv6_minimum(vip, &addr, mtu) {
+                        return refuse(step, e);
+                    }
+                }
+            }
             Step::RemoveVip(id) => {
                 vips += 1;
                 slots += core.vip(id).map_or(0, |v| v.backends.len());
@@ -284,7 +324,7 @@ pub fn check_fits<D: Dataplane>(
                     Ok(v) => v,
                     Err(e) => return refuse(step, e),
                 };
-                if let Err(e) = core.check_backend(&vip.config, &b.address) {
+                if let Err(e) = core.check_backend_at(&vip.config, &b.address, mtu) {
                     return refuse(step, e);
                 }
                 if slots == 0 {
@@ -294,7 +334,7 @@ pub fn check_fits<D: Dataplane>(
             }
             Step::AddVip(v) => {
                 for b in &v.backends {
-                    if let Err(e) = core.check_backend(v, &b.address) {
+                    if let Err(e) = core.check_backend_at(v, &b.address, mtu) {
                         return refuse(step, e);
                     }
                 }
@@ -411,6 +451,7 @@ mod tests {
         let new = Config::from_json(new).unwrap();
         plan(
             &started,
+            1500,
             now.iter()
                 .map(|(config, backends)| Running { config, backends }),
             &new,
@@ -503,10 +544,6 @@ mod tests {
             (vip(r#""agent": {"port": 5555},"#), "vips[0].agent"),
             (STARTED.replace("198.18.0.2", "198.18.0.3"), "outer_source"),
             (
-                STARTED.replace(r#""vips""#, r#""mtu": 1400, "vips""#),
-                "mtu",
-            ),
-            (
                 STARTED.replace(
                     r#""vips""#,
                     r#""hashed_source": {"v4": "198.19.0.0/16"}, "vips""#,
@@ -533,12 +570,16 @@ mod tests {
     fn settings_change_in_place_before_the_vips() {
         let file = STARTED.replace(
             r#""vips""#,
-            r#""icmp_too_big": false, "record_rate_limit": 5, "icmp_rate_limit": 0,
-               "drop_samples": 7, "vips""#,
+            r#""mtu": 1400, "icmp_too_big": false, "record_rate_limit": 5,
+               "icmp_rate_limit": 0, "drop_samples": 7, "vips""#,
         );
         let file = file.replace(r#""weight": 2"#, r#""weight": 3"#);
         let steps = plan_for(&file).unwrap();
         let settings: Vec<Step> = [
+            Setting::Mtu {
+                file: Some(1400),
+                bytes: 1400,
+            },
             Setting::IcmpTooBig(false),
             Setting::RecordRateLimit(5),
             Setting::IcmpRateLimit(0),
@@ -547,12 +588,13 @@ mod tests {
         .into_iter()
         .map(Step::Setting)
         .collect();
-        assert_eq!(steps[..4], settings[..]);
-        assert!(steps.len() > 4, "the VIPs' steps follow: {steps:?}");
-        let said: Vec<String> = steps[..4].iter().map(ToString::to_string).collect();
+        assert_eq!(steps[..5], settings[..]);
+        assert!(steps.len() > 5, "the VIPs' steps follow: {steps:?}");
+        let said: Vec<String> = steps[..5].iter().map(ToString::to_string).collect();
         assert_eq!(
             said,
             [
+                "mtu: 1400",
                 "icmp_too_big: oversized packets dropped unanswered",
                 "record_rate_limit: 5 new flows recorded per CPU and second",
                 "icmp_rate_limit: no limit",
@@ -568,7 +610,7 @@ mod tests {
         .unwrap();
         let before = crate::core::lb_config(core.settings());
         let mut globals = started.clone();
-        for step in &steps[..4] {
+        for step in &steps[..5] {
             let Step::Setting(s) = step else {
                 unreachable!()
             };
@@ -580,19 +622,38 @@ mod tests {
         };
         assert_eq!(written.flags & CFG_F_ICMP_TOO_BIG, 0);
         assert_eq!((written.record_rate_limit, written.icmp_rate_limit), (5, 0));
-        let rest = |c: &LbConfig| (c.src_v4, c.src_v6, c.mtu, c.hashed_src_v4);
+        assert_eq!(written.mtu, 1400);
+        let rest = |c: &LbConfig| (c.src_v4, c.src_v6, c.hashed_src_v4);
         assert_eq!(rest(written), rest(&before));
         // Planned again from the settings now in force: nothing left to do.
         let new = Config::from_json(&file).unwrap();
         let now = running(&new);
         let again = plan(
             &globals,
+            1500,
             now.iter()
                 .map(|(config, backends)| Running { config, backends }),
             &new,
         )
         .unwrap();
         assert_eq!(again, []);
+        // A file without `mtu` again means the interface's.
+        let back = plan(
+            &globals,
+            1500,
+            now.iter()
+                .map(|(config, backends)| Running { config, backends }),
+            &Config::from_json(&file.replace(r#""mtu": 1400,"#, "")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            back,
+            [Step::Setting(Setting::Mtu {
+                file: None,
+                bytes: 1500
+            })]
+        );
+        assert_eq!(back[0].to_string(), "mtu: the interface's (1500)");
     }
 
     #[test]
@@ -611,6 +672,7 @@ mod tests {
             let now = running(from);
             plan(
                 from,
+                1500,
                 now.iter()
                     .map(|(config, backends)| Running { config, backends }),
                 to,
@@ -781,7 +843,7 @@ mod tests {
                     config: &v.config,
                     backends: &v.backends,
                 });
-                match plan(&started, running, &new) {
+                match plan(&started, 1500, running, &new) {
                     Err(e) => {
                         refused += 1;
                         assert!(
@@ -873,7 +935,7 @@ mod tests {
                 config: &v.config,
                 backends: &v.backends,
             });
-            plan(&started, running, new).unwrap()
+            plan(&started, 1500, running, new).unwrap()
         };
         // web moves to IPv6 backends, which have no outer source here, and the second VIP
         // goes: taken step by step, web would lose its backends before the refusal.
@@ -904,5 +966,67 @@ mod tests {
             apply(&mut core, step).unwrap();
         }
         assert_eq!(shape_of_core(&core), shape_of_file(&swapped));
+    }
+
+    /// An MTU that an IPv6 VIP's tunnel to a backend could not carry IPv6's smallest packet
+    /// through (1280 + 40 bytes for an IPv6 backend) is refused before any step, unless the
+    /// same reload removes that backend; a VIP the reload adds is checked against the MTU it
+    /// will run under.
+    #[test]
+    fn an_mtu_too_small_for_an_ipv6_vip_is_refused_before_any_step() {
+        let file = |mtu: u32, vips: &str| {
+            Config::from_json(&format!(
+                r#"{{"mtu": {mtu}, "vips": [
+                {{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                  "backends": [{{"address": "198.18.0.11"}}]}}{vips}]}}"#
+            ))
+            .unwrap()
+        };
+        let v6 = r#", {"address": "fd00::1:1", "port": 80, "protocol": "tcp",
+                  "backends": [{"address": "fd00::11"}]}"#;
+        let started = file(1500, v6);
+        let addrs: Vec<IpAddr> = vec!["198.18.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let mut core = Core::new(
+            Recorder::default(),
+            crate::core::Settings::resolve(&started, &addrs, 1500, 4),
+        )
+        .unwrap();
+        core.apply(&started).unwrap();
+        let steps_for = |core: &Core<Recorder>, from: &Config, new: &Config| {
+            let running = core.vips().map(|v| Running {
+                config: &v.config,
+                backends: &v.backends,
+            });
+            plan(from, 1500, running, new).unwrap()
+        };
+
+        let small = file(1300, v6);
+        let steps = steps_for(&core, &started, &small);
+        let (step, e) = *check_fits(&core, &steps).unwrap_err();
+        assert!(
+            matches!(step, Step::Setting(Setting::Mtu { bytes: 1300, .. })),
+            "{step}"
+        );
+        assert!(
+            e.to_string().contains("fd00::11") && e.to_string().contains("1320"),
+            "{e}"
+        );
+
+        // Without the IPv6 VIP, 1300 is fine: applied, the data plane's MTU follows.
+        let v4_only = file(1300, "");
+        let steps = steps_for(&core, &started, &v4_only);
+        check_fits(&core, &steps).unwrap();
+        for step in steps {
+            apply(&mut core, step).unwrap();
+        }
+        assert_eq!(core.settings().mtu, 1300);
+
+        // Back to 1500 with the IPv6 VIP added: checked against 1500, not 1300.
+        let steps = steps_for(&core, &v4_only, &started);
+        check_fits(&core, &steps).unwrap();
+        // Adding it while staying at 1300 is refused at the VIP.
+        let steps = steps_for(&core, &v4_only, &small);
+        let (step, _) = *check_fits(&core, &steps).unwrap_err();
+        assert!(matches!(step, Step::AddVip(_)), "{step}");
     }
 }

@@ -481,6 +481,14 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
             "vips[0].table_size",
         ),
         (reloaded.replace("backends", "backendz"), "unknown field"),
+        (
+            reloaded.replacen(
+                r#""vips""#,
+                r#""outer_source": {"v4": "198.18.0.99"}, "vips""#,
+                1,
+            ),
+            "outer_source: changes only with a restart",
+        ),
     ] {
         std::fs::write(&file, &bad).expect("write config");
         let (ok, _, err) = net.try_ctl(&sock, &["reload"]);
@@ -502,12 +510,12 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         assert_eq!(scheduler(&net), "wrr");
     }
     // Status (and the metrics) say the last reload was refused, and count them all: the
-    // dry run is none, `xlb reload` and SIGHUP each applied one and were refused twice.
+    // dry run is none, `xlb reload` and SIGHUP each applied one and were refused three times.
     let status = net.status_json(&sock);
     let config = &status["config"];
     assert_eq!(
         config["reloads"],
-        serde_json::json!({"applied": 2, "refused": 4, "failed": 0}),
+        serde_json::json!({"applied": 2, "refused": 6, "failed": 0}),
         "{config}"
     );
     assert_eq!(config["last_reload"]["by"], "SIGHUP", "{config}");
@@ -533,6 +541,31 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         .find(|b| b["address"] == "198.18.0.13")
         .map(|b| b["weight"].clone());
     assert_eq!(b3, Some(serde_json::json!(5)), "{dumped}");
+
+    // Balancer-wide settings change in place: said, kept in the running config, and the
+    // VIP goes on answering.
+    let settings = dumped.replacen(
+        r#""vips""#,
+        r#""mtu": 1400, "record_rate_limit": 1000, "vips""#,
+        1,
+    );
+    std::fs::write(&file, &settings).expect("write config");
+    let done = net.ctl(&sock, &["reload"]);
+    assert!(
+        done.contains("mtu: 1400")
+            && done.contains("record_rate_limit: 1000 new flows recorded per CPU and second")
+            && done.contains(": 2 changes"),
+        "{done}"
+    );
+    let running: serde_json::Value =
+        serde_json::from_str(&net.ctl(&sock, &["dump-config"])).expect("dump JSON");
+    assert_eq!(
+        (&running["mtu"], &running["record_rate_limit"]),
+        (&serde_json::json!(1400), &serde_json::json!(1000)),
+        "{running}"
+    );
+    let answered = tally(&net.client, 10);
+    assert_eq!(answered.values().sum::<usize>(), 10, "{answered:?}");
     assert!(
         lb.running(),
         "xlb stopped on a bad reload:\n{}",

@@ -1,4 +1,4 @@
-//! test_run: settings a reload changes in place (`record_rate_limit`, `icmp_too_big`) take
+//! test_run: settings a reload changes in place (`mtu`, `record_rate_limit`, `icmp_too_big`) take
 //! effect on the next packet, through the daemon's reload path and the real program: the
 //! reload writes the data plane's config, which the program reads on every packet.
 
@@ -16,10 +16,16 @@ use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
 const LB: &str = "198.18.0.2";
 const VIP: &str = "198.18.1.1";
 
-/// One Maglev VIP with three backends, and the given top-level fields.
+/// One Maglev VIP with three backends, and the given top-level fields (an MTU of 1500
+/// unless they set one).
 fn config(top: &str) -> String {
+    let mtu = if top.contains("\"mtu\"") {
+        ""
+    } else {
+        r#""mtu": 1500,"#
+    };
     format!(
-        r#"{{"outer_source": {{"v4": "{LB}"}}, "mtu": 1500, {top} "vips": [
+        r#"{{"outer_source": {{"v4": "{LB}"}}, {mtu} {top} "vips": [
             {{"address": "{VIP}", "port": 80, "protocol": "tcp",
               "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}},
                            {{"address": "198.18.0.13"}}]}}]}}"#
@@ -30,7 +36,7 @@ fn config(top: &str) -> String {
 fn daemon(file: &str) -> (Daemon, aya::Ebpf) {
     let (d, ebpf) = Lab::new(file).into_daemon();
     let started = Config::from_json(file).expect("valid config");
-    (d.with_globals(&started), ebpf)
+    (d.with_globals(&started, LAB_MTU), ebpf)
 }
 
 /// Reloads `file` and returns the steps taken.
@@ -46,6 +52,30 @@ fn syn(sport: u16) -> Vec<u8> {
         .tcp(sport, 80)
         .syn()
         .build()
+}
+
+/// A client's TCP segment of `ip_len` bytes with DF set.
+fn packet_of(ip_len: usize) -> Vec<u8> {
+    Pkt::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4("198.18.0.10"), v4(VIP))
+        .df(true)
+        .tcp(31337, 80)
+        .ack()
+        .payload(&vec![0x5a; ip_len - 40])
+        .build()
+}
+
+/// Runs `frame`: its verdict, and whether it was answered with ICMP, dropped as too big.
+fn too_big(d: &Daemon, ebpf: &mut aya::Ebpf, frame: &[u8]) -> (u32, u64, u64) {
+    let before = counters(d);
+    let out = run_balancer(ebpf, frame);
+    let after = counters(d);
+    let moved = |slot: u32| after[slot as usize] - before[slot as usize];
+    (
+        out.verdict,
+        moved(Event::IcmpTooBigSent.slot()),
+        moved(Drop::TooBig.slot()),
+    )
 }
 
 fn counters(d: &Daemon) -> Vec<u64> {
@@ -115,24 +145,8 @@ fn a_reloaded_icmp_too_big_switches_between_answering_and_dropping() {
     let dropping = config(r#""icmp_too_big": false,"#);
     let (mut d, mut ebpf) = daemon(&answering);
     // 1500 bytes with DF: 1520 once encapsulated, over the MTU of 1500.
-    let big = Pkt::eth(CLIENT_MAC, LB_MAC)
-        .ipv4(v4("198.18.0.10"), v4(VIP))
-        .df(true)
-        .tcp(31337, 80)
-        .ack()
-        .payload(&[0x5a; 1460])
-        .build();
-    let run = |d: &Daemon, ebpf: &mut aya::Ebpf| {
-        let before = counters(d);
-        let out = run_balancer(ebpf, &big);
-        let after = counters(d);
-        let moved = |slot: u32| after[slot as usize] - before[slot as usize];
-        (
-            out.verdict,
-            moved(Event::IcmpTooBigSent.slot()),
-            moved(Drop::TooBig.slot()),
-        )
-    };
+    let big = packet_of(1500);
+    let run = |d: &Daemon, ebpf: &mut aya::Ebpf| too_big(d, ebpf, &big);
     assert_eq!(run(&d, &mut ebpf), (XDP_TX, 1, 0), "answered at start");
 
     let planned = d
@@ -157,4 +171,50 @@ fn a_reloaded_icmp_too_big_switches_between_answering_and_dropping() {
         [Step::Setting(Setting::IcmpTooBig(true))]
     );
     assert_eq!(run(&d, &mut ebpf), (XDP_TX, 1, 0), "answered again");
+}
+
+/// A reloaded MTU applies to the next packet: 1400 bytes fit a tunnel under 1500 and are
+/// answered with "fragmentation needed" under 1400; a file without `mtu` goes back to the
+/// interface's (the lab's 1500).
+#[test]
+fn a_reloaded_mtu_applies_to_the_next_packet() {
+    if !require_root() {
+        return;
+    }
+    let (mut d, mut ebpf) = daemon(&config(""));
+    let segment = packet_of(1400);
+    let tx = Event::TxEncap.slot();
+    let forwarded = |d: &Daemon, ebpf: &mut aya::Ebpf| {
+        let before = counters(d)[tx as usize];
+        let out = run_balancer(ebpf, &segment);
+        (out.verdict, counters(d)[tx as usize] - before)
+    };
+    assert_eq!(forwarded(&d, &mut ebpf), (XDP_TX, 1), "fits under 1500");
+
+    let smaller = config(r#""mtu": 1400,"#);
+    assert_eq!(
+        reload(&mut d, &smaller),
+        [Step::Setting(Setting::Mtu {
+            file: Some(1400),
+            bytes: 1400
+        })]
+    );
+    assert_eq!(
+        too_big(&d, &mut ebpf, &segment),
+        (XDP_TX, 1, 0),
+        "answered under 1400"
+    );
+
+    let interface = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
+        {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+         "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"},
+                      {"address": "198.18.0.13"}]}]}"#;
+    assert_eq!(
+        reload(&mut d, interface),
+        [Step::Setting(Setting::Mtu {
+            file: None,
+            bytes: LAB_MTU
+        })]
+    );
+    assert_eq!(forwarded(&d, &mut ebpf), (XDP_TX, 1), "fits again");
 }

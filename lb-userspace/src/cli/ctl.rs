@@ -1707,11 +1707,11 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
                 "reloads": {"applied": 1, "refused": 1, "failed": 0},
                 "last_reload": {"at_unix_s": 0.0, "by": "SIGHUP", "result": result, "error": error}}}))
         };
-        let refused = with("refused", json!("reload of /etc/xlb.json refused, nothing changed: mtu: changes only with a restart of xlb"));
+        let refused = with("refused", json!("reload of /etc/xlb.json refused, nothing changed: outer_source: changes only with a restart of xlb"));
         assert!(
             refused.contains("\nthe last config reload (SIGHUP, ")
                 && refused.contains(
-                    " s ago) was refused: reload of /etc/xlb.json refused, nothing changed: mtu: "
+                    " s ago) was refused: reload of /etc/xlb.json refused, nothing changed: outer_source: "
                 ),
             "{refused}"
         );

@@ -189,7 +189,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         source_v6: None,
     };
     let daemon = Daemon::new(core, checker, events_tx)
-        .with_globals(&cfg)
+        .with_globals(&cfg, mtu)
         .with_drop_log(drop_log.clone());
     let daemon = Arc::new(Mutex::new(daemon));
     lock(&daemon)?

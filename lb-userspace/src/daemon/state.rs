@@ -124,6 +124,8 @@ pub struct Daemon {
     /// The global settings in force: the config the daemon started with (its VIPs left
     /// out), as reloads changed them since. What `reload` plans from and `config` shows.
     globals: Config,
+    /// The MTU a config without `mtu` means: the interface's when the daemon started.
+    iface_mtu: u32,
     /// The drop samples' log, whose rate the sampler refills each CPU's budget to
     /// (`drop_samples`); `None` in tests without a sampler.
     drop_log: Option<Arc<Mutex<DropLog>>>,
@@ -150,18 +152,23 @@ impl Daemon {
             ramps: BTreeMap::new(),
             reloads: ReloadHistory::new(SystemTime::now()),
             globals: Config::default(),
+            iface_mtu: 0,
             drop_log: None,
         }
     }
 
     /// The daemon with the global settings of the config it started with (`core` was
-    /// built from them).
-    pub fn with_globals(self, started: &Config) -> Self {
+    /// built from them, and from the interface's MTU `iface_mtu`).
+    pub fn with_globals(self, started: &Config, iface_mtu: u32) -> Self {
         let globals = Config {
             vips: Vec::new(),
             ..started.clone()
         };
-        Self { globals, ..self }
+        Self {
+            globals,
+            iface_mtu,
+            ..self
+        }
     }
 
     /// The daemon with the drop samples' log, for reloads of `drop_samples`.
@@ -687,7 +694,8 @@ impl Daemon {
             config: &v.config,
             backends: &v.backends,
         });
-        let steps = reload::plan(&self.globals, running, new).map_err(ReloadError::Refused)?;
+        let steps = reload::plan(&self.globals, self.iface_mtu, running, new)
+            .map_err(ReloadError::Refused)?;
         reload::check_fits(&self.core, &steps).map_err(|refusal| {
             let (step, e) = *refusal;
             ReloadError::Unfit {
@@ -1787,7 +1795,9 @@ mod tests {
             std::fs::write(&file, format!(r#"{{{extra} "vips": [{v}]}}"#)).unwrap();
         };
         let drop_log = Arc::new(Mutex::new(DropLog::new(started.drop_samples())));
-        let d = d.with_globals(&started).with_drop_log(drop_log.clone());
+        let d = d
+            .with_globals(&started, 1500)
+            .with_drop_log(drop_log.clone());
         let daemon = Arc::new(std::sync::Mutex::new(d));
         let h = DaemonHandler::new(daemon.clone())
             .with_config_file(ConfigFile::new(Some(file.clone())));
@@ -1902,11 +1912,14 @@ mod tests {
 
         // A setting only a restart changes, a broken file, a missing file: refused,
         // nothing changes.
-        write(b12, r#""mtu": 1400, "icmp_rate_limit": 9,"#);
+        write(
+            b12,
+            r#""outer_source": {"v4": "198.18.0.99"}, "icmp_rate_limit": 9,"#,
+        );
         let e = ask(false).unwrap_err();
         assert_eq!(e.code, "config_file");
         assert!(
-            e.message.contains("mtu") && e.message.contains("restart"),
+            e.message.contains("outer_source") && e.message.contains("restart"),
             "{}",
             e.message
         );
@@ -1987,7 +2000,7 @@ mod tests {
         )
         .unwrap();
 
-        let d = d.with_globals(&started);
+        let d = d.with_globals(&started, 1500);
         let dumped = d.running_config();
         assert_eq!(
             dumped.icmp_rate_limit,
