@@ -11,7 +11,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, wait_for},
-    topology::{connect_in, curl, curl_with, xlb_bin, DemoNet, VIP4, VIP6},
+    topology::{connect_in, curl, curl_with, xlb_bin, DemoNet, SINK_PORT, VIP4, VIP6},
 };
 
 const REQUESTS: usize = 30;
@@ -193,12 +193,64 @@ a request from 198.18.0.10:{port} was answered by {body}; xlb flow says:"
     wait_for("b3 to rejoin", Duration::from_secs(15), || b3(&net, "up"));
     tally(&net, &url4, "IPv4 with b3's decap back");
 
+    upload(&net, &sock);
+
     println!("\ndata-plane counters (xlb stats):");
     println!("{}", net.ctl(&sock, &["stats"]));
     if lb.terminate(Duration::from_secs(10)).is_none() {
         eprintln!("xlb run did not stop on SIGTERM");
     }
     println!("cleaning up: namespaces and processes go away");
+}
+
+/// Bulk uploads through a VIP: a full-size segment no longer fits the link once tunnelled.
+/// The balancer answers it with "fragmentation needed", the client's kernel lowers its path
+/// MTU and resends smaller segments, and the upload completes instead of stalling.
+fn upload(net: &DemoNet, sock: &std::path::Path) {
+    const BYTES: usize = 2 << 20;
+    let vip = format!("{VIP4}:{SINK_PORT}/tcp");
+    println!(
+        "
+an upload through the VIP: a new VIP {vip} added at runtime, a 2 MiB upload to it"
+    );
+    let _sinks: Vec<_> = (0..3).map(|i| net.start_sink(i)).collect();
+    let args = [
+        "vip",
+        "add",
+        vip.as_str(),
+        "--backend",
+        "198.18.0.11",
+        "--backend",
+        "198.18.0.12",
+    ];
+    println!("{}", net.ctl(sock, &args).trim_end());
+    net.wait_ready(sock);
+    let sent = |net: &DemoNet| {
+        net.stats_json(sock)["reasons"]["icmp_too_big_sent"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = sent(net);
+    let addr = SocketAddr::new(IpAddr::from([198, 18, 1, 1]), SINK_PORT);
+    let answer = connect_in(&net.client, addr, Duration::from_secs(10)).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_write_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(&vec![b'u'; BYTES])?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    });
+    match answer {
+        Ok(a) => println!(
+            "  the backend answered {:?}: every byte arrived; the balancer sent {} \
+             \"fragmentation needed\" (xlb stats: icmp_too_big_sent) and the client's \
+             segments shrank to fit the tunnel",
+            a.trim(),
+            sent(net) - before
+        ),
+        Err(e) => println!("  the upload failed: {e}"),
+    }
 }
 
 fn tally(net: &DemoNet, url: &str, label: &str) {
