@@ -291,6 +291,9 @@ pub fn check_fits<D: Dataplane>(
     let full_backends = CoreError::TooManyBackends {
         max: cap.max_backends,
     };
+    // Backends this reload removes do not hold a new MTU back. They go a moment after it
+    // takes effect (settings come first); a large IPv6 packet to one meanwhile is answered
+    // "too big" below 1280 bytes, and its sender tries again.
     let removed = |vip: &VipId, addr: IpAddr| {
         steps.iter().any(|s| match s {
             Step::RemoveVip(id) => id == vip,
