@@ -643,23 +643,6 @@ pub fn check_health_port(vip_port: u16, check: Option<&HealthCheckConfig>) -> Re
     ))
 }
 
-/// A `tcp_tunnel` check sends its SYN to the VIP inside a tunnel of the backend's family,
-/// from an address of this host of the backend's family too: only a backend of the VIP's
-/// own family can be checked so.
-pub fn check_tunnel_family(
-    vip: IpAddr,
-    check: Option<&HealthCheckConfig>,
-    backend: IpAddr,
-) -> Result<(), String> {
-    if check.is_some_and(|c| c.kind == CheckKind::TcpTunnel) && vip.is_ipv4() != backend.is_ipv4() {
-        return Err(format!(
-            "a tcp_tunnel check cannot check backend {backend} of VIP {vip}: it needs backends \
-             of the VIP's family (use kind tcp for this VIP)"
-        ));
-    }
-    Ok(())
-}
-
 /// A client prefix (`VipConfig::allowed_sources`): `198.18.0.0/15`, `fd00::/8`, or a bare
 /// address (all its bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -1237,22 +1220,19 @@ mod tests {
     }
 
     #[test]
-    fn tunnel_checks_need_backends_of_the_vips_family() {
-        let tunnel = HealthCheckConfig {
-            kind: CheckKind::TcpTunnel,
-            ..HealthCheckConfig::default()
-        };
-        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
-        assert!(check_tunnel_family(ip("198.18.1.1"), Some(&tunnel), ip("198.18.0.11")).is_ok());
-        assert!(check_tunnel_family(ip("fd00::1:1"), Some(&tunnel), ip("fd00::11")).is_ok());
-        let e = check_tunnel_family(ip("198.18.1.1"), Some(&tunnel), ip("fd00::11")).unwrap_err();
-        assert!(e.contains("fd00::11") && e.contains("kind tcp"), "{e}");
-        // Other kinds check the backend's own address, of whatever family.
-        assert!(check_tunnel_family(ip("198.18.1.1"), None, ip("fd00::11")).is_ok());
-        // The kind's name in a file.
+    fn tunnel_checks_take_backends_of_either_family() {
         let parsed: HealthCheckConfig =
             serde_json::from_str(r#"{"kind": "tcp_tunnel"}"#).expect("tcp_tunnel parses");
         assert_eq!(parsed.kind, CheckKind::TcpTunnel);
+        // An IPv6 VIP on IPv4 backends and the other way round (IPv6 in IPv4, IPv4 in IPv6).
+        let cfg = Config::from_json(
+            r#"{"vips": [
+              {"address": "fd00:1::1", "port": 80, "protocol": "tcp",
+               "health_check": {"kind": "tcp_tunnel"}, "backends": [{"address": "198.18.0.11"}]},
+              {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+               "health_check": {"kind": "tcp_tunnel"}, "backends": [{"address": "fd00::11"}]}]}"#,
+        );
+        assert!(cfg.is_ok(), "{cfg:?}");
     }
 
     #[test]

@@ -513,8 +513,6 @@ impl<D: Dataplane> Core<D> {
         addr: &IpAddr,
         mtu: u32,
     ) -> Result<(), CoreError> {
-        crate::config::check_tunnel_family(vip.address, vip.health_check.as_ref(), *addr)
-            .map_err(|m| ConfigError::new("health_check", m))?;
         self.check_source(addr)?;
         self.check_hashed_source(vip, addr)?;
         self.check_ipv6_minimum(vip, addr, mtu)
@@ -1362,10 +1360,6 @@ impl<D: Dataplane> Core<D> {
         }
         crate::config::check_health_port(id.port, check.as_ref())
             .map_err(|m| ConfigError::new("health_check", m))?;
-        for addr in self.vip(id)?.backends.keys() {
-            crate::config::check_tunnel_family(id.address, check.as_ref(), *addr)
-                .map_err(|m| ConfigError::new("health_check", m))?;
-        }
         self.vip_mut(id)?.config.health_check = check;
         Ok(())
     }

@@ -129,10 +129,7 @@ impl Lab {
     pub fn into_daemon(self) -> (xlb::daemon::state::Daemon, Ebpf) {
         let Lab { ebpf, core } = self;
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let checker = xlb::health::HealthChecker {
-            source_v4: None,
-            source_v6: None,
-        };
+        let checker = xlb::health::HealthChecker::default();
         (xlb::daemon::state::Daemon::new(core, checker, tx), ebpf)
     }
 

@@ -2,7 +2,7 @@
 //! clients' packets do. A backend whose decap stops (its web server still answers on its
 //! own address, so a `tcp` check would pass) goes down under them, the VIP's clients are
 //! served by the others, and it comes back once its decap runs again; so does one whose VIP
-//! leaves its `lo`. Both families.
+//! leaves its `lo`. Both families, and across them (IPv6 in IPv4, IPv4 in IPv6).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -145,4 +145,105 @@ fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
         .ns
         .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"]);
     until(&net, "b1 back with its VIP", &all_up);
+}
+
+/// Across families: an IPv6 VIP on IPv4 backends (IPv6 in IPv4) and an IPv4 VIP on IPv6
+/// backends (IPv4 in IPv6). The checks' SYNs go in the same tunnels as the clients'
+/// packets, from the balancer's address of the VIP's family, where the backends' answers
+/// come back. A backend whose decap stops goes down in both VIPs, with the missing decap
+/// named, and comes back with it; the clients of both VIPs are served meanwhile.
+#[test]
+fn tunnel_checks_work_across_families() {
+    if !require_root() {
+        return;
+    }
+    let check = r#"{"kind": "tcp_tunnel", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 300}"#;
+    let config = format!(
+        r#"{{"vips": [
+            {{"address": "{VIP6}", "port": 80, "protocol": "tcp", "health_check": {check},
+              "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}},
+            {{"address": "{VIP4}", "port": 80, "protocol": "tcp", "health_check": {check},
+              "backends": [{{"address": "fd00::11"}}, {{"address": "fd00::12"}}]}}]}}"#
+    );
+    let mut net = DemoNet::new("e2etux", 2);
+    net.start_backends();
+    let (_lb, sock) = net.start_lb(&config, &[]);
+    net.wait_ready(&sock);
+    let states = |net: &DemoNet| net.backend_states(&sock);
+    let until = |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !done(net) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {what}:\n{}",
+                net.ctl(&sock, &["status"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let checks_ok = |net: &DemoNet| -> u64 {
+        net.status_json(&sock)["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b["health"]["checks_ok"].as_u64())
+            .sum()
+    };
+    let all_up = |net: &DemoNet| {
+        let s = states(net);
+        s.len() == 4 && s.values().all(|v| v == "up")
+    };
+    // Passing, not merely started up: every backend's checks succeed, again and again.
+    let before = checks_ok(&net);
+    until(&net, "tunnel checks passing across families", &|net| {
+        checks_ok(net) >= before + 8 && all_up(net)
+    });
+    let served_by = |net: &DemoNet, vip: &str| -> Vec<String> {
+        let addr = SocketAddr::new(vip.parse().unwrap(), 80);
+        (0..10)
+            .map(|_| {
+                let body = http_get(&net.client, addr, "/", TIMEOUT).expect("served");
+                String::from_utf8_lossy(&body).trim().to_owned()
+            })
+            .collect()
+    };
+    for vip in [VIP4, VIP6] {
+        let by = served_by(&net, vip);
+        assert!(by.iter().all(|b| b == "b1" || b == "b2"), "{vip}: {by:?}");
+    }
+
+    net.backends[1].decap = None;
+    let b2 = [
+        format!("[{VIP6}]:80/tcp 198.18.0.12"),
+        format!("{VIP4}:80/tcp fd00::12"),
+    ];
+    until(&net, "b2 down in both VIPs", &|net| {
+        let s = states(net);
+        b2.iter()
+            .all(|k| s.get(k).map(String::as_str) == Some("down"))
+    });
+    let s = states(&net);
+    assert_eq!(s[&format!("[{VIP6}]:80/tcp 198.18.0.11")], "up", "{s:?}");
+    assert_eq!(s[&format!("{VIP4}:80/tcp fd00::11")], "up", "{s:?}");
+    for vip in [VIP4, VIP6] {
+        assert_eq!(served_by(&net, vip), vec!["b1"; 10], "{vip}");
+    }
+    until(
+        &net,
+        "b2's checks naming the missing decap in both VIPs",
+        &|net| {
+            let status = net.status_json(&sock);
+            status["vips"].as_array().into_iter().flatten().all(|v| {
+                v["backends"].as_array().into_iter().flatten().any(|b| {
+                    b["health"]["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("is `xlb decap` running there?"))
+                })
+            })
+        },
+    );
+
+    net.start_decap(1);
+    until(&net, "b2 up again", &all_up);
 }

@@ -184,9 +184,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
 
     let (events_tx, mut events_rx) = mpsc::channel(256);
+    // A tunnel check across families (an IPv6 VIP on IPv4 backends) sends its SYN from the
+    // balancer's outer source of the VIP's family: an address of ours the backend reaches.
     let checker = HealthChecker {
         source_v4: None,
         source_v6: None,
+        tunnel_source_v4: settings.src_v4,
+        tunnel_source_v6: settings.src_v6,
     };
     let daemon = Daemon::new(core, checker, events_tx)
         .with_globals(&cfg, mtu)

@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use super::{
-    config::{HealthCheckConfig, HealthConfigError},
+    config::{CheckKind, HealthCheckConfig, HealthConfigError},
     probe::{build_probe, Probe},
     state::{HealthState, Transition},
 };
@@ -49,6 +49,12 @@ pub struct HealthChecker {
     pub source_v4: Option<Ipv4Addr>,
     /// Source address for probes to IPv6 backends; `None` lets the kernel choose by route.
     pub source_v6: Option<Ipv6Addr>,
+    /// Source of an IPv4 VIP's `tcp_tunnel` SYNs to IPv6 backends (IPv4 in IPv6): an address
+    /// of this host's where the backend's IPv4 answer comes back (the daemon gives its IPv4
+    /// outer source); `None` lets the kernel choose by its route to the VIP.
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// The same for an IPv6 VIP's SYNs to IPv4 backends (IPv6 in IPv4).
+    pub tunnel_source_v6: Option<Ipv6Addr>,
 }
 
 impl HealthChecker {
@@ -70,9 +76,13 @@ impl HealthChecker {
         start: HealthState,
     ) -> Result<HealthHandle, HealthConfigError> {
         let target = cfg.probe_target(addr)?;
-        let bind = match target.ip() {
-            IpAddr::V4(_) => self.source_v4.map(IpAddr::V4),
-            IpAddr::V6(_) => self.source_v6.map(IpAddr::V6),
+        // A tunnel check's SYN is of the VIP's family, whatever the backend's.
+        let across = cfg.kind == CheckKind::TcpTunnel && vip.is_ipv4() != target.is_ipv4();
+        let bind = match (target.ip(), across) {
+            (IpAddr::V4(_), false) => self.source_v4.map(IpAddr::V4),
+            (IpAddr::V6(_), false) => self.source_v6.map(IpAddr::V6),
+            (IpAddr::V6(_), true) => self.tunnel_source_v4.map(IpAddr::V4),
+            (IpAddr::V4(_), true) => self.tunnel_source_v6.map(IpAddr::V6),
         };
         let probe = build_probe(cfg, bind, vip);
         Self::spawn_with_probe(target_id, target, cfg, probe, events, start)
@@ -507,6 +517,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         // The caller passes the VIP port; cfg.port is unset, so that port is probed.
         let handle = HealthChecker {
+            tunnel_source_v4: None,
+            tunnel_source_v6: None,
             source_v4: Some(Ipv4Addr::LOCALHOST),
             source_v6: None,
         }

@@ -8,17 +8,18 @@
 //! A half-open handshake on raw sockets: the host's own TCP would send its SYN along the
 //! route to the VIP, which is not the backend's tunnel (and the balancer's XDP program
 //! never sees its host's packets). So the SYN is built here and sent on a raw socket of
-//! protocol IPIP (4, an IPv4 VIP) or IPv6 (41) connected to the backend: the kernel adds
-//! the outer header, as the balancer does. The backend answers from the VIP straight to
-//! this host (direct server return), and the answer is read on a raw TCP socket bound to
-//! the probe's source and connected to the VIP. A SYN-ACK is answered with a RST through
+//! protocol IPIP (4, an IPv4 VIP) or IPv6 (41) connected to the backend, of the backend's
+//! family: the kernel adds the outer header, as the balancer does (IPv6 in IPv4 and IPv4
+//! in IPv6 included). The backend answers from the VIP straight to this host (direct
+//! server return), and the answer is read on a raw TCP socket of the VIP's family bound to
+//! the probe's source, an address of this host of the VIP's family: the configured one,
+//! else the kernel's choice towards the backend (the same family) or towards the VIP. A SYN-ACK is answered with a RST through
 //! the tunnel, so the backend forgets the connection at once. The source port is held by
 //! a bound TCP socket during the check, so no other socket of the host can be using it.
 //! The answer reaches this host from the VIP's address: reverse-path filtering on the
 //! balancer must accept it (`rp_filter` 0, or 2 with any route to the VIPs).
 //!
-//! Needs root or CAP_NET_RAW (the daemon has them to load XDP programs) and backends of
-//! the VIP's family (the config refuses others).
+//! Needs root or CAP_NET_RAW (the daemon has them to load XDP programs).
 
 use std::{
     io,
@@ -51,8 +52,9 @@ pub struct TcpTunnelProbe {
     pub vip: IpAddr,
     /// Upper bound for the round trip.
     pub timeout: Duration,
-    /// Source address of the SYN (an address of this host the backend's answer reaches);
-    /// `None`: the one the kernel would use towards the backend.
+    /// Source address of the SYN, of the VIP's family (an address of this host the
+    /// backend's answer reaches); `None`: the one the kernel would use towards the backend,
+    /// or towards the VIP for a backend of the other family.
     pub bind: Option<IpAddr>,
 }
 
@@ -63,15 +65,11 @@ impl TcpTunnelProbe {
 
     async fn exchange(&self, backend: SocketAddr) -> Result<(), ProbeError> {
         let vip = SocketAddr::new(self.vip, backend.port());
-        if vip.is_ipv4() != backend.is_ipv4() {
-            return Err(ProbeError::FamilyMismatch {
-                bind: self.vip,
-                target: backend,
-            });
-        }
-        let source = match local_addr(self.bind, backend)? {
+        let same_family = vip.is_ipv4() == backend.is_ipv4();
+        let source = match local_addr(self.bind, vip)? {
             Some(bound) => bound.ip(),
-            None => route_source(backend).map_err(ProbeError::Socket)?,
+            None if same_family => route_source(backend).map_err(ProbeError::Socket)?,
+            None => route_source(vip).map_err(ProbeError::Socket)?,
         };
         // Holds the source port (bound, neither listening nor connected): no connection of
         // the host's can be on it meanwhile, and the host's TCP answers the SYN-ACK's
@@ -88,6 +86,11 @@ impl TcpTunnelProbe {
         } else {
             (libc::AF_INET6, IPPROTO_IPV6)
         };
+        let tunnel_domain = if backend.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // Bound to the probe's source; not connected to the VIP, which would need a route
         // to it (the balancer's host needs none): answers are matched on their source.
         let answers = Socket::open(
@@ -99,7 +102,7 @@ impl TcpTunnelProbe {
         )
         .map_err(ProbeError::Socket)?;
         let tunnel = Socket::open(
-            domain,
+            tunnel_domain,
             libc::SOCK_RAW,
             carried,
             None,
@@ -108,13 +111,19 @@ impl TcpTunnelProbe {
         .map_err(ProbeError::Socket)?;
         // A backend whose stack gets the tunnel itself (no decap) says so with an ICMP
         // error about it: a failure at once, with its cause, rather than a timeout.
-        let icmp = if vip.is_ipv4() {
+        let icmp = if backend.is_ipv4() {
             libc::IPPROTO_ICMP
         } else {
             libc::IPPROTO_ICMPV6
         };
-        let errors = Socket::open(domain, libc::SOCK_RAW, icmp, None, Some(ip_only(backend)))
-            .map_err(ProbeError::Socket)?;
+        let errors = Socket::open(
+            tunnel_domain,
+            libc::SOCK_RAW,
+            icmp,
+            None,
+            Some(ip_only(backend)),
+        )
+        .map_err(ProbeError::Socket)?;
         let isn = initial_sequence();
         tunnel
             .send(&segment(local, vip, isn, 0, TCP_SYN))
@@ -127,7 +136,7 @@ impl TcpTunnelProbe {
                 got = answers.recv_from(&mut buf) => got.map_err(|e| ProbeError::from_io(e, false))?,
                 got = errors.recv(&mut error) => {
                     let n = got.map_err(|e| ProbeError::from_io(e, false))?;
-                    if tunnel_refused(&error[..n], backend.ip()) {
+                    if tunnel_refused(&error[..n], backend.ip(), carried) {
                         return Err(ProbeError::TunnelRefused);
                     }
                     continue;
@@ -199,9 +208,11 @@ fn initial_sequence() -> u32 {
 
 /// Whether `packet`, read on a raw ICMP (IPv4: with its IP header) or ICMPv6 socket, is
 /// the error a stack without a handler for the tunnel's protocol sends about our tunnel
-/// to `backend`: protocol unreachable (IPv4 type 3 code 2) quoting protocol 4, or
-/// parameter problem, unrecognized next header (ICMPv6 type 4 code 1) quoting 41.
-fn tunnel_refused(packet: &[u8], backend: IpAddr) -> bool {
+/// to `backend`, which carries protocol `carried` (4: IPv4, 41: IPv6): protocol
+/// unreachable (IPv4 type 3 code 2) or parameter problem, unrecognized next header (ICMPv6
+/// type 4 code 1), quoting that protocol.
+fn tunnel_refused(packet: &[u8], backend: IpAddr, carried: i32) -> bool {
+    let carried = carried as u8;
     match backend {
         IpAddr::V4(b) => {
             let Some(icmp) = strip_ipv4_header(packet) else {
@@ -209,12 +220,12 @@ fn tunnel_refused(packet: &[u8], backend: IpAddr) -> bool {
             };
             let quoted = icmp.get(8..28);
             icmp.get(..2) == Some(&[3, 2])
-                && quoted.is_some_and(|q| q[9] == IPPROTO_IPIP as u8 && q[16..20] == b.octets())
+                && quoted.is_some_and(|q| q[9] == carried && q[16..20] == b.octets())
         }
         IpAddr::V6(b) => {
             let quoted = packet.get(8..48);
             packet.get(..2) == Some(&[4, 1])
-                && quoted.is_some_and(|q| q[6] == IPPROTO_IPV6 as u8 && q[24..40] == b.octets())
+                && quoted.is_some_and(|q| q[6] == carried && q[24..40] == b.octets())
         }
     }
 }
@@ -398,21 +409,34 @@ mod tests {
             p.extend_from_slice(&quote[..28]);
             p
         };
-        assert!(tunnel_refused(&icmp4(3, 2, &outer), b4));
+        let ipip = IPPROTO_IPIP;
+        assert!(tunnel_refused(&icmp4(3, 2, &outer), b4, ipip));
         assert!(
-            !tunnel_refused(&icmp4(3, 3, &outer), b4),
+            !tunnel_refused(&icmp4(3, 3, &outer), b4, ipip),
             "port unreachable"
         );
         assert!(!tunnel_refused(
             &icmp4(3, 2, &outer),
-            "198.18.0.13".parse().unwrap()
+            "198.18.0.13".parse().unwrap(),
+            ipip
         ));
         let mut other = outer.clone();
         other[9] = 17;
-        assert!(!tunnel_refused(&icmp4(3, 2, &other), b4), "not our tunnel");
         assert!(
-            !tunnel_refused(&icmp4(3, 2, &outer)[..30], b4),
+            !tunnel_refused(&icmp4(3, 2, &other), b4, ipip),
+            "not our tunnel"
+        );
+        assert!(
+            !tunnel_refused(&icmp4(3, 2, &outer)[..30], b4, ipip),
             "quote cut short"
+        );
+        // An IPv6 VIP's tunnel to an IPv4 backend (IPv6 in IPv4, protocol 41).
+        let mut six_in_four = outer.clone();
+        six_in_four[9] = IPPROTO_IPV6 as u8;
+        assert!(tunnel_refused(&icmp4(3, 2, &six_in_four), b4, IPPROTO_IPV6));
+        assert!(
+            !tunnel_refused(&icmp4(3, 2, &six_in_four), b4, ipip),
+            "another protocol than the one we sent"
         );
 
         let b6: IpAddr = "fd00::12".parse().unwrap();
@@ -423,12 +447,21 @@ mod tests {
             p.extend_from_slice(&quote[..48]);
             p
         };
-        assert!(tunnel_refused(&icmp6(4, 1, &outer6), b6));
+        assert!(tunnel_refused(&icmp6(4, 1, &outer6), b6, IPPROTO_IPV6));
         assert!(
-            !tunnel_refused(&icmp6(1, 4, &outer6), b6),
+            !tunnel_refused(&icmp6(1, 4, &outer6), b6, IPPROTO_IPV6),
             "port unreachable"
         );
-        assert!(!tunnel_refused(&icmp6(4, 1, &outer6), b4));
+        assert!(!tunnel_refused(&icmp6(4, 1, &outer6), b4, IPPROTO_IPV6));
+        // An IPv4 VIP's tunnel to an IPv6 backend (IPv4 in IPv6, next header 4).
+        let mut four_in_six = outer6.clone();
+        four_in_six[6] = IPPROTO_IPIP as u8;
+        assert!(tunnel_refused(&icmp6(4, 1, &four_in_six), b6, ipip));
+        assert!(!tunnel_refused(
+            &icmp6(4, 1, &four_in_six),
+            b6,
+            IPPROTO_IPV6
+        ));
     }
 
     #[test]
