@@ -16,7 +16,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{flow::FlowKey, maps::ConnEntry};
+use lb_common::{
+    flow::FlowKey,
+    maps::{ConnEntry, CONN_F_CLOSED, CONN_F_COUNTED},
+};
 use serde::Serialize;
 
 use crate::{
@@ -243,6 +246,7 @@ pub struct Forgetting {
     scanned: u64,
     keys: Vec<FlowKey>,
     slots: BTreeSet<(u32, u32)>,
+    counted_open: bool,
 }
 
 /// The `flows.forget` answer.
@@ -265,6 +269,7 @@ impl Forgetting {
             scanned: 0,
             keys: Vec::new(),
             slots: BTreeSet::new(),
+            counted_open: false,
         }
     }
 
@@ -278,6 +283,7 @@ impl Forgetting {
         if self.filter.keeps(&flow, e) {
             self.keys.push(*key);
             self.slots.insert((e.backend, e.generation));
+            self.counted_open |= e.flags & (CONN_F_COUNTED | CONN_F_CLOSED) == CONN_F_COUNTED;
         }
     }
 
@@ -292,6 +298,12 @@ impl Forgetting {
         &self.slots
     }
 
+    /// Whether a matching flow holds a least-connection count (counted, not closed): its
+    /// backend's count keeps it once the entry is gone, until a recount.
+    pub fn counted_open(&self) -> bool {
+        self.counted_open
+    }
+
     /// The answer, once `forgotten` of the keys are deleted.
     pub fn finish(&self, forgotten: u64) -> Forgotten {
         Forgotten {
@@ -304,8 +316,6 @@ impl Forgetting {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::maps::{CONN_F_CLOSED, CONN_F_COUNTED};
-
     use super::*;
 
     const WEB: u32 = 3;
@@ -483,6 +493,32 @@ mod tests {
         assert_eq!(answer.scanned, TABLE.len() as u64);
         assert_eq!(answer.matched, keys.len() as u64);
         (keys, f.slots().iter().copied().collect())
+    }
+
+    /// Only a matching flow that holds a count (counted, not closed) asks for a recount.
+    #[test]
+    fn forgetting_says_whether_a_count_is_left_behind() {
+        let web = Filter {
+            vip: Some((WEB, None)),
+            ..Filter::default()
+        };
+        let (client, to, port, proto, vip_id, slot, generation) = TABLE[0];
+        let with_flags = |flags: u32| {
+            let mut f = Forgetting::new(names(), web.clone());
+            let e = ConnEntry {
+                flags,
+                ..entry(vip_id, slot, generation)
+            };
+            f.add(&flow(client, to, port, proto), &e);
+            assert_eq!(f.keys().len(), 1, "the flow matches");
+            f.counted_open()
+        };
+        assert!(!with_flags(0), "not counted");
+        assert!(with_flags(CONN_F_COUNTED), "counted and open");
+        assert!(
+            !with_flags(CONN_F_COUNTED | CONN_F_CLOSED),
+            "its client closed it: the count went back already"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::{
 };
 
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use super::{
     config_file::{ConfigFile, FileReloadError},
@@ -85,6 +86,8 @@ pub struct DaemonHandler {
     config_file: ConfigFile,
     /// What `drops` lists, filled by the daemon's drop sampler.
     drop_log: Arc<Mutex<DropLog>>,
+    /// Wakes the daemon's least-connection recount (none in tests without one).
+    recount: Option<Arc<Notify>>,
 }
 
 impl DaemonHandler {
@@ -94,6 +97,17 @@ impl DaemonHandler {
             daemon,
             config_file: ConfigFile::new(None),
             drop_log: Arc::new(Mutex::new(DropLog::new(0))),
+            recount: None,
+        }
+    }
+
+    /// What wakes the daemon's least-connection recount: `flows.forget` rings it when
+    /// it deleted flows that held counts, so that their backends' counts drop now rather
+    /// than at the next periodic recount.
+    pub fn with_recount(self, recount: Arc<Notify>) -> Self {
+        Self {
+            recount: Some(recount),
+            ..self
         }
     }
 
@@ -448,6 +462,11 @@ impl DaemonHandler {
             .map_err(|e| internal(format!("forgetting flows: {e}")))?;
         if forgotten > 0 {
             self.lock()?.refresh_flow_caches(forgetting.slots())?;
+            if forgetting.counted_open() {
+                if let Some(recount) = &self.recount {
+                    recount.notify_one();
+                }
+            }
         }
         Ok(forgetting.finish(forgotten))
     }

@@ -264,10 +264,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         })
     };
+    // Rung by `flows.forget` when it deleted flows that held least-connection counts.
+    let recount_now = Arc::new(tokio::sync::Notify::new());
     let recount_task = {
         let daemon = daemon.clone();
         let mut shutdown = shutdown_rx.clone();
         let tables = lock(&daemon)?.core().dataplane().conn_tables();
+        let recount_now = recount_now.clone();
         tokio::spawn(async move {
             // At once first: tables kept from the last daemon hold flows that the new
             // counters have not seen.
@@ -275,6 +278,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 recount_active_flows(&daemon, &tables).await;
                 tokio::select! {
                     _ = tokio::time::sleep(RECOUNT_INTERVAL) => {}
+                    _ = recount_now.notified() => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -285,7 +289,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let handler = Arc::new(
             handler::DaemonHandler::new(daemon.clone())
                 .with_config_file(config_file.clone())
-                .with_drop_log(drop_log.clone()),
+                .with_drop_log(drop_log.clone())
+                .with_recount(recount_now.clone()),
         );
         tokio::spawn(s.serve(handler, shutdown_rx.clone()))
     });

@@ -1670,8 +1670,15 @@ mod tests {
                 .insert(FlowKeyV4::of(&key(client, "198.18.1.1")), e, 0)
                 .unwrap();
         }
-        for client in ["[fd00::10]:40000", "[fd00::20]:40000"] {
-            let e = entry(&d, &v6_id, "fd00::11");
+        // fd00::10's flow holds a least-connection count (as if its VIP counted).
+        for (client, flags) in [
+            ("[fd00::10]:40000", lb_common::maps::CONN_F_COUNTED),
+            ("[fd00::20]:40000", 0),
+        ] {
+            let e = ConnEntry {
+                flags,
+                ..entry(&d, &v6_id, "fd00::11")
+            };
             conns6.insert(key(client, "fd00:1::1"), e, 0).unwrap();
         }
         let epoch = |d: &Daemon, on: &VipId, addr: &str| {
@@ -1689,7 +1696,14 @@ mod tests {
         .map(|(on, a)| epoch(&d, on, a))
         .collect();
         let d = Arc::new(std::sync::Mutex::new(d));
-        let h = DaemonHandler::new(d.clone());
+        let recount = Arc::new(tokio::sync::Notify::new());
+        let h = DaemonHandler::new(d.clone()).with_recount(recount.clone());
+        // Whether the handler asked for a recount since the last look (a stored permit).
+        let rang = || async {
+            tokio::time::timeout(Duration::ZERO, recount.notified())
+                .await
+                .is_ok()
+        };
         let forget = |q: serde_json::Value| {
             let q = serde_json::from_value(q).unwrap();
             h.handle(Request::FlowsForget(q))
@@ -1745,10 +1759,13 @@ mod tests {
         assert_ne!(after[0], before[0], "no new epoch for .11");
         assert_ne!(after[1], before[1], "no new epoch for .12");
         assert_eq!(after[2], before[2], "fd00::11 had none of the flows");
+        assert!(!rang().await, "a recount for flows that held no count");
 
-        // From the IPv6 table, by backend; again: nothing left to forget.
+        // From the IPv6 table, by backend; again: nothing left to forget. The flow held a
+        // count: the daemon's recount is asked to run now.
         let r = forget(json!({"backend": "fd00::11", "client": "fd00::10"})).unwrap();
         assert_eq!(r["forgotten"], 1);
+        assert!(rang().await, "no recount for a flow that held a count");
         let r = forget(json!({"backend": "fd00::11", "client": "fd00::10"})).unwrap();
         assert_eq!((&r["matched"], &r["forgotten"]), (&json!(0), &json!(0)));
 
