@@ -118,6 +118,10 @@ reasons! {
         /// A new flow to a VIP that admits only some client prefixes
         /// (`allowed_sources`), from a client outside them.
         SourceDenied = 26, "source_denied";
+        /// A new flow of a least-connection VIP (`lc`, `wlc`) when every backend its picks
+        /// reached is at its `max_conns`: dropped, as IPVS drops a connection when every
+        /// server is over its upper threshold (the client retries).
+        BackendsFull = 27, "backends_full";
     }
 }
 

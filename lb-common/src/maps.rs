@@ -216,9 +216,10 @@ pub struct Backend {
     /// `LbConfig::mtu`. 0 = `LbConfig::mtu` alone (no next hop yet, or a slot written by a
     /// daemon that predates the field).
     pub mtu: u32,
-    /// Always zero: pads the entry to one 64-byte cache line (`BACKENDS` keeps its values
-    /// page-aligned), so a packet's backend costs one line, not two.
-    pub _reserved: u32,
+    /// Most active flows a least-connection scheduler (`VIP_F_LEAST_CONN`) gives the backend: at
+    /// `BACKEND_ACTIVE` ≥ this it takes no new flows (`max_conns`). 0 = no limit (also a
+    /// slot written by a daemon that predates the field, where it was padding).
+    pub max_active: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 64);
 

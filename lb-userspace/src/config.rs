@@ -321,6 +321,11 @@ pub struct BackendConfig {
     /// sorry server.
     #[serde(default, skip_serializing_if = "is_false")]
     pub backup: bool,
+    /// Most active flows the backend takes (HAProxy's `maxconn`, IPVS's upper threshold):
+    /// at that many, a least-connection VIP (`lc`, `wlc`) gives it no new ones. `None`: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -617,6 +622,8 @@ impl VipConfig {
         for (j, b) in self.backends.iter().enumerate() {
             let bat = format!("{at}.backends[{j}]");
             b.validate(&bat)?;
+            check_max_conns(b.max_conns, self.scheduler)
+                .map_err(|m| ConfigError::new(format!("{bat}.max_conns"), m))?;
             if !seen.insert(b.address) {
                 return Err(ConfigError::new(
                     bat,
@@ -810,7 +817,27 @@ impl BackendConfig {
     /// Checks one backend.
     pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
         check_unicast(&self.address).map_err(|m| ConfigError::new(format!("{at}.address"), m))?;
-        check_weight(self.weight).map_err(|m| ConfigError::new(format!("{at}.weight"), m))
+        check_weight(self.weight).map_err(|m| ConfigError::new(format!("{at}.weight"), m))?;
+        if self.max_conns == Some(0) {
+            return Err(ConfigError::new(
+                format!("{at}.max_conns"),
+                "0 would take no flow: use 1 or more, \"drained\": true, or leave it out for no limit",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A backend's `max_conns` needs a scheduler that picks by each backend's active flows:
+/// the others pick by hash or in turn, and never compare a count with the limit.
+pub fn check_max_conns(max_conns: Option<u32>, scheduler: Scheduler) -> Result<(), String> {
+    match max_conns {
+        Some(n) if !crate::sched::picks_by_count(scheduler) => Err(format!(
+            "max_conns {n} needs a scheduler that picks by each backend's active flows (lc, \
+             wlc); {} does not",
+            scheduler.name()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -1233,6 +1260,36 @@ mod tests {
                "health_check": {"kind": "tcp_tunnel"}, "backends": [{"address": "fd00::11"}]}]}"#,
         );
         assert!(cfg.is_ok(), "{cfg:?}");
+    }
+
+    /// `max_conns`: at least 1, and only where the scheduler picks by active flows.
+    #[test]
+    fn max_conns_need_a_least_connection_scheduler() {
+        let file = |scheduler: &str, max: u32| {
+            Config::from_json(&format!(
+                r#"{{"vips": [{{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+                   "scheduler": "{scheduler}",
+                   "backends": [{{"address": "198.18.0.11", "max_conns": {max}}}]}}]}}"#
+            ))
+        };
+        for s in ["lc", "wlc"] {
+            let c = file(s, 100).unwrap();
+            assert_eq!(c.vips[0].backends[0].max_conns, Some(100));
+        }
+        for s in ["maglev", "sh", "rr", "wrr", "lrt"] {
+            let e = file(s, 100).unwrap_err();
+            assert_eq!(e.field, "vips[0].backends[0].max_conns", "{s}: {e}");
+            assert!(e.message.contains("lc, wlc"), "{e}");
+        }
+        let e = file("lc", 0).unwrap_err();
+        assert_eq!(e.field, "vips[0].backends[0].max_conns", "{e}");
+        // Left out when not set, so that files without it read back the same.
+        let c = Config::from_json(
+            r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+               "backends": [{"address": "198.18.0.11"}]}]}"#,
+        )
+        .unwrap();
+        assert!(!serde_json::to_string(&c).unwrap().contains("max_conns"));
     }
 
     #[test]

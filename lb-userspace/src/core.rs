@@ -217,6 +217,8 @@ pub struct BackendState {
     pub generation: u32,
     /// The slot's flow-cache epoch (see `Backend::cache_epoch`).
     pub cache_epoch: u32,
+    /// Most active flows it takes under a counting scheduler (`BackendConfig::max_conns`).
+    pub max_conns: Option<u32>,
 }
 
 impl BackendState {
@@ -237,6 +239,7 @@ impl BackendState {
             ramp_pct: 100,
             generation,
             cache_epoch,
+            max_conns: b.max_conns,
         }
     }
 
@@ -313,6 +316,7 @@ impl VipState {
             .backends
             .iter()
             .map(|(a, b)| BackendConfig {
+                max_conns: b.max_conns,
                 address: *a,
                 weight: b.weight,
                 drained: b.drained,
@@ -818,6 +822,8 @@ impl<D: Dataplane> Core<D> {
             .into());
         }
         self.check_backend(&vip.config, &b.address)?;
+        crate::config::check_max_conns(b.max_conns, vip.config.scheduler)
+            .map_err(|m| ConfigError::new("backend.max_conns", format!("{id}: {m}")))?;
         let others_serve = vip.backends.values().any(|x| !x.backup && x.eligible());
         let bs = self.new_backend(id, &b, others_serve, ramp_pct)?;
         let index = bs.index;
@@ -1008,6 +1014,28 @@ impl<D: Dataplane> Core<D> {
     pub fn set_weight(&mut self, id: &VipId, addr: IpAddr, weight: u32) -> Result<(), CoreError> {
         check_weight(weight).map_err(|m| ConfigError::new("weight", m))?;
         self.update_backend(id, addr, |b| b.weight = weight)
+            .map(|_| ())
+    }
+
+    /// Sets a backend's most active flows under its VIP's counting scheduler (`None`: no
+    /// limit); a VIP whose scheduler does not count refuses one.
+    pub fn set_max_conns(
+        &mut self,
+        id: &VipId,
+        addr: IpAddr,
+        max_conns: Option<u32>,
+    ) -> Result<(), CoreError> {
+        if max_conns == Some(0) {
+            return Err(ConfigError::new(
+                "max_conns",
+                "0 would take no flow: use 1 or more, drain the backend, or lift the limit",
+            )
+            .into());
+        }
+        let scheduler = self.vip(id)?.config.scheduler;
+        crate::config::check_max_conns(max_conns, scheduler)
+            .map_err(|m| ConfigError::new("max_conns", format!("{id}: {m}")))?;
+        self.update_backend(id, addr, |b| b.max_conns = max_conns)
             .map(|_| ())
     }
 
@@ -1283,6 +1311,14 @@ impl<D: Dataplane> Core<D> {
         crate::config::check_slow_start(vip.config.slow_start_s, scheduler).map_err(|m| {
             ConfigError::new("scheduler", format!("{id} has a slow start, and {m}"))
         })?;
+        if let Some((addr, b)) = vip.backends.iter().find(|(_, b)| b.max_conns.is_some()) {
+            crate::config::check_max_conns(b.max_conns, scheduler).map_err(|m| {
+                ConfigError::new(
+                    "scheduler",
+                    format!("backend {addr} of {id} has {m}: lift its limit first"),
+                )
+            })?;
+        }
         let old = std::mem::replace(&mut vip.config.scheduler, scheduler);
         let before = vip.backends.clone();
         if old != scheduler && matches!(old, Scheduler::Agent | Scheduler::Lrt) {
@@ -1597,6 +1633,7 @@ fn backend_entry(vip: &VipId, addr: IpAddr, b: &BackendState) -> Backend {
         generation,
         cache_epoch: b.cache_epoch,
         vip_tag: vip_tag(vip),
+        max_active: b.max_conns.unwrap_or(0),
         ..Backend::default()
     };
     if b.active() {
@@ -1696,6 +1733,7 @@ mod tests {
     /// A backend of weight 1, not drained.
     fn backend(address: &str) -> BackendConfig {
         BackendConfig {
+            max_conns: None,
             address: address.parse().unwrap(),
             weight: 1,
             drained: false,
@@ -1721,6 +1759,53 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         (info, t[..info.table_size as usize].to_vec())
+    }
+
+    /// `max_conns` reaches the backend's entry (`max_active`, 0 for none), only under a
+    /// least-connection scheduler; a scheduler that would ignore a limit is refused while
+    /// one is set, and nothing changes.
+    #[test]
+    fn max_conns_reach_the_entry_under_least_connection_only() {
+        let (mut core, id) = core_with(&["198.18.0.11"]);
+        let b11: IpAddr = "198.18.0.11".parse().unwrap();
+        let e = core.set_max_conns(&id, b11, Some(5)).unwrap_err();
+        assert!(e.to_string().contains("lc, wlc"), "{e}");
+        core.set_scheduler(&id, Scheduler::Wlc).unwrap();
+        let idx = core.backend(&id, b11).unwrap().index;
+        let entry = |core: &Core<Recorder>| {
+            core.dataplane()
+                .writes
+                .iter()
+                .rev()
+                .find_map(|w| match w {
+                    Write::Backend(i, b) if *i == idx => Some(*b),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        core.set_max_conns(&id, b11, Some(5)).unwrap();
+        assert_eq!(entry(&core).max_active, 5);
+        assert!(core.set_max_conns(&id, b11, Some(0)).is_err());
+        let e = core.set_scheduler(&id, Scheduler::Maglev).unwrap_err();
+        assert!(e.to_string().contains("lift its limit"), "{e}");
+        assert_eq!(core.vip(&id).unwrap().config.scheduler, Scheduler::Wlc);
+        let mut limited = backend("198.18.0.12");
+        limited.max_conns = Some(7);
+        core.add_backend(&id, limited).unwrap();
+        assert_eq!(
+            core.vip(&id).unwrap().running_config().backends[1].max_conns,
+            Some(7)
+        );
+        core.set_max_conns(&id, b11, None).unwrap();
+        assert_eq!(entry(&core).max_active, 0);
+        // A hash VIP refuses a limited backend.
+        let (mut maglev, mid) = core_with(&["198.18.0.11"]);
+        let mut b = backend("198.18.0.13");
+        b.max_conns = Some(3);
+        assert!(maglev.add_backend(&mid, b).is_err());
+        assert!(maglev
+            .backend(&mid, "198.18.0.13".parse().unwrap())
+            .is_err());
     }
 
     #[test]
@@ -1948,6 +2033,7 @@ mod tests {
         core.add_backend(
             &id,
             BackendConfig {
+                max_conns: None,
                 backup: true,
                 ..backend("198.18.0.13")
             },
@@ -2211,6 +2297,7 @@ mod tests {
                         .filter_map(|a| {
                             let (take, backup) = (next(2) == 0, next(4) == 0);
                             take.then(|| BackendConfig {
+                                max_conns: None,
                                 backup,
                                 ..backend(&a.to_string())
                             })
@@ -2577,6 +2664,7 @@ mod tests {
         let n = core.dataplane().writes.len();
         let other: VipId = "198.18.9.9:80/tcp".parse().unwrap();
         let b = |a: &str, w| BackendConfig {
+            max_conns: None,
             address: a.parse().unwrap(),
             weight: w,
             drained: false,

@@ -154,22 +154,41 @@ fn schedule(vip: &VipState, flow: &FlowKey, active: impl Fn(u32) -> u64) -> Next
         })
         .find(|&c| c != first)
         .and_then(|c| slot(vip, c));
+    // At its `max_conns`, a backend takes no new flow (select.rs, `load`).
+    let full = |b: &BackendState| b.max_conns.is_some_and(|m| active(b.index) >= u64::from(m));
     let Some((second_addr, second_b)) = second else {
+        if full(first_b) {
+            return next("backends_full", None, vec![*first_addr]);
+        }
         return next("less_loaded", Some(*first_addr), vec![*first_addr]);
     };
     // a / wa <= b / wb without division, weights as the data plane holds them.
     let weight = |b: &BackendState| u64::from(b.effective_weight().max(1));
     let (a, b) = (active(first_b.index), active(second_b.index));
-    let winner = if a * weight(second_b) <= b * weight(first_b) {
-        first_addr
-    } else {
-        second_addr
-    };
-    next(
-        "less_loaded",
-        Some(*winner),
-        vec![*first_addr, *second_addr],
-    )
+    let first_lighter =
+        full(second_b) || (!full(first_b) && a * weight(second_b) <= b * weight(first_b));
+    let candidates = vec![*first_addr, *second_addr];
+    if !full(first_b) || !full(second_b) {
+        let winner = if first_lighter {
+            first_addr
+        } else {
+            second_addr
+        };
+        return next("less_loaded", Some(*winner), candidates);
+    }
+    // Both full: the flow's next hashes, from the start, for one with room.
+    let mut h = hash;
+    let room = (0..2 * SECOND_CHOICE_PROBES)
+        .map(|_| {
+            h = next_probe(h);
+            at(h)
+        })
+        .filter_map(|c| slot(vip, c))
+        .find(|(_, b)| !full(b));
+    match room {
+        Some((addr, _)) => next("less_loaded", Some(*addr), candidates),
+        None => next("backends_full", None, candidates),
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +325,45 @@ mod tests {
             place(vip, &key(sport), None, busy(i2), 0).next.backend,
             ip(B1)
         );
+    }
+
+    /// With `max_conns`, a full backend loses to one with room however loaded that one is,
+    /// and with both full the flow has nowhere to go.
+    #[test]
+    fn least_connection_skips_backends_at_their_limit() {
+        let (mut core, id) = core("lc");
+        for b in [B1, B2] {
+            core.set_max_conns(&id, b.parse().unwrap(), Some(4))
+                .unwrap();
+        }
+        let vip = core.vip(&id).unwrap();
+        let idx = |a: &str| vip.backends[&a.parse().unwrap()].index;
+        let (i1, i2) = (idx(B1), idx(B2));
+        let sport = (1..100)
+            .find(|&s| place(vip, &key(s), None, |_| 0, 0).next.candidates.len() == 2)
+            .expect("a flow with two candidates");
+        // B1 at its limit of 4 and B2 under it, though busier than B1 would be: B2.
+        let counts = |a: u64, b: u64| {
+            move |i: u32| {
+                if i == i1 {
+                    a
+                } else if i == i2 {
+                    b
+                } else {
+                    0
+                }
+            }
+        };
+        assert_eq!(
+            place(vip, &key(sport), None, counts(4, 3), 0).next.backend,
+            ip(B2)
+        );
+        assert_eq!(
+            place(vip, &key(sport), None, counts(1, 4), 0).next.backend,
+            ip(B1)
+        );
+        let full = place(vip, &key(sport), None, counts(4, 9), 0).next;
+        assert_eq!((full.how, full.backend), ("backends_full", None));
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub enum Step {
     Drain(VipId, IpAddr, bool),
     /// A backend made a backup (true) or a regular one.
     Backup(VipId, IpAddr, bool),
+    /// A backend's new `max_conns` (`None`: no limit).
+    MaxConns(VipId, IpAddr, Option<u32>),
     /// A VIP's new scheduler.
     Scheduler(VipId, Scheduler),
     /// A VIP's new idle timeout (`None`: the protocol's default).
@@ -181,6 +183,10 @@ impl std::fmt::Display for Step {
             Self::Drain(id, a, false) => write!(f, "undrain backend {a} of {id}"),
             Self::Backup(id, a, true) => write!(f, "backend {a} of {id}: a backup"),
             Self::Backup(id, a, false) => write!(f, "backend {a} of {id}: no longer a backup"),
+            Self::MaxConns(id, a, Some(n)) => {
+                write!(f, "backend {a} of {id}: at most {n} active flows")
+            }
+            Self::MaxConns(id, a, None) => write!(f, "backend {a} of {id}: no flow limit"),
             Self::Scheduler(id, s) => write!(f, "VIP {id}: scheduler {}", s.name()),
             Self::IdleTimeout(id, Some(t)) => write!(f, "VIP {id}: idle timeout {t} s"),
             Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
@@ -249,18 +255,31 @@ pub fn plan<'a>(
                 vip.health_check.clone().map(Box::new),
             ));
         }
-        steps.extend(backend_steps(&id, now.backends, &vip.backends));
+        let backends = backend_steps(&id, now.backends, &vip.backends);
+        let mut scheduler = Vec::new();
         let slow_start = (vip.slow_start_s != now.config.slow_start_s)
             .then_some(Step::SlowStart(id, vip.slow_start_s));
         let slow_start_off = vip.slow_start_s.is_none();
         if slow_start_off {
-            steps.extend(slow_start.clone());
+            scheduler.extend(slow_start.clone());
         }
-        if vip.scheduler != now.config.scheduler {
-            steps.push(Step::Scheduler(id, vip.scheduler));
+        let new_scheduler = vip.scheduler != now.config.scheduler;
+        if new_scheduler {
+            scheduler.push(Step::Scheduler(id, vip.scheduler));
         }
         if !slow_start_off {
-            steps.extend(slow_start);
+            scheduler.extend(slow_start);
+        }
+        // Backends' `max_conns` need a scheduler that counts: one that starts counting comes
+        // before the limits the file sets (on backends added or kept), one that stops after
+        // the limits are lifted.
+        let limited = vip.backends.iter().any(|b| b.max_conns.is_some());
+        if new_scheduler && limited && crate::sched::picks_by_count(vip.scheduler) {
+            steps.extend(scheduler);
+            steps.extend(backends);
+        } else {
+            steps.extend(backends);
+            steps.extend(scheduler);
         }
         if vip.allowed_sources != now.config.allowed_sources {
             steps.push(Step::Sources(id, vip.allowed_sources.clone()));
@@ -351,6 +370,7 @@ pub fn check_fits<D: Dataplane>(
                 slots -= v.backends.len();
             }
             Step::Setting(_)
+            | Step::MaxConns(..)
             | Step::Weight(..)
             | Step::Drain(..)
             | Step::Backup(..)
@@ -406,6 +426,9 @@ fn backend_steps(
                 }
                 if s.backup != b.backup {
                     steps.push(Step::Backup(*id, b.address, b.backup));
+                }
+                if s.max_conns != b.max_conns {
+                    steps.push(Step::MaxConns(*id, b.address, b.max_conns));
                 }
             }
         }
@@ -469,6 +492,62 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A VIP moving to `lc` with limits on its backends changes its scheduler before the
+    /// limits; one moving back to `maglev` lifts them first. Both apply in that order.
+    #[test]
+    fn a_scheduler_that_allows_limits_comes_before_them_and_after_their_lifting() {
+        let file = |scheduler: &str, limit: &str| {
+            Config::from_json(&format!(
+                r#"{{"outer_source": {{"v4": "198.18.0.2"}}, "vips": [
+                {{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "{scheduler}",
+                  "backends": [{{"address": "198.18.0.11" {limit}}},
+                               {{"address": "198.18.0.12"}}]}}]}}"#
+            ))
+            .unwrap()
+        };
+        let plain = file("maglev", "");
+        let limited = file("lc", r#", "max_conns": 10"#);
+        let mut core =
+            Core::new(Recorder::default(), Settings::resolve(&plain, &[], 1500, 4)).unwrap();
+        core.apply(&plain).unwrap();
+        let id = plain.vips[0].id();
+        let b11: IpAddr = "198.18.0.11".parse().unwrap();
+        let steps_to = |core: &Core<Recorder>, from: &Config, to: &Config| {
+            let running = core.vips().map(|v| Running {
+                config: &v.config,
+                backends: &v.backends,
+            });
+            plan(from, 1500, running, to).unwrap()
+        };
+        let there = steps_to(&core, &plain, &limited);
+        assert_eq!(
+            there,
+            [
+                Step::Scheduler(id, Scheduler::Lc),
+                Step::MaxConns(id, b11, Some(10))
+            ]
+        );
+        assert_eq!(
+            there[1].to_string(),
+            format!("backend {b11} of {id}: at most 10 active flows")
+        );
+        for s in there {
+            apply(&mut core, s).unwrap();
+        }
+        let back = steps_to(&core, &limited, &plain);
+        assert_eq!(
+            back,
+            [
+                Step::MaxConns(id, b11, None),
+                Step::Scheduler(id, Scheduler::Maglev)
+            ]
+        );
+        for s in back {
+            apply(&mut core, s).unwrap();
+        }
+        assert_eq!(shape_of_core(&core), shape_of_file(&plain));
+    }
+
     #[test]
     fn the_same_file_changes_nothing() {
         assert_eq!(plan_for(STARTED).unwrap(), []);
@@ -485,6 +564,7 @@ mod tests {
              "backends": [{"address": "198.18.0.14"}]}]}"#;
         let web = id("198.18.1.1:80/tcp");
         let b13 = BackendConfig {
+            max_conns: None,
             address: ip("198.18.0.13"),
             weight: 1,
             drained: false,
@@ -813,6 +893,7 @@ mod tests {
             Step::Weight(id, a, w) => core.set_weight(&id, a, w),
             Step::Drain(id, a, d) => core.set_drained(&id, a, d),
             Step::Backup(id, a, b) => core.set_backup(&id, a, b),
+            Step::MaxConns(id, a, n) => core.set_max_conns(&id, a, n),
             Step::Scheduler(id, s) => core.set_scheduler(&id, s),
             Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
             Step::SlowStart(id, t) => core.set_slow_start(&id, t),

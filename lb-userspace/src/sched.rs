@@ -142,6 +142,12 @@ pub fn builder(s: Scheduler) -> Box<dyn TableBuilder> {
     }
 }
 
+/// Whether the VIPs of `s` pick new flows by each backend's active flows
+/// (`VIP_F_LEAST_CONN`), so that a backend's `max_conns` can hold it back.
+pub fn picks_by_count(s: Scheduler) -> bool {
+    flags(s) & VIP_F_LEAST_CONN != 0
+}
+
 /// Whether the VIPs of `s` count active flows per backend (`VIP_F_COUNT_ACTIVE` in its
 /// tables): the backends the daemon's recount corrects.
 pub fn counts_active(s: Scheduler) -> bool {

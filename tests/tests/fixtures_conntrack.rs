@@ -95,6 +95,7 @@ fn established_flow_keeps_backend_when_backends_are_added_and_removed() {
             .add_backend(
                 &id,
                 BackendConfig {
+                    max_conns: None,
                     address: extra.parse().unwrap(),
                     weight: 1,
                     drained: false,
@@ -354,6 +355,7 @@ fn a_reused_backend_slot_never_inherits_old_flows() {
             .add_backend(
                 &other,
                 BackendConfig {
+                    max_conns: None,
                     address: addr,
                     weight: 1,
                     drained: false,

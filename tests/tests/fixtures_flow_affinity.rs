@@ -346,6 +346,7 @@ fn churn(case: &Case) {
                     .add_backend(
                         &id,
                         BackendConfig {
+                            max_conns: None,
                             address: addr,
                             weight: 1,
                             drained: false,

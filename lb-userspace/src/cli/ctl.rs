@@ -148,6 +148,10 @@ pub enum BackendCmd {
         /// takes them (all down, drained or of weight 0).
         #[arg(long)]
         backup: bool,
+        /// At most N active flows: at N, a least-connection VIP (lc, wlc) gives it no new
+        /// ones (HAProxy's maxconn).
+        #[arg(long, value_name = "N")]
+        max_conns: Option<u32>,
     },
     /// Remove a backend from a VIP: at once (its flows stop), or with --drain gracefully.
     Remove {
@@ -352,10 +356,12 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             weight,
             drained,
             backup,
+            max_conns,
         } => (
             Request::BackendAdd(BackendAdd {
                 vip,
                 backend: BackendConfig {
+                    max_conns,
                     address,
                     weight,
                     drained,
@@ -363,9 +369,12 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 },
             }),
             format!(
-                "added {} {address} to {vip} (weight {weight}{})",
+                "added {} {address} to {vip} (weight {weight}{}{})",
                 if backup { "backup" } else { "backend" },
-                if drained { ", drained" } else { "" }
+                if drained { ", drained" } else { "" },
+                max_conns
+                    .map(|n| format!(", at most {n} active flows"))
+                    .unwrap_or_default()
             ),
         ),
         BackendCmd::Remove {
@@ -755,6 +764,11 @@ fn render_flow(r: &Value) -> String {
             "nowhere: the client is outside the VIP's allowed sources (dropped, source_denied)"
                 .to_owned()
         }
+        Some("backends_full") => {
+            "nowhere now: every backend the scheduler reaches is at its max_conns (dropped, \
+             backends_full; the client's retry finds room once flows close)"
+                .to_owned()
+        }
         _ => backend,
     };
     let _ = writeln!(out, "next packet: {why}");
@@ -965,6 +979,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         || format!("{s:?} is not ADDR[:WEIGHT], e.g. 198.18.0.11, 198.18.0.11:3 or [fd00::11]:3");
     if let Ok(address) = s.parse::<IpAddr>() {
         return Ok(BackendConfig {
+            max_conns: None,
             address,
             weight: 1,
             drained: false,
@@ -981,6 +996,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         .map_err(|_| format!("weight {weight:?} in {s:?} is not a number"))?;
     check_weight(weight).map_err(|m| format!("weight in {s:?}: {m}"))?;
     Ok(BackendConfig {
+        max_conns: None,
         address,
         weight,
         drained: false,

@@ -679,12 +679,14 @@ mod tests {
                         allowed_sources: Vec::new(),
                         backends: vec![
                             BackendConfig {
+                                max_conns: None,
                                 address: b11,
                                 weight: 1,
                                 drained: false,
                                 backup: false,
                             },
                             BackendConfig {
+                                max_conns: None,
                                 address: "198.18.0.12".parse().unwrap(),
                                 weight: 3,
                                 drained: false,
@@ -759,6 +761,7 @@ mod tests {
                 Request::BackendAdd(BackendAdd {
                     vip: vip_id(),
                     backend: BackendConfig {
+                        max_conns: None,
                         address: b11,
                         weight: 2,
                         drained: false,

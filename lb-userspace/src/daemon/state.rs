@@ -553,6 +553,16 @@ impl Daemon {
         self.core.set_backup(vip, addr, backup)
     }
 
+    /// Sets a backend's `max_conns` (`None`: no limit).
+    pub fn set_max_conns(
+        &mut self,
+        vip: &VipId,
+        addr: IpAddr,
+        max_conns: Option<u32>,
+    ) -> Result<(), CoreError> {
+        self.core.set_max_conns(vip, addr, max_conns)
+    }
+
     /// Switches the scheduler.
     pub fn set_scheduler(&mut self, vip: &VipId, s: Scheduler) -> Result<(), CoreError> {
         self.core.set_scheduler(vip, s)
@@ -639,6 +649,7 @@ impl Daemon {
                 reload::Step::Weight(id, a, w) => self.set_weight(&id, a, w),
                 reload::Step::Drain(id, a, d) => self.set_drained(&id, a, d).map(|_| ()),
                 reload::Step::Backup(id, a, b) => self.set_backup(&id, a, b),
+                reload::Step::MaxConns(id, a, n) => self.set_max_conns(&id, a, n),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
                 reload::Step::SlowStart(id, t) => self.set_slow_start(&id, t),
@@ -931,6 +942,7 @@ impl Daemon {
                             "slow_start_pct": b.ramp_pct,
                             "active_flows": flows.get(&b.index).copied().unwrap_or(0),
                             "active_estimate": dp.active_flows(b.index),
+                            "max_conns": b.max_conns,
                             "packets": bt.packets,
                             "bytes": bt.bytes,
                             "new_flows": bt.new_flows,

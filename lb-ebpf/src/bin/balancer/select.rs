@@ -225,7 +225,7 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
     };
     let mut idx = table_entry(vip, slot)?;
     if vip.flags & VIP_F_LEAST_CONN != 0 {
-        idx = less_loaded(vip, idx, hash);
+        idx = less_loaded(vip, idx, hash)?;
     }
     let chosen = usable(idx).ok_or(Drop::BadBackend)?;
     let (generation, epoch) = (chosen.generation, chosen.cache_epoch);
@@ -321,48 +321,74 @@ fn next_in_sequence(vip: &VipInfo) -> u32 {
 }
 
 /// Power of two choices: `first` or a second, distinct candidate from another hash of the
-/// flow, whichever has fewer active flows per unit of weight.
+/// flow, whichever has fewer active flows per unit of weight, of those below their
+/// `max_conns` (`Backend::max_active`). When both are full, the flow's next hashes are
+/// tried in turn for a backend that is not; none: `BackendsFull`.
 #[inline(always)]
-fn less_loaded(vip: &VipInfo, first: u32, hash: u32) -> u32 {
+fn less_loaded(vip: &VipInfo, first: u32, hash: u32) -> Result<u32, Drop> {
     // Up to SECOND_CHOICE_PROBES more hashes to find a second, distinct backend: with a third of the
     // table on `first`, all of them miss with probability 3^-8. Bounded; with one backend the
     // first candidate stands.
-    let mut h = hash;
+    let mut probe = hash;
     let mut second = first;
     for _ in 0..SECOND_CHOICE_PROBES {
-        h = next_probe(h);
-        if let Ok(c) = table_entry(vip, h % vip.table_size) {
+        probe = next_probe(probe);
+        if let Ok(c) = table_entry(vip, probe % vip.table_size) {
             if c != first {
                 second = c;
                 break;
             }
         }
     }
-    if second == first {
-        return first;
-    }
     let (a, wa) = load(first);
-    let (b, wb) = load(second);
-    // a / wa <= b / wb, without division.
-    if a * wb <= b * wa {
-        first
-    } else {
-        second
+    if second == first {
+        return if a == FULL {
+            Err(Drop::BackendsFull)
+        } else {
+            Ok(first)
+        };
     }
+    let (b, wb) = load(second);
+    if a != FULL || b != FULL {
+        // A full backend is the heavier; else a / wa <= b / wb, without division.
+        let first_lighter = b == FULL || (a != FULL && a * wb <= b * wa);
+        return Ok(if first_lighter { first } else { second });
+    }
+    // Both at their limit: another backend of the table may have room. The probes start
+    // again from the flow's hash (which the caller keeps anyway: one value fewer to hold
+    // here, where the ICMP path's call chain is at the verifier's stack limit), past the
+    // two full ones; bounded as above.
+    let mut h = hash;
+    for _ in 0..2 * SECOND_CHOICE_PROBES {
+        h = next_probe(h);
+        if let Ok(c) = table_entry(vip, h % vip.table_size) {
+            if load(c).0 != FULL {
+                return Ok(c);
+            }
+        }
+    }
+    Err(Drop::BackendsFull)
 }
 
-/// Active flows and weight of a backend (weight at least 1).
+/// [`load`]'s active count of a backend at its `max_conns`.
+const FULL: u64 = u64::MAX;
+
+/// Active flows and weight (at least 1) of a backend; [`FULL`] flows when it has reached
+/// its `max_conns` and takes no new flow.
 #[inline(always)]
 fn load(idx: u32) -> (u64, u64) {
     let active = BACKEND_ACTIVE.get(idx).copied().unwrap_or(0);
     // Counts may dip below zero transiently (a racing double close): treat as zero.
     let active = if active > (1 << 62) { 0 } else { active };
-    let weight = BACKENDS
+    let (weight, max) = BACKENDS
         .get(idx)
-        .map(|b| u64::from(b.weight))
-        .unwrap_or(1)
-        .max(1);
-    (active, weight)
+        .map_or((1, 0), |b| (u64::from(b.weight), u64::from(b.max_active)));
+    let active = if max != 0 && active >= max {
+        FULL
+    } else {
+        active
+    };
+    (active, weight.max(1))
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in seconds (`ConnEntry::seen_s`). A helper call, made only for
