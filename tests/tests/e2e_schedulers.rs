@@ -572,3 +572,86 @@ fn sighup_reloads_the_config_file_and_refuses_what_needs_a_restart() {
         lb.log_text()
     );
 }
+
+/// `max_conns` with real connections: three idle connections fill three backends of one
+/// connection each, a fourth client's SYNs are dropped (`backends_full`) and its connect
+/// times out, and once one connection closes a new one gets through, to the backend that
+/// made room.
+#[test]
+fn max_conns_hold_new_connections_back_until_one_closes() {
+    use std::io::{Read, Write};
+    use xlb_tests::topology::connect_in;
+    if !require_root() {
+        return;
+    }
+    let backends: Vec<String> = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+        .iter()
+        .map(|a| format!(r#"{{"address": "{a}", "max_conns": 1}}"#))
+        .collect();
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": 80, "protocol": "tcp", "scheduler": "lc",
+            "health_check": {TCP_CHECK}, "backends": [{}]}}]}}"#,
+        backends.join(", ")
+    );
+    let (net, mut lb, sock) = net_with_lb("mxc", &cfg);
+    // A flow whose hashes (2 candidates, then 16 more probes) reach only full backends is
+    // dropped even while one has room (odds (2/3)^16 for the third): a new source port
+    // hashes anew, as a client's next connection would.
+    let mut held: Vec<std::net::TcpStream> = (0..3)
+        .map(|i| {
+            (0..3)
+                .find_map(|_| connect_in(&net.client, vip80(), Duration::from_secs(2)).ok())
+                .unwrap_or_else(|| panic!("connection {i} never got through"))
+        })
+        .collect();
+    let estimates = |net: &DemoNet| -> Vec<u64> {
+        net.status_json(&sock)["vips"][0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["active_estimate"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    assert_eq!(estimates(&net), [1, 1, 1], "one connection per backend");
+
+    let full = |net: &DemoNet| {
+        net.stats_json(&sock)["reasons"]["backends_full"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = full(&net);
+    let refused = connect_in(&net.client, vip80(), Duration::from_secs(2));
+    assert!(
+        refused.is_err(),
+        "a fourth connection got through every backend's limit"
+    );
+    assert!(
+        full(&net) > before,
+        "its SYNs were not counted backends_full"
+    );
+
+    // The first connection asks and is answered (HTTP/1.0: the server closes), then closes
+    // its side: its backend's count goes back, and a new connection lands there.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET / HTTP/1.0\r\nHost: xlb\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).expect("answer");
+    let freed = answer.lines().last().unwrap_or("").trim().to_owned();
+    drop(first);
+    wait_for(
+        "the closed connection's count back",
+        Duration::from_secs(5),
+        || estimates(&net).iter().sum::<u64>() == 2,
+    );
+    let body =
+        http_get(&net.client, vip80(), "/", TIMEOUT).expect("a new connection after one closed");
+    assert_eq!(
+        String::from_utf8_lossy(&body).trim(),
+        freed,
+        "not the backend that made room"
+    );
+    assert!(lb.running(), "xlb stopped:\n{}", lb.log_text());
+    drop(held);
+}
