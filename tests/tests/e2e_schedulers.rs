@@ -630,6 +630,27 @@ fn max_conns_hold_new_connections_back_until_one_closes() {
         "its SYNs were not counted backends_full"
     );
 
+    // Raised at runtime (`xlb backend max-conns`), b1 takes one more: the next connection
+    // that reaches it gets through, and b1 answers it.
+    let vip = format!("{VIP4}:80/tcp");
+    let said = net.ctl(&sock, &["backend", "max-conns", &vip, "198.18.0.11", "2"]);
+    assert!(said.contains("at most 2 active flows"), "{said}");
+    let mut more = (0..5)
+        .find_map(|_| connect_in(&net.client, vip80(), Duration::from_secs(2)).ok())
+        .expect("no connection got through after b1's limit was raised");
+    more.write_all(b"GET / HTTP/1.0\r\nHost: xlb\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    more.read_to_string(&mut answer).expect("answer");
+    assert_eq!(answer.lines().last().unwrap_or("").trim(), "b1", "{answer}");
+    drop(more);
+    net.ctl(&sock, &["backend", "max-conns", &vip, "198.18.0.11", "1"]);
+    wait_for(
+        "b1's extra connection's count back",
+        Duration::from_secs(5),
+        || estimates(&net).iter().sum::<u64>() == 3,
+    );
+
     // The first connection asks and is answered (HTTP/1.0: the server closes), then closes
     // its side: its backend's count goes back, and a new connection lands there.
     let mut first = held.remove(0);

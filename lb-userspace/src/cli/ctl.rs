@@ -27,9 +27,9 @@ use crate::{
     control::{
         client,
         protocol::{
-            BackendAdd, BackendBackup, BackendRef, BackendRemove, BackendWeight, ControlError,
-            Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd, VipHealthCheck,
-            VipIdleTimeout, VipRef, VipScheduler, VipSources,
+            BackendAdd, BackendBackup, BackendMaxConns, BackendRef, BackendRemove, BackendWeight,
+            ControlError, Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd,
+            VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler, VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -216,6 +216,31 @@ pub enum BackendCmd {
         /// Relative weight, 0..=10000.
         weight: u32,
     },
+    /// Cap a backend's active flows under a least-connection VIP (lc, wlc): at N it takes
+    /// no new ones. `none` lifts the cap. Flows already on it stay.
+    MaxConns {
+        /// ADDRESS:PORT[/PROTO] of the VIP.
+        vip: VipId,
+        /// The backend's address.
+        address: IpAddr,
+        /// The most active flows, 1 or more, or `none`.
+        #[arg(value_parser = parse_max_conns)]
+        max_conns: MaxConnsArg,
+    },
+}
+
+/// `xlb backend max-conns`' argument: a limit, or `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxConnsArg(pub Option<u32>);
+
+fn parse_max_conns(s: &str) -> Result<MaxConnsArg, String> {
+    if s == "none" {
+        return Ok(MaxConnsArg(None));
+    }
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!("{s:?}: give 1 or more active flows, or none")),
+        Ok(n) => Ok(MaxConnsArg(Some(n))),
+    }
 }
 
 /// Options every control command shares.
@@ -443,6 +468,21 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 weight,
             }),
             format!("backend {address} of {vip} now has weight {weight}"),
+        ),
+        BackendCmd::MaxConns {
+            vip,
+            address,
+            max_conns: MaxConnsArg(max_conns),
+        } => (
+            Request::BackendMaxConns(BackendMaxConns {
+                vip,
+                address,
+                max_conns,
+            }),
+            match max_conns {
+                Some(n) => format!("backend {address} of {vip} takes at most {n} active flows"),
+                None => format!("backend {address} of {vip} has no flow limit"),
+            },
         ),
     };
     let result = call(&opts.socket, &req)?;
@@ -1543,6 +1583,36 @@ mod tests {
             panic!("not backend add")
         };
         assert!(backup);
+        let Top::Backend(BackendCmd::Add { max_conns, .. }) = parse(&[
+            "backend",
+            "add",
+            "198.18.1.1:80",
+            "198.18.0.11",
+            "--max-conns",
+            "50",
+        ]) else {
+            panic!("not backend add")
+        };
+        assert_eq!(max_conns, Some(50));
+        for (arg, want) in [("500", Some(500)), ("none", None)] {
+            let Top::Backend(BackendCmd::MaxConns { max_conns, .. }) =
+                parse(&["backend", "max-conns", "198.18.1.1:80", "198.18.0.11", arg])
+            else {
+                panic!("not backend max-conns")
+            };
+            assert_eq!(max_conns, MaxConnsArg(want));
+        }
+        for bad in ["0", "-1", "lots"] {
+            let argv = [
+                "xlb",
+                "backend",
+                "max-conns",
+                "198.18.1.1:80",
+                "198.18.0.11",
+                bad,
+            ];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad} accepted");
+        }
         for (arg, want) in [("3600", Some(3600)), ("default", None)] {
             let Top::Vip(VipCmd::IdleTimeout { seconds, .. }) =
                 parse(&["vip", "idle-timeout", "198.18.1.1:80", arg])

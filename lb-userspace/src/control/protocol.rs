@@ -123,6 +123,9 @@ pub enum Request {
     /// Makes a backend a backup, or a regular one again; no flow moves.
     #[serde(rename = "backend.backup")]
     BackendBackup(BackendBackup),
+    /// Sets or lifts a backend's `max_conns` (least-connection VIPs).
+    #[serde(rename = "backend.max_conns")]
+    BackendMaxConns(BackendMaxConns),
     /// VIPs, backends, weights, health and traffic.
     #[serde(rename = "status")]
     Status(Empty),
@@ -262,6 +265,26 @@ pub struct BackendWeight {
     pub weight: u32,
 }
 
+/// Body of `backend.max_conns`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendMaxConns {
+    /// The VIP.
+    pub vip: VipId,
+    /// The backend's address.
+    pub address: IpAddr,
+    /// The most active flows it takes; `null`: no limit. Required, so that a request that
+    /// forgot it does not lift a limit.
+    #[serde(deserialize_with = "present")]
+    pub max_conns: Option<u32>,
+}
+
+/// An `Option` field that must be there (`null` allowed): serde defaults a missing
+/// `Option` to `None` unless it is read with a function of its own.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u32>::deserialize(d)
+}
+
 /// Body of `backend.backup`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +379,7 @@ pub const OPS: &[&str] = &[
     "backend.drain",
     "backend.undrain",
     "backend.backup",
+    "backend.max_conns",
     "status",
     "stats",
     "flow",
@@ -382,6 +406,7 @@ impl Request {
             Self::BackendDrain(_) => "backend.drain",
             Self::BackendUndrain(_) => "backend.undrain",
             Self::BackendBackup(_) => "backend.backup",
+            Self::BackendMaxConns(_) => "backend.max_conns",
             Self::Status(_) => "status",
             Self::Stats(_) => "stats",
             Self::Flow(_) => "flow",
@@ -423,6 +448,7 @@ impl Request {
             "backend.drain" => Self::BackendDrain(parse_body(body)?),
             "backend.undrain" => Self::BackendUndrain(parse_body(body)?),
             "backend.backup" => Self::BackendBackup(parse_body(body)?),
+            "backend.max_conns" => Self::BackendMaxConns(parse_body(body)?),
             "status" => Self::Status(parse_body(body)?),
             "stats" => Self::Stats(parse_body(body)?),
             "flow" => Self::Flow(parse_body(body)?),
@@ -770,6 +796,22 @@ mod tests {
                 }),
             ),
             (
+                r#"{"v":1,"op":"backend.max_conns","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","max_conns":500}"#,
+                Request::BackendMaxConns(BackendMaxConns {
+                    vip: vip_id(),
+                    address: b11,
+                    max_conns: Some(500),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"backend.max_conns","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","max_conns":null}"#,
+                Request::BackendMaxConns(BackendMaxConns {
+                    vip: vip_id(),
+                    address: b11,
+                    max_conns: None,
+                }),
+            ),
+            (
                 r#"{"v":1,"op":"backend.remove","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
                 Request::BackendRemove(BackendRemove {
                     vip: vip_id(),
@@ -949,6 +991,11 @@ mod tests {
                 br#"{"v":1,"op":"backend.weight","vip":"198.18.1.1:80/tcp","address":"198.18.0.11","weight":-1}"#,
                 code::BAD_REQUEST,
                 &["weight:"],
+            ),
+            (
+                br#"{"v":1,"op":"backend.max_conns","vip":"198.18.1.1:80/tcp","address":"198.18.0.11"}"#,
+                code::BAD_REQUEST,
+                &["missing field `max_conns`"],
             ),
             (
                 br#"{"v":1,"op":"vip.add","vip":{"address":"198.18.1.1","port":"80","protocol":"tcp"}}"#,

@@ -237,6 +237,16 @@ impl Handler for DaemonHandler {
                     r.address, r.vip, r.weight
                 ))
             }
+            Request::BackendMaxConns(r) => {
+                d.set_max_conns(&r.vip, r.address, r.max_conns)?;
+                done(match r.max_conns {
+                    Some(n) => format!(
+                        "backend {} of {} takes at most {n} active flows",
+                        r.address, r.vip
+                    ),
+                    None => format!("backend {} of {} has no flow limit", r.address, r.vip),
+                })
+            }
             Request::BackendDrain(r) => {
                 d.set_drained(&r.vip, r.address, true)?;
                 done(format!("drained backend {} of {}", r.address, r.vip))
