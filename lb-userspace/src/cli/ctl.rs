@@ -1160,6 +1160,17 @@ pub(super) fn state_cell(b: &Value) -> String {
     {
         let _ = write!(state, ", slow start {pct}%");
     }
+    // `max_conns` against the least-connection count it holds back (status has both).
+    if let Some(max) = b.get("max_conns").and_then(Value::as_u64) {
+        match b.get("active_estimate").and_then(Value::as_u64) {
+            Some(now) if now >= max => {
+                let _ = write!(state, ", full ({now} of max {max})");
+            }
+            _ => {
+                let _ = write!(state, ", max {max}");
+            }
+        }
+    }
     state
 }
 
@@ -1747,6 +1758,18 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
             ramping(35)
         );
         assert!(!ramping(100).contains("slow start"));
+        // A limited backend shows its limit, and says when it is full.
+        let limited = |now: u64| {
+            render_status(&json!({"vips": [{"vip": "198.18.1.1:80/tcp", "backends": [
+                {"address": "198.18.0.11", "state": "up", "max_conns": 10,
+                 "active_estimate": now}]}]}))
+        };
+        assert!(limited(3).contains(" up, max 10 "), "{}", limited(3));
+        assert!(
+            limited(10).contains(" up, full (10 of max 10) "),
+            "{}",
+            limited(10)
+        );
         assert!(!on_backups("standby").contains("on backups"));
         // Something unexpected still prints rather than failing.
         assert!(render_status(&json!("surprise")).starts_with("no VIPs"));
