@@ -88,6 +88,18 @@ fn backends_at_their_limit_take_no_new_flows() {
     assert_eq!(active(&lab), (1, 3));
     assert_eq!(tunnelled_to(&mut lab.ebpf, &syn(40_005), lb), b11);
     assert_eq!(active(&lab), (2, 3));
+
+    // Operators see the limits beside the counts, and the drop.
+    let (d, _ebpf) = lab.into_daemon();
+    let text = xlb::daemon::metrics::render(&d);
+    for line in [
+        format!("xlb_backend_max_conns{{vip=\"{WEB}\",backend=\"198.18.0.11\"}} 2\n"),
+        format!("xlb_backend_max_conns{{vip=\"{WEB}\",backend=\"198.18.0.12\"}} 3\n"),
+        format!("xlb_backend_active_flows{{vip=\"{WEB}\",backend=\"198.18.0.11\"}} 2\n"),
+        "xlb_dropped_packets_total{reason=\"backends_full\"} 1\n".to_owned(),
+    ] {
+        assert!(text.contains(&line), "metrics lack {line:?}:\n{text}");
+    }
 }
 
 /// The limit reaches the data plane through the core, and back to no limit: the same full

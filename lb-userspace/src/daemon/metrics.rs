@@ -89,6 +89,9 @@ pub fn render(d: &Daemon) -> String {
                     dp.active_flows(b.index)
                 );
             }
+            if let Some(max) = b.max_conns {
+                let _ = writeln!(be.max_conns, "xlb_backend_max_conns{{{l}}} {max}");
+            }
             if let Some((_, h)) = d.health(&id, *addr) {
                 if let Some(lat) = h.latency_ewma {
                     let _ = writeln!(
@@ -210,6 +213,13 @@ pub fn render(d: &Daemon) -> String {
     );
     section(
         &mut out,
+        "xlb_backend_max_conns",
+        "gauge",
+        "Most active flows the backend takes (max_conns, lc and wlc VIPs), for limited backends: at xlb_backend_active_flows >= this it takes no new flow.",
+        &be.max_conns,
+    );
+    section(
+        &mut out,
         "xlb_health_check_latency_seconds",
         "gauge",
         "Health-check latency (EWMA, alpha 0.3).",
@@ -252,6 +262,7 @@ struct BackendLines {
     serving: String,
     path_mtu: String,
     active: String,
+    max_conns: String,
     latency: String,
     checks: String,
 }
