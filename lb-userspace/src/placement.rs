@@ -306,16 +306,21 @@ mod tests {
         assert_eq!((p.next.how, p.next.backend), ("no_backend", None));
     }
 
+    /// B1's and B2's slots in `vip`, and a client port whose flow has both as candidates
+    /// (8 probes; two backends: some flow does).
+    fn two_candidates(vip: &VipState) -> (u32, u32, u16) {
+        let idx = |a: &str| vip.backends[&a.parse().unwrap()].index;
+        let sport = (1..100)
+            .find(|&s| place(vip, &key(s), None, |_| 0, 0).next.candidates.len() == 2)
+            .expect("a flow with two candidates");
+        (idx(B1), idx(B2), sport)
+    }
+
     #[test]
     fn least_connection_names_both_candidates_and_the_less_loaded_wins() {
         let (core, id) = core("lc");
         let vip = core.vip(&id).unwrap();
-        let idx = |a: &str| vip.backends[&a.parse().unwrap()].index;
-        let (i1, i2) = (idx(B1), idx(B2));
-        // Some flow's candidates are both backends (8 probes; two backends).
-        let sport = (1..100)
-            .find(|&s| place(vip, &key(s), None, |_| 0, 0).next.candidates.len() == 2)
-            .expect("a flow with two candidates");
+        let (i1, i2, sport) = two_candidates(vip);
         let busy = |busy: u32| move |i: u32| if i == busy { 5 } else { 1 };
         assert_eq!(
             place(vip, &key(sport), None, busy(i1), 0).next.backend,
@@ -337,11 +342,7 @@ mod tests {
                 .unwrap();
         }
         let vip = core.vip(&id).unwrap();
-        let idx = |a: &str| vip.backends[&a.parse().unwrap()].index;
-        let (i1, i2) = (idx(B1), idx(B2));
-        let sport = (1..100)
-            .find(|&s| place(vip, &key(s), None, |_| 0, 0).next.candidates.len() == 2)
-            .expect("a flow with two candidates");
+        let (i1, i2, sport) = two_candidates(vip);
         // B1 at its limit of 4 and B2 under it, though busier than B1 would be: B2.
         let counts = |a: u64, b: u64| {
             move |i: u32| {

@@ -4,7 +4,7 @@
 //! served by the others, and it comes back once its decap runs again; so does one whose VIP
 //! leaves its `lo`. Both families, and across them (IPv6 in IPv4, IPv4 in IPv6).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use xlb_tests::{
     netns::{require_root, wait_for},
@@ -24,6 +24,48 @@ fn config() -> String {
     )
 }
 
+/// Waits up to 15 s for `done`, showing the balancer's view if it never comes.
+fn until(net: &DemoNet, sock: &Path, what: &str, done: &dyn Fn(&DemoNet) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !done(net) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}:\n{}",
+            net.ctl(sock, &["status"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Health checks passed so far, over every backend of every VIP.
+fn checks_ok(net: &DemoNet, sock: &Path) -> u64 {
+    net.status_json(sock)["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["health"]["checks_ok"].as_u64())
+        .sum()
+}
+
+/// Whether the four (VIP, backend) pairs are all up.
+fn all_up(net: &DemoNet, sock: &Path) -> bool {
+    let s = net.backend_states(sock);
+    s.len() == 4 && s.values().all(|v| v == "up")
+}
+
+/// Whether every VIP has a backend whose last failed check asks for its decap.
+fn decap_named_in_every_vip(net: &DemoNet, sock: &Path) -> bool {
+    let status = net.status_json(sock);
+    status["vips"].as_array().into_iter().flatten().all(|v| {
+        v["backends"].as_array().into_iter().flatten().any(|b| {
+            b["health"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is `xlb decap` running there?"))
+        })
+    })
+}
+
 #[test]
 fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
     if !require_root() {
@@ -34,33 +76,12 @@ fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
     let (_lb, sock) = net.start_lb(&config(), &[]);
     net.wait_ready(&sock);
     let states = |net: &DemoNet| net.backend_states(&sock);
-    let all_up = |net: &DemoNet| {
-        let s = states(net);
-        s.len() == 4 && s.values().all(|v| v == "up")
-    };
+    let all_up = |net: &DemoNet| all_up(net, &sock);
+    let until =
+        |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| until(net, &sock, what, done);
     // Through the tunnels, every check passes and keeps passing (rise 2 after a start up).
-    // Waits up to 15 s for `what`, showing the balancer's view if it never comes.
-    let until = |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while !done(net) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never {what}:\n{}",
-                net.ctl(&sock, &["status"])
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     until(&net, "every backend up", &all_up);
-    let checked_ok = |net: &DemoNet| -> u64 {
-        net.status_json(&sock)["vips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
-            .filter_map(|b| b["health"]["checks_ok"].as_u64())
-            .sum()
-    };
+    let checked_ok = |net: &DemoNet| checks_ok(net, &sock);
     let before = checked_ok(&net);
     wait_for("tunnel checks passing", Duration::from_secs(10), || {
         checked_ok(&net) >= before + 8
@@ -112,16 +133,7 @@ fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
     until(
         &net,
         "b2's checks naming the missing decap, in both families",
-        &|net: &DemoNet| {
-            let status = net.status_json(&sock);
-            status["vips"].as_array().into_iter().flatten().all(|v| {
-                v["backends"].as_array().into_iter().flatten().any(|b| {
-                    b["health"]["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("is `xlb decap` running there?"))
-                })
-            })
-        },
+        &|net| decap_named_in_every_vip(net, &sock),
     );
 
     // Its decap back: up again.
@@ -170,30 +182,10 @@ fn tunnel_checks_work_across_families() {
     let (_lb, sock) = net.start_lb(&config, &[]);
     net.wait_ready(&sock);
     let states = |net: &DemoNet| net.backend_states(&sock);
-    let until = |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while !done(net) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never {what}:\n{}",
-                net.ctl(&sock, &["status"])
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let checks_ok = |net: &DemoNet| -> u64 {
-        net.status_json(&sock)["vips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
-            .filter_map(|b| b["health"]["checks_ok"].as_u64())
-            .sum()
-    };
-    let all_up = |net: &DemoNet| {
-        let s = states(net);
-        s.len() == 4 && s.values().all(|v| v == "up")
-    };
+    let until =
+        |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| until(net, &sock, what, done);
+    let checks_ok = |net: &DemoNet| checks_ok(net, &sock);
+    let all_up = |net: &DemoNet| all_up(net, &sock);
     // Passing, not merely started up: every backend's checks succeed, again and again.
     let before = checks_ok(&net);
     until(&net, "tunnel checks passing across families", &|net| {
@@ -232,16 +224,7 @@ fn tunnel_checks_work_across_families() {
     until(
         &net,
         "b2's checks naming the missing decap in both VIPs",
-        &|net| {
-            let status = net.status_json(&sock);
-            status["vips"].as_array().into_iter().flatten().all(|v| {
-                v["backends"].as_array().into_iter().flatten().any(|b| {
-                    b["health"]["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("is `xlb decap` running there?"))
-                })
-            })
-        },
+        &|net| decap_named_in_every_vip(net, &sock),
     );
 
     net.start_decap(1);
