@@ -24,7 +24,9 @@
 //!   cycle, so their sum is too (at most one partial cycle per CPU off).
 //! - `lc` / `wlc` (`VIP_F_LEAST_CONN`): two distinct candidates from the weighted table (two
 //!   hashes of the flow), and the one with fewer active flows per unit of weight wins —
-//!   power of two choices: O(1) per packet, no scan over backends.
+//!   power of two choices: O(1) per packet, no scan over backends. A backend at its
+//!   `max_conns` loses to any with room; with none in reach the new flow is dropped
+//!   (`BackendsFull`), its client's retry a moment later being the queue.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
