@@ -1311,13 +1311,20 @@ impl<D: Dataplane> Core<D> {
         crate::config::check_slow_start(vip.config.slow_start_s, scheduler).map_err(|m| {
             ConfigError::new("scheduler", format!("{id} has a slow start, and {m}"))
         })?;
-        if let Some((addr, b)) = vip.backends.iter().find(|(_, b)| b.max_conns.is_some()) {
-            crate::config::check_max_conns(b.max_conns, scheduler).map_err(|m| {
-                ConfigError::new(
+        let limited = vip.backends.iter().find(|(_, b)| b.max_conns.is_some());
+        if let Some((addr, b)) = limited {
+            if crate::config::check_max_conns(b.max_conns, scheduler).is_err() {
+                return Err(ConfigError::new(
                     "scheduler",
-                    format!("backend {addr} of {id} has {m}: lift its limit first"),
+                    format!(
+                        "{} ignores backends' max_conns (only lc and wlc honour them), and \
+                         backend {addr} of {id} has one: lift it first (`xlb backend \
+                         max-conns {id} {addr} none`)",
+                        scheduler.name()
+                    ),
                 )
-            })?;
+                .into());
+            }
         }
         let old = std::mem::replace(&mut vip.config.scheduler, scheduler);
         let before = vip.backends.clone();
@@ -1787,7 +1794,7 @@ mod tests {
         assert_eq!(entry(&core).max_active, 5);
         assert!(core.set_max_conns(&id, b11, Some(0)).is_err());
         let e = core.set_scheduler(&id, Scheduler::Maglev).unwrap_err();
-        assert!(e.to_string().contains("lift its limit"), "{e}");
+        assert!(e.to_string().contains("lift it first"), "{e}");
         assert_eq!(core.vip(&id).unwrap().config.scheduler, Scheduler::Wlc);
         let mut limited = backend("198.18.0.12");
         limited.max_conns = Some(7);
