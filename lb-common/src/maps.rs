@@ -245,11 +245,12 @@ pub struct ConnEntry {
     pub vip_id: u32,
     /// `Backend::generation` of the slot when the flow was recorded.
     pub generation: u32,
-    /// Least-connection flows (`CONN_F_COUNTED`) only, else 0: when the table last saw
-    /// the flow, in seconds of `CLOCK_MONOTONIC_COARSE`. Written when the flow is recorded
-    /// and on its table hits, which a sending flow makes at least once per flow-cache age
-    /// (`FLOW_CACHE_MAX_AGE`); the daemon's recount leaves flows idle for longer than their
-    /// protocol's timeout uncounted.
+    /// When the table last saw the flow, in seconds of `CLOCK_MONOTONIC_COARSE` (0: never
+    /// stamped, an entry of a daemon that stamped least-connection flows only). Written
+    /// when the flow is recorded and on its table hits, which a sending flow makes at least
+    /// once per flow-cache age (`FLOW_CACHE_MAX_AGE`); the daemon's recount leaves
+    /// least-connection flows idle for longer than their protocol's timeout uncounted, and
+    /// `xlb flows` shows every flow's idle time.
     pub seen_s: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 24);

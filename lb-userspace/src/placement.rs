@@ -29,8 +29,9 @@ pub struct Recorded {
     pub counted: bool,
     /// The client closed it (FIN/RST seen); its count went back.
     pub closed: bool,
-    /// Seconds since a counted flow's last packet went through the table (idle flows stop
-    /// counting); `None` for flows that are not counted, which are not stamped.
+    /// Seconds since the flow's last packet went through the table (a flow that sends
+    /// goes there at least once a second; idle counted flows stop counting); `None` for an
+    /// entry never stamped (recorded by a daemon that stamped counted flows only).
     pub idle_s: Option<u32>,
 }
 
@@ -44,7 +45,7 @@ impl Recorded {
             backend,
             counted,
             closed: e.flags & CONN_F_CLOSED != 0,
-            idle_s: (counted && e.seen_s != 0).then(|| now_s.saturating_sub(e.seen_s)),
+            idle_s: (e.seen_s != 0).then(|| now_s.saturating_sub(e.seen_s)),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! data path: flows the kernel evicts while open, or that go idle, leave the count at the
 //! next recount (idle ones count again when they send), and what the data plane counts
 //! meanwhile is kept. Also the batch scan under it: every entry
-//! once, across batches.
+//! once, across batches; and the stamp every flow gets on its table visits, which dates
+//! `xlb flows`' idle times.
 
 use std::{
     collections::HashMap,
@@ -414,4 +415,53 @@ fn counted_flows_moving_off_a_down_backend_take_their_counts_back() {
         .set_health(&id, "198.18.0.11".parse().unwrap(), true)
         .expect("health");
     assert_eq!(lab_counts(&lab), [0, 8]);
+}
+
+/// Every flow's entry is stamped when recorded and on every table visit, not only
+/// least-connection ones: `xlb flow` and `xlb flows` say how long any flow has been idle,
+/// so an ended flow (listed until the LRU evicts it) can be told from a live one.
+#[test]
+fn every_flow_is_stamped_so_its_idle_time_shows() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::with_options(
+        LC,
+        LoadOptions {
+            flow_cache: false,
+            ..Lab::options()
+        },
+    );
+    let (d, mut ebpf) = lab.into_daemon();
+    let to_443 = |sport: u16| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4(CLIENT), v4("198.18.1.1"))
+            .tcp(sport, 443)
+    };
+    run(&mut ebpf, &to_443(44_000).syn().build());
+    let vip = "198.18.1.1:443/tcp".parse().expect("VIP");
+    let client = std::net::SocketAddr::new(CLIENT.parse().unwrap(), 44_000);
+    let idle = |d: &Daemon| -> u64 {
+        let f = d.flow(&vip, client).expect("flow");
+        assert_eq!(f["recorded"]["counted"], false, "{f}");
+        f["recorded"]["idle_s"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no idle time: {f}"))
+    };
+    assert!(idle(&d) <= 2, "stamped when recorded");
+    // Silent for 500 s (the entry aged as time would age it), then a packet.
+    let mut conns = conns_v4(&mut ebpf);
+    let k = FlowKeyV4::of(&flow(
+        CLIENT.parse().unwrap(),
+        44_000,
+        "198.18.1.1".parse().unwrap(),
+        443,
+        6,
+    ));
+    let mut e = conns.get(&k, 0).expect("recorded flow");
+    e.seen_s = monotonic_coarse_s().wrapping_sub(500);
+    conns.insert(k, e, 0).expect("age the entry");
+    assert!((499..=502).contains(&idle(&d)), "{}", idle(&d));
+    run(&mut ebpf, &to_443(44_000).ack().payload(b"more").build());
+    assert!(idle(&d) <= 2, "stamped again on its table visit");
 }

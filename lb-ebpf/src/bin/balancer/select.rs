@@ -148,10 +148,11 @@ pub fn pinned(
     // closed entry (a client reusing the 5-tuple) counts the new connection.
     let counted = e.flags & CONN_F_COUNTED != 0;
     let closed = e.flags & CONN_F_CLOSED != 0;
-    if counted {
-        // SAFETY: as above. For the daemon's recount, which stops counting idle flows.
-        unsafe { (*entry).seen_s = now_s() };
-    }
+    // SAFETY: as above. Every table visit stamps the entry: the daemon's recount stops
+    // counting idle least-connection flows, and `xlb flows` says how long any flow has been
+    // idle (a flow's packets reach the table at least once a second while they come: the
+    // cache's age limit).
+    unsafe { (*entry).seen_s = now_s() };
     if counted && closing && !closed {
         // SAFETY: as above. Two CPUs racing here may both count: the count is an
         // estimate (and reads treat a count below zero as zero, see `load`).
@@ -261,7 +262,7 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
                 flags,
                 vip_id: vip.vip_id,
                 generation,
-                seen_s: if counted { now_s() } else { 0 },
+                seen_s: now_s(),
             })
         };
         // SAFETY: as above; only read from here on.
@@ -393,8 +394,8 @@ fn load(idx: u32) -> (u64, u64) {
     (active, weight.max(1))
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in seconds (`ConnEntry::seen_s`). A helper call, made only for
-/// least-connection flows, whose SYN and FIN reach the table anyway.
+/// `CLOCK_MONOTONIC_COARSE` in seconds (`ConnEntry::seen_s`). A helper call, made on table
+/// visits only (a new flow, and a known flow's packet the flow cache does not serve).
 #[inline(always)]
 fn now_s() -> u32 {
     // SAFETY: no arguments.
