@@ -217,7 +217,8 @@ pub struct BackendState {
     pub generation: u32,
     /// The slot's flow-cache epoch (see `Backend::cache_epoch`).
     pub cache_epoch: u32,
-    /// Most active flows it takes under a counting scheduler (`BackendConfig::max_conns`).
+    /// Most active flows it takes under a least-connection scheduler
+    /// (`BackendConfig::max_conns`).
     pub max_conns: Option<u32>,
 }
 
@@ -700,11 +701,12 @@ impl<D: Dataplane> Core<D> {
         Ok(())
     }
 
-    /// Changes the settings a reload may change in place (`icmp_too_big` and the rate
-    /// limits; `update` must leave the others as they are): the data plane's config is
-    /// written again, then kept. A packet reading the config meanwhile sees each setting
-    /// old or new, never a mix: each is one aligned word (a flag bit, a limit) of the one
-    /// slot. Nothing changes when the write fails.
+    /// Changes the settings a reload may change in place (the MTU, `icmp_too_big` and the
+    /// rate limits; `update` must leave the others as they are): the data plane's config
+    /// is written again, then kept. A packet reading the config meanwhile sees each
+    /// setting old or new, never a mix: each is one aligned word (a flag bit, a limit) of
+    /// the one slot. Nothing changes when the write fails. The caller checks a new MTU
+    /// against the IPv6 VIPs (`reload::check_fits`).
     pub fn set_limits(&mut self, update: impl FnOnce(&mut Settings)) -> Result<(), CoreError> {
         let mut settings = self.settings.clone();
         update(&mut settings);
