@@ -139,6 +139,8 @@ impl Daemon {
         checker: HealthChecker,
         events: mpsc::Sender<HealthEvent>,
     ) -> Self {
+        // Until `with_globals` says otherwise: the MTU the core was built with.
+        let iface_mtu = core.settings().mtu;
         Self {
             core,
             checker,
@@ -152,7 +154,7 @@ impl Daemon {
             ramps: BTreeMap::new(),
             reloads: ReloadHistory::new(SystemTime::now()),
             globals: Config::default(),
-            iface_mtu: 0,
+            iface_mtu,
             drop_log: None,
         }
     }
@@ -669,8 +671,8 @@ impl Daemon {
     }
 
     /// Changes a balancer-wide setting in place (a reload's step): the data plane's config
-    /// for `icmp_too_big` and the rate limits, the sampler's rate for `drop_samples` (each
-    /// CPU's budget is refilled to it within a second).
+    /// for the MTU, `icmp_too_big` and the rate limits, the sampler's rate for
+    /// `drop_samples` (each CPU's budget is refilled to it within a second).
     fn set_setting(&mut self, setting: reload::Setting) -> Result<(), CoreError> {
         match setting {
             reload::Setting::DropSamples(n) => {
