@@ -436,12 +436,11 @@ impl DropSampler {
             ebpf.take_map(name)
                 .with_context(|| format!("the balancer object has no map {name}"))
         };
-        let budget = Budget {
+        let mut budget = Budget {
             map: PerCpuArray::try_from(map(MAP_DROP_BUDGET)?).context("opening DROP_BUDGET")?,
             per_second,
         };
         let ring = RingBuf::try_from(map(MAP_DROP_SAMPLES)?).context("opening DROP_SAMPLES")?;
-        let mut budget = budget;
         budget.refill()?;
         Ok(Self { ring, budget })
     }
