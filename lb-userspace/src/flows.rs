@@ -112,6 +112,9 @@ pub struct Filter {
     /// Only the flows of clients in none of these prefixes: those a VIP's new
     /// `allowed_sources` leaves out.
     pub outside: Option<Vec<SourcePrefix>>,
+    /// Only the flows idle for longer than this many seconds (an entry never stamped has
+    /// no known idle time and is left out).
+    pub idle_over_s: Option<u32>,
 }
 
 impl Filter {
@@ -131,6 +134,9 @@ impl Filter {
                 .outside
                 .as_ref()
                 .is_none_or(|list| !list.iter().any(|p| p.contains(client)))
+            && self
+                .idle_over_s
+                .is_none_or(|n| flow.recorded.idle_s.is_some_and(|idle| idle > n))
     }
 }
 
@@ -243,6 +249,8 @@ fn listed(names: &Names, key: &FlowKey, e: &ConnEntry, now_s: u32) -> Option<Lis
 pub struct Forgetting {
     names: Names,
     filter: Filter,
+    /// The clock of `ConnEntry::seen_s` now, for the filter's idle time.
+    now_s: u32,
     scanned: u64,
     keys: Vec<FlowKey>,
     slots: BTreeSet<(u32, u32)>,
@@ -262,10 +270,11 @@ pub struct Forgotten {
 
 impl Forgetting {
     /// Nothing matched yet.
-    pub fn new(names: Names, filter: Filter) -> Self {
+    pub fn new(names: Names, filter: Filter, now_s: u32) -> Self {
         Self {
             names,
             filter,
+            now_s,
             scanned: 0,
             keys: Vec::new(),
             slots: BTreeSet::new(),
@@ -276,8 +285,7 @@ impl Forgetting {
     /// Takes one table entry into account.
     pub fn add(&mut self, key: &FlowKey, e: &ConnEntry) {
         self.scanned += 1;
-        // The clock only dates `idle_s`, which the filter does not read.
-        let Some(flow) = listed(&self.names, key, e, 0) else {
+        let Some(flow) = listed(&self.names, key, e, self.now_s) else {
             return;
         };
         if self.filter.keeps(&flow, e) {
@@ -473,7 +481,7 @@ mod tests {
     }
 
     fn forget(filter: Filter) -> (Vec<String>, Vec<(u32, u32)>) {
-        let mut f = Forgetting::new(names(), filter);
+        let mut f = Forgetting::new(names(), filter, 100);
         for (client, to, port, proto, vip_id, slot, generation) in TABLE {
             f.add(
                 &flow(client, to, port, proto),
@@ -504,7 +512,7 @@ mod tests {
         };
         let (client, to, port, proto, vip_id, slot, generation) = TABLE[0];
         let with_flags = |flags: u32| {
-            let mut f = Forgetting::new(names(), web.clone());
+            let mut f = Forgetting::new(names(), web.clone(), 100);
             let e = ConnEntry {
                 flags,
                 ..entry(vip_id, slot, generation)
@@ -519,6 +527,42 @@ mod tests {
             !with_flags(CONN_F_COUNTED | CONN_F_CLOSED),
             "its client closed it: the count went back already"
         );
+    }
+
+    /// `idle_over_s` keeps the flows idle for longer, and leaves out entries never stamped
+    /// (their idle time is not known).
+    #[test]
+    fn the_idle_filter_keeps_flows_idle_for_longer() {
+        let idle = |over: u32| {
+            let mut f = Forgetting::new(
+                names(),
+                Filter {
+                    vip: Some((WEB, None)),
+                    idle_over_s: Some(over),
+                    ..Filter::default()
+                },
+                1000,
+            );
+            let clients = [
+                "198.18.0.10:41000",
+                "198.18.0.10:41001",
+                "198.18.0.10:41002",
+                "198.18.0.10:41003",
+            ];
+            for (client, seen_s) in clients.into_iter().zip([0, 400, 990, 1000]) {
+                let (_, to, port, proto, vip_id, slot, generation) = TABLE[0];
+                let e = ConnEntry {
+                    seen_s,
+                    ..entry(vip_id, slot, generation)
+                };
+                f.add(&flow(client, to, port, proto), &e);
+            }
+            f.keys().len()
+        };
+        // Idle 600, 10 and 0 s; the unstamped one never counts.
+        assert_eq!(idle(5), 2);
+        assert_eq!(idle(100), 1);
+        assert_eq!(idle(600), 0);
     }
 
     #[test]

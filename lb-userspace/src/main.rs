@@ -198,6 +198,10 @@ enum Cmd {
         /// At most this many flows (1..=10000).
         #[arg(long, default_value_t = xlb::flows::DEFAULT_LIMIT)]
         limit: u32,
+        /// Only the flows idle for longer than SECS (no packet since; a flow that sends
+        /// shows 0 or 1): ended ones, listed until the tables evict them.
+        #[arg(long, value_name = "SECS")]
+        idle_over: Option<u32>,
         /// Forget the matching flows instead (all of them; name a VIP, a backend or
         /// clients): their next packets are new flows, scheduled anew or refused by the
         /// VIP's allowed sources. Their connections break where the new backend differs.
@@ -415,6 +419,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             backend,
             client,
             limit,
+            idle_over,
             forget,
         } => {
             let opts = CtlOpts {
@@ -427,6 +432,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 backend,
                 client,
                 limit,
+                idle_over_s: idle_over,
             };
             if forget {
                 ctl::run_flows_forget(query, &opts)

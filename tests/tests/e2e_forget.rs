@@ -51,6 +51,22 @@ fn forgetting_a_drained_backends_flows_ends_its_connections_and_no_others() {
         assert_eq!(&c.who(), who, "a connection moved on the drain");
     }
 
+    // Live connections are not idle: a forget narrowed to flows idle for over a minute
+    // takes none of them.
+    let said = net.ctl(
+        &sock,
+        &[
+            "flows",
+            &vip,
+            "--backend",
+            "198.18.0.11",
+            "--idle-over",
+            "60",
+            "--forget",
+        ],
+    );
+    assert!(said.starts_with("forgot 0 flows"), "{said}");
+
     // Forgotten: exactly its flows go (the listing said how many it had).
     let listed = net.ctl(&sock, &["flows", &vip, "--backend", "198.18.0.11"]);
     assert!(

@@ -323,6 +323,10 @@ pub struct FlowsQuery {
     /// At most this many flows (1..=10000; default 100), the first by VIP, then client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Only the flows idle for longer than this many seconds (no packet has reached the
+    /// table since; a flow that sends does at least once a second): ended ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_over_s: Option<u32>,
 }
 
 /// Body of `drops`: every field optional.
@@ -773,6 +777,7 @@ mod tests {
                     backend: None,
                     client: Some("198.18.0.0/24".parse().unwrap()),
                     limit: None,
+                    idle_over_s: None,
                 }),
             ),
             (
@@ -898,6 +903,17 @@ mod tests {
                     backend: Some(b11),
                     client: None,
                     limit: Some(5),
+                    idle_over_s: None,
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"flows","vip":"198.18.1.1:80/tcp","idle_over_s":300}"#,
+                Request::Flows(FlowsQuery {
+                    vip: Some(vip_id()),
+                    backend: None,
+                    client: None,
+                    limit: None,
+                    idle_over_s: Some(300),
                 }),
             ),
             (

@@ -76,6 +76,9 @@ fn forget_scope(q: &FlowsQuery) -> String {
     if let Some(c) = q.client {
         parts.push(format!("of clients in {c}"));
     }
+    if let Some(n) = q.idle_over_s {
+        parts.push(format!("idle for over {n} s"));
+    }
     parts.join(" ")
 }
 
@@ -381,7 +384,8 @@ impl DaemonHandler {
             ))
             .into());
         }
-        let (names, filter) = self.lock()?.flows_filter(q.vip, q.backend, q.client)?;
+        let (names, mut filter) = self.lock()?.flows_filter(q.vip, q.backend, q.client)?;
+        filter.idle_over_s = q.idle_over_s;
         let f = self.forget_matching(names, filter, true)?;
         let scope = forget_scope(q);
         log::info!(
@@ -460,7 +464,8 @@ impl DaemonHandler {
     ) -> Result<flows::Forgotten, ControlError> {
         let internal = |m: String| ControlError::new(code::INTERNAL, m);
         let tables = self.lock()?.core().dataplane().conn_tables();
-        let mut forgetting = flows::Forgetting::new(names, filter);
+        let now_s = crate::conntable::monotonic_coarse_s();
+        let mut forgetting = flows::Forgetting::new(names, filter, now_s);
         tables
             .for_each_flow(|k, e| forgetting.add(k, e))
             .map_err(|e| internal(format!("scanning the connection tables: {e}")))?;

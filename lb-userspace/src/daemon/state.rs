@@ -1052,7 +1052,8 @@ impl Daemon {
     ) -> Result<(flows::Names, flows::Filter, usize), ControlError> {
         let limit = flows::check_limit(q.limit)
             .map_err(|m| CoreError::Invalid(ConfigError::new("limit", m)))?;
-        let (names, filter) = self.flows_filter(q.vip, q.backend, q.client)?;
+        let (names, mut filter) = self.flows_filter(q.vip, q.backend, q.client)?;
+        filter.idle_over_s = q.idle_over_s;
         Ok((names, filter, limit))
     }
 
@@ -1097,6 +1098,7 @@ impl Daemon {
             backend,
             client,
             outside: None,
+            idle_over_s: None,
         };
         Ok((flows::Names::of(self.core.vips()), filter))
     }
