@@ -36,11 +36,16 @@ fn pkt(sport: u16) -> Pkt {
 }
 
 fn key(sport: u16) -> FlowKeyV4 {
+    key_to(sport, 80)
+}
+
+/// The table key of the client's flow from `sport` to the VIP's `dport`.
+fn key_to(sport: u16, dport: u16) -> FlowKeyV4 {
     FlowKeyV4::of(&flow(
         CLIENT.parse().unwrap(),
         sport,
         "198.18.1.1".parse().unwrap(),
-        80,
+        dport,
         6,
     ))
 }
@@ -85,13 +90,7 @@ fn recount(d: &mut Daemon) -> (usize, i64) {
 /// sending flow does at least once per cache age), with four lc flows opened from client
 /// ports `first..first + 4`; its program, and the lc backends' slots.
 fn four_lc_flows(config: &str, first: u16) -> (Daemon, aya::Ebpf, [u32; 2]) {
-    let lab = Lab::with_options(
-        config,
-        LoadOptions {
-            flow_cache: false,
-            ..Lab::options()
-        },
-    );
+    let lab = uncached(config);
     let idx = lc_slots(&lab);
     let (d, mut ebpf) = lab.into_daemon();
     for sport in first..first + 4 {
@@ -105,13 +104,34 @@ fn four_lc_flows(config: &str, first: u16) -> (Daemon, aya::Ebpf, [u32; 2]) {
     (d, ebpf, idx)
 }
 
-/// Makes the table entry of the flow from client port `sport` last seen at `seen_s`.
+/// A lab on `config` without the flow cache: every packet visits the table.
+fn uncached(config: &str) -> Lab {
+    Lab::with_options(
+        config,
+        LoadOptions {
+            flow_cache: false,
+            ..Lab::options()
+        },
+    )
+}
+
+/// Makes the table entry of the flow from client port `sport` (to port 80) last seen
+/// `ago_s` seconds ago.
 fn age(conns: &mut BpfHashMap<aya::maps::MapData, FlowKeyV4, ConnEntry>, sport: u16, ago_s: u32) {
-    let mut e = conns.get(&key(sport), 0).expect("recorded flow");
+    age_key(conns, key(sport), ago_s);
+}
+
+/// Makes the table entry under `k` last seen `ago_s` seconds ago.
+fn age_key(
+    conns: &mut BpfHashMap<aya::maps::MapData, FlowKeyV4, ConnEntry>,
+    k: FlowKeyV4,
+    ago_s: u32,
+) {
+    let mut e = conns.get(&k, 0).expect("recorded flow");
     // The clock counts from boot: on a machine up for less than `ago_s` the stamp wraps,
     // as the recount's arithmetic does.
     e.seen_s = monotonic_coarse_s().wrapping_sub(ago_s);
-    conns.insert(key(sport), e, 0).expect("age the entry");
+    conns.insert(k, e, 0).expect("age the entry");
 }
 
 /// Active-flow counts of both backends, in address order.
@@ -425,14 +445,7 @@ fn every_flow_is_stamped_so_its_idle_time_shows() {
     if !require_root() {
         return;
     }
-    let lab = Lab::with_options(
-        LC,
-        LoadOptions {
-            flow_cache: false,
-            ..Lab::options()
-        },
-    );
-    let (d, mut ebpf) = lab.into_daemon();
+    let (d, mut ebpf) = uncached(LC).into_daemon();
     let to_443 = |sport: u16| {
         Pkt::eth(CLIENT_MAC, LB_MAC)
             .ipv4(v4(CLIENT), v4("198.18.1.1"))
@@ -450,17 +463,7 @@ fn every_flow_is_stamped_so_its_idle_time_shows() {
     };
     assert!(idle(&d) <= 2, "stamped when recorded");
     // Silent for 500 s (the entry aged as time would age it), then a packet.
-    let mut conns = conns_v4(&mut ebpf);
-    let k = FlowKeyV4::of(&flow(
-        CLIENT.parse().unwrap(),
-        44_000,
-        "198.18.1.1".parse().unwrap(),
-        443,
-        6,
-    ));
-    let mut e = conns.get(&k, 0).expect("recorded flow");
-    e.seen_s = monotonic_coarse_s().wrapping_sub(500);
-    conns.insert(k, e, 0).expect("age the entry");
+    age_key(&mut conns_v4(&mut ebpf), key_to(44_000, 443), 500);
     assert!((499..=502).contains(&idle(&d)), "{}", idle(&d));
     run(&mut ebpf, &to_443(44_000).ack().payload(b"more").build());
     assert!(idle(&d) <= 2, "stamped again on its table visit");
