@@ -384,8 +384,8 @@ impl DaemonHandler {
             ))
             .into());
         }
-        let (names, mut filter) = self.lock()?.flows_filter(q.vip, q.backend, q.client)?;
-        filter.idle_over_s = q.idle_over_s;
+        // The listing's scope (its limit refused above).
+        let (names, filter, _) = self.lock()?.flows_scope(q)?;
         let f = self.forget_matching(names, filter, true)?;
         let scope = forget_scope(q);
         log::info!(
