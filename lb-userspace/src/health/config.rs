@@ -14,6 +14,8 @@ pub enum CheckKind {
     Tcp,
     /// An HTTP/1.1 `GET` whose status (and optionally body) is checked.
     Http,
+    /// The same `GET` over TLS (the certificate is not verified: see `health::tls`).
+    Https,
     /// A UDP datagram that must draw any reply (optionally containing `expect`).
     Udp,
     /// An ICMP / ICMPv6 echo request; the port is ignored.
@@ -32,6 +34,7 @@ impl CheckKind {
         match self {
             CheckKind::Tcp => "tcp",
             CheckKind::Http => "http",
+            CheckKind::Https => "https",
             CheckKind::Udp => "udp",
             CheckKind::Icmp => "icmp",
             CheckKind::None => "none",
@@ -59,14 +62,18 @@ pub struct HealthCheckConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub port: Option<u16>,
-    /// `http`: request path, starting with `/`.
+    /// `http`, `https`: request path, starting with `/`.
     pub path: String,
-    /// `http`: `Host` header; `None` means the backend's `ip:port`.
+    /// `http`, `https`: `Host` header; `None` means the backend's `ip:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// `http`: the status code a healthy backend answers with.
+    /// `https`: the TLS server name (SNI); `None` means `host`'s name if it is a DNS name,
+    /// else none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// `http`, `https`: the status code a healthy backend answers with.
     pub expect_status: u16,
-    /// `http`: a substring the first 64 KiB of the body must contain.
+    /// `http`, `https`: a substring the first 64 KiB of the body must contain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect_body: Option<String>,
     /// `udp`: the datagram payload sent to the backend.
@@ -95,6 +102,7 @@ impl Default for HealthCheckConfig {
             port: None,
             path: "/".to_owned(),
             host: None,
+            sni: None,
             expect_status: 200,
             expect_body: None,
             send: "xlb-health".to_owned(),
@@ -143,6 +151,10 @@ pub enum HealthConfigError {
     Empty { field: &'static str },
     #[error("port must be set for a {kind} check: the VIP listens on all ports, so there is no VIP port to default to")]
     PortRequired { kind: &'static str },
+    #[error("sni applies to https checks only, this one is {kind}")]
+    SniWithoutTls { kind: &'static str },
+    #[error("sni {name:?}: {reason}")]
+    BadSni { name: String, reason: &'static str },
     #[error("{field} must be at most {max} bytes, got {got}")]
     TooLong {
         field: &'static str,
@@ -180,6 +192,17 @@ impl HealthCheckConfig {
             non_empty("host", host)?;
             check_token("host", host)?;
             max_len("host", host, MAX_HOST_LEN)?;
+        }
+        if let Some(name) = &self.sni {
+            if self.kind != CheckKind::Https {
+                return Err(HealthConfigError::SniWithoutTls {
+                    kind: self.kind.as_str(),
+                });
+            }
+            super::tls::check_sni(name).map_err(|reason| HealthConfigError::BadSni {
+                name: name.clone(),
+                reason,
+            })?;
         }
         in_range("expect_status", self.expect_status.into(), 100, 599)?;
         if let Some(body) = &self.expect_body {
@@ -363,11 +386,40 @@ mod tests {
 
     #[test]
     fn every_kind_parses_by_name() {
-        for kind in ["tcp", "http", "udp", "icmp", "none", "tcp_tunnel"] {
+        for kind in ["tcp", "http", "https", "udp", "icmp", "none", "tcp_tunnel"] {
             let cfg = parse(&format!(r#"{{"kind": "{kind}"}}"#)).expect("kind parses");
             assert_eq!(cfg.kind.as_str(), kind);
         }
         assert!(parse(r#"{"kind": "grpc"}"#).is_err());
+    }
+
+    #[test]
+    fn sni_is_a_dns_name_for_https_only() {
+        let cfg = parse(r#"{"kind": "https", "sni": "api.example", "path": "/healthz"}"#)
+            .expect("parses");
+        assert_eq!(cfg.kind, CheckKind::Https);
+        assert_eq!(cfg.validate(), Ok(()));
+        let err = parse(r#"{"kind": "http", "sni": "api.example"}"#)
+            .expect("parses")
+            .validate()
+            .expect_err("sni on plain http");
+        assert_eq!(
+            err.to_string(),
+            "sni applies to https checks only, this one is http"
+        );
+        for (name, reason) in [
+            (
+                "198.18.0.11",
+                "an IP address is never sent as SNI; leave sni out",
+            ),
+            ("bad name", "not a valid DNS name"),
+        ] {
+            let err = parse(&format!(r#"{{"kind": "https", "sni": "{name}"}}"#))
+                .expect("parses")
+                .validate()
+                .expect_err("not a DNS name");
+            assert_eq!(err.to_string(), format!("sni {name:?}: {reason}"));
+        }
     }
 
     #[test]

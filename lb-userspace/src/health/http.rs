@@ -1,5 +1,6 @@
-//! HTTP/1.1 probe written by hand over a plain TCP stream: `GET path` with `Connection: close`,
-//! then the status line and (when a body substring is expected) up to 64 KiB of body.
+//! HTTP/1.1 probe written by hand over a plain TCP stream, or a TLS one for `https` checks:
+//! `GET path` with `Connection: close`, then the status line and (when a body substring is
+//! expected) up to 64 KiB of body.
 //!
 //! Why no HTTP crate: the probe needs one request shape and a status code; a hand-written
 //! client keeps the daemon's dependency tree small and every failure mode an explicit
@@ -10,12 +11,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    config::{HealthCheckConfig, MAX_HTTP_BODY},
+    config::{CheckKind, HealthCheckConfig, MAX_HTTP_BODY},
     probe::{contains, timed, Probe, ProbeError, ProbeFuture},
     tcp::connect,
+    tls::{is_unclean_close, TlsClient},
 };
 
 /// A response head longer than this is not a health endpoint's answer.
@@ -36,10 +38,15 @@ pub struct HttpProbe {
     pub timeout: Duration,
     /// Source address for the probe; `None` lets the kernel choose.
     pub bind: Option<IpAddr>,
+    /// `https`: the request goes over TLS.
+    pub tls: Option<TlsClient>,
 }
 
 impl HttpProbe {
+    /// An `http` or `https` probe, as `cfg.kind` says.
     pub fn from_config(cfg: &HealthCheckConfig, bind: Option<IpAddr>) -> Self {
+        let tls = (cfg.kind == CheckKind::Https)
+            .then(|| TlsClient::new(cfg.sni.as_deref(), cfg.host.as_deref()));
         Self {
             path: cfg.path.clone(),
             host: cfg.host.clone(),
@@ -47,6 +54,7 @@ impl HttpProbe {
             expect_body: cfg.expect_body.clone(),
             timeout: cfg.timeout(),
             bind,
+            tls,
         }
     }
 
@@ -63,9 +71,28 @@ impl HttpProbe {
     }
 
     async fn exchange(&self, target: SocketAddr) -> Result<(), ProbeError> {
-        let mut stream = connect(target, self.bind).await?;
+        let stream = connect(target, self.bind).await?;
+        match &self.tls {
+            None => self.exchange_over(stream, target).await,
+            Some(tls) => {
+                let stream = tls.handshake(stream, target).await?;
+                self.exchange_over(stream, target).await
+            }
+        }
+    }
+
+    /// The request and its answer over a connected (and for `https`, handshaken) stream.
+    async fn exchange_over<S>(&self, mut stream: S, target: SocketAddr) -> Result<(), ProbeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         stream
             .write_all(self.request(target).as_bytes())
+            .await
+            .map_err(|e| ProbeError::from_io(e, false))?;
+        // TLS buffers what it encrypts.
+        stream
+            .flush()
             .await
             .map_err(|e| ProbeError::from_io(e, false))?;
 
@@ -96,7 +123,11 @@ impl Probe for HttpProbe {
     }
 
     fn kind(&self) -> &'static str {
-        "http"
+        if self.tls.is_some() {
+            CheckKind::Https.as_str()
+        } else {
+            CheckKind::Http.as_str()
+        }
     }
 }
 
@@ -116,21 +147,21 @@ struct ResponseHead {
 }
 
 /// Buffers reads from the response stream.
-struct Reader<'s> {
-    stream: &'s mut tokio::net::TcpStream,
+struct Reader<'s, S> {
+    stream: &'s mut S,
     buf: Vec<u8>,
     eof: bool,
 }
 
-impl Reader<'_> {
+impl<S: AsyncRead + Unpin> Reader<'_, S> {
     /// Reads one more chunk into `buf`; sets `eof` when the server closed.
     async fn fill(&mut self) -> Result<(), ProbeError> {
         let mut chunk = [0u8; 8192];
-        let n = self
-            .stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| ProbeError::from_io(e, false))?;
+        let n = match self.stream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) if is_unclean_close(&e) => 0,
+            Err(e) => return Err(ProbeError::from_io(e, false)),
+        };
         self.eof = n == 0;
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -288,7 +319,8 @@ mod tests {
 
     use super::*;
     use crate::health::test_util::{
-        closed_tcp_port, http_server, recording_http_server, silent_tcp_server, SLACK,
+        closed_tcp_port, http_server, recording_http_server, silent_tcp_server, tls_server,
+        TlsClose, SLACK,
     };
 
     fn probe(expect_body: Option<&str>) -> HttpProbe {
@@ -299,6 +331,7 @@ mod tests {
             expect_body: expect_body.map(str::to_owned),
             timeout: Duration::from_secs(2),
             bind: None,
+            tls: None,
         }
     }
 
@@ -477,5 +510,145 @@ mod tests {
         assert!(matches!(err, ProbeError::Timeout { .. }), "{err:?}");
         assert!(start.elapsed() < timeout + SLACK);
         server.abort();
+    }
+
+    fn https(expect_body: Option<&str>, sni: Option<&str>, host: Option<&str>) -> HttpProbe {
+        HttpProbe {
+            host: host.map(str::to_owned),
+            tls: Some(TlsClient::new(sni, host)),
+            ..probe(expect_body)
+        }
+    }
+
+    #[tokio::test]
+    async fn https_over_v4_and_v6_with_any_certificate() {
+        for ip in ["127.0.0.1", "::1"] {
+            let (target, server, mut names) = tls_server(
+                ip,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                TlsClose::Clean,
+            )
+            .await;
+            let probe = https(Some("ok"), None, None);
+            assert_eq!(probe.kind(), "https");
+            probe.check(target).await.expect("healthy");
+            // An address target sends no SNI.
+            assert_eq!(names.recv().await, Some(None));
+            server.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn https_sends_sni_from_sni_or_host() {
+        let (target, server, mut names) = tls_server(
+            "127.0.0.1",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            TlsClose::Clean,
+        )
+        .await;
+        https(None, None, Some("api.example:8443"))
+            .check(target)
+            .await
+            .expect("healthy");
+        assert_eq!(names.recv().await, Some(Some("api.example".into())));
+        https(None, Some("sni.example"), Some("api.example"))
+            .check(target)
+            .await
+            .expect("healthy");
+        assert_eq!(names.recv().await, Some(Some("sni.example".into())));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn https_status_and_body_are_checked_as_over_http() {
+        let (target, server, _names) = tls_server(
+            "127.0.0.1",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown",
+            TlsClose::Clean,
+        )
+        .await;
+        let err = https(None, None, None)
+            .check(target)
+            .await
+            .expect_err("503");
+        assert!(
+            matches!(err, ProbeError::BadStatus { got: 503, .. }),
+            "{err:?}"
+        );
+        server.abort();
+        let (target, server, _names) = tls_server(
+            "127.0.0.1",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\ndegraded\r\n0\r\n\r\n",
+            TlsClose::Clean,
+        )
+        .await;
+        let err = https(Some("ok"), None, None)
+            .check(target)
+            .await
+            .expect_err("no ok");
+        assert!(matches!(err, ProbeError::BodyMismatch { .. }), "{err:?}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn https_body_until_a_close_without_close_notify() {
+        let (target, server, _names) = tls_server(
+            "127.0.0.1",
+            b"HTTP/1.0 200 OK\r\n\r\nstatus: ok\n",
+            TlsClose::Abrupt,
+        )
+        .await;
+        https(Some("ok"), None, None)
+            .check(target)
+            .await
+            .expect("the close ends the body");
+        server.abort();
+        // A cut response still fails on its framing.
+        let (target, server, _names) = tls_server(
+            "127.0.0.1",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nstat",
+            TlsClose::Abrupt,
+        )
+        .await;
+        let err = https(Some("ok"), None, None)
+            .check(target)
+            .await
+            .expect_err("cut");
+        assert!(matches!(err, ProbeError::BodyMismatch { .. }), "{err:?}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn plain_http_on_an_https_check_fails_the_handshake() {
+        // A plain HTTP server answers the ClientHello's first bytes as a bad request.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let target = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let err = https(None, None, None)
+            .check(target)
+            .await
+            .expect_err("no TLS there");
+        assert!(matches!(err, ProbeError::Tls(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with("TLS handshake failed: "),
+            "{err}"
+        );
+        server.abort();
+        let target = closed_tcp_port("127.0.0.1").await;
+        let err = https(None, None, None)
+            .check(target)
+            .await
+            .expect_err("closed");
+        assert!(matches!(err, ProbeError::Refused), "{err:?}");
     }
 }

@@ -6,7 +6,9 @@
 //! - `config`  — [`HealthCheckConfig`], the per-VIP JSON settings, and their validation.
 //! - `probe`   — the [`Probe`] trait, [`ProbeError`], [`build_probe`], the `none` probe.
 //! - `tcp`     — [`TcpProbe`]: the handshake completes.
-//! - `http`    — [`HttpProbe`]: a hand-written HTTP/1.1 `GET`; status and body substring.
+//! - `http`    — [`HttpProbe`]: a hand-written HTTP/1.1 `GET`; status and body substring;
+//!   over TLS for `https`.
+//! - `tls`     — the `https` checks' TLS client: any certificate, SNI from `sni` or `host`.
 //! - `udp`     — [`UdpProbe`]: a datagram draws a reply; port unreachable fails fast.
 //! - `icmp`    — [`IcmpProbe`]: ICMP / ICMPv6 echo on a ping or raw socket.
 //! - `tunnel`  — [`TcpTunnelProbe`]: a SYN to the VIP through the backend's tunnel.
@@ -42,6 +44,7 @@ mod state;
 mod tcp;
 #[cfg(test)]
 mod test_util;
+mod tls;
 mod tunnel;
 mod udp;
 

@@ -57,6 +57,8 @@ pub enum ProbeError {
     ReplyMismatch { want: String },
     #[error("the backend does not strip the tunnel (its stack answered that it does not know the protocol): is `xlb decap` running there?")]
     TunnelRefused,
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
     #[error("malformed response: {reason}")]
     Malformed { reason: &'static str },
 }
@@ -80,7 +82,7 @@ pub fn build_probe(cfg: &HealthCheckConfig, bind: Option<IpAddr>, vip: IpAddr) -
     match cfg.kind {
         CheckKind::TcpTunnel => Arc::new(TcpTunnelProbe::new(vip, cfg.timeout(), bind)),
         CheckKind::Tcp => Arc::new(TcpProbe::new(cfg.timeout(), bind)),
-        CheckKind::Http => Arc::new(HttpProbe::from_config(cfg, bind)),
+        CheckKind::Http | CheckKind::Https => Arc::new(HttpProbe::from_config(cfg, bind)),
         CheckKind::Udp => Arc::new(UdpProbe::from_config(cfg, bind)),
         CheckKind::Icmp => Arc::new(IcmpProbe::new(cfg.timeout(), bind)),
         CheckKind::None => Arc::new(NoneProbe),
@@ -182,6 +184,7 @@ mod tests {
         for kind in [
             CheckKind::Tcp,
             CheckKind::Http,
+            CheckKind::Https,
             CheckKind::Udp,
             CheckKind::Icmp,
             CheckKind::None,

@@ -134,3 +134,105 @@ pub async fn udp_silent(ip: &str) -> (SocketAddr, UdpSocket) {
     let addr = socket.local_addr().expect("local addr");
     (addr, socket)
 }
+
+/// How a [`tls_server`] ends its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsClose {
+    /// `close_notify`, then the TCP close.
+    Clean,
+    /// The TCP close alone, as servers that never shut TLS down do.
+    Abrupt,
+}
+
+/// A self-signed certificate and its key, made by the `openssl` command for this test run
+/// (nothing verifies it: the `https` probe accepts any certificate).
+fn self_signed() -> (
+    Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+    tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "xlb-tls-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=xlb-test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .expect("read cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("parse cert");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("parse key");
+    let _ = std::fs::remove_dir_all(&dir);
+    (certs, key)
+}
+
+/// An HTTPS server on loopback (TLS 1.2 or 1.3, a self-signed certificate) answering every
+/// request with `response`, then closing as `close` says. Returns its address, the task to
+/// abort, and the SNI name of each handshake as it comes (`None`: the client sent none).
+pub async fn tls_server(
+    ip: &str,
+    response: &'static [u8],
+    close: TlsClose,
+) -> (
+    SocketAddr,
+    JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+) {
+    use std::sync::Arc;
+    use tokio_rustls::{rustls, TlsAcceptor};
+    let (certs, key) = self_signed();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (names, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, names) = (acceptor.clone(), names.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = names.send(tls.get_ref().1.server_name().map(str::to_owned));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls.write_all(response).await;
+                let _ = tls.flush().await;
+                if close == TlsClose::Clean {
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, task, rx)
+}
