@@ -13,7 +13,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages: the BPF compiler and LLVM for bpf-linker, then what tests, demo and
 /// bench run (iproute2, ethtool, curl, Python for the backends' web servers, wrk, nginx,
-/// HAProxy, nftables, bpftool, matplotlib for the bench's plots).
+/// HAProxy, nftables, bpftool, matplotlib for the bench's plots, openssl for the `https`
+/// checks' test certificates).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -31,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "bpftool",
     "python3-matplotlib",
+    "openssl",
 ];
 
 /// Installs what is missing.

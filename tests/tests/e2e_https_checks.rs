@@ -1,0 +1,253 @@
+//! End-to-end: `https` health checks against backends that serve only TLS (Python's
+//! `ssl` over `http.server`, a self-signed certificate). The checks pass with the name the
+//! config gives sent as SNI, clients reach the service through the VIP over TLS (DSR), a
+//! backend that answers plain HTTP on the port (a `tcp` check would still pass) goes down
+//! with the failed handshake as its reason, and comes back when TLS does. Both families.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    netns::{require_root, wait_for},
+    topology::{connect_in, curl_with, spawn_logged, DemoNet, Proc, PYTHON, VIP4, VIP6},
+};
+
+const PORT: u16 = 443;
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// The `Host` the checks send, and so (no `sni` set) their SNI.
+const HOST: &str = "www.example";
+
+/// A threaded HTTPS server (dual stack, port 443): `/healthz` says ok, everything else the
+/// backend's name; prints the SNI of every handshake. The handshake runs in the request's
+/// thread, so a stuck client cannot hold the others up.
+const TLS_SERVER: &str = r#"
+import http.server, socketserver, socket, ssl, sys
+name, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"ok\n" if self.path == "/healthz" else (name + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+def sni(sock, server_name, c):
+    print("sni", server_name, flush=True)
+ctx.sni_callback = sni
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    allow_reuse_address = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        return ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), addr
+S(("::", int(sys.argv[4])), H).serve_forever()
+"#;
+
+/// A self-signed certificate for [`HOST`] in `dir` (cert, key).
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={HOST}"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Runs backend `i`'s server (`args` after Python) on [`PORT`] and waits until it accepts.
+fn serve(net: &DemoNet, i: usize, label: &str, args: &[&str]) -> Proc {
+    let b = &net.backends[i];
+    let log = net.dir.join(format!("{}-{label}.log", b.name));
+    let mut argv = vec![PYTHON];
+    argv.extend_from_slice(args);
+    let p = spawn_logged(&b.ns, &argv, &log);
+    let addr = SocketAddr::new(b.v4.into(), PORT);
+    wait_for(
+        &format!("{label} server on {}", b.name),
+        Duration::from_secs(20),
+        || connect_in(&net.lb, addr, Duration::from_millis(300)).is_ok(),
+    );
+    p
+}
+
+fn serve_tls(net: &DemoNet, i: usize, cert: &Path, key: &Path) -> Proc {
+    let name = net.backends[i].name.clone();
+    let port = PORT.to_string();
+    let (cert, key) = (
+        cert.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+    );
+    serve(net, i, "tls", &["-c", TLS_SERVER, &name, cert, key, &port])
+}
+
+/// Plain HTTP on the TLS port: what a `tcp` check cannot tell from the real service.
+fn serve_plain(net: &DemoNet, i: usize) -> Proc {
+    let root = net.dir.to_str().expect("utf-8 path").to_owned();
+    let port = PORT.to_string();
+    serve(
+        net,
+        i,
+        "plain",
+        &[
+            "-m",
+            "http.server",
+            &port,
+            "--bind",
+            "::",
+            "--directory",
+            &root,
+        ],
+    )
+}
+
+/// Waits up to 15 s for `done`, showing the balancer's view if it never comes.
+fn until(net: &DemoNet, sock: &Path, what: &str, done: &dyn Fn(&DemoNet) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done(net) {
+        assert!(
+            Instant::now() < deadline,
+            "never {what}:\n{}",
+            net.ctl(sock, &["status"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Health checks passed so far, over every backend of every VIP.
+fn checks_ok(net: &DemoNet, sock: &Path) -> u64 {
+    net.status_json(sock)["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["health"]["checks_ok"].as_u64())
+        .sum()
+}
+
+/// The `last_error` of backend `addr` in every VIP that has it.
+fn last_errors(net: &DemoNet, sock: &Path, addr: &str) -> Vec<String> {
+    net.status_json(sock)["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["address"] == addr)
+        .map(|b| b["health"]["last_error"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The bodies of `n` HTTPS requests to `vip` from the client (certificate not checked:
+/// it is self-signed), each on a new connection.
+fn fetch(net: &DemoNet, vip: &str, n: usize) -> Vec<String> {
+    let url = if vip.contains(':') {
+        format!("https://[{vip}]/")
+    } else {
+        format!("https://{vip}/")
+    };
+    (0..n)
+        .map(|_| curl_with(&net.client, &url, 3, &["-k"]).unwrap_or_else(|| panic!("{url}")))
+        .collect()
+}
+
+#[test]
+fn https_checks_pass_over_tls_and_fail_a_backend_without_it() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2etls", 2);
+    for i in 0..2 {
+        net.start_decap(i);
+    }
+    let (cert, key) = certificate(&net.dir);
+    let mut servers: Vec<Proc> = (0..2).map(|i| serve_tls(&net, i, &cert, &key)).collect();
+    let check = format!(
+        r#"{{"kind": "https", "path": "/healthz", "host": "{HOST}", "expect_body": "ok", "interval_ms": 300, "timeout_ms": 250, "rise": 2, "fall": 2, "down_interval_ms": 300}}"#
+    );
+    let config = format!(
+        r#"{{"vips": [
+            {{"address": "{VIP4}", "port": {PORT}, "protocol": "tcp", "health_check": {check},
+              "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}},
+            {{"address": "{VIP6}", "port": {PORT}, "protocol": "tcp", "health_check": {check},
+              "backends": [{{"address": "fd00::11"}}, {{"address": "fd00::12"}}]}}]}}"#
+    );
+    let (_lb, sock) = net.start_lb(&config, &[]);
+    net.wait_ready(&sock);
+    let states = |net: &DemoNet| net.backend_states(&sock);
+    let all_up = |net: &DemoNet| {
+        let s = states(net);
+        s.len() == 4 && s.values().all(|v| v == "up")
+    };
+
+    // Passing, not merely started up: every backend's checks succeed, again and again,
+    // and each handshake named the configured host.
+    let before = checks_ok(&net, &sock);
+    until(&net, &sock, "https checks passing", &|net| {
+        checks_ok(net, &sock) >= before + 8 && all_up(net)
+    });
+    for s in &servers {
+        let log = s.log_text();
+        assert!(log.contains(&format!("sni {HOST}")), "{log}");
+    }
+    // The VIPs' clients get the service over TLS, answered straight from the backends.
+    for vip in [VIP4, VIP6] {
+        for body in fetch(&net, vip, 6) {
+            assert!(body == "b1" || body == "b2", "{vip}: {body}");
+        }
+    }
+
+    // b2 answers plain HTTP on the port: its port is open (a `tcp` check passes), but no
+    // client could talk TLS to it.
+    servers.pop();
+    let plain = serve_plain(&net, 1);
+    let own = SocketAddr::new("198.18.0.12".parse().expect("literal"), PORT);
+    assert!(connect_in(&net.lb, own, TIMEOUT).is_ok());
+    let b2_down = |net: &DemoNet| {
+        let s = states(net);
+        s.get(&format!("{VIP4}:{PORT}/tcp 198.18.0.12"))
+            .map(String::as_str)
+            == Some("down")
+            && s.get(&format!("[{VIP6}]:{PORT}/tcp fd00::12"))
+                .map(String::as_str)
+                == Some("down")
+    };
+    until(&net, &sock, "b2 down under https checks", &b2_down);
+    let s = states(&net);
+    assert_eq!(s[&format!("{VIP4}:{PORT}/tcp 198.18.0.11")], "up", "{s:?}");
+    assert_eq!(s[&format!("[{VIP6}]:{PORT}/tcp fd00::11")], "up", "{s:?}");
+    for e in last_errors(&net, &sock, "198.18.0.12")
+        .into_iter()
+        .chain(last_errors(&net, &sock, "fd00::12"))
+    {
+        assert!(e.starts_with("TLS handshake failed: "), "{e}");
+    }
+    for vip in [VIP4, VIP6] {
+        for body in fetch(&net, vip, 6) {
+            assert_eq!(body, "b1", "{vip}");
+        }
+    }
+
+    // TLS back on b2: up again, and serving.
+    drop(plain);
+    servers.push(serve_tls(&net, 1, &cert, &key));
+    until(&net, &sock, "b2 up again", &all_up);
+}
