@@ -178,6 +178,9 @@ reasons! {
         /// pick but not recorded, as it ends a connection (an entry would outlive it; a
         /// scan's or a backscatter's RSTs would fill the table).
         UnknownRst = 60, "unknown_rst";
+        /// Decap host (`xlb_mss_clamp`, TC egress): a SYN-ACK from a VIP whose MSS option
+        /// was lowered to leave room for the tunnel header (`lb_common::mss`).
+        MssClamped = 61, "mss_clamped";
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`lookup`]: how `LOOKUP` packs the VIPs' lookup tables.
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
 //! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
+//! - [`mss`]: the MSS backends clamp their SYN-ACKs to (`xlb decap --clamp-mss`).
 //! - [`rate_window`]: how many new flows each CPU records, and ICMP errors it sends, per
 //!   second.
 #![cfg_attr(not(feature = "user"), no_std)]
@@ -28,4 +29,5 @@ pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
+pub mod mss;
 pub mod rate_window;

@@ -71,6 +71,11 @@ pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_DROP_BUDGET: &str = "DROP_BUDGET";
 /// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
+/// `CLAMP_SOURCES`: [`DecapAddr`] → `u32` (1): the addresses (the VIPs on `lo`) whose
+/// outgoing SYN-ACKs `xlb_mss_clamp` clamps.
+pub const MAP_CLAMP_SOURCES: &str = "CLAMP_SOURCES";
+/// `MSS_CLAMP`: single slot → [`crate::mss::MssClamp`], the MSS those SYN-ACKs may carry.
+pub const MAP_MSS_CLAMP: &str = "MSS_CLAMP";
 
 /// Largest lookup table (a prime). Each table id owns this many slots of `LOOKUP`
 /// ([`crate::lookup::ENTRIES_PER_TABLE`] entries).

@@ -6,8 +6,13 @@
 //! Everything else — and anything that does not parse — is passed untouched and counted:
 //! the program must never break the backend's own traffic. The only drops are tunnels to
 //! us that the kernel's own tunnel code would drop too (each under its own reason).
+//!
+//! The same object holds `xlb_mss_clamp` (`mss`), the TC egress program that keeps the
+//! SYN-ACKs of tunnelled connections from inviting segments too big for the tunnel.
 #![no_std]
 #![no_main]
+
+mod mss;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -1,0 +1,154 @@
+//! `xlb_mss_clamp`: TC egress on backends (`xlb decap --clamp-mss`). Lowers the MSS option
+//! of SYN-ACKs sent from a VIP (`CLAMP_SOURCES`) to what `MSS_CLAMP` says, so that the
+//! clients' segments still fit the path once the balancer has tunnelled them, without
+//! anyone depending on ICMP reaching the client (see `lb_common::mss`).
+//!
+//! Every packet leaves as it came unless it is exactly that: the program only ever
+//! lowers one MSS value and fixes the TCP checksum for it (`bpf_l4_csum_replace`, which
+//! leaves a checksum the NIC has yet to compute alone). Anything it cannot read is let go
+//! untouched. Reads go through `bpf_skb_load_bytes`, which also sees headers outside the
+//! linear part of the buffer.
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    macros::{classifier, map},
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
+use lb_common::{
+    addr::{FAMILY_V4, FAMILY_V6},
+    counters::Event,
+    maps::DecapAddr,
+    mss::MssClamp,
+};
+use lb_ebpf::{
+    parse::{
+        eth::{ETH_HLEN, VLAN_HLEN},
+        ETH_P_IP, ETH_P_IPV6,
+    },
+    stats::bump,
+};
+
+use crate::STATS;
+
+/// The VIPs whose SYN-ACKs are clamped. Written by `xlb decap`.
+#[map]
+static CLAMP_SOURCES: HashMap<DecapAddr, u32> = HashMap::with_max_entries(256, 0);
+
+/// The largest MSS per family (slot 0). Written by `xlb decap`.
+#[map]
+static MSS_CLAMP: Array<MssClamp> = Array::with_max_entries(1, 0);
+
+const ETH_P_8021Q: u16 = 0x8100;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+const TCPOLEN_MSS: u8 = 4;
+/// TCP options take at most 40 bytes, so at most 40 of them (all one-byte NOPs).
+const MAX_OPTIONS: usize = 40;
+/// `bpf_l4_csum_replace`'s flags: the field changed is 2 bytes wide.
+const CSUM_FIELD_2: u64 = 2;
+
+#[classifier]
+pub fn xlb_mss_clamp(ctx: TcContext) -> i32 {
+    if clamp(&ctx).is_some() {
+        bump(&STATS, Event::MssClamped.slot());
+    }
+    TC_ACT_OK as i32
+}
+
+/// Lowers the MSS of a SYN-ACK (or SYN) from a clamped source; `Some` if it did.
+#[inline(always)]
+fn clamp(ctx: &TcContext) -> Option<()> {
+    let (mut ethertype, mut l3) = (u16::from_be(ctx.load::<u16>(ETH_HLEN - 2).ok()?), ETH_HLEN);
+    if ethertype == ETH_P_8021Q {
+        ethertype = u16::from_be(ctx.load::<u16>(ETH_HLEN + VLAN_HLEN - 2).ok()?);
+        l3 += VLAN_HLEN;
+    }
+    let limits = MSS_CLAMP.get(0)?;
+    let (key, l4, max) = match ethertype {
+        ETH_P_IP => {
+            let head = ctx.load::<[u8; 20]>(l3).ok()?;
+            let ihl = usize::from(head[0] & 0x0f) * 4;
+            // Fragments carry no TCP header of their own past the first; SYN-ACKs are small.
+            let frag = u16::from_be_bytes([head[6], head[7]]) & 0x3fff;
+            if head[0] >> 4 != 4 || ihl < 20 || head[9] != IPPROTO_TCP || frag != 0 {
+                return None;
+            }
+            let src = u32::from_ne_bytes([head[12], head[13], head[14], head[15]]);
+            let key = DecapAddr {
+                addr: [src, 0, 0, 0],
+                family: u32::from(FAMILY_V4),
+            };
+            (key, l3 + ihl, limits.ipv4)
+        }
+        ETH_P_IPV6 => {
+            let head = ctx.load::<[u32; 6]>(l3).ok()?;
+            let first = head[0].to_ne_bytes();
+            let next_header = head[1].to_ne_bytes()[2];
+            // A stack's SYN-ACK has no extension headers: anything else is left alone.
+            if first[0] >> 4 != 6 || next_header != IPPROTO_TCP {
+                return None;
+            }
+            let key = DecapAddr {
+                addr: [head[2], head[3], head[4], head[5]],
+                family: u32::from(FAMILY_V6),
+            };
+            (key, l3 + 40, limits.ipv6)
+        }
+        _ => return None,
+    };
+    if max == 0 {
+        return None;
+    }
+    let tcp = ctx.load::<[u8; 14]>(l4).ok()?;
+    if tcp[13] & TCP_SYN == 0 {
+        return None;
+    }
+    // SAFETY: the map's values are plain integers; only the presence matters.
+    if unsafe { CLAMP_SOURCES.get(&key) }.is_none() {
+        return None;
+    }
+    let end = l4 + usize::from(tcp[12] >> 4) * 4;
+    let at = mss_option(ctx, l4 + 20, end)?;
+    let old = ctx.load::<u16>(at).ok()?;
+    if u16::from_be(old) <= max {
+        return None;
+    }
+    let new = max.to_be();
+    ctx.store(at, &new, 0).ok()?;
+    // Offset 16 of the TCP header: its checksum.
+    ctx.l4_csum_replace(l4 + 16, u64::from(old), u64::from(new), CSUM_FIELD_2)
+        .ok()?;
+    Some(())
+}
+
+/// Where the MSS option's value is among the options between `start` and `end`, if it is
+/// there and well formed. Bounded: one step per option, at most [`MAX_OPTIONS`].
+#[inline(always)]
+fn mss_option(ctx: &TcContext, start: usize, end: usize) -> Option<usize> {
+    let mut at = start;
+    for _ in 0..MAX_OPTIONS {
+        if at >= end {
+            return None;
+        }
+        let kind = ctx.load::<u8>(at).ok()?;
+        match kind {
+            TCPOPT_EOL => return None,
+            TCPOPT_NOP => at += 1,
+            _ => {
+                let len = ctx.load::<u8>(at + 1).ok()?;
+                if len < 2 || at + usize::from(len) > end {
+                    return None;
+                }
+                if kind == TCPOPT_MSS {
+                    return (len == TCPOLEN_MSS).then_some(at + 2);
+                }
+                at += usize::from(len);
+            }
+        }
+    }
+    None
+}
