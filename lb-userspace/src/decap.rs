@@ -11,6 +11,10 @@
 //! detection, a backend address added later) would otherwise pass every tunnel to a stack
 //! that cannot strip it, and the backend would take no traffic while its health checks
 //! pass.
+//!
+//! With `--clamp-mss`, the object's TC egress program (`xlb_mss_clamp`) also lowers the MSS
+//! of SYN-ACKs sent from `lo`'s addresses (the VIPs) to what fits the interface's MTU once
+//! tunnelled (`lb_common::mss`); the VIPs and the MTU are followed like the addresses.
 
 use std::{
     collections::BTreeSet,
@@ -24,13 +28,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::XdpMode,
 };
 use lb_common::{
     addr::to_words,
     counters::{Counters, Pass},
-    maps::{DecapAddr, MAP_DECAP_ADDRS, MAP_STATS},
+    maps::{DecapAddr, MAP_CLAMP_SOURCES, MAP_DECAP_ADDRS, MAP_MSS_CLAMP, MAP_STATS},
+    mss::{self, MssClamp},
 };
 use tokio::{signal::unix::SignalKind, sync::watch};
 
@@ -76,13 +81,17 @@ fn not_local_warning(before: u64, now: u64) -> Option<String> {
 /// live on `lo` in DSR, the tunnel's outer destination on the interface).
 fn local_addresses(iface: &str) -> Result<BTreeSet<IpAddr>> {
     let mut local: BTreeSet<IpAddr> = netdev::addresses(iface)?.into_iter().collect();
-    local.extend(
-        netdev::addresses("lo")
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| !a.is_loopback()),
-    );
+    local.extend(vips());
     Ok(local)
+}
+
+/// `lo`'s addresses but the loopback ones: the VIPs of a DSR backend.
+fn vips() -> BTreeSet<IpAddr> {
+    netdev::addresses("lo")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| !a.is_loopback())
+        .collect()
 }
 
 /// What to add to and remove from `installed` to make it `wanted`.
@@ -93,14 +102,17 @@ fn changes(installed: &BTreeSet<IpAddr>, wanted: &BTreeSet<IpAddr>) -> (Vec<IpAd
     )
 }
 
-/// The decap program's address map and what it holds.
-struct DecapAddrs {
+/// A map of addresses (`DECAP_ADDRS`, `CLAMP_SOURCES`) and what it holds.
+struct AddressMap {
     map: HashMap<MapData, DecapAddr, u32>,
     installed: BTreeSet<IpAddr>,
+    /// What an address in the map means, and what its removal does, for the logs.
+    added: fn(IpAddr) -> String,
+    removed: fn(IpAddr) -> String,
 }
 
-impl DecapAddrs {
-    /// Makes the map hold `wanted`: new addresses first, so that none a tunnel may still
+impl AddressMap {
+    /// Makes the map hold `wanted`: new addresses first, so that none a packet may still
     /// use is missing meanwhile. An address that cannot be written is logged and tried
     /// again at the next sync (the map holds 256).
     fn sync(&mut self, wanted: &BTreeSet<IpAddr>) {
@@ -108,19 +120,19 @@ impl DecapAddrs {
         for a in add {
             match self.map.insert(key(a), 1, 0) {
                 Ok(()) => {
-                    log::info!("accepting tunnels to {a}");
+                    log::info!("{}", (self.added)(a));
                     self.installed.insert(a);
                 }
-                Err(e) => log::warn!("accepting tunnels to {a}: {e}"),
+                Err(e) => log::warn!("{}: {e}", (self.added)(a)),
             }
         }
         for a in remove {
             match self.map.remove(&key(a)) {
                 Ok(()) => {
-                    log::info!("{a} is no longer local: tunnels to it are passed to the stack");
+                    log::info!("{}", (self.removed)(a));
                     self.installed.remove(&a);
                 }
-                Err(e) => log::warn!("no longer accepting tunnels to {a}: {e}"),
+                Err(e) => log::warn!("{}: {e}", (self.removed)(a)),
             }
         }
     }
@@ -134,14 +146,121 @@ fn key(a: IpAddr) -> DecapAddr {
     }
 }
 
+/// Which tunnel header `--clamp-mss` leaves room for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TunnelHeader {
+    /// IPv6's (40 bytes) if this host accepts tunnels to a global IPv6 address (the
+    /// balancer may reach it over IPv6), else IPv4's (20).
+    Auto,
+    /// IPv4's: the balancer reaches this host at an IPv4 address.
+    Ipv4,
+    /// IPv6's: the balancer reaches this host at an IPv6 address.
+    Ipv6,
+}
+
+impl TunnelHeader {
+    /// Its length, for a host accepting tunnels to `accepted`.
+    fn bytes(self, accepted: &BTreeSet<IpAddr>) -> u32 {
+        let global_v6 = |a: &IpAddr| match a {
+            IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => false,
+        };
+        match self {
+            TunnelHeader::Ipv4 => mss::TUNNEL_V4,
+            TunnelHeader::Ipv6 => mss::TUNNEL_V6,
+            TunnelHeader::Auto if accepted.iter().any(global_v6) => mss::TUNNEL_V6,
+            TunnelHeader::Auto => mss::TUNNEL_V4,
+        }
+    }
+}
+
+/// `--clamp-mss`: the SYN-ACKs' sources and the MSS they may carry.
+struct Clamp {
+    sources: AddressMap,
+    limits: Array<MapData, MssClamp>,
+    header: TunnelHeader,
+    /// What the map holds (`None`: nothing written yet, or the MTU left no sane MSS).
+    current: Option<MssClamp>,
+}
+
+impl Clamp {
+    /// Follows the VIPs, and the MSS `iface`'s MTU leaves for a host accepting tunnels to
+    /// `accepted`.
+    fn sync(&mut self, iface: &str, accepted: &BTreeSet<IpAddr>) {
+        self.sources.sync(&vips());
+        let header = self.header.bytes(accepted);
+        let mtu = match netdev::mtu(iface) {
+            Ok(mtu) => mtu,
+            Err(e) => {
+                log::warn!("reading the MTU of {iface}: {e:#}");
+                return;
+            }
+        };
+        let wanted = mss::clamp_for(mtu, header);
+        if wanted == self.current {
+            return;
+        }
+        // No sane MSS fits: clamp nothing rather than advertise a tiny one.
+        let value = wanted.unwrap_or_default();
+        if let Err(e) = self.limits.set(0, value, 0) {
+            log::warn!("setting the MSS clamp: {e}");
+            return;
+        }
+        self.current = wanted;
+        match wanted {
+            Some(c) => log::info!(
+                "SYN-ACKs from the VIPs advertise at most MSS {} (IPv4) / {} (IPv6): {iface}'s \
+                 MTU {mtu} less a {header}-byte tunnel header",
+                c.ipv4,
+                c.ipv6
+            ),
+            None => log::warn!(
+                "{iface}'s MTU {mtu} leaves no usable MSS behind a {header}-byte tunnel header: \
+                 SYN-ACKs are not clamped"
+            ),
+        }
+    }
+}
+
+/// Loads, fills and attaches `xlb_mss_clamp` on `iface`'s egress.
+fn start_clamp(
+    ebpf: &mut aya::Ebpf,
+    iface: &str,
+    header: TunnelHeader,
+    accepted: &BTreeSet<IpAddr>,
+) -> Result<Clamp> {
+    let sources = ebpf
+        .take_map(MAP_CLAMP_SOURCES)
+        .context("decap object has no CLAMP_SOURCES")?;
+    let limits = ebpf
+        .take_map(MAP_MSS_CLAMP)
+        .context("decap object has no MSS_CLAMP")?;
+    let mut clamp = Clamp {
+        sources: AddressMap {
+            map: HashMap::try_from(sources)?,
+            installed: BTreeSet::new(),
+            added: |a| format!("clamping the MSS of SYN-ACKs from {a}"),
+            removed: |a| format!("{a} left lo: its SYN-ACKs are no longer clamped"),
+        },
+        limits: Array::try_from(limits)?,
+        header,
+        current: None,
+    };
+    clamp.sync(iface, accepted);
+    loader::attach_egress(ebpf, loader::MSS_CLAMP_PROG, iface)?;
+    Ok(clamp)
+}
+
 /// Runs the decap program on `iface` until SIGINT / SIGTERM, serving its metrics on
 /// `metrics` if given. `addresses` empty means every address of the interface and of
-/// `lo`, followed as they change.
+/// `lo`, followed as they change. `clamp_mss`: also clamp the VIPs' SYN-ACKs, leaving room
+/// for that tunnel header.
 pub async fn run(
     iface: &str,
     mode: XdpMode,
     addresses: &[IpAddr],
     metrics: Option<SocketAddr>,
+    clamp_mss: Option<TunnelHeader>,
 ) -> Result<()> {
     netdev::ifindex(iface)?;
     let listener = match metrics {
@@ -170,9 +289,11 @@ pub async fn run(
     let map = ebpf
         .take_map(MAP_DECAP_ADDRS)
         .context("decap object has no DECAP_ADDRS")?;
-    let mut addrs = DecapAddrs {
+    let mut addrs = AddressMap {
         map: HashMap::try_from(map)?,
         installed: BTreeSet::new(),
+        added: |a| format!("accepting tunnels to {a}"),
+        removed: |a| format!("{a} is no longer local: tunnels to it are passed to the stack"),
     };
     addrs.sync(&wanted);
     let stats: Arc<PerCpuArray<MapData, Counters>> = Arc::new(PerCpuArray::try_from(
@@ -191,6 +312,10 @@ pub async fn run(
         "xlb_decap attached to {iface}; accepting tunnels to {:?}",
         addrs.installed
     );
+    let mut clamp = match clamp_mss {
+        Some(header) => Some(start_clamp(&mut ebpf, iface, header, &addrs.installed)?),
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut refresh = tokio::time::interval(REFRESH);
@@ -205,12 +330,19 @@ pub async fn run(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = refresh.tick(), if !fixed => match local_addresses(iface) {
-                Ok(wanted) => {
-                    addrs.sync(&wanted);
-                    accepted.store(addrs.installed.len(), Ordering::Relaxed);
+            _ = refresh.tick() => {
+                if !fixed {
+                    match local_addresses(iface) {
+                        Ok(wanted) => {
+                            addrs.sync(&wanted);
+                            accepted.store(addrs.installed.len(), Ordering::Relaxed);
+                        }
+                        Err(e) => log::warn!("reading the addresses of {iface}: {e:#}"),
+                    }
                 }
-                Err(e) => log::warn!("reading the addresses of {iface}: {e:#}"),
+                if let Some(clamp) = &mut clamp {
+                    clamp.sync(iface, &addrs.installed);
+                }
             },
             _ = watch.tick() => {
                 let now = not_local(&stats);

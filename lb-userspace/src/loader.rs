@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use aya::{
-    programs::{Xdp, XdpMode},
+    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -28,6 +28,8 @@ pub static BASELINE_OBJ: &[u8] =
 pub const BALANCER_PROG: &str = "xlb_balancer";
 /// See [`BALANCER_PROG`].
 pub const DECAP_PROG: &str = "xlb_decap";
+/// The decap object's TC egress program (`xlb decap --clamp-mss`).
+pub const MSS_CLAMP_PROG: &str = "xlb_mss_clamp";
 
 /// Map sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -164,6 +166,38 @@ pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .with_context(|| format!("object has no program {name}"))?;
     prog.try_into()
         .with_context(|| format!("{name} is not an XDP program"))
+}
+
+/// The TC program `name` of `ebpf`, loaded (verified).
+pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a TC program"))?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("the kernel refused TC program {name}"))?;
+    }
+    Ok(prog)
+}
+
+/// Loads TC program `name` of `ebpf` and attaches it to `iface`'s egress, detached when
+/// `ebpf` is dropped. Kernels from 6.6 on attach it as a TCX link; older ones need the
+/// `clsact` qdisc, which is added if missing (and stays).
+pub fn attach_egress(ebpf: &mut Ebpf, name: &str, iface: &str) -> Result<()> {
+    use aya::util::KernelVersion;
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if !tcx {
+        if let Err(e) = tc::qdisc_add_clsact(iface) {
+            // Already there is fine; anything else shows in the attach's error.
+            log::debug!("adding the clsact qdisc to {iface}: {e}");
+        }
+    }
+    classifier(ebpf, name)?
+        .attach(iface, TcAttachType::Egress)
+        .map(|_| ())
+        .with_context(|| format!("attaching {name} to {iface}'s egress"))
 }
 
 /// Attaches program `name` of `ebpf` to interface `iface` in `mode`, with an error that says

@@ -104,6 +104,11 @@ enum Cmd {
         /// Serve Prometheus metrics (the program's counters) on this address.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Lower the MSS of SYN-ACKs from lo's addresses (the VIPs) so that clients'
+        /// segments fit the MTU once tunnelled, ICMP or not; the value says which tunnel
+        /// header to leave room for (auto: IPv6's if this host has a global IPv6 address).
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "auto", value_name = "HEADER")]
+        clamp_mss: Option<xlb::decap::TunnelHeader>,
     },
     /// Run a backend agent (HAProxy agent-check format) answering with a file's first line.
     Agent {
@@ -313,11 +318,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             xdp_mode,
             addresses,
             metrics,
+            clamp_mss,
         } => runtime()?.block_on(xlb::decap::run(
             &iface,
             xdp_mode.into(),
             &addresses,
             metrics,
+            clamp_mss,
         )),
         Cmd::Agent { listen, state_file } => {
             runtime()?.block_on(xlb::agent::serve(listen, state_file))
