@@ -307,15 +307,16 @@ pub async fn run(
         let render = move || render_metrics(&sum_reasons(&stats), accepted.load(Ordering::Relaxed));
         tokio::spawn(prometheus::serve(l, Arc::new(render), shutdown_rx))
     });
+    // The clamp first: once tunnels are stripped, every SYN-ACK they draw is clamped.
+    let mut clamp = match clamp_mss {
+        Some(header) => Some(start_clamp(&mut ebpf, iface, header, &addrs.installed)?),
+        None => None,
+    };
     loader::attach(&mut ebpf, loader::DECAP_PROG, iface, mode)?;
     log::info!(
         "xlb_decap attached to {iface}; accepting tunnels to {:?}",
         addrs.installed
     );
-    let mut clamp = match clamp_mss {
-        Some(header) => Some(start_clamp(&mut ebpf, iface, header, &addrs.installed)?),
-        None => None,
-    };
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut refresh = tokio::time::interval(REFRESH);
@@ -382,6 +383,18 @@ mod tests {
             (vec![ip("198.18.0.21")], vec![ip("fd00::11")])
         );
         assert_eq!(changes(&installed, &installed), (vec![], vec![]));
+    }
+
+    #[test]
+    fn the_clamp_leaves_room_for_the_tunnels_this_host_accepts() {
+        let set =
+            |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        let v4_only = set(&["198.18.0.11", "198.18.1.1", "fe80::1"]);
+        let dual = set(&["198.18.0.11", "fd00::11"]);
+        assert_eq!(TunnelHeader::Auto.bytes(&v4_only), mss::TUNNEL_V4);
+        assert_eq!(TunnelHeader::Auto.bytes(&dual), mss::TUNNEL_V6);
+        assert_eq!(TunnelHeader::Ipv4.bytes(&dual), mss::TUNNEL_V4);
+        assert_eq!(TunnelHeader::Ipv6.bytes(&v4_only), mss::TUNNEL_V6);
     }
 
     #[test]

@@ -364,22 +364,25 @@ impl DemoNet {
 
     /// Starts backend `i`'s decap program.
     pub fn start_decap(&mut self, i: usize) {
+        self.start_decap_with(i, &[]);
+    }
+
+    /// Starts backend `i`'s decap program with `extra` arguments (e.g. `--clamp-mss`).
+    pub fn start_decap_with(&mut self, i: usize, extra: &[&str]) {
         let bin = xlb_bin();
         let b = &mut self.backends[i];
         let log = self.dir.join(format!("{}-decap.log", b.name));
         let metrics = decap_metrics(b).to_string();
-        let p = spawn_logged(
-            &b.ns,
-            &[
-                bin.to_str().expect("utf-8 path"),
-                "decap",
-                "--iface",
-                "eth0",
-                "--metrics",
-                &metrics,
-            ],
-            &log,
-        );
+        let mut argv = vec![
+            bin.to_str().expect("utf-8 path"),
+            "decap",
+            "--iface",
+            "eth0",
+            "--metrics",
+            &metrics,
+        ];
+        argv.extend_from_slice(extra);
+        let p = spawn_logged(&b.ns, &argv, &log);
         let ns = b.ns.name().to_string();
         wait_for(&format!("decap on {ns}"), Duration::from_secs(20), || {
             let out = Command::new("ip")
