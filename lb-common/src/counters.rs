@@ -181,6 +181,9 @@ reasons! {
         /// Decap host (`xlb_mss_clamp`, TC egress): a SYN-ACK from a VIP whose MSS option
         /// was lowered to leave room for the tunnel header (`lb_common::mss`).
         MssClamped = 61, "mss_clamped";
+        /// A packet of a `stateless` VIP: sent to the backend its hash picks, with no
+        /// connection-table entry made for it.
+        StatelessPick = 62, "stateless_pick";
     }
 }
 

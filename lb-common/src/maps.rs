@@ -135,6 +135,10 @@ pub const VIP_F_COUNT_ACTIVE: u32 = 1 << 5;
 /// `VipInfo::flags`: new flows only from the client prefixes `SOURCE_RANGES` holds for
 /// the VIP; others are dropped (`source_denied`).
 pub const VIP_F_SRC_RANGES: u32 = 1 << 6;
+/// `VipInfo::flags` (`stateless: true`, `maglev` and `sh` only): every packet goes to the
+/// backend its hash picks and nothing is recorded (Katran's LRU bypass, IPVS's one-packet
+/// scheduling): for request/response UDP services whose every query is a new flow.
+pub const VIP_F_STATELESS: u32 = 1 << 7;
 
 /// The data of a `SOURCE_RANGES` key (an LPM trie: the kernel compares the first
 /// `prefix_len` bits, in memory order). The VIP's id first, always compared whole

@@ -15,7 +15,9 @@
 //! since in DSR mode we never see the server's half of the close. The exception: a CPU that
 //! sees more new flows in a second than `LbConfig::record_rate_limit` (a flood) forwards the
 //! rest of that second's new flows of hash-scheduled VIPs by their hash, unrecorded, so
-//! that the flood cannot evict the established flows (lb_common::rate_window).
+//! that the flood cannot evict the established flows (lb_common::rate_window). A
+//! `stateless` VIP (`VIP_F_STATELESS`, hash schedulers only) records none of its flows: each
+//! packet goes where its hash points, as a DNS service's one-query flows want.
 //!
 //! Schedulers (new flows only; recorded flows always keep their backend):
 //! - Maglev (default) and `sh`: the flow hash (5-tuple, or client address) picks a slot.
@@ -37,7 +39,7 @@ use lb_common::{
     maps::{
         Backend, ConnEntry, VipInfo, BACKEND_F_ACTIVE, BACKEND_F_NO_NEW, CONN_F_CLOSED,
         CONN_F_COUNTED, CONN_F_HASHED_SRC, VIP_F_COUNT_ACTIVE, VIP_F_HASHED_SRC, VIP_F_LEAST_CONN,
-        VIP_F_SEQUENCE, VIP_F_SRC_HASH,
+        VIP_F_SEQUENCE, VIP_F_SRC_HASH, VIP_F_STATELESS,
     },
 };
 use lb_ebpf::{
@@ -238,7 +240,10 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
     // table stays. Round robin and least connection picks are not a function of the
     // packet, so their flows are recorded whatever the rate.
     let by_hash = vip.flags & (VIP_F_SEQUENCE | VIP_F_LEAST_CONN) == 0;
-    let record = if record && tcp_flags & TCP_RST != 0 {
+    let record = if record && vip.flags & VIP_F_STATELESS != 0 {
+        bump(&STATS, Event::StatelessPick.slot());
+        false
+    } else if record && tcp_flags & TCP_RST != 0 {
         bump(&STATS, Event::UnknownRst.slot());
         false
     } else if record && !within_record_rate() && by_hash {
