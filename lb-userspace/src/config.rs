@@ -299,6 +299,13 @@ pub struct VipConfig {
     /// program runs before the host's firewall, so this is where a VIP is restricted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_sources: Vec<SourcePrefix>,
+    /// Record no flow: every packet goes to the backend its hash picks (`maglev`, `sh`;
+    /// Katran's LRU bypass, IPVS's one-packet scheduling). For request/response services
+    /// whose every query is a new flow (DNS over UDP): their flows then cost no insert and
+    /// take no room in the connection table. Flows move whenever the lookup table does
+    /// (a backend added, removed, down, drained or reweighted). Set when the VIP is added.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stateless: bool,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -603,6 +610,8 @@ impl VipConfig {
         }
         check_slow_start(self.slow_start_s, self.scheduler)
             .map_err(|m| ConfigError::new(format!("{at}.slow_start_s"), m))?;
+        check_stateless(self.stateless, self.scheduler, self.slow_start_s)
+            .map_err(|m| ConfigError::new(format!("{at}.stateless"), m))?;
         check_sources(self.address, &self.allowed_sources)
             .map_err(|m| ConfigError::new(format!("{at}.allowed_sources"), m))?;
         if let Some(hc) = &self.health_check {
@@ -790,6 +799,34 @@ pub fn check_slow_start(slow_start_s: Option<u32>, scheduler: Scheduler) -> Resu
                 "wlc"
             }
         ));
+    }
+    Ok(())
+}
+
+/// A `stateless` VIP's flows follow their hash from packet to packet: only a scheduler that
+/// picks by hash alone (`maglev`, `sh`) sends them all to one backend, and a slow start
+/// would move them each second it steps.
+pub fn check_stateless(
+    stateless: bool,
+    scheduler: Scheduler,
+    slow_start_s: Option<u32>,
+) -> Result<(), String> {
+    if !stateless {
+        return Ok(());
+    }
+    if !matches!(scheduler, Scheduler::Maglev | Scheduler::Sh) {
+        return Err(format!(
+            "a stateless VIP sends each packet where its hash points, which only maglev \
+             and sh do; {} picks by more than the packet",
+            scheduler.name()
+        ));
+    }
+    if slow_start_s.is_some() {
+        return Err(
+            "a slow start reweights the table each second, which would move a \
+                    stateless VIP's flows each time: drop slow_start_s"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -1290,6 +1327,36 @@ mod tests {
         )
         .unwrap();
         assert!(!serde_json::to_string(&c).unwrap().contains("max_conns"));
+    }
+
+    /// `stateless`: only under a scheduler that picks by hash alone, and without a slow start.
+    #[test]
+    fn stateless_vips_need_a_hash_scheduler_and_no_slow_start() {
+        let file = |extra: &str| {
+            Config::from_json(&format!(
+                r#"{{"vips": [{{"address": "198.18.1.1", "port": 53, "protocol": "udp",
+                   "stateless": true{extra}, "backends": [{{"address": "198.18.0.11"}}]}}]}}"#
+            ))
+        };
+        for s in ["maglev", "sh"] {
+            let c = file(&format!(r#", "scheduler": "{s}""#)).unwrap();
+            assert!(c.vips[0].stateless, "{s}");
+        }
+        for s in ["rr", "wrr", "lc", "wlc", "lrt"] {
+            let e = file(&format!(r#", "scheduler": "{s}""#)).unwrap_err();
+            assert_eq!(e.field, "vips[0].stateless", "{s}: {e}");
+            assert!(e.message.contains("only maglev and sh"), "{e}");
+        }
+        let e = file(r#", "slow_start_s": 30"#).unwrap_err();
+        assert_eq!(e.field, "vips[0].stateless", "{e}");
+        // Left out when off, so that files without it read back the same.
+        let c = Config::from_json(
+            r#"{"vips": [{"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+               "backends": [{"address": "198.18.0.11"}]}]}"#,
+        )
+        .unwrap();
+        assert!(!c.vips[0].stateless);
+        assert!(!serde_json::to_string(&c).unwrap().contains("stateless"));
     }
 
     #[test]

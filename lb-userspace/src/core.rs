@@ -26,6 +26,7 @@ use lb_common::{
         Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
         BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
         PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES,
+        VIP_F_STATELESS,
     },
 };
 use serde::Serialize;
@@ -1159,6 +1160,8 @@ impl<D: Dataplane> Core<D> {
         let vip = self.vip_mut(id)?;
         crate::config::check_slow_start(slow_start_s, vip.config.scheduler)
             .map_err(|m| ConfigError::new("slow_start_s", m))?;
+        crate::config::check_stateless(vip.config.stateless, vip.config.scheduler, slow_start_s)
+            .map_err(|m| ConfigError::new("slow_start_s", format!("{id} is stateless: {m}")))?;
         vip.config.slow_start_s = slow_start_s;
         Ok(())
     }
@@ -1313,6 +1316,8 @@ impl<D: Dataplane> Core<D> {
         crate::config::check_slow_start(vip.config.slow_start_s, scheduler).map_err(|m| {
             ConfigError::new("scheduler", format!("{id} has a slow start, and {m}"))
         })?;
+        crate::config::check_stateless(vip.config.stateless, scheduler, vip.config.slow_start_s)
+            .map_err(|m| ConfigError::new("scheduler", format!("{id} is stateless: {m}")))?;
         let limited = vip.backends.iter().find(|(_, b)| b.max_conns.is_some());
         if let Some((addr, b)) = limited {
             if crate::config::check_max_conns(b.max_conns, scheduler).is_err() {
@@ -1609,6 +1614,9 @@ impl<D: Dataplane> Core<D> {
         if !vip.config.allowed_sources.is_empty() {
             flags |= VIP_F_SRC_RANGES;
         }
+        if vip.config.stateless {
+            flags |= VIP_F_STATELESS;
+        }
         let info = VipInfo {
             vip_id: vip.id,
             table_id,
@@ -1735,6 +1743,7 @@ mod tests {
             idle_timeout_s: None,
             slow_start_s: None,
             allowed_sources: Vec::new(),
+            stateless: false,
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }
@@ -1942,6 +1951,33 @@ mod tests {
             !pinned.contains_key(&new_index),
             "a new backend takes a slot no inherited flow points at"
         );
+    }
+
+    /// A stateless VIP's entry carries the flag through table changes; a scheduler or slow
+    /// start that would move its flows is refused with nothing changed.
+    #[test]
+    fn a_stateless_vip_keeps_its_flag_and_refuses_what_would_move_its_flows() {
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        let mut v = vip(&["198.18.0.11", "198.18.0.12"]);
+        v.stateless = true;
+        let id = v.id();
+        core.add_vip(v).unwrap();
+        let flags = |core: &Core<Recorder>| live(core, &id).0.flags;
+        assert_ne!(flags(&core) & VIP_F_STATELESS, 0);
+        core.set_scheduler(&id, Scheduler::Sh).unwrap();
+        assert_ne!(flags(&core) & VIP_F_STATELESS, 0);
+        let e = core.set_scheduler(&id, Scheduler::Wrr).unwrap_err();
+        assert!(e.to_string().contains("is stateless"), "{e}");
+        let e = core.set_slow_start(&id, Some(30)).unwrap_err();
+        assert!(e.to_string().contains("is stateless"), "{e}");
+        let state = core.vip(&id).unwrap();
+        assert_eq!(
+            (state.config.scheduler, state.config.slow_start_s),
+            (Scheduler::Sh, None)
+        );
+        // Others never carry it.
+        let (core, other) = core_with(&["198.18.0.11"]);
+        assert_eq!(live(&core, &other).0.flags & VIP_F_STATELESS, 0);
     }
 
     #[test]

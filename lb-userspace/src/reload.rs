@@ -388,8 +388,9 @@ pub fn check_fits<D: Dataplane>(
 fn fixed_fields_unchanged(now: &VipConfig, new: &VipConfig, at: &str) -> Result<(), ConfigError> {
     let readd = "cannot change on a running VIP: remove the VIP and add it again \
                  (`xlb vip remove`, then reload; its flows are scheduled anew)";
-    let fields: [(&str, bool); 5] = [
+    let fields: [(&str, bool); 6] = [
         ("name", now.name == new.name),
+        ("stateless", now.stateless == new.stateless),
         ("table_size", now.table_size == new.table_size),
         ("encap", now.encap == new.encap),
         ("source", now.source == new.source),
@@ -625,6 +626,7 @@ mod tests {
             (vip(r#""table_size": 251,"#), "vips[0].table_size"),
             (vip(r#""name": "web","#), "vips[0].name"),
             (vip(r#""agent": {"port": 5555},"#), "vips[0].agent"),
+            (vip(r#""stateless": true,"#), "vips[0].stateless"),
             (STARTED.replace("198.18.0.2", "198.18.0.3"), "outer_source"),
             (
                 STARTED.replace(

@@ -77,6 +77,10 @@ pub enum VipCmd {
         /// client), e.g. 198.18.0.0/15.
         #[arg(long = "allow", value_name = "PREFIX")]
         allow: Vec<SourcePrefix>,
+        /// Record no flow: each packet goes where its hash points (maglev, sh; for UDP
+        /// request/response services such as DNS).
+        #[arg(long)]
+        stateless: bool,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -295,6 +299,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             idle_timeout_s,
             slow_start_s,
             allow,
+            stateless,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -314,6 +319,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 idle_timeout_s,
                 slow_start_s,
                 allowed_sources: allow,
+                stateless,
                 backends,
             };
             (
@@ -766,7 +772,12 @@ fn render_flow(r: &Value) -> String {
         field(r, "scheduler")
     );
     let recorded = r.get("recorded").filter(|v| !v.is_null());
+    let stateless = r.get("stateless") == Some(&Value::Bool(true));
     let _ = match recorded {
+        None if stateless => writeln!(
+            out,
+            "recorded:    no (a stateless VIP: every packet goes by its hash)"
+        ),
         None => writeln!(out, "recorded:    no (a new flow for the scheduler)"),
         Some(e) => {
             let backend = match e.get("backend") {
@@ -1202,9 +1213,14 @@ pub(super) fn vip_blocks(
 fn render_status(status: &Value) -> String {
     let head = |vip: &Value| {
         format!(
-            "scheduler {}  table {}",
+            "scheduler {}  table {}{}",
             field(vip, "scheduler"),
-            field(vip, "table_size")
+            field(vip, "table_size"),
+            if vip.get("stateless") == Some(&Value::Bool(true)) {
+                "  stateless (no flow recorded)"
+            } else {
+                ""
+            }
         )
     };
     let mut out = vip_blocks(list(status, "vips"), head, |vip, out| {
@@ -1459,6 +1475,7 @@ mod tests {
             idle_timeout_s,
             slow_start_s,
             allow,
+            stateless,
         }) = parse(&[
             "vip",
             "add",
@@ -1489,10 +1506,12 @@ mod tests {
             "198.18.0.0/15",
             "--allow",
             "198.19.7.1",
+            "--stateless",
         ])
         else {
             panic!("not vip add")
         };
+        assert!(stateless);
         assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
         assert_eq!(scheduler, Some(Scheduler::Sh));
         assert_eq!(table_size, Some(251));
@@ -1664,6 +1683,16 @@ mod tests {
             "flow 198.18.0.10:40000 -> 198.18.1.1:7000/tcp (maglev, served by 198.18.1.1:*/tcp)\n\
              recorded:    no (a new flow for the scheduler)\n\
              next packet: 198.18.0.12 (the VIP's table at the flow's hash)\n"
+        );
+        let stateless = json!({
+            "vip": "198.18.1.1:53/udp", "service": "198.18.1.1:53/udp",
+            "client": "198.18.0.10:40000", "scheduler": "maglev", "stateless": true,
+            "recorded": null, "next": {"how": "hash", "backend": "198.18.0.13"}});
+        assert_eq!(
+            render_flow(&stateless),
+            "flow 198.18.0.10:40000 -> 198.18.1.1:53/udp (maglev)\n\
+             recorded:    no (a stateless VIP: every packet goes by its hash)\n\
+             next packet: 198.18.0.13 (the VIP's table at the flow's hash)\n"
         );
     }
 

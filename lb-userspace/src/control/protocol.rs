@@ -707,6 +707,7 @@ mod tests {
                         idle_timeout_s: None,
                         slow_start_s: None,
                         allowed_sources: Vec::new(),
+                        stateless: false,
                         backends: vec![
                             BackendConfig {
                                 max_conns: None,

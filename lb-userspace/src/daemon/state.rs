@@ -959,6 +959,7 @@ impl Daemon {
                     "vip": id,
                     "name": v.config.name,
                     "scheduler": v.config.scheduler,
+                    "stateless": v.config.stateless,
                     "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
                     "slow_start_s": v.config.slow_start_s,
                     "allowed_sources": v.config.allowed_sources,
@@ -1038,6 +1039,7 @@ impl Daemon {
             "service": state.config.id().to_string(),
             "client": client.to_string(),
             "scheduler": state.config.scheduler.name(),
+            "stateless": state.config.stateless,
             "recorded": p.recorded,
             "next": p.next,
         }))
