@@ -314,6 +314,7 @@ impl Rig {
             port: PORT,
             proto: "udp",
             backends: backend_addrs(10, false),
+            stateless: false,
         }];
         BenchLab::with_object(object, &vips, load_options(max_conns, flow_cache), self.hop)
     }

@@ -35,6 +35,8 @@ pub struct VipSpec {
     pub proto: &'static str,
     /// Backend addresses.
     pub backends: Vec<IpAddr>,
+    /// A `stateless` VIP: no flow recorded.
+    pub stateless: bool,
 }
 
 impl VipSpec {
@@ -45,10 +47,11 @@ impl VipSpec {
             .map(|a| format!(r#"{{"address": "{a}"}}"#))
             .collect();
         format!(
-            r#"{{"address": "{}", "port": {}, "protocol": "{}", "backends": [{}]}}"#,
+            r#"{{"address": "{}", "port": {}, "protocol": "{}", "stateless": {}, "backends": [{}]}}"#,
             self.addr,
             self.port,
             self.proto,
+            self.stateless,
             b.join(", ")
         )
     }

@@ -346,6 +346,7 @@ impl Testbed {
             port: 80,
             proto: "tcp",
             backends: self.backends.clone(),
+            stateless: false,
         }];
         let mut xlb = BenchLab::with_object(
             object,

@@ -23,6 +23,7 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xlb_new_flow_allow_list",
     "testrun_ns_per_pkt.xlb_dropped",
     "testrun_ns_per_pkt.xdp_encap_undo",
+    "testrun_ns_per_pkt.xlb_stateless",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -270,6 +271,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         (
             "xlb_new_flow_unrecorded",
             "xlb, new flow over the record rate limit (a flood: Maglev, no insert)",
+        ),
+        (
+            "xlb_stateless",
+            "xlb, a packet of a stateless VIP (a new flow each: Maglev, nothing recorded)",
         ),
         (
             "xlb_new_flow_small_table",

@@ -140,7 +140,7 @@ impl NewFlows {
     /// ns per new flow over `repeat` runs on `lab` (IPv4 VIP), checked: `repeat` new flows,
     /// all recorded.
     fn measure(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
-        let (ns, recorded, unrecorded) = self.run(lab, repeat)?;
+        let (ns, recorded, unrecorded, _) = self.run(lab, repeat)?;
         ensure!(
             recorded == u64::from(repeat) && unrecorded == 0,
             "repeat run was not {repeat} recorded new flows but {recorded} (and {unrecorded} unrecorded)"
@@ -148,10 +148,21 @@ impl NewFlows {
         Ok(ns)
     }
 
+    /// As [`NewFlows::measure`] on a lab whose VIP is `stateless`: checked that every flow
+    /// was a stateless pick and none was recorded.
+    fn measure_stateless(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
+        let (ns, recorded, _, picks) = self.run(lab, repeat)?;
+        ensure!(
+            picks == u64::from(repeat) && recorded == 0,
+            "repeat run to a stateless VIP: {picks} stateless picks and {recorded} recorded, of {repeat}"
+        );
+        Ok(ns)
+    }
+
     /// As [`NewFlows::measure`] on a lab whose record rate limit is 1: checked that all but
     /// the first flow of each second (at most two per call) went unrecorded.
     fn measure_unrecorded(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
-        let (ns, recorded, unrecorded) = self.run(lab, repeat)?;
+        let (ns, recorded, unrecorded, _) = self.run(lab, repeat)?;
         ensure!(
             recorded + unrecorded == u64::from(repeat) && recorded <= 2,
             "repeat run over the record rate limit: {recorded} recorded and {unrecorded} not, of {repeat}"
@@ -159,8 +170,9 @@ impl NewFlows {
         Ok(ns)
     }
 
-    /// ns per run, and the runs' `new_flow` and `flow_not_recorded` counts.
-    fn run(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<(f64, u64, u64)> {
+    /// ns per run, and the runs' `new_flow`, `flow_not_recorded` and `stateless_pick`
+    /// counts.
+    fn run(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<(f64, u64, u64, u64)> {
         ensure!(
             self.calls < 1 << 14,
             "out of client addresses for new flows"
@@ -177,6 +189,7 @@ impl NewFlows {
             ns?,
             slot_delta(&before, &after, Event::NewFlow.slot()),
             slot_delta(&before, &after, Event::FlowNotRecorded.slot()),
+            slot_delta(&before, &after, Event::StatelessPick.slot()),
         ))
     }
 }
@@ -282,11 +295,24 @@ fn lab_of(
     v6: bool,
     flow_cache: bool,
 ) -> Result<BenchLab> {
+    lab_of_kind(object, n_backends, max_conns, v6, flow_cache, false)
+}
+
+/// [`lab_of`], its VIPs `stateless` or not.
+fn lab_of_kind(
+    object: &[u8],
+    n_backends: usize,
+    max_conns: u32,
+    v6: bool,
+    flow_cache: bool,
+    stateless: bool,
+) -> Result<BenchLab> {
     let mut vips = vec![VipSpec {
         addr: ip(VIP4),
         port: PORT,
         proto: "udp",
         backends: backend_addrs(n_backends, false),
+        stateless,
     }];
     if v6 {
         vips.push(VipSpec {
@@ -294,6 +320,7 @@ fn lab_of(
             port: PORT,
             proto: "udp",
             backends: backend_addrs(n_backends, true),
+            stateless,
         });
     }
     let mut lab = BenchLab::with_object(
@@ -345,6 +372,9 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     // New flows over the record rate limit (a flood): scheduled by hash, not recorded.
     let mut flood = lab_with(10, 1 << 16, false)?;
     flood.set_record_rate_limit(1)?;
+    // New flows to a stateless VIP (a DNS service's queries): the same pick, nothing to
+    // record by design rather than by a flood's limit.
+    let mut stateless = lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, true)?;
     // New flows to a VIP with the longest client allow-list a VIP may have, the new-flow
     // clients' prefix among 1023 others, beside the same table without a list: what the
     // LPM lookup on admission costs.
@@ -400,6 +430,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_new_flow_allow_list",
         "xlb_dropped",
         "xdp_encap_undo",
+        "xlb_stateless",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -430,6 +461,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
             &hit4,
             plan.repeat,
         )?);
+        samples[13].push(new_flows.measure_stateless(&mut stateless, new_repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
@@ -485,6 +517,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "decisions_over_encap_undo (hit - xdp_encap_undo: parse, flow cache, backend, outer header, counters)": round3(hit - s[12].median),
         "allow_list_1024_prefixes (new_flow_allow_list - new_flow_small_table)": round3(s[10].median - s[9].median),
         "parse_to_a_malformed_ipv4_header_and_drop (dropped - xdp_drop)": round3(s[11].median - s[0].median),
+        "stateless_saves (new_flow_small_table - stateless: a query to a stateless VIP against one recorded in a table of the same size)": round3(s[9].median - s[13].median),
     });
     out["paired_allow_list_over_small_table"] =
         Summary::of(&paired(&samples[10], &samples[9])).json();
