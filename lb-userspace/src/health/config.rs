@@ -76,9 +76,13 @@ pub struct HealthCheckConfig {
     /// `http`, `https`: a substring the first 64 KiB of the body must contain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect_body: Option<String>,
-    /// `udp`: the datagram payload sent to the backend.
-    pub send: String,
-    /// `udp`: a substring the reply must contain; `None` accepts any reply.
+    /// `udp`: the datagram payload sent to the backend (`None`: [`DEFAULT_UDP_SEND`]).
+    /// `tcp`: bytes written once connected (`None`: nothing, the handshake is the check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// `udp`: a substring the reply must contain; `None` accepts any reply. `tcp`: a
+    /// substring of what the backend sends (its first 64 KiB, after `send` if set), as
+    /// HAProxy's `tcp-check expect`; `None`: nothing read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
     /// Milliseconds between checks while the backend is healthy.
@@ -105,7 +109,7 @@ impl Default for HealthCheckConfig {
             sni: None,
             expect_status: 200,
             expect_body: None,
-            send: "xlb-health".to_owned(),
+            send: None,
             expect: None,
             interval_ms: 1_000,
             timeout_ms: 500,
@@ -122,6 +126,10 @@ pub const INTERVAL_MS_RANGE: (u64, u64) = (10, 3_600_000);
 pub const THRESHOLD_RANGE: (u32, u32) = (1, 100);
 /// Largest UDP payload that fits one IPv4 datagram (65535 - 20 IP - 8 UDP).
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// What a `udp` check sends when `send` is not set.
+pub const DEFAULT_UDP_SEND: &str = "xlb-health";
+/// The most a `tcp` check with `expect` reads before giving up on finding it.
+pub const MAX_TCP_REPLY: usize = 64 * 1024;
 /// The HTTP probe reads at most this much body, so a longer `expect_body` could never match.
 pub const MAX_HTTP_BODY: usize = 64 * 1024;
 /// A DNS name is at most 253 characters; with `:port` a Host header stays well below this.
@@ -212,13 +220,17 @@ impl HealthCheckConfig {
         Ok(())
     }
 
+    /// `send` and `expect`, for `udp` and `tcp` alike.
     fn validate_udp(&self) -> Result<(), HealthConfigError> {
-        non_empty("send", &self.send)?;
-        max_len("send", &self.send, MAX_UDP_PAYLOAD)?;
+        if let Some(send) = &self.send {
+            non_empty("send", send)?;
+            max_len("send", send, MAX_UDP_PAYLOAD)?;
+        }
         if let Some(expect) = &self.expect {
             non_empty("expect", expect)?;
-            // The reply buffer is one maximal datagram; a longer needle can never match.
-            max_len("expect", expect, MAX_UDP_PAYLOAD)?;
+            // The reply buffer is one maximal datagram (a TCP check reads more, 64 KiB); a
+            // longer needle could never match.
+            max_len("expect", expect, MAX_UDP_PAYLOAD.min(MAX_TCP_REPLY))?;
         }
         Ok(())
     }
@@ -362,7 +374,7 @@ mod tests {
         assert_eq!(cfg.kind, CheckKind::Tcp);
         assert_eq!(cfg.path, "/");
         assert_eq!(cfg.expect_status, 200);
-        assert_eq!(cfg.send, "xlb-health");
+        assert_eq!(cfg.send, None);
     }
 
     #[test]
@@ -391,6 +403,20 @@ mod tests {
             assert_eq!(cfg.kind.as_str(), kind);
         }
         assert!(parse(r#"{"kind": "grpc"}"#).is_err());
+    }
+
+    #[test]
+    fn tcp_send_and_expect_parse_and_stay_out_of_dumps_when_unset() {
+        let cfg =
+            parse(r#"{"kind": "tcp", "send": "PING\r\n", "expect": "+PONG"}"#).expect("parses");
+        assert_eq!(cfg.send.as_deref(), Some("PING\r\n"));
+        assert_eq!(cfg.expect.as_deref(), Some("+PONG"));
+        assert_eq!(cfg.validate(), Ok(()));
+        let plain = serde_json::to_string(&HealthCheckConfig::default()).expect("serializes");
+        assert!(
+            !plain.contains(r#""send""#) && !plain.contains(r#""expect""#),
+            "{plain}"
+        );
     }
 
     #[test]
@@ -575,14 +601,14 @@ mod tests {
     fn udp_payload_is_non_empty_and_fits_a_datagram() {
         rejects(
             HealthCheckConfig {
-                send: String::new(),
+                send: Some(String::new()),
                 ..Default::default()
             },
             "send must not be empty; leave it out to use the default",
         );
         rejects(
             HealthCheckConfig {
-                send: "x".repeat(70_000),
+                send: Some("x".repeat(70_000)),
                 ..Default::default()
             },
             "send must be at most 65507 bytes, got 70000",

@@ -53,7 +53,7 @@ pub enum ProbeError {
     BadStatus { got: u16, want: u16 },
     #[error("response body does not contain {want:?}")]
     BodyMismatch { want: String },
-    #[error("UDP reply does not contain {want:?}")]
+    #[error("reply does not contain {want:?}")]
     ReplyMismatch { want: String },
     #[error("the backend does not strip the tunnel (its stack answered that it does not know the protocol): is `xlb decap` running there?")]
     TunnelRefused,
@@ -81,7 +81,7 @@ impl ProbeError {
 pub fn build_probe(cfg: &HealthCheckConfig, bind: Option<IpAddr>, vip: IpAddr) -> Arc<dyn Probe> {
     match cfg.kind {
         CheckKind::TcpTunnel => Arc::new(TcpTunnelProbe::new(vip, cfg.timeout(), bind)),
-        CheckKind::Tcp => Arc::new(TcpProbe::new(cfg.timeout(), bind)),
+        CheckKind::Tcp => Arc::new(TcpProbe::from_config(cfg, bind)),
         CheckKind::Http | CheckKind::Https => Arc::new(HttpProbe::from_config(cfg, bind)),
         CheckKind::Udp => Arc::new(UdpProbe::from_config(cfg, bind)),
         CheckKind::Icmp => Arc::new(IcmpProbe::new(cfg.timeout(), bind)),

@@ -12,7 +12,7 @@ use std::{
 use tokio::net::UdpSocket;
 
 use super::{
-    config::{HealthCheckConfig, MAX_UDP_PAYLOAD},
+    config::{HealthCheckConfig, DEFAULT_UDP_SEND, MAX_UDP_PAYLOAD},
     probe::{contains, local_addr, timed, Probe, ProbeError, ProbeFuture},
 };
 
@@ -33,7 +33,12 @@ pub struct UdpProbe {
 impl UdpProbe {
     pub fn from_config(cfg: &HealthCheckConfig, bind: Option<IpAddr>) -> Self {
         Self {
-            send: cfg.send.as_bytes().to_vec(),
+            send: cfg
+                .send
+                .as_deref()
+                .unwrap_or(DEFAULT_UDP_SEND)
+                .as_bytes()
+                .to_vec(),
             expect: cfg.expect.as_ref().map(|s| s.as_bytes().to_vec()),
             timeout: cfg.timeout(),
             bind,
