@@ -305,7 +305,7 @@ pub async fn run(
     let metrics_task = listener.map(|l| {
         let (stats, accepted) = (stats.clone(), accepted.clone());
         let render = move || render_metrics(&sum_reasons(&stats), accepted.load(Ordering::Relaxed));
-        tokio::spawn(prometheus::serve(l, Arc::new(render), shutdown_rx))
+        tokio::spawn(prometheus::serve(l, Arc::new(render), None, shutdown_rx))
     });
     // The clamp first: once tunnels are stripped, every SYN-ACK they draw is clamped.
     let mut clamp = match clamp_mss {

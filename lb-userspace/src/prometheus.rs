@@ -64,11 +64,42 @@ pub fn reason_counters(out: &mut String, prefix: &str, who: &str, reasons: &[u64
     );
 }
 
-/// Serves `GET /metrics` (and `GET /`) on `listener` with what `render` makes at each
-/// request, until `shutdown` turns true.
+/// Answers for paths other than the metrics' (`xlb run`'s `/ready`): for a request target,
+/// `None` (not one of its paths) or whether the answer is good (200, else 503) and its body.
+pub type Extra = Arc<dyn Fn(&str) -> Option<(bool, String)> + Send + Sync>;
+
+/// The answer to a request whose first line is `request_line`: status line and body.
+/// `GET /metrics` (and `GET /`) get what `render` makes; `GET /healthz` an `ok` (the
+/// process answers: what a liveness probe asks); other paths go to `extra`.
+pub fn answer(
+    request_line: &str,
+    render: &(dyn Fn() -> String + Send + Sync),
+    extra: Option<&Extra>,
+) -> (&'static str, String) {
+    let mut parts = request_line.split(' ');
+    let (method, target) = (parts.next(), parts.next().unwrap_or(""));
+    if method != Some("GET") {
+        return ("405 Method Not Allowed", String::from("GET only\n"));
+    }
+    match target {
+        "/metrics" | "/" => ("200 OK", render()),
+        "/healthz" => ("200 OK", String::from("ok\n")),
+        _ => match extra.and_then(|e| e(target)) {
+            Some((true, body)) => ("200 OK", body),
+            Some((false, body)) => ("503 Service Unavailable", body),
+            None => (
+                "404 Not Found",
+                String::from("try GET /metrics, /healthz or /ready\n"),
+            ),
+        },
+    }
+}
+
+/// Serves [`answer`]s on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
+    extra: Option<Extra>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     loop {
@@ -76,7 +107,7 @@ pub async fn serve(
             r = listener.accept() => r.context("accepting a metrics connection")?,
             _ = shutdown.changed() => return Ok(()),
         };
-        let render = render.clone();
+        let (render, extra) = (render.clone(), extra.clone());
         tokio::spawn(async move {
             // Requests are tiny; read one buffer's worth, answer, close.
             let mut buf = [0u8; 2048];
@@ -88,11 +119,8 @@ pub async fn serve(
                     _ => return,
                 };
             let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if req.starts_with("GET /metrics ") || req.starts_with("GET / ") {
-                ("200 OK", render())
-            } else {
-                ("404 Not Found", String::from("try GET /metrics\n"))
-            };
+            let line = req.lines().next().unwrap_or_default();
+            let (status, body) = answer(line, render.as_ref(), extra.as_ref());
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

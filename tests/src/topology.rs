@@ -701,13 +701,19 @@ pub fn connect_in(
 /// Prometheus would; panics if it cannot be read.
 #[track_caller]
 pub fn scrape_metrics(ns: &Netns, addr: std::net::SocketAddr) -> String {
+    metrics_port_get(ns, addr, "/metrics")
+}
+
+/// `GET path` on a metrics port from inside `ns`: the whole answer, status line first.
+#[track_caller]
+pub fn metrics_port_get(ns: &Netns, addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut m = connect_in(ns, addr, Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("metrics port {addr}: {e}"));
-    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("metrics request");
+    m.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .expect("metrics port request");
     let mut text = String::new();
-    m.read_to_string(&mut text).expect("metrics answer");
+    m.read_to_string(&mut text).expect("metrics port answer");
     text
 }
 

@@ -17,7 +17,7 @@ use std::{
 
 use xlb_tests::{
     netns::{require_root, wait_for, Netns},
-    topology::{http_get, scrape_metrics, DemoNet, LineConn, NAME_PORT, VIP4},
+    topology::{http_get, metrics_port_get, scrape_metrics, DemoNet, LineConn, NAME_PORT, VIP4},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -485,6 +485,32 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         "xlb_config_reloads_total{result=\"refused\"} 0",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    // Liveness and readiness on the same port: a VIP is ready while a backend of it is up.
+    let port = "198.18.0.2:9100".parse().unwrap();
+    let live = metrics_port_get(&net.lb, port, "/healthz");
+    assert!(
+        live.starts_with("HTTP/1.1 200 OK") && live.ends_with("ok\n"),
+        "{live}"
+    );
+    let status = net.status_json(&sock);
+    for vip in status["vips"].as_array().into_iter().flatten() {
+        let id = vip["vip"].as_str().unwrap_or_default();
+        let up = vip["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["state"] == "up");
+        let ready = metrics_port_get(&net.lb, port, &format!("/ready?vip={id}"));
+        let want = if up {
+            "HTTP/1.1 200 OK"
+        } else {
+            "HTTP/1.1 503"
+        };
+        assert!(
+            ready.starts_with(want),
+            "{id} (a backend up: {up}): {ready}"
+        );
     }
     // Every metric served is in the reference.
     let reference = include_str!("../../docs/metrics.md");

@@ -1,5 +1,5 @@
 //! The balancer's Prometheus metrics (`xlb run --metrics`; the format and the server are
-//! `crate::prometheus`'s).
+//! `crate::prometheus`'s), and its readiness on the same port (`GET /ready`).
 
 use std::{
     fmt::Write as _,
@@ -13,6 +13,8 @@ use super::{
     state::Daemon,
 };
 use crate::{
+    config::VipId,
+    core::{Core, VipState},
     dataplane::{Counters, Dataplane},
     prometheus::{self, header, reason_counters, section},
 };
@@ -273,11 +275,51 @@ pub async fn serve(
     daemon: Arc<Mutex<Daemon>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let render = move || match daemon.lock() {
+    let state = daemon.clone();
+    let render = move || match state.lock() {
         Ok(d) => render(&d),
         Err(_) => String::from("# daemon state unavailable\n"),
     };
-    prometheus::serve(listener, Arc::new(render), shutdown).await
+    let ready: prometheus::Extra = Arc::new(move |target: &str| match daemon.lock() {
+        Ok(d) => readiness(d.core(), target),
+        Err(_) => Some((false, String::from("daemon state unavailable\n"))),
+    });
+    prometheus::serve(listener, Arc::new(render), Some(ready), shutdown).await
+}
+
+/// `GET /ready`: whether every VIP has a backend that takes new flows (200, else 503 with
+/// those that have none); `GET /ready?vip=ADDR:PORT/PROTO`: the same for one VIP (404
+/// for one that does not exist). What a route announcer (ExaBGP's healthcheck, BIRD with
+/// a script) asks before advertising a VIP: a balancer with nowhere to send a VIP's new
+/// flows should not draw them. `None` for any other path.
+pub fn readiness<D: Dataplane>(core: &Core<D>, target: &str) -> Option<(bool, String)> {
+    let query = match target.split_once('?') {
+        None if target == "/ready" => None,
+        Some(("/ready", q)) => Some(q.strip_prefix("vip=")?),
+        _ => return None,
+    };
+    let serving = |v: &VipState| v.backends.values().any(|b| b.in_table());
+    if let Some(q) = query {
+        let id: VipId = match q.parse() {
+            Ok(id) => id,
+            Err(e) => return Some((false, format!("vip={q}: {e}\n"))),
+        };
+        return Some(match core.vip(&id) {
+            Ok(v) if serving(v) => (true, format!("{id}: ready\n")),
+            Ok(_) => (false, format!("{id}: no backend takes new flows\n")),
+            Err(e) => (false, format!("{e}\n")),
+        });
+    }
+    let idle: Vec<String> = core
+        .vips()
+        .filter(|v| !serving(v))
+        .map(|v| format!("{}: no backend takes new flows\n", v.config.id()))
+        .collect();
+    Some(if idle.is_empty() {
+        (true, format!("ready: {} VIPs\n", core.vips().count()))
+    } else {
+        (false, idle.concat())
+    })
 }
 
 /// Config reloads: a refused SIGHUP is otherwise only a log line (the names follow
@@ -327,6 +369,89 @@ mod tests {
 
     use super::*;
     use crate::daemon::config_file::FileReloadError;
+
+    /// `/ready` says whether every VIP can take new flows, `/ready?vip=` one VIP's;
+    /// other paths are not its.
+    #[test]
+    fn readiness_follows_the_backends_that_take_new_flows() {
+        use crate::{config::Config, core::Settings, dataplane::Recorder};
+        let cfg = Config::from_json(
+            r#"{"vips": [
+              {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
+               "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
+              {"address": "198.18.1.1", "port": 53, "protocol": "udp",
+               "backends": [{"address": "198.18.0.13"}]}]}"#,
+        )
+        .unwrap();
+        let settings = Settings {
+            src_v4: Some("198.18.0.2".parse().unwrap()),
+            mtu: 1500,
+            max_vips: 4,
+            ..Settings::default()
+        };
+        let mut core = Core::new(Recorder::default(), settings).unwrap();
+        core.apply(&cfg).unwrap();
+        let ready = |core: &Core<Recorder>, t: &str| readiness(core, t);
+        assert_eq!(
+            ready(&core, "/ready"),
+            Some((true, "ready: 2 VIPs\n".into()))
+        );
+        let dns: VipId = "198.18.1.1:53/udp".parse().unwrap();
+        let web: VipId = "198.18.1.1:80/tcp".parse().unwrap();
+        core.set_health(&dns, "198.18.0.13".parse().unwrap(), false)
+            .unwrap();
+        // One of two web backends drained: still ready.
+        core.set_drained(&web, "198.18.0.11".parse().unwrap(), true)
+            .unwrap();
+        assert_eq!(
+            ready(&core, "/ready"),
+            Some((
+                false,
+                "198.18.1.1:53/udp: no backend takes new flows\n".into()
+            ))
+        );
+        assert_eq!(
+            ready(&core, "/ready?vip=198.18.1.1:80/tcp"),
+            Some((true, "198.18.1.1:80/tcp: ready\n".into()))
+        );
+        assert_eq!(
+            ready(&core, "/ready?vip=198.18.1.1:53/udp").map(|r| r.0),
+            Some(false)
+        );
+        assert_eq!(
+            ready(&core, "/ready?vip=198.18.1.9:80/tcp").map(|r| r.0),
+            Some(false)
+        );
+        let bad = ready(&core, "/ready?vip=nonsense").unwrap();
+        assert!(!bad.0 && bad.1.starts_with("vip=nonsense: "), "{bad:?}");
+        for other in ["/readyz", "/ready?x=1", "/metricsz"] {
+            assert_eq!(ready(&core, other), None, "{other}");
+        }
+        // Through the port's router: 503 when not ready, the metrics and liveness as ever.
+        let extra: prometheus::Extra = {
+            let core = std::sync::Mutex::new(core);
+            Arc::new(move |t: &str| readiness(&core.lock().unwrap(), t))
+        };
+        let render = || String::from("xlb_metric 1\n");
+        let answer = |line: &str| prometheus::answer(line, &render, Some(&extra));
+        assert_eq!(answer("GET /ready HTTP/1.1").0, "503 Service Unavailable");
+        assert_eq!(
+            answer("GET /ready?vip=198.18.1.1:80/tcp HTTP/1.1").0,
+            "200 OK"
+        );
+        assert_eq!(
+            answer("GET /metrics HTTP/1.1"),
+            ("200 OK", "xlb_metric 1\n".into())
+        );
+        assert_eq!(answer("GET /healthz HTTP/1.1"), ("200 OK", "ok\n".into()));
+        assert_eq!(answer("GET /nothing HTTP/1.1").0, "404 Not Found");
+        assert_eq!(answer("POST /ready HTTP/1.1").0, "405 Method Not Allowed");
+        // The decap's port has no readiness: /ready is not found there.
+        assert_eq!(
+            prometheus::answer("GET /ready HTTP/1.1", &render, None).0,
+            "404 Not Found"
+        );
+    }
 
     #[test]
     fn reload_metrics_say_whether_the_last_reload_applied() {
