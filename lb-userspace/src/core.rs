@@ -379,6 +379,8 @@ pub struct Core<D: Dataplane> {
     /// (`--state-dir`): (VIP tag, address) → (index, generation), until each slot is handed
     /// out again.
     inherited: HashMap<(u32, IpAddr), (u32, u32)>,
+    /// Inherited slots whose backend was down under the last daemon (`inherit_down`).
+    inherited_down: std::collections::HashSet<(u32, IpAddr)>,
     /// VIP address → number of VIPs on it (address-only markers).
     addr_refs: BTreeMap<IpAddr, u32>,
     /// Interfaces registered in `TX_PORTS` for next hops.
@@ -446,6 +448,7 @@ impl<D: Dataplane> Core<D> {
             generations: vec![0; MAX_BACKENDS as usize],
             cache_epochs: vec![0; MAX_BACKENDS as usize],
             inherited: HashMap::new(),
+            inherited_down: std::collections::HashSet::new(),
             settings,
             vips: BTreeMap::new(),
             addr_refs: BTreeMap::new(),
@@ -468,6 +471,15 @@ impl<D: Dataplane> Core<D> {
                 self.inherited.insert((tag, addr), (index, generation));
             }
         }
+    }
+
+    /// The (VIP tag, address) pairs of inherited slots whose backend carried no flows when
+    /// the last daemon stopped (`state_dir::Inherited::down`): such a backend, back in its
+    /// slot, starts down rather than healthy, so that a restart does not send it new flows
+    /// until its health check has passed `rise` times (the daemon starts its check from this
+    /// verdict).
+    pub fn inherit_down(&mut self, down: std::collections::HashSet<(u32, IpAddr)>) {
+        self.inherited_down = down;
     }
 
     /// Adds every VIP of a validated config.
@@ -869,6 +881,14 @@ impl<D: Dataplane> Core<D> {
         };
         let cache_epoch = self.next_cache_epoch(index);
         let mut bs = BackendState::new(index, generation, cache_epoch, b);
+        if kept.is_some() && self.inherited_down.remove(&(tag, b.address)) {
+            log::info!(
+                "{vip}: backend {} was down under the last daemon: it starts down, and takes \
+                 flows again once its health check passes",
+                b.address
+            );
+            bs.healthy = false;
+        }
         bs.standby = b.backup && others_serve;
         bs.ramp_pct = ramp_pct.clamp(1, 100);
         // The same backend back in its slot from the last daemon keeps its counters (they
@@ -1951,6 +1971,61 @@ mod tests {
             !pinned.contains_key(&new_index),
             "a new backend takes a slot no inherited flow points at"
         );
+    }
+
+    /// A backend that was down under the last daemon comes back into its slot down: its
+    /// entry inactive, out of the table, while the others serve; the down mark goes with
+    /// the slot, so a backend in a fresh slot starts healthy whatever the mark says.
+    #[test]
+    fn a_backend_down_under_the_last_daemon_starts_down() {
+        let web = vip(&["198.18.0.11", "198.18.0.12"]);
+        let id = web.id();
+        let mut last = Core::new(Recorder::default(), settings()).unwrap();
+        last.add_vip(web).unwrap();
+        let b12: IpAddr = "198.18.0.12".parse().unwrap();
+        last.set_health(&id, b12, false).unwrap();
+        let pinned: HashMap<u32, (u32, IpAddr, u32)> = last
+            .dataplane()
+            .backends
+            .iter()
+            .map(|(&i, b)| {
+                let addr = lb_common::addr::from_words(b.addr, b.family).unwrap();
+                (i, (b.vip_tag, addr, b.generation))
+            })
+            .collect();
+        // What `state_dir` reads from the pinned slots: the entries without ACTIVE.
+        let down: std::collections::HashSet<(u32, IpAddr)> = last
+            .dataplane()
+            .backends
+            .values()
+            .filter(|b| b.flags & BACKEND_F_ACTIVE == 0)
+            .map(|b| {
+                (
+                    b.vip_tag,
+                    lb_common::addr::from_words(b.addr, b.family).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(down, [(vip_tag(&id), b12)].into());
+
+        let mut next = Core::new(Recorder::default(), settings()).unwrap();
+        next.inherit_slots(&pinned);
+        next.inherit_down(down.clone());
+        next.add_vip(vip(&["198.18.0.11", "198.18.0.12"])).unwrap();
+        let state = next.vip(&id).unwrap();
+        assert!(state.backends[&"198.18.0.11".parse::<IpAddr>().unwrap()].healthy);
+        let b = &state.backends[&b12];
+        assert!(!b.healthy && !b.in_table());
+        let entry = next.dataplane().backends[&b.index];
+        assert_eq!(entry.flags & BACKEND_F_ACTIVE, 0);
+        let (_, table) = live(&next, &id);
+        assert!(!table.contains(&b.index) && !table.is_empty());
+
+        // Without its old slot the mark does not apply.
+        let mut fresh = Core::new(Recorder::default(), settings()).unwrap();
+        fresh.inherit_down(down);
+        fresh.add_vip(vip(&["198.18.0.12"])).unwrap();
+        assert!(fresh.vip(&id).unwrap().backends[&b12].healthy);
     }
 
     /// A stateless VIP's entry carries the flag through table changes; a scheduler or slow

@@ -11,7 +11,8 @@
 //!   generation). A new daemon gives each (VIP, address) its old slot and generation, so its
 //!   recorded flows stay; a slot given to another backend gets a newer generation, so flows
 //!   recorded for the old holder are re-picked rather than sent to the wrong backend
-//!   (`Core::inherit_slots`). Without this file the tables cannot be interpreted and are
+//!   (`Core::inherit_slots`). A slot whose backend was inactive (down) starts its backend
+//!   down in the new daemon too (`Core::inherit_down`). Without this file the tables cannot be interpreted and are
 //!   started afresh.
 //! - `STATS`, `BACKEND_STATS`: the counters by reason and the traffic per backend slot, so
 //!   that they go on across a restart rather than start from zero (what scrapes them sees
@@ -52,8 +53,8 @@ use lb_common::{
     counters::Counters,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, TrafficStats, VipKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNS, MAP_CONNS_V4,
-        MAP_STATS, MAP_VIP_RETIRED, MAX_BACKENDS, MAX_VIP_ENTRIES,
+        Backend, TrafficStats, VipKey, BACKEND_F_ACTIVE, MAP_BACKENDS, MAP_BACKEND_STATS,
+        MAP_CONNS, MAP_CONNS_V4, MAP_STATS, MAP_VIP_RETIRED, MAX_BACKENDS, MAX_VIP_ENTRIES,
     },
 };
 
@@ -82,6 +83,9 @@ pub struct StateDir {
 pub struct Inherited {
     /// Backend slots of the last daemon: index → (VIP tag, address, generation).
     pub slots: HashMap<u32, (u32, IpAddr, u32)>,
+    /// Of those, the (VIP tag, address) pairs whose backend carried no flows when the last
+    /// daemon stopped (down by its health check or its agent): they start down.
+    pub down: std::collections::HashSet<(u32, IpAddr)>,
     /// The connection tables are the last daemon's (their flows are kept).
     pub tables: bool,
 }
@@ -152,7 +156,7 @@ impl StateDir {
         let backends = self.file(MAP_BACKENDS);
         if backends.exists() {
             match read_slots(&backends) {
-                Ok(slots) => out.slots = slots,
+                Ok((slots, down)) => (out.slots, out.down) = (slots, down),
                 Err(e) => log::warn!("{}: {e:#}; not kept", backends.display()),
             }
         }
@@ -448,7 +452,12 @@ fn record_fits(f: &Path) -> Result<()> {
 
 /// The backend slots pinned at `f`, every slot that was ever given out: index → (VIP tag,
 /// address, generation).
-fn read_slots(f: &Path) -> Result<HashMap<u32, (u32, IpAddr, u32)>> {
+type Slots = (
+    HashMap<u32, (u32, IpAddr, u32)>,
+    std::collections::HashSet<(u32, IpAddr)>,
+);
+
+fn read_slots(f: &Path) -> Result<Slots> {
     let map = MapData::from_pin(f).context("opening")?;
     let info = map.info().context("reading its info")?;
     if info.value_size() as usize != std::mem::size_of::<Backend>() {
@@ -457,6 +466,7 @@ fn read_slots(f: &Path) -> Result<HashMap<u32, (u32, IpAddr, u32)>> {
     let slots: Array<MapData, Backend> = Array::try_from(aya::maps::Map::Array(map))
         .context("the pinned backend slots are not an array")?;
     let mut out = HashMap::new();
+    let mut down = std::collections::HashSet::new();
     for idx in 1..slots.len() {
         let b = slots.get(&idx, 0).context("reading a slot")?;
         if b.generation == 0 {
@@ -464,7 +474,10 @@ fn read_slots(f: &Path) -> Result<HashMap<u32, (u32, IpAddr, u32)>> {
         }
         if let Some(addr) = from_words(b.addr, b.family) {
             out.insert(idx, (b.vip_tag, addr, b.generation));
+            if b.flags & BACKEND_F_ACTIVE == 0 {
+                down.insert((b.vip_tag, addr));
+            }
         }
     }
-    Ok(out)
+    Ok((out, down))
 }

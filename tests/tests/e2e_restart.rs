@@ -392,3 +392,56 @@ fn a_vips_figures_keep_its_removed_backends_share_across_restarts() {
         assert!(status.is_some_and(|s| s.success()), "xlb run did not stop");
     }
 }
+
+/// A backend that was down when the daemon stopped is down from the next daemon's first
+/// moment: the requests made right after the restart all reach the healthy backend, none
+/// the one whose server is gone (a daemon that started every backend healthy sent it new
+/// flows until its check had failed `fall` times). It comes back once its server does.
+#[test]
+fn a_backend_down_before_a_restart_takes_no_flows_after_it() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2ehv", 2);
+    net.start_backends();
+    let state = StateDir::new("verdicts");
+    let state_arg = state.path.to_str().expect("utf-8 path").to_string();
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": 80, "protocol": "tcp",
+            "health_check": {{"kind": "http", "path": "/", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 2, "down_interval_ms": 300}},
+            "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#
+    );
+    let b2 = format!("{VIP4}:80/tcp 198.18.0.12");
+    let state_of = |net: &DemoNet, sock: &std::path::Path| {
+        net.backend_states(sock)
+            .get(&b2)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (lb, sock) = net.start_lb(&cfg, &["--state-dir", &state_arg]);
+    net.wait_ready(&sock);
+    net.stop_http(1);
+    wait_for("b2 down", Duration::from_secs(15), || {
+        state_of(&net, &sock) == "down"
+    });
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "xlb run did not stop");
+
+    let (_lb, sock) = net.start_lb(&cfg, &["--state-dir", &state_arg]);
+    net.wait_ready(&sock);
+    assert_eq!(
+        state_of(&net, &sock),
+        "down",
+        "b2 came back up with the restart"
+    );
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    for i in 0..20 {
+        let body = http_get(&net.client, vip, "/", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} after the restart failed: {e}"));
+        assert_eq!(String::from_utf8_lossy(&body).trim(), "b1", "request {i}");
+    }
+    net.start_http(1);
+    wait_for("b2 up again", Duration::from_secs(15), || {
+        state_of(&net, &sock) == "up"
+    });
+}

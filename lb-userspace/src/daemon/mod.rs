@@ -133,6 +133,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             inherited.slots.len()
         );
         core.inherit_slots(&inherited.slots);
+        core.inherit_down(inherited.down.clone());
     }
     core.apply(&cfg)
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;

@@ -200,10 +200,17 @@ impl Daemon {
         &self.core
     }
 
-    /// Starts health checks for every backend the core has (after the initial config).
+    /// Starts health checks for every backend the core has (after the initial config),
+    /// each from the core's verdict: healthy, or down for a backend that was down when the
+    /// last daemon stopped (`Core::inherit_down`), which then needs `rise` passing checks.
     pub fn start_all_checks(&mut self) -> Result<(), CoreError> {
         for (vip, addr) in self.core.backend_pairs() {
-            self.start_check(&vip, addr, HealthState::new(Instant::now()))?;
+            let healthy = self.core.backend(&vip, addr)?.healthy;
+            let start = HealthState {
+                healthy,
+                ..HealthState::new(Instant::now())
+            };
+            self.start_check(&vip, addr, start)?;
         }
         Ok(())
     }
