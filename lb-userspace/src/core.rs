@@ -1732,6 +1732,22 @@ pub fn lb_config(s: &Settings) -> LbConfig {
     cfg
 }
 
+/// A core over a [`crate::dataplane::Recorder`] holding `config_json`'s VIPs (IPv4 outer
+/// source, MTU 1500): for unit tests elsewhere that need one.
+#[cfg(test)]
+pub(crate) fn recorder_core(config_json: &str) -> Core<crate::dataplane::Recorder> {
+    let cfg = crate::config::Config::from_json(config_json).expect("test config");
+    let settings = Settings {
+        src_v4: Some("198.18.0.2".parse().expect("literal")),
+        mtu: 1500,
+        max_vips: 4,
+        ..Settings::default()
+    };
+    let mut core = Core::new(crate::dataplane::Recorder::default(), settings).expect("core");
+    core.apply(&cfg).expect("test config applies");
+    core
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1925,6 +1941,18 @@ mod tests {
         assert!(live(&core, &id).1.contains(&idx));
     }
 
+    /// The backend slots `core` wrote, as `state_dir` reads them back from the pin.
+    fn pinned_slots(core: &Core<Recorder>) -> HashMap<u32, (u32, IpAddr, u32)> {
+        core.dataplane()
+            .backends
+            .iter()
+            .map(|(&i, b)| {
+                let addr = lb_common::addr::from_words(b.addr, b.family).unwrap();
+                (i, (b.vip_tag, addr, b.generation))
+            })
+            .collect()
+    }
+
     #[test]
     fn inherited_slots_go_back_to_their_vip_and_address() {
         // The last daemon: web (.11, .12) then lines (.11, .12), in slots 1–4.
@@ -1941,15 +1969,7 @@ mod tests {
             let b = &core.vip(id).unwrap().backends[&a.parse::<IpAddr>().unwrap()];
             (b.index, b.generation)
         };
-        let pinned: HashMap<u32, (u32, IpAddr, u32)> = last
-            .dataplane()
-            .backends
-            .iter()
-            .map(|(&i, b)| {
-                let addr = lb_common::addr::from_words(b.addr, b.family).unwrap();
-                (i, (b.vip_tag, addr, b.generation))
-            })
-            .collect();
+        let pinned = pinned_slots(&last);
         assert_eq!(pinned.len(), 4);
 
         // The next daemon's config adds .13 to web, which would shift every later slot.
@@ -1984,15 +2004,7 @@ mod tests {
         last.add_vip(web).unwrap();
         let b12: IpAddr = "198.18.0.12".parse().unwrap();
         last.set_health(&id, b12, false).unwrap();
-        let pinned: HashMap<u32, (u32, IpAddr, u32)> = last
-            .dataplane()
-            .backends
-            .iter()
-            .map(|(&i, b)| {
-                let addr = lb_common::addr::from_words(b.addr, b.family).unwrap();
-                (i, (b.vip_tag, addr, b.generation))
-            })
-            .collect();
+        let pinned = pinned_slots(&last);
         // What `state_dir` reads from the pinned slots: the entries without ACTIVE.
         let down: std::collections::HashSet<(u32, IpAddr)> = last
             .dataplane()

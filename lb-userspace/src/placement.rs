@@ -196,8 +196,8 @@ fn schedule(vip: &VipState, flow: &FlowKey, active: impl Fn(u32) -> u64) -> Next
 mod tests {
     use super::*;
     use crate::{
-        config::{Config, VipId},
-        core::{Core, Settings},
+        config::VipId,
+        core::{recorder_core, Core},
         dataplane::Recorder,
     };
 
@@ -206,21 +206,11 @@ mod tests {
 
     /// A core with one VIP of `scheduler` over B1 and B2.
     fn core(scheduler: &str) -> (Core<Recorder>, VipId) {
-        let cfg = Config::from_json(&format!(
+        let core = recorder_core(&format!(
             r#"{{"vips": [{{"address": "198.18.1.1", "port": 80, "protocol": "tcp", "scheduler": "{scheduler}",
                  "backends": [{{"address": "{B1}"}}, {{"address": "{B2}"}}]}}]}}"#
-        ))
-        .unwrap();
-        let settings = Settings {
-            src_v4: Some("198.18.0.2".parse().unwrap()),
-            mtu: 1500,
-            max_vips: 4,
-            ..Settings::default()
-        };
-        let mut core = Core::new(Recorder::default(), settings).unwrap();
-        let vip = cfg.vips[0].clone();
-        let id = vip.id();
-        core.add_vip(vip).unwrap();
+        ));
+        let id = "198.18.1.1:80/tcp".parse().unwrap();
         (core, id)
     }
 

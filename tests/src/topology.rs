@@ -578,6 +578,31 @@ impl DemoNet {
         out
     }
 
+    /// Waits up to 15 s for `done`, showing the balancer's `xlb status` if it never comes.
+    #[track_caller]
+    pub fn until(&self, sock: &Path, what: &str, done: &dyn Fn(&DemoNet) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {what}:\n{}",
+                self.ctl(sock, &["status"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Health checks passed so far, over every backend of every VIP (`xlb status`).
+    pub fn checks_ok(&self, sock: &Path) -> u64 {
+        self.status_json(sock)["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b["health"]["checks_ok"].as_u64())
+            .sum()
+    }
+
     /// `xlb status --json`, parsed; panics on failure.
     #[track_caller]
     pub fn status_json(&self, sock: &Path) -> serde_json::Value {

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use xlb_tests::{
@@ -120,30 +120,6 @@ fn serve_plain(net: &DemoNet, i: usize) -> Proc {
     )
 }
 
-/// Waits up to 15 s for `done`, showing the balancer's view if it never comes.
-fn until(net: &DemoNet, sock: &Path, what: &str, done: &dyn Fn(&DemoNet) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done(net) {
-        assert!(
-            Instant::now() < deadline,
-            "never {what}:\n{}",
-            net.ctl(sock, &["status"])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Health checks passed so far, over every backend of every VIP.
-fn checks_ok(net: &DemoNet, sock: &Path) -> u64 {
-    net.status_json(sock)["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| b["health"]["checks_ok"].as_u64())
-        .sum()
-}
-
 /// The `last_error` of backend `addr` in every VIP that has it.
 fn last_errors(net: &DemoNet, sock: &Path, addr: &str) -> Vec<String> {
     net.status_json(sock)["vips"]
@@ -200,9 +176,9 @@ fn https_checks_pass_over_tls_and_fail_a_backend_without_it() {
 
     // Passing, not merely started up: every backend's checks succeed, again and again,
     // and each handshake named the configured host.
-    let before = checks_ok(&net, &sock);
-    until(&net, &sock, "https checks passing", &|net| {
-        checks_ok(net, &sock) >= before + 8 && all_up(net)
+    let before = net.checks_ok(&sock);
+    net.until(&sock, "https checks passing", &|net| {
+        net.checks_ok(&sock) >= before + 8 && all_up(net)
     });
     for s in &servers {
         let log = s.log_text();
@@ -230,7 +206,7 @@ fn https_checks_pass_over_tls_and_fail_a_backend_without_it() {
                 .map(String::as_str)
                 == Some("down")
     };
-    until(&net, &sock, "b2 down under https checks", &b2_down);
+    net.until(&sock, "b2 down under https checks", &b2_down);
     let s = states(&net);
     assert_eq!(s[&format!("{VIP4}:{PORT}/tcp 198.18.0.11")], "up", "{s:?}");
     assert_eq!(s[&format!("[{VIP6}]:{PORT}/tcp fd00::11")], "up", "{s:?}");
@@ -249,5 +225,5 @@ fn https_checks_pass_over_tls_and_fail_a_backend_without_it() {
     // TLS back on b2: up again, and serving.
     drop(plain);
     servers.push(serve_tls(&net, 1, &cert, &key));
-    until(&net, &sock, "b2 up again", &all_up);
+    net.until(&sock, "b2 up again", &all_up);
 }

@@ -24,30 +24,6 @@ fn config() -> String {
     )
 }
 
-/// Waits up to 15 s for `done`, showing the balancer's view if it never comes.
-fn until(net: &DemoNet, sock: &Path, what: &str, done: &dyn Fn(&DemoNet) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !done(net) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never {what}:\n{}",
-            net.ctl(sock, &["status"])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Health checks passed so far, over every backend of every VIP.
-fn checks_ok(net: &DemoNet, sock: &Path) -> u64 {
-    net.status_json(sock)["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| b["health"]["checks_ok"].as_u64())
-        .sum()
-}
-
 /// Whether the four (VIP, backend) pairs are all up.
 fn all_up(net: &DemoNet, sock: &Path) -> bool {
     let s = net.backend_states(sock);
@@ -78,10 +54,10 @@ fn a_backend_without_its_decap_fails_tunnel_checks_and_comes_back_with_it() {
     let states = |net: &DemoNet| net.backend_states(&sock);
     let all_up = |net: &DemoNet| all_up(net, &sock);
     let until =
-        |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| until(net, &sock, what, done);
+        |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| net.until(&sock, what, done);
     // Through the tunnels, every check passes and keeps passing (rise 2 after a start up).
     until(&net, "every backend up", &all_up);
-    let checked_ok = |net: &DemoNet| checks_ok(net, &sock);
+    let checked_ok = |net: &DemoNet| net.checks_ok(&sock);
     let before = checked_ok(&net);
     wait_for("tunnel checks passing", Duration::from_secs(10), || {
         checked_ok(&net) >= before + 8
@@ -183,8 +159,8 @@ fn tunnel_checks_work_across_families() {
     net.wait_ready(&sock);
     let states = |net: &DemoNet| net.backend_states(&sock);
     let until =
-        |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| until(net, &sock, what, done);
-    let checks_ok = |net: &DemoNet| checks_ok(net, &sock);
+        |net: &DemoNet, what: &str, done: &dyn Fn(&DemoNet) -> bool| net.until(&sock, what, done);
+    let checks_ok = |net: &DemoNet| net.checks_ok(&sock);
     let all_up = |net: &DemoNet| all_up(net, &sock);
     // Passing, not merely started up: every backend's checks succeed, again and again.
     let before = checks_ok(&net);

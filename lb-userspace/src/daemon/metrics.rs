@@ -374,23 +374,14 @@ mod tests {
     /// other paths are not its.
     #[test]
     fn readiness_follows_the_backends_that_take_new_flows() {
-        use crate::{config::Config, core::Settings, dataplane::Recorder};
-        let cfg = Config::from_json(
+        use crate::{core::recorder_core, dataplane::Recorder};
+        let mut core = recorder_core(
             r#"{"vips": [
               {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
                "backends": [{"address": "198.18.0.11"}, {"address": "198.18.0.12"}]},
               {"address": "198.18.1.1", "port": 53, "protocol": "udp",
                "backends": [{"address": "198.18.0.13"}]}]}"#,
-        )
-        .unwrap();
-        let settings = Settings {
-            src_v4: Some("198.18.0.2".parse().unwrap()),
-            mtu: 1500,
-            max_vips: 4,
-            ..Settings::default()
-        };
-        let mut core = Core::new(Recorder::default(), settings).unwrap();
-        core.apply(&cfg).unwrap();
+        );
         let ready = |core: &Core<Recorder>, t: &str| readiness(core, t);
         assert_eq!(
             ready(&core, "/ready"),
