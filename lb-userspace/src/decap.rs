@@ -307,9 +307,16 @@ pub async fn run(
         let render = move || render_metrics(&sum_reasons(&stats), accepted.load(Ordering::Relaxed));
         tokio::spawn(prometheus::serve(l, Arc::new(render), None, shutdown_rx))
     });
-    // The clamp first: once tunnels are stripped, every SYN-ACK they draw is clamped.
-    let mut clamp = match clamp_mss {
-        Some(header) => Some(start_clamp(&mut ebpf, iface, header, &addrs.installed)?),
+    // The clamp first: once tunnels are stripped, every SYN-ACK they draw is clamped. A
+    // clamp that cannot start leaves the decap running without it (uploads then depend on
+    // the balancer's ICMP again): a backend whose decap stopped would pass its `tcp` checks
+    // and take tunnels it cannot strip.
+    let mut clamp = match clamp_mss.map(|h| start_clamp(&mut ebpf, iface, h, &addrs.installed)) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            log::error!("--clamp-mss: {e:#}; decapsulating without it");
+            None
+        }
         None => None,
     };
     loader::attach(&mut ebpf, loader::DECAP_PROG, iface, mode)?;

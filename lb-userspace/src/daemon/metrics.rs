@@ -295,11 +295,12 @@ pub async fn serve(
 pub fn readiness<D: Dataplane>(core: &Core<D>, target: &str) -> Option<(bool, String)> {
     let query = match target.split_once('?') {
         None if target == "/ready" => None,
-        Some(("/ready", q)) => Some(q.strip_prefix("vip=")?),
+        Some(("/ready", q)) => Some(percent_decoded(q.strip_prefix("vip=")?)),
         _ => return None,
     };
     let serving = |v: &VipState| v.backends.values().any(|b| b.in_table());
     if let Some(q) = query {
+        let q = q.as_str();
         let id: VipId = match q.parse() {
             Ok(id) => id,
             Err(e) => return Some((false, format!("vip={q}: {e}\n"))),
@@ -320,6 +321,31 @@ pub fn readiness<D: Dataplane>(core: &Core<D>, target: &str) -> Option<(bool, St
     } else {
         (false, idle.concat())
     })
+}
+
+/// `s` with its `%XX` escapes decoded (a client may escape an IPv6 VIP's brackets, or its
+/// `/` and `:`); an escape that is not two hex digits stays as it is.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Config reloads: a refused SIGHUP is otherwise only a log line (the names follow
@@ -413,6 +439,17 @@ mod tests {
             ready(&core, "/ready?vip=198.18.1.9:80/tcp").map(|r| r.0),
             Some(false)
         );
+        // Escaped as a browser or a careful script would.
+        assert_eq!(
+            ready(&core, "/ready?vip=198.18.1.1%3A80%2Ftcp"),
+            Some((true, "198.18.1.1:80/tcp: ready\n".into()))
+        );
+        assert_eq!(
+            percent_decoded("%5Bfd00%3A1%3A%3A1%5D:53/udp"),
+            "[fd00:1::1]:53/udp"
+        );
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
         let bad = ready(&core, "/ready?vip=nonsense").unwrap();
         assert!(!bad.0 && bad.1.starts_with("vip=nonsense: "), "{bad:?}");
         for other in ["/readyz", "/ready?x=1", "/metricsz"] {
