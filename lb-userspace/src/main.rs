@@ -89,6 +89,12 @@ enum Cmd {
         /// packet or moving a flow. Removing DIR detaches it.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// On SIGTERM / SIGINT, answer `GET /ready` with 503 and keep forwarding for SECS
+        /// seconds before stopping, so that route announcers withdraw the VIPs first (a
+        /// second signal stops at once). Default 0.
+        #[arg(long, value_name = "SECS", default_value_t = 0,
+              value_parser = clap::value_parser!(u32).range(0..=3600))]
+        shutdown_grace: u32,
     },
     /// Attach the decap program on a backend: strips IP-in-IP tunnels addressed to us.
     Decap {
@@ -297,6 +303,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             max_conns,
             no_flow_cache,
             state_dir,
+            shutdown_grace,
         } => {
             let opts = RunOptions {
                 iface,
@@ -310,6 +317,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     flow_cache: !no_flow_cache,
                 },
                 state_dir,
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace.into()),
             };
             runtime()?.block_on(daemon::run(opts))
         }

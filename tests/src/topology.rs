@@ -126,9 +126,19 @@ pub struct Proc {
 
 impl Proc {
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn terminate(self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.sigterm();
+        self.wait(timeout)
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, `None` if it did not.
+    pub fn wait(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -566,3 +566,61 @@ fn rates_follow_the_load(net: &DemoNet, sock: &Path) {
         "--rate 0 accepted: {refused:?}"
     );
 }
+
+/// `--shutdown-grace`: a balancer told to stop answers `/ready` with 503 at once, so that
+/// a route announcer withdraws its VIPs, and goes on forwarding through the grace; then it
+/// stops and detaches.
+#[test]
+fn a_stopping_balancer_turns_unready_and_forwards_through_its_grace() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2egr", 1);
+    net.start_backends();
+    let cfg = format!(
+        r#"{{"vips": [{{"address": "{VIP4}", "port": 80, "protocol": "tcp",
+            "backends": [{{"address": "198.18.0.11"}}]}}]}}"#
+    );
+    let (lb, sock) = net.start_lb(
+        &cfg,
+        &["--metrics", "198.18.0.2:9100", "--shutdown-grace", "4"],
+    );
+    net.wait_ready(&sock);
+    let port = "198.18.0.2:9100".parse().unwrap();
+    let ready = |net: &DemoNet| metrics_port_get(&net.lb, port, "/ready");
+    assert!(ready(&net).starts_with("HTTP/1.1 200"), "{}", ready(&net));
+    let started = std::time::Instant::now();
+    lb.sigterm();
+    wait_for("/ready to answer 503", Duration::from_secs(3), || {
+        ready(&net).starts_with("HTTP/1.1 503")
+    });
+    assert!(ready(&net).contains("stopping"), "{}", ready(&net));
+    // Still forwarding, still alive (liveness), within the grace.
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    for i in 0..5 {
+        let body = http_get(&net.client, vip, "/", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("request {i} in the grace: {e}"));
+        assert_eq!(String::from_utf8_lossy(&body).trim(), "b1");
+    }
+    let live = metrics_port_get(&net.lb, port, "/healthz");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the checks outlasted the grace"
+    );
+    // Then it stops, and detaches.
+    let status = lb.wait(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "xlb run did not stop: {status:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "stopped before its grace ran out"
+    );
+    let link = net.lb.exec(&["ip", "link", "show", "eth0"]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "still attached after the stop"
+    );
+}

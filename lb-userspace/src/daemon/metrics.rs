@@ -281,6 +281,12 @@ pub async fn serve(
         Err(_) => String::from("# daemon state unavailable\n"),
     };
     let ready: prometheus::Extra = Arc::new(move |target: &str| match daemon.lock() {
+        Ok(d) if d.stopping() => readiness(d.core(), target).map(|_| {
+            (
+                false,
+                String::from("stopping: --shutdown-grace runs out, then the balancer stops\n"),
+            )
+        }),
         Ok(d) => readiness(d.core(), target),
         Err(_) => Some((false, String::from("daemon state unavailable\n"))),
     });

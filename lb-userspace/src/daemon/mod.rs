@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     /// `--state-dir`: what outlives the daemon (see `state_dir`).
     pub state_dir: Option<PathBuf>,
+    /// `--shutdown-grace`: how long a stopping daemon stays unready but forwarding.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// Runs the daemon until SIGINT / SIGTERM.
@@ -309,6 +311,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload_config(&daemon, &config_file),
+        }
+    }
+    if !opts.shutdown_grace.is_zero() {
+        lock(&daemon)?.set_stopping();
+        log::info!(
+            "stopping in {} s: /ready answers 503 so that the VIPs' routes are withdrawn, and \
+             the balancer forwards meanwhile (a second SIGTERM or SIGINT stops at once)",
+            opts.shutdown_grace.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(opts.shutdown_grace) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
     log::info!("shutting down");

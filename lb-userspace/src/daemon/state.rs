@@ -119,6 +119,8 @@ pub struct Daemon {
     ended: VecDeque<EndedRemoval>,
     /// Backends in slow start, and when each began its ramp.
     ramps: BTreeMap<(VipId, IpAddr), Instant>,
+    /// A stop is under way (`--shutdown-grace`): not ready.
+    stopping: bool,
     /// Config reloads so far.
     reloads: ReloadHistory,
     /// The global settings in force: the config the daemon started with (its VIPs left
@@ -152,6 +154,7 @@ impl Daemon {
             removals: BTreeMap::new(),
             ended: VecDeque::new(),
             ramps: BTreeMap::new(),
+            stopping: false,
             reloads: ReloadHistory::new(SystemTime::now()),
             globals: Config::default(),
             iface_mtu,
@@ -193,6 +196,16 @@ impl Daemon {
     /// Config reloads so far.
     pub fn reloads(&self) -> &ReloadHistory {
         &self.reloads
+    }
+
+    /// Marks the daemon as stopping (`--shutdown-grace`): `/ready` answers 503 from now on.
+    pub fn set_stopping(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Whether the daemon is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stopping
     }
 
     /// The core (read-only).
