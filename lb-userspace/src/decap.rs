@@ -179,8 +179,9 @@ struct Clamp {
     sources: AddressMap,
     limits: Array<MapData, MssClamp>,
     header: TunnelHeader,
-    /// What the map holds (`None`: nothing written yet, or the MTU left no sane MSS).
-    current: Option<MssClamp>,
+    /// What was last written: `None` before the first write; `Some(None)` when the MTU
+    /// left no sane MSS (the map then holds zeros: nothing clamped).
+    current: Option<Option<MssClamp>>,
 }
 
 impl Clamp {
@@ -197,7 +198,7 @@ impl Clamp {
             }
         };
         let wanted = mss::clamp_for(mtu, header);
-        if wanted == self.current {
+        if self.current == Some(wanted) {
             return;
         }
         // No sane MSS fits: clamp nothing rather than advertise a tiny one.
@@ -206,7 +207,7 @@ impl Clamp {
             log::warn!("setting the MSS clamp: {e}");
             return;
         }
-        self.current = wanted;
+        self.current = Some(wanted);
         match wanted {
             Some(c) => log::info!(
                 "SYN-ACKs from the VIPs advertise at most MSS {} (IPv4) / {} (IPv6): {iface}'s \
