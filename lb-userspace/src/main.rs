@@ -136,7 +136,7 @@ enum Cmd {
         #[command(flatten)]
         ctl: CtlArgs,
         #[command(subcommand)]
-        cmd: VipCmd,
+        cmd: Box<VipCmd>,
     },
     /// Add, remove, drain or reweight backends of a running balancer.
     Backend {
@@ -346,7 +346,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Vip { ctl: a, cmd } => ctl::run_vip(
-            cmd,
+            *cmd,
             &CtlOpts {
                 socket: a.socket,
                 json: a.json,

@@ -1,6 +1,6 @@
 //! End-to-end: `https` health checks against backends that serve only TLS (Python's
 //! `ssl` over `http.server`, a self-signed certificate). The checks pass with the name the
-//! config gives sent as SNI, clients reach the service through the VIP over TLS (DSR), a
+//! config gives sent as SNI and the header the health endpoint wants, clients reach the service through the VIP over TLS (DSR), a
 //! backend that answers plain HTTP on the port (a `tcp` check would still pass) goes down
 //! with the failed handshake as its reason, and comes back when TLS does. Both families.
 
@@ -21,14 +21,18 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// The `Host` the checks send, and so (no `sni` set) their SNI.
 const HOST: &str = "www.example";
 
-/// A threaded HTTPS server (dual stack, port 443): `/healthz` says ok, everything else the
-/// backend's name; prints the SNI of every handshake. The handshake runs in the request's
+/// A threaded HTTPS server (dual stack, port 443): `/healthz` says ok to a request with the
+/// `X-Health-Token: xlb` header (403 without), everything else the backend's name; prints
+/// the SNI of every handshake. The handshake runs in the request's
 /// thread, so a stuck client cannot hold the others up.
 const TLS_SERVER: &str = r#"
 import http.server, socketserver, socket, ssl, sys
 name, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/healthz" and self.headers.get("X-Health-Token") != "xlb":
+            self.send_error(403)
+            return
         body = b"ok\n" if self.path == "/healthz" else (name + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -157,7 +161,7 @@ fn https_checks_pass_over_tls_and_fail_a_backend_without_it() {
     let (cert, key) = certificate(&net.dir);
     let mut servers: Vec<Proc> = (0..2).map(|i| serve_tls(&net, i, &cert, &key)).collect();
     let check = format!(
-        r#"{{"kind": "https", "path": "/healthz", "host": "{HOST}", "expect_body": "ok", "interval_ms": 300, "timeout_ms": 250, "rise": 2, "fall": 2, "down_interval_ms": 300}}"#
+        r#"{{"kind": "https", "path": "/healthz", "host": "{HOST}", "expect_body": "ok", "headers": {{"X-Health-Token": "xlb"}}, "interval_ms": 300, "timeout_ms": 250, "rise": 2, "fall": 2, "down_interval_ms": 300}}"#
     );
     let config = format!(
         r#"{{"vips": [

@@ -1,6 +1,6 @@
 //! The per-VIP health-check configuration as it appears in the JSON config, and its validation.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -43,6 +43,40 @@ impl CheckKind {
     }
 }
 
+/// The request method of `http` and `https` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HttpMethod {
+    /// The default.
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    /// The head alone: for endpoints whose body is large, or that count GETs.
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+impl HttpMethod {
+    /// As on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+        }
+    }
+}
+
+/// Headers the probe writes itself (`host` has its own field).
+const OWN_HEADERS: [&str; 5] = [
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "user-agent",
+];
+/// At most this many extra headers, each at most [`MAX_HEADER_LEN`] bytes (name and value).
+const MAX_HEADERS: usize = 32;
+const MAX_HEADER_LEN: usize = 1024;
+
 /// Health-check settings for one VIP; every field has a default so `{}` is a valid config.
 ///
 /// ```json
@@ -62,8 +96,14 @@ pub struct HealthCheckConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub port: Option<u16>,
+    /// `http`, `https`: `GET` (default) or `HEAD`.
+    #[serde(skip_serializing_if = "is_get")]
+    pub method: HttpMethod,
     /// `http`, `https`: request path, starting with `/`.
     pub path: String,
+    /// `http`, `https`: extra request headers (an endpoint that wants a token, say).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     /// `http`, `https`: `Host` header; `None` means the backend's `ip:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -104,7 +144,9 @@ impl Default for HealthCheckConfig {
         Self {
             kind: CheckKind::Tcp,
             port: None,
+            method: HttpMethod::Get,
             path: "/".to_owned(),
+            headers: BTreeMap::new(),
             host: None,
             sni: None,
             expect_status: 200,
@@ -163,6 +205,10 @@ pub enum HealthConfigError {
     SniWithoutTls { kind: &'static str },
     #[error("sni {name:?}: {reason}")]
     BadSni { name: String, reason: &'static str },
+    #[error("header {name:?}: {reason}")]
+    BadHeader { name: String, reason: &'static str },
+    #[error("expect_body needs a body, and a HEAD request's answer has none: use GET")]
+    HeadWithBody,
     #[error("{field} must be at most {max} bytes, got {got}")]
     TooLong {
         field: &'static str,
@@ -212,10 +258,46 @@ impl HealthCheckConfig {
                 reason,
             })?;
         }
+        self.validate_headers()?;
+        if self.method == HttpMethod::Head && self.expect_body.is_some() {
+            return Err(HealthConfigError::HeadWithBody);
+        }
         in_range("expect_status", self.expect_status.into(), 100, 599)?;
         if let Some(body) = &self.expect_body {
             non_empty("expect_body", body)?;
             max_len("expect_body", body, MAX_HTTP_BODY)?;
+        }
+        Ok(())
+    }
+
+    /// Extra headers are pasted into the request head: a name must be an HTTP token, a
+    /// value hold no CR, LF or other control character, and the probe's own headers stay its.
+    fn validate_headers(&self) -> Result<(), HealthConfigError> {
+        if self.headers.len() > MAX_HEADERS {
+            return Err(HealthConfigError::TooLong {
+                field: "headers",
+                max: MAX_HEADERS,
+                got: self.headers.len(),
+            });
+        }
+        for (name, value) in &self.headers {
+            let bad = |reason| HealthConfigError::BadHeader {
+                name: name.clone(),
+                reason,
+            };
+            let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(tchar) {
+                return Err(bad("a name is letters, digits and !#$%&'*+-.^_`|~"));
+            }
+            if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(bad("the probe sets it (Host: the host field)"));
+            }
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(bad("a value holds no control characters (CR, LF, …)"));
+            }
+            if name.len() + value.len() > MAX_HEADER_LEN {
+                return Err(bad("longer than 1024 bytes"));
+            }
         }
         Ok(())
     }
@@ -322,6 +404,10 @@ fn max_len(field: &'static str, value: &str, max: usize) -> Result<(), HealthCon
     }
 }
 
+fn is_get(m: &HttpMethod) -> bool {
+    *m == HttpMethod::Get
+}
+
 fn check_token(field: &'static str, value: &str) -> Result<(), HealthConfigError> {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Err(HealthConfigError::BadCharacters {
@@ -415,6 +501,42 @@ mod tests {
         let plain = serde_json::to_string(&HealthCheckConfig::default()).expect("serializes");
         assert!(
             !plain.contains(r#""send""#) && !plain.contains(r#""expect""#),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn method_and_headers_are_checked_before_they_reach_a_request() {
+        let cfg = parse(r#"{"kind": "http", "method": "HEAD", "headers": {"X-Token": "abc def"}}"#)
+            .expect("parses");
+        assert_eq!(cfg.method, HttpMethod::Head);
+        assert_eq!(cfg.validate(), Ok(()));
+        assert!(parse(r#"{"method": "POST"}"#).is_err());
+        let err = |json: &str| {
+            parse(json)
+                .expect("parses")
+                .validate()
+                .expect_err("refused")
+                .to_string()
+        };
+        assert_eq!(
+            err(r#"{"method": "HEAD", "expect_body": "ok"}"#),
+            "expect_body needs a body, and a HEAD request's answer has none: use GET"
+        );
+        for (json, name) in [
+            (r#"{"headers": {"X Token": "a"}}"#, "X Token"),
+            (r#"{"headers": {"": "a"}}"#, ""),
+            (r#"{"headers": {"X-Token": "a\r\nX-Evil: 1"}}"#, "X-Token"),
+            (r#"{"headers": {"Host": "example"}}"#, "Host"),
+            (r#"{"headers": {"connection": "keep-alive"}}"#, "connection"),
+        ] {
+            let e = err(json);
+            assert!(e.starts_with(&format!("header {name:?}: ")), "{json}: {e}");
+        }
+        // Both stay out of dumps when not set.
+        let plain = serde_json::to_string(&HealthCheckConfig::default()).expect("serializes");
+        assert!(
+            !plain.contains(r#""method""#) && !plain.contains(r#""headers""#),
             "{plain}"
         );
     }

@@ -14,7 +14,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    config::{CheckKind, HealthCheckConfig, MAX_HTTP_BODY},
+    config::{CheckKind, HealthCheckConfig, HttpMethod, MAX_HTTP_BODY},
     probe::{contains, timed, Probe, ProbeError, ProbeFuture},
     tcp::connect,
     tls::{is_unclean_close, TlsClient},
@@ -40,6 +40,10 @@ pub struct HttpProbe {
     pub bind: Option<IpAddr>,
     /// `https`: the request goes over TLS.
     pub tls: Option<TlsClient>,
+    /// The request method.
+    pub method: HttpMethod,
+    /// Extra request headers, as validated (`HealthCheckConfig::headers`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl HttpProbe {
@@ -55,6 +59,12 @@ impl HttpProbe {
             timeout: cfg.timeout(),
             bind,
             tls,
+            method: cfg.method,
+            headers: cfg
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -64,8 +74,14 @@ impl HttpProbe {
             // SocketAddr's Display is exactly Host syntax: `1.2.3.4:80`, `[::1]:80`.
             None => target.to_string(),
         };
+        let extra: String = self
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: xlb-health\r\nAccept: */*\r\n\r\n",
+            "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: xlb-health\r\nAccept: */*\r\n{extra}\r\n",
+            self.method.as_str(),
             self.path
         )
     }
@@ -332,6 +348,8 @@ mod tests {
             timeout: Duration::from_secs(2),
             bind: None,
             tls: None,
+            method: HttpMethod::Get,
+            headers: Vec::new(),
         }
     }
 
@@ -405,6 +423,40 @@ mod tests {
             ..probe(None)
         };
         assert!(named.request(target).contains("\r\nHost: api.example\r\n"));
+    }
+
+    #[tokio::test]
+    async fn head_and_extra_headers_reach_the_server() {
+        let (target, head) = recording_http_server("127.0.0.1").await;
+        let with_headers = HttpProbe {
+            method: HttpMethod::Head,
+            headers: vec![("X-Health-Token".into(), "s3cret value".into())],
+            ..probe(None)
+        };
+        with_headers.check(target).await.expect("200");
+        let head = head.await.expect("server saw a request");
+        assert!(head.starts_with("HEAD /healthz HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nX-Health-Token: s3cret value\r\n"),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        // A HEAD answer announces a body it does not send: the probe does not wait for it.
+        let (target, server) = http_server(
+            "127.0.0.1",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n",
+        )
+        .await;
+        let start = Instant::now();
+        HttpProbe {
+            method: HttpMethod::Head,
+            ..probe(None)
+        }
+        .check(target)
+        .await
+        .expect("the head is the answer");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        server.abort();
     }
 
     #[tokio::test]

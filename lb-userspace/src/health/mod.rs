@@ -48,7 +48,7 @@ mod tls;
 mod tunnel;
 mod udp;
 
-pub use config::{CheckKind, HealthCheckConfig, HealthConfigError};
+pub use config::{CheckKind, HealthCheckConfig, HealthConfigError, HttpMethod};
 pub use http::HttpProbe;
 pub use icmp::IcmpProbe;
 pub use probe::{build_probe, NoneProbe, Probe, ProbeError, ProbeFuture};
