@@ -62,6 +62,11 @@ pub fn xlb_mss_clamp(ctx: TcContext) -> i32 {
 /// Lowers the MSS of a SYN-ACK (or SYN) from a clamped source; `Some` if it did.
 #[inline(always)]
 fn clamp(ctx: &TcContext) -> Option<()> {
+    // Every packet the backend sends passes here, its replies above all: the common case,
+    // not a TCP SYN, is told from the buffer directly, without a helper call.
+    if !maybe_tcp_syn(ctx) {
+        return None;
+    }
     let (mut ethertype, mut l3) = (u16::from_be(ctx.load::<u16>(ETH_HLEN - 2).ok()?), ETH_HLEN);
     if ethertype == ETH_P_8021Q {
         ethertype = u16::from_be(ctx.load::<u16>(ETH_HLEN + VLAN_HLEN - 2).ok()?);
@@ -123,6 +128,53 @@ fn clamp(ctx: &TcContext) -> Option<()> {
     ctx.l4_csum_replace(l4 + 16, u64::from(old), u64::from(new), CSUM_FIELD_2)
         .ok()?;
     Some(())
+}
+
+/// The two bytes at `off` of the buffer's linear part, if they lie there. Two, not one:
+/// LLVM turns a one-byte check into a comparison the verifier does not take as proof for a
+/// read at a variable offset (see `lb_ebpf::ptr`).
+#[inline(always)]
+fn pair(ctx: &TcContext, off: usize) -> Option<[u8; 2]> {
+    let at = ctx.data() + off;
+    if at + 2 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: inside the packet's linear data (checked above; the verifier checks again).
+    Some(unsafe { (at as *const [u8; 2]).read_unaligned() })
+}
+
+/// Whether the packet may be a TCP SYN: `false` only for what certainly is not (another
+/// protocol, a segment without SYN). What the linear part does not show is left to the
+/// careful path, which reads through `bpf_skb_load_bytes`.
+#[inline(always)]
+fn maybe_tcp_syn(ctx: &TcContext) -> bool {
+    let Some(ethertype) = pair(ctx, ETH_HLEN - 2) else {
+        return true;
+    };
+    let l3 = match u16::from_be_bytes(ethertype) {
+        ETH_P_IP | ETH_P_IPV6 => ETH_HLEN,
+        ETH_P_8021Q => return true,
+        _ => return false,
+    };
+    let Some([first, _]) = pair(ctx, l3) else {
+        return true;
+    };
+    let (proto, l4) = if first >> 4 == 4 {
+        // TTL, protocol.
+        (
+            pair(ctx, l3 + 8).map(|p| p[1]),
+            l3 + usize::from(first & 0x0f) * 4,
+        )
+    } else {
+        // Next header, hop limit.
+        (pair(ctx, l3 + 6).map(|p| p[0]), l3 + 40)
+    };
+    match proto {
+        // Data offset, flags.
+        Some(IPPROTO_TCP) => pair(ctx, l4 + 12).is_none_or(|p| p[1] & TCP_SYN != 0),
+        Some(_) => false,
+        None => true,
+    }
 }
 
 /// Where the MSS option's value is among the options between `start` and `end`, if it is
