@@ -24,6 +24,7 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xlb_dropped",
     "testrun_ns_per_pkt.xdp_encap_undo",
     "testrun_ns_per_pkt.xlb_stateless",
+    "testrun_ns_per_pkt.decap_mss_clamp_reply",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -297,6 +298,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         (
             "xdp_encap_undo",
             "IP-in-IP and the bench's undo, no decision (the restored hit's floor)",
+        ),
+        (
+            "decap_mss_clamp_reply",
+            "backend: the MSS clamp (TC egress, `xlb decap --clamp-mss`) on a reply segment",
         ),
     ] {
         let v = n(&format!("testrun_ns_per_pkt.{k}"));

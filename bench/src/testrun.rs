@@ -29,7 +29,10 @@ use lb_common::{
 };
 use serde_json::{json, Value};
 use xlb::{config::VipId, core::NextHop, loader, testrun};
-use xlb_tests::fixtures::{CLIENT_MAC, LB_MAC, NEXTHOP_MAC, TEST_RUN_IFINDEX};
+use xlb_tests::{
+    fixtures::{CLIENT_MAC, LB_MAC, NEXTHOP_MAC, TEST_RUN_IFINDEX},
+    packet::Pkt,
+};
 
 use crate::{
     forward,
@@ -82,6 +85,26 @@ fn frame(src: &str, sport: u16, dst: &str) -> Vec<u8> {
 /// The kernel's ns per run over `repeat` runs.
 fn repeat_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
     testrun::ns_per_packet(prog, frame, repeat)
+}
+
+/// [`repeat_ns`] for the decap object's TC program (`xlb_mss_clamp`), checked: the frame
+/// leaves as it came (`TC_ACT_OK`, untouched).
+fn clamp_repeat_ns(decap: &mut aya::Ebpf, frame: &[u8], repeat: u32) -> Result<f64> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let prog = loader::classifier(decap, loader::MSS_CLAMP_PROG)?;
+    let mut out = vec![0u8; frame.len() + 64];
+    let res = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::new()
+    })?;
+    out.truncate(res.data_size_out as usize);
+    ensure!(
+        res.return_value == 0 && out == frame,
+        "the MSS clamp changed a reply segment, or did not pass it"
+    );
+    Ok(res.duration.as_nanos() as f64)
 }
 
 /// One single run's duration (ns) and verdict.
@@ -384,6 +407,15 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         .core
         .set_sources(&vip_id(VIP4), allow_list())
         .map_err(|e| anyhow!("allowed_sources: {e}"))?;
+    // The backends' MSS clamp (`xlb decap --clamp-mss`) on a reply segment from a VIP:
+    // what every packet a backend sends pays for it.
+    let mut decap = loader::load_decap()?;
+    let reply = Pkt::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(VIP4.parse()?, CLIENT4.parse()?)
+        .tcp(PORT, 40_000)
+        .ack()
+        .payload(&[0x5a; 64])
+        .build();
     let hit4 = frame(CLIENT4, 40_000, VIP4);
     let hit6 = frame(CLIENT6, 40_000, VIP6);
     let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
@@ -431,6 +463,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xlb_dropped",
         "xdp_encap_undo",
         "xlb_stateless",
+        "decap_mss_clamp_reply",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -462,6 +495,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
             plan.repeat,
         )?);
         samples[13].push(new_flows.measure_stateless(&mut stateless, new_repeat)?);
+        samples[14].push(clamp_repeat_ns(&mut decap, &reply, plan.repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
