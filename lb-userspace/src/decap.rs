@@ -162,7 +162,7 @@ impl TunnelHeader {
     /// Its length, for a host accepting tunnels to `accepted`.
     fn bytes(self, accepted: &BTreeSet<IpAddr>) -> u32 {
         let global_v6 = |a: &IpAddr| match a {
-            IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
             IpAddr::V4(_) => false,
         };
         match self {

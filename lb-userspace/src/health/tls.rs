@@ -63,8 +63,9 @@ impl TlsClient {
         }
     }
 
-    /// The name sent as SNI, if any.
-    pub fn server_name(&self) -> Option<&str> {
+    /// The name sent as SNI, if any (what the tests check).
+    #[cfg(test)]
+    fn server_name(&self) -> Option<&str> {
         match &self.name {
             Some(ServerName::DnsName(name)) => Some(name.as_ref()),
             _ => None,

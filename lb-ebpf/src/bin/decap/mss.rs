@@ -108,15 +108,16 @@ fn clamp(ctx: &TcContext) -> Option<()> {
     if max == 0 {
         return None;
     }
-    let tcp = ctx.load::<[u8; 14]>(l4).ok()?;
-    if tcp[13] & TCP_SYN == 0 {
+    // Data offset, flags: all of the TCP header the clamp needs before its options.
+    let [data_offset, flags] = ctx.load::<[u8; 2]>(l4 + 12).ok()?;
+    if flags & TCP_SYN == 0 {
         return None;
     }
     // SAFETY: the map's values are plain integers; only the presence matters.
     if unsafe { CLAMP_SOURCES.get(&key) }.is_none() {
         return None;
     }
-    let end = l4 + usize::from(tcp[12] >> 4) * 4;
+    let end = l4 + usize::from(data_offset >> 4) * 4;
     let at = mss_option(ctx, l4 + 20, end)?;
     let old = ctx.load::<u16>(at).ok()?;
     if u16::from_be(old) <= max {
