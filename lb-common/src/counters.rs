@@ -2,11 +2,11 @@
 //!
 //! Every reason is a `#[repr(u32)]` enum variant whose discriminant is its slot in the
 //! per-CPU `STATS` array ([`COUNTER_SLOTS`] long). Drops use slots 1..32, passes 32..48,
-//! events 48..64, so user space can print every slot by name and a reason added here can
+//! events 48..128, so user space can print every slot by name and a reason added here can
 //! never be missing from the metrics.
 
 /// Number of slots in the per-CPU `STATS` array.
-pub const COUNTER_SLOTS: u32 = 64;
+pub const COUNTER_SLOTS: u32 = 128;
 
 /// The value of a program's `STATS` map: one per CPU, every slot in one value, so that a
 /// packet that bumps several counters looks the map up once.
@@ -184,6 +184,14 @@ reasons! {
         /// A packet of a `stateless` VIP: sent to the backend its hash picks, with no
         /// connection-table entry made for it.
         StatelessPick = 62, "stateless_pick";
+        /// A QUIC packet of a flow the connection table did not know, sent to the backend
+        /// its connection ID names (`lb_common::quic`): a connection's new path (a client
+        /// that moved or was rebound by a NAT, or one another balancer placed).
+        QuicRouted = 63, "quic_routed";
+        /// A short-header QUIC packet of a flow the table did not know whose connection ID
+        /// names a server ID no backend of its VIP has, or one that is down: placed by its
+        /// VIP's scheduler like any new flow (a misconfigured ID, or a removed backend).
+        QuicUnknownServer = 64, "quic_unknown_server";
     }
 }
 
@@ -209,7 +217,7 @@ mod tests {
             .iter()
             .map(|d| (d.slot(), 1..32))
             .chain(Pass::ALL.iter().map(|p| (p.slot(), 32..48)))
-            .chain(Event::ALL.iter().map(|e| (e.slot(), 48..64)));
+            .chain(Event::ALL.iter().map(|e| (e.slot(), 48..128)));
         for (slot, range) in all {
             assert!(range.contains(&slot), "slot {slot} outside {range:?}");
             assert!(!seen[slot as usize], "slot {slot} used twice");

@@ -15,6 +15,7 @@
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
 //! - [`maglev`] (feature `user`): the weighted Maglev lookup-table builder.
 //! - [`mss`]: the MSS backends clamp their SYN-ACKs to (`xlb decap --clamp-mss`).
+//! - [`quic`]: which backend a QUIC packet's connection ID names (server-ID routing).
 //! - [`rate_window`]: how many new flows each CPU records, and ICMP errors it sends, per
 //!   second.
 #![cfg_attr(not(feature = "user"), no_std)]
@@ -30,4 +31,5 @@ pub mod lookup;
 pub mod maglev;
 pub mod maps;
 pub mod mss;
+pub mod quic;
 pub mod rate_window;

@@ -139,6 +139,11 @@ pub const VIP_F_SRC_RANGES: u32 = 1 << 6;
 /// backend its hash picks and nothing is recorded (Katran's LRU bypass, IPVS's one-packet
 /// scheduling): for request/response UDP services whose every query is a new flow.
 pub const VIP_F_STATELESS: u32 = 1 << 7;
+/// `VipInfo::flags` (UDP VIPs with `quic`): a short-header QUIC packet the connection table
+/// does not know goes to the backend its connection ID names (`QUIC_SERVERS`), so that a
+/// connection's new path (a client that moved, a NAT that rebound) stays on its server.
+/// The VIP's [`crate::quic::VipQuic`] is in the flags' bits 16..24.
+pub const VIP_F_QUIC: u32 = 1 << 8;
 
 /// The data of a `SOURCE_RANGES` key (an LPM trie: the kernel compares the first
 /// `prefix_len` bits, in memory order). The VIP's id first, always compared whole

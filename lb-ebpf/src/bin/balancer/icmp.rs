@@ -135,7 +135,7 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
     let vip = lookup::service(&mut vip_key).ok_or(Drop::IcmpNotForVip)?;
     // Errors never create flows: they follow an existing one or its hash.
     if select::pinned(s, l3.family == FAMILY_V4, 0, counters(&STATS)).is_none() {
-        unpack(select::pick(s, &vip, false, 0))?;
+        select::follow_hash(s, &vip)?;
     }
     Ok(ROUTED)
 }

@@ -7,7 +7,8 @@
 //! Layout: `maps` (every map but the cache's), `lookup` (VIPs, config), `select` (backend
 //! choice and flow recording), `cache` (per-CPU cache of IPv4 flows), `encap` (tunnel
 //! headers, next hop), `icmp` (errors to backends, too-big replies), `account` (per-backend
-//! traffic), `drops` (samples of dropped packets). Parsers live in `lb_ebpf::parse`.
+//! traffic), `drops` (samples of dropped packets), `quic` (QUIC server-ID routing).
+//! Parsers live in `lb_ebpf::parse`.
 //!
 //! A known flow's packet runs in this one function (everything above is inlined); new
 //! flows, ICMP, too-big replies and FIB lookups call BPF subprograms. Per-packet state
@@ -25,6 +26,7 @@ mod encap;
 mod icmp;
 mod lookup;
 mod maps;
+mod quic;
 mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -32,7 +34,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
-    maps::{Backend, VipKey, VIP_F_SRC_RANGES},
+    maps::{Backend, VipKey, VIP_F_COUNT_ACTIVE, VIP_F_SRC_RANGES},
 };
 use lb_ebpf::{
     parse::{
@@ -176,7 +178,12 @@ fn flow_target(
     }
     // SAFETY: as above; the scheduler hashes the whole flow.
     unsafe { (*s).complete_flow(&flow) };
-    let scheduled = unpack(from_global(xlb_schedule(u32::from(l4.tcp_flags))))? == SCHEDULED;
+    let scheduled = unpack(from_global(xlb_schedule(
+        ctx.ctx,
+        u32::from(l4.tcp_flags),
+        l3.l4_off() as u32,
+        l3.l3_end() as u32,
+    )))? == SCHEDULED;
     Ok(if scheduled {
         Routed::Scheduled
     } else {
@@ -192,9 +199,16 @@ const SCHEDULED: u32 = 1;
 /// A flow the connection table does not pin (in this CPU's scratch slot): its VIP's
 /// scheduler picks a backend into `target` and records the flow. Its own BPF function, and
 /// a global one (`subprog::from_global`): new flows only, verified once on their own rather
-/// than once for every way the entry function reaches them.
+/// than once for every way the entry function reaches them. The frame (`raw`, with its
+/// transport header at `l4_off` and the IP packet's end at `l3_end`) for QUIC VIPs, whose
+/// packets may name their backend.
 #[no_mangle]
-pub extern "C" fn xlb_schedule(tcp_flags: u32) -> u64 {
+pub extern "C" fn xlb_schedule(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    tcp_flags: u32,
+    l4_off: u32,
+    l3_end: u32,
+) -> u64 {
     let s = match maps::scratch() {
         Ok(s) => s,
         Err(d) => return pack(Err(d)),
@@ -213,7 +227,22 @@ pub extern "C" fn xlb_schedule(tcp_flags: u32) -> u64 {
     if vip.flags & VIP_F_SRC_RANGES != 0 && !lookup::source_allowed(s, &vip) {
         return pack(Err(Drop::SourceDenied));
     }
-    match unpack(select::pick(s, &vip, true, tcp_flags as u8)) {
+    let named = if flow.proto == IPPROTO_UDP {
+        quic::named_backend(
+            &XdpContext::new(raw),
+            &vip,
+            l4_off as usize,
+            l3_end as usize,
+        )
+    } else {
+        0
+    };
+    let mut vip = vip;
+    if named != 0 {
+        // A named flow is a new path of a connection counted on its first one.
+        vip.flags &= !VIP_F_COUNT_ACTIVE;
+    }
+    match unpack(select::pick(s, &vip, true, tcp_flags as u8, named)) {
         Ok(_) => pack(Ok(SCHEDULED)),
         Err(d) => pack(Err(d)),
     }

@@ -18,6 +18,7 @@ use lb_common::{
         Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, MAX_BACKENDS,
         MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
     },
+    quic::{QuicServer, QuicServerKey},
     rate_window::RateWindow,
 };
 
@@ -114,6 +115,12 @@ pub static BACKEND_ACTIVE: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0)
 /// flows never contend on a shared counter.
 #[map]
 pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1024, 0);
+
+/// (VIP id, QUIC server ID) → the backend that ID names (`lb_common::quic`), for VIPs with
+/// `VIP_F_QUIC`. Daemon writes; looked up for such VIPs' new flows only.
+#[map]
+pub static QUIC_SERVERS: HashMap<QuicServerKey, QuicServer> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Egress interfaces other than the ingress one: ifindex → device, for `XDP_REDIRECT`.
 #[map]

@@ -34,6 +34,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
+    flow::FlowKey,
     hash::{flow_hash, next_probe, src_hash, SECOND_CHOICE_PROBES},
     lookup::{self as tables},
     maps::{
@@ -201,10 +202,12 @@ fn recorded(idx: u32, generation: u32, opening: bool) -> Option<&'static Backend
 }
 
 /// Picks a backend for the flow in `s` that the connection table does not pin, into
-/// `s.target`; records the flow when `record`. Its own BPF function: new flows only.
+/// `s.target`; records the flow when `record`. `named`: a backend the packet itself names
+/// (a QUIC connection ID, `quic::named_backend`; 0: none), which takes the flow whatever
+/// the scheduler would say. Its own BPF function: new flows only.
 #[inline(never)]
-pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> u64 {
-    pack(pick_stage(s, vip, record, tcp_flags).map(|t| {
+pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8, named: u32) -> u64 {
+    pack(pick_stage(s, vip, record, tcp_flags, named).map(|t| {
         // SAFETY: this CPU's scratch slot (map memory); one write of the whole target.
         unsafe { core::ptr::addr_of_mut!((*s).target).write(t) };
         0
@@ -212,26 +215,35 @@ pub fn pick(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> u64 
 }
 
 #[inline(always)]
-fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Result<Target, Drop> {
-    if vip.table_size == 0 {
-        return Err(Drop::NoBackend);
-    }
+fn pick_stage(
+    s: *mut Scratch,
+    vip: &VipInfo,
+    record: bool,
+    tcp_flags: u8,
+    named: u32,
+) -> Result<Target, Drop> {
     // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
-    let flow = unsafe { &(*s).flow };
-    let hash = if vip.flags & VIP_F_SRC_HASH != 0 {
-        src_hash(flow)
+    let hash = flow_hash_for(vip, unsafe { &(*s).flow });
+    // A named backend is a connection's own server, drained or not (its VIP's table may
+    // even be empty): the connection is not new, only its path.
+    let idx = if named != 0 {
+        named
     } else {
-        flow_hash(flow)
+        if vip.table_size == 0 {
+            return Err(Drop::NoBackend);
+        }
+        let slot = if vip.flags & VIP_F_SEQUENCE != 0 {
+            next_in_sequence(vip)
+        } else {
+            hash % vip.table_size
+        };
+        let first = table_entry(vip, slot)?;
+        if vip.flags & VIP_F_LEAST_CONN != 0 {
+            less_loaded(vip, first, hash)?
+        } else {
+            first
+        }
     };
-    let slot = if vip.flags & VIP_F_SEQUENCE != 0 {
-        next_in_sequence(vip)
-    } else {
-        hash % vip.table_size
-    };
-    let mut idx = table_entry(vip, slot)?;
-    if vip.flags & VIP_F_LEAST_CONN != 0 {
-        idx = less_loaded(vip, idx, hash)?;
-    }
     let chosen = usable(idx).ok_or(Drop::BadBackend)?;
     let (generation, epoch) = (chosen.generation, chosen.cache_epoch);
     let hashed_src = vip.flags & VIP_F_HASHED_SRC != 0;
@@ -253,6 +265,7 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
         record
     };
     if record {
+        // A named flow's connection was counted on its first path.
         let counted = vip.flags & VIP_F_COUNT_ACTIVE != 0 && tcp_flags & TCP_FIN_RST == 0;
         let mut flags = if counted { CONN_F_COUNTED } else { 0 };
         if hashed_src {
@@ -289,6 +302,40 @@ fn pick_stage(s: *mut Scratch, vip: &VipInfo, record: bool, tcp_flags: u8) -> Re
         hashed_src: u32::from(hashed_src),
         new_flow: u32::from(record),
     })
+}
+
+/// The hash a VIP places flows by: the client address's (`sh`) or the 5-tuple's.
+#[inline(always)]
+fn flow_hash_for(vip: &VipInfo, flow: &FlowKey) -> u32 {
+    if vip.flags & VIP_F_SRC_HASH != 0 {
+        src_hash(flow)
+    } else {
+        flow_hash(flow)
+    }
+}
+
+/// The backend the VIP's table holds at the hash of the flow in `s`, into `s.target`,
+/// nothing recorded: where an ICMP error about a flow the table does not know goes (an
+/// error creates no flow, and has no better guide than the flow's hash). Returns 0.
+#[inline(always)]
+pub fn follow_hash(s: *mut Scratch, vip: &VipInfo) -> Result<u32, Drop> {
+    if vip.table_size == 0 {
+        return Err(Drop::NoBackend);
+    }
+    // SAFETY: this CPU's scratch slot, its flow keys written by the caller.
+    let hash = flow_hash_for(vip, unsafe { &(*s).flow });
+    let idx = table_entry(vip, hash % vip.table_size)?;
+    usable(idx).ok_or(Drop::BadBackend)?;
+    // SAFETY: as above; one write of the whole target.
+    unsafe {
+        core::ptr::addr_of_mut!((*s).target).write(Target {
+            idx,
+            hash,
+            hashed_src: u32::from(vip.flags & VIP_F_HASHED_SRC != 0),
+            new_flow: 0,
+        })
+    };
+    Ok(0)
 }
 
 /// Counts a new flow in this CPU's window; false when the window holds more new flows than
