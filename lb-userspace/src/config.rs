@@ -306,6 +306,12 @@ pub struct VipConfig {
     /// (a backend added, removed, down, drained or reweighted). Set when the VIP is added.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stateless: bool,
+    /// QUIC server-ID routing (UDP VIPs): a QUIC packet of a flow the connection table does
+    /// not know goes to the backend whose `quic_server_id` its connection ID carries
+    /// (`lb_common::quic`, QUIC-LB's plaintext connection IDs), so that a connection whose
+    /// client moves or is rebound by a NAT stays on its server. Set when the VIP is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicConfig>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -333,6 +339,39 @@ pub struct BackendConfig {
     /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_conns: Option<u32>,
+    /// The server ID this backend writes into the QUIC connection IDs it issues (VIPs
+    /// with `quic`; unique among the VIP's backends, at most `server_id_bytes` octets).
+    /// `None`: its connections' packets are placed by their 5-tuple alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic_server_id: Option<u32>,
+}
+
+/// A VIP's QUIC-LB configuration: where its backends put their server ID in the connection
+/// IDs they issue (`lb_common::quic`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// Octets of server ID after the connection ID's first octet, 1..=4 (default 2).
+    #[serde(default = "default_quic_id_bytes")]
+    pub server_id_bytes: u32,
+    /// The configuration codepoint in the first octet's top three bits, 0..=6 (default 0):
+    /// connection IDs of another one go by their 5-tuple.
+    #[serde(default)]
+    pub config_id: u32,
+}
+
+fn default_quic_id_bytes() -> u32 {
+    2
+}
+
+impl QuicConfig {
+    /// What the data plane reads (`VipInfo::flags`).
+    pub fn to_flags(self) -> lb_common::quic::VipQuic {
+        lb_common::quic::VipQuic {
+            id_bytes: self.server_id_bytes,
+            config_id: self.config_id,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -614,6 +653,8 @@ impl VipConfig {
             .map_err(|m| ConfigError::new(format!("{at}.stateless"), m))?;
         check_sources(self.address, &self.allowed_sources)
             .map_err(|m| ConfigError::new(format!("{at}.allowed_sources"), m))?;
+        check_quic(self.quic, self.protocol)
+            .map_err(|m| ConfigError::new(format!("{at}.quic"), m))?;
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
@@ -633,6 +674,9 @@ impl VipConfig {
             b.validate(&bat)?;
             check_max_conns(b.max_conns, self.scheduler)
                 .map_err(|m| ConfigError::new(format!("{bat}.max_conns"), m))?;
+            let others = self.backends[..j].iter().filter_map(|o| o.quic_server_id);
+            check_quic_server_id(b.quic_server_id, self.quic, others)
+                .map_err(|m| ConfigError::new(format!("{bat}.quic_server_id"), m))?;
             if !seen.insert(b.address) {
                 return Err(ConfigError::new(
                     bat,
@@ -827,6 +871,61 @@ pub fn check_stateless(
                     stateless VIP's flows each time: drop slow_start_s"
                 .to_owned(),
         );
+    }
+    Ok(())
+}
+
+/// `quic` needs UDP (QUIC's transport) and a layout of the connection ID the data plane
+/// reads (`lb_common::quic`).
+pub fn check_quic(quic: Option<QuicConfig>, protocol: Protocol) -> Result<(), String> {
+    use lb_common::quic::{MAX_CONFIG_ID, MAX_ID_BYTES};
+    let Some(q) = quic else {
+        return Ok(());
+    };
+    if protocol != Protocol::Udp {
+        return Err("QUIC runs over UDP: a tcp VIP has no QUIC packets to route".to_owned());
+    }
+    if !(1..=MAX_ID_BYTES).contains(&q.server_id_bytes) {
+        return Err(format!(
+            "server_id_bytes {} is outside 1..={MAX_ID_BYTES}",
+            q.server_id_bytes
+        ));
+    }
+    if q.config_id > MAX_CONFIG_ID {
+        return Err(format!(
+            "config_id {} is outside 0..={MAX_CONFIG_ID} (7 marks connection IDs that name no server)",
+            q.config_id
+        ));
+    }
+    Ok(())
+}
+
+/// A backend's `quic_server_id` needs its VIP's `quic`, fits its `server_id_bytes`, and
+/// is none of `others` (the VIP's other backends' IDs): one ID, one server.
+pub fn check_quic_server_id(
+    id: Option<u32>,
+    quic: Option<QuicConfig>,
+    mut others: impl Iterator<Item = u32>,
+) -> Result<(), String> {
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let Some(q) = quic else {
+        return Err(format!(
+            "server ID {id} on a VIP without \"quic\": nothing would read it"
+        ));
+    };
+    let max = lb_common::quic::max_server_id(q.server_id_bytes);
+    if id > max {
+        return Err(format!(
+            "server ID {id} does not fit the VIP's {} octets (at most {max})",
+            q.server_id_bytes
+        ));
+    }
+    if others.any(|o| o == id) {
+        return Err(format!(
+            "server ID {id} is another backend's of the VIP: each server needs its own"
+        ));
     }
     Ok(())
 }
@@ -1357,6 +1456,111 @@ mod tests {
         .unwrap();
         assert!(!c.vips[0].stateless);
         assert!(!serde_json::to_string(&c).unwrap().contains("stateless"));
+    }
+
+    /// `quic`: UDP VIPs only, a connection-ID layout the data plane reads; backends' IDs
+    /// need it, fit it and are their own.
+    #[test]
+    fn quic_vips_and_server_ids_are_checked() {
+        let file = |proto: &str, quic: &str, ids: [&str; 2]| {
+            Config::from_json(&format!(
+                r#"{{"vips": [{{"address": "198.18.1.1", "port": 443, "protocol": "{proto}"{quic},
+                   "backends": [{{"address": "198.18.0.11"{}}}, {{"address": "198.18.0.12"{}}}]}}]}}"#,
+                ids[0], ids[1]
+            ))
+        };
+        let id = |n: u32| format!(r#", "quic_server_id": {n}"#);
+        let c = file("udp", r#", "quic": {}"#, [&id(1), &id(2)]).unwrap();
+        assert_eq!(
+            c.vips[0].quic,
+            Some(QuicConfig {
+                server_id_bytes: 2,
+                config_id: 0
+            })
+        );
+        assert_eq!(c.vips[0].backends[1].quic_server_id, Some(2));
+        // Read back the same.
+        let again = Config::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        file(
+            "udp",
+            r#", "quic": {"server_id_bytes": 4, "config_id": 6}"#,
+            [&id(u32::MAX), ""],
+        )
+        .unwrap();
+        let refused: &[(&str, &str, [&str; 2], &str, &str)] = &[
+            (
+                "tcp",
+                r#", "quic": {}"#,
+                ["", ""],
+                "vips[0].quic",
+                "over UDP",
+            ),
+            (
+                "udp",
+                r#", "quic": {"server_id_bytes": 0}"#,
+                ["", ""],
+                "vips[0].quic",
+                "1..=4",
+            ),
+            (
+                "udp",
+                r#", "quic": {"server_id_bytes": 5}"#,
+                ["", ""],
+                "vips[0].quic",
+                "1..=4",
+            ),
+            (
+                "udp",
+                r#", "quic": {"config_id": 7}"#,
+                ["", ""],
+                "vips[0].quic",
+                "name no server",
+            ),
+            (
+                "udp",
+                r#", "quic": {"bytes": 2}"#,
+                ["", ""],
+                "",
+                "unknown field",
+            ),
+            (
+                "udp",
+                "",
+                [&id(1), ""],
+                "vips[0].backends[0].quic_server_id",
+                "without",
+            ),
+            (
+                "udp",
+                r#", "quic": {}"#,
+                [&id(65_536), ""],
+                "vips[0].backends[0].quic_server_id",
+                "does not fit",
+            ),
+            (
+                "udp",
+                r#", "quic": {"server_id_bytes": 1}"#,
+                [&id(256), ""],
+                "vips[0].backends[0].quic_server_id",
+                "at most 255",
+            ),
+            (
+                "udp",
+                r#", "quic": {}"#,
+                [&id(5), &id(5)],
+                "vips[0].backends[1].quic_server_id",
+                "another backend's",
+            ),
+        ];
+        for (proto, quic, ids, field, message) in refused {
+            let e = file(proto, quic, [ids[0], ids[1]]).unwrap_err();
+            assert!(e.field.contains(field), "{quic} {ids:?}: {e}");
+            assert!(e.to_string().contains(message), "{quic} {ids:?}: {e}");
+        }
+        // Left out when off.
+        let c = file("udp", "", ["", ""]).unwrap();
+        assert!(!serde_json::to_string(&c).unwrap().contains("quic"));
     }
 
     #[test]

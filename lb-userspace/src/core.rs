@@ -28,6 +28,7 @@ use lb_common::{
         PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES,
         VIP_F_STATELESS,
     },
+    quic::{QuicServer, QuicServerKey},
 };
 use serde::Serialize;
 
@@ -221,6 +222,8 @@ pub struct BackendState {
     /// Most active flows it takes under a least-connection scheduler
     /// (`BackendConfig::max_conns`).
     pub max_conns: Option<u32>,
+    /// The server ID its QUIC connection IDs carry (`BackendConfig::quic_server_id`).
+    pub quic_server_id: Option<u32>,
 }
 
 impl BackendState {
@@ -242,6 +245,7 @@ impl BackendState {
             generation,
             cache_epoch,
             max_conns: b.max_conns,
+            quic_server_id: b.quic_server_id,
         }
     }
 
@@ -319,6 +323,7 @@ impl VipState {
             .iter()
             .map(|(a, b)| BackendConfig {
                 max_conns: b.max_conns,
+                quic_server_id: b.quic_server_id,
                 address: *a,
                 weight: b.weight,
                 drained: b.drained,
@@ -390,6 +395,9 @@ pub struct Core<D: Dataplane> {
     /// What `SOURCE_RANGES` holds, by VIP index: written entries stay listed until a
     /// removal succeeds, so that a VIP given the index next never admits a leftover.
     source_ranges: BTreeMap<u32, BTreeSet<RangeKey>>,
+    /// What `QUIC_SERVERS` holds, by VIP index and server ID: as `source_ranges`, written
+    /// entries stay listed until a removal succeeds.
+    quic_servers: BTreeMap<u32, BTreeMap<u32, QuicServer>>,
 }
 
 /// A `SOURCE_RANGES` key: prefix length (VIP id bits included) and data.
@@ -455,6 +463,7 @@ impl<D: Dataplane> Core<D> {
             tx_ports: Default::default(),
             all_ports: false,
             source_ranges: BTreeMap::new(),
+            quic_servers: BTreeMap::new(),
         })
     }
 
@@ -794,9 +803,12 @@ impl<D: Dataplane> Core<D> {
             }
             self.backend_ids.free.push_back(b.index);
         }
-        // Its entry is gone: no packet reads its prefixes any more.
+        // Its entry is gone: no packet reads its prefixes or server IDs any more.
         if let Err(e) = self.sync_ranges(state.id, &BTreeSet::new()) {
             log::warn!("removing the client prefixes of removed VIP {id}: {e} (retried when its index is used again)");
+        }
+        if let Err(e) = self.sync_quic_servers(state.id, &BTreeMap::new()) {
+            log::warn!("removing the QUIC server IDs of removed VIP {id}: {e} (retried when its index is used again)");
         }
         self.vip_ids.free.push_back(state.id);
         Ok(state.running_config())
@@ -839,6 +851,12 @@ impl<D: Dataplane> Core<D> {
         self.check_backend(&vip.config, &b.address)?;
         crate::config::check_max_conns(b.max_conns, vip.config.scheduler)
             .map_err(|m| ConfigError::new("backend.max_conns", format!("{id}: {m}")))?;
+        crate::config::check_quic_server_id(
+            b.quic_server_id,
+            vip.config.quic,
+            vip.backends.values().filter_map(|x| x.quic_server_id),
+        )
+        .map_err(|m| ConfigError::new("backend.quic_server_id", format!("{id}: {m}")))?;
         let others_serve = vip.backends.values().any(|x| !x.backup && x.eligible());
         let bs = self.new_backend(id, &b, others_serve, ramp_pct)?;
         let index = bs.index;
@@ -1135,6 +1153,39 @@ impl<D: Dataplane> Core<D> {
         }
         if written.is_empty() {
             self.source_ranges.remove(&vip_id);
+        }
+        Ok(())
+    }
+
+    /// Makes `QUIC_SERVERS` hold exactly `want` (server ID → backend) for VIP index
+    /// `vip_id`: new and changed entries first, then the extra ones out. Stops at the first
+    /// failed write. An entry names a slot at a generation, so one left behind by a failed
+    /// removal never routes to the slot's next holder.
+    fn sync_quic_servers(
+        &mut self,
+        vip_id: u32,
+        want: &BTreeMap<u32, QuicServer>,
+    ) -> Result<(), CoreError> {
+        let written = self.quic_servers.entry(vip_id).or_default();
+        for (&server_id, server) in want {
+            if written.get(&server_id) != Some(server) {
+                self.dp
+                    .set_quic_server(&QuicServerKey { vip_id, server_id }, server)?;
+                written.insert(server_id, *server);
+            }
+        }
+        let extra: Vec<u32> = written
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for server_id in extra {
+            self.dp
+                .remove_quic_server(&QuicServerKey { vip_id, server_id })?;
+            written.remove(&server_id);
+        }
+        if written.is_empty() {
+            self.quic_servers.remove(&vip_id);
         }
         Ok(())
     }
@@ -1581,8 +1632,12 @@ impl<D: Dataplane> Core<D> {
         Ok(())
     }
 
-    /// Rebuilds the VIP's table into its inactive half and flips to it.
+    /// Rebuilds the VIP's table into its inactive half and flips to it. The VIP's QUIC
+    /// server IDs are written first: the entry that turns their use on comes last.
     fn publish_table(&mut self, id: &VipId) -> Result<(), CoreError> {
+        let vip = self.vip(id)?;
+        let (vip_index, servers) = (vip.id, quic_servers(vip));
+        self.sync_quic_servers(vip_index, &servers)?;
         let vip = self
             .vips
             .get_mut(id)
@@ -1637,6 +1692,9 @@ impl<D: Dataplane> Core<D> {
         if vip.config.stateless {
             flags |= VIP_F_STATELESS;
         }
+        if let Some(q) = vip.config.quic {
+            flags |= q.to_flags().flags();
+        }
         let info = VipInfo {
             vip_id: vip.id,
             table_id,
@@ -1647,6 +1705,24 @@ impl<D: Dataplane> Core<D> {
         vip.active = next;
         Ok(())
     }
+}
+
+/// The `QUIC_SERVERS` entries a VIP's backends call for: each server ID to its backend's
+/// slot at the slot's generation (the program routes only to an active one).
+fn quic_servers(vip: &VipState) -> BTreeMap<u32, QuicServer> {
+    if vip.config.quic.is_none() {
+        return BTreeMap::new();
+    }
+    vip.backends
+        .values()
+        .filter_map(|b| {
+            let server = QuicServer {
+                backend: b.index,
+                generation: b.generation,
+            };
+            b.quic_server_id.map(|id| (id, server))
+        })
+        .collect()
 }
 
 /// The MTU an IPv6 VIP's backend needs when `mtu` (0: not checked) cannot carry IPv6's
@@ -1780,6 +1856,7 @@ mod tests {
             slow_start_s: None,
             allowed_sources: Vec::new(),
             stateless: false,
+            quic: None,
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }
@@ -1788,6 +1865,7 @@ mod tests {
     fn backend(address: &str) -> BackendConfig {
         BackendConfig {
             max_conns: None,
+            quic_server_id: None,
             address: address.parse().unwrap(),
             weight: 1,
             drained: false,
@@ -2040,6 +2118,104 @@ mod tests {
         assert!(fresh.vip(&id).unwrap().backends[&b12].healthy);
     }
 
+    /// A QUIC VIP's server IDs reach `QUIC_SERVERS` before the entry that turns their use
+    /// on, follow slots and generations, and leave with their backend or VIP; an ID that
+    /// does not fit or is taken is refused with nothing written.
+    #[test]
+    fn quic_server_ids_follow_their_backends_slots() {
+        use lb_common::quic::{VipQuic, VIP_F_QUIC};
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        let mut cfg = vip(&["198.18.0.11", "198.18.0.12", "198.18.0.13"]);
+        cfg.protocol = crate::config::Protocol::Udp;
+        cfg.port = 443;
+        cfg.quic = Some(crate::config::QuicConfig {
+            server_id_bytes: 2,
+            config_id: 3,
+        });
+        cfg.backends[0].quic_server_id = Some(7);
+        cfg.backends[1].quic_server_id = Some(300);
+        let id = cfg.id();
+        core.add_vip(cfg).unwrap();
+        let (info, _) = live(&core, &id);
+        assert_ne!(info.flags & VIP_F_QUIC, 0);
+        assert_eq!(
+            VipQuic::from_flags(info.flags),
+            Some(VipQuic {
+                id_bytes: 2,
+                config_id: 3
+            })
+        );
+        let slot = |core: &Core<Recorder>, a: &str| {
+            let b = &core.vip(&id).unwrap().backends[&a.parse::<IpAddr>().unwrap()];
+            QuicServer {
+                backend: b.index,
+                generation: b.generation,
+            }
+        };
+        let servers = |core: &Core<Recorder>| core.dataplane().quic_servers.clone();
+        assert_eq!(
+            servers(&core),
+            [
+                ((info.vip_id, 7), slot(&core, "198.18.0.11")),
+                ((info.vip_id, 300), slot(&core, "198.18.0.12")),
+            ]
+            .into()
+        );
+        // Written before the VIP's entry.
+        let w = &core.dataplane().writes;
+        let last_server = w
+            .iter()
+            .rposition(|x| matches!(x, Write::QuicServer(..)))
+            .unwrap();
+        let vip_write = w
+            .iter()
+            .position(|x| matches!(x, Write::Vip(k, _) if *k == vip_key(&id)))
+            .unwrap();
+        assert!(last_server < vip_write, "{w:?}");
+
+        // Refused: an ID another backend has, one too large for two octets, an ID on a VIP
+        // without QUIC. Nothing written.
+        let before = core.dataplane().writes.len();
+        let with_id = |a: &str, sid| BackendConfig {
+            quic_server_id: Some(sid),
+            ..backend(a)
+        };
+        for (b, want) in [
+            (with_id("198.18.0.14", 7), "another backend's"),
+            (with_id("198.18.0.14", 65_536), "does not fit"),
+        ] {
+            let e = core.add_backend(&id, b).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let (mut tcp, tcp_id) = core_with(&["198.18.0.11"]);
+        let e = tcp
+            .add_backend(&tcp_id, with_id("198.18.0.14", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without \"quic\""), "{e}");
+        assert_eq!(core.dataplane().writes.len(), before);
+
+        // Added: its ID goes in; removed: out, and a new holder of the slot gets none.
+        core.add_backend(&id, with_id("198.18.0.14", 9)).unwrap();
+        assert_eq!(
+            servers(&core)[&(info.vip_id, 9)],
+            slot(&core, "198.18.0.14")
+        );
+        let gone = slot(&core, "198.18.0.11");
+        core.remove_backend(&id, "198.18.0.11".parse().unwrap())
+            .unwrap();
+        assert!(!servers(&core).contains_key(&(info.vip_id, 7)));
+        core.add_backend(&id, backend("198.18.0.15")).unwrap();
+        assert!(servers(&core).values().all(|s| *s != gone));
+        // Down, a backend keeps its ID: the program skips it while it is inactive.
+        core.set_health(&id, "198.18.0.12".parse().unwrap(), false)
+            .unwrap();
+        assert!(servers(&core).contains_key(&(info.vip_id, 300)));
+        // The VIP removed: none left.
+        core.remove_vip(&id).unwrap();
+        assert!(servers(&core).is_empty());
+    }
+
     /// A stateless VIP's entry carries the flag through table changes; a scheduler or slow
     /// start that would move its flows is refused with nothing changed.
     #[test]
@@ -2166,6 +2342,7 @@ mod tests {
             &id,
             BackendConfig {
                 max_conns: None,
+                quic_server_id: None,
                 backup: true,
                 ..backend("198.18.0.13")
             },
@@ -2430,6 +2607,7 @@ mod tests {
                             let (take, backup) = (next(2) == 0, next(4) == 0);
                             take.then(|| BackendConfig {
                                 max_conns: None,
+                                quic_server_id: None,
                                 backup,
                                 ..backend(&a.to_string())
                             })
@@ -2797,6 +2975,7 @@ mod tests {
         let other: VipId = "198.18.9.9:80/tcp".parse().unwrap();
         let b = |a: &str, w| BackendConfig {
             max_conns: None,
+            quic_server_id: None,
             address: a.parse().unwrap(),
             weight: w,
             drained: false,

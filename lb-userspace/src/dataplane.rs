@@ -21,6 +21,7 @@ use lb_common::{
         MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
         MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_RETIRED, MAX_TABLE_SIZE,
     },
+    quic::{QuicServer, QuicServerKey, MAP_QUIC_SERVERS},
 };
 
 use crate::conntable::ConnTables;
@@ -101,6 +102,14 @@ pub trait Dataplane: Send {
         prefix_len: u32,
         range: &SourceRange,
     ) -> Result<(), DataplaneError>;
+    /// Names the backend a QUIC server ID of a VIP routes to (`QUIC_SERVERS`).
+    fn set_quic_server(
+        &mut self,
+        key: &QuicServerKey,
+        server: &QuicServer,
+    ) -> Result<(), DataplaneError>;
+    /// Takes a QUIC server ID of a VIP back.
+    fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), DataplaneError>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -124,6 +133,7 @@ pub struct AyaDataplane {
     retired: HashMap<MapData, VipKey, TrafficStats>,
     /// `None` only for an older build of the object opened by [`AyaDataplane::for_older_build`].
     source_ranges: Option<LpmTrie<MapData, SourceRange, u32>>,
+    quic_servers: Option<HashMap<MapData, QuicServerKey, QuicServer>>,
     tables: Arc<ConnTables>,
 }
 
@@ -146,12 +156,14 @@ impl AyaDataplane {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let mut dp = Self::for_older_build(ebpf)?;
         dp.source_ranges = Some(take(ebpf, MAP_SOURCE_RANGES)?);
+        dp.quic_servers = Some(take(ebpf, MAP_QUIC_SERVERS)?);
         Ok(dp)
     }
 
     /// As [`AyaDataplane::new`] for a build of the balancer from before client allow-lists
-    /// (no `SOURCE_RANGES`): the bench's A/B runs compare such builds with the current one.
-    /// Writing a prefix to it fails (`MissingMap`).
+    /// and QUIC routing (no `SOURCE_RANGES`, `QUIC_SERVERS`): the bench's A/B runs compare
+    /// such builds with the current one. Writing a prefix or a server ID to it fails
+    /// (`MissingMap`).
     pub fn for_older_build(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
         let conns_v4: HashMap<MapData, FlowKeyV4, ConnEntry> = take(ebpf, MAP_CONNS_V4)?;
@@ -169,6 +181,7 @@ impl AyaDataplane {
             active: take(ebpf, MAP_BACKEND_ACTIVE)?,
             retired: take(ebpf, MAP_VIP_RETIRED)?,
             source_ranges: None,
+            quic_servers: None,
             tables,
         })
     }
@@ -282,6 +295,26 @@ impl Dataplane for AyaDataplane {
         self.source_ranges()?
             .remove(&LpmKey::new(prefix_len, *range))
             .map_err(map_err(MAP_SOURCE_RANGES, "remove"))
+    }
+
+    fn set_quic_server(
+        &mut self,
+        key: &QuicServerKey,
+        server: &QuicServer,
+    ) -> Result<(), DataplaneError> {
+        self.quic_servers
+            .as_mut()
+            .ok_or(DataplaneError::MissingMap(MAP_QUIC_SERVERS))?
+            .insert(key, server, 0)
+            .map_err(map_err(MAP_QUIC_SERVERS, "insert"))
+    }
+
+    fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), DataplaneError> {
+        self.quic_servers
+            .as_mut()
+            .ok_or(DataplaneError::MissingMap(MAP_QUIC_SERVERS))?
+            .remove(key)
+            .map_err(map_err(MAP_QUIC_SERVERS, "remove"))
     }
 
     fn backend(&self, idx: u32) -> TrafficStats {
@@ -402,6 +435,10 @@ pub enum Write {
     SourceRange(u32, SourceRange),
     /// `remove_source_range`.
     RemoveSourceRange(u32, SourceRange),
+    /// `set_quic_server`.
+    QuicServer(QuicServerKey, QuicServer),
+    /// `remove_quic_server`.
+    RemoveQuicServer(QuicServerKey),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -427,6 +464,8 @@ pub struct Recorder {
     pub retired: StdHashMap<VipKey, TrafficStats>,
     /// Current client prefixes (prefix length, key data).
     pub source_ranges: std::collections::BTreeSet<(u32, SourceRange)>,
+    /// Current QUIC server IDs (VIP id, server ID) → backend.
+    pub quic_servers: std::collections::BTreeMap<(u32, u32), QuicServer>,
 }
 
 impl Recorder {
@@ -552,6 +591,25 @@ impl Dataplane for Recorder {
         self.writes
             .push(Write::RemoveSourceRange(prefix_len, *range));
         self.source_ranges.remove(&(prefix_len, *range));
+        Ok(())
+    }
+
+    fn set_quic_server(
+        &mut self,
+        key: &QuicServerKey,
+        server: &QuicServer,
+    ) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::QuicServer(*key, *server));
+        self.quic_servers
+            .insert((key.vip_id, key.server_id), *server);
+        Ok(())
+    }
+
+    fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::RemoveQuicServer(*key));
+        self.quic_servers.remove(&(key.vip_id, key.server_id));
         Ok(())
     }
 }

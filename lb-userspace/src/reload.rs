@@ -249,6 +249,7 @@ pub fn plan<'a>(
             continue;
         };
         fixed_fields_unchanged(now.config, vip, &format!("vips[{i}]"))?;
+        server_ids_unchanged(now.backends, vip, &format!("vips[{i}]"))?;
         if vip.health_check != now.config.health_check {
             steps.push(Step::HealthCheck(
                 id,
@@ -388,9 +389,10 @@ pub fn check_fits<D: Dataplane>(
 fn fixed_fields_unchanged(now: &VipConfig, new: &VipConfig, at: &str) -> Result<(), ConfigError> {
     let readd = "cannot change on a running VIP: remove the VIP and add it again \
                  (`xlb vip remove`, then reload; its flows are scheduled anew)";
-    let fields: [(&str, bool); 6] = [
+    let fields: [(&str, bool); 7] = [
         ("name", now.name == new.name),
         ("stateless", now.stateless == new.stateless),
+        ("quic", now.quic == new.quic),
         ("table_size", now.table_size == new.table_size),
         ("encap", now.encap == new.encap),
         ("source", now.source == new.source),
@@ -400,6 +402,28 @@ fn fixed_fields_unchanged(now: &VipConfig, new: &VipConfig, at: &str) -> Result<
         Some((field, _)) => Err(ConfigError::new(format!("{at}.{field}"), readd)),
         None => Ok(()),
     }
+}
+
+/// Refuses a new QUIC server ID for a running backend: the connections it serves carry
+/// the old one in their IDs, and a server that changes its own would have to as well.
+fn server_ids_unchanged(
+    now: &BTreeMap<IpAddr, BackendState>,
+    new: &VipConfig,
+    at: &str,
+) -> Result<(), ConfigError> {
+    for (j, b) in new.backends.iter().enumerate() {
+        if now
+            .get(&b.address)
+            .is_some_and(|s| s.quic_server_id != b.quic_server_id)
+        {
+            return Err(ConfigError::new(
+                format!("{at}.backends[{j}].quic_server_id"),
+                "cannot change on a running backend: its connections carry the old one; \
+                 remove the backend and add it again (`xlb backend remove`, then reload)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Backend removals, additions, weights, drains and backup roles that make `now` the
@@ -566,6 +590,7 @@ mod tests {
         let web = id("198.18.1.1:80/tcp");
         let b13 = BackendConfig {
             max_conns: None,
+            quic_server_id: None,
             address: ip("198.18.0.13"),
             weight: 1,
             drained: false,
@@ -646,6 +671,48 @@ mod tests {
         // The default spelled out is no change.
         let same = format!(r#""record_rate_limit": {DEFAULT_RECORD_RATE_LIMIT}, "vips""#);
         assert_eq!(plan_for(&STARTED.replace(r#""vips""#, &same)).unwrap(), []);
+        // QUIC routing on the running UDP VIP.
+        let quic = STARTED.replace(
+            r#""port": 53, "protocol": "udp","#,
+            r#""port": 53, "protocol": "udp", "quic": {},"#,
+        );
+        assert_eq!(plan_for(&quic).unwrap_err().field, "vips[1].quic");
+    }
+
+    /// A running backend's QUIC server ID stays (its connections carry it); a new backend
+    /// brings its own.
+    #[test]
+    fn a_running_backends_quic_server_id_is_fixed() {
+        let file = |ids: [u32; 2]| {
+            Config::from_json(&format!(
+                r#"{{"vips": [{{"address": "198.18.1.1", "port": 443, "protocol": "udp", "quic": {{}},
+                   "backends": [{{"address": "198.18.0.11", "quic_server_id": {}}},
+                                {{"address": "198.18.0.12", "quic_server_id": {}}}]}}]}}"#,
+                ids[0], ids[1]
+            ))
+            .unwrap()
+        };
+        let started = file([1, 2]);
+        let now = running(&started);
+        let plan = |new: &Config| {
+            plan(
+                &started,
+                1500,
+                now.iter()
+                    .map(|(config, backends)| Running { config, backends }),
+                new,
+            )
+        };
+        assert_eq!(plan(&file([1, 2])).unwrap(), []);
+        let e = plan(&file([1, 3])).unwrap_err();
+        assert_eq!(e.field, "vips[0].backends[1].quic_server_id", "{e}");
+        let mut replaced = file([1, 3]);
+        replaced.vips[0].backends[1].address = "198.18.0.13".parse().unwrap();
+        let steps = plan(&replaced).unwrap();
+        assert!(
+            matches!(&steps[..], [Step::RemoveBackend(..), Step::AddBackend(_, b)] if b.quic_server_id == Some(3)),
+            "{steps:?}"
+        );
     }
 
     /// The rate limits, `icmp_too_big` and `drop_samples` change in place: one step each,

@@ -96,6 +96,7 @@ fn established_flow_keeps_backend_when_backends_are_added_and_removed() {
                 &id,
                 BackendConfig {
                     max_conns: None,
+                    quic_server_id: None,
                     address: extra.parse().unwrap(),
                     weight: 1,
                     drained: false,
@@ -356,6 +357,7 @@ fn a_reused_backend_slot_never_inherits_old_flows() {
                 &other,
                 BackendConfig {
                     max_conns: None,
+                    quic_server_id: None,
                     address: addr,
                     weight: 1,
                     drained: false,

@@ -347,6 +347,7 @@ fn churn(case: &Case) {
                         &id,
                         BackendConfig {
                             max_conns: None,
+                            quic_server_id: None,
                             address: addr,
                             weight: 1,
                             drained: false,

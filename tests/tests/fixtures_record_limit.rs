@@ -208,6 +208,7 @@ fn a_flood_of_new_flows_cannot_evict_established_ones() {
             for extra in ["198.18.0.14", "198.18.0.15"] {
                 let backend = BackendConfig {
                     max_conns: None,
+                    quic_server_id: None,
                     address: extra.parse().unwrap(),
                     weight: 1,
                     drained: false,

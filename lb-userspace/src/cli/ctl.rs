@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use super::rate;
 use crate::{
     config::{
-        check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Scheduler,
-        SourcePrefix, VipConfig, VipId,
+        check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, QuicConfig,
+        Scheduler, SourcePrefix, VipConfig, VipId,
     },
     control::{
         client,
@@ -81,6 +81,11 @@ pub enum VipCmd {
         /// request/response services such as DNS).
         #[arg(long)]
         stateless: bool,
+        /// Route QUIC by the server ID in connection IDs (UDP VIPs): the ID's octets after
+        /// the first, 1..=4 (QUIC-LB plaintext IDs, configuration 0). Give backends their
+        /// IDs with `xlb backend add --quic-server-id`.
+        #[arg(long, value_name = "OCTETS")]
+        quic_id_bytes: Option<u32>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -156,6 +161,9 @@ pub enum BackendCmd {
         /// ones (HAProxy's maxconn).
         #[arg(long, value_name = "N")]
         max_conns: Option<u32>,
+        /// The server ID it writes into its QUIC connection IDs (VIPs with QUIC routing).
+        #[arg(long, value_name = "ID")]
+        quic_server_id: Option<u32>,
     },
     /// Remove a backend from a VIP: at once (its flows stop), or with --drain gracefully.
     Remove {
@@ -300,6 +308,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             slow_start_s,
             allow,
             stateless,
+            quic_id_bytes,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -320,6 +329,10 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 slow_start_s,
                 allowed_sources: allow,
                 stateless,
+                quic: quic_id_bytes.map(|server_id_bytes| QuicConfig {
+                    server_id_bytes,
+                    config_id: 0,
+                }),
                 backends,
             };
             (
@@ -388,11 +401,13 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             drained,
             backup,
             max_conns,
+            quic_server_id,
         } => (
             Request::BackendAdd(BackendAdd {
                 vip,
                 backend: BackendConfig {
                     max_conns,
+                    quic_server_id,
                     address,
                     weight,
                     drained,
@@ -406,6 +421,9 @@ pub fn run_backend(cmd: BackendCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 max_conns
                     .map(|n| format!(", at most {n} active flows"))
                     .unwrap_or_default()
+                    + &quic_server_id
+                        .map(|id| format!(", QUIC server ID {id}"))
+                        .unwrap_or_default()
             ),
         ),
         BackendCmd::Remove {
@@ -1031,6 +1049,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
     if let Ok(address) = s.parse::<IpAddr>() {
         return Ok(BackendConfig {
             max_conns: None,
+            quic_server_id: None,
             address,
             weight: 1,
             drained: false,
@@ -1048,6 +1067,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
     check_weight(weight).map_err(|m| format!("weight in {s:?}: {m}"))?;
     Ok(BackendConfig {
         max_conns: None,
+        quic_server_id: None,
         address,
         weight,
         drained: false,
@@ -1476,6 +1496,7 @@ mod tests {
             slow_start_s,
             allow,
             stateless,
+            quic_id_bytes,
         }) = parse(&[
             "vip",
             "add",
@@ -1507,11 +1528,14 @@ mod tests {
             "--allow",
             "198.19.7.1",
             "--stateless",
+            "--quic-id-bytes",
+            "3",
         ])
         else {
             panic!("not vip add")
         };
         assert!(stateless);
+        assert_eq!(quic_id_bytes, Some(3));
         assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
         assert_eq!(scheduler, Some(Scheduler::Sh));
         assert_eq!(table_size, Some(251));
@@ -1624,6 +1648,17 @@ mod tests {
             panic!("not backend add")
         };
         assert_eq!(max_conns, Some(50));
+        let Top::Backend(BackendCmd::Add { quic_server_id, .. }) = parse(&[
+            "backend",
+            "add",
+            "198.18.1.1:443/udp",
+            "198.18.0.11",
+            "--quic-server-id",
+            "7",
+        ]) else {
+            panic!("not backend add")
+        };
+        assert_eq!(quic_server_id, Some(7));
         for (arg, want) in [("500", Some(500)), ("none", None)] {
             let Top::Backend(BackendCmd::MaxConns { max_conns, .. }) =
                 parse(&["backend", "max-conns", "198.18.1.1:80", "198.18.0.11", arg])

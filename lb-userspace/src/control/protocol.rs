@@ -708,9 +708,11 @@ mod tests {
                         slow_start_s: None,
                         allowed_sources: Vec::new(),
                         stateless: false,
+                        quic: None,
                         backends: vec![
                             BackendConfig {
                                 max_conns: None,
+                                quic_server_id: None,
                                 address: b11,
                                 weight: 1,
                                 drained: false,
@@ -718,6 +720,7 @@ mod tests {
                             },
                             BackendConfig {
                                 max_conns: None,
+                                quic_server_id: None,
                                 address: "198.18.0.12".parse().unwrap(),
                                 weight: 3,
                                 drained: false,
@@ -794,6 +797,7 @@ mod tests {
                     vip: vip_id(),
                     backend: BackendConfig {
                         max_conns: None,
+                        quic_server_id: None,
                         address: b11,
                         weight: 2,
                         drained: false,
