@@ -71,6 +71,9 @@ pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_DROP_BUDGET: &str = "DROP_BUDGET";
 /// `DECAP_ADDRS`: [`DecapAddr`] → `u32` (1): addresses the decap program accepts tunnels for.
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
+/// `GUE_PORT`: single slot → `u32`, the UDP port on which the decap program takes GUE
+/// tunnels (`xlb decap --gue-port`); 0: none, IP-in-IP only.
+pub const MAP_GUE_PORT: &str = "GUE_PORT";
 /// `CLAMP_SOURCES`: [`DecapAddr`] → `u32` (1): the addresses (the VIPs on `lo`) whose
 /// outgoing SYN-ACKs `xlb_mss_clamp` clamps.
 pub const MAP_CLAMP_SOURCES: &str = "CLAMP_SOURCES";
@@ -188,6 +191,11 @@ pub const BACKEND_F_NEXTHOP: u32 = 1 << 1;
 /// flows but takes no new connections, also not from a client that reuses a recorded
 /// 5-tuple, so a TCP SYN (without ACK) pinned to it is scheduled anew.
 pub const BACKEND_F_NO_NEW: u32 = 1 << 2;
+/// `Backend::flags`: tunnel to it with GUE (an outer UDP header, port
+/// `LbConfig::gue_port_be`, in front of the client's packet: GUE's variant 1, direct IP)
+/// rather than IP-in-IP, so that the backend's NIC spreads tunnels over its receive
+/// queues by the outer ports, which carry the flow hash.
+pub const BACKEND_F_GUE: u32 = 1 << 3;
 
 /// A real server behind VIPs.
 #[repr(C)]
@@ -311,8 +319,19 @@ pub struct LbConfig {
     /// ICMP errors (frag-needed, packet-too-big) each CPU sends per second; beyond, the
     /// packet is dropped (`too_big_rate_limited`). 0 = no limit.
     pub icmp_rate_limit: u32,
+    /// Destination port of GUE tunnels (`BACKEND_F_GUE`), network order.
+    pub gue_port_be: u16,
+    /// Always zero.
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<LbConfig>() == 60);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 64);
+
+/// The outer UDP source port of a GUE tunnel carrying a flow of hash `hash`: in the dynamic
+/// range (49152..=65535), so that receivers' RSS and routers' ECMP spread flows while no
+/// well-known service sees them as its own.
+pub const fn gue_source_port(hash: u32) -> u16 {
+    0xc000 | (hash ^ (hash >> 16)) as u16 & 0x3fff
+}
 
 /// Packets and bytes per backend slot (per-CPU; user space sums, and adds a VIP's slots up
 /// for the VIP's figures).

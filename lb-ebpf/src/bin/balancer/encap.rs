@@ -1,5 +1,6 @@
 //! IP-in-IP encapsulation towards a backend: IPv4-in-IPv4, IPv6-in-IPv4 (proto 41),
-//! IPv4-in-IPv6 and IPv6-in-IPv6, then out through `XDP_TX` or `XDP_REDIRECT`.
+//! IPv4-in-IPv6 and IPv6-in-IPv6, or the same with a UDP header between the two (GUE's
+//! variant 1, `BACKEND_F_GUE`), then out through `XDP_TX` or `XDP_REDIRECT`.
 //!
 //! Every decision that can fail (outer source, next hop, egress port) is taken before the
 //! frame is touched, so a failure drops an intact frame, never a half-rewritten one. The
@@ -14,7 +15,10 @@ use aya_ebpf::{
 use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event},
-    maps::{Backend, LbConfig, BACKEND_F_NEXTHOP, CFG_F_BENCH_NEW_FLOWS, CFG_F_BENCH_RESTORE},
+    maps::{
+        gue_source_port, Backend, LbConfig, BACKEND_F_GUE, BACKEND_F_NEXTHOP,
+        CFG_F_BENCH_NEW_FLOWS, CFG_F_BENCH_RESTORE,
+    },
 };
 use lb_ebpf::{
     csum,
@@ -22,7 +26,7 @@ use lb_ebpf::{
         eth::{ETH_HLEN, VLAN_HLEN},
         ipv4::{Ipv4Hdr, IPV4_HLEN, IP_DF},
         ipv6::{Ipv6Hdr, IPV6_HLEN},
-        ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, L3,
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, L3,
     },
     ptr::{fits, frame_len, ptr_at_mut, read},
     stats::{bump, bump_in},
@@ -43,13 +47,22 @@ const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 
-/// Bytes the outer header adds for a backend of this family.
+/// The UDP header of a GUE tunnel.
+pub const UDP_HLEN: usize = 8;
+
+/// Bytes the outer headers add for this backend: its family's IP header, and a UDP header
+/// for GUE.
 #[inline(always)]
 pub fn overhead(backend: &Backend) -> usize {
-    if backend.family == FAMILY_V4 {
+    let ip = if backend.family == FAMILY_V4 {
         IPV4_HLEN
     } else {
         IPV6_HLEN
+    };
+    if backend.flags & BACKEND_F_GUE != 0 {
+        ip + UDP_HLEN
+    } else {
+        ip
     }
 }
 
@@ -159,6 +172,7 @@ pub fn forward(
 ) -> Result<u32, Drop> {
     let hash = target.hash;
     let v4_outer = backend.family == FAMILY_V4;
+    let gue = backend.flags & BACKEND_F_GUE != 0;
     let outer_len = overhead(backend);
     let src = outer_source(backend, hash, target.hashed_src != 0, cfg)?;
     let hop = if backend.flags & BACKEND_F_NEXTHOP != 0 {
@@ -236,7 +250,9 @@ pub fn forward(
     // SAFETY: off ≤ L2_MAX, so the outer header (≤ IPV6_HLEN) lies within FRONT.
     let outer = unsafe { front.add(off) };
 
-    let inner_proto = if l3.family == FAMILY_V4 {
+    let inner_proto = if gue {
+        IPPROTO_UDP
+    } else if l3.family == FAMILY_V4 {
         IPPROTO_IPIP
     } else {
         IPPROTO_IPV6
@@ -253,7 +269,7 @@ pub fn forward(
                 backend.addr[0],
                 inner_proto,
                 l3.tos,
-                (IPV4_HLEN + l3.l3_len()) as u16,
+                (outer_len + l3.l3_len()) as u16,
             )
         };
     } else {
@@ -262,7 +278,7 @@ pub fn forward(
         unsafe {
             (*p).vtc_flow_be =
                 ((6u32 << 28) | (u32::from(l3.tos) << 20) | (hash & 0x000f_ffff)).to_be();
-            (*p).payload_len_be = (l3.l3_len() as u16).to_be();
+            (*p).payload_len_be = ((outer_len - IPV6_HLEN + l3.l3_len()) as u16).to_be();
             (*p).nexthdr = inner_proto;
             (*p).hop_limit = OUTER_TTL;
             // Word by word: an array assignment from map memory compiles to a call to a
@@ -275,6 +291,24 @@ pub fn forward(
         }
     }
 
+    if gue {
+        // Behind the outer IP header; a bounds check of its own: FRONT covers only what
+        // every frame holds, and an IPv4 tunnel of a short packet is shorter than FRONT
+        // and this header together.
+        let ip_len = outer_len - UDP_HLEN;
+        let udp = ptr_at_mut::<[u16; UDP_HLEN / 2]>(ctx, off + ip_len).ok_or_else(refused)?;
+        // SAFETY: eight bytes checked above, halfword-aligned (see `NextHop::write_l2`).
+        // Checksum 0: none, as IPv4 allows and RFC 6935 allows IPv6 tunnels; the inner
+        // packet carries its own.
+        unsafe {
+            *udp = [
+                gue_source_port(hash).to_be(),
+                cfg.gue_port_be,
+                ((UDP_HLEN + l3.l3_len()) as u16).to_be(),
+                0,
+            ]
+        };
+    }
     if cfg.flags & CFG_F_BENCH_RESTORE != 0 {
         return restore_for_bench(ctx, outer_len, &hop, vlan, l3, cfg, stats);
     }

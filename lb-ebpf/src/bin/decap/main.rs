@@ -1,7 +1,9 @@
 //! `xlb_decap`: runs on backends. Removes the outer IPv4/IPv6 header of IP-in-IP packets
-//! (IPIP, IP6IP6, 4in6, 6in4) addressed to one of this host's addresses and passes the
-//! client's original packet to the stack, which answers the client directly (DSR). This
-//! kernel has no ipip module, so without this program tunnel packets would be dropped.
+//! (IPIP, IP6IP6, 4in6, 6in4) addressed to one of this host's addresses, and the outer IP
+//! and UDP headers of GUE packets (variant 1: the client's packet right behind the UDP
+//! header) to the port `xlb decap --gue-port` names, and passes the client's original
+//! packet to the stack, which answers the client directly (DSR). This kernel has no ipip
+//! or fou module, so without this program tunnel packets would be dropped.
 //!
 //! Everything else — and anything that does not parse — is passed untouched and counted:
 //! the program must never break the backend's own traffic. The only drops are tunnels to
@@ -18,7 +20,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -35,7 +37,7 @@ use lb_ebpf::{
         eth::{ETH_HLEN, VLAN_HLEN},
         ipv4::IPV4_HLEN,
         ipv6::IPV6_HLEN,
-        ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_IPIP, IPPROTO_IPV6, L2, L3,
+        ETH_P_IP, ETH_P_IPV6, FRAG_NONE, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, L2, L3,
     },
     ptr::{read, write},
     stats::{bump, stats_map, StatsMap},
@@ -44,6 +46,14 @@ use lb_ebpf::{
 /// This host's addresses that tunnels may be addressed to. Written by `xlb decap`.
 #[map]
 static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(256, 0);
+
+/// Slot 0: the UDP port GUE tunnels come to (host order); 0: IP-in-IP only. Written by
+/// `xlb decap --gue-port`.
+#[map]
+static GUE_PORT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// A GUE tunnel's UDP header.
+const UDP_HLEN: usize = 8;
 
 /// Per-CPU counters by reason slot. Written here, summed by `xlb decap`.
 #[map]
@@ -83,19 +93,55 @@ pub fn xlb_decap(ctx: XdpContext) -> u32 {
 /// Strips the tunnel header, or says why the frame is left alone or dropped.
 #[inline(always)]
 fn decap(ctx: &XdpContext) -> Result<(), Refused> {
-    let (l2, l3, inner_ethertype) = local_tunnel(ctx)?;
-    check_inner(ctx, &l3, inner_ethertype)?;
+    let (l2, l3, t) = local_tunnel(ctx)?;
+    check_inner(ctx, &l3, &t)?;
     // Before the strip, where the drop can still leave the frame as it came. After the
     // inner header is rewritten nothing refuses a frame but a failed head adjustment, which
     // cannot fail when shrinking the frame by a header it holds.
-    propagate_ecn(ctx, &l3, inner_ethertype == ETH_P_IP)?;
-    strip(ctx, &l2, &l3, inner_ethertype)
+    propagate_ecn(ctx, &l3, &t)?;
+    strip(ctx, &l2, &l3, &t)
 }
 
-/// The frame's headers and its inner packet's EtherType, if it is an unfragmented tunnel
-/// to one of our addresses whose outer header is intact.
+/// Where a tunnel's inner packet is, and what it is.
+struct Inner {
+    /// Its offset in the frame: behind the outer IP header, or the UDP header of GUE.
+    off: usize,
+    /// Its EtherType.
+    ethertype: u16,
+}
+
+/// The inner packet of a GUE tunnel (UDP to `GUE_PORT`) at `l3`, `None` for any other UDP
+/// datagram (the stack's). The UDP header must be whole, its length what the IP header
+/// leaves for it, and its checksum zero (what the balancer sends; a checksum would have to
+/// be verified over the whole packet first), and the inner packet's version IPv4's or
+/// IPv6's (GUE's variant 1 tells them apart by it).
 #[inline(always)]
-fn local_tunnel(ctx: &XdpContext) -> Result<(L2, L3, u16), Refused> {
+fn gue_inner(ctx: &XdpContext, l3: &L3) -> Result<Option<Inner>, Refused> {
+    let port = GUE_PORT.get(0).copied().unwrap_or(0);
+    if port == 0 {
+        return Ok(None);
+    }
+    let udp = read::<[u8; UDP_HLEN]>(ctx, l3.l4_off()).ok_or(Pass::Malformed)?;
+    if u32::from(u16::from_be_bytes([udp[2], udp[3]])) != port {
+        return Ok(None);
+    }
+    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if len != l3.l3_end().saturating_sub(l3.l4_off()) || udp[6] != 0 || udp[7] != 0 {
+        return Err(Pass::Malformed.into());
+    }
+    let off = l3.l4_off() + UDP_HLEN;
+    let ethertype = match read::<[u8; 2]>(ctx, off).ok_or(Pass::Malformed)?[0] >> 4 {
+        4 => ETH_P_IP,
+        6 => ETH_P_IPV6,
+        _ => return Err(Pass::Malformed.into()),
+    };
+    Ok(Some(Inner { off, ethertype }))
+}
+
+/// The frame's headers and its inner packet, if it is an unfragmented tunnel to one of our
+/// addresses whose outer header is intact.
+#[inline(always)]
+fn local_tunnel(ctx: &XdpContext) -> Result<(L2, L3, Inner), Refused> {
     let l2 = parse::eth(ctx).map_err(|_| Pass::Malformed)?;
     let l3 = match l2.ethertype {
         ETH_P_IP => parse::ipv4(ctx, l2.l3_off),
@@ -103,9 +149,16 @@ fn local_tunnel(ctx: &XdpContext) -> Result<(L2, L3, u16), Refused> {
         _ => return Err(Pass::NotTunnel.into()),
     }
     .map_err(|_| Pass::Malformed)?;
-    let inner_ethertype = match l3.proto {
-        IPPROTO_IPIP => ETH_P_IP,
-        IPPROTO_IPV6 => ETH_P_IPV6,
+    let inner = match l3.proto {
+        IPPROTO_IPIP => Inner {
+            off: l3.l4_off(),
+            ethertype: ETH_P_IP,
+        },
+        IPPROTO_IPV6 => Inner {
+            off: l3.l4_off(),
+            ethertype: ETH_P_IPV6,
+        },
+        IPPROTO_UDP if l3.frag == FRAG_NONE => gue_inner(ctx, &l3)?.ok_or(Pass::NotTunnel)?,
         _ => return Err(Pass::NotTunnel.into()),
     };
     // Fragmented tunnel packets cannot be stripped one by one; the stack drops them.
@@ -136,15 +189,15 @@ fn local_tunnel(ctx: &XdpContext) -> Result<(L2, L3, u16), Refused> {
     if l3.family == FAMILY_V4 && !parse::ipv4::checksum_ok(ctx, &l3) {
         return Err(Drop::TunnelBadChecksum.into());
     }
-    Ok((l2, l3, inner_ethertype))
+    Ok((l2, l3, inner))
 }
 
 /// Checks that the inner packet is what the outer header announced and lies inside it.
 /// Shorter is fine: the stack trims what the outer packet carries behind it.
 #[inline(always)]
-fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Refused> {
-    let version = read::<[u8; 2]>(ctx, l3.l4_off()).ok_or(Pass::Malformed)?[0] >> 4;
-    let want = if inner_ethertype == ETH_P_IP {
+fn check_inner(ctx: &XdpContext, l3: &L3, inner: &Inner) -> Result<(), Refused> {
+    let version = read::<[u8; 2]>(ctx, inner.off).ok_or(Pass::Malformed)?[0] >> 4;
+    let want = if inner.ethertype == ETH_P_IP {
         FAMILY_V4
     } else {
         FAMILY_V6
@@ -161,7 +214,7 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
         IPV6_HLEN
     };
     let outer_end = l3.l3_end();
-    if l3.l4_off() + inner_header > outer_end {
+    if inner.off + inner_header > outer_end {
         return Err(Pass::Malformed.into());
     }
     // Its own length must fit too: the stack believes it, and would take bytes from behind
@@ -171,8 +224,8 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
     } else {
         (4, IPV6_HLEN) // payload length
     };
-    let len = read::<[u8; 2]>(ctx, l3.l4_off() + len_at).ok_or(Pass::Malformed)?;
-    if l3.l4_off() + len_base + usize::from(u16::from_be_bytes(len)) > outer_end {
+    let len = read::<[u8; 2]>(ctx, inner.off + len_at).ok_or(Pass::Malformed)?;
+    if inner.off + len_base + usize::from(u16::from_be_bytes(len)) > outer_end {
         return Err(Drop::TunnelInnerTooLong.into());
     }
     Ok(())
@@ -182,8 +235,9 @@ fn check_inner(ctx: &XdpContext, l3: &L3, inner_ethertype: u16) -> Result<(), Re
 /// section 4.2, the table at `lb_common::ecn::decapsulate`): routers between the balancer
 /// and us mark the header they see, which is the one we remove.
 #[inline(always)]
-fn propagate_ecn(ctx: &XdpContext, l3: &L3, inner_v4: bool) -> Result<(), Refused> {
-    let at = l3.l4_off();
+fn propagate_ecn(ctx: &XdpContext, l3: &L3, inner: &Inner) -> Result<(), Refused> {
+    let at = inner.off;
+    let inner_v4 = inner.ethertype == ETH_P_IP;
     let head = read::<[u8; 2]>(ctx, at).ok_or(Pass::Malformed)?;
     // The ECN field: IPv4, the low bits of the TOS byte (the second); IPv6, the low bits of
     // the traffic class, which straddles the first two bytes: bits 5 and 4 of the second.
@@ -212,17 +266,17 @@ fn propagate_ecn(ctx: &XdpContext, l3: &L3, inner_v4: bool) -> Result<(), Refuse
     Ok(())
 }
 
-/// Removes the outer IP header, keeping the Ethernet header (and VLAN tag) in front of the
+/// Removes the outer headers, keeping the Ethernet header (and VLAN tag) in front of the
 /// inner packet with the inner packet's EtherType.
 #[inline(always)]
-fn strip(ctx: &XdpContext, l2: &L2, l3: &L3, inner_ethertype: u16) -> Result<(), Refused> {
+fn strip(ctx: &XdpContext, l2: &L2, l3: &L3, inner: &Inner) -> Result<(), Refused> {
     let macs = read::<[u8; 12]>(ctx, 0).ok_or(Pass::Malformed)?;
     let vlan = if l2.l3_off == ETH_HLEN + VLAN_HLEN {
         read::<u32>(ctx, ETH_HLEN - 2)
     } else {
         None
     };
-    let outer_len = l3.l4_off() - l3.l3_off();
+    let outer_len = inner.off - l3.l3_off();
     // SAFETY: helper call on our own context; shrinks the frame at the front.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Err(Pass::Malformed.into());
@@ -233,7 +287,7 @@ fn strip(ctx: &XdpContext, l2: &L2, l3: &L3, inner_ethertype: u16) -> Result<(),
         write(ctx, off, tag).ok_or(Pass::Malformed)?;
         off += VLAN_HLEN;
     }
-    write(ctx, off, inner_ethertype.to_be()).ok_or(Pass::Malformed)?;
+    write(ctx, off, inner.ethertype.to_be()).ok_or(Pass::Malformed)?;
     Ok(())
 }
 
