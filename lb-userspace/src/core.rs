@@ -23,10 +23,10 @@ use std::{
 use lb_common::{
     addr::to_words,
     maps::{
-        Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_NEXTHOP,
-        BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS,
-        PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES,
-        VIP_F_STATELESS,
+        Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_GUE,
+        BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG,
+        DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY,
+        VIP_F_HASHED_SRC, VIP_F_SRC_RANGES, VIP_F_STATELESS,
     },
     quic::{QuicServer, QuicServerKey},
 };
@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::{
     config::{
-        check_idle_timeout, check_sources, check_weight, BackendConfig, Config, ConfigError,
+        check_idle_timeout, check_sources, check_weight, BackendConfig, Config, ConfigError, Encap,
         Scheduler, SourceMode, SourcePrefix, VipConfig, VipId,
     },
     dataplane::{Dataplane, DataplaneError},
@@ -63,6 +63,8 @@ pub struct Settings {
     pub icmp_rate_limit: u32,
     /// VIPs that can have tables (the `LOOKUP` map's size / 2 tables).
     pub max_vips: u32,
+    /// Destination port of GUE tunnels.
+    pub gue_port: u16,
 }
 
 impl Settings {
@@ -95,6 +97,7 @@ impl Settings {
             record_rate_limit: cfg.record_rate_limit(),
             icmp_rate_limit: cfg.icmp_rate_limit(),
             max_vips,
+            gue_port: cfg.gue_port(),
         }
     }
 }
@@ -224,6 +227,8 @@ pub struct BackendState {
     pub max_conns: Option<u32>,
     /// The server ID its QUIC connection IDs carry (`BackendConfig::quic_server_id`).
     pub quic_server_id: Option<u32>,
+    /// Tunnelled with GUE (its VIP's `encap`).
+    pub gue: bool,
 }
 
 impl BackendState {
@@ -246,6 +251,7 @@ impl BackendState {
             cache_epoch,
             max_conns: b.max_conns,
             quic_server_id: b.quic_server_id,
+            gue: false,
         }
     }
 
@@ -659,7 +665,7 @@ impl<D: Dataplane> Core<D> {
             .iter()
             .any(|b| !b.backup && !b.drained && b.weight > 0);
         for b in backends_cfg {
-            match self.new_backend(&id, &b, others_serve, 100) {
+            match self.new_backend(&id, &b, state.config.encap, others_serve, 100) {
                 Ok(bs) => {
                     state.backends.insert(b.address, bs);
                 }
@@ -858,7 +864,8 @@ impl<D: Dataplane> Core<D> {
         )
         .map_err(|m| ConfigError::new("backend.quic_server_id", format!("{id}: {m}")))?;
         let others_serve = vip.backends.values().any(|x| !x.backup && x.eligible());
-        let bs = self.new_backend(id, &b, others_serve, ramp_pct)?;
+        let encap = vip.config.encap;
+        let bs = self.new_backend(id, &b, encap, others_serve, ramp_pct)?;
         let index = bs.index;
         self.vip_mut(id)?.backends.insert(b.address, bs);
         if let Err(e) = self.publish(id) {
@@ -880,6 +887,7 @@ impl<D: Dataplane> Core<D> {
         &mut self,
         vip: &VipId,
         b: &BackendConfig,
+        encap: Encap,
         others_serve: bool,
         ramp_pct: u32,
     ) -> Result<BackendState, CoreError> {
@@ -908,6 +916,7 @@ impl<D: Dataplane> Core<D> {
             bs.healthy = false;
         }
         bs.standby = b.backup && others_serve;
+        bs.gue = encap == Encap::Gue;
         bs.ramp_pct = ramp_pct.clamp(1, 100);
         // The same backend back in its slot from the last daemon keeps its counters (they
         // are pinned with the slots, see `state_dir`); any other holder starts from zero.
@@ -1755,6 +1764,9 @@ fn backend_entry(vip: &VipId, addr: IpAddr, b: &BackendState) -> Backend {
             entry.flags |= BACKEND_F_NO_NEW;
         }
     }
+    if b.gue {
+        entry.flags |= BACKEND_F_GUE;
+    }
     if let Some(hop) = b.nexthop {
         entry.flags |= BACKEND_F_NEXTHOP;
         entry.ifindex = hop.ifindex;
@@ -1787,6 +1799,7 @@ pub fn lb_config(s: &Settings) -> LbConfig {
         mtu: s.mtu,
         record_rate_limit: s.record_rate_limit,
         icmp_rate_limit: s.icmp_rate_limit,
+        gue_port_be: s.gue_port.to_be(),
         ..LbConfig::default()
     };
     if s.icmp_too_big {
@@ -3258,6 +3271,7 @@ mod tests {
             hashed_v4: Some(("198.19.0.0".parse().unwrap(), 0xffff)),
             record_rate_limit: 7,
             icmp_rate_limit: 9,
+            gue_port: 9999,
             ..settings()
         };
         let c = lb_config(&s);
@@ -3268,6 +3282,39 @@ mod tests {
         assert_eq!(c.hashed_src_v4_hostmask, 0xffff);
         assert_eq!(c.flags & CFG_F_ICMP_TOO_BIG, CFG_F_ICMP_TOO_BIG);
         assert_eq!(c.mtu, 1500);
+        assert_eq!(u16::from_be(c.gue_port_be), 9999);
+    }
+
+    /// A GUE VIP's backends are written GUE from their first write; an IP-in-IP VIP's
+    /// beside it, on the same address, are not.
+    #[test]
+    fn a_gue_vips_backends_carry_the_flag_from_their_first_write() {
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        let mut gue = vip(&["198.18.0.11", "198.18.0.12"]);
+        gue.encap = Encap::Gue;
+        let gue_id = gue.id();
+        core.add_vip(gue).unwrap();
+        core.add_backend(&gue_id, backend("198.18.0.13")).unwrap();
+        let mut plain = vip(&["198.18.0.11"]);
+        plain.port = 81;
+        let plain_id = plain.id();
+        core.add_vip(plain).unwrap();
+        let slots = |id: &VipId| -> Vec<u32> {
+            core.vip(id)
+                .unwrap()
+                .backends
+                .values()
+                .map(|b| b.index)
+                .collect()
+        };
+        for w in &core.dataplane().writes {
+            if let Write::Backend(idx, b) = w {
+                let want = slots(&gue_id).contains(idx);
+                assert_eq!(b.flags & BACKEND_F_GUE != 0, want, "slot {idx}: {b:?}");
+            }
+        }
+        assert_eq!(slots(&gue_id).len(), 3);
+        assert_eq!(slots(&plain_id).len(), 1);
     }
 
     #[test]

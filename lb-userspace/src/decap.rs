@@ -34,7 +34,7 @@ use aya::{
 use lb_common::{
     addr::to_words,
     counters::{Counters, Pass},
-    maps::{DecapAddr, MAP_CLAMP_SOURCES, MAP_DECAP_ADDRS, MAP_MSS_CLAMP, MAP_STATS},
+    maps::{DecapAddr, MAP_CLAMP_SOURCES, MAP_DECAP_ADDRS, MAP_GUE_PORT, MAP_MSS_CLAMP, MAP_STATS},
     mss::{self, MssClamp},
 };
 use tokio::{signal::unix::SignalKind, sync::watch};
@@ -146,6 +146,9 @@ fn key(a: IpAddr) -> DecapAddr {
     }
 }
 
+/// A GUE tunnel's UDP header, behind the outer IP header.
+const GUE_UDP_HEADER: u32 = 8;
+
 /// Which tunnel header `--clamp-mss` leaves room for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TunnelHeader {
@@ -159,18 +162,20 @@ pub enum TunnelHeader {
 }
 
 impl TunnelHeader {
-    /// Its length, for a host accepting tunnels to `accepted`.
-    fn bytes(self, accepted: &BTreeSet<IpAddr>) -> u32 {
+    /// Its length, for a host accepting tunnels to `accepted`, and GUE tunnels too if `gue`
+    /// (their UDP header behind the IP header).
+    fn bytes(self, accepted: &BTreeSet<IpAddr>, gue: bool) -> u32 {
         let global_v6 = |a: &IpAddr| match a {
             IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
             IpAddr::V4(_) => false,
         };
-        match self {
+        let ip = match self {
             TunnelHeader::Ipv4 => mss::TUNNEL_V4,
             TunnelHeader::Ipv6 => mss::TUNNEL_V6,
             TunnelHeader::Auto if accepted.iter().any(global_v6) => mss::TUNNEL_V6,
             TunnelHeader::Auto => mss::TUNNEL_V4,
-        }
+        };
+        ip + if gue { GUE_UDP_HEADER } else { 0 }
     }
 }
 
@@ -179,6 +184,8 @@ struct Clamp {
     sources: AddressMap,
     limits: Array<MapData, MssClamp>,
     header: TunnelHeader,
+    /// GUE tunnels are taken too (`--gue-port`): room for their UDP header as well.
+    gue: bool,
     /// What was last written: `None` before the first write; `Some(None)` when the MTU
     /// left no sane MSS (the map then holds zeros: nothing clamped).
     current: Option<Option<MssClamp>>,
@@ -189,7 +196,7 @@ impl Clamp {
     /// `accepted`.
     fn sync(&mut self, iface: &str, accepted: &BTreeSet<IpAddr>) {
         self.sources.sync(&vips());
-        let header = self.header.bytes(accepted);
+        let header = self.header.bytes(accepted, self.gue);
         let mtu = match netdev::mtu(iface) {
             Ok(mtu) => mtu,
             Err(e) => {
@@ -228,6 +235,7 @@ fn start_clamp(
     ebpf: &mut aya::Ebpf,
     iface: &str,
     header: TunnelHeader,
+    gue: bool,
     accepted: &BTreeSet<IpAddr>,
 ) -> Result<Clamp> {
     let sources = ebpf
@@ -245,6 +253,7 @@ fn start_clamp(
         },
         limits: Array::try_from(limits)?,
         header,
+        gue,
         current: None,
     };
     clamp.sync(iface, accepted);
@@ -254,13 +263,15 @@ fn start_clamp(
 
 /// Runs the decap program on `iface` until SIGINT / SIGTERM, serving its metrics on
 /// `metrics` if given. `addresses` empty means every address of the interface and of
-/// `lo`, followed as they change. `clamp_mss`: also clamp the VIPs' SYN-ACKs, leaving room
-/// for that tunnel header.
+/// `lo`, followed as they change. `gue_port`: also strip GUE tunnels to that UDP port.
+/// `clamp_mss`: also clamp the VIPs' SYN-ACKs, leaving room for that tunnel header (and a
+/// UDP header with GUE).
 pub async fn run(
     iface: &str,
     mode: XdpMode,
     addresses: &[IpAddr],
     metrics: Option<SocketAddr>,
+    gue_port: Option<u16>,
     clamp_mss: Option<TunnelHeader>,
 ) -> Result<()> {
     netdev::ifindex(iface)?;
@@ -297,6 +308,15 @@ pub async fn run(
         removed: |a| format!("{a} is no longer local: tunnels to it are passed to the stack"),
     };
     addrs.sync(&wanted);
+    if let Some(port) = gue_port {
+        let map = ebpf
+            .take_map(MAP_GUE_PORT)
+            .context("decap object has no GUE_PORT")?;
+        Array::<MapData, u32>::try_from(map)?
+            .set(0, u32::from(port), 0)
+            .with_context(|| format!("setting the GUE port {port}"))?;
+        log::info!("accepting GUE tunnels on UDP port {port}");
+    }
     let stats: Arc<PerCpuArray<MapData, Counters>> = Arc::new(PerCpuArray::try_from(
         ebpf.take_map(MAP_STATS)
             .context("decap object has no STATS")?,
@@ -312,7 +332,9 @@ pub async fn run(
     // clamp that cannot start leaves the decap running without it (uploads then depend on
     // the balancer's ICMP again): a backend whose decap stopped would pass its `tcp` checks
     // and take tunnels it cannot strip.
-    let mut clamp = match clamp_mss.map(|h| start_clamp(&mut ebpf, iface, h, &addrs.installed)) {
+    let gue = gue_port.is_some();
+    let mut clamp = match clamp_mss.map(|h| start_clamp(&mut ebpf, iface, h, gue, &addrs.installed))
+    {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => {
             log::error!("--clamp-mss: {e:#}; decapsulating without it");
@@ -399,10 +421,13 @@ mod tests {
             |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
         let v4_only = set(&["198.18.0.11", "198.18.1.1", "fe80::1"]);
         let dual = set(&["198.18.0.11", "fd00::11"]);
-        assert_eq!(TunnelHeader::Auto.bytes(&v4_only), mss::TUNNEL_V4);
-        assert_eq!(TunnelHeader::Auto.bytes(&dual), mss::TUNNEL_V6);
-        assert_eq!(TunnelHeader::Ipv4.bytes(&dual), mss::TUNNEL_V4);
-        assert_eq!(TunnelHeader::Ipv6.bytes(&v4_only), mss::TUNNEL_V6);
+        assert_eq!(TunnelHeader::Auto.bytes(&v4_only, false), mss::TUNNEL_V4);
+        assert_eq!(TunnelHeader::Auto.bytes(&dual, false), mss::TUNNEL_V6);
+        assert_eq!(TunnelHeader::Ipv4.bytes(&dual, false), mss::TUNNEL_V4);
+        assert_eq!(TunnelHeader::Ipv6.bytes(&v4_only, false), mss::TUNNEL_V6);
+        // With GUE, its UDP header too.
+        assert_eq!(TunnelHeader::Auto.bytes(&v4_only, true), 28);
+        assert_eq!(TunnelHeader::Ipv6.bytes(&v4_only, true), 48);
     }
 
     #[test]

@@ -96,7 +96,8 @@ enum Cmd {
               value_parser = clap::value_parser!(u32).range(0..=3600))]
         shutdown_grace: u32,
     },
-    /// Attach the decap program on a backend: strips IP-in-IP tunnels addressed to us.
+    /// Attach the decap program on a backend: strips IP-in-IP (and GUE) tunnels addressed
+    /// to us.
     Decap {
         /// Interface the tunnels arrive on.
         #[arg(long)]
@@ -110,6 +111,10 @@ enum Cmd {
         /// Serve Prometheus metrics (the program's counters) on this address.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Also strip GUE tunnels (UDP to this port, the balancer's `gue_port`) for VIPs
+        /// with `"encap": "gue"`.
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        gue_port: Option<u16>,
         /// Lower the MSS of SYN-ACKs from lo's addresses (the VIPs) so that clients'
         /// segments fit the MTU once tunnelled, ICMP or not; the value says which tunnel
         /// header to leave room for (auto: IPv6's if this host has a global IPv6 address).
@@ -326,12 +331,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             xdp_mode,
             addresses,
             metrics,
+            gue_port,
             clamp_mss,
         } => runtime()?.block_on(xlb::decap::run(
             &iface,
             xdp_mode.into(),
             &addresses,
             metrics,
+            gue_port,
             clamp_mss,
         )),
         Cmd::Agent { listen, state_file } => {

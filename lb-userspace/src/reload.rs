@@ -227,6 +227,9 @@ pub fn plan<'a>(
     if new.hashed_source != globals.hashed_source {
         return Err(ConfigError::new("hashed_source", restart));
     }
+    if new.gue_port() != globals.gue_port() {
+        return Err(ConfigError::new("gue_port", restart));
+    }
     let running: BTreeMap<VipId, Running<'a>> =
         running.into_iter().map(|r| (r.config.id(), r)).collect();
     let wanted: BTreeSet<VipId> = new.vips.iter().map(VipConfig::id).collect();
@@ -653,6 +656,10 @@ mod tests {
             (vip(r#""agent": {"port": 5555},"#), "vips[0].agent"),
             (vip(r#""stateless": true,"#), "vips[0].stateless"),
             (STARTED.replace("198.18.0.2", "198.18.0.3"), "outer_source"),
+            (
+                STARTED.replace(r#""vips""#, r#""gue_port": 5555, "vips""#),
+                "gue_port",
+            ),
             (
                 STARTED.replace(
                     r#""vips""#,
