@@ -355,11 +355,7 @@ pub fn encapsulated_via(
 ) -> Vec<u8> {
     let inner = packet::ip_packet(input);
     let inner_v4 = inner.first().is_some_and(|b| b >> 4 == 4);
-    let tos = if inner_v4 {
-        inner[1]
-    } else {
-        (u16::from_be_bytes([inner[0], inner[1]]) >> 4) as u8
-    };
+    let tos = inner_tos(inner);
     let proto = if inner_v4 {
         packet::PROTO_IPIP
     } else {
@@ -380,6 +376,60 @@ pub fn encapsulated_via(
             vlan,
             ETHERTYPE_IPV6,
             &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, inner),
+        ),
+        _ => panic!("outer source and backend families differ"),
+    }
+}
+
+/// The TOS byte (IPv4) or traffic class (IPv6) of an IP packet: the outer header copies it.
+fn inner_tos(inner: &[u8]) -> u8 {
+    if inner.first().is_some_and(|b| b >> 4 == 4) {
+        inner[1]
+    } else {
+        (u16::from_be_bytes([inner[0], inner[1]]) >> 4) as u8
+    }
+}
+
+/// A GUE tunnel's UDP header and payload: from the flow hash's source port
+/// (`lb_common::maps::gue_source_port`) to `port`, no checksum, then `inner` verbatim.
+pub fn gue_udp(port: u16, hash: u32, inner: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + inner.len()).expect("fits a UDP datagram");
+    let mut out = Vec::with_capacity(8 + inner.len());
+    out.extend_from_slice(&lb_common::maps::gue_source_port(hash).to_be_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(inner);
+    out
+}
+
+/// What the balancer sends for `input` towards `backend` of a GUE VIP (`"encap": "gue"`)
+/// from `src`: [`encapsulated`]'s outer header with UDP as its protocol, then [`gue_udp`].
+pub fn gue_encapsulated(
+    input: &[u8],
+    src: IpAddr,
+    backend: IpAddr,
+    hash: u32,
+    port: u16,
+) -> Vec<u8> {
+    let inner = packet::ip_packet(input);
+    let tos = inner_tos(inner);
+    let udp = gue_udp(port, hash, inner);
+    let vlan = vlan_of(input);
+    match (src, backend) {
+        (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(
+            NEXTHOP_MAC,
+            LB_MAC,
+            vlan,
+            ETHERTYPE_IPV4,
+            &ipv4_outer(s, b, 17, tos, 64, 0, true, &udp),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(b)) => eth_frame(
+            NEXTHOP_MAC,
+            LB_MAC,
+            vlan,
+            ETHERTYPE_IPV6,
+            &ipv6_outer(s, b, 17, tos, hash & 0xf_ffff, 64, &udp),
         ),
         _ => panic!("outer source and backend families differ"),
     }
@@ -567,6 +617,17 @@ impl DecapLab {
         let stats = PerCpuArray::try_from(ebpf.take_map(MAP_STATS).expect("STATS map"))
             .expect("STATS type");
         DecapLab { ebpf, stats }
+    }
+
+    /// Takes GUE tunnels to `port` too (`xlb decap --gue-port`).
+    pub fn set_gue_port(&mut self, port: u16) {
+        let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(lb_common::maps::MAP_GUE_PORT)
+                .expect("GUE_PORT map"),
+        )
+        .expect("GUE_PORT type");
+        map.set(0, u32::from(port), 0).expect("set the GUE port");
     }
 
     /// Runs the decap program once.

@@ -99,7 +99,10 @@ fn dropped(name: &'static str, input: Vec<u8>, reason: Drop) -> Case {
 }
 
 fn run_cases(cases: Vec<Case>) {
-    let mut lab = DecapLab::new(&local());
+    run_cases_on(&mut DecapLab::new(&local()), cases);
+}
+
+fn run_cases_on(lab: &mut DecapLab, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in &cases {
         let before = lab.counters();
@@ -204,6 +207,97 @@ fn decap_strips_tunnels_to_local_addresses() {
             frame(None, ETHERTYPE_IPV6, &i6),
         ),
     ]);
+}
+
+/// GUE (`xlb decap --gue-port`): UDP to the port, from the balancer's flow-hash source
+/// port, checksum zero, the client's packet right behind (GUE's variant 1: its version
+/// says which). Stripped to the inner packet like IP-in-IP, for every pairing of families;
+/// other UDP, other ports, and GUE while no port is set go to the stack untouched; a
+/// datagram to the port that is no tunnel as we send them is passed as malformed.
+#[test]
+fn decap_strips_gue_tunnels_to_its_port() {
+    if !require_root() {
+        return;
+    }
+    const PORT: u16 = 5555;
+    let (i4, i6) = (inner4(), inner6());
+    let udp = |inner: &[u8]| gue_udp(PORT, 0x1234_5678, inner);
+    let gue4 = |inner: &[u8]| frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, 17, &udp(inner)));
+    let gue6 = |inner: &[u8]| frame(None, ETHERTYPE_IPV6, &outer6(LOCAL6, 17, &udp(inner)));
+    let edited = |mut d: Vec<u8>, at: usize, bytes: &[u8]| {
+        d[at..at + bytes.len()].copy_from_slice(bytes);
+        frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, 17, &d))
+    };
+    let gue_cases = || {
+        vec![
+            decapsulated("gue 4 in 4", gue4(&i4), frame(None, ETHERTYPE_IPV4, &i4)),
+            decapsulated("gue 6 in 6", gue6(&i6), frame(None, ETHERTYPE_IPV6, &i6)),
+            decapsulated("gue 4 in 6", gue6(&i4), frame(None, ETHERTYPE_IPV4, &i4)),
+            decapsulated("gue 6 in 4", gue4(&i6), frame(None, ETHERTYPE_IPV6, &i6)),
+            decapsulated(
+                "gue vlan tag kept",
+                frame(Some(42), ETHERTYPE_IPV4, &outer4(LOCAL4, 17, &udp(&i4))),
+                frame(Some(42), ETHERTYPE_IPV4, &i4),
+            ),
+            untouched(
+                "gue to another address",
+                frame(None, ETHERTYPE_IPV4, &outer4("198.18.0.99", 17, &udp(&i4))),
+                Pass::TunnelNotLocal,
+            ),
+            untouched(
+                "udp to another port",
+                frame(
+                    None,
+                    ETHERTYPE_IPV4,
+                    &outer4(LOCAL4, 17, &gue_udp(PORT + 1, 7, &i4)),
+                ),
+                Pass::NotTunnel,
+            ),
+            untouched(
+                "a udp checksum (not ours: it would need checking)",
+                edited(udp(&i4), 6, &[0xab, 0xcd]),
+                Pass::Malformed,
+            ),
+            untouched(
+                "udp length short of the packet",
+                edited(udp(&i4), 4, &(8 + i4.len() as u16 - 1).to_be_bytes()),
+                Pass::Malformed,
+            ),
+            untouched(
+                "udp length past the packet",
+                edited(udp(&i4), 4, &(8 + i4.len() as u16 + 1).to_be_bytes()),
+                Pass::Malformed,
+            ),
+            untouched(
+                "neither IPv4 nor IPv6 behind it (a GUE header, variant 0)",
+                edited(udp(&i4), 8, &[0x00]),
+                Pass::Malformed,
+            ),
+        ]
+    };
+    let mut lab = DecapLab::new(&local());
+    // No port set: GUE is some UDP datagram, the stack's.
+    let not_yet = |c: Case| {
+        let input = c.input.clone();
+        untouched(c.name, input, Pass::NotTunnel)
+    };
+    let first: Vec<Case> = gue_cases()
+        .into_iter()
+        .filter(|c| c.name != "gue to another address")
+        .map(not_yet)
+        .collect();
+    run_cases_on(&mut lab, first);
+    lab.set_gue_port(PORT);
+    run_cases_on(&mut lab, gue_cases());
+    // IP-in-IP still.
+    run_cases_on(
+        &mut lab,
+        vec![decapsulated(
+            "ipip beside gue",
+            frame(None, ETHERTYPE_IPV4, &outer4(LOCAL4, PROTO_IPIP, &i4)),
+            frame(None, ETHERTYPE_IPV4, &i4),
+        )],
+    );
 }
 
 #[test]
