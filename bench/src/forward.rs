@@ -34,7 +34,7 @@ use xlb_tests::netns::{veth, Netns};
 
 use crate::{
     frames::{udp64, FRAME_LEN, SPORT_OFF_V4},
-    lab::{backend_addrs, load_options, BenchLab, VipSpec},
+    lab::{backend_addrs, load_options, BenchLab, VipKind, VipSpec},
     stats::{paired, ratio, rotated, round3, Summary},
     Plan,
 };
@@ -314,7 +314,7 @@ impl Rig {
             port: PORT,
             proto: "udp",
             backends: backend_addrs(10, false),
-            stateless: false,
+            kind: VipKind::Plain,
         }];
         BenchLab::with_object(object, &vips, load_options(max_conns, flow_cache), self.hop)
     }

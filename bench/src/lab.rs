@@ -35,8 +35,21 @@ pub struct VipSpec {
     pub proto: &'static str,
     /// Backend addresses.
     pub backends: Vec<IpAddr>,
-    /// A `stateless` VIP: no flow recorded.
-    pub stateless: bool,
+    /// What else the VIP is.
+    pub kind: VipKind,
+}
+
+/// A bench VIP's options beyond its address and backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VipKind {
+    /// Maglev, IP-in-IP, flows recorded.
+    Plain,
+    /// `stateless`: no flow recorded.
+    Stateless,
+    /// `"encap": "gue"`.
+    Gue,
+    /// `quic` (2-octet server IDs), backend `i` (from 0) with server ID `i + 1`.
+    Quic,
 }
 
 impl VipSpec {
@@ -44,14 +57,23 @@ impl VipSpec {
         let b: Vec<String> = self
             .backends
             .iter()
-            .map(|a| format!(r#"{{"address": "{a}"}}"#))
+            .enumerate()
+            .map(|(i, a)| match self.kind {
+                VipKind::Quic => format!(r#"{{"address": "{a}", "quic_server_id": {}}}"#, i + 1),
+                _ => format!(r#"{{"address": "{a}"}}"#),
+            })
             .collect();
+        let kind = match self.kind {
+            VipKind::Plain => "",
+            VipKind::Stateless => r#""stateless": true,"#,
+            VipKind::Gue => r#""encap": "gue","#,
+            VipKind::Quic => r#""quic": {"server_id_bytes": 2},"#,
+        };
         format!(
-            r#"{{"address": "{}", "port": {}, "protocol": "{}", "stateless": {}, "backends": [{}]}}"#,
+            r#"{{"address": "{}", "port": {}, "protocol": "{}", {kind} "backends": [{}]}}"#,
             self.addr,
             self.port,
             self.proto,
-            self.stateless,
             b.join(", ")
         )
     }

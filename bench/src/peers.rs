@@ -43,7 +43,7 @@ use xlb_tests::{
 };
 
 use crate::{
-    lab::{load_options, BenchLab, VipSpec},
+    lab::{load_options, BenchLab, VipKind, VipSpec},
     stats::{ratio, rotated, round3, Summary},
     Plan,
 };
@@ -346,7 +346,7 @@ impl Testbed {
             port: 80,
             proto: "tcp",
             backends: self.backends.clone(),
-            stateless: false,
+            kind: VipKind::Plain,
         }];
         let mut xlb = BenchLab::with_object(
             object,

@@ -25,6 +25,8 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.xdp_encap_undo",
     "testrun_ns_per_pkt.xlb_stateless",
     "testrun_ns_per_pkt.decap_mss_clamp_reply",
+    "testrun_ns_per_pkt.xlb_gue_hit",
+    "testrun_ns_per_pkt.xlb_quic_routed",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -290,6 +292,14 @@ fn markdown(r: &Value, plots: &[String]) -> String {
             "xlb, conntrack hit, flow cache off (IPv4, restore included)",
         ),
         ("xlb_ipv6", "xlb, IPv6 conntrack hit (IP6IP6)"),
+        (
+            "xlb_gue_hit",
+            "xlb, conntrack hit on a GUE VIP (IPv4 in UDP, restore included)",
+        ),
+        (
+            "xlb_quic_routed",
+            "xlb, a QUIC connection's new path (routed by its server ID, recorded; 2^16 table)",
+        ),
         ("xlb_unknown_vip", "xlb, unknown VIP (pass-through)"),
         (
             "xlb_dropped",

@@ -37,7 +37,7 @@ use xlb_tests::{
 use crate::{
     forward,
     frames::udp64,
-    lab::{backend_addrs, load_options, BenchLab, VipSpec},
+    lab::{backend_addrs, load_options, BenchLab, VipKind, VipSpec},
     stats::{paired, rotated, round3, Summary},
     Plan,
 };
@@ -81,6 +81,13 @@ fn test_hop() -> NextHop {
 fn frame(src: &str, sport: u16, dst: &str) -> Vec<u8> {
     udp64(CLIENT_MAC, LB_MAC, ip(src), sport, ip(dst), PORT)
 }
+
+/// Where an IPv4 [`frame`]'s UDP payload starts (Ethernet, IPv4, UDP headers).
+const UDP_PAYLOAD: usize = 14 + 20 + 8;
+
+/// The start of a QUIC short-header packet whose connection ID (configuration 0) names
+/// server ID 1 in two octets (`lb_common::quic`).
+const QUIC_PATH: [u8; 6] = [0x41, 0x05, 0x00, 0x01, 0xa1, 0xa2];
 
 /// The kernel's ns per run over `repeat` runs.
 fn repeat_ns(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
@@ -171,6 +178,30 @@ impl NewFlows {
         Ok(ns)
     }
 
+    /// As [`NewFlows::measure`] on a lab whose VIP has `quic`, each flow's datagram a QUIC
+    /// short-header packet naming backend 1's server ID (a connection's new path): checked
+    /// that every flow was routed by it and recorded.
+    fn measure_quic(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
+        let before = lab.counters();
+        let ns = self.measure_with(lab, repeat, &QUIC_PATH)?;
+        let routed = slot_delta(&before, &lab.counters(), Event::QuicRouted.slot());
+        ensure!(
+            routed == u64::from(repeat),
+            "repeat run to a QUIC VIP: {routed} routed by server ID, of {repeat}"
+        );
+        Ok(ns)
+    }
+
+    /// [`NewFlows::measure`] with the datagram's payload starting with `payload`.
+    fn measure_with(&mut self, lab: &mut BenchLab, repeat: u32, payload: &[u8]) -> Result<f64> {
+        let (ns, recorded, unrecorded, _) = self.run_with(lab, repeat, payload)?;
+        ensure!(
+            recorded == u64::from(repeat) && unrecorded == 0,
+            "repeat run was not {repeat} recorded new flows but {recorded} (and {unrecorded} unrecorded)"
+        );
+        Ok(ns)
+    }
+
     /// As [`NewFlows::measure`] on a lab whose VIP is `stateless`: checked that every flow
     /// was a stateless pick and none was recorded.
     fn measure_stateless(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<f64> {
@@ -196,13 +227,24 @@ impl NewFlows {
     /// ns per run, and the runs' `new_flow`, `flow_not_recorded` and `stateless_pick`
     /// counts.
     fn run(&mut self, lab: &mut BenchLab, repeat: u32) -> Result<(f64, u64, u64, u64)> {
+        self.run_with(lab, repeat, &[])
+    }
+
+    /// [`NewFlows::run`] with the datagram's payload starting with `payload`.
+    fn run_with(
+        &mut self,
+        lab: &mut BenchLab,
+        repeat: u32,
+        payload: &[u8],
+    ) -> Result<(f64, u64, u64, u64)> {
         ensure!(
             self.calls < 1 << 14,
             "out of client addresses for new flows"
         );
         let client = std::net::Ipv4Addr::from(u32::from_be_bytes([198, 18, 64, 0]) + self.calls);
         self.calls += 1;
-        let f = frame(&client.to_string(), 1024, VIP4);
+        let mut f = frame(&client.to_string(), 1024, VIP4);
+        f[UDP_PAYLOAD..UDP_PAYLOAD + payload.len()].copy_from_slice(payload);
         lab.set_config_flag(CFG_F_BENCH_NEW_FLOWS, true)?;
         let before = lab.counters();
         let ns = repeat_ns(lab.prog(), &f, repeat);
@@ -318,24 +360,24 @@ fn lab_of(
     v6: bool,
     flow_cache: bool,
 ) -> Result<BenchLab> {
-    lab_of_kind(object, n_backends, max_conns, v6, flow_cache, false)
+    lab_of_kind(object, n_backends, max_conns, v6, flow_cache, VipKind::Plain)
 }
 
-/// [`lab_of`], its VIPs `stateless` or not.
+/// [`lab_of`], its VIPs of `kind`.
 fn lab_of_kind(
     object: &[u8],
     n_backends: usize,
     max_conns: u32,
     v6: bool,
     flow_cache: bool,
-    stateless: bool,
+    kind: VipKind,
 ) -> Result<BenchLab> {
     let mut vips = vec![VipSpec {
         addr: ip(VIP4),
         port: PORT,
         proto: "udp",
         backends: backend_addrs(n_backends, false),
-        stateless,
+        kind,
     }];
     if v6 {
         vips.push(VipSpec {
@@ -343,7 +385,7 @@ fn lab_of_kind(
             port: PORT,
             proto: "udp",
             backends: backend_addrs(n_backends, true),
-            stateless,
+            kind,
         });
     }
     let mut lab = BenchLab::with_object(
@@ -397,7 +439,13 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     flood.set_record_rate_limit(1)?;
     // New flows to a stateless VIP (a DNS service's queries): the same pick, nothing to
     // record by design rather than by a flood's limit.
-    let mut stateless = lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, true)?;
+    let mut stateless =
+        lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, VipKind::Stateless)?;
+    // The hit on a GUE VIP: what the UDP header costs each packet.
+    let mut gue = lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, VipKind::Gue)?;
+    // New paths of QUIC connections (a client that moved): each a new flow its connection
+    // ID routes, recorded, against `open_lab`'s new flows into a table of the same size.
+    let mut quic = lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, VipKind::Quic)?;
     // New flows to a VIP with the longest client allow-list a VIP may have, the new-flow
     // clients' prefix among 1023 others, beside the same table without a list: what the
     // LPM lookup on admission costs.
@@ -421,6 +469,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     let unknown = frame(CLIENT4, 40_000, "198.18.9.9");
     prime(&mut lab, &[&hit4, &hit6])?;
     prime(&mut uncached, &[&hit4])?;
+    prime(&mut gue, &[&hit4])?;
     let mut new_flows = NewFlows::new();
     let new_repeat = new_flow_repeat(plan);
     // Fill `full` first (its CPU share is a fraction of one call's flows).
@@ -464,6 +513,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "xdp_encap_undo",
         "xlb_stateless",
         "decap_mss_clamp_reply",
+        "xlb_gue_hit",
+        "xlb_quic_routed",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -496,6 +547,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         )?);
         samples[13].push(new_flows.measure_stateless(&mut stateless, new_repeat)?);
         samples[14].push(clamp_repeat_ns(&mut decap, &reply, plan.repeat)?);
+        samples[15].push(hit_repeat(&mut gue, &hit4, plan.repeat)?);
+        samples[16].push(new_flows.measure_quic(&mut quic, new_repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
@@ -552,6 +605,8 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "allow_list_1024_prefixes (new_flow_allow_list - new_flow_small_table)": round3(s[10].median - s[9].median),
         "parse_to_a_malformed_ipv4_header_and_drop (dropped - xdp_drop)": round3(s[11].median - s[0].median),
         "stateless_saves (new_flow_small_table - stateless: a query to a stateless VIP against one recorded in a table of the same size)": round3(s[9].median - s[13].median),
+        "gue_adds (gue_hit - conntrack_hit: the UDP header of a GUE tunnel)": round3(s[15].median - hit),
+        "quic_routed_over_maglev (quic_routed - new_flow_small_table: a new path placed by its connection ID's server against a new flow placed by the Maglev table, both recorded in a table of the same size)": round3(s[16].median - s[9].median),
     });
     out["paired_allow_list_over_small_table"] =
         Summary::of(&paired(&samples[10], &samples[9])).json();
