@@ -59,11 +59,17 @@ pub fn overhead(backend: &Backend) -> usize {
     } else {
         IPV6_HLEN
     };
-    if backend.flags & BACKEND_F_GUE != 0 {
-        ip + UDP_HLEN
-    } else {
-        ip
-    }
+    ip + udp_len(backend)
+}
+
+/// The UDP header's length in a tunnel to `backend`: [`UDP_HLEN`] for GUE, else 0.
+/// Arithmetic rather than a branch: the verifier then carries one bounded length through
+/// the rest of the hit path instead of walking it once for each tunnel kind (a branch here
+/// took the program from 480 000 verified instructions to 625 000).
+#[inline(always)]
+fn udp_len(backend: &Backend) -> usize {
+    const _: () = assert!(BACKEND_F_GUE == 1 << 3 && UDP_HLEN == 1 << 3);
+    (backend.flags & BACKEND_F_GUE) as usize
 }
 
 /// Where the encapsulated frame goes: the egress interface and the first 12 bytes of the
@@ -172,7 +178,6 @@ pub fn forward(
 ) -> Result<u32, Drop> {
     let hash = target.hash;
     let v4_outer = backend.family == FAMILY_V4;
-    let gue = backend.flags & BACKEND_F_GUE != 0;
     let outer_len = overhead(backend);
     let src = outer_source(backend, hash, target.hashed_src != 0, cfg)?;
     let hop = if backend.flags & BACKEND_F_NEXTHOP != 0 {
@@ -250,7 +255,7 @@ pub fn forward(
     // SAFETY: off ≤ L2_MAX, so the outer header (≤ IPV6_HLEN) lies within FRONT.
     let outer = unsafe { front.add(off) };
 
-    let inner_proto = if gue {
+    let inner_proto = if udp_len(backend) != 0 {
         IPPROTO_UDP
     } else if l3.family == FAMILY_V4 {
         IPPROTO_IPIP
@@ -291,17 +296,23 @@ pub fn forward(
         }
     }
 
-    if gue {
-        // Behind the outer IP header; a bounds check of its own: FRONT covers only what
-        // every frame holds, and an IPv4 tunnel of a short packet is shorter than FRONT
-        // and this header together.
-        let ip_len = outer_len - UDP_HLEN;
-        let udp = ptr_at_mut::<[u16; UDP_HLEN / 2]>(ctx, off + ip_len).ok_or_else(refused)?;
-        // SAFETY: eight bytes checked above, halfword-aligned (see `NextHop::write_l2`).
-        // Checksum 0: none, as IPv4 allows and RFC 6935 allows IPv6 tunnels; the inner
-        // packet carries its own.
+    if udp_len(backend) != 0 {
+        // Behind the outer IP header: inside FRONT behind an IPv4 header; behind an IPv6
+        // one, a check of its own (FRONT covers only what every frame holds, and the
+        // shortest IPv4 tunnel is shorter than FRONT and this header together).
+        let udp = if v4_outer {
+            // SAFETY: off + 20 + 8 ≤ L2_MAX + 28 < FRONT.
+            unsafe { outer.add(IPV4_HLEN) }
+        } else {
+            let longer = ptr_at_mut::<[u8; FRONT + UDP_HLEN]>(ctx, 0).ok_or_else(refused)?;
+            // SAFETY: off + 40 + 8 ≤ FRONT + 8, checked above.
+            unsafe { longer.cast::<u8>().add(off + IPV6_HLEN) }
+        };
+        // SAFETY: eight bytes in the frame (above), halfword-aligned (see
+        // `NextHop::write_l2`). Checksum 0: none, as IPv4 allows and RFC 6935 allows
+        // IPv6 tunnels; the inner packet carries its own.
         unsafe {
-            *udp = [
+            *udp.cast::<[u16; UDP_HLEN / 2]>() = [
                 gue_source_port(hash).to_be(),
                 cfg.gue_port_be,
                 ((UDP_HLEN + l3.l3_len()) as u16).to_be(),
