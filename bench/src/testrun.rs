@@ -360,7 +360,14 @@ fn lab_of(
     v6: bool,
     flow_cache: bool,
 ) -> Result<BenchLab> {
-    lab_of_kind(object, n_backends, max_conns, v6, flow_cache, VipKind::Plain)
+    lab_of_kind(
+        object,
+        n_backends,
+        max_conns,
+        v6,
+        flow_cache,
+        VipKind::Plain,
+    )
 }
 
 /// [`lab_of`], its VIPs of `kind`.
@@ -439,13 +446,26 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
     flood.set_record_rate_limit(1)?;
     // New flows to a stateless VIP (a DNS service's queries): the same pick, nothing to
     // record by design rather than by a flood's limit.
-    let mut stateless =
-        lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, VipKind::Stateless)?;
+    let mut stateless = lab_of_kind(
+        loader::BALANCER_OBJ,
+        10,
+        1 << 16,
+        false,
+        true,
+        VipKind::Stateless,
+    )?;
     // The hit on a GUE VIP: what the UDP header costs each packet.
     let mut gue = lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, VipKind::Gue)?;
     // New paths of QUIC connections (a client that moved): each a new flow its connection
     // ID routes, recorded, against `open_lab`'s new flows into a table of the same size.
-    let mut quic = lab_of_kind(loader::BALANCER_OBJ, 10, 1 << 16, false, true, VipKind::Quic)?;
+    let mut quic = lab_of_kind(
+        loader::BALANCER_OBJ,
+        10,
+        1 << 16,
+        false,
+        true,
+        VipKind::Quic,
+    )?;
     // New flows to a VIP with the longest client allow-list a VIP may have, the new-flow
     // clients' prefix among 1023 others, beside the same table without a list: what the
     // LPM lookup on admission costs.

@@ -533,6 +533,15 @@ impl Lab {
         prog_map(prog, name)
     }
 
+    /// The IPv4 connection table's entry for `flow`, if recorded.
+    pub fn recorded_v4(&mut self, flow: &FlowKey) -> Option<lb_common::maps::ConnEntry> {
+        use lb_common::{flow::FlowKeyV4, maps::ConnEntry};
+        let conns: aya::maps::HashMap<_, FlowKeyV4, ConnEntry> =
+            aya::maps::HashMap::try_from(self.map(lb_common::maps::MAP_CONNS_V4))
+                .expect("CONNS_V4 is a hash map");
+        conns.get(&FlowKeyV4::of(flow), 0).ok()
+    }
+
     /// Rewrites backend slot `idx` in the `BACKENDS` map behind the core's back.
     #[track_caller]
     pub fn poke_backend(&mut self, idx: u32, edit: impl FnOnce(&mut lb_common::maps::Backend)) {

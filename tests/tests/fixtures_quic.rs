@@ -6,12 +6,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::HashMap;
-use lb_common::{
-    counters::Event,
-    flow::{FlowKey, FlowKeyV4},
-    maps::{ConnEntry, MAP_CONNS_V4},
-};
+use lb_common::{counters::Event, flow::FlowKey, maps::ConnEntry};
 use xlb::config::VipId;
 use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
 
@@ -131,9 +126,7 @@ fn backend_of(lab: &mut Lab, frame: &[u8]) -> IpAddr {
 }
 
 fn recorded(lab: &mut Lab, sport: u16, dport: u16) -> Option<ConnEntry> {
-    let conns: HashMap<_, FlowKeyV4, ConnEntry> =
-        HashMap::try_from(lab.map(MAP_CONNS_V4)).expect("CONNS_V4 is a hash map");
-    conns.get(&FlowKeyV4::of(&key(sport, dport)), 0).ok()
+    lab.recorded_v4(&key(sport, dport))
 }
 
 /// Counter deltas of `lab` over `run`.

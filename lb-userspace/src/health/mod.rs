@@ -55,5 +55,6 @@ pub use probe::{build_probe, NoneProbe, Probe, ProbeError, ProbeFuture};
 pub use runner::{HealthChecker, HealthEvent, HealthHandle};
 pub use state::{HealthState, Transition};
 pub use tcp::TcpProbe;
+pub use tls::AnyCertificate;
 pub use tunnel::TcpTunnelProbe;
 pub use udp::UdpProbe;

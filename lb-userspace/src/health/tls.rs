@@ -51,7 +51,7 @@ impl TlsClient {
             // The ring provider supports both safe versions; a failure here is a build bug.
             .expect("ring supports TLS 1.2 and 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
             .with_no_client_auth();
         let mut config = config;
         // A server that speaks HTTP/2 too must pick HTTP/1.1, the only one the probe speaks.
@@ -119,9 +119,16 @@ fn dns_name(name: &str) -> Option<ServerName<'static>> {
 }
 
 /// Accepts any certificate (see the module docs) but checks the handshake's signatures
-/// with it.
+/// with it. Public for the test peers that talk TLS to throwaway certificates.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub struct AnyCertificate(Arc<CryptoProvider>);
+
+impl AnyCertificate {
+    /// A verifier checking signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self(provider)
+    }
+}
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -25,13 +25,12 @@ use quinn::{
 };
 use rand::Rng;
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{ring, CryptoProvider},
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
-    DigitallySignedStruct, SignatureScheme,
+    crypto::ring,
+    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
 };
 use serde_json::{json, Value};
 use tokio::time::timeout;
+use xlb::health::AnyCertificate;
 
 const ALPN: &[u8] = b"xlb-test";
 const SERVER_NAME: &str = "xlb-test";
@@ -153,48 +152,6 @@ impl ConnectionIdGenerator for ServerIdCids {
     }
 }
 
-/// Accepts any certificate (the servers' are throwaway self-signed ones) but still checks the
-/// handshake signatures, so the TLS exchange itself stays real.
-#[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn server_config() -> Result<quinn::ServerConfig> {
     let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
         .context("self-signed certificate")?;
@@ -215,7 +172,9 @@ fn client_config() -> Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        // The servers' certificates are throwaway self-signed ones; the handshake's
+        // signatures are still checked, so the TLS exchange stays real.
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     Ok(quinn::ClientConfig::new(Arc::new(
