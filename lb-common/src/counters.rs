@@ -122,6 +122,10 @@ reasons! {
         /// reached is at its `max_conns`: dropped, as IPVS drops a connection when every
         /// server is over its upper threshold (the client retries).
         BackendsFull = 27, "backends_full";
+        /// A new flow of a VIP with `new_flow_rate_limit` beyond this CPU's share of it in
+        /// the current second: dropped (a client retries its SYN), as a frontend's session
+        /// rate limit does, so that a connection storm does not reach the backends whole.
+        VipFlowLimit = 28, "vip_flow_limit";
     }
 }
 

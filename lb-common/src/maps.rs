@@ -56,6 +56,12 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
 /// `BACKEND_STATS`: per-CPU [`TrafficStats`] indexed by backend index.
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// `VIP_FLOW_LIMITS`: VIP id → `u32`, the new flows each CPU admits per second to a VIP
+/// with [`VIP_F_FLOW_LIMIT`]. Written by the daemon; sized at load to the VIPs with tables.
+pub const MAP_VIP_FLOW_LIMITS: &str = "VIP_FLOW_LIMITS";
+/// `VIP_FLOW_WINDOW`: per-CPU VIP id → [`crate::rate_window::RateWindow`], each CPU's new
+/// flows of each VIP in the current second. Program only; sized like `VIP_FLOW_LIMITS`.
+pub const MAP_VIP_FLOW_WINDOW: &str = "VIP_FLOW_WINDOW";
 /// `VIP_RETIRED`: [`VipKey`] → [`TrafficStats`], what each VIP's removed backends carried
 /// (a VIP's figures are its backends' added up, and a removed backend's slot is cleared for
 /// reuse). The daemon's record, which the program never touches: it lives in the object so
@@ -147,6 +153,10 @@ pub const VIP_F_STATELESS: u32 = 1 << 7;
 /// connection's new path (a client that moved, a NAT that rebound) stays on its server.
 /// The VIP's [`crate::quic::VipQuic`] is in the flags' bits 16..24.
 pub const VIP_F_QUIC: u32 = 1 << 8;
+/// `VipInfo::flags` (`new_flow_rate_limit`): each CPU admits at most
+/// `VIP_FLOW_LIMITS[vip_id]` new flows of the VIP per second (`VIP_FLOW_WINDOW`); beyond,
+/// they are dropped (`vip_flow_limit`). Recorded flows are never limited.
+pub const VIP_F_FLOW_LIMIT: u32 = 1 << 9;
 
 /// The data of a `SOURCE_RANGES` key (an LPM trie: the kernel compares the first
 /// `prefix_len` bits, in memory order). The VIP's id first, always compared whole

@@ -9,6 +9,10 @@
 //!   schedule by hash are forwarded by that hash without an entry: the same backend on
 //!   every packet, as long as the table stays, at a fraction of an insert's cost. Katran
 //!   does the same (its `MAX_CONN_RATE`).
+//! - New flows of a VIP (`new_flow_rate_limit`, `VIP_FLOW_WINDOW`, one window per VIP):
+//!   what a VIP's backends are asked to take on in a second, so that a connection storm
+//!   (a thundering herd after an outage, a flood of SYNs) reaches them at a rate they can
+//!   take; beyond, new flows are dropped and their clients retry.
 //! - ICMP errors we originate (`LbConfig::icmp_rate_limit`, `ICMP_WINDOW`): RFC 4443
 //!   section 2.4 (f) says a node MUST limit the rate of the ICMPv6 errors it sends (RFC
 //!   1812 section 4.3.2.8 says the same of IPv4's), so that a stream of oversized packets,

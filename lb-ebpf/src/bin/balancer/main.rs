@@ -34,7 +34,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
-    maps::{Backend, VipKey, VIP_F_COUNT_ACTIVE, VIP_F_SRC_RANGES},
+    maps::{Backend, VipKey, VIP_F_COUNT_ACTIVE, VIP_F_FLOW_LIMIT, VIP_F_SRC_RANGES},
 };
 use lb_ebpf::{
     parse::{
@@ -241,6 +241,9 @@ pub extern "C" fn xlb_schedule(
     if named != 0 {
         // A named flow is a new path of a connection counted on its first one.
         vip.flags &= !VIP_F_COUNT_ACTIVE;
+    } else if vip.flags & VIP_F_FLOW_LIMIT != 0 && !maps::vip_flow_admitted(vip.vip_id) {
+        // A new path of a known connection is no new flow for the backends: never limited.
+        return pack(Err(Drop::VipFlowLimit));
     }
     match unpack(select::pick(s, &vip, true, tcp_flags as u8, named)) {
         Ok(_) => pack(Ok(SCHEDULED)),

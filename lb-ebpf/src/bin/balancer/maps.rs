@@ -15,8 +15,8 @@ use lb_common::{
     counters::Drop,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, MAX_BACKENDS,
-        MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
+        Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, DEFAULT_MAX_VIPS,
+        MAX_BACKENDS, MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
     },
     quic::{QuicServer, QuicServerKey},
     rate_window::RateWindow,
@@ -121,6 +121,17 @@ pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1024, 0)
 #[map]
 pub static QUIC_SERVERS: HashMap<QuicServerKey, QuicServer> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// VIP id → the new flows each CPU admits to it per second (`VIP_F_FLOW_LIMIT`). Daemon
+/// writes; the loader sizes it to the VIPs with tables. Read on such VIPs' new flows only.
+#[map]
+pub static VIP_FLOW_LIMITS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// This CPU's new flows of each VIP in the current second, against `VIP_FLOW_LIMITS`.
+/// Program only; sized like it.
+#[map]
+pub static VIP_FLOW_WINDOW: PerCpuArray<RateWindow> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// Egress interfaces other than the ingress one: ifindex → device, for `XDP_REDIRECT`.
 #[map]
@@ -249,10 +260,24 @@ pub fn scratch() -> Result<*mut Scratch, Drop> {
 /// (0: no limit, and nothing is counted nor the clock read). `lb_common::rate_window`.
 #[inline(always)]
 pub fn within_rate(window: &PerCpuArray<RateWindow>, limit: u32) -> bool {
+    within_rate_at(window, 0, limit)
+}
+
+/// A new flow of VIP `vip_id` (`VIP_F_FLOW_LIMIT`), counted in its window: false when this
+/// CPU has admitted its `VIP_FLOW_LIMITS` share this second.
+#[inline(always)]
+pub fn vip_flow_admitted(vip_id: u32) -> bool {
+    let limit = VIP_FLOW_LIMITS.get(vip_id).copied().unwrap_or(0);
+    within_rate_at(&VIP_FLOW_WINDOW, vip_id, limit)
+}
+
+/// [`within_rate`] on slot `slot` of `window` (a slot past its end: no limit).
+#[inline(always)]
+fn within_rate_at(window: &PerCpuArray<RateWindow>, slot: u32, limit: u32) -> bool {
     if limit == 0 {
         return true;
     }
-    match window.get_ptr_mut(0) {
+    match window.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs; no
         // arguments to the clock helper.
         Some(w) => unsafe { (*w).admit(bpf_ktime_get_coarse_ns(), limit) },
