@@ -330,6 +330,13 @@ pub struct VipConfig {
     /// client moves or is rebound by a NAT stays on its server. Set when the VIP is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicConfig>,
+    /// New flows each CPU admits to this VIP per second (as `record_rate_limit`, per CPU);
+    /// beyond, they are dropped (`vip_flow_limit`) and their clients retry, so that a
+    /// connection storm reaches the backends at a rate they can take. Recorded flows, and
+    /// QUIC connections' new paths, are never limited; a `stateless` VIP's every packet is
+    /// a new flow. `None`: no limit. Changes in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_flow_rate_limit: Option<u32>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -676,6 +683,8 @@ impl VipConfig {
             .map_err(|m| ConfigError::new(format!("{at}.allowed_sources"), m))?;
         check_quic(self.quic, self.protocol)
             .map_err(|m| ConfigError::new(format!("{at}.quic"), m))?;
+        check_new_flow_rate_limit(self.new_flow_rate_limit)
+            .map_err(|m| ConfigError::new(format!("{at}.new_flow_rate_limit"), m))?;
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
@@ -891,6 +900,17 @@ pub fn check_stateless(
             "a slow start reweights the table each second, which would move a \
                     stateless VIP's flows each time: drop slow_start_s"
                 .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// A VIP's `new_flow_rate_limit` admits at least one flow a second: 0 would be a VIP
+/// that takes no new client, which `drained` backends or removing it say better.
+pub fn check_new_flow_rate_limit(limit: Option<u32>) -> Result<(), String> {
+    if limit == Some(0) {
+        return Err(
+            "0 would admit no new flow: use 1 or more, or leave it out for no limit".to_owned(),
         );
     }
     Ok(())
@@ -1477,6 +1497,25 @@ mod tests {
         .unwrap();
         assert!(!c.vips[0].stateless);
         assert!(!serde_json::to_string(&c).unwrap().contains("stateless"));
+    }
+
+    /// `new_flow_rate_limit`: 1 or more, left out when unset.
+    #[test]
+    fn new_flow_rate_limits_admit_at_least_one_flow() {
+        let file = |extra: &str| {
+            Config::from_json(&format!(
+                r#"{{"vips": [{{"address": "198.18.1.1", "port": 80, "protocol": "tcp"{extra},
+                   "backends": [{{"address": "198.18.0.11"}}]}}]}}"#
+            ))
+        };
+        let c = file(r#", "new_flow_rate_limit": 1"#).unwrap();
+        assert_eq!(c.vips[0].new_flow_rate_limit, Some(1));
+        let e = file(r#", "new_flow_rate_limit": 0"#).unwrap_err();
+        assert_eq!(e.field, "vips[0].new_flow_rate_limit", "{e}");
+        let c = file("").unwrap();
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .contains("new_flow_rate_limit"));
     }
 
     /// `encap: gue` and `gue_port`: read, defaulted, refused at 0, left out when unset.

@@ -26,7 +26,7 @@ use lb_common::{
         Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_GUE,
         BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG,
         DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY,
-        VIP_F_HASHED_SRC, VIP_F_SRC_RANGES, VIP_F_STATELESS,
+        VIP_F_FLOW_LIMIT, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES, VIP_F_STATELESS,
     },
     quic::{QuicServer, QuicServerKey},
 };
@@ -1477,6 +1477,24 @@ impl<D: Dataplane> Core<D> {
         Ok(())
     }
 
+    /// Sets how many new flows each CPU admits to a VIP per second (`None`: no limit); the
+    /// VIP's entry is written again with it. Nothing changes when the write fails.
+    pub fn set_new_flow_rate_limit(
+        &mut self,
+        id: &VipId,
+        limit: Option<u32>,
+    ) -> Result<(), CoreError> {
+        crate::config::check_new_flow_rate_limit(limit)
+            .map_err(|m| ConfigError::new("new_flow_rate_limit", m))?;
+        let vip = self.vip_mut(id)?;
+        let before = std::mem::replace(&mut vip.config.new_flow_rate_limit, limit);
+        if let Err(e) = self.publish(id) {
+            self.vip_mut(id)?.config.new_flow_rate_limit = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Sets a VIP's health check (`None`: the default TCP connect). The caller restarts
     /// the checks of its backends.
     pub fn set_health_check(
@@ -1646,7 +1664,12 @@ impl<D: Dataplane> Core<D> {
     fn publish_table(&mut self, id: &VipId) -> Result<(), CoreError> {
         let vip = self.vip(id)?;
         let (vip_index, servers) = (vip.id, quic_servers(vip));
+        let flow_limit = vip.config.new_flow_rate_limit;
         self.sync_quic_servers(vip_index, &servers)?;
+        if let Some(limit) = flow_limit {
+            // Before the entry whose flag makes the program read it.
+            self.dp.set_flow_limit(vip_index, limit)?;
+        }
         let vip = self
             .vips
             .get_mut(id)
@@ -1703,6 +1726,9 @@ impl<D: Dataplane> Core<D> {
         }
         if let Some(q) = vip.config.quic {
             flags |= q.to_flags().flags();
+        }
+        if vip.config.new_flow_rate_limit.is_some() {
+            flags |= VIP_F_FLOW_LIMIT;
         }
         let info = VipInfo {
             vip_id: vip.id,
@@ -1870,6 +1896,7 @@ mod tests {
             allowed_sources: Vec::new(),
             stateless: false,
             quic: None,
+            new_flow_rate_limit: None,
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }
@@ -3283,6 +3310,52 @@ mod tests {
         assert_eq!(c.flags & CFG_F_ICMP_TOO_BIG, CFG_F_ICMP_TOO_BIG);
         assert_eq!(c.mtu, 1500);
         assert_eq!(u16::from_be(c.gue_port_be), 9999);
+    }
+
+    /// A VIP's new-flow limit reaches `VIP_FLOW_LIMITS` before the entry that flags it;
+    /// lifted, the flag goes; 0 and unknown VIPs are refused with nothing written.
+    #[test]
+    fn new_flow_rate_limits_are_written_before_the_flag_and_lifted_with_it() {
+        let mut core = Core::new(Recorder::default(), settings()).unwrap();
+        let mut cfg = vip(&["198.18.0.11"]);
+        cfg.new_flow_rate_limit = Some(250);
+        let id = cfg.id();
+        core.add_vip(cfg).unwrap();
+        let (info, _) = live(&core, &id);
+        assert_ne!(info.flags & VIP_F_FLOW_LIMIT, 0);
+        assert_eq!(core.dataplane().flow_limits[&info.vip_id], 250);
+        let w = &core.dataplane().writes;
+        let limit = w
+            .iter()
+            .position(|x| matches!(x, Write::FlowLimit(_, 250)))
+            .unwrap();
+        let vip_write = w
+            .iter()
+            .position(|x| matches!(x, Write::Vip(k, _) if *k == vip_key(&id)))
+            .unwrap();
+        assert!(limit < vip_write, "{w:?}");
+
+        let before = core.dataplane().writes.len();
+        let e = core.set_new_flow_rate_limit(&id, Some(0)).unwrap_err();
+        assert!(e.to_string().contains("no new flow"), "{e}");
+        let other: VipId = "198.18.1.9:80/tcp".parse().unwrap();
+        assert!(core.set_new_flow_rate_limit(&other, Some(5)).is_err());
+        assert_eq!(core.dataplane().writes.len(), before);
+
+        core.set_new_flow_rate_limit(&id, Some(10)).unwrap();
+        assert_eq!(core.dataplane().flow_limits[&info.vip_id], 10);
+        assert_ne!(live(&core, &id).0.flags & VIP_F_FLOW_LIMIT, 0);
+        core.set_new_flow_rate_limit(&id, None).unwrap();
+        assert_eq!(live(&core, &id).0.flags & VIP_F_FLOW_LIMIT, 0);
+        assert_eq!(
+            core.vip(&id).unwrap().running_config().new_flow_rate_limit,
+            None
+        );
+        // A failed write keeps what ran.
+        core.dataplane_mut().fail_next = true;
+        assert!(core.set_new_flow_rate_limit(&id, Some(7)).is_err());
+        assert_eq!(core.vip(&id).unwrap().config.new_flow_rate_limit, None);
+        assert_eq!(live(&core, &id).0.flags & VIP_F_FLOW_LIMIT, 0);
     }
 
     /// A GUE VIP's backends are written GUE from their first write; an IP-in-IP VIP's

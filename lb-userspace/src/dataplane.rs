@@ -19,7 +19,8 @@ use lb_common::{
     maps::{
         Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
         MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
-        MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_RETIRED, MAX_TABLE_SIZE,
+        MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_FLOW_LIMITS, MAP_VIP_RETIRED,
+        MAX_TABLE_SIZE,
     },
     quic::{QuicServer, QuicServerKey, MAP_QUIC_SERVERS},
 };
@@ -110,6 +111,9 @@ pub trait Dataplane: Send {
     ) -> Result<(), DataplaneError>;
     /// Takes a QUIC server ID of a VIP back.
     fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), DataplaneError>;
+    /// Sets the new flows each CPU admits per second to VIP index `vip_id`
+    /// (`VIP_FLOW_LIMITS`; read while its entry has `VIP_F_FLOW_LIMIT`).
+    fn set_flow_limit(&mut self, vip_id: u32, per_cpu: u32) -> Result<(), DataplaneError>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -134,6 +138,7 @@ pub struct AyaDataplane {
     /// `None` only for an older build of the object opened by [`AyaDataplane::for_older_build`].
     source_ranges: Option<LpmTrie<MapData, SourceRange, u32>>,
     quic_servers: Option<HashMap<MapData, QuicServerKey, QuicServer>>,
+    flow_limits: Option<Array<MapData, u32>>,
     tables: Arc<ConnTables>,
 }
 
@@ -157,13 +162,14 @@ impl AyaDataplane {
         let mut dp = Self::for_older_build(ebpf)?;
         dp.source_ranges = Some(take(ebpf, MAP_SOURCE_RANGES)?);
         dp.quic_servers = Some(take(ebpf, MAP_QUIC_SERVERS)?);
+        dp.flow_limits = Some(take(ebpf, MAP_VIP_FLOW_LIMITS)?);
         Ok(dp)
     }
 
     /// As [`AyaDataplane::new`] for a build of the balancer from before client allow-lists
-    /// and QUIC routing (no `SOURCE_RANGES`, `QUIC_SERVERS`): the bench's A/B runs compare
-    /// such builds with the current one. Writing a prefix or a server ID to it fails
-    /// (`MissingMap`).
+    /// QUIC routing and VIP flow limits (no `SOURCE_RANGES`, `QUIC_SERVERS`,
+    /// `VIP_FLOW_LIMITS`): the bench's A/B runs compare such builds with the current one.
+    /// Writing a prefix, a server ID or a limit to it fails (`MissingMap`).
     pub fn for_older_build(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
         let conns_v4: HashMap<MapData, FlowKeyV4, ConnEntry> = take(ebpf, MAP_CONNS_V4)?;
@@ -182,6 +188,7 @@ impl AyaDataplane {
             retired: take(ebpf, MAP_VIP_RETIRED)?,
             source_ranges: None,
             quic_servers: None,
+            flow_limits: None,
             tables,
         })
     }
@@ -307,6 +314,14 @@ impl Dataplane for AyaDataplane {
             .ok_or(DataplaneError::MissingMap(MAP_QUIC_SERVERS))?
             .insert(key, server, 0)
             .map_err(map_err(MAP_QUIC_SERVERS, "insert"))
+    }
+
+    fn set_flow_limit(&mut self, vip_id: u32, per_cpu: u32) -> Result<(), DataplaneError> {
+        self.flow_limits
+            .as_mut()
+            .ok_or(DataplaneError::MissingMap(MAP_VIP_FLOW_LIMITS))?
+            .set(vip_id, per_cpu, 0)
+            .map_err(map_err(MAP_VIP_FLOW_LIMITS, "set"))
     }
 
     fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), DataplaneError> {
@@ -439,6 +454,8 @@ pub enum Write {
     QuicServer(QuicServerKey, QuicServer),
     /// `remove_quic_server`.
     RemoveQuicServer(QuicServerKey),
+    /// `set_flow_limit`.
+    FlowLimit(u32, u32),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -466,6 +483,8 @@ pub struct Recorder {
     pub source_ranges: std::collections::BTreeSet<(u32, SourceRange)>,
     /// Current QUIC server IDs (VIP id, server ID) → backend.
     pub quic_servers: std::collections::BTreeMap<(u32, u32), QuicServer>,
+    /// Current per-CPU new-flow limits by VIP id.
+    pub flow_limits: StdHashMap<u32, u32>,
 }
 
 impl Recorder {
@@ -603,6 +622,13 @@ impl Dataplane for Recorder {
         self.writes.push(Write::QuicServer(*key, *server));
         self.quic_servers
             .insert((key.vip_id, key.server_id), *server);
+        Ok(())
+    }
+
+    fn set_flow_limit(&mut self, vip_id: u32, per_cpu: u32) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::FlowLimit(vip_id, per_cpu));
+        self.flow_limits.insert(vip_id, per_cpu);
         Ok(())
     }
 

@@ -151,6 +151,8 @@ pub enum Step {
     Scheduler(VipId, Scheduler),
     /// A VIP's new idle timeout (`None`: the protocol's default).
     IdleTimeout(VipId, Option<u32>),
+    /// A VIP's new `new_flow_rate_limit` (`None`: no limit).
+    NewFlowRateLimit(VipId, Option<u32>),
     /// A VIP's new slow start (`None`: none). Turned off before a scheduler change and on
     /// after one, since the schedulers that ignore weights refuse a slow start.
     SlowStart(VipId, Option<u32>),
@@ -190,6 +192,10 @@ impl std::fmt::Display for Step {
             Self::Scheduler(id, s) => write!(f, "VIP {id}: scheduler {}", s.name()),
             Self::IdleTimeout(id, Some(t)) => write!(f, "VIP {id}: idle timeout {t} s"),
             Self::IdleTimeout(id, None) => write!(f, "VIP {id}: idle timeout back to the default"),
+            Self::NewFlowRateLimit(id, Some(n)) => {
+                write!(f, "VIP {id}: at most {n} new flows a second on each CPU")
+            }
+            Self::NewFlowRateLimit(id, None) => write!(f, "VIP {id}: no new-flow limit"),
             Self::SlowStart(id, Some(t)) => write!(f, "VIP {id}: slow start over {t} s"),
             Self::SlowStart(id, None) => write!(f, "VIP {id}: no slow start"),
             Self::Sources(id, s) if s.is_empty() => write!(f, "VIP {id}: admits every client"),
@@ -291,6 +297,9 @@ pub fn plan<'a>(
         if vip.idle_timeout_s != now.config.idle_timeout_s {
             steps.push(Step::IdleTimeout(id, vip.idle_timeout_s));
         }
+        if vip.new_flow_rate_limit != now.config.new_flow_rate_limit {
+            steps.push(Step::NewFlowRateLimit(id, vip.new_flow_rate_limit));
+        }
     }
     steps.extend(added);
     Ok(steps)
@@ -380,6 +389,7 @@ pub fn check_fits<D: Dataplane>(
             | Step::Backup(..)
             | Step::Scheduler(..)
             | Step::IdleTimeout(..)
+            | Step::NewFlowRateLimit(..)
             | Step::SlowStart(..)
             | Step::Sources(..)
             | Step::HealthCheck(..) => {}
@@ -678,6 +688,16 @@ mod tests {
         // The default spelled out is no change.
         let same = format!(r#""record_rate_limit": {DEFAULT_RECORD_RATE_LIMIT}, "vips""#);
         assert_eq!(plan_for(&STARTED.replace(r#""vips""#, &same)).unwrap(), []);
+        // A new-flow limit changes in place: one step, set and lifted.
+        let limited = STARTED.replace(
+            r#""port": 80, "protocol": "tcp","#,
+            r#""port": 80, "protocol": "tcp", "new_flow_rate_limit": 100,"#,
+        );
+        let web: VipId = "198.18.1.1:80/tcp".parse().unwrap();
+        assert_eq!(
+            plan_for(&limited).unwrap(),
+            [Step::NewFlowRateLimit(web, Some(100))]
+        );
         // QUIC routing on the running UDP VIP.
         let quic = STARTED.replace(
             r#""port": 53, "protocol": "udp","#,
@@ -972,6 +992,7 @@ mod tests {
             Step::MaxConns(id, a, n) => core.set_max_conns(&id, a, n),
             Step::Scheduler(id, s) => core.set_scheduler(&id, s),
             Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
+            Step::NewFlowRateLimit(id, n) => core.set_new_flow_rate_limit(&id, n),
             Step::SlowStart(id, t) => core.set_slow_start(&id, t),
             Step::Sources(id, s) => core.set_sources(&id, s),
             Step::HealthCheck(id, hc) => core.set_health_check(&id, hc.map(|b| *b)),

@@ -86,6 +86,10 @@ pub enum VipCmd {
         /// IDs with `xlb backend add --quic-server-id`.
         #[arg(long, value_name = "OCTETS")]
         quic_id_bytes: Option<u32>,
+        /// Admit at most N new flows per second on each CPU (beyond, they are dropped and
+        /// their clients retry); recorded flows are never limited.
+        #[arg(long, value_name = "N")]
+        new_flow_rate_limit: Option<u32>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -309,6 +313,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             allow,
             stateless,
             quic_id_bytes,
+            new_flow_rate_limit,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -333,6 +338,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                     server_id_bytes,
                     config_id: 0,
                 }),
+                new_flow_rate_limit,
                 backends,
             };
             (
@@ -1497,6 +1503,7 @@ mod tests {
             allow,
             stateless,
             quic_id_bytes,
+            new_flow_rate_limit,
         }) = parse(&[
             "vip",
             "add",
@@ -1530,12 +1537,15 @@ mod tests {
             "--stateless",
             "--quic-id-bytes",
             "3",
+            "--new-flow-rate-limit",
+            "500",
         ])
         else {
             panic!("not vip add")
         };
         assert!(stateless);
         assert_eq!(quic_id_bytes, Some(3));
+        assert_eq!(new_flow_rate_limit, Some(500));
         assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
         assert_eq!(scheduler, Some(Scheduler::Sh));
         assert_eq!(table_size, Some(251));

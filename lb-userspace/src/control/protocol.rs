@@ -709,6 +709,7 @@ mod tests {
                         allowed_sources: Vec::new(),
                         stateless: false,
                         quic: None,
+                        new_flow_rate_limit: None,
                         backends: vec![
                             BackendConfig {
                                 max_conns: None,
