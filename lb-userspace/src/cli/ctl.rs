@@ -28,7 +28,7 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendMaxConns, BackendRef, BackendRemove, BackendWeight,
-            ControlError, Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd,
+            ControlError, Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd, VipFlowLimit,
             VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler, VipSources,
         },
         DEFAULT_SOCKET,
@@ -112,6 +112,16 @@ pub enum VipCmd {
         /// Seconds, 30..=604800, or `default` (900 for TCP, 300 for UDP).
         #[arg(value_parser = parse_idle_timeout)]
         seconds: IdleTimeout,
+    },
+    /// Admit at most N new flows of a VIP per second on each CPU (beyond, they are dropped
+    /// and their clients retry), or with `none` any number; recorded flows are never
+    /// limited.
+    FlowLimit {
+        /// ADDRESS:PORT[/PROTO].
+        vip: VipId,
+        /// New flows a second on each CPU (1 or more), or `none`.
+        #[arg(value_parser = parse_flow_limit)]
+        limit: FlowLimitArg,
     },
     /// Admit new flows to a VIP only from these client prefixes (recorded flows stay), or
     /// with --any from every client.
@@ -353,6 +363,16 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
         VipCmd::Scheduler { vip, scheduler } => (
             Request::VipScheduler(VipScheduler { vip, scheduler }),
             format!("VIP {vip} now uses {}", scheduler.name()),
+        ),
+        VipCmd::FlowLimit { vip, limit } => (
+            Request::VipFlowLimit(VipFlowLimit {
+                vip,
+                new_flow_rate_limit: limit.0,
+            }),
+            match limit.0 {
+                Some(n) => format!("VIP {vip}: each CPU admits at most {n} new flows a second"),
+                None => format!("VIP {vip}: no new-flow limit"),
+            },
         ),
         VipCmd::IdleTimeout { vip, seconds } => (
             Request::VipIdleTimeout(VipIdleTimeout {
@@ -1026,6 +1046,20 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// `xlb vip flow-limit`'s argument: new flows a second on each CPU, or `None` for no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLimitArg(pub Option<u32>);
+
+fn parse_flow_limit(s: &str) -> Result<FlowLimitArg, String> {
+    if s == "none" {
+        return Ok(FlowLimitArg(None));
+    }
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!("{s:?}: give 1 or more new flows a second, or none")),
+        Ok(n) => Ok(FlowLimitArg(Some(n))),
+    }
+}
+
 /// `xlb vip idle-timeout`'s argument: seconds, or `None` for the protocol's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdleTimeout(pub Option<u32>);
@@ -1686,6 +1720,18 @@ mod tests {
                 "198.18.0.11",
                 bad,
             ];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad} accepted");
+        }
+        for (arg, want) in [("250", Some(250)), ("none", None)] {
+            let Top::Vip(VipCmd::FlowLimit { limit, .. }) =
+                parse(&["vip", "flow-limit", "198.18.1.1:80", arg])
+            else {
+                panic!("not vip flow-limit")
+            };
+            assert_eq!(limit, FlowLimitArg(want));
+        }
+        for bad in ["0", "-1", "lots"] {
+            let argv = ["xlb", "vip", "flow-limit", "198.18.1.1:80", bad];
             assert!(Cli::try_parse_from(argv).is_err(), "{bad} accepted");
         }
         for (arg, want) in [("3600", Some(3600)), ("default", None)] {

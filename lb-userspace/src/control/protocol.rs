@@ -99,6 +99,9 @@ pub enum Request {
     /// Sets a VIP's idle timeout for least-connection counts.
     #[serde(rename = "vip.idle_timeout")]
     VipIdleTimeout(VipIdleTimeout),
+    /// Sets or lifts a VIP's `new_flow_rate_limit`.
+    #[serde(rename = "vip.flow_limit")]
+    VipFlowLimit(VipFlowLimit),
     /// Sets the client prefixes a VIP admits new flows from.
     #[serde(rename = "vip.sources")]
     VipSources(VipSources),
@@ -190,6 +193,16 @@ pub struct VipIdleTimeout {
     pub vip: VipId,
     /// Seconds (30..=604800), or `null` for the protocol's default.
     pub idle_timeout_s: Option<u32>,
+}
+
+/// Body of `vip.flow_limit`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipFlowLimit {
+    /// The VIP.
+    pub vip: VipId,
+    /// New flows each CPU admits per second (1 or more), or `null` for no limit.
+    pub new_flow_rate_limit: Option<u32>,
 }
 
 /// Body of `vip.sources`.
@@ -375,6 +388,7 @@ pub const OPS: &[&str] = &[
     "vip.remove",
     "vip.scheduler",
     "vip.idle_timeout",
+    "vip.flow_limit",
     "vip.sources",
     "vip.health_check",
     "backend.add",
@@ -402,6 +416,7 @@ impl Request {
             Self::VipRemove(_) => "vip.remove",
             Self::VipScheduler(_) => "vip.scheduler",
             Self::VipIdleTimeout(_) => "vip.idle_timeout",
+            Self::VipFlowLimit(_) => "vip.flow_limit",
             Self::VipSources(_) => "vip.sources",
             Self::VipHealthCheck(_) => "vip.health_check",
             Self::BackendAdd(_) => "backend.add",
@@ -444,6 +459,7 @@ impl Request {
             "vip.remove" => Self::VipRemove(parse_body(body)?),
             "vip.scheduler" => Self::VipScheduler(parse_body(body)?),
             "vip.idle_timeout" => Self::VipIdleTimeout(parse_body(body)?),
+            "vip.flow_limit" => Self::VipFlowLimit(parse_body(body)?),
             "vip.sources" => Self::VipSources(parse_body(body)?),
             "vip.health_check" => Self::VipHealthCheck(parse_body(body)?),
             "backend.add" => Self::BackendAdd(parse_body(body)?),
@@ -747,6 +763,13 @@ mod tests {
                 Request::VipIdleTimeout(VipIdleTimeout {
                     vip: vip_id(),
                     idle_timeout_s: Some(3600),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"vip.flow_limit","vip":"198.18.1.1:80/tcp","new_flow_rate_limit":500}"#,
+                Request::VipFlowLimit(VipFlowLimit {
+                    vip: vip_id(),
+                    new_flow_rate_limit: Some(500),
                 }),
             ),
             (

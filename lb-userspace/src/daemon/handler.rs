@@ -191,6 +191,16 @@ impl Handler for DaemonHandler {
                     ),
                 })
             }
+            Request::VipFlowLimit(r) => {
+                d.set_new_flow_rate_limit(&r.vip, r.new_flow_rate_limit)?;
+                done(match r.new_flow_rate_limit {
+                    Some(n) => format!(
+                        "VIP {}: each CPU admits at most {n} new flows a second",
+                        r.vip
+                    ),
+                    None => format!("VIP {}: no new-flow limit", r.vip),
+                })
+            }
             Request::VipSources(r) => {
                 let said = sources_done(&r);
                 d.set_sources(&r.vip, r.allowed_sources)?;

@@ -656,6 +656,15 @@ impl Daemon {
         self.core.set_idle_timeout(vip, idle_s)
     }
 
+    /// Sets or lifts a VIP's `new_flow_rate_limit`.
+    pub fn set_new_flow_rate_limit(
+        &mut self,
+        vip: &VipId,
+        limit: Option<u32>,
+    ) -> Result<(), CoreError> {
+        self.core.set_new_flow_rate_limit(vip, limit)
+    }
+
     /// Makes the running VIPs and settings the config file's `new` (validated): see
     /// `reload`. A change that needs a restart is refused before anything changes. A step
     /// that fails (out of slots, no outer source) stops the reload there: the error says
@@ -674,7 +683,7 @@ impl Daemon {
                 reload::Step::MaxConns(id, a, n) => self.set_max_conns(&id, a, n),
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
-                reload::Step::NewFlowRateLimit(id, n) => self.core.set_new_flow_rate_limit(&id, n),
+                reload::Step::NewFlowRateLimit(id, n) => self.set_new_flow_rate_limit(&id, n),
                 reload::Step::SlowStart(id, t) => self.set_slow_start(&id, t),
                 reload::Step::Sources(id, s) => self.set_sources(&id, s),
                 reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),

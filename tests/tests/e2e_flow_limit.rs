@@ -1,0 +1,61 @@
+//! End-to-end: a VIP's `new_flow_rate_limit` against a burst of real connections. With 3
+//! new flows a second per CPU, a burst of 20 connections to a web VIP has some turned away
+//! (their SYNs dropped and counted `vip_flow_limit`; the backends' health checks, straight
+//! to them, are not); `xlb vip flow-limit VIP none` lifts it at once and the same burst is
+//! served whole.
+
+use std::{net::SocketAddr, time::Duration};
+
+use xlb_tests::{
+    netns::require_root,
+    topology::{http_get, DemoNet, VIP4},
+};
+
+/// A burst of `n` new connections, each given `timeout` to answer; the unanswered count.
+fn burst(net: &DemoNet, vip: SocketAddr, n: usize, timeout: Duration) -> usize {
+    (0..n)
+        .filter(|_| http_get(&net.client, vip, "/", timeout).is_err())
+        .count()
+}
+
+#[test]
+fn a_burst_of_new_connections_is_held_to_the_vips_rate_and_lifting_it_serves_all() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2efl", 2);
+    net.start_backends();
+    let cfg = net.config_json().replacen(
+        r#""protocol": "tcp","#,
+        r#""protocol": "tcp", "new_flow_rate_limit": 3,"#,
+        1,
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let status = net.status_json(&sock);
+    assert_eq!(status["vips"][0]["new_flow_rate_limit"], 3, "{status}");
+
+    // Half a second each: a dropped SYN's first retry comes after a second.
+    let lost = burst(&net, vip, 20, Duration::from_millis(500));
+    assert!(
+        lost > 0,
+        "20 new connections all admitted under a limit of 3 a second"
+    );
+    assert!(lost < 20, "no connection admitted at all");
+    let stats = net.stats_json(&sock);
+    let limited = stats["reasons"]["vip_flow_limit"].as_u64().unwrap_or(0);
+    assert!(
+        limited >= lost as u64,
+        "vip_flow_limit {limited} for {lost} lost: {stats}"
+    );
+
+    net.ctl(&sock, &["vip", "flow-limit", &format!("{VIP4}:80"), "none"]);
+    let lost = burst(&net, vip, 20, Duration::from_secs(2));
+    assert_eq!(lost, 0, "lost connections with the limit lifted");
+    let status = net.status_json(&sock);
+    assert!(
+        status["vips"][0]["new_flow_rate_limit"].is_null(),
+        "{status}"
+    );
+}
