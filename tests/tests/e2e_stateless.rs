@@ -50,6 +50,9 @@ fn ask(net: &DemoNet, vip: SocketAddr) -> BTreeMap<String, usize> {
         "[::]:0".parse().unwrap()
     };
     let mut by = BTreeMap::new();
+    // Every socket kept to the end: a port freed by one query could be the next one's,
+    // and two queries on one 5-tuple are one flow (the recording VIP then lists 39).
+    let mut sockets = Vec::with_capacity(QUERIES);
     for q in 0..QUERIES {
         let s = UdpSocket::bind(any).expect("bind");
         s.set_read_timeout(Some(Duration::from_secs(1)))
@@ -62,6 +65,7 @@ fn ask(net: &DemoNet, vip: SocketAddr) -> BTreeMap<String, usize> {
         let n = answer.unwrap_or_else(|| panic!("query {q} to {vip}: no answer"));
         let name = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
         *by.entry(name).or_insert(0) += 1;
+        sockets.push(s);
     }
     by
 }
