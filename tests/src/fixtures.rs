@@ -354,13 +354,26 @@ pub fn encapsulated_via(
     hash: u32,
 ) -> Vec<u8> {
     let inner = packet::ip_packet(input);
-    let inner_v4 = inner.first().is_some_and(|b| b >> 4 == 4);
-    let tos = inner_tos(inner);
-    let proto = if inner_v4 {
+    let proto = if inner.first().is_some_and(|b| b >> 4 == 4) {
         packet::PROTO_IPIP
     } else {
         packet::PROTO_IPV6
     };
+    tunnel_frame(input, (dmac, smac), (src, backend), proto, hash, inner)
+}
+
+/// The frame of a tunnel from `src` to `backend` (its family's outer header: TOS / traffic
+/// class copied from `input`'s packet, the flow label from `hash`) carrying `payload` as
+/// protocol `proto`, behind `macs` (destination, source) and `input`'s VLAN tag.
+fn tunnel_frame(
+    input: &[u8],
+    (dmac, smac): (Mac, Mac),
+    (src, backend): (IpAddr, IpAddr),
+    proto: u8,
+    hash: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let tos = inner_tos(packet::ip_packet(input));
     let vlan = vlan_of(input);
     match (src, backend) {
         (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(
@@ -368,14 +381,14 @@ pub fn encapsulated_via(
             smac,
             vlan,
             ETHERTYPE_IPV4,
-            &ipv4_outer(s, b, proto, tos, 64, 0, true, inner),
+            &ipv4_outer(s, b, proto, tos, 64, 0, true, payload),
         ),
         (IpAddr::V6(s), IpAddr::V6(b)) => eth_frame(
             dmac,
             smac,
             vlan,
             ETHERTYPE_IPV6,
-            &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, inner),
+            &ipv6_outer(s, b, proto, tos, hash & 0xf_ffff, 64, payload),
         ),
         _ => panic!("outer source and backend families differ"),
     }
@@ -412,27 +425,8 @@ pub fn gue_encapsulated(
     hash: u32,
     port: u16,
 ) -> Vec<u8> {
-    let inner = packet::ip_packet(input);
-    let tos = inner_tos(inner);
-    let udp = gue_udp(port, hash, inner);
-    let vlan = vlan_of(input);
-    match (src, backend) {
-        (IpAddr::V4(s), IpAddr::V4(b)) => eth_frame(
-            NEXTHOP_MAC,
-            LB_MAC,
-            vlan,
-            ETHERTYPE_IPV4,
-            &ipv4_outer(s, b, 17, tos, 64, 0, true, &udp),
-        ),
-        (IpAddr::V6(s), IpAddr::V6(b)) => eth_frame(
-            NEXTHOP_MAC,
-            LB_MAC,
-            vlan,
-            ETHERTYPE_IPV6,
-            &ipv6_outer(s, b, 17, tos, hash & 0xf_ffff, 64, &udp),
-        ),
-        _ => panic!("outer source and backend families differ"),
-    }
+    let udp = gue_udp(port, hash, packet::ip_packet(input));
+    tunnel_frame(input, (NEXTHOP_MAC, LB_MAC), (src, backend), 17, hash, &udp)
 }
 
 fn vlan_of(frame: &[u8]) -> Option<u16> {
