@@ -237,12 +237,12 @@ pub extern "C" fn xlb_schedule(
     } else {
         0
     };
+    // A named flow is a new path of a connection its backend already has: counted on its
+    // first path, and no new flow for the VIP's rate limit.
     let mut vip = vip;
     if named != 0 {
-        // A named flow is a new path of a connection counted on its first one.
         vip.flags &= !VIP_F_COUNT_ACTIVE;
     } else if vip.flags & VIP_F_FLOW_LIMIT != 0 && !maps::vip_flow_admitted(vip.vip_id) {
-        // A new path of a known connection is no new flow for the backends: never limited.
         return pack(Err(Drop::VipFlowLimit));
     }
     match unpack(select::pick(s, &vip, true, tcp_flags as u8, named)) {
