@@ -1272,16 +1272,24 @@ pub(super) fn vip_blocks(
 
 fn render_status(status: &Value) -> String {
     let head = |vip: &Value| {
-        format!(
-            "scheduler {}  table {}{}",
+        let mut h = format!(
+            "scheduler {}  table {}",
             field(vip, "scheduler"),
-            field(vip, "table_size"),
-            if vip.get("stateless") == Some(&Value::Bool(true)) {
-                "  stateless (no flow recorded)"
-            } else {
-                ""
-            }
-        )
+            field(vip, "table_size")
+        );
+        if vip.get("stateless") == Some(&Value::Bool(true)) {
+            h.push_str("  stateless (no flow recorded)");
+        }
+        if vip.get("encap").and_then(Value::as_str) == Some("gue") {
+            h.push_str("  gue tunnels");
+        }
+        if let Some(n) = vip["quic"]["server_id_bytes"].as_u64() {
+            let _ = write!(h, "  quic (server IDs of {n} octets)");
+        }
+        if let Some(n) = vip["new_flow_rate_limit"].as_u64() {
+            let _ = write!(h, "  at most {n} new flows/s per CPU");
+        }
+        h
     };
     let mut out = vip_blocks(list(status, "vips"), head, |vip, out| {
         let _ = writeln!(
@@ -1315,8 +1323,12 @@ fn render_status(status: &Value) -> String {
             ("HEALTH", false),
         ]);
         for b in backends {
+            let address = match b["quic_server_id"].as_u64() {
+                Some(id) => format!("{} (quic {id})", field(b, "address")),
+                None => field(b, "address"),
+            };
             t.row(vec![
-                field(b, "address"),
+                address,
                 field(b, "weight"),
                 state_cell(b),
                 field(b, "active_flows"),
@@ -1859,6 +1871,16 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         );
         assert!(listed.contains("1/2"), "{listed}");
         assert!(render_status(&json!({"vips": []})).starts_with("no VIPs"));
+        // What else a VIP is, in its head line; a backend's QUIC server ID by its address.
+        let quic = render_status(&json!({"vips": [{"vip": "198.18.1.1:443/udp",
+            "scheduler": "maglev", "table_size": 65537, "encap": "gue",
+            "quic": {"server_id_bytes": 2, "config_id": 0}, "new_flow_rate_limit": 500,
+            "backends": [{"address": "198.18.0.11", "quic_server_id": 7, "state": "up"}]}]}));
+        assert!(
+            quic.contains("table 65537  gue tunnels  quic (server IDs of 2 octets)  at most 500 new flows/s per CPU\n"),
+            "{quic}"
+        );
+        assert!(quic.contains("198.18.0.11 (quic 7)"), "{quic}");
         // A VIP left to its backups says so.
         let on_backups = |backup_state: &str| {
             render_status(&json!({"vips": [{"vip": "198.18.1.1:80/tcp", "backends": [

@@ -991,6 +991,7 @@ impl Daemon {
                     "name": v.config.name,
                     "scheduler": v.config.scheduler,
                     "stateless": v.config.stateless,
+                    "encap": v.config.encap,
                     "quic": v.config.quic,
                     "new_flow_rate_limit": v.config.new_flow_rate_limit,
                     "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
