@@ -260,12 +260,17 @@ pub enum BackendCmd {
 pub struct MaxConnsArg(pub Option<u32>);
 
 fn parse_max_conns(s: &str) -> Result<MaxConnsArg, String> {
+    limit_or_none(s, "active flows").map(MaxConnsArg)
+}
+
+/// A limit argument: 1 or more `what`, or `none` for no limit.
+fn limit_or_none(s: &str, what: &str) -> Result<Option<u32>, String> {
     if s == "none" {
-        return Ok(MaxConnsArg(None));
+        return Ok(None);
     }
     match s.parse::<u32>() {
-        Ok(0) | Err(_) => Err(format!("{s:?}: give 1 or more active flows, or none")),
-        Ok(n) => Ok(MaxConnsArg(Some(n))),
+        Ok(0) | Err(_) => Err(format!("{s:?}: give 1 or more {what}, or none")),
+        Ok(n) => Ok(Some(n)),
     }
 }
 
@@ -1051,13 +1056,7 @@ fn plural(n: usize) -> &'static str {
 pub struct FlowLimitArg(pub Option<u32>);
 
 fn parse_flow_limit(s: &str) -> Result<FlowLimitArg, String> {
-    if s == "none" {
-        return Ok(FlowLimitArg(None));
-    }
-    match s.parse::<u32>() {
-        Ok(0) | Err(_) => Err(format!("{s:?}: give 1 or more new flows a second, or none")),
-        Ok(n) => Ok(FlowLimitArg(Some(n))),
-    }
+    limit_or_none(s, "new flows a second").map(FlowLimitArg)
 }
 
 /// `xlb vip idle-timeout`'s argument: seconds, or `None` for the protocol's default.
