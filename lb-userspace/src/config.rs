@@ -687,6 +687,7 @@ impl VipConfig {
             .map_err(|m| ConfigError::new(format!("{at}.new_flow_rate_limit"), m))?;
         if let Some(hc) = &self.health_check {
             hc.validate()
+                .and_then(|()| hc.check_files())
                 .map_err(|e| ConfigError::new(format!("{at}.health_check"), e.to_string()))?;
         }
         if self.backends.len() > MAX_BACKENDS_PER_VIP {

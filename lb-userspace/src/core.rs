@@ -1504,6 +1504,7 @@ impl<D: Dataplane> Core<D> {
     ) -> Result<(), CoreError> {
         if let Some(hc) = &check {
             hc.validate()
+                .and_then(|()| hc.check_files())
                 .map_err(|e| ConfigError::new("health_check", e.to_string()))?;
         }
         crate::config::check_health_port(id.port, check.as_ref())
@@ -1931,6 +1932,28 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         (info, t[..info.table_size as usize].to_vec())
+    }
+
+    /// A health check whose `ca_file` the daemon cannot use is refused with the file's
+    /// fault, and the VIP keeps the check it had.
+    #[test]
+    fn a_health_check_with_an_unusable_ca_file_is_refused() {
+        let (mut core, id) = core_with(&["198.18.0.11"]);
+        let https = |ca_file: &str| HealthCheckConfig {
+            kind: crate::health::CheckKind::Https,
+            ca_file: Some(ca_file.into()),
+            ..HealthCheckConfig::default()
+        };
+        let missing = format!("/nonexistent-xlb-{}/ca.pem", std::process::id());
+        let e = core
+            .set_health_check(&id, Some(https(&missing)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("health_check") && e.contains(&missing) && e.contains("No such file"),
+            "{e}"
+        );
+        assert_eq!(core.vip(&id).unwrap().config.health_check, None);
     }
 
     /// `max_conns` reaches the backend's entry (`max_active`, 0 for none), only under a

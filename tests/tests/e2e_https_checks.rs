@@ -3,6 +3,8 @@
 //! config gives sent as SNI and the header the health endpoint wants, clients reach the service through the VIP over TLS (DSR), a
 //! backend that answers plain HTTP on the port (a `tcp` check would still pass) goes down
 //! with the failed handshake as its reason, and comes back when TLS does. Both families.
+//! With `ca_file`, a backend whose certificate has expired goes down saying so, while the
+//! same backend passes a check without it, and comes back with a renewed certificate.
 
 use std::{
     net::SocketAddr,
@@ -230,4 +232,150 @@ fn https_checks_pass_over_tls_and_fail_a_backend_without_it() {
     drop(plain);
     servers.push(serve_tls(&net, 1, &cert, &key));
     net.until(&sock, "b2 up again", &all_up);
+}
+
+/// A CA of this test's own: its certificate in `dir/ca.pem`; it issues certificates for
+/// [`HOST`] valid now, or expired.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "xlb e2e CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write ca.pem");
+        Self {
+            cert,
+            key,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for [`HOST`] and its key, in files named after `label`.
+    fn issue(&self, label: &str, expired: bool) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        let mut params = CertificateParams::new(vec![HOST.to_owned()]).expect("params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("certificate");
+        let paths = (
+            self.dir.join(format!("{label}-cert.pem")),
+            self.dir.join(format!("{label}-key.pem")),
+        );
+        std::fs::write(&paths.0, cert.pem()).expect("write cert");
+        std::fs::write(&paths.1, key.serialize_pem()).expect("write key");
+        paths
+    }
+}
+
+#[test]
+fn verified_https_checks_take_out_a_backend_whose_certificate_expired() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2eca", 2);
+    for i in 0..2 {
+        net.start_decap(i);
+    }
+    let ca = TestCa::new(&net.dir);
+    let (good, expired) = (ca.issue("good", false), ca.issue("expired", true));
+    let mut servers = vec![
+        serve_tls(&net, 0, &good.0, &good.1),
+        serve_tls(&net, 1, &expired.0, &expired.1),
+    ];
+    let ca_file = serde_json::to_string(&ca.ca_file()).expect("path as JSON");
+    let check = |ca: &str| {
+        format!(
+            r#"{{"kind": "https", "path": "/healthz", "host": "{HOST}", "expect_body": "ok", "headers": {{"X-Health-Token": "xlb"}}, {ca} "interval_ms": 300, "timeout_ms": 250, "rise": 2, "fall": 2, "down_interval_ms": 300}}"#
+        )
+    };
+    // One VIP per family verifies; a third, IPv4 on another port, does not.
+    let verified = check(&format!(r#""ca_file": {ca_file},"#));
+    let any = check("");
+    let config = format!(
+        r#"{{"vips": [
+            {{"address": "{VIP4}", "port": {PORT}, "protocol": "tcp", "health_check": {verified},
+              "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}},
+            {{"address": "{VIP6}", "port": {PORT}, "protocol": "tcp", "health_check": {verified},
+              "backends": [{{"address": "fd00::11"}}, {{"address": "fd00::12"}}]}},
+            {{"address": "{VIP4}", "port": 8443, "protocol": "tcp",
+              "health_check": {any_with_port},
+              "backends": [{{"address": "198.18.0.11"}}, {{"address": "198.18.0.12"}}]}}]}}"#,
+        any_with_port = any.replacen('{', &format!(r#"{{"port": {PORT}, "#), 1)
+    );
+    let (_lb, sock) = net.start_lb(&config, &[]);
+    net.wait_ready(&sock);
+    let state = |net: &DemoNet, key: &str| net.backend_states(&sock).get(key).cloned();
+    let b2_keys = [
+        format!("{VIP4}:{PORT}/tcp 198.18.0.12"),
+        format!("[{VIP6}]:{PORT}/tcp fd00::12"),
+    ];
+    let b1_keys = [
+        format!("{VIP4}:{PORT}/tcp 198.18.0.11"),
+        format!("[{VIP6}]:{PORT}/tcp fd00::11"),
+        format!("{VIP4}:8443/tcp 198.18.0.11"),
+    ];
+    let unverified_b2 = format!("{VIP4}:8443/tcp 198.18.0.12");
+    let settled = |net: &DemoNet| {
+        b1_keys
+            .iter()
+            .chain([&unverified_b2])
+            .all(|k| state(net, k).as_deref() == Some("up"))
+            && b2_keys
+                .iter()
+                .all(|k| state(net, k).as_deref() == Some("down"))
+    };
+    let before = net.checks_ok(&sock);
+    net.until(&sock, "b2 down where verified, everyone else up", &|net| {
+        net.checks_ok(&sock) >= before + 8 && settled(net)
+    });
+    // The reason names the certificate's fault; only the verified checks fail.
+    let errors: Vec<String> = last_errors(&net, &sock, "198.18.0.12")
+        .into_iter()
+        .chain(last_errors(&net, &sock, "fd00::12"))
+        .filter(|e| !e.is_empty())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for e in &errors {
+        assert!(
+            e.starts_with("TLS handshake failed: ") && e.contains("expired"),
+            "{e}"
+        );
+    }
+    // Clients of the verified VIPs reach b1 only.
+    for vip in [VIP4, VIP6] {
+        for body in fetch(&net, vip, 6) {
+            assert_eq!(body, "b1", "{vip}");
+        }
+    }
+
+    // b2 renewed (same CA): up again under the verified checks.
+    let renewed = ca.issue("renewed", false);
+    servers.pop();
+    servers.push(serve_tls(&net, 1, &renewed.0, &renewed.1));
+    net.until(&sock, "b2 up with a renewed certificate", &|net| {
+        b2_keys
+            .iter()
+            .all(|k| state(net, k).as_deref() == Some("up"))
+    });
 }

@@ -1,6 +1,6 @@
 //! The per-VIP health-check configuration as it appears in the JSON config, and its validation.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -14,7 +14,8 @@ pub enum CheckKind {
     Tcp,
     /// An HTTP/1.1 `GET` whose status (and optionally body) is checked.
     Http,
-    /// The same `GET` over TLS (the certificate is not verified: see `health::tls`).
+    /// The same `GET` over TLS (the certificate is verified only against a `ca_file`: see
+    /// `health::tls`).
     Https,
     /// A UDP datagram that must draw any reply (optionally containing `expect`).
     Udp,
@@ -111,6 +112,12 @@ pub struct HealthCheckConfig {
     /// else none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// `https`: a PEM file of CA certificates; when set, a backend's certificate must chain
+    /// to one of them, be valid now and name the server (`sni`, else the backend's
+    /// address). `None`: any certificate (see `health::tls` for why that is the default).
+    /// Read again whenever it changes, so a CA rotation needs no reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// `http`, `https`: the status code a healthy backend answers with.
     pub expect_status: u16,
     /// `http`, `https`: a substring the first 64 KiB of the body must contain.
@@ -149,6 +156,7 @@ impl Default for HealthCheckConfig {
             headers: BTreeMap::new(),
             host: None,
             sni: None,
+            ca_file: None,
             expect_status: 200,
             expect_body: None,
             send: None,
@@ -203,6 +211,10 @@ pub enum HealthConfigError {
     PortRequired { kind: &'static str },
     #[error("sni applies to https checks only, this one is {kind}")]
     SniWithoutTls { kind: &'static str },
+    #[error("ca_file applies to https checks only, this one is {kind}")]
+    CaFileWithoutTls { kind: &'static str },
+    #[error("ca_file {path:?}: {reason}")]
+    BadCaFile { path: PathBuf, reason: String },
     #[error("sni {name:?}: {reason}")]
     BadSni { name: String, reason: &'static str },
     #[error("header {name:?}: {reason}")]
@@ -257,6 +269,21 @@ impl HealthCheckConfig {
                 name: name.clone(),
                 reason,
             })?;
+        }
+        if let Some(path) = &self.ca_file {
+            if self.kind != CheckKind::Https {
+                return Err(HealthConfigError::CaFileWithoutTls {
+                    kind: self.kind.as_str(),
+                });
+            }
+            // The daemon's working directory is not the config file's: a relative path
+            // would name a different file under systemd than in a shell.
+            if !path.is_absolute() {
+                return Err(HealthConfigError::BadCaFile {
+                    path: path.clone(),
+                    reason: "must be an absolute path".to_owned(),
+                });
+            }
         }
         self.validate_headers()?;
         if self.method == HttpMethod::Head && self.expect_body.is_some() {
@@ -337,6 +364,23 @@ impl HealthCheckConfig {
         let (lo, hi) = THRESHOLD_RANGE;
         in_range("rise", self.rise.into(), lo.into(), hi.into())?;
         in_range("fall", self.fall.into(), lo.into(), hi.into())
+    }
+
+    /// Reads the files the config names (`ca_file`): what the daemon checks when a config or
+    /// control request brings a check in, so a path it cannot use is refused with its
+    /// reason there rather than failing every backend's checks. Not part of
+    /// [`Self::validate`]: `xlb` commands validate checks they send on a host (or as a
+    /// user) that may not see the daemon's files.
+    pub fn check_files(&self) -> Result<(), HealthConfigError> {
+        match &self.ca_file {
+            Some(path) => super::tls::check_ca_file(path)
+                .map(|_| ())
+                .map_err(|reason| HealthConfigError::BadCaFile {
+                    path: path.clone(),
+                    reason,
+                }),
+            None => Ok(()),
+        }
     }
 
     /// The port to probe: the configured one, else the VIP's port the caller passes in.
@@ -568,6 +612,61 @@ mod tests {
                 .expect_err("not a DNS name");
             assert_eq!(err.to_string(), format!("sni {name:?}: {reason}"));
         }
+    }
+
+    #[test]
+    fn ca_file_is_an_absolute_path_for_https_only_and_a_file_of_certificates() {
+        let dir = std::env::temp_dir().join(format!("xlb-ca-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca = crate::health::test_util::TestCa::new("config CA");
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca.pem()).expect("write");
+        let with = |kind: &str, path: &std::path::Path| {
+            parse(&format!(
+                r#"{{"kind": "{kind}", "ca_file": {}}}"#,
+                serde_json::to_string(path).expect("path")
+            ))
+            .expect("parses")
+        };
+        let cfg = with("https", &good);
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.check_files(), Ok(()));
+        // Written back as given (dump-config).
+        let json = serde_json::to_value(&cfg).expect("serializes");
+        assert_eq!(json["ca_file"], good.to_str().expect("utf-8 path"));
+        assert_eq!(
+            with("http", &good).validate().map_err(|e| e.to_string()),
+            Err("ca_file applies to https checks only, this one is http".to_owned())
+        );
+        assert_eq!(
+            with("https", std::path::Path::new("ca.pem"))
+                .validate()
+                .map_err(|e| e.to_string()),
+            Err(r#"ca_file "ca.pem": must be an absolute path"#.to_owned())
+        );
+        // The files themselves: missing, empty of certificates, not a certificate.
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "# nothing here\n").expect("write");
+        let key = dir.join("key.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for (path, why) in [
+            (dir.join("missing.pem"), "No such file"),
+            (empty, "holds no PEM certificate"),
+            (key, "certificate 1 of the file: "),
+        ] {
+            let cfg = with("https", &path);
+            assert_eq!(cfg.validate(), Ok(()), "{path:?}: not read by validate");
+            let err = cfg.check_files().expect_err("unusable file").to_string();
+            assert!(
+                err.starts_with(&format!("ca_file {path:?}: ")) && err.contains(why),
+                "{err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

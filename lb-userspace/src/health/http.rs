@@ -49,8 +49,13 @@ pub struct HttpProbe {
 impl HttpProbe {
     /// An `http` or `https` probe, as `cfg.kind` says.
     pub fn from_config(cfg: &HealthCheckConfig, bind: Option<IpAddr>) -> Self {
-        let tls = (cfg.kind == CheckKind::Https)
-            .then(|| TlsClient::new(cfg.sni.as_deref(), cfg.host.as_deref()));
+        let tls = (cfg.kind == CheckKind::Https).then(|| {
+            TlsClient::new(
+                cfg.sni.as_deref(),
+                cfg.host.as_deref(),
+                cfg.ca_file.as_deref(),
+            )
+        });
         Self {
             path: cfg.path.clone(),
             host: cfg.host.clone(),
@@ -336,7 +341,7 @@ mod tests {
     use super::*;
     use crate::health::test_util::{
         closed_tcp_port, http_server, recording_http_server, silent_tcp_server, tls_server,
-        TlsClose, SLACK,
+        tls_server_with, TestCa, TlsClose, Validity, SLACK,
     };
 
     fn probe(expect_body: Option<&str>) -> HttpProbe {
@@ -567,7 +572,7 @@ mod tests {
     fn https(expect_body: Option<&str>, sni: Option<&str>, host: Option<&str>) -> HttpProbe {
         HttpProbe {
             host: host.map(str::to_owned),
-            tls: Some(TlsClient::new(sni, host)),
+            tls: Some(TlsClient::new(sni, host, None)),
             ..probe(expect_body)
         }
     }
@@ -702,5 +707,120 @@ mod tests {
             .await
             .expect_err("closed");
         assert!(matches!(err, ProbeError::Refused), "{err:?}");
+    }
+
+    /// An `https` probe verifying against `ca_file`.
+    fn verifying(ca_file: &std::path::Path, sni: Option<&str>) -> HttpProbe {
+        HttpProbe {
+            tls: Some(TlsClient::new(sni, None, Some(ca_file))),
+            ..probe(Some("ok"))
+        }
+    }
+
+    /// A directory of this test's own.
+    fn temp_dir(label: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("xlb-ca-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// Replaces `path` by a file holding `content`, as operators (and their tools) replace
+    /// certificates: a new file renamed over the old one.
+    fn replace(path: &std::path::Path, content: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, content).expect("write");
+        std::fs::rename(&tmp, path).expect("rename");
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// The check's error against a server presenting `cert`, or `None` when it passes.
+    async fn verify_against(
+        ip: &str,
+        cert: crate::health::test_util::CertAndKey,
+        probe: &HttpProbe,
+    ) -> Option<String> {
+        let (target, server, _names) = tls_server_with(ip, OK, TlsClose::Clean, cert).await;
+        let got = probe.check(target).await.err().map(|e| e.to_string());
+        server.abort();
+        got
+    }
+
+    #[tokio::test]
+    async fn https_with_ca_file_verifies_issuer_expiry_and_name() {
+        let dir = temp_dir("verify");
+        let ca = TestCa::new("xlb test CA");
+        let other = TestCa::new("another CA");
+        let ca_file = dir.join("ca.pem");
+        replace(&ca_file, &ca.pem());
+        for ip in ["127.0.0.1", "::1"] {
+            let good = || ca.issue(&[ip, "api.example"], Validity::Now);
+            // Named by the address (no SNI), or by the SNI name.
+            assert_eq!(
+                verify_against(ip, good(), &verifying(&ca_file, None)).await,
+                None
+            );
+            let by_name = verifying(&ca_file, Some("api.example"));
+            assert_eq!(verify_against(ip, good(), &by_name).await, None);
+            // Another name, another issuer, an expired certificate: each fails, saying why.
+            let cases = [
+                (good(), Some("web.example"), "not valid for name"),
+                (other.issue(&[ip], Validity::Now), None, "UnknownIssuer"),
+                (ca.issue(&[ip], Validity::Expired), None, "expired"),
+            ];
+            for (cert, sni, why) in cases {
+                let err = verify_against(ip, cert, &verifying(&ca_file, sni))
+                    .await
+                    .unwrap_or_else(|| panic!("{ip} {sni:?}: passed, should fail: {why}"));
+                assert!(err.starts_with("TLS handshake failed: "), "{err}");
+                assert!(err.contains(why), "{ip} {sni:?}: {err}");
+            }
+            // Without ca_file the same certificates pass: verification is opt-in.
+            let any = https(Some("ok"), None, None);
+            assert_eq!(
+                verify_against(ip, ca.issue(&[ip], Validity::Expired), &any).await,
+                None
+            );
+            assert_eq!(
+                verify_against(ip, other.issue(&[ip], Validity::Now), &any).await,
+                None
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_changed_ca_file_applies_to_the_next_check_and_a_broken_one_keeps_the_last() {
+        let dir = temp_dir("rotate");
+        let (old_ca, new_ca) = (TestCa::new("old CA"), TestCa::new("new CA, rotated in"));
+        let ca_file = dir.join("ca.pem");
+        replace(&ca_file, &old_ca.pem());
+        let (target, server, _names) = tls_server_with(
+            "127.0.0.1",
+            OK,
+            TlsClose::Clean,
+            new_ca.issue(&["127.0.0.1"], Validity::Now),
+        )
+        .await;
+        let probe = verifying(&ca_file, None);
+        let err = probe.check(target).await.expect_err("old CA only");
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        // The rotation: both CAs in the file; the same probe (no reload) passes.
+        replace(&ca_file, &format!("{}{}", old_ca.pem(), new_ca.pem()));
+        probe.check(target).await.expect("new CA trusted");
+        // A broken file, then none: the last good version keeps verifying.
+        replace(&ca_file, "-----BEGIN CERTIFICATE-----\nnot base64\n");
+        probe.check(target).await.expect("last good CA file kept");
+        std::fs::remove_file(&ca_file).expect("remove");
+        probe.check(target).await.expect("last good CA file kept");
+        // A probe that never had a good file fails every check, naming the file's fault.
+        let err = verifying(&ca_file, None)
+            .check(target)
+            .await
+            .expect_err("no CA file");
+        assert!(matches!(err, ProbeError::CaFile(_)), "{err:?}");
+        assert!(err.to_string().contains("No such file"), "{err}");
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

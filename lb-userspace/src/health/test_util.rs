@@ -146,10 +146,7 @@ pub enum TlsClose {
 
 /// A self-signed certificate and its key, made by the `openssl` command for this test run
 /// (nothing verifies it: the `https` probe accepts any certificate).
-fn self_signed() -> (
-    Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
-    tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
-) {
+fn self_signed() -> CertAndKey {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -183,6 +180,74 @@ fn self_signed() -> (
     (certs, key)
 }
 
+/// A certificate chain and its key, as a server presents them.
+pub type CertAndKey = (
+    Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+    tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// A CA made for one test, issuing server certificates.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// When a [`TestCa`] certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// From 2020 to 2100.
+    Now,
+    /// 2000 to 2001: expired.
+    Expired,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self { cert, key }
+    }
+
+    /// The CA certificate as PEM: a `ca_file`'s content.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, as SANs) and its key.
+    pub fn issue(&self, names: &[&str], validity: Validity) -> CertAndKey {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("server params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        (params.not_before, params.not_after) = match validity {
+            Validity::Now => (
+                rcgen::date_time_ymd(2020, 1, 1),
+                rcgen::date_time_ymd(2100, 1, 1),
+            ),
+            Validity::Expired => (
+                rcgen::date_time_ymd(2000, 1, 1),
+                rcgen::date_time_ymd(2001, 1, 1),
+            ),
+        };
+        let key = KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("server certificate");
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
 /// An HTTPS server on loopback (TLS 1.2 or 1.3, a self-signed certificate) answering every
 /// request with `response`, then closing as `close` says. Returns its address, the task to
 /// abort, and the SNI name of each handshake as it comes (`None`: the client sent none).
@@ -195,9 +260,23 @@ pub async fn tls_server(
     JoinHandle<()>,
     tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
 ) {
+    tls_server_with(ip, response, close, self_signed()).await
+}
+
+/// [`tls_server`] presenting `cert`.
+pub async fn tls_server_with(
+    ip: &str,
+    response: &'static [u8],
+    close: TlsClose,
+    cert: CertAndKey,
+) -> (
+    SocketAddr,
+    JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+) {
     use std::sync::Arc;
     use tokio_rustls::{rustls, TlsAcceptor};
-    let (certs, key) = self_signed();
+    let (certs, key) = cert;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -1,15 +1,29 @@
-//! The TLS layer of `https` checks: a client that completes the handshake with whatever
-//! certificate the backend presents, and the server name it sends.
+//! The TLS layer of `https` checks: the client, the server name it sends, and what it
+//! checks of the backend's certificate.
 //!
-//! Why the certificate is not verified: the check asks whether the backend's TLS service
-//! answers, not whether clients will trust it. Verifying would take every backend out at
-//! once when a certificate expires or the CA bundle on the balancer lags, the one event
-//! where an L4 balancer must keep forwarding (HAProxy's `verify none`, cloud load
+//! By default the certificate is not verified: the check asks whether the backend's TLS
+//! service answers, not whether clients will trust it. Verifying would take every backend
+//! out at once when a certificate expires or the CA bundle on the balancer lags, the one
+//! event where an L4 balancer must keep forwarding (HAProxy's `verify none`, cloud load
 //! balancers' HTTPS checks do the same). The handshake's signatures are still checked
 //! against the presented certificate, so a server without its key fails.
+//!
+//! With `ca_file` the operator asks for the other trade: a backend whose certificate does
+//! not chain to those CAs, has expired or names another server fails its checks, as
+//! HAProxy's `verify required ca-file` does — a backend left with an old certificate after
+//! a rotation stops getting clients that would refuse it. The file is read again when it
+//! changes (its size, modification time or inode), so a CA rotation needs no reload; a
+//! changed file that cannot be used keeps the last good one and says why in the log.
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
+use log::warn;
 use tokio::net::TcpStream;
 use tokio_rustls::{
     client::TlsStream,
@@ -17,8 +31,8 @@ use tokio_rustls::{
         self,
         client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
         crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider},
-        pki_types::{CertificateDer, ServerName, UnixTime},
-        DigitallySignedStruct, SignatureScheme,
+        pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
+        DigitallySignedStruct, RootCertStore, SignatureScheme,
     },
     TlsConnector,
 };
@@ -28,7 +42,10 @@ use super::probe::ProbeError;
 /// What an `https` probe needs for its handshakes: built once per VIP's probe.
 #[derive(Clone)]
 pub struct TlsClient {
+    /// Accepts any certificate: the connector when no `ca_file` is set.
     connector: TlsConnector,
+    /// `ca_file`'s trust, when set.
+    verified: Option<Arc<CaTrust>>,
     /// The SNI name; `None` sends none (the target is then named by its address, which
     /// TLS does not put in the hello).
     name: Option<ServerName<'static>>,
@@ -38,27 +55,24 @@ impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsClient")
             .field("name", &self.name)
+            .field("ca_file", &self.verified.as_ref().map(|t| &t.path))
             .finish_non_exhaustive()
     }
 }
 
 impl TlsClient {
-    /// A client sending `sni` if set, else the name part of `host` if that is a DNS name.
-    pub fn new(sni: Option<&str>, host: Option<&str>) -> Self {
+    /// A client sending `sni` if set, else the name part of `host` if that is a DNS name;
+    /// verifying certificates against `ca_file` if set.
+    pub fn new(sni: Option<&str>, host: Option<&str>, ca_file: Option<&Path>) -> Self {
         let provider = Arc::new(ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            // The ring provider supports both safe versions; a failure here is a build bug.
-            .expect("ring supports TLS 1.2 and 1.3")
+        let config = with_versions(provider.clone())
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
             .with_no_client_auth();
-        let mut config = config;
-        // A server that speaks HTTP/2 too must pick HTTP/1.1, the only one the probe speaks.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = sni.or_else(|| host.and_then(host_name)).and_then(dns_name);
         Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: connector(config),
+            verified: ca_file.map(|path| Arc::new(CaTrust::new(path))),
             name,
         }
     }
@@ -72,7 +86,8 @@ impl TlsClient {
         }
     }
 
-    /// Runs the handshake over `stream`, connected to `target`.
+    /// Runs the handshake over `stream`, connected to `target`. With `ca_file` the name the
+    /// certificate must carry is the SNI name, else the target's address.
     pub async fn handshake(
         &self,
         stream: TcpStream,
@@ -82,10 +97,152 @@ impl TlsClient {
             .name
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(target.ip().into()));
-        self.connector
+        let connector = match &self.verified {
+            Some(trust) => trust.connector()?,
+            None => self.connector.clone(),
+        };
+        connector
             .connect(name, stream)
             .await
             .map_err(ProbeError::Tls)
+    }
+}
+
+/// A client config's builder at the safe protocol versions, for `provider`.
+fn with_versions(
+    provider: Arc<CryptoProvider>,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        // The ring provider supports both safe versions; a failure here is a build bug.
+        .expect("ring supports TLS 1.2 and 1.3")
+}
+
+fn connector(mut config: rustls::ClientConfig) -> TlsConnector {
+    // A server that speaks HTTP/2 too must pick HTTP/1.1, the only one the probe speaks.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// What tells one version of a file from the next without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+        })
+    }
+}
+
+/// `ca_file` as a verifying connector, rebuilt when the file changes.
+struct CaTrust {
+    path: PathBuf,
+    state: Mutex<CaState>,
+}
+
+#[derive(Default)]
+struct CaState {
+    /// The last good file's stamp and connector.
+    good: Option<(FileStamp, TlsConnector)>,
+    /// The stamp of a version that could not be used (`Some(None)`: no file), so it is
+    /// reported once.
+    bad: Option<Option<FileStamp>>,
+}
+
+impl CaTrust {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            state: Mutex::new(CaState::default()),
+        }
+    }
+
+    /// The connector for the file as it is now: the cached one while the file is
+    /// unchanged, a new one when it changed, the last good one when the change cannot be
+    /// used; an error when there never was a good one.
+    fn connector(&self) -> Result<TlsConnector, ProbeError> {
+        // A poisoned lock means a panic in this small function: the state is still whole.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = FileStamp::of(&self.path);
+        if let (Ok(stamp), Some((seen, connector))) = (&stamp, &state.good) {
+            if stamp == seen {
+                return Ok(connector.clone());
+            }
+        }
+        let loaded = stamp
+            .map_err(|e| e.to_string())
+            .and_then(|stamp| load_roots(&self.path).map(|roots| (stamp, roots)));
+        match loaded {
+            Ok((stamp, roots)) => {
+                let provider = Arc::new(ring::default_provider());
+                let config = with_versions(provider)
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let connector = connector(config);
+                state.good = Some((stamp, connector.clone()));
+                state.bad = None;
+                Ok(connector)
+            }
+            Err(reason) => {
+                let stamp = Some(FileStamp::of(&self.path).ok());
+                let first = state.bad != stamp;
+                state.bad = stamp;
+                match &state.good {
+                    Some((_, connector)) => {
+                        if first {
+                            warn!(
+                                "ca_file {}: {reason}; the https checks keep verifying with its previous version",
+                                self.path.display()
+                            );
+                        }
+                        Ok(connector.clone())
+                    }
+                    None => Err(ProbeError::CaFile(reason)),
+                }
+            }
+        }
+    }
+}
+
+/// `ca_file`'s check in the config: readable, and every certificate in it usable as a
+/// trust anchor (at least one). Returns how many it holds.
+pub fn check_ca_file(path: &Path) -> Result<usize, String> {
+    load_roots(path).map(|roots| roots.len())
+}
+
+/// The CA certificates of a PEM file.
+fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(&e))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {} of the file: {e}", i + 1))?;
+    }
+    Ok(roots)
+}
+
+/// A PEM error as the operator needs it: a missing file's I/O error says so itself.
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        other => format!("not a PEM file: {other:?}"),
     }
 }
 
@@ -189,7 +346,9 @@ mod tests {
     #[test]
     fn sni_follows_sni_then_host() {
         let name = |sni: Option<&str>, host: Option<&str>| {
-            TlsClient::new(sni, host).server_name().map(str::to_owned)
+            TlsClient::new(sni, host, None)
+                .server_name()
+                .map(str::to_owned)
         };
         assert_eq!(name(None, None), None);
         assert_eq!(name(None, Some("api.example")), Some("api.example".into()));
