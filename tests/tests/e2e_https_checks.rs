@@ -4,7 +4,9 @@
 //! backend that answers plain HTTP on the port (a `tcp` check would still pass) goes down
 //! with the failed handshake as its reason, and comes back when TLS does. Both families.
 //! With `ca_file`, a backend whose certificate has expired goes down saying so, while the
-//! same backend passes a check without it, and comes back with a renewed certificate.
+//! same backend passes a check without it, and comes back with a renewed certificate; a
+//! backend that requires a client certificate (mTLS) passes the checks that present one
+//! (`cert_file`, `key_file`) and fails those that do not.
 
 use std::{
     net::SocketAddr,
@@ -26,7 +28,8 @@ const HOST: &str = "www.example";
 /// A threaded HTTPS server (dual stack, port 443): `/healthz` says ok to a request with the
 /// `X-Health-Token: xlb` header (403 without), everything else the backend's name; prints
 /// the SNI of every handshake. The handshake runs in the request's
-/// thread, so a stuck client cannot hold the others up.
+/// thread, so a stuck client cannot hold the others up. With a fifth argument (a CA file)
+/// it requires a client certificate that CA issued (mTLS).
 const TLS_SERVER: &str = r#"
 import http.server, socketserver, socket, ssl, sys
 name, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -44,6 +47,9 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
+if len(sys.argv) > 5:
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(sys.argv[5])
 def sni(sock, server_name, c):
     print("sni", server_name, flush=True)
 ctx.sni_callback = sni
@@ -97,13 +103,25 @@ fn serve(net: &DemoNet, i: usize, label: &str, args: &[&str]) -> Proc {
 }
 
 fn serve_tls(net: &DemoNet, i: usize, cert: &Path, key: &Path) -> Proc {
+    serve_tls_for(net, i, cert, key, None)
+}
+
+/// [`serve_tls`], requiring a client certificate from `clients_ca` when set.
+fn serve_tls_for(
+    net: &DemoNet,
+    i: usize,
+    cert: &Path,
+    key: &Path,
+    clients_ca: Option<&Path>,
+) -> Proc {
     let name = net.backends[i].name.clone();
     let port = PORT.to_string();
-    let (cert, key) = (
-        cert.to_str().expect("utf-8 path"),
-        key.to_str().expect("utf-8 path"),
-    );
-    serve(net, i, "tls", &["-c", TLS_SERVER, &name, cert, key, &port])
+    let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec!["-c".to_owned(), TLS_SERVER.to_owned(), name];
+    args.extend([utf8(cert), utf8(key), port]);
+    args.extend(clients_ca.map(utf8));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve(net, i, "tls", &args)
 }
 
 /// Plain HTTP on the TLS port: what a `tcp` check cannot tell from the real service.
@@ -141,13 +159,21 @@ fn last_errors(net: &DemoNet, sock: &Path, addr: &str) -> Vec<String> {
 /// The bodies of `n` HTTPS requests to `vip` from the client (certificate not checked:
 /// it is self-signed), each on a new connection.
 fn fetch(net: &DemoNet, vip: &str, n: usize) -> Vec<String> {
+    fetch_with(net, vip, n, &[])
+}
+
+/// [`fetch`] with more curl arguments (a client certificate).
+fn fetch_with(net: &DemoNet, vip: &str, n: usize, args: &[&str]) -> Vec<String> {
     let url = if vip.contains(':') {
         format!("https://[{vip}]/")
     } else {
         format!("https://{vip}/")
     };
     (0..n)
-        .map(|_| curl_with(&net.client, &url, 3, &["-k"]).unwrap_or_else(|| panic!("{url}")))
+        .map(|_| {
+            let all: Vec<&str> = ["-k"].iter().chain(args).copied().collect();
+            curl_with(&net.client, &url, 3, &all).unwrap_or_else(|| panic!("{url}"))
+        })
         .collect()
 }
 
@@ -265,11 +291,17 @@ impl TestCa {
         self.dir.join("ca.pem")
     }
 
-    /// A certificate for [`HOST`] and its key, in files named after `label`.
+    /// A certificate for [`HOST`] (server or client) and its key, in files named after
+    /// `label`.
     fn issue(&self, label: &str, expired: bool) -> (PathBuf, PathBuf) {
         use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
         let mut params = CertificateParams::new(vec![HOST.to_owned()]).expect("params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Servers' and clients' alike (OpenSSL refuses a client certificate without
+        // clientAuth).
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         if expired {
             params.not_before = rcgen::date_time_ymd(2000, 1, 1);
             params.not_after = rcgen::date_time_ymd(2001, 1, 1);
@@ -289,7 +321,7 @@ impl TestCa {
 }
 
 #[test]
-fn verified_https_checks_take_out_a_backend_whose_certificate_expired() {
+fn verified_https_checks_take_out_a_backend_whose_certificate_expired_and_pass_mtls() {
     if !require_root() {
         return;
     }
@@ -299,8 +331,11 @@ fn verified_https_checks_take_out_a_backend_whose_certificate_expired() {
     }
     let ca = TestCa::new(&net.dir);
     let (good, expired) = (ca.issue("good", false), ca.issue("expired", true));
+    // b1 takes only clients with a certificate from the test's CA: the checks' identity
+    // and the test client's.
+    let (check_id, client_id) = (ca.issue("check-id", false), ca.issue("client-id", false));
     let mut servers = vec![
-        serve_tls(&net, 0, &good.0, &good.1),
+        serve_tls_for(&net, 0, &good.0, &good.1, Some(&ca.ca_file())),
         serve_tls(&net, 1, &expired.0, &expired.1),
     ];
     let ca_file = serde_json::to_string(&ca.ca_file()).expect("path as JSON");
@@ -309,8 +344,14 @@ fn verified_https_checks_take_out_a_backend_whose_certificate_expired() {
             r#"{{"kind": "https", "path": "/healthz", "host": "{HOST}", "expect_body": "ok", "headers": {{"X-Health-Token": "xlb"}}, {ca} "interval_ms": 300, "timeout_ms": 250, "rise": 2, "fall": 2, "down_interval_ms": 300}}"#
         )
     };
-    // One VIP per family verifies; a third, IPv4 on another port, does not.
-    let verified = check(&format!(r#""ca_file": {ca_file},"#));
+    // One VIP per family verifies and presents the checks' certificate; a third, IPv4 on
+    // another port, does neither.
+    let json_path = |p: &Path| serde_json::to_string(p).expect("path as JSON");
+    let verified = check(&format!(
+        r#""ca_file": {ca_file}, "cert_file": {}, "key_file": {},"#,
+        json_path(&check_id.0),
+        json_path(&check_id.1)
+    ));
     let any = check("");
     let config = format!(
         r#"{{"vips": [
@@ -333,23 +374,27 @@ fn verified_https_checks_take_out_a_backend_whose_certificate_expired() {
     let b1_keys = [
         format!("{VIP4}:{PORT}/tcp 198.18.0.11"),
         format!("[{VIP6}]:{PORT}/tcp fd00::11"),
-        format!("{VIP4}:8443/tcp 198.18.0.11"),
     ];
-    let unverified_b2 = format!("{VIP4}:8443/tcp 198.18.0.12");
+    // Without verification b2's expired certificate passes; without a client certificate
+    // b1 does not.
+    let (unverified_b1, unverified_b2) = (
+        format!("{VIP4}:8443/tcp 198.18.0.11"),
+        format!("{VIP4}:8443/tcp 198.18.0.12"),
+    );
+    let is = |net: &DemoNet, k: &str, want: &str| state(net, k).as_deref() == Some(want);
     let settled = |net: &DemoNet| {
-        b1_keys
-            .iter()
-            .chain([&unverified_b2])
-            .all(|k| state(net, k).as_deref() == Some("up"))
-            && b2_keys
-                .iter()
-                .all(|k| state(net, k).as_deref() == Some("down"))
+        b1_keys.iter().all(|k| is(net, k, "up"))
+            && b2_keys.iter().all(|k| is(net, k, "down"))
+            && is(net, &unverified_b2, "up")
+            && is(net, &unverified_b1, "down")
     };
     let before = net.checks_ok(&sock);
-    net.until(&sock, "b2 down where verified, everyone else up", &|net| {
-        net.checks_ok(&sock) >= before + 8 && settled(net)
-    });
-    // The reason names the certificate's fault; only the verified checks fail.
+    net.until(
+        &sock,
+        "b2 down where verified, b1 where unidentified",
+        &|net| net.checks_ok(&sock) >= before + 8 && settled(net),
+    );
+    // The reasons name the certificate's fault; only the verified checks fail b2.
     let errors: Vec<String> = last_errors(&net, &sock, "198.18.0.12")
         .into_iter()
         .chain(last_errors(&net, &sock, "fd00::12"))
@@ -362,9 +407,15 @@ fn verified_https_checks_take_out_a_backend_whose_certificate_expired() {
             "{e}"
         );
     }
-    // Clients of the verified VIPs reach b1 only.
+    // Clients of the verified VIPs reach b1 only, with their own certificate.
+    let client_args = [
+        "--cert",
+        client_id.0.to_str().expect("utf-8 path"),
+        "--key",
+        client_id.1.to_str().expect("utf-8 path"),
+    ];
     for vip in [VIP4, VIP6] {
-        for body in fetch(&net, vip, 6) {
+        for body in fetch_with(&net, vip, 6, &client_args) {
             assert_eq!(body, "b1", "{vip}");
         }
     }

@@ -118,6 +118,12 @@ pub struct HealthCheckConfig {
     /// Read again whenever it changes, so a CA rotation needs no reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// `https`: a PEM certificate chain the check presents to backends that require a
+    /// client certificate (mTLS); with `key_file`, its key. Re-read when they change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// `http`, `https`: the status code a healthy backend answers with.
     pub expect_status: u16,
     /// `http`, `https`: a substring the first 64 KiB of the body must contain.
@@ -157,6 +163,8 @@ impl Default for HealthCheckConfig {
             host: None,
             sni: None,
             ca_file: None,
+            cert_file: None,
+            key_file: None,
             expect_status: 200,
             expect_body: None,
             send: None,
@@ -211,10 +219,21 @@ pub enum HealthConfigError {
     PortRequired { kind: &'static str },
     #[error("sni applies to https checks only, this one is {kind}")]
     SniWithoutTls { kind: &'static str },
-    #[error("ca_file applies to https checks only, this one is {kind}")]
-    CaFileWithoutTls { kind: &'static str },
-    #[error("ca_file {path:?}: {reason}")]
-    BadCaFile { path: PathBuf, reason: String },
+    #[error("{field} applies to https checks only, this one is {kind}")]
+    FileWithoutTls {
+        field: &'static str,
+        kind: &'static str,
+    },
+    #[error("{field} {path:?}: {reason}")]
+    BadFile {
+        field: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cert_file and key_file go together: {missing} is not set")]
+    HalfIdentity { missing: &'static str },
+    #[error("{0}")]
+    UnusableFiles(String),
     #[error("sni {name:?}: {reason}")]
     BadSni { name: String, reason: &'static str },
     #[error("header {name:?}: {reason}")]
@@ -270,21 +289,7 @@ impl HealthCheckConfig {
                 reason,
             })?;
         }
-        if let Some(path) = &self.ca_file {
-            if self.kind != CheckKind::Https {
-                return Err(HealthConfigError::CaFileWithoutTls {
-                    kind: self.kind.as_str(),
-                });
-            }
-            // The daemon's working directory is not the config file's: a relative path
-            // would name a different file under systemd than in a shell.
-            if !path.is_absolute() {
-                return Err(HealthConfigError::BadCaFile {
-                    path: path.clone(),
-                    reason: "must be an absolute path".to_owned(),
-                });
-            }
-        }
+        self.validate_tls_files()?;
         self.validate_headers()?;
         if self.method == HttpMethod::Head && self.expect_body.is_some() {
             return Err(HealthConfigError::HeadWithBody);
@@ -295,6 +300,49 @@ impl HealthCheckConfig {
             max_len("expect_body", body, MAX_HTTP_BODY)?;
         }
         Ok(())
+    }
+
+    /// `ca_file`, `cert_file`, `key_file`: `https` only, absolute paths (the daemon's working
+    /// directory is not the config file's: a relative path would name a different file
+    /// under systemd than in a shell), the certificate with its key.
+    fn validate_tls_files(&self) -> Result<(), HealthConfigError> {
+        for (field, path) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            let Some(path) = path else { continue };
+            if self.kind != CheckKind::Https {
+                return Err(HealthConfigError::FileWithoutTls {
+                    field,
+                    kind: self.kind.as_str(),
+                });
+            }
+            if !path.is_absolute() {
+                return Err(HealthConfigError::BadFile {
+                    field,
+                    path: path.clone(),
+                    reason: "must be an absolute path".to_owned(),
+                });
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err(HealthConfigError::HalfIdentity {
+                missing: "key_file",
+            }),
+            (None, Some(_)) => Err(HealthConfigError::HalfIdentity {
+                missing: "cert_file",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The files an `https` check's TLS reads.
+    pub fn tls_files(&self) -> super::tls::TlsFiles {
+        super::tls::TlsFiles {
+            ca_file: self.ca_file.clone(),
+            identity: self.cert_file.clone().zip(self.key_file.clone()),
+        }
     }
 
     /// Extra headers are pasted into the request head: a name must be an HTTP token, a
@@ -366,21 +414,13 @@ impl HealthCheckConfig {
         in_range("fall", self.fall.into(), lo.into(), hi.into())
     }
 
-    /// Reads the files the config names (`ca_file`): what the daemon checks when a config or
-    /// control request brings a check in, so a path it cannot use is refused with its
-    /// reason there rather than failing every backend's checks. Not part of
-    /// [`Self::validate`]: `xlb` commands validate checks they send on a host (or as a
-    /// user) that may not see the daemon's files.
+    /// Reads the files the config names (`ca_file`, `cert_file`, `key_file`): what the
+    /// daemon checks when a config or control request brings a check in, so a file it
+    /// cannot use is refused with its reason there rather than failing every backend's
+    /// checks. Not part of [`Self::validate`]: `xlb` commands validate checks they send on
+    /// a host (or as a user) that may not see the daemon's files.
     pub fn check_files(&self) -> Result<(), HealthConfigError> {
-        match &self.ca_file {
-            Some(path) => super::tls::check_ca_file(path)
-                .map(|_| ())
-                .map_err(|reason| HealthConfigError::BadCaFile {
-                    path: path.clone(),
-                    reason,
-                }),
-            None => Ok(()),
-        }
+        super::tls::check_files(&self.tls_files()).map_err(HealthConfigError::UnusableFiles)
     }
 
     /// The port to probe: the configured one, else the VIP's port the caller passes in.
@@ -662,11 +702,47 @@ mod tests {
             assert_eq!(cfg.validate(), Ok(()), "{path:?}: not read by validate");
             let err = cfg.check_files().expect_err("unusable file").to_string();
             assert!(
-                err.starts_with(&format!("ca_file {path:?}: ")) && err.contains(why),
+                err.starts_with(&format!("ca_file {}: ", path.display())) && err.contains(why),
                 "{err}"
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cert_file_and_key_file_go_together_for_https_only() {
+        let cfg = |json: &str| {
+            parse(json)
+                .expect("parses")
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            cfg(
+                r#"{"kind": "https", "cert_file": "/etc/xlb/c.pem", "key_file": "/etc/xlb/k.pem"}"#
+            ),
+            Ok(())
+        );
+        for (json, want) in [
+            (
+                r#"{"kind": "https", "cert_file": "/etc/xlb/c.pem"}"#,
+                "cert_file and key_file go together: key_file is not set",
+            ),
+            (
+                r#"{"kind": "https", "key_file": "/etc/xlb/k.pem"}"#,
+                "cert_file and key_file go together: cert_file is not set",
+            ),
+            (
+                r#"{"kind": "tcp", "cert_file": "/etc/xlb/c.pem", "key_file": "/etc/xlb/k.pem"}"#,
+                "cert_file applies to https checks only, this one is tcp",
+            ),
+            (
+                r#"{"kind": "https", "cert_file": "/etc/xlb/c.pem", "key_file": "k.pem"}"#,
+                r#"key_file "k.pem": must be an absolute path"#,
+            ),
+        ] {
+            assert_eq!(cfg(json), Err(want.to_owned()), "{json}");
+        }
     }
 
     #[test]

@@ -49,13 +49,8 @@ pub struct HttpProbe {
 impl HttpProbe {
     /// An `http` or `https` probe, as `cfg.kind` says.
     pub fn from_config(cfg: &HealthCheckConfig, bind: Option<IpAddr>) -> Self {
-        let tls = (cfg.kind == CheckKind::Https).then(|| {
-            TlsClient::new(
-                cfg.sni.as_deref(),
-                cfg.host.as_deref(),
-                cfg.ca_file.as_deref(),
-            )
-        });
+        let tls = (cfg.kind == CheckKind::Https)
+            .then(|| TlsClient::new(cfg.sni.as_deref(), cfg.host.as_deref(), cfg.tls_files()));
         Self {
             path: cfg.path.clone(),
             host: cfg.host.clone(),
@@ -343,6 +338,7 @@ mod tests {
         closed_tcp_port, http_server, recording_http_server, silent_tcp_server, tls_server,
         tls_server_with, TestCa, TlsClose, Validity, SLACK,
     };
+    use crate::health::tls::TlsFiles;
 
     fn probe(expect_body: Option<&str>) -> HttpProbe {
         HttpProbe {
@@ -572,7 +568,7 @@ mod tests {
     fn https(expect_body: Option<&str>, sni: Option<&str>, host: Option<&str>) -> HttpProbe {
         HttpProbe {
             host: host.map(str::to_owned),
-            tls: Some(TlsClient::new(sni, host, None)),
+            tls: Some(TlsClient::new(sni, host, TlsFiles::default())),
             ..probe(expect_body)
         }
     }
@@ -712,7 +708,14 @@ mod tests {
     /// An `https` probe verifying against `ca_file`.
     fn verifying(ca_file: &std::path::Path, sni: Option<&str>) -> HttpProbe {
         HttpProbe {
-            tls: Some(TlsClient::new(sni, None, Some(ca_file))),
+            tls: Some(TlsClient::new(
+                sni,
+                None,
+                TlsFiles {
+                    ca_file: Some(ca_file.to_owned()),
+                    identity: None,
+                },
+            )),
             ..probe(Some("ok"))
         }
     }
@@ -818,9 +821,115 @@ mod tests {
             .check(target)
             .await
             .expect_err("no CA file");
-        assert!(matches!(err, ProbeError::CaFile(_)), "{err:?}");
+        assert!(matches!(err, ProbeError::TlsFiles(_)), "{err:?}");
         assert!(err.to_string().contains("No such file"), "{err}");
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A backend that requires a client certificate from its CA (mTLS): the check passes
+    /// with `cert_file` and `key_file` only, and a certificate from another CA fails.
+    #[tokio::test]
+    async fn https_presents_a_client_certificate_to_a_backend_that_requires_one() {
+        let dir = temp_dir("mtls");
+        let (clients_ca, server_ca) = (TestCa::new("clients CA"), TestCa::new("server CA"));
+        let (target, server) =
+            mtls_server(&clients_ca, server_ca.issue(&["127.0.0.1"], Validity::Now)).await;
+        let write_identity = |label: &str, ca: &TestCa| {
+            let (cert, key) = ca.issue_pem(&["xlb-health"], Validity::Now);
+            let paths = (
+                dir.join(format!("{label}-cert.pem")),
+                dir.join(format!("{label}-key.pem")),
+            );
+            replace(&paths.0, &cert);
+            replace(&paths.1, &key);
+            paths
+        };
+        let ca_file = dir.join("server-ca.pem");
+        replace(&ca_file, &server_ca.pem());
+        let presenting = |identity: Option<(std::path::PathBuf, std::path::PathBuf)>| HttpProbe {
+            tls: Some(TlsClient::new(
+                None,
+                None,
+                TlsFiles {
+                    ca_file: Some(ca_file.clone()),
+                    identity,
+                },
+            )),
+            ..probe(Some("ok"))
+        };
+        let good = write_identity("good", &clients_ca);
+        presenting(Some(good.clone()))
+            .check(target)
+            .await
+            .expect("client certificate accepted");
+        // A key that is not the certificate's is refused where the check comes in.
+        let other = write_identity("other", &clients_ca);
+        let err = crate::health::tls::check_files(&TlsFiles {
+            ca_file: None,
+            identity: Some((good.0.clone(), other.1.clone())),
+        })
+        .expect_err("mismatched key");
+        assert!(err.starts_with("cert_file and key_file: "), "{err}");
+        for identity in [None, Some(write_identity("stranger", &server_ca))] {
+            let err = presenting(identity.clone())
+                .check(target)
+                .await
+                .expect_err("the backend requires a certificate of its CA");
+            // TLS 1.3 reports the server's refusal after the client's side of the handshake,
+            // on the first read.
+            assert!(
+                matches!(err, ProbeError::Tls(_) | ProbeError::Io(_)),
+                "{identity:?}: {err:?}"
+            );
+        }
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An HTTPS server on 127.0.0.1 presenting `cert` that requires a client certificate
+    /// issued by `clients`, answering [`OK`].
+    async fn mtls_server(
+        clients: &TestCa,
+        cert: crate::health::test_util::CertAndKey,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        use std::sync::Arc;
+        use tokio_rustls::{
+            rustls::{self, server::WebPkiClientVerifier, RootCertStore},
+            TlsAcceptor,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(clients.der()).expect("client CA");
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .expect("client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(cert.0, cert.1)
+            .expect("certificate");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls.write_all(OK).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (addr, task)
     }
 }

@@ -59,8 +59,8 @@ pub enum ProbeError {
     TunnelRefused,
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] io::Error),
-    #[error("ca_file unusable: {0}")]
-    CaFile(String),
+    #[error("TLS files unusable: {0}")]
+    TlsFiles(String),
     #[error("malformed response: {reason}")]
     Malformed { reason: &'static str },
 }

@@ -220,13 +220,36 @@ impl TestCa {
         self.cert.pem()
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses, as SANs) and its key.
+    /// The CA certificate as DER: a trust anchor.
+    pub fn der(&self) -> tokio_rustls::rustls::pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses, as SANs) and its key.
     pub fn issue(&self, names: &[&str], validity: Validity) -> CertAndKey {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
         use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let (cert, key) = self.sign(names, validity);
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+
+    /// [`Self::issue`] as PEM texts: a `cert_file` and a `key_file`.
+    pub fn issue_pem(&self, names: &[&str], validity: Validity) -> (String, String) {
+        let (cert, key) = self.sign(names, validity);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A certificate for servers and clients alike.
+    fn sign(&self, names: &[&str], validity: Validity) -> (rcgen::Certificate, rcgen::KeyPair) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).expect("server params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut params = CertificateParams::new(names).expect("params");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         (params.not_before, params.not_after) = match validity {
             Validity::Now => (
                 rcgen::date_time_ymd(2020, 1, 1),
@@ -237,14 +260,11 @@ impl TestCa {
                 rcgen::date_time_ymd(2001, 1, 1),
             ),
         };
-        let key = KeyPair::generate().expect("server key");
+        let key = KeyPair::generate().expect("key");
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
-            .expect("server certificate");
-        (
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+            .expect("certificate");
+        (cert, key)
     }
 }
 

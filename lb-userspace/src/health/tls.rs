@@ -11,9 +11,11 @@
 //! With `ca_file` the operator asks for the other trade: a backend whose certificate does
 //! not chain to those CAs, has expired or names another server fails its checks, as
 //! HAProxy's `verify required ca-file` does — a backend left with an old certificate after
-//! a rotation stops getting clients that would refuse it. The file is read again when it
-//! changes (its size, modification time or inode), so a CA rotation needs no reload; a
-//! changed file that cannot be used keeps the last good one and says why in the log.
+//! a rotation stops getting clients that would refuse it. Backends that require a client
+//! certificate (mTLS on the service's port) get the one `cert_file` and `key_file` name.
+//! The files are read again when one changes (its size, modification time or inode), so a
+//! rotation needs no reload; a change that cannot be used keeps the last good version and
+//! says why in the log.
 
 use std::{
     io,
@@ -31,7 +33,7 @@ use tokio_rustls::{
         self,
         client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
         crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider},
-        pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
         DigitallySignedStruct, RootCertStore, SignatureScheme,
     },
     TlsConnector,
@@ -39,13 +41,73 @@ use tokio_rustls::{
 
 use super::probe::ProbeError;
 
+/// The files an `https` check's TLS reads: `ca_file` to verify the backend, and a client
+/// certificate (`cert_file`, `key_file`) for backends that require one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    /// The certificate chain and its key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Each file set, with the config field that names it.
+    fn each(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        let ca = self.ca_file.as_deref().map(|p| ("ca_file", p));
+        let id = self
+            .identity
+            .iter()
+            .flat_map(|(cert, key)| [("cert_file", cert.as_path()), ("key_file", key.as_path())]);
+        ca.into_iter().chain(id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.identity.is_none()
+    }
+
+    /// A client config from the files as they are now; the error names the file at fault.
+    fn load(&self) -> Result<rustls::ClientConfig, String> {
+        let provider = Arc::new(ring::default_provider());
+        let builder = with_versions(provider.clone());
+        let builder = match &self.ca_file {
+            Some(path) => builder.with_root_certificates(
+                load_roots(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?,
+            ),
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider))),
+        };
+        match &self.identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let chain =
+                    load_certs(cert).map_err(|e| format!("cert_file {}: {e}", cert.display()))?;
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("key_file {}: {}", key.display(), pem_error(&e)))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("cert_file and key_file: {e}"))
+            }
+        }
+    }
+
+    /// The files' stamps, or the first one that cannot be read.
+    fn stamps(&self) -> Result<Vec<FileStamp>, String> {
+        self.each()
+            .map(|(field, path)| {
+                FileStamp::of(path).map_err(|e| format!("{field} {}: {e}", path.display()))
+            })
+            .collect()
+    }
+}
+
 /// What an `https` probe needs for its handshakes: built once per VIP's probe.
 #[derive(Clone)]
 pub struct TlsClient {
-    /// Accepts any certificate: the connector when no `ca_file` is set.
+    /// Accepts any certificate, presents none: the connector when no file is set.
     connector: TlsConnector,
-    /// `ca_file`'s trust, when set.
-    verified: Option<Arc<CaTrust>>,
+    /// The connector from the files, when any is set.
+    files: Option<Arc<FileBacked>>,
     /// The SNI name; `None` sends none (the target is then named by its address, which
     /// TLS does not put in the hello).
     name: Option<ServerName<'static>>,
@@ -55,15 +117,16 @@ impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsClient")
             .field("name", &self.name)
-            .field("ca_file", &self.verified.as_ref().map(|t| &t.path))
+            .field("files", &self.files.as_ref().map(|f| &f.files))
             .finish_non_exhaustive()
     }
 }
 
 impl TlsClient {
     /// A client sending `sni` if set, else the name part of `host` if that is a DNS name;
-    /// verifying certificates against `ca_file` if set.
-    pub fn new(sni: Option<&str>, host: Option<&str>, ca_file: Option<&Path>) -> Self {
+    /// verifying certificates against `files.ca_file` and presenting `files.identity` when
+    /// set.
+    pub fn new(sni: Option<&str>, host: Option<&str>, files: TlsFiles) -> Self {
         let provider = Arc::new(ring::default_provider());
         let config = with_versions(provider.clone())
             .dangerous()
@@ -72,7 +135,7 @@ impl TlsClient {
         let name = sni.or_else(|| host.and_then(host_name)).and_then(dns_name);
         Self {
             connector: connector(config),
-            verified: ca_file.map(|path| Arc::new(CaTrust::new(path))),
+            files: (!files.is_empty()).then(|| Arc::new(FileBacked::new(files))),
             name,
         }
     }
@@ -97,8 +160,8 @@ impl TlsClient {
             .name
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(target.ip().into()));
-        let connector = match &self.verified {
-            Some(trust) => trust.connector()?,
+        let connector = match &self.files {
+            Some(files) => files.connector()?,
             None => self.connector.clone(),
         };
         connector
@@ -144,84 +207,80 @@ impl FileStamp {
     }
 }
 
-/// `ca_file` as a verifying connector, rebuilt when the file changes.
-struct CaTrust {
-    path: PathBuf,
-    state: Mutex<CaState>,
+/// The files' connector, rebuilt when any of them changes.
+struct FileBacked {
+    files: TlsFiles,
+    state: Mutex<FileState>,
 }
 
 #[derive(Default)]
-struct CaState {
-    /// The last good file's stamp and connector.
-    good: Option<(FileStamp, TlsConnector)>,
-    /// The stamp of a version that could not be used (`Some(None)`: no file), so it is
-    /// reported once.
-    bad: Option<Option<FileStamp>>,
+struct FileState {
+    /// The last good version's stamps and connector.
+    good: Option<(Vec<FileStamp>, TlsConnector)>,
+    /// What could not be used last (the stamps, or the unreadable file's fault), so that
+    /// each bad version is reported once.
+    bad: Option<Result<Vec<FileStamp>, String>>,
 }
 
-impl CaTrust {
-    fn new(path: &Path) -> Self {
+impl FileBacked {
+    fn new(files: TlsFiles) -> Self {
         Self {
-            path: path.to_owned(),
-            state: Mutex::new(CaState::default()),
+            files,
+            state: Mutex::new(FileState::default()),
         }
     }
 
-    /// The connector for the file as it is now: the cached one while the file is
-    /// unchanged, a new one when it changed, the last good one when the change cannot be
+    /// The connector for the files as they are now: the cached one while they are
+    /// unchanged, a new one when one changed, the last good one when the change cannot be
     /// used; an error when there never was a good one.
     fn connector(&self) -> Result<TlsConnector, ProbeError> {
         // A poisoned lock means a panic in this small function: the state is still whole.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let stamp = FileStamp::of(&self.path);
-        if let (Ok(stamp), Some((seen, connector))) = (&stamp, &state.good) {
-            if stamp == seen {
+        let stamps = self.files.stamps();
+        if let (Ok(stamps), Some((seen, connector))) = (&stamps, &state.good) {
+            if stamps == seen {
                 return Ok(connector.clone());
             }
         }
-        let loaded = stamp
-            .map_err(|e| e.to_string())
-            .and_then(|stamp| load_roots(&self.path).map(|roots| (stamp, roots)));
+        let loaded = stamps
+            .clone()
+            .and_then(|stamps| self.files.load().map(|config| (stamps, config)));
         match loaded {
-            Ok((stamp, roots)) => {
-                let provider = Arc::new(ring::default_provider());
-                let config = with_versions(provider)
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+            Ok((stamps, config)) => {
                 let connector = connector(config);
-                state.good = Some((stamp, connector.clone()));
+                state.good = Some((stamps, connector.clone()));
                 state.bad = None;
                 Ok(connector)
             }
             Err(reason) => {
-                let stamp = Some(FileStamp::of(&self.path).ok());
-                let first = state.bad != stamp;
-                state.bad = stamp;
+                let first = state.bad.as_ref() != Some(&stamps);
+                state.bad = Some(stamps);
                 match &state.good {
                     Some((_, connector)) => {
                         if first {
                             warn!(
-                                "ca_file {}: {reason}; the https checks keep verifying with its previous version",
-                                self.path.display()
+                                "https check: {reason}; the checks go on with the files' last good version"
                             );
                         }
                         Ok(connector.clone())
                     }
-                    None => Err(ProbeError::CaFile(reason)),
+                    None => Err(ProbeError::TlsFiles(reason)),
                 }
             }
         }
     }
 }
 
-/// `ca_file`'s check in the config: readable, and every certificate in it usable as a
-/// trust anchor (at least one). Returns how many it holds.
-pub fn check_ca_file(path: &Path) -> Result<usize, String> {
-    load_roots(path).map(|roots| roots.len())
+/// The config's check of an `https` check's files: each readable and usable (a CA file
+/// holds at least one certificate, all usable as trust anchors; the client certificate
+/// goes with its key). The error names the file at fault.
+pub fn check_files(files: &TlsFiles) -> Result<(), String> {
+    files.stamps()?;
+    files.load().map(|_| ())
 }
 
-/// The CA certificates of a PEM file.
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+/// The certificates of a PEM file (at least one).
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(&e))?
         .collect::<Result<Vec<_>, _>>()
@@ -229,8 +288,13 @@ fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     if certs.is_empty() {
         return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
     }
+    Ok(certs)
+}
+
+/// The CA certificates of a PEM file.
+fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
+    for (i, cert) in load_certs(path)?.into_iter().enumerate() {
         roots
             .add(cert)
             .map_err(|e| format!("certificate {} of the file: {e}", i + 1))?;
@@ -242,7 +306,8 @@ fn load_roots(path: &Path) -> Result<RootCertStore, String> {
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     match e {
         rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        other => format!("not a PEM file: {other:?}"),
+        rustls::pki_types::pem::Error::NoItemsFound => "holds no PEM key".to_owned(),
+        other => format!("not a PEM file: {other}"),
     }
 }
 
@@ -346,7 +411,7 @@ mod tests {
     #[test]
     fn sni_follows_sni_then_host() {
         let name = |sni: Option<&str>, host: Option<&str>| {
-            TlsClient::new(sni, host, None)
+            TlsClient::new(sni, host, TlsFiles::default())
                 .server_name()
                 .map(str::to_owned)
         };
