@@ -10,6 +10,7 @@
 //! - [`ecn`]: the ECN field of a decapsulated packet (RFC 6040).
 //! - [`flow`]: [`flow::FlowKey`], the connection-table key (one layout for v4 and v6).
 //! - [`flow_cache`]: where the balancer's per-CPU flow cache keeps a flow.
+//! - [`gue`]: the outer UDP checksum of GUE tunnels, from the headers alone.
 //! - [`hash`]: the flow hash (one source of truth for BPF and user space) and Maglev's hashes.
 //! - [`lookup`]: how `LOOKUP` packs the VIPs' lookup tables.
 //! - [`maps`]: map keys and values, flag bits, map names and sizes.
@@ -25,6 +26,7 @@ pub mod counters;
 pub mod ecn;
 pub mod flow;
 pub mod flow_cache;
+pub mod gue;
 pub mod hash;
 pub mod lookup;
 #[cfg(feature = "user")]

@@ -417,16 +417,47 @@ pub fn gue_udp(port: u16, hash: u32, inner: &[u8]) -> Vec<u8> {
 }
 
 /// What the balancer sends for `input` towards `backend` of a GUE VIP (`"encap": "gue"`)
-/// from `src`: [`encapsulated`]'s outer header with UDP as its protocol, then [`gue_udp`].
+/// from `src`: [`encapsulated`]'s outer header with UDP as its protocol, then [`gue_udp`]
+/// with its checksum over the whole datagram ([`udp_checksum`]), or none (`checksum`
+/// false: the client's packet does not let the balancer compute it).
 pub fn gue_encapsulated(
     input: &[u8],
     src: IpAddr,
     backend: IpAddr,
     hash: u32,
     port: u16,
+    checksum: bool,
 ) -> Vec<u8> {
-    let udp = gue_udp(port, hash, packet::ip_packet(input));
+    let mut udp = gue_udp(port, hash, packet::ip_packet(input));
+    if checksum {
+        let c = udp_checksum(src, backend, &udp);
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+    }
     tunnel_frame(input, (NEXTHOP_MAC, LB_MAC), (src, backend), 17, hash, &udp)
+}
+
+/// The checksum of the UDP datagram `datagram` (its checksum field zero) from `src` to
+/// `dst`, summed over every byte as a receiver checks it (RFC 768; 0 is sent as 0xffff).
+pub fn udp_checksum(src: IpAddr, dst: IpAddr, datagram: &[u8]) -> u16 {
+    let mut bytes = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => [s.octets(), d.octets()].concat(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => [s.octets(), d.octets()].concat(),
+        _ => panic!("one family: {src} {dst}"),
+    };
+    bytes.extend_from_slice(&(datagram.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, 17]);
+    bytes.extend_from_slice(datagram);
+    let mut sum: u64 = bytes
+        .chunks(2)
+        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    }
 }
 
 fn vlan_of(frame: &[u8]) -> Option<u16> {

@@ -1,13 +1,15 @@
 //! End-to-end: GUE tunnels (`"encap": "gue"`). Real web servers behind VIPs of both families
 //! whose backends are reached over UDP. While the backends' decap takes IP-in-IP only, their
 //! HTTP checks (straight to the backend) pass but no request through the VIPs is answered:
-//! the tunnels on the wire are GUE, which the stack drops. With `xlb decap --gue-port`
-//! every request is answered, spread over the backends, straight to the client (DSR).
+//! the tunnels on the wire are GUE, which the stack drops — as datagrams to a port nobody
+//! listens on, after checking their UDP checksums: none fails (the balancer computes them
+//! from the headers; the kernel sums every byte). With `xlb decap --gue-port` every request
+//! is answered, spread over the backends, straight to the client (DSR).
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xlb_tests::{
-    netns::require_root,
+    netns::{require_root, Netns},
     topology::{http_get, DemoNet, VIP4, VIP6},
 };
 
@@ -28,6 +30,44 @@ fn ask(net: &DemoNet, vip: SocketAddr, n: usize) -> (BTreeMap<String, usize>, us
         }
     }
     (by, failed)
+}
+
+/// A host's UDP counters: datagrams to no listener and checksum errors, IPv4 and IPv6
+/// (`/proc/net/snmp`, `/proc/net/snmp6` of its namespace).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct UdpCounters {
+    no_ports: [u64; 2],
+    csum_errors: [u64; 2],
+}
+
+fn udp_counters(ns: &Netns) -> UdpCounters {
+    let snmp = ns.run(&["cat", "/proc/net/snmp"]);
+    // Two "Udp:" lines: the names, then the values.
+    let rows: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{snmp}");
+    let v4 = |name: &str| -> u64 {
+        let at = rows[0].iter().position(|n| *n == name);
+        let at = at.unwrap_or_else(|| panic!("{name} in {snmp}"));
+        rows[1][at].parse().expect("a count")
+    };
+    let snmp6 = ns.run(&["cat", "/proc/net/snmp6"]);
+    let v6 = |name: &str| -> u64 {
+        snmp6
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {snmp6}"))
+            .trim()
+            .parse()
+            .expect("a count")
+    };
+    UdpCounters {
+        no_ports: [v4("NoPorts"), v6("Udp6NoPorts ")],
+        csum_errors: [v4("InCsumErrors"), v6("Udp6InCsumErrors ")],
+    }
 }
 
 #[test]
@@ -55,10 +95,26 @@ fn gue_vips_serve_through_backends_that_take_gue() {
         SocketAddr::new(VIP6.parse().unwrap(), 80),
     ];
 
-    // IP-in-IP decap only: the checks pass, the tunnels do not.
+    // IP-in-IP decap only: the checks pass, the tunnels do not. The backends' stacks take
+    // them as datagrams to a closed port, their checksums checked and right.
+    let before: Vec<UdpCounters> = net.backends.iter().map(|b| udp_counters(&b.ns)).collect();
     for vip in vips {
         let (by, failed) = ask(&net, vip, 3);
         assert_eq!(failed, 3, "{vip}: answered without GUE decap: {by:?}");
+    }
+    let after: Vec<UdpCounters> = net.backends.iter().map(|b| udp_counters(&b.ns)).collect();
+    for family in 0..2 {
+        let no_ports: u64 = (0..3)
+            .map(|i| after[i].no_ports[family] - before[i].no_ports[family])
+            .sum();
+        // Three SYNs per VIP, and their retries.
+        assert!(no_ports >= 3, "family {family}: {before:?} → {after:?}");
+        for i in 0..3 {
+            assert_eq!(
+                after[i].csum_errors[family], before[i].csum_errors[family],
+                "backend {i}, family {family}: tunnels with a wrong checksum"
+            );
+        }
     }
     let states = net.backend_states(&sock);
     assert!(

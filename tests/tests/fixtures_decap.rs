@@ -210,7 +210,7 @@ fn decap_strips_tunnels_to_local_addresses() {
 }
 
 /// GUE (`xlb decap --gue-port`): UDP to the port, from the balancer's flow-hash source
-/// port, checksum zero, the client's packet right behind (GUE's variant 1: its version
+/// port, with a checksum or without, the client's packet right behind (GUE's variant 1: its version
 /// says which). Stripped to the inner packet like IP-in-IP, for every pairing of families;
 /// other UDP, other ports, and GUE while no port is set go to the stack untouched; a
 /// datagram to the port that is no tunnel as we send them is passed as malformed.
@@ -253,10 +253,11 @@ fn decap_strips_gue_tunnels_to_its_port() {
                 ),
                 Pass::NotTunnel,
             ),
-            untouched(
-                "a udp checksum (not ours: it would need checking)",
+            // The balancer's tunnels carry one: not checked (the inner packet's are).
+            decapsulated(
+                "gue with a udp checksum",
                 edited(udp(&i4), 6, &[0xab, 0xcd]),
-                Pass::Malformed,
+                frame(None, ETHERTYPE_IPV4, &i4),
             ),
             untouched(
                 "udp length short of the packet",

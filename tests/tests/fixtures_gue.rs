@@ -1,13 +1,20 @@
 //! test_run: GUE tunnels (`"encap": "gue"`). A GUE VIP's packets leave in an outer IP header
 //! of the backend's family with UDP as its protocol, a UDP header from the flow hash's source
-//! port to `gue_port` (no checksum), then the client's packet untouched; byte for byte, for
-//! each pairing of families. An IP-in-IP VIP on the same address keeps IP-in-IP, and the
-//! UDP header's 8 bytes count when a packet is too big for the path.
+//! port to `gue_port` whose checksum is the one over the whole datagram (computed here byte by
+//! byte; the balancer gets it from the headers), then the client's packet untouched; byte for
+//! byte, for each pairing of families, TCP, UDP and a router's ICMP error. Where the client's
+//! packet does not let the headers tell the sum (UDP over IPv4 without a checksum, IPv6
+//! extension headers) the tunnel carries no checksum. An IP-in-IP VIP on the same address
+//! keeps IP-in-IP, and the UDP header's 8 bytes count when a packet is too big for the path.
 
 use std::net::IpAddr;
 
 use lb_common::{flow::FlowKey, hash::flow_hash};
-use xlb_tests::{fixtures::*, netns::require_root, packet::Pkt};
+use xlb_tests::{
+    fixtures::*,
+    netns::require_root,
+    packet::{ip_packet, ExtHeader, Pkt},
+};
 
 const LB4: &str = "198.18.0.2";
 const LB6: &str = "fd00::2";
@@ -15,8 +22,8 @@ const VIP4: &str = "198.18.1.1";
 const VIP6: &str = "fd00::1:1";
 const PORT: u16 = 5555;
 
-/// A GUE VIP of each family, each with one backend of `backend_family`'s, and an IP-in-IP
-/// VIP beside the IPv4 one.
+/// A GUE VIP of each family for TCP and for UDP, each with one backend of
+/// `backend_family`'s, and an IP-in-IP VIP beside the IPv4 one.
 fn config(v4_backends: bool) -> String {
     let b = |i: u8| {
         if v4_backends {
@@ -32,10 +39,16 @@ fn config(v4_backends: bool) -> String {
             {{"address": "{VIP6}", "port": 80, "protocol": "tcp", "encap": "gue",
               "backends": [{{"address": "{}"}}]}},
             {{"address": "{VIP4}", "port": 81, "protocol": "tcp",
+              "backends": [{{"address": "{}"}}]}},
+            {{"address": "{VIP4}", "port": 53, "protocol": "udp", "encap": "gue",
+              "backends": [{{"address": "{}"}}]}},
+            {{"address": "{VIP6}", "port": 53, "protocol": "udp", "encap": "gue",
               "backends": [{{"address": "{}"}}]}}]}}"#,
         b(11),
         b(12),
-        b(13)
+        b(13),
+        b(14),
+        b(15)
     )
 }
 
@@ -60,8 +73,34 @@ fn syn6(payload: usize) -> Vec<u8> {
 }
 
 fn hash(src: &str, dst: &str, dport: u16) -> u32 {
-    let k: FlowKey = flow(src.parse().unwrap(), 40_000, dst.parse().unwrap(), dport, 6);
+    hash_of(src, dst, dport, 6)
+}
+
+fn hash_of(src: &str, dst: &str, dport: u16, proto: u8) -> u32 {
+    let k: FlowKey = flow(
+        src.parse().unwrap(),
+        40_000,
+        dst.parse().unwrap(),
+        dport,
+        proto,
+    );
     flow_hash(&k)
+}
+
+/// A UDP query to port 53 of the VIP of `client`'s family, `payload` bytes long;
+/// `checksum`: `Some(0)` sends none (IPv4 only).
+fn query(client: &str, payload: usize, checksum: Option<u16>) -> Vec<u8> {
+    let p = Pkt::eth(CLIENT_MAC, LB_MAC);
+    let p = if client.contains(':') {
+        p.ipv6(v6(client), v6(VIP6))
+    } else {
+        p.ipv4(v4(client), v4(VIP4))
+    };
+    let p = p.udp(40_000, 53).payload(&vec![0x5a; payload]);
+    match checksum {
+        Some(c) => p.l4_checksum(c).build(),
+        None => p.build(),
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -81,19 +120,82 @@ fn gue_vips_tunnel_in_udp_byte_for_byte() {
         } else {
             (LB6, "fd00::11", "fd00::12", "fd00::13")
         };
+        let (b14, b15) = if v4_backends {
+            ("198.18.0.14", "198.18.0.15")
+        } else {
+            ("fd00::14", "fd00::15")
+        };
+        // A router's frag-needed about b11's reply to the IPv4 client: the flow's backend
+        // gets it, in the flow's tunnel.
+        let reply = Pkt::eth(LB_MAC, CLIENT_MAC)
+            .ipv4(v4(VIP4), v4("198.18.0.10"))
+            .tcp(80, 40_000)
+            .ack()
+            .build();
+        let frag_needed = Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4("198.18.0.1"), v4(VIP4))
+            .icmp_frag_needed(1400, &ip_packet(&reply)[..40])
+            .build();
+        let with_options = Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4("198.18.0.10"), v4(VIP4))
+            .ipv4_options(&[1, 1, 1, 0])
+            .tcp(40_000, 80)
+            .ack()
+            .payload(&[9; 333])
+            .build();
+        let with_dest_opts = Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv6(v6("fd00::10"), v6(VIP6))
+            .ipv6_ext(ExtHeader::DestOpts(Vec::new()))
+            .tcp(40_000, 80)
+            .ack()
+            .build();
+        let (tcp4, tcp6) = (hash("198.18.0.10", VIP4, 80), hash("fd00::10", VIP6, 80));
         let cases = [
+            ("IPv4 client", syn4(80, 0), b11, tcp4, true),
+            ("IPv4 client, odd length", syn4(80, 1001), b11, tcp4, true),
+            ("IPv4 client with IP options", with_options, b11, tcp4, true),
+            ("IPv6 client", syn6(0), b12, tcp6, true),
+            ("IPv6 client, odd length", syn6(1001), b12, tcp6, true),
             (
-                "IPv4 client",
-                syn4(80, 0),
-                b11,
-                hash("198.18.0.10", VIP4, 80),
+                "IPv4 UDP query",
+                query("198.18.0.10", 37, None),
+                b14,
+                hash_of("198.18.0.10", VIP4, 53, 17),
+                true,
             ),
-            ("IPv6 client", syn6(0), b12, hash("fd00::10", VIP6, 80)),
+            (
+                "IPv4 UDP query without a checksum: none outside either",
+                query("198.18.0.10", 37, Some(0)),
+                b14,
+                hash_of("198.18.0.10", VIP4, 53, 17),
+                false,
+            ),
+            (
+                "IPv6 UDP query",
+                query("fd00::10", 36, None),
+                b15,
+                hash_of("fd00::10", VIP6, 53, 17),
+                true,
+            ),
+            (
+                "IPv6 client with an extension header: no checksum",
+                with_dest_opts,
+                b12,
+                tcp6,
+                false,
+            ),
+            (
+                "a router's ICMP error about a flow",
+                frag_needed,
+                b11,
+                tcp4,
+                true,
+            ),
         ];
-        for (what, input, backend, h) in cases {
+        for (what, input, backend, h, checksum) in cases {
             let out = lab.run(&input);
             assert_eq!(out.verdict, XDP_TX, "{what}, backends v4 {v4_backends}");
-            let want = gue_encapsulated(&input, ip(src), ip(backend), h, PORT);
+            let want = gue_encapsulated(&input, ip(src), ip(backend), h, PORT, checksum);
             if let Some(d) = xlb_tests::packet::diff_frames(&want, &out.frame) {
                 panic!("{what}, backends v4 {v4_backends}:\n{d}");
             }

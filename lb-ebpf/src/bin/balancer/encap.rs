@@ -1,6 +1,7 @@
 //! IP-in-IP encapsulation towards a backend: IPv4-in-IPv4, IPv6-in-IPv4 (proto 41),
 //! IPv4-in-IPv6 and IPv6-in-IPv6, or the same with a UDP header between the two (GUE's
-//! variant 1, `BACKEND_F_GUE`), then out through `XDP_TX` or `XDP_REDIRECT`.
+//! variant 1, `BACKEND_F_GUE`, its UDP checksum from the headers alone: gue_checksum.rs),
+//! then out through `XDP_TX` or `XDP_REDIRECT`.
 //!
 //! Every decision that can fail (outer source, next hop, egress port) is taken before the
 //! frame is touched, so a failure drops an intact frame, never a half-rewritten one. The
@@ -308,17 +309,20 @@ pub fn forward(
             // SAFETY: off + 40 + 8 ≤ FRONT + 8, checked above.
             unsafe { longer.cast::<u8>().add(off + IPV6_HLEN) }
         };
+        let sport = gue_source_port(hash);
         // SAFETY: eight bytes in the frame (above), halfword-aligned (see
-        // `NextHop::write_l2`). Checksum 0: none, as IPv4 allows and RFC 6935 allows
-        // IPv6 tunnels; the inner packet carries its own.
+        // `NextHop::write_l2`). The checksum field is filled in below.
         unsafe {
             *udp.cast::<[u16; UDP_HLEN / 2]>() = [
-                gue_source_port(hash).to_be(),
+                sport.to_be(),
                 cfg.gue_port_be,
                 ((UDP_HLEN + l3.l3_len()) as u16).to_be(),
                 0,
             ]
         };
+        // Its own function (see gue_checksum.rs); where it cannot tell the checksum, the
+        // field stays 0, which means none.
+        crate::gue_checksum::xlb_gue_checksum(ctx.ctx, off as u32);
     }
     if cfg.flags & CFG_F_BENCH_RESTORE != 0 {
         return restore_for_bench(ctx, outer_len, &hop, vlan, l3, cfg, stats);

@@ -7,7 +7,8 @@
 //! Layout: `maps` (every map but the cache's), `lookup` (VIPs, config), `select` (backend
 //! choice and flow recording), `cache` (per-CPU cache of IPv4 flows), `encap` (tunnel
 //! headers, next hop), `icmp` (errors to backends, too-big replies), `account` (per-backend
-//! traffic), `drops` (samples of dropped packets), `quic` (QUIC server-ID routing).
+//! traffic), `drops` (samples of dropped packets), `quic` (QUIC server-ID routing),
+//! `gue_checksum` (GUE tunnels' UDP checksum).
 //! Parsers live in `lb_ebpf::parse`.
 //!
 //! A known flow's packet runs in this one function (everything above is inlined); new
@@ -23,6 +24,7 @@ mod account;
 mod cache;
 mod drops;
 mod encap;
+mod gue_checksum;
 mod icmp;
 mod lookup;
 mod maps;
