@@ -196,6 +196,9 @@ reasons! {
         /// names a server ID no backend of its VIP has, or one that is down: placed by its
         /// VIP's scheduler like any new flow (a misconfigured ID, or a removed backend).
         QuicUnknownServer = 64, "quic_unknown_server";
+        /// An ICMP / ICMPv6 echo request to a VIP's address answered by the balancer
+        /// (`icmp_echo`): the VIP answers ping whatever its backends do.
+        IcmpEchoReplied = 65, "icmp_echo_replied";
     }
 }
 

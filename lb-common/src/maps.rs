@@ -305,6 +305,9 @@ pub const CFG_F_BENCH_NEW_FLOWS: u32 = 1 << 2;
 /// while such a VIP exists, so that other traffic pays no second lookup.
 pub const CFG_F_ALL_PORTS: u32 = 1 << 3;
 
+/// `LbConfig::flags`: answer ICMP / ICMPv6 echo requests to VIP addresses (`icmp_echo`).
+pub const CFG_F_ICMP_ECHO: u32 = 1 << 4;
+
 /// Balancer-wide settings (one slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -60,6 +60,11 @@ pub struct Config {
     /// frag-needed / packet-too-big (default true); false drops them (counted).
     #[serde(default = "yes")]
     pub icmp_too_big: bool,
+    /// Answer ICMP / ICMPv6 echo requests to VIP addresses (default true): a VIP answers
+    /// ping while the balancer forwards to it. False leaves them to the host's stack,
+    /// which does not have the VIPs.
+    #[serde(default = "yes")]
+    pub icmp_echo: bool,
     /// New flows each CPU records per second (default [`DEFAULT_RECORD_RATE_LIMIT`]; 0: no
     /// limit). Beyond it, hash-scheduled VIPs' new flows are forwarded by their hash
     /// without a connection-table entry, so that a flood cannot evict established flows
@@ -97,6 +102,7 @@ impl Default for Config {
             hashed_source: HashedSource::default(),
             mtu: None,
             icmp_too_big: yes(),
+            icmp_echo: yes(),
             record_rate_limit: None,
             icmp_rate_limit: None,
             drop_samples: None,
@@ -1120,12 +1126,14 @@ mod tests {
         let empty = Config::from_json("{}").unwrap();
         assert_eq!(Config::default(), empty);
         assert!(Config::default().icmp_too_big);
+        assert!(Config::default().icmp_echo);
     }
 
     #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::from_json(GOOD).unwrap();
         assert!(c.icmp_too_big);
+        assert!(c.icmp_echo);
         assert_eq!(c.record_rate_limit(), DEFAULT_RECORD_RATE_LIMIT);
         assert_eq!(c.icmp_rate_limit(), DEFAULT_ICMP_RATE_LIMIT);
         assert_eq!(c.drop_samples(), DEFAULT_DROP_SAMPLES);

@@ -24,7 +24,7 @@ use lb_common::{
     addr::to_words,
     maps::{
         Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_GUE,
-        BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_TOO_BIG,
+        BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_ECHO, CFG_F_ICMP_TOO_BIG,
         DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY,
         VIP_F_FLOW_LIMIT, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES, VIP_F_STATELESS,
     },
@@ -57,6 +57,8 @@ pub struct Settings {
     pub mtu: u32,
     /// Answer oversized packets with ICMP.
     pub icmp_too_big: bool,
+    /// Answer echo requests to VIP addresses.
+    pub icmp_echo: bool,
     /// New flows each CPU records per second; 0 = no limit.
     pub record_rate_limit: u32,
     /// ICMP errors each CPU sends per second; 0 = no limit.
@@ -94,6 +96,7 @@ impl Settings {
                 .and_then(|p| crate::config::parse_v6_prefix(p).ok()),
             mtu: cfg.mtu.unwrap_or(iface_mtu),
             icmp_too_big: cfg.icmp_too_big,
+            icmp_echo: cfg.icmp_echo,
             record_rate_limit: cfg.record_rate_limit(),
             icmp_rate_limit: cfg.icmp_rate_limit(),
             max_vips,
@@ -729,7 +732,8 @@ impl<D: Dataplane> Core<D> {
         Ok(())
     }
 
-    /// Changes the settings a reload may change in place (the MTU, `icmp_too_big` and the
+    /// Changes the settings a reload may change in place (the MTU, `icmp_too_big`,
+    /// `icmp_echo` and the
     /// rate limits; `update` must leave the others as they are): the data plane's config
     /// is written again, then kept. A packet reading the config meanwhile sees each
     /// setting old or new, never a mix: each is one aligned word (a flag bit, a limit) of
@@ -1831,6 +1835,9 @@ pub fn lb_config(s: &Settings) -> LbConfig {
     };
     if s.icmp_too_big {
         cfg.flags |= CFG_F_ICMP_TOO_BIG;
+    }
+    if s.icmp_echo {
+        cfg.flags |= CFG_F_ICMP_ECHO;
     }
     if let Some(a) = s.src_v4 {
         cfg.src_v4 = to_words(IpAddr::V4(a)).0[0];
@@ -3331,6 +3338,16 @@ mod tests {
         assert_eq!(c.hashed_src_v4.to_ne_bytes(), [198, 19, 0, 0]);
         assert_eq!(c.hashed_src_v4_hostmask, 0xffff);
         assert_eq!(c.flags & CFG_F_ICMP_TOO_BIG, CFG_F_ICMP_TOO_BIG);
+        assert_eq!(c.flags & CFG_F_ICMP_ECHO, 0, "off in these settings");
+        assert_eq!(
+            lb_config(&Settings {
+                icmp_echo: true,
+                ..s
+            })
+            .flags
+                & CFG_F_ICMP_ECHO,
+            CFG_F_ICMP_ECHO
+        );
         assert_eq!(c.mtu, 1500);
         assert_eq!(u16::from_be(c.gue_port_be), 9999);
     }

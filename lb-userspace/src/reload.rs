@@ -3,7 +3,7 @@
 //! The file is the truth: VIPs and backends it lacks are removed, new ones added, and
 //! weights, drains, schedulers, idle timeouts, slow starts and allowed sources set to its
 //! values (overwriting what the control socket changed since), as are the MTU, the rate
-//! limits, `icmp_too_big` and `drop_samples`. What the running balancer cannot change in
+//! limits, `icmp_too_big`, `icmp_echo` and `drop_samples`. What the running balancer cannot change in
 //! place is refused before any step runs: the outer sources (what every backend's tunnels
 //! come from) and a VIP's table size, tunnel, source mode, agent and name. Those need a
 //! restart, or the VIP removed and added again.
@@ -32,6 +32,8 @@ pub enum Setting {
     },
     /// `icmp_too_big`: answer packets too big for the tunnel with ICMP (true) or drop them.
     IcmpTooBig(bool),
+    /// `icmp_echo`: answer echo requests to VIP addresses (true) or leave them to the host.
+    IcmpEcho(bool),
     /// `record_rate_limit` in force (0: none).
     RecordRateLimit(u32),
     /// `icmp_rate_limit` in force (0: none).
@@ -56,6 +58,10 @@ impl std::fmt::Display for Setting {
             }
             Self::IcmpTooBig(false) => {
                 write!(f, "icmp_too_big: oversized packets dropped unanswered")
+            }
+            Self::IcmpEcho(true) => write!(f, "icmp_echo: VIP addresses answer ping"),
+            Self::IcmpEcho(false) => {
+                write!(f, "icmp_echo: echo requests to VIPs left to the host")
             }
             Self::RecordRateLimit(n) => {
                 write!(f, "record_rate_limit: ")?;
@@ -86,6 +92,10 @@ impl Setting {
                 Self::IcmpTooBig(new.icmp_too_big),
             ),
             (
+                now.icmp_echo != new.icmp_echo,
+                Self::IcmpEcho(new.icmp_echo),
+            ),
+            (
                 now.record_rate_limit() != new.record_rate_limit(),
                 Self::RecordRateLimit(new.record_rate_limit()),
             ),
@@ -110,6 +120,7 @@ impl Setting {
         match self {
             Self::Mtu { bytes, .. } => settings.mtu = bytes,
             Self::IcmpTooBig(on) => settings.icmp_too_big = on,
+            Self::IcmpEcho(on) => settings.icmp_echo = on,
             Self::RecordRateLimit(n) => settings.record_rate_limit = n,
             Self::IcmpRateLimit(n) => settings.icmp_rate_limit = n,
             Self::DropSamples(_) => {}
@@ -121,6 +132,7 @@ impl Setting {
         match self {
             Self::Mtu { file, .. } => cfg.mtu = file,
             Self::IcmpTooBig(on) => cfg.icmp_too_big = on,
+            Self::IcmpEcho(on) => cfg.icmp_echo = on,
             Self::RecordRateLimit(n) => cfg.record_rate_limit = Some(n),
             Self::IcmpRateLimit(n) => cfg.icmp_rate_limit = Some(n),
             Self::DropSamples(n) => cfg.drop_samples = Some(n),
@@ -483,7 +495,7 @@ mod tests {
         dataplane::{Recorder, Write},
         testing::Lcg,
     };
-    use lb_common::maps::{LbConfig, CFG_F_ICMP_TOO_BIG};
+    use lb_common::maps::{LbConfig, CFG_F_ICMP_ECHO, CFG_F_ICMP_TOO_BIG};
 
     const STARTED: &str = r#"{"outer_source": {"v4": "198.18.0.2"}, "vips": [
         {"address": "198.18.1.1", "port": 80, "protocol": "tcp",
@@ -742,14 +754,15 @@ mod tests {
         );
     }
 
-    /// The rate limits, `icmp_too_big` and `drop_samples` change in place: one step each,
+    /// The rate limits, `icmp_too_big`, `icmp_echo` and `drop_samples` change in place: one
+    /// step each,
     /// before any VIP's, written into the data plane's config (all but the sampler's rate)
     /// with the other settings and the all-ports flag as they were.
     #[test]
     fn settings_change_in_place_before_the_vips() {
         let file = STARTED.replace(
             r#""vips""#,
-            r#""mtu": 1400, "icmp_too_big": false, "record_rate_limit": 5,
+            r#""mtu": 1400, "icmp_too_big": false, "icmp_echo": false, "record_rate_limit": 5,
                "icmp_rate_limit": 0, "drop_samples": 7, "vips""#,
         );
         let file = file.replace(r#""weight": 2"#, r#""weight": 3"#);
@@ -760,6 +773,7 @@ mod tests {
                 bytes: 1400,
             },
             Setting::IcmpTooBig(false),
+            Setting::IcmpEcho(false),
             Setting::RecordRateLimit(5),
             Setting::IcmpRateLimit(0),
             Setting::DropSamples(7),
@@ -767,14 +781,15 @@ mod tests {
         .into_iter()
         .map(Step::Setting)
         .collect();
-        assert_eq!(steps[..5], settings[..]);
-        assert!(steps.len() > 5, "the VIPs' steps follow: {steps:?}");
-        let said: Vec<String> = steps[..5].iter().map(ToString::to_string).collect();
+        assert_eq!(steps[..6], settings[..]);
+        assert!(steps.len() > 6, "the VIPs' steps follow: {steps:?}");
+        let said: Vec<String> = steps[..6].iter().map(ToString::to_string).collect();
         assert_eq!(
             said,
             [
                 "mtu: 1400",
                 "icmp_too_big: oversized packets dropped unanswered",
+                "icmp_echo: echo requests to VIPs left to the host",
                 "record_rate_limit: 5 new flows recorded per CPU and second",
                 "icmp_rate_limit: no limit",
                 "drop_samples: 7 per CPU and second",
@@ -789,7 +804,7 @@ mod tests {
         .unwrap();
         let before = crate::core::lb_config(core.settings());
         let mut globals = started.clone();
-        for step in &steps[..5] {
+        for step in &steps[..6] {
             let Step::Setting(s) = step else {
                 unreachable!()
             };
@@ -800,6 +815,8 @@ mod tests {
             panic!("no config written: {:?}", core.dataplane().writes);
         };
         assert_eq!(written.flags & CFG_F_ICMP_TOO_BIG, 0);
+        assert_eq!(before.flags & CFG_F_ICMP_ECHO, CFG_F_ICMP_ECHO);
+        assert_eq!(written.flags & CFG_F_ICMP_ECHO, 0);
         assert_eq!((written.record_rate_limit, written.icmp_rate_limit), (5, 0));
         assert_eq!(written.mtu, 1400);
         let rest = |c: &LbConfig| (c.src_v4, c.src_v6, c.hashed_src_v4);

@@ -29,7 +29,8 @@ pub struct Services<'a> {
 }
 
 impl Services<'_> {
-    fn is_vip_address(&self, a: IpAddr) -> bool {
+    /// Whether `a` carries a VIP.
+    pub fn is_vip_address(&self, a: IpAddr) -> bool {
         self.vips.iter().any(|v| v.0 == a)
     }
 }

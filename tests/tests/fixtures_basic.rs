@@ -193,9 +193,10 @@ fn basic_fixtures() {
                 &[(Pass::NotIp.slot(), 1)],
             )],
         },
+        // Answered by the balancer (fixtures_icmp_echo.rs), unless the config says no.
         Fixture {
-            name: "icmp_echo_to_vip_passes",
-            config: ONE_BACKEND.into(),
+            name: "icmp_echo_to_vip_passes_with_icmp_echo_off",
+            config: ONE_BACKEND.replacen('{', r#"{"icmp_echo": false, "#, 1),
             steps: vec![step(
                 icmp_echo,
                 XDP_PASS,

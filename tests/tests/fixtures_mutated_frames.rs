@@ -326,6 +326,90 @@ fn check_too_big_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the balancer's answer to what it took for an echo request to a VIP: the request
+/// was one (type 8 / 128, code 0, no IPv4 options or IPv6 extension headers, to a VIP's
+/// address, from a unicast source), and the answer is the request with MACs and addresses
+/// swapped, TTL / hop limit 64, the reply's type, and checksums as right (or as wrong) as
+/// the request's; every other byte as it came.
+fn check_echo_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
+    let l2 = l2_len(input).ok_or("no Ethernet header")?;
+    if out.len() != input.len() {
+        return Err("the answer is not the request's length".into());
+    }
+    if out[..6] != input[6..12] || out[6..12] != input[..6] || out[12..l2] != input[12..l2] {
+        return Err("answer's Ethernet header is not the request's, swapped".into());
+    }
+    let req = ip_extent(input).ok_or("answered a frame whose IP length does not fit")?;
+    let v4 = req[0] >> 4 == 4;
+    let (hdr, src_off, dst_off, alen, ttl_at, proto, request, reply) = if v4 {
+        (20, 12, 16, 4, 8, req[9], 8, 0)
+    } else {
+        (40, 8, 24, 16, 7, req[6], 128, 129)
+    };
+    let plain = if v4 { req[0] & 0x0f == 5 } else { true };
+    let icmp_proto = if v4 { 1 } else { 58 };
+    if !plain || proto != icmp_proto || req.len() < hdr + 8 {
+        return Err("answered what is no plain ICMP packet".into());
+    }
+    if req[hdr] != request || req[hdr + 1] != 0 {
+        return Err(format!(
+            "answered ICMP type {} code {}",
+            req[hdr],
+            req[hdr + 1]
+        ));
+    }
+    let dst = drop_reasons::addr(req, dst_off, v4).ok_or("no destination")?;
+    if !SERVICES.is_vip_address(dst) {
+        return Err(format!("answered an echo request to {dst}, no VIP"));
+    }
+    if !drop_reasons::addr(req, src_off, v4).is_some_and(drop_reasons::unicast) {
+        return Err("answered a source no reply may go to".into());
+    }
+    let ip = &out[l2..l2 + req.len()];
+    let mut want = req.to_vec();
+    want[src_off..src_off + alen].copy_from_slice(&req[dst_off..dst_off + alen]);
+    want[dst_off..dst_off + alen].copy_from_slice(&req[src_off..src_off + alen]);
+    want[ttl_at] = 64;
+    want[hdr] = reply;
+    // Checksums aside, the rest as it came.
+    let (ip_check, icmp_check) = (10, hdr + 2);
+    for at in [icmp_check, icmp_check + 1]
+        .into_iter()
+        .chain(v4.then_some([ip_check, ip_check + 1]).into_iter().flatten())
+    {
+        want[at] = ip[at];
+    }
+    if ip != want.as_slice() {
+        return Err(format!(
+            "answer differs from the request turned round: {}",
+            difference(ip, &want)
+        ));
+    }
+    if out[l2 + req.len()..] != input[l2 + req.len()..] {
+        return Err("the padding behind the packet changed".into());
+    }
+    let valid = |p: &[u8]| {
+        let icmp = &p[hdr..];
+        if v4 {
+            (
+                folds_to_zero(ones_sum(&p[..20])),
+                folds_to_zero(ones_sum(icmp)),
+            )
+        } else {
+            let pseudo = ones_sum(&p[8..40]) + icmp.len() as u32 + 58;
+            (true, folds_to_zero(pseudo + ones_sum(icmp)))
+        }
+    };
+    if valid(ip) != valid(req) {
+        return Err(format!(
+            "checksums (IP, ICMP) valid {:?} in the answer, {:?} in the request",
+            valid(ip),
+            valid(req)
+        ));
+    }
+    Ok(())
+}
+
 /// Where `got` first differs from `want`, and their lengths.
 fn difference(got: &[u8], want: &[u8]) -> String {
     let at = got.iter().zip(want).position(|(a, b)| a != b);
@@ -464,6 +548,14 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 .build(),
         ),
         (
+            "echo request",
+            c4().icmp_echo(7, 1).payload(&[5; 56]).build(),
+        ),
+        (
+            "echov6 request",
+            c6().icmpv6_echo(7, 2).payload(&[5; 56]).build(),
+        ),
+        (
             "icmp frag needed",
             Pkt::eth(CLIENT_MAC, LB_MAC)
                 .ipv4(v4("198.18.0.1"), v4(VIP4))
@@ -555,7 +647,7 @@ fn mutated_client_frames_are_forwarded_intact_or_counted() {
     let local: Vec<IpAddr> = BACKENDS.iter().map(|b| b.parse().unwrap()).collect();
     let mut decap = DecapLab::new(&local);
     let mut rng = Lcg(0x786c_625f_6d75_7461);
-    let mut seen = [0usize; 5];
+    let mut seen = [0usize; 6];
     for (name, seed) in client_seeds() {
         // The seed itself must go out (or be answered): otherwise its mutants test little.
         let o = lab.run(&seed);
@@ -610,6 +702,13 @@ fn mutated_client_frames_are_forwarded_intact_or_counted() {
                     }
                     let slot = |e: Event| e.slot() as usize;
                     let d = |e: Event| after[slot(e)] - before[slot(e)];
+                    if d(Event::IcmpEchoReplied) == 1 {
+                        seen[5] += 1;
+                        if let Err(why) = check_echo_reply(&f, &o.frame) {
+                            fail(&why);
+                        }
+                        continue;
+                    }
                     if d(Event::IcmpTooBigSent) == 1 {
                         seen[3] += 1;
                         if let Err(why) = check_too_big_reply(&f, &o.frame) {
@@ -640,8 +739,8 @@ fn mutated_client_frames_are_forwarded_intact_or_counted() {
         }
     }
     eprintln!(
-        "mutants: {} dropped, {} passed, {} tunnelled (all decapsulated back), {} answered with ICMP",
-        seen[0], seen[1], seen[2], seen[3]
+        "mutants: {} dropped, {} passed, {} tunnelled (all decapsulated back), {} answered with ICMP, {} echo requests answered",
+        seen[0], seen[1], seen[2], seen[3], seen[5]
     );
     // Every outcome must have been reached, or the mutations miss what they are for.
     assert!(seen[..4].iter().all(|&n| n > 100), "outcomes {seen:?}");

@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: the BPF compiler and LLVM for bpf-linker, then what tests, demo and
 /// bench run (iproute2, ethtool, curl, Python for the backends' web servers, wrk, nginx,
 /// HAProxy, nftables, bpftool, matplotlib for the bench's plots, openssl for the `https`
-/// checks' test certificates).
+/// checks' test certificates, ping for the VIPs' echo answers).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -33,6 +33,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "python3-matplotlib",
     "openssl",
+    "iputils-ping",
 ];
 
 /// Installs what is missing.

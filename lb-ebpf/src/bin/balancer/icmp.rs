@@ -1,5 +1,6 @@
 //! ICMP: errors about VIP flows go to the flow's backend; oversized client packets get
-//! "fragmentation needed" / "packet too big" from us.
+//! "fragmentation needed" / "packet too big" from us; echo requests to a VIP's address are
+//! answered by us.
 //!
 //! A router on the return path (backend → client, which never crosses us in DSR) that
 //! cannot forward a reply sends its ICMP error to the reply's source: the VIP. Only the
@@ -9,6 +10,11 @@
 //! Encapsulation makes a full-size client packet too big for the link to the backend; the
 //! kernel would drop it silently, so we answer like a router would (RFC 1191 / RFC 8201)
 //! and the client's path MTU discovery shrinks its segments.
+//!
+//! A VIP lives on the backends' `lo`, not on the balancer: an echo request to it (an
+//! operator's `ping`, a monitoring probe) would find no host that answers for it. We do,
+//! as Katran does, turning the request into its reply in place: the VIP's address answers
+//! as long as the balancer forwards to it, whatever its backends' health.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -19,7 +25,7 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Drop, Event},
     flow::FlowKey,
-    maps::{LbConfig, VipKey, CFG_F_ICMP_TOO_BIG},
+    maps::{LbConfig, VipKey, CFG_F_ICMP_ECHO, CFG_F_ICMP_TOO_BIG},
 };
 use lb_ebpf::{
     csum,
@@ -57,6 +63,10 @@ const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 const ICMPV6_TIME_EXCEED: u8 = 3;
 const ICMPV6_PARAMPROB: u8 = 4;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 /// The smallest MTU an IPv6 link may have (RFC 8200).
 const IPV6_MIN_MTU: u32 = 1280;
 
@@ -64,6 +74,9 @@ const IPV6_MIN_MTU: u32 = 1280;
 pub const ROUTED: u32 = 1;
 /// `route`: not an error about a VIP flow; the kernel gets it (it may be for this host).
 pub const NOT_OURS: u32 = 0;
+/// `route`: an echo request to a VIP's address, turned into its reply in the frame; the
+/// caller sends it back.
+pub const ECHOED: u32 = 2;
 
 /// Finds the backend of the flow an ICMP / ICMPv6 error is about, into `s.target` (the
 /// quoted flow goes to `s.flow`: scratch memory, not this frame's stack, which the
@@ -107,6 +120,11 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
         return Ok(NOT_OURS);
     }
     let ty = lb_ebpf::parse::icmp_type(ctx, l3)?;
+    if ty == ICMP_ECHO_REQUEST && l3.family == FAMILY_V4
+        || ty == ICMPV6_ECHO_REQUEST && l3.family != FAMILY_V4
+    {
+        return answer_echo(ctx, l3);
+    }
     let is_error = if l3.family == FAMILY_V4 {
         matches!(
             ty,
@@ -138,6 +156,79 @@ fn route_stage(ctx: &XdpContext, l3: &L3, s: *mut Scratch) -> Result<u32, Drop> 
         select::follow_hash(s, &vip)?;
     }
     Ok(ROUTED)
+}
+
+/// Turns an echo request to a VIP's address into its reply, in place: MACs, addresses
+/// swapped, a fresh TTL / hop limit, the reply's type, both checksums updated for the
+/// words that changed (RFC 1624). [`ECHOED`], or [`NOT_OURS`] for the host when the config
+/// says not to (`icmp_echo`), the address has no VIP, the sender is no unicast address,
+/// or the request carries IPv4 options or IPv6 extension headers (which a reply would
+/// have to reverse, as the kernel does) or a code other than 0.
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext, l3: &L3) -> Result<u32, Drop> {
+    let v4 = l3.family == FAMILY_V4;
+    let on = lookup::config().is_ok_and(|cfg| cfg.flags & CFG_F_ICMP_ECHO != 0);
+    let plain = l3.l4_off() - l3.l3_off() == if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    if !on || !plain || !unicast_source(l3) || !lookup::is_vip_address(l3) {
+        return Ok(NOT_OURS);
+    }
+    // Type and code, then the checksum.
+    let icmp = ptr_at_mut::<[u16; 2]>(ctx, l3.l4_off()).ok_or(Drop::IcmpTruncated)?;
+    // SAFETY: four bytes checked above (`route_stage` checked eight); halfword-aligned
+    // (see `ptr::read_u16`).
+    let (type_code, check) = unsafe { (u16::from_be((*icmp)[0]), u16::from_be((*icmp)[1])) };
+    if type_code & 0xff != 0 {
+        return Ok(NOT_OURS);
+    }
+    let reply = if v4 {
+        ICMP_ECHO_REPLY
+    } else {
+        ICMPV6_ECHO_REPLY
+    };
+    let reply_word = u16::from(reply) << 8;
+    let eth = ptr_at_mut::<[u16; 6]>(ctx, 0).ok_or(Drop::EthTruncated)?;
+    // SAFETY: twelve bytes checked above, halfword-aligned (the frame's start).
+    unsafe {
+        let e = &mut *eth;
+        let dst = [e[0], e[1], e[2]];
+        e[0] = e[3];
+        e[1] = e[4];
+        e[2] = e[5];
+        e[3] = dst[0];
+        e[4] = dst[1];
+        e[5] = dst[2];
+    }
+    if v4 {
+        let h = ptr_at_mut::<Ipv4Hdr>(ctx, l3.l3_off()).ok_or(Drop::Ipv4Truncated)?;
+        // SAFETY: the header checked above. The addresses' swap leaves the header's sum
+        // as it was; the TTL's word changes.
+        unsafe {
+            let old = (u16::from((*h).ttl) << 8) | u16::from((*h).proto);
+            let new = (u16::from(OUTER_TTL) << 8) | u16::from((*h).proto);
+            (*h).check_be = csum::replace(u16::from_be((*h).check_be), old, new).to_be();
+            (*h).ttl = OUTER_TTL;
+            let src = (*h).saddr;
+            (*h).saddr = (*h).daddr;
+            (*h).daddr = src;
+        }
+    } else {
+        let h = ptr_at_mut::<Ipv6Hdr>(ctx, l3.l3_off()).ok_or(Drop::Ipv6Truncated)?;
+        // SAFETY: the header checked above; the pseudo-header's sum does not change with
+        // the addresses' order.
+        unsafe {
+            (*h).hop_limit = OUTER_TTL;
+            let src = (*h).saddr;
+            (*h).saddr = (*h).daddr;
+            (*h).daddr = src;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*icmp)[0] = reply_word.to_be();
+        (*icmp)[1] = csum::replace(check, type_code, reply_word).to_be();
+    }
+    bump(&STATS, Event::IcmpEchoReplied.slot());
+    Ok(ECHOED)
 }
 
 /// The client → VIP flow of the VIP → client packet quoted in an ICMP error.

@@ -104,8 +104,11 @@ fn balance(ctx: &XdpContext) -> Result<u32, Drop> {
             Routed::NotVip => return Ok(pass(Pass::NotVip)),
         },
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if unpack(icmp::route(ctx, &l3, s))? != icmp::ROUTED {
-                return Ok(pass(Pass::NotVip));
+            match unpack(icmp::route(ctx, &l3, s))? {
+                icmp::ROUTED => {}
+                // The reply, written in the frame (and counted).
+                icmp::ECHOED => return Ok(xdp_action::XDP_TX),
+                _ => return Ok(pass(Pass::NotVip)),
             }
             // SAFETY: `route` wrote the target.
             select::usable(unsafe { (*target).idx }).ok_or(Drop::BadBackend)?
