@@ -126,6 +126,10 @@ reasons! {
         /// the current second: dropped (a client retries its SYN), as a frontend's session
         /// rate limit does, so that a connection storm does not reach the backends whole.
         VipFlowLimit = 28, "vip_flow_limit";
+        /// A new flow of a VIP with `client_flow_rate_limit` from a client (an IPv4
+        /// address, an IPv6 /64) that this CPU has admitted that many new flows of the VIP
+        /// this second: dropped, the client retries (`lb_common::rate_window`).
+        ClientFlowLimit = 29, "client_flow_limit";
     }
 }
 

@@ -56,9 +56,18 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
 /// `BACKEND_STATS`: per-CPU [`TrafficStats`] indexed by backend index.
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
-/// `VIP_FLOW_LIMITS`: VIP id → `u32`, the new flows each CPU admits per second to a VIP
-/// with [`VIP_F_FLOW_LIMIT`]. Written by the daemon; sized at load to the VIPs with tables.
+/// `VIP_FLOW_LIMITS`: VIP id → [`FlowLimits`], the new flows each CPU admits per second to
+/// a VIP with [`VIP_F_FLOW_LIMIT`], and to each of its clients with [`VIP_F_CLIENT_LIMIT`].
+/// Written by the daemon; sized at load to the VIPs with tables.
 pub const MAP_VIP_FLOW_LIMITS: &str = "VIP_FLOW_LIMITS";
+/// `CLIENT_WINDOWS`: per-CPU LRU hash [`ClientKey`] → [`crate::rate_window::RateWindow`],
+/// each CPU's new flows from each client of a VIP with [`VIP_F_CLIENT_LIMIT`] in the current
+/// second. Program only.
+pub const MAP_CLIENT_WINDOWS: &str = "CLIENT_WINDOWS";
+/// Clients `CLIENT_WINDOWS` keeps windows for: more than open flows to limited VIPs in one
+/// second, and the LRU evicts the quietest, whose next flow opens a fresh window (a flood
+/// from that many addresses is what the VIP's own limit is for).
+pub const CLIENT_WINDOWS_ENTRIES: u32 = 65_536;
 /// `VIP_FLOW_WINDOW`: per-CPU VIP id → [`crate::rate_window::RateWindow`], each CPU's new
 /// flows of each VIP in the current second. Program only; sized like `VIP_FLOW_LIMITS`.
 pub const MAP_VIP_FLOW_WINDOW: &str = "VIP_FLOW_WINDOW";
@@ -157,6 +166,57 @@ pub const VIP_F_QUIC: u32 = 1 << 8;
 /// `VIP_FLOW_LIMITS[vip_id]` new flows of the VIP per second (`VIP_FLOW_WINDOW`); beyond,
 /// they are dropped (`vip_flow_limit`). Recorded flows are never limited.
 pub const VIP_F_FLOW_LIMIT: u32 = 1 << 9;
+/// `VipInfo::flags` (`client_flow_rate_limit`): each CPU admits at most
+/// `VIP_FLOW_LIMITS[vip_id].client` new flows of the VIP per second from each client (an
+/// IPv4 address, an IPv6 /64: [`ClientKey`]; `CLIENT_WINDOWS`); beyond, they are dropped
+/// (`client_flow_limit`), before they count against the VIP's own limit. Recorded flows are
+/// never limited.
+pub const VIP_F_CLIENT_LIMIT: u32 = 1 << 10;
+
+/// A VIP's new-flow limits (`VIP_FLOW_LIMITS`), each in new flows per CPU and second; 0:
+/// none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// All of the VIP's new flows (`new_flow_rate_limit`, [`VIP_F_FLOW_LIMIT`]).
+    pub vip: u32,
+    /// Each client's (`client_flow_rate_limit`, [`VIP_F_CLIENT_LIMIT`]).
+    pub client: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowLimits>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integer fields only, no padding, any bit pattern valid.
+unsafe impl aya::Pod for FlowLimits {}
+
+/// Whom a per-client limit counts (`CLIENT_WINDOWS` key): the VIP, and the client's IPv4
+/// address or IPv6 /64. Why /64 for IPv6: a host commonly has a /64 to itself and picks
+/// addresses in it at will (privacy addresses, or an attacker's rotation), so a limit per
+/// IPv6 address would limit nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The VIP's id.
+    pub vip_id: u32,
+    /// Address words (raw network order): IPv4 in word 0, an IPv6 /64 in words 0 and 1,
+    /// the rest zero.
+    pub addr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
+
+impl ClientKey {
+    /// The key of a client at `src` (address words as in [`crate::flow::FlowKey`]) of VIP
+    /// `vip_id`; `v4`: an IPv4 client.
+    #[inline(always)]
+    pub fn new(vip_id: u32, v4: bool, src: &[u32; 4]) -> Self {
+        let addr = if v4 {
+            [src[0], 0, 0, 0]
+        } else {
+            [src[0], src[1], 0, 0]
+        };
+        Self { vip_id, addr }
+    }
+}
 
 /// The data of a `SOURCE_RANGES` key (an LPM trie: the kernel compares the first
 /// `prefix_len` bits, in memory order). The VIP's id first, always compared whole

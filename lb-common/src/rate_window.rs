@@ -13,6 +13,11 @@
 //!   what a VIP's backends are asked to take on in a second, so that a connection storm
 //!   (a thundering herd after an outage, a flood of SYNs) reaches them at a rate they can
 //!   take; beyond, new flows are dropped and their clients retry.
+//! - New flows of a VIP from one client (`client_flow_rate_limit`, `CLIENT_WINDOWS`, one
+//!   window per client and VIP in a per-CPU LRU hash): so that one client (a runaway
+//!   retry loop, one attacker) cannot take the VIP's whole limit, or its backends'
+//!   capacity, from everybody else; counted before the VIP's limit, so that its refused
+//!   flows do not use that up.
 //! - ICMP errors we originate (`LbConfig::icmp_rate_limit`, `ICMP_WINDOW`): RFC 4443
 //!   section 2.4 (f) says a node MUST limit the rate of the ICMPv6 errors it sends (RFC
 //!   1812 section 4.3.2.8 says the same of IPv4's), so that a stream of oversized packets,

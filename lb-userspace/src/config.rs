@@ -343,6 +343,14 @@ pub struct VipConfig {
     /// a new flow. `None`: no limit. Changes in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_flow_rate_limit: Option<u32>,
+    /// New flows each CPU admits to this VIP per second from one client (an IPv4 address,
+    /// an IPv6 /64); beyond, they are dropped (`client_flow_limit`) and the client retries,
+    /// so that one client (a runaway retry loop, one attacker) cannot take the VIP's limit
+    /// or its backends from everybody else. Counted before `new_flow_rate_limit`. Recorded
+    /// flows and QUIC connections' new paths are never limited. `None`: no limit. Changes
+    /// in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_flow_rate_limit: Option<u32>,
     /// The real servers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -691,6 +699,8 @@ impl VipConfig {
             .map_err(|m| ConfigError::new(format!("{at}.quic"), m))?;
         check_new_flow_rate_limit(self.new_flow_rate_limit)
             .map_err(|m| ConfigError::new(format!("{at}.new_flow_rate_limit"), m))?;
+        check_new_flow_rate_limit(self.client_flow_rate_limit)
+            .map_err(|m| ConfigError::new(format!("{at}.client_flow_rate_limit"), m))?;
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .and_then(|()| hc.check_files())
@@ -912,8 +922,9 @@ pub fn check_stateless(
     Ok(())
 }
 
-/// A VIP's `new_flow_rate_limit` admits at least one flow a second: 0 would be a VIP
-/// that takes no new client, which `drained` backends or removing it say better.
+/// A VIP's `new_flow_rate_limit` (or `client_flow_rate_limit`) admits at least one flow a
+/// second: 0 would be a VIP that takes no new client, which `drained` backends or removing
+/// it (or `allowed_sources`) say better.
 pub fn check_new_flow_rate_limit(limit: Option<u32>) -> Result<(), String> {
     if limit == Some(0) {
         return Err(
@@ -1521,10 +1532,13 @@ mod tests {
         assert_eq!(c.vips[0].new_flow_rate_limit, Some(1));
         let e = file(r#", "new_flow_rate_limit": 0"#).unwrap_err();
         assert_eq!(e.field, "vips[0].new_flow_rate_limit", "{e}");
+        let c = file(r#", "client_flow_rate_limit": 3"#).unwrap();
+        assert_eq!(c.vips[0].client_flow_rate_limit, Some(3));
+        let e = file(r#", "client_flow_rate_limit": 0"#).unwrap_err();
+        assert_eq!(e.field, "vips[0].client_flow_rate_limit", "{e}");
         let c = file("").unwrap();
-        assert!(!serde_json::to_string(&c)
-            .unwrap()
-            .contains("new_flow_rate_limit"));
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(!text.contains("new_flow_rate_limit") && !text.contains("client_flow"));
     }
 
     /// `encap: gue` and `gue_port`: read, defaulted, refused at 0, left out when unset.

@@ -23,10 +23,11 @@ use std::{
 use lb_common::{
     addr::to_words,
     maps::{
-        Backend, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE, BACKEND_F_GUE,
-        BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_ECHO, CFG_F_ICMP_TOO_BIG,
-        DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY,
-        VIP_F_FLOW_LIMIT, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES, VIP_F_STATELESS,
+        Backend, FlowLimits, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE,
+        BACKEND_F_GUE, BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_ECHO,
+        CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, SOURCE_RANGE_VIP_BITS,
+        VIP_F_ADDR_ONLY, VIP_F_CLIENT_LIMIT, VIP_F_FLOW_LIMIT, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES,
+        VIP_F_STATELESS,
     },
     quic::{QuicServer, QuicServerKey},
 };
@@ -1488,12 +1489,36 @@ impl<D: Dataplane> Core<D> {
         id: &VipId,
         limit: Option<u32>,
     ) -> Result<(), CoreError> {
-        crate::config::check_new_flow_rate_limit(limit)
-            .map_err(|m| ConfigError::new("new_flow_rate_limit", m))?;
+        self.set_flow_limit(id, "new_flow_rate_limit", limit, |c| {
+            &mut c.new_flow_rate_limit
+        })
+    }
+
+    /// Sets how many new flows each CPU admits to a VIP per second from one client (`None`:
+    /// no limit), as [`Core::set_new_flow_rate_limit`].
+    pub fn set_client_flow_rate_limit(
+        &mut self,
+        id: &VipId,
+        limit: Option<u32>,
+    ) -> Result<(), CoreError> {
+        self.set_flow_limit(id, "client_flow_rate_limit", limit, |c| {
+            &mut c.client_flow_rate_limit
+        })
+    }
+
+    /// One of a VIP's new-flow limits (`field` of its config, reached by `of`).
+    fn set_flow_limit(
+        &mut self,
+        id: &VipId,
+        field: &'static str,
+        limit: Option<u32>,
+        of: fn(&mut VipConfig) -> &mut Option<u32>,
+    ) -> Result<(), CoreError> {
+        crate::config::check_new_flow_rate_limit(limit).map_err(|m| ConfigError::new(field, m))?;
         let vip = self.vip_mut(id)?;
-        let before = std::mem::replace(&mut vip.config.new_flow_rate_limit, limit);
+        let before = std::mem::replace(of(&mut vip.config), limit);
         if let Err(e) = self.publish(id) {
-            self.vip_mut(id)?.config.new_flow_rate_limit = before;
+            *of(&mut self.vip_mut(id)?.config) = before;
             return Err(e);
         }
         Ok(())
@@ -1669,11 +1694,14 @@ impl<D: Dataplane> Core<D> {
     fn publish_table(&mut self, id: &VipId) -> Result<(), CoreError> {
         let vip = self.vip(id)?;
         let (vip_index, servers) = (vip.id, quic_servers(vip));
-        let flow_limit = vip.config.new_flow_rate_limit;
+        let limits = FlowLimits {
+            vip: vip.config.new_flow_rate_limit.unwrap_or(0),
+            client: vip.config.client_flow_rate_limit.unwrap_or(0),
+        };
         self.sync_quic_servers(vip_index, &servers)?;
-        if let Some(limit) = flow_limit {
-            // Before the entry whose flag makes the program read it.
-            self.dp.set_flow_limit(vip_index, limit)?;
+        if limits != FlowLimits::default() {
+            // Before the entry whose flags make the program read them.
+            self.dp.set_flow_limit(vip_index, limits)?;
         }
         let vip = self
             .vips
@@ -1734,6 +1762,9 @@ impl<D: Dataplane> Core<D> {
         }
         if vip.config.new_flow_rate_limit.is_some() {
             flags |= VIP_F_FLOW_LIMIT;
+        }
+        if vip.config.client_flow_rate_limit.is_some() {
+            flags |= VIP_F_CLIENT_LIMIT;
         }
         let info = VipInfo {
             vip_id: vip.id,
@@ -1905,6 +1936,7 @@ mod tests {
             stateless: false,
             quic: None,
             new_flow_rate_limit: None,
+            client_flow_rate_limit: None,
             backends: backends.iter().map(|a| backend(a)).collect(),
         }
     }
@@ -3363,11 +3395,12 @@ mod tests {
         core.add_vip(cfg).unwrap();
         let (info, _) = live(&core, &id);
         assert_ne!(info.flags & VIP_F_FLOW_LIMIT, 0);
-        assert_eq!(core.dataplane().flow_limits[&info.vip_id], 250);
+        let only_vip = |vip| FlowLimits { vip, client: 0 };
+        assert_eq!(core.dataplane().flow_limits[&info.vip_id], only_vip(250));
         let w = &core.dataplane().writes;
         let limit = w
             .iter()
-            .position(|x| matches!(x, Write::FlowLimit(_, 250)))
+            .position(|x| matches!(x, Write::FlowLimit(_, l) if *l == only_vip(250)))
             .unwrap();
         let vip_write = w
             .iter()
@@ -3383,8 +3416,21 @@ mod tests {
         assert_eq!(core.dataplane().writes.len(), before);
 
         core.set_new_flow_rate_limit(&id, Some(10)).unwrap();
-        assert_eq!(core.dataplane().flow_limits[&info.vip_id], 10);
+        assert_eq!(core.dataplane().flow_limits[&info.vip_id], only_vip(10));
         assert_ne!(live(&core, &id).0.flags & VIP_F_FLOW_LIMIT, 0);
+        // The per-client limit beside it: both in the one entry, each with its flag.
+        core.set_client_flow_rate_limit(&id, Some(3)).unwrap();
+        assert_eq!(
+            core.dataplane().flow_limits[&info.vip_id],
+            FlowLimits { vip: 10, client: 3 }
+        );
+        let flags = live(&core, &id).0.flags;
+        assert_ne!(flags & VIP_F_CLIENT_LIMIT, 0);
+        assert_ne!(flags & VIP_F_FLOW_LIMIT, 0);
+        let e = core.set_client_flow_rate_limit(&id, Some(0)).unwrap_err();
+        assert!(e.to_string().contains("client_flow_rate_limit"), "{e}");
+        core.set_client_flow_rate_limit(&id, None).unwrap();
+        assert_eq!(live(&core, &id).0.flags & VIP_F_CLIENT_LIMIT, 0);
         core.set_new_flow_rate_limit(&id, None).unwrap();
         assert_eq!(live(&core, &id).0.flags & VIP_F_FLOW_LIMIT, 0);
         assert_eq!(

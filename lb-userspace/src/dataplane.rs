@@ -17,10 +17,10 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4},
     lookup,
     maps::{
-        Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, MAP_BACKENDS,
-        MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4, MAP_LOOKUP,
-        MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_FLOW_LIMITS, MAP_VIP_RETIRED,
-        MAX_TABLE_SIZE,
+        Backend, ConnEntry, FlowLimits, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey,
+        MAP_BACKENDS, MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4,
+        MAP_LOOKUP, MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_FLOW_LIMITS,
+        MAP_VIP_RETIRED, MAX_TABLE_SIZE,
     },
     quic::{QuicServer, QuicServerKey, MAP_QUIC_SERVERS},
 };
@@ -113,7 +113,7 @@ pub trait Dataplane: Send {
     fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), DataplaneError>;
     /// Sets the new flows each CPU admits per second to VIP index `vip_id`
     /// (`VIP_FLOW_LIMITS`; read while its entry has `VIP_F_FLOW_LIMIT`).
-    fn set_flow_limit(&mut self, vip_id: u32, per_cpu: u32) -> Result<(), DataplaneError>;
+    fn set_flow_limit(&mut self, vip_id: u32, limits: FlowLimits) -> Result<(), DataplaneError>;
 }
 
 /// Reads the data plane's counters (summed over CPUs).
@@ -138,7 +138,7 @@ pub struct AyaDataplane {
     /// `None` only for an older build of the object opened by [`AyaDataplane::for_older_build`].
     source_ranges: Option<LpmTrie<MapData, SourceRange, u32>>,
     quic_servers: Option<HashMap<MapData, QuicServerKey, QuicServer>>,
-    flow_limits: Option<Array<MapData, u32>>,
+    flow_limits: Option<Array<MapData, FlowLimits>>,
     tables: Arc<ConnTables>,
 }
 
@@ -316,11 +316,11 @@ impl Dataplane for AyaDataplane {
             .map_err(map_err(MAP_QUIC_SERVERS, "insert"))
     }
 
-    fn set_flow_limit(&mut self, vip_id: u32, per_cpu: u32) -> Result<(), DataplaneError> {
+    fn set_flow_limit(&mut self, vip_id: u32, limits: FlowLimits) -> Result<(), DataplaneError> {
         self.flow_limits
             .as_mut()
             .ok_or(DataplaneError::MissingMap(MAP_VIP_FLOW_LIMITS))?
-            .set(vip_id, per_cpu, 0)
+            .set(vip_id, limits, 0)
             .map_err(map_err(MAP_VIP_FLOW_LIMITS, "set"))
     }
 
@@ -455,7 +455,7 @@ pub enum Write {
     /// `remove_quic_server`.
     RemoveQuicServer(QuicServerKey),
     /// `set_flow_limit`.
-    FlowLimit(u32, u32),
+    FlowLimit(u32, FlowLimits),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -484,7 +484,7 @@ pub struct Recorder {
     /// Current QUIC server IDs (VIP id, server ID) → backend.
     pub quic_servers: std::collections::BTreeMap<(u32, u32), QuicServer>,
     /// Current per-CPU new-flow limits by VIP id.
-    pub flow_limits: StdHashMap<u32, u32>,
+    pub flow_limits: StdHashMap<u32, FlowLimits>,
 }
 
 impl Recorder {
@@ -625,10 +625,10 @@ impl Dataplane for Recorder {
         Ok(())
     }
 
-    fn set_flow_limit(&mut self, vip_id: u32, per_cpu: u32) -> Result<(), DataplaneError> {
+    fn set_flow_limit(&mut self, vip_id: u32, limits: FlowLimits) -> Result<(), DataplaneError> {
         self.check()?;
-        self.writes.push(Write::FlowLimit(vip_id, per_cpu));
-        self.flow_limits.insert(vip_id, per_cpu);
+        self.writes.push(Write::FlowLimit(vip_id, limits));
+        self.flow_limits.insert(vip_id, limits);
         Ok(())
     }
 

@@ -163,6 +163,8 @@ pub enum Step {
     Scheduler(VipId, Scheduler),
     /// A VIP's new idle timeout (`None`: the protocol's default).
     IdleTimeout(VipId, Option<u32>),
+    /// A VIP's new `client_flow_rate_limit` (`None`: no limit).
+    ClientFlowRateLimit(VipId, Option<u32>),
     /// A VIP's new `new_flow_rate_limit` (`None`: no limit).
     NewFlowRateLimit(VipId, Option<u32>),
     /// A VIP's new slow start (`None`: none). Turned off before a scheduler change and on
@@ -208,6 +210,13 @@ impl std::fmt::Display for Step {
                 write!(f, "VIP {id}: at most {n} new flows a second on each CPU")
             }
             Self::NewFlowRateLimit(id, None) => write!(f, "VIP {id}: no new-flow limit"),
+            Self::ClientFlowRateLimit(id, Some(n)) => write!(
+                f,
+                "VIP {id}: at most {n} new flows a second from one client on each CPU"
+            ),
+            Self::ClientFlowRateLimit(id, None) => {
+                write!(f, "VIP {id}: no per-client new-flow limit")
+            }
             Self::SlowStart(id, Some(t)) => write!(f, "VIP {id}: slow start over {t} s"),
             Self::SlowStart(id, None) => write!(f, "VIP {id}: no slow start"),
             Self::Sources(id, s) if s.is_empty() => write!(f, "VIP {id}: admits every client"),
@@ -309,6 +318,9 @@ pub fn plan<'a>(
         if vip.idle_timeout_s != now.config.idle_timeout_s {
             steps.push(Step::IdleTimeout(id, vip.idle_timeout_s));
         }
+        if vip.client_flow_rate_limit != now.config.client_flow_rate_limit {
+            steps.push(Step::ClientFlowRateLimit(id, vip.client_flow_rate_limit));
+        }
         if vip.new_flow_rate_limit != now.config.new_flow_rate_limit {
             steps.push(Step::NewFlowRateLimit(id, vip.new_flow_rate_limit));
         }
@@ -402,6 +414,7 @@ pub fn check_fits<D: Dataplane>(
             | Step::Scheduler(..)
             | Step::IdleTimeout(..)
             | Step::NewFlowRateLimit(..)
+            | Step::ClientFlowRateLimit(..)
             | Step::SlowStart(..)
             | Step::Sources(..)
             | Step::HealthCheck(..) => {}
@@ -710,6 +723,14 @@ mod tests {
             plan_for(&limited).unwrap(),
             [Step::NewFlowRateLimit(web, Some(100))]
         );
+        let per_client = STARTED.replace(
+            r#""port": 80, "protocol": "tcp","#,
+            r#""port": 80, "protocol": "tcp", "client_flow_rate_limit": 5,"#,
+        );
+        assert_eq!(
+            plan_for(&per_client).unwrap(),
+            [Step::ClientFlowRateLimit(web, Some(5))]
+        );
         // QUIC routing on the running UDP VIP.
         let quic = STARTED.replace(
             r#""port": 53, "protocol": "udp","#,
@@ -1010,6 +1031,7 @@ mod tests {
             Step::Scheduler(id, s) => core.set_scheduler(&id, s),
             Step::IdleTimeout(id, t) => core.set_idle_timeout(&id, t),
             Step::NewFlowRateLimit(id, n) => core.set_new_flow_rate_limit(&id, n),
+            Step::ClientFlowRateLimit(id, n) => core.set_client_flow_rate_limit(&id, n),
             Step::SlowStart(id, t) => core.set_slow_start(&id, t),
             Step::Sources(id, s) => core.set_sources(&id, s),
             Step::HealthCheck(id, hc) => core.set_health_check(&id, hc.map(|b| *b)),

@@ -2,13 +2,17 @@
 //! new flows a second per CPU, a burst of 20 connections to a web VIP has some turned away
 //! (their SYNs dropped and counted `vip_flow_limit`; the backends' health checks, straight
 //! to them, are not); `xlb vip flow-limit VIP none` lifts it at once and the same burst is
-//! served whole.
+//! served whole. A VIP's `client_flow_rate_limit` holds one client's burst back while
+//! another client's connections, at the same time, are all served.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use xlb_tests::{
     netns::require_root,
-    topology::{http_get, DemoNet, VIP4},
+    topology::{http_get, http_get_from, DemoNet, VIP4},
 };
 
 /// A burst of `n` new connections, each given `timeout` to answer; the unanswered count.
@@ -58,4 +62,62 @@ fn a_burst_of_new_connections_is_held_to_the_vips_rate_and_lifting_it_serves_all
         status["vips"][0]["new_flow_rate_limit"].is_null(),
         "{status}"
     );
+}
+
+#[test]
+fn one_clients_burst_is_held_back_while_another_client_is_served() {
+    if !require_root() {
+        return;
+    }
+    let mut net = DemoNet::new("e2efc", 2);
+    net.start_backends();
+    let cfg = net.config_json().replacen(
+        r#""protocol": "tcp","#,
+        r#""protocol": "tcp", "client_flow_rate_limit": 2,"#,
+        1,
+    );
+    let (_lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let (greedy, polite): (IpAddr, IpAddr) = (
+        "198.18.0.30".parse().unwrap(),
+        "198.18.0.31".parse().unwrap(),
+    );
+    for c in [greedy, polite] {
+        net.client.addr("eth0", &format!("{c}/24"));
+    }
+    let get =
+        |src: IpAddr| http_get_from(&net.client, src, vip, "/", Duration::from_millis(500)).is_ok();
+    // Interleaved, so both clients' connections fall in the same seconds: four of the
+    // greedy client's for each of the polite one's.
+    let (mut greedy_lost, mut polite_lost) = (0, 0);
+    for _ in 0..4 {
+        greedy_lost += (0..4).filter(|_| !get(greedy)).count();
+        polite_lost += usize::from(!get(polite));
+    }
+    assert!(greedy_lost > 0, "16 connections of one client all admitted");
+    assert_eq!(polite_lost, 0, "the other client lost connections");
+    let stats = net.stats_json(&sock);
+    let limited = stats["reasons"]["client_flow_limit"].as_u64().unwrap_or(0);
+    assert!(
+        limited >= greedy_lost as u64,
+        "client_flow_limit {limited} for {greedy_lost} lost: {stats}"
+    );
+    assert_eq!(stats["reasons"]["vip_flow_limit"].as_u64().unwrap_or(0), 0);
+    let status = net.status_json(&sock);
+    assert_eq!(status["vips"][0]["client_flow_rate_limit"], 2, "{status}");
+
+    // Lifted with the CLI: the greedy client is served whole.
+    net.ctl(
+        &sock,
+        &[
+            "vip",
+            "flow-limit",
+            &format!("{VIP4}:80"),
+            "none",
+            "--per-client",
+        ],
+    );
+    let lost = (0..12).filter(|_| !get(greedy)).count();
+    assert_eq!(lost, 0, "lost connections with the limit lifted");
 }

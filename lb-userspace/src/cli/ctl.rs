@@ -28,8 +28,9 @@ use crate::{
         client,
         protocol::{
             BackendAdd, BackendBackup, BackendMaxConns, BackendRef, BackendRemove, BackendWeight,
-            ControlError, Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd, VipFlowLimit,
-            VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler, VipSources,
+            ControlError, Empty, FlowRef, FlowsQuery, ReloadRequest, Request, VipAdd,
+            VipClientFlowLimit, VipFlowLimit, VipHealthCheck, VipIdleTimeout, VipRef, VipScheduler,
+            VipSources,
         },
         DEFAULT_SOCKET,
     },
@@ -90,6 +91,10 @@ pub enum VipCmd {
         /// their clients retry); recorded flows are never limited.
         #[arg(long, value_name = "N")]
         new_flow_rate_limit: Option<u32>,
+        /// Admit at most N new flows per second on each CPU from one client (an IPv4
+        /// address, an IPv6 /64).
+        #[arg(long, value_name = "N")]
+        client_flow_rate_limit: Option<u32>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -115,13 +120,17 @@ pub enum VipCmd {
     },
     /// Admit at most N new flows of a VIP per second on each CPU (beyond, they are dropped
     /// and their clients retry), or with `none` any number; recorded flows are never
-    /// limited.
+    /// limited. With --per-client, N from each client (an IPv4 address, an IPv6 /64).
     FlowLimit {
         /// ADDRESS:PORT[/PROTO].
         vip: VipId,
         /// New flows a second on each CPU (1 or more), or `none`.
         #[arg(value_parser = parse_flow_limit)]
         limit: FlowLimitArg,
+        /// The limit on each client's new flows (`client_flow_rate_limit`) rather than on
+        /// the VIP's.
+        #[arg(long)]
+        per_client: bool,
     },
     /// Admit new flows to a VIP only from these client prefixes (recorded flows stay), or
     /// with --any from every client.
@@ -329,6 +338,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             stateless,
             quic_id_bytes,
             new_flow_rate_limit,
+            client_flow_rate_limit,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -354,6 +364,7 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                     config_id: 0,
                 }),
                 new_flow_rate_limit,
+                client_flow_rate_limit,
                 backends,
             };
             (
@@ -369,7 +380,18 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             Request::VipScheduler(VipScheduler { vip, scheduler }),
             format!("VIP {vip} now uses {}", scheduler.name()),
         ),
-        VipCmd::FlowLimit { vip, limit } => (
+        VipCmd::FlowLimit {
+            vip,
+            limit,
+            per_client: true,
+        } => (
+            Request::VipClientFlowLimit(VipClientFlowLimit {
+                vip,
+                client_flow_rate_limit: limit.0,
+            }),
+            crate::daemon::handler::client_limit_done(&vip, limit.0),
+        ),
+        VipCmd::FlowLimit { vip, limit, .. } => (
             Request::VipFlowLimit(VipFlowLimit {
                 vip,
                 new_flow_rate_limit: limit.0,
@@ -1288,6 +1310,9 @@ fn render_status(status: &Value) -> String {
         if let Some(n) = vip["new_flow_rate_limit"].as_u64() {
             let _ = write!(h, "  at most {n} new flows/s per CPU");
         }
+        if let Some(n) = vip["client_flow_rate_limit"].as_u64() {
+            let _ = write!(h, "  at most {n} new flows/s per CPU from one client");
+        }
         h
     };
     let mut out = vip_blocks(list(status, "vips"), head, |vip, out| {
@@ -1549,6 +1574,7 @@ mod tests {
             stateless,
             quic_id_bytes,
             new_flow_rate_limit,
+            client_flow_rate_limit,
         }) = parse(&[
             "vip",
             "add",
@@ -1584,6 +1610,8 @@ mod tests {
             "3",
             "--new-flow-rate-limit",
             "500",
+            "--client-flow-rate-limit",
+            "20",
         ])
         else {
             panic!("not vip add")
@@ -1591,6 +1619,7 @@ mod tests {
         assert!(stateless);
         assert_eq!(quic_id_bytes, Some(3));
         assert_eq!(new_flow_rate_limit, Some(500));
+        assert_eq!(client_flow_rate_limit, Some(20));
         assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
         assert_eq!(scheduler, Some(Scheduler::Sh));
         assert_eq!(table_size, Some(251));
@@ -1734,12 +1763,20 @@ mod tests {
             assert!(Cli::try_parse_from(argv).is_err(), "{bad} accepted");
         }
         for (arg, want) in [("250", Some(250)), ("none", None)] {
-            let Top::Vip(VipCmd::FlowLimit { limit, .. }) =
-                parse(&["vip", "flow-limit", "198.18.1.1:80", arg])
+            let Top::Vip(VipCmd::FlowLimit {
+                limit, per_client, ..
+            }) = parse(&["vip", "flow-limit", "198.18.1.1:80", arg])
             else {
                 panic!("not vip flow-limit")
             };
-            assert_eq!(limit, FlowLimitArg(want));
+            assert_eq!((limit, per_client), (FlowLimitArg(want), false));
+            let Top::Vip(VipCmd::FlowLimit {
+                limit, per_client, ..
+            }) = parse(&["vip", "flow-limit", "198.18.1.1:80", arg, "--per-client"])
+            else {
+                panic!("not vip flow-limit")
+            };
+            assert_eq!((limit, per_client), (FlowLimitArg(want), true));
         }
         for bad in ["0", "-1", "lots"] {
             let argv = ["xlb", "vip", "flow-limit", "198.18.1.1:80", bad];
@@ -1874,9 +1911,10 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         let quic = render_status(&json!({"vips": [{"vip": "198.18.1.1:443/udp",
             "scheduler": "maglev", "table_size": 65537, "encap": "gue",
             "quic": {"server_id_bytes": 2, "config_id": 0}, "new_flow_rate_limit": 500,
+            "client_flow_rate_limit": 4,
             "backends": [{"address": "198.18.0.11", "quic_server_id": 7, "state": "up"}]}]}));
         assert!(
-            quic.contains("table 65537  gue tunnels  quic (server IDs of 2 octets)  at most 500 new flows/s per CPU\n"),
+            quic.contains("table 65537  gue tunnels  quic (server IDs of 2 octets)  at most 500 new flows/s per CPU  at most 4 new flows/s per CPU from one client\n"),
             "{quic}"
         );
         assert!(quic.contains("198.18.0.11 (quic 7)"), "{quic}");

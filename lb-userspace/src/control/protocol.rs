@@ -102,6 +102,9 @@ pub enum Request {
     /// Sets or lifts a VIP's `new_flow_rate_limit`.
     #[serde(rename = "vip.flow_limit")]
     VipFlowLimit(VipFlowLimit),
+    /// Sets or lifts a VIP's `client_flow_rate_limit`.
+    #[serde(rename = "vip.client_flow_limit")]
+    VipClientFlowLimit(VipClientFlowLimit),
     /// Sets the client prefixes a VIP admits new flows from.
     #[serde(rename = "vip.sources")]
     VipSources(VipSources),
@@ -203,6 +206,17 @@ pub struct VipFlowLimit {
     pub vip: VipId,
     /// New flows each CPU admits per second (1 or more), or `null` for no limit.
     pub new_flow_rate_limit: Option<u32>,
+}
+
+/// Body of `vip.client_flow_limit`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipClientFlowLimit {
+    /// The VIP.
+    pub vip: VipId,
+    /// New flows each CPU admits per second from one client (1 or more), or `null` for no
+    /// limit.
+    pub client_flow_rate_limit: Option<u32>,
 }
 
 /// Body of `vip.sources`.
@@ -389,6 +403,7 @@ pub const OPS: &[&str] = &[
     "vip.scheduler",
     "vip.idle_timeout",
     "vip.flow_limit",
+    "vip.client_flow_limit",
     "vip.sources",
     "vip.health_check",
     "backend.add",
@@ -417,6 +432,7 @@ impl Request {
             Self::VipScheduler(_) => "vip.scheduler",
             Self::VipIdleTimeout(_) => "vip.idle_timeout",
             Self::VipFlowLimit(_) => "vip.flow_limit",
+            Self::VipClientFlowLimit(_) => "vip.client_flow_limit",
             Self::VipSources(_) => "vip.sources",
             Self::VipHealthCheck(_) => "vip.health_check",
             Self::BackendAdd(_) => "backend.add",
@@ -460,6 +476,7 @@ impl Request {
             "vip.scheduler" => Self::VipScheduler(parse_body(body)?),
             "vip.idle_timeout" => Self::VipIdleTimeout(parse_body(body)?),
             "vip.flow_limit" => Self::VipFlowLimit(parse_body(body)?),
+            "vip.client_flow_limit" => Self::VipClientFlowLimit(parse_body(body)?),
             "vip.sources" => Self::VipSources(parse_body(body)?),
             "vip.health_check" => Self::VipHealthCheck(parse_body(body)?),
             "backend.add" => Self::BackendAdd(parse_body(body)?),
@@ -726,6 +743,7 @@ mod tests {
                         stateless: false,
                         quic: None,
                         new_flow_rate_limit: None,
+                        client_flow_rate_limit: None,
                         backends: vec![
                             BackendConfig {
                                 max_conns: None,
@@ -770,6 +788,13 @@ mod tests {
                 Request::VipFlowLimit(VipFlowLimit {
                     vip: vip_id(),
                     new_flow_rate_limit: Some(500),
+                }),
+            ),
+            (
+                r#"{"v":1,"op":"vip.client_flow_limit","vip":"198.18.1.1:80/tcp","client_flow_rate_limit":null}"#,
+                Request::VipClientFlowLimit(VipClientFlowLimit {
+                    vip: vip_id(),
+                    client_flow_rate_limit: None,
                 }),
             ),
             (

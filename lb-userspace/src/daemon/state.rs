@@ -656,6 +656,15 @@ impl Daemon {
         self.core.set_idle_timeout(vip, idle_s)
     }
 
+    /// Sets or lifts a VIP's `client_flow_rate_limit`.
+    pub fn set_client_flow_rate_limit(
+        &mut self,
+        vip: &VipId,
+        limit: Option<u32>,
+    ) -> Result<(), CoreError> {
+        self.core.set_client_flow_rate_limit(vip, limit)
+    }
+
     /// Sets or lifts a VIP's `new_flow_rate_limit`.
     pub fn set_new_flow_rate_limit(
         &mut self,
@@ -684,6 +693,7 @@ impl Daemon {
                 reload::Step::Scheduler(id, s) => self.set_scheduler(&id, s),
                 reload::Step::IdleTimeout(id, t) => self.set_idle_timeout(&id, t),
                 reload::Step::NewFlowRateLimit(id, n) => self.set_new_flow_rate_limit(&id, n),
+                reload::Step::ClientFlowRateLimit(id, n) => self.set_client_flow_rate_limit(&id, n),
                 reload::Step::SlowStart(id, t) => self.set_slow_start(&id, t),
                 reload::Step::Sources(id, s) => self.set_sources(&id, s),
                 reload::Step::HealthCheck(id, hc) => self.set_health_check(&id, hc.map(|b| *b)),
@@ -994,6 +1004,7 @@ impl Daemon {
                     "encap": v.config.encap,
                     "quic": v.config.quic,
                     "new_flow_rate_limit": v.config.new_flow_rate_limit,
+                    "client_flow_rate_limit": v.config.client_flow_rate_limit,
                     "table_size": v.config.table_size.unwrap_or(lb_common::maps::DEFAULT_TABLE_SIZE),
                     "slow_start_s": v.config.slow_start_s,
                     "allowed_sources": v.config.allowed_sources,

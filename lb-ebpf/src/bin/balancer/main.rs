@@ -36,7 +36,9 @@ use lb_common::{
     addr::FAMILY_V4,
     counters::{Counters, Drop, Event, Pass},
     flow::FlowKey,
-    maps::{Backend, VipKey, VIP_F_COUNT_ACTIVE, VIP_F_FLOW_LIMIT, VIP_F_SRC_RANGES},
+    maps::{
+        Backend, VipKey, VIP_F_CLIENT_LIMIT, VIP_F_COUNT_ACTIVE, VIP_F_FLOW_LIMIT, VIP_F_SRC_RANGES,
+    },
 };
 use lb_ebpf::{
     parse::{
@@ -243,12 +245,18 @@ pub extern "C" fn xlb_schedule(
         0
     };
     // A named flow is a new path of a connection its backend already has: counted on its
-    // first path, and no new flow for the VIP's rate limit.
+    // first path, and no new flow for the rate limits. The client's limit comes first, so
+    // that what it refuses does not use up the VIP's.
     let mut vip = vip;
     if named != 0 {
         vip.flags &= !VIP_F_COUNT_ACTIVE;
-    } else if vip.flags & VIP_F_FLOW_LIMIT != 0 && !maps::vip_flow_admitted(vip.vip_id) {
-        return pack(Err(Drop::VipFlowLimit));
+    } else {
+        if vip.flags & VIP_F_CLIENT_LIMIT != 0 && !maps::client_flow_admitted(s, vip.vip_id) {
+            return pack(Err(Drop::ClientFlowLimit));
+        }
+        if vip.flags & VIP_F_FLOW_LIMIT != 0 && !maps::vip_flow_admitted(vip.vip_id) {
+            return pack(Err(Drop::VipFlowLimit));
+        }
     }
     match unpack(select::pick(s, &vip, true, tcp_flags as u8, named)) {
         Ok(_) => pack(Ok(SCHEDULED)),

@@ -8,15 +8,16 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf,
+        Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
     },
 };
 use lb_common::{
     counters::Drop,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, ConnEntry, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey, DEFAULT_MAX_VIPS,
-        MAX_BACKENDS, MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
+        Backend, ClientKey, ConnEntry, FlowLimits, LbConfig, SourceRange, TrafficStats, VipInfo,
+        VipKey, CLIENT_WINDOWS_ENTRIES, DEFAULT_MAX_VIPS, MAX_BACKENDS, MAX_SOURCE_RANGES,
+        MAX_VIP_ENTRIES,
     },
     quic::{QuicServer, QuicServerKey},
     rate_window::RateWindow,
@@ -122,10 +123,18 @@ pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1024, 0)
 pub static QUIC_SERVERS: HashMap<QuicServerKey, QuicServer> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
 
-/// VIP id → the new flows each CPU admits to it per second (`VIP_F_FLOW_LIMIT`). Daemon
-/// writes; the loader sizes it to the VIPs with tables. Read on such VIPs' new flows only.
+/// VIP id → the new flows each CPU admits to it per second (`VIP_F_FLOW_LIMIT`), and to
+/// each of its clients (`VIP_F_CLIENT_LIMIT`). Daemon writes; the loader sizes it to the
+/// VIPs with tables. Read on such VIPs' new flows only.
 #[map]
-pub static VIP_FLOW_LIMITS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+pub static VIP_FLOW_LIMITS: Array<FlowLimits> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// This CPU's new flows from each client of a VIP with `VIP_F_CLIENT_LIMIT` in the current
+/// second (`lb_common::maps::ClientKey`). Program only. Per-CPU values, as every window
+/// here: no shared counter on the packet path.
+#[map]
+pub static CLIENT_WINDOWS: LruPerCpuHashMap<ClientKey, RateWindow> =
+    LruPerCpuHashMap::with_max_entries(CLIENT_WINDOWS_ENTRIES, 0);
 
 /// This CPU's new flows of each VIP in the current second, against `VIP_FLOW_LIMITS`.
 /// Program only; sized like it.
@@ -163,6 +172,8 @@ pub struct Scratch {
     pub l3: L3,
     /// A new flow's `SOURCE_RANGES` key (map memory is a valid key).
     pub source: Key<SourceRange>,
+    /// A new flow's `CLIENT_WINDOWS` key (likewise).
+    pub client: ClientKey,
 }
 
 impl Scratch {
@@ -267,8 +278,37 @@ pub fn within_rate(window: &PerCpuArray<RateWindow>, limit: u32) -> bool {
 /// CPU has admitted its `VIP_FLOW_LIMITS` share this second.
 #[inline(always)]
 pub fn vip_flow_admitted(vip_id: u32) -> bool {
-    let limit = VIP_FLOW_LIMITS.get(vip_id).copied().unwrap_or(0);
+    let limit = VIP_FLOW_LIMITS.get(vip_id).map_or(0, |l| l.vip);
     within_rate_at(&VIP_FLOW_WINDOW, vip_id, limit)
+}
+
+/// A new flow of VIP `vip_id` (`VIP_F_CLIENT_LIMIT`) from the client of the flow in `s`,
+/// counted in the client's window: false when this CPU has admitted the VIP's
+/// per-client limit from it this second. A client without a window gets a new one; when
+/// the kernel cannot make it (it can: the LRU evicts), the flow is admitted.
+#[inline(always)]
+pub fn client_flow_admitted(s: *mut Scratch, vip_id: u32) -> bool {
+    let limit = VIP_FLOW_LIMITS.get(vip_id).map_or(0, |l| l.client);
+    if limit == 0 {
+        return true;
+    }
+    // SAFETY: this CPU's scratch slot, its flow written by the caller; the key is built
+    // there (map memory is a valid key), off the verifier's 512-byte stack.
+    unsafe {
+        let flow = &(*s).flow;
+        (*s).client = ClientKey::new(vip_id, flow.family == lb_common::addr::FAMILY_V4, &flow.src);
+        let now = bpf_ktime_get_coarse_ns();
+        match CLIENT_WINDOWS.get_ptr_mut(&(*s).client) {
+            // This CPU's value: only this CPU touches it while the program runs.
+            Some(w) => (*w).admit(now, limit),
+            None => {
+                let mut w = RateWindow::default();
+                let admitted = w.admit(now, limit);
+                let _ = CLIENT_WINDOWS.insert(&(*s).client, &w, 0);
+                admitted
+            }
+        }
+    }
 }
 
 /// [`within_rate`] on slot `slot` of `window` (a slot past its end: no limit).
