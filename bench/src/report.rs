@@ -27,6 +27,7 @@ pub const REQUIRED: &[&str] = &[
     "testrun_ns_per_pkt.decap_mss_clamp_reply",
     "testrun_ns_per_pkt.xlb_gue_hit",
     "testrun_ns_per_pkt.xlb_quic_routed",
+    "testrun_ns_per_pkt.xlb_new_flow_client_limit",
     "forward_pps.xdp_tx_baseline",
     "forward_pps.xlb",
     "forward_pps.xlb_1m_flows",
@@ -286,6 +287,10 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         (
             "xlb_new_flow_allow_list",
             "xlb, new flow to a VIP with 1024 allowed prefixes (LPM lookup on admission)",
+        ),
+        (
+            "xlb_new_flow_client_limit",
+            "xlb, new flow to a VIP with a per-client limit (the client's window, per-CPU LRU)",
         ),
         (
             "xlb_conntrack_hit_no_flow_cache",

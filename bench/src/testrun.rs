@@ -475,6 +475,14 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         .core
         .set_sources(&vip_id(VIP4), allow_list())
         .map_err(|e| anyhow!("allowed_sources: {e}"))?;
+    // New flows to a VIP with a per-client limit that admits them all: what finding the
+    // client's window in the per-CPU LRU costs (a call's flows share one client, whose
+    // first flow makes it), beside `open_lab`.
+    let mut client_limited = lab_with(10, 1 << 16, false)?;
+    client_limited
+        .core
+        .set_client_flow_rate_limit(&vip_id(VIP4), Some(u32::MAX))
+        .map_err(|e| anyhow!("client_flow_rate_limit: {e}"))?;
     // The backends' MSS clamp (`xlb decap --clamp-mss`) on a reply segment from a VIP:
     // what every packet a backend sends pays for it.
     let mut decap = loader::load_decap()?;
@@ -535,6 +543,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "decap_mss_clamp_reply",
         "xlb_gue_hit",
         "xlb_quic_routed",
+        "xlb_new_flow_client_limit",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut singles = Singles::new();
@@ -569,6 +578,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         samples[14].push(clamp_repeat_ns(&mut decap, &reply, plan.repeat)?);
         samples[15].push(hit_repeat(&mut gue, &hit4, plan.repeat)?);
         samples[16].push(new_flows.measure_quic(&mut quic, new_repeat)?);
+        samples[17].push(new_flows.measure(&mut client_limited, new_repeat)?);
         singles.batch(&mut lab, &hit4, CLIENT4, VIP4, &mut port, plan.singles)?;
         eprintln!(
             "  test_run round {}/{}: hit {:.0} ns, new flow {:.0} ns",
@@ -627,6 +637,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "stateless_saves (new_flow_small_table - stateless: a query to a stateless VIP against one recorded in a table of the same size)": round3(s[9].median - s[13].median),
         "gue_adds (gue_hit - conntrack_hit: the UDP header of a GUE tunnel)": round3(s[15].median - hit),
         "quic_routed_over_maglev (quic_routed - new_flow_small_table: a new path placed by its connection ID's server against a new flow placed by the Maglev table, both recorded in a table of the same size)": round3(s[16].median - s[9].median),
+        "client_limit_window (new_flow_client_limit - new_flow_small_table: the client's rate window found in the per-CPU LRU and counted)": round3(s[17].median - s[9].median),
     });
     out["paired_allow_list_over_small_table"] =
         Summary::of(&paired(&samples[10], &samples[9])).json();
