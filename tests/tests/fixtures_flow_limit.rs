@@ -164,3 +164,33 @@ fn a_cpu_admits_each_clients_share_and_drops_the_rest_of_that_clients() {
         .expect("lift the limit");
     tunnelled_to(&mut lab.ebpf, &from("198.18.0.66", 40_010, syn), lb);
 }
+
+/// On a `stateless` VIP every packet is a new flow: a per-client limit is a per-client
+/// query rate, whatever the queries' ports.
+#[test]
+fn a_stateless_vips_client_limit_counts_each_query() {
+    if !require_root() {
+        return;
+    }
+    pin_to_this_cpu();
+    let cfg = format!(
+        r#"{{"outer_source": {{"v4": "{LB}"}}, "vips": [
+            {{"address": "{VIP}", "port": 53, "protocol": "udp", "stateless": true,
+              "client_flow_rate_limit": 3, "backends": [{{"address": "198.18.0.11"}}]}}]}}"#
+    );
+    let mut lab = Lab::new(&cfg);
+    let query = |client: &str, sport: u16| {
+        Pkt::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(v4(client), v4(VIP))
+            .udp(sport, 53)
+            .payload(b"query")
+            .build()
+    };
+    // The same 5-tuple four times, then a new port: one client's fourth and fifth queries.
+    let verdicts: Vec<u32> = [40_000, 40_000, 40_000, 40_000, 40_001]
+        .iter()
+        .map(|&p| lab.run(&query("198.18.0.66", p)).verdict)
+        .collect();
+    assert_eq!(verdicts, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+    assert_eq!(lab.run(&query("198.18.0.67", 40_000)).verdict, XDP_TX);
+}
