@@ -297,33 +297,23 @@ mod tests {
             let sum = inner_sum(&c.inner);
             assert!(sum.is_some(), "case {i}: {:?}", c.inner);
             for sport in [0xc000u16, 0xffff, 0xd1f3] {
-                let got4 = udp_checksum(
+                // Over each outer family: the tunnel's addresses as words and as bytes.
+                let over = |what: &str, words: u32, src: &[u8], dst: &[u8]| {
+                    let got = udp_checksum(words, sport, 6080, (8 + c.bytes.len()) as u16, sum);
+                    assert_eq!(
+                        got,
+                        full(src, dst, sport, 6080, &c.bytes),
+                        "case {i} over {what}, port {sport:#x}: {:?}",
+                        c.inner
+                    );
+                    usize::from(got == 0xffff)
+                };
+                let (w4, w6) = (
                     add_address(add_address(0, &words4(outer_v4.0)), &words4(outer_v4.1)),
-                    sport,
-                    6080,
-                    (8 + c.bytes.len()) as u16,
-                    sum,
-                );
-                assert_eq!(
-                    got4,
-                    full(&outer_v4.0, &outer_v4.1, sport, 6080, &c.bytes),
-                    "case {i} over IPv4, port {sport:#x}: {:?}",
-                    c.inner
-                );
-                let got6 = udp_checksum(
                     add_address(add_address(0, &words16(outer_v6.0)), &words16(outer_v6.1)),
-                    sport,
-                    6080,
-                    (8 + c.bytes.len()) as u16,
-                    sum,
                 );
-                assert_eq!(
-                    got6,
-                    full(&outer_v6.0, &outer_v6.1, sport, 6080, &c.bytes),
-                    "case {i} over IPv6, port {sport:#x}: {:?}",
-                    c.inner
-                );
-                all_ones += usize::from(got4 == 0xffff) + usize::from(got6 == 0xffff);
+                all_ones += over("IPv4", w4, &outer_v4.0, &outer_v4.1)
+                    + over("IPv6", w6, &outer_v6.0, &outer_v6.1);
             }
         }
         assert_eq!(all_ones, 0, "no case happened to fold to zero");

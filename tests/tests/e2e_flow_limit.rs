@@ -7,12 +7,13 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
 use xlb_tests::{
     netns::require_root,
-    topology::{http_get, http_get_from, DemoNet, VIP4},
+    topology::{http_get, http_get_from, DemoNet, Proc, VIP4},
 };
 
 /// A burst of `n` new connections, each given `timeout` to answer; the unanswered count.
@@ -22,21 +23,28 @@ fn burst(net: &DemoNet, vip: SocketAddr, n: usize, timeout: Duration) -> usize {
         .count()
 }
 
+/// Two web backends behind the demo's VIPs, the IPv4 one with `limit` (`"field": N`), and
+/// a balancer serving them: the net, the balancer, its socket, and the limited VIP.
+fn limited(prefix: &str, limit: &str) -> (DemoNet, Proc, PathBuf, SocketAddr) {
+    let mut net = DemoNet::new(prefix, 2);
+    net.start_backends();
+    let cfg = net.config_json().replacen(
+        r#""protocol": "tcp","#,
+        &format!(r#""protocol": "tcp", {limit},"#),
+        1,
+    );
+    let (lb, sock) = net.start_lb(&cfg, &[]);
+    net.wait_ready(&sock);
+    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    (net, lb, sock, vip)
+}
+
 #[test]
 fn a_burst_of_new_connections_is_held_to_the_vips_rate_and_lifting_it_serves_all() {
     if !require_root() {
         return;
     }
-    let mut net = DemoNet::new("e2efl", 2);
-    net.start_backends();
-    let cfg = net.config_json().replacen(
-        r#""protocol": "tcp","#,
-        r#""protocol": "tcp", "new_flow_rate_limit": 3,"#,
-        1,
-    );
-    let (_lb, sock) = net.start_lb(&cfg, &[]);
-    net.wait_ready(&sock);
-    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let (net, _lb, sock, vip) = limited("e2efl", r#""new_flow_rate_limit": 3"#);
     let status = net.status_json(&sock);
     assert_eq!(status["vips"][0]["new_flow_rate_limit"], 3, "{status}");
 
@@ -69,16 +77,7 @@ fn one_clients_burst_is_held_back_while_another_client_is_served() {
     if !require_root() {
         return;
     }
-    let mut net = DemoNet::new("e2efc", 2);
-    net.start_backends();
-    let cfg = net.config_json().replacen(
-        r#""protocol": "tcp","#,
-        r#""protocol": "tcp", "client_flow_rate_limit": 2,"#,
-        1,
-    );
-    let (_lb, sock) = net.start_lb(&cfg, &[]);
-    net.wait_ready(&sock);
-    let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let (net, _lb, sock, vip) = limited("e2efc", r#""client_flow_rate_limit": 2"#);
     let (greedy, polite): (IpAddr, IpAddr) = (
         "198.18.0.30".parse().unwrap(),
         "198.18.0.31".parse().unwrap(),
