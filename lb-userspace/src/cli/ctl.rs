@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use super::rate;
 use crate::{
     config::{
-        check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, QuicConfig,
-        Scheduler, SourcePrefix, VipConfig, VipId,
+        check_idle_timeout, check_weight, parse_json, AgentConfig, BackendConfig, Encap,
+        QuicConfig, Scheduler, SourceMode, SourcePrefix, VipConfig, VipId,
     },
     control::{
         client,
@@ -95,6 +95,13 @@ pub enum VipCmd {
         /// address, an IPv6 /64).
         #[arg(long, value_name = "N")]
         client_flow_rate_limit: Option<u32>,
+        /// Tunnel: ipip (default) or gue (the backends' decap needs --gue-port).
+        #[arg(long, value_parser = parse_encap)]
+        encap: Option<Encap>,
+        /// Outer source: lb (default, the balancer's address) or flow_hash (one of the
+        /// config's hashed_source prefix, from the flow hash).
+        #[arg(long, value_parser = parse_source_mode)]
+        source: Option<SourceMode>,
     },
     /// Remove a VIP and its backends.
     Remove {
@@ -339,6 +346,8 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             quic_id_bytes,
             new_flow_rate_limit,
             client_flow_rate_limit,
+            encap,
+            source,
         } => {
             let n = backends.len();
             let config = VipConfig {
@@ -348,8 +357,8 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
                 protocol: vip.protocol,
                 scheduler: scheduler.unwrap_or_default(),
                 table_size,
-                encap: Default::default(),
-                source: Default::default(),
+                encap: encap.unwrap_or_default(),
+                source: source.unwrap_or_default(),
                 health_check,
                 agent: agent_port.map(|port| AgentConfig {
                     port,
@@ -1097,6 +1106,16 @@ fn parse_idle_timeout(s: &str) -> Result<IdleTimeout, String> {
 }
 
 /// Scheduler names, the same as in the config file.
+fn parse_encap(s: &str) -> Result<Encap, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown tunnel {s:?}: use ipip or gue"))
+}
+
+fn parse_source_mode(s: &str) -> Result<SourceMode, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown outer source {s:?}: use lb or flow_hash"))
+}
+
 fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
     serde_json::from_value(Value::String(s.to_owned()))
         .map_err(|_| format!("unknown scheduler {s:?}: use one of {}", Scheduler::NAMES))
@@ -1575,6 +1594,8 @@ mod tests {
             quic_id_bytes,
             new_flow_rate_limit,
             client_flow_rate_limit,
+            encap,
+            source,
         }) = parse(&[
             "vip",
             "add",
@@ -1612,6 +1633,10 @@ mod tests {
             "500",
             "--client-flow-rate-limit",
             "20",
+            "--encap",
+            "gue",
+            "--source",
+            "flow_hash",
         ])
         else {
             panic!("not vip add")
@@ -1620,6 +1645,12 @@ mod tests {
         assert_eq!(quic_id_bytes, Some(3));
         assert_eq!(new_flow_rate_limit, Some(500));
         assert_eq!(client_flow_rate_limit, Some(20));
+        assert_eq!(
+            (encap, source),
+            (Some(Encap::Gue), Some(SourceMode::FlowHash))
+        );
+        let argv = ["xlb", "vip", "add", "198.18.1.1:80", "--encap", "gre"];
+        assert!(Cli::try_parse_from(argv).is_err(), "gre accepted");
         assert_eq!(vip.to_string(), "198.18.1.1:80/tcp");
         assert_eq!(scheduler, Some(Scheduler::Sh));
         assert_eq!(table_size, Some(251));
