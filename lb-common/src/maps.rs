@@ -60,6 +60,10 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 /// a VIP with [`VIP_F_FLOW_LIMIT`], and to each of its clients with [`VIP_F_CLIENT_LIMIT`].
 /// Written by the daemon; sized at load to the VIPs with tables.
 pub const MAP_VIP_FLOW_LIMITS: &str = "VIP_FLOW_LIMITS";
+/// `VIP_LIMITED`: per-CPU VIP id → [`LimitedFlows`], the new flows each VIP's limits
+/// turned away. Program writes, daemon reads (and zeroes a slot a new VIP takes); sized
+/// like `VIP_FLOW_LIMITS`.
+pub const MAP_VIP_LIMITED: &str = "VIP_LIMITED";
 /// `CLIENT_WINDOWS`: per-CPU LRU hash [`ClientKey`] → [`crate::rate_window::RateWindow`],
 /// each CPU's new flows from each client of a VIP with [`VIP_F_CLIENT_LIMIT`] in the current
 /// second. Program only.
@@ -188,6 +192,31 @@ const _: () = assert!(core::mem::size_of::<FlowLimits>() == 8);
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, no padding, any bit pattern valid.
 unsafe impl aya::Pod for FlowLimits {}
+
+/// New flows a VIP's limits turned away (`VIP_LIMITED`, per CPU; the daemon sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitedFlows {
+    /// By the VIP's `new_flow_rate_limit` (`vip_flow_limit`).
+    pub vip: u64,
+    /// By its `client_flow_rate_limit` (`client_flow_limit`).
+    pub client: u64,
+}
+const _: () = assert!(core::mem::size_of::<LimitedFlows>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integer fields only, no padding, any bit pattern valid.
+unsafe impl aya::Pod for LimitedFlows {}
+
+impl core::ops::Add for LimitedFlows {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            vip: self.vip + o.vip,
+            client: self.client + o.client,
+        }
+    }
+}
 
 /// Whom a per-client limit counts (`CLIENT_WINDOWS` key): the VIP, and the client's IPv4
 /// address or IPv6 /64. Why /64 for IPv6: a host commonly has a /64 to itself and picks

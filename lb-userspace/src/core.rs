@@ -23,11 +23,11 @@ use std::{
 use lb_common::{
     addr::to_words,
     maps::{
-        Backend, FlowLimits, LbConfig, TrafficStats, VipInfo, VipKey, BACKEND_F_ACTIVE,
-        BACKEND_F_GUE, BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS, CFG_F_ICMP_ECHO,
-        CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY, SOURCE_RANGE_VIP_BITS,
-        VIP_F_ADDR_ONLY, VIP_F_CLIENT_LIMIT, VIP_F_FLOW_LIMIT, VIP_F_HASHED_SRC, VIP_F_SRC_RANGES,
-        VIP_F_STATELESS,
+        Backend, FlowLimits, LbConfig, LimitedFlows, TrafficStats, VipInfo, VipKey,
+        BACKEND_F_ACTIVE, BACKEND_F_GUE, BACKEND_F_NEXTHOP, BACKEND_F_NO_NEW, CFG_F_ALL_PORTS,
+        CFG_F_ICMP_ECHO, CFG_F_ICMP_TOO_BIG, DEFAULT_TABLE_SIZE, MAX_BACKENDS, PROTO_ANY,
+        SOURCE_RANGE_VIP_BITS, VIP_F_ADDR_ONLY, VIP_F_CLIENT_LIMIT, VIP_F_FLOW_LIMIT,
+        VIP_F_HASHED_SRC, VIP_F_SRC_RANGES, VIP_F_STATELESS,
     },
     quic::{QuicServer, QuicServerKey},
 };
@@ -318,6 +318,11 @@ pub struct VipState {
 
 impl VipState {
     /// The VIP's traffic: what its backends carried, removed ones included.
+    /// New flows the VIP's limits turned away.
+    pub fn limited<D: Dataplane>(&self, dp: &D) -> LimitedFlows {
+        dp.limited(self.id)
+    }
+
     pub fn traffic<D: Dataplane>(&self, dp: &D) -> TrafficStats {
         self.backends
             .values()
@@ -653,6 +658,11 @@ impl<D: Dataplane> Core<D> {
             .ok_or(CoreError::TooManyVips {
                 max: self.vip_ids.max,
             })?;
+        // The slot's counts of turned-away flows belong to whichever VIP had it before.
+        if let Err(e) = self.dp.clear_limited(vip_index) {
+            self.vip_ids.free.push_front(vip_index);
+            return Err(e.into());
+        }
         let backends_cfg = std::mem::take(&mut cfg.backends);
         let mut state = VipState {
             config: cfg,
@@ -3407,6 +3417,12 @@ mod tests {
             .position(|x| matches!(x, Write::Vip(k, _) if *k == vip_key(&id)))
             .unwrap();
         assert!(limit < vip_write, "{w:?}");
+        // The slot's turned-away counts start from zero: an earlier VIP's are not its.
+        let cleared = w
+            .iter()
+            .position(|x| matches!(x, Write::ClearLimited(i) if *i == info.vip_id))
+            .unwrap();
+        assert!(cleared < vip_write, "{w:?}");
 
         let before = core.dataplane().writes.len();
         let e = core.set_new_flow_rate_limit(&id, Some(0)).unwrap_err();

@@ -17,10 +17,10 @@ use lb_common::{
     flow::{FlowKey, FlowKeyV4},
     lookup,
     maps::{
-        Backend, ConnEntry, FlowLimits, LbConfig, SourceRange, TrafficStats, VipInfo, VipKey,
-        MAP_BACKENDS, MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS, MAP_CONNS_V4,
-        MAP_LOOKUP, MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAP_VIP_FLOW_LIMITS,
-        MAP_VIP_RETIRED, MAX_TABLE_SIZE,
+        Backend, ConnEntry, FlowLimits, LbConfig, LimitedFlows, SourceRange, TrafficStats, VipInfo,
+        VipKey, MAP_BACKENDS, MAP_BACKEND_ACTIVE, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNS,
+        MAP_CONNS_V4, MAP_LOOKUP, MAP_SOURCE_RANGES, MAP_STATS, MAP_TX_PORTS, MAP_VIPS,
+        MAP_VIP_FLOW_LIMITS, MAP_VIP_LIMITED, MAP_VIP_RETIRED, MAX_TABLE_SIZE,
     },
     quic::{QuicServer, QuicServerKey, MAP_QUIC_SERVERS},
 };
@@ -74,6 +74,10 @@ pub trait Dataplane: Send {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError>;
     /// Zeroes a backend slot's counters (traffic, active flows) before the slot is reused.
     fn clear_backend(&mut self, idx: u32) -> Result<(), DataplaneError>;
+    /// New flows VIP `vip_id`'s limits turned away (summed over CPUs).
+    fn limited(&self, vip_id: u32) -> LimitedFlows;
+    /// Zeroes VIP slot `vip_id`'s limited-flow counts before a new VIP takes the slot.
+    fn clear_limited(&mut self, vip_id: u32) -> Result<(), DataplaneError>;
     /// Overwrites a backend slot's active-flow count (the daemon's recount).
     fn set_active_count(&mut self, idx: u32, value: u64) -> Result<(), DataplaneError>;
     /// Traffic of backend slot `idx` (summed over CPUs). The core adds a removed backend's
@@ -139,6 +143,7 @@ pub struct AyaDataplane {
     source_ranges: Option<LpmTrie<MapData, SourceRange, u32>>,
     quic_servers: Option<HashMap<MapData, QuicServerKey, QuicServer>>,
     flow_limits: Option<Array<MapData, FlowLimits>>,
+    limited: Option<PerCpuArray<MapData, LimitedFlows>>,
     tables: Arc<ConnTables>,
 }
 
@@ -163,6 +168,7 @@ impl AyaDataplane {
         dp.source_ranges = Some(take(ebpf, MAP_SOURCE_RANGES)?);
         dp.quic_servers = Some(take(ebpf, MAP_QUIC_SERVERS)?);
         dp.flow_limits = Some(take(ebpf, MAP_VIP_FLOW_LIMITS)?);
+        dp.limited = Some(take(ebpf, MAP_VIP_LIMITED)?);
         Ok(dp)
     }
 
@@ -189,6 +195,7 @@ impl AyaDataplane {
             source_ranges: None,
             quic_servers: None,
             flow_limits: None,
+            limited: None,
             tables,
         })
     }
@@ -359,6 +366,26 @@ impl Dataplane for AyaDataplane {
         self.retired.get(key, 0).unwrap_or_default()
     }
 
+    fn limited(&self, vip_id: u32) -> LimitedFlows {
+        self.limited
+            .as_ref()
+            .and_then(|m| m.get(&vip_id, 0).ok())
+            .map(|per_cpu| per_cpu.iter().fold(LimitedFlows::default(), |a, b| a + *b))
+            .unwrap_or_default()
+    }
+
+    fn clear_limited(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
+        // An older build has no counts to clear.
+        let Some(m) = self.limited.as_mut() else {
+            return Ok(());
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e.to_string()))?;
+        let zeros = PerCpuValues::try_from(vec![LimitedFlows::default(); cpus])
+            .map_err(|e| DataplaneError::Cpus(e.to_string()))?;
+        m.set(vip_id, zeros, 0)
+            .map_err(map_err(MAP_VIP_LIMITED, "set"))
+    }
+
     fn set_retired(&mut self, key: &VipKey, traffic: &TrafficStats) -> Result<(), DataplaneError> {
         self.retired
             .insert(key, traffic, 0)
@@ -456,6 +483,8 @@ pub enum Write {
     RemoveQuicServer(QuicServerKey),
     /// `set_flow_limit`.
     FlowLimit(u32, FlowLimits),
+    /// `clear_limited`.
+    ClearLimited(u32),
 }
 
 /// Test data plane: records writes and keeps the resulting state, and can be told to fail.
@@ -485,6 +514,8 @@ pub struct Recorder {
     pub quic_servers: std::collections::BTreeMap<(u32, u32), QuicServer>,
     /// Current per-CPU new-flow limits by VIP id.
     pub flow_limits: StdHashMap<u32, FlowLimits>,
+    /// Limited-flow counts by VIP id (tests set them).
+    pub limited: StdHashMap<u32, LimitedFlows>,
 }
 
 impl Recorder {
@@ -555,6 +586,17 @@ impl Dataplane for Recorder {
     fn set_active_count(&mut self, idx: u32, value: u64) -> Result<(), DataplaneError> {
         self.check()?;
         self.writes.push(Write::ActiveCount(idx, value));
+        Ok(())
+    }
+
+    fn limited(&self, vip_id: u32) -> LimitedFlows {
+        self.limited.get(&vip_id).copied().unwrap_or_default()
+    }
+
+    fn clear_limited(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
+        self.check()?;
+        self.writes.push(Write::ClearLimited(vip_id));
+        self.limited.remove(&vip_id);
         Ok(())
     }
 

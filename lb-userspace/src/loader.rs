@@ -12,7 +12,7 @@ use lb_common::{
     maps::{
         DEFAULT_MAX_CONNS, DEFAULT_MAX_VIPS, FLOW_CACHE_SETS, FLOW_CACHE_V6_SETS, MAP_CONNS,
         MAP_CONNS_V4, MAP_FLOW_CACHE, MAP_FLOW_CACHE_V6, MAP_LOOKUP, MAP_VIP_FLOW_LIMITS,
-        MAP_VIP_FLOW_WINDOW,
+        MAP_VIP_FLOW_WINDOW, MAP_VIP_LIMITED,
     },
 };
 
@@ -96,6 +96,7 @@ fn load_balancer_with(object: &[u8], opts: LoadOptions, pins: &[(&str, PathBuf)]
         .map_max_entries(MAP_LOOKUP, lookup_entries)
         .map_max_entries(MAP_VIP_FLOW_LIMITS, opts.max_vips)
         .map_max_entries(MAP_VIP_FLOW_WINDOW, opts.max_vips)
+        .map_max_entries(MAP_VIP_LIMITED, opts.max_vips)
         .map_max_entries(MAP_CONNS, opts.max_conns)
         .map_max_entries(MAP_CONNS_V4, opts.max_conns)
         .map_max_entries(MAP_FLOW_CACHE, cache_sets(FLOW_CACHE_SETS)?)

@@ -13,8 +13,11 @@ use std::{
 
 use xlb_tests::{
     netns::require_root,
-    topology::{http_get, http_get_from, DemoNet, Proc, VIP4},
+    topology::{http_get, http_get_from, scrape_metrics, DemoNet, Proc, VIP4},
 };
+
+/// The balancer's metrics address, in its namespace.
+const METRICS: &str = "198.18.0.2:9100";
 
 /// A burst of `n` new connections, each given `timeout` to answer; the unanswered count.
 fn burst(net: &DemoNet, vip: SocketAddr, n: usize, timeout: Duration) -> usize {
@@ -24,7 +27,8 @@ fn burst(net: &DemoNet, vip: SocketAddr, n: usize, timeout: Duration) -> usize {
 }
 
 /// Two web backends behind the demo's VIPs, the IPv4 one with `limit` (`"field": N`), and
-/// a balancer serving them: the net, the balancer, its socket, and the limited VIP.
+/// a balancer serving them (metrics on [`METRICS`]): the net, the balancer, its socket,
+/// and the limited VIP.
 fn limited(prefix: &str, limit: &str) -> (DemoNet, Proc, PathBuf, SocketAddr) {
     let mut net = DemoNet::new(prefix, 2);
     net.start_backends();
@@ -33,7 +37,7 @@ fn limited(prefix: &str, limit: &str) -> (DemoNet, Proc, PathBuf, SocketAddr) {
         &format!(r#""protocol": "tcp", {limit},"#),
         1,
     );
-    let (lb, sock) = net.start_lb(&cfg, &[]);
+    let (lb, sock) = net.start_lb(&cfg, &["--metrics", METRICS]);
     net.wait_ready(&sock);
     let vip = SocketAddr::new(VIP4.parse().unwrap(), 80);
     (net, lb, sock, vip)
@@ -61,6 +65,11 @@ fn a_burst_of_new_connections_is_held_to_the_vips_rate_and_lifting_it_serves_all
         limited >= lost as u64,
         "vip_flow_limit {limited} for {lost} lost: {stats}"
     );
+    // The VIP's own count says the same.
+    let status = net.status_json(&sock);
+    let by_vip = &status["vips"][0]["new_flows_limited"];
+    assert_eq!(by_vip["vip"].as_u64(), Some(limited), "{status}");
+    assert_eq!(by_vip["client"].as_u64(), Some(0), "{status}");
 
     net.ctl(&sock, &["vip", "flow-limit", &format!("{VIP4}:80"), "none"]);
     let lost = burst(&net, vip, 20, Duration::from_secs(2));
@@ -105,6 +114,23 @@ fn one_clients_burst_is_held_back_while_another_client_is_served() {
     assert_eq!(stats["reasons"]["vip_flow_limit"].as_u64().unwrap_or(0), 0);
     let status = net.status_json(&sock);
     assert_eq!(status["vips"][0]["client_flow_rate_limit"], 2, "{status}");
+    assert_eq!(
+        status["vips"][0]["new_flows_limited"]["client"].as_u64(),
+        Some(limited),
+        "{status}"
+    );
+    let text = net.ctl(&sock, &["status", &format!("{VIP4}:80")]);
+    assert!(
+        text.contains(&format!(
+            "turned away: 0 new flows by the VIP's limit, {limited} by the per-client limit"
+        )),
+        "{text}"
+    );
+    let metrics = scrape_metrics(&net.lb, METRICS.parse().unwrap());
+    let line = format!(
+        "xlb_vip_new_flows_limited_total{{vip=\"{VIP4}:80/tcp\",limit=\"client\"}} {limited}"
+    );
+    assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
 
     // Lifted with the CLI: the greedy client is served whole.
     net.ctl(

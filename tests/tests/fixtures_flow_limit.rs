@@ -71,6 +71,13 @@ fn a_cpu_admits_its_share_of_new_flows_a_second_and_drops_the_rest() {
     let moved = |slot: u32| after[slot as usize] - before[slot as usize];
     let deltas = counter_deltas(&before, &after);
     assert_eq!(moved(Drop::VipFlowLimit.slot()), 3, "{deltas}");
+    // And by VIP (`VIP_LIMITED`): the limited VIP's, the open one's none.
+    let limited = |port: u16| {
+        let id: VipId = format!("{VIP}:{port}/tcp").parse().unwrap();
+        lab.core.vip(&id).unwrap().limited(lab.core.dataplane())
+    };
+    assert_eq!((limited(LIMITED).vip, limited(LIMITED).client), (3, 0));
+    assert_eq!(limited(OPEN), Default::default());
     assert_eq!(
         moved(Event::NewFlow.slot()),
         u64::from(LIMIT) + ports.len() as u64,
@@ -156,6 +163,13 @@ fn a_cpu_admits_each_clients_share_and_drops_the_rest_of_that_clients() {
     let deltas = counter_deltas(&before, &after);
     assert_eq!(moved(Drop::ClientFlowLimit.slot()), 4, "{deltas}");
     assert_eq!(moved(Drop::VipFlowLimit.slot()), 0, "{deltas}");
+    let limited = |vip: &str| {
+        let id: VipId = vip.parse().unwrap();
+        let l = lab.core.vip(&id).unwrap().limited(lab.core.dataplane());
+        (l.vip, l.client)
+    };
+    assert_eq!(limited(&format!("{VIP}:80/tcp")), (0, 3));
+    assert_eq!(limited("[fd00:1::1]:80/tcp"), (0, 1));
 
     // Lifted: the greedy client's next new flow passes at once.
     let id: VipId = format!("{VIP}:80/tcp").parse().unwrap();

@@ -1342,6 +1342,16 @@ fn render_status(status: &Value) -> String {
             field(vip, "bytes"),
             field(vip, "new_flows")
         );
+        // Only where a limit turned flows away: the figure an operator then looks for.
+        let limited = |k: &str| vip["new_flows_limited"][k].as_u64().unwrap_or(0);
+        if limited("vip") + limited("client") > 0 {
+            let _ = writeln!(
+                out,
+                "  turned away: {} new flows by the VIP's limit, {} by the per-client limit",
+                limited("vip"),
+                limited("client")
+            );
+        }
         let backends = list(vip, "backends");
         if backends.is_empty() {
             out.push_str("  no backends: new flows are dropped; `xlb backend add` adds one\n");
@@ -1942,13 +1952,19 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
         let quic = render_status(&json!({"vips": [{"vip": "198.18.1.1:443/udp",
             "scheduler": "maglev", "table_size": 65537, "encap": "gue",
             "quic": {"server_id_bytes": 2, "config_id": 0}, "new_flow_rate_limit": 500,
-            "client_flow_rate_limit": 4,
+            "client_flow_rate_limit": 4, "new_flows_limited": {"vip": 5, "client": 2},
             "backends": [{"address": "198.18.0.11", "quic_server_id": 7, "state": "up"}]}]}));
         assert!(
             quic.contains("table 65537  gue tunnels  quic (server IDs of 2 octets)  at most 500 new flows/s per CPU  at most 4 new flows/s per CPU from one client\n"),
             "{quic}"
         );
         assert!(quic.contains("198.18.0.11 (quic 7)"), "{quic}");
+        assert!(
+            quic.contains(
+                "  turned away: 5 new flows by the VIP's limit, 2 by the per-client limit\n"
+            ),
+            "{quic}"
+        );
         // A VIP left to its backups says so.
         let on_backups = |backup_state: &str| {
             render_status(&json!({"vips": [{"vip": "198.18.1.1:80/tcp", "backends": [

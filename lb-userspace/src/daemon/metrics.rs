@@ -28,6 +28,7 @@ pub fn render(d: &Daemon) -> String {
     reason_counters(&mut out, "xlb", "the balancer", &reasons);
 
     let mut vip_lines = (String::new(), String::new(), String::new());
+    let mut limited_lines = String::new();
     let mut be = BackendLines::default();
     for v in d.core().vips() {
         let id = v.config.id();
@@ -47,6 +48,13 @@ pub fn render(d: &Daemon) -> String {
             "xlb_vip_new_flows_total{{vip=\"{id}\"}} {}",
             t.new_flows
         );
+        let l = v.limited(dp);
+        for (limit, n) in [("vip", l.vip), ("client", l.client)] {
+            let _ = writeln!(
+                limited_lines,
+                "xlb_vip_new_flows_limited_total{{vip=\"{id}\",limit=\"{limit}\"}} {n}"
+            );
+        }
         for (addr, b) in &v.backends {
             let l = format!("vip=\"{id}\",backend=\"{addr}\"");
             let t = dp.backend(b.index);
@@ -135,6 +143,13 @@ pub fn render(d: &Daemon) -> String {
         "counter",
         "New flows per VIP.",
         &vip_lines.2,
+    );
+    section(
+        &mut out,
+        "xlb_vip_new_flows_limited_total",
+        "counter",
+        "New flows a VIP's limits turned away: its new_flow_rate_limit (limit=\"vip\") or client_flow_rate_limit (limit=\"client\").",
+        &limited_lines,
     );
     section(
         &mut out,

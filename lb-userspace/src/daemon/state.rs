@@ -1013,6 +1013,10 @@ impl Daemon {
                     "packets": t.packets,
                     "bytes": t.bytes,
                     "new_flows": t.new_flows,
+                    "new_flows_limited": {
+                        "vip": v.limited(dp).vip,
+                        "client": v.limited(dp).client,
+                    },
                     "backends": backends,
                 })
             })

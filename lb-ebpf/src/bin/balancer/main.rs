@@ -252,9 +252,11 @@ pub extern "C" fn xlb_schedule(
         vip.flags &= !VIP_F_COUNT_ACTIVE;
     } else {
         if vip.flags & VIP_F_CLIENT_LIMIT != 0 && !maps::client_flow_admitted(s, vip.vip_id) {
+            maps::count_limited(vip.vip_id, true);
             return pack(Err(Drop::ClientFlowLimit));
         }
         if vip.flags & VIP_F_FLOW_LIMIT != 0 && !maps::vip_flow_admitted(vip.vip_id) {
+            maps::count_limited(vip.vip_id, false);
             return pack(Err(Drop::VipFlowLimit));
         }
     }

@@ -15,9 +15,9 @@ use lb_common::{
     counters::Drop,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, ClientKey, ConnEntry, FlowLimits, LbConfig, SourceRange, TrafficStats, VipInfo,
-        VipKey, CLIENT_WINDOWS_ENTRIES, DEFAULT_MAX_VIPS, MAX_BACKENDS, MAX_SOURCE_RANGES,
-        MAX_VIP_ENTRIES,
+        Backend, ClientKey, ConnEntry, FlowLimits, LbConfig, LimitedFlows, SourceRange,
+        TrafficStats, VipInfo, VipKey, CLIENT_WINDOWS_ENTRIES, DEFAULT_MAX_VIPS, MAX_BACKENDS,
+        MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
     },
     quic::{QuicServer, QuicServerKey},
     rate_window::RateWindow,
@@ -128,6 +128,28 @@ pub static QUIC_SERVERS: HashMap<QuicServerKey, QuicServer> =
 /// VIPs with tables. Read on such VIPs' new flows only.
 #[map]
 pub static VIP_FLOW_LIMITS: Array<FlowLimits> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// VIP id → the new flows its limits turned away on this CPU. Program writes, daemon
+/// reads; the loader sizes it like `VIP_FLOW_LIMITS`.
+#[map]
+pub static VIP_LIMITED: PerCpuArray<LimitedFlows> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Counts a new flow of VIP `vip_id` that a limit turned away: its client's (`client`)
+/// or the VIP's own.
+#[inline(always)]
+pub fn count_limited(vip_id: u32, client: bool) {
+    if let Some(c) = VIP_LIMITED.get_ptr_mut(vip_id) {
+        // SAFETY: this CPU's slot; only this CPU writes it while the program runs.
+        unsafe {
+            if client {
+                (*c).client += 1;
+            } else {
+                (*c).vip += 1;
+            }
+        }
+    }
+}
 
 /// This CPU's new flows from each client of a VIP with `VIP_F_CLIENT_LIMIT` in the current
 /// second (`lb_common::maps::ClientKey`). Program only. Per-CPU values, as every window
