@@ -68,6 +68,9 @@ pub struct Settings {
     pub max_vips: u32,
     /// Destination port of GUE tunnels.
     pub gue_port: u16,
+    /// The interface's own addresses when the balancer started: no all-ports VIP may take
+    /// one (see [`Core::check_vip_address`]).
+    pub own_addrs: Vec<IpAddr>,
 }
 
 impl Settings {
@@ -102,6 +105,7 @@ impl Settings {
             icmp_rate_limit: cfg.icmp_rate_limit(),
             max_vips,
             gue_port: cfg.gue_port(),
+            own_addrs: iface_addrs.to_vec(),
         }
     }
 }
@@ -543,6 +547,30 @@ impl<D: Dataplane> Core<D> {
     /// Whether `addr` can be a backend of a VIP configured as `vip`: an outer source of its
     /// family, a hashed one for `flow_hash`, and for an IPv6 VIP an MTU that carries the
     /// smallest packet IPv6 allows in the tunnel (what adding it checks first).
+    /// An all-ports VIP (port 0) on one of the balancer's own addresses (its interface's,
+    /// or an outer source) would take every TCP or UDP packet to the host at that address
+    /// before its stack sees it, SSH and the daemon's own health checks' answers included:
+    /// refused. A VIP on one port of it is fine (a single-address host serving 443 through
+    /// the VIP keeps SSH on 22).
+    pub fn check_vip_address(&self, vip: &VipConfig) -> Result<(), CoreError> {
+        let s = &self.settings;
+        let own = s.own_addrs.contains(&vip.address)
+            || s.src_v4.map(IpAddr::V4) == Some(vip.address)
+            || s.src_v6.map(IpAddr::V6) == Some(vip.address);
+        if vip.port == 0 && own {
+            return Err(ConfigError::new(
+                "address",
+                format!(
+                    "{} is the balancer's own address: a VIP on all its ports would take every {} packet to this host there (SSH, the health checks' answers); give the VIP an address of its own, or a port",
+                    vip.address,
+                    vip.protocol.to_string().to_uppercase()
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     pub fn check_backend(&self, vip: &VipConfig, addr: &IpAddr) -> Result<(), CoreError> {
         self.check_backend_at(vip, addr, self.settings.mtu)
     }
@@ -637,6 +665,7 @@ impl<D: Dataplane> Core<D> {
         if self.vips.contains_key(&id) {
             return Err(CoreError::VipExists { vip: id });
         }
+        self.check_vip_address(&cfg)?;
         for b in &cfg.backends {
             self.check_backend(&cfg, &b.address)?;
         }
@@ -1981,6 +2010,45 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         (info, t[..info.table_size as usize].to_vec())
+    }
+
+    /// An all-ports VIP on one of the balancer's own addresses (its interface's, or an outer
+    /// source) is refused, saying why; one port of it is a VIP like any other.
+    #[test]
+    fn an_all_ports_vip_on_the_balancers_own_address_is_refused() {
+        let mut core = Core::new(
+            Recorder::default(),
+            Settings {
+                own_addrs: vec!["198.18.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+                src_v6: Some("fd00::3".parse().unwrap()),
+                ..settings()
+            },
+        )
+        .unwrap();
+        let at = |addr: &str, port: u16| {
+            let mut v = vip(&[if addr.contains(':') {
+                "fd00::11"
+            } else {
+                "198.18.0.11"
+            }]);
+            v.address = addr.parse().unwrap();
+            v.port = port;
+            v.health_check = Some(HealthCheckConfig {
+                kind: crate::health::CheckKind::Icmp,
+                ..HealthCheckConfig::default()
+            });
+            v
+        };
+        for addr in ["198.18.0.2", "fd00::2", "fd00::3"] {
+            let e = core.add_vip(at(addr, 0)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{addr} is the balancer's own address")) && e.contains("SSH"),
+                "{e}"
+            );
+        }
+        assert_eq!(core.vips().count(), 0, "nothing added");
+        core.add_vip(at("198.18.0.2", 443)).unwrap();
+        core.add_vip(at("198.18.1.1", 0)).unwrap();
     }
 
     /// A health check whose `ca_file` the daemon cannot use is refused with the file's

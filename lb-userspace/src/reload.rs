@@ -392,6 +392,9 @@ pub fn check_fits<D: Dataplane>(
                 slots -= 1;
             }
             Step::AddVip(v) => {
+                if let Err(e) = core.check_vip_address(v) {
+                    return refuse(step, e);
+                }
                 for b in &v.backends {
                     if let Err(e) = core.check_backend_at(v, &b.address, mtu) {
                         return refuse(step, e);

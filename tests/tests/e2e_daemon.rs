@@ -453,6 +453,23 @@ fn daemon_failover_drain_and_bad_requests_under_load() {
         !ok && err.contains("invalid"),
         "CLI did not refuse a bad weight: {err}"
     );
+    // An all-ports VIP on the balancer's own interface address would take its SSH.
+    let (ok, _, err) = net.try_ctl(
+        &sock,
+        &[
+            "vip",
+            "add",
+            "198.18.0.2:*/tcp",
+            "--backend",
+            "198.18.0.11",
+            "--health-check",
+            r#"{"kind":"icmp"}"#,
+        ],
+    );
+    assert!(
+        !ok && err.contains("198.18.0.2 is the balancer's own address"),
+        "an all-ports VIP on the balancer's address: {err}"
+    );
     assert_eq!(
         shape(&net, &sock),
         before,
