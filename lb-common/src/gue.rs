@@ -1,9 +1,10 @@
-//! The outer UDP checksum of a GUE tunnel, from the headers alone.
+//! The outer UDP checksum of a GUE tunnel, from the headers alone (the balancer fills it
+//! in for IPv6 tunnels).
 //!
 //! Why a checksum: IPv4 lets a UDP checksum be zero (none), and so does IPv6 for tunnels
-//! (RFC 6935), but not every middlebox or NIC on the way knows the exception: a firewall
-//! that insists on IPv6 UDP checksums drops zero-checksum tunnels, and a backend's NIC
-//! that validates checksums cannot vouch for them. Why from the headers alone: the sum
+//! (RFC 6935), but not every middlebox on the way knows that exception: a firewall that
+//! insists on IPv6 UDP checksums drops zero-checksum tunnels. Over IPv4 every receiver
+//! takes a zero, and the balancer sends one. Why from the headers alone: the sum
 //! over the whole datagram would have the balancer read every byte of every packet; it
 //! does not have to. The client's packet already carries a valid checksum of its
 //! transport segment, and the ones'-complement sum of a segment whose checksum is valid is

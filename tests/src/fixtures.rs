@@ -417,9 +417,10 @@ pub fn gue_udp(port: u16, hash: u32, inner: &[u8]) -> Vec<u8> {
 }
 
 /// What the balancer sends for `input` towards `backend` of a GUE VIP (`"encap": "gue"`)
-/// from `src`: [`encapsulated`]'s outer header with UDP as its protocol, then [`gue_udp`]
-/// with its checksum over the whole datagram ([`udp_checksum`]), or none (`checksum`
-/// false: the client's packet does not let the balancer compute it).
+/// from `src`: [`encapsulated`]'s outer header with UDP as its protocol, then [`gue_udp`],
+/// over IPv6 with its checksum over the whole datagram ([`udp_checksum`]) unless
+/// `checksum` is false (the client's packet does not let the balancer compute it); over
+/// IPv4 without one.
 pub fn gue_encapsulated(
     input: &[u8],
     src: IpAddr,
@@ -429,7 +430,7 @@ pub fn gue_encapsulated(
     checksum: bool,
 ) -> Vec<u8> {
     let mut udp = gue_udp(port, hash, packet::ip_packet(input));
-    if checksum {
+    if checksum && backend.is_ipv6() {
         let c = udp_checksum(src, backend, &udp);
         udp[6..8].copy_from_slice(&c.to_be_bytes());
     }

@@ -2,8 +2,9 @@
 //! whose backends are reached over UDP. While the backends' decap takes IP-in-IP only, their
 //! HTTP checks (straight to the backend) pass but no request through the VIPs is answered:
 //! the tunnels on the wire are GUE, which the stack drops — as datagrams to a port nobody
-//! listens on, after checking their UDP checksums: none fails (the balancer computes them
-//! from the headers; the kernel sums every byte). With `xlb decap --gue-port` every request
+//! listens on, after checking their UDP checksums: none fails (over IPv6 the balancer
+//! computes them from the headers and the kernel sums every byte; over IPv4 there is none,
+//! and an IPv6 tunnel without one would count as an error). With `xlb decap --gue-port` every request
 //! is answered, spread over the backends, straight to the client (DSR).
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -96,7 +97,7 @@ fn gue_vips_serve_through_backends_that_take_gue() {
     ];
 
     // IP-in-IP decap only: the checks pass, the tunnels do not. The backends' stacks take
-    // them as datagrams to a closed port, their checksums checked and right.
+    // them as datagrams to a closed port, their checksums (IPv6) checked and right.
     let before: Vec<UdpCounters> = net.backends.iter().map(|b| udp_counters(&b.ns)).collect();
     for vip in vips {
         let (by, failed) = ask(&net, vip, 3);

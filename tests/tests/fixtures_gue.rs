@@ -1,10 +1,10 @@
 //! test_run: GUE tunnels (`"encap": "gue"`). A GUE VIP's packets leave in an outer IP header
 //! of the backend's family with UDP as its protocol, a UDP header from the flow hash's source
-//! port to `gue_port` whose checksum is the one over the whole datagram (computed here byte by
-//! byte; the balancer gets it from the headers), then the client's packet untouched; byte for
-//! byte, for each pairing of families, TCP, UDP and a router's ICMP error. Where the client's
-//! packet does not let the headers tell the sum (UDP over IPv4 without a checksum, IPv6
-//! extension headers) the tunnel carries no checksum. An IP-in-IP VIP on the same address
+//! port to `gue_port` (over IPv6 with the checksum over the whole datagram, computed here
+//! byte by byte where the balancer gets it from the headers; over IPv4 none), then the
+//! client's packet untouched; byte for byte, for each pairing of families, TCP, UDP and a
+//! router's ICMP error. Where the client's packet does not let the headers tell the sum
+//! (UDP over IPv4 without a checksum, IPv6 extension headers) an IPv6 tunnel carries none. An IP-in-IP VIP on the same address
 //! keeps IP-in-IP, and the UDP header's 8 bytes count when a packet is too big for the path.
 
 use std::net::IpAddr;

@@ -1,6 +1,7 @@
 //! IP-in-IP encapsulation towards a backend: IPv4-in-IPv4, IPv6-in-IPv4 (proto 41),
 //! IPv4-in-IPv6 and IPv6-in-IPv6, or the same with a UDP header between the two (GUE's
-//! variant 1, `BACKEND_F_GUE`, its UDP checksum from the headers alone: gue_checksum.rs),
+//! variant 1, `BACKEND_F_GUE`; over IPv6 its UDP checksum from the headers alone:
+//! gue_checksum.rs),
 //! then out through `XDP_TX` or `XDP_REDIRECT`.
 //!
 //! Every decision that can fail (outer source, next hop, egress port) is taken before the
@@ -320,9 +321,11 @@ pub fn forward(
                 0,
             ]
         };
-        // Its own function (see gue_checksum.rs); where it cannot tell the checksum, the
+        // IPv6 tunnels only (see gue_checksum.rs); where it cannot tell the checksum, the
         // field stays 0, which means none.
-        crate::gue_checksum::xlb_gue_checksum(ctx.ctx, off as u32);
+        if !v4_outer {
+            crate::gue_checksum::xlb_gue_checksum(ctx.ctx, off as u32);
+        }
     }
     if cfg.flags & CFG_F_BENCH_RESTORE != 0 {
         return restore_for_bench(ctx, outer_len, &hop, vlan, l3, cfg, stats);
