@@ -25,9 +25,9 @@ use lb_ebpf::{
 /// The UDP header.
 const UDP_HLEN: usize = 8;
 
-/// Fills in the checksum of the GUE tunnel whose outer IP header starts at `outer_off` of
-/// the frame `raw`. Returns 1 when it wrote one, 0 when the field stays 0 (no checksum:
-/// the headers do not tell it, see `lb_common::gue`).
+/// Fills in the checksum of the GUE tunnel whose outer IPv6 header starts at `outer_off`
+/// of the frame `raw`. Returns 1 when it wrote one, 0 when the field stays 0 (no checksum:
+/// the headers do not tell it, see `lb_common::gue`; or no IPv6 header there).
 #[no_mangle]
 pub extern "C" fn xlb_gue_checksum(raw: *mut xdp_md, outer_off: u32) -> u64 {
     let ctx = XdpContext::new(raw);
@@ -36,12 +36,11 @@ pub extern "C" fn xlb_gue_checksum(raw: *mut xdp_md, outer_off: u32) -> u64 {
 
 #[inline(always)]
 fn fill(ctx: &XdpContext, outer_off: usize) -> Option<()> {
-    let (addresses, outer_len) = if version(ctx, outer_off)? == 4 {
-        (addresses_v4(ctx, outer_off)?, IPV4_HLEN)
-    } else {
-        (addresses_v6(ctx, outer_off)?, IPV6_HLEN)
-    };
-    let udp_off = outer_off + outer_len;
+    if version(ctx, outer_off)? != 6 {
+        return None;
+    }
+    let addresses = addresses_v6(ctx, outer_off)?;
+    let udp_off = outer_off + IPV6_HLEN;
     // One checked pointer for the read and the write: a second check of the same bytes
     // is one LLVM folds away, and the verifier then sees an unchecked store.
     let udp = ptr_at_mut::<[u16; UDP_HLEN / 2]>(ctx, udp_off)?;
@@ -71,8 +70,8 @@ fn version(ctx: &XdpContext, off: usize) -> Option<u8> {
     Some(read::<[u8; 2]>(ctx, off)?[0] >> 4)
 }
 
-/// The sum of the addresses of the IPv4 header at `off` (read in place: this function's
-/// stack adds to the entry function's, and the two may use 512 bytes in all).
+/// The sum of the addresses of the IPv4 header at `off` (the client's; read in place: this
+/// function's stack adds to the entry function's, and the two may use 512 bytes in all).
 #[inline(always)]
 fn addresses_v4(ctx: &XdpContext, off: usize) -> Option<u32> {
     let h = ptr_at::<Ipv4Hdr>(ctx, off)?;
