@@ -290,7 +290,7 @@ fn markdown(r: &Value, plots: &[String]) -> String {
         ),
         (
             "xlb_new_flow_client_limit",
-            "xlb, new flow to a VIP with a per-client limit (the client's window, per-CPU LRU)",
+            "xlb, new flow to a VIP with a per-client limit (the client's window in an LRU hash)",
         ),
         (
             "xlb_conntrack_hit_no_flow_cache",

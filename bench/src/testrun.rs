@@ -476,7 +476,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         .set_sources(&vip_id(VIP4), allow_list())
         .map_err(|e| anyhow!("allowed_sources: {e}"))?;
     // New flows to a VIP with a per-client limit that admits them all: what finding the
-    // client's window in the per-CPU LRU costs (a call's flows share one client, whose
+    // client's window in the shared LRU costs (a call's flows share one client, whose
     // first flow makes it), beside `open_lab`.
     let mut client_limited = lab_with(10, 1 << 16, false)?;
     client_limited
@@ -637,7 +637,7 @@ pub fn per_packet(plan: &Plan) -> Result<Value> {
         "stateless_saves (new_flow_small_table - stateless: a query to a stateless VIP against one recorded in a table of the same size)": round3(s[9].median - s[13].median),
         "gue_adds (gue_hit - conntrack_hit: the UDP header of a GUE tunnel)": round3(s[15].median - hit),
         "quic_routed_over_maglev (quic_routed - new_flow_small_table: a new path placed by its connection ID's server against a new flow placed by the Maglev table, both recorded in a table of the same size)": round3(s[16].median - s[9].median),
-        "client_limit_window (new_flow_client_limit - new_flow_small_table: the client's rate window found in the per-CPU LRU and counted)": round3(s[17].median - s[9].median),
+        "client_limit_window (new_flow_client_limit - new_flow_small_table: the client's rate window found in the LRU and counted (an atomic add))": round3(s[17].median - s[9].median),
     });
     out["paired_allow_list_over_small_table"] =
         Summary::of(&paired(&samples[10], &samples[9])).json();

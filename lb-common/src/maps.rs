@@ -64,9 +64,10 @@ pub const MAP_VIP_FLOW_LIMITS: &str = "VIP_FLOW_LIMITS";
 /// turned away. Program writes, daemon reads (and zeroes a slot a new VIP takes); sized
 /// like `VIP_FLOW_LIMITS`.
 pub const MAP_VIP_LIMITED: &str = "VIP_LIMITED";
-/// `CLIENT_WINDOWS`: per-CPU LRU hash [`ClientKey`] → [`crate::rate_window::RateWindow`],
-/// each CPU's new flows from each client of a VIP with [`VIP_F_CLIENT_LIMIT`] in the current
-/// second. Program only.
+/// `CLIENT_WINDOWS`: LRU hash [`ClientKey`] → [`ClientWindow`], the new flows from each
+/// client of a VIP with [`VIP_F_CLIENT_LIMIT`] in the current second, all CPUs together.
+/// Program only. Shared rather than per CPU: a per-CPU map preallocates every entry's value
+/// once per possible CPU (65 536 × 16 bytes × 128 CPUs is 128 MB on a large host).
 pub const MAP_CLIENT_WINDOWS: &str = "CLIENT_WINDOWS";
 /// Clients `CLIENT_WINDOWS` keeps windows for: more than open flows to limited VIPs in one
 /// second, and the LRU evicts the quietest, whose next flow opens a fresh window (a flood
@@ -170,15 +171,15 @@ pub const VIP_F_QUIC: u32 = 1 << 8;
 /// `VIP_FLOW_LIMITS[vip_id]` new flows of the VIP per second (`VIP_FLOW_WINDOW`); beyond,
 /// they are dropped (`vip_flow_limit`). Recorded flows are never limited.
 pub const VIP_F_FLOW_LIMIT: u32 = 1 << 9;
-/// `VipInfo::flags` (`client_flow_rate_limit`): each CPU admits at most
+/// `VipInfo::flags` (`client_flow_rate_limit`): the balancer admits at most
 /// `VIP_FLOW_LIMITS[vip_id].client` new flows of the VIP per second from each client (an
 /// IPv4 address, an IPv6 /64: [`ClientKey`]; `CLIENT_WINDOWS`); beyond, they are dropped
 /// (`client_flow_limit`), before they count against the VIP's own limit. Recorded flows are
 /// never limited.
 pub const VIP_F_CLIENT_LIMIT: u32 = 1 << 10;
 
-/// A VIP's new-flow limits (`VIP_FLOW_LIMITS`), each in new flows per CPU and second; 0:
-/// none.
+/// A VIP's new-flow limits (`VIP_FLOW_LIMITS`), in new flows a second (the VIP's per CPU,
+/// each client's in all); 0: none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowLimits {
@@ -217,6 +218,19 @@ impl core::ops::Add for LimitedFlows {
         }
     }
 }
+
+/// One client's window (`CLIENT_WINDOWS` value), shared by the CPUs: its count is added to
+/// atomically; a window's start may be reset by two CPUs at once at its end, which costs
+/// the next second a few flows' accuracy at most.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientWindow {
+    /// Start of the window (`CLOCK_MONOTONIC` ns).
+    pub start_ns: u64,
+    /// New flows seen in it, admitted or not.
+    pub events: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClientWindow>() == 16);
 
 /// Whom a per-client limit counts (`CLIENT_WINDOWS` key): the VIP, and the client's IPv4
 /// address or IPv6 /64. Why /64 for IPv6: a host commonly has a /64 to itself and picks

@@ -14,7 +14,8 @@
 //!   (a thundering herd after an outage, a flood of SYNs) reaches them at a rate they can
 //!   take; beyond, new flows are dropped and their clients retry.
 //! - New flows of a VIP from one client (`client_flow_rate_limit`, `CLIENT_WINDOWS`, one
-//!   window per client and VIP in a per-CPU LRU hash): so that one client (a runaway
+//!   window per client and VIP in an LRU hash the CPUs share, its count added to
+//!   atomically: `maps::ClientWindow`): so that one client (a runaway
 //!   retry loop, one attacker) cannot take the VIP's whole limit, or its backends'
 //!   capacity, from everybody else; counted before the VIP's limit, so that its refused
 //!   flows do not use that up.

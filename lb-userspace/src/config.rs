@@ -343,7 +343,7 @@ pub struct VipConfig {
     /// a new flow. `None`: no limit. Changes in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_flow_rate_limit: Option<u32>,
-    /// New flows each CPU admits to this VIP per second from one client (an IPv4 address,
+    /// New flows admitted to this VIP per second from one client, all CPUs together (an IPv4 address,
     /// an IPv6 /64); beyond, they are dropped (`client_flow_limit`) and the client retries,
     /// so that one client (a runaway retry loop, one attacker) cannot take the VIP's limit
     /// or its backends from everybody else. Counted before `new_flow_rate_limit`. Recorded

@@ -1533,7 +1533,7 @@ impl<D: Dataplane> Core<D> {
         })
     }
 
-    /// Sets how many new flows each CPU admits to a VIP per second from one client (`None`:
+    /// Sets how many new flows the balancer admits to a VIP per second from one client (`None`:
     /// no limit), as [`Core::set_new_flow_rate_limit`].
     pub fn set_client_flow_rate_limit(
         &mut self,

@@ -212,7 +212,7 @@ impl std::fmt::Display for Step {
             Self::NewFlowRateLimit(id, None) => write!(f, "VIP {id}: no new-flow limit"),
             Self::ClientFlowRateLimit(id, Some(n)) => write!(
                 f,
-                "VIP {id}: at most {n} new flows a second from one client on each CPU"
+                "VIP {id}: at most {n} new flows a second from one client"
             ),
             Self::ClientFlowRateLimit(id, None) => {
                 write!(f, "VIP {id}: no per-client new-flow limit")

@@ -92,8 +92,8 @@ fn a_cpu_admits_its_share_of_new_flows_a_second_and_drops_the_rest() {
     tunnelled_to(&mut lab.ebpf, &syn(51_000, LIMITED), lb);
 }
 
-/// `client_flow_rate_limit`: within a second a CPU admits that many new flows of the VIP
-/// from each client (an IPv4 address, an IPv6 /64) and drops the rest
+/// `client_flow_rate_limit`: within a second the balancer admits that many new flows of the
+/// VIP from each client (an IPv4 address, an IPv6 /64) and drops the rest
 /// (`client_flow_limit`); other clients, and the clients' admitted flows, are untouched;
 /// what one client was refused does not count against the VIP's own limit. Lifted, the
 /// client's new flows pass again.

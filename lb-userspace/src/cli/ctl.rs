@@ -91,7 +91,7 @@ pub enum VipCmd {
         /// their clients retry); recorded flows are never limited.
         #[arg(long, value_name = "N")]
         new_flow_rate_limit: Option<u32>,
-        /// Admit at most N new flows per second on each CPU from one client (an IPv4
+        /// Admit at most N new flows per second from one client (all CPUs together; an IPv4
         /// address, an IPv6 /64).
         #[arg(long, value_name = "N")]
         client_flow_rate_limit: Option<u32>,
@@ -127,7 +127,8 @@ pub enum VipCmd {
     },
     /// Admit at most N new flows of a VIP per second on each CPU (beyond, they are dropped
     /// and their clients retry), or with `none` any number; recorded flows are never
-    /// limited. With --per-client, N from each client (an IPv4 address, an IPv6 /64).
+    /// limited. With --per-client, N a second from each client (an IPv4 address, an IPv6
+    /// /64), all CPUs together.
     FlowLimit {
         /// ADDRESS:PORT[/PROTO].
         vip: VipId,
@@ -1330,7 +1331,7 @@ fn render_status(status: &Value) -> String {
             let _ = write!(h, "  at most {n} new flows/s per CPU");
         }
         if let Some(n) = vip["client_flow_rate_limit"].as_u64() {
-            let _ = write!(h, "  at most {n} new flows/s per CPU from one client");
+            let _ = write!(h, "  at most {n} new flows/s from one client");
         }
         h
     };
@@ -1955,7 +1956,7 @@ VIP [fd00::1]:53/udp  scheduler sh  table 251
             "client_flow_rate_limit": 4, "new_flows_limited": {"vip": 5, "client": 2},
             "backends": [{"address": "198.18.0.11", "quic_server_id": 7, "state": "up"}]}]}));
         assert!(
-            quic.contains("table 65537  gue tunnels  quic (server IDs of 2 octets)  at most 500 new flows/s per CPU  at most 4 new flows/s per CPU from one client\n"),
+            quic.contains("table 65537  gue tunnels  quic (server IDs of 2 octets)  at most 500 new flows/s per CPU  at most 4 new flows/s from one client\n"),
             "{quic}"
         );
         assert!(quic.contains("198.18.0.11 (quic 7)"), "{quic}");

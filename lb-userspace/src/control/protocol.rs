@@ -214,7 +214,7 @@ pub struct VipFlowLimit {
 pub struct VipClientFlowLimit {
     /// The VIP.
     pub vip: VipId,
-    /// New flows each CPU admits per second from one client (1 or more), or `null` for no
+    /// New flows admitted per second from one client (1 or more), or `null` for no
     /// limit.
     pub client_flow_rate_limit: Option<u32>,
 }

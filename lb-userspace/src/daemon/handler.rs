@@ -527,7 +527,7 @@ impl DaemonHandler {
 pub fn client_limit_done(vip: &VipId, limit: Option<u32>) -> String {
     match limit {
         Some(n) => {
-            format!("VIP {vip}: each CPU admits at most {n} new flows a second from one client")
+            format!("VIP {vip}: at most {n} new flows a second from one client")
         }
         None => format!("VIP {vip}: no per-client new-flow limit"),
     }

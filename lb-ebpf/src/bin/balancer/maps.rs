@@ -8,19 +8,19 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf,
     },
 };
 use lb_common::{
     counters::Drop,
     flow::{FlowKey, FlowKeyV4},
     maps::{
-        Backend, ClientKey, ConnEntry, FlowLimits, LbConfig, LimitedFlows, SourceRange,
-        TrafficStats, VipInfo, VipKey, CLIENT_WINDOWS_ENTRIES, DEFAULT_MAX_VIPS, MAX_BACKENDS,
-        MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
+        Backend, ClientKey, ClientWindow, ConnEntry, FlowLimits, LbConfig, LimitedFlows,
+        SourceRange, TrafficStats, VipInfo, VipKey, CLIENT_WINDOWS_ENTRIES, DEFAULT_MAX_VIPS,
+        MAX_BACKENDS, MAX_SOURCE_RANGES, MAX_VIP_ENTRIES,
     },
     quic::{QuicServer, QuicServerKey},
-    rate_window::RateWindow,
+    rate_window::{RateWindow, WINDOW_NS},
 };
 
 use lb_ebpf::{
@@ -151,12 +151,12 @@ pub fn count_limited(vip_id: u32, client: bool) {
     }
 }
 
-/// This CPU's new flows from each client of a VIP with `VIP_F_CLIENT_LIMIT` in the current
-/// second (`lb_common::maps::ClientKey`). Program only. Per-CPU values, as every window
-/// here: no shared counter on the packet path.
+/// The new flows from each client of a VIP with `VIP_F_CLIENT_LIMIT` in the current
+/// second, all CPUs together (`lb_common::maps::ClientWindow`). Program only. Per-CPU LRU
+/// lists (`BPF_F_NO_COMMON_LRU`): no global lock when a new client's window goes in.
 #[map]
-pub static CLIENT_WINDOWS: LruPerCpuHashMap<ClientKey, RateWindow> =
-    LruPerCpuHashMap::with_max_entries(CLIENT_WINDOWS_ENTRIES, 0);
+pub static CLIENT_WINDOWS: LruHashMap<ClientKey, ClientWindow> =
+    LruHashMap::with_max_entries(CLIENT_WINDOWS_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// This CPU's new flows of each VIP in the current second, against `VIP_FLOW_LIMITS`.
 /// Program only; sized like it.
@@ -305,7 +305,7 @@ pub fn vip_flow_admitted(vip_id: u32) -> bool {
 }
 
 /// A new flow of VIP `vip_id` (`VIP_F_CLIENT_LIMIT`) from the client of the flow in `s`,
-/// counted in the client's window: false when this CPU has admitted the VIP's
+/// counted in the client's window: false when the balancer has admitted the VIP's
 /// per-client limit from it this second. A client without a window gets a new one; when
 /// the kernel cannot make it (it can: the LRU evicts), the flow is admitted.
 #[inline(always)]
@@ -321,13 +321,26 @@ pub fn client_flow_admitted(s: *mut Scratch, vip_id: u32) -> bool {
         (*s).client = ClientKey::new(vip_id, flow.family == lb_common::addr::FAMILY_V4, &flow.src);
         let now = bpf_ktime_get_coarse_ns();
         match CLIENT_WINDOWS.get_ptr_mut(&(*s).client) {
-            // This CPU's value: only this CPU touches it while the program runs.
-            Some(w) => (*w).admit(now, limit),
+            Some(w) => {
+                // Two CPUs at a window's end may both start the next one: a few flows'
+                // accuracy, not worth a lock (lb_common::maps::ClientWindow).
+                if now.wrapping_sub((*w).start_ns) >= WINDOW_NS {
+                    (*w).start_ns = now;
+                    (*w).events = 0;
+                }
+                let events = core::ptr::addr_of_mut!((*w).events);
+                // SAFETY: an aligned u64 of the map value; one atomic add (XADD), as
+                // select.rs counts active flows: the CPUs share the window.
+                core::arch::asm!("lock *(u64 *)({p} + 0) += {d}", p = in(reg) events, d = in(reg) 1u64);
+                events.read_volatile() <= u64::from(limit)
+            }
             None => {
-                let mut w = RateWindow::default();
-                let admitted = w.admit(now, limit);
+                let w = ClientWindow {
+                    start_ns: now,
+                    events: 1,
+                };
                 let _ = CLIENT_WINDOWS.insert(&(*s).client, &w, 0);
-                admitted
+                true
             }
         }
     }
