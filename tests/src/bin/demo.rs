@@ -34,6 +34,7 @@ fn main() {
     let url6 = format!("http://[{VIP6}]/");
     tally(&net, &url4, "IPv4");
     tally(&net, &url6, "IPv6");
+    ping_vips(&net);
 
     println!("\nfailover: stopping b2's web server (its host stays up; health checks notice)");
     net.stop_http(1);
@@ -250,6 +251,22 @@ an upload through the VIP: a new VIP {vip} added at runtime, a 2 MiB upload to i
             sent(net) - before
         ),
         Err(e) => println!("  the upload failed: {e}"),
+    }
+}
+
+/// `ping` from the client to both VIPs: the balancer answers for them (`icmp_echo`), though
+/// they live on the backends' `lo`.
+fn ping_vips(net: &DemoNet) {
+    println!("\nping from the client (the balancer answers for its VIPs):");
+    for vip in [VIP4, VIP6] {
+        let out = net
+            .client
+            .exec(&["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", vip]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.lines().find(|l| l.contains("packets transmitted")) {
+            Some(line) => println!("  {vip}: {line}"),
+            None => println!("  {vip}: no ping here (cargo xtask setup installs iputils-ping)"),
+        }
     }
 }
 
