@@ -716,24 +716,24 @@ mod tests {
         // The default spelled out is no change.
         let same = format!(r#""record_rate_limit": {DEFAULT_RECORD_RATE_LIMIT}, "vips""#);
         assert_eq!(plan_for(&STARTED.replace(r#""vips""#, &same)).unwrap(), []);
-        // A new-flow limit changes in place: one step, set and lifted.
-        let limited = STARTED.replace(
-            r#""port": 80, "protocol": "tcp","#,
-            r#""port": 80, "protocol": "tcp", "new_flow_rate_limit": 100,"#,
-        );
+        // Each new-flow limit changes in place: one step.
         let web: VipId = "198.18.1.1:80/tcp".parse().unwrap();
-        assert_eq!(
-            plan_for(&limited).unwrap(),
-            [Step::NewFlowRateLimit(web, Some(100))]
-        );
-        let per_client = STARTED.replace(
-            r#""port": 80, "protocol": "tcp","#,
-            r#""port": 80, "protocol": "tcp", "client_flow_rate_limit": 5,"#,
-        );
-        assert_eq!(
-            plan_for(&per_client).unwrap(),
-            [Step::ClientFlowRateLimit(web, Some(5))]
-        );
+        for (field, step) in [
+            (
+                r#""new_flow_rate_limit": 100"#,
+                Step::NewFlowRateLimit(web, Some(100)),
+            ),
+            (
+                r#""client_flow_rate_limit": 5"#,
+                Step::ClientFlowRateLimit(web, Some(5)),
+            ),
+        ] {
+            let limited = STARTED.replace(
+                r#""port": 80, "protocol": "tcp","#,
+                &format!(r#""port": 80, "protocol": "tcp", {field},"#),
+            );
+            assert_eq!(plan_for(&limited).unwrap(), [step], "{field}");
+        }
         // QUIC routing on the running UDP VIP.
         let quic = STARTED.replace(
             r#""port": 53, "protocol": "udp","#,

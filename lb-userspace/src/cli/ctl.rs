@@ -394,23 +394,22 @@ pub fn run_vip(cmd: VipCmd, opts: &CtlOpts) -> anyhow::Result<()> {
             vip,
             limit,
             per_client: true,
-        } => (
-            Request::VipClientFlowLimit(VipClientFlowLimit {
+        } => {
+            let body = VipClientFlowLimit {
                 vip,
                 client_flow_rate_limit: limit.0,
-            }),
-            crate::daemon::handler::client_limit_done(&vip, limit.0),
-        ),
-        VipCmd::FlowLimit { vip, limit, .. } => (
-            Request::VipFlowLimit(VipFlowLimit {
+            };
+            let done = body.done();
+            (Request::VipClientFlowLimit(body), done)
+        }
+        VipCmd::FlowLimit { vip, limit, .. } => {
+            let body = VipFlowLimit {
                 vip,
                 new_flow_rate_limit: limit.0,
-            }),
-            match limit.0 {
-                Some(n) => format!("VIP {vip}: each CPU admits at most {n} new flows a second"),
-                None => format!("VIP {vip}: no new-flow limit"),
-            },
-        ),
+            };
+            let done = body.done();
+            (Request::VipFlowLimit(body), done)
+        }
         VipCmd::IdleTimeout { vip, seconds } => (
             Request::VipIdleTimeout(VipIdleTimeout {
                 vip,

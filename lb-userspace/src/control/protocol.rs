@@ -208,6 +208,32 @@ pub struct VipFlowLimit {
     pub new_flow_rate_limit: Option<u32>,
 }
 
+impl VipFlowLimit {
+    /// What the daemon says it did (and the CLI, from what it asked).
+    pub fn done(&self) -> String {
+        match self.new_flow_rate_limit {
+            Some(n) => format!(
+                "VIP {}: each CPU admits at most {n} new flows a second",
+                self.vip
+            ),
+            None => format!("VIP {}: no new-flow limit", self.vip),
+        }
+    }
+}
+
+impl VipClientFlowLimit {
+    /// What the daemon says it did (and the CLI, from what it asked).
+    pub fn done(&self) -> String {
+        match self.client_flow_rate_limit {
+            Some(n) => format!(
+                "VIP {}: at most {n} new flows a second from one client",
+                self.vip
+            ),
+            None => format!("VIP {}: no per-client new-flow limit", self.vip),
+        }
+    }
+}
+
 /// Body of `vip.client_flow_limit`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

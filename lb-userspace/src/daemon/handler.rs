@@ -13,7 +13,7 @@ use super::{
     state::Daemon,
 };
 use crate::{
-    config::{ConfigError, VipId},
+    config::ConfigError,
     control::{
         protocol::{code, DropsQuery, FlowsQuery, Request, VipSources},
         server::Handler,
@@ -193,17 +193,11 @@ impl Handler for DaemonHandler {
             }
             Request::VipFlowLimit(r) => {
                 d.set_new_flow_rate_limit(&r.vip, r.new_flow_rate_limit)?;
-                done(match r.new_flow_rate_limit {
-                    Some(n) => format!(
-                        "VIP {}: each CPU admits at most {n} new flows a second",
-                        r.vip
-                    ),
-                    None => format!("VIP {}: no new-flow limit", r.vip),
-                })
+                done(r.done())
             }
             Request::VipClientFlowLimit(r) => {
                 d.set_client_flow_rate_limit(&r.vip, r.client_flow_rate_limit)?;
-                done(client_limit_done(&r.vip, r.client_flow_rate_limit))
+                done(r.done())
             }
             Request::VipSources(r) => {
                 let said = sources_done(&r);
@@ -520,16 +514,6 @@ impl DaemonHandler {
             })?;
         serde_json::to_value(listing.finish())
             .map_err(|e| ControlError::new(code::INTERNAL, format!("encoding the flows: {e}")))
-    }
-}
-
-/// What `vip.client_flow_limit` (and `xlb vip flow-limit --per-client`) says it did.
-pub fn client_limit_done(vip: &VipId, limit: Option<u32>) -> String {
-    match limit {
-        Some(n) => {
-            format!("VIP {vip}: at most {n} new flows a second from one client")
-        }
-        None => format!("VIP {vip}: no per-client new-flow limit"),
     }
 }
 

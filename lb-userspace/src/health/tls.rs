@@ -104,10 +104,8 @@ impl TlsFiles {
 /// What an `https` probe needs for its handshakes: built once per VIP's probe.
 #[derive(Clone)]
 pub struct TlsClient {
-    /// Accepts any certificate, presents none: the connector when no file is set.
-    connector: TlsConnector,
-    /// The connector from the files, when any is set.
-    files: Option<Arc<FileBacked>>,
+    /// Where its connector comes from.
+    connector: Connector,
     /// The SNI name; `None` sends none (the target is then named by its address, which
     /// TLS does not put in the hello).
     name: Option<ServerName<'static>>,
@@ -117,7 +115,13 @@ impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsClient")
             .field("name", &self.name)
-            .field("files", &self.files.as_ref().map(|f| &f.files))
+            .field(
+                "files",
+                &match &self.connector {
+                    Connector::Fixed(_) => None,
+                    Connector::Files(f) => Some(&f.files),
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -127,17 +131,18 @@ impl TlsClient {
     /// verifying certificates against `files.ca_file` and presenting `files.identity` when
     /// set.
     pub fn new(sni: Option<&str>, host: Option<&str>, files: TlsFiles) -> Self {
-        let provider = Arc::new(ring::default_provider());
-        let config = with_versions(provider.clone())
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
-            .with_no_client_auth();
+        let connector = if files.is_empty() {
+            let provider = Arc::new(ring::default_provider());
+            let config = with_versions(provider.clone())
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
+                .with_no_client_auth();
+            Connector::Fixed(connector(config))
+        } else {
+            Connector::Files(Arc::new(FileBacked::new(files)))
+        };
         let name = sni.or_else(|| host.and_then(host_name)).and_then(dns_name);
-        Self {
-            connector: connector(config),
-            files: (!files.is_empty()).then(|| Arc::new(FileBacked::new(files))),
-            name,
-        }
+        Self { connector, name }
     }
 
     /// The name sent as SNI, if any (what the tests check).
@@ -160,15 +165,24 @@ impl TlsClient {
             .name
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(target.ip().into()));
-        let connector = match &self.files {
-            Some(files) => files.connector()?,
-            None => self.connector.clone(),
+        let connector = match &self.connector {
+            Connector::Fixed(c) => c.clone(),
+            Connector::Files(files) => files.connector()?,
         };
         connector
             .connect(name, stream)
             .await
             .map_err(ProbeError::Tls)
     }
+}
+
+/// Where a [`TlsClient`]'s connector comes from.
+#[derive(Clone)]
+enum Connector {
+    /// No file set: any certificate accepted, none presented.
+    Fixed(TlsConnector),
+    /// Built from the files, again when they change.
+    Files(Arc<FileBacked>),
 }
 
 /// A client config's builder at the safe protocol versions, for `provider`.
